@@ -1,0 +1,22 @@
+# Multi-stage build: compile in the Rust image, run from a slim Debian as a non-root user.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+# Dependencies first, so that code changes do not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+ && cargo build --release --locked --bin lms-sync || true
+COPY src src
+COPY migrations migrations
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin lms-sync
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home /app lms
+COPY --from=build /src/target/release/lms-sync /usr/local/bin/lms-sync
+COPY config /app/config
+WORKDIR /app
+USER 10001
+ENTRYPOINT ["lms-sync"]
+CMD ["sync"]

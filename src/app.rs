@@ -1,0 +1,393 @@
+//! The command line: parsing, exit codes, and the commands `sync`, `migrate`, `status`, `demo`
+//! and `simulate`. Each command loads settings, builds the pieces and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::{ConfigError, Settings};
+use crate::source::TrutoClient;
+use crate::store::Store;
+use crate::sync::{sync_accounts, SyncOptions, SyncOutcome};
+
+/// Every account succeeded.
+pub const EXIT_OK: u8 = 0;
+/// A sync (or the database) failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Invalid configuration or usage.
+pub const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lms-sync",
+    version,
+    about = "Mirror LMS users from Truto's unified API into PostgreSQL"
+)]
+pub struct Cli {
+    /// Config file (TOML). Without it, config/default.toml is read when present.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sync every configured account (or one) once, then exit. Exit 0 only if all succeeded.
+    Sync {
+        /// Only this integrated account (must be configured).
+        #[arg(long, value_name = "UUID")]
+        account: Option<Uuid>,
+    },
+    /// Apply database migrations, then exit.
+    Migrate,
+    /// Show each account's sync state.
+    Status,
+    /// Run a real sync of generated accounts from the built-in simulator into PostgreSQL
+    /// (the configured database, else a throwaway cluster), then show the mirror.
+    Demo {
+        /// Simulated accounts.
+        #[arg(long, default_value_t = 3)]
+        accounts: u32,
+        /// Users of the first account; the others get a bit fewer.
+        #[arg(long, default_value_t = 12_000)]
+        users: usize,
+    },
+    /// Serve the simulated Truto API until interrupted (for manual runs and docker compose).
+    Simulate {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value_t = 3)]
+        accounts: u32,
+        #[arg(long, default_value_t = 12_000)]
+        users: usize,
+        /// Share of requests answered with a random retryable fault (0..1).
+        #[arg(long, default_value_t = 0.0)]
+        fault_rate: f64,
+        /// Delay added to every answer, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+    },
+}
+
+/// Runs the CLI to completion and returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return config_exit(&e),
+    };
+    crate::telemetry::init(&settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lms-sync: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Sync { account } => cmd_sync(settings, account).await,
+            Command::Migrate => cmd_migrate(settings).await,
+            Command::Status => cmd_status(settings).await,
+            Command::Demo { accounts, users } => crate::demo::run(settings, accounts, users).await,
+            Command::Simulate {
+                listen,
+                accounts,
+                users,
+                fault_rate,
+                latency_ms,
+            } => cmd_simulate(listen, accounts, users, fault_rate, latency_ms).await,
+        }
+    });
+    // Don't wait for stray background tasks (idle pool connections, bars) at exit.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    ExitCode::from(code)
+}
+
+fn config_exit(e: &ConfigError) -> ExitCode {
+    eprintln!("lms-sync: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn fail(msg: impl std::fmt::Display) -> u8 {
+    tracing::error!("{msg}");
+    eprintln!("lms-sync: {msg}");
+    EXIT_FAILED
+}
+
+/// Connects and migrates, or says why not.
+pub async fn open_store(settings: &Settings) -> Result<Store, String> {
+    let url = settings.database_url().map_err(|e| e.to_string())?;
+    let store = Store::connect(url, &settings.database)
+        .await
+        .map_err(|e| format!("cannot connect to the database: {e}"))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| format!("cannot apply migrations: {e}"))?;
+    Ok(store)
+}
+
+/// A token cancelled by SIGINT or SIGTERM.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::warn!("shutdown requested: finishing the pages in flight");
+        t.cancel();
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn cmd_sync(settings: Settings, account: Option<Uuid>) -> u8 {
+    if let Err(e) = settings.require_accounts() {
+        eprintln!("lms-sync: {e}");
+        return EXIT_CONFIG;
+    }
+    let accounts = match account {
+        None => settings.accounts.clone(),
+        Some(id) => match settings.account(id) {
+            Some(a) => vec![a.clone()],
+            None => {
+                eprintln!("lms-sync: --account {id} is not configured in [[accounts]]");
+                return EXIT_CONFIG;
+            }
+        },
+    };
+    let token = match settings.api_token() {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            eprintln!(
+                "lms-sync: invalid configuration: no Truto API token: set TRUTO_API_TOKEN or truto.api_token_file"
+            );
+            return EXIT_CONFIG;
+        }
+        Err(e) => return config_exit_code(&e),
+    };
+    if let Err(e) = settings.database_url() {
+        return config_exit_code(&e);
+    }
+    let source = match TrutoClient::new(&settings.truto, &token) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let store = match open_store(&settings).await {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let cancel = shutdown_on_signals();
+    let progress: Arc<dyn crate::sync::Progress> = Arc::from(crate::progress::for_mode(
+        settings.sync.progress,
+        Duration::from_secs(settings.sync.progress_interval_secs),
+    ));
+    let outcomes = sync_accounts(
+        &store,
+        &source,
+        &accounts,
+        &SyncOptions::from_settings(&settings),
+        settings.sync.max_concurrent_accounts,
+        &cancel,
+        progress,
+    )
+    .await;
+    print_summary(&outcomes);
+    if outcomes.iter().all(SyncOutcome::succeeded) {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    }
+}
+
+fn config_exit_code(e: &ConfigError) -> u8 {
+    eprintln!("lms-sync: {e}");
+    EXIT_CONFIG
+}
+
+/// The per-account table printed after `sync` and `demo`.
+pub fn print_summary(outcomes: &[SyncOutcome]) {
+    println!(
+        "{:<38} {:<16} {:>6} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8}",
+        "account",
+        "outcome",
+        "pages",
+        "users",
+        "inserted",
+        "updated",
+        "unchanged",
+        "deleted",
+        "rejected",
+        "seconds"
+    );
+    for o in outcomes {
+        let c = &o.counts;
+        println!(
+            "{:<38} {:<16} {:>6} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8.1}",
+            crate::source::shorten(&o.label, 37),
+            o.status_str(),
+            c.pages,
+            c.users_seen,
+            c.inserted,
+            c.updated,
+            c.unchanged,
+            c.deleted,
+            c.rejected,
+            o.elapsed.as_secs_f64()
+        );
+    }
+    for o in outcomes {
+        if let Some(e) = &o.error {
+            println!("  {}: {e}", o.label);
+        } else if let Some(r) = &o.deletions_skipped_reason {
+            if !o.succeeded() {
+                println!("  {}: {r}", o.label);
+            }
+        }
+    }
+}
+
+async fn cmd_migrate(settings: Settings) -> u8 {
+    if let Err(e) = settings.database_url() {
+        return config_exit_code(&e);
+    }
+    match open_store(&settings).await {
+        Ok(store) => {
+            println!("migrations applied to schema {}", store.schema());
+            EXIT_OK
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn cmd_status(settings: Settings) -> u8 {
+    if let Err(e) = settings.database_url() {
+        return config_exit_code(&e);
+    }
+    let store = match open_store(&settings).await {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let configured: Vec<(Uuid, Option<String>)> = settings
+        .accounts
+        .iter()
+        .map(|a| (a.integrated_account_id, a.label.clone()))
+        .collect();
+    let rows = match store.status(&configured).await {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    print!("{}", render_status(&rows));
+    EXIT_OK
+}
+
+/// `status` as a readable table.
+pub fn render_status(rows: &[crate::store::StatusRow]) -> String {
+    let t = |v: Option<chrono::DateTime<chrono::Utc>>| {
+        v.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut s = format!(
+        "{:<38} {:<16} {:<16} {:<21} {:<21} {:>8} {:>8} {:>5}\n",
+        "account",
+        "status",
+        "last outcome",
+        "last finished",
+        "last success",
+        "live",
+        "deleted",
+        "fails"
+    );
+    for r in rows {
+        let name = r
+            .label
+            .clone()
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| r.integrated_account_id.to_string());
+        s.push_str(&format!(
+            "{:<38} {:<16} {:<16} {:<21} {:<21} {:>8} {:>8} {:>5}\n",
+            crate::source::shorten(&name, 37),
+            r.status,
+            r.last_outcome.as_deref().unwrap_or("-"),
+            t(r.last_finished_at),
+            t(r.last_succeeded_at),
+            r.live_users,
+            r.deleted_users,
+            r.consecutive_failures
+        ));
+        if r.resumable {
+            s.push_str("    the next run resumes an unfinished listing\n");
+        }
+        if let Some(e) = &r.last_error {
+            s.push_str(&format!(
+                "    last error: {}\n",
+                crate::source::shorten(e, 300)
+            ));
+        }
+    }
+    s
+}
+
+async fn cmd_simulate(
+    listen: std::net::SocketAddr,
+    accounts: u32,
+    users: usize,
+    fault_rate: f64,
+    latency_ms: u64,
+) -> u8 {
+    if !(0.0..1.0).contains(&fault_rate) {
+        eprintln!("lms-sync: --fault-rate must be in [0, 1)");
+        return EXIT_CONFIG;
+    }
+    let sim = match crate::simulator::Simulator::start_on(listen).await {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot listen on {listen}: {e}")),
+    };
+    for n in 1..=accounts {
+        sim.add_account(
+            crate::simulator::demo_account_id(n),
+            crate::demo::account_size(users, n),
+            n as u64,
+        );
+    }
+    sim.set_random_faults(fault_rate, 1);
+    sim.set_latency(Duration::from_millis(latency_ms));
+    println!("simulated Truto listening on {}", sim.base_url());
+    println!("token: {}", crate::simulator::DEMO_TOKEN);
+    for n in 1..=accounts {
+        println!(
+            "account {}: {} users",
+            crate::simulator::demo_account_id(n),
+            crate::demo::account_size(users, n)
+        );
+    }
+    wait_for_signal().await;
+    EXIT_OK
+}

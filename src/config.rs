@@ -1,0 +1,674 @@
+//! Settings: typed sections, layered loading (file → env), validation with messages that name the
+//! offending key and its env var. Owns no I/O beyond reading the config and token files.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// Env var prefix; sections are separated by `__` (`LMS_SYNC__TRUTO__BASE_URL`).
+pub const ENV_PREFIX: &str = "LMS_SYNC";
+/// The file read when `--config` is not given (if it exists).
+pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
+/// Where the Truto token comes from. Never from a committed file.
+pub const TOKEN_ENV: &str = "TRUTO_API_TOKEN";
+
+/// An invalid configuration. Its `Display` is one line naming the key (and the env var that sets it).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn env_name(key: &str) -> String {
+    let mut name = String::from(ENV_PREFIX);
+    for part in key.split('.') {
+        // Array indices (`accounts[0]`) cannot be set from env; name the section instead.
+        let part = part.split('[').next().unwrap_or(part);
+        name.push_str("__");
+        name.push_str(&part.to_ascii_uppercase());
+    }
+    name
+}
+
+fn key_error(key: &str, msg: impl std::fmt::Display) -> ConfigError {
+    if key.starts_with("accounts") {
+        // Accounts are tables in the file; env vars cannot set them.
+        ConfigError(format!("{key}: {msg}"))
+    } else {
+        ConfigError(format!("{key}: {msg} (env {})", env_name(key)))
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub truto: TrutoSettings,
+    pub database: DatabaseSettings,
+    pub sync: SyncSettings,
+    pub log: LogSettings,
+    pub accounts: Vec<AccountSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrutoSettings {
+    pub base_url: String,
+    /// The `limit` sent with every page request.
+    pub page_size: u32,
+    pub request_timeout_secs: u64,
+    pub connect_timeout_secs: u64,
+    /// A file holding the token (e.g. a Docker secret). `TRUTO_API_TOKEN` wins when both are set.
+    pub api_token_file: Option<PathBuf>,
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    /// Total time one request may spend waiting between its attempts.
+    pub max_retry_wait_secs: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_secs: u64,
+    /// A listing with more pages than this fails instead of running forever.
+    pub max_pages: u64,
+}
+
+impl Default for TrutoSettings {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.truto.one".into(),
+            page_size: 100,
+            request_timeout_secs: 30,
+            connect_timeout_secs: 10,
+            api_token_file: None,
+            max_attempts: 8,
+            max_retry_wait_secs: 300,
+            backoff_initial_ms: 500,
+            backoff_max_secs: 60,
+            max_pages: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// Holds the password, so it is a secret: never printed.
+    pub url: Option<SecretString>,
+    pub schema: String,
+    pub max_connections: u32,
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            schema: "lms".into(),
+            max_connections: 8,
+            connect_timeout_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSettings {
+    /// Accounts synced at the same time.
+    pub max_concurrent_accounts: usize,
+    /// A complete listing that would mark more than this share of the account's live users
+    /// deleted deletes nothing and is recorded as needing attention.
+    pub max_delete_fraction: f64,
+    /// Attempts to commit one page when the database fails with a retryable error.
+    pub db_max_attempts: u32,
+    /// `auto` (bars on a terminal, log lines otherwise), `bars`, `log`, `off`.
+    pub progress: ProgressMode,
+    /// Seconds between plain progress log lines when output is not a terminal.
+    pub progress_interval_secs: u64,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_accounts: 4,
+            max_delete_fraction: 0.5,
+            db_max_attempts: 5,
+            progress: ProgressMode::Auto,
+            progress_interval_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ProgressMode {
+    Auto,
+    Bars,
+    Log,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// Used when `RUST_LOG` is not set.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("must be one of pretty, json (got `{s}`)")),
+        }
+    }
+}
+
+impl TryFrom<String> for ProgressMode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "auto" => Ok(ProgressMode::Auto),
+            "bars" => Ok(ProgressMode::Bars),
+            "log" => Ok(ProgressMode::Log),
+            "off" => Ok(ProgressMode::Off),
+            _ => Err(format!("must be one of auto, bars, log, off (got `{s}`)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSettings {
+    pub integrated_account_id: Uuid,
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Passed to the vendor as `remote_query[key]=value`.
+    #[serde(default)]
+    pub remote_query: BTreeMap<String, String>,
+    /// Sends `truto_ignore_remote_data=true`: `remote_data` stays NULL, pages get smaller.
+    #[serde(default)]
+    pub ignore_remote_data: bool,
+    /// Sent as `truto_exclude_fields[]=...`.
+    #[serde(default)]
+    pub exclude_fields: Vec<String>,
+    /// Overrides `sync.max_delete_fraction` for this account.
+    #[serde(default)]
+    pub max_delete_fraction: Option<f64>,
+}
+
+impl AccountSettings {
+    pub fn new(id: Uuid) -> Self {
+        Self {
+            integrated_account_id: id,
+            label: None,
+            remote_query: BTreeMap::new(),
+            ignore_remote_data: false,
+            exclude_fields: Vec::new(),
+            max_delete_fraction: None,
+        }
+    }
+
+    /// The label when given, else the id: what logs and summaries call the account.
+    pub fn display_name(&self) -> String {
+        match &self.label {
+            Some(l) if !l.is_empty() => l.clone(),
+            _ => self.integrated_account_id.to_string(),
+        }
+    }
+}
+
+impl TrutoSettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+}
+
+impl Settings {
+    /// Layers: built-in defaults → the file (`path`, else `config/default.toml` when present) →
+    /// `LMS_SYNC__*` env vars (env wins) → `DATABASE_URL` when the database URL is still unset.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(path, &env)
+    }
+
+    /// `load` with an explicit environment, so tests need not touch the process's.
+    pub fn load_from(
+        path: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder();
+        let file = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        };
+        if let Some(file) = &file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                ConfigError(format!("cannot read config file {}: {e}", file.display()))
+            })?;
+            // Parse here first: the config crate's TOML errors do not always say where.
+            if let Err(e) = text.parse::<toml_edit_free::Probe>() {
+                return Err(ConfigError(format!(
+                    "config file {} is not valid TOML: {e}",
+                    file.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        let prefix = format!("{ENV_PREFIX}__");
+        let vars: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(vars)),
+        );
+        let cfg = builder
+            .build()
+            .map_err(|e| ConfigError(format!("cannot load configuration: {e}")))?;
+        let mut settings: Settings = serde_path_to_error::deserialize(cfg).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            // The config crate appends its own location to some messages; keep ours.
+            let mut inner = inner
+                .split(" for key ")
+                .next()
+                .unwrap_or(&inner)
+                .to_string();
+            let mut key = key;
+            if let Some(rest) = inner.strip_prefix("missing configuration field ") {
+                // The config crate names the field as "accounts[0]integrated_account_id".
+                let field = rest.trim_matches('"');
+                let field = field
+                    .rsplit(']')
+                    .next()
+                    .unwrap_or(field)
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or(field);
+                key = if key == "." || key.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{key}.{field}")
+                };
+                inner = "required key is missing".into();
+            }
+            if key == "." || key.is_empty() {
+                ConfigError(inner)
+            } else {
+                key_error(&key, inner)
+            }
+        })?;
+        if settings.database.url.is_none() {
+            if let Some((_, url)) = env.iter().find(|(k, _)| k == "DATABASE_URL") {
+                if !url.is_empty() {
+                    settings.database.url = Some(SecretString::from(url.clone()));
+                }
+            }
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what serde cannot: ranges, identifiers, duplicates.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.truto;
+        let url = reqwest::Url::parse(&t.base_url)
+            .map_err(|e| key_error("truto.base_url", format!("not a URL ({e})")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(key_error("truto.base_url", "must be an http(s) URL"));
+        }
+        if !(1..=1000).contains(&t.page_size) {
+            return Err(key_error("truto.page_size", "must be between 1 and 1000"));
+        }
+        if t.request_timeout_secs == 0 {
+            return Err(key_error(
+                "truto.request_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if t.connect_timeout_secs == 0 {
+            return Err(key_error(
+                "truto.connect_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if t.max_attempts == 0 {
+            return Err(key_error("truto.max_attempts", "must be at least 1"));
+        }
+        if t.backoff_initial_ms == 0 {
+            return Err(key_error("truto.backoff_initial_ms", "must be at least 1"));
+        }
+        if t.max_pages == 0 {
+            return Err(key_error("truto.max_pages", "must be at least 1"));
+        }
+        let d = &self.database;
+        validate_schema_name(&d.schema).map_err(|m| key_error("database.schema", m))?;
+        if d.max_connections < 2 {
+            // One connection holds each account's lease; pages need another.
+            return Err(key_error("database.max_connections", "must be at least 2"));
+        }
+        if let Some(url) = &d.url {
+            let u = url.expose_secret();
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                // Do not echo the URL: it may hold a password.
+                return Err(key_error(
+                    "database.url",
+                    "must start with postgres:// or postgresql://",
+                ));
+            }
+        }
+        let s = &self.sync;
+        if s.max_concurrent_accounts == 0 {
+            return Err(key_error(
+                "sync.max_concurrent_accounts",
+                "must be at least 1",
+            ));
+        }
+        check_fraction("sync.max_delete_fraction", s.max_delete_fraction)?;
+        if s.db_max_attempts == 0 {
+            return Err(key_error("sync.db_max_attempts", "must be at least 1"));
+        }
+        if s.progress_interval_secs == 0 {
+            return Err(key_error(
+                "sync.progress_interval_secs",
+                "must be at least 1",
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(key_error("log.level", "not a valid level or filter"));
+        }
+        let mut seen = HashSet::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            if !seen.insert(a.integrated_account_id) {
+                return Err(ConfigError(format!(
+                    "accounts[{i}].integrated_account_id: duplicate account {}",
+                    a.integrated_account_id
+                )));
+            }
+            if a.integrated_account_id.is_nil() {
+                return Err(ConfigError(format!(
+                    "accounts[{i}].integrated_account_id: the nil uuid is not an account"
+                )));
+            }
+            if let Some(f) = a.max_delete_fraction {
+                check_fraction(&format!("accounts[{i}].max_delete_fraction"), f)?;
+            }
+            if a.exclude_fields.iter().any(|f| f.trim().is_empty()) {
+                return Err(ConfigError(format!(
+                    "accounts[{i}].exclude_fields: empty field name"
+                )));
+            }
+            if a.exclude_fields.iter().any(|f| f == "id") {
+                return Err(ConfigError(format!(
+                    "accounts[{i}].exclude_fields: `id` cannot be excluded: users are keyed by it"
+                )));
+            }
+            if a.remote_query.keys().any(|k| k.is_empty()) {
+                return Err(ConfigError(format!(
+                    "accounts[{i}].remote_query: empty key"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Commands that sync need at least one account.
+    pub fn require_accounts(&self) -> Result<(), ConfigError> {
+        if self.accounts.is_empty() {
+            return Err(ConfigError(
+                "accounts: no [[accounts]] configured; add one table per integrated account \
+                 with integrated_account_id = \"<uuid>\""
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> Result<&SecretString, ConfigError> {
+        self.database.url.as_ref().ok_or_else(|| {
+            ConfigError(
+                "database.url: not set (env LMS_SYNC__DATABASE__URL or DATABASE_URL)".into(),
+            )
+        })
+    }
+
+    /// The token from `TRUTO_API_TOKEN`, else from `truto.api_token_file`; `None` when neither.
+    pub fn api_token(&self) -> Result<Option<SecretString>, ConfigError> {
+        if let Ok(t) = std::env::var(TOKEN_ENV) {
+            let t = t.trim();
+            if !t.is_empty() {
+                return Ok(Some(SecretString::from(t.to_string())));
+            }
+        }
+        if let Some(path) = &self.truto.api_token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                key_error(
+                    "truto.api_token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let t = text.trim();
+            if t.is_empty() {
+                return Err(key_error(
+                    "truto.api_token_file",
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            return Ok(Some(SecretString::from(t.to_string())));
+        }
+        Ok(None)
+    }
+
+    pub fn account(&self, id: Uuid) -> Option<&AccountSettings> {
+        self.accounts.iter().find(|a| a.integrated_account_id == id)
+    }
+}
+
+fn check_fraction(key: &str, v: f64) -> Result<(), ConfigError> {
+    if !(v > 0.0 && v <= 1.0) {
+        return Err(key_error(key, "must be a number in (0, 1]"));
+    }
+    Ok(())
+}
+
+/// Schema names reach SQL as identifiers, so only plain lower-case identifiers are allowed.
+pub fn validate_schema_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !s.starts_with("pg_");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a plain identifier (lower-case letters, digits, _; at most 63; not pg_*)"
+        ))
+    }
+}
+
+/// A tiny TOML syntax probe via the `toml` crate that `config` already depends on.
+mod toml_edit_free {
+    pub struct Probe;
+    impl std::str::FromStr for Probe {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, String> {
+            s.parse::<toml::Table>().map(|_| Probe).map_err(|e| {
+                // toml's message is multi-line with a source excerpt; keep where and what.
+                let text = e.to_string();
+                let lines: Vec<&str> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                match (lines.first(), lines.last()) {
+                    (Some(first), Some(last)) if lines.len() > 1 => format!("{first}: {last}"),
+                    _ => text.trim().to_string(),
+                }
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_toml(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut f = tempfile_in_target();
+        f.1.write_all(text.as_bytes()).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let r = Settings::load_from(Some(&f.0), &env);
+        let _ = std::fs::remove_file(&f.0);
+        r
+    }
+
+    fn tempfile_in_target() -> (PathBuf, std::fs::File) {
+        let p = std::env::temp_dir().join(format!("lms-sync-cfg-{}.toml", Uuid::new_v4()));
+        let f = std::fs::File::create(&p).unwrap();
+        (p, f)
+    }
+
+    const ACCT: &str =
+        "[[accounts]]\nintegrated_account_id = \"0b5d7c4e-2f0a-4c8e-9a57-3f1e6d2c9b10\"\n";
+
+    #[test]
+    fn defaults_apply_when_keys_are_absent() {
+        let s = load_toml(ACCT, &[]).unwrap();
+        assert_eq!(s.truto.base_url, "https://api.truto.one");
+        assert_eq!(s.truto.page_size, 100);
+        assert_eq!(s.database.schema, "lms");
+        assert_eq!(s.accounts.len(), 1);
+    }
+
+    #[test]
+    fn env_overrides_file_and_database_url_is_honoured() {
+        let text = format!("[truto]\npage_size = 50\n{ACCT}");
+        let s = load_toml(
+            &text,
+            &[
+                ("LMS_SYNC__TRUTO__PAGE_SIZE", "25"),
+                ("LMS_SYNC__TRUTO__BASE_URL", "http://127.0.0.1:1"),
+                ("DATABASE_URL", "postgres://u@h/db"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.truto.page_size, 25);
+        assert_eq!(s.truto.base_url, "http://127.0.0.1:1");
+        assert_eq!(s.database.url.unwrap().expose_secret(), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn lms_sync_database_url_wins_over_database_url() {
+        let s = load_toml(
+            ACCT,
+            &[
+                ("LMS_SYNC__DATABASE__URL", "postgres://a@h/one"),
+                ("DATABASE_URL", "postgres://b@h/two"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            s.database.url.unwrap().expose_secret(),
+            "postgres://a@h/one"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_env_var() {
+        let e = load_toml(&format!("[truto]\npagesize = 5\n{ACCT}"), &[]).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("truto.pagesize"), "{m}");
+        assert!(m.contains("LMS_SYNC__TRUTO__PAGESIZE"), "{m}");
+    }
+
+    #[test]
+    fn non_uuid_account_id_is_named() {
+        let e = load_toml("[[accounts]]\nintegrated_account_id = \"nope\"\n", &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("accounts[0].integrated_account_id"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_accounts_are_refused() {
+        let e = load_toml(&format!("{ACCT}{ACCT}"), &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("accounts[1].integrated_account_id: duplicate"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_schema_name_is_refused() {
+        let e = load_toml(&format!("[database]\nschema = \"lms; drop\"\n{ACCT}"), &[]).unwrap_err();
+        assert!(e.to_string().contains("database.schema"), "{e}");
+        assert!(validate_schema_name("lms").is_ok());
+        assert!(validate_schema_name("Lms").is_err());
+        assert!(validate_schema_name("pg_x").is_err());
+        assert!(validate_schema_name("1x").is_err());
+    }
+
+    #[test]
+    fn bad_toml_says_so() {
+        let e = load_toml("[truto\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_says_so() {
+        let e = Settings::load_from(Some(Path::new("/nonexistent/x.toml")), &[]).unwrap_err();
+        assert!(e.to_string().contains("cannot read config file"), "{e}");
+    }
+
+    #[test]
+    fn no_accounts_is_an_error_only_where_accounts_are_needed() {
+        let s = load_toml("", &[]).unwrap();
+        assert!(s
+            .require_accounts()
+            .unwrap_err()
+            .to_string()
+            .contains("accounts"));
+    }
+
+    #[test]
+    fn env_var_names_follow_the_key() {
+        assert_eq!(env_name("truto.base_url"), "LMS_SYNC__TRUTO__BASE_URL");
+        assert_eq!(env_name("accounts[0].label"), "LMS_SYNC__ACCOUNTS__LABEL");
+    }
+}

@@ -1,0 +1,591 @@
+//! The unified user on the wire and the normalized rows it becomes. Pure: no I/O, no SQL.
+//!
+//! Decoding is tolerant of absent/null fields, unknown fields and unknown enum values, and strict
+//! about what PostgreSQL cannot store or what would make the mirror wrong: such a record becomes a
+//! [`Rejection`] that keeps its raw JSON and the reason.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Ids longer than this are refused: they could not be indexed (btree rows max out near 2.7 kB).
+pub const MAX_ID_BYTES: usize = 1024;
+
+#[derive(Debug, Deserialize)]
+struct WireUser<'a> {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    first_name: Option<String>,
+    #[serde(default)]
+    last_name: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    job_title: Option<String>,
+    #[serde(default)]
+    locale: Option<String>,
+    #[serde(default)]
+    timezone: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    emails: Option<Vec<Option<WireEmail>>>,
+    #[serde(default)]
+    phones: Option<Vec<Option<WirePhone>>>,
+    #[serde(default)]
+    manager: Option<WireManager<'a>>,
+    #[serde(default)]
+    organization: Option<WireOrganization>,
+    #[serde(default, borrow)]
+    custom_fields: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    remote_data: Option<&'a RawValue>,
+    #[serde(default)]
+    created_at: Option<String>,
+    #[serde(default)]
+    updated_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireEmail {
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    is_primary: Option<bool>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WirePhone {
+    #[serde(default)]
+    number: Option<String>,
+    #[serde(default)]
+    extension: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireManager<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, borrow)]
+    emails: Option<&'a RawValue>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireOrganization {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// One user as it is stored: the `users` row plus its children.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRecord {
+    pub id: String,
+    pub name: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub username: Option<String>,
+    pub job_title: Option<String>,
+    pub locale: Option<String>,
+    pub timezone: Option<String>,
+    pub role: Option<String>,
+    pub status: Option<String>,
+    pub organization_id: Option<String>,
+    pub organization_name: Option<String>,
+    /// JSON text, stored as jsonb.
+    pub custom_fields: Option<String>,
+    /// JSON text, stored as jsonb.
+    pub remote_data: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub emails: Vec<Email>,
+    pub phones: Vec<Phone>,
+    pub manager: Option<Manager>,
+    /// Hash of everything above: equal hashes mean nothing to write.
+    pub content_hash: [u8; 16],
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Email {
+    pub email: Option<String>,
+    pub is_primary: Option<bool>,
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phone {
+    pub number: Option<String>,
+    pub extension: Option<String>,
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manager {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    /// The manager's emails as given (JSON text), stored as jsonb.
+    pub emails: Option<String>,
+}
+
+/// A record that could not be stored, with what we know of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// The record's id when it had a usable one: such a user still counts as seen, so a bad
+    /// record never makes its mirrored row look deleted.
+    pub user_id: Option<String>,
+    pub reason: String,
+    pub raw: String,
+}
+
+/// A page's records, split into what is stored and what is refused.
+#[derive(Debug, Default)]
+pub struct DecodedPage {
+    pub users: Vec<UserRecord>,
+    pub rejected: Vec<Rejection>,
+    /// Records whose id already appeared earlier in the same page (the last one wins).
+    pub duplicates: u64,
+}
+
+/// Decodes each record of a page on its own: one bad record never fails the page.
+pub fn decode_records(records: &[&RawValue]) -> DecodedPage {
+    let mut page = DecodedPage::default();
+    let mut index: std::collections::HashMap<String, usize> = Default::default();
+    for raw in records {
+        match decode_user(raw.get()) {
+            Ok(user) => {
+                if let Some(&i) = index.get(&user.id) {
+                    page.duplicates += 1;
+                    page.users[i] = user;
+                } else {
+                    index.insert(user.id.clone(), page.users.len());
+                    page.users.push(user);
+                }
+            }
+            Err(rejection) => page.rejected.push(rejection),
+        }
+    }
+    page
+}
+
+/// Decodes and normalizes one record.
+pub fn decode_user(raw: &str) -> Result<UserRecord, Rejection> {
+    let reject = |reason: String, user_id: Option<String>| Rejection {
+        user_id,
+        reason,
+        raw: raw.to_string(),
+    };
+    let wire: WireUser = match serde_json::from_str(raw) {
+        Ok(w) => w,
+        Err(e) => {
+            let id = id_of(raw);
+            let reason = match serde_json::from_str::<serde_json::Value>(raw) {
+                Ok(serde_json::Value::Object(m)) => match m.get("id") {
+                    None | Some(serde_json::Value::Null) => "record has no id".to_string(),
+                    Some(serde_json::Value::String(_)) => {
+                        format!("record does not fit the unified user model: {e}")
+                    }
+                    Some(other) => format!("id is not a string (got {})", json_kind(other)),
+                },
+                Ok(other) => format!("record is not a JSON object (got {})", json_kind(&other)),
+                Err(_) => format!("record is not valid JSON: {e}"),
+            };
+            return Err(reject(reason, id));
+        }
+    };
+    let id = wire.id;
+    let bad = |reason: String| reject(reason, Some(id.clone()));
+    if id.is_empty() {
+        return Err(reject("id is empty".into(), None));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(reject(
+            format!("id is {} bytes long (at most {MAX_ID_BYTES})", id.len()),
+            None,
+        ));
+    }
+    if id.contains('\0') {
+        return Err(reject("id contains a NUL character".into(), None));
+    }
+    let created_at =
+        parse_time(wire.created_at.as_deref()).map_err(|e| bad(format!("created_at: {e}")))?;
+    let updated_at =
+        parse_time(wire.updated_at.as_deref()).map_err(|e| bad(format!("updated_at: {e}")))?;
+    let custom_fields =
+        json_text(wire.custom_fields).map_err(|e| bad(format!("custom_fields: {e}")))?;
+    let remote_data = json_text(wire.remote_data).map_err(|e| bad(format!("remote_data: {e}")))?;
+    let emails = wire
+        .emails
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .map(|e| Email {
+            email: e.email,
+            is_primary: e.is_primary,
+            kind: e.kind,
+        })
+        .collect();
+    let phones = wire
+        .phones
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .map(|p| Phone {
+            number: p.number,
+            extension: p.extension,
+            kind: p.kind,
+        })
+        .collect();
+    let manager = match wire.manager {
+        None => None,
+        Some(m) => {
+            let emails = json_text(m.emails).map_err(|e| bad(format!("manager.emails: {e}")))?;
+            if m.id.is_none() && m.name.is_none() && emails.is_none() {
+                None
+            } else {
+                Some(Manager {
+                    id: m.id,
+                    name: m.name,
+                    emails,
+                })
+            }
+        }
+    };
+    let (organization_id, organization_name) = match wire.organization {
+        Some(o) => (o.id, o.name),
+        None => (None, None),
+    };
+    let mut user = UserRecord {
+        id: id.clone(),
+        name: wire.name,
+        first_name: wire.first_name,
+        last_name: wire.last_name,
+        username: wire.username,
+        job_title: wire.job_title,
+        locale: wire.locale,
+        timezone: wire.timezone,
+        role: wire.role,
+        status: wire.status,
+        organization_id,
+        organization_name,
+        custom_fields,
+        remote_data,
+        created_at,
+        updated_at,
+        emails,
+        phones,
+        manager,
+        content_hash: [0; 16],
+    };
+    if let Some(field) = first_nul_field(&user) {
+        return Err(bad(format!(
+            "{field} contains a NUL character, which PostgreSQL text cannot store"
+        )));
+    }
+    user.content_hash = content_hash(&user);
+    Ok(user)
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// The id of a record that failed to decode, when it has a usable string id.
+fn id_of(raw: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: String,
+    }
+    serde_json::from_str::<IdOnly>(raw)
+        .ok()
+        .map(|r| r.id)
+        .filter(|id| !id.is_empty() && id.len() <= MAX_ID_BYTES && !id.contains('\0'))
+}
+
+/// JSON text for a jsonb column. PostgreSQL's jsonb refuses `\u0000` and unpaired surrogates,
+/// which JSON allows, so texts with escapes are checked before they can fail a whole page.
+fn json_text(raw: Option<&RawValue>) -> Result<Option<String>, String> {
+    let Some(raw) = raw else { return Ok(None) };
+    let text = raw.get();
+    if text == "null" {
+        return Ok(None);
+    }
+    if text.contains("\\u") {
+        // serde_json refuses unpaired surrogates while building a Value.
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("invalid JSON text ({e})"))?;
+        if has_nul(&value) {
+            return Err(
+                "contains a NUL character (\\u0000), which PostgreSQL jsonb cannot store".into(),
+            );
+        }
+    }
+    Ok(Some(text.to_string()))
+}
+
+fn has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(has_nul),
+        serde_json::Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+fn first_nul_field(u: &UserRecord) -> Option<&'static str> {
+    let fields: [(&'static str, &Option<String>); 11] = [
+        ("name", &u.name),
+        ("first_name", &u.first_name),
+        ("last_name", &u.last_name),
+        ("username", &u.username),
+        ("job_title", &u.job_title),
+        ("locale", &u.locale),
+        ("timezone", &u.timezone),
+        ("role", &u.role),
+        ("status", &u.status),
+        ("organization.id", &u.organization_id),
+        ("organization.name", &u.organization_name),
+    ];
+    let nul = |s: &Option<String>| s.as_deref().is_some_and(|s| s.contains('\0'));
+    if let Some((name, _)) = fields.iter().find(|(_, v)| nul(v)) {
+        return Some(name);
+    }
+    if u.emails.iter().any(|e| nul(&e.email) || nul(&e.kind)) {
+        return Some("emails");
+    }
+    if u.phones
+        .iter()
+        .any(|p| nul(&p.number) || nul(&p.extension) || nul(&p.kind))
+    {
+        return Some("phones");
+    }
+    if let Some(m) = &u.manager {
+        if nul(&m.id) || nul(&m.name) {
+            return Some("manager");
+        }
+    }
+    None
+}
+
+/// Parses the timestamps vendors send: RFC 3339, and the common variants without a zone (taken
+/// as UTC) or without a time. Empty or absent is `None`; anything else is an error.
+pub fn parse_time(s: Option<&str>) -> Result<Option<DateTime<Utc>>, String> {
+    let Some(s) = s.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(Some(t.with_timezone(&Utc)));
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Ok(Some(t.and_utc()));
+        }
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f %#z"] {
+        if let Ok(t) = DateTime::parse_from_str(s, fmt) {
+            return Ok(Some(t.with_timezone(&Utc)));
+        }
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).map(|t| t.and_utc()));
+    }
+    let shown: String = s.chars().take(64).collect();
+    Err(format!("`{shown}` is not a timestamp (expected RFC 3339)"))
+}
+
+/// A stable 128-bit hash of everything stored for a user. Each field is written with a tag and
+/// a length so that no two different users encode the same bytes.
+pub fn content_hash(u: &UserRecord) -> [u8; 16] {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    // Bump when the mapping changes, so that every row is rewritten once with the new mapping.
+    h.update(b"lms-sync/user/v1");
+    let mut put = |tag: u8, v: Option<&str>| {
+        h.update(&[tag]);
+        match v {
+            None => h.update(&[0]),
+            Some(s) => {
+                h.update(&[1]);
+                h.update(&(s.len() as u64).to_le_bytes());
+                h.update(s.as_bytes());
+            }
+        }
+    };
+    put(1, Some(&u.id));
+    put(2, u.name.as_deref());
+    put(3, u.first_name.as_deref());
+    put(4, u.last_name.as_deref());
+    put(5, u.username.as_deref());
+    put(6, u.job_title.as_deref());
+    put(7, u.locale.as_deref());
+    put(8, u.timezone.as_deref());
+    put(9, u.role.as_deref());
+    put(10, u.status.as_deref());
+    put(11, u.organization_id.as_deref());
+    put(12, u.organization_name.as_deref());
+    put(13, u.custom_fields.as_deref());
+    put(14, u.remote_data.as_deref());
+    let created = u.created_at.map(|t| t.to_rfc3339());
+    let updated = u.updated_at.map(|t| t.to_rfc3339());
+    put(15, created.as_deref());
+    put(16, updated.as_deref());
+    for e in &u.emails {
+        put(20, e.email.as_deref());
+        put(21, e.is_primary.map(|b| if b { "t" } else { "f" }));
+        put(22, e.kind.as_deref());
+    }
+    for p in &u.phones {
+        put(30, p.number.as_deref());
+        put(31, p.extension.as_deref());
+        put(32, p.kind.as_deref());
+    }
+    if let Some(m) = &u.manager {
+        put(40, m.id.as_deref());
+        put(41, m.name.as_deref());
+        put(42, m.emails.as_deref());
+    }
+    h.digest128().to_le_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> &'static str {
+        r#"{"id":"42","name":"Zoë Ölafsdóttir","first_name":"Zoë","last_name":"Ölafsdóttir",
+            "username":"zoe","job_title":"Trainer","locale":"is-IS","timezone":"Atlantic/Reykjavik",
+            "role":"instructor","status":"active",
+            "emails":[{"email":"zoe@example.com","is_primary":true,"type":"work"},null,{"email":"z@home.is","is_primary":false}],
+            "phones":[{"number":"+354 555 1234","extension":"12","type":"mobile"}],
+            "manager":{"id":"7","name":"Boss","emails":[{"email":"boss@example.com"}]},
+            "organization":{"id":"o1","name":"Org"},
+            "custom_fields":{"team":{"name":"A"}},"remote_data":{"login":"zoe"},
+            "created_at":"2024-01-02T03:04:05Z","updated_at":"2024-02-03T04:05:06.789+01:00",
+            "unexpected":"fine"}"#
+    }
+
+    #[test]
+    fn a_full_record_maps_every_field() {
+        let u = decode_user(full()).unwrap();
+        assert_eq!(u.id, "42");
+        assert_eq!(u.name.as_deref(), Some("Zoë Ölafsdóttir"));
+        assert_eq!(u.role.as_deref(), Some("instructor"));
+        assert_eq!(u.emails.len(), 2, "null elements are skipped");
+        assert_eq!(u.emails[1].email.as_deref(), Some("z@home.is"));
+        assert_eq!(u.phones[0].extension.as_deref(), Some("12"));
+        let m = u.manager.as_ref().unwrap();
+        assert_eq!(m.id.as_deref(), Some("7"));
+        assert_eq!(
+            m.emails.as_deref(),
+            Some(r#"[{"email":"boss@example.com"}]"#)
+        );
+        assert_eq!(u.organization_name.as_deref(), Some("Org"));
+        assert_eq!(u.custom_fields.as_deref(), Some(r#"{"team":{"name":"A"}}"#));
+        assert_eq!(
+            u.updated_at.unwrap().to_rfc3339(),
+            "2024-02-03T03:05:06.789+00:00"
+        );
+    }
+
+    #[test]
+    fn a_minimal_record_is_fine() {
+        let u =
+            decode_user(r#"{"id":"1","emails":null,"manager":null,"custom_fields":null}"#).unwrap();
+        assert!(u.name.is_none() && u.emails.is_empty() && u.manager.is_none());
+        assert!(u.custom_fields.is_none());
+    }
+
+    #[test]
+    fn unknown_enum_values_are_kept_as_text() {
+        let u = decode_user(r#"{"id":"1","role":"superhero","status":"on_leave"}"#).unwrap();
+        assert_eq!(u.role.as_deref(), Some("superhero"));
+        assert_eq!(u.status.as_deref(), Some("on_leave"));
+    }
+
+    #[test]
+    fn records_without_a_usable_id_are_rejected_with_a_reason() {
+        let r = decode_user(r#"{"name":"x"}"#).unwrap_err();
+        assert_eq!(r.reason, "record has no id");
+        assert!(r.user_id.is_none());
+        let r = decode_user(r#"{"id":5}"#).unwrap_err();
+        assert!(r.reason.contains("id is not a string"), "{}", r.reason);
+        let r = decode_user(r#"[1]"#).unwrap_err();
+        assert!(r.reason.contains("not a JSON object"), "{}", r.reason);
+        let r = decode_user(r#"{"id":""}"#).unwrap_err();
+        assert_eq!(r.reason, "id is empty");
+    }
+
+    #[test]
+    fn wrong_types_reject_the_record_but_keep_its_id() {
+        let r = decode_user(r#"{"id":"9","emails":"nope"}"#).unwrap_err();
+        assert_eq!(r.user_id.as_deref(), Some("9"));
+        assert!(r.raw.contains("nope"));
+    }
+
+    #[test]
+    fn text_postgres_cannot_store_is_rejected() {
+        let r = decode_user(r#"{"id":"9","name":"a\u0000b"}"#).unwrap_err();
+        assert!(r.reason.contains("name contains a NUL"), "{}", r.reason);
+        let r = decode_user(r#"{"id":"9","custom_fields":{"k":"\u0000"}}"#).unwrap_err();
+        assert!(r.reason.contains("custom_fields"), "{}", r.reason);
+        let ok = decode_user(r#"{"id":"9","custom_fields":{"k":"\u00e9\ud83d\ude00"}}"#);
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn timestamps_in_common_variants_parse_and_garbage_is_refused() {
+        let t = |s| parse_time(Some(s)).unwrap().unwrap().to_rfc3339();
+        assert_eq!(t("2024-01-02T03:04:05Z"), "2024-01-02T03:04:05+00:00");
+        assert_eq!(t("2024-01-02 03:04:05"), "2024-01-02T03:04:05+00:00");
+        assert_eq!(t("2024-01-02"), "2024-01-02T00:00:00+00:00");
+        assert_eq!(parse_time(Some("")).unwrap(), None);
+        assert!(parse_time(Some("yesterday")).is_err());
+        let r = decode_user(r#"{"id":"3","created_at":"31/12/2024"}"#).unwrap_err();
+        assert!(r.reason.starts_with("created_at:"), "{}", r.reason);
+    }
+
+    #[test]
+    fn the_same_id_twice_in_a_page_keeps_the_last() {
+        let a = RawValue::from_string(r#"{"id":"1","name":"first"}"#.into()).unwrap();
+        let b = RawValue::from_string(r#"{"id":"1","name":"second"}"#.into()).unwrap();
+        let c = RawValue::from_string(r#"{"id":"2"}"#.into()).unwrap();
+        let page = decode_records(&[&a, &c, &b]);
+        assert_eq!(page.users.len(), 2);
+        assert_eq!(page.duplicates, 1);
+        assert_eq!(page.users[0].name.as_deref(), Some("second"));
+    }
+
+    #[test]
+    fn content_hash_changes_with_any_field_and_only_then() {
+        let a = decode_user(full()).unwrap();
+        let b = decode_user(full()).unwrap();
+        assert_eq!(a.content_hash, b.content_hash);
+        let mut c = a.clone();
+        c.emails[0].is_primary = Some(false);
+        assert_ne!(content_hash(&a), content_hash(&c));
+        let mut d = a.clone();
+        d.name = None;
+        d.first_name = a.name.clone();
+        assert_ne!(
+            content_hash(&a),
+            content_hash(&d),
+            "fields do not run into each other"
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! A throwaway PostgreSQL cluster from the locally installed server binaries, for the demo,
+//! the benchmarks and the tests. Owns nothing but that cluster's life.
+//!
+//! The cluster is run by a small supervising shell that reads commands on its stdin. When this
+//! process exits (however: normally, by panic, or by SIGKILL) the pipe closes, the shell stops
+//! the server and removes its directory, so nothing is left running. As root, `initdb` refuses
+//! to run, so the shell runs as the `postgres` OS user through `runuser`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
+
+use secrecy::SecretString;
+
+const SUPERVISOR: &str = r#"
+set -u
+bindir="$1"
+dir=$(mktemp -d "${TMPDIR:-/tmp}/lms-sync-pg.XXXXXX") || exit 1
+cleanup() { "$bindir/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1; rm -rf "$dir"; }
+trap cleanup EXIT
+"$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync >"$dir/initdb.log" 2>&1 \
+  || "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
+  || { echo "ERROR initdb failed: $(tail -n 3 "$dir/initdb.log" | tr '\n' ' ')"; exit 1; }
+opts="-c listen_addresses='' -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=128MB"
+start() { "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -o "$opts" start >/dev/null 2>&1; }
+start || { echo "ERROR postgres did not start: $(tail -n 3 "$dir/server.log" | tr '\n' ' ')"; exit 1; }
+echo "READY $dir"
+while read -r cmd; do
+  case "$cmd" in
+    stop) "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1; echo DONE ;;
+    kill) "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1; echo DONE ;;
+    start) start; echo DONE ;;
+    *) echo "ERROR unknown command" ;;
+  esac
+done
+"#;
+
+struct Supervisor {
+    child: Child,
+    /// `None` once closed: that tells the supervisor to stop the server and clean up.
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// A running throwaway cluster, reachable over a Unix socket as the superuser `postgres`.
+pub struct TempPostgres {
+    inner: Mutex<Supervisor>,
+    socket_dir: PathBuf,
+}
+
+impl std::fmt::Debug for TempPostgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TempPostgres")
+            .field("socket_dir", &self.socket_dir)
+            .finish()
+    }
+}
+
+/// The directory holding `initdb`, `pg_ctl` and `postgres`: `PATH` first, then Debian's layout.
+pub fn find_bindir() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
+    });
+    on_path.or_else(|| {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|d| d.join("initdb").is_file())
+            .collect();
+        dirs.sort();
+        dirs.pop()
+    })
+}
+
+fn is_root() -> bool {
+    // Avoids unsafe libc calls: the effective uid is in /proc on Linux.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+impl TempPostgres {
+    /// Creates and starts a cluster. Blocking; takes a second or two.
+    pub fn start() -> anyhow::Result<TempPostgres> {
+        let bindir = find_bindir().ok_or_else(|| {
+            anyhow::anyhow!("no PostgreSQL server binaries found (initdb, pg_ctl) on PATH or in /usr/lib/postgresql/*/bin; install PostgreSQL or set DATABASE_URL")
+        })?;
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "sh", "-c", SUPERVISOR, "sh"]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.args(["-c", SUPERVISOR, "sh"]);
+            c
+        };
+        cmd.arg(&bindir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            // A private temp dir that the postgres user can write.
+            .env("TMPDIR", "/tmp");
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start the PostgreSQL supervisor: {e}"))?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let line = line.trim();
+        let Some(dir) = line.strip_prefix("READY ") else {
+            let _ = child.wait();
+            anyhow::bail!(
+                "throwaway PostgreSQL failed to start: {}",
+                if line.is_empty() {
+                    "no output (is the `postgres` OS user present when running as root?)"
+                } else {
+                    line
+                }
+            );
+        };
+        Ok(TempPostgres {
+            socket_dir: PathBuf::from(dir),
+            inner: Mutex::new(Supervisor {
+                child,
+                stdin: Some(stdin),
+                stdout,
+            }),
+        })
+    }
+
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    /// The URL of database `db` on this cluster.
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@localhost/{db}?host={}",
+            self.socket_dir.display()
+        )
+    }
+
+    pub fn url_secret(&self, db: &str) -> SecretString {
+        SecretString::from(self.url(db))
+    }
+
+    fn command(&self, cmd: &str) -> anyhow::Result<()> {
+        let mut guard = self.inner.lock().expect("pg supervisor");
+        let sup = &mut *guard;
+        let stdin = sup.stdin.as_mut().expect("supervisor running");
+        writeln!(stdin, "{cmd}")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        sup.stdout.read_line(&mut line)?;
+        if line.trim() == "DONE" {
+            Ok(())
+        } else {
+            anyhow::bail!("postgres supervisor: {}", line.trim())
+        }
+    }
+
+    /// Stops the server (fast shutdown: connections are terminated). Blocking.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        self.command("stop")
+    }
+
+    /// Stops the server as a crash would (immediate shutdown, recovery on next start). Blocking.
+    pub fn crash(&self) -> anyhow::Result<()> {
+        self.command("kill")
+    }
+
+    /// Starts a stopped server again and waits until it accepts connections. Blocking.
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        self.command("start")
+    }
+}
+
+impl Drop for TempPostgres {
+    fn drop(&mut self) {
+        if let Ok(mut guard) = self.inner.lock() {
+            guard.stdin.take();
+            let _ = guard.child.wait();
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! The Truto client: the only module that speaks HTTP to Truto. It fetches one page of an
+//! account's user listing, retrying what is retryable, and decodes it. It knows nothing of the
+//! database and never logs the token (the header is marked sensitive; errors carry no headers).
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::{parse_reset_seconds, parse_retry_after, Backoff};
+use crate::config::{AccountSettings, TrutoSettings};
+use crate::model::{decode_records, DecodedPage};
+
+/// The users endpoint, relative to the base URL.
+pub const USERS_PATH: &str = "unified/lms/users";
+
+/// Why a request failed. `is_retryable` is what retry code branches on.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{}", status_message(*.status, .message, *.remote))]
+    Status {
+        status: u16,
+        /// Truto's `message` (or `error`), shortened.
+        message: String,
+        /// `truto_is_remote_error: true`: the vendor, not Truto, failed.
+        remote: bool,
+        retry_after: Option<Duration>,
+    },
+    #[error("request timed out")]
+    Timeout,
+    #[error("cannot connect to Truto: {0}")]
+    Connect(String),
+    #[error("network error: {0}")]
+    Network(String),
+    #[error("invalid page from Truto: {0}")]
+    InvalidPage(String),
+    #[error("gave up after {attempts} attempts: {last}")]
+    Exhausted {
+        attempts: u32,
+        last: Box<SourceError>,
+    },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+fn status_message(status: u16, message: &str, remote: bool) -> String {
+    let detail = if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    };
+    let advice = match (status, remote) {
+        (401, true) => "the LMS credentials of this integrated account no longer work; the customer must re-authorize the integration in Truto",
+        (401, false) => "Truto rejected the API token; check TRUTO_API_TOKEN (or truto.api_token_file)",
+        (403, _) => "the token lacks a required scope or permission for this account; grant it in Truto",
+        (404, _) => "no such integrated account for this token; check accounts.integrated_account_id",
+        (503, _) => "the integrated account is blocked in Truto; unblock it in Truto before the next sync",
+        (429, _) => "rate limited by Truto",
+        (400, _) | (409, _) | (422, _) => "Truto refused the request; check the account's remote_query and exclude_fields",
+        (s, _) if s >= 500 => "Truto or the vendor failed",
+        _ => "unexpected answer from Truto",
+    };
+    format!("HTTP {status}: {advice}{detail}")
+}
+
+impl SourceError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SourceError::Status { status, .. } => {
+                matches!(*status, 408 | 429 | 500 | 502 | 504)
+                // Other gateway-ish 5xx answers (520–599) are transient too; 501, 503, 505 are not.
+                || (*status >= 506 && *status <= 599)
+            }
+            SourceError::Timeout | SourceError::Connect(_) | SourceError::Network(_) => true,
+            SourceError::InvalidPage(_) => true,
+            SourceError::Exhausted { .. } | SourceError::Cancelled => false,
+        }
+    }
+
+    /// How long the server asked us to wait, if it did.
+    pub fn retry_hint(&self) -> Option<Duration> {
+        match self {
+            SourceError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The HTTP status behind this error, looking through `Exhausted`.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            SourceError::Status { status, .. } => Some(*status),
+            SourceError::Exhausted { last, .. } => last.status(),
+            _ => None,
+        }
+    }
+
+    /// A short machine-readable kind, for metrics and `sync_runs.error_kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceError::Status {
+                status: 401,
+                remote: true,
+                ..
+            } => "needs_reauth",
+            SourceError::Status { status: 401, .. } => "bad_token",
+            SourceError::Status { status: 403, .. } => "forbidden",
+            SourceError::Status { status: 404, .. } => "not_found",
+            SourceError::Status { status: 503, .. } => "blocked",
+            SourceError::Status { status: 429, .. } => "rate_limited",
+            SourceError::Status { .. } => "http_error",
+            SourceError::Timeout => "timeout",
+            SourceError::Connect(_) => "connect",
+            SourceError::Network(_) => "network",
+            SourceError::InvalidPage(_) => "invalid_page",
+            SourceError::Exhausted { last, .. } => last.kind(),
+            SourceError::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One decoded page.
+#[derive(Debug)]
+pub struct FetchedPage {
+    pub decoded: DecodedPage,
+    /// Records in `result`, bad ones included.
+    pub records: usize,
+    pub next_cursor: Option<String>,
+    pub is_partial: bool,
+    /// HTTP requests this page took (1 + retries).
+    pub requests: u32,
+    /// Of which answered 429.
+    pub rate_limited: u32,
+}
+
+/// Talks to Truto for every account (one token serves them all).
+#[derive(Clone)]
+pub struct TrutoClient {
+    http: reqwest::Client,
+    users_url: Url,
+    auth: HeaderValue,
+    page_size: u32,
+    backoff: Backoff,
+}
+
+impl std::fmt::Debug for TrutoClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrutoClient")
+            .field("users_url", &self.users_url.as_str())
+            .field("auth", &"[redacted]")
+            .finish()
+    }
+}
+
+impl TrutoClient {
+    pub fn new(settings: &TrutoSettings, token: &SecretString) -> anyhow::Result<Self> {
+        crate::install_crypto_provider();
+        let mut base = Url::parse(&settings.base_url)?;
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        let users_url = base.join(USERS_PATH)?;
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the Truto API token contains characters not allowed in an HTTP header"
+                )
+            })?;
+        auth.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .timeout(settings.request_timeout())
+            .connect_timeout(settings.connect_timeout())
+            .user_agent(concat!("lms-sync/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Self {
+            http,
+            users_url,
+            auth,
+            page_size: settings.page_size,
+            backoff: Backoff {
+                initial: Duration::from_millis(settings.backoff_initial_ms),
+                max: Duration::from_secs(settings.backoff_max_secs),
+                max_attempts: settings.max_attempts,
+                max_total_wait: Duration::from_secs(settings.max_retry_wait_secs),
+            },
+        })
+    }
+
+    /// The URL of one page. Every parameter but `next_cursor` is the same on every page.
+    pub fn page_url(&self, account: &AccountSettings, cursor: Option<&str>) -> Url {
+        let mut url = self.users_url.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair(
+                "integrated_account_id",
+                &account.integrated_account_id.to_string(),
+            );
+            q.append_pair("limit", &self.page_size.to_string());
+            if account.ignore_remote_data {
+                q.append_pair("truto_ignore_remote_data", "true");
+            }
+            for f in &account.exclude_fields {
+                q.append_pair("truto_exclude_fields[]", f);
+            }
+            for (k, v) in &account.remote_query {
+                q.append_pair(&format!("remote_query[{k}]"), v);
+            }
+            if let Some(c) = cursor {
+                q.append_pair("next_cursor", c);
+            }
+        }
+        url
+    }
+
+    /// Fetches and decodes one page, retrying retryable failures with backoff. Waiting between
+    /// attempts ends early with `Cancelled` when `cancel` fires.
+    pub async fn fetch_page(
+        &self,
+        account: &AccountSettings,
+        cursor: Option<&str>,
+        cancel: &CancellationToken,
+    ) -> Result<FetchedPage, SourceError> {
+        let url = self.page_url(account, cursor);
+        let mut attempts = 0u32;
+        let mut rate_limited = 0u32;
+        let mut waited = Duration::ZERO;
+        loop {
+            attempts += 1;
+            let result = tokio::select! {
+                r = self.try_once(&url) => r,
+                _ = cancel.cancelled() => return Err(SourceError::Cancelled),
+            };
+            let err = match result {
+                Ok(mut page) => {
+                    page.requests = attempts;
+                    page.rate_limited = rate_limited;
+                    return Ok(page);
+                }
+                Err(e) => e,
+            };
+            if err.status() == Some(429) {
+                rate_limited += 1;
+            }
+            if !err.is_retryable() {
+                return Err(err);
+            }
+            let Some(wait) =
+                self.backoff
+                    .next_wait(attempts, waited, err.retry_hint(), fastrand::f64())
+            else {
+                return Err(SourceError::Exhausted {
+                    attempts,
+                    last: Box::new(err),
+                });
+            };
+            tracing::warn!(
+                account = %account.integrated_account_id,
+                attempt = attempts,
+                wait_ms = wait.as_millis() as u64,
+                error = %err,
+                "retrying page request"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => return Err(SourceError::Cancelled),
+            }
+            waited += wait;
+        }
+    }
+
+    async fn try_once(&self, url: &Url) -> Result<FetchedPage, SourceError> {
+        let resp = self
+            .http
+            .get(url.clone())
+            .header(AUTHORIZATION, self.auth.clone())
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.map_err(classify);
+        if !status.is_success() {
+            let body = body.unwrap_or_default();
+            return Err(status_error(status, &headers, &body));
+        }
+        parse_page(&body?, &headers)
+    }
+}
+
+fn classify(e: reqwest::Error) -> SourceError {
+    if e.is_timeout() {
+        return SourceError::Timeout;
+    }
+    let connect = e.is_connect();
+    let chain = error_chain(&e.without_url());
+    if connect {
+        SourceError::Connect(chain)
+    } else {
+        SourceError::Network(chain)
+    }
+}
+
+/// `e: cause: cause`, the way operators want to read an error on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> SourceError {
+    #[derive(Deserialize, Default)]
+    struct ErrorBody {
+        #[serde(default)]
+        message: Option<serde_json::Value>,
+        #[serde(default)]
+        error: Option<serde_json::Value>,
+        #[serde(default)]
+        truto_is_remote_error: Option<bool>,
+    }
+    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let text = |v: Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(serde_json::Value::Null) | None => None,
+        Some(other) => Some(other.to_string()),
+    };
+    let message = text(parsed.message)
+        .or(text(parsed.error))
+        .unwrap_or_default();
+    let retry_after = if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()))
+            .or_else(|| {
+                headers
+                    .get("ratelimit-reset")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_reset_seconds)
+            })
+    } else {
+        None
+    };
+    SourceError::Status {
+        status: status.as_u16(),
+        message: shorten(&message, 300),
+        remote: parsed.truto_is_remote_error.unwrap_or(false),
+        retry_after,
+    }
+}
+
+/// At most `max` characters, control characters replaced, so a hostile body cannot mangle logs.
+pub fn shorten(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+/// Parses the envelope `{"result": [...], "next_cursor": ..., "is_partial_response": ...}`.
+pub fn parse_page(body: &[u8], headers: &HeaderMap) -> Result<FetchedPage, SourceError> {
+    #[derive(Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow, default)]
+        result: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        next_cursor: Option<&'a RawValue>,
+        #[serde(default)]
+        is_partial_response: Option<serde_json::Value>,
+    }
+    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| {
+        let ctype = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none");
+        let start = shorten(&String::from_utf8_lossy(&body[..body.len().min(80)]), 80);
+        SourceError::InvalidPage(format!(
+            "body is not a JSON object ({e}; content-type {ctype}; starts with {start:?})"
+        ))
+    })?;
+    let result = envelope
+        .result
+        .ok_or_else(|| SourceError::InvalidPage("no `result` array".into()))?;
+    let records: Vec<&RawValue> = serde_json::from_str(result.get())
+        .map_err(|_| SourceError::InvalidPage("`result` is not an array".into()))?;
+    let next_cursor = match envelope.next_cursor.map(|c| c.get()) {
+        None | Some("null") => None,
+        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
+            Ok(serde_json::Value::String(_)) => {
+                return Err(SourceError::InvalidPage(
+                    "`next_cursor` is an empty string".into(),
+                ))
+            }
+            Ok(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => {
+                return Err(SourceError::InvalidPage(format!(
+                    "`next_cursor` is not a string: {}",
+                    shorten(text, 60)
+                )))
+            }
+        },
+    };
+    let is_partial = matches!(
+        envelope.is_partial_response,
+        Some(serde_json::Value::Bool(true))
+    );
+    let decoded = decode_records(&records);
+    Ok(FetchedPage {
+        decoded,
+        records: records.len(),
+        next_cursor,
+        is_partial,
+        requests: 1,
+        rate_limited: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<FetchedPage, SourceError> {
+        parse_page(body.as_bytes(), &HeaderMap::new())
+    }
+
+    #[test]
+    fn an_envelope_with_unknown_keys_parses() {
+        let p = parse(r#"{"result":[{"id":"1"},{"nope":1}],"next_cursor":"abc","result_count":2,"prev_cursor":null}"#).unwrap();
+        assert_eq!(p.records, 2);
+        assert_eq!(p.decoded.users.len(), 1);
+        assert_eq!(p.decoded.rejected.len(), 1);
+        assert_eq!(p.next_cursor.as_deref(), Some("abc"));
+        assert!(!p.is_partial);
+    }
+
+    #[test]
+    fn a_null_or_absent_cursor_ends_the_listing() {
+        assert!(parse(r#"{"result":[],"next_cursor":null}"#)
+            .unwrap()
+            .next_cursor
+            .is_none());
+        assert!(parse(r#"{"result":[]}"#).unwrap().next_cursor.is_none());
+    }
+
+    #[test]
+    fn partial_responses_are_flagged() {
+        assert!(
+            parse(r#"{"result":[],"is_partial_response":true}"#)
+                .unwrap()
+                .is_partial
+        );
+    }
+
+    #[test]
+    fn malformed_pages_are_retryable_errors() {
+        for body in [
+            "<html>502 Bad Gateway</html>",
+            r#"{"result":{"id":"1"}}"#,
+            r#"{"items":[]}"#,
+            r#"{"result":[],"next_cursor":{"a":1}}"#,
+            r#"{"result":[],"next_cursor":""}"#,
+            r#"{"result":[{"id":"1"}"#,
+        ] {
+            let e = parse(body).unwrap_err();
+            assert!(matches!(e, SourceError::InvalidPage(_)), "{body}: {e}");
+            assert!(e.is_retryable());
+        }
+    }
+
+    #[test]
+    fn status_errors_say_what_to_do_and_whether_to_retry() {
+        let e = status_error(
+            StatusCode::UNAUTHORIZED,
+            &HeaderMap::new(),
+            br#"{"statusCode":401,"message":"Invalid credentials","truto_is_remote_error":true}"#,
+        );
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("re-authorize"), "{e}");
+        assert_eq!(e.kind(), "needs_reauth");
+        let e = status_error(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), b"");
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("blocked"), "{e}");
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        let e = status_error(StatusCode::TOO_MANY_REQUESTS, &h, b"{}");
+        assert!(e.is_retryable());
+        assert_eq!(e.retry_hint(), Some(Duration::from_secs(7)));
+        for s in [500u16, 502, 504] {
+            let e = status_error(StatusCode::from_u16(s).unwrap(), &HeaderMap::new(), b"");
+            assert!(e.is_retryable(), "{s}");
+        }
+        for s in [400u16, 403, 404, 409, 422] {
+            let e = status_error(StatusCode::from_u16(s).unwrap(), &HeaderMap::new(), b"");
+            assert!(!e.is_retryable(), "{s}");
+        }
+    }
+}

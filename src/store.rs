@@ -1,0 +1,1000 @@
+//! The PostgreSQL store: the only module that holds SQL. It owns the pool, applies migrations,
+//! leases accounts, and writes each page (rows + cursor + counters) in one transaction.
+//!
+//! Queries are runtime-checked (`sqlx::query`, not `query!`): the schema name is chosen at run
+//! time, and every statement here runs in the integration tests. Values always travel as bind
+//! parameters; the only identifier ever formatted into SQL is the validated schema name.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::config::{validate_schema_name, DatabaseSettings};
+use crate::model::{DecodedPage, UserRecord};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {}", crate::source::error_chain(.0))]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {}", crate::source::error_chain(.0))]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid database url: {0}")]
+    Url(String),
+}
+
+impl StoreError {
+    /// Serialization failures, deadlocks, and lost or refused connections are worth another try
+    /// of the whole transaction; constraint violations and bad SQL are not.
+    pub fn is_retryable(&self) -> bool {
+        let StoreError::Db(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                let c = c.as_ref();
+                c == "40001" // serialization_failure
+                    || c == "40P01" // deadlock_detected
+                    || c.starts_with("08") // connection exceptions
+                    || c == "57P01" // admin_shutdown
+                    || c == "57P02" // crash_shutdown
+                    || c == "57P03" // cannot_connect_now
+                    || c == "53300" // too_many_connections
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// Counters of one run, as committed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RunCounts {
+    pub pages: u64,
+    pub users_seen: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub deleted: u64,
+    pub undeleted: u64,
+    pub rejected: u64,
+    pub duplicates: u64,
+    pub http_requests: u64,
+    pub retries: u64,
+    pub rate_limited: u64,
+}
+
+impl RunCounts {
+    pub fn add(&mut self, o: &RunCounts) {
+        self.pages += o.pages;
+        self.users_seen += o.users_seen;
+        self.inserted += o.inserted;
+        self.updated += o.updated;
+        self.unchanged += o.unchanged;
+        self.deleted += o.deleted;
+        self.undeleted += o.undeleted;
+        self.rejected += o.rejected;
+        self.duplicates += o.duplicates;
+        self.http_requests += o.http_requests;
+        self.retries += o.retries;
+        self.rate_limited += o.rate_limited;
+    }
+}
+
+/// What a new run starts from.
+#[derive(Debug, Clone)]
+pub struct RunStart {
+    pub run_id: i64,
+    /// The cursor of an earlier run's unfinished listing; `None` starts from the first page.
+    pub resume_cursor: Option<String>,
+    /// Runs found still marked running (their process died) and now marked interrupted.
+    pub interrupted_runs: u64,
+}
+
+/// How a run ended, as stored in `sync_runs.outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    NeedsAttention,
+    Failed,
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::NeedsAttention => "needs_attention",
+            Outcome::Failed => "failed",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// How a run finished, for `finish_run`.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    pub outcome: Outcome,
+    pub complete_listing: bool,
+    /// Forget the listing's cursor so that the next run starts from the first page.
+    pub reset_cursor: bool,
+    pub deleted: u64,
+    pub deletions_skipped_reason: Option<String>,
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The result of the deletion sweep's guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sweep {
+    Deleted(u64),
+    Skipped(String),
+}
+
+/// One account's row of `lms-sync status`.
+#[derive(Debug, Clone)]
+pub struct StatusRow {
+    pub integrated_account_id: Uuid,
+    pub label: Option<String>,
+    pub status: String,
+    pub last_outcome: Option<String>,
+    pub last_started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_succeeded_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub consecutive_failures: i32,
+    pub last_error: Option<String>,
+    pub resumable: bool,
+    pub live_users: i64,
+    pub deleted_users: i64,
+}
+
+/// An exclusive claim on one account, held as a PostgreSQL advisory lock on a connection of its
+/// own: it ends when released, when this value is dropped, or when the process or its
+/// connection dies, so a crashed worker never blocks an account.
+pub struct Lease {
+    conn: Option<PgConnection>,
+    keys: (i32, i32),
+}
+
+impl Lease {
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+                .bind(self.keys.0)
+                .bind(self.keys.1)
+                .execute(&mut conn)
+                .await;
+            let _ = conn.close().await;
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    opts: PgConnectOptions,
+    schema: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+/// Connect options for `url` with `search_path` set to `schema`.
+pub fn connect_options(url: &SecretString, schema: &str) -> Result<PgConnectOptions, StoreError> {
+    validate_schema_name(schema).map_err(StoreError::Url)?;
+    let opts: PgConnectOptions = url
+        .expose_secret()
+        .parse()
+        // sqlx's parse error can quote the URL; keep the password out of it.
+        .map_err(|_| StoreError::Url("cannot parse database.url".into()))?;
+    Ok(opts
+        .application_name("lms-sync")
+        .options([("search_path", schema)])
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(5)))
+}
+
+impl Store {
+    /// Connects (lazily: the first query opens the first connection).
+    pub fn connect_lazy(url: &SecretString, db: &DatabaseSettings) -> Result<Store, StoreError> {
+        let opts = connect_options(url, &db.schema)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(db.max_connections)
+            .acquire_timeout(Duration::from_secs(db.connect_timeout_secs))
+            .connect_lazy_with(opts.clone());
+        Ok(Store {
+            pool,
+            opts,
+            schema: db.schema.clone(),
+        })
+    }
+
+    /// Connects and checks that the database answers.
+    pub async fn connect(url: &SecretString, db: &DatabaseSettings) -> Result<Store, StoreError> {
+        let store = Self::connect_lazy(url, db)?;
+        sqlx::query("SELECT 1").execute(&store.pool).await?;
+        Ok(store)
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Creates the schema when missing and applies pending migrations. Safe to run from several
+    /// processes at once: sqlx serializes migrations with an advisory lock.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        // IMPORTANT: the schema name is spliced into SQL; validate_schema_name() allows only
+        // [a-z_][a-z0-9_]*, and it is quoted besides.
+        let create = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
+        if let Err(e) = sqlx::query(&create).execute(&mut *conn).await {
+            // Two processes creating it at once: one loses with a unique violation; fine.
+            let raced = matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") || d.code().as_deref() == Some("42P06"));
+            if !raced {
+                return Err(e.into());
+            }
+        }
+        MIGRATOR.run(&mut *conn).await?;
+        Ok(())
+    }
+
+    /// True when every migration this binary knows is applied.
+    pub async fn migrations_applied(&self) -> Result<bool, StoreError> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        if !exists {
+            return Ok(false);
+        }
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
+    }
+
+    /// Tries to lease `account`; `None` when another process holds it.
+    pub async fn try_lease(&self, account: Uuid) -> Result<Option<Lease>, StoreError> {
+        let mut conn = self.opts.connect().await?;
+        let keys: (i32, i32) = sqlx::query_as("SELECT hashtext('lms-sync:' || $1), hashtext($2)")
+            .bind(&self.schema)
+            .bind(account.to_string())
+            .fetch_one(&mut conn)
+            .await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(keys.0)
+            .bind(keys.1)
+            .fetch_one(&mut conn)
+            .await?;
+        if got {
+            Ok(Some(Lease {
+                conn: Some(conn),
+                keys,
+            }))
+        } else {
+            let _ = conn.close().await;
+            Ok(None)
+        }
+    }
+
+    /// Opens a run for a leased account: records it in `sync_runs`, marks runs left `running` by
+    /// a dead process as interrupted, and says where the listing resumes.
+    pub async fn begin_run(
+        &self,
+        account: Uuid,
+        label: Option<&str>,
+        worker: &str,
+    ) -> Result<RunStart, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO sync_state (integrated_account_id, label) VALUES ($1, $2)
+             ON CONFLICT (integrated_account_id) DO UPDATE SET label = excluded.label
+             WHERE sync_state.label IS DISTINCT FROM excluded.label",
+        )
+        .bind(account)
+        .bind(label)
+        .execute(&mut *tx)
+        .await?;
+        let cursor: Option<String> = sqlx::query_scalar(
+            "SELECT cursor FROM sync_state WHERE integrated_account_id = $1 FOR UPDATE",
+        )
+        .bind(account)
+        .fetch_one(&mut *tx)
+        .await?;
+        let interrupted = sqlx::query(
+            "UPDATE sync_runs SET outcome = 'interrupted', finished_at = now(),
+                    error = coalesce(error, 'the process running it stopped before the run finished')
+              WHERE integrated_account_id = $1 AND outcome = 'running'",
+        )
+        .bind(account)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let run_id: i64 = sqlx::query_scalar(
+            "INSERT INTO sync_runs (integrated_account_id, resumed, worker)
+             VALUES ($1, $2, $3) RETURNING run_id",
+        )
+        .bind(account)
+        .bind(cursor.is_some())
+        .bind(worker)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE sync_state
+                SET status = 'running', current_run_id = $2, last_started_at = now(),
+                    listing_run_id = CASE WHEN cursor IS NULL THEN $2 ELSE listing_run_id END,
+                    pages = 0, users_seen = 0, inserted = 0, updated = 0, unchanged = 0,
+                    deleted = 0, rejected = 0, updated_at = now()
+              WHERE integrated_account_id = $1",
+        )
+        .bind(account)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        // Scratch rows of earlier runs (a crash skips their cleanup).
+        sqlx::query("DELETE FROM seen_users WHERE integrated_account_id = $1")
+            .bind(account)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(RunStart {
+            run_id,
+            resume_cursor: cursor,
+            interrupted_runs: interrupted,
+        })
+    }
+
+    /// Forgets a listing's cursor (the API refused it), so the run starts from the first page.
+    pub async fn restart_listing(&self, account: Uuid, run_id: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE sync_state SET cursor = NULL, listing_run_id = $2, updated_at = now()
+              WHERE integrated_account_id = $1",
+        )
+        .bind(account)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE sync_runs SET resumed = false WHERE run_id = $1")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes one page in one transaction: changed users and their children, the ids seen, the
+    /// rejected records, the cursor advance and the counters. Unchanged users cause no write.
+    /// Returns the page's counters and how many ids were new to the run's seen set.
+    pub async fn apply_page(
+        &self,
+        account: Uuid,
+        run_id: i64,
+        page: &DecodedPage,
+        next_cursor: Option<&str>,
+        mut counts: RunCounts,
+    ) -> Result<(RunCounts, u64), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (inserted, updated, unchanged, undeleted) =
+            write_users(&mut tx, account, run_id, &page.users).await?;
+        counts.inserted = inserted;
+        counts.updated = updated;
+        counts.unchanged = unchanged;
+        counts.undeleted = undeleted;
+        counts.rejected = page.rejected.len() as u64;
+        counts.duplicates = page.duplicates;
+        counts.users_seen = page.users.len() as u64;
+        counts.pages = 1;
+
+        let mut seen: Vec<&str> = page.users.iter().map(|u| u.id.as_str()).collect();
+        seen.extend(page.rejected.iter().filter_map(|r| r.user_id.as_deref()));
+        let new_seen = sqlx::query(
+            "INSERT INTO seen_users (integrated_account_id, run_id, user_id)
+             SELECT $1, $2, unnest($3::text[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(account)
+        .bind(run_id)
+        .bind(&seen)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+
+        if !page.rejected.is_empty() {
+            let ids: Vec<Option<&str>> =
+                page.rejected.iter().map(|r| r.user_id.as_deref()).collect();
+            let reasons: Vec<String> = page
+                .rejected
+                .iter()
+                .map(|r| r.reason.replace('\0', "\\u0000"))
+                .collect();
+            let raws: Vec<&str> = page.rejected.iter().map(|r| r.raw.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO rejected_records (integrated_account_id, run_id, user_id, reason, raw)
+                 SELECT $1, $2, t.user_id, t.reason, t.raw
+                   FROM unnest($3::text[], $4::text[], $5::text[]) AS t(user_id, reason, raw)",
+            )
+            .bind(account)
+            .bind(run_id)
+            .bind(&ids)
+            .bind(&reasons)
+            .bind(&raws)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        sqlx::query(
+            "UPDATE sync_state
+                SET cursor = $2, pages = pages + 1, users_seen = users_seen + $3,
+                    inserted = inserted + $4, updated = updated + $5, unchanged = unchanged + $6,
+                    rejected = rejected + $7, updated_at = now()
+              WHERE integrated_account_id = $1",
+        )
+        .bind(account)
+        .bind(next_cursor)
+        .bind(counts.users_seen as i64)
+        .bind(counts.inserted as i64)
+        .bind(counts.updated as i64)
+        .bind(counts.unchanged as i64)
+        .bind(counts.rejected as i64)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE sync_runs
+                SET pages = pages + 1, users_seen = users_seen + $2, inserted = inserted + $3,
+                    updated = updated + $4, unchanged = unchanged + $5, undeleted = undeleted + $6,
+                    rejected = rejected + $7, duplicates = duplicates + $8,
+                    http_requests = http_requests + $9, retries = retries + $10,
+                    rate_limited = rate_limited + $11
+              WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .bind(counts.users_seen as i64)
+        .bind(counts.inserted as i64)
+        .bind(counts.updated as i64)
+        .bind(counts.unchanged as i64)
+        .bind(counts.undeleted as i64)
+        .bind(counts.rejected as i64)
+        .bind(counts.duplicates as i64)
+        .bind(counts.http_requests as i64)
+        .bind(counts.retries as i64)
+        .bind(counts.rate_limited as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((counts, new_seen))
+    }
+
+    /// After a complete listing: marks the account's live users that the run did not see as
+    /// deleted, unless the guard says the listing cannot be trusted. `expected_seen` is how many
+    /// distinct ids the run recorded; fewer rows in the (unlogged) seen table mean it was lost
+    /// in a database crash, and then nothing is deleted.
+    pub async fn sweep_deletions(
+        &self,
+        account: Uuid,
+        run_id: i64,
+        expected_seen: u64,
+        max_delete_fraction: f64,
+    ) -> Result<Sweep, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let seen: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM seen_users WHERE integrated_account_id = $1 AND run_id = $2",
+        )
+        .bind(account)
+        .bind(run_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if seen as u64 != expected_seen {
+            return Ok(Sweep::Skipped(format!(
+                "the record of ids seen holds {seen} of {expected_seen} (the database restarted during the run)"
+            )));
+        }
+        let (gone, live): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE NOT EXISTS (
+                        SELECT 1 FROM seen_users s
+                         WHERE s.integrated_account_id = u.integrated_account_id
+                           AND s.run_id = $2 AND s.user_id = u.id)),
+                    count(*)
+               FROM users u
+              WHERE u.integrated_account_id = $1 AND u.deleted_at IS NULL",
+        )
+        .bind(account)
+        .bind(run_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if gone == 0 {
+            return Ok(Sweep::Deleted(0));
+        }
+        if let Some(reason) = delete_guard(gone as u64, live as u64, max_delete_fraction) {
+            return Ok(Sweep::Skipped(reason));
+        }
+        let deleted = sqlx::query(
+            "UPDATE users u
+                SET deleted_at = now(), last_changed_at = now(), last_changed_run_id = $2
+              WHERE u.integrated_account_id = $1 AND u.deleted_at IS NULL
+                AND NOT EXISTS (SELECT 1 FROM seen_users s
+                                 WHERE s.integrated_account_id = u.integrated_account_id
+                                   AND s.run_id = $2 AND s.user_id = u.id)",
+        )
+        .bind(account)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(Sweep::Deleted(deleted))
+    }
+
+    /// Closes a run in `sync_runs` and `sync_state`, and drops its scratch rows.
+    pub async fn finish_run(
+        &self,
+        account: Uuid,
+        run_id: i64,
+        end: &RunEnd,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE sync_runs
+                SET finished_at = now(), outcome = $2, complete_listing = $3, deleted = $4,
+                    deletions_skipped_reason = $5, error_kind = $6, error = $7
+              WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .bind(end.outcome.as_str())
+        .bind(end.complete_listing)
+        .bind(end.deleted as i64)
+        .bind(&end.deletions_skipped_reason)
+        .bind(&end.error_kind)
+        .bind(&end.error)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE sync_state
+                SET status = $3, last_outcome = $3, last_finished_at = now(), deleted = $4,
+                    last_error = $5,
+                    last_succeeded_at = CASE WHEN $3 = 'succeeded' THEN now() ELSE last_succeeded_at END,
+                    consecutive_failures = CASE WHEN $3 IN ('succeeded', 'needs_attention') THEN 0
+                                                WHEN $3 = 'failed' THEN consecutive_failures + 1
+                                                ELSE consecutive_failures END,
+                    cursor = CASE WHEN $6 THEN NULL ELSE cursor END,
+                    updated_at = now()
+              WHERE integrated_account_id = $1 AND current_run_id = $2",
+        )
+        .bind(account)
+        .bind(run_id)
+        .bind(end.outcome.as_str())
+        .bind(end.deleted as i64)
+        .bind(end.error.as_ref().or(end.deletions_skipped_reason.as_ref()))
+        .bind(end.complete_listing || end.reset_cursor)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM seen_users WHERE integrated_account_id = $1 AND run_id = $2")
+            .bind(account)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One row per account known to `sync_state`, plus configured accounts never synced.
+    pub async fn status(
+        &self,
+        configured: &[(Uuid, Option<String>)],
+    ) -> Result<Vec<StatusRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.integrated_account_id, s.label, s.status, s.last_outcome, s.last_started_at,
+                    s.last_finished_at, s.last_succeeded_at, s.consecutive_failures, s.last_error,
+                    (s.cursor IS NOT NULL) AS resumable,
+                    (SELECT count(*) FROM users u WHERE u.integrated_account_id = s.integrated_account_id AND u.deleted_at IS NULL) AS live,
+                    (SELECT count(*) FROM users u WHERE u.integrated_account_id = s.integrated_account_id AND u.deleted_at IS NOT NULL) AS gone
+               FROM sync_state s ORDER BY coalesce(s.label, s.integrated_account_id::text)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<StatusRow> = rows
+            .into_iter()
+            .map(|r| StatusRow {
+                integrated_account_id: r.get(0),
+                label: r.get(1),
+                status: r.get(2),
+                last_outcome: r.get(3),
+                last_started_at: r.get(4),
+                last_finished_at: r.get(5),
+                last_succeeded_at: r.get(6),
+                consecutive_failures: r.get(7),
+                last_error: r.get(8),
+                resumable: r.get(9),
+                live_users: r.get(10),
+                deleted_users: r.get(11),
+            })
+            .collect();
+        for (id, label) in configured {
+            if !out.iter().any(|r| r.integrated_account_id == *id) {
+                out.push(StatusRow {
+                    integrated_account_id: *id,
+                    label: label.clone(),
+                    status: "never synced".into(),
+                    last_outcome: None,
+                    last_started_at: None,
+                    last_finished_at: None,
+                    last_succeeded_at: None,
+                    consecutive_failures: 0,
+                    last_error: None,
+                    resumable: false,
+                    live_users: 0,
+                    deleted_users: 0,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Why a sweep of `gone` of `live` users must not run, if it must not.
+pub fn delete_guard(gone: u64, live: u64, max_fraction: f64) -> Option<String> {
+    if gone as f64 > max_fraction * live as f64 {
+        Some(format!(
+            "the listing would delete {gone} of {live} live users, more than the allowed share ({:.0}%); nothing was deleted. \
+             If this is right, raise max_delete_fraction for this account and sync again",
+            max_fraction * 100.0
+        ))
+    } else {
+        None
+    }
+}
+
+/// Classifies the page's users against their stored hashes and writes only what changed.
+/// Returns (inserted, updated, unchanged, undeleted).
+async fn write_users(
+    tx: &mut Transaction<'_, Postgres>,
+    account: Uuid,
+    run_id: i64,
+    users: &[UserRecord],
+) -> Result<(u64, u64, u64, u64), StoreError> {
+    if users.is_empty() {
+        return Ok((0, 0, 0, 0));
+    }
+    let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+    let existing: HashMap<String, (Vec<u8>, bool)> = sqlx::query_as::<_, (String, Vec<u8>, bool)>(
+        "SELECT id, content_hash, deleted_at IS NOT NULL
+           FROM users WHERE integrated_account_id = $1 AND id = ANY($2::text[])",
+    )
+    .bind(account)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .map(|(id, h, d)| (id, (h, d)))
+    .collect();
+
+    let mut changed: Vec<&UserRecord> = Vec::new();
+    let mut revived: Vec<&str> = Vec::new();
+    let (mut inserted, mut updated, mut unchanged, mut undeleted) = (0, 0, 0, 0);
+    for u in users {
+        match existing.get(&u.id) {
+            None => {
+                inserted += 1;
+                changed.push(u);
+            }
+            Some((hash, deleted)) => {
+                if *deleted {
+                    undeleted += 1;
+                }
+                if hash.as_slice() != u.content_hash {
+                    updated += 1;
+                    changed.push(u);
+                } else if *deleted {
+                    revived.push(&u.id);
+                } else {
+                    unchanged += 1;
+                }
+            }
+        }
+    }
+    if !revived.is_empty() {
+        sqlx::query(
+            "UPDATE users SET deleted_at = NULL, last_changed_at = now(), last_changed_run_id = $3
+              WHERE integrated_account_id = $1 AND id = ANY($2::text[])",
+        )
+        .bind(account)
+        .bind(&revived)
+        .bind(run_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if changed.is_empty() {
+        return Ok((inserted, updated, unchanged, undeleted));
+    }
+    upsert_users(tx, account, run_id, &changed).await?;
+    let any_existing = changed.iter().any(|u| existing.contains_key(&u.id));
+    sync_emails(tx, account, &changed, any_existing).await?;
+    sync_phones(tx, account, &changed, any_existing).await?;
+    sync_managers(tx, account, &changed, any_existing).await?;
+    Ok((inserted, updated, unchanged, undeleted))
+}
+
+async fn upsert_users(
+    tx: &mut Transaction<'_, Postgres>,
+    account: Uuid,
+    run_id: i64,
+    users: &[&UserRecord],
+) -> Result<(), StoreError> {
+    fn col<'a>(
+        users: &[&'a UserRecord],
+        f: impl Fn(&'a UserRecord) -> Option<&'a str>,
+    ) -> Vec<Option<&'a str>> {
+        users.iter().map(|u| f(u)).collect()
+    }
+    let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+    let hashes: Vec<&[u8]> = users.iter().map(|u| &u.content_hash[..]).collect();
+    let created: Vec<_> = users.iter().map(|u| u.created_at).collect();
+    let updated: Vec<_> = users.iter().map(|u| u.updated_at).collect();
+    sqlx::query(
+        "INSERT INTO users AS u (integrated_account_id, id, name, first_name, last_name, username,
+                job_title, locale, timezone, role, status, organization_id, organization_name,
+                custom_fields, remote_data, created_at, updated_at, content_hash, last_changed_run_id)
+         SELECT $1, t.id, t.name, t.first_name, t.last_name, t.username, t.job_title, t.locale,
+                t.timezone, t.role, t.status, t.organization_id, t.organization_name,
+                t.custom_fields::jsonb, t.remote_data::jsonb, t.created_at, t.updated_at,
+                t.content_hash, $2
+           FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                       $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                       $15::text[], $16::text[], $17::timestamptz[], $18::timestamptz[], $19::bytea[])
+             AS t(id, name, first_name, last_name, username, job_title, locale, timezone, role,
+                  status, organization_id, organization_name, custom_fields, remote_data,
+                  created_at, updated_at, content_hash)
+         ON CONFLICT (integrated_account_id, id) DO UPDATE SET
+                name = excluded.name, first_name = excluded.first_name,
+                last_name = excluded.last_name, username = excluded.username,
+                job_title = excluded.job_title, locale = excluded.locale,
+                timezone = excluded.timezone, role = excluded.role, status = excluded.status,
+                organization_id = excluded.organization_id,
+                organization_name = excluded.organization_name,
+                custom_fields = excluded.custom_fields, remote_data = excluded.remote_data,
+                created_at = excluded.created_at, updated_at = excluded.updated_at,
+                content_hash = excluded.content_hash, deleted_at = NULL,
+                last_changed_at = now(), last_changed_run_id = excluded.last_changed_run_id",
+    )
+    .bind(account)
+    .bind(run_id)
+    .bind(&ids)
+    .bind(col(users, |u| u.name.as_deref()))
+    .bind(col(users, |u| u.first_name.as_deref()))
+    .bind(col(users, |u| u.last_name.as_deref()))
+    .bind(col(users, |u| u.username.as_deref()))
+    .bind(col(users, |u| u.job_title.as_deref()))
+    .bind(col(users, |u| u.locale.as_deref()))
+    .bind(col(users, |u| u.timezone.as_deref()))
+    .bind(col(users, |u| u.role.as_deref()))
+    .bind(col(users, |u| u.status.as_deref()))
+    .bind(col(users, |u| u.organization_id.as_deref()))
+    .bind(col(users, |u| u.organization_name.as_deref()))
+    .bind(col(users, |u| u.custom_fields.as_deref()))
+    .bind(col(users, |u| u.remote_data.as_deref()))
+    .bind(&created)
+    .bind(&updated)
+    .bind(&hashes)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Rows of a child table for the changed users: (user id, position) plus three text-ish values.
+struct ChildRows<'a, B> {
+    user_ids: Vec<&'a str>,
+    positions: Vec<i32>,
+    a: Vec<Option<&'a str>>,
+    b: Vec<B>,
+    c: Vec<Option<&'a str>>,
+}
+
+impl<'a, B> ChildRows<'a, B> {
+    fn new() -> Self {
+        Self {
+            user_ids: Vec::new(),
+            positions: Vec::new(),
+            a: Vec::new(),
+            b: Vec::new(),
+            c: Vec::new(),
+        }
+    }
+}
+
+/// Emails and phones follow the same pattern: drop positions the user no longer has, then
+/// write the positions that are new or differ. Identical rows are not touched.
+async fn sync_emails(
+    tx: &mut Transaction<'_, Postgres>,
+    account: Uuid,
+    users: &[&UserRecord],
+    any_existing: bool,
+) -> Result<(), StoreError> {
+    let mut rows: ChildRows<Option<bool>> = ChildRows::new();
+    for u in users {
+        for (i, e) in u.emails.iter().enumerate() {
+            rows.user_ids.push(&u.id);
+            rows.positions.push(i as i32);
+            rows.a.push(e.email.as_deref());
+            rows.b.push(e.is_primary);
+            rows.c.push(e.kind.as_deref());
+        }
+    }
+    let owners: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+    if any_existing {
+        sqlx::query(
+            "DELETE FROM user_emails
+              WHERE integrated_account_id = $1 AND user_id = ANY($2::text[])
+                AND (user_id, position) NOT IN (SELECT * FROM unnest($3::text[], $4::int[]))",
+        )
+        .bind(account)
+        .bind(&owners)
+        .bind(&rows.user_ids)
+        .bind(&rows.positions)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if rows.user_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO user_emails (integrated_account_id, user_id, position, email, is_primary, type)
+         SELECT $1, n.user_id, n.position, n.email, n.is_primary, n.type
+           FROM unnest($2::text[], $3::int[], $4::text[], $5::bool[], $6::text[])
+                AS n(user_id, position, email, is_primary, type)
+           LEFT JOIN user_emails e
+                  ON e.integrated_account_id = $1 AND e.user_id = n.user_id AND e.position = n.position
+          WHERE e.user_id IS NULL
+             OR (e.email, e.is_primary, e.type) IS DISTINCT FROM (n.email, n.is_primary, n.type)
+         ON CONFLICT (integrated_account_id, user_id, position) DO UPDATE
+            SET email = excluded.email, is_primary = excluded.is_primary, type = excluded.type",
+    )
+    .bind(account)
+    .bind(&rows.user_ids)
+    .bind(&rows.positions)
+    .bind(&rows.a)
+    .bind(&rows.b)
+    .bind(&rows.c)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn sync_phones(
+    tx: &mut Transaction<'_, Postgres>,
+    account: Uuid,
+    users: &[&UserRecord],
+    any_existing: bool,
+) -> Result<(), StoreError> {
+    let mut rows: ChildRows<Option<&str>> = ChildRows::new();
+    for u in users {
+        for (i, p) in u.phones.iter().enumerate() {
+            rows.user_ids.push(&u.id);
+            rows.positions.push(i as i32);
+            rows.a.push(p.number.as_deref());
+            rows.b.push(p.extension.as_deref());
+            rows.c.push(p.kind.as_deref());
+        }
+    }
+    let owners: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+    if any_existing {
+        sqlx::query(
+            "DELETE FROM user_phones
+              WHERE integrated_account_id = $1 AND user_id = ANY($2::text[])
+                AND (user_id, position) NOT IN (SELECT * FROM unnest($3::text[], $4::int[]))",
+        )
+        .bind(account)
+        .bind(&owners)
+        .bind(&rows.user_ids)
+        .bind(&rows.positions)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if rows.user_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO user_phones (integrated_account_id, user_id, position, number, extension, type)
+         SELECT $1, n.user_id, n.position, n.number, n.extension, n.type
+           FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[])
+                AS n(user_id, position, number, extension, type)
+           LEFT JOIN user_phones p
+                  ON p.integrated_account_id = $1 AND p.user_id = n.user_id AND p.position = n.position
+          WHERE p.user_id IS NULL
+             OR (p.number, p.extension, p.type) IS DISTINCT FROM (n.number, n.extension, n.type)
+         ON CONFLICT (integrated_account_id, user_id, position) DO UPDATE
+            SET number = excluded.number, extension = excluded.extension, type = excluded.type",
+    )
+    .bind(account)
+    .bind(&rows.user_ids)
+    .bind(&rows.positions)
+    .bind(&rows.a)
+    .bind(&rows.b)
+    .bind(&rows.c)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn sync_managers(
+    tx: &mut Transaction<'_, Postgres>,
+    account: Uuid,
+    users: &[&UserRecord],
+    any_existing: bool,
+) -> Result<(), StoreError> {
+    let without: Vec<&str> = users
+        .iter()
+        .filter(|u| u.manager.is_none())
+        .map(|u| u.id.as_str())
+        .collect();
+    if any_existing && !without.is_empty() {
+        sqlx::query(
+            "DELETE FROM user_managers WHERE integrated_account_id = $1 AND user_id = ANY($2::text[])",
+        )
+        .bind(account)
+        .bind(&without)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let with: Vec<(&str, &crate::model::Manager)> = users
+        .iter()
+        .filter_map(|u| u.manager.as_ref().map(|m| (u.id.as_str(), m)))
+        .collect();
+    if with.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = with.iter().map(|(id, _)| *id).collect();
+    let mids: Vec<Option<&str>> = with.iter().map(|(_, m)| m.id.as_deref()).collect();
+    let names: Vec<Option<&str>> = with.iter().map(|(_, m)| m.name.as_deref()).collect();
+    let emails: Vec<Option<&str>> = with.iter().map(|(_, m)| m.emails.as_deref()).collect();
+    sqlx::query(
+        "INSERT INTO user_managers (integrated_account_id, user_id, manager_id, manager_name, manager_emails)
+         SELECT $1, n.user_id, n.manager_id, n.manager_name, n.manager_emails::jsonb
+           FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])
+                AS n(user_id, manager_id, manager_name, manager_emails)
+           LEFT JOIN user_managers m ON m.integrated_account_id = $1 AND m.user_id = n.user_id
+          WHERE m.user_id IS NULL
+             OR (m.manager_id, m.manager_name, m.manager_emails)
+                IS DISTINCT FROM (n.manager_id, n.manager_name, n.manager_emails::jsonb)
+         ON CONFLICT (integrated_account_id, user_id) DO UPDATE
+            SET manager_id = excluded.manager_id, manager_name = excluded.manager_name,
+                manager_emails = excluded.manager_emails",
+    )
+    .bind(account)
+    .bind(&ids)
+    .bind(&mids)
+    .bind(&names)
+    .bind(&emails)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_delete_guard_allows_up_to_the_share_and_refuses_beyond() {
+        assert_eq!(delete_guard(5, 10, 0.5), None);
+        assert!(delete_guard(6, 10, 0.5).is_some());
+        assert!(delete_guard(10, 10, 0.5).unwrap().contains("10 of 10"));
+        assert_eq!(delete_guard(10, 10, 1.0), None);
+    }
+}

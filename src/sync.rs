@@ -1,0 +1,594 @@
+//! One complete pass over one account: lease it, open a run, follow the cursor page by page
+//! (fetching the next page while the current one is written), sweep deletions after a complete
+//! listing, close the run. The one-shot CLI, the daemon and the tests all call [`sync_account`].
+//! This module decides; it holds no SQL and speaks no HTTP.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::backoff::Backoff;
+use crate::config::AccountSettings;
+use crate::source::{FetchedPage, SourceError, TrutoClient};
+use crate::store::{Outcome, RunCounts, RunEnd, Store, StoreError, Sweep};
+
+/// Knobs of one pass that do not come from the account itself.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub max_pages: u64,
+    pub max_delete_fraction: f64,
+    /// Attempts to commit one page when the database fails with a retryable error.
+    pub db_max_attempts: u32,
+    /// `host:pid`, recorded in `sync_runs.worker`.
+    pub worker: String,
+}
+
+impl SyncOptions {
+    pub fn from_settings(s: &crate::config::Settings) -> Self {
+        Self {
+            max_pages: s.truto.max_pages,
+            max_delete_fraction: s.sync.max_delete_fraction,
+            db_max_attempts: s.sync.db_max_attempts,
+            worker: worker_name(),
+        }
+    }
+}
+
+pub fn worker_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Live progress of one pass, for terminals and logs.
+pub trait Progress: Send + Sync {
+    fn started(&self, _account: &AccountSettings, _resumed: bool) {}
+    fn page(&self, _account: &AccountSettings, _totals: &RunCounts) {}
+    fn finished(&self, _account: &AccountSettings, _outcome: &SyncOutcome) {}
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// What one pass did.
+#[derive(Debug, Clone)]
+pub struct SyncOutcome {
+    pub account: Uuid,
+    pub label: String,
+    /// `None` when no run was opened (the account was busy elsewhere, or the database failed).
+    pub run_id: Option<i64>,
+    pub status: PassStatus,
+    pub counts: RunCounts,
+    pub resumed: bool,
+    pub complete_listing: bool,
+    pub deletions_skipped_reason: Option<String>,
+    pub error: Option<String>,
+    pub error_kind: Option<String>,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassStatus {
+    Finished(Outcome),
+    /// Another process holds the account's lease.
+    Busy,
+    /// The run could not even be opened or closed (database unreachable).
+    StoreFailed,
+}
+
+impl SyncOutcome {
+    pub fn succeeded(&self) -> bool {
+        self.status == PassStatus::Finished(Outcome::Succeeded)
+    }
+
+    pub fn status_str(&self) -> &'static str {
+        match self.status {
+            PassStatus::Finished(o) => o.as_str(),
+            PassStatus::Busy => "busy",
+            PassStatus::StoreFailed => "failed",
+        }
+    }
+}
+
+/// Why the listing loop stopped early.
+enum Stop {
+    Source(SourceError),
+    Store(StoreError),
+    /// A protocol violation by the API that makes the cursor useless (repeat, too many pages).
+    Listing(String),
+    Cancelled,
+}
+
+/// One complete pass over one account. Never panics on bad input or faults: every failure ends
+/// as an outcome with an error message, and what was committed stays committed.
+pub async fn sync_account(
+    store: &Store,
+    source: &TrutoClient,
+    account: &AccountSettings,
+    opts: &SyncOptions,
+    cancel: &CancellationToken,
+    progress: &dyn Progress,
+) -> SyncOutcome {
+    let started = Instant::now();
+    let id = account.integrated_account_id;
+    let mut out = SyncOutcome {
+        account: id,
+        label: account.display_name(),
+        run_id: None,
+        status: PassStatus::StoreFailed,
+        counts: RunCounts::default(),
+        resumed: false,
+        complete_listing: false,
+        deletions_skipped_reason: None,
+        error: None,
+        error_kind: None,
+        elapsed: Duration::ZERO,
+    };
+    let lease = match store.try_lease(id).await {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            out.status = PassStatus::Busy;
+            out.error = Some("another lms-sync process is syncing this account".into());
+            out.elapsed = started.elapsed();
+            return out;
+        }
+        Err(e) => {
+            out.error = Some(e.to_string());
+            out.error_kind = Some("database".into());
+            out.elapsed = started.elapsed();
+            return out;
+        }
+    };
+    let span = tracing::info_span!("sync", account = %id, run_id = tracing::field::Empty);
+    run_leased(
+        store, source, account, opts, cancel, progress, &mut out, &span, started,
+    )
+    .instrument(span.clone())
+    .await;
+    lease.release().await;
+    out.elapsed = started.elapsed();
+    progress.finished(account, &out);
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_leased(
+    store: &Store,
+    source: &TrutoClient,
+    account: &AccountSettings,
+    opts: &SyncOptions,
+    cancel: &CancellationToken,
+    progress: &dyn Progress,
+    out: &mut SyncOutcome,
+    span: &tracing::Span,
+    started: Instant,
+) {
+    let id = account.integrated_account_id;
+    let start = match with_db_retries(opts, cancel, || {
+        store.begin_run(id, account.label.as_deref(), &opts.worker)
+    })
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            out.error = Some(e.to_string());
+            out.error_kind = Some("database".into());
+            return;
+        }
+    };
+    span.record("run_id", start.run_id);
+    out.run_id = Some(start.run_id);
+    out.resumed = start.resume_cursor.is_some();
+    if start.interrupted_runs > 0 {
+        tracing::warn!(
+            runs = start.interrupted_runs,
+            "an earlier run of this account was interrupted; marked as such"
+        );
+    }
+    progress.started(account, out.resumed);
+
+    let listing = follow_listing(
+        store,
+        source,
+        account,
+        opts,
+        cancel,
+        progress,
+        start.run_id,
+        start.resume_cursor,
+        out,
+    )
+    .await;
+
+    let mut end = RunEnd {
+        outcome: Outcome::Succeeded,
+        complete_listing: false,
+        reset_cursor: false,
+        deleted: 0,
+        deletions_skipped_reason: None,
+        error_kind: None,
+        error: None,
+    };
+    match listing {
+        Ok(listing) => {
+            end.complete_listing = true;
+            out.complete_listing = true;
+            let skip = if listing.resumed {
+                Some("the listing was resumed from an earlier run's cursor; the next complete listing infers deletions".to_string())
+            } else if listing.partial {
+                Some(
+                    "Truto marked a page of the listing as partial (is_partial_response)"
+                        .to_string(),
+                )
+            } else {
+                None
+            };
+            match skip {
+                Some(reason) => {
+                    // A resumed listing is normal after a stop; a partial one needs a look.
+                    if listing.partial {
+                        end.outcome = Outcome::NeedsAttention;
+                    }
+                    end.deletions_skipped_reason = Some(reason);
+                }
+                None => {
+                    let fraction = account
+                        .max_delete_fraction
+                        .unwrap_or(opts.max_delete_fraction);
+                    let sweep = with_db_retries(opts, cancel, || {
+                        store.sweep_deletions(id, start_run(out), listing.seen, fraction)
+                    })
+                    .await;
+                    match sweep {
+                        Ok(Sweep::Deleted(n)) => end.deleted = n,
+                        Ok(Sweep::Skipped(reason)) => {
+                            end.outcome = Outcome::NeedsAttention;
+                            end.deletions_skipped_reason = Some(reason);
+                        }
+                        Err(e) => {
+                            end.outcome = Outcome::Failed;
+                            end.error_kind = Some("database".into());
+                            end.error = Some(format!("deletion sweep failed: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+        Err(stop) => {
+            end.deletions_skipped_reason = Some("the listing did not complete".into());
+            match stop {
+                Stop::Cancelled => {
+                    end.outcome = Outcome::Interrupted;
+                    end.error = Some("interrupted by shutdown; the next run resumes from the last committed page".into());
+                    end.error_kind = Some("interrupted".into());
+                }
+                Stop::Source(e) => {
+                    end.outcome = Outcome::Failed;
+                    end.error_kind = Some(e.kind().into());
+                    end.error = Some(e.to_string());
+                }
+                Stop::Store(e) => {
+                    end.outcome = Outcome::Failed;
+                    end.error_kind = Some("database".into());
+                    end.error = Some(e.to_string());
+                }
+                Stop::Listing(m) => {
+                    end.outcome = Outcome::Failed;
+                    end.error_kind = Some("listing".into());
+                    end.error = Some(m);
+                    end.reset_cursor = true;
+                }
+            }
+        }
+    }
+    out.counts.deleted = end.deleted;
+    out.deletions_skipped_reason = end.deletions_skipped_reason.clone();
+    out.error = end.error.clone();
+    out.error_kind = end.error_kind.clone();
+    // Closing the run must not be skipped because shutdown was requested.
+    let never = CancellationToken::new();
+    match with_db_retries(opts, &never, || store.finish_run(id, start_run(out), &end)).await {
+        Ok(()) => out.status = PassStatus::Finished(end.outcome),
+        Err(e) => {
+            out.status = PassStatus::StoreFailed;
+            out.error = Some(format!(
+                "{}could not record the end of the run: {e}",
+                out.error
+                    .as_ref()
+                    .map(|m| format!("{m}; "))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    out.elapsed = started.elapsed();
+    log_summary(out);
+}
+
+fn start_run(out: &SyncOutcome) -> i64 {
+    out.run_id.expect("run opened")
+}
+
+fn log_summary(out: &SyncOutcome) {
+    let c = &out.counts;
+    let msg = "sync run finished";
+    macro_rules! summary {
+        ($lvl:ident) => {
+            tracing::$lvl!(
+                outcome = out.status_str(),
+                pages = c.pages,
+                users_seen = c.users_seen,
+                inserted = c.inserted,
+                updated = c.updated,
+                unchanged = c.unchanged,
+                deleted = c.deleted,
+                undeleted = c.undeleted,
+                rejected = c.rejected,
+                requests = c.http_requests,
+                retries = c.retries,
+                resumed = out.resumed,
+                elapsed_ms = out.elapsed.as_millis() as u64,
+                deletions_skipped = out.deletions_skipped_reason.as_deref(),
+                error = out.error.as_deref(),
+                "{msg}"
+            )
+        };
+    }
+    match out.status {
+        PassStatus::Finished(Outcome::Succeeded) => summary!(info),
+        PassStatus::Finished(Outcome::Interrupted)
+        | PassStatus::Finished(Outcome::NeedsAttention) => summary!(warn),
+        _ => summary!(error),
+    }
+}
+
+struct Listing {
+    resumed: bool,
+    partial: bool,
+    /// Distinct ids recorded in the seen table.
+    seen: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn follow_listing(
+    store: &Store,
+    source: &TrutoClient,
+    account: &AccountSettings,
+    opts: &SyncOptions,
+    cancel: &CancellationToken,
+    progress: &dyn Progress,
+    run_id: i64,
+    resume_cursor: Option<String>,
+    out: &mut SyncOutcome,
+) -> Result<Listing, Stop> {
+    let id = account.integrated_account_id;
+    let mut listing = Listing {
+        resumed: resume_cursor.is_some(),
+        partial: false,
+        seen: 0,
+    };
+    let mut cursors: HashSet<String> = HashSet::new();
+    let mut cursor = resume_cursor;
+
+    // The first page; a resumed cursor the API no longer accepts restarts the listing.
+    let mut page = match source.fetch_page(account, cursor.as_deref(), cancel).await {
+        Ok(p) => p,
+        Err(e) if listing.resumed && stale_cursor(&e) => {
+            tracing::warn!(error = %e, "the saved cursor was refused; restarting the listing from the first page");
+            with_db_retries(opts, cancel, || store.restart_listing(id, run_id))
+                .await
+                .map_err(Stop::Store)?;
+            listing.resumed = false;
+            out.resumed = false;
+            cursor = None;
+            source
+                .fetch_page(account, None, cancel)
+                .await
+                .map_err(source_stop)?
+        }
+        Err(e) => return Err(source_stop(e)),
+    };
+    if let Some(c) = &cursor {
+        cursors.insert(c.clone());
+    }
+    loop {
+        listing.partial |= page.is_partial;
+        let next = page.next_cursor.clone();
+        if let Some(n) = &next {
+            if !cursors.insert(n.clone()) {
+                // Commit this page's users (they are good), but never follow the loop.
+                apply(store, opts, account, run_id, &page, None, out, progress).await?;
+                return Err(Stop::Listing(format!(
+                    "the API returned a cursor it had already returned in this listing (after {} pages); the listing was stopped instead of looping",
+                    out.counts.pages
+                )));
+            }
+        }
+        if out.counts.pages + 1 > opts.max_pages && next.is_some() {
+            return Err(Stop::Listing(format!(
+                "the listing has more than truto.max_pages = {} pages; raise it if the account really is that large",
+                opts.max_pages
+            )));
+        }
+        // Fetch the next page while this one is written: one page of look-ahead keeps memory flat.
+        let (applied, fetched) = match &next {
+            Some(n) => {
+                let (a, f) = tokio::join!(
+                    apply(
+                        store,
+                        opts,
+                        account,
+                        run_id,
+                        &page,
+                        next.as_deref(),
+                        out,
+                        progress
+                    ),
+                    source.fetch_page(account, Some(n), cancel)
+                );
+                (a, Some(f))
+            }
+            None => (
+                apply(store, opts, account, run_id, &page, None, out, progress).await,
+                None,
+            ),
+        };
+        listing.seen += applied?;
+        match fetched {
+            None => return Ok(listing),
+            Some(f) => {
+                if cancel.is_cancelled() {
+                    return Err(Stop::Cancelled);
+                }
+                page = f.map_err(source_stop)?;
+            }
+        }
+    }
+}
+
+fn source_stop(e: SourceError) -> Stop {
+    match e {
+        SourceError::Cancelled => Stop::Cancelled,
+        e => Stop::Source(e),
+    }
+}
+
+/// A 4xx other than auth/scope/blocked answering a resumed cursor means the cursor expired.
+fn stale_cursor(e: &SourceError) -> bool {
+    matches!(e, SourceError::Status { status, .. } if matches!(*status, 400 | 404 | 410 | 422))
+}
+
+/// Writes one page, retrying the whole transaction on retryable database errors.
+#[allow(clippy::too_many_arguments)]
+async fn apply(
+    store: &Store,
+    opts: &SyncOptions,
+    account: &AccountSettings,
+    run_id: i64,
+    page: &FetchedPage,
+    next_cursor: Option<&str>,
+    out: &mut SyncOutcome,
+    progress: &dyn Progress,
+) -> Result<u64, Stop> {
+    let base = RunCounts {
+        http_requests: page.requests as u64,
+        retries: page.requests.saturating_sub(1) as u64,
+        rate_limited: page.rate_limited as u64,
+        ..RunCounts::default()
+    };
+    // IMPORTANT: a page is never abandoned for shutdown; its (bounded) retries run to the end
+    // so that rows and cursor commit together or not at all.
+    let never = CancellationToken::new();
+    let (counts, new_seen) = with_db_retries(opts, &never, || {
+        store.apply_page(
+            account.integrated_account_id,
+            run_id,
+            &page.decoded,
+            next_cursor,
+            base,
+        )
+    })
+    .await
+    .map_err(Stop::Store)?;
+    out.counts.add(&counts);
+    for r in &page.decoded.rejected {
+        tracing::warn!(user_id = r.user_id.as_deref(), reason = %r.reason, "record rejected; stored in rejected_records");
+    }
+    if page.decoded.duplicates > 0 {
+        tracing::warn!(
+            duplicates = page.decoded.duplicates,
+            "the same user id appeared more than once in one page; the last one was kept"
+        );
+    }
+    progress.page(account, &out.counts);
+    Ok(new_seen)
+}
+
+/// Runs a store operation, retrying retryable errors (lost connection, restart, deadlock) with
+/// backoff. Non-retryable errors return at once.
+async fn with_db_retries<T, F, Fut>(
+    opts: &SyncOptions,
+    cancel: &CancellationToken,
+    mut op: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let policy = Backoff {
+        initial: Duration::from_millis(250),
+        max: Duration::from_secs(10),
+        max_attempts: opts.db_max_attempts,
+        max_total_wait: Duration::from_secs(120),
+    };
+    let mut attempts = 0;
+    let mut waited = Duration::ZERO;
+    loop {
+        attempts += 1;
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() => {
+                let Some(wait) = policy.next_wait(attempts, waited, None, fastrand::f64()) else {
+                    return Err(e);
+                };
+                tracing::warn!(attempt = attempts, wait_ms = wait.as_millis() as u64, error = %e, "database operation failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => return Err(e),
+                }
+                waited += wait;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Syncs many accounts, at most `max_concurrent` at once, and returns their outcomes in the
+/// order given.
+pub async fn sync_accounts(
+    store: &Store,
+    source: &TrutoClient,
+    accounts: &[AccountSettings],
+    opts: &SyncOptions,
+    max_concurrent: usize,
+    cancel: &CancellationToken,
+    progress: Arc<dyn Progress>,
+) -> Vec<SyncOutcome> {
+    use futures_util::stream::{self, StreamExt};
+    stream::iter(accounts.iter())
+        .map(|a| {
+            let progress = progress.clone();
+            async move {
+                if cancel.is_cancelled() {
+                    return SyncOutcome {
+                        account: a.integrated_account_id,
+                        label: a.display_name(),
+                        run_id: None,
+                        status: PassStatus::Finished(Outcome::Interrupted),
+                        counts: RunCounts::default(),
+                        resumed: false,
+                        complete_listing: false,
+                        deletions_skipped_reason: None,
+                        error: Some("not started: shutdown requested".into()),
+                        error_kind: Some("interrupted".into()),
+                        elapsed: Duration::ZERO,
+                    };
+                }
+                sync_account(store, source, a, opts, cancel, progress.as_ref()).await
+            }
+        })
+        .buffered(max_concurrent.max(1))
+        .collect()
+        .await
+}

@@ -1,0 +1,76 @@
+//! Logging through `tracing`: pretty or JSON lines on stderr, level from `RUST_LOG` or config.
+//! While progress bars are drawn, log lines are written around them, not through them.
+
+use std::io::Write;
+use std::sync::OnceLock;
+
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LogSettings};
+
+static BARS: OnceLock<indicatif::MultiProgress> = OnceLock::new();
+
+/// The progress bars every log line must step around; created on first use.
+pub fn bars() -> &'static indicatif::MultiProgress {
+    BARS.get_or_init(|| {
+        indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+    })
+}
+
+#[derive(Clone, Copy)]
+struct StderrAroundBars;
+
+struct LineWriter(Vec<u8>);
+
+impl Write for LineWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        let line = std::mem::take(&mut self.0);
+        let write = || {
+            let _ = std::io::stderr().write_all(&line);
+        };
+        match BARS.get() {
+            Some(mp) if !mp.is_hidden() => mp.suspend(write),
+            _ => write(),
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for StderrAroundBars {
+    type Writer = LineWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        LineWriter(Vec::with_capacity(256))
+    }
+}
+
+/// Installs the global subscriber. Safe to call more than once (later calls do nothing).
+pub fn init(settings: &LogSettings) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(StderrAroundBars)
+        .with_target(false);
+    let _ = match settings.format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Pretty => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(ansi).compact().try_init()
+        }
+    };
+}

@@ -1,0 +1,321 @@
+//! The binary's contract: commands, exit codes, config errors naming their key, the summary,
+//! `status`, and a token that never shows in any output.
+
+mod helpers;
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use helpers::*;
+use lms_sync::simulator::{Fault, Simulator};
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lms-sync");
+const ACCT: &str = "0b5d7c4e-2f0a-4c8e-9a57-3f1e6d2c9b10";
+
+fn write_config(text: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("lms-sync-cli-{}.toml", Uuid::new_v4()));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Runs the binary with a clean environment plus `env`.
+async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NO_COLOR", "1")
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().await.expect("run lms-sync")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn invalid_configurations_exit_2_with_one_line_naming_the_key() {
+    let acct = format!("[[accounts]]\nintegrated_account_id = \"{ACCT}\"\n");
+    let db = [
+        ("DATABASE_URL", "postgres://u@127.0.0.1:1/db"),
+        ("TRUTO_API_TOKEN", "t"),
+    ];
+    // (config file, extra env, what the error line must name)
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        ("[truto\nbase_url = 1".into(), vec![], "not valid TOML"),
+        (format!("[trutoo]\n{acct}"), vec![], "trutoo"),
+        (
+            format!("[truto]\npagesize = 5\n{acct}"),
+            vec![],
+            "truto.pagesize",
+        ),
+        (
+            format!("[truto]\npage_size = 0\n{acct}"),
+            vec![],
+            "truto.page_size",
+        ),
+        (
+            format!("[truto]\npage_size = \"ten\"\n{acct}"),
+            vec![],
+            "truto.page_size",
+        ),
+        (
+            format!("[truto]\nbase_url = \"not a url\"\n{acct}"),
+            vec![],
+            "truto.base_url",
+        ),
+        (
+            format!("[truto]\nrequest_timeout_secs = 0\n{acct}"),
+            vec![],
+            "truto.request_timeout_secs",
+        ),
+        (
+            format!("[truto]\nmax_attempts = -1\n{acct}"),
+            vec![],
+            "truto.max_attempts",
+        ),
+        (
+            format!("[database]\nschema = \"Robert'); DROP TABLE students;--\"\n{acct}"),
+            vec![],
+            "database.schema",
+        ),
+        (
+            format!("[database]\nmax_connections = 1\n{acct}"),
+            vec![],
+            "database.max_connections",
+        ),
+        (
+            format!("[database]\nurl = \"mysql://x\"\n{acct}"),
+            vec![],
+            "database.url",
+        ),
+        (
+            format!("[log]\nformat = \"xml\"\n{acct}"),
+            vec![],
+            "log.format",
+        ),
+        (
+            format!("[sync]\nmax_delete_fraction = 2.0\n{acct}"),
+            vec![],
+            "sync.max_delete_fraction",
+        ),
+        (
+            format!("[sync]\nprogress = \"loud\"\n{acct}"),
+            vec![],
+            "sync.progress",
+        ),
+        (
+            "[[accounts]]\nintegrated_account_id = \"not-a-uuid\"\n".into(),
+            vec![],
+            "accounts[0].integrated_account_id",
+        ),
+        (
+            "[[accounts]]\nlabel = \"x\"\n".into(),
+            vec![],
+            "integrated_account_id",
+        ),
+        (format!("{acct}{acct}"), vec![], "duplicate"),
+        (format!("{acct}colour = \"red\"\n"), vec![], "colour"),
+        (
+            format!("{acct}remote_query = \"status=active\"\n"),
+            vec![],
+            "accounts[0].remote_query",
+        ),
+        ("".into(), vec![], "accounts"),
+        (
+            acct.clone(),
+            vec![("LMS_SYNC__TRUTO__PAGE_SIZE", "abc")],
+            "truto.page_size",
+        ),
+        (
+            acct.clone(),
+            vec![("LMS_SYNC__TRUTO__NOPE", "1")],
+            "LMS_SYNC__TRUTO__NOPE",
+        ),
+    ];
+    assert!(cases.len() >= 20);
+    for (toml, extra_env, key) in cases {
+        let path = write_config(&toml);
+        let mut env: Vec<(&str, &str)> = db.to_vec();
+        env.extend(extra_env.iter().cloned());
+
+        let out = run(&["--config", path.to_str().unwrap(), "sync"], &env).await;
+
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{toml:?}: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "{toml:?}: expected {key:?} in {stderr:?}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr:?}");
+        assert!(stdout.is_empty());
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[tokio::test]
+async fn missing_file_token_database_or_account_exit_2() {
+    let out = run(&["--config", "/nonexistent/lms.toml", "sync"], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out)
+        .1
+        .contains("cannot read config file /nonexistent/lms.toml"));
+
+    let path = write_config(&format!(
+        "[[accounts]]\nintegrated_account_id = \"{ACCT}\"\n"
+    ));
+    let cfg = path.to_str().unwrap();
+    let out = run(
+        &["--config", cfg, "sync"],
+        &[("DATABASE_URL", "postgres://u@127.0.0.1:1/db")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("TRUTO_API_TOKEN"), "{}", text(&out).1);
+
+    let out = run(&["--config", cfg, "sync"], &[("TRUTO_API_TOKEN", "t")]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("database.url"), "{}", text(&out).1);
+
+    let other = Uuid::new_v4().to_string();
+    let out = run(
+        &["--config", cfg, "sync", "--account", &other],
+        &[
+            ("TRUTO_API_TOKEN", "t"),
+            ("DATABASE_URL", "postgres://u@127.0.0.1:1/db"),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("not configured"));
+
+    let out = run(&["--config", cfg, "frobnicate"], &[]).await;
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_exits_1_with_a_clear_message_and_no_password() {
+    let path = write_config(&format!(
+        "[database]\nconnect_timeout_secs = 2\n[[accounts]]\nintegrated_account_id = \"{ACCT}\"\n"
+    ));
+    let out = run(
+        &["--config", path.to_str().unwrap(), "sync"],
+        &[
+            ("TRUTO_API_TOKEN", "t"),
+            ("DATABASE_URL", "postgres://u:hunter2secret@127.0.0.1:1/db"),
+        ],
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("cannot connect to the database"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2secret") && !stdout.contains("hunter2secret"));
+}
+
+async fn sim_with(accounts: &[(Uuid, usize)], token: &str) -> Simulator {
+    let sim = Simulator::start(0).await.unwrap();
+    sim.set_token(token);
+    for (i, (id, n)) in accounts.iter().enumerate() {
+        sim.add_account(*id, *n, i as u64 + 1);
+    }
+    sim
+}
+
+fn config_for(sim: &Simulator, accounts: &[(Uuid, &str)]) -> PathBuf {
+    let mut t = format!(
+        "[truto]\nbase_url = \"{}\"\nbackoff_initial_ms = 5\n[sync]\nprogress = \"log\"\n",
+        sim.base_url()
+    );
+    for (id, label) in accounts {
+        t.push_str(&format!(
+            "[[accounts]]\nintegrated_account_id = \"{id}\"\nlabel = \"{label}\"\n"
+        ));
+    }
+    write_config(&t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_status_and_migrate_work_end_to_end_and_never_show_the_token() {
+    let token = "tok-SUPERSECRET-4242";
+    let (a, b) = (account_id(1), account_id(2));
+    let sim = sim_with(&[(a, 230), (b, 40)], token).await;
+    let db = fresh_database_url().await;
+    let cfg = config_for(&sim, &[(a, "Acme Academy"), (b, "Beta Learning")]);
+    let cfg = cfg.to_str().unwrap();
+    let env = [
+        ("TRUTO_API_TOKEN", token),
+        ("LMS_SYNC__DATABASE__URL", db.as_str()),
+        ("RUST_LOG", "trace"),
+    ];
+
+    let migrate = run(&["--config", cfg, "migrate"], &env).await;
+    assert_eq!(migrate.status.code(), Some(0), "{}", text(&migrate).1);
+
+    let out = run(&["--config", cfg, "sync"], &env).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("Acme Academy") && stdout.contains("Beta Learning"),
+        "{stdout}"
+    );
+    let acme = stdout
+        .lines()
+        .find(|l| l.starts_with("Acme Academy"))
+        .unwrap();
+    assert!(
+        acme.contains("succeeded") && acme.contains(" 230 "),
+        "{acme}"
+    );
+    assert!(
+        stderr.contains("sync run finished"),
+        "one summary line per run"
+    );
+
+    // One account fails: exit 1, the other still syncs.
+    sim.block(
+        b,
+        Fault::Status {
+            status: 401,
+            retry_after: None,
+            remote: true,
+        },
+    );
+    let failed = run(&["--config", cfg, "sync"], &env).await;
+    let (fstdout, fstderr) = text(&failed);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(fstdout.contains("re-authorize"), "{fstdout}");
+
+    let only = run(
+        &["--config", cfg, "sync", "--account", &a.to_string()],
+        &env,
+    )
+    .await;
+    assert_eq!(only.status.code(), Some(0));
+
+    let status = run(&["--config", cfg, "status"], &env).await;
+    let (sstdout, sstderr) = text(&status);
+    assert_eq!(status.status.code(), Some(0), "{sstderr}");
+    let beta = sstdout
+        .lines()
+        .find(|l| l.starts_with("Beta Learning"))
+        .unwrap();
+    assert!(beta.contains("failed"), "{sstdout}");
+    assert!(sstdout.contains("last error"), "{sstdout}");
+
+    for output in [&stdout, &stderr, &fstdout, &fstderr, &sstdout, &sstderr] {
+        assert!(
+            !output.contains("SUPERSECRET"),
+            "the token leaked: {output}"
+        );
+    }
+}

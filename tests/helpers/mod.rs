@@ -1,0 +1,377 @@
+//! Shared test harness: a real PostgreSQL (DATABASE_URL, else a throwaway cluster started once
+//! per test binary from the local binaries), a fresh database per test, a real simulator per
+//! test, and a field-by-field comparison of the mirror with the simulator's dataset.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lms_sync::config::{AccountSettings, Settings};
+use lms_sync::pg::TempPostgres;
+use lms_sync::simulator::{Simulator, DEMO_TOKEN};
+use lms_sync::source::TrutoClient;
+use lms_sync::store::Store;
+use lms_sync::sync::{sync_account, NoProgress, SyncOptions, SyncOutcome};
+use secrecy::SecretString;
+use serde_json::Value;
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+static CLUSTER: OnceLock<TempPostgres> = OnceLock::new();
+
+/// The URL of the server's maintenance database: DATABASE_URL when set, else a throwaway
+/// cluster's. A database test never skips: no server is a failure.
+pub fn admin_url() -> String {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        if !url.is_empty() {
+            return url;
+        }
+    }
+    CLUSTER
+        .get_or_init(|| TempPostgres::start().expect("start a throwaway PostgreSQL for the tests"))
+        .url("postgres")
+}
+
+/// `url` with its database replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let mut u = reqwest::Url::parse(url).expect("database url");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// A fresh, empty database of its own for one test.
+pub async fn fresh_database_url() -> String {
+    let admin = admin_url();
+    let name = format!("t_{}", Uuid::new_v4().simple());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .expect("connect to the test server");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    with_database(&admin, &name)
+}
+
+/// Test settings pointing at `sim` and `db_url`, with fast backoff.
+pub fn settings_for(sim: &Simulator, db_url: &str, accounts: &[Uuid]) -> Settings {
+    let mut s = Settings::default();
+    s.truto.base_url = sim.base_url();
+    s.truto.page_size = 100;
+    s.truto.request_timeout_secs = 5;
+    s.truto.backoff_initial_ms = 5;
+    s.truto.backoff_max_secs = 1;
+    s.truto.max_attempts = 6;
+    s.database.url = Some(SecretString::from(db_url.to_string()));
+    s.database.max_connections = 6;
+    s.accounts = accounts.iter().map(|a| AccountSettings::new(*a)).collect();
+    s
+}
+
+/// Everything one test needs: a simulator, a migrated store, a client.
+pub struct Env {
+    pub sim: Simulator,
+    pub store: Store,
+    pub settings: Settings,
+    pub db_url: String,
+}
+
+impl Env {
+    /// A simulator with `accounts` (id, users, seed) and a fresh, migrated database.
+    pub async fn new(accounts: &[(Uuid, usize)]) -> Env {
+        let sim = Simulator::start(0).await.expect("start simulator");
+        for (i, (id, n)) in accounts.iter().enumerate() {
+            sim.add_account(*id, *n, 100 + i as u64);
+        }
+        let db_url = fresh_database_url().await;
+        let ids: Vec<Uuid> = accounts.iter().map(|(id, _)| *id).collect();
+        let settings = settings_for(&sim, &db_url, &ids);
+        let store = Store::connect(settings.database.url.as_ref().unwrap(), &settings.database)
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        Env {
+            sim,
+            store,
+            settings,
+            db_url,
+        }
+    }
+
+    pub fn client(&self) -> TrutoClient {
+        TrutoClient::new(
+            &self.settings.truto,
+            &SecretString::from(DEMO_TOKEN.to_string()),
+        )
+        .expect("client")
+    }
+
+    pub fn account(&self, id: Uuid) -> AccountSettings {
+        self.settings
+            .account(id)
+            .cloned()
+            .unwrap_or_else(|| AccountSettings::new(id))
+    }
+
+    /// One pass over `id` with the env's settings.
+    pub async fn sync(&self, id: Uuid) -> SyncOutcome {
+        self.sync_with(&self.account(id), &CancellationToken::new(), &NoProgress)
+            .await
+    }
+
+    pub async fn sync_with(
+        &self,
+        account: &AccountSettings,
+        cancel: &CancellationToken,
+        progress: &dyn lms_sync::sync::Progress,
+    ) -> SyncOutcome {
+        sync_account(
+            &self.store,
+            &self.client(),
+            account,
+            &SyncOptions::from_settings(&self.settings),
+            cancel,
+            progress,
+        )
+        .await
+    }
+
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(self.store.pool())
+            .await
+            .expect(sql)
+    }
+}
+
+pub fn account_id(n: u128) -> Uuid {
+    Uuid::from_u128(0x7e57_0000_0000_4000_8000_0000_0000_0000 | n)
+}
+
+fn opt_str(v: Option<&Value>) -> Option<String> {
+    match v {
+        Some(Value::String(s)) => Some(s.clone()),
+        None | Some(Value::Null) => None,
+        Some(other) => panic!("expected a string, got {other}"),
+    }
+}
+
+fn opt_time(v: Option<&Value>) -> Option<DateTime<Utc>> {
+    opt_str(v).map(|s| {
+        DateTime::parse_from_rfc3339(&s)
+            .expect("simulator timestamps are RFC 3339")
+            .with_timezone(&Utc)
+    })
+}
+
+fn opt_json(v: Option<&Value>) -> Option<Value> {
+    match v {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.clone()),
+    }
+}
+
+/// Asserts that the mirror of `account` equals the simulator's dataset, field by field: every
+/// expected user is live with every column, email, phone and manager link as listed, and every
+/// other user of the account is marked deleted.
+pub async fn assert_mirror(store: &Store, sim: &Simulator, account: Uuid) {
+    let expected = sim.expected_users(account);
+    let rows = sqlx::query(
+        "SELECT id, name, first_name, last_name, username, job_title, locale, timezone, role,
+                status, organization_id, organization_name, custom_fields, remote_data,
+                created_at, updated_at, deleted_at
+           FROM users WHERE integrated_account_id = $1",
+    )
+    .bind(account)
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let mut db: BTreeMap<String, sqlx::postgres::PgRow> = rows
+        .into_iter()
+        .map(|r| (r.get::<String, _>("id"), r))
+        .collect();
+    let emails = children(store, account, "SELECT user_id, email, is_primary::text, type FROM user_emails WHERE integrated_account_id = $1 ORDER BY user_id, position").await;
+    let phones = children(store, account, "SELECT user_id, number, extension, type FROM user_phones WHERE integrated_account_id = $1 ORDER BY user_id, position").await;
+    let managers: BTreeMap<String, ManagerLink> = sqlx::query(
+        "SELECT user_id, manager_id, manager_name, manager_emails FROM user_managers WHERE integrated_account_id = $1",
+    )
+    .bind(account)
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+    .collect();
+
+    for u in &expected {
+        let id = u["id"].as_str().unwrap();
+        let row = db
+            .remove(id)
+            .unwrap_or_else(|| panic!("user {id} of {account} is missing"));
+        let deleted: Option<DateTime<Utc>> = row.get("deleted_at");
+        assert!(
+            deleted.is_none(),
+            "user {id} is live upstream but marked deleted"
+        );
+        for f in [
+            "name",
+            "first_name",
+            "last_name",
+            "username",
+            "job_title",
+            "locale",
+            "timezone",
+            "role",
+            "status",
+        ] {
+            let got: Option<String> = row.get(f);
+            assert_eq!(got, opt_str(u.get(f)), "user {id}: field {f}");
+        }
+        let org = u.get("organization");
+        let got: Option<String> = row.get("organization_id");
+        assert_eq!(
+            got,
+            opt_str(org.and_then(|o| o.get("id"))),
+            "user {id}: organization_id"
+        );
+        let got: Option<String> = row.get("organization_name");
+        assert_eq!(
+            got,
+            opt_str(org.and_then(|o| o.get("name"))),
+            "user {id}: organization_name"
+        );
+        for f in ["custom_fields", "remote_data"] {
+            let got: Option<Value> = row.get(f);
+            assert_eq!(got, opt_json(u.get(f)), "user {id}: field {f}");
+        }
+        for f in ["created_at", "updated_at"] {
+            let got: Option<DateTime<Utc>> = row.get(f);
+            assert_eq!(got, opt_time(u.get(f)), "user {id}: field {f}");
+        }
+        let want_emails: Vec<[Option<String>; 3]> = u
+            .get("emails")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter(|e| !e.is_null())
+                    .map(|e| {
+                        [
+                            opt_str(e.get("email")),
+                            e.get("is_primary")
+                                .and_then(Value::as_bool)
+                                .map(|b| b.to_string()),
+                            opt_str(e.get("type")),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            emails.get(id).cloned().unwrap_or_default(),
+            want_emails,
+            "user {id}: emails"
+        );
+        let want_phones: Vec<[Option<String>; 3]> = u
+            .get("phones")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter(|p| !p.is_null())
+                    .map(|p| {
+                        [
+                            opt_str(p.get("number")),
+                            opt_str(p.get("extension")),
+                            opt_str(p.get("type")),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            phones.get(id).cloned().unwrap_or_default(),
+            want_phones,
+            "user {id}: phones"
+        );
+        let want_manager = u.get("manager").filter(|m| m.is_object()).map(|m| {
+            (
+                opt_str(m.get("id")),
+                opt_str(m.get("name")),
+                opt_json(m.get("emails")),
+            )
+        });
+        assert_eq!(
+            managers.get(id).cloned(),
+            want_manager,
+            "user {id}: manager"
+        );
+    }
+    for (id, row) in db {
+        let deleted: Option<DateTime<Utc>> = row.get("deleted_at");
+        assert!(
+            deleted.is_some(),
+            "user {id} is gone upstream but live in the mirror"
+        );
+    }
+}
+
+/// (manager_id, manager_name, manager_emails) as stored.
+type ManagerLink = (Option<String>, Option<String>, Option<Value>);
+
+async fn children(
+    store: &Store,
+    account: Uuid,
+    sql: &str,
+) -> BTreeMap<String, Vec<[Option<String>; 3]>> {
+    let mut out: BTreeMap<String, Vec<[Option<String>; 3]>> = BTreeMap::new();
+    for r in sqlx::query(sql)
+        .bind(account)
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+    {
+        out.entry(r.get(0))
+            .or_default()
+            .push([r.get(1), r.get(2), r.get(3)]);
+    }
+    out
+}
+
+/// Every row version of the mirrored tables: (table, ctid, xmin, xmax). Any update, delete,
+/// re-insert or row lock changes it, so equal snapshots mean nothing was written.
+pub async fn row_versions(store: &Store) -> Vec<(String, String, String, String)> {
+    let mut all = Vec::new();
+    for t in ["users", "user_emails", "user_phones", "user_managers"] {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(&format!(
+            "SELECT ctid::text, xmin::text, xmax::text FROM {t} ORDER BY ctid"
+        ))
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        all.extend(rows.into_iter().map(|(c, x, m)| (t.to_string(), c, x, m)));
+    }
+    all
+}
+
+/// Row versions of one user's rows only.
+pub async fn user_row_versions(store: &Store, account: Uuid, id: &str) -> Vec<String> {
+    let mut all = Vec::new();
+    for t in ["users", "user_emails", "user_phones", "user_managers"] {
+        let key = if t == "users" { "id" } else { "user_id" };
+        let rows: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT ctid::text || '/' || xmin::text || '/' || xmax::text FROM {t}
+              WHERE integrated_account_id = $1 AND {key} = $2 ORDER BY ctid"
+        ))
+        .bind(account)
+        .bind(id)
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        all.extend(rows.into_iter().map(|r| format!("{t}:{r}")));
+    }
+    all
+}
+
+pub const SHORT: Duration = Duration::from_millis(10);

@@ -1,0 +1,607 @@
+//! End-to-end passes against the simulator and a real PostgreSQL: the mirror is exact, re-syncs
+//! write nothing, faults are retried or fail cleanly, and nothing mirrored is ever lost.
+
+mod helpers;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use helpers::*;
+use lms_sync::config::AccountSettings;
+use lms_sync::simulator::Fault;
+use lms_sync::store::{Outcome, RunCounts};
+use lms_sync::sync::{PassStatus, Progress};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+fn finished(o: &lms_sync::sync::SyncOutcome) -> Outcome {
+    match o.status {
+        PassStatus::Finished(x) => x,
+        other => panic!("pass did not finish: {other:?} {:?}", o.error),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_field_of_every_user_lands_across_accounts_and_pages() {
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 450), (b, 230)]).await;
+
+    let oa = env.sync(a).await;
+    let ob = env.sync(b).await;
+
+    assert_eq!(finished(&oa), Outcome::Succeeded, "{:?}", oa.error);
+    assert_eq!(finished(&ob), Outcome::Succeeded, "{:?}", ob.error);
+    assert_eq!(oa.counts.pages, 5);
+    assert_eq!(oa.counts.users_seen, 450);
+    assert_eq!(oa.counts.inserted, 450);
+    assert_eq!(ob.counts.inserted, 230);
+    assert_mirror(&env.store, &env.sim, a).await;
+    assert_mirror(&env.store, &env.sim, b).await;
+    // The same remote id in two accounts is two users.
+    let both = env
+        .scalar_i64("SELECT count(*) FROM users WHERE id = '1'")
+        .await;
+    assert_eq!(both, 2);
+    // The run is recorded.
+    let runs = env
+        .scalar_i64("SELECT count(*) FROM sync_runs WHERE outcome = 'succeeded' AND complete_listing AND users_seen > 0")
+        .await;
+    assert_eq!(runs, 2);
+    let state: (String, Option<String>, i32) = sqlx::query_as(
+        "SELECT status, cursor, consecutive_failures FROM sync_state WHERE integrated_account_id = $1",
+    )
+    .bind(a)
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(state, ("succeeded".to_string(), None, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_of_unchanged_account_writes_no_rows() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 320)]).await;
+    assert!(env.sync(a).await.succeeded());
+    let before = row_versions(&env.store).await;
+
+    let again = env.sync(a).await;
+
+    assert!(again.succeeded(), "{:?}", again.error);
+    assert_eq!(again.counts.unchanged, 320);
+    assert_eq!(
+        again.counts.inserted + again.counts.updated + again.counts.deleted,
+        0
+    );
+    assert_eq!(
+        row_versions(&env.store).await,
+        before,
+        "an unchanged re-sync wrote or locked rows"
+    );
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_deletions_and_reappearance_are_mirrored_exactly() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 300)]).await;
+    assert!(env.sync(a).await.succeeded());
+    let untouched = user_row_versions(&env.store, a, "40").await;
+    let only_name = user_row_versions(&env.store, a, "41").await;
+
+    env.sim
+        .update_user(a, "41", json!({"name": "Renamed Person"}));
+    env.sim.update_user(
+        a,
+        "42",
+        json!({"emails": [{"email": "new@x.example", "is_primary": true, "type": "work"}], "phones": [], "manager": null, "status": "suspended"}),
+    );
+    env.sim.update_user(a, "43", json!({"manager": {"id": "999", "name": "New Boss", "emails": []}, "custom_fields": {"k": [1, 2, {"deep": true}]}}));
+    env.sim.remove_field(a, "44", "organization");
+    env.sim.delete_user(a, "50");
+    env.sim.delete_user(a, "51");
+    let added = env.sim.add_users(a, 3);
+    let o = env.sync(a).await;
+
+    assert!(o.succeeded(), "{:?}", o.error);
+    assert_eq!(o.counts.inserted, 3);
+    assert_eq!(o.counts.deleted, 2);
+    assert!(o.counts.updated >= 4, "{:?}", o.counts);
+    assert_mirror(&env.store, &env.sim, a).await;
+    assert_eq!(
+        user_row_versions(&env.store, a, "40").await,
+        untouched,
+        "an unchanged user was rewritten"
+    );
+    // Only the users row of 41 changed: its emails, phones and manager rows were not rewritten.
+    let after = user_row_versions(&env.store, a, "41").await;
+    assert_ne!(after[0], only_name[0]);
+    assert_eq!(
+        after[1..],
+        only_name[1..],
+        "unchanged children of a changed user were rewritten"
+    );
+    // Deleted users keep their rows, marked.
+    let kept = env
+        .scalar_i64(&format!("SELECT count(*) FROM users WHERE integrated_account_id = '{a}' AND id IN ('50','51') AND deleted_at IS NOT NULL"))
+        .await;
+    assert_eq!(kept, 2);
+    let emails_kept = env
+        .scalar_i64(&format!("SELECT count(*) FROM user_emails WHERE integrated_account_id = '{a}' AND user_id = '50'"))
+        .await;
+    assert!(emails_kept > 0 || env.sim.expected_user(a, "50").is_none());
+    assert!(added
+        .iter()
+        .all(|id| env.sim.expected_user(a, id).is_some()));
+
+    env.sim.restore_user(a, "50");
+    let back = env.sync(a).await;
+
+    assert!(back.succeeded());
+    assert_eq!(back.counts.undeleted, 1);
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delete_guard_refuses_a_listing_that_would_delete_most_users() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 100)]).await;
+    assert!(env.sync(a).await.succeeded());
+    for i in 1..=60 {
+        env.sim.delete_user(a, &i.to_string());
+    }
+
+    let o = env.sync(a).await;
+
+    assert_eq!(finished(&o), Outcome::NeedsAttention);
+    assert!(o
+        .deletions_skipped_reason
+        .as_deref()
+        .unwrap()
+        .contains("60 of 100"));
+    let deleted = env
+        .scalar_i64("SELECT count(*) FROM users WHERE deleted_at IS NOT NULL")
+        .await;
+    assert_eq!(deleted, 0, "the guard must delete nothing");
+    let recorded = env
+        .scalar_i64("SELECT count(*) FROM sync_runs WHERE outcome = 'needs_attention' AND deletions_skipped_reason LIKE '%60 of 100%'")
+        .await;
+    assert_eq!(recorded, 1);
+
+    // An operator who confirms raises the share for the account; then the deletions apply.
+    let mut acc = env.account(a);
+    acc.max_delete_fraction = Some(0.7);
+    let o = env
+        .sync_with(&acc, &CancellationToken::new(), &lms_sync::sync::NoProgress)
+        .await;
+    assert!(o.succeeded(), "{:?}", o.error);
+    assert_eq!(o.counts.deleted, 60);
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_faults_are_retried_and_the_mirror_is_exact() {
+    let a = account_id(1);
+    let mut env = Env::new(&[(a, 500)]).await;
+    env.settings.truto.request_timeout_secs = 1;
+    // One page meets every fault in a row: allow them all.
+    env.settings.truto.max_attempts = 12;
+    let faults = [
+        Fault::Status {
+            status: 429,
+            retry_after: Some("1".into()),
+            remote: false,
+        },
+        Fault::Status {
+            status: 429,
+            retry_after: Some("soon".into()),
+            remote: false,
+        },
+        Fault::status(500),
+        Fault::status(502),
+        Fault::status(504),
+        Fault::Reset,
+        Fault::Truncate,
+        Fault::Html200,
+        Fault::Body("{\"result\": {\"not\": \"an array\"}}".into()),
+        Fault::Stall(Duration::from_secs(3)),
+    ];
+    for f in &faults {
+        env.sim.push_fault(Some(a), f.clone());
+    }
+
+    let o = env.sync(a).await;
+
+    assert!(o.succeeded(), "{:?}", o.error);
+    assert_eq!(o.counts.retries, faults.len() as u64);
+    assert_eq!(o.counts.rate_limited, 2);
+    assert_eq!(env.sim.stats().faults_served, faults.len() as u64);
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_give_up_after_the_configured_attempts() {
+    let a = account_id(1);
+    let mut env = Env::new(&[(a, 50)]).await;
+    env.settings.truto.max_attempts = 3;
+    env.sim.block(a, Fault::status(500));
+
+    let o = env.sync(a).await;
+
+    assert_eq!(finished(&o), Outcome::Failed);
+    assert!(
+        o.error
+            .as_deref()
+            .unwrap()
+            .contains("gave up after 3 attempts"),
+        "{:?}",
+        o.error
+    );
+    assert_eq!(env.sim.stats().requests, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_errors_fail_clearly_and_touch_no_data() {
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 150), (b, 120)]).await;
+    assert!(env.sync(a).await.succeeded());
+    let before = row_versions(&env.store).await;
+    let cases = [
+        (Fault::status(401), "TRUTO_API_TOKEN", "bad_token"),
+        (
+            Fault::Status {
+                status: 401,
+                retry_after: None,
+                remote: true,
+            },
+            "re-authorize",
+            "needs_reauth",
+        ),
+        (Fault::status(403), "scope", "forbidden"),
+        (
+            Fault::status(404),
+            "no such integrated account",
+            "not_found",
+        ),
+        (Fault::status(503), "blocked", "blocked"),
+        (Fault::status(422), "refused the request", "http_error"),
+    ];
+    for (fault, advice, kind) in cases {
+        env.sim.block(a, fault.clone());
+        let requests_before = env.sim.stats().requests;
+
+        let o = env.sync(a).await;
+
+        assert_eq!(finished(&o), Outcome::Failed, "{fault:?}");
+        let err = o.error.clone().unwrap();
+        assert!(err.contains(advice), "{fault:?}: {err}");
+        assert_eq!(o.error_kind.as_deref(), Some(kind));
+        assert_eq!(
+            env.sim.stats().requests - requests_before,
+            1,
+            "{fault:?} must not be retried"
+        );
+        assert_eq!(
+            row_versions(&env.store).await,
+            before,
+            "{fault:?} touched data"
+        );
+    }
+    let failures: i32 = sqlx::query_scalar(
+        "SELECT consecutive_failures FROM sync_state WHERE integrated_account_id = $1",
+    )
+    .bind(a)
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(failures, 6);
+    // Other accounts are unaffected.
+    let ob = env.sync(b).await;
+    assert!(ob.succeeded());
+    assert_mirror(&env.store, &env.sim, b).await;
+    // And the account recovers once unblocked.
+    env.sim.unblock(a);
+    assert!(env.sync(a).await.succeeded());
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeating_cursor_stops_the_listing_instead_of_looping() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 500)]).await;
+    // Page 1 fine; page 2 hands back its own cursor.
+    env.sim.push_fault(Some(a), Fault::Delay(Duration::ZERO));
+    env.sim.push_fault(Some(a), Fault::RepeatCursor);
+
+    let o = env.sync(a).await;
+
+    assert_eq!(finished(&o), Outcome::Failed);
+    assert!(
+        o.error
+            .as_deref()
+            .unwrap()
+            .contains("cursor it had already returned"),
+        "{:?}",
+        o.error
+    );
+    assert!(env.sim.stats().requests <= 3);
+    let deleted = env
+        .scalar_i64("SELECT count(*) FROM users WHERE deleted_at IS NOT NULL")
+        .await;
+    assert_eq!(deleted, 0);
+    // The broken listing is not resumed: the next run starts over and completes.
+    let o = env.sync(a).await;
+    assert!(o.succeeded());
+    assert!(!o.resumed);
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_longer_than_max_pages_fails() {
+    let a = account_id(1);
+    let mut env = Env::new(&[(a, 500)]).await;
+    env.settings.truto.max_pages = 3;
+
+    let o = env.sync(a).await;
+
+    assert_eq!(finished(&o), Outcome::Failed);
+    assert!(
+        o.error.as_deref().unwrap().contains("max_pages"),
+        "{:?}",
+        o.error
+    );
+    assert_eq!(o.counts.pages, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_records_are_stored_as_rejected_while_the_rest_syncs() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 250)]).await;
+    assert!(env.sync(a).await.succeeded());
+    let user9 = user_row_versions(&env.store, a, "9").await;
+    env.sim.set_raw_record(a, "5", r#"{"name":"no id at all"}"#);
+    env.sim
+        .set_raw_record(a, "7", r#"{"id":7,"name":"numeric id"}"#);
+    env.sim
+        .set_raw_record(a, "9", r#"{"id":"9","emails":"not-a-list"}"#);
+    env.sim
+        .set_raw_record(a, "11", r#"{"id":"11","name":"nul \u0000 inside"}"#);
+    env.sim
+        .set_raw_record(a, "13", r#"{"id":"13","updated_at":"last tuesday"}"#);
+
+    let o = env.sync(a).await;
+
+    assert!(o.succeeded(), "{:?}", o.error);
+    assert_eq!(o.counts.rejected, 5);
+    let reasons: Vec<(Option<String>, String, String)> = sqlx::query_as(
+        "SELECT user_id, reason, raw FROM rejected_records WHERE integrated_account_id = $1 ORDER BY rejection_id",
+    )
+    .bind(a)
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(reasons.len(), 5);
+    assert_eq!(reasons[0].0, None);
+    assert_eq!(reasons[0].1, "record has no id");
+    assert!(reasons[1].1.contains("id is not a string"));
+    assert_eq!(reasons[2].0.as_deref(), Some("9"));
+    assert!(reasons[2].2.contains("not-a-list"));
+    assert!(reasons[3].1.contains("NUL"));
+    assert!(reasons[4].1.starts_with("updated_at"));
+    // A refused record with a usable id is not a deletion: its mirrored row stays as it was.
+    assert_eq!(user_row_versions(&env.store, a, "9").await, user9);
+    let live9 = env
+        .scalar_i64(&format!("SELECT count(*) FROM users WHERE integrated_account_id = '{a}' AND id = '9' AND deleted_at IS NULL"))
+        .await;
+    assert_eq!(live9, 1);
+    // Users without a usable id could not be matched, so they are (correctly) not in the
+    // listing any more; the other 245 are exact.
+    let rejected_runs = env
+        .scalar_i64("SELECT rejected FROM sync_runs ORDER BY run_id DESC LIMIT 1")
+        .await;
+    assert_eq!(rejected_runs, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_response_infers_no_deletions() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 300)]).await;
+    assert!(env.sync(a).await.succeeded());
+    env.sim.delete_user(a, "3");
+    env.sim.push_fault(Some(a), Fault::Partial);
+
+    let o = env.sync(a).await;
+
+    assert_eq!(finished(&o), Outcome::NeedsAttention);
+    assert!(o
+        .deletions_skipped_reason
+        .as_deref()
+        .unwrap()
+        .contains("partial"));
+    let deleted = env
+        .scalar_i64("SELECT count(*) FROM users WHERE deleted_at IS NOT NULL")
+        .await;
+    assert_eq!(deleted, 0);
+    let o = env.sync(a).await;
+    assert!(o.succeeded());
+    assert_eq!(o.counts.deleted, 1);
+}
+
+/// Cancels the pass once it has committed `after` pages: a shutdown between pages.
+struct CancelAfter {
+    after: u64,
+    token: CancellationToken,
+    pages: AtomicU64,
+}
+
+impl Progress for CancelAfter {
+    fn page(&self, _account: &AccountSettings, totals: &RunCounts) {
+        self.pages.store(totals.pages, Ordering::SeqCst);
+        if totals.pages >= self.after {
+            self.token.cancel();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_resumes_from_its_cursor_and_infers_no_deletions_until_a_full_listing() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 1000)]).await;
+    assert!(env.sync(a).await.succeeded());
+    env.sim.delete_user(a, "2");
+    env.sim
+        .update_user(a, "950", json!({"name": "Changed Late"}));
+    let token = CancellationToken::new();
+    let stop = CancelAfter {
+        after: 3,
+        token: token.clone(),
+        pages: AtomicU64::new(0),
+    };
+
+    let o = env.sync_with(&env.account(a), &token, &stop).await;
+
+    assert_eq!(finished(&o), Outcome::Interrupted);
+    // The page fetched ahead may have been committed too; never more.
+    assert!((3..=4).contains(&o.counts.pages), "{:?}", o.counts);
+    let cursor: Option<String> =
+        sqlx::query_scalar("SELECT cursor FROM sync_state WHERE integrated_account_id = $1")
+            .bind(a)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert!(
+        cursor.is_some(),
+        "the cursor of the last committed page is kept"
+    );
+    let requests_before = env.sim.stats().requests;
+
+    let resumed = env.sync(a).await;
+
+    assert!(resumed.succeeded(), "{:?}", resumed.error);
+    assert!(resumed.resumed);
+    assert_eq!(
+        resumed.counts.pages + o.counts.pages,
+        10,
+        "no page fetched twice, none skipped"
+    );
+    assert_eq!(
+        env.sim.stats().requests - requests_before,
+        resumed.counts.pages
+    );
+    assert_eq!(
+        resumed.counts.deleted, 0,
+        "a resumed listing infers no deletions"
+    );
+    let changed: String = sqlx::query_scalar(
+        "SELECT name FROM users WHERE integrated_account_id = $1 AND id = '950'",
+    )
+    .bind(a)
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(changed, "Changed Late");
+
+    let full = env.sync(a).await;
+    assert!(full.succeeded());
+    assert!(!full.resumed);
+    assert_eq!(full.counts.deleted, 1);
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_cursor_restarts_the_listing_from_the_first_page() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 600)]).await;
+    let token = CancellationToken::new();
+    let stop = CancelAfter {
+        after: 2,
+        token: token.clone(),
+        pages: AtomicU64::new(0),
+    };
+    let o = env.sync_with(&env.account(a), &token, &stop).await;
+    assert_eq!(finished(&o), Outcome::Interrupted);
+    env.sim.expire_cursors();
+    env.sim.delete_user(a, "599");
+
+    let o = env.sync(a).await;
+
+    assert!(o.succeeded(), "{:?}", o.error);
+    assert!(!o.resumed, "the listing restarted, so it is complete");
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_left_running_by_a_dead_process_is_marked_interrupted() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 120)]).await;
+    // What a crash leaves behind: a run marked running and a cursor.
+    let start = env.store.begin_run(a, None, "dead-host:1").await.unwrap();
+    assert!(start.resume_cursor.is_none());
+
+    let o = env.sync(a).await;
+
+    assert!(o.succeeded());
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM sync_runs WHERE run_id = $1")
+        .bind(start.run_id)
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(outcome, "interrupted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_leased_by_another_process_is_not_synced_twice() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 50)]).await;
+    let lease = env.store.try_lease(a).await.unwrap().expect("free");
+
+    let o = env.sync(a).await;
+
+    assert_eq!(o.status, PassStatus::Busy);
+    assert_eq!(env.sim.stats().requests, 0);
+    lease.release().await;
+    assert!(env.sync(a).await.succeeded());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_parameters_are_sent_identically_on_every_page() {
+    let a = account_id(1);
+    let mut env = Env::new(&[(a, 250)]).await;
+    let mut acc = AccountSettings::new(a);
+    acc.ignore_remote_data = true;
+    acc.exclude_fields = vec!["custom_fields".into()];
+    acc.remote_query.insert("status".into(), "active".into());
+    env.settings.accounts = vec![acc.clone()];
+
+    let o = env.sync(a).await;
+
+    assert!(o.succeeded());
+    let with_remote = env
+        .scalar_i64(
+            "SELECT count(*) FROM users WHERE remote_data IS NOT NULL OR custom_fields IS NOT NULL",
+        )
+        .await;
+    assert_eq!(
+        with_remote, 0,
+        "every page honoured the account's parameters"
+    );
+    let client = env.client();
+    let url = client.page_url(&acc, Some("c1"));
+    let q = url.query().unwrap();
+    assert!(q.contains("truto_ignore_remote_data=true"));
+    assert!(q.contains("truto_exclude_fields%5B%5D=custom_fields"));
+    assert!(q.contains("remote_query%5Bstatus%5D=active"));
+    assert!(q.contains("limit=100"));
+    assert!(q.ends_with("next_cursor=c1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_account_syncs_to_an_empty_mirror() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 0)]).await;
+
+    let o = env.sync(a).await;
+
+    assert!(o.succeeded());
+    assert_eq!(o.counts.pages, 1);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM users").await, 0);
+}
