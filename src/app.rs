@@ -44,6 +44,8 @@ pub enum Command {
         #[arg(long, value_name = "UUID")]
         account: Option<Uuid>,
     },
+    /// Run as a service: sync every account on its schedule until SIGTERM/SIGINT.
+    Run,
     /// Apply database migrations, then exit.
     Migrate,
     /// Show each account's sync state.
@@ -96,6 +98,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Sync { account } => cmd_sync(settings, account).await,
+            Command::Run => cmd_run(settings).await,
             Command::Migrate => cmd_migrate(settings).await,
             Command::Status => cmd_status(settings).await,
             Command::Demo { accounts, users } => crate::demo::run(settings, accounts, users).await,
@@ -274,6 +277,29 @@ pub fn print_summary(outcomes: &[SyncOutcome]) {
     }
 }
 
+async fn cmd_run(settings: Settings) -> u8 {
+    if let Err(e) = settings.require_accounts() {
+        return config_exit_code(&e);
+    }
+    let token = match settings.api_token() {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            eprintln!(
+                "lms-sync: invalid configuration: no Truto API token: set TRUTO_API_TOKEN or truto.api_token_file"
+            );
+            return EXIT_CONFIG;
+        }
+        Err(e) => return config_exit_code(&e),
+    };
+    if let Err(e) = settings.database_url() {
+        return config_exit_code(&e);
+    }
+    match crate::daemon::run(settings, token, wait_for_signal()).await {
+        Ok(()) => EXIT_OK,
+        Err(e) => fail(format!("{e:#}")),
+    }
+}
+
 async fn cmd_migrate(settings: Settings) -> u8 {
     if let Err(e) = settings.database_url() {
         return config_exit_code(&e);
@@ -304,12 +330,19 @@ async fn cmd_status(settings: Settings) -> u8 {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    print!("{}", render_status(&rows));
+    let next = match store.run_histories().await {
+        Ok(h) => crate::daemon::next_runs(&settings, &h, chrono::Utc::now()),
+        Err(e) => return fail(e),
+    };
+    print!("{}", render_status(&rows, &next));
     EXIT_OK
 }
 
 /// `status` as a readable table.
-pub fn render_status(rows: &[crate::store::StatusRow]) -> String {
+pub fn render_status(
+    rows: &[crate::store::StatusRow],
+    next: &std::collections::HashMap<Uuid, chrono::DateTime<chrono::Utc>>,
+) -> String {
     let t = |v: Option<chrono::DateTime<chrono::Utc>>| {
         v.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
             .unwrap_or_else(|| "-".into())
@@ -332,12 +365,13 @@ pub fn render_status(rows: &[crate::store::StatusRow]) -> String {
             .filter(|l| !l.is_empty())
             .unwrap_or_else(|| r.integrated_account_id.to_string());
         s.push_str(&format!(
-            "{:<38} {:<16} {:<16} {:<21} {:<21} {:>8} {:>8} {:>5}\n",
+            "{:<38} {:<16} {:<16} {:<21} {:<21} {:<21} {:>8} {:>8} {:>5}\n",
             crate::source::shorten(&name, 37),
             r.status,
             r.last_outcome.as_deref().unwrap_or("-"),
             t(r.last_finished_at),
             t(r.last_succeeded_at),
+            t(next.get(&r.integrated_account_id).copied()),
             r.live_users,
             r.deleted_users,
             r.consecutive_failures

@@ -48,7 +48,135 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub sync: SyncSettings,
     pub log: LogSettings,
+    pub schedule: ScheduleSettings,
+    pub rate_budget: RateBudgetSettings,
+    pub server: ServerSettings,
     pub accounts: Vec<AccountSettings>,
+}
+
+/// When `lms-sync run` syncs each account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSettings {
+    /// An interval (humantime: "6h", "90m", "1d"). The default cadence when `at` is unset.
+    pub every: Option<String>,
+    /// A daily wall-clock time "HH:MM" in `timezone`; excludes `every`.
+    pub at: Option<String>,
+    /// IANA time zone of `at`.
+    pub timezone: String,
+    /// Sync every account once as soon as the daemon starts.
+    pub run_on_start: bool,
+    /// Spread: each account's slots shift by a stable offset in [0, jitter).
+    pub jitter: String,
+    /// First retry of a failed account; doubles per failure up to `retry_max`.
+    pub retry_initial: String,
+    pub retry_max: String,
+}
+
+impl Default for ScheduleSettings {
+    fn default() -> Self {
+        Self {
+            every: None,
+            at: None,
+            timezone: "UTC".into(),
+            run_on_start: true,
+            jitter: "30s".into(),
+            retry_initial: "1m".into(),
+            retry_max: "1h".into(),
+        }
+    }
+}
+
+/// The default interval when neither `every` nor `at` is set.
+pub const DEFAULT_EVERY: &str = "6h";
+
+/// An account's own schedule; unset keys fall back to `[schedule]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountSchedule {
+    pub every: Option<String>,
+    pub at: Option<String>,
+    pub timezone: Option<String>,
+    pub jitter: Option<String>,
+}
+
+/// Requests per window, per integrated account and per API token (Truto: 50 and 500 per 10 s).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateBudgetSettings {
+    pub enabled: bool,
+    pub per_account: usize,
+    pub per_token: usize,
+    pub window_secs: u64,
+}
+
+impl Default for RateBudgetSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_account: 50,
+            per_token: 500,
+            window_secs: 10,
+        }
+    }
+}
+
+impl RateBudgetSettings {
+    pub fn budget(&self) -> Option<crate::budget::RateBudget> {
+        use crate::budget::{Limit, RateBudget};
+        let window = Duration::from_secs(self.window_secs);
+        self.enabled.then(|| {
+            RateBudget::new(
+                Limit {
+                    requests: self.per_account,
+                    window,
+                },
+                Limit {
+                    requests: self.per_token,
+                    window,
+                },
+            )
+        })
+    }
+}
+
+/// The operations HTTP server of `lms-sync run`: /healthz, /readyz, /metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// `host:port`; empty turns the server off.
+    pub listen: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9000".into(),
+        }
+    }
+}
+
+fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v.trim()).map_err(|e| {
+        key_error(
+            key,
+            format!("`{v}` is not a duration like \"6h\" or \"90s\" ({e})"),
+        )
+    })
+}
+
+fn parse_at(key: &str, v: &str) -> Result<chrono::NaiveTime, ConfigError> {
+    chrono::NaiveTime::parse_from_str(v.trim(), "%H:%M")
+        .map_err(|_| key_error(key, format!("`{v}` is not a time like \"02:30\"")))
+}
+
+fn parse_tz(key: &str, v: &str) -> Result<chrono_tz::Tz, ConfigError> {
+    v.trim().parse::<chrono_tz::Tz>().map_err(|_| {
+        key_error(
+            key,
+            format!("`{v}` is not an IANA time zone like \"Europe/Berlin\""),
+        )
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +251,8 @@ pub struct SyncSettings {
     pub progress: ProgressMode,
     /// Seconds between plain progress log lines when output is not a terminal.
     pub progress_interval_secs: u64,
+    /// On SIGTERM/SIGINT, how long `run` waits for pages in flight before exiting anyway.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for SyncSettings {
@@ -133,6 +263,7 @@ impl Default for SyncSettings {
             db_max_attempts: 5,
             progress: ProgressMode::Auto,
             progress_interval_secs: 10,
+            shutdown_grace_secs: 30,
         }
     }
 }
@@ -212,6 +343,9 @@ pub struct AccountSettings {
     /// Overrides `sync.max_delete_fraction` for this account.
     #[serde(default)]
     pub max_delete_fraction: Option<f64>,
+    /// Overrides `[schedule]` keys for this account.
+    #[serde(default)]
+    pub schedule: Option<AccountSchedule>,
 }
 
 impl AccountSettings {
@@ -223,6 +357,7 @@ impl AccountSettings {
             ignore_remote_data: false,
             exclude_fields: Vec::new(),
             max_delete_fraction: None,
+            schedule: None,
         }
     }
 
@@ -403,8 +538,24 @@ impl Settings {
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(key_error("log.level", "not a valid level or filter"));
         }
+        if self.rate_budget.per_account == 0 {
+            return Err(key_error("rate_budget.per_account", "must be at least 1"));
+        }
+        if self.rate_budget.per_token == 0 {
+            return Err(key_error("rate_budget.per_token", "must be at least 1"));
+        }
+        if self.rate_budget.window_secs == 0 {
+            return Err(key_error("rate_budget.window_secs", "must be at least 1"));
+        }
+        if !self.server.listen.is_empty()
+            && self.server.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(key_error("server.listen", "must be host:port with a numeric host, like 127.0.0.1:9000, or empty to turn it off"));
+        }
+        self.base_schedule()?;
         let mut seen = HashSet::new();
         for (i, a) in self.accounts.iter().enumerate() {
+            self.schedule_for_indexed(a, Some(i))?;
             if !seen.insert(a.integrated_account_id) {
                 return Err(ConfigError(format!(
                     "accounts[{i}].integrated_account_id: duplicate account {}",
@@ -485,8 +636,86 @@ impl Settings {
         Ok(None)
     }
 
+    fn base_schedule(&self) -> Result<crate::schedule::Schedule, ConfigError> {
+        self.schedule_for_indexed(&AccountSettings::new(Uuid::nil()), None)
+    }
+
+    /// The account's effective schedule (its overrides over `[schedule]`).
+    pub fn schedule_for(&self, account: &AccountSettings) -> crate::schedule::Schedule {
+        self.schedule_for_indexed(account, None)
+            .expect("schedules are validated when the settings load")
+    }
+
+    fn schedule_for_indexed(
+        &self,
+        account: &AccountSettings,
+        index: Option<usize>,
+    ) -> Result<crate::schedule::Schedule, ConfigError> {
+        use crate::schedule::{Cadence, Schedule};
+        let g = &self.schedule;
+        if g.every.is_some() && g.at.is_some() {
+            return Err(key_error(
+                "schedule.at",
+                "set either schedule.every or schedule.at, not both",
+            ));
+        }
+        let own = account.schedule.clone().unwrap_or_default();
+        let prefix = index
+            .map(|i| format!("accounts[{i}].schedule."))
+            .unwrap_or_default();
+        let k = |name: &str| {
+            if own_has(&own, name) {
+                format!("{prefix}{name}")
+            } else {
+                format!("schedule.{name}")
+            }
+        };
+        if own.every.is_some() && own.at.is_some() {
+            return Err(key_error(&k("at"), "set either every or at, not both"));
+        }
+        let (every, at) = if own.every.is_some() || own.at.is_some() {
+            (own.every.clone(), own.at.clone())
+        } else {
+            (g.every.clone(), g.at.clone())
+        };
+        let tz_text = own.timezone.clone().unwrap_or_else(|| g.timezone.clone());
+        let tz = parse_tz(&k("timezone"), &tz_text)?;
+        let cadence = match (every, at) {
+            (_, Some(at)) => Cadence::DailyAt {
+                time: parse_at(&k("at"), &at)?,
+                tz,
+            },
+            (every, None) => {
+                let text = every.unwrap_or_else(|| DEFAULT_EVERY.into());
+                let d = parse_duration(&k("every"), &text)?;
+                if d < Duration::from_secs(1) {
+                    return Err(key_error(&k("every"), "must be at least 1s"));
+                }
+                Cadence::Every(d)
+            }
+        };
+        let jitter_text = own.jitter.clone().unwrap_or_else(|| g.jitter.clone());
+        Ok(Schedule {
+            cadence,
+            run_on_start: g.run_on_start,
+            jitter: parse_duration(&k("jitter"), &jitter_text)?,
+            retry_initial: parse_duration("schedule.retry_initial", &g.retry_initial)?,
+            retry_max: parse_duration("schedule.retry_max", &g.retry_max)?,
+        })
+    }
+
     pub fn account(&self, id: Uuid) -> Option<&AccountSettings> {
         self.accounts.iter().find(|a| a.integrated_account_id == id)
+    }
+}
+
+fn own_has(s: &AccountSchedule, name: &str) -> bool {
+    match name {
+        "every" => s.every.is_some(),
+        "at" => s.at.is_some(),
+        "timezone" => s.timezone.is_some(),
+        "jitter" => s.jitter.is_some(),
+        _ => false,
     }
 }
 

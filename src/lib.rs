@@ -23,11 +23,16 @@
 
 pub mod app;
 pub mod backoff;
+pub mod budget;
 pub mod config;
+pub mod daemon;
 pub mod demo;
+pub mod http1;
+pub mod metrics;
 pub mod model;
 pub mod pg;
 pub mod progress;
+pub mod schedule;
 pub mod simulator;
 pub mod source;
 pub mod store;

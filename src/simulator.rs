@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::http1::{read_request, reason, response_head, Request};
 
 /// The token the simulator accepts unless told otherwise. Not a secret: it opens nothing real.
 pub const DEMO_TOKEN: &str = "simulated-truto-token";
@@ -629,14 +631,6 @@ async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>, stop: Canc
     }
 }
 
-/// A parsed request: method, path, query pairs, headers we care about.
-struct Request {
-    method: String,
-    path: String,
-    query: Vec<(String, String)>,
-    authorization: Option<String>,
-}
-
 /// What to send back.
 enum Reply {
     Full {
@@ -654,21 +648,9 @@ async fn serve_conn(mut stream: TcpStream, state: Arc<Mutex<State>>) {
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
-        // Read one request head.
-        let (req, used) = loop {
-            if let Some((req, used)) = parse_request(&buf) {
-                break (req, used);
-            }
-            if buf.len() > 64 * 1024 {
-                return;
-            }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        let Some(req) = read_request(&mut stream, &mut buf).await else {
+            return;
         };
-        buf.drain(..used);
         let reply = {
             let mut s = state.lock().expect("simulator state");
             route(&mut s, &req)
@@ -709,68 +691,6 @@ async fn serve_conn(mut stream: TcpStream, state: Arc<Mutex<State>>) {
             }
         }
     }
-}
-
-fn parse_request(buf: &[u8]) -> Option<(Request, usize)> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut req = httparse::Request::new(&mut headers);
-    let httparse::Status::Complete(used) = req.parse(buf).ok()? else {
-        return None;
-    };
-    let target = req.path?.to_string();
-    let url = reqwest::Url::parse(&format!("http://sim{target}")).ok()?;
-    let authorization = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("authorization"))
-        .and_then(|h| std::str::from_utf8(h.value).ok())
-        .map(str::to_string);
-    Some((
-        Request {
-            method: req.method?.to_string(),
-            path: url.path().to_string(),
-            query: url
-                .query_pairs()
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-            authorization,
-        },
-        used,
-    ))
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        422 => "Unprocessable Entity",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
-}
-
-fn response_head(status: u16, headers: &[(String, String)], len: usize) -> String {
-    let mut h = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-length: {len}\r\n",
-        reason(status)
-    );
-    if !headers.iter().any(|(k, _)| k == "content-type") {
-        h.push_str("content-type: application/json\r\n");
-    }
-    for (k, v) in headers {
-        h.push_str(&format!("{k}: {v}\r\n"));
-    }
-    h.push_str("\r\n");
-    h
 }
 
 fn error_reply(status: u16, message: &str, remote: bool, retry_after: Option<String>) -> Reply {

@@ -11,8 +11,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use crate::backoff::{parse_reset_seconds, parse_retry_after, Backoff};
+use crate::budget::RateBudget;
 use crate::config::{AccountSettings, TrutoSettings};
+use crate::metrics::Metrics;
 use crate::model::{decode_records, DecodedPage};
 
 /// The users endpoint, relative to the base URL.
@@ -134,6 +139,10 @@ pub struct FetchedPage {
     pub requests: u32,
     /// Of which answered 429.
     pub rate_limited: u32,
+    /// `ratelimit-remaining` and `ratelimit-reset` of the answer, when the vendor gave them.
+    pub rate_remaining: Option<(u64, Duration)>,
+    /// Time spent waiting for the request budget.
+    pub budget_wait: Duration,
 }
 
 /// Talks to Truto for every account (one token serves them all).
@@ -144,6 +153,8 @@ pub struct TrutoClient {
     auth: HeaderValue,
     page_size: u32,
     backoff: Backoff,
+    budget: Option<Arc<RateBudget>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for TrutoClient {
@@ -187,7 +198,21 @@ impl TrutoClient {
                 max_attempts: settings.max_attempts,
                 max_total_wait: Duration::from_secs(settings.max_retry_wait_secs),
             },
+            budget: None,
+            metrics: None,
         })
+    }
+
+    /// Paces every request under `budget` (shared by all clones of this client).
+    pub fn with_budget(mut self, budget: Arc<RateBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Counts requests, retries, 429s and budget waits in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The URL of one page. Every parameter but `next_cursor` is the same on every page.
@@ -225,25 +250,62 @@ impl TrutoClient {
         cancel: &CancellationToken,
     ) -> Result<FetchedPage, SourceError> {
         let url = self.page_url(account, cursor);
+        let id = account.integrated_account_id;
+        let label = id.to_string();
         let mut attempts = 0u32;
         let mut rate_limited = 0u32;
         let mut waited = Duration::ZERO;
+        let mut budget_wait = Duration::ZERO;
         loop {
             attempts += 1;
+            if let Some(budget) = &self.budget {
+                let w = tokio::select! {
+                    w = budget.acquire(id) => w,
+                    _ = cancel.cancelled() => return Err(SourceError::Cancelled),
+                };
+                budget_wait += w;
+                if let Some(m) = &self.metrics {
+                    m.add(
+                        "lms_sync_rate_budget_wait_seconds_total",
+                        &[("account", &label)],
+                        w.as_secs_f64(),
+                    );
+                }
+            }
             let result = tokio::select! {
                 r = self.try_once(&url) => r,
                 _ = cancel.cancelled() => return Err(SourceError::Cancelled),
             };
+            if let Some(m) = &self.metrics {
+                let status = match &result {
+                    Ok(_) => "200".to_string(),
+                    Err(SourceError::Status { status, .. }) => status.to_string(),
+                    Err(e) => e.kind().to_string(),
+                };
+                m.inc("lms_sync_http_requests_total", &[("status", &status)]);
+            }
             let err = match result {
                 Ok(mut page) => {
                     page.requests = attempts;
                     page.rate_limited = rate_limited;
+                    page.budget_wait = budget_wait;
+                    if let (Some(budget), Some((remaining, reset))) =
+                        (&self.budget, page.rate_remaining)
+                    {
+                        budget.observe_remaining(id, remaining, reset, Instant::now());
+                    }
                     return Ok(page);
                 }
                 Err(e) => e,
             };
             if err.status() == Some(429) {
                 rate_limited += 1;
+                if let Some(m) = &self.metrics {
+                    m.inc("lms_sync_rate_limited_total", &[("account", &label)]);
+                }
+                if let (Some(budget), Some(hint)) = (&self.budget, err.retry_hint()) {
+                    budget.pause(id, hint, Instant::now());
+                }
             }
             if !err.is_retryable() {
                 return Err(err);
@@ -257,6 +319,9 @@ impl TrutoClient {
                     last: Box::new(err),
                 });
             };
+            if let Some(m) = &self.metrics {
+                m.inc("lms_sync_retries_total", &[("account", &label)]);
+            }
             tracing::warn!(
                 account = %account.integrated_account_id,
                 attempt = attempts,
@@ -422,6 +487,15 @@ pub fn parse_page(body: &[u8], headers: &HeaderMap) -> Result<FetchedPage, Sourc
         Some(serde_json::Value::Bool(true))
     );
     let decoded = decode_records(&records);
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let rate_remaining = match (header("ratelimit-remaining"), header("ratelimit-reset")) {
+        (Some(rem), Some(reset)) => rem
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .zip(parse_reset_seconds(reset)),
+        _ => None,
+    };
     Ok(FetchedPage {
         decoded,
         records: records.len(),
@@ -429,6 +503,8 @@ pub fn parse_page(body: &[u8], headers: &HeaderMap) -> Result<FetchedPage, Sourc
         is_partial,
         requests: 1,
         rate_limited: 0,
+        rate_remaining,
+        budget_wait: Duration::ZERO,
     })
 }
 

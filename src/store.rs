@@ -16,6 +16,11 @@ use uuid::Uuid;
 use crate::config::{validate_schema_name, DatabaseSettings};
 use crate::model::{DecodedPage, UserRecord};
 
+type Ts = chrono::DateTime<chrono::Utc>;
+
+/// A boxed `Send` future.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, thiserror::Error)]
@@ -240,19 +245,25 @@ impl Store {
 
     /// Creates the schema when missing and applies pending migrations. Safe to run from several
     /// processes at once: sqlx serializes migrations with an advisory lock.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
+    ///
+    /// Boxed as `Send` on purpose: it lets callers hold this future inside spawned tasks
+    /// (rustc cannot prove sqlx's migrator future `Send` through an `async fn` otherwise).
+    pub fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.migrate_inner())
+    }
+
+    async fn migrate_inner(&self) -> Result<(), StoreError> {
         // IMPORTANT: the schema name is spliced into SQL; validate_schema_name() allows only
         // [a-z_][a-z0-9_]*, and it is quoted besides.
         let create = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
-        if let Err(e) = sqlx::query(&create).execute(&mut *conn).await {
+        if let Err(e) = sqlx::query(&create).execute(&self.pool).await {
             // Two processes creating it at once: one loses with a unique violation; fine.
             let raced = matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") || d.code().as_deref() == Some("42P06"));
             if !raced {
                 return Err(e.into());
             }
         }
-        MIGRATOR.run(&mut *conn).await?;
+        MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
 
@@ -592,6 +603,36 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// What the scheduler needs to know of each account's runs. An account whose state says
+    /// `running` reports that as its last outcome: it is running elsewhere, or its process died.
+    pub async fn run_histories(
+        &self,
+    ) -> Result<HashMap<Uuid, crate::schedule::RunHistory>, StoreError> {
+        type Row = (Uuid, Option<Ts>, Option<Ts>, Option<String>, i32);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT integrated_account_id, last_started_at, last_finished_at,
+                        CASE WHEN status = 'running' THEN 'running' ELSE last_outcome END,
+                        consecutive_failures
+                   FROM sync_state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, started, finished, outcome, failures)| {
+                (
+                    id,
+                    crate::schedule::RunHistory {
+                        last_started_at: started,
+                        last_finished_at: finished,
+                        last_outcome: outcome,
+                        consecutive_failures: failures.max(0) as u32,
+                    },
+                )
+            })
+            .collect())
     }
 
     /// One row per account known to `sync_state`, plus configured accounts never synced.

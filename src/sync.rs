@@ -25,6 +25,7 @@ pub struct SyncOptions {
     pub db_max_attempts: u32,
     /// `host:pid`, recorded in `sync_runs.worker`.
     pub worker: String,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl SyncOptions {
@@ -34,6 +35,7 @@ impl SyncOptions {
             max_delete_fraction: s.sync.max_delete_fraction,
             db_max_attempts: s.sync.db_max_attempts,
             worker: worker_name(),
+            metrics: None,
         }
     }
 }
@@ -113,7 +115,23 @@ enum Stop {
 
 /// One complete pass over one account. Never panics on bad input or faults: every failure ends
 /// as an outcome with an error message, and what was committed stays committed.
-pub async fn sync_account(
+///
+/// Boxed as `Send` so that callers can spawn it: rustc cannot prove the `Send`-ness of the
+/// retry closures' futures through layers of `async fn` otherwise.
+pub fn sync_account<'a>(
+    store: &'a Store,
+    source: &'a TrutoClient,
+    account: &'a AccountSettings,
+    opts: &'a SyncOptions,
+    cancel: &'a CancellationToken,
+    progress: &'a dyn Progress,
+) -> crate::store::BoxFuture<'a, SyncOutcome> {
+    Box::pin(sync_account_inner(
+        store, source, account, opts, cancel, progress,
+    ))
+}
+
+async fn sync_account_inner(
     store: &Store,
     source: &TrutoClient,
     account: &AccountSettings,
@@ -314,6 +332,42 @@ async fn run_leased(
     }
     out.elapsed = started.elapsed();
     log_summary(out);
+    if let Some(m) = &opts.metrics {
+        record_run(m, out);
+    }
+}
+
+fn record_run(m: &crate::metrics::Metrics, out: &SyncOutcome) {
+    let account = out.account.to_string();
+    let a = account.as_str();
+    m.inc(
+        "lms_sync_runs_total",
+        &[("account", a), ("outcome", out.status_str())],
+    );
+    m.add(
+        "lms_sync_users_total",
+        &[("account", a), ("change", "deleted")],
+        out.counts.deleted as f64,
+    );
+    let secs = out.elapsed.as_secs_f64();
+    m.add(
+        "lms_sync_run_duration_seconds_total",
+        &[("account", a)],
+        secs,
+    );
+    m.set(
+        "lms_sync_last_run_duration_seconds",
+        &[("account", a)],
+        secs,
+    );
+    if out.succeeded() {
+        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        m.set(
+            "lms_sync_last_success_timestamp_seconds",
+            &[("account", a)],
+            now,
+        );
+    }
 }
 
 fn start_run(out: &SyncOutcome) -> i64 {
@@ -502,6 +556,29 @@ async fn apply(
     .await
     .map_err(Stop::Store)?;
     out.counts.add(&counts);
+    tracing::debug!(
+        pages = out.counts.pages,
+        users_seen = out.counts.users_seen,
+        "page committed"
+    );
+    if let Some(m) = &opts.metrics {
+        let id = account.integrated_account_id.to_string();
+        let a = id.as_str();
+        m.inc("lms_sync_pages_total", &[("account", a)]);
+        for (change, n) in [
+            ("inserted", counts.inserted),
+            ("updated", counts.updated),
+            ("unchanged", counts.unchanged),
+            ("undeleted", counts.undeleted),
+            ("rejected", counts.rejected),
+        ] {
+            m.add(
+                "lms_sync_users_total",
+                &[("account", a), ("change", change)],
+                n as f64,
+            );
+        }
+    }
     for r in &page.decoded.rejected {
         tracing::warn!(user_id = r.user_id.as_deref(), reason = %r.reason, "record rejected; stored in rejected_records");
     }

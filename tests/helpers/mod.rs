@@ -67,6 +67,7 @@ pub fn settings_for(sim: &Simulator, db_url: &str, accounts: &[Uuid]) -> Setting
     s.truto.max_attempts = 6;
     s.database.url = Some(SecretString::from(db_url.to_string()));
     s.database.max_connections = 6;
+    s.server.listen = String::new();
     s.accounts = accounts.iter().map(|a| AccountSettings::new(*a)).collect();
     s
 }

@@ -1,0 +1,348 @@
+//! When an account is due: pure functions over the schedule and the account's last runs. No
+//! clock reads and no I/O, so every case (intervals, daily times across DST changes and time
+//! zones, failure backoff, jitter) is a unit test.
+
+use std::time::Duration;
+
+use chrono::{DateTime, LocalResult, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use uuid::Uuid;
+
+/// How often an account runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cadence {
+    /// Every `d` after the last run started.
+    Every(Duration),
+    /// Daily at a wall-clock time in a time zone.
+    DailyAt { time: NaiveTime, tz: Tz },
+}
+
+/// An account's effective schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub cadence: Cadence,
+    /// Run every account once as soon as the process starts.
+    pub run_on_start: bool,
+    /// Each account's slots are shifted by a stable offset in [0, jitter) so that accounts do
+    /// not all start at once.
+    pub jitter: Duration,
+    /// First retry of a failed account; doubles per consecutive failure up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+/// What the scheduler knows of an account's runs (from `sync_state`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunHistory {
+    pub last_started_at: Option<DateTime<Utc>>,
+    pub last_finished_at: Option<DateTime<Utc>>,
+    /// `succeeded`, `needs_attention`, `failed`, `interrupted`, or `running`.
+    pub last_outcome: Option<String>,
+    pub consecutive_failures: u32,
+}
+
+/// The account's stable jitter offset in [0, jitter).
+pub fn jitter_offset(account: Uuid, jitter: Duration) -> Duration {
+    let ms = jitter.as_millis() as u64;
+    if ms == 0 {
+        return Duration::ZERO;
+    }
+    let h = xxhash_rust::xxh3::xxh3_64(account.as_bytes());
+    Duration::from_millis(h % ms)
+}
+
+fn chrono_dur(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The first regular slot strictly after `after` (jitter not included).
+pub fn next_slot(cadence: &Cadence, after: DateTime<Utc>) -> DateTime<Utc> {
+    match cadence {
+        Cadence::Every(d) => after + chrono_dur(*d),
+        Cadence::DailyAt { time, tz } => {
+            let local_date = after.with_timezone(tz).date_naive();
+            // Today's slot, or the next day's; two days cover any offset.
+            for days in 0..=2 {
+                let date = local_date + chrono::Days::new(days);
+                let at = local_instant(tz, date, *time);
+                if at > after {
+                    return at;
+                }
+            }
+            unreachable!("a daily slot exists within three days")
+        }
+    }
+}
+
+/// `date time` in `tz` as an instant. A time that falls in a DST gap (clocks jump forward)
+/// moves forward by the gap; a time that occurs twice (clocks fall back) is taken the first time.
+pub fn local_instant(tz: &Tz, date: NaiveDate, time: NaiveTime) -> DateTime<Utc> {
+    let naive = date.and_time(time);
+    match tz.from_local_datetime(&naive) {
+        LocalResult::Single(t) => t.with_timezone(&Utc),
+        LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc),
+        LocalResult::None => {
+            // In a gap: the first local minute that exists, i.e. right after the clocks jumped.
+            let mut probe = naive;
+            for _ in 0..(24 * 60) {
+                probe += chrono::Duration::minutes(1);
+                if let LocalResult::Single(t) | LocalResult::Ambiguous(t, _) =
+                    tz.from_local_datetime(&probe)
+                {
+                    return t.with_timezone(&Utc);
+                }
+            }
+            naive.and_utc()
+        }
+    }
+}
+
+/// When the account should next run, given its history, the process start and the schedule.
+/// A time at or before `now` means "now"; missed slots collapse into one run, never a queue.
+pub fn next_run(
+    schedule: &Schedule,
+    account: Uuid,
+    history: &RunHistory,
+    process_started: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let jitter = chrono_dur(jitter_offset(account, schedule.jitter));
+    let Some(last_started) = history.last_started_at else {
+        return if schedule.run_on_start {
+            process_started + jitter
+        } else {
+            next_slot(&schedule.cadence, process_started) + jitter
+        };
+    };
+    if schedule.run_on_start && last_started < process_started {
+        return process_started + jitter;
+    }
+    let regular = next_slot(&schedule.cadence, last_started - jitter) + jitter;
+    let finished = history.last_finished_at.unwrap_or(last_started);
+    match history.last_outcome.as_deref() {
+        Some("failed") => {
+            let retry =
+                finished + chrono_dur(failure_backoff(schedule, history.consecutive_failures));
+            retry.min(regular)
+        }
+        // Cut short by a shutdown or a dead process: resume soon.
+        Some("interrupted") | Some("running") => {
+            (finished + chrono_dur(schedule.retry_initial)).min(regular)
+        }
+        _ => regular,
+    }
+}
+
+/// Capped exponential backoff for an account that failed `failures` times in a row.
+pub fn failure_backoff(schedule: &Schedule, failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(30);
+    schedule
+        .retry_initial
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(schedule.retry_max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn every(h: u64) -> Schedule {
+        Schedule {
+            cadence: Cadence::Every(Duration::from_secs(h * 3600)),
+            run_on_start: false,
+            jitter: Duration::ZERO,
+            retry_initial: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+        }
+    }
+
+    fn daily(hm: &str, tz: &str) -> Schedule {
+        Schedule {
+            cadence: Cadence::DailyAt {
+                time: NaiveTime::parse_from_str(hm, "%H:%M").unwrap(),
+                tz: tz.parse().unwrap(),
+            },
+            ..every(1)
+        }
+    }
+
+    fn history(started: &str, outcome: &str, failures: u32) -> RunHistory {
+        RunHistory {
+            last_started_at: Some(t(started)),
+            last_finished_at: Some(t(started) + chrono::Duration::minutes(5)),
+            last_outcome: Some(outcome.into()),
+            consecutive_failures: failures,
+        }
+    }
+
+    const A: Uuid = Uuid::from_u128(1);
+
+    #[test]
+    fn an_interval_runs_again_after_the_last_start() {
+        let s = every(6);
+        let h = history("2026-01-01T00:00:00Z", "succeeded", 0);
+        assert_eq!(
+            next_run(&s, A, &h, t("2025-12-31T00:00:00Z")),
+            t("2026-01-01T06:00:00Z")
+        );
+    }
+
+    #[test]
+    fn missed_slots_collapse_into_one_run_now() {
+        let s = every(6);
+        let h = history("2026-01-01T00:00:00Z", "succeeded", 0);
+        // Days later the due time is simply in the past: one run, not a queue of them.
+        let due = next_run(&s, A, &h, t("2025-12-31T00:00:00Z"));
+        assert!(due < t("2026-01-05T00:00:00Z"));
+    }
+
+    #[test]
+    fn a_new_account_waits_for_its_first_slot_unless_run_on_start() {
+        let mut s = every(6);
+        let start = t("2026-03-01T10:00:00Z");
+        assert_eq!(
+            next_run(&s, A, &RunHistory::default(), start),
+            t("2026-03-01T16:00:00Z")
+        );
+        s.run_on_start = true;
+        assert_eq!(next_run(&s, A, &RunHistory::default(), start), start);
+        // run_on_start also runs accounts whose last run was before this process started.
+        let h = history("2026-03-01T09:00:00Z", "succeeded", 0);
+        assert_eq!(next_run(&s, A, &h, start), start);
+    }
+
+    #[test]
+    fn a_failed_account_retries_sooner_with_capped_backoff_then_returns_to_schedule() {
+        let s = every(6);
+        let h = history("2026-01-01T00:00:00Z", "failed", 1);
+        assert_eq!(
+            next_run(&s, A, &h, t("2025-01-01T00:00:00Z")),
+            t("2026-01-01T00:06:00Z")
+        );
+        let h = history("2026-01-01T00:00:00Z", "failed", 3);
+        assert_eq!(
+            next_run(&s, A, &h, t("2025-01-01T00:00:00Z")),
+            t("2026-01-01T00:09:00Z")
+        );
+        let h = history("2026-01-01T00:00:00Z", "failed", 20);
+        assert_eq!(
+            next_run(&s, A, &h, t("2025-01-01T00:00:00Z")),
+            t("2026-01-01T01:05:00Z")
+        );
+        // Never later than the regular slot.
+        let mut short = every(1);
+        short.retry_max = Duration::from_secs(7200);
+        let h = history("2026-01-01T00:00:00Z", "failed", 20);
+        assert_eq!(
+            next_run(&short, A, &h, t("2025-01-01T00:00:00Z")),
+            t("2026-01-01T01:00:00Z")
+        );
+        let ok = history("2026-01-01T00:00:00Z", "succeeded", 0);
+        assert_eq!(
+            next_run(&s, A, &ok, t("2025-01-01T00:00:00Z")),
+            t("2026-01-01T06:00:00Z")
+        );
+    }
+
+    #[test]
+    fn an_interrupted_run_resumes_soon() {
+        let s = every(6);
+        let h = history("2026-01-01T00:00:00Z", "interrupted", 0);
+        assert_eq!(
+            next_run(&s, A, &h, t("2025-01-01T00:00:00Z")),
+            t("2026-01-01T00:06:00Z")
+        );
+    }
+
+    #[test]
+    fn daily_at_is_the_local_wall_clock_time() {
+        let s = daily("02:30", "Europe/Berlin");
+        // Winter: UTC+1.
+        assert_eq!(
+            next_slot(&s.cadence, t("2026-01-10T12:00:00Z")),
+            t("2026-01-11T01:30:00Z")
+        );
+        // Summer: UTC+2.
+        assert_eq!(
+            next_slot(&s.cadence, t("2026-07-10T00:00:00Z")),
+            t("2026-07-10T00:30:00Z")
+        );
+        let ny = daily("23:15", "America/New_York");
+        assert_eq!(
+            next_slot(&ny.cadence, t("2026-01-10T12:00:00Z")),
+            t("2026-01-11T04:15:00Z")
+        );
+        let tokyo = daily("00:05", "Asia/Tokyo");
+        assert_eq!(
+            next_slot(&tokyo.cadence, t("2026-01-10T15:06:00Z")),
+            t("2026-01-11T15:05:00Z")
+        );
+    }
+
+    #[test]
+    fn a_daily_time_inside_the_spring_gap_runs_once_after_the_gap() {
+        // Berlin skips 02:00–03:00 on 2026-03-29.
+        let s = daily("02:30", "Europe/Berlin");
+        let at = next_slot(&s.cadence, t("2026-03-28T12:00:00Z"));
+        assert_eq!(
+            at,
+            t("2026-03-29T01:00:00Z"),
+            "03:00 CEST, the first instant after the gap"
+        );
+        // And the day after is back to normal (02:30 CEST).
+        assert_eq!(next_slot(&s.cadence, at), t("2026-03-30T00:30:00Z"));
+    }
+
+    #[test]
+    fn a_daily_time_that_occurs_twice_in_autumn_runs_once() {
+        // Berlin repeats 02:00–03:00 on 2026-10-25.
+        let s = daily("02:30", "Europe/Berlin");
+        let first = next_slot(&s.cadence, t("2026-10-24T12:00:00Z"));
+        assert_eq!(first, t("2026-10-25T00:30:00Z"), "the first 02:30 (CEST)");
+        let second = next_slot(&s.cadence, first);
+        assert_eq!(
+            second,
+            t("2026-10-26T01:30:00Z"),
+            "not the repeated 02:30, but the next day's"
+        );
+    }
+
+    #[test]
+    fn jitter_is_stable_per_account_and_spreads_accounts() {
+        let j = Duration::from_secs(600);
+        let a = jitter_offset(Uuid::from_u128(1), j);
+        assert_eq!(a, jitter_offset(Uuid::from_u128(1), j));
+        assert!(a < j);
+        let offsets: std::collections::HashSet<Duration> = (0..20)
+            .map(|i| jitter_offset(Uuid::from_u128(i), j))
+            .collect();
+        assert!(offsets.len() > 15);
+        assert_eq!(
+            jitter_offset(Uuid::from_u128(1), Duration::ZERO),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn jitter_shifts_every_slot_of_the_account() {
+        let mut s = every(6);
+        s.jitter = Duration::from_secs(600);
+        let off = chrono::Duration::from_std(jitter_offset(A, s.jitter)).unwrap();
+        let start = t("2026-03-01T10:00:00Z");
+        let first = next_run(&s, A, &RunHistory::default(), start);
+        assert_eq!(first, t("2026-03-01T16:00:00Z") + off);
+        let h = RunHistory {
+            last_started_at: Some(first),
+            last_finished_at: Some(first),
+            last_outcome: Some("succeeded".into()),
+            consecutive_failures: 0,
+        };
+        assert_eq!(
+            next_run(&s, A, &h, start),
+            first + chrono::Duration::hours(6)
+        );
+    }
+}

@@ -1,0 +1,372 @@
+//! The long-running service: rounds on a schedule, graceful shutdown mid-run, the rate budget,
+//! and the operations endpoints. Synchronization is by events (progress hooks, channels), never
+//! by sleeping.
+
+mod helpers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use helpers::*;
+use lms_sync::budget::{Limit, RateBudget};
+use lms_sync::config::{AccountSettings, Settings};
+use lms_sync::daemon::{run_with, Hooks};
+use lms_sync::metrics::Metrics;
+use lms_sync::simulator::{RateLimit, DEMO_TOKEN};
+use lms_sync::store::RunCounts;
+use lms_sync::sync::{sync_accounts, NoProgress, Progress, SyncOptions, SyncOutcome};
+use secrecy::SecretString;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Forwards pass events to the test.
+#[derive(Clone)]
+struct Events(mpsc::UnboundedSender<Event>);
+
+#[derive(Debug)]
+enum Event {
+    Page(u64),
+    Finished(Uuid, String),
+}
+
+impl Progress for Events {
+    fn page(&self, _account: &AccountSettings, totals: &RunCounts) {
+        let _ = self.0.send(Event::Page(totals.pages));
+    }
+    fn finished(&self, account: &AccountSettings, o: &SyncOutcome) {
+        let _ = self.0.send(Event::Finished(
+            account.integrated_account_id,
+            o.status_str().to_string(),
+        ));
+    }
+}
+
+fn token() -> SecretString {
+    SecretString::from(DEMO_TOKEN.to_string())
+}
+
+/// Receives the next event, failing the test if none comes within a generous bound.
+async fn next(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+    tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("no event within 60s")
+        .expect("daemon gone")
+}
+
+fn daemon_settings(env: &Env, every: &str) -> Settings {
+    let mut s = env.settings.clone();
+    s.schedule.every = Some(every.into());
+    s.schedule.jitter = "0s".into();
+    s.schedule.run_on_start = true;
+    s.schedule.retry_initial = "1s".into();
+    s.server.listen = String::new();
+    s.sync.shutdown_grace_secs = 20;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_every_account_again_on_its_interval() {
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 150), (b, 120)]).await;
+    let settings = daemon_settings(&env, "1s");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    let daemon = tokio::spawn(run_with(
+        settings,
+        token(),
+        async move { stopper.cancelled().await },
+        Hooks {
+            progress: Some(Arc::new(Events(tx))),
+            ..Hooks::default()
+        },
+    ));
+
+    let mut finished = std::collections::HashMap::<Uuid, Vec<String>>::new();
+    while finished.values().map(Vec::len).min().unwrap_or(0) < 2 || finished.len() < 2 {
+        if let Event::Finished(id, outcome) = next(&mut rx).await {
+            finished.entry(id).or_default().push(outcome);
+        }
+    }
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+
+    for (id, outcomes) in &finished {
+        assert!(
+            outcomes.iter().all(|o| o == "succeeded"),
+            "{id}: {outcomes:?}"
+        );
+    }
+    assert_mirror(&env.store, &env.sim, a).await;
+    assert_mirror(&env.store, &env.sim, b).await;
+    // The second round wrote nothing: the data did not change.
+    let second_round_writes = env
+        .scalar_i64("SELECT coalesce(sum(inserted + updated + deleted), 0)::bigint FROM sync_runs WHERE run_id > 2")
+        .await;
+    assert_eq!(second_round_writes, 0);
+    // Rounds of one account never overlap.
+    let overlaps = env
+        .scalar_i64(
+            "SELECT count(*) FROM sync_runs r JOIN sync_runs s
+               ON r.integrated_account_id = s.integrated_account_id AND r.run_id < s.run_id
+              WHERE s.started_at < r.finished_at",
+        )
+        .await;
+    assert_eq!(overlaps, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_mid_run_commits_the_page_in_flight_records_the_run_and_resumes_later() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 3000)]).await;
+    env.sim.set_latency(Duration::from_millis(20));
+    let settings = daemon_settings(&env, "6h");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    let daemon = tokio::spawn(run_with(
+        settings.clone(),
+        token(),
+        async move { stopper.cancelled().await },
+        Hooks {
+            progress: Some(Arc::new(Events(tx))),
+            ..Hooks::default()
+        },
+    ));
+    loop {
+        if let Event::Page(pages) = next(&mut rx).await {
+            if pages >= 3 {
+                break;
+            }
+        }
+    }
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), daemon)
+        .await
+        .expect("the daemon stops within the grace period")
+        .unwrap()
+        .unwrap();
+
+    let (outcome, pages): (String, i64) =
+        sqlx::query_as("SELECT outcome, pages FROM sync_runs ORDER BY run_id DESC LIMIT 1")
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(outcome, "interrupted");
+    assert!((3..30).contains(&pages), "{pages}");
+    let users = env.scalar_i64("SELECT count(*) FROM users").await;
+    assert_eq!(users, pages * 100, "every committed page is whole");
+    let cursor: Option<String> = sqlx::query_scalar("SELECT cursor FROM sync_state")
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert!(cursor.is_some());
+
+    // The next daemon resumes where this one stopped and ends with an exact mirror.
+    env.sim.set_latency(Duration::ZERO);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    let daemon = tokio::spawn(run_with(
+        settings,
+        token(),
+        async move { stopper.cancelled().await },
+        Hooks {
+            progress: Some(Arc::new(Events(tx))),
+            ..Hooks::default()
+        },
+    ));
+    loop {
+        if let Event::Finished(_, outcome) = next(&mut rx).await {
+            assert_eq!(outcome, "succeeded");
+            break;
+        }
+    }
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    let resumed: bool =
+        sqlx::query_scalar("SELECT resumed FROM sync_runs ORDER BY run_id DESC LIMIT 1")
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert!(resumed);
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_account_and_per_token_budgets_are_never_exceeded() {
+    let accounts: Vec<(Uuid, usize)> = (1..=3).map(|i| (account_id(i), 700)).collect();
+    let env = Env::new(&accounts).await;
+    let limit = RateLimit {
+        per_account: 4,
+        per_token: 6,
+        window: Duration::from_secs(1),
+    };
+    env.sim.set_rate_limit(Some(limit));
+    let budget = RateBudget::new(
+        Limit {
+            requests: 4,
+            window: Duration::from_secs(1),
+        },
+        Limit {
+            requests: 6,
+            window: Duration::from_secs(1),
+        },
+    );
+    let metrics = Arc::new(Metrics::new());
+    let client = env
+        .client()
+        .with_budget(Arc::new(budget))
+        .with_metrics(metrics.clone());
+    let mut opts = SyncOptions::from_settings(&env.settings);
+    opts.metrics = Some(metrics.clone());
+    let list: Vec<AccountSettings> = accounts
+        .iter()
+        .map(|(id, _)| AccountSettings::new(*id))
+        .collect();
+
+    let outcomes = sync_accounts(
+        &env.store,
+        &client,
+        &list,
+        &opts,
+        3,
+        &CancellationToken::new(),
+        Arc::new(NoProgress),
+    )
+    .await;
+
+    assert!(outcomes.iter().all(SyncOutcome::succeeded));
+    let stats = env.sim.stats();
+    assert_eq!(
+        stats.rate_limited, 0,
+        "the budget kept every request under the limits"
+    );
+    assert!(stats.max_account_window <= 4);
+    assert_eq!(stats.requests, 21);
+    let waited: f64 = accounts
+        .iter()
+        .map(|(id, _)| {
+            metrics.get(
+                "lms_sync_rate_budget_wait_seconds_total",
+                &[("account", &id.to_string())],
+            )
+        })
+        .sum();
+    assert!(waited > 1.0, "21 requests at 6/s must wait: {waited}");
+    for (id, _) in &accounts {
+        assert_mirror(&env.store, &env.sim, *id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_a_hint_pauses_the_account_and_the_run_still_succeeds() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 300)]).await;
+    env.sim.set_rate_limit(Some(RateLimit {
+        per_account: 2,
+        per_token: 100,
+        window: Duration::from_secs(1),
+    }));
+    // No client-side budget: the server's 429 + Retry-After is what paces us.
+    let o = env.sync(a).await;
+    assert!(o.succeeded(), "{:?}", o.error);
+    assert!(o.counts.rate_limited >= 1);
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.expect("ops server answers");
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_readyz_and_metrics_answer() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 250)]).await;
+    let settings = daemon_settings(&env, "6h");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    let daemon = tokio::spawn(run_with(
+        settings,
+        token(),
+        async move { stopper.cancelled().await },
+        Hooks {
+            progress: Some(Arc::new(Events(tx))),
+            listener: Some(listener),
+            ..Hooks::default()
+        },
+    ));
+    loop {
+        if let Event::Finished(..) = next(&mut rx).await {
+            break;
+        }
+    }
+
+    let (hs, hb) = get(&format!("{base}/healthz")).await;
+    let (rs, rb) = get(&format!("{base}/readyz")).await;
+    let (ms, metrics) = get(&format!("{base}/metrics")).await;
+    let (ns, _) = get(&format!("{base}/nope")).await;
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+
+    assert_eq!((hs, hb.as_str()), (200, "ok\n"));
+    assert_eq!((rs, rb.as_str()), (200, "ready\n"));
+    assert_eq!(ns, 404);
+    assert_eq!(ms, 200);
+    let acct = a.to_string();
+    for needle in [
+        format!("lms_sync_runs_total{{account=\"{acct}\",outcome=\"succeeded\"}} 1"),
+        format!("lms_sync_users_total{{account=\"{acct}\",change=\"inserted\"}} 250"),
+        format!("lms_sync_pages_total{{account=\"{acct}\"}} 3"),
+        "lms_sync_http_requests_total{status=\"200\"} 3".to_string(),
+        format!("lms_sync_last_success_timestamp_seconds{{account=\"{acct}\"}}"),
+        format!("lms_sync_last_run_duration_seconds{{account=\"{acct}\"}}"),
+        "# TYPE lms_sync_rate_limited_total counter".to_string(),
+    ] {
+        assert!(metrics.contains(&needle), "missing {needle} in\n{metrics}");
+    }
+    assert!(!metrics.contains(DEMO_TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_database_the_daemon_waits_reports_not_ready_and_still_stops_cleanly() {
+    let env = Env::new(&[(account_id(1), 10)]).await;
+    let mut settings = daemon_settings(&env, "6h");
+    settings.database.url = Some(SecretString::from(
+        "postgres://nobody@127.0.0.1:1/none".to_string(),
+    ));
+    settings.database.connect_timeout_secs = 1;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    let daemon = tokio::spawn(run_with(
+        settings,
+        token(),
+        async move { stopper.cancelled().await },
+        Hooks {
+            listener: Some(listener),
+            ..Hooks::default()
+        },
+    ));
+
+    let (hs, _) = get(&format!("{base}/healthz")).await;
+    let (rs, rb) = get(&format!("{base}/readyz")).await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), daemon)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(hs, 200);
+    assert_eq!(rs, 503);
+    assert!(rb.starts_with("not ready"), "{rb}");
+    assert_eq!(env.sim.stats().requests, 0);
+}
