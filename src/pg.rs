@@ -22,7 +22,7 @@ trap cleanup EXIT
 "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync >"$dir/initdb.log" 2>&1 \
   || "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
   || { echo "ERROR initdb failed: $(tail -n 3 "$dir/initdb.log" | tr '\n' ' ')"; exit 1; }
-opts="-c listen_addresses='' -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=128MB"
+opts="-c listen_addresses='' -k $dir -c fsync=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=128MB"
 start() { "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -o "$opts" start >/dev/null 2>&1; }
 start || { echo "ERROR postgres did not start: $(tail -n 3 "$dir/server.log" | tr '\n' ' ')"; exit 1; }
 echo "READY $dir"

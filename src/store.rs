@@ -31,6 +31,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("invalid database url: {0}")]
     Url(String),
+    /// The run's position in the database is not where this process left it.
+    #[error("the database no longer holds this run's last committed page (it lost committed transactions, e.g. in a crash with synchronous_commit=off, or another process took the account over); the run stopped, and the next run resumes from the database's cursor")]
+    Diverged,
 }
 
 impl StoreError {
@@ -400,6 +403,7 @@ impl Store {
         account: Uuid,
         run_id: i64,
         page: &DecodedPage,
+        cursor: Option<&str>,
         next_cursor: Option<&str>,
         mut counts: RunCounts,
     ) -> Result<(RunCounts, u64), StoreError> {
@@ -451,12 +455,15 @@ impl Store {
             .await?;
         }
 
-        sqlx::query(
+        // IMPORTANT: the cursor advances only from where this run left it. Anything else means
+        // the database lost commits or another process owns the run: writing on would skip pages.
+        let advanced = sqlx::query(
             "UPDATE sync_state
                 SET cursor = $2, pages = pages + 1, users_seen = users_seen + $3,
                     inserted = inserted + $4, updated = updated + $5, unchanged = unchanged + $6,
                     rejected = rejected + $7, updated_at = now()
-              WHERE integrated_account_id = $1",
+              WHERE integrated_account_id = $1 AND current_run_id = $8
+                AND cursor IS NOT DISTINCT FROM $9",
         )
         .bind(account)
         .bind(next_cursor)
@@ -465,8 +472,14 @@ impl Store {
         .bind(counts.updated as i64)
         .bind(counts.unchanged as i64)
         .bind(counts.rejected as i64)
+        .bind(run_id)
+        .bind(cursor)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if advanced != 1 {
+            return Err(StoreError::Diverged);
+        }
         sqlx::query(
             "UPDATE sync_runs
                 SET pages = pages + 1, users_seen = users_seen + $2, inserted = inserted + $3,

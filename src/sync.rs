@@ -456,13 +456,26 @@ async fn follow_listing(
     if let Some(c) = &cursor {
         cursors.insert(c.clone());
     }
+    // The cursor `page` was fetched with: where the database must stand when it is written.
+    let mut page_cursor = cursor;
     loop {
         listing.partial |= page.is_partial;
         let next = page.next_cursor.clone();
         if let Some(n) = &next {
             if !cursors.insert(n.clone()) {
                 // Commit this page's users (they are good), but never follow the loop.
-                apply(store, opts, account, run_id, &page, None, out, progress).await?;
+                apply(
+                    store,
+                    opts,
+                    account,
+                    run_id,
+                    &page,
+                    page_cursor.as_deref(),
+                    None,
+                    out,
+                    progress,
+                )
+                .await?;
                 return Err(Stop::Listing(format!(
                     "the API returned a cursor it had already returned in this listing (after {} pages); the listing was stopped instead of looping",
                     out.counts.pages
@@ -485,6 +498,7 @@ async fn follow_listing(
                         account,
                         run_id,
                         &page,
+                        page_cursor.as_deref(),
                         next.as_deref(),
                         out,
                         progress
@@ -494,7 +508,18 @@ async fn follow_listing(
                 (a, Some(f))
             }
             None => (
-                apply(store, opts, account, run_id, &page, None, out, progress).await,
+                apply(
+                    store,
+                    opts,
+                    account,
+                    run_id,
+                    &page,
+                    page_cursor.as_deref(),
+                    None,
+                    out,
+                    progress,
+                )
+                .await,
                 None,
             ),
         };
@@ -506,6 +531,7 @@ async fn follow_listing(
                     return Err(Stop::Cancelled);
                 }
                 page = f.map_err(source_stop)?;
+                page_cursor = next;
             }
         }
     }
@@ -531,6 +557,7 @@ async fn apply(
     account: &AccountSettings,
     run_id: i64,
     page: &FetchedPage,
+    cursor: Option<&str>,
     next_cursor: Option<&str>,
     out: &mut SyncOutcome,
     progress: &dyn Progress,
@@ -549,6 +576,7 @@ async fn apply(
             account.integrated_account_id,
             run_id,
             &page.decoded,
+            cursor,
             next_cursor,
             base,
         )

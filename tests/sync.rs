@@ -605,3 +605,51 @@ async fn an_empty_account_syncs_to_an_empty_mirror() {
     assert_eq!(o.counts.pages, 1);
     assert_eq!(env.scalar_i64("SELECT count(*) FROM users").await, 0);
 }
+
+/// Moves the stored cursor behind the pass's back after `at` pages, as a database that lost
+/// commits (or another process) would.
+struct MoveCursor {
+    at: u64,
+    store: lms_sync::store::Store,
+}
+
+impl Progress for MoveCursor {
+    fn page(&self, _account: &AccountSettings, totals: &RunCounts) {
+        if totals.pages == self.at {
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    sqlx::query("UPDATE sync_state SET cursor = 'moved-elsewhere'")
+                        .execute(self.store.pool())
+                        .await
+                        .unwrap();
+                })
+            });
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_stops_when_the_stored_cursor_is_not_where_it_left_it() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 800)]).await;
+    let hook = MoveCursor {
+        at: 2,
+        store: env.store.clone(),
+    };
+
+    let o = env
+        .sync_with(&env.account(a), &CancellationToken::new(), &hook)
+        .await;
+
+    assert_eq!(finished(&o), Outcome::Failed);
+    assert!(
+        o.error.as_deref().unwrap().contains("no longer holds"),
+        "{:?}",
+        o.error
+    );
+    assert_eq!(o.counts.pages, 2, "nothing was written past the divergence");
+    // The next pass resumes from the database's cursor; the API refuses it; the listing restarts.
+    let o = env.sync(a).await;
+    assert!(o.succeeded(), "{:?}", o.error);
+    assert_mirror(&env.store, &env.sim, a).await;
+}

@@ -1,0 +1,255 @@
+//! The binary as ops run it: `lms-sync run` stopped by SIGTERM, killed with SIGKILL and
+//! restarted, and two replicas sharing one database. Progress is read from the JSON log lines
+//! the processes write, so the tests wait on events, not on time.
+
+mod helpers;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use helpers::*;
+use lms_sync::simulator::{Simulator, DEMO_TOKEN};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lms-sync");
+
+fn config(sim: &Simulator, accounts: &[Uuid], every: &str, max_concurrent: usize) -> PathBuf {
+    let mut t = format!(
+        "[truto]\nbase_url = \"{}\"\nbackoff_initial_ms = 5\n\
+         [sync]\nprogress = \"off\"\nmax_concurrent_accounts = {max_concurrent}\nshutdown_grace_secs = 20\n\
+         [schedule]\nevery = \"{every}\"\njitter = \"0s\"\nretry_initial = \"1s\"\n\
+         [server]\nlisten = \"\"\n[log]\nformat = \"json\"\n",
+        sim.base_url()
+    );
+    for id in accounts {
+        t.push_str(&format!("[[accounts]]\nintegrated_account_id = \"{id}\"\n"));
+    }
+    let p = std::env::temp_dir().join(format!("lms-sync-proc-{}.toml", Uuid::new_v4()));
+    std::fs::write(&p, t).unwrap();
+    p
+}
+
+/// A running `lms-sync run` and the events parsed from its log.
+struct Daemon {
+    child: Child,
+    events: mpsc::UnboundedReceiver<Value>,
+}
+
+fn spawn(cfg: &PathBuf, db: &str) -> Daemon {
+    let mut child = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TRUTO_API_TOKEN", DEMO_TOKEN)
+        .env("LMS_SYNC__DATABASE__URL", db)
+        .env("RUST_LOG", "lms_sync=debug,warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start lms-sync run");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, events) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    Daemon { child, events }
+}
+
+impl Daemon {
+    /// The next log event whose message is `msg`.
+    async fn wait_for(&mut self, msg: &str) -> Value {
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(60), self.events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no `{msg}` within 60s"))
+                .unwrap_or_else(|| panic!("the daemon exited before `{msg}`"));
+            if ev["fields"]["message"] == msg {
+                return ev;
+            }
+        }
+    }
+
+    async fn terminate(mut self) -> i32 {
+        let pid = self.child.id().expect("running").to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exits within the grace period")
+            .unwrap();
+        status.code().expect("exited, not killed")
+    }
+}
+
+async fn query_one<T>(db: &str, sql: &str) -> T
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    let store = store_for(db).await;
+    let v = sqlx::query_scalar(sql)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    store.pool().close().await;
+    v
+}
+
+async fn store_for(db: &str) -> lms_sync::store::Store {
+    let mut s = lms_sync::config::Settings::default();
+    s.database.url = Some(secrecy::SecretString::from(db.to_string()));
+    lms_sync::store::Store::connect(s.database.url.as_ref().unwrap(), &s.database)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_exits_0_in_time_with_the_run_recorded_as_interrupted() {
+    let a = account_id(1);
+    let sim = Simulator::start(0).await.unwrap();
+    sim.add_account(a, 4000, 1);
+    sim.set_latency(Duration::from_millis(25));
+    let db = fresh_database_url().await;
+    let cfg = config(&sim, &[a], "6h", 4);
+    let mut d = spawn(&cfg, &db);
+    loop {
+        let ev = d.wait_for("page committed").await;
+        if ev["fields"]["pages"].as_u64() >= Some(3) {
+            break;
+        }
+    }
+
+    let code = d.terminate().await;
+
+    assert_eq!(code, 0);
+    let outcome: String = query_one(
+        &db,
+        "SELECT outcome FROM sync_runs ORDER BY run_id DESC LIMIT 1",
+    )
+    .await;
+    assert_eq!(outcome, "interrupted");
+    let (pages, users): (i64, i64) = (
+        query_one(
+            &db,
+            "SELECT pages FROM sync_runs ORDER BY run_id DESC LIMIT 1",
+        )
+        .await,
+        query_one(&db, "SELECT count(*) FROM users").await,
+    );
+    assert_eq!(users, pages * 100, "only whole pages were committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_run_then_restart_ends_with_an_exact_mirror() {
+    let (a, b) = (account_id(1), account_id(2));
+    let sim = Simulator::start(0).await.unwrap();
+    sim.add_account(a, 3000, 1);
+    sim.add_account(b, 1200, 2);
+    sim.set_latency(Duration::from_millis(15));
+    let db = fresh_database_url().await;
+    let cfg = config(&sim, &[a, b], "6h", 4);
+    let mut d = spawn(&cfg, &db);
+    loop {
+        let ev = d.wait_for("page committed").await;
+        if ev["fields"]["pages"].as_u64() >= Some(4) {
+            break;
+        }
+    }
+
+    d.child.start_kill().unwrap();
+    d.child.wait().await.unwrap();
+    let running: i64 = query_one(
+        &db,
+        "SELECT count(*) FROM sync_runs WHERE outcome = 'running'",
+    )
+    .await;
+    assert!(running >= 1, "the killed run is left running");
+    sim.set_latency(Duration::ZERO);
+    let mut d = spawn(&cfg, &db);
+    let mut done = HashMap::new();
+    while done.len() < 2 {
+        let ev = d.wait_for("sync run finished").await;
+        let account = ev["span"]["account"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+        done.insert(account, ev);
+    }
+    assert_eq!(d.terminate().await, 0);
+
+    let store = store_for(&db).await;
+    assert_mirror(&store, &sim, a).await;
+    assert_mirror(&store, &sim, b).await;
+    let interrupted: i64 = query_one(
+        &db,
+        "SELECT count(*) FROM sync_runs WHERE outcome = 'interrupted'",
+    )
+    .await;
+    assert_eq!(
+        interrupted, running,
+        "the killed runs are marked interrupted"
+    );
+    let dupes: i64 = query_one(&db, "SELECT count(*) - count(DISTINCT (integrated_account_id, user_id, position)) FROM user_emails").await;
+    assert_eq!(dupes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_share_the_work_and_never_sync_one_account_at_the_same_time() {
+    let accounts: Vec<Uuid> = (1..=3).map(account_id).collect();
+    let sim = Simulator::start(0).await.unwrap();
+    for (i, a) in accounts.iter().enumerate() {
+        sim.add_account(*a, 400, i as u64);
+    }
+    sim.set_latency(Duration::from_millis(20));
+    let db = fresh_database_url().await;
+    // Migrate once first, so both start from the same schema.
+    let store = store_for(&db).await;
+    store.migrate().await.unwrap();
+    let cfg = config(&sim, &accounts, "1s", 1);
+    let mut d1 = spawn(&cfg, &db);
+    let mut d2 = spawn(&cfg, &db);
+
+    let (mut n1, mut n2) = (0, 0);
+    while n1 < 2 || n2 < 2 {
+        tokio::select! {
+            ev = d1.wait_for("sync run finished") => { assert_eq!(ev["fields"]["outcome"], "succeeded"); n1 += 1; }
+            ev = d2.wait_for("sync run finished") => { assert_eq!(ev["fields"]["outcome"], "succeeded"); n2 += 1; }
+        }
+    }
+    assert_eq!(d1.terminate().await, 0);
+    assert_eq!(d2.terminate().await, 0);
+
+    let overlaps: i64 = query_one(
+        &db,
+        "SELECT count(*) FROM sync_runs r JOIN sync_runs s
+           ON r.integrated_account_id = s.integrated_account_id AND r.run_id <> s.run_id
+          WHERE s.started_at >= r.started_at AND s.started_at < coalesce(r.finished_at, now())",
+    )
+    .await;
+    assert_eq!(overlaps, 0, "two runs of one account overlapped");
+    let workers: i64 = query_one(
+        &db,
+        "SELECT count(DISTINCT worker) FROM sync_runs WHERE outcome = 'succeeded'",
+    )
+    .await;
+    assert_eq!(workers, 2, "both daemons did work");
+    for a in &accounts {
+        assert_mirror(&store, &sim, *a).await;
+    }
+}
