@@ -41,7 +41,7 @@ struct Daemon {
     events: mpsc::UnboundedReceiver<Value>,
 }
 
-fn spawn(cfg: &PathBuf, db: &str) -> Daemon {
+fn spawn(cfg: &std::path::Path, db: &str) -> Daemon {
     let mut child = Command::new(BIN)
         .args(["--config", cfg.to_str().unwrap(), "run"])
         .env_clear()
