@@ -18,5 +18,10 @@ COPY --from=build /src/target/release/lms-sync /usr/local/bin/lms-sync
 COPY config /app/config
 WORKDIR /app
 USER 10001
+# Inside the container the operations server must be reachable from outside it.
+ENV LMS_SYNC__SERVER__LISTEN=0.0.0.0:9000
+EXPOSE 9000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["lms-sync", "healthcheck", "--url", "http://127.0.0.1:9000/healthz"]
 ENTRYPOINT ["lms-sync"]
-CMD ["sync"]
+CMD ["run"]

@@ -48,6 +48,12 @@ pub enum Command {
     Run,
     /// Apply database migrations, then exit.
     Migrate,
+    /// Exit 0 when the `run` service's /healthz answers 200 (for container health checks).
+    Healthcheck {
+        /// The service's health URL.
+        #[arg(long, default_value = "http://127.0.0.1:9000/healthz")]
+        url: String,
+    },
     /// Show each account's sync state.
     Status,
     /// Run a real sync of generated accounts from the built-in simulator into PostgreSQL
@@ -100,6 +106,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Sync { account } => cmd_sync(settings, account).await,
             Command::Run => cmd_run(settings).await,
             Command::Migrate => cmd_migrate(settings).await,
+            Command::Healthcheck { url } => cmd_healthcheck(&url).await,
             Command::Status => cmd_status(settings).await,
             Command::Demo { accounts, users } => crate::demo::run(settings, accounts, users).await,
             Command::Simulate {
@@ -297,6 +304,22 @@ async fn cmd_run(settings: Settings) -> u8 {
     match crate::daemon::run(settings, token, wait_for_signal()).await {
         Ok(()) => EXIT_OK,
         Err(e) => fail(format!("{e:#}")),
+    }
+}
+
+async fn cmd_healthcheck(url: &str) -> u8 {
+    crate::install_crypto_provider();
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match client.get(url).send().await {
+        Ok(r) if r.status().is_success() => EXIT_OK,
+        Ok(r) => fail(format!("{url} answered {}", r.status())),
+        Err(e) => fail(format!("{url}: {}", crate::source::error_chain(&e))),
     }
 }
 

@@ -24,7 +24,7 @@ fn config(sim: &Simulator, accounts: &[Uuid], every: &str, max_concurrent: usize
         "[truto]\nbase_url = \"{}\"\nbackoff_initial_ms = 5\n\
          [sync]\nprogress = \"off\"\nmax_concurrent_accounts = {max_concurrent}\nshutdown_grace_secs = 20\n\
          [schedule]\nevery = \"{every}\"\njitter = \"0s\"\nretry_initial = \"1s\"\n\
-         [server]\nlisten = \"\"\n[log]\nformat = \"json\"\n",
+         [server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
         sim.base_url()
     );
     for id in accounts {
@@ -48,7 +48,7 @@ fn spawn(cfg: &std::path::Path, db: &str) -> Daemon {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("TRUTO_API_TOKEN", DEMO_TOKEN)
         .env("LMS_SYNC__DATABASE__URL", db)
-        .env("RUST_LOG", "lms_sync=debug,warn")
+        .env("RUST_LOG", "lms_sync=debug,info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -127,15 +127,37 @@ async fn sigterm_mid_run_exits_0_in_time_with_the_run_recorded_as_interrupted() 
     let db = fresh_database_url().await;
     let cfg = config(&sim, &[a], "6h", 4);
     let mut d = spawn(&cfg, &db);
+    let listening = d
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
+    let addr = listening["fields"]["addr"].as_str().unwrap().to_string();
     loop {
         let ev = d.wait_for("page committed").await;
         if ev["fields"]["pages"].as_u64() >= Some(3) {
             break;
         }
     }
+    let health = Command::new(BIN)
+        .args(["healthcheck", "--url", &format!("http://{addr}/healthz")])
+        .env_clear()
+        .status()
+        .await
+        .unwrap();
+    assert!(
+        health.success(),
+        "the container health check passes while the daemon runs"
+    );
 
     let code = d.terminate().await;
 
+    let dead = Command::new(BIN)
+        .args(["healthcheck", "--url", &format!("http://{addr}/healthz")])
+        .env_clear()
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(dead.code(), Some(1), "and fails once it is gone");
     assert_eq!(code, 0);
     let outcome: String = query_one(
         &db,
