@@ -81,6 +81,30 @@ pub enum Command {
         /// Delay added to every answer, in milliseconds.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+        /// Give every account `--users` users (instead of fewer for later accounts).
+        #[arg(long)]
+        same_size: bool,
+        /// Enforce a budget per account (requests per window; 429 + Retry-After beyond).
+        #[arg(long)]
+        limit_per_account: Option<usize>,
+        /// Enforce a budget per token (requests per window).
+        #[arg(long)]
+        limit_per_token: Option<usize>,
+        #[arg(long, default_value_t = 10)]
+        limit_window_secs: u64,
+    },
+    /// Run the performance scenarios against the simulator and a throwaway PostgreSQL, with
+    /// their floors, and print (or write) the figures.
+    Bench {
+        /// Which scenarios (S1..S5), comma-separated; default S1–S4.
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
+        /// Also run S5 (1,000,000 users).
+        #[arg(long)]
+        big: bool,
+        /// Write the figures as a Markdown table to this file.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
     },
 }
 
@@ -115,11 +139,32 @@ pub fn main(cli: Cli) -> ExitCode {
                 users,
                 fault_rate,
                 latency_ms,
-            } => cmd_simulate(listen, accounts, users, fault_rate, latency_ms).await,
+                same_size,
+                limit_per_account,
+                limit_per_token,
+                limit_window_secs,
+            } => {
+                let limit = match (limit_per_account, limit_per_token) {
+                    (None, None) => None,
+                    (a, t) => Some(crate::simulator::RateLimit {
+                        per_account: a.unwrap_or(usize::MAX),
+                        per_token: t.unwrap_or(usize::MAX),
+                        window: Duration::from_secs(limit_window_secs.max(1)),
+                    }),
+                };
+                let sizes = SimSizes { users, same_size };
+                cmd_simulate(listen, accounts, sizes, fault_rate, latency_ms, limit).await
+            }
+            Command::Bench {
+                scenarios,
+                big,
+                report,
+            } => cmd_bench(scenarios, big, report).await,
         }
     });
     // Don't wait for stray background tasks (idle pool connections, bars) at exit.
     runtime.shutdown_timeout(Duration::from_secs(2));
+    crate::bench::write_rusage_if_asked();
     ExitCode::from(code)
 }
 
@@ -412,12 +457,53 @@ pub fn render_status(
     s
 }
 
+/// How many users each simulated account has.
+struct SimSizes {
+    users: usize,
+    same_size: bool,
+}
+
+impl SimSizes {
+    fn of(&self, n: u32) -> usize {
+        if self.same_size {
+            self.users
+        } else {
+            crate::demo::account_size(self.users, n)
+        }
+    }
+}
+
+async fn cmd_bench(scenarios: Vec<String>, big: bool, report: Option<PathBuf>) -> u8 {
+    let all = crate::bench::scenarios(true);
+    let chosen: Vec<crate::bench::Scenario> = if scenarios.is_empty() {
+        crate::bench::scenarios(big)
+    } else {
+        let mut list = Vec::new();
+        for name in &scenarios {
+            match all.iter().find(|s| s.name.eq_ignore_ascii_case(name)) {
+                Some(s) => list.push(s.clone()),
+                None => {
+                    eprintln!("lms-sync: --scenarios: unknown scenario {name} (S1..S5)");
+                    return EXIT_CONFIG;
+                }
+            }
+        }
+        list
+    };
+    match crate::bench::run_all(&chosen, report.as_deref()).await {
+        Ok(rows) if rows.iter().all(|r| r.met) => EXIT_OK,
+        Ok(_) => EXIT_FAILED,
+        Err(e) => fail(format!("bench: {e:#}")),
+    }
+}
+
 async fn cmd_simulate(
     listen: std::net::SocketAddr,
     accounts: u32,
-    users: usize,
+    sizes: SimSizes,
     fault_rate: f64,
     latency_ms: u64,
+    limit: Option<crate::simulator::RateLimit>,
 ) -> u8 {
     if !(0.0..1.0).contains(&fault_rate) {
         eprintln!("lms-sync: --fault-rate must be in [0, 1)");
@@ -428,21 +514,18 @@ async fn cmd_simulate(
         Err(e) => return fail(format!("cannot listen on {listen}: {e}")),
     };
     for n in 1..=accounts {
-        sim.add_account(
-            crate::simulator::demo_account_id(n),
-            crate::demo::account_size(users, n),
-            n as u64,
-        );
+        sim.add_account(crate::simulator::demo_account_id(n), sizes.of(n), n as u64);
     }
     sim.set_random_faults(fault_rate, 1);
     sim.set_latency(Duration::from_millis(latency_ms));
+    sim.set_rate_limit(limit);
     println!("simulated Truto listening on {}", sim.base_url());
     println!("token: {}", crate::simulator::DEMO_TOKEN);
     for n in 1..=accounts {
         println!(
             "account {}: {} users",
             crate::simulator::demo_account_id(n),
-            crate::demo::account_size(users, n)
+            sizes.of(n)
         );
     }
     wait_for_signal().await;

@@ -110,10 +110,13 @@ impl RateBudget {
     }
 
     /// The server says the account's window has `remaining` requests left and resets in
-    /// `reset`: when nothing is left, pause the account until the reset.
+    /// `reset`. When nothing is left, pause the account until the reset; when the vendor is
+    /// stricter than our own budget, spread what is left evenly over the time to the reset.
     pub fn observe_remaining(&self, account: Uuid, remaining: u64, reset: Duration, now: Instant) {
         if remaining == 0 {
             self.pause(account, reset, now);
+        } else if (remaining as usize) < self.per_account.requests {
+            self.pause(account, reset / (remaining as u32 + 1), now);
         }
     }
 
@@ -193,8 +196,21 @@ mod tests {
         assert!(b.try_acquire(a, t0 + Duration::from_secs(5)).is_ok());
         b.observe_remaining(a, 0, Duration::from_secs(2), t0 + Duration::from_secs(6));
         assert!(b.try_acquire(a, t0 + Duration::from_secs(7)).is_err());
-        b.observe_remaining(a, 3, Duration::from_secs(60), t0 + Duration::from_secs(8));
-        assert!(b.try_acquire(a, t0 + Duration::from_secs(8)).is_ok());
+        b.observe_remaining(a, 30, Duration::from_secs(60), t0 + Duration::from_secs(8));
+        assert!(
+            b.try_acquire(a, t0 + Duration::from_secs(8)).is_ok(),
+            "plenty left: no pause"
+        );
+    }
+
+    #[test]
+    fn a_stricter_vendor_budget_spreads_the_remaining_requests() {
+        let b = budget(10, 100);
+        let a = Uuid::from_u128(1);
+        let t0 = Instant::now();
+        b.observe_remaining(a, 3, Duration::from_secs(8), t0);
+        assert_eq!(b.try_acquire(a, t0).unwrap_err(), Duration::from_secs(2));
+        assert!(b.try_acquire(a, t0 + Duration::from_secs(2)).is_ok());
     }
 
     #[test]

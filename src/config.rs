@@ -231,7 +231,7 @@ impl Default for DatabaseSettings {
         Self {
             url: None,
             schema: "lms".into(),
-            max_connections: 8,
+            max_connections: 10,
             connect_timeout_secs: 10,
         }
     }
@@ -258,7 +258,7 @@ pub struct SyncSettings {
 impl Default for SyncSettings {
     fn default() -> Self {
         Self {
-            max_concurrent_accounts: 4,
+            max_concurrent_accounts: 10,
             max_delete_fraction: 0.5,
             db_max_attempts: 5,
             progress: ProgressMode::Auto,
@@ -893,6 +893,61 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("accounts"));
+    }
+
+    #[test]
+    fn schedules_resolve_with_account_overrides_and_bad_ones_name_their_key() {
+        use crate::schedule::Cadence;
+        let text = format!(
+            "[schedule]\nat = \"02:30\"\ntimezone = \"Europe/Berlin\"\n{ACCT}[accounts.schedule]\nevery = \"90m\"\n\
+             [[accounts]]\nintegrated_account_id = \"1b5d7c4e-2f0a-4c8e-9a57-3f1e6d2c9b10\"\n"
+        );
+        let s = load_toml(&text, &[]).unwrap();
+        assert_eq!(
+            s.schedule_for(&s.accounts[0]).cadence,
+            Cadence::Every(Duration::from_secs(5400))
+        );
+        assert!(matches!(
+            s.schedule_for(&s.accounts[1]).cadence,
+            Cadence::DailyAt { .. }
+        ));
+        let d = load_toml(ACCT, &[]).unwrap();
+        assert_eq!(
+            d.schedule_for(&d.accounts[0]).cadence,
+            Cadence::Every(Duration::from_secs(6 * 3600))
+        );
+        for (bad, key) in [
+            (
+                "[schedule]\nevery = \"6h\"\nat = \"01:00\"\n",
+                "schedule.at",
+            ),
+            ("[schedule]\nat = \"25:00\"\n", "schedule.at"),
+            ("[schedule]\nevery = \"soon\"\n", "schedule.every"),
+            (
+                "[schedule]\nat = \"01:00\"\ntimezone = \"Mars/Base\"\n",
+                "schedule.timezone",
+            ),
+            ("[schedule]\njitter = \"-1s\"\n", "schedule.jitter"),
+            ("[server]\nlisten = \"localhost\"\n", "server.listen"),
+            (
+                "[rate_budget]\nper_account = 0\n",
+                "rate_budget.per_account",
+            ),
+        ] {
+            let e = load_toml(&format!("{bad}{ACCT}"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        let e = load_toml(
+            &format!("{ACCT}[accounts.schedule]\ntimezone = \"Nowhere\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("accounts[0].schedule.timezone"),
+            "{e}"
+        );
     }
 
     #[test]

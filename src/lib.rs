@@ -23,6 +23,7 @@
 
 pub mod app;
 pub mod backoff;
+pub mod bench;
 pub mod budget;
 pub mod config;
 pub mod daemon;

@@ -157,6 +157,37 @@ pub struct DecodedPage {
     pub duplicates: u64,
 }
 
+impl DecodedPage {
+    /// Appends a later page: a user already present is replaced by the later record (as the
+    /// same id twice within one page is), and counted as a duplicate.
+    pub fn append(&mut self, later: DecodedPage) {
+        if self.users.is_empty() {
+            self.users = later.users;
+        } else {
+            let mut index: std::collections::HashMap<String, usize> = self
+                .users
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (u.id.clone(), i))
+                .collect();
+            for u in later.users {
+                match index.get(&u.id) {
+                    Some(&i) => {
+                        self.duplicates += 1;
+                        self.users[i] = u;
+                    }
+                    None => {
+                        index.insert(u.id.clone(), self.users.len());
+                        self.users.push(u);
+                    }
+                }
+            }
+        }
+        self.rejected.extend(later.rejected);
+        self.duplicates += later.duplicates;
+    }
+}
+
 /// Decodes each record of a page on its own: one bad record never fails the page.
 pub fn decode_records(records: &[&RawValue]) -> DecodedPage {
     let mut page = DecodedPage::default();
@@ -569,6 +600,21 @@ mod tests {
         assert_eq!(page.users.len(), 2);
         assert_eq!(page.duplicates, 1);
         assert_eq!(page.users[0].name.as_deref(), Some("second"));
+    }
+
+    #[test]
+    fn appending_pages_keeps_the_later_record_of_an_id() {
+        let raw = |s: &str| RawValue::from_string(s.into()).unwrap();
+        let (a, b, c) = (
+            raw(r#"{"id":"1","name":"old"}"#),
+            raw(r#"{"id":"2"}"#),
+            raw(r#"{"id":"1","name":"new"}"#),
+        );
+        let mut first = decode_records(&[&a, &b]);
+        first.append(decode_records(&[&c]));
+        assert_eq!(first.users.len(), 2);
+        assert_eq!(first.duplicates, 1);
+        assert_eq!(first.users[0].name.as_deref(), Some("new"));
     }
 
     #[test]

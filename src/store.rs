@@ -141,6 +141,48 @@ pub struct RunEnd {
     pub error: Option<String>,
 }
 
+/// The ids a listing contained, as 64-bit hashes: 8 bytes an id, whatever their length, so a
+/// million-user account costs 8 MB. A hash collision can only make an id look seen, which at
+/// worst leaves one vanished user undeleted until the next sync: never a live user deleted.
+#[derive(Debug, Default, Clone)]
+pub struct SeenIds {
+    hashes: Vec<u64>,
+    sorted: bool,
+}
+
+impl SeenIds {
+    fn hash(id: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+    }
+
+    pub fn insert(&mut self, id: &str) {
+        self.hashes.push(Self::hash(id));
+        self.sorted = false;
+    }
+
+    /// Sorts once; call before `contains`.
+    pub fn seal(&mut self) {
+        if !self.sorted {
+            self.hashes.sort_unstable();
+            self.hashes.dedup();
+            self.sorted = true;
+        }
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        debug_assert!(self.sorted, "seal() before contains()");
+        self.hashes.binary_search(&Self::hash(id)).is_ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+}
+
 /// The result of the deletion sweep's guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sweep {
@@ -211,7 +253,12 @@ pub fn connect_options(url: &SecretString, schema: &str) -> Result<PgConnectOpti
         .map_err(|_| StoreError::Url("cannot parse database.url".into()))?;
     Ok(opts
         .application_name("lms-sync")
-        .options([("search_path", schema)])
+        // Custom plans: a generic plan cached while a table was small (a first sync starts
+        // empty) keeps seq-scanning it as it grows, which made first syncs quadratic.
+        .options([
+            ("search_path", schema),
+            ("plan_cache_mode", "force_custom_plan"),
+        ])
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(5)))
 }
@@ -363,11 +410,6 @@ impl Store {
         .bind(run_id)
         .execute(&mut *tx)
         .await?;
-        // Scratch rows of earlier runs (a crash skips their cleanup).
-        sqlx::query("DELETE FROM seen_users WHERE integrated_account_id = $1")
-            .bind(account)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(RunStart {
             run_id,
@@ -395,9 +437,9 @@ impl Store {
         Ok(())
     }
 
-    /// Writes one page in one transaction: changed users and their children, the ids seen, the
-    /// rejected records, the cursor advance and the counters. Unchanged users cause no write.
-    /// Returns the page's counters and how many ids were new to the run's seen set.
+    /// Writes one page in one transaction: changed users and their children, the rejected
+    /// records, the cursor advance and the counters. Unchanged users cause no write.
+    /// Returns the page's counters.
     pub async fn apply_page(
         &self,
         account: Uuid,
@@ -406,7 +448,10 @@ impl Store {
         cursor: Option<&str>,
         next_cursor: Option<&str>,
         mut counts: RunCounts,
-    ) -> Result<(RunCounts, u64), StoreError> {
+    ) -> Result<RunCounts, StoreError> {
+        // `counts.pages` says how many API pages `page` holds (several are written together
+        // when the writer falls behind the fetcher).
+        let pages = counts.pages.max(1);
         let mut tx = self.pool.begin().await?;
         let (inserted, updated, unchanged, undeleted) =
             write_users(&mut tx, account, run_id, &page.users).await?;
@@ -417,20 +462,7 @@ impl Store {
         counts.rejected = page.rejected.len() as u64;
         counts.duplicates = page.duplicates;
         counts.users_seen = page.users.len() as u64;
-        counts.pages = 1;
-
-        let mut seen: Vec<&str> = page.users.iter().map(|u| u.id.as_str()).collect();
-        seen.extend(page.rejected.iter().filter_map(|r| r.user_id.as_deref()));
-        let new_seen = sqlx::query(
-            "INSERT INTO seen_users (integrated_account_id, run_id, user_id)
-             SELECT $1, $2, unnest($3::text[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(account)
-        .bind(run_id)
-        .bind(&seen)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        counts.pages = pages;
 
         if !page.rejected.is_empty() {
             let ids: Vec<Option<&str>> =
@@ -459,7 +491,7 @@ impl Store {
         // the database lost commits or another process owns the run: writing on would skip pages.
         let advanced = sqlx::query(
             "UPDATE sync_state
-                SET cursor = $2, pages = pages + 1, users_seen = users_seen + $3,
+                SET cursor = $2, pages = pages + $10, users_seen = users_seen + $3,
                     inserted = inserted + $4, updated = updated + $5, unchanged = unchanged + $6,
                     rejected = rejected + $7, updated_at = now()
               WHERE integrated_account_id = $1 AND current_run_id = $8
@@ -474,6 +506,7 @@ impl Store {
         .bind(counts.rejected as i64)
         .bind(run_id)
         .bind(cursor)
+        .bind(pages as i64)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -482,7 +515,7 @@ impl Store {
         }
         sqlx::query(
             "UPDATE sync_runs
-                SET pages = pages + 1, users_seen = users_seen + $2, inserted = inserted + $3,
+                SET pages = pages + $12, users_seen = users_seen + $2, inserted = inserted + $3,
                     updated = updated + $4, unchanged = unchanged + $5, undeleted = undeleted + $6,
                     rejected = rejected + $7, duplicates = duplicates + $8,
                     http_requests = http_requests + $9, retries = retries + $10,
@@ -500,73 +533,64 @@ impl Store {
         .bind(counts.http_requests as i64)
         .bind(counts.retries as i64)
         .bind(counts.rate_limited as i64)
+        .bind(pages as i64)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok((counts, new_seen))
+        Ok(counts)
     }
 
-    /// After a complete listing: marks the account's live users that the run did not see as
-    /// deleted, unless the guard says the listing cannot be trusted. `expected_seen` is how many
-    /// distinct ids the run recorded; fewer rows in the (unlogged) seen table mean it was lost
-    /// in a database crash, and then nothing is deleted.
+    /// After a complete listing: marks the account's live users that the listing did not
+    /// contain as deleted, unless the guard says the listing cannot be trusted. Streams the
+    /// live ids (memory stays flat) and writes only the rows that become deleted.
     pub async fn sweep_deletions(
         &self,
         account: Uuid,
         run_id: i64,
-        expected_seen: u64,
+        seen: &SeenIds,
         max_delete_fraction: f64,
     ) -> Result<Sweep, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let seen: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM seen_users WHERE integrated_account_id = $1 AND run_id = $2",
-        )
-        .bind(account)
-        .bind(run_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if seen as u64 != expected_seen {
-            return Ok(Sweep::Skipped(format!(
-                "the record of ids seen holds {seen} of {expected_seen} (the database restarted during the run)"
-            )));
+        use futures_util::TryStreamExt;
+        let mut gone: Vec<String> = Vec::new();
+        let mut live: u64 = 0;
+        {
+            let mut rows = sqlx::query_scalar::<_, String>(
+                "SELECT id FROM users WHERE integrated_account_id = $1 AND deleted_at IS NULL",
+            )
+            .bind(account)
+            .fetch(&self.pool);
+            while let Some(id) = rows.try_next().await? {
+                live += 1;
+                if !seen.contains(&id) {
+                    gone.push(id);
+                }
+            }
         }
-        let (gone, live): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE NOT EXISTS (
-                        SELECT 1 FROM seen_users s
-                         WHERE s.integrated_account_id = u.integrated_account_id
-                           AND s.run_id = $2 AND s.user_id = u.id)),
-                    count(*)
-               FROM users u
-              WHERE u.integrated_account_id = $1 AND u.deleted_at IS NULL",
-        )
-        .bind(account)
-        .bind(run_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if gone == 0 {
+        if gone.is_empty() {
             return Ok(Sweep::Deleted(0));
         }
-        if let Some(reason) = delete_guard(gone as u64, live as u64, max_delete_fraction) {
+        if let Some(reason) = delete_guard(gone.len() as u64, live, max_delete_fraction) {
             return Ok(Sweep::Skipped(reason));
         }
-        let deleted = sqlx::query(
-            "UPDATE users u
-                SET deleted_at = now(), last_changed_at = now(), last_changed_run_id = $2
-              WHERE u.integrated_account_id = $1 AND u.deleted_at IS NULL
-                AND NOT EXISTS (SELECT 1 FROM seen_users s
-                                 WHERE s.integrated_account_id = u.integrated_account_id
-                                   AND s.run_id = $2 AND s.user_id = u.id)",
-        )
-        .bind(account)
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let mut tx = self.pool.begin().await?;
+        let mut deleted = 0;
+        for chunk in gone.chunks(10_000) {
+            deleted += sqlx::query(
+                "UPDATE users SET deleted_at = now(), last_changed_at = now(), last_changed_run_id = $3
+                  WHERE integrated_account_id = $1 AND id = ANY($2::text[]) AND deleted_at IS NULL",
+            )
+            .bind(account)
+            .bind(chunk)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
         tx.commit().await?;
         Ok(Sweep::Deleted(deleted))
     }
 
-    /// Closes a run in `sync_runs` and `sync_state`, and drops its scratch rows.
+    /// Closes a run in `sync_runs` and `sync_state`.
     pub async fn finish_run(
         &self,
         account: Uuid,
@@ -609,11 +633,6 @@ impl Store {
         .bind(end.complete_listing || end.reset_cursor)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM seen_users WHERE integrated_account_id = $1 AND run_id = $2")
-            .bind(account)
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -778,10 +797,14 @@ async fn write_users(
         return Ok((inserted, updated, unchanged, undeleted));
     }
     upsert_users(tx, account, run_id, &changed).await?;
-    let any_existing = changed.iter().any(|u| existing.contains_key(&u.id));
-    sync_emails(tx, account, &changed, any_existing).await?;
-    sync_phones(tx, account, &changed, any_existing).await?;
-    sync_managers(tx, account, &changed, any_existing).await?;
+    // Children of new users need no lookup; those of changed users are diffed.
+    let (old, new): (Vec<&UserRecord>, Vec<&UserRecord>) =
+        changed.iter().partition(|u| existing.contains_key(&u.id));
+    for (users, existing) in [(&new, false), (&old, true)] {
+        sync_emails(tx, account, users, existing).await?;
+        sync_phones(tx, account, users, existing).await?;
+        sync_managers(tx, account, users, existing).await?;
+    }
     Ok((inserted, updated, unchanged, undeleted))
 }
 
@@ -851,7 +874,7 @@ async fn upsert_users(
     Ok(())
 }
 
-/// Rows of a child table for the changed users: (user id, position) plus three text-ish values.
+/// Rows of a child table for the changed users: (user id, position) plus three values.
 struct ChildRows<'a, B> {
     user_ids: Vec<&'a str>,
     positions: Vec<i32>,
@@ -861,54 +884,48 @@ struct ChildRows<'a, B> {
 }
 
 impl<'a, B> ChildRows<'a, B> {
-    fn new() -> Self {
-        Self {
+    /// One row per element of `items(user)`, numbered from 0 in the API's order.
+    fn collect<T: 'a>(
+        users: &[&'a UserRecord],
+        items: impl Fn(&'a UserRecord) -> &'a [T],
+        values: impl Fn(&'a T) -> (Option<&'a str>, B, Option<&'a str>),
+    ) -> Self {
+        let mut rows = Self {
             user_ids: Vec::new(),
             positions: Vec::new(),
             a: Vec::new(),
             b: Vec::new(),
             c: Vec::new(),
+        };
+        for u in users {
+            for (i, item) in items(u).iter().enumerate() {
+                let (a, b, c) = values(item);
+                rows.user_ids.push(&u.id);
+                rows.positions.push(i as i32);
+                rows.a.push(a);
+                rows.b.push(b);
+                rows.c.push(c);
+            }
         }
+        rows
     }
 }
 
-/// Emails and phones follow the same pattern: drop positions the user no longer has, then
-/// write the positions that are new or differ. Identical rows are not touched.
-async fn sync_emails(
-    tx: &mut Transaction<'_, Postgres>,
-    account: Uuid,
-    users: &[&UserRecord],
-    any_existing: bool,
-) -> Result<(), StoreError> {
-    let mut rows: ChildRows<Option<bool>> = ChildRows::new();
-    for u in users {
-        for (i, e) in u.emails.iter().enumerate() {
-            rows.user_ids.push(&u.id);
-            rows.positions.push(i as i32);
-            rows.a.push(e.email.as_deref());
-            rows.b.push(e.is_primary);
-            rows.c.push(e.kind.as_deref());
-        }
-    }
-    let owners: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
-    if any_existing {
-        sqlx::query(
-            "DELETE FROM user_emails
+/// The statements of one ordered child table (emails, phones).
+struct ChildTable {
+    /// Deletes the positions the users no longer have: $1 account, $2 owners, $3/$4 kept keys.
+    delete_stale: &'static str,
+    /// Inserts rows that are new or differ: $1 account, $2..$6 the columns.
+    upsert_changed: &'static str,
+    /// Inserts rows of users that have none yet (no lookup needed).
+    insert_new: &'static str,
+}
+
+const EMAILS: ChildTable = ChildTable {
+    delete_stale: "DELETE FROM user_emails
               WHERE integrated_account_id = $1 AND user_id = ANY($2::text[])
                 AND (user_id, position) NOT IN (SELECT * FROM unnest($3::text[], $4::int[]))",
-        )
-        .bind(account)
-        .bind(&owners)
-        .bind(&rows.user_ids)
-        .bind(&rows.positions)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if rows.user_ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO user_emails (integrated_account_id, user_id, position, email, is_primary, type)
+    upsert_changed: "INSERT INTO user_emails (integrated_account_id, user_id, position, email, is_primary, type)
          SELECT $1, n.user_id, n.position, n.email, n.is_primary, n.type
            FROM unnest($2::text[], $3::int[], $4::text[], $5::bool[], $6::text[])
                 AS n(user_id, position, email, is_primary, type)
@@ -918,53 +935,15 @@ async fn sync_emails(
              OR (e.email, e.is_primary, e.type) IS DISTINCT FROM (n.email, n.is_primary, n.type)
          ON CONFLICT (integrated_account_id, user_id, position) DO UPDATE
             SET email = excluded.email, is_primary = excluded.is_primary, type = excluded.type",
-    )
-    .bind(account)
-    .bind(&rows.user_ids)
-    .bind(&rows.positions)
-    .bind(&rows.a)
-    .bind(&rows.b)
-    .bind(&rows.c)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
+    insert_new: "INSERT INTO user_emails (integrated_account_id, user_id, position, email, is_primary, type)
+         SELECT $1, n.* FROM unnest($2::text[], $3::int[], $4::text[], $5::bool[], $6::text[]) AS n",
+};
 
-async fn sync_phones(
-    tx: &mut Transaction<'_, Postgres>,
-    account: Uuid,
-    users: &[&UserRecord],
-    any_existing: bool,
-) -> Result<(), StoreError> {
-    let mut rows: ChildRows<Option<&str>> = ChildRows::new();
-    for u in users {
-        for (i, p) in u.phones.iter().enumerate() {
-            rows.user_ids.push(&u.id);
-            rows.positions.push(i as i32);
-            rows.a.push(p.number.as_deref());
-            rows.b.push(p.extension.as_deref());
-            rows.c.push(p.kind.as_deref());
-        }
-    }
-    let owners: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
-    if any_existing {
-        sqlx::query(
-            "DELETE FROM user_phones
+const PHONES: ChildTable = ChildTable {
+    delete_stale: "DELETE FROM user_phones
               WHERE integrated_account_id = $1 AND user_id = ANY($2::text[])
                 AND (user_id, position) NOT IN (SELECT * FROM unnest($3::text[], $4::int[]))",
-        )
-        .bind(account)
-        .bind(&owners)
-        .bind(&rows.user_ids)
-        .bind(&rows.positions)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if rows.user_ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO user_phones (integrated_account_id, user_id, position, number, extension, type)
+    upsert_changed: "INSERT INTO user_phones (integrated_account_id, user_id, position, number, extension, type)
          SELECT $1, n.user_id, n.position, n.number, n.extension, n.type
            FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[])
                 AS n(user_id, position, number, extension, type)
@@ -974,30 +953,103 @@ async fn sync_phones(
              OR (p.number, p.extension, p.type) IS DISTINCT FROM (n.number, n.extension, n.type)
          ON CONFLICT (integrated_account_id, user_id, position) DO UPDATE
             SET number = excluded.number, extension = excluded.extension, type = excluded.type",
-    )
-    .bind(account)
-    .bind(&rows.user_ids)
-    .bind(&rows.positions)
-    .bind(&rows.a)
-    .bind(&rows.b)
-    .bind(&rows.c)
-    .execute(&mut **tx)
-    .await?;
+    insert_new: "INSERT INTO user_phones (integrated_account_id, user_id, position, number, extension, type)
+         SELECT $1, n.* FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[]) AS n",
+};
+
+/// Brings an ordered child table in line for `users`. Users that existed before get their
+/// stale positions dropped and only differing rows written, so identical rows are untouched;
+/// new users (`existing = false`) have no rows yet and are inserted without any lookup.
+async fn sync_children<'a, B>(
+    tx: &mut Transaction<'_, Postgres>,
+    account: Uuid,
+    table: &ChildTable,
+    users: &[&'a UserRecord],
+    rows: ChildRows<'a, B>,
+    existing: bool,
+) -> Result<(), StoreError>
+where
+    Vec<B>: sqlx::Encode<'a, Postgres> + sqlx::Type<Postgres> + Send + 'a,
+{
+    if users.is_empty() {
+        return Ok(());
+    }
+    if existing {
+        let owners: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+        sqlx::query(table.delete_stale)
+            .bind(account)
+            .bind(&owners)
+            .bind(&rows.user_ids)
+            .bind(&rows.positions)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if rows.user_ids.is_empty() {
+        return Ok(());
+    }
+    let sql = if existing {
+        table.upsert_changed
+    } else {
+        table.insert_new
+    };
+    sqlx::query(sql)
+        .bind(account)
+        .bind(rows.user_ids)
+        .bind(rows.positions)
+        .bind(rows.a)
+        .bind(rows.b)
+        .bind(rows.c)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
+}
+
+async fn sync_emails(
+    tx: &mut Transaction<'_, Postgres>,
+    account: Uuid,
+    users: &[&UserRecord],
+    existing: bool,
+) -> Result<(), StoreError> {
+    let rows = ChildRows::collect(
+        users,
+        |u| &u.emails,
+        |e| (e.email.as_deref(), e.is_primary, e.kind.as_deref()),
+    );
+    sync_children(tx, account, &EMAILS, users, rows, existing).await
+}
+
+async fn sync_phones(
+    tx: &mut Transaction<'_, Postgres>,
+    account: Uuid,
+    users: &[&UserRecord],
+    existing: bool,
+) -> Result<(), StoreError> {
+    let rows = ChildRows::collect(
+        users,
+        |u| &u.phones,
+        |p| {
+            (
+                p.number.as_deref(),
+                p.extension.as_deref(),
+                p.kind.as_deref(),
+            )
+        },
+    );
+    sync_children(tx, account, &PHONES, users, rows, existing).await
 }
 
 async fn sync_managers(
     tx: &mut Transaction<'_, Postgres>,
     account: Uuid,
     users: &[&UserRecord],
-    any_existing: bool,
+    existing: bool,
 ) -> Result<(), StoreError> {
     let without: Vec<&str> = users
         .iter()
         .filter(|u| u.manager.is_none())
         .map(|u| u.id.as_str())
         .collect();
-    if any_existing && !without.is_empty() {
+    if existing && !without.is_empty() {
         sqlx::query(
             "DELETE FROM user_managers WHERE integrated_account_id = $1 AND user_id = ANY($2::text[])",
         )
@@ -1017,7 +1069,7 @@ async fn sync_managers(
     let mids: Vec<Option<&str>> = with.iter().map(|(_, m)| m.id.as_deref()).collect();
     let names: Vec<Option<&str>> = with.iter().map(|(_, m)| m.name.as_deref()).collect();
     let emails: Vec<Option<&str>> = with.iter().map(|(_, m)| m.emails.as_deref()).collect();
-    sqlx::query(
+    let sql = if existing {
         "INSERT INTO user_managers (integrated_account_id, user_id, manager_id, manager_name, manager_emails)
          SELECT $1, n.user_id, n.manager_id, n.manager_name, n.manager_emails::jsonb
            FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])
@@ -1028,15 +1080,21 @@ async fn sync_managers(
                 IS DISTINCT FROM (n.manager_id, n.manager_name, n.manager_emails::jsonb)
          ON CONFLICT (integrated_account_id, user_id) DO UPDATE
             SET manager_id = excluded.manager_id, manager_name = excluded.manager_name,
-                manager_emails = excluded.manager_emails",
-    )
-    .bind(account)
-    .bind(&ids)
-    .bind(&mids)
-    .bind(&names)
-    .bind(&emails)
-    .execute(&mut **tx)
-    .await?;
+                manager_emails = excluded.manager_emails"
+    } else {
+        "INSERT INTO user_managers (integrated_account_id, user_id, manager_id, manager_name, manager_emails)
+         SELECT $1, n.user_id, n.manager_id, n.manager_name, n.manager_emails::jsonb
+           FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])
+                AS n(user_id, manager_id, manager_name, manager_emails)"
+    };
+    sqlx::query(sql)
+        .bind(account)
+        .bind(&ids)
+        .bind(&mids)
+        .bind(&names)
+        .bind(&emails)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

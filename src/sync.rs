@@ -240,7 +240,8 @@ async fn run_leased(
         error: None,
     };
     match listing {
-        Ok(listing) => {
+        Ok(mut listing) => {
+            listing.seen.seal();
             end.complete_listing = true;
             out.complete_listing = true;
             let skip = if listing.resumed {
@@ -266,7 +267,7 @@ async fn run_leased(
                         .max_delete_fraction
                         .unwrap_or(opts.max_delete_fraction);
                     let sweep = with_db_retries(opts, cancel, || {
-                        store.sweep_deletions(id, start_run(out), listing.seen, fraction)
+                        store.sweep_deletions(id, start_run(out), &listing.seen, fraction)
                     })
                     .await;
                     match sweep {
@@ -410,8 +411,8 @@ fn log_summary(out: &SyncOutcome) {
 struct Listing {
     resumed: bool,
     partial: bool,
-    /// Distinct ids recorded in the seen table.
-    seen: u64,
+    /// Every id the listing contained (bad records with a usable id included).
+    seen: crate::store::SeenIds,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -430,13 +431,13 @@ async fn follow_listing(
     let mut listing = Listing {
         resumed: resume_cursor.is_some(),
         partial: false,
-        seen: 0,
+        seen: crate::store::SeenIds::default(),
     };
     let mut cursors: HashSet<String> = HashSet::new();
     let mut cursor = resume_cursor;
 
     // The first page; a resumed cursor the API no longer accepts restarts the listing.
-    let mut page = match source.fetch_page(account, cursor.as_deref(), cancel).await {
+    let page = match source.fetch_page(account, cursor.as_deref(), cancel).await {
         Ok(p) => p,
         Err(e) if listing.resumed && stale_cursor(&e) => {
             tracing::warn!(error = %e, "the saved cursor was refused; restarting the listing from the first page");
@@ -456,84 +457,161 @@ async fn follow_listing(
     if let Some(c) = &cursor {
         cursors.insert(c.clone());
     }
-    // The cursor `page` was fetched with: where the database must stand when it is written.
-    let mut page_cursor = cursor;
-    loop {
-        listing.partial |= page.is_partial;
-        let next = page.next_cursor.clone();
-        if let Some(n) = &next {
-            if !cursors.insert(n.clone()) {
-                // Commit this page's users (they are good), but never follow the loop.
-                apply(
-                    store,
-                    opts,
-                    account,
-                    run_id,
-                    &page,
-                    page_cursor.as_deref(),
-                    None,
-                    out,
-                    progress,
-                )
-                .await?;
-                return Err(Stop::Listing(format!(
+    // The fetcher runs ahead of the writer by at most LOOKAHEAD pages (memory stays flat);
+    // the writer commits whatever has arrived, up to a batch, in one transaction.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Fetched, Stop>>(LOOKAHEAD);
+    let fetcher = fetch_ahead(source, account, opts, cancel, page, cursor, cursors, tx);
+    let result = {
+        let listing_ref = &mut listing;
+        let writer = async move {
+            let listing = listing_ref;
+            loop {
+                let Some(first) = rx.recv().await else {
+                    // The fetcher ended without a last page: only after cancellation.
+                    return Err(Stop::Cancelled);
+                };
+                let mut batch = vec![first?];
+                let mut pending: Option<Stop> = None;
+                while !batch.last().expect("non-empty").is_last()
+                    && batch.len() < MAX_BATCH_PAGES
+                    && batch.iter().map(|f| f.page.records).sum::<usize>() < MAX_BATCH_USERS
+                {
+                    match rx.try_recv() {
+                        Ok(Ok(f)) => batch.push(f),
+                        Ok(Err(stop)) => {
+                            pending = Some(stop);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let last = batch.last().expect("non-empty");
+                let done = last.is_last();
+                let repeated = last.repeated;
+                for f in &batch {
+                    listing.partial |= f.page.is_partial;
+                }
+                for f in &batch {
+                    for u in &f.page.decoded.users {
+                        listing.seen.insert(&u.id);
+                    }
+                    for r in f
+                        .page
+                        .decoded
+                        .rejected
+                        .iter()
+                        .filter_map(|r| r.user_id.as_deref())
+                    {
+                        listing.seen.insert(r);
+                    }
+                }
+                apply(store, opts, account, run_id, batch, out, progress).await?;
+                if repeated {
+                    return Err(Stop::Listing(format!(
                     "the API returned a cursor it had already returned in this listing (after {} pages); the listing was stopped instead of looping",
                     out.counts.pages
                 )));
-            }
-        }
-        if out.counts.pages + 1 > opts.max_pages && next.is_some() {
-            return Err(Stop::Listing(format!(
-                "the listing has more than truto.max_pages = {} pages; raise it if the account really is that large",
-                opts.max_pages
-            )));
-        }
-        // Fetch the next page while this one is written: one page of look-ahead keeps memory flat.
-        let (applied, fetched) = match &next {
-            Some(n) => {
-                let (a, f) = tokio::join!(
-                    apply(
-                        store,
-                        opts,
-                        account,
-                        run_id,
-                        &page,
-                        page_cursor.as_deref(),
-                        next.as_deref(),
-                        out,
-                        progress
-                    ),
-                    source.fetch_page(account, Some(n), cancel)
-                );
-                (a, Some(f))
-            }
-            None => (
-                apply(
-                    store,
-                    opts,
-                    account,
-                    run_id,
-                    &page,
-                    page_cursor.as_deref(),
-                    None,
-                    out,
-                    progress,
-                )
-                .await,
-                None,
-            ),
-        };
-        listing.seen += applied?;
-        match fetched {
-            None => return Ok(listing),
-            Some(f) => {
+                }
+                if let Some(stop) = pending {
+                    return Err(stop);
+                }
+                if done {
+                    return Ok(());
+                }
                 if cancel.is_cancelled() {
                     return Err(Stop::Cancelled);
                 }
-                page = f.map_err(source_stop)?;
-                page_cursor = next;
+            }
+        };
+        // The writer decides; when it stops, the fetcher is dropped with it.
+        tokio::pin!(fetcher);
+        tokio::pin!(writer);
+        let mut fetcher_done = false;
+        loop {
+            tokio::select! {
+                r = &mut writer => break r,
+                _ = &mut fetcher, if !fetcher_done => fetcher_done = true,
             }
         }
+    };
+    result.map(|()| listing)
+}
+
+/// Pages the fetcher may hold ahead of the writer.
+const LOOKAHEAD: usize = 8;
+/// The most API pages, and users, written in one transaction.
+const MAX_BATCH_PAGES: usize = 16;
+const MAX_BATCH_USERS: usize = 2_000;
+
+/// A fetched page and the cursor it was fetched with.
+struct Fetched {
+    page: FetchedPage,
+    cursor: Option<String>,
+    /// Its next cursor was seen before in this listing: write it, then stop.
+    repeated: bool,
+}
+
+impl Fetched {
+    fn is_last(&self) -> bool {
+        self.page.next_cursor.is_none() || self.repeated
+    }
+
+    /// The cursor to store after this page: none when the listing ends here (or loops).
+    fn next_to_store(&self) -> Option<&str> {
+        if self.repeated {
+            None
+        } else {
+            self.page.next_cursor.as_deref()
+        }
+    }
+}
+
+/// Follows the cursor from `first` on, sending each page (or the reason to stop) to the writer.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_ahead(
+    source: &TrutoClient,
+    account: &AccountSettings,
+    opts: &SyncOptions,
+    cancel: &CancellationToken,
+    first: FetchedPage,
+    first_cursor: Option<String>,
+    mut cursors: HashSet<String>,
+    tx: tokio::sync::mpsc::Sender<Result<Fetched, Stop>>,
+) {
+    let mut page = first;
+    let mut cursor = first_cursor;
+    let mut pages: u64 = 1;
+    loop {
+        let next = page.next_cursor.clone();
+        let repeated = next.as_ref().is_some_and(|n| !cursors.insert(n.clone()));
+        let item = Fetched {
+            page,
+            cursor,
+            repeated,
+        };
+        let last = item.is_last();
+        if tx.send(Ok(item)).await.is_err() || last {
+            return;
+        }
+        let next = next.expect("not the last page");
+        if pages >= opts.max_pages {
+            let _ = tx
+                .send(Err(Stop::Listing(format!(
+                    "the listing has more than truto.max_pages = {} pages; raise it if the account really is that large",
+                    opts.max_pages
+                ))))
+                .await;
+            return;
+        }
+        match source.fetch_page(account, Some(&next), cancel).await {
+            Ok(p) => page = p,
+            Err(e) => {
+                let _ = tx.send(Err(source_stop(e))).await;
+                return;
+            }
+        }
+        pages += 1;
+        cursor = Some(next);
     }
 }
 
@@ -549,35 +627,41 @@ fn stale_cursor(e: &SourceError) -> bool {
     matches!(e, SourceError::Status { status, .. } if matches!(*status, 400 | 404 | 410 | 422))
 }
 
-/// Writes one page, retrying the whole transaction on retryable database errors.
+/// Writes a batch of consecutive pages in one transaction, retrying it whole on retryable
+/// database errors. The cursor moves from the first page's to the last page's next.
 #[allow(clippy::too_many_arguments)]
 async fn apply(
     store: &Store,
     opts: &SyncOptions,
     account: &AccountSettings,
     run_id: i64,
-    page: &FetchedPage,
-    cursor: Option<&str>,
-    next_cursor: Option<&str>,
+    batch: Vec<Fetched>,
     out: &mut SyncOutcome,
     progress: &dyn Progress,
-) -> Result<u64, Stop> {
-    let base = RunCounts {
-        http_requests: page.requests as u64,
-        retries: page.requests.saturating_sub(1) as u64,
-        rate_limited: page.rate_limited as u64,
+) -> Result<(), Stop> {
+    let mut base = RunCounts {
+        pages: batch.len() as u64,
         ..RunCounts::default()
     };
+    let cursor = batch[0].cursor.clone();
+    let next_cursor = batch[batch.len() - 1].next_to_store().map(str::to_string);
+    let mut decoded = crate::model::DecodedPage::default();
+    for f in batch {
+        base.http_requests += f.page.requests as u64;
+        base.retries += f.page.requests.saturating_sub(1) as u64;
+        base.rate_limited += f.page.rate_limited as u64;
+        decoded.append(f.page.decoded);
+    }
     // IMPORTANT: a page is never abandoned for shutdown; its (bounded) retries run to the end
     // so that rows and cursor commit together or not at all.
     let never = CancellationToken::new();
-    let (counts, new_seen) = with_db_retries(opts, &never, || {
+    let counts = with_db_retries(opts, &never, || {
         store.apply_page(
             account.integrated_account_id,
             run_id,
-            &page.decoded,
-            cursor,
-            next_cursor,
+            &decoded,
+            cursor.as_deref(),
+            next_cursor.as_deref(),
             base,
         )
     })
@@ -592,7 +676,7 @@ async fn apply(
     if let Some(m) = &opts.metrics {
         let id = account.integrated_account_id.to_string();
         let a = id.as_str();
-        m.inc("lms_sync_pages_total", &[("account", a)]);
+        m.add("lms_sync_pages_total", &[("account", a)], counts.pages as f64);
         for (change, n) in [
             ("inserted", counts.inserted),
             ("updated", counts.updated),
@@ -607,17 +691,17 @@ async fn apply(
             );
         }
     }
-    for r in &page.decoded.rejected {
+    for r in &decoded.rejected {
         tracing::warn!(user_id = r.user_id.as_deref(), reason = %r.reason, "record rejected; stored in rejected_records");
     }
-    if page.decoded.duplicates > 0 {
+    if decoded.duplicates > 0 {
         tracing::warn!(
-            duplicates = page.decoded.duplicates,
+            duplicates = decoded.duplicates,
             "the same user id appeared more than once in one page; the last one was kept"
         );
     }
     progress.page(account, &out.counts);
-    Ok(new_seen)
+    Ok(())
 }
 
 /// Runs a store operation, retrying retryable errors (lost connection, restart, deadlock) with

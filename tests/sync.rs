@@ -460,8 +460,8 @@ async fn an_interrupted_run_resumes_from_its_cursor_and_infers_no_deletions_unti
     let o = env.sync_with(&env.account(a), &token, &stop).await;
 
     assert_eq!(finished(&o), Outcome::Interrupted);
-    // The page fetched ahead may have been committed too; never more.
-    assert!((3..=4).contains(&o.counts.pages), "{:?}", o.counts);
+    // Pages fetched ahead may have been committed in the same batch; never all of them.
+    assert!((3..10).contains(&o.counts.pages), "{:?}", o.counts);
     let cursor: Option<String> =
         sqlx::query_scalar("SELECT cursor FROM sync_state WHERE integrated_account_id = $1")
             .bind(a)
@@ -511,6 +511,8 @@ async fn an_interrupted_run_resumes_from_its_cursor_and_infers_no_deletions_unti
 async fn an_expired_cursor_restarts_the_listing_from_the_first_page() {
     let a = account_id(1);
     let env = Env::new(&[(a, 600)]).await;
+    // Pages slower than writes: the writer commits them one by one.
+    env.sim.set_latency(Duration::from_millis(30));
     let token = CancellationToken::new();
     let stop = CancelAfter {
         after: 2,
@@ -616,6 +618,7 @@ struct MoveCursor {
 impl Progress for MoveCursor {
     fn page(&self, _account: &AccountSettings, totals: &RunCounts) {
         if totals.pages == self.at {
+            // Slow pages (see the test) make every batch one page, so `at` is hit exactly.
             tokio::task::block_in_place(|| {
                 tokio::runtime::Handle::current().block_on(async {
                     sqlx::query("UPDATE sync_state SET cursor = 'moved-elsewhere'")
@@ -632,6 +635,8 @@ impl Progress for MoveCursor {
 async fn a_pass_stops_when_the_stored_cursor_is_not_where_it_left_it() {
     let a = account_id(1);
     let env = Env::new(&[(a, 800)]).await;
+    // Pages slower than writes: the writer commits them one by one.
+    env.sim.set_latency(Duration::from_millis(30));
     let hook = MoveCursor {
         at: 2,
         store: env.store.clone(),

@@ -1,0 +1,728 @@
+//! `lms-sync bench`: the performance scenarios, measured side by side with their floors in one
+//! run on this machine. Each scenario runs the real binary (`lms-sync sync`) as a child process
+//! against a simulator child process and a throwaway PostgreSQL, so that CPU and peak memory are
+//! the sync's own. Floors: the API floor (a minimal client fetching every page, no processing)
+//! and the DB floor (PostgreSQL COPY of the same normalized rows into empty tables with the same
+//! keys).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sqlx::{Connection, PgConnection};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::config::Settings;
+use crate::model::{decode_user, UserRecord};
+use crate::pg::TempPostgres;
+use crate::simulator::{demo_account_id, generate_user, DEMO_TOKEN};
+use crate::store::Store;
+
+/// One scenario of issue 4.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub accounts: u32,
+    pub users: usize,
+    pub latency_ms: u64,
+    /// Truto's budgets enforced by the simulator (and honoured by the daemon's budget).
+    pub rate_limited: bool,
+    /// Re-sync of the previous scenario's database, nothing changed upstream.
+    pub resync_of: Option<&'static str>,
+}
+
+pub fn scenarios(big: bool) -> Vec<Scenario> {
+    let mut s = vec![
+        Scenario {
+            name: "S1",
+            accounts: 1,
+            users: 100_000,
+            latency_ms: 0,
+            rate_limited: false,
+            resync_of: None,
+        },
+        Scenario {
+            name: "S2",
+            accounts: 20,
+            users: 5_000,
+            latency_ms: 50,
+            rate_limited: false,
+            resync_of: None,
+        },
+        Scenario {
+            name: "S3",
+            accounts: 10,
+            users: 20_000,
+            latency_ms: 0,
+            rate_limited: true,
+            resync_of: None,
+        },
+        Scenario {
+            name: "S4",
+            accounts: 1,
+            users: 100_000,
+            latency_ms: 0,
+            rate_limited: false,
+            resync_of: Some("S1"),
+        },
+    ];
+    if big {
+        s.push(Scenario {
+            name: "S5",
+            accounts: 1,
+            users: 1_000_000,
+            latency_ms: 0,
+            rate_limited: false,
+            resync_of: None,
+        });
+    }
+    s
+}
+
+/// Truto's limits, as the simulator enforces them in S3.
+pub const BUDGET_PER_ACCOUNT: usize = 50;
+pub const BUDGET_PER_TOKEN: usize = 500;
+pub const BUDGET_WINDOW_SECS: u64 = 10;
+
+/// The least wall time `requests_per_account` requests of each of `accounts` accounts can take
+/// under sliding-window budgets: the last request may go out once enough windows have passed.
+pub fn budget_limited_minimum(accounts: u64, requests_per_account: u64) -> Duration {
+    let windows = |requests: u64, limit: u64| requests.div_ceil(limit).saturating_sub(1);
+    let by_account = windows(requests_per_account, BUDGET_PER_ACCOUNT as u64);
+    let by_token = windows(accounts * requests_per_account, BUDGET_PER_TOKEN as u64);
+    Duration::from_secs(by_account.max(by_token) * BUDGET_WINDOW_SECS)
+}
+
+/// What one measured sync reported.
+#[derive(Debug, Default, Clone)]
+pub struct Measure {
+    pub wall: Duration,
+    pub users: u64,
+    pub cpu_secs: f64,
+    pub peak_rss_kib: u64,
+    pub rows_written: i64,
+    pub wal_bytes: i64,
+    pub requests: i64,
+    pub rate_limited: i64,
+    pub exit_code: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub scenario: Scenario,
+    pub sync: Measure,
+    pub api_floor: Option<Duration>,
+    pub db_floor: Option<Duration>,
+    pub budget_minimum: Option<Duration>,
+    pub target: String,
+    pub met: bool,
+}
+
+/// Resource use of this process, written at exit when `LMS_SYNC_RUSAGE_FILE` is set (the bench
+/// reads its children's this way: std has no `wait4`).
+pub fn write_rusage_if_asked() {
+    let Ok(path) = std::env::var("LMS_SYNC_RUSAGE_FILE") else {
+        return;
+    };
+    let (cpu, rss) = own_rusage();
+    let _ = std::fs::write(
+        path,
+        format!("{{\"cpu_secs\":{cpu},\"peak_rss_kib\":{rss}}}"),
+    );
+}
+
+/// (CPU seconds, user + system; peak RSS in KiB) of this process, from /proc.
+pub fn own_rusage() -> (f64, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line; 12 and 13 after the name.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (cpu, rss)
+}
+
+struct SimChild {
+    // Held for its kill-on-drop: the simulator lives as long as this value.
+    _child: Child,
+    base_url: String,
+}
+
+async fn start_simulator(exe: &Path, s: &Scenario) -> anyhow::Result<SimChild> {
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "simulate",
+        "--listen",
+        "127.0.0.1:0",
+        "--accounts",
+        &s.accounts.to_string(),
+        "--users",
+        &s.users.to_string(),
+        "--same-size",
+        "--latency-ms",
+        &s.latency_ms.to_string(),
+    ]);
+    if s.rate_limited {
+        cmd.args([
+            "--limit-per-account",
+            &BUDGET_PER_ACCOUNT.to_string(),
+            "--limit-per-token",
+            &BUDGET_PER_TOKEN.to_string(),
+            "--limit-window-secs",
+            &BUDGET_WINDOW_SECS.to_string(),
+        ]);
+    }
+    let mut child = cmd
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start the simulator")?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let first = lines.next_line().await?.unwrap_or_default();
+    let base_url = first
+        .rsplit(' ')
+        .next()
+        .filter(|u| u.starts_with("http://"))
+        .with_context(|| format!("unexpected simulator output: {first}"))?
+        .to_string();
+    // Drain the rest so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(SimChild {
+        _child: child,
+        base_url,
+    })
+}
+
+fn config_text(s: &Scenario, base_url: &str) -> String {
+    let mut t = format!(
+        "[truto]\nbase_url = \"{base_url}\"\npage_size = 100\n\
+         [sync]\nprogress = \"off\"\nmax_concurrent_accounts = {}\n\
+         [database]\nmax_connections = {}\n\
+         [rate_budget]\nenabled = {}\nper_account = {BUDGET_PER_ACCOUNT}\nper_token = {BUDGET_PER_TOKEN}\nwindow_secs = {BUDGET_WINDOW_SECS}\n\
+         [log]\nlevel = \"warn\"\n",
+        s.accounts.max(1),
+        (s.accounts + 4).max(10),
+        s.rate_limited
+    );
+    for n in 1..=s.accounts {
+        let _ = write!(
+            t,
+            "[[accounts]]\nintegrated_account_id = \"{}\"\n",
+            demo_account_id(n)
+        );
+    }
+    t
+}
+
+async fn admin(pg: &TempPostgres) -> anyhow::Result<PgConnection> {
+    Ok(PgConnection::connect(&pg.url("postgres")).await?)
+}
+
+/// Sum of rows inserted, updated and deleted in the mirrored tables, and the WAL position.
+async fn counters(db: &mut PgConnection) -> anyhow::Result<(i64, i64)> {
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint FROM pg_stat_user_tables
+          WHERE schemaname = 'lms' AND relname IN ('users', 'user_emails', 'user_phones', 'user_managers')",
+    )
+    .fetch_one(&mut *db)
+    .await?;
+    let wal: i64 =
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
+            .fetch_one(&mut *db)
+            .await?;
+    Ok((rows, wal))
+}
+
+/// Waits until the sync's backends are gone, so that their statistics are flushed.
+async fn wait_for_backends_gone(db: &mut PgConnection) -> anyhow::Result<()> {
+    for _ in 0..500 {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'lms-sync'",
+        )
+        .fetch_one(&mut *db)
+        .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("the sync's database sessions did not end")
+}
+
+async fn measure_sync(
+    exe: &Path,
+    pg: &TempPostgres,
+    db: &str,
+    cfg: &Path,
+) -> anyhow::Result<Measure> {
+    let mut conn = PgConnection::connect(&pg.url(db)).await?;
+    let (rows0, wal0) = counters(&mut conn).await?;
+    let runs0: i64 = sqlx::query_scalar("SELECT coalesce(max(run_id), 0) FROM lms.sync_runs")
+        .fetch_one(&mut conn)
+        .await?;
+    let rusage = std::env::temp_dir().join(format!("lms-sync-bench-{}.json", uuid::Uuid::new_v4()));
+    let started = Instant::now();
+    let status = Command::new(exe)
+        .args(["--config", cfg.to_str().expect("utf-8 path"), "sync"])
+        .env("TRUTO_API_TOKEN", DEMO_TOKEN)
+        .env("LMS_SYNC__DATABASE__URL", pg.url(db))
+        .env("LMS_SYNC_RUSAGE_FILE", &rusage)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .status()
+        .await?;
+    let wall = started.elapsed();
+    wait_for_backends_gone(&mut conn).await?;
+    let (rows1, wal1) = counters(&mut conn).await?;
+    let (users, requests, limited): (i64, i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(users_seen), 0)::bigint, coalesce(sum(http_requests), 0)::bigint,
+                coalesce(sum(rate_limited), 0)::bigint
+           FROM lms.sync_runs WHERE run_id > $1",
+    )
+    .bind(runs0)
+    .fetch_one(&mut conn)
+    .await?;
+    #[derive(Deserialize)]
+    struct Usage {
+        cpu_secs: f64,
+        peak_rss_kib: u64,
+    }
+    let usage: Usage = serde_json::from_str(&std::fs::read_to_string(&rusage).unwrap_or_default())
+        .unwrap_or(Usage {
+            cpu_secs: 0.0,
+            peak_rss_kib: 0,
+        });
+    let _ = std::fs::remove_file(&rusage);
+    Ok(Measure {
+        wall,
+        users: users as u64,
+        cpu_secs: usage.cpu_secs,
+        peak_rss_kib: usage.peak_rss_kib,
+        rows_written: rows1 - rows0,
+        wal_bytes: wal1 - wal0,
+        requests,
+        rate_limited: limited,
+        exit_code: status.code().unwrap_or(-1),
+    })
+}
+
+/// A minimal client: every page of every account (in parallel), nothing but the cursor parsed.
+async fn api_floor(base_url: &str, s: &Scenario) -> anyhow::Result<Duration> {
+    crate::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 1..=s.accounts {
+        let client = client.clone();
+        let url = format!("{base_url}/unified/lms/users");
+        tasks.push(tokio::spawn(async move {
+            #[derive(Deserialize)]
+            struct Env<'a> {
+                #[serde(borrow)]
+                #[allow(dead_code)]
+                result: &'a RawValue,
+                next_cursor: Option<String>,
+            }
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut u = reqwest::Url::parse(&url)?;
+                u.query_pairs_mut()
+                    .append_pair("integrated_account_id", &demo_account_id(n).to_string())
+                    .append_pair("limit", "100");
+                if let Some(c) = &cursor {
+                    u.query_pairs_mut().append_pair("next_cursor", c);
+                }
+                let resp = client.get(u).bearer_auth(DEMO_TOKEN).send().await?;
+                let body = resp.error_for_status()?.bytes().await?;
+                let env: Env = serde_json::from_slice(&body)?;
+                match env.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => return anyhow::Ok(()),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(started.elapsed())
+}
+
+/// COPY text-format field.
+fn copy_field(out: &mut String, v: Option<&str>) {
+    match v {
+        None => out.push_str("\\N"),
+        Some(s) => {
+            for c in s.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
+        }
+    }
+}
+
+fn copy_line(out: &mut String, fields: &[Option<&str>]) {
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push('\t');
+        }
+        copy_field(out, *f);
+    }
+    out.push('\n');
+}
+
+/// The DB floor: COPY of the scenario's normalized rows into the empty, migrated tables.
+async fn db_floor(pg: &TempPostgres, s: &Scenario) -> anyhow::Result<Duration> {
+    let db = format!("bench_floor_{}", s.name.to_lowercase());
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&mut admin(pg).await?)
+        .await?;
+    migrated_store(pg, &db).await?;
+    // Build the COPY data first: the floor is the database's work, not ours.
+    let (mut users, mut emails, mut phones, mut managers) =
+        (String::new(), String::new(), String::new(), String::new());
+    for n in 1..=s.accounts {
+        let acct = demo_account_id(n).to_string();
+        for i in 0..s.users {
+            let raw = generate_user(n as u64, i, s.users).to_string();
+            let u: UserRecord = decode_user(&raw).map_err(|r| anyhow::anyhow!(r.reason))?;
+            let hash = format!(
+                "\\x{}",
+                u.content_hash
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            );
+            let created = u.created_at.map(|t| t.to_rfc3339());
+            let updated = u.updated_at.map(|t| t.to_rfc3339());
+            copy_line(
+                &mut users,
+                &[
+                    Some(&acct),
+                    Some(&u.id),
+                    u.name.as_deref(),
+                    u.first_name.as_deref(),
+                    u.last_name.as_deref(),
+                    u.username.as_deref(),
+                    u.job_title.as_deref(),
+                    u.locale.as_deref(),
+                    u.timezone.as_deref(),
+                    u.role.as_deref(),
+                    u.status.as_deref(),
+                    u.organization_id.as_deref(),
+                    u.organization_name.as_deref(),
+                    u.custom_fields.as_deref(),
+                    u.remote_data.as_deref(),
+                    created.as_deref(),
+                    updated.as_deref(),
+                    Some(&hash),
+                ],
+            );
+            for (p, e) in u.emails.iter().enumerate() {
+                let pos = p.to_string();
+                let prim = e.is_primary.map(|b| if b { "t" } else { "f" });
+                copy_line(
+                    &mut emails,
+                    &[
+                        Some(&acct),
+                        Some(&u.id),
+                        Some(&pos),
+                        e.email.as_deref(),
+                        prim,
+                        e.kind.as_deref(),
+                    ],
+                );
+            }
+            for (p, ph) in u.phones.iter().enumerate() {
+                let pos = p.to_string();
+                copy_line(
+                    &mut phones,
+                    &[
+                        Some(&acct),
+                        Some(&u.id),
+                        Some(&pos),
+                        ph.number.as_deref(),
+                        ph.extension.as_deref(),
+                        ph.kind.as_deref(),
+                    ],
+                );
+            }
+            if let Some(m) = &u.manager {
+                copy_line(
+                    &mut managers,
+                    &[
+                        Some(&acct),
+                        Some(&u.id),
+                        m.id.as_deref(),
+                        m.name.as_deref(),
+                        m.emails.as_deref(),
+                    ],
+                );
+            }
+        }
+    }
+    let mut conn = PgConnection::connect(&pg.url(&db)).await?;
+    let started = Instant::now();
+    let mut tx = conn.begin().await?;
+    for (sql, data) in [
+        ("COPY lms.users (integrated_account_id, id, name, first_name, last_name, username, job_title, locale, timezone, role, status, organization_id, organization_name, custom_fields, remote_data, created_at, updated_at, content_hash) FROM STDIN", &users),
+        ("COPY lms.user_emails (integrated_account_id, user_id, position, email, is_primary, type) FROM STDIN", &emails),
+        ("COPY lms.user_phones (integrated_account_id, user_id, position, number, extension, type) FROM STDIN", &phones),
+        ("COPY lms.user_managers (integrated_account_id, user_id, manager_id, manager_name, manager_emails) FROM STDIN", &managers),
+    ] {
+        let mut copy = tx.copy_in_raw(sql).await?;
+        copy.send(data.as_bytes()).await?;
+        copy.finish().await?;
+    }
+    tx.commit().await?;
+    Ok(started.elapsed())
+}
+
+async fn migrated_store(pg: &TempPostgres, db: &str) -> anyhow::Result<Store> {
+    let settings = Settings::default();
+    let store = Store::connect(&SecretString::from(pg.url(db)), &settings.database).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Runs the scenarios and returns their rows (and prints them as they finish).
+pub async fn run_all(list: &[Scenario], report: Option<&Path>) -> anyhow::Result<Vec<Row>> {
+    let exe = std::env::current_exe()?;
+    let pg = tokio::task::spawn_blocking(TempPostgres::start).await??;
+    let dir = std::env::temp_dir().join(format!("lms-sync-bench-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    let mut rows: Vec<Row> = Vec::new();
+    println!("{}", header());
+    for s in list {
+        let sim = start_simulator(&exe, s).await?;
+        let db = format!("bench_{}", s.resync_of.unwrap_or(s.name).to_lowercase());
+        if s.resync_of.is_none() {
+            sqlx::query(&format!("CREATE DATABASE {db}"))
+                .execute(&mut admin(&pg).await?)
+                .await?;
+            migrated_store(&pg, &db).await?.pool().close().await;
+        }
+        let cfg: PathBuf = dir.join(format!("{}.toml", s.name));
+        std::fs::write(&cfg, config_text(s, &sim.base_url))?;
+        let sync = measure_sync(&exe, &pg, &db, &cfg).await?;
+        let api = if s.rate_limited {
+            None
+        } else {
+            Some(api_floor(&sim.base_url, s).await?)
+        };
+        drop(sim);
+        let dbf = if s.resync_of.is_some() || s.rate_limited {
+            None
+        } else {
+            Some(db_floor(&pg, s).await?)
+        };
+        let pages = (s.users as u64).div_ceil(100);
+        let budget = s
+            .rate_limited
+            .then(|| budget_limited_minimum(s.accounts as u64, pages));
+        let (target, met) = judge(
+            s,
+            &sync,
+            api,
+            dbf,
+            budget,
+            rows.iter().find(|r| r.scenario.name == "S1"),
+        );
+        let row = Row {
+            scenario: s.clone(),
+            sync,
+            api_floor: api,
+            db_floor: dbf,
+            budget_minimum: budget,
+            target,
+            met,
+        };
+        println!("{}", line(&row));
+        rows.push(row);
+    }
+    drop(pg);
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(path) = report {
+        std::fs::write(path, markdown(&rows))?;
+    }
+    Ok(rows)
+}
+
+fn judge(
+    s: &Scenario,
+    m: &Measure,
+    api: Option<Duration>,
+    db: Option<Duration>,
+    budget: Option<Duration>,
+    s1: Option<&Row>,
+) -> (String, bool) {
+    let wall = m.wall.as_secs_f64();
+    let ok_exit = m.exit_code == 0;
+    match s.name {
+        "S1" => {
+            let f = db.unwrap_or_default().as_secs_f64();
+            (
+                format!("wall ≤ 1.25 × DB floor ({:.2}s)", 1.25 * f),
+                ok_exit && wall <= 1.25 * f,
+            )
+        }
+        "S2" => {
+            let f = api
+                .unwrap_or_default()
+                .max(db.unwrap_or_default())
+                .as_secs_f64();
+            (
+                format!("wall ≤ 1.25 × max(API, DB floor) ({:.2}s)", 1.25 * f),
+                ok_exit && wall <= 1.25 * f,
+            )
+        }
+        "S3" => {
+            let f = budget.unwrap_or_default().as_secs_f64();
+            (
+                format!("wall ≤ 1.1 × budget minimum ({:.1}s), zero 429s", 1.1 * f),
+                ok_exit && wall <= 1.1 * f && m.rate_limited == 0,
+            )
+        }
+        "S4" => {
+            let f = api.unwrap_or_default().as_secs_f64();
+            (
+                format!(
+                    "0 rows written, WAL < 1 MB, wall ≤ 2 × API floor ({:.2}s)",
+                    2.0 * f
+                ),
+                ok_exit && m.rows_written == 0 && m.wal_bytes < 1_000_000 && wall <= 2.0 * f,
+            )
+        }
+        "S5" => {
+            let s1_rss = s1.map(|r| r.sync.peak_rss_kib).unwrap_or(0);
+            (
+                format!("peak RSS ≤ 64 MiB and ≈ S1's ({} MiB)", s1_rss / 1024),
+                ok_exit
+                    && m.peak_rss_kib <= 64 * 1024
+                    && (s1_rss == 0 || m.peak_rss_kib <= s1_rss + s1_rss / 4),
+            )
+        }
+        _ => (String::new(), ok_exit),
+    }
+}
+
+fn header() -> String {
+    format!(
+        "{:<4} {:>9} {:>9} {:>8} {:>9} {:>10} {:>10} {:>8} {:>5} {:>9} {:>9} {:>9}  {}",
+        "",
+        "wall s",
+        "users/s",
+        "CPU s",
+        "RSS MiB",
+        "rows",
+        "WAL MB",
+        "requests",
+        "429s",
+        "API fl s",
+        "DB fl s",
+        "budget s",
+        "target"
+    )
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.2}", d.as_secs_f64()))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn line(r: &Row) -> String {
+    let m = &r.sync;
+    format!(
+        "{:<4} {:>9.2} {:>9.0} {:>8.2} {:>9.1} {:>10} {:>10.2} {:>8} {:>5} {:>9} {:>9} {:>9}  {} {}",
+        r.scenario.name,
+        m.wall.as_secs_f64(),
+        m.users as f64 / m.wall.as_secs_f64().max(1e-9),
+        m.cpu_secs,
+        m.peak_rss_kib as f64 / 1024.0,
+        m.rows_written,
+        m.wal_bytes as f64 / 1e6,
+        m.requests,
+        m.rate_limited,
+        secs(r.api_floor),
+        secs(r.db_floor),
+        secs(r.budget_minimum),
+        if r.met { "MET" } else { "MISSED" },
+        r.target
+    )
+}
+
+/// The rows as a Markdown table, for the README.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| scenario | wall s | users/s | CPU s | peak RSS MiB | rows written | WAL MB | requests | 429s | API floor s | DB floor s | budget min s | target | met |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let m = &r.sync;
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {:.0} | {:.2} | {:.1} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario.name,
+            m.wall.as_secs_f64(),
+            m.users as f64 / m.wall.as_secs_f64().max(1e-9),
+            m.cpu_secs,
+            m.peak_rss_kib as f64 / 1024.0,
+            m.rows_written,
+            m.wal_bytes as f64 / 1e6,
+            m.requests,
+            m.rate_limited,
+            secs(r.api_floor),
+            secs(r.db_floor),
+            secs(r.budget_minimum),
+            r.target,
+            if r.met { "yes" } else { "**no**" }
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_limited_minimum_follows_the_sliding_window_rule() {
+        // S3: 10 accounts x 200 pages: 2,000 requests at 500 per 10 s, 200 each at 50 per 10 s.
+        assert_eq!(budget_limited_minimum(10, 200), Duration::from_secs(30));
+        assert_eq!(budget_limited_minimum(1, 50), Duration::ZERO);
+        assert_eq!(budget_limited_minimum(1, 51), Duration::from_secs(10));
+        assert_eq!(budget_limited_minimum(20, 50), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn copy_fields_escape_what_copy_text_format_needs() {
+        let mut s = String::new();
+        copy_line(&mut s, &[Some("a\tb"), None, Some("c\\d\ne")]);
+        assert_eq!(s, "a\\tb\t\\N\tc\\\\d\\ne\n");
+    }
+}
