@@ -22,7 +22,7 @@ use crate::config::Settings;
 use crate::model::{decode_user, UserRecord};
 use crate::pg::TempPostgres;
 use crate::simulator::{demo_account_id, generate_user, DEMO_TOKEN};
-use crate::store::Store;
+use crate::store::{CopyRows, Store};
 
 /// One scenario of issue 4.
 #[derive(Debug, Clone)]
@@ -369,139 +369,33 @@ async fn api_floor(base_url: &str, s: &Scenario) -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
-/// COPY text-format field.
-fn copy_field(out: &mut String, v: Option<&str>) {
-    match v {
-        None => out.push_str("\\N"),
-        Some(s) => {
-            for c in s.chars() {
-                match c {
-                    '\\' => out.push_str("\\\\"),
-                    '\t' => out.push_str("\\t"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    c => out.push(c),
-                }
-            }
-        }
-    }
-}
-
-fn copy_line(out: &mut String, fields: &[Option<&str>]) {
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push('\t');
-        }
-        copy_field(out, *f);
-    }
-    out.push('\n');
-}
-
 /// The DB floor: COPY of the scenario's normalized rows into the empty, migrated tables.
 async fn db_floor(pg: &TempPostgres, s: &Scenario) -> anyhow::Result<Duration> {
     let db = format!("bench_floor_{}", s.name.to_lowercase());
     sqlx::query(&format!("CREATE DATABASE {db}"))
         .execute(&mut admin(pg).await?)
         .await?;
-    migrated_store(pg, &db).await?;
-    // Build the COPY data first: the floor is the database's work, not ours.
-    let (mut users, mut emails, mut phones, mut managers) =
-        (String::new(), String::new(), String::new(), String::new());
+    let store = migrated_store(pg, &db).await?;
+    // Build the COPY data first: the floor is the database's work, not ours. The rows are the
+    // ones a sync writes, encoded by the same code the sync's COPY path uses.
+    let mut rows = CopyRows::default();
     for n in 1..=s.accounts {
-        let acct = demo_account_id(n).to_string();
-        for i in 0..s.users {
-            let raw = generate_user(n as u64, i, s.users).to_string();
-            let u: UserRecord = decode_user(&raw).map_err(|r| anyhow::anyhow!(r.reason))?;
-            let hash = format!(
-                "\\x{}",
-                u.content_hash
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            );
-            let created = u.created_at.map(|t| t.to_rfc3339());
-            let updated = u.updated_at.map(|t| t.to_rfc3339());
-            copy_line(
-                &mut users,
-                &[
-                    Some(&acct),
-                    Some(&u.id),
-                    u.name.as_deref(),
-                    u.first_name.as_deref(),
-                    u.last_name.as_deref(),
-                    u.username.as_deref(),
-                    u.job_title.as_deref(),
-                    u.locale.as_deref(),
-                    u.timezone.as_deref(),
-                    u.role.as_deref(),
-                    u.status.as_deref(),
-                    u.organization_id.as_deref(),
-                    u.organization_name.as_deref(),
-                    u.custom_fields.as_deref(),
-                    u.remote_data.as_deref(),
-                    created.as_deref(),
-                    updated.as_deref(),
-                    Some(&hash),
-                ],
-            );
-            for (p, e) in u.emails.iter().enumerate() {
-                let pos = p.to_string();
-                let prim = e.is_primary.map(|b| if b { "t" } else { "f" });
-                copy_line(
-                    &mut emails,
-                    &[
-                        Some(&acct),
-                        Some(&u.id),
-                        Some(&pos),
-                        e.email.as_deref(),
-                        prim,
-                        e.kind.as_deref(),
-                    ],
-                );
-            }
-            for (p, ph) in u.phones.iter().enumerate() {
-                let pos = p.to_string();
-                copy_line(
-                    &mut phones,
-                    &[
-                        Some(&acct),
-                        Some(&u.id),
-                        Some(&pos),
-                        ph.number.as_deref(),
-                        ph.extension.as_deref(),
-                        ph.kind.as_deref(),
-                    ],
-                );
-            }
-            if let Some(m) = &u.manager {
-                copy_line(
-                    &mut managers,
-                    &[
-                        Some(&acct),
-                        Some(&u.id),
-                        m.id.as_deref(),
-                        m.name.as_deref(),
-                        m.emails.as_deref(),
-                    ],
-                );
-            }
-        }
+        let users: Vec<UserRecord> = (0..s.users)
+            .map(|i| decode_user(&generate_user(n as u64, i, s.users).to_string()))
+            .collect::<Result<_, _>>()
+            .map_err(|r| anyhow::anyhow!(r.reason))?;
+        let refs: Vec<&UserRecord> = users.iter().collect();
+        rows.add(demo_account_id(n), None, &refs);
     }
-    let mut conn = PgConnection::connect(&pg.url(&db)).await?;
+    store.pool().close().await;
+    let opts = crate::store::connect_options(&SecretString::from(pg.url(&db)), "lms")?;
+    let mut conn: PgConnection = sqlx::ConnectOptions::connect(&opts).await?;
     let started = Instant::now();
     let mut tx = conn.begin().await?;
-    for (sql, data) in [
-        ("COPY lms.users (integrated_account_id, id, name, first_name, last_name, username, job_title, locale, timezone, role, status, organization_id, organization_name, custom_fields, remote_data, created_at, updated_at, content_hash) FROM STDIN", &users),
-        ("COPY lms.user_emails (integrated_account_id, user_id, position, email, is_primary, type) FROM STDIN", &emails),
-        ("COPY lms.user_phones (integrated_account_id, user_id, position, number, extension, type) FROM STDIN", &phones),
-        ("COPY lms.user_managers (integrated_account_id, user_id, manager_id, manager_name, manager_emails) FROM STDIN", &managers),
-    ] {
-        let mut copy = tx.copy_in_raw(sql).await?;
-        copy.send(data.as_bytes()).await?;
-        copy.finish().await?;
-    }
+    rows.copy_in(&mut tx).await?;
     tx.commit().await?;
-    Ok(started.elapsed())
+    let elapsed = started.elapsed();
+    Ok(elapsed)
 }
 
 async fn migrated_store(pg: &TempPostgres, db: &str) -> anyhow::Result<Store> {
@@ -717,12 +611,5 @@ mod tests {
         assert_eq!(budget_limited_minimum(1, 50), Duration::ZERO);
         assert_eq!(budget_limited_minimum(1, 51), Duration::from_secs(10));
         assert_eq!(budget_limited_minimum(20, 50), Duration::from_secs(10));
-    }
-
-    #[test]
-    fn copy_fields_escape_what_copy_text_format_needs() {
-        let mut s = String::new();
-        copy_line(&mut s, &[Some("a\tb"), None, Some("c\\d\ne")]);
-        assert_eq!(s, "a\\tb\t\\N\tc\\\\d\\ne\n");
     }
 }

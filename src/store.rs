@@ -183,6 +183,21 @@ impl SeenIds {
     }
 }
 
+/// What one page transaction writes.
+#[derive(Debug, Clone, Copy)]
+pub struct PageWrite<'a> {
+    /// The users and rejected records of one or more consecutive API pages.
+    pub page: &'a DecodedPage,
+    /// The users pre-encoded for COPY, used when they all turn out to be new.
+    pub all_new: Option<&'a CopyRows>,
+    /// The cursor the first page was fetched with: where the stored cursor must stand.
+    pub cursor: Option<&'a str>,
+    /// The cursor to store: the last page's next (none when the listing ended).
+    pub next_cursor: Option<&'a str>,
+    /// Requests, retries and 429s of the pages; `pages` is how many API pages they are.
+    pub counts: RunCounts,
+}
+
 /// The result of the deletion sweep's guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sweep {
@@ -253,14 +268,9 @@ pub fn connect_options(url: &SecretString, schema: &str) -> Result<PgConnectOpti
         .map_err(|_| StoreError::Url("cannot parse database.url".into()))?;
     Ok(opts
         .application_name("lms-sync")
-        // Custom plans: a generic plan cached while a table was small (a first sync starts
-        // empty) keeps seq-scanning it as it grows, which made first syncs quadratic.
-        .options([
-            ("search_path", schema),
-            ("plan_cache_mode", "force_custom_plan"),
-        ])
+        .options([("search_path", schema)])
         .log_statements(tracing::log::LevelFilter::Trace)
-        .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(5)))
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5)))
 }
 
 impl Store {
@@ -444,17 +454,21 @@ impl Store {
         &self,
         account: Uuid,
         run_id: i64,
-        page: &DecodedPage,
-        cursor: Option<&str>,
-        next_cursor: Option<&str>,
-        mut counts: RunCounts,
+        w: &PageWrite<'_>,
     ) -> Result<RunCounts, StoreError> {
+        let PageWrite {
+            page,
+            all_new,
+            cursor,
+            next_cursor,
+            mut counts,
+        } = *w;
         // `counts.pages` says how many API pages `page` holds (several are written together
         // when the writer falls behind the fetcher).
         let pages = counts.pages.max(1);
         let mut tx = self.pool.begin().await?;
         let (inserted, updated, unchanged, undeleted) =
-            write_users(&mut tx, account, run_id, &page.users).await?;
+            write_users(&mut tx, account, run_id, &page.users, all_new).await?;
         counts.inserted = inserted;
         counts.updated = updated;
         counts.unchanged = unchanged;
@@ -579,6 +593,7 @@ impl Store {
                 "UPDATE users SET deleted_at = now(), last_changed_at = now(), last_changed_run_id = $3
                   WHERE integrated_account_id = $1 AND id = ANY($2::text[]) AND deleted_at IS NULL",
             )
+            .persistent(false)
             .bind(account)
             .bind(chunk)
             .bind(run_id)
@@ -634,6 +649,14 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Refreshes the planner's statistics of the mirrored tables. A first sync grows them from
+    /// nothing faster than autovacuum notices, and key lookups planned with "empty table"
+    /// statistics turn into scans that slow every later page.
+    pub async fn analyze(&self) -> Result<(), StoreError> {
+        sqlx::query("ANALYZE users").execute(&self.pool).await?;
         Ok(())
     }
 
@@ -741,6 +764,7 @@ async fn write_users(
     account: Uuid,
     run_id: i64,
     users: &[UserRecord],
+    all_new: Option<&CopyRows>,
 ) -> Result<(u64, u64, u64, u64), StoreError> {
     if users.is_empty() {
         return Ok((0, 0, 0, 0));
@@ -750,6 +774,11 @@ async fn write_users(
         "SELECT id, content_hash, deleted_at IS NOT NULL
            FROM users WHERE integrated_account_id = $1 AND id = ANY($2::text[])",
     )
+    // IMPORTANT: unnamed statements are planned with their parameters each time. A named
+    // (cached, generic) plan made while the table was small — a first sync starts empty —
+    // keeps seq-scanning it as it grows, which made first syncs quadratic. (Setting
+    // plan_cache_mode for the session instead also replans every foreign-key check.)
+    .persistent(false)
     .bind(account)
     .bind(&ids)
     .fetch_all(&mut **tx)
@@ -787,6 +816,7 @@ async fn write_users(
             "UPDATE users SET deleted_at = NULL, last_changed_at = now(), last_changed_run_id = $3
               WHERE integrated_account_id = $1 AND id = ANY($2::text[])",
         )
+        .persistent(false)
         .bind(account)
         .bind(&revived)
         .bind(run_id)
@@ -796,16 +826,181 @@ async fn write_users(
     if changed.is_empty() {
         return Ok((inserted, updated, unchanged, undeleted));
     }
-    upsert_users(tx, account, run_id, &changed).await?;
-    // Children of new users need no lookup; those of changed users are diffed.
     let (old, new): (Vec<&UserRecord>, Vec<&UserRecord>) =
         changed.iter().partition(|u| existing.contains_key(&u.id));
-    for (users, existing) in [(&new, false), (&old, true)] {
-        sync_emails(tx, account, users, existing).await?;
-        sync_phones(tx, account, users, existing).await?;
-        sync_managers(tx, account, users, existing).await?;
+    // Users the mirror does not have (we hold the account's lease, so nobody else adds them):
+    // COPY them and their children straight in.
+    match all_new {
+        // Encoded ahead by the caller for exactly these users.
+        Some(rows) if new.len() == users.len() => rows.copy_in(tx).await?,
+        _ if !new.is_empty() => {
+            let mut rows = CopyRows::default();
+            rows.add(account, Some(run_id), &new);
+            rows.copy_in(tx).await?;
+        }
+        _ => {}
+    }
+    // Changed users: upsert, and write only the child rows that differ.
+    if !old.is_empty() {
+        upsert_users(tx, account, run_id, &old).await?;
+        sync_emails(tx, account, &old).await?;
+        sync_phones(tx, account, &old).await?;
+        sync_managers(tx, account, &old).await?;
     }
     Ok((inserted, updated, unchanged, undeleted))
+}
+
+/// New users and their children in PostgreSQL's COPY text format: the fast path for users the
+/// mirror does not have yet (a first sync), and what the benchmark's DB floor copies.
+#[derive(Debug, Default)]
+pub struct CopyRows {
+    pub users: String,
+    pub emails: String,
+    pub phones: String,
+    pub managers: String,
+}
+
+const COPY_USERS: &str = "COPY users (integrated_account_id, id, name, first_name, last_name, username, job_title, locale, timezone, role, status, organization_id, organization_name, custom_fields, remote_data, created_at, updated_at, content_hash, last_changed_run_id) FROM STDIN";
+const COPY_EMAILS: &str = "COPY user_emails (integrated_account_id, user_id, position, email, is_primary, type) FROM STDIN";
+const COPY_PHONES: &str = "COPY user_phones (integrated_account_id, user_id, position, number, extension, type) FROM STDIN";
+const COPY_MANAGERS: &str = "COPY user_managers (integrated_account_id, user_id, manager_id, manager_name, manager_emails) FROM STDIN";
+
+/// Appends one COPY text-format field (NULL as `\N`; backslash, tab, newline, CR escaped).
+/// Values never hold NUL: the model refuses such records.
+fn copy_field(out: &mut String, v: Option<&str>) {
+    match v {
+        None => out.push_str("\\N"),
+        Some(s) => {
+            for c in s.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
+        }
+    }
+}
+
+fn copy_line(out: &mut String, fields: &[Option<&str>]) {
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push('\t');
+        }
+        copy_field(out, *f);
+    }
+    out.push('\n');
+}
+
+impl CopyRows {
+    /// Adds `users` of `account` (written by `run_id`, when a run writes them).
+    pub fn add(&mut self, account: Uuid, run_id: Option<i64>, users: &[&UserRecord]) {
+        use std::fmt::Write;
+        let acct = account.to_string();
+        let run = run_id.map(|r| r.to_string());
+        for u in users {
+            let mut hash = String::with_capacity(34);
+            hash.push_str("\\x");
+            for b in u.content_hash {
+                let _ = write!(hash, "{b:02x}");
+            }
+            let created = u.created_at.map(|t| t.to_rfc3339());
+            let updated = u.updated_at.map(|t| t.to_rfc3339());
+            copy_line(
+                &mut self.users,
+                &[
+                    Some(&acct),
+                    Some(&u.id),
+                    u.name.as_deref(),
+                    u.first_name.as_deref(),
+                    u.last_name.as_deref(),
+                    u.username.as_deref(),
+                    u.job_title.as_deref(),
+                    u.locale.as_deref(),
+                    u.timezone.as_deref(),
+                    u.role.as_deref(),
+                    u.status.as_deref(),
+                    u.organization_id.as_deref(),
+                    u.organization_name.as_deref(),
+                    u.custom_fields.as_deref(),
+                    u.remote_data.as_deref(),
+                    created.as_deref(),
+                    updated.as_deref(),
+                    Some(&hash),
+                    run.as_deref(),
+                ],
+            );
+            for (p, e) in u.emails.iter().enumerate() {
+                let pos = p.to_string();
+                let primary = e.is_primary.map(|b| if b { "t" } else { "f" });
+                copy_line(
+                    &mut self.emails,
+                    &[
+                        Some(&acct),
+                        Some(&u.id),
+                        Some(&pos),
+                        e.email.as_deref(),
+                        primary,
+                        e.kind.as_deref(),
+                    ],
+                );
+            }
+            for (p, ph) in u.phones.iter().enumerate() {
+                let pos = p.to_string();
+                copy_line(
+                    &mut self.phones,
+                    &[
+                        Some(&acct),
+                        Some(&u.id),
+                        Some(&pos),
+                        ph.number.as_deref(),
+                        ph.extension.as_deref(),
+                        ph.kind.as_deref(),
+                    ],
+                );
+            }
+            if let Some(m) = &u.manager {
+                copy_line(
+                    &mut self.managers,
+                    &[
+                        Some(&acct),
+                        Some(&u.id),
+                        m.id.as_deref(),
+                        m.name.as_deref(),
+                        m.emails.as_deref(),
+                    ],
+                );
+            }
+        }
+    }
+
+    /// Appends another set of rows.
+    pub fn append(&mut self, other: CopyRows) {
+        self.users.push_str(&other.users);
+        self.emails.push_str(&other.emails);
+        self.phones.push_str(&other.phones);
+        self.managers.push_str(&other.managers);
+    }
+
+    /// Streams the rows into their tables on `conn` (inside the caller's transaction).
+    pub async fn copy_in(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        for (sql, data) in [
+            (COPY_USERS, &self.users),
+            (COPY_EMAILS, &self.emails),
+            (COPY_PHONES, &self.phones),
+            (COPY_MANAGERS, &self.managers),
+        ] {
+            if data.is_empty() {
+                continue;
+            }
+            let mut copy = conn.copy_in_raw(sql).await?;
+            copy.send(data.as_bytes()).await?;
+            copy.finish().await?;
+        }
+        Ok(())
+    }
 }
 
 async fn upsert_users(
@@ -917,8 +1112,6 @@ struct ChildTable {
     delete_stale: &'static str,
     /// Inserts rows that are new or differ: $1 account, $2..$6 the columns.
     upsert_changed: &'static str,
-    /// Inserts rows of users that have none yet (no lookup needed).
-    insert_new: &'static str,
 }
 
 const EMAILS: ChildTable = ChildTable {
@@ -935,8 +1128,6 @@ const EMAILS: ChildTable = ChildTable {
              OR (e.email, e.is_primary, e.type) IS DISTINCT FROM (n.email, n.is_primary, n.type)
          ON CONFLICT (integrated_account_id, user_id, position) DO UPDATE
             SET email = excluded.email, is_primary = excluded.is_primary, type = excluded.type",
-    insert_new: "INSERT INTO user_emails (integrated_account_id, user_id, position, email, is_primary, type)
-         SELECT $1, n.* FROM unnest($2::text[], $3::int[], $4::text[], $5::bool[], $6::text[]) AS n",
 };
 
 const PHONES: ChildTable = ChildTable {
@@ -953,20 +1144,16 @@ const PHONES: ChildTable = ChildTable {
              OR (p.number, p.extension, p.type) IS DISTINCT FROM (n.number, n.extension, n.type)
          ON CONFLICT (integrated_account_id, user_id, position) DO UPDATE
             SET number = excluded.number, extension = excluded.extension, type = excluded.type",
-    insert_new: "INSERT INTO user_phones (integrated_account_id, user_id, position, number, extension, type)
-         SELECT $1, n.* FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[]) AS n",
 };
 
-/// Brings an ordered child table in line for `users`. Users that existed before get their
-/// stale positions dropped and only differing rows written, so identical rows are untouched;
-/// new users (`existing = false`) have no rows yet and are inserted without any lookup.
+/// Brings an ordered child table in line for changed `users`: their stale positions are
+/// dropped and only differing rows written, so identical rows are untouched.
 async fn sync_children<'a, B>(
     tx: &mut Transaction<'_, Postgres>,
     account: Uuid,
     table: &ChildTable,
     users: &[&'a UserRecord],
     rows: ChildRows<'a, B>,
-    existing: bool,
 ) -> Result<(), StoreError>
 where
     Vec<B>: sqlx::Encode<'a, Postgres> + sqlx::Type<Postgres> + Send + 'a,
@@ -974,25 +1161,21 @@ where
     if users.is_empty() {
         return Ok(());
     }
-    if existing {
-        let owners: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
-        sqlx::query(table.delete_stale)
-            .bind(account)
-            .bind(&owners)
-            .bind(&rows.user_ids)
-            .bind(&rows.positions)
-            .execute(&mut **tx)
-            .await?;
-    }
+    let owners: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+    // Lookups by key: planned per execution (see write_users).
+    sqlx::query(table.delete_stale)
+        .persistent(false)
+        .bind(account)
+        .bind(&owners)
+        .bind(&rows.user_ids)
+        .bind(&rows.positions)
+        .execute(&mut **tx)
+        .await?;
     if rows.user_ids.is_empty() {
         return Ok(());
     }
-    let sql = if existing {
-        table.upsert_changed
-    } else {
-        table.insert_new
-    };
-    sqlx::query(sql)
+    sqlx::query(table.upsert_changed)
+        .persistent(false)
         .bind(account)
         .bind(rows.user_ids)
         .bind(rows.positions)
@@ -1008,21 +1191,19 @@ async fn sync_emails(
     tx: &mut Transaction<'_, Postgres>,
     account: Uuid,
     users: &[&UserRecord],
-    existing: bool,
 ) -> Result<(), StoreError> {
     let rows = ChildRows::collect(
         users,
         |u| &u.emails,
         |e| (e.email.as_deref(), e.is_primary, e.kind.as_deref()),
     );
-    sync_children(tx, account, &EMAILS, users, rows, existing).await
+    sync_children(tx, account, &EMAILS, users, rows).await
 }
 
 async fn sync_phones(
     tx: &mut Transaction<'_, Postgres>,
     account: Uuid,
     users: &[&UserRecord],
-    existing: bool,
 ) -> Result<(), StoreError> {
     let rows = ChildRows::collect(
         users,
@@ -1035,24 +1216,24 @@ async fn sync_phones(
             )
         },
     );
-    sync_children(tx, account, &PHONES, users, rows, existing).await
+    sync_children(tx, account, &PHONES, users, rows).await
 }
 
 async fn sync_managers(
     tx: &mut Transaction<'_, Postgres>,
     account: Uuid,
     users: &[&UserRecord],
-    existing: bool,
 ) -> Result<(), StoreError> {
     let without: Vec<&str> = users
         .iter()
         .filter(|u| u.manager.is_none())
         .map(|u| u.id.as_str())
         .collect();
-    if existing && !without.is_empty() {
+    if !without.is_empty() {
         sqlx::query(
             "DELETE FROM user_managers WHERE integrated_account_id = $1 AND user_id = ANY($2::text[])",
         )
+        .persistent(false)
         .bind(account)
         .bind(&without)
         .execute(&mut **tx)
@@ -1069,8 +1250,7 @@ async fn sync_managers(
     let mids: Vec<Option<&str>> = with.iter().map(|(_, m)| m.id.as_deref()).collect();
     let names: Vec<Option<&str>> = with.iter().map(|(_, m)| m.name.as_deref()).collect();
     let emails: Vec<Option<&str>> = with.iter().map(|(_, m)| m.emails.as_deref()).collect();
-    let sql = if existing {
-        "INSERT INTO user_managers (integrated_account_id, user_id, manager_id, manager_name, manager_emails)
+    let sql = "INSERT INTO user_managers (integrated_account_id, user_id, manager_id, manager_name, manager_emails)
          SELECT $1, n.user_id, n.manager_id, n.manager_name, n.manager_emails::jsonb
            FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])
                 AS n(user_id, manager_id, manager_name, manager_emails)
@@ -1080,13 +1260,7 @@ async fn sync_managers(
                 IS DISTINCT FROM (n.manager_id, n.manager_name, n.manager_emails::jsonb)
          ON CONFLICT (integrated_account_id, user_id) DO UPDATE
             SET manager_id = excluded.manager_id, manager_name = excluded.manager_name,
-                manager_emails = excluded.manager_emails"
-    } else {
-        "INSERT INTO user_managers (integrated_account_id, user_id, manager_id, manager_name, manager_emails)
-         SELECT $1, n.user_id, n.manager_id, n.manager_name, n.manager_emails::jsonb
-           FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])
-                AS n(user_id, manager_id, manager_name, manager_emails)"
-    };
+                manager_emails = excluded.manager_emails";
     sqlx::query(sql)
         .bind(account)
         .bind(&ids)
@@ -1101,6 +1275,13 @@ async fn sync_managers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_fields_escape_what_copy_text_format_needs() {
+        let mut s = String::new();
+        copy_line(&mut s, &[Some("a\tb"), None, Some("c\\d\ne\rf")]);
+        assert_eq!(s, "a\\tb\t\\N\tc\\\\d\\ne\\rf\n");
+    }
 
     #[test]
     fn the_delete_guard_allows_up_to_the_share_and_refuses_beyond() {

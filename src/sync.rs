@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::backoff::Backoff;
 use crate::config::AccountSettings;
 use crate::source::{FetchedPage, SourceError, TrutoClient};
-use crate::store::{Outcome, RunCounts, RunEnd, Store, StoreError, Sweep};
+use crate::store::{CopyRows, Outcome, PageWrite, RunCounts, RunEnd, Store, StoreError, Sweep};
 
 /// Knobs of one pass that do not come from the account itself.
 #[derive(Debug, Clone)]
@@ -460,7 +460,22 @@ async fn follow_listing(
     // The fetcher runs ahead of the writer by at most LOOKAHEAD pages (memory stays flat);
     // the writer commits whatever has arrived, up to a batch, in one transaction.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Fetched, Stop>>(LOOKAHEAD);
-    let fetcher = fetch_ahead(source, account, opts, cancel, page, cursor, cursors, tx);
+    // Whether the last batch was all new users: the fetcher then encodes pages for COPY ahead.
+    let all_new = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // A task of its own, so that decoding runs in parallel with the writer's database work.
+    let fetcher = tokio::spawn(fetch_ahead(
+        source.clone(),
+        account.clone(),
+        opts.max_pages,
+        cancel.clone(),
+        run_id,
+        page,
+        cursor,
+        cursors,
+        tx,
+        all_new.clone(),
+    ));
+    let _stop_fetcher = AbortOnDrop(fetcher.abort_handle());
     let result = {
         let listing_ref = &mut listing;
         let writer = async move {
@@ -505,7 +520,11 @@ async fn follow_listing(
                         listing.seen.insert(r);
                     }
                 }
+                let before = out.counts;
                 apply(store, opts, account, run_id, batch, out, progress).await?;
+                let new_only = out.counts.inserted - before.inserted
+                    == out.counts.users_seen - before.users_seen;
+                all_new.store(new_only, std::sync::atomic::Ordering::Relaxed);
                 if repeated {
                     return Err(Stop::Listing(format!(
                     "the API returned a cursor it had already returned in this listing (after {} pages); the listing was stopped instead of looping",
@@ -523,16 +542,7 @@ async fn follow_listing(
                 }
             }
         };
-        // The writer decides; when it stops, the fetcher is dropped with it.
-        tokio::pin!(fetcher);
-        tokio::pin!(writer);
-        let mut fetcher_done = false;
-        loop {
-            tokio::select! {
-                r = &mut writer => break r,
-                _ = &mut fetcher, if !fetcher_done => fetcher_done = true,
-            }
-        }
+        writer.await
     };
     result.map(|()| listing)
 }
@@ -549,6 +559,17 @@ struct Fetched {
     cursor: Option<String>,
     /// Its next cursor was seen before in this listing: write it, then stop.
     repeated: bool,
+    /// The page's users encoded for COPY, should they all be new (when the fetcher expected so).
+    copy: Option<CopyRows>,
+}
+
+/// Aborts a task when dropped: the fetcher never outlives its writer.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Fetched {
@@ -569,14 +590,16 @@ impl Fetched {
 /// Follows the cursor from `first` on, sending each page (or the reason to stop) to the writer.
 #[allow(clippy::too_many_arguments)]
 async fn fetch_ahead(
-    source: &TrutoClient,
-    account: &AccountSettings,
-    opts: &SyncOptions,
-    cancel: &CancellationToken,
+    source: TrutoClient,
+    account: AccountSettings,
+    max_pages: u64,
+    cancel: CancellationToken,
+    run_id: i64,
     first: FetchedPage,
     first_cursor: Option<String>,
     mut cursors: HashSet<String>,
     tx: tokio::sync::mpsc::Sender<Result<Fetched, Stop>>,
+    all_new: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut page = first;
     let mut cursor = first_cursor;
@@ -584,26 +607,35 @@ async fn fetch_ahead(
     loop {
         let next = page.next_cursor.clone();
         let repeated = next.as_ref().is_some_and(|n| !cursors.insert(n.clone()));
+        // Encoded for COPY here, in parallel with the writer, in case they are all new users
+        // (a first sync); the writer falls back to encoding what it needs otherwise.
+        let copy = all_new.load(std::sync::atomic::Ordering::Relaxed).then(|| {
+            let mut copy = CopyRows::default();
+            let users: Vec<&crate::model::UserRecord> = page.decoded.users.iter().collect();
+            copy.add(account.integrated_account_id, Some(run_id), &users);
+            copy
+        });
         let item = Fetched {
             page,
             cursor,
             repeated,
+            copy,
         };
         let last = item.is_last();
         if tx.send(Ok(item)).await.is_err() || last {
             return;
         }
         let next = next.expect("not the last page");
-        if pages >= opts.max_pages {
+        if pages >= max_pages {
             let _ = tx
                 .send(Err(Stop::Listing(format!(
                     "the listing has more than truto.max_pages = {} pages; raise it if the account really is that large",
-                    opts.max_pages
+                    max_pages
                 ))))
                 .await;
             return;
         }
-        match source.fetch_page(account, Some(&next), cancel).await {
+        match source.fetch_page(&account, Some(&next), &cancel).await {
             Ok(p) => page = p,
             Err(e) => {
                 let _ = tx.send(Err(source_stop(e))).await;
@@ -646,28 +678,46 @@ async fn apply(
     let cursor = batch[0].cursor.clone();
     let next_cursor = batch[batch.len() - 1].next_to_store().map(str::to_string);
     let mut decoded = crate::model::DecodedPage::default();
+    let mut copy = Some(CopyRows::default());
     for f in batch {
         base.http_requests += f.page.requests as u64;
         base.retries += f.page.requests.saturating_sub(1) as u64;
         base.rate_limited += f.page.rate_limited as u64;
         decoded.append(f.page.decoded);
+        // Usable only if every page of the batch was encoded.
+        copy = match (copy, f.copy) {
+            (Some(mut all), Some(page)) => {
+                all.append(page);
+                Some(all)
+            }
+            _ => None,
+        };
     }
+    // And only if no user appears twice in the batch.
+    let copy = copy.filter(|_| decoded.duplicates == 0);
     // IMPORTANT: a page is never abandoned for shutdown; its (bounded) retries run to the end
     // so that rows and cursor commit together or not at all.
     let never = CancellationToken::new();
+    let write = PageWrite {
+        page: &decoded,
+        all_new: copy.as_ref(),
+        cursor: cursor.as_deref(),
+        next_cursor: next_cursor.as_deref(),
+        counts: base,
+    };
     let counts = with_db_retries(opts, &never, || {
-        store.apply_page(
-            account.integrated_account_id,
-            run_id,
-            &decoded,
-            cursor.as_deref(),
-            next_cursor.as_deref(),
-            base,
-        )
+        store.apply_page(account.integrated_account_id, run_id, &write)
     })
     .await
     .map_err(Stop::Store)?;
+    let inserted_before = out.counts.inserted;
     out.counts.add(&counts);
+    // Statistics at 2k, 8k, 32k, ... users inserted: a handful of ANALYZEs per large first sync.
+    if counts.inserted > 0 && analyze_due(inserted_before, out.counts.inserted) {
+        if let Err(e) = store.analyze().await {
+            tracing::warn!(error = %e, "could not refresh table statistics");
+        }
+    }
     tracing::debug!(
         pages = out.counts.pages,
         users_seen = out.counts.users_seen,
@@ -676,7 +726,11 @@ async fn apply(
     if let Some(m) = &opts.metrics {
         let id = account.integrated_account_id.to_string();
         let a = id.as_str();
-        m.add("lms_sync_pages_total", &[("account", a)], counts.pages as f64);
+        m.add(
+            "lms_sync_pages_total",
+            &[("account", a)],
+            counts.pages as f64,
+        );
         for (change, n) in [
             ("inserted", counts.inserted),
             ("updated", counts.updated),
@@ -702,6 +756,18 @@ async fn apply(
     }
     progress.page(account, &out.counts);
     Ok(())
+}
+
+/// True when the inserted count crossed one of 2,000 × 4^k.
+fn analyze_due(before: u64, after: u64) -> bool {
+    let mut t = 2_000u64;
+    while t <= after {
+        if before < t {
+            return true;
+        }
+        t = t.saturating_mul(4);
+    }
+    false
 }
 
 /// Runs a store operation, retrying retryable errors (lost connection, restart, deadlock) with
@@ -780,4 +846,19 @@ pub async fn sync_accounts(
         .buffered(max_concurrent.max(1))
         .collect()
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::analyze_due;
+
+    #[test]
+    fn statistics_are_refreshed_at_growing_thresholds() {
+        assert!(!analyze_due(0, 1_999));
+        assert!(analyze_due(1_999, 2_000));
+        assert!(!analyze_due(2_000, 7_999));
+        assert!(analyze_due(7_000, 9_000));
+        assert!(analyze_due(0, 100_000));
+        assert!(!analyze_due(128_000, 500_000));
+    }
 }
