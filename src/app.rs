@@ -251,7 +251,7 @@ async fn cmd_sync(settings: Settings, account: Option<Uuid>) -> u8 {
     if let Err(e) = settings.database_url() {
         return config_exit_code(&e);
     }
-    let source = match TrutoClient::new(&settings.truto, &token) {
+    let source = match TrutoClient::from_settings(&settings, &token) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };

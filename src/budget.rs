@@ -57,8 +57,8 @@ impl Window {
 pub struct RateBudget {
     per_account: Limit,
     per_token: Limit,
-    /// Added to each window: the server counts arrivals, we count departures, and requests
-    /// can arrive closer together than they left.
+    /// Added to each window for clock granularity; the real safety is [`RateBudget::settle`],
+    /// which counts each request from when its answer came.
     margin: Duration,
     state: Mutex<(Window, HashMap<Uuid, Window>)>,
 }
@@ -68,7 +68,7 @@ impl RateBudget {
         RateBudget {
             per_account,
             per_token,
-            margin: Duration::from_millis(100),
+            margin: Duration::from_millis(20),
             state: Mutex::new((Window::default(), HashMap::new())),
         }
     }
@@ -98,14 +98,35 @@ impl RateBudget {
         }
     }
 
-    /// Waits until `account` may send a request, then takes the slot. Returns the time waited.
-    pub async fn acquire(&self, account: Uuid) -> Duration {
+    /// Waits until `account` may send a request, then takes the slot. Returns the slot's time
+    /// (for [`RateBudget::settle`]) and the time waited.
+    pub async fn acquire(&self, account: Uuid) -> (Instant, Duration) {
         let began = Instant::now();
         loop {
-            match self.try_acquire(account, Instant::now()) {
-                Ok(()) => return began.elapsed(),
+            let now = Instant::now();
+            match self.try_acquire(account, now) {
+                Ok(()) => return (now, began.elapsed()),
                 Err(wait) => tokio::time::sleep(wait).await,
             }
+        }
+    }
+
+    /// Moves a slot taken at `taken` to `answered`, when the answer came: the server counted the
+    /// request somewhere in between, and under load (a busy runtime, connection set-up) that can
+    /// be long after the slot was taken. Counting from the later time keeps us under the
+    /// server's window whatever the delay.
+    pub fn settle(&self, account: Uuid, taken: Instant, answered: Instant) {
+        let mut guard = self.state.lock().expect("budget");
+        let (token, accounts) = &mut *guard;
+        for w in [Some(token), accounts.get_mut(&account)]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(slot) = w.starts.iter_mut().rev().find(|t| **t == taken) {
+                *slot = answered;
+            }
+            // Keep the window ordered, so pruning from the front stays right.
+            w.starts.make_contiguous().sort_unstable();
         }
     }
 
@@ -200,6 +221,22 @@ mod tests {
         assert!(
             b.try_acquire(a, t0 + Duration::from_secs(8)).is_ok(),
             "plenty left: no pause"
+        );
+    }
+
+    #[test]
+    fn a_settled_slot_counts_from_when_the_answer_came() {
+        let b = budget(2, 100);
+        let a = Uuid::from_u128(1);
+        let t0 = Instant::now();
+        assert!(b.try_acquire(a, t0).is_ok());
+        assert!(b.try_acquire(a, t0).is_ok());
+        b.settle(a, t0, t0 + Duration::from_secs(3));
+        // The oldest slot is still t0; the settled one expires 3 s later than it would have.
+        assert!(b.try_acquire(a, t0 + Duration::from_secs(10)).is_ok());
+        assert_eq!(
+            b.try_acquire(a, t0 + Duration::from_secs(10)).unwrap_err(),
+            Duration::from_secs(3)
         );
     }
 

@@ -65,10 +65,7 @@ pub async fn run_with(
     let url = settings.database_url()?.clone();
     let store = Store::connect_lazy(&url, &settings.database)?;
 
-    let mut source = TrutoClient::new(&settings.truto, &token)?.with_metrics(metrics.clone());
-    if let Some(budget) = settings.rate_budget.budget() {
-        source = source.with_budget(Arc::new(budget));
-    }
+    let source = TrutoClient::from_settings(&settings, &token)?.with_metrics(metrics.clone());
     let mut opts = SyncOptions::from_settings(&settings);
     opts.metrics = Some(metrics.clone());
 

@@ -73,6 +73,8 @@ async fn run_inner(mut settings: Settings, n_accounts: u32, users: usize) -> any
         // A few faults, to show retries at work: the mirror must still come out exact.
         s.set_random_faults(0.02, 42);
         settings.truto.base_url = s.base_url();
+        // The simulator enforces no budget here; pacing would only slow the demo down.
+        settings.rate_budget.enabled = false;
         settings.truto.backoff_initial_ms = 50;
         println!(
             "No Truto token configured: syncing {} simulated accounts ({} users) from {}",
@@ -103,7 +105,7 @@ async fn run_inner(mut settings: Settings, n_accounts: u32, users: usize) -> any
     let store = crate::app::open_store(&settings)
         .await
         .map_err(anyhow::Error::msg)?;
-    let source = TrutoClient::new(&settings.truto, &token)?;
+    let source = TrutoClient::from_settings(&settings, &token)?;
     let opts = SyncOptions::from_settings(&settings);
     let cancel = crate::app::shutdown_on_signals();
     let progress: Arc<dyn crate::sync::Progress> = Arc::from(crate::progress::for_mode(

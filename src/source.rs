@@ -203,6 +203,19 @@ impl TrutoClient {
         })
     }
 
+    /// The client every command uses: the settings' timeouts and retries, paced by the
+    /// configured request budget (when enabled).
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+        token: &SecretString,
+    ) -> anyhow::Result<Self> {
+        let client = Self::new(&settings.truto, token)?;
+        Ok(match settings.rate_budget.budget() {
+            Some(b) => client.with_budget(Arc::new(b)),
+            None => client,
+        })
+    }
+
     /// Paces every request under `budget` (shared by all clones of this client).
     pub fn with_budget(mut self, budget: Arc<RateBudget>) -> Self {
         self.budget = Some(budget);
@@ -258,11 +271,13 @@ impl TrutoClient {
         let mut budget_wait = Duration::ZERO;
         loop {
             attempts += 1;
+            let mut slot = None;
             if let Some(budget) = &self.budget {
-                let w = tokio::select! {
+                let (taken, w) = tokio::select! {
                     w = budget.acquire(id) => w,
                     _ = cancel.cancelled() => return Err(SourceError::Cancelled),
                 };
+                slot = Some(taken);
                 budget_wait += w;
                 if let Some(m) = &self.metrics {
                     m.add(
@@ -276,6 +291,9 @@ impl TrutoClient {
                 r = self.try_once(&url) => r,
                 _ = cancel.cancelled() => return Err(SourceError::Cancelled),
             };
+            if let (Some(budget), Some(taken)) = (&self.budget, slot) {
+                budget.settle(id, taken, Instant::now());
+            }
             if let Some(m) = &self.metrics {
                 let status = match &result {
                     Ok(_) => "200".to_string(),

@@ -248,6 +248,8 @@ pub struct Store {
     pool: PgPool,
     opts: PgConnectOptions,
     schema: String,
+    /// Users inserted through this store (all accounts), for [`Store::note_inserted`].
+    inserted: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -285,6 +287,7 @@ impl Store {
             pool,
             opts,
             schema: db.schema.clone(),
+            inserted: Default::default(),
         })
     }
 
@@ -652,6 +655,21 @@ impl Store {
         Ok(())
     }
 
+    /// Counts `n` inserted users and refreshes the planner's statistics when the process's
+    /// total crosses 2,000 × 4^k: a handful of ANALYZEs however many accounts grow at once.
+    pub async fn note_inserted(&self, n: u64) {
+        use std::sync::atomic::Ordering;
+        if n == 0 {
+            return;
+        }
+        let before = self.inserted.fetch_add(n, Ordering::Relaxed);
+        if analyze_due(before, before + n) {
+            if let Err(e) = self.analyze().await {
+                tracing::warn!(error = %e, "could not refresh table statistics");
+            }
+        }
+    }
+
     /// Refreshes the planner's statistics of the mirrored tables. A first sync grows them from
     /// nothing faster than autovacuum notices, and key lookups planned with "empty table"
     /// statistics turn into scans that slow every later page.
@@ -742,6 +760,18 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// True when an inserted count crossed one of 2,000 × 4^k.
+fn analyze_due(before: u64, after: u64) -> bool {
+    let mut t = 2_000u64;
+    while t <= after {
+        if before < t {
+            return true;
+        }
+        t = t.saturating_mul(4);
+    }
+    false
 }
 
 /// Why a sweep of `gone` of `live` users must not run, if it must not.
@@ -1275,6 +1305,16 @@ async fn sync_managers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statistics_are_refreshed_at_growing_thresholds() {
+        assert!(!analyze_due(0, 1_999));
+        assert!(analyze_due(1_999, 2_000));
+        assert!(!analyze_due(2_000, 7_999));
+        assert!(analyze_due(7_000, 9_000));
+        assert!(analyze_due(0, 100_000));
+        assert!(!analyze_due(128_000, 500_000));
+    }
 
     #[test]
     fn copy_fields_escape_what_copy_text_format_needs() {

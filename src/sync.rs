@@ -710,14 +710,8 @@ async fn apply(
     })
     .await
     .map_err(Stop::Store)?;
-    let inserted_before = out.counts.inserted;
     out.counts.add(&counts);
-    // Statistics at 2k, 8k, 32k, ... users inserted: a handful of ANALYZEs per large first sync.
-    if counts.inserted > 0 && analyze_due(inserted_before, out.counts.inserted) {
-        if let Err(e) = store.analyze().await {
-            tracing::warn!(error = %e, "could not refresh table statistics");
-        }
-    }
+    store.note_inserted(counts.inserted).await;
     tracing::debug!(
         pages = out.counts.pages,
         users_seen = out.counts.users_seen,
@@ -756,18 +750,6 @@ async fn apply(
     }
     progress.page(account, &out.counts);
     Ok(())
-}
-
-/// True when the inserted count crossed one of 2,000 × 4^k.
-fn analyze_due(before: u64, after: u64) -> bool {
-    let mut t = 2_000u64;
-    while t <= after {
-        if before < t {
-            return true;
-        }
-        t = t.saturating_mul(4);
-    }
-    false
 }
 
 /// Runs a store operation, retrying retryable errors (lost connection, restart, deadlock) with
@@ -846,19 +828,4 @@ pub async fn sync_accounts(
         .buffered(max_concurrent.max(1))
         .collect()
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::analyze_due;
-
-    #[test]
-    fn statistics_are_refreshed_at_growing_thresholds() {
-        assert!(!analyze_due(0, 1_999));
-        assert!(analyze_due(1_999, 2_000));
-        assert!(!analyze_due(2_000, 7_999));
-        assert!(analyze_due(7_000, 9_000));
-        assert!(analyze_due(0, 100_000));
-        assert!(!analyze_due(128_000, 500_000));
-    }
 }
