@@ -229,6 +229,8 @@ async fn run_leased(
         out,
     )
     .await;
+    // Fresh planner statistics once a run has grown the tables (see Store::note_inserted).
+    store.note_inserted(out.counts.inserted).await;
 
     let mut end = RunEnd {
         outcome: Outcome::Succeeded,
@@ -240,8 +242,7 @@ async fn run_leased(
         error: None,
     };
     match listing {
-        Ok(mut listing) => {
-            listing.seen.seal();
+        Ok(listing) => {
             end.complete_listing = true;
             out.complete_listing = true;
             let skip = if listing.resumed {
@@ -262,6 +263,7 @@ async fn run_leased(
                     }
                     end.deletions_skipped_reason = Some(reason);
                 }
+                None if listing.started_empty => end.deleted = 0,
                 None => {
                     let fraction = account
                         .max_delete_fraction
@@ -413,6 +415,9 @@ struct Listing {
     partial: bool,
     /// Every id the listing contained (bad records with a usable id included).
     seen: crate::store::SeenIds,
+    /// The account had no users when the listing started: every live user now came from it,
+    /// so there is nothing to sweep.
+    started_empty: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -431,7 +436,8 @@ async fn follow_listing(
     let mut listing = Listing {
         resumed: resume_cursor.is_some(),
         partial: false,
-        seen: crate::store::SeenIds::default(),
+        seen: crate::store::SeenIds::new(run_id as u64),
+        started_empty: false,
     };
     let mut cursors: HashSet<String> = HashSet::new();
     let mut cursor = resume_cursor;
@@ -462,6 +468,13 @@ async fn follow_listing(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Fetched, Stop>>(LOOKAHEAD);
     // Whether the last batch was all new users: the fetcher then encodes pages for COPY ahead.
     let all_new = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // An account with no users yet (a first sync) needs no lookups for ids this listing has not
+    // shown before: we hold its lease, so only this run adds users.
+    let empty_at_start = !listing.resumed
+        && with_db_retries(opts, cancel, || store.account_is_empty(id))
+            .await
+            .map_err(Stop::Store)?;
+    listing.started_empty = empty_at_start;
     // A task of its own, so that decoding runs in parallel with the writer's database work.
     let fetcher = tokio::spawn(fetch_ahead(
         source.clone(),
@@ -480,8 +493,18 @@ async fn follow_listing(
         let listing_ref = &mut listing;
         let writer = async move {
             let listing = listing_ref;
+            // Where the writer's time goes: waiting for pages, or writing them.
+            let (mut waiting, mut writing) = (Duration::ZERO, Duration::ZERO);
             loop {
-                let Some(first) = rx.recv().await else {
+                let t = Instant::now();
+                let received = rx.recv().await;
+                waiting += t.elapsed();
+                tracing::trace!(
+                    waiting_ms = waiting.as_millis() as u64,
+                    writing_ms = writing.as_millis() as u64,
+                    "writer"
+                );
+                let Some(first) = received else {
                     // The fetcher ended without a last page: only after cancellation.
                     return Err(Stop::Cancelled);
                 };
@@ -506,6 +529,16 @@ async fn follow_listing(
                 for f in &batch {
                     listing.partial |= f.page.is_partial;
                 }
+                // Ids that may already be mirrored: all of them, unless the account started empty,
+                // then only those seen earlier in this listing (or false positives: harmless).
+                let lookup: Option<Vec<String>> = empty_at_start.then(|| {
+                    batch
+                        .iter()
+                        .flat_map(|f| f.page.decoded.users.iter())
+                        .filter(|u| listing.seen.contains(&u.id))
+                        .map(|u| u.id.clone())
+                        .collect()
+                });
                 for f in &batch {
                     for u in &f.page.decoded.users {
                         listing.seen.insert(&u.id);
@@ -521,7 +554,19 @@ async fn follow_listing(
                     }
                 }
                 let before = out.counts;
-                apply(store, opts, account, run_id, batch, out, progress).await?;
+                let t = Instant::now();
+                apply(
+                    store,
+                    opts,
+                    account,
+                    run_id,
+                    batch,
+                    lookup.as_deref(),
+                    out,
+                    progress,
+                )
+                .await?;
+                writing += t.elapsed();
                 let new_only = out.counts.inserted - before.inserted
                     == out.counts.users_seen - before.users_seen;
                 all_new.store(new_only, std::sync::atomic::Ordering::Relaxed);
@@ -668,6 +713,7 @@ async fn apply(
     account: &AccountSettings,
     run_id: i64,
     batch: Vec<Fetched>,
+    lookup: Option<&[String]>,
     out: &mut SyncOutcome,
     progress: &dyn Progress,
 ) -> Result<(), Stop> {
@@ -704,6 +750,7 @@ async fn apply(
         cursor: cursor.as_deref(),
         next_cursor: next_cursor.as_deref(),
         counts: base,
+        lookup,
     };
     let counts = with_db_retries(opts, &never, || {
         store.apply_page(account.integrated_account_id, run_id, &write)
@@ -711,7 +758,6 @@ async fn apply(
     .await
     .map_err(Stop::Store)?;
     out.counts.add(&counts);
-    store.note_inserted(counts.inserted).await;
     tracing::debug!(
         pages = out.counts.pages,
         users_seen = out.counts.users_seen,

@@ -658,3 +658,31 @@ async fn a_pass_stops_when_the_stored_cursor_is_not_where_it_left_it() {
     assert!(o.succeeded(), "{:?}", o.error);
     assert_mirror(&env.store, &env.sim, a).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_id_on_two_pages_of_a_first_sync_is_written_once_with_the_later_record() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 300)]).await;
+    // Slow pages: the writer commits them one by one, so the two copies land in two batches.
+    env.sim.set_latency(Duration::from_millis(30));
+    let mut later = env.sim.expected_user(a, "5").unwrap();
+    later["name"] = json!("Second Copy");
+    env.sim.set_raw_record(a, "250", &later.to_string());
+
+    let o = env.sync(a).await;
+
+    assert!(o.succeeded(), "{:?}", o.error);
+    assert_eq!(o.counts.inserted, 299, "{:?}", o.counts);
+    assert_eq!(o.counts.updated, 1, "{:?}", o.counts);
+    let name: String =
+        sqlx::query_scalar("SELECT name FROM users WHERE integrated_account_id = $1 AND id = '5'")
+            .bind(a)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(name, "Second Copy");
+    let emails = env
+        .scalar_i64(&format!("SELECT count(*) - count(DISTINCT (user_id, position)) FROM user_emails WHERE integrated_account_id = '{a}'"))
+        .await;
+    assert_eq!(emails, 0);
+}
