@@ -224,10 +224,10 @@ async fn wait_for_signal() {
 }
 
 async fn cmd_sync(settings: Settings, account: Option<Uuid>) -> u8 {
-    if let Err(e) = settings.require_accounts() {
-        eprintln!("lms-sync: {e}");
-        return EXIT_CONFIG;
-    }
+    let token = match sync_prerequisites(&settings) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
     let accounts = match account {
         None => settings.accounts.clone(),
         Some(id) => match settings.account(id) {
@@ -238,19 +238,6 @@ async fn cmd_sync(settings: Settings, account: Option<Uuid>) -> u8 {
             }
         },
     };
-    let token = match settings.api_token() {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            eprintln!(
-                "lms-sync: invalid configuration: no Truto API token: set TRUTO_API_TOKEN or truto.api_token_file"
-            );
-            return EXIT_CONFIG;
-        }
-        Err(e) => return config_exit_code(&e),
-    };
-    if let Err(e) = settings.database_url() {
-        return config_exit_code(&e);
-    }
     let source = match TrutoClient::from_settings(&settings, &token) {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -280,6 +267,26 @@ async fn cmd_sync(settings: Settings, account: Option<Uuid>) -> u8 {
     } else {
         EXIT_FAILED
     }
+}
+
+/// What `sync` and `run` need before they start: accounts, a token and a database URL. On
+/// failure, the message is printed and the exit code returned.
+fn sync_prerequisites(settings: &Settings) -> Result<secrecy::SecretString, u8> {
+    settings
+        .require_accounts()
+        .map_err(|e| config_exit_code(&e))?;
+    let token = match settings.api_token() {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            eprintln!(
+                "lms-sync: invalid configuration: no Truto API token: set TRUTO_API_TOKEN or truto.api_token_file"
+            );
+            return Err(EXIT_CONFIG);
+        }
+        Err(e) => return Err(config_exit_code(&e)),
+    };
+    settings.database_url().map_err(|e| config_exit_code(&e))?;
+    Ok(token)
 }
 
 fn config_exit_code(e: &ConfigError) -> u8 {
@@ -330,22 +337,10 @@ pub fn print_summary(outcomes: &[SyncOutcome]) {
 }
 
 async fn cmd_run(settings: Settings) -> u8 {
-    if let Err(e) = settings.require_accounts() {
-        return config_exit_code(&e);
-    }
-    let token = match settings.api_token() {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            eprintln!(
-                "lms-sync: invalid configuration: no Truto API token: set TRUTO_API_TOKEN or truto.api_token_file"
-            );
-            return EXIT_CONFIG;
-        }
-        Err(e) => return config_exit_code(&e),
+    let token = match sync_prerequisites(&settings) {
+        Ok(t) => t,
+        Err(code) => return code,
     };
-    if let Err(e) = settings.database_url() {
-        return config_exit_code(&e);
-    }
     match crate::daemon::run(settings, token, wait_for_signal()).await {
         Ok(()) => EXIT_OK,
         Err(e) => fail(format!("{e:#}")),
