@@ -189,11 +189,11 @@ impl DecodedPage {
 }
 
 /// Decodes each record of a page on its own: one bad record never fails the page.
-pub fn decode_records(records: &[&RawValue]) -> DecodedPage {
+pub fn decode_records(records: &[&str]) -> DecodedPage {
     let mut page = DecodedPage::default();
     let mut index: std::collections::HashMap<String, usize> = Default::default();
     for raw in records {
-        match decode_user(raw.get()) {
+        match decode_user(raw) {
             Ok(user) => {
                 if let Some(&i) = index.get(&user.id) {
                     page.duplicates += 1;
@@ -358,6 +358,12 @@ fn json_text(raw: Option<&RawValue>) -> Result<Option<String>, String> {
     if text == "null" {
         return Ok(None);
     }
+    let depth = nesting_depth(text);
+    if depth > MAX_JSON_DEPTH {
+        return Err(format!(
+            "nested {depth} levels deep (at most {MAX_JSON_DEPTH}: PostgreSQL's jsonb parser would run out of stack)"
+        ));
+    }
     if text.contains("\\u") {
         // serde_json refuses unpaired surrogates while building a Value.
         let value: serde_json::Value =
@@ -369,6 +375,35 @@ fn json_text(raw: Option<&RawValue>) -> Result<Option<String>, String> {
         }
     }
     Ok(Some(text.to_string()))
+}
+
+/// Deeper JSON is refused: PostgreSQL parses jsonb recursively within a limited stack.
+pub const MAX_JSON_DEPTH: usize = 512;
+
+/// The deepest nesting of arrays and objects in a JSON text, counted without recursion.
+fn nesting_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 fn has_nul(v: &serde_json::Value) -> bool {
@@ -580,6 +615,26 @@ mod tests {
     }
 
     #[test]
+    fn json_nested_deeper_than_postgres_can_parse_is_refused() {
+        let deep = |n: usize| {
+            format!(
+                r#"{{"id":"1","custom_fields":{{"a":{}1{}}}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert!(decode_user(&deep(300)).is_ok());
+        let r = decode_user(&deep(600)).unwrap_err();
+        assert!(
+            r.reason.starts_with("custom_fields: nested 601 levels"),
+            "{}",
+            r.reason
+        );
+        assert_eq!(r.user_id.as_deref(), Some("1"));
+        assert_eq!(nesting_depth(r#"{"a":"[[[[","b":[{}]}"#), 3);
+    }
+
+    #[test]
     fn timestamps_in_common_variants_parse_and_garbage_is_refused() {
         let t = |s| parse_time(Some(s)).unwrap().unwrap().to_rfc3339();
         assert_eq!(t("2024-01-02T03:04:05Z"), "2024-01-02T03:04:05+00:00");
@@ -596,7 +651,7 @@ mod tests {
         let a = RawValue::from_string(r#"{"id":"1","name":"first"}"#.into()).unwrap();
         let b = RawValue::from_string(r#"{"id":"1","name":"second"}"#.into()).unwrap();
         let c = RawValue::from_string(r#"{"id":"2"}"#.into()).unwrap();
-        let page = decode_records(&[&a, &c, &b]);
+        let page = decode_records(&[a.get(), c.get(), b.get()]);
         assert_eq!(page.users.len(), 2);
         assert_eq!(page.duplicates, 1);
         assert_eq!(page.users[0].name.as_deref(), Some("second"));
@@ -610,8 +665,8 @@ mod tests {
             raw(r#"{"id":"2"}"#),
             raw(r#"{"id":"1","name":"new"}"#),
         );
-        let mut first = decode_records(&[&a, &b]);
-        first.append(decode_records(&[&c]));
+        let mut first = decode_records(&[a.get(), b.get()]);
+        first.append(decode_records(&[c.get()]));
         assert_eq!(first.users.len(), 2);
         assert_eq!(first.duplicates, 1);
         assert_eq!(first.users[0].name.as_deref(), Some("new"));

@@ -464,25 +464,43 @@ pub fn parse_page(body: &[u8], headers: &HeaderMap) -> Result<FetchedPage, Sourc
         result: Option<&'a RawValue>,
         #[serde(borrow, default)]
         next_cursor: Option<&'a RawValue>,
-        #[serde(default)]
-        is_partial_response: Option<serde_json::Value>,
+        // Raw, like the rest: serde_json skips raw values without its recursion limit, so no
+        // nesting, however deep, can fail the page as a whole.
+        #[serde(borrow, default)]
+        is_partial_response: Option<&'a RawValue>,
     }
-    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| {
-        let ctype = headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("none");
-        let start = shorten(&String::from_utf8_lossy(&body[..body.len().min(80)]), 80);
-        SourceError::InvalidPage(format!(
-            "body is not a JSON object ({e}; content-type {ctype}; starts with {start:?})"
-        ))
-    })?;
+    let envelope: Envelope =
+        serde_json::from_slice(body).map_err(|e| invalid_body(body, headers, &e))?;
     let result = envelope
         .result
         .ok_or_else(|| SourceError::InvalidPage("no `result` array".into()))?;
     let records: Vec<&RawValue> = serde_json::from_str(result.get())
         .map_err(|_| SourceError::InvalidPage("`result` is not an array".into()))?;
-    let next_cursor = match envelope.next_cursor.map(|c| c.get()) {
+    let records: Vec<&str> = records.iter().map(|r| r.get()).collect();
+    let cursor = envelope.next_cursor.map(|c| c.get());
+    let partial = envelope.is_partial_response.map(|v| v.get().trim()) == Some("true");
+    finish_page(&records, cursor, partial, headers)
+}
+
+fn invalid_body(body: &[u8], headers: &HeaderMap, e: &dyn std::fmt::Display) -> SourceError {
+    let ctype = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none");
+    let start = shorten(&String::from_utf8_lossy(&body[..body.len().min(80)]), 80);
+    SourceError::InvalidPage(format!(
+        "body is not a JSON object ({e}; content-type {ctype}; starts with {start:?})"
+    ))
+}
+
+/// Interprets the cursor and decodes the records.
+fn finish_page(
+    records: &[&str],
+    cursor: Option<&str>,
+    is_partial: bool,
+    headers: &HeaderMap,
+) -> Result<FetchedPage, SourceError> {
+    let next_cursor = match cursor.map(str::trim) {
         None | Some("null") => None,
         Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
             Ok(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
@@ -500,11 +518,7 @@ pub fn parse_page(body: &[u8], headers: &HeaderMap) -> Result<FetchedPage, Sourc
             }
         },
     };
-    let is_partial = matches!(
-        envelope.is_partial_response,
-        Some(serde_json::Value::Bool(true))
-    );
-    let decoded = decode_records(&records);
+    let decoded = decode_records(records);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let rate_remaining = match (header("ratelimit-remaining"), header("ratelimit-reset")) {
         (Some(rem), Some(reset)) => rem
@@ -551,6 +565,38 @@ mod tests {
             .next_cursor
             .is_none());
         assert!(parse(r#"{"result":[]}"#).unwrap().next_cursor.is_none());
+    }
+
+    #[test]
+    fn deep_nesting_never_fails_a_page_and_a_record_too_deep_for_postgres_is_refused_alone() {
+        let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+        let body = format!(
+            r#"{{"result":[{{"id":"1","name":"a \"quoted\" ]}} name"}},{{"id":"2","custom_fields":{{"x":{deep}}}}},{{"id":"3"}}],"next_cursor":"c2","is_partial_response":false}}"#
+        );
+        let p = parse(&body).unwrap();
+        assert_eq!(p.records, 3);
+        assert_eq!(p.decoded.users.len(), 3, "300 levels are stored");
+        assert_eq!(
+            p.decoded.users[0].name.as_deref(),
+            Some("a \"quoted\" ]} name")
+        );
+        let deeper = body.replace(&deep, &format!("{}1{}", "[".repeat(700), "]".repeat(700)));
+        let p = parse(&deeper).unwrap();
+        assert_eq!(p.decoded.users.len(), 2);
+        assert_eq!(p.decoded.rejected.len(), 1);
+        assert_eq!(p.decoded.rejected[0].user_id.as_deref(), Some("2"));
+        assert!(
+            p.decoded.rejected[0].reason.contains("levels deep"),
+            "{}",
+            p.decoded.rejected[0].reason
+        );
+        assert_eq!(p.next_cursor.as_deref(), Some("c2"));
+        assert!(!p.is_partial);
+        let partial = format!(r#"{{"result":[],"is_partial_response":{deep}}}"#);
+        assert!(!parse(&partial).unwrap().is_partial);
+        // Broken structure is still an invalid page.
+        let broken = format!(r#"{{"result":[{{"id":"1","x":{deep}"#);
+        assert!(matches!(parse(&broken), Err(SourceError::InvalidPage(_))));
     }
 
     #[test]

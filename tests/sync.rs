@@ -367,11 +367,17 @@ async fn undecodable_records_are_stored_as_rejected_while_the_rest_syncs() {
         .set_raw_record(a, "11", r#"{"id":"11","name":"nul \u0000 inside"}"#);
     env.sim
         .set_raw_record(a, "13", r#"{"id":"13","updated_at":"last tuesday"}"#);
+    let deep = format!(
+        r#"{{"id":"15","custom_fields":{}1{}}}"#,
+        "[".repeat(700),
+        "]".repeat(700)
+    );
+    env.sim.set_raw_record(a, "15", &deep);
 
     let o = env.sync(a).await;
 
     assert!(o.succeeded(), "{:?}", o.error);
-    assert_eq!(o.counts.rejected, 5);
+    assert_eq!(o.counts.rejected, 6);
     let reasons: Vec<(Option<String>, String, String)> = sqlx::query_as(
         "SELECT user_id, reason, raw FROM rejected_records WHERE integrated_account_id = $1 ORDER BY rejection_id",
     )
@@ -379,7 +385,7 @@ async fn undecodable_records_are_stored_as_rejected_while_the_rest_syncs() {
     .fetch_all(env.store.pool())
     .await
     .unwrap();
-    assert_eq!(reasons.len(), 5);
+    assert_eq!(reasons.len(), 6);
     assert_eq!(reasons[0].0, None);
     assert_eq!(reasons[0].1, "record has no id");
     assert!(reasons[1].1.contains("id is not a string"));
@@ -387,6 +393,8 @@ async fn undecodable_records_are_stored_as_rejected_while_the_rest_syncs() {
     assert!(reasons[2].2.contains("not-a-list"));
     assert!(reasons[3].1.contains("NUL"));
     assert!(reasons[4].1.starts_with("updated_at"));
+    assert!(reasons[5].1.contains("levels deep"), "{}", reasons[5].1);
+    assert_eq!(reasons[5].0.as_deref(), Some("15"));
     // A refused record with a usable id is not a deletion: its mirrored row stays as it was.
     assert_eq!(user_row_versions(&env.store, a, "9").await, user9);
     let live9 = env
@@ -398,7 +406,7 @@ async fn undecodable_records_are_stored_as_rejected_while_the_rest_syncs() {
     let rejected_runs = env
         .scalar_i64("SELECT rejected FROM sync_runs ORDER BY run_id DESC LIMIT 1")
         .await;
-    assert_eq!(rejected_runs, 5);
+    assert_eq!(rejected_runs, 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
