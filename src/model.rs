@@ -358,10 +358,17 @@ fn json_text(raw: Option<&RawValue>) -> Result<Option<String>, String> {
     if text == "null" {
         return Ok(None);
     }
-    let depth = nesting_depth(text);
-    if depth > MAX_JSON_DEPTH {
+    let shape = json_shape(text);
+    if shape.depth > MAX_JSON_DEPTH {
         return Err(format!(
-            "nested {depth} levels deep (at most {MAX_JSON_DEPTH}: PostgreSQL's jsonb parser would run out of stack)"
+            "nested {} levels deep (at most {MAX_JSON_DEPTH}: PostgreSQL's jsonb parser would run out of stack)",
+            shape.depth
+        ));
+    }
+    if shape.widest_number > MAX_JSON_NUMBER {
+        return Err(format!(
+            "holds a number of magnitude 1e{} or {} digits, beyond what PostgreSQL's jsonb (numeric) can store",
+            shape.widest_number, shape.widest_number
         ));
     }
     if text.contains("\\u") {
@@ -379,10 +386,24 @@ fn json_text(raw: Option<&RawValue>) -> Result<Option<String>, String> {
 
 /// Deeper JSON is refused: PostgreSQL parses jsonb recursively within a limited stack.
 pub const MAX_JSON_DEPTH: usize = 512;
+/// Numbers wider than this (digits, or the size of an exponent) are refused: jsonb stores
+/// numbers as `numeric`, which overflows at 131,072 digits before the point and 16,383 after.
+pub const MAX_JSON_NUMBER: u64 = 16_000;
 
-/// The deepest nesting of arrays and objects in a JSON text, counted without recursion.
-fn nesting_depth(text: &str) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+/// What of a JSON text's shape PostgreSQL cares about, measured without recursion.
+#[derive(Debug, Default, PartialEq)]
+struct JsonShape {
+    /// The deepest nesting of arrays and objects.
+    depth: usize,
+    /// The largest digit count or absolute exponent of any number.
+    widest_number: u64,
+}
+
+fn json_shape(text: &str) -> JsonShape {
+    let mut shape = JsonShape::default();
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    // Inside a number: digits so far, and the exponent so far once past `e`.
+    let (mut digits, mut exponent, mut in_exponent) = (0u64, 0u64, false);
     for b in text.bytes() {
         if in_string {
             match (escaped, b) {
@@ -394,16 +415,31 @@ fn nesting_depth(text: &str) -> usize {
             continue;
         }
         match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                max = max.max(depth);
+            b'0'..=b'9' if in_exponent => {
+                exponent = exponent
+                    .saturating_mul(10)
+                    .saturating_add(u64::from(b - b'0'));
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+            b'0'..=b'9' => digits += 1,
+            b'e' | b'E' if digits > 0 => in_exponent = true,
+            b'.' | b'-' | b'+' => {}
+            _ => {
+                shape.widest_number = shape.widest_number.max(digits).max(exponent);
+                (digits, exponent, in_exponent) = (0, 0, false);
+                match b {
+                    b'"' => in_string = true,
+                    b'[' | b'{' => {
+                        depth += 1;
+                        shape.depth = shape.depth.max(depth);
+                    }
+                    b']' | b'}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+            }
         }
     }
-    max
+    shape.widest_number = shape.widest_number.max(digits).max(exponent);
+    shape
 }
 
 fn has_nul(v: &serde_json::Value) -> bool {
@@ -631,7 +667,19 @@ mod tests {
             r.reason
         );
         assert_eq!(r.user_id.as_deref(), Some("1"));
-        assert_eq!(nesting_depth(r#"{"a":"[[[[","b":[{}]}"#), 3);
+        assert_eq!(json_shape(r#"{"a":"[[[[","b":[{}]}"#).depth, 3);
+    }
+
+    #[test]
+    fn numbers_jsonb_cannot_store_are_refused() {
+        let with = |n: &str| format!(r#"{{"id":"1","custom_fields":{{"x":{n},"s":"1e999999"}}}}"#);
+        assert!(decode_user(&with("1.5e300")).is_ok());
+        assert!(decode_user(&with("-12345678901234567890")).is_ok());
+        let r = decode_user(&with("1e999999")).unwrap_err();
+        assert!(r.reason.contains("numeric"), "{}", r.reason);
+        assert!(decode_user(&with("1E-20000")).is_err());
+        assert!(decode_user(&with(&"9".repeat(20_000))).is_err());
+        assert_eq!(json_shape(r#"[1e5, 22, "1e999"]"#).widest_number, 5);
     }
 
     #[test]
