@@ -107,6 +107,8 @@ pub struct UserRecord {
     pub custom_fields: Option<String>,
     /// JSON text, stored as jsonb.
     pub remote_data: Option<String>,
+    /// Top-level fields the model does not know, as a JSON object text (stored as jsonb).
+    pub extra: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
     pub emails: Vec<Email>,
@@ -296,6 +298,7 @@ pub fn decode_user(raw: &str) -> Result<UserRecord, Rejection> {
         Some(o) => (o.id, o.name),
         None => (None, None),
     };
+    let extra = unknown_fields(raw).map_err(|e| bad(format!("unknown fields: {e}")))?;
     let mut user = UserRecord {
         id: id.clone(),
         name: wire.name,
@@ -311,6 +314,7 @@ pub fn decode_user(raw: &str) -> Result<UserRecord, Rejection> {
         organization_name,
         custom_fields,
         remote_data,
+        extra,
         created_at,
         updated_at,
         emails,
@@ -325,6 +329,82 @@ pub fn decode_user(raw: &str) -> Result<UserRecord, Rejection> {
     }
     user.content_hash = content_hash(&user);
     Ok(user)
+}
+
+/// The top-level fields of the unified user that the model maps.
+pub const KNOWN_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "first_name",
+    "last_name",
+    "username",
+    "job_title",
+    "locale",
+    "timezone",
+    "role",
+    "status",
+    "emails",
+    "phones",
+    "manager",
+    "organization",
+    "custom_fields",
+    "remote_data",
+    "created_at",
+    "updated_at",
+];
+
+/// The record's unknown top-level fields as one JSON object text, or `None` when it has none.
+fn unknown_fields(raw: &str) -> Result<Option<String>, String> {
+    // Keys are read as given (escaped keys included) without building the values.
+    let fields: Vec<(String, &RawValue)> =
+        serde_json::from_str::<std::collections::BTreeMap<String, &RawValue>>(raw)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|(k, _)| !KNOWN_FIELDS.contains(&k.as_str()))
+            .collect();
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let mut out = String::from("{");
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(k).map_err(|e| e.to_string())?);
+        out.push(':');
+        out.push_str(v.get());
+    }
+    out.push('}');
+    let raw = RawValue::from_string(out).map_err(|e| e.to_string())?;
+    json_text(Some(&raw))
+}
+
+/// The documented values of `role` and `status`; others are kept, and counted.
+pub const KNOWN_ROLES: &[&str] = &["learner", "instructor", "admin", "manager", "other"];
+pub const KNOWN_STATUSES: &[&str] = &[
+    "active",
+    "inactive",
+    "invited",
+    "suspended",
+    "deleted",
+    "unknown",
+];
+
+impl UserRecord {
+    /// (field, value) of each enum value outside the documented lists.
+    pub fn unknown_enum_values(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let role = self
+            .role
+            .as_deref()
+            .filter(|r| !KNOWN_ROLES.contains(r))
+            .map(|r| ("role", r));
+        let status = self
+            .status
+            .as_deref()
+            .filter(|s| !KNOWN_STATUSES.contains(s))
+            .map(|s| ("status", s));
+        role.into_iter().chain(status)
+    }
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {
@@ -543,6 +623,7 @@ pub fn content_hash(u: &UserRecord) -> [u8; 16] {
     put(12, u.organization_name.as_deref());
     put(13, u.custom_fields.as_deref());
     put(14, u.remote_data.as_deref());
+    put(17, u.extra.as_deref());
     let created = u.created_at.map(|t| t.to_rfc3339());
     let updated = u.updated_at.map(|t| t.to_rfc3339());
     put(15, created.as_deref());
@@ -614,10 +695,33 @@ mod tests {
     }
 
     #[test]
-    fn unknown_enum_values_are_kept_as_text() {
+    fn unknown_enum_values_are_kept_as_text_and_told() {
         let u = decode_user(r#"{"id":"1","role":"superhero","status":"on_leave"}"#).unwrap();
         assert_eq!(u.role.as_deref(), Some("superhero"));
         assert_eq!(u.status.as_deref(), Some("on_leave"));
+        let unknown: Vec<_> = u.unknown_enum_values().collect();
+        assert_eq!(unknown, vec![("role", "superhero"), ("status", "on_leave")]);
+        let known = decode_user(r#"{"id":"1","role":"admin","status":"active"}"#).unwrap();
+        assert_eq!(known.unknown_enum_values().count(), 0);
+    }
+
+    #[test]
+    fn unknown_top_level_fields_are_kept_in_extra() {
+        let u = decode_user(
+            r#"{"id":"1","name":"x","hire_date":"2020-01-01","badges":[1,{"a":null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            u.extra.as_deref(),
+            Some(r#"{"badges":[1,{"a":null}],"hire_date":"2020-01-01"}"#)
+        );
+        assert!(decode_user(r#"{"id":"1","name":"x"}"#)
+            .unwrap()
+            .extra
+            .is_none());
+        let mut other = u.clone();
+        other.extra = None;
+        assert_ne!(content_hash(&u), content_hash(&other));
     }
 
     #[test]

@@ -608,6 +608,13 @@ pub fn generate_user(seed: u64, i: usize, count: usize) -> Value {
             "avatar": format!("https://acme.example/avatars/{}.png", i + 1),
         }),
     );
+    if r % 13 == 0 {
+        // A field the unified model does not have (yet): schema drift, kept in `extra`.
+        u.insert(
+            "hire_date".into(),
+            json!(format!("20{:02}-0{}-15", 10 + r % 15, 1 + r % 9)),
+        );
+    }
     u.insert("created_at".into(), json!(timestamp(created)));
     u.insert("updated_at".into(), json!(timestamp(updated)));
     Value::Object(u)

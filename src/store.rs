@@ -937,7 +937,7 @@ pub struct CopyRows {
     pub managers: String,
 }
 
-const COPY_USERS: &str = "COPY users (integrated_account_id, id, name, first_name, last_name, username, job_title, locale, timezone, role, status, organization_id, organization_name, custom_fields, remote_data, created_at, updated_at, content_hash, last_changed_run_id) FROM STDIN";
+const COPY_USERS: &str = "COPY users (integrated_account_id, id, name, first_name, last_name, username, job_title, locale, timezone, role, status, organization_id, organization_name, custom_fields, remote_data, extra, created_at, updated_at, content_hash, last_changed_run_id) FROM STDIN";
 const COPY_EMAILS: &str = "COPY user_emails (integrated_account_id, user_id, position, email, is_primary, type) FROM STDIN";
 const COPY_PHONES: &str = "COPY user_phones (integrated_account_id, user_id, position, number, extension, type) FROM STDIN";
 const COPY_MANAGERS: &str = "COPY user_managers (integrated_account_id, user_id, manager_id, manager_name, manager_emails) FROM STDIN";
@@ -1003,6 +1003,7 @@ impl CopyRows {
                     u.organization_name.as_deref(),
                     u.custom_fields.as_deref(),
                     u.remote_data.as_deref(),
+                    u.extra.as_deref(),
                     created.as_deref(),
                     updated.as_deref(),
                     Some(&hash),
@@ -1099,17 +1100,19 @@ async fn upsert_users(
     sqlx::query(
         "INSERT INTO users AS u (integrated_account_id, id, name, first_name, last_name, username,
                 job_title, locale, timezone, role, status, organization_id, organization_name,
-                custom_fields, remote_data, created_at, updated_at, content_hash, last_changed_run_id)
+                custom_fields, remote_data, extra, created_at, updated_at, content_hash,
+                last_changed_run_id)
          SELECT $1, t.id, t.name, t.first_name, t.last_name, t.username, t.job_title, t.locale,
                 t.timezone, t.role, t.status, t.organization_id, t.organization_name,
-                t.custom_fields::jsonb, t.remote_data::jsonb, t.created_at, t.updated_at,
-                t.content_hash, $2
+                t.custom_fields::jsonb, t.remote_data::jsonb, t.extra::jsonb, t.created_at,
+                t.updated_at, t.content_hash, $2
            FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
                        $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
-                       $15::text[], $16::text[], $17::timestamptz[], $18::timestamptz[], $19::bytea[])
+                       $15::text[], $16::text[], $17::timestamptz[], $18::timestamptz[], $19::bytea[],
+                       $20::text[])
              AS t(id, name, first_name, last_name, username, job_title, locale, timezone, role,
                   status, organization_id, organization_name, custom_fields, remote_data,
-                  created_at, updated_at, content_hash)
+                  created_at, updated_at, content_hash, extra)
          ON CONFLICT (integrated_account_id, id) DO UPDATE SET
                 name = excluded.name, first_name = excluded.first_name,
                 last_name = excluded.last_name, username = excluded.username,
@@ -1118,7 +1121,7 @@ async fn upsert_users(
                 organization_id = excluded.organization_id,
                 organization_name = excluded.organization_name,
                 custom_fields = excluded.custom_fields, remote_data = excluded.remote_data,
-                created_at = excluded.created_at, updated_at = excluded.updated_at,
+                extra = excluded.extra, created_at = excluded.created_at, updated_at = excluded.updated_at,
                 content_hash = excluded.content_hash, deleted_at = NULL,
                 last_changed_at = now(), last_changed_run_id = excluded.last_changed_run_id",
     )
@@ -1141,6 +1144,7 @@ async fn upsert_users(
     .bind(&created)
     .bind(&updated)
     .bind(&hashes)
+    .bind(col(users, |u| u.extra.as_deref()))
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -79,6 +79,8 @@ pub struct SyncOutcome {
     pub error: Option<String>,
     pub error_kind: Option<String>,
     pub elapsed: Duration,
+    /// Role and status values outside the documented lists, with how many users had them.
+    pub unknown_enum_values: std::collections::BTreeMap<(String, String), u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +155,7 @@ async fn sync_account_inner(
         error: None,
         error_kind: None,
         elapsed: Duration::ZERO,
+        unknown_enum_values: Default::default(),
     };
     let lease = match store.try_lease(id).await {
         Ok(Some(l)) => l,
@@ -363,6 +366,13 @@ fn record_run(m: &crate::metrics::Metrics, out: &SyncOutcome) {
         &[("account", a)],
         secs,
     );
+    for ((field, value), n) in &out.unknown_enum_values {
+        m.add(
+            "lms_sync_unknown_enum_values_total",
+            &[("account", a), ("field", field), ("value", value)],
+            *n as f64,
+        );
+    }
     if out.succeeded() {
         let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
         m.set(
@@ -378,6 +388,15 @@ fn start_run(out: &SyncOutcome) -> i64 {
 }
 
 fn log_summary(out: &SyncOutcome) {
+    if !out.unknown_enum_values.is_empty() {
+        // Once per run, not per record: the vendor grew its enums; the values are kept as text.
+        let values: Vec<String> = out
+            .unknown_enum_values
+            .iter()
+            .map(|((f, v), n)| format!("{f}={v} ({n} users)"))
+            .collect();
+        tracing::warn!(values = %values.join(", "), "undocumented enum values seen (stored as given)");
+    }
     let c = &out.counts;
     let msg = "sync run finished";
     macro_rules! summary {
@@ -758,6 +777,13 @@ async fn apply(
     .await
     .map_err(Stop::Store)?;
     out.counts.add(&counts);
+    for u in &decoded.users {
+        for (field, value) in u.unknown_enum_values() {
+            *out.unknown_enum_values
+                .entry((field.to_string(), crate::source::shorten(value, 40)))
+                .or_default() += 1;
+        }
+    }
     tracing::debug!(
         pages = out.counts.pages,
         users_seen = out.counts.users_seen,
@@ -866,6 +892,7 @@ pub async fn sync_accounts(
                         error: Some("not started: shutdown requested".into()),
                         error_kind: Some("interrupted".into()),
                         elapsed: Duration::ZERO,
+                        unknown_enum_values: Default::default(),
                     };
                 }
                 sync_account(store, source, a, opts, cancel, progress.as_ref()).await

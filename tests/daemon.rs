@@ -328,6 +328,7 @@ async fn healthz_readyz_and_metrics_answer() {
         format!("lms_sync_last_success_timestamp_seconds{{account=\"{acct}\"}}"),
         format!("lms_sync_last_run_duration_seconds{{account=\"{acct}\"}}"),
         "# TYPE lms_sync_rate_limited_total counter".to_string(),
+        format!("lms_sync_unknown_enum_values_total{{account=\"{acct}\",field=\"role\",value=\"superadmin\"}}"),
     ] {
         assert!(metrics.contains(&needle), "missing {needle} in\n{metrics}");
     }

@@ -22,7 +22,7 @@ impl Progress for Pages {
     }
 }
 
-/// Syncs a 2,000-user account and, once 3 pages are committed, restarts PostgreSQL (a clean
+/// Syncs a 2,000-user account and, once 3 or more pages are committed, restarts PostgreSQL (a clean
 /// stop, or a crash) while the pass goes on. Returns the outcome and the env.
 async fn sync_across_a_restart(
     crash: bool,
@@ -63,7 +63,7 @@ async fn sync_across_a_restart(
     let pg2 = pg.clone();
     let restarter = tokio::spawn(async move {
         while let Some(pages) = rx.recv().await {
-            if pages == 3 {
+            if pages >= 3 {
                 let pg = pg2.clone();
                 tokio::task::spawn_blocking(move || {
                     if crash { pg.crash() } else { pg.stop() }.unwrap();

@@ -183,7 +183,7 @@ pub async fn assert_mirror(store: &Store, sim: &Simulator, account: Uuid) {
     let rows = sqlx::query(
         "SELECT id, name, first_name, last_name, username, job_title, locale, timezone, role,
                 status, organization_id, organization_name, custom_fields, remote_data,
-                created_at, updated_at, deleted_at
+                extra, created_at, updated_at, deleted_at
            FROM users WHERE integrated_account_id = $1",
     )
     .bind(account)
@@ -248,6 +248,16 @@ pub async fn assert_mirror(store: &Store, sim: &Simulator, account: Uuid) {
             let got: Option<Value> = row.get(f);
             assert_eq!(got, opt_json(u.get(f)), "user {id}: field {f}");
         }
+        let unknown: serde_json::Map<String, Value> = u
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| !lms_sync::model::KNOWN_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let got: Option<Value> = row.get("extra");
+        let want = (!unknown.is_empty()).then_some(Value::Object(unknown));
+        assert_eq!(got, want, "user {id}: extra (unknown fields)");
         for f in ["created_at", "updated_at"] {
             let got: Option<DateTime<Utc>> = row.get(f);
             assert_eq!(got, opt_time(u.get(f)), "user {id}: field {f}");
