@@ -353,8 +353,90 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "updated_at",
 ];
 
+/// True when every top-level key of the object `raw` is a known field: a byte scan with no
+/// allocation, so that the common case costs next to nothing. Anything unusual (escaped keys,
+/// odd structure) answers false and takes the careful path.
+fn only_known_keys(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    let mut i = 0;
+    let skip_ws = |i: &mut usize| {
+        while *i < b.len() && b[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    let string_end = |mut i: usize| -> Option<usize> {
+        i += 1;
+        while i < b.len() {
+            match b[i] {
+                b'\\' => i += 2,
+                b'"' => return Some(i + 1),
+                _ => i += 1,
+            }
+        }
+        None
+    };
+    skip_ws(&mut i);
+    if b.get(i) != Some(&b'{') {
+        return false;
+    }
+    i += 1;
+    loop {
+        skip_ws(&mut i);
+        match b.get(i) {
+            Some(b'}') => return true,
+            Some(b',') => {
+                i += 1;
+                continue;
+            }
+            Some(b'"') => {}
+            _ => return false,
+        }
+        let Some(end) = string_end(i) else {
+            return false;
+        };
+        let key = &raw[i + 1..end - 1];
+        if key.contains('\\') || !KNOWN_FIELDS.contains(&key) {
+            return false;
+        }
+        i = end;
+        skip_ws(&mut i);
+        if b.get(i) != Some(&b':') {
+            return false;
+        }
+        i += 1;
+        skip_ws(&mut i);
+        // Skip the value: strings, and brackets counted (strings inside them skipped too).
+        let mut depth = 0usize;
+        loop {
+            match b.get(i) {
+                None => return false,
+                Some(b'"') => match string_end(i) {
+                    Some(e) => i = e,
+                    None => return false,
+                },
+                Some(b'{' | b'[') => {
+                    depth += 1;
+                    i += 1;
+                }
+                Some(b'}' | b']') if depth > 0 => {
+                    depth -= 1;
+                    i += 1;
+                }
+                Some(b',' | b'}') if depth == 0 => break,
+                Some(_) => i += 1,
+            }
+            if depth == 0 && matches!(b.get(i), Some(b',' | b'}')) {
+                break;
+            }
+        }
+    }
+}
+
 /// The record's unknown top-level fields as one JSON object text, or `None` when it has none.
 fn unknown_fields(raw: &str) -> Result<Option<String>, String> {
+    if only_known_keys(raw) {
+        return Ok(None);
+    }
     // Keys are read as given (escaped keys included) without building the values.
     let fields: Vec<(String, &RawValue)> =
         serde_json::from_str::<std::collections::BTreeMap<String, &RawValue>>(raw)
@@ -703,6 +785,23 @@ mod tests {
         assert_eq!(unknown, vec![("role", "superhero"), ("status", "on_leave")]);
         let known = decode_user(r#"{"id":"1","role":"admin","status":"active"}"#).unwrap();
         assert_eq!(known.unknown_enum_values().count(), 0);
+    }
+
+    #[test]
+    fn the_known_keys_scan_agrees_with_a_parser() {
+        assert!(only_known_keys(
+            r#"{"id":"1","name":"a,}\"x","emails":[{"e":"}"}],"manager":null}"#
+        ));
+        assert!(only_known_keys(
+            r#" { "id" : "1" , "custom_fields" : {"zzz": [1, {"q": "]"}]} } "#
+        ));
+        assert!(!only_known_keys(r#"{"id":"1","hire_date":"x"}"#));
+        assert!(
+            !only_known_keys(r#"{"id":"1","na\u006de":"x"}"#),
+            "escaped keys take the careful path"
+        );
+        assert!(!only_known_keys(r#"[1]"#));
+        assert!(only_known_keys("{}"));
     }
 
     #[test]

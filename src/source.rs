@@ -130,7 +130,11 @@ impl SourceError {
 /// One decoded page.
 #[derive(Debug)]
 pub struct FetchedPage {
+    /// The records, once [`FetchedPage::decode`] has run (empty before).
     pub decoded: DecodedPage,
+    /// The body, until it is decoded: decoding is left to the caller, so it can run in
+    /// parallel with fetching the next page.
+    body: Option<bytes::Bytes>,
     /// Records in `result`, bad ones included.
     pub records: usize,
     pub next_cursor: Option<String>,
@@ -370,7 +374,23 @@ impl TrutoClient {
             let body = body.unwrap_or_default();
             return Err(status_error(status, &headers, &body));
         }
-        parse_page(&body?, &headers)
+        parse_envelope(body?, &headers)
+    }
+}
+
+impl FetchedPage {
+    /// Decodes the records (once; later calls do nothing).
+    pub fn decode(&mut self) {
+        let Some(body) = self.body.take() else { return };
+        // The envelope was checked when the page arrived; this cannot fail.
+        if let Ok(env) = serde_json::from_slice::<Envelope>(&body) {
+            if let Some(result) = env.result {
+                if let Ok(records) = serde_json::from_str::<Vec<&RawValue>>(result.get()) {
+                    let records: Vec<&str> = records.iter().map(|r| r.get()).collect();
+                    self.decoded = decode_records(&records);
+                }
+            }
+        }
     }
 }
 
@@ -457,29 +477,42 @@ pub fn shorten(s: &str, max: usize) -> String {
 }
 
 /// Parses the envelope `{"result": [...], "next_cursor": ..., "is_partial_response": ...}`.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    next_cursor: Option<&'a RawValue>,
+    // Raw, like the rest: serde_json skips raw values without its recursion limit, so no
+    // nesting, however deep, can fail the page as a whole.
+    #[serde(borrow, default)]
+    is_partial_response: Option<&'a RawValue>,
+}
+
+/// Parses and decodes a whole page.
 pub fn parse_page(body: &[u8], headers: &HeaderMap) -> Result<FetchedPage, SourceError> {
-    #[derive(Deserialize)]
-    struct Envelope<'a> {
-        #[serde(borrow, default)]
-        result: Option<&'a RawValue>,
-        #[serde(borrow, default)]
-        next_cursor: Option<&'a RawValue>,
-        // Raw, like the rest: serde_json skips raw values without its recursion limit, so no
-        // nesting, however deep, can fail the page as a whole.
-        #[serde(borrow, default)]
-        is_partial_response: Option<&'a RawValue>,
-    }
+    let mut page = parse_envelope(bytes::Bytes::copy_from_slice(body), headers)?;
+    page.decode();
+    Ok(page)
+}
+
+/// Checks the envelope `{"result": [...], "next_cursor": ..., "is_partial_response": ...}` and
+/// reads the cursor; the records stay undecoded in the page until [`FetchedPage::decode`].
+fn parse_envelope(body: bytes::Bytes, headers: &HeaderMap) -> Result<FetchedPage, SourceError> {
     let envelope: Envelope =
-        serde_json::from_slice(body).map_err(|e| invalid_body(body, headers, &e))?;
+        serde_json::from_slice(&body).map_err(|e| invalid_body(&body, headers, &e))?;
     let result = envelope
         .result
         .ok_or_else(|| SourceError::InvalidPage("no `result` array".into()))?;
     let records: Vec<&RawValue> = serde_json::from_str(result.get())
         .map_err(|_| SourceError::InvalidPage("`result` is not an array".into()))?;
-    let records: Vec<&str> = records.iter().map(|r| r.get()).collect();
+    let count = records.len();
     let cursor = envelope.next_cursor.map(|c| c.get());
     let partial = envelope.is_partial_response.map(|v| v.get().trim()) == Some("true");
-    finish_page(&records, cursor, partial, headers)
+    let mut page = finish_page(count, cursor, partial, headers)?;
+    drop(records);
+    page.body = Some(body.clone());
+    Ok(page)
 }
 
 fn invalid_body(body: &[u8], headers: &HeaderMap, e: &dyn std::fmt::Display) -> SourceError {
@@ -495,7 +528,7 @@ fn invalid_body(body: &[u8], headers: &HeaderMap, e: &dyn std::fmt::Display) -> 
 
 /// Interprets the cursor and decodes the records.
 fn finish_page(
-    records: &[&str],
+    records: usize,
     cursor: Option<&str>,
     is_partial: bool,
     headers: &HeaderMap,
@@ -518,7 +551,6 @@ fn finish_page(
             }
         },
     };
-    let decoded = decode_records(records);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let rate_remaining = match (header("ratelimit-remaining"), header("ratelimit-reset")) {
         (Some(rem), Some(reset)) => rem
@@ -529,8 +561,9 @@ fn finish_page(
         _ => None,
     };
     Ok(FetchedPage {
-        decoded,
-        records: records.len(),
+        decoded: DecodedPage::default(),
+        body: None,
+        records,
         next_cursor,
         is_partial,
         requests: 1,

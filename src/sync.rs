@@ -484,7 +484,7 @@ async fn follow_listing(
     }
     // The fetcher runs ahead of the writer by at most LOOKAHEAD pages (memory stays flat);
     // the writer commits whatever has arrived, up to a batch, in one transaction.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Fetched, Stop>>(LOOKAHEAD);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Decoding, Stop>>(LOOKAHEAD);
     // Whether the last batch was all new users: the fetcher then encodes pages for COPY ahead.
     let all_new = Arc::new(std::sync::atomic::AtomicBool::new(true));
     // An account with no users yet (a first sync) needs no lookups for ids this listing has not
@@ -527,14 +527,14 @@ async fn follow_listing(
                     // The fetcher ended without a last page: only after cancellation.
                     return Err(Stop::Cancelled);
                 };
-                let mut batch = vec![first?];
+                let mut batch = vec![first?.done().await?];
                 let mut pending: Option<Stop> = None;
                 while !batch.last().expect("non-empty").is_last()
                     && batch.len() < MAX_BATCH_PAGES
                     && batch.iter().map(|f| f.page.records).sum::<usize>() < MAX_BATCH_USERS
                 {
                     match rx.try_recv() {
-                        Ok(Ok(f)) => batch.push(f),
+                        Ok(Ok(d)) => batch.push(d.done().await?),
                         Ok(Err(stop)) => {
                             pending = Some(stop);
                             break;
@@ -627,6 +627,17 @@ struct Fetched {
     copy: Option<CopyRows>,
 }
 
+/// A page being decoded on a blocking thread.
+struct Decoding(tokio::task::JoinHandle<Fetched>);
+
+impl Decoding {
+    async fn done(self) -> Result<Fetched, Stop> {
+        self.0
+            .await
+            .map_err(|e| Stop::Listing(format!("decoding a page failed: {e}")))
+    }
+}
+
 /// Aborts a task when dropped: the fetcher never outlives its writer.
 struct AbortOnDrop(tokio::task::AbortHandle);
 
@@ -662,31 +673,36 @@ async fn fetch_ahead(
     first: FetchedPage,
     first_cursor: Option<String>,
     mut cursors: HashSet<String>,
-    tx: tokio::sync::mpsc::Sender<Result<Fetched, Stop>>,
+    tx: tokio::sync::mpsc::Sender<Result<Decoding, Stop>>,
     all_new: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut page = first;
     let mut cursor = first_cursor;
     let mut pages: u64 = 1;
+    let account_id = account.integrated_account_id;
     loop {
         let next = page.next_cursor.clone();
         let repeated = next.as_ref().is_some_and(|n| !cursors.insert(n.clone()));
-        // Encoded for COPY here, in parallel with the writer, in case they are all new users
-        // (a first sync); the writer falls back to encoding what it needs otherwise.
-        let copy = all_new.load(std::sync::atomic::Ordering::Relaxed).then(|| {
-            let mut copy = CopyRows::default();
-            let users: Vec<&crate::model::UserRecord> = page.decoded.users.iter().collect();
-            copy.add(account.integrated_account_id, Some(run_id), &users);
-            copy
+        let last = next.is_none() || repeated;
+        let encode = all_new.load(std::sync::atomic::Ordering::Relaxed);
+        // Decoding (and, when the last batch was all new users, encoding for COPY) runs on a
+        // thread of its own while the next request is already under way.
+        let decoding = tokio::task::spawn_blocking(move || {
+            page.decode();
+            let copy = encode.then(|| {
+                let mut copy = CopyRows::default();
+                let users: Vec<&crate::model::UserRecord> = page.decoded.users.iter().collect();
+                copy.add(account_id, Some(run_id), &users);
+                copy
+            });
+            Fetched {
+                page,
+                cursor,
+                repeated,
+                copy,
+            }
         });
-        let item = Fetched {
-            page,
-            cursor,
-            repeated,
-            copy,
-        };
-        let last = item.is_last();
-        if tx.send(Ok(item)).await.is_err() || last {
+        if tx.send(Ok(Decoding(decoding))).await.is_err() || last {
             return;
         }
         let next = next.expect("not the last page");
