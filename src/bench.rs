@@ -552,22 +552,42 @@ fn secs(d: Option<Duration>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn line(r: &Row) -> String {
+/// One row's figures, formatted once for the terminal line and the README table.
+fn cells(r: &Row) -> [String; 12] {
     let m = &r.sync;
-    format!(
-        "{:<4} {:>9.2} {:>9.0} {:>8.2} {:>9.1} {:>10} {:>10.2} {:>8} {:>5} {:>9} {:>9} {:>9}  {} {}",
-        r.scenario.name,
-        m.wall.as_secs_f64(),
-        m.users as f64 / m.wall.as_secs_f64().max(1e-9),
-        m.cpu_secs,
-        m.peak_rss_kib as f64 / 1024.0,
-        m.rows_written,
-        m.wal_bytes as f64 / 1e6,
-        m.requests,
-        m.rate_limited,
+    let wall = m.wall.as_secs_f64();
+    [
+        r.scenario.name.to_string(),
+        format!("{wall:.2}"),
+        format!("{:.0}", m.users as f64 / wall.max(1e-9)),
+        format!("{:.2}", m.cpu_secs),
+        format!("{:.1}", m.peak_rss_kib as f64 / 1024.0),
+        m.rows_written.to_string(),
+        format!("{:.2}", m.wal_bytes as f64 / 1e6),
+        m.requests.to_string(),
+        m.rate_limited.to_string(),
         secs(r.api_floor),
         secs(r.db_floor),
         secs(r.budget_minimum),
+    ]
+}
+
+fn line(r: &Row) -> String {
+    let c = cells(r);
+    format!(
+        "{:<4} {:>9} {:>9} {:>8} {:>9} {:>10} {:>10} {:>8} {:>5} {:>9} {:>9} {:>9}  {} {}",
+        c[0],
+        c[1],
+        c[2],
+        c[3],
+        c[4],
+        c[5],
+        c[6],
+        c[7],
+        c[8],
+        c[9],
+        c[10],
+        c[11],
         if r.met { "MET" } else { "MISSED" },
         r.target
     )
@@ -579,22 +599,10 @@ pub fn markdown(rows: &[Row]) -> String {
         "| scenario | wall s | users/s | CPU s | peak RSS MiB | rows written | WAL MB | requests | 429s | API floor s | DB floor s | budget min s | target | met |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
-        let m = &r.sync;
         let _ = writeln!(
             s,
-            "| {} | {:.2} | {:.0} | {:.2} | {:.1} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
-            r.scenario.name,
-            m.wall.as_secs_f64(),
-            m.users as f64 / m.wall.as_secs_f64().max(1e-9),
-            m.cpu_secs,
-            m.peak_rss_kib as f64 / 1024.0,
-            m.rows_written,
-            m.wal_bytes as f64 / 1e6,
-            m.requests,
-            m.rate_limited,
-            secs(r.api_floor),
-            secs(r.db_floor),
-            secs(r.budget_minimum),
+            "| {} | {} | {} |",
+            cells(r).join(" | "),
             r.target,
             if r.met { "yes" } else { "**no**" }
         );

@@ -54,6 +54,25 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
         .expect("daemon gone")
 }
 
+/// Starts the daemon in a task; cancelling the token stops it.
+fn start_daemon(
+    settings: Settings,
+    hooks: Hooks,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    CancellationToken,
+) {
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    let daemon = tokio::spawn(run_with(
+        settings,
+        token(),
+        async move { stopper.cancelled().await },
+        hooks,
+    ));
+    (daemon, stop)
+}
+
 fn daemon_settings(env: &Env, every: &str) -> Settings {
     let mut s = env.settings.clone();
     s.schedule.every = Some(every.into());
@@ -71,17 +90,13 @@ async fn the_daemon_runs_every_account_again_on_its_interval() {
     let env = Env::new(&[(a, 150), (b, 120)]).await;
     let settings = daemon_settings(&env, "1s");
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let stopper = stop.clone();
-    let daemon = tokio::spawn(run_with(
+    let (daemon, stop) = start_daemon(
         settings,
-        token(),
-        async move { stopper.cancelled().await },
         Hooks {
             progress: Some(Arc::new(Events(tx))),
             ..Hooks::default()
         },
-    ));
+    );
 
     let mut finished = std::collections::HashMap::<Uuid, Vec<String>>::new();
     while finished.values().map(Vec::len).min().unwrap_or(0) < 2 || finished.len() < 2 {
@@ -123,17 +138,13 @@ async fn shutdown_mid_run_commits_the_page_in_flight_records_the_run_and_resumes
     env.sim.set_latency(Duration::from_millis(20));
     let settings = daemon_settings(&env, "6h");
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let stopper = stop.clone();
-    let daemon = tokio::spawn(run_with(
+    let (daemon, stop) = start_daemon(
         settings.clone(),
-        token(),
-        async move { stopper.cancelled().await },
         Hooks {
             progress: Some(Arc::new(Events(tx))),
             ..Hooks::default()
         },
-    ));
+    );
     loop {
         if let Event::Page(pages) = next(&mut rx).await {
             if pages >= 3 {
@@ -167,17 +178,13 @@ async fn shutdown_mid_run_commits_the_page_in_flight_records_the_run_and_resumes
     // The next daemon resumes where this one stopped and ends with an exact mirror.
     env.sim.set_latency(Duration::ZERO);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let stopper = stop.clone();
-    let daemon = tokio::spawn(run_with(
+    let (daemon, stop) = start_daemon(
         settings,
-        token(),
-        async move { stopper.cancelled().await },
         Hooks {
             progress: Some(Arc::new(Events(tx))),
             ..Hooks::default()
         },
-    ));
+    );
     loop {
         if let Event::Finished(_, outcome) = next(&mut rx).await {
             assert_eq!(outcome, "succeeded");
@@ -290,18 +297,14 @@ async fn healthz_readyz_and_metrics_answer() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let stopper = stop.clone();
-    let daemon = tokio::spawn(run_with(
+    let (daemon, stop) = start_daemon(
         settings,
-        token(),
-        async move { stopper.cancelled().await },
         Hooks {
             progress: Some(Arc::new(Events(tx))),
             listener: Some(listener),
             ..Hooks::default()
         },
-    ));
+    );
     loop {
         if let Event::Finished(..) = next(&mut rx).await {
             break;
@@ -345,17 +348,13 @@ async fn without_a_database_the_daemon_waits_reports_not_ready_and_still_stops_c
     settings.database.connect_timeout_secs = 1;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    let stopper = stop.clone();
-    let daemon = tokio::spawn(run_with(
+    let (daemon, stop) = start_daemon(
         settings,
-        token(),
-        async move { stopper.cancelled().await },
         Hooks {
             listener: Some(listener),
             ..Hooks::default()
         },
-    ));
+    );
 
     let (hs, _) = get(&format!("{base}/healthz")).await;
     let (rs, rb) = get(&format!("{base}/readyz")).await;
