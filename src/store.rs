@@ -167,24 +167,24 @@ impl SeenIds {
         }
     }
 
-    fn positions(&self, id: &str) -> impl Iterator<Item = usize> {
-        let h = xxhash_rust::xxh3::xxh3_128_with_seed(id.as_bytes(), self.seed);
+    /// The filter's bit positions for `id` (a free function of the seed, so that `insert` can
+    /// set bits while iterating without collecting them first).
+    fn positions(seed: u64, id: &str) -> impl Iterator<Item = usize> {
+        let h = xxhash_rust::xxh3::xxh3_128_with_seed(id.as_bytes(), seed);
         let (h1, h2) = (h as u64, ((h >> 64) as u64) | 1);
         let mask = (1u64 << SEEN_BITS_LOG2) - 1;
         (0..SEEN_HASHES).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) & mask) as usize)
     }
 
     pub fn insert(&mut self, id: &str) {
-        let positions: Vec<usize> = self.positions(id).collect();
-        for p in positions {
+        for p in Self::positions(self.seed, id) {
             self.bits[p >> 6] |= 1 << (p & 63);
         }
         self.inserted += 1;
     }
 
     pub fn contains(&self, id: &str) -> bool {
-        self.positions(id)
-            .all(|p| self.bits[p >> 6] & (1 << (p & 63)) != 0)
+        Self::positions(self.seed, id).all(|p| self.bits[p >> 6] & (1 << (p & 63)) != 0)
     }
 
     /// Insertions so far (duplicates included).
