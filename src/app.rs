@@ -411,12 +411,14 @@ pub fn render_status(
             .unwrap_or_else(|| "-".into())
     };
     let mut s = format!(
-        "{:<38} {:<16} {:<16} {:<21} {:<21} {:>8} {:>8} {:>5}\n",
+        "{:<38} {:<16} {:<13} {:<16} {:<21} {:<21} {:<21} {:>8} {:>8} {:>5}\n",
         "account",
         "status",
+        "health",
         "last outcome",
         "last finished",
         "last success",
+        "next run",
         "live",
         "deleted",
         "fails"
@@ -428,9 +430,10 @@ pub fn render_status(
             .filter(|l| !l.is_empty())
             .unwrap_or_else(|| r.integrated_account_id.to_string());
         s.push_str(&format!(
-            "{:<38} {:<16} {:<16} {:<21} {:<21} {:<21} {:>8} {:>8} {:>5}\n",
+            "{:<38} {:<16} {:<13} {:<16} {:<21} {:<21} {:<21} {:>8} {:>8} {:>5}\n",
             crate::source::shorten(&name, 37),
             r.status,
+            r.health,
             r.last_outcome.as_deref().unwrap_or("-"),
             t(r.last_finished_at),
             t(r.last_succeeded_at),
@@ -441,6 +444,16 @@ pub fn render_status(
         ));
         if r.resumable {
             s.push_str("    the next run resumes an unfinished listing\n");
+        }
+        if r.health != "ok" {
+            s.push_str(&format!(
+                "    unhealthy since {}: {}; probed again at the next run time, then synced as soon as a request succeeds\n",
+                t(r.health_since),
+                r.health_reason
+                    .as_deref()
+                    .map(|e| crate::source::shorten(e, 300))
+                    .unwrap_or_default()
+            ));
         }
         if let Some(e) = &r.last_error {
             s.push_str(&format!(

@@ -71,6 +71,10 @@ pub struct ScheduleSettings {
     /// First retry of a failed account; doubles per failure up to `retry_max`.
     pub retry_initial: String,
     pub retry_max: String,
+    /// First probe of an account whose credentials or access are broken (needs
+    /// re-authorization, blocked, not found, forbidden); doubles per failed probe.
+    pub health_retry_initial: String,
+    pub health_retry_max: String,
 }
 
 impl Default for ScheduleSettings {
@@ -83,6 +87,8 @@ impl Default for ScheduleSettings {
             jitter: "30s".into(),
             retry_initial: "1m".into(),
             retry_max: "1h".into(),
+            health_retry_initial: "1h".into(),
+            health_retry_max: "24h".into(),
         }
     }
 }
@@ -701,6 +707,11 @@ impl Settings {
             jitter: parse_duration(&k("jitter"), &jitter_text)?,
             retry_initial: parse_duration("schedule.retry_initial", &g.retry_initial)?,
             retry_max: parse_duration("schedule.retry_max", &g.retry_max)?,
+            health_retry_initial: parse_duration(
+                "schedule.health_retry_initial",
+                &g.health_retry_initial,
+            )?,
+            health_retry_max: parse_duration("schedule.health_retry_max", &g.health_retry_max)?,
         })
     }
 

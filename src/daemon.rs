@@ -185,6 +185,14 @@ async fn scheduler(
                 }
             }
         };
+        for account in &settings.accounts {
+            let id = account.integrated_account_id;
+            let health = histories
+                .get(&id)
+                .and_then(|h| h.health.clone())
+                .unwrap_or_else(|| "ok".into());
+            set_health_gauges(&metrics, id, &health);
+        }
         let now = Utc::now();
         let mut wake = now + chrono::Duration::from_std(RESCAN).expect("small");
         for account in &settings.accounts {
@@ -226,6 +234,9 @@ async fn scheduler(
                 let out =
                     sync_account(&store, &source, &account, &opts, &cancel, progress.as_ref())
                         .await;
+                if let Some(h) = &out.health {
+                    set_health_gauges(&metrics, id, h);
+                }
                 let mut r = running.lock().expect("running");
                 r.remove(&id);
                 metrics.set("lms_sync_running_accounts", &[], r.len() as f64);
@@ -250,6 +261,19 @@ async fn scheduler(
     }
     tracker.close();
     tracker.wait().await;
+}
+
+/// One `lms_sync_account_health` series per health value: 1 for the account's, 0 for the rest.
+fn set_health_gauges(metrics: &Metrics, account: Uuid, health: &str) {
+    let a = account.to_string();
+    for h in std::iter::once("ok").chain(crate::store::HEALTH_KINDS.iter().copied()) {
+        let v = if h == health { 1.0 } else { 0.0 };
+        metrics.set(
+            "lms_sync_account_health",
+            &[("account", &a), ("health", h)],
+            v,
+        );
+    }
 }
 
 /// `/healthz`: the process is alive. `/readyz`: the database answers and every migration is

@@ -29,6 +29,10 @@ pub struct Schedule {
     /// First retry of a failed account; doubles per consecutive failure up to `retry_max`.
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// First probe of an unhealthy account (needs re-authorization, blocked, ...); doubles per
+    /// failed probe up to `health_retry_max`.
+    pub health_retry_initial: Duration,
+    pub health_retry_max: Duration,
 }
 
 /// What the scheduler knows of an account's runs (from `sync_state`).
@@ -39,6 +43,17 @@ pub struct RunHistory {
     /// `succeeded`, `needs_attention`, `failed`, `interrupted`, or `running`.
     pub last_outcome: Option<String>,
     pub consecutive_failures: u32,
+    /// `ok`, or why the account cannot be synced until someone acts (`needs_reauth`, ...).
+    pub health: Option<String>,
+    /// Failed probes in a row while unhealthy.
+    pub health_failures: u32,
+}
+
+impl RunHistory {
+    /// True unless the account's last runs found it needs re-authorization, blocked, etc.
+    pub fn healthy(&self) -> bool {
+        matches!(self.health.as_deref(), None | Some("ok"))
+    }
 }
 
 /// The account's stable jitter offset in [0, jitter).
@@ -118,6 +133,11 @@ pub fn next_run(
     }
     let regular = next_slot(&schedule.cadence, last_started - jitter) + jitter;
     let finished = history.last_finished_at.unwrap_or(last_started);
+    if !history.healthy() && history.last_outcome.as_deref() != Some("running") {
+        // Nothing changes until someone acts upstream: probe hours apart, not on the schedule.
+        let failures = history.health_failures.max(1);
+        return finished + chrono_dur(health_backoff(schedule, failures));
+    }
     match history.last_outcome.as_deref() {
         Some("failed") => {
             let retry =
@@ -141,6 +161,15 @@ pub fn failure_backoff(schedule: &Schedule, failures: u32) -> Duration {
         .min(schedule.retry_max)
 }
 
+/// Capped exponential backoff between probes of an unhealthy account.
+pub fn health_backoff(schedule: &Schedule, failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(30);
+    schedule
+        .health_retry_initial
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(schedule.health_retry_max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +185,8 @@ mod tests {
             jitter: Duration::ZERO,
             retry_initial: Duration::from_secs(60),
             retry_max: Duration::from_secs(3600),
+            health_retry_initial: Duration::from_secs(3600),
+            health_retry_max: Duration::from_secs(24 * 3600),
         }
     }
 
@@ -175,10 +206,41 @@ mod tests {
             last_finished_at: Some(t(started) + chrono::Duration::minutes(5)),
             last_outcome: Some(outcome.into()),
             consecutive_failures: failures,
+            ..Default::default()
         }
     }
 
     const A: Uuid = Uuid::from_u128(1);
+
+    #[test]
+    fn an_unhealthy_account_is_probed_hours_apart_and_a_restart_probes_at_once() {
+        let s = every(1);
+        let started = t("2026-01-01T00:00:00Z");
+        let mut h = history("2026-01-01T10:00:00Z", "failed", 3);
+        h.health = Some("needs_reauth".into());
+        h.health_failures = 1;
+        // Finished 10:05; the regular hourly slot and the 4-minute failure retry are ignored.
+        assert_eq!(next_run(&s, A, &h, started), t("2026-01-01T11:05:00Z"));
+        h.health_failures = 3;
+        assert_eq!(next_run(&s, A, &h, started), t("2026-01-01T14:05:00Z"));
+        h.health_failures = 30;
+        assert_eq!(
+            next_run(&s, A, &h, started),
+            t("2026-01-02T10:05:00Z"),
+            "capped"
+        );
+        // An operator who fixed the account restarts the daemon: it probes right away.
+        let s2 = Schedule {
+            run_on_start: true,
+            ..every(1)
+        };
+        let restarted = t("2026-01-01T12:00:00Z");
+        assert_eq!(next_run(&s2, A, &h, restarted), restarted);
+        // Healthy again: the regular schedule.
+        h.health = Some("ok".into());
+        h.last_outcome = Some("succeeded".into());
+        assert_eq!(next_run(&s, A, &h, started), t("2026-01-01T11:00:00Z"));
+    }
 
     #[test]
     fn an_interval_runs_again_after_the_last_start() {
@@ -339,6 +401,7 @@ mod tests {
             last_finished_at: Some(first),
             last_outcome: Some("succeeded".into()),
             consecutive_failures: 0,
+            ..Default::default()
         };
         assert_eq!(
             next_run(&s, A, &h, start),

@@ -139,7 +139,15 @@ pub struct RunEnd {
     pub deletions_skipped_reason: Option<String>,
     pub error_kind: Option<String>,
     pub error: Option<String>,
+    /// The account's health as this run found it: `Some("ok")` once a request for it
+    /// succeeded, one of [`HEALTH_KINDS`] when the run failed that way, `None` when the run
+    /// cannot tell (it failed before any answer, or for another reason).
+    pub health: Option<&'static str>,
 }
+
+/// Error kinds that say the account itself cannot be synced until someone acts upstream:
+/// stored in `sync_state.health`, and the scheduler probes such an account hours apart.
+pub const HEALTH_KINDS: &[&str] = &["needs_reauth", "blocked", "not_found", "forbidden"];
 
 /// The ids a listing contained, for the deletion sweep: a Bloom filter of fixed size (8 MiB,
 /// 4 hashes), so memory is the same for a hundred users or a million. A false positive can
@@ -237,6 +245,10 @@ pub struct StatusRow {
     pub resumable: bool,
     pub live_users: i64,
     pub deleted_users: i64,
+    /// `ok`, or why the account cannot be synced (see [`HEALTH_KINDS`]), since when and why.
+    pub health: String,
+    pub health_since: Option<chrono::DateTime<chrono::Utc>>,
+    pub health_reason: Option<String>,
 }
 
 /// An exclusive claim on one account, held as a PostgreSQL advisory lock on a connection of its
@@ -626,13 +638,14 @@ impl Store {
         Ok(Sweep::Deleted(deleted))
     }
 
-    /// Closes a run in `sync_runs` and `sync_state`.
+    /// Closes a run in `sync_runs` and `sync_state`. Returns the account's health before the
+    /// run (`None` if the run was taken over and `sync_state` was left alone).
     pub async fn finish_run(
         &self,
         account: Uuid,
         run_id: i64,
         end: &RunEnd,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE sync_runs
@@ -649,7 +662,7 @@ impl Store {
         .bind(&end.error)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
+        let before = sqlx::query(
             "UPDATE sync_state
                 SET status = $3, last_outcome = $3, last_finished_at = now(), deleted = $4,
                     last_error = $5,
@@ -658,8 +671,17 @@ impl Store {
                                                 WHEN $3 = 'failed' THEN consecutive_failures + 1
                                                 ELSE consecutive_failures END,
                     cursor = CASE WHEN $6 THEN NULL ELSE cursor END,
+                    health = coalesce($7, s.health),
+                    health_since = CASE WHEN $7 IS NULL OR $7 = s.health THEN s.health_since ELSE now() END,
+                    health_reason = CASE WHEN $7 IS NULL THEN s.health_reason
+                                         WHEN $7 = 'ok' THEN NULL ELSE $8 END,
+                    health_failures = CASE WHEN $7 IS NULL THEN s.health_failures
+                                           WHEN $7 = 'ok' THEN 0 ELSE s.health_failures + 1 END,
                     updated_at = now()
-              WHERE integrated_account_id = $1 AND current_run_id = $2",
+               FROM (SELECT health, health_since, health_reason, health_failures
+                       FROM sync_state WHERE integrated_account_id = $1) AS s
+              WHERE sync_state.integrated_account_id = $1 AND current_run_id = $2
+          RETURNING s.health",
         )
         .bind(account)
         .bind(run_id)
@@ -667,10 +689,12 @@ impl Store {
         .bind(end.deleted as i64)
         .bind(end.error.as_ref().or(end.deletions_skipped_reason.as_ref()))
         .bind(end.complete_listing || end.reset_cursor)
-        .execute(&mut *tx)
+        .bind(end.health)
+        .bind(&end.error)
+        .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(before.map(|r| r.get(0)))
     }
 
     /// Counts `n` users inserted by a run and refreshes the planner's statistics when the
@@ -722,28 +746,40 @@ impl Store {
     pub async fn run_histories(
         &self,
     ) -> Result<HashMap<Uuid, crate::schedule::RunHistory>, StoreError> {
-        type Row = (Uuid, Option<Ts>, Option<Ts>, Option<String>, i32);
+        type Row = (
+            Uuid,
+            Option<Ts>,
+            Option<Ts>,
+            Option<String>,
+            i32,
+            String,
+            i32,
+        );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT integrated_account_id, last_started_at, last_finished_at,
                         CASE WHEN status = 'running' THEN 'running' ELSE last_outcome END,
-                        consecutive_failures
+                        consecutive_failures, health, health_failures
                    FROM sync_state",
         )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, started, finished, outcome, failures)| {
-                (
-                    id,
-                    crate::schedule::RunHistory {
-                        last_started_at: started,
-                        last_finished_at: finished,
-                        last_outcome: outcome,
-                        consecutive_failures: failures.max(0) as u32,
-                    },
-                )
-            })
+            .map(
+                |(id, started, finished, outcome, failures, health, health_failures)| {
+                    (
+                        id,
+                        crate::schedule::RunHistory {
+                            last_started_at: started,
+                            last_finished_at: finished,
+                            last_outcome: outcome,
+                            consecutive_failures: failures.max(0) as u32,
+                            health: Some(health),
+                            health_failures: health_failures.max(0) as u32,
+                        },
+                    )
+                },
+            )
             .collect())
     }
 
@@ -757,7 +793,8 @@ impl Store {
                     s.last_finished_at, s.last_succeeded_at, s.consecutive_failures, s.last_error,
                     (s.cursor IS NOT NULL) AS resumable,
                     (SELECT count(*) FROM users u WHERE u.integrated_account_id = s.integrated_account_id AND u.deleted_at IS NULL) AS live,
-                    (SELECT count(*) FROM users u WHERE u.integrated_account_id = s.integrated_account_id AND u.deleted_at IS NOT NULL) AS gone
+                    (SELECT count(*) FROM users u WHERE u.integrated_account_id = s.integrated_account_id AND u.deleted_at IS NOT NULL) AS gone,
+                    s.health, s.health_since, s.health_reason
                FROM sync_state s ORDER BY coalesce(s.label, s.integrated_account_id::text)",
         )
         .fetch_all(&self.pool)
@@ -777,6 +814,9 @@ impl Store {
                 resumable: r.get(9),
                 live_users: r.get(10),
                 deleted_users: r.get(11),
+                health: r.get(12),
+                health_since: r.get(13),
+                health_reason: r.get(14),
             })
             .collect();
         for (id, label) in configured {
@@ -794,6 +834,9 @@ impl Store {
                     resumable: false,
                     live_users: 0,
                     deleted_users: 0,
+                    health: "ok".into(),
+                    health_since: None,
+                    health_reason: None,
                 });
             }
         }

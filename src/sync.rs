@@ -79,6 +79,8 @@ pub struct SyncOutcome {
     pub error: Option<String>,
     pub error_kind: Option<String>,
     pub elapsed: Duration,
+    /// The account's health as this pass found it (`None`: it could not tell).
+    pub health: Option<String>,
     /// Role and status values outside the documented lists, with how many users had them.
     pub unknown_enum_values: std::collections::BTreeMap<(String, String), u64>,
 }
@@ -155,6 +157,7 @@ async fn sync_account_inner(
         error: None,
         error_kind: None,
         elapsed: Duration::ZERO,
+        health: None,
         unknown_enum_values: Default::default(),
     };
     let lease = match store.try_lease(id).await {
@@ -243,6 +246,7 @@ async fn run_leased(
         deletions_skipped_reason: None,
         error_kind: None,
         error: None,
+        health: None,
     };
     match listing {
         Ok(listing) => {
@@ -300,6 +304,10 @@ async fn run_leased(
                 }
                 Stop::Source(e) => {
                     end.outcome = Outcome::Failed;
+                    end.health = crate::store::HEALTH_KINDS
+                        .iter()
+                        .copied()
+                        .find(|k| *k == e.kind());
                     end.error_kind = Some(e.kind().into());
                     end.error = Some(e.to_string());
                 }
@@ -317,6 +325,10 @@ async fn run_leased(
             }
         }
     }
+    if end.health.is_none() && (out.complete_listing || out.counts.pages > 0) {
+        // The API answered for this account: whatever kept it unhealthy is over.
+        end.health = Some("ok");
+    }
     out.counts.deleted = end.deleted;
     out.deletions_skipped_reason = end.deletions_skipped_reason.clone();
     out.error = end.error.clone();
@@ -324,7 +336,20 @@ async fn run_leased(
     // Closing the run must not be skipped because shutdown was requested.
     let never = CancellationToken::new();
     match with_db_retries(opts, &never, || store.finish_run(id, start_run(out), &end)).await {
-        Ok(()) => out.status = PassStatus::Finished(end.outcome),
+        Ok(before) => {
+            out.status = PassStatus::Finished(end.outcome);
+            out.health = end.health.map(str::to_string);
+            match (before.as_deref(), end.health) {
+                (Some(was), Some("ok")) if was != "ok" => {
+                    tracing::info!(was, "the account answers again; back on its regular schedule")
+                }
+                (Some(was), Some(now)) if now != "ok" && was != now => tracing::error!(
+                    health = now,
+                    "the account cannot be synced until someone acts upstream; probing it hours apart (schedule.health_retry_initial)"
+                ),
+                _ => {}
+            }
+        }
         Err(e) => {
             out.status = PassStatus::StoreFailed;
             out.error = Some(format!(
@@ -908,6 +933,7 @@ pub async fn sync_accounts(
                         error: Some("not started: shutdown requested".into()),
                         error_kind: Some("interrupted".into()),
                         elapsed: Duration::ZERO,
+                        health: None,
                         unknown_enum_values: Default::default(),
                     };
                 }

@@ -309,8 +309,17 @@ async fn sync_status_and_migrate_work_end_to_end_and_never_show_the_token() {
         .lines()
         .find(|l| l.starts_with("Beta Learning"))
         .unwrap();
-    assert!(beta.contains("failed"), "{sstdout}");
+    assert!(
+        beta.contains("failed") && beta.contains("needs_reauth"),
+        "{sstdout}"
+    );
     assert!(sstdout.contains("last error"), "{sstdout}");
+    assert!(sstdout.contains("unhealthy since"), "{sstdout}");
+    let header = sstdout.lines().next().unwrap();
+    assert!(
+        header.contains("health") && header.contains("next run"),
+        "{header}"
+    );
 
     for output in [&stdout, &stderr, &fstdout, &fstderr, &sstdout, &sstderr] {
         assert!(

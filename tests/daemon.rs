@@ -12,7 +12,7 @@ use lms_sync::budget::{Limit, RateBudget};
 use lms_sync::config::{AccountSettings, Settings};
 use lms_sync::daemon::{run_with, Hooks};
 use lms_sync::metrics::Metrics;
-use lms_sync::simulator::{RateLimit, DEMO_TOKEN};
+use lms_sync::simulator::{Fault, RateLimit, DEMO_TOKEN};
 use lms_sync::store::RunCounts;
 use lms_sync::sync::{sync_accounts, NoProgress, Progress, SyncOptions, SyncOutcome};
 use secrecy::SecretString;
@@ -369,4 +369,119 @@ async fn without_a_database_the_daemon_waits_reports_not_ready_and_still_stops_c
     assert_eq!(rs, 503);
     assert!(rb.starts_with("not ready"), "{rb}");
     assert_eq!(env.sim.stats().requests, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_needing_reauth_is_marked_probed_hours_apart_and_picked_up_once_it_answers() {
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 120), (b, 80)]).await;
+    env.sim.block(
+        b,
+        Fault::Status {
+            status: 401,
+            retry_after: None,
+            remote: true,
+        },
+    );
+    let mut settings = daemon_settings(&env, "1s");
+    settings.schedule.health_retry_initial = "1h".into();
+    let metrics = Arc::new(Metrics::new());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (daemon, stop) = start_daemon(
+        settings.clone(),
+        Hooks {
+            progress: Some(Arc::new(Events(tx))),
+            metrics: Some(metrics.clone()),
+            ..Hooks::default()
+        },
+    );
+    // The healthy account keeps its 1-second schedule; the broken one is tried once.
+    let (mut a_runs, mut b_runs) = (0, Vec::new());
+    while a_runs < 4 {
+        match next(&mut rx).await {
+            Event::Finished(id, o) if id == a => {
+                assert_eq!(o, "succeeded");
+                a_runs += 1;
+            }
+            Event::Finished(id, o) if id == b => b_runs.push(o),
+            _ => {}
+        }
+    }
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    assert_eq!(
+        b_runs,
+        ["failed"],
+        "probed once, then left alone for an hour"
+    );
+    let (health, reason, failures): (String, Option<String>, i32) = sqlx::query_as(
+        "SELECT health, health_reason, health_failures FROM sync_state WHERE integrated_account_id = $1",
+    )
+    .bind(b)
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!((health.as_str(), failures), ("needs_reauth", 1));
+    assert!(reason.unwrap().contains("re-authorize"));
+    let b_label = b.to_string();
+    let gauge = |h: &str| {
+        metrics.get(
+            "lms_sync_account_health",
+            &[("account", &b_label), ("health", h)],
+        )
+    };
+    assert_eq!((gauge("needs_reauth"), gauge("ok")), (1.0, 0.0));
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM sync_state WHERE health <> 'ok'")
+            .await,
+        1,
+        "the healthy account stays ok"
+    );
+
+    // With probes a moment apart: a failed probe counts up; once the customer re-authorizes,
+    // the next probe succeeds and the account is synced and healthy again, with no restart.
+    settings.schedule.run_on_start = false;
+    settings.schedule.every = Some("6h".into());
+    settings.schedule.health_retry_initial = "200ms".into();
+    settings.schedule.health_retry_max = "200ms".into();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (daemon, stop) = start_daemon(
+        settings,
+        Hooks {
+            progress: Some(Arc::new(Events(tx))),
+            metrics: Some(metrics.clone()),
+            ..Hooks::default()
+        },
+    );
+    loop {
+        if let Event::Finished(id, o) = next(&mut rx).await {
+            assert_eq!((id, o.as_str()), (b, "failed"));
+            break;
+        }
+    }
+    env.sim.unblock(b);
+    loop {
+        if let Event::Finished(id, o) = next(&mut rx).await {
+            assert_eq!(id, b);
+            if o == "succeeded" {
+                break;
+            }
+            assert_eq!(o, "failed", "a probe that raced the unblock");
+        }
+    }
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    let (health, reason, failures, since): (String, Option<String>, i32, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as(
+            "SELECT health, health_reason, health_failures, health_since FROM sync_state WHERE integrated_account_id = $1",
+        )
+        .bind(b)
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!((health.as_str(), reason, failures), ("ok", None, 0));
+    assert!(since.is_some(), "when it recovered");
+    assert_eq!((gauge("needs_reauth"), gauge("ok")), (0.0, 1.0));
+    assert_mirror(&env.store, &env.sim, b).await;
+    assert_mirror(&env.store, &env.sim, a).await;
 }
