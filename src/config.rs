@@ -51,7 +51,27 @@ pub struct Settings {
     pub schedule: ScheduleSettings,
     pub rate_budget: RateBudgetSettings,
     pub server: ServerSettings,
+    pub history: HistorySettings,
     pub accounts: Vec<AccountSettings>,
+}
+
+/// The change history in `user_changes`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySettings {
+    /// Record every insert, update, delete and undelete of a user.
+    pub enabled: bool,
+    /// Delete history older than this many days after each run; 0 keeps it forever.
+    pub retention_days: u32,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            retention_days: 0,
+        }
+    }
 }
 
 /// When `lms-sync run` syncs each account.
@@ -543,6 +563,12 @@ impl Settings {
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(key_error("log.level", "not a valid level or filter"));
+        }
+        if self.history.retention_days > 100_000 {
+            return Err(key_error(
+                "history.retention_days",
+                "must be at most 100000 (0 keeps history forever)",
+            ));
         }
         if self.rate_budget.per_account == 0 {
             return Err(key_error("rate_budget.per_account", "must be at least 1"));

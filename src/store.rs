@@ -221,6 +221,8 @@ pub struct PageWrite<'a> {
     /// `None`: any user may already be mirrored, look them all up. `Some(ids)`: only these
     /// may (the account was empty when the run started, and only this run has added users).
     pub lookup: Option<&'a [String]>,
+    /// Record each change in `user_changes`.
+    pub history: bool,
 }
 
 /// The result of the deletion sweep's guard.
@@ -495,13 +497,22 @@ impl Store {
             next_cursor,
             mut counts,
             lookup,
+            history,
         } = *w;
         // `counts.pages` says how many API pages `page` holds (several are written together
         // when the writer falls behind the fetcher).
         let pages = counts.pages.max(1);
         let mut tx = self.pool.begin().await?;
-        let (inserted, updated, unchanged, undeleted) =
-            write_users(&mut tx, account, run_id, &page.users, all_new, lookup).await?;
+        let (inserted, updated, unchanged, undeleted) = write_users(
+            &mut tx,
+            account,
+            run_id,
+            &page.users,
+            all_new,
+            lookup,
+            history,
+        )
+        .await?;
         counts.inserted = inserted;
         counts.updated = updated;
         counts.unchanged = unchanged;
@@ -596,6 +607,7 @@ impl Store {
         run_id: i64,
         seen: &SeenIds,
         max_delete_fraction: f64,
+        history: bool,
     ) -> Result<Sweep, StoreError> {
         use futures_util::TryStreamExt;
         let mut gone: Vec<String> = Vec::new();
@@ -622,17 +634,26 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut deleted = 0;
         for chunk in gone.chunks(10_000) {
-            deleted += sqlx::query(
-                "UPDATE users SET deleted_at = now(), last_changed_at = now(), last_changed_run_id = $3
-                  WHERE integrated_account_id = $1 AND id = ANY($2::text[]) AND deleted_at IS NULL",
+            let n: i64 = sqlx::query_scalar(
+                "WITH gone AS (
+                     UPDATE users SET deleted_at = now(), last_changed_at = now(), last_changed_run_id = $3
+                      WHERE integrated_account_id = $1 AND id = ANY($2::text[]) AND deleted_at IS NULL
+                  RETURNING id, deleted_at),
+                 noted AS (
+                     INSERT INTO user_changes (integrated_account_id, user_id, run_id, kind, changed_fields)
+                     SELECT $1, gone.id, $3, 'delete',
+                            jsonb_build_object('deleted_at', jsonb_build_object('old', NULL, 'new', iso_utc(gone.deleted_at)))
+                       FROM gone WHERE $4)
+                 SELECT count(*) FROM gone",
             )
             .persistent(false)
             .bind(account)
             .bind(chunk)
             .bind(run_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .bind(history)
+            .fetch_one(&mut *tx)
+            .await?;
+            deleted += n as u64;
         }
         tx.commit().await?;
         Ok(Sweep::Deleted(deleted))
@@ -695,6 +716,30 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(before.map(|r| r.get(0)))
+    }
+
+    /// Deletes the account's change history older than `days` days, in batches (each its own
+    /// transaction, so a long prune never holds locks for long). Returns the rows deleted.
+    pub async fn prune_history(&self, account: Uuid, days: u32) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM user_changes WHERE change_id IN (
+                     SELECT change_id FROM user_changes
+                      WHERE integrated_account_id = $1
+                        AND changed_at < now() - make_interval(days => $2)
+                      LIMIT 10000)",
+            )
+            .bind(account)
+            .bind(days as i32)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            total += n;
+            if n < 10_000 {
+                return Ok(total);
+            }
+        }
     }
 
     /// Counts `n` users inserted by a run and refreshes the planner's statistics when the
@@ -878,6 +923,7 @@ async fn write_users(
     users: &[UserRecord],
     all_new: Option<&CopyRows>,
     lookup: Option<&[String]>,
+    history: bool,
 ) -> Result<(u64, u64, u64, u64), StoreError> {
     if users.is_empty() {
         return Ok((0, 0, 0, 0));
@@ -933,13 +979,22 @@ async fn write_users(
     }
     if !revived.is_empty() {
         sqlx::query(
-            "UPDATE users SET deleted_at = NULL, last_changed_at = now(), last_changed_run_id = $3
-              WHERE integrated_account_id = $1 AND id = ANY($2::text[])",
+            "WITH prev AS (
+                 SELECT id, deleted_at FROM users
+                  WHERE integrated_account_id = $1 AND id = ANY($2::text[]) FOR UPDATE),
+             revived AS (
+                 UPDATE users u SET deleted_at = NULL, last_changed_at = now(), last_changed_run_id = $3
+                   FROM prev WHERE u.integrated_account_id = $1 AND u.id = prev.id)
+             INSERT INTO user_changes (integrated_account_id, user_id, run_id, kind, changed_fields)
+             SELECT $1, prev.id, $3, 'undelete',
+                    jsonb_build_object('deleted_at', jsonb_build_object('old', iso_utc(prev.deleted_at), 'new', NULL))
+               FROM prev WHERE $4",
         )
         .persistent(false)
         .bind(account)
         .bind(&revived)
         .bind(run_id)
+        .bind(history)
         .execute(&mut **tx)
         .await?;
     }
@@ -960,14 +1015,85 @@ async fn write_users(
         }
         _ => {}
     }
+    if history && !new.is_empty() {
+        let ids: Vec<&str> = new.iter().map(|u| u.id.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO user_changes (integrated_account_id, user_id, run_id, kind)
+             SELECT $1, t.id, $3, 'insert' FROM unnest($2::text[]) AS t(id)",
+        )
+        .bind(account)
+        .bind(&ids)
+        .bind(run_id)
+        .execute(&mut **tx)
+        .await?;
+    }
     // Changed users: upsert, and write only the child rows that differ.
     if !old.is_empty() {
+        let before = if history {
+            Some(snapshots(tx, account, &old).await?)
+        } else {
+            None
+        };
         upsert_users(tx, account, run_id, &old).await?;
         sync_emails(tx, account, &old).await?;
         sync_phones(tx, account, &old).await?;
         sync_managers(tx, account, &old).await?;
+        if let Some(before) = before {
+            record_updates(tx, account, run_id, &before).await?;
+        }
     }
     Ok((inserted, updated, unchanged, undeleted))
+}
+
+/// The users' states (`user_snapshots.state`) as JSON text: (ids, states).
+async fn snapshots(
+    tx: &mut Transaction<'_, Postgres>,
+    account: Uuid,
+    users: &[&UserRecord],
+) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT user_id, state::text FROM user_snapshots
+          WHERE integrated_account_id = $1 AND user_id = ANY($2::text[])",
+    )
+    .persistent(false)
+    .bind(account)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().unzip())
+}
+
+/// One `user_changes` row per user whose state differs from `before`, with the fields that
+/// changed (old and new values). Users whose only change is `remote_data` get none.
+async fn record_updates(
+    tx: &mut Transaction<'_, Postgres>,
+    account: Uuid,
+    run_id: i64,
+    before: &(Vec<String>, Vec<String>),
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO user_changes (integrated_account_id, user_id, run_id, kind, changed_fields)
+         SELECT $1, o.user_id, $3,
+                CASE WHEN o.state ->> 'deleted_at' IS NOT NULL THEN 'undelete' ELSE 'update' END,
+                d.diff
+           FROM (SELECT t.user_id, t.state::jsonb AS state
+                   FROM unnest($2::text[], $4::text[]) AS t(user_id, state)) o
+           JOIN user_snapshots s ON s.integrated_account_id = $1 AND s.user_id = o.user_id
+          CROSS JOIN LATERAL (
+                SELECT jsonb_object_agg(n.key, jsonb_build_object('old', o.state -> n.key, 'new', n.value)) AS diff
+                  FROM jsonb_each(s.state) n
+                 WHERE n.value IS DISTINCT FROM o.state -> n.key) d
+          WHERE d.diff IS NOT NULL",
+    )
+    .persistent(false)
+    .bind(account)
+    .bind(&before.0)
+    .bind(run_id)
+    .bind(&before.1)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// New users and their children in PostgreSQL's COPY text format: the fast path for users the

@@ -26,6 +26,10 @@ pub struct SyncOptions {
     /// `host:pid`, recorded in `sync_runs.worker`.
     pub worker: String,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Record every change in `user_changes` (`history.enabled`).
+    pub history: bool,
+    /// Prune the account's history older than this after each run; 0 keeps it.
+    pub history_retention_days: u32,
 }
 
 impl SyncOptions {
@@ -36,6 +40,8 @@ impl SyncOptions {
             db_max_attempts: s.sync.db_max_attempts,
             worker: worker_name(),
             metrics: None,
+            history: s.history.enabled,
+            history_retention_days: s.history.retention_days,
         }
     }
 }
@@ -276,7 +282,13 @@ async fn run_leased(
                         .max_delete_fraction
                         .unwrap_or(opts.max_delete_fraction);
                     let sweep = with_db_retries(opts, cancel, || {
-                        store.sweep_deletions(id, start_run(out), &listing.seen, fraction)
+                        store.sweep_deletions(
+                            id,
+                            start_run(out),
+                            &listing.seen,
+                            fraction,
+                            opts.history,
+                        )
                     })
                     .await;
                     match sweep {
@@ -359,6 +371,19 @@ async fn run_leased(
                     .map(|m| format!("{m}; "))
                     .unwrap_or_default()
             ));
+        }
+    }
+    if opts.history_retention_days > 0 {
+        match store.prune_history(id, opts.history_retention_days).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                rows = n,
+                retention_days = opts.history_retention_days,
+                "pruned old change history"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not prune old change history; trying again after the next run")
+            }
         }
     }
     out.elapsed = started.elapsed();
@@ -811,6 +836,7 @@ async fn apply(
         next_cursor: next_cursor.as_deref(),
         counts: base,
         lookup,
+        history: opts.history,
     };
     let counts = with_db_retries(opts, &never, || {
         store.apply_page(account.integrated_account_id, run_id, &write)
