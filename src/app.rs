@@ -445,6 +445,12 @@ pub fn render_status(
         if r.resumable {
             s.push_str("    the next run resumes an unfinished listing\n");
         }
+        if r.hydration_pending > 0 {
+            s.push_str(&format!(
+                "    {} users queued for hydration (full objects fetched in the next runs)\n",
+                r.hydration_pending
+            ));
+        }
         if r.health != "ok" {
             s.push_str(&format!(
                 "    unhealthy since {}: {}; probed again at the next run time, then synced as soon as a request succeeds\n",

@@ -279,6 +279,9 @@ pub struct SyncSettings {
     pub progress_interval_secs: u64,
     /// On SIGTERM/SIGINT, how long `run` waits for pages in flight before exiting anyway.
     pub shutdown_grace_secs: u64,
+    /// Single-user GETs one run of a hydrating account may spend; the rest of its queue waits
+    /// for the next run.
+    pub hydrate_max_per_run: u32,
 }
 
 impl Default for SyncSettings {
@@ -290,6 +293,7 @@ impl Default for SyncSettings {
             progress: ProgressMode::Auto,
             progress_interval_secs: 10,
             shutdown_grace_secs: 30,
+            hydrate_max_per_run: 1000,
         }
     }
 }
@@ -372,6 +376,13 @@ pub struct AccountSettings {
     /// Overrides `[schedule]` keys for this account.
     #[serde(default)]
     pub schedule: Option<AccountSchedule>,
+    /// After each listing, fetch the full object (`GET /unified/lms/users/{id}`) of users that
+    /// are new or whose listed data changed, and merge it into the row.
+    #[serde(default)]
+    pub hydrate: bool,
+    /// Overrides `sync.hydrate_max_per_run` for this account.
+    #[serde(default)]
+    pub hydrate_max_per_run: Option<u32>,
 }
 
 impl AccountSettings {
@@ -384,6 +395,8 @@ impl AccountSettings {
             exclude_fields: Vec::new(),
             max_delete_fraction: None,
             schedule: None,
+            hydrate: false,
+            hydrate_max_per_run: None,
         }
     }
 
@@ -555,6 +568,9 @@ impl Settings {
         if s.db_max_attempts == 0 {
             return Err(key_error("sync.db_max_attempts", "must be at least 1"));
         }
+        if s.hydrate_max_per_run == 0 {
+            return Err(key_error("sync.hydrate_max_per_run", "must be at least 1"));
+        }
         if s.progress_interval_secs == 0 {
             return Err(key_error(
                 "sync.progress_interval_secs",
@@ -601,6 +617,11 @@ impl Settings {
             }
             if let Some(f) = a.max_delete_fraction {
                 check_fraction(&format!("accounts[{i}].max_delete_fraction"), f)?;
+            }
+            if a.hydrate_max_per_run == Some(0) {
+                return Err(ConfigError(format!(
+                    "accounts[{i}].hydrate_max_per_run: must be at least 1"
+                )));
             }
             if a.exclude_fields.iter().any(|f| f.trim().is_empty()) {
                 return Err(ConfigError(format!(

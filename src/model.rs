@@ -116,7 +116,23 @@ pub struct UserRecord {
     pub manager: Option<Manager>,
     /// Hash of everything above: equal hashes mean nothing to write.
     pub content_hash: [u8; 16],
+    /// Which top-level fields the record had (null counts as present): bit `i` stands for
+    /// `KNOWN_FIELDS[i]`. Lets a partial record update only what it carries.
+    pub present: u32,
 }
+
+impl UserRecord {
+    /// True when the record carried the top-level field `name` (one of [`KNOWN_FIELDS`]).
+    pub fn has(&self, name: &str) -> bool {
+        KNOWN_FIELDS
+            .iter()
+            .position(|f| *f == name)
+            .is_some_and(|i| self.present & (1 << i) != 0)
+    }
+}
+
+/// Every known field present.
+pub const ALL_PRESENT: u32 = (1 << KNOWN_FIELDS.len() as u32) - 1;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Email {
@@ -298,7 +314,8 @@ pub fn decode_user(raw: &str) -> Result<UserRecord, Rejection> {
         Some(o) => (o.id, o.name),
         None => (None, None),
     };
-    let extra = unknown_fields(raw).map_err(|e| bad(format!("unknown fields: {e}")))?;
+    let (present, extra) =
+        top_level_fields(raw).map_err(|e| bad(format!("unknown fields: {e}")))?;
     let mut user = UserRecord {
         id: id.clone(),
         name: wire.name,
@@ -321,6 +338,7 @@ pub fn decode_user(raw: &str) -> Result<UserRecord, Rejection> {
         phones,
         manager,
         content_hash: [0; 16],
+        present,
     };
     if let Some(field) = first_nul_field(&user) {
         return Err(bad(format!(
@@ -353,10 +371,15 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "updated_at",
 ];
 
-/// True when every top-level key of the object `raw` is a known field: a byte scan with no
-/// allocation, so that the common case costs next to nothing. Anything unusual (escaped keys,
-/// odd structure) answers false and takes the careful path.
-fn only_known_keys(raw: &str) -> bool {
+/// The bit of a known field in [`UserRecord::present`].
+fn field_bit(key: &str) -> Option<u32> {
+    KNOWN_FIELDS.iter().position(|f| *f == key).map(|i| 1 << i)
+}
+
+/// When every top-level key of the object `raw` is a known field, which ones it has: a byte
+/// scan with no allocation, so that the common case costs next to nothing. Anything unusual
+/// (unknown or escaped keys, odd structure) answers `None` and takes the careful path.
+fn only_known_keys(raw: &str) -> Option<u32> {
     let b = raw.as_bytes();
     let mut i = 0;
     let skip_ws = |i: &mut usize| {
@@ -375,33 +398,33 @@ fn only_known_keys(raw: &str) -> bool {
         }
         None
     };
+    let mut mask = 0u32;
     skip_ws(&mut i);
     if b.get(i) != Some(&b'{') {
-        return false;
+        return None;
     }
     i += 1;
     loop {
         skip_ws(&mut i);
         match b.get(i) {
-            Some(b'}') => return true,
+            Some(b'}') => return Some(mask),
             Some(b',') => {
                 i += 1;
                 continue;
             }
             Some(b'"') => {}
-            _ => return false,
+            _ => return None,
         }
-        let Some(end) = string_end(i) else {
-            return false;
-        };
+        let end = string_end(i)?;
         let key = &raw[i + 1..end - 1];
-        if key.contains('\\') || !KNOWN_FIELDS.contains(&key) {
-            return false;
+        if key.contains('\\') {
+            return None;
         }
+        mask |= field_bit(key)?;
         i = end;
         skip_ws(&mut i);
         if b.get(i) != Some(&b':') {
-            return false;
+            return None;
         }
         i += 1;
         skip_ws(&mut i);
@@ -409,10 +432,10 @@ fn only_known_keys(raw: &str) -> bool {
         let mut depth = 0usize;
         loop {
             match b.get(i) {
-                None => return false,
+                None => return None,
                 Some(b'"') => match string_end(i) {
                     Some(e) => i = e,
-                    None => return false,
+                    None => return None,
                 },
                 Some(b'{' | b'[') => {
                     depth += 1;
@@ -432,20 +455,25 @@ fn only_known_keys(raw: &str) -> bool {
     }
 }
 
-/// The record's unknown top-level fields as one JSON object text, or `None` when it has none.
-fn unknown_fields(raw: &str) -> Result<Option<String>, String> {
-    if only_known_keys(raw) {
-        return Ok(None);
+/// Which known fields the record has, and its unknown top-level fields as one JSON object
+/// text (`None` when it has none).
+fn top_level_fields(raw: &str) -> Result<(u32, Option<String>), String> {
+    if let Some(mask) = only_known_keys(raw) {
+        return Ok((mask, None));
     }
     // Keys are read as given (escaped keys included) without building the values.
-    let fields: Vec<(String, &RawValue)> =
-        serde_json::from_str::<std::collections::BTreeMap<String, &RawValue>>(raw)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|(k, _)| !KNOWN_FIELDS.contains(&k.as_str()))
-            .collect();
+    let all = serde_json::from_str::<std::collections::BTreeMap<String, &RawValue>>(raw)
+        .map_err(|e| e.to_string())?;
+    let mask = all
+        .keys()
+        .filter_map(|k| field_bit(k))
+        .fold(0, |m, b| m | b);
+    let fields: Vec<(String, &RawValue)> = all
+        .into_iter()
+        .filter(|(k, _)| field_bit(k).is_none())
+        .collect();
     if fields.is_empty() {
-        return Ok(None);
+        return Ok((mask, None));
     }
     let mut out = String::from("{");
     for (i, (k, v)) in fields.iter().enumerate() {
@@ -458,7 +486,7 @@ fn unknown_fields(raw: &str) -> Result<Option<String>, String> {
     }
     out.push('}');
     let raw = RawValue::from_string(out).map_err(|e| e.to_string())?;
-    json_text(Some(&raw))
+    Ok((mask, json_text(Some(&raw))?))
 }
 
 /// The documented values of `role` and `status`; others are kept, and counted.
@@ -789,19 +817,32 @@ mod tests {
 
     #[test]
     fn the_known_keys_scan_agrees_with_a_parser() {
-        assert!(only_known_keys(
-            r#"{"id":"1","name":"a,}\"x","emails":[{"e":"}"}],"manager":null}"#
-        ));
-        assert!(only_known_keys(
-            r#" { "id" : "1" , "custom_fields" : {"zzz": [1, {"q": "]"}]} } "#
-        ));
-        assert!(!only_known_keys(r#"{"id":"1","hire_date":"x"}"#));
-        assert!(
-            !only_known_keys(r#"{"id":"1","na\u006de":"x"}"#),
+        let bits = |names: &[&str]| names.iter().map(|n| field_bit(n).unwrap()).sum::<u32>();
+        assert_eq!(
+            only_known_keys(r#"{"id":"1","name":"a,}\"x","emails":[{"e":"}"}],"manager":null}"#),
+            Some(bits(&["id", "name", "emails", "manager"]))
+        );
+        assert_eq!(
+            only_known_keys(r#" { "id" : "1" , "custom_fields" : {"zzz": [1, {"q": "]"}]} } "#),
+            Some(bits(&["id", "custom_fields"]))
+        );
+        assert_eq!(only_known_keys(r#"{"id":"1","hire_date":"x"}"#), None);
+        assert_eq!(
+            only_known_keys(r#"{"id":"1","na\u006de":"x"}"#),
+            None,
             "escaped keys take the careful path"
         );
-        assert!(!only_known_keys(r#"[1]"#));
-        assert!(only_known_keys("{}"));
+        assert_eq!(only_known_keys(r#"[1]"#), None);
+        assert_eq!(only_known_keys("{}"), Some(0));
+    }
+
+    #[test]
+    fn a_record_says_which_fields_it_carried() {
+        let u = decode_user(r#"{"id":"1","name":null,"emails":[],"hire_date":"x"}"#).unwrap();
+        assert!(u.has("id") && u.has("name") && u.has("emails"));
+        assert!(!u.has("job_title") && !u.has("manager") && !u.has("phones"));
+        let full = decode_user(full()).unwrap();
+        assert_eq!(full.present, ALL_PRESENT);
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub struct SimStats {
     pub rate_limited: u64,
     /// The most requests one account made within any budget window.
     pub max_account_window: usize,
+    /// Single-user GETs (`/unified/lms/users/{id}`), faults included.
+    pub user_gets: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +99,8 @@ struct State {
     token: String,
     accounts: BTreeMap<Uuid, Account>,
     blocked: HashMap<Uuid, Fault>,
+    /// Faults served to the single-user GET of one user, until cleared.
+    user_faults: HashMap<(Uuid, String), Fault>,
     script: VecDeque<(Option<Uuid>, Fault)>,
     random_fault_rate: f64,
     rng: fastrand::Rng,
@@ -140,6 +144,7 @@ impl Simulator {
             token: DEMO_TOKEN.into(),
             accounts: BTreeMap::new(),
             blocked: HashMap::new(),
+            user_faults: HashMap::new(),
             script: VecDeque::new(),
             random_fault_rate: 0.0,
             rng: fastrand::Rng::with_seed(7),
@@ -271,6 +276,14 @@ impl Simulator {
 
     pub fn unblock(&self, account: Uuid) {
         self.with(|s| s.blocked.remove(&account));
+    }
+
+    /// Every single-user GET of this user gets `fault` (`None` clears it); lists are unaffected.
+    pub fn set_user_get_fault(&self, account: Uuid, id: &str, fault: Option<Fault>) {
+        self.with(|s| match fault {
+            Some(f) => s.user_faults.insert((account, id.to_string()), f),
+            None => s.user_faults.remove(&(account, id.to_string())),
+        });
     }
 
     /// Queues a fault for the next request (of `account`, or of any account when `None`).
@@ -800,6 +813,13 @@ fn route_inner(s: &mut State, req: &Request) -> Reply {
     if let Some(f) = s.blocked.get(&account).cloned() {
         s.stats.faults_served += 1;
         return fault_reply(s, f, account, req);
+    }
+    if let Some(id) = rest.strip_prefix('/').filter(|r| !r.is_empty()) {
+        s.stats.user_gets += 1;
+        if let Some(f) = s.user_faults.get(&(account, id.to_string())).cloned() {
+            s.stats.faults_served += 1;
+            return fault_reply(s, f, account, req);
+        }
     }
     let scripted = s
         .script

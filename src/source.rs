@@ -258,8 +258,8 @@ impl TrutoClient {
         url
     }
 
-    /// Fetches and decodes one page, retrying retryable failures with backoff. Waiting between
-    /// attempts ends early with `Cancelled` when `cancel` fires.
+    /// Fetches one page (undecoded: see [`FetchedPage::decode`]), retrying retryable failures
+    /// with backoff. Waiting between attempts ends early with `Cancelled` when `cancel` fires.
     pub async fn fetch_page(
         &self,
         account: &AccountSettings,
@@ -267,6 +267,75 @@ impl TrutoClient {
         cancel: &CancellationToken,
     ) -> Result<FetchedPage, SourceError> {
         let url = self.page_url(account, cursor);
+        let done = self
+            .with_retries(account, "page", cancel, || async {
+                let (body, headers) = self.get(&url).await?;
+                let page = parse_envelope(body, &headers)?;
+                let remaining = page.rate_remaining;
+                Ok((page, remaining))
+            })
+            .await?;
+        let mut page = done.value;
+        page.requests = done.requests;
+        page.rate_limited = done.rate_limited;
+        page.budget_wait = done.budget_wait;
+        Ok(page)
+    }
+
+    /// The URL of one user's full object: `.../unified/lms/users/{id}` with the account's
+    /// Truto parameters (the vendor's `remote_query` is for listings and is not sent).
+    pub fn user_url(&self, account: &AccountSettings, id: &str) -> Url {
+        let mut url = self.users_url.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.push(id);
+        }
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair(
+                "integrated_account_id",
+                &account.integrated_account_id.to_string(),
+            );
+            if account.ignore_remote_data {
+                q.append_pair("truto_ignore_remote_data", "true");
+            }
+            for f in &account.exclude_fields {
+                q.append_pair("truto_exclude_fields[]", f);
+            }
+        }
+        url
+    }
+
+    /// Fetches one user's full object (`GET /unified/lms/users/{id}`), with the same retries
+    /// and request budget as pages. Returns the record's JSON text and the requests it took.
+    pub async fn fetch_user(
+        &self,
+        account: &AccountSettings,
+        id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(String, u32), SourceError> {
+        let url = self.user_url(account, id);
+        let done = self
+            .with_retries(account, "user", cancel, || async {
+                let (body, headers) = self.get(&url).await?;
+                Ok((user_body(&body, &headers)?, None))
+            })
+            .await?;
+        Ok((done.value, done.requests))
+    }
+
+    /// One request with the budget, metrics, 429 pauses and retries around it. `once` makes
+    /// the request and also returns the vendor's `ratelimit-remaining` when it gave one.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        account: &AccountSettings,
+        what: &'static str,
+        cancel: &CancellationToken,
+        mut once: F,
+    ) -> Result<Attempted<T>, SourceError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(T, Option<(u64, Duration)>), SourceError>>,
+    {
         let id = account.integrated_account_id;
         let label = id.to_string();
         let mut attempts = 0u32;
@@ -292,7 +361,7 @@ impl TrutoClient {
                 }
             }
             let result = tokio::select! {
-                r = self.try_once(&url) => r,
+                r = once() => r,
                 _ = cancel.cancelled() => return Err(SourceError::Cancelled),
             };
             if let (Some(budget), Some(taken)) = (&self.budget, slot) {
@@ -307,16 +376,16 @@ impl TrutoClient {
                 m.inc("lms_sync_http_requests_total", &[("status", &status)]);
             }
             let err = match result {
-                Ok(mut page) => {
-                    page.requests = attempts;
-                    page.rate_limited = rate_limited;
-                    page.budget_wait = budget_wait;
-                    if let (Some(budget), Some((remaining, reset))) =
-                        (&self.budget, page.rate_remaining)
-                    {
+                Ok((value, remaining)) => {
+                    if let (Some(budget), Some((remaining, reset))) = (&self.budget, remaining) {
                         budget.observe_remaining(id, remaining, reset, Instant::now());
                     }
-                    return Ok(page);
+                    return Ok(Attempted {
+                        value,
+                        requests: attempts,
+                        rate_limited,
+                        budget_wait,
+                    });
                 }
                 Err(e) => e,
             };
@@ -349,7 +418,7 @@ impl TrutoClient {
                 attempt = attempts,
                 wait_ms = wait.as_millis() as u64,
                 error = %err,
-                "retrying page request"
+                "retrying {what} request"
             );
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -359,7 +428,8 @@ impl TrutoClient {
         }
     }
 
-    async fn try_once(&self, url: &Url) -> Result<FetchedPage, SourceError> {
+    /// One GET: the body of a 2xx answer, or the error an other answer means.
+    async fn get(&self, url: &Url) -> Result<(bytes::Bytes, HeaderMap), SourceError> {
         let resp = self
             .http
             .get(url.clone())
@@ -374,7 +444,33 @@ impl TrutoClient {
             let body = body.unwrap_or_default();
             return Err(status_error(status, &headers, &body));
         }
-        parse_envelope(body?, &headers)
+        Ok((body?, headers))
+    }
+}
+
+/// A request's result and what it cost.
+struct Attempted<T> {
+    value: T,
+    requests: u32,
+    rate_limited: u32,
+    budget_wait: Duration,
+}
+
+/// The single-user GET's body: the user object itself (or, tolerated, wrapped in `result`).
+fn user_body(body: &[u8], headers: &HeaderMap) -> Result<String, SourceError> {
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow, default)]
+        id: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        result: Option<&'a RawValue>,
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| SourceError::InvalidPage("user body is not UTF-8".into()))?;
+    let probe: Probe = serde_json::from_str(text).map_err(|e| invalid_body(body, headers, &e))?;
+    match (probe.id, probe.result) {
+        (None, Some(r)) if r.get().trim_start().starts_with('{') => Ok(r.get().to_string()),
+        _ => Ok(text.to_string()),
     }
 }
 

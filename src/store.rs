@@ -79,6 +79,10 @@ pub struct RunCounts {
     pub http_requests: u64,
     pub retries: u64,
     pub rate_limited: u64,
+    /// Full objects fetched and merged (or found unchanged) by hydration.
+    pub hydrated: u64,
+    /// Single-user GETs that failed (the user stays queued).
+    pub hydration_failures: u64,
 }
 
 impl RunCounts {
@@ -95,6 +99,8 @@ impl RunCounts {
         self.http_requests += o.http_requests;
         self.retries += o.retries;
         self.rate_limited += o.rate_limited;
+        self.hydrated += o.hydrated;
+        self.hydration_failures += o.hydration_failures;
     }
 }
 
@@ -143,6 +149,8 @@ pub struct RunEnd {
     /// succeeded, one of [`HEALTH_KINDS`] when the run failed that way, `None` when the run
     /// cannot tell (it failed before any answer, or for another reason).
     pub health: Option<&'static str>,
+    /// The run's hydration counters (and its requests, added to the run's).
+    pub hydration: RunCounts,
 }
 
 /// Error kinds that say the account itself cannot be synced until someone acts upstream:
@@ -223,6 +231,9 @@ pub struct PageWrite<'a> {
     pub lookup: Option<&'a [String]>,
     /// Record each change in `user_changes`.
     pub history: bool,
+    /// The account hydrates: listed records may be partial (write only the fields they
+    /// carry), and new or changed users are queued for their full objects.
+    pub hydrate: bool,
 }
 
 /// The result of the deletion sweep's guard.
@@ -251,6 +262,8 @@ pub struct StatusRow {
     pub health: String,
     pub health_since: Option<chrono::DateTime<chrono::Utc>>,
     pub health_reason: Option<String>,
+    /// Users queued for hydration.
+    pub hydration_pending: i64,
 }
 
 /// An exclusive claim on one account, held as a PostgreSQL advisory lock on a connection of its
@@ -492,27 +505,17 @@ impl Store {
     ) -> Result<RunCounts, StoreError> {
         let PageWrite {
             page,
-            all_new,
             cursor,
             next_cursor,
             mut counts,
-            lookup,
-            history,
+            ..
         } = *w;
         // `counts.pages` says how many API pages `page` holds (several are written together
         // when the writer falls behind the fetcher).
         let pages = counts.pages.max(1);
         let mut tx = self.pool.begin().await?;
-        let (inserted, updated, unchanged, undeleted) = write_users(
-            &mut tx,
-            account,
-            run_id,
-            &page.users,
-            all_new,
-            lookup,
-            history,
-        )
-        .await?;
+        let (inserted, updated, unchanged, undeleted) =
+            write_users(&mut tx, account, run_id, w).await?;
         counts.inserted = inserted;
         counts.updated = updated;
         counts.unchanged = unchanged;
@@ -671,7 +674,10 @@ impl Store {
         sqlx::query(
             "UPDATE sync_runs
                 SET finished_at = now(), outcome = $2, complete_listing = $3, deleted = $4,
-                    deletions_skipped_reason = $5, error_kind = $6, error = $7
+                    deletions_skipped_reason = $5, error_kind = $6, error = $7,
+                    hydrated = $8, hydration_failures = $9,
+                    http_requests = http_requests + $10, retries = retries + $11,
+                    rate_limited = rate_limited + $12
               WHERE run_id = $1",
         )
         .bind(run_id)
@@ -681,6 +687,11 @@ impl Store {
         .bind(&end.deletions_skipped_reason)
         .bind(&end.error_kind)
         .bind(&end.error)
+        .bind(end.hydration.hydrated as i64)
+        .bind(end.hydration.hydration_failures as i64)
+        .bind(end.hydration.http_requests as i64)
+        .bind(end.hydration.retries as i64)
+        .bind(end.hydration.rate_limited as i64)
         .execute(&mut *tx)
         .await?;
         let before = sqlx::query(
@@ -716,6 +727,127 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(before.map(|r| r.get(0)))
+    }
+
+    /// Up to `limit` queued users of the account whose full object is due, oldest first.
+    pub async fn hydration_due(
+        &self,
+        account: Uuid,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT user_id FROM hydration_queue
+              WHERE integrated_account_id = $1 AND next_attempt_at <= now()
+              ORDER BY next_attempt_at, queued_at, user_id LIMIT $2",
+        )
+        .bind(account)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Users still queued for hydration (due or waiting for a retry).
+    pub async fn hydration_pending(&self, account: Uuid) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM hydration_queue WHERE integrated_account_id = $1",
+        )
+        .bind(account)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Merges full objects into their rows and takes them off the queue, in one transaction.
+    /// `failed` stay queued with their error and a later retry time (1 min doubling to 6 h);
+    /// `gone` (the GET says no such user) leave the queue: the next complete listing decides
+    /// whether they were deleted. Returns how many rows were rewritten (an unchanged full
+    /// object is not written again).
+    pub async fn apply_hydration(
+        &self,
+        account: Uuid,
+        run_id: i64,
+        full: &[UserRecord],
+        failed: &[(String, String)],
+        gone: &[String],
+        history: bool,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<&str> = full.iter().map(|u| u.id.as_str()).collect();
+        let stored: HashMap<String, (Option<Vec<u8>>, bool)> = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            sqlx::query_as::<_, (String, Option<Vec<u8>>, bool)>(
+                "SELECT id, hydrated_hash, hydrated_at IS NULL FROM users
+                  WHERE integrated_account_id = $1 AND id = ANY($2::text[]) FOR UPDATE",
+            )
+            .persistent(false)
+            .bind(account)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(id, h, first)| (id, (h, first)))
+            .collect()
+        };
+        let write: Vec<&UserRecord> = full
+            .iter()
+            .filter(|u| match stored.get(&u.id) {
+                Some((Some(h), _)) => h.as_slice() != u.content_hash,
+                Some((None, _)) => true,
+                None => false, // not mirrored (any more): nothing to merge into
+            })
+            .collect();
+        if !write.is_empty() {
+            let before = if history {
+                Some(snapshots(&mut tx, account, &write).await?)
+            } else {
+                None
+            };
+            update_users(&mut tx, account, run_id, &write, UpdateMode::Hydrated).await?;
+            if let Some(before) = before {
+                let first: Vec<&str> = write
+                    .iter()
+                    .filter(|u| stored.get(&u.id).is_some_and(|(_, first)| *first))
+                    .map(|u| u.id.as_str())
+                    .collect();
+                record_updates(&mut tx, account, run_id, &before, &first).await?;
+            }
+        }
+        let done: Vec<&str> = ids
+            .iter()
+            .copied()
+            .chain(gone.iter().map(String::as_str))
+            .collect();
+        if !done.is_empty() {
+            sqlx::query(
+                "DELETE FROM hydration_queue WHERE integrated_account_id = $1 AND user_id = ANY($2::text[])",
+            )
+            .persistent(false)
+            .bind(account)
+            .bind(&done)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !failed.is_empty() {
+            let (fids, errors): (Vec<&str>, Vec<&str>) = failed
+                .iter()
+                .map(|(id, e)| (id.as_str(), e.as_str()))
+                .unzip();
+            sqlx::query(
+                "UPDATE hydration_queue q
+                    SET attempts = q.attempts + 1, last_error = f.error,
+                        next_attempt_at = now() + least(interval '1 minute' * power(2, q.attempts), interval '6 hours')
+                   FROM unnest($2::text[], $3::text[]) AS f(user_id, error)
+                  WHERE q.integrated_account_id = $1 AND q.user_id = f.user_id",
+            )
+            .persistent(false)
+            .bind(account)
+            .bind(&fids)
+            .bind(&errors)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(write.len() as u64)
     }
 
     /// Deletes the account's change history older than `days` days, in batches (each its own
@@ -839,7 +971,8 @@ impl Store {
                     (s.cursor IS NOT NULL) AS resumable,
                     (SELECT count(*) FROM users u WHERE u.integrated_account_id = s.integrated_account_id AND u.deleted_at IS NULL) AS live,
                     (SELECT count(*) FROM users u WHERE u.integrated_account_id = s.integrated_account_id AND u.deleted_at IS NOT NULL) AS gone,
-                    s.health, s.health_since, s.health_reason
+                    s.health, s.health_since, s.health_reason,
+                    (SELECT count(*) FROM hydration_queue q WHERE q.integrated_account_id = s.integrated_account_id) AS pending
                FROM sync_state s ORDER BY coalesce(s.label, s.integrated_account_id::text)",
         )
         .fetch_all(&self.pool)
@@ -862,6 +995,7 @@ impl Store {
                 health: r.get(12),
                 health_since: r.get(13),
                 health_reason: r.get(14),
+                hydration_pending: r.get(15),
             })
             .collect();
         for (id, label) in configured {
@@ -882,6 +1016,7 @@ impl Store {
                     health: "ok".into(),
                     health_since: None,
                     health_reason: None,
+                    hydration_pending: 0,
                 });
             }
         }
@@ -920,11 +1055,17 @@ async fn write_users(
     tx: &mut Transaction<'_, Postgres>,
     account: Uuid,
     run_id: i64,
-    users: &[UserRecord],
-    all_new: Option<&CopyRows>,
-    lookup: Option<&[String]>,
-    history: bool,
+    w: &PageWrite<'_>,
 ) -> Result<(u64, u64, u64, u64), StoreError> {
+    let PageWrite {
+        page,
+        all_new,
+        lookup,
+        history,
+        hydrate,
+        ..
+    } = *w;
+    let users = &page.users;
     if users.is_empty() {
         return Ok((0, 0, 0, 0));
     }
@@ -1027,19 +1168,36 @@ async fn write_users(
         .execute(&mut **tx)
         .await?;
     }
-    // Changed users: upsert, and write only the child rows that differ.
+    if hydrate {
+        // Their full objects are fetched after the listing (see sync::hydrate).
+        let ids: Vec<&str> = changed.iter().map(|u| u.id.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO hydration_queue (integrated_account_id, user_id)
+             SELECT $1, t.id FROM unnest($2::text[]) AS t(id)
+             ON CONFLICT (integrated_account_id, user_id) DO UPDATE
+                SET queued_at = now(), attempts = 0, next_attempt_at = now(), last_error = NULL",
+        )
+        .persistent(false)
+        .bind(account)
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await?;
+    }
+    // Changed users: update, and write only the child rows that differ.
     if !old.is_empty() {
         let before = if history {
             Some(snapshots(tx, account, &old).await?)
         } else {
             None
         };
-        upsert_users(tx, account, run_id, &old).await?;
-        sync_emails(tx, account, &old).await?;
-        sync_phones(tx, account, &old).await?;
-        sync_managers(tx, account, &old).await?;
+        let mode = if hydrate {
+            UpdateMode::ListedPartial
+        } else {
+            UpdateMode::Listed
+        };
+        update_users(tx, account, run_id, &old, mode).await?;
         if let Some(before) = before {
-            record_updates(tx, account, run_id, &before).await?;
+            record_updates(tx, account, run_id, &before, &[]).await?;
         }
     }
     Ok((inserted, updated, unchanged, undeleted))
@@ -1071,11 +1229,14 @@ async fn record_updates(
     account: Uuid,
     run_id: i64,
     before: &(Vec<String>, Vec<String>),
+    first_hydration: &[&str],
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO user_changes (integrated_account_id, user_id, run_id, kind, changed_fields)
          SELECT $1, o.user_id, $3,
-                CASE WHEN o.state ->> 'deleted_at' IS NOT NULL THEN 'undelete' ELSE 'update' END,
+                CASE WHEN o.user_id = ANY($5::text[]) THEN 'hydrate'
+                     WHEN o.state ->> 'deleted_at' IS NOT NULL AND s.state ->> 'deleted_at' IS NULL THEN 'undelete'
+                     ELSE 'update' END,
                 d.diff
            FROM (SELECT t.user_id, t.state::jsonb AS state
                    FROM unnest($2::text[], $4::text[]) AS t(user_id, state)) o
@@ -1091,6 +1252,7 @@ async fn record_updates(
     .bind(&before.0)
     .bind(run_id)
     .bind(&before.1)
+    .bind(first_hydration)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -1250,11 +1412,26 @@ impl CopyRows {
     }
 }
 
-async fn upsert_users(
+/// How [`update_users`] writes a user it already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpdateMode {
+    /// From a listing: the record is the user. Fields the record lacks become NULL.
+    Listed,
+    /// From a partial listing of an account with hydration: only the fields the record has
+    /// are written (the rest came from the full object and stay); `extra` keys are merged.
+    ListedPartial,
+    /// From the single-user GET: the full object. The content hash (of the listed record)
+    /// stays, so the next unchanged listing still writes nothing.
+    Hydrated,
+}
+
+/// Writes users the mirror already has (we hold the account's lease: none can vanish).
+async fn update_users(
     tx: &mut Transaction<'_, Postgres>,
     account: Uuid,
     run_id: i64,
     users: &[&UserRecord],
+    mode: UpdateMode,
 ) -> Result<(), StoreError> {
     fn col<'a>(
         users: &[&'a UserRecord],
@@ -1266,34 +1443,49 @@ async fn upsert_users(
     let hashes: Vec<&[u8]> = users.iter().map(|u| &u.content_hash[..]).collect();
     let created: Vec<_> = users.iter().map(|u| u.created_at).collect();
     let updated: Vec<_> = users.iter().map(|u| u.updated_at).collect();
+    let present: Vec<i32> = users
+        .iter()
+        .map(|u| match mode {
+            UpdateMode::Listed => crate::model::ALL_PRESENT as i32,
+            _ => u.present as i32,
+        })
+        .collect();
+    // Bits of `present`: positions in model::KNOWN_FIELDS.
     sqlx::query(
-        "INSERT INTO users AS u (integrated_account_id, id, name, first_name, last_name, username,
-                job_title, locale, timezone, role, status, organization_id, organization_name,
-                custom_fields, remote_data, extra, created_at, updated_at, content_hash,
-                last_changed_run_id)
-         SELECT $1, t.id, t.name, t.first_name, t.last_name, t.username, t.job_title, t.locale,
-                t.timezone, t.role, t.status, t.organization_id, t.organization_name,
-                t.custom_fields::jsonb, t.remote_data::jsonb, t.extra::jsonb, t.created_at,
-                t.updated_at, t.content_hash, $2
+        "UPDATE users AS u SET
+                name = CASE WHEN t.p & 2 <> 0 THEN t.name ELSE u.name END,
+                first_name = CASE WHEN t.p & 4 <> 0 THEN t.first_name ELSE u.first_name END,
+                last_name = CASE WHEN t.p & 8 <> 0 THEN t.last_name ELSE u.last_name END,
+                username = CASE WHEN t.p & 16 <> 0 THEN t.username ELSE u.username END,
+                job_title = CASE WHEN t.p & 32 <> 0 THEN t.job_title ELSE u.job_title END,
+                locale = CASE WHEN t.p & 64 <> 0 THEN t.locale ELSE u.locale END,
+                timezone = CASE WHEN t.p & 128 <> 0 THEN t.timezone ELSE u.timezone END,
+                role = CASE WHEN t.p & 256 <> 0 THEN t.role ELSE u.role END,
+                status = CASE WHEN t.p & 512 <> 0 THEN t.status ELSE u.status END,
+                organization_id = CASE WHEN t.p & 8192 <> 0 THEN t.organization_id ELSE u.organization_id END,
+                organization_name = CASE WHEN t.p & 8192 <> 0 THEN t.organization_name ELSE u.organization_name END,
+                custom_fields = CASE WHEN t.p & 16384 <> 0 THEN t.custom_fields::jsonb ELSE u.custom_fields END,
+                remote_data = CASE WHEN t.p & 32768 <> 0 THEN t.remote_data::jsonb ELSE u.remote_data END,
+                created_at = CASE WHEN t.p & 65536 <> 0 THEN t.created_at ELSE u.created_at END,
+                updated_at = CASE WHEN t.p & 131072 <> 0 THEN t.updated_at ELSE u.updated_at END,
+                extra = CASE WHEN $21 = 'partial'
+                             THEN nullif(coalesce(u.extra, '{}') || coalesce(t.extra::jsonb, '{}'), '{}')
+                             ELSE t.extra::jsonb END,
+                content_hash = CASE WHEN $21 = 'hydrated' THEN u.content_hash ELSE t.content_hash END,
+                deleted_at = CASE WHEN $21 = 'hydrated' THEN u.deleted_at END,
+                hydrated_at = CASE WHEN $21 = 'hydrated' THEN now() ELSE u.hydrated_at END,
+                hydrated_hash = CASE WHEN $21 = 'hydrated' THEN t.content_hash ELSE u.hydrated_hash END,
+                last_changed_at = now(), last_changed_run_id = $2
            FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
                        $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
                        $15::text[], $16::text[], $17::timestamptz[], $18::timestamptz[], $19::bytea[],
-                       $20::text[])
+                       $20::text[], $22::int4[])
              AS t(id, name, first_name, last_name, username, job_title, locale, timezone, role,
                   status, organization_id, organization_name, custom_fields, remote_data,
-                  created_at, updated_at, content_hash, extra)
-         ON CONFLICT (integrated_account_id, id) DO UPDATE SET
-                name = excluded.name, first_name = excluded.first_name,
-                last_name = excluded.last_name, username = excluded.username,
-                job_title = excluded.job_title, locale = excluded.locale,
-                timezone = excluded.timezone, role = excluded.role, status = excluded.status,
-                organization_id = excluded.organization_id,
-                organization_name = excluded.organization_name,
-                custom_fields = excluded.custom_fields, remote_data = excluded.remote_data,
-                extra = excluded.extra, created_at = excluded.created_at, updated_at = excluded.updated_at,
-                content_hash = excluded.content_hash, deleted_at = NULL,
-                last_changed_at = now(), last_changed_run_id = excluded.last_changed_run_id",
+                  created_at, updated_at, content_hash, extra, p)
+          WHERE u.integrated_account_id = $1 AND u.id = t.id",
     )
+    .persistent(false)
     .bind(account)
     .bind(run_id)
     .bind(&ids)
@@ -1314,8 +1506,25 @@ async fn upsert_users(
     .bind(&updated)
     .bind(&hashes)
     .bind(col(users, |u| u.extra.as_deref()))
+    .bind(match mode {
+        UpdateMode::Listed => "listed",
+        UpdateMode::ListedPartial => "partial",
+        UpdateMode::Hydrated => "hydrated",
+    })
+    .bind(&present)
     .execute(&mut **tx)
     .await?;
+    // The children a record carries replace the stored ones; absent ones stay (partial modes).
+    let carrying = |field: &str| -> Vec<&UserRecord> {
+        users
+            .iter()
+            .copied()
+            .filter(|u| mode == UpdateMode::Listed || u.has(field))
+            .collect()
+    };
+    sync_emails(tx, account, &carrying("emails")).await?;
+    sync_phones(tx, account, &carrying("phones")).await?;
+    sync_managers(tx, account, &carrying("manager")).await?;
     Ok(())
 }
 

@@ -30,6 +30,8 @@ pub struct SyncOptions {
     pub history: bool,
     /// Prune the account's history older than this after each run; 0 keeps it.
     pub history_retention_days: u32,
+    /// Single-user GETs per run of a hydrating account (unless the account says otherwise).
+    pub hydrate_max_per_run: u32,
 }
 
 impl SyncOptions {
@@ -42,6 +44,7 @@ impl SyncOptions {
             metrics: None,
             history: s.history.enabled,
             history_retention_days: s.history.retention_days,
+            hydrate_max_per_run: s.sync.hydrate_max_per_run,
         }
     }
 }
@@ -253,7 +256,9 @@ async fn run_leased(
         error_kind: None,
         error: None,
         health: None,
+        hydration: RunCounts::default(),
     };
+    let listed = listing.is_ok();
     match listing {
         Ok(listing) => {
             end.complete_listing = true;
@@ -336,6 +341,16 @@ async fn run_leased(
                 }
             }
         }
+    }
+    if listed && account.hydrate && end.outcome != Outcome::Failed {
+        match hydrate(store, source, account, opts, cancel, start_run(out)).await {
+            Ok(h) => end.hydration = h,
+            Err((h, e)) => {
+                end.hydration = h;
+                tracing::warn!(error = %e, "hydration stopped early; the rest of the queue waits for the next run");
+            }
+        }
+        out.counts.add(&end.hydration);
     }
     if end.health.is_none() && (out.complete_listing || out.counts.pages > 0) {
         // The API answered for this account: whatever kept it unhealthy is over.
@@ -784,6 +799,124 @@ fn source_stop(e: SourceError) -> Stop {
     }
 }
 
+/// A queued user's id and what its GET answered (the body and the requests it took).
+type UserAnswer = (String, Result<(String, u32), SourceError>);
+
+/// Single-user GETs in flight at once while hydrating (the request budget paces them).
+const HYDRATE_CONCURRENCY: usize = 4;
+
+/// Fetches the full objects of the account's queued users, up to its per-run allowance, and
+/// merges them into their rows (see [`Store::apply_hydration`]). A failed GET leaves its user
+/// queued for a later retry and never stops the others; an error that concerns the whole
+/// account (or the database, or shutdown) stops the phase, and the queue waits for the next
+/// run. Returns the counters (and them with the error when it stopped early).
+async fn hydrate(
+    store: &Store,
+    source: &TrutoClient,
+    account: &AccountSettings,
+    opts: &SyncOptions,
+    cancel: &CancellationToken,
+    run_id: i64,
+) -> Result<RunCounts, (RunCounts, String)> {
+    use futures_util::StreamExt;
+    let id = account.integrated_account_id;
+    let allowance = account
+        .hydrate_max_per_run
+        .unwrap_or(opts.hydrate_max_per_run) as u64;
+    let mut counts = RunCounts::default();
+    let mut fetched = 0u64;
+    let never = CancellationToken::new();
+    while fetched < allowance && !cancel.is_cancelled() {
+        let take = (allowance - fetched).min(100) as u32;
+        let due = with_db_retries(opts, cancel, || store.hydration_due(id, take))
+            .await
+            .map_err(|e| (counts, e.to_string()))?;
+        if due.is_empty() {
+            break;
+        }
+        fetched += due.len() as u64;
+        let answers: Vec<UserAnswer> = futures_util::stream::iter(due)
+            .map(|uid| async move {
+                let r = source.fetch_user(account, &uid, cancel).await;
+                (uid, r)
+            })
+            .buffer_unordered(HYDRATE_CONCURRENCY)
+            .collect()
+            .await;
+        let (mut full, mut failed, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+        let mut stop: Option<String> = None;
+        for (uid, answer) in answers {
+            match answer {
+                Ok((body, requests)) => {
+                    counts.http_requests += requests as u64;
+                    counts.retries += requests.saturating_sub(1) as u64;
+                    match crate::model::decode_user(&body) {
+                        Ok(u) if u.id == uid => full.push(u),
+                        Ok(u) => failed.push((
+                            uid,
+                            format!(
+                                "the full object has id {:?}",
+                                crate::source::shorten(&u.id, 60)
+                            ),
+                        )),
+                        Err(r) => failed.push((uid, r.reason)),
+                    }
+                }
+                Err(SourceError::Cancelled) => stop = Some("interrupted by shutdown".into()),
+                Err(e) => {
+                    counts.http_requests += 1;
+                    if e.status() == Some(404) {
+                        gone.push(uid);
+                    } else if crate::store::HEALTH_KINDS.contains(&e.kind())
+                        || e.kind() == "bad_token"
+                    {
+                        stop = Some(e.to_string());
+                    } else {
+                        failed.push((uid, e.to_string()));
+                    }
+                }
+            }
+        }
+        counts.hydrated += full.len() as u64;
+        counts.hydration_failures += failed.len() as u64;
+        for (uid, error) in &failed {
+            tracing::warn!(user_id = %uid, %error, "could not fetch the user's full object; retried later");
+        }
+        // Like a page, a hydration batch is never abandoned half-written for shutdown.
+        with_db_retries(opts, &never, || {
+            store.apply_hydration(id, run_id, &full, &failed, &gone, opts.history)
+        })
+        .await
+        .map_err(|e| (counts, e.to_string()))?;
+        if let Some(m) = &opts.metrics {
+            let a = id.to_string();
+            for (result, n) in [
+                ("merged", full.len()),
+                ("failed", failed.len()),
+                ("gone", gone.len()),
+            ] {
+                m.add(
+                    "lms_sync_hydrations_total",
+                    &[("account", &a), ("result", result)],
+                    n as f64,
+                );
+            }
+        }
+        if let Some(why) = stop {
+            return Err((counts, why));
+        }
+    }
+    if let Ok(left) = store.hydration_pending(id).await {
+        if left > 0 {
+            tracing::info!(
+                pending = left,
+                "users still queued for hydration (per-run allowance used, or waiting for a retry)"
+            );
+        }
+    }
+    Ok(counts)
+}
+
 /// A 4xx other than auth/scope/blocked answering a resumed cursor means the cursor expired.
 fn stale_cursor(e: &SourceError) -> bool {
     matches!(e, SourceError::Status { status, .. } if matches!(*status, 400 | 404 | 410 | 422))
@@ -837,6 +970,7 @@ async fn apply(
         counts: base,
         lookup,
         history: opts.history,
+        hydrate: account.hydrate,
     };
     let counts = with_db_retries(opts, &never, || {
         store.apply_page(account.integrated_account_id, run_id, &write)
