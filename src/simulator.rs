@@ -327,6 +327,16 @@ impl Simulator {
         })
     }
 
+    /// Ids of the users served as raw records (see [`Simulator::set_raw_record`]).
+    pub fn raw_ids(&self, account: Uuid) -> Vec<String> {
+        self.with(|s| {
+            s.accounts
+                .get(&account)
+                .map(|a| a.raw.keys().map(|i| (i + 1).to_string()).collect())
+                .unwrap_or_default()
+        })
+    }
+
     /// One user as the single-user GET returns it.
     pub fn expected_user(&self, account: Uuid, id: &str) -> Option<Value> {
         self.with(|s| {

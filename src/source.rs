@@ -595,6 +595,10 @@ pub fn parse_page(body: &[u8], headers: &HeaderMap) -> Result<FetchedPage, Sourc
 /// Checks the envelope `{"result": [...], "next_cursor": ..., "is_partial_response": ...}` and
 /// reads the cursor; the records stay undecoded in the page until [`FetchedPage::decode`].
 fn parse_envelope(body: bytes::Bytes, headers: &HeaderMap) -> Result<FetchedPage, SourceError> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        // (serde would read a struct out of an array, and blame the wrong thing.)
+        return Err(invalid_body(&body, headers, &"no object"));
+    }
     let envelope: Envelope =
         serde_json::from_slice(&body).map_err(|e| invalid_body(&body, headers, &e))?;
     let result = envelope

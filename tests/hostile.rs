@@ -1,0 +1,182 @@
+//! Hostile input: records and pages built to break parsers, PostgreSQL or assumptions. Each
+//! case ends with no crash, nothing mirrored lost, and a clear record of what was refused.
+
+mod helpers;
+
+use helpers::*;
+use lms_sync::simulator::Fault;
+use lms_sync::store::Outcome;
+use lms_sync::sync::PassStatus;
+use serde_json::Value;
+
+async fn rejected(env: &Env) -> Vec<(Option<String>, String)> {
+    sqlx::query_as("SELECT user_id, reason FROM rejected_records ORDER BY rejection_id")
+        .fetch_all(env.store.pool())
+        .await
+        .unwrap()
+}
+
+fn reason_of<'a>(r: &'a [(Option<String>, String)], id: &str) -> &'a str {
+    r.iter()
+        .find(|(u, _)| u.as_deref() == Some(id))
+        .map(|(_, reason)| reason.as_str())
+        .unwrap_or_else(|| panic!("no rejection for {id}: {r:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_that_parsers_disagree_on_or_postgres_cannot_hold_are_kept_or_refused_never_lost() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 300)]).await;
+    assert!(env.sync(a).await.succeeded());
+    let big_name = "é".repeat(600_000); // 1.2 MB of text
+    let wide: serde_json::Map<String, Value> = (0..20_000)
+        .map(|i| (format!("k{i}"), Value::from(i)))
+        .collect();
+    let raws: Vec<(&str, String)> = vec![
+        // JSON parsers disagree on duplicate keys (first wins? last wins?): refuse, don't guess.
+        ("21", r#"{"id":"21","name":"first","name":"second"}"#.into()),
+        // A lone surrogate is not a character: no UTF-8 for it.
+        ("22", r#"{"id":"22","name":"\ud800"}"#.into()),
+        // Control characters other than NUL are text PostgreSQL stores as given.
+        ("23", "{\"id\":\"23\",\"name\":\"tab\\there\\u0007bell\\u001b[0m\\r\\n\"}".into()),
+        ("24", format!(r#"{{"id":"24","name":"{big_name}"}}"#)),
+        ("25", format!(r#"{{"id":"25","custom_fields":{}}}"#, Value::Object(wide))),
+        // Nulls inside arrays are skipped; wrong types inside them refuse the record.
+        ("26", r#"{"id":"26","emails":[null,{"email":"x@y.example"},null],"phones":[null]}"#.into()),
+        ("27", r#"{"id":"27","emails":[5]}"#.into()),
+        ("28", r#"{"id":"28","phones":[{"number":12345}]}"#.into()),
+        // A manager without an id is kept as given.
+        ("29", r#"{"id":"29","manager":{"name":"The Boss","emails":null}}"#.into()),
+        ("30", r#"{"id":"30","created_at":"2024-02-30T00:00:00Z"}"#.into()),
+        ("31", r#"{"id":"31","created_at":"2024-01-05 10:00:00","updated_at":"2024-01-05T10:00:00.123456789+05:30"}"#.into()),
+        ("32", r#"{"id":"32","status":"on_sabbatical","role":{"not":"text"}}"#.into()),
+        ("33", r#"{"id":"33","custom_fields":{"n":1e400000}}"#.into()),
+    ];
+    for (id, raw) in &raws {
+        env.sim.set_raw_record(a, id, raw);
+    }
+    // The same id twice: once on this page, once on the next (the later record wins).
+    env.sim
+        .set_raw_record(a, "40", r#"{"id":"160","name":"an early copy of 160"}"#);
+
+    let o = env.sync(a).await;
+    assert_eq!(
+        o.status,
+        PassStatus::Finished(Outcome::Succeeded),
+        "{:?}",
+        o.error
+    );
+    let r = rejected(&env).await;
+    assert!(reason_of(&r, "21").contains("duplicate field"), "{r:?}");
+    assert!(reason_of(&r, "22").contains("not valid JSON"), "{r:?}");
+    assert!(reason_of(&r, "27").contains("fit"), "{r:?}");
+    assert!(reason_of(&r, "28").contains("fit"), "{r:?}");
+    assert!(reason_of(&r, "30").starts_with("created_at"), "{r:?}");
+    assert!(reason_of(&r, "32").contains("fit"), "{r:?}");
+    assert!(reason_of(&r, "33").contains("number"), "{r:?}");
+    assert_eq!(r.len(), 7, "{r:?}");
+
+    let text = |id: &'static str, col: &'static str| {
+        let sql =
+            format!("SELECT {col}::text FROM users WHERE integrated_account_id = $1 AND id = $2");
+        let pool = env.store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, Option<String>>(&sql)
+                .bind(a)
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        text("23", "name").await.as_deref(),
+        Some("tab\there\u{7}bell\u{1b}[0m\r\n")
+    );
+    assert_eq!(text("24", "name").await.unwrap(), big_name);
+    let keys = env
+        .scalar_i64(&format!("SELECT count(*) FROM users u, jsonb_object_keys(u.custom_fields) WHERE u.integrated_account_id = '{a}' AND u.id = '25'"))
+        .await;
+    assert_eq!(keys, 20_000);
+    let emails26 = env
+        .scalar_i64("SELECT count(*) FROM user_emails WHERE user_id = '26'")
+        .await;
+    assert_eq!(emails26, 1);
+    let boss: (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT manager_id, manager_name FROM user_managers WHERE user_id = '29'")
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(boss, (None, Some("The Boss".into())));
+    assert_eq!(
+        text("31", "(created_at at time zone 'UTC')")
+            .await
+            .as_deref(),
+        Some("2024-01-05 10:00:00")
+    );
+    // Refused records with a usable id stay as they were mirrored, live.
+    let live_refused = env
+        .scalar_i64("SELECT count(*) FROM users WHERE id IN ('21','22','27','28','30','32','33') AND deleted_at IS NULL AND first_seen_at < last_changed_at + interval '1 hour'")
+        .await;
+    assert_eq!(live_refused, 7);
+    let name160: Option<String> = text("160", "name").await;
+    assert_ne!(name160.as_deref(), Some("an early copy of 160"));
+    // Every user the API still lists normally is exact.
+    assert_mirror(&env.store, &env.sim, a).await;
+    // The only user gone is 40, whose place in the listing now holds the copy of 160.
+    let gone: Vec<String> = sqlx::query_scalar("SELECT id FROM users WHERE deleted_at IS NOT NULL")
+        .fetch_all(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(gone, ["40"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_that_are_not_what_they_should_be_are_retried_or_fail_clearly_and_touch_nothing() {
+    let a = account_id(1);
+    let mut env = Env::new(&[(a, 400)]).await;
+    env.settings.truto.max_attempts = 3;
+    assert!(env.sync(a).await.succeeded());
+    let before = row_versions(&env.store).await;
+    let cases: Vec<(Fault, &str)> = vec![
+        (Fault::Body("this is not json".into()), "not a JSON object"),
+        (Fault::Body("[1,2,3]".into()), "not a JSON object"),
+        (
+            Fault::Body(r#"{"result":{"id":"1"}}"#.into()),
+            "not an array",
+        ),
+        (Fault::Body(r#"{"data":[]}"#.into()), "no `result`"),
+        (
+            Fault::Body(r#"{"result":[],"next_cursor":{"page":2}}"#.into()),
+            "not a string",
+        ),
+        (Fault::Html200, "text/html"),
+    ];
+    for (fault, says) in cases {
+        env.sim.block(a, fault.clone());
+        let o = env.sync(a).await;
+        assert_eq!(o.status, PassStatus::Finished(Outcome::Failed), "{fault:?}");
+        assert_eq!(o.error_kind.as_deref(), Some("invalid_page"), "{fault:?}");
+        let err = o.error.unwrap();
+        assert!(err.contains(says), "{fault:?}: {err}");
+        assert_eq!(row_versions(&env.store).await, before, "{fault:?}");
+    }
+    env.sim.unblock(a);
+
+    // A huge page (100 records of ~200 kB: 20 MB) is stored whole.
+    let blob = "x".repeat(200_000);
+    for i in 1..=100 {
+        env.sim.set_raw_record(
+            a,
+            &i.to_string(),
+            &format!(r#"{{"id":"{i}","custom_fields":{{"blob":"{blob}"}}}}"#),
+        );
+    }
+    let o = env.sync(a).await;
+    assert!(o.succeeded(), "{:?}", o.error);
+    let stored = env
+        .scalar_i64("SELECT count(*) FROM users WHERE length(custom_fields->>'blob') = 200000")
+        .await;
+    assert_eq!(stored, 100);
+    assert_mirror(&env.store, &env.sim, a).await;
+}
