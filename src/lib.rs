@@ -28,6 +28,7 @@ pub mod budget;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod failpoint;
 pub mod http1;
 pub mod metrics;
 pub mod model;

@@ -597,6 +597,7 @@ impl Store {
         .bind(pages as i64)
         .execute(&mut *tx)
         .await?;
+        crate::failpoint::point("page_tx").await;
         tx.commit().await?;
         Ok(counts)
     }
@@ -658,6 +659,7 @@ impl Store {
             .await?;
             deleted += n as u64;
         }
+        crate::failpoint::point("sweep_tx").await;
         tx.commit().await?;
         Ok(Sweep::Deleted(deleted))
     }
@@ -725,6 +727,7 @@ impl Store {
         .bind(&end.error)
         .fetch_optional(&mut *tx)
         .await?;
+        crate::failpoint::point("finish_run").await;
         tx.commit().await?;
         Ok(before.map(|r| r.get(0)))
     }
@@ -846,6 +849,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        crate::failpoint::point("hydrate_tx").await;
         tx.commit().await?;
         Ok(write.len() as u64)
     }

@@ -977,6 +977,7 @@ async fn apply(
     })
     .await
     .map_err(Stop::Store)?;
+    crate::failpoint::point("page_committed").await;
     out.counts.add(&counts);
     for u in &decoded.users {
         for (field, value) in u.unknown_enum_values() {
