@@ -18,8 +18,54 @@ pub const TOKEN_ENV: &str = "TRUTO_API_TOKEN";
 
 /// An invalid configuration. Its `Display` is one line naming the key (and the env var that sets it).
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
+#[error("invalid configuration: {}", one_line(&redact_credentials(.0)))]
 pub struct ConfigError(pub String);
+
+/// Control characters (an echoed value may hold a newline) escaped, so a message stays one line.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
+}
+
+/// `scheme://user:password@host` → `scheme://user:***@host`, wherever a message echoes a value:
+/// a database URL put under the wrong key must not print its password.
+pub fn redact_credentials(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c == '"' || c == '\'' || c == '`' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.find(':') {
+                    Some(colon) => {
+                        out.push_str(&userinfo[..colon]);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str(userinfo),
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
 
 fn env_name(key: &str) -> String {
     let mut name = String::from(ENV_PREFIX);
@@ -823,6 +869,25 @@ mod toml_edit_free {
                 }
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_credentials;
+
+    #[test]
+    fn passwords_in_urls_are_masked_and_the_rest_kept() {
+        assert_eq!(
+            redact_credentials("bad value \"postgres://u:s3cr@t@db:5432/x\" for key"),
+            "bad value \"postgres://u:***@db:5432/x\" for key"
+        );
+        assert_eq!(redact_credentials("http://host/path"), "http://host/path");
+        assert_eq!(
+            redact_credentials("a://b@c d://e:f@g"),
+            "a://b@c d://e:***@g"
+        );
+        assert_eq!(redact_credentials("no url"), "no url");
     }
 }
 
