@@ -758,6 +758,16 @@ mod tests {
     }
 
     #[test]
+    fn the_client_never_shows_its_token() {
+        let token = SecretString::from("tok-DEBUGSECRET".to_string());
+        let client =
+            TrutoClient::new(&crate::config::TrutoSettings::default(), &token).expect("client");
+        let shown = format!("{client:?} {:?}", client.auth);
+        assert!(!shown.contains("DEBUGSECRET"), "{shown}");
+        assert!(!format!("{token:?}").contains("DEBUGSECRET"));
+    }
+
+    #[test]
     fn status_errors_say_what_to_do_and_whether_to_retry() {
         let e = status_error(
             StatusCode::UNAUTHORIZED,

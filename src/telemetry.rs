@@ -53,8 +53,35 @@ impl<'a> MakeWriter<'a> for StderrAroundBars {
     }
 }
 
+/// Panics become one `error` event in the log (in its format, with the location), not loose
+/// text on stderr. The message is what the panicking code wrote; nothing in lms-sync formats a
+/// secret (tokens and database URLs are `SecretString`s whose Debug is redacted).
+fn log_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            tracing::error!(
+                panic = %crate::source::shorten(&message, 500),
+                %location,
+                "internal error (a bug): please report it"
+            );
+        }));
+    });
+}
+
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(settings: &LogSettings) {
+    log_panics();
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));

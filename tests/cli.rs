@@ -328,3 +328,55 @@ async fn sync_status_and_migrate_work_end_to_end_and_never_show_the_token() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_never_shows_at_any_log_level_in_either_format() {
+    let token = "tok-LEVELSECRET-9931";
+    let (a, b) = (account_id(1), account_id(2));
+    let sim = sim_with(&[(a, 120), (b, 30)], token).await;
+    // Something to log at every level: retries, a refused record, a failing account.
+    sim.set_raw_record(a, "7", r#"{"id":"7","emails":"nope"}"#);
+    sim.block(
+        b,
+        Fault::Status {
+            status: 401,
+            retry_after: None,
+            remote: true,
+        },
+    );
+    let db = fresh_database_url().await;
+    for format in ["pretty", "json"] {
+        let cfg = write_config(&format!(
+            "[truto]\nbase_url = \"{}\"\nbackoff_initial_ms = 5\n[sync]\nprogress = \"log\"\n\
+             [log]\nformat = \"{format}\"\n\
+             [[accounts]]\nintegrated_account_id = \"{a}\"\n[[accounts]]\nintegrated_account_id = \"{b}\"\n",
+            sim.base_url()
+        ));
+        let cfg = cfg.to_str().unwrap();
+        for level in ["error", "warn", "info", "debug", "trace"] {
+            sim.push_fault(Some(a), Fault::status(500));
+            let env = [
+                ("TRUTO_API_TOKEN", token),
+                ("LMS_SYNC__DATABASE__URL", db.as_str()),
+                ("RUST_LOG", level),
+            ];
+            for args in [
+                vec!["--config", cfg, "sync"],
+                vec!["--config", cfg, "status"],
+            ] {
+                let out = run(&args, &env).await;
+                let (stdout, stderr) = text(&out);
+                assert!(out.status.code().is_some(), "{format}/{level}: {args:?}");
+                for output in [&stdout, &stderr] {
+                    assert!(
+                        !output.contains("LEVELSECRET"),
+                        "{format}/{level}/{args:?}: the token leaked:\n{output}"
+                    );
+                }
+                if level == "trace" && args[2] == "sync" {
+                    assert!(stderr.contains("retrying"), "{stderr}");
+                }
+            }
+        }
+    }
+}
