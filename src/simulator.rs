@@ -103,6 +103,8 @@ struct State {
     user_faults: HashMap<(Uuid, String), Fault>,
     script: VecDeque<(Option<Uuid>, Fault)>,
     random_fault_rate: f64,
+    /// When set, random faults also include stalls mid-body and delays of this long.
+    random_slow: Option<Duration>,
     rng: fastrand::Rng,
     latency: Duration,
     cursor_generation: u64,
@@ -147,6 +149,7 @@ impl Simulator {
             user_faults: HashMap::new(),
             script: VecDeque::new(),
             random_fault_rate: 0.0,
+            random_slow: None,
             rng: fastrand::Rng::with_seed(7),
             latency: Duration::ZERO,
             cursor_generation: 1,
@@ -297,6 +300,12 @@ impl Simulator {
             s.random_fault_rate = rate;
             s.rng = fastrand::Rng::with_seed(seed);
         });
+    }
+
+    /// Adds stalls mid-body and whole-answer delays of `hold` to the random faults (a hold
+    /// beyond the client's request timeout makes them timeouts).
+    pub fn set_random_slow_faults(&self, hold: Option<Duration>) {
+        self.with(|s| s.random_slow = hold);
     }
 
     pub fn set_latency(&self, latency: Duration) {
@@ -856,7 +865,13 @@ fn route_inner(s: &mut State, req: &Request) -> Reply {
                 Fault::Reset,
                 Fault::Truncate,
             ];
-            Some(pool[s.rng.usize(..pool.len())].clone())
+            let slow = s.random_slow.map(|d| [Fault::Stall(d), Fault::Delay(d)]);
+            let n = pool.len() + slow.as_ref().map_or(0, |x| x.len());
+            let pick = s.rng.usize(..n);
+            Some(match (pick.checked_sub(pool.len()), &slow) {
+                (Some(j), Some(x)) => x[j].clone(),
+                _ => pool[pick].clone(),
+            })
         } else {
             None
         };

@@ -520,7 +520,7 @@ async fn follow_listing(
     let mut listing = Listing {
         resumed: resume_cursor.is_some(),
         partial: false,
-        seen: crate::store::SeenIds::new(run_id as u64),
+        seen: crate::store::SeenIds::sized(run_id as u64, 0),
         started_empty: false,
     };
     let mut cursors: HashSet<String> = HashSet::new();
@@ -559,6 +559,15 @@ async fn follow_listing(
             .await
             .map_err(Stop::Store)?;
     listing.started_empty = empty_at_start;
+    if !listing.resumed && !empty_at_start {
+        // Only a fresh listing of an account with users sweeps: size its filter to the account
+        // (with room for growth).
+        let live = with_db_retries(opts, cancel, || store.live_users(id))
+            .await
+            .map_err(Stop::Store)?
+            .max(0) as u64;
+        listing.seen = crate::store::SeenIds::sized(run_id as u64, live + live / 4 + 1000);
+    }
     // A task of its own, so that decoding runs in parallel with the writer's database work.
     let fetcher = tokio::spawn(fetch_ahead(
         source.clone(),

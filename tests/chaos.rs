@@ -16,13 +16,22 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sustained_fifth_of_requests_failing_across_accounts_still_ends_exact() {
+    // LMS_SYNC_CHAOS_SCALE multiplies the accounts' sizes (the full variant uses 20).
+    let scale: usize = std::env::var("LMS_SYNC_CHAOS_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let accounts: Vec<_> = (1..=4)
-        .map(|i| (account_id(i), 150 + 110 * i as usize))
+        .map(|i| (account_id(i), (150 + 110 * i as usize) * scale))
         .collect();
     let mut env = Env::new(&accounts).await;
     env.settings.truto.max_attempts = 20;
-    env.settings.truto.request_timeout_secs = 2;
+    env.settings.truto.request_timeout_secs = 1;
+    // 429s with and without hints, 500/502/504, resets, bodies cut mid-JSON, and answers that
+    // stall mid-body or come later than the request timeout.
     env.sim.set_random_faults(0.2, 2026);
+    env.sim
+        .set_random_slow_faults(Some(Duration::from_millis(1500)));
     let list: Vec<AccountSettings> = accounts
         .iter()
         .map(|(id, _)| AccountSettings::new(*id))

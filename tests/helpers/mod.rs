@@ -3,6 +3,8 @@
 //! test, and a field-by-field comparison of the mirror with the simulator's dataset.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -1,0 +1,114 @@
+//! The binary as a child process: `lms-sync run` with a config file, its JSON log parsed into
+//! events the tests wait on.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use lms_sync::simulator::{Simulator, DEMO_TOKEN};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_lms-sync");
+
+pub fn config(sim: &Simulator, accounts: &[Uuid], every: &str, max_concurrent: usize) -> PathBuf {
+    let mut t = format!(
+        "[truto]\nbase_url = \"{}\"\nbackoff_initial_ms = 5\n\
+         [sync]\nprogress = \"off\"\nmax_concurrent_accounts = {max_concurrent}\nshutdown_grace_secs = 20\n\
+         [schedule]\nevery = \"{every}\"\njitter = \"0s\"\nretry_initial = \"1s\"\n\
+         [server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
+        sim.base_url()
+    );
+    for id in accounts {
+        t.push_str(&format!("[[accounts]]\nintegrated_account_id = \"{id}\"\n"));
+    }
+    let p = std::env::temp_dir().join(format!("lms-sync-proc-{}.toml", Uuid::new_v4()));
+    std::fs::write(&p, t).unwrap();
+    p
+}
+
+/// A running `lms-sync run` and the events parsed from its log.
+pub struct Daemon {
+    pub child: Child,
+    pub events: mpsc::UnboundedReceiver<Value>,
+}
+
+pub fn spawn(cfg: &std::path::Path, db: &str) -> Daemon {
+    let mut child = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TRUTO_API_TOKEN", DEMO_TOKEN)
+        .env("LMS_SYNC__DATABASE__URL", db)
+        .env("RUST_LOG", "lms_sync=debug,info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start lms-sync run");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, events) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    Daemon { child, events }
+}
+
+impl Daemon {
+    /// The next log event whose message is `msg`.
+    pub async fn wait_for(&mut self, msg: &str) -> Value {
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(60), self.events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no `{msg}` within 60s"))
+                .unwrap_or_else(|| panic!("the daemon exited before `{msg}`"));
+            if ev["fields"]["message"] == msg {
+                return ev;
+            }
+        }
+    }
+
+    pub async fn terminate(mut self) -> i32 {
+        let pid = self.child.id().expect("running").to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exits within the grace period")
+            .unwrap();
+        status.code().expect("exited, not killed")
+    }
+}
+
+pub async fn query_one<T>(db: &str, sql: &str) -> T
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    let store = store_for(db).await;
+    let v = sqlx::query_scalar(sql)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    store.pool().close().await;
+    v
+}
+
+pub async fn store_for(db: &str) -> lms_sync::store::Store {
+    let mut s = lms_sync::config::Settings::default();
+    s.database.url = Some(secrecy::SecretString::from(db.to_string()));
+    lms_sync::store::Store::connect(s.database.url.as_ref().unwrap(), &s.database)
+        .await
+        .unwrap()
+}
