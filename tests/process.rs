@@ -171,3 +171,55 @@ async fn two_daemons_share_the_work_and_never_sync_one_account_at_the_same_time(
         assert_mirror(&store, &sim, *a).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_daemon_takes_over_an_account_whose_lease_holder_was_killed_mid_run() {
+    let a = account_id(1);
+    let sim = Simulator::start(0).await.unwrap();
+    sim.add_account(a, 3000, 5);
+    sim.set_latency(Duration::from_millis(15));
+    let db = fresh_database_url().await;
+    let store = store_for(&db).await;
+    store.migrate().await.unwrap();
+    let cfg = config(&sim, &[a], "6h", 1);
+    let mut d1 = spawn(&cfg, &db);
+    let mut d2 = spawn(&cfg, &db);
+
+    // Whoever commits pages holds the lease: kill it with SIGKILL mid-run.
+    let first_is_holder = loop {
+        tokio::select! {
+            ev = d1.wait_for("page committed") => if ev["fields"]["pages"].as_u64() >= Some(3) { break true },
+            ev = d2.wait_for("page committed") => if ev["fields"]["pages"].as_u64() >= Some(3) { break false },
+        }
+    };
+    let (mut holder, mut survivor) = if first_is_holder { (d1, d2) } else { (d2, d1) };
+    holder.child.start_kill().unwrap();
+    holder.child.wait().await.unwrap();
+
+    // The survivor finds the lease free at its next look and finishes the listing.
+    sim.set_latency(Duration::ZERO);
+    let ev = survivor.wait_for("sync run finished").await;
+    assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    assert_eq!(
+        ev["fields"]["resumed"], true,
+        "it resumed the killed run's listing"
+    );
+    assert_eq!(survivor.terminate().await, 0);
+
+    assert_mirror(&store, &sim, a).await;
+    let outcomes: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT outcome, worker FROM sync_runs ORDER BY run_id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    assert_eq!(outcomes[0].0, "interrupted");
+    assert_eq!(outcomes[1].0, "succeeded");
+    assert_ne!(outcomes[0].1, outcomes[1].1, "another process finished it");
+    let dupes: i64 = query_one(
+        &db,
+        "SELECT count(*) - count(DISTINCT user_id) FROM user_changes WHERE kind = 'insert'",
+    )
+    .await;
+    assert_eq!(dupes, 0);
+}
