@@ -20,7 +20,7 @@ pub const DEFINITIONS: &[(&str, &str, &str)] = &[
     ("lms_sync_running_accounts", "gauge", "Accounts being synced by this process now."),
     ("lms_sync_account_health", "gauge", "1 for the account's current health (ok, needs_reauth, blocked, not_found, forbidden), 0 for the others, by account and health."),
     ("lms_sync_hydrations_total", "counter", "Full objects fetched for hydration, by account and result (merged, failed, gone)."),
-    ("lms_sync_unknown_enum_values_total", "counter", "Users with a role or status outside the documented values, by account, field and value."),
+    ("lms_sync_unknown_enum_values_total", "counter", "Users inserted or changed with a role or status outside the documented values, by account, field and value."),
 ];
 
 type Key = (&'static str, String);

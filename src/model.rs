@@ -116,6 +116,9 @@ pub struct UserRecord {
     pub manager: Option<Manager>,
     /// Hash of everything above: equal hashes mean nothing to write.
     pub content_hash: [u8; 16],
+    /// Hash of the record's exact text as listed: equal to the stored one means the record is
+    /// byte for byte what was mirrored, and need not even be decoded next time.
+    pub listed_hash: [u8; 16],
     /// Which top-level fields the record had (null counts as present): bit `i` stands for
     /// `KNOWN_FIELDS[i]`. Lets a partial record update only what it carries.
     pub present: u32,
@@ -166,44 +169,114 @@ pub struct Rejection {
     pub raw: String,
 }
 
+/// A listed record not decoded (yet): its id and the hash of its text. A record whose hash
+/// equals the mirrored one is unchanged, so decoding it is skipped altogether; the writer
+/// decodes the others.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedRecord {
+    pub id: String,
+    pub listed_hash: [u8; 16],
+    pub raw: String,
+}
+
+impl ListedRecord {
+    pub fn decode(&self) -> Result<UserRecord, Rejection> {
+        decode_user(&self.raw)
+    }
+}
+
+/// The hash of a record's exact text.
+pub fn listed_hash(raw: &str) -> [u8; 16] {
+    xxhash_rust::xxh3::xxh3_128(raw.as_bytes()).to_le_bytes()
+}
+
 /// A page's records, split into what is stored and what is refused.
 #[derive(Debug, Default)]
 pub struct DecodedPage {
+    /// Records decoded in full.
     pub users: Vec<UserRecord>,
+    /// Records only scanned for their id (see [`scan_records`]).
+    pub listed: Vec<ListedRecord>,
     pub rejected: Vec<Rejection>,
     /// Records whose id already appeared earlier in the same page (the last one wins).
     pub duplicates: u64,
 }
 
 impl DecodedPage {
+    /// The ids of the page's users, decoded or not.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.users
+            .iter()
+            .map(|u| u.id.as_str())
+            .chain(self.listed.iter().map(|l| l.id.as_str()))
+    }
+
+    /// Users on the page, decoded or not.
+    pub fn len(&self) -> usize {
+        self.users.len() + self.listed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Appends a later page: a user already present is replaced by the later record (as the
     /// same id twice within one page is), and counted as a duplicate.
-    pub fn append(&mut self, later: DecodedPage) {
-        if self.users.is_empty() {
-            self.users = later.users;
-        } else {
-            let mut index: std::collections::HashMap<String, usize> = self
-                .users
-                .iter()
-                .enumerate()
-                .map(|(i, u)| (u.id.clone(), i))
-                .collect();
-            for u in later.users {
-                match index.get(&u.id) {
-                    Some(&i) => {
-                        self.duplicates += 1;
-                        self.users[i] = u;
-                    }
-                    None => {
-                        index.insert(u.id.clone(), self.users.len());
-                        self.users.push(u);
-                    }
-                }
-            }
+    pub fn append(&mut self, mut later: DecodedPage) {
+        if !self.is_empty() && !later.is_empty() {
+            let later_ids: std::collections::HashSet<&str> = later.ids().collect();
+            let before = self.len();
+            // Earlier records of ids the later page has go; the later ones are kept below.
+            self.users.retain(|u| !later_ids.contains(u.id.as_str()));
+            self.listed.retain(|l| !later_ids.contains(l.id.as_str()));
+            self.duplicates += (before - self.len()) as u64;
         }
+        self.listed.append(&mut later.listed);
+        self.users.append(&mut later.users);
         self.rejected.extend(later.rejected);
         self.duplicates += later.duplicates;
     }
+}
+
+/// Reads only each record's id and hashes its text, for pages whose users are expected to be
+/// mostly unchanged: decoding waits until the writer knows which ones changed. A record whose
+/// id cannot be read this way (no object, no string id, an id the mirror refuses, a duplicate
+/// `id` key, bad JSON) is decoded in full at once, which refuses it with the reason.
+pub fn scan_records(records: &[&str]) -> DecodedPage {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+    }
+    let mut page = DecodedPage::default();
+    let mut index: std::collections::HashMap<String, usize> = Default::default();
+    for raw in records {
+        let id = serde_json::from_str::<IdOnly>(raw)
+            .ok()
+            .map(|r| r.id)
+            .filter(|id| !id.is_empty() && id.len() <= MAX_ID_BYTES && !id.contains('\0'));
+        let Some(id) = id else {
+            match decode_user(raw) {
+                Err(rejection) => page.rejected.push(rejection),
+                // Not expected (what the scan refuses, decoding refuses too); kept if so.
+                Ok(user) => page.users.push(user),
+            }
+            continue;
+        };
+        let record = ListedRecord {
+            id: id.into_owned(),
+            listed_hash: listed_hash(raw),
+            raw: raw.to_string(),
+        };
+        if let Some(&i) = index.get(&record.id) {
+            page.duplicates += 1;
+            page.listed[i] = record;
+        } else {
+            index.insert(record.id.clone(), page.listed.len());
+            page.listed.push(record);
+        }
+    }
+    page
 }
 
 /// Decodes each record of a page on its own: one bad record never fails the page.
@@ -338,6 +411,7 @@ pub fn decode_user(raw: &str) -> Result<UserRecord, Rejection> {
         phones,
         manager,
         content_hash: [0; 16],
+        listed_hash: listed_hash(raw),
         present,
     };
     if let Some(field) = first_nul_field(&user) {
@@ -950,6 +1024,54 @@ mod tests {
     }
 
     #[test]
+    fn scanning_reads_ids_and_hashes_and_refuses_what_decoding_refuses() {
+        let good = r#"{"id":"1","name":"a"}"#;
+        let esc = r#"{"name":"b","id":"\u0032"}"#;
+        let page = scan_records(&[
+            good,
+            esc,
+            r#"{"id":5}"#,
+            r#"{"id":"3","id":"4"}"#,
+            "nope",
+            r#"{"id":"1","name":"later"}"#,
+        ]);
+        let ids: Vec<&str> = page.ids().collect();
+        assert_eq!(ids, ["1", "2"]);
+        assert_eq!(page.duplicates, 1);
+        assert_eq!(page.listed[0].raw, r#"{"id":"1","name":"later"}"#);
+        assert_eq!(page.rejected.len(), 3);
+        assert!(page.users.is_empty());
+        // The hash is the decoded record's listed hash: a later full decode agrees.
+        let u = page.listed[1].decode().unwrap();
+        assert_eq!(u.id, "2");
+        assert_eq!(u.listed_hash, page.listed[1].listed_hash);
+        assert_ne!(listed_hash(good), listed_hash(r#"{"id":"1","name":"a" }"#));
+    }
+
+    #[test]
+    fn appending_mixes_decoded_and_scanned_pages_keeping_the_later_record() {
+        let mut first = decode_records(&[r#"{"id":"1"}"#, r#"{"id":"2"}"#]);
+        first.append(scan_records(&[r#"{"id":"2","name":"x"}"#, r#"{"id":"3"}"#]));
+        first.append(decode_records(&[r#"{"id":"3","name":"y"}"#]));
+        let mut ids: Vec<&str> = first.ids().collect();
+        ids.sort();
+        assert_eq!(ids, ["1", "2", "3"]);
+        assert_eq!(first.duplicates, 2);
+        assert_eq!(first.listed.len(), 1);
+        assert_eq!(first.listed[0].raw, r#"{"id":"2","name":"x"}"#);
+        assert_eq!(
+            first
+                .users
+                .iter()
+                .find(|u| u.id == "3")
+                .unwrap()
+                .name
+                .as_deref(),
+            Some("y")
+        );
+    }
+
+    #[test]
     fn appending_pages_keeps_the_later_record_of_an_id() {
         let raw = |s: &str| RawValue::from_string(s.into()).unwrap();
         let (a, b, c) = (
@@ -961,7 +1083,8 @@ mod tests {
         first.append(decode_records(&[c.get()]));
         assert_eq!(first.users.len(), 2);
         assert_eq!(first.duplicates, 1);
-        assert_eq!(first.users[0].name.as_deref(), Some("new"));
+        let one = first.users.iter().find(|u| u.id == "1").unwrap();
+        assert_eq!(one.name.as_deref(), Some("new"));
     }
 
     #[test]

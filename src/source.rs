@@ -477,13 +477,23 @@ fn user_body(body: &[u8], headers: &HeaderMap) -> Result<String, SourceError> {
 impl FetchedPage {
     /// Decodes the records (once; later calls do nothing).
     pub fn decode(&mut self) {
+        self.read_records(decode_records);
+    }
+
+    /// Reads only the records' ids and hashes (once; see [`crate::model::scan_records`]): for
+    /// pages whose users are expected to be mostly unchanged.
+    pub fn scan(&mut self) {
+        self.read_records(crate::model::scan_records);
+    }
+
+    fn read_records(&mut self, read: fn(&[&str]) -> DecodedPage) {
         let Some(body) = self.body.take() else { return };
         // The envelope was checked when the page arrived; this cannot fail.
         if let Ok(env) = serde_json::from_slice::<Envelope>(&body) {
             if let Some(result) = env.result {
                 if let Ok(records) = serde_json::from_str::<Vec<&RawValue>>(result.get()) {
                     let records: Vec<&str> = records.iter().map(|r| r.get()).collect();
-                    self.decoded = decode_records(&records);
+                    self.decoded = read(&records);
                 }
             }
         }

@@ -14,7 +14,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Row, Tran
 use uuid::Uuid;
 
 use crate::config::{validate_schema_name, DatabaseSettings};
-use crate::model::{DecodedPage, UserRecord};
+use crate::model::{DecodedPage, Rejection, UserRecord};
 
 type Ts = chrono::DateTime<chrono::Utc>;
 
@@ -234,8 +234,8 @@ impl SeenIds {
 pub struct PageWrite<'a> {
     /// The users and rejected records of one or more consecutive API pages.
     pub page: &'a DecodedPage,
-    /// The users pre-encoded for COPY, used when they all turn out to be new.
-    pub all_new: Option<&'a CopyRows>,
+    /// The users pre-encoded for COPY (a set per page), used when they all turn out to be new.
+    pub all_new: Option<&'a [CopyRows]>,
     /// The cursor the first page was fetched with: where the stored cursor must stand.
     pub cursor: Option<&'a str>,
     /// The cursor to store: the last page's next (none when the listing ended).
@@ -250,6 +250,16 @@ pub struct PageWrite<'a> {
     /// The account hydrates: listed records may be partial (write only the fields they
     /// carry), and new or changed users are queued for their full objects.
     pub hydrate: bool,
+}
+
+/// What one page transaction did.
+#[derive(Debug, Default)]
+pub struct PageResult {
+    pub counts: RunCounts,
+    /// Records decoded only by the writer (they had changed) and refused then.
+    pub rejected: Vec<Rejection>,
+    /// Role and status values outside the documented lists among the users written.
+    pub unknown_enums: Vec<(&'static str, String)>,
 }
 
 /// The result of the deletion sweep's guard.
@@ -518,7 +528,7 @@ impl Store {
         account: Uuid,
         run_id: i64,
         w: &PageWrite<'_>,
-    ) -> Result<RunCounts, StoreError> {
+    ) -> Result<PageResult, StoreError> {
         let PageWrite {
             page,
             cursor,
@@ -530,26 +540,24 @@ impl Store {
         // when the writer falls behind the fetcher).
         let pages = counts.pages.max(1);
         let mut tx = self.pool.begin().await?;
-        let (inserted, updated, unchanged, undeleted) =
-            write_users(&mut tx, account, run_id, w).await?;
-        counts.inserted = inserted;
-        counts.updated = updated;
-        counts.unchanged = unchanged;
-        counts.undeleted = undeleted;
-        counts.rejected = page.rejected.len() as u64;
+        let written = write_users(&mut tx, account, run_id, w).await?;
+        counts.inserted = written.inserted;
+        counts.updated = written.updated;
+        counts.unchanged = written.unchanged;
+        counts.undeleted = written.undeleted;
+        counts.rejected = (page.rejected.len() + written.rejected.len()) as u64;
         counts.duplicates = page.duplicates;
-        counts.users_seen = page.users.len() as u64;
+        counts.users_seen = (page.len() - written.rejected.len()) as u64;
         counts.pages = pages;
 
-        if !page.rejected.is_empty() {
-            let ids: Vec<Option<&str>> =
-                page.rejected.iter().map(|r| r.user_id.as_deref()).collect();
-            let reasons: Vec<String> = page
-                .rejected
+        let rejected: Vec<&Rejection> = page.rejected.iter().chain(&written.rejected).collect();
+        if !rejected.is_empty() {
+            let ids: Vec<Option<&str>> = rejected.iter().map(|r| r.user_id.as_deref()).collect();
+            let reasons: Vec<String> = rejected
                 .iter()
                 .map(|r| r.reason.replace('\0', "\\u0000"))
                 .collect();
-            let raws: Vec<&str> = page.rejected.iter().map(|r| r.raw.as_str()).collect();
+            let raws: Vec<&str> = rejected.iter().map(|r| r.raw.as_str()).collect();
             sqlx::query(
                 "INSERT INTO rejected_records (integrated_account_id, run_id, user_id, reason, raw)
                  SELECT $1, $2, t.user_id, t.reason, t.raw
@@ -615,7 +623,11 @@ impl Store {
         .await?;
         crate::failpoint::point("page_tx").await;
         tx.commit().await?;
-        Ok(counts)
+        Ok(PageResult {
+            counts,
+            rejected: written.rejected,
+            unknown_enums: written.unknown_enums,
+        })
     }
 
     /// After a complete listing: marks the account's live users that the listing did not
@@ -1079,14 +1091,27 @@ pub fn delete_guard(gone: u64, live: u64, max_fraction: f64) -> Option<String> {
     }
 }
 
+/// What [`write_users`] did.
+#[derive(Debug, Default)]
+struct Written {
+    inserted: u64,
+    updated: u64,
+    unchanged: u64,
+    undeleted: u64,
+    /// Scanned records that turned out not to decode.
+    rejected: Vec<Rejection>,
+    /// Role and status values outside the documented lists among the users written.
+    unknown_enums: Vec<(&'static str, String)>,
+}
+
 /// Classifies the page's users against their stored hashes and writes only what changed.
-/// Returns (inserted, updated, unchanged, undeleted).
+/// Scanned records whose text is what was mirrored are not even decoded.
 async fn write_users(
     tx: &mut Transaction<'_, Postgres>,
     account: Uuid,
     run_id: i64,
     w: &PageWrite<'_>,
-) -> Result<(u64, u64, u64, u64), StoreError> {
+) -> Result<Written, StoreError> {
     let PageWrite {
         page,
         all_new,
@@ -1095,19 +1120,20 @@ async fn write_users(
         hydrate,
         ..
     } = *w;
-    let users = &page.users;
-    if users.is_empty() {
-        return Ok((0, 0, 0, 0));
+    let mut out = Written::default();
+    if page.is_empty() {
+        return Ok(out);
     }
     let ids: Vec<&str> = match lookup {
         Some(only) => only.iter().map(String::as_str).collect(),
-        None => users.iter().map(|u| u.id.as_str()).collect(),
+        None => page.ids().collect(),
     };
-    let existing: HashMap<String, (Vec<u8>, bool)> = if ids.is_empty() {
+    type Stored = (Vec<u8>, Option<Vec<u8>>, bool);
+    let existing: HashMap<String, Stored> = if ids.is_empty() {
         HashMap::new()
     } else {
-        sqlx::query_as::<_, (String, Vec<u8>, bool)>(
-            "SELECT id, content_hash, deleted_at IS NOT NULL
+        sqlx::query_as::<_, (String, Vec<u8>, Option<Vec<u8>>, bool)>(
+            "SELECT id, content_hash, listed_hash, deleted_at IS NOT NULL
            FROM users WHERE integrated_account_id = $1 AND id = ANY($2::text[])",
         )
         // IMPORTANT: unnamed statements are planned with their parameters each time. A named
@@ -1120,33 +1146,78 @@ async fn write_users(
         .fetch_all(&mut **tx)
         .await?
         .into_iter()
-        .map(|(id, h, d)| (id, (h, d)))
+        .map(|(id, h, l, d)| (id, (h, l, d)))
         .collect()
     };
 
-    let mut changed: Vec<&UserRecord> = Vec::new();
+    // Scanned records: the same text as mirrored means the same user; the rest are decoded.
     let mut revived: Vec<&str> = Vec::new();
-    let (mut inserted, mut updated, mut unchanged, mut undeleted) = (0, 0, 0, 0);
-    for u in users {
+    let mut decoded: Vec<UserRecord> = Vec::new();
+    for l in &page.listed {
+        match existing.get(&l.id) {
+            Some((_, Some(listed), deleted)) if listed.as_slice() == l.listed_hash => {
+                if *deleted {
+                    out.undeleted += 1;
+                    revived.push(&l.id);
+                } else {
+                    out.unchanged += 1;
+                }
+            }
+            _ => match l.decode() {
+                Ok(u) => decoded.push(u),
+                Err(r) => out.rejected.push(r),
+            },
+        }
+    }
+    let users: Vec<&UserRecord> = page.users.iter().chain(decoded.iter()).collect();
+
+    let mut changed: Vec<&UserRecord> = Vec::new();
+    // Unchanged users mirrored before their text was hashed: record the hash, once.
+    let mut backfill: Vec<&UserRecord> = Vec::new();
+    for u in &users {
         match existing.get(&u.id) {
             None => {
-                inserted += 1;
+                out.inserted += 1;
                 changed.push(u);
             }
-            Some((hash, deleted)) => {
+            Some((hash, listed, deleted)) => {
                 if *deleted {
-                    undeleted += 1;
+                    out.undeleted += 1;
                 }
                 if hash.as_slice() != u.content_hash {
-                    updated += 1;
+                    out.updated += 1;
                     changed.push(u);
-                } else if *deleted {
-                    revived.push(&u.id);
                 } else {
-                    unchanged += 1;
+                    if listed.is_none() {
+                        backfill.push(u);
+                    }
+                    if *deleted {
+                        revived.push(&u.id);
+                    } else {
+                        out.unchanged += 1;
+                    }
                 }
             }
         }
+    }
+    for u in &changed {
+        out.unknown_enums
+            .extend(u.unknown_enum_values().map(|(f, v)| (f, v.to_string())));
+    }
+    if !backfill.is_empty() {
+        let ids: Vec<&str> = backfill.iter().map(|u| u.id.as_str()).collect();
+        let hashes: Vec<&[u8]> = backfill.iter().map(|u| &u.listed_hash[..]).collect();
+        sqlx::query(
+            "UPDATE users u SET listed_hash = t.h
+               FROM unnest($2::text[], $3::bytea[]) AS t(id, h)
+              WHERE u.integrated_account_id = $1 AND u.id = t.id AND u.listed_hash IS NULL",
+        )
+        .persistent(false)
+        .bind(account)
+        .bind(&ids)
+        .bind(&hashes)
+        .execute(&mut **tx)
+        .await?;
     }
     if !revived.is_empty() {
         sqlx::query(
@@ -1170,7 +1241,7 @@ async fn write_users(
         .await?;
     }
     if changed.is_empty() {
-        return Ok((inserted, updated, unchanged, undeleted));
+        return Ok(out);
     }
     let (old, new): (Vec<&UserRecord>, Vec<&UserRecord>) =
         changed.iter().partition(|u| existing.contains_key(&u.id));
@@ -1178,7 +1249,9 @@ async fn write_users(
     // COPY them and their children straight in.
     match all_new {
         // Encoded ahead by the caller for exactly these users.
-        Some(rows) if new.len() == users.len() => rows.copy_in(tx).await?,
+        Some(sets) if page.listed.is_empty() && new.len() == page.users.len() => {
+            copy_all(sets, tx).await?
+        }
         _ if !new.is_empty() => {
             let mut rows = CopyRows::default();
             rows.add(account, Some(run_id), &new);
@@ -1187,16 +1260,22 @@ async fn write_users(
         _ => {}
     }
     if history && !new.is_empty() {
-        let ids: Vec<&str> = new.iter().map(|u| u.id.as_str()).collect();
-        sqlx::query(
-            "INSERT INTO user_changes (integrated_account_id, user_id, run_id, kind)
-             SELECT $1, t.id, $3, 'insert' FROM unnest($2::text[]) AS t(id)",
-        )
-        .bind(account)
-        .bind(&ids)
-        .bind(run_id)
-        .execute(&mut **tx)
-        .await?;
+        // One narrow row per new user, by COPY (a first sync inserts many).
+        let (acct, run) = (account.to_string(), run_id.to_string());
+        let mut lines = String::with_capacity(new.len() * 64);
+        for u in &new {
+            copy_line(
+                &mut lines,
+                &[Some(&acct), Some(&u.id), Some(&run), Some("insert")],
+            );
+        }
+        let mut copy = tx
+            .copy_in_raw(
+                "COPY user_changes (integrated_account_id, user_id, run_id, kind) FROM STDIN",
+            )
+            .await?;
+        copy.send(lines.as_bytes()).await?;
+        copy.finish().await?;
     }
     if hydrate {
         // Their full objects are fetched after the listing (see sync::hydrate).
@@ -1230,7 +1309,7 @@ async fn write_users(
             record_updates(tx, account, run_id, &before, &[]).await?;
         }
     }
-    Ok((inserted, updated, unchanged, undeleted))
+    Ok(out)
 }
 
 /// The users' states (`user_snapshots.state`) as JSON text: (ids, states).
@@ -1298,7 +1377,7 @@ pub struct CopyRows {
     pub managers: String,
 }
 
-const COPY_USERS: &str = "COPY users (integrated_account_id, id, name, first_name, last_name, username, job_title, locale, timezone, role, status, organization_id, organization_name, custom_fields, remote_data, extra, created_at, updated_at, content_hash, last_changed_run_id) FROM STDIN";
+const COPY_USERS: &str = "COPY users (integrated_account_id, id, name, first_name, last_name, username, job_title, locale, timezone, role, status, organization_id, organization_name, custom_fields, remote_data, extra, created_at, updated_at, content_hash, last_changed_run_id, listed_hash) FROM STDIN";
 const COPY_EMAILS: &str = "COPY user_emails (integrated_account_id, user_id, position, email, is_primary, type) FROM STDIN";
 const COPY_PHONES: &str = "COPY user_phones (integrated_account_id, user_id, position, number, extension, type) FROM STDIN";
 const COPY_MANAGERS: &str = "COPY user_managers (integrated_account_id, user_id, manager_id, manager_name, manager_emails) FROM STDIN";
@@ -1309,15 +1388,22 @@ fn copy_field(out: &mut String, v: Option<&str>) {
     match v {
         None => out.push_str("\\N"),
         Some(s) => {
-            for c in s.chars() {
-                match c {
-                    '\\' => out.push_str("\\\\"),
-                    '\t' => out.push_str("\\t"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    c => out.push(c),
-                }
+            // Copy runs of plain bytes at once; only these four need escaping (all ASCII, so
+            // the runs split the text at character boundaries).
+            let mut start = 0;
+            for (i, b) in s.bytes().enumerate() {
+                let escaped = match b {
+                    b'\\' => "\\\\",
+                    b'\t' => "\\t",
+                    b'\n' => "\\n",
+                    b'\r' => "\\r",
+                    _ => continue,
+                };
+                out.push_str(&s[start..i]);
+                out.push_str(escaped);
+                start = i + 1;
             }
+            out.push_str(&s[start..]);
         }
     }
 }
@@ -1344,6 +1430,11 @@ impl CopyRows {
             for b in u.content_hash {
                 let _ = write!(hash, "{b:02x}");
             }
+            let mut listed = String::with_capacity(34);
+            listed.push_str("\\x");
+            for b in u.listed_hash {
+                let _ = write!(listed, "{b:02x}");
+            }
             let created = u.created_at.map(|t| t.to_rfc3339());
             let updated = u.updated_at.map(|t| t.to_rfc3339());
             copy_line(
@@ -1369,6 +1460,7 @@ impl CopyRows {
                     updated.as_deref(),
                     Some(&hash),
                     run.as_deref(),
+                    Some(&listed),
                 ],
             );
             for (p, e) in u.emails.iter().enumerate() {
@@ -1415,31 +1507,36 @@ impl CopyRows {
         }
     }
 
-    /// Appends another set of rows.
-    pub fn append(&mut self, other: CopyRows) {
-        self.users.push_str(&other.users);
-        self.emails.push_str(&other.emails);
-        self.phones.push_str(&other.phones);
-        self.managers.push_str(&other.managers);
-    }
-
     /// Streams the rows into their tables on `conn` (inside the caller's transaction).
     pub async fn copy_in(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
-        for (sql, data) in [
-            (COPY_USERS, &self.users),
-            (COPY_EMAILS, &self.emails),
-            (COPY_PHONES, &self.phones),
-            (COPY_MANAGERS, &self.managers),
-        ] {
-            if data.is_empty() {
-                continue;
-            }
-            let mut copy = conn.copy_in_raw(sql).await?;
-            copy.send(data.as_bytes()).await?;
-            copy.finish().await?;
-        }
-        Ok(())
+        copy_all(std::slice::from_ref(self), conn).await
     }
+}
+
+/// Streams several sets of rows (one per page) into their tables: one COPY per table, each
+/// set sent as it is, without first concatenating them.
+pub async fn copy_all(sets: &[CopyRows], conn: &mut PgConnection) -> Result<(), StoreError> {
+    type Part = fn(&CopyRows) -> &String;
+    let tables: [(&str, Part); 4] = [
+        (COPY_USERS, |r| &r.users),
+        (COPY_EMAILS, |r| &r.emails),
+        (COPY_PHONES, |r| &r.phones),
+        (COPY_MANAGERS, |r| &r.managers),
+    ];
+    for (sql, part) in tables {
+        if sets.iter().all(|r| part(r).is_empty()) {
+            continue;
+        }
+        let mut copy = conn.copy_in_raw(sql).await?;
+        for r in sets {
+            let data = part(r);
+            if !data.is_empty() {
+                copy.send(data.as_bytes()).await?;
+            }
+        }
+        copy.finish().await?;
+    }
+    Ok(())
 }
 
 /// How [`update_users`] writes a user it already has.
@@ -1471,6 +1568,7 @@ async fn update_users(
     }
     let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
     let hashes: Vec<&[u8]> = users.iter().map(|u| &u.content_hash[..]).collect();
+    let listed: Vec<&[u8]> = users.iter().map(|u| &u.listed_hash[..]).collect();
     let created: Vec<_> = users.iter().map(|u| u.created_at).collect();
     let updated: Vec<_> = users.iter().map(|u| u.updated_at).collect();
     let present: Vec<i32> = users
@@ -1505,14 +1603,15 @@ async fn update_users(
                 deleted_at = CASE WHEN $21 = 'hydrated' THEN u.deleted_at END,
                 hydrated_at = CASE WHEN $21 = 'hydrated' THEN now() ELSE u.hydrated_at END,
                 hydrated_hash = CASE WHEN $21 = 'hydrated' THEN t.content_hash ELSE u.hydrated_hash END,
+                listed_hash = CASE WHEN $21 = 'hydrated' THEN u.listed_hash ELSE t.listed_hash END,
                 last_changed_at = now(), last_changed_run_id = $2
            FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
                        $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
                        $15::text[], $16::text[], $17::timestamptz[], $18::timestamptz[], $19::bytea[],
-                       $20::text[], $22::int4[])
+                       $20::text[], $22::int4[], $23::bytea[])
              AS t(id, name, first_name, last_name, username, job_title, locale, timezone, role,
                   status, organization_id, organization_name, custom_fields, remote_data,
-                  created_at, updated_at, content_hash, extra, p)
+                  created_at, updated_at, content_hash, extra, p, listed_hash)
           WHERE u.integrated_account_id = $1 AND u.id = t.id",
     )
     .persistent(false)
@@ -1542,6 +1641,7 @@ async fn update_users(
         UpdateMode::Hydrated => "hydrated",
     })
     .bind(&present)
+    .bind(&listed)
     .execute(&mut **tx)
     .await?;
     // The children a record carries replace the stored ones; absent ones stay (partial modes).

@@ -550,8 +550,6 @@ async fn follow_listing(
     // The fetcher runs ahead of the writer by at most LOOKAHEAD pages (memory stays flat);
     // the writer commits whatever has arrived, up to a batch, in one transaction.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Decoding, Stop>>(LOOKAHEAD);
-    // Whether the last batch was all new users: the fetcher then encodes pages for COPY ahead.
-    let all_new = Arc::new(std::sync::atomic::AtomicBool::new(true));
     // An account with no users yet (a first sync) needs no lookups for ids this listing has not
     // shown before: we hold its lease, so only this run adds users.
     let empty_at_start = !listing.resumed
@@ -559,9 +557,17 @@ async fn follow_listing(
             .await
             .map_err(Stop::Store)?;
     listing.started_empty = empty_at_start;
-    if !listing.resumed && !empty_at_start {
-        // Only a fresh listing of an account with users sweeps: size its filter to the account
-        // (with room for growth).
+    // Whether the last batch was all new users (from the start: whether the account is empty).
+    // The fetcher then decodes pages in full and encodes them for COPY ahead; otherwise it only
+    // scans them, and the writer decodes just the users whose text changed.
+    let all_new = Arc::new(std::sync::atomic::AtomicBool::new(empty_at_start));
+    if empty_at_start {
+        // A first sync asks the filter which ids it has already listed (to look only those up),
+        // and its size is unknown: full size, so that false positives stay rare.
+        listing.seen = crate::store::SeenIds::new(run_id as u64);
+    } else if !listing.resumed {
+        // A fresh listing of an account with users sweeps: size its filter to the account (with
+        // room for growth). A resumed listing neither sweeps nor asks.
         let live = with_db_retries(opts, cancel, || store.live_users(id))
             .await
             .map_err(Stop::Store)?
@@ -627,14 +633,14 @@ async fn follow_listing(
                 let lookup: Option<Vec<String>> = empty_at_start.then(|| {
                     batch
                         .iter()
-                        .flat_map(|f| f.page.decoded.users.iter())
-                        .filter(|u| listing.seen.contains(&u.id))
-                        .map(|u| u.id.clone())
+                        .flat_map(|f| f.page.decoded.ids())
+                        .filter(|id| listing.seen.contains(id))
+                        .map(str::to_string)
                         .collect()
                 });
                 for f in &batch {
-                    for u in &f.page.decoded.users {
-                        listing.seen.insert(&u.id);
+                    for id in f.page.decoded.ids() {
+                        listing.seen.insert(id);
                     }
                     for r in f
                         .page
@@ -685,11 +691,11 @@ async fn follow_listing(
     result.map(|()| listing)
 }
 
-/// Pages the fetcher may hold ahead of the writer.
-const LOOKAHEAD: usize = 8;
+/// Pages the fetcher may hold ahead of the writer (and so, at most, in one batch, plus one).
+const LOOKAHEAD: usize = 24;
 /// The most API pages, and users, written in one transaction.
-const MAX_BATCH_PAGES: usize = 16;
-const MAX_BATCH_USERS: usize = 2_000;
+const MAX_BATCH_PAGES: usize = 24;
+const MAX_BATCH_USERS: usize = 3_000;
 
 /// A fetched page and the cursor it was fetched with.
 struct Fetched {
@@ -762,7 +768,11 @@ async fn fetch_ahead(
         // Decoding (and, when the last batch was all new users, encoding for COPY) runs on a
         // thread of its own while the next request is already under way.
         let decoding = tokio::task::spawn_blocking(move || {
-            page.decode();
+            if encode {
+                page.decode();
+            } else {
+                page.scan();
+            }
             let copy = encode.then(|| {
                 let mut copy = CopyRows::default();
                 let users: Vec<&crate::model::UserRecord> = page.decoded.users.iter().collect();
@@ -951,7 +961,7 @@ async fn apply(
     let cursor = batch[0].cursor.clone();
     let next_cursor = batch[batch.len() - 1].next_to_store().map(str::to_string);
     let mut decoded = crate::model::DecodedPage::default();
-    let mut copy = Some(CopyRows::default());
+    let mut copy: Option<Vec<CopyRows>> = Some(Vec::with_capacity(batch.len()));
     for f in batch {
         base.http_requests += f.page.requests as u64;
         base.retries += f.page.requests.saturating_sub(1) as u64;
@@ -960,7 +970,7 @@ async fn apply(
         // Usable only if every page of the batch was encoded.
         copy = match (copy, f.copy) {
             (Some(mut all), Some(page)) => {
-                all.append(page);
+                all.push(page);
                 Some(all)
             }
             _ => None,
@@ -973,7 +983,7 @@ async fn apply(
     let never = CancellationToken::new();
     let write = PageWrite {
         page: &decoded,
-        all_new: copy.as_ref(),
+        all_new: copy.as_deref(),
         cursor: cursor.as_deref(),
         next_cursor: next_cursor.as_deref(),
         counts: base,
@@ -981,19 +991,19 @@ async fn apply(
         history: opts.history,
         hydrate: account.hydrate,
     };
-    let counts = with_db_retries(opts, &never, || {
+    let result = with_db_retries(opts, &never, || {
         store.apply_page(account.integrated_account_id, run_id, &write)
     })
     .await
     .map_err(Stop::Store)?;
     crate::failpoint::point("page_committed").await;
+    let counts = result.counts;
     out.counts.add(&counts);
-    for u in &decoded.users {
-        for (field, value) in u.unknown_enum_values() {
-            *out.unknown_enum_values
-                .entry((field.to_string(), crate::source::shorten(value, 40)))
-                .or_default() += 1;
-        }
+    // Counted for users written (new or changed): an unchanged user is not even decoded.
+    for (field, value) in &result.unknown_enums {
+        *out.unknown_enum_values
+            .entry((field.to_string(), crate::source::shorten(value, 40)))
+            .or_default() += 1;
     }
     tracing::debug!(
         pages = out.counts.pages,
@@ -1022,7 +1032,7 @@ async fn apply(
             );
         }
     }
-    for r in &decoded.rejected {
+    for r in decoded.rejected.iter().chain(&result.rejected) {
         tracing::warn!(user_id = r.user_id.as_deref(), reason = %r.reason, "record rejected; stored in rejected_records");
     }
     if decoded.duplicates > 0 {

@@ -81,6 +81,53 @@ async fn rerun_of_unchanged_account_writes_no_rows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_that_changes_without_content_changing_writes_nothing_and_old_rows_get_their_text_hash_once(
+) {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 220)]).await;
+    assert!(env.sync(a).await.succeeded());
+    // The same user, serialized differently (key order, spacing): new text, same content.
+    let five = env.sim.expected_user(a, "5").unwrap();
+    let mut keys: Vec<(&String, &serde_json::Value)> = five.as_object().unwrap().iter().collect();
+    keys.reverse();
+    let respelled = format!(
+        "{{ {} }}",
+        keys.iter()
+            .map(|(k, v)| format!("{:?} : {}", k, v))
+            .collect::<Vec<_>>()
+            .join(" ,\n ")
+    );
+    env.sim.set_raw_record(a, "5", &respelled);
+    let before = row_versions(&env.store).await;
+    let o = env.sync(a).await;
+    assert!(o.succeeded(), "{:?}", o.error);
+    assert_eq!((o.counts.unchanged, o.counts.updated), (220, 0));
+    assert_eq!(
+        row_versions(&env.store).await,
+        before,
+        "no write for new text"
+    );
+
+    // Rows mirrored before text hashes existed (an upgrade) get theirs at the next unchanged
+    // sync, once; after that, nothing is written again.
+    sqlx::query("UPDATE users SET listed_hash = NULL WHERE id::int % 2 = 0")
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    let o = env.sync(a).await;
+    assert_eq!((o.counts.unchanged, o.counts.updated), (220, 0));
+    let missing = env
+        .scalar_i64("SELECT count(*) FROM users WHERE listed_hash IS NULL")
+        .await;
+    assert_eq!(missing, 0);
+    let before = row_versions(&env.store).await;
+    let o = env.sync(a).await;
+    assert_eq!(o.counts.unchanged, 220);
+    assert_eq!(row_versions(&env.store).await, before);
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_deletions_and_reappearance_are_mirrored_exactly() {
     let a = account_id(1);
     let env = Env::new(&[(a, 300)]).await;
