@@ -288,7 +288,11 @@ async fn measure_sync(
         .env("TRUTO_API_TOKEN", DEMO_TOKEN)
         .env("LMS_SYNC__DATABASE__URL", pg.url(db))
         .env("LMS_SYNC_RUSAGE_FILE", &rusage)
-        .env("RUST_LOG", "warn")
+        // LMS_SYNC_BENCH_LOG: the sync's log filter, to look inside a scenario.
+        .env(
+            "RUST_LOG",
+            std::env::var("LMS_SYNC_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .status()
         .await?;

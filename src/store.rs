@@ -34,7 +34,14 @@ pub enum StoreError {
     /// The run's position in the database is not where this process left it.
     #[error("the database no longer holds this run's last committed page (it lost committed transactions, e.g. in a crash with synchronous_commit=off, or another process took the account over); the run stopped, and the next run resumes from the database's cursor")]
     Diverged,
+    /// A batch written ahead was rolled back because the batch before it did not commit.
+    #[error("rolled back: the batch before it did not commit")]
+    PreviousFailed,
 }
+
+/// Opens when the batch before a batch written ahead has committed (`Some(true)`) or failed
+/// (`Some(false)`); see [`Store::apply_page_after`].
+pub type Gate = tokio::sync::watch::Receiver<Option<bool>>;
 
 impl StoreError {
     /// Serialization failures, deadlocks, and lost or refused connections are worth another try
@@ -529,6 +536,21 @@ impl Store {
         run_id: i64,
         w: &PageWrite<'_>,
     ) -> Result<PageResult, StoreError> {
+        self.apply_page_after(account, run_id, w, None).await
+    }
+
+    /// [`Store::apply_page`] for a batch written ahead, while the batch before it is still
+    /// committing: its rows are written at once (on a connection of its own, so PostgreSQL
+    /// works on both at the same time), but the cursor advance waits for `gate`, so cursors
+    /// still move in order; if the previous batch failed, this one rolls back. Only for
+    /// batches that share no user with the one before (nothing to wait on in between).
+    pub async fn apply_page_after(
+        &self,
+        account: Uuid,
+        run_id: i64,
+        w: &PageWrite<'_>,
+        gate: Option<Gate>,
+    ) -> Result<PageResult, StoreError> {
         let PageWrite {
             page,
             cursor,
@@ -572,6 +594,12 @@ impl Store {
             .await?;
         }
 
+        if let Some(mut gate) = gate {
+            let opened = gate.wait_for(Option::is_some).await.map(|v| *v);
+            if !matches!(opened, Ok(Some(true))) {
+                return Err(StoreError::PreviousFailed);
+            }
+        }
         // IMPORTANT: the cursor advances only from where this run left it. Anything else means
         // the database lost commits or another process owns the run: writing on would skip pages.
         let advanced = sqlx::query(

@@ -594,6 +594,8 @@ async fn follow_listing(
             let listing = listing_ref;
             // Where the writer's time goes: waiting for pages, or writing them.
             let (mut waiting, mut writing) = (Duration::ZERO, Duration::ZERO);
+            // The batch whose transaction is under way (in a task of its own).
+            let mut in_flight: Option<InFlight> = None;
             loop {
                 let t = Instant::now();
                 let received = rx.recv().await;
@@ -603,25 +605,17 @@ async fn follow_listing(
                     writing_ms = writing.as_millis() as u64,
                     "writer"
                 );
-                let Some(first) = received else {
-                    // The fetcher ended without a last page: only after cancellation.
-                    return Err(Stop::Cancelled);
-                };
-                let mut batch = vec![first?.done().await?];
-                let mut pending: Option<Stop> = None;
-                while !batch.last().expect("non-empty").is_last()
-                    && batch.len() < MAX_BATCH_PAGES
-                    && batch.iter().map(|f| f.page.records).sum::<usize>() < MAX_BATCH_USERS
-                {
-                    match rx.try_recv() {
-                        Ok(Ok(d)) => batch.push(d.done().await?),
-                        Ok(Err(stop)) => {
-                            pending = Some(stop);
-                            break;
+                let batch = match next_batch(received, &mut rx).await {
+                    Ok(b) => b,
+                    Err(stop) => {
+                        // What is being written still commits (or not) before we stop.
+                        if let Some(f) = in_flight.take() {
+                            finish(f, opts, account, out, progress, &all_new).await?;
                         }
-                        Err(_) => break,
+                        return Err(stop);
                     }
-                }
+                };
+                let (batch, pending) = batch;
                 let last = batch.last().expect("non-empty");
                 let done = last.is_last();
                 let repeated = last.repeated;
@@ -652,38 +646,51 @@ async fn follow_listing(
                         listing.seen.insert(r);
                     }
                 }
-                let before = out.counts;
+                let prepared = prepare(batch, lookup);
                 let t = Instant::now();
-                apply(
-                    store,
-                    opts,
-                    account,
-                    run_id,
-                    batch,
-                    lookup.as_deref(),
-                    out,
-                    progress,
-                )
-                .await?;
-                writing += t.elapsed();
-                let new_only = out.counts.inserted - before.inserted
-                    == out.counts.users_seen - before.users_seen;
-                all_new.store(new_only, std::sync::atomic::Ordering::Relaxed);
-                if repeated {
-                    return Err(Stop::Listing(format!(
-                    "the API returned a cursor it had already returned in this listing (after {} pages); the listing was stopped instead of looping",
-                    out.counts.pages
-                )));
+                // New users that no earlier batch can hold (a first sync's usual case) are
+                // written while the previous batch is still committing; anything else waits.
+                let ahead = in_flight.is_some()
+                    && prepared.copy.is_some()
+                    && prepared.lookup.as_ref().is_some_and(Vec::is_empty);
+                let gate = if ahead {
+                    in_flight.as_ref().map(|f| f.committed.clone())
+                } else {
+                    if let Some(f) = in_flight.take() {
+                        finish(f, opts, account, out, progress, &all_new).await?;
+                    }
+                    None
+                };
+                let next = write_batch(store, opts, account, run_id, prepared, gate);
+                if let Some(f) = in_flight.take() {
+                    if let Err(stop) = finish(f, opts, account, out, progress, &all_new).await {
+                        // It rolls back on its own (its gate says the previous batch failed).
+                        let _ = next.task.await;
+                        return Err(stop);
+                    }
                 }
-                if let Some(stop) = pending {
-                    return Err(stop);
-                }
-                if done {
-                    return Ok(());
-                }
-                if cancel.is_cancelled() {
+                let last_of_listing = done || repeated || pending.is_some();
+                in_flight = Some(next);
+                if last_of_listing || cancel.is_cancelled() {
+                    if let Some(f) = in_flight.take() {
+                        finish(f, opts, account, out, progress, &all_new).await?;
+                    }
+                    writing += t.elapsed();
+                    if repeated {
+                        return Err(Stop::Listing(format!(
+                            "the API returned a cursor it had already returned in this listing (after {} pages); the listing was stopped instead of looping",
+                            out.counts.pages
+                        )));
+                    }
+                    if let Some(stop) = pending {
+                        return Err(stop);
+                    }
+                    if done {
+                        return Ok(());
+                    }
                     return Err(Stop::Cancelled);
                 }
+                writing += t.elapsed();
             }
         };
         writer.await
@@ -692,10 +699,10 @@ async fn follow_listing(
 }
 
 /// Pages the fetcher may hold ahead of the writer (and so, at most, in one batch, plus one).
-const LOOKAHEAD: usize = 24;
+const LOOKAHEAD: usize = 16;
 /// The most API pages, and users, written in one transaction.
-const MAX_BATCH_PAGES: usize = 24;
-const MAX_BATCH_USERS: usize = 3_000;
+const MAX_BATCH_PAGES: usize = 16;
+const MAX_BATCH_USERS: usize = 2_000;
 
 /// A fetched page and the cursor it was fetched with.
 struct Fetched {
@@ -941,20 +948,47 @@ fn stale_cursor(e: &SourceError) -> bool {
     matches!(e, SourceError::Status { status, .. } if matches!(*status, 400 | 404 | 410 | 422))
 }
 
-/// Writes a batch of consecutive pages in one transaction, retrying it whole on retryable
-/// database errors. The cursor moves from the first page's to the last page's next.
-#[allow(clippy::too_many_arguments)]
-async fn apply(
-    store: &Store,
-    opts: &SyncOptions,
-    account: &AccountSettings,
-    run_id: i64,
-    batch: Vec<Fetched>,
-    lookup: Option<&[String]>,
-    out: &mut SyncOutcome,
-    progress: &dyn Progress,
-) -> Result<(), Stop> {
-    let mut base = RunCounts {
+/// Takes the next batch: the page received, and whatever else has arrived, up to a batch (and
+/// the fetcher's reason to stop, if it came right after).
+async fn next_batch(
+    received: Option<Result<Decoding, Stop>>,
+    rx: &mut tokio::sync::mpsc::Receiver<Result<Decoding, Stop>>,
+) -> Result<(Vec<Fetched>, Option<Stop>), Stop> {
+    let Some(first) = received else {
+        // The fetcher ended without a last page: only after cancellation.
+        return Err(Stop::Cancelled);
+    };
+    let mut batch = vec![first?.done().await?];
+    let mut pending: Option<Stop> = None;
+    while !batch.last().expect("non-empty").is_last()
+        && batch.len() < MAX_BATCH_PAGES
+        && batch.iter().map(|f| f.page.records).sum::<usize>() < MAX_BATCH_USERS
+    {
+        match rx.try_recv() {
+            Ok(Ok(d)) => batch.push(d.done().await?),
+            Ok(Err(stop)) => {
+                pending = Some(stop);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    Ok((batch, pending))
+}
+
+/// A batch of consecutive pages, ready to be written in one transaction.
+struct Prepared {
+    decoded: crate::model::DecodedPage,
+    /// The users encoded for COPY, a set per page, when every page was (and no user repeats).
+    copy: Option<Vec<CopyRows>>,
+    cursor: Option<String>,
+    next_cursor: Option<String>,
+    counts: RunCounts,
+    lookup: Option<Vec<String>>,
+}
+
+fn prepare(batch: Vec<Fetched>, lookup: Option<Vec<String>>) -> Prepared {
+    let mut counts = RunCounts {
         pages: batch.len() as u64,
         ..RunCounts::default()
     };
@@ -963,9 +997,9 @@ async fn apply(
     let mut decoded = crate::model::DecodedPage::default();
     let mut copy: Option<Vec<CopyRows>> = Some(Vec::with_capacity(batch.len()));
     for f in batch {
-        base.http_requests += f.page.requests as u64;
-        base.retries += f.page.requests.saturating_sub(1) as u64;
-        base.rate_limited += f.page.rate_limited as u64;
+        counts.http_requests += f.page.requests as u64;
+        counts.retries += f.page.requests.saturating_sub(1) as u64;
+        counts.rate_limited += f.page.rate_limited as u64;
         decoded.append(f.page.decoded);
         // Usable only if every page of the batch was encoded.
         copy = match (copy, f.copy) {
@@ -978,27 +1012,84 @@ async fn apply(
     }
     // And only if no user appears twice in the batch.
     let copy = copy.filter(|_| decoded.duplicates == 0);
-    // IMPORTANT: a page is never abandoned for shutdown; its (bounded) retries run to the end
-    // so that rows and cursor commit together or not at all.
-    let never = CancellationToken::new();
-    let write = PageWrite {
-        page: &decoded,
-        all_new: copy.as_deref(),
-        cursor: cursor.as_deref(),
-        next_cursor: next_cursor.as_deref(),
-        counts: base,
+    Prepared {
+        decoded,
+        copy,
+        cursor,
+        next_cursor,
+        counts,
         lookup,
-        history: opts.history,
-        hydrate: account.hydrate,
-    };
-    let result = with_db_retries(opts, &never, || {
-        store.apply_page(account.integrated_account_id, run_id, &write)
-    })
-    .await
-    .map_err(Stop::Store)?;
+    }
+}
+
+/// A batch being written by a task of its own.
+struct InFlight {
+    task: tokio::task::JoinHandle<(Result<crate::store::PageResult, StoreError>, Prepared)>,
+    /// Opens when it has committed (or failed): the gate of a batch written ahead of it.
+    committed: crate::store::Gate,
+}
+
+/// Starts writing a batch in one transaction, retried whole on retryable database errors.
+/// With a gate, its cursor advance waits for the previous batch (see
+/// [`Store::apply_page_after`]).
+fn write_batch(
+    store: &Store,
+    opts: &SyncOptions,
+    account: &AccountSettings,
+    run_id: i64,
+    prepared: Prepared,
+    gate: Option<crate::store::Gate>,
+) -> InFlight {
+    tracing::trace!(ahead = gate.is_some(), "writing a batch");
+    let (done_tx, committed) = tokio::sync::watch::channel(None);
+    let (store, opts) = (store.clone(), opts.clone());
+    let (id, history, hydrate) = (account.integrated_account_id, opts.history, account.hydrate);
+    let task = tokio::spawn(async move {
+        let write = PageWrite {
+            page: &prepared.decoded,
+            all_new: prepared.copy.as_deref(),
+            cursor: prepared.cursor.as_deref(),
+            next_cursor: prepared.next_cursor.as_deref(),
+            counts: prepared.counts,
+            lookup: prepared.lookup.as_deref(),
+            history,
+            hydrate,
+        };
+        // IMPORTANT: a page is never abandoned for shutdown; its (bounded) retries run to the
+        // end so that rows and cursor commit together or not at all.
+        let never = CancellationToken::new();
+        let result = with_db_retries(&opts, &never, || {
+            store.apply_page_after(id, run_id, &write, gate.clone())
+        })
+        .await;
+        let _ = done_tx.send(Some(result.is_ok()));
+        (result, prepared)
+    });
+    InFlight { task, committed }
+}
+
+/// Waits for a batch's transaction and accounts for it: counters, metrics, logs, progress,
+/// and whether the fetcher should keep encoding for COPY.
+async fn finish(
+    f: InFlight,
+    opts: &SyncOptions,
+    account: &AccountSettings,
+    out: &mut SyncOutcome,
+    progress: &dyn Progress,
+    all_new: &std::sync::atomic::AtomicBool,
+) -> Result<(), Stop> {
+    let (result, prepared) = f
+        .task
+        .await
+        .map_err(|e| Stop::Listing(format!("writing a batch failed: {e}")))?;
+    let result = result.map_err(Stop::Store)?;
     crate::failpoint::point("page_committed").await;
     let counts = result.counts;
     out.counts.add(&counts);
+    all_new.store(
+        counts.inserted == counts.users_seen,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     // Counted for users written (new or changed): an unchanged user is not even decoded.
     for (field, value) in &result.unknown_enums {
         *out.unknown_enum_values
@@ -1032,6 +1123,7 @@ async fn apply(
             );
         }
     }
+    let decoded = &prepared.decoded;
     for r in decoded.rejected.iter().chain(&result.rejected) {
         tracing::warn!(user_id = r.user_id.as_deref(), reason = %r.reason, "record rejected; stored in rejected_records");
     }
