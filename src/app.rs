@@ -117,6 +117,9 @@ pub fn main(cli: Cli) -> ExitCode {
     crate::telemetry::init(&settings.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking threads decode pages (CPU-bound): a few are as fast as many, and each
+        // extra thread keeps an allocator arena, which is memory that never comes back.
+        .max_blocking_threads(8)
         .build()
     {
         Ok(r) => r,

@@ -981,6 +981,11 @@ impl Store {
         sqlx::query("SET LOCAL default_statistics_target = 10")
             .execute(&mut *tx)
             .await?;
+        // "skipping analyze ... lock not available" is the expected answer when another
+        // process analyzes: not worth a warning in our log.
+        sqlx::query("SET LOCAL client_min_messages = error")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("ANALYZE (SKIP_LOCKED) users")
             .execute(&mut *tx)
             .await?;

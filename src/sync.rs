@@ -523,7 +523,9 @@ async fn follow_listing(
         seen: crate::store::SeenIds::sized(run_id as u64, 0),
         started_empty: false,
     };
-    let mut cursors: HashSet<String> = HashSet::new();
+    // Hashes of the cursors this listing was given (8 bytes a page, not the cursor's text), to
+    // notice one that repeats.
+    let mut cursors: HashSet<u64> = HashSet::new();
     let mut cursor = resume_cursor;
 
     // The first page; a resumed cursor the API no longer accepts restarts the listing.
@@ -545,7 +547,7 @@ async fn follow_listing(
         Err(e) => return Err(source_stop(e)),
     };
     if let Some(c) = &cursor {
-        cursors.insert(c.clone());
+        cursors.insert(xxhash_rust::xxh3::xxh3_64(c.as_bytes()));
     }
     // The fetcher runs ahead of the writer by at most LOOKAHEAD pages (memory stays flat);
     // the writer commits whatever has arrived, up to a batch, in one transaction.
@@ -699,7 +701,7 @@ async fn follow_listing(
 }
 
 /// Pages the fetcher may hold ahead of the writer (and so, at most, in one batch, plus one).
-const LOOKAHEAD: usize = 16;
+const LOOKAHEAD: usize = 8;
 /// The most API pages, and users, written in one transaction.
 const MAX_BATCH_PAGES: usize = 16;
 const MAX_BATCH_USERS: usize = 2_000;
@@ -759,7 +761,7 @@ async fn fetch_ahead(
     run_id: i64,
     first: FetchedPage,
     first_cursor: Option<String>,
-    mut cursors: HashSet<String>,
+    mut cursors: HashSet<u64>,
     tx: tokio::sync::mpsc::Sender<Result<Decoding, Stop>>,
     all_new: Arc<std::sync::atomic::AtomicBool>,
 ) {
@@ -769,7 +771,9 @@ async fn fetch_ahead(
     let account_id = account.integrated_account_id;
     loop {
         let next = page.next_cursor.clone();
-        let repeated = next.as_ref().is_some_and(|n| !cursors.insert(n.clone()));
+        let repeated = next
+            .as_ref()
+            .is_some_and(|n| !cursors.insert(xxhash_rust::xxh3::xxh3_64(n.as_bytes())));
         let last = next.is_none() || repeated;
         let encode = all_new.load(std::sync::atomic::Ordering::Relaxed);
         // Decoding (and, when the last batch was all new users, encoding for COPY) runs on a
