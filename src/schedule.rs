@@ -152,22 +152,24 @@ pub fn next_run(
     }
 }
 
+/// `initial`, doubled per failure after the first, at most `max`.
+fn doubling(initial: Duration, max: Duration, failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(30);
+    initial.saturating_mul(2u32.saturating_pow(exp)).min(max)
+}
+
 /// Capped exponential backoff for an account that failed `failures` times in a row.
 pub fn failure_backoff(schedule: &Schedule, failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(30);
-    schedule
-        .retry_initial
-        .saturating_mul(2u32.saturating_pow(exp))
-        .min(schedule.retry_max)
+    doubling(schedule.retry_initial, schedule.retry_max, failures)
 }
 
 /// Capped exponential backoff between probes of an unhealthy account.
 pub fn health_backoff(schedule: &Schedule, failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(30);
-    schedule
-        .health_retry_initial
-        .saturating_mul(2u32.saturating_pow(exp))
-        .min(schedule.health_retry_max)
+    doubling(
+        schedule.health_retry_initial,
+        schedule.health_retry_max,
+        failures,
+    )
 }
 
 #[cfg(test)]

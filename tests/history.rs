@@ -54,15 +54,6 @@ async fn sync_ok(env: &Env, account: Uuid) {
     );
 }
 
-async fn kinds(env: &Env) -> BTreeMap<String, i64> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT kind, count(*) FROM user_changes GROUP BY kind")
-            .fetch_all(env.store.pool())
-            .await
-            .unwrap();
-    rows.into_iter().collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_is_recorded_once_and_any_past_state_can_be_reconstructed() {
     let a = account_id(1);

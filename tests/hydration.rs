@@ -3,7 +3,6 @@
 
 mod helpers;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,15 +40,6 @@ fn assert_succeeded(o: &SyncOutcome) {
         "{:?}",
         o.error
     );
-}
-
-async fn kinds(env: &Env) -> BTreeMap<String, i64> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT kind, count(*) FROM user_changes GROUP BY kind")
-            .fetch_all(env.store.pool())
-            .await
-            .unwrap();
-    rows.into_iter().collect()
 }
 
 async fn queued(env: &Env) -> i64 {

@@ -393,3 +393,13 @@ pub async fn user_row_versions(store: &Store, account: Uuid, id: &str) -> Vec<St
 }
 
 pub const SHORT: Duration = Duration::from_millis(10);
+
+/// How many `user_changes` rows there are of each kind.
+pub async fn kinds(env: &Env) -> BTreeMap<String, i64> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT kind, count(*) FROM user_changes GROUP BY kind")
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+    rows.into_iter().collect()
+}
