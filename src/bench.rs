@@ -288,6 +288,8 @@ async fn measure_sync(
         .env("TRUTO_API_TOKEN", DEMO_TOKEN)
         .env("LMS_SYNC__DATABASE__URL", pg.url(db))
         .env("LMS_SYNC_RUSAGE_FILE", &rusage)
+        // As the Docker image runs it (see the Dockerfile): two allocator arenas.
+        .env("MALLOC_ARENA_MAX", "2")
         // LMS_SYNC_BENCH_LOG: the sync's log filter, to look inside a scenario.
         .env(
             "RUST_LOG",

@@ -564,9 +564,10 @@ async fn follow_listing(
     // scans them, and the writer decodes just the users whose text changed.
     let all_new = Arc::new(std::sync::atomic::AtomicBool::new(empty_at_start));
     if empty_at_start {
-        // A first sync asks the filter which ids it has already listed (to look only those up),
-        // and its size is unknown: full size, so that false positives stay rare.
-        listing.seen = crate::store::SeenIds::new(run_id as u64);
+        // A first sync asks the filter only which ids it has already listed, to look just those
+        // up (it sweeps nothing): 1 MiB keeps needless lookups under 0.001 % at 100,000 users
+        // and about 2 % at a million, whatever the account's size.
+        listing.seen = crate::store::SeenIds::sized(run_id as u64, 13_107);
     } else if !listing.resumed {
         // A fresh listing of an account with users sweeps: size its filter to the account (with
         // room for growth). A resumed listing neither sweeps nor asks.
