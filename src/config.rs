@@ -23,16 +23,15 @@ pub struct ConfigError(pub String);
 
 /// Control characters (an echoed value may hold a newline) escaped, so a message stays one line.
 fn one_line(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let esc: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            esc
-        })
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `scheme://user:password@host` → `scheme://user:***@host`, wherever a message echoes a value:

@@ -164,6 +164,11 @@ pub struct RunEnd {
 /// stored in `sync_state.health`, and the scheduler probes such an account hours apart.
 pub const HEALTH_KINDS: &[&str] = &["needs_reauth", "blocked", "not_found", "forbidden"];
 
+/// The health an error of this kind gives its account, if it is one of [`HEALTH_KINDS`].
+pub fn health_of(kind: &str) -> Option<&'static str> {
+    HEALTH_KINDS.iter().copied().find(|k| *k == kind)
+}
+
 /// The ids a listing contained, for the deletion sweep: a Bloom filter (4 hashes) of at most
 /// 8 MiB, sized to the account: 640 bits per expected id, so an account of a few hundred users
 /// takes a few kilobytes and memory never grows with account size beyond the cap. A false

@@ -321,10 +321,7 @@ async fn run_leased(
                 }
                 Stop::Source(e) => {
                     end.outcome = Outcome::Failed;
-                    end.health = crate::store::HEALTH_KINDS
-                        .iter()
-                        .copied()
-                        .find(|k| *k == e.kind());
+                    end.health = crate::store::health_of(e.kind());
                     end.error_kind = Some(e.kind().into());
                     end.error = Some(e.to_string());
                 }
@@ -898,8 +895,7 @@ async fn hydrate(
                     counts.http_requests += 1;
                     if e.status() == Some(404) {
                         gone.push(uid);
-                    } else if crate::store::HEALTH_KINDS.contains(&e.kind())
-                        || e.kind() == "bad_token"
+                    } else if crate::store::health_of(e.kind()).is_some() || e.kind() == "bad_token"
                     {
                         stop = Some(e.to_string());
                     } else {
