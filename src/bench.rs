@@ -221,7 +221,7 @@ fn config_text(s: &Scenario, base_url: &str) -> String {
          [database]\nmax_connections = {}\n\
          [rate_budget]\nenabled = {}\nper_account = {BUDGET_PER_ACCOUNT}\nper_token = {BUDGET_PER_TOKEN}\nwindow_secs = {BUDGET_WINDOW_SECS}\n\
          [log]\nlevel = \"warn\"\n",
-        s.accounts.clamp(1, 10),
+        s.accounts.max(1),
         20,
         s.rate_limited
     );

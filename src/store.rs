@@ -427,6 +427,11 @@ impl Store {
         Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
     }
 
+    /// Whether a pooled connection is free right now: idle, or not opened yet.
+    pub fn has_idle_connection(&self) -> bool {
+        self.pool.num_idle() > 0 || self.pool.size() < self.pool.options().get_max_connections()
+    }
+
     /// Tries to lease `account`; `None` when another process holds it.
     pub async fn try_lease(&self, account: Uuid) -> Result<Option<Lease>, StoreError> {
         let mut conn = self.opts.connect().await?;

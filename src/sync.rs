@@ -3,7 +3,7 @@
 //! listing, close the run. The one-shot CLI, the daemon and the tests all call [`sync_account`].
 //! This module decides; it holds no SQL and speaks no HTTP.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -594,8 +594,9 @@ async fn follow_listing(
             let listing = listing_ref;
             // Where the writer's time goes: waiting for pages, or writing them.
             let (mut waiting, mut writing) = (Duration::ZERO, Duration::ZERO);
-            // The batch whose transaction is under way (in a task of its own).
-            let mut in_flight: Option<InFlight> = None;
+            // The batches whose transactions are under way (each in a task of its own), oldest
+            // first: at most PIPELINE_DEPTH, plus the one being started.
+            let mut in_flight: VecDeque<InFlight> = VecDeque::new();
             loop {
                 let t = Instant::now();
                 let received = rx.recv().await;
@@ -605,13 +606,28 @@ async fn follow_listing(
                     writing_ms = writing.as_millis() as u64,
                     "writer"
                 );
-                let batch = match next_batch(received, &mut rx).await {
+                // Batches that have committed meanwhile are accounted for now, in order (their
+                // counters, progress, and the fetcher's mode must not lag behind).
+                finish_oldest(
+                    &mut in_flight,
+                    committed,
+                    opts,
+                    account,
+                    out,
+                    progress,
+                    &all_new,
+                )
+                .await?;
+                // With the pipeline full, the next batch can grow until its oldest batch commits
+                // (a fuller batch costs nothing then); otherwise it takes what has arrived.
+                let fill_until =
+                    (in_flight.len() >= PIPELINE_DEPTH).then(|| in_flight[0].committed.clone());
+                let batch = match next_batch(received, &mut rx, fill_until).await {
                     Ok(b) => b,
                     Err(stop) => {
                         // What is being written still commits (or not) before we stop.
-                        if let Some(f) = in_flight.take() {
-                            finish(f, opts, account, out, progress, &all_new).await?;
-                        }
+                        finish_oldest(&mut in_flight, all, opts, account, out, progress, &all_new)
+                            .await?;
                         return Err(stop);
                     }
                 };
@@ -649,32 +665,37 @@ async fn follow_listing(
                 let prepared = prepare(batch, lookup);
                 let t = Instant::now();
                 // New users that no earlier batch can hold (a first sync's usual case) are
-                // written while the previous batch is still committing; anything else waits.
-                let ahead = in_flight.is_some()
+                // written while earlier batches are still being written, on connections of
+                // their own (when the pool has one idle: a batch waiting for a connection
+                // behind batches that wait for it would stall); anything else waits.
+                let ahead = !in_flight.is_empty()
                     && prepared.copy.is_some()
-                    && prepared.lookup.as_ref().is_some_and(Vec::is_empty);
+                    && prepared.lookup.as_ref().is_some_and(Vec::is_empty)
+                    && store.has_idle_connection();
                 let gate = if ahead {
-                    in_flight.as_ref().map(|f| f.committed.clone())
+                    in_flight.back().map(|f| f.committed.clone())
                 } else {
-                    if let Some(f) = in_flight.take() {
-                        finish(f, opts, account, out, progress, &all_new).await?;
-                    }
+                    finish_oldest(&mut in_flight, all, opts, account, out, progress, &all_new)
+                        .await?;
                     None
                 };
                 let next = write_batch(store, opts, account, run_id, prepared, gate);
-                if let Some(f) = in_flight.take() {
-                    if let Err(stop) = finish(f, opts, account, out, progress, &all_new).await {
-                        // It rolls back on its own (its gate says the previous batch failed).
-                        let _ = next.task.await;
-                        return Err(stop);
-                    }
-                }
+                in_flight.push_back(next);
+                let over_depth = |q: &VecDeque<InFlight>| q.len() > PIPELINE_DEPTH;
+                finish_oldest(
+                    &mut in_flight,
+                    over_depth,
+                    opts,
+                    account,
+                    out,
+                    progress,
+                    &all_new,
+                )
+                .await?;
                 let last_of_listing = done || repeated || pending.is_some();
-                in_flight = Some(next);
                 if last_of_listing || cancel.is_cancelled() {
-                    if let Some(f) = in_flight.take() {
-                        finish(f, opts, account, out, progress, &all_new).await?;
-                    }
+                    finish_oldest(&mut in_flight, all, opts, account, out, progress, &all_new)
+                        .await?;
                     writing += t.elapsed();
                     if repeated {
                         return Err(Stop::Listing(format!(
@@ -698,8 +719,11 @@ async fn follow_listing(
     result.map(|()| listing)
 }
 
-/// Pages the fetcher may hold ahead of the writer (and so, at most, in one batch, plus one).
+/// Pages the fetcher may hold ahead of the writer.
 const LOOKAHEAD: usize = 8;
+/// Batches of new users written at the same time, each in its own transaction (their cursor
+/// advances still commit in order): PostgreSQL then works on more than one at once.
+const PIPELINE_DEPTH: usize = 2;
 /// The most API pages, and users, written in one transaction.
 const MAX_BATCH_PAGES: usize = 16;
 const MAX_BATCH_USERS: usize = 2_000;
@@ -954,6 +978,7 @@ fn stale_cursor(e: &SourceError) -> bool {
 async fn next_batch(
     received: Option<Result<Decoding, Stop>>,
     rx: &mut tokio::sync::mpsc::Receiver<Result<Decoding, Stop>>,
+    mut fill_until: Option<crate::store::Gate>,
 ) -> Result<(Vec<Fetched>, Option<Stop>), Stop> {
     let Some(first) = received else {
         // The fetcher ended without a last page: only after cancellation.
@@ -965,13 +990,28 @@ async fn next_batch(
         && batch.len() < MAX_BATCH_PAGES
         && batch.iter().map(|f| f.page.records).sum::<usize>() < MAX_BATCH_USERS
     {
-        match rx.try_recv() {
-            Ok(Ok(d)) => batch.push(d.done().await?),
-            Ok(Err(stop)) => {
+        let next = match rx.try_recv() {
+            Ok(next) => Some(next),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                // Nothing more yet: wait for the next page only while `fill_until` is closed.
+                let Some(gate) = fill_until.as_mut() else {
+                    break;
+                };
+                tokio::select! {
+                    biased;
+                    next = rx.recv() => next,
+                    _ = gate.wait_for(Option::is_some) => break,
+                }
+            }
+        };
+        match next {
+            Some(Ok(d)) => batch.push(d.done().await?),
+            Some(Err(stop)) => {
                 pending = Some(stop);
                 break;
             }
-            Err(_) => break,
+            None => break,
         }
     }
     Ok((batch, pending))
@@ -1067,6 +1107,40 @@ fn write_batch(
         (result, prepared)
     });
     InFlight { task, committed }
+}
+
+/// For [`finish_oldest`]: every batch in flight.
+fn all(q: &VecDeque<InFlight>) -> bool {
+    !q.is_empty()
+}
+
+/// For [`finish_oldest`]: the oldest batch has committed (or failed) already.
+fn committed(q: &VecDeque<InFlight>) -> bool {
+    q.front().is_some_and(|f| f.committed.borrow().is_some())
+}
+
+/// Finishes batches in flight, oldest first, while `more` says so. After a failure the later
+/// ones roll back on their own (their gates say a batch before them failed) and are only
+/// awaited.
+async fn finish_oldest(
+    in_flight: &mut VecDeque<InFlight>,
+    more: impl Fn(&VecDeque<InFlight>) -> bool,
+    opts: &SyncOptions,
+    account: &AccountSettings,
+    out: &mut SyncOutcome,
+    progress: &dyn Progress,
+    all_new: &std::sync::atomic::AtomicBool,
+) -> Result<(), Stop> {
+    while more(in_flight) {
+        let f = in_flight.pop_front().expect("non-empty");
+        if let Err(stop) = finish(f, opts, account, out, progress, all_new).await {
+            for f in in_flight.drain(..) {
+                let _ = f.task.await;
+            }
+            return Err(stop);
+        }
+    }
+    Ok(())
 }
 
 /// Waits for a batch's transaction and accounts for it: counters, metrics, logs, progress,

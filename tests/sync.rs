@@ -716,6 +716,53 @@ async fn a_pass_stops_when_the_stored_cursor_is_not_where_it_left_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_written_ahead_roll_back_together_when_one_before_them_fails() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 20_000)]).await;
+    // Fast pages: by page 40 several batches are being written at once, each gated on the one
+    // before; the cursor moves under the one the writer is accounting for.
+    let hook = MoveCursor {
+        at: 40,
+        store: env.store.clone(),
+        moved: std::sync::atomic::AtomicBool::new(false),
+    };
+
+    let o = env
+        .sync_with(&env.account(a), &CancellationToken::new(), &hook)
+        .await;
+
+    assert_eq!(finished(&o), Outcome::Failed);
+    assert!(
+        o.error.as_deref().unwrap().contains("no longer holds"),
+        "{:?}",
+        o.error
+    );
+    assert!(
+        o.counts.pages >= 40 && o.counts.pages < 200,
+        "{:?}",
+        o.counts
+    );
+    // Rows and cursor advances committed together: exactly the pages counted are mirrored,
+    // nothing of the batches behind the failed one.
+    let users = env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM users WHERE integrated_account_id = '{a}'"
+        ))
+        .await;
+    let pages = env
+        .scalar_i64(&format!(
+            "SELECT pages FROM sync_state WHERE integrated_account_id = '{a}'"
+        ))
+        .await;
+    assert_eq!(pages as u64, o.counts.pages);
+    assert_eq!(users as u64, 100 * o.counts.pages);
+    // The next pass starts over (the API refuses the moved cursor) and converges.
+    let o = env.sync(a).await;
+    assert!(o.succeeded(), "{:?}", o.error);
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_id_on_two_pages_of_a_first_sync_is_written_once_with_the_later_record() {
     let a = account_id(1);
     let env = Env::new(&[(a, 300)]).await;
