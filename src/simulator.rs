@@ -97,7 +97,8 @@ pub struct RateLimit {
 
 struct State {
     token: String,
-    accounts: BTreeMap<Uuid, Account>,
+    /// Shared with the pages being rendered (outside the lock); changed copy-on-write.
+    accounts: BTreeMap<Uuid, Arc<Account>>,
     blocked: HashMap<Uuid, Fault>,
     /// Faults served to the single-user GET of one user, until cleared.
     user_faults: HashMap<(Uuid, String), Fault>,
@@ -112,6 +113,13 @@ struct State {
     windows: HashMap<Uuid, VecDeque<Instant>>,
     token_window: VecDeque<Instant>,
     stats: SimStats,
+}
+
+impl State {
+    /// The account to change (copied first if a page being rendered still reads it).
+    fn account_mut(&mut self, account: Uuid) -> &mut Account {
+        Arc::make_mut(self.accounts.get_mut(&account).expect("account"))
+    }
 }
 
 /// A running simulator. Dropping it stops the server.
@@ -185,14 +193,14 @@ impl Simulator {
         self.with(|s| {
             s.accounts.insert(
                 id,
-                Account {
+                Arc::new(Account {
                     seed,
                     count,
                     deleted: BTreeSet::new(),
                     patches: HashMap::new(),
                     raw: HashMap::new(),
                     partial_list_fields: Vec::new(),
-                },
+                }),
             )
         });
     }
@@ -204,7 +212,7 @@ impl Simulator {
             panic!("patch must be an object")
         };
         self.with(|s| {
-            let a = s.accounts.get_mut(&account).expect("account");
+            let a = s.account_mut(account);
             a.patches.entry(idx).or_default().extend(patch);
         });
     }
@@ -213,7 +221,7 @@ impl Simulator {
     pub fn remove_field(&self, account: Uuid, id: &str, field: &str) {
         let idx = index_of(id);
         self.with(|s| {
-            let a = s.accounts.get_mut(&account).expect("account");
+            let a = s.account_mut(account);
             a.patches
                 .entry(idx)
                 .or_default()
@@ -223,28 +231,20 @@ impl Simulator {
 
     pub fn delete_user(&self, account: Uuid, id: &str) {
         self.with(|s| {
-            s.accounts
-                .get_mut(&account)
-                .expect("account")
-                .deleted
-                .insert(index_of(id));
+            s.account_mut(account).deleted.insert(index_of(id));
         });
     }
 
     pub fn restore_user(&self, account: Uuid, id: &str) {
         self.with(|s| {
-            s.accounts
-                .get_mut(&account)
-                .expect("account")
-                .deleted
-                .remove(&index_of(id));
+            s.account_mut(account).deleted.remove(&index_of(id));
         });
     }
 
     /// Appends `n` new users; returns their ids.
     pub fn add_users(&self, account: Uuid, n: usize) -> Vec<String> {
         self.with(|s| {
-            let a = s.accounts.get_mut(&account).expect("account");
+            let a = s.account_mut(account);
             let start = a.count;
             a.count += n;
             (start..a.count).map(|i| (i + 1).to_string()).collect()
@@ -254,21 +254,15 @@ impl Simulator {
     /// Serves `raw` (any text) in place of the user with this id.
     pub fn set_raw_record(&self, account: Uuid, id: &str, raw: &str) {
         self.with(|s| {
-            s.accounts
-                .get_mut(&account)
-                .expect("account")
-                .raw
-                .insert(index_of(id), raw.into());
+            s.account_mut(account).raw.insert(index_of(id), raw.into());
         });
     }
 
     /// Leaves these fields out of list responses; the single-user GET still has them.
     pub fn set_partial_list_fields(&self, account: Uuid, fields: &[&str]) {
         self.with(|s| {
-            s.accounts
-                .get_mut(&account)
-                .expect("account")
-                .partial_list_fields = fields.iter().map(|f| f.to_string()).collect();
+            s.account_mut(account).partial_list_fields =
+                fields.iter().map(|f| f.to_string()).collect();
         });
     }
 
@@ -675,12 +669,34 @@ enum Reply {
     Full {
         status: u16,
         headers: Vec<(String, String)>,
-        body: Vec<u8>,
+        body: Body,
         delay: Duration,
     },
     Reset,
-    Truncate(Vec<u8>),
-    Stall(Vec<u8>, Duration),
+    Truncate(Body),
+    Stall(Body, Duration),
+}
+
+/// A reply's body: ready, or a page rendered after the state's lock is released, so that
+/// requests are served in parallel as a real server would.
+enum Body {
+    Ready(Vec<u8>),
+    Page(Box<PageJob>),
+}
+
+impl Body {
+    fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Body::Ready(b) => b,
+            Body::Page(job) => job.render(),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(b: Vec<u8>) -> Body {
+        Body::Ready(b)
+    }
 }
 
 async fn serve_conn(mut stream: TcpStream, state: Arc<Mutex<State>>) {
@@ -701,6 +717,7 @@ async fn serve_conn(mut stream: TcpStream, state: Arc<Mutex<State>>) {
                 body,
                 delay,
             } => {
+                let body = body.into_bytes();
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
@@ -713,6 +730,7 @@ async fn serve_conn(mut stream: TcpStream, state: Arc<Mutex<State>>) {
             }
             Reply::Reset => return,
             Reply::Truncate(body) => {
+                let body = body.into_bytes();
                 let head = response_head(200, &[], body.len());
                 let _ = stream.write_all(head.as_bytes()).await;
                 let _ = stream.write_all(&body[..body.len() / 2]).await;
@@ -720,6 +738,7 @@ async fn serve_conn(mut stream: TcpStream, state: Arc<Mutex<State>>) {
                 return;
             }
             Reply::Stall(body, hold) => {
+                let body = body.into_bytes();
                 let head = response_head(200, &[], body.len());
                 let _ = stream.write_all(head.as_bytes()).await;
                 let _ = stream.write_all(&body[..body.len() / 2]).await;
@@ -745,7 +764,7 @@ fn error_reply(status: u16, message: &str, remote: bool, retry_after: Option<Str
     Reply::Full {
         status,
         headers,
-        body: body.to_string().into_bytes(),
+        body: body.to_string().into_bytes().into(),
         delay: Duration::ZERO,
     }
 }
@@ -918,13 +937,15 @@ fn fault_reply(s: &mut State, f: Fault, account: Uuid, req: &Request) -> Reply {
         Fault::Html200 => Reply::Full {
             status: 200,
             headers: vec![("content-type".into(), "text/html".into())],
-            body: b"<html><body><h1>502 Bad Gateway</h1></body></html>".to_vec(),
+            body: b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+                .to_vec()
+                .into(),
             delay: Duration::ZERO,
         },
         Fault::Body(b) => Reply::Full {
             status: 200,
             headers: vec![],
-            body: b.into_bytes(),
+            body: b.into_bytes().into(),
             delay: Duration::ZERO,
         },
     }
@@ -959,7 +980,7 @@ fn normal_reply(
             Some(n) => Reply::Full {
                 status: 200,
                 headers: vec![],
-                body: full_user(a, n - 1).to_string().into_bytes(),
+                body: full_user(a, n - 1).to_string().into_bytes().into(),
                 delay,
             },
             None => error_reply(404, "User not found", false, None),
@@ -977,67 +998,94 @@ fn normal_reply(
             _ => return error_reply(400, "Invalid or expired cursor", false, None),
         },
     };
-    let ignore_remote = q("truto_ignore_remote_data") == Some("true");
-    let excluded: Vec<&str> = req
-        .query
-        .iter()
-        .filter(|(k, _)| k == "truto_exclude_fields[]")
-        .map(|(_, v)| v.as_str())
-        .collect();
-    let mut records: Vec<String> = Vec::with_capacity(limit);
-    let mut i = start;
-    while records.len() < limit && i < a.count {
-        if !a.deleted.contains(&i) {
-            let rec = list_user(a, i);
-            if (ignore_remote || !excluded.is_empty()) && !a.raw.contains_key(&i) {
-                let mut v: Value = serde_json::from_str(&rec).expect("generated json");
-                if let Some(o) = v.as_object_mut() {
-                    if ignore_remote {
-                        o.remove("remote_data");
-                    }
-                    for f in &excluded {
-                        o.remove(*f);
-                    }
-                }
-                records.push(v.to_string());
-            } else {
-                records.push(rec);
-            }
-        }
-        i += 1;
-    }
-    let more = (i..a.count).any(|j| !a.deleted.contains(&j));
-    let next = if repeat_cursor {
-        Some(
+    let job = PageJob {
+        account: s.accounts[&account].clone(),
+        start,
+        limit,
+        generation,
+        ignore_remote: q("truto_ignore_remote_data") == Some("true"),
+        excluded: req
+            .query
+            .iter()
+            .filter(|(k, _)| k == "truto_exclude_fields[]")
+            .map(|(_, v)| v.clone())
+            .collect(),
+        // A repeated cursor is the one asked with (or the first page's).
+        repeat: repeat_cursor.then(|| {
             q("next_cursor")
                 .map(str::to_string)
-                .unwrap_or_else(|| encode_cursor(generation, 0)),
-        )
-    } else if more {
-        Some(encode_cursor(generation, i))
-    } else {
-        None
+                .unwrap_or_else(|| encode_cursor(generation, 0))
+        }),
+        partial,
     };
-    let mut body = String::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 128);
-    body.push_str("{\"result\":[");
-    for (n, r) in records.iter().enumerate() {
-        if n > 0 {
-            body.push(',');
-        }
-        body.push_str(r);
-    }
-    body.push_str("],\"next_cursor\":");
-    body.push_str(&serde_json::to_string(&next).expect("cursor json"));
-    body.push_str(&format!(",\"result_count\":{}", records.len()));
-    if partial {
-        body.push_str(",\"is_partial_response\":true");
-    }
-    body.push('}');
     Reply::Full {
         status: 200,
         headers: vec![],
-        body: body.into_bytes(),
+        body: Body::Page(Box::new(job)),
         delay,
+    }
+}
+
+/// A list page to render: everything it needs, taken while the state was locked.
+struct PageJob {
+    account: Arc<Account>,
+    start: usize,
+    limit: usize,
+    generation: u64,
+    ignore_remote: bool,
+    excluded: Vec<String>,
+    /// Send this cursor again instead of the next one (a fault).
+    repeat: Option<String>,
+    partial: bool,
+}
+
+impl PageJob {
+    fn render(self) -> Vec<u8> {
+        let a = &*self.account;
+        let mut records: Vec<String> = Vec::with_capacity(self.limit);
+        let mut i = self.start;
+        while records.len() < self.limit && i < a.count {
+            if !a.deleted.contains(&i) {
+                let rec = list_user(a, i);
+                if (self.ignore_remote || !self.excluded.is_empty()) && !a.raw.contains_key(&i) {
+                    let mut v: Value = serde_json::from_str(&rec).expect("generated json");
+                    if let Some(o) = v.as_object_mut() {
+                        if self.ignore_remote {
+                            o.remove("remote_data");
+                        }
+                        for f in &self.excluded {
+                            o.remove(f);
+                        }
+                    }
+                    records.push(v.to_string());
+                } else {
+                    records.push(rec);
+                }
+            }
+            i += 1;
+        }
+        let more = (i..a.count).any(|j| !a.deleted.contains(&j));
+        let next = match self.repeat {
+            Some(c) => Some(c),
+            None => more.then(|| encode_cursor(self.generation, i)),
+        };
+        let mut body =
+            String::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 128);
+        body.push_str("{\"result\":[");
+        for (n, r) in records.iter().enumerate() {
+            if n > 0 {
+                body.push(',');
+            }
+            body.push_str(r);
+        }
+        body.push_str("],\"next_cursor\":");
+        body.push_str(&serde_json::to_string(&next).expect("cursor json"));
+        body.push_str(&format!(",\"result_count\":{}", records.len()));
+        if self.partial {
+            body.push_str(",\"is_partial_response\":true");
+        }
+        body.push('}');
+        body.into_bytes()
     }
 }
 
