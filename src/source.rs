@@ -135,6 +135,8 @@ pub struct FetchedPage {
     /// The body, until it is decoded: decoding is left to the caller, so it can run in
     /// parallel with fetching the next page.
     body: Option<bytes::Bytes>,
+    /// Where each record's text lies in `body`, as found when the envelope was checked.
+    spans: Vec<std::ops::Range<usize>>,
     /// Records in `result`, bad ones included.
     pub records: usize,
     pub next_cursor: Option<String>,
@@ -488,6 +490,16 @@ impl FetchedPage {
 
     fn read_records(&mut self, read: fn(&[&str]) -> DecodedPage) {
         let Some(body) = self.body.take() else { return };
+        let spans = std::mem::take(&mut self.spans);
+        // The envelope was checked, and the records found, when the page arrived: no need to
+        // read it again. (The body is UTF-8 then: serde_json refuses anything else.)
+        if let Ok(text) = std::str::from_utf8(&body) {
+            let records: Option<Vec<&str>> = spans.iter().map(|r| text.get(r.clone())).collect();
+            if let Some(records) = records.filter(|r| r.len() == self.records) {
+                self.decoded = read(&records);
+                return;
+            }
+        }
         // The envelope was checked when the page arrived; this cannot fail.
         if let Ok(env) = serde_json::from_slice::<Envelope>(&body) {
             if let Some(result) = env.result {
@@ -595,6 +607,17 @@ struct Envelope<'a> {
     is_partial_response: Option<&'a RawValue>,
 }
 
+/// [`Envelope`] with `result` read as an array of raw records, in the same pass.
+#[derive(Deserialize)]
+struct ListEnvelope<'a> {
+    #[serde(borrow, default)]
+    result: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    next_cursor: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    is_partial_response: Option<&'a RawValue>,
+}
+
 /// Parses and decodes a whole page.
 pub fn parse_page(body: &[u8], headers: &HeaderMap) -> Result<FetchedPage, SourceError> {
     let mut page = parse_envelope(bytes::Bytes::copy_from_slice(body), headers)?;
@@ -609,17 +632,39 @@ fn parse_envelope(body: bytes::Bytes, headers: &HeaderMap) -> Result<FetchedPage
         // (serde would read a struct out of an array, and blame the wrong thing.)
         return Err(invalid_body(&body, headers, &"no object"));
     }
-    let envelope: Envelope =
-        serde_json::from_slice(&body).map_err(|e| invalid_body(&body, headers, &e))?;
-    let result = envelope
+    // One pass in the usual case; a second, field by field, to say what is wrong otherwise.
+    let envelope = match serde_json::from_slice::<ListEnvelope>(&body) {
+        Ok(e) => e,
+        Err(_) => {
+            let envelope: Envelope =
+                serde_json::from_slice(&body).map_err(|e| invalid_body(&body, headers, &e))?;
+            let result = envelope
+                .result
+                .ok_or_else(|| SourceError::InvalidPage("no `result` array".into()))?;
+            ListEnvelope {
+                result: Some(
+                    serde_json::from_str(result.get())
+                        .map_err(|_| SourceError::InvalidPage("`result` is not an array".into()))?,
+                ),
+                next_cursor: envelope.next_cursor,
+                is_partial_response: envelope.is_partial_response,
+            }
+        }
+    };
+    let records = envelope
         .result
         .ok_or_else(|| SourceError::InvalidPage("no `result` array".into()))?;
-    let records: Vec<&RawValue> = serde_json::from_str(result.get())
-        .map_err(|_| SourceError::InvalidPage("`result` is not an array".into()))?;
-    let count = records.len();
     let cursor = envelope.next_cursor.map(|c| c.get());
     let partial = envelope.is_partial_response.map(|v| v.get().trim()) == Some("true");
-    let mut page = finish_page(count, cursor, partial, headers)?;
+    let mut page = finish_page(records.len(), cursor, partial, headers)?;
+    let base = body.as_ptr() as usize;
+    page.spans = records
+        .iter()
+        .map(|r| {
+            let start = r.get().as_ptr() as usize - base;
+            start..start + r.get().len()
+        })
+        .collect();
     drop(records);
     page.body = Some(body.clone());
     Ok(page)
@@ -673,6 +718,7 @@ fn finish_page(
     Ok(FetchedPage {
         decoded: DecodedPage::default(),
         body: None,
+        spans: Vec::new(),
         records,
         next_cursor,
         is_partial,
