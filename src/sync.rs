@@ -725,8 +725,8 @@ const LOOKAHEAD: usize = 8;
 /// advances still commit in order): PostgreSQL then works on more than one at once.
 const PIPELINE_DEPTH: usize = 2;
 /// The most API pages, and users, written in one transaction.
-const MAX_BATCH_PAGES: usize = 16;
-const MAX_BATCH_USERS: usize = 2_000;
+const MAX_BATCH_PAGES: usize = 8;
+const MAX_BATCH_USERS: usize = 1_000;
 
 /// A fetched page and the cursor it was fetched with.
 struct Fetched {
