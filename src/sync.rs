@@ -597,6 +597,20 @@ async fn follow_listing(
             // The batches whose transactions are under way (each in a task of its own), oldest
             // first: at most PIPELINE_DEPTH, plus the one being started.
             let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+            // Finishes the oldest batches in flight while `$more` says so (see finish_oldest).
+            macro_rules! finish_while {
+                ($more:expr) => {
+                    finish_oldest(
+                        &mut in_flight,
+                        $more,
+                        opts,
+                        account,
+                        out,
+                        progress,
+                        &all_new,
+                    )
+                };
+            }
             loop {
                 let t = Instant::now();
                 let received = rx.recv().await;
@@ -608,16 +622,7 @@ async fn follow_listing(
                 );
                 // Batches that have committed meanwhile are accounted for now, in order (their
                 // counters, progress, and the fetcher's mode must not lag behind).
-                finish_oldest(
-                    &mut in_flight,
-                    committed,
-                    opts,
-                    account,
-                    out,
-                    progress,
-                    &all_new,
-                )
-                .await?;
+                finish_while!(committed).await?;
                 // With the pipeline full, the next batch can grow until its oldest batch commits
                 // (a fuller batch costs nothing then); otherwise it takes what has arrived.
                 let fill_until =
@@ -626,8 +631,7 @@ async fn follow_listing(
                     Ok(b) => b,
                     Err(stop) => {
                         // What is being written still commits (or not) before we stop.
-                        finish_oldest(&mut in_flight, all, opts, account, out, progress, &all_new)
-                            .await?;
+                        finish_while!(all).await?;
                         return Err(stop);
                     }
                 };
@@ -675,27 +679,16 @@ async fn follow_listing(
                 let gate = if ahead {
                     in_flight.back().map(|f| f.committed.clone())
                 } else {
-                    finish_oldest(&mut in_flight, all, opts, account, out, progress, &all_new)
-                        .await?;
+                    finish_while!(all).await?;
                     None
                 };
                 let next = write_batch(store, opts, account, run_id, prepared, gate);
                 in_flight.push_back(next);
                 let over_depth = |q: &VecDeque<InFlight>| q.len() > PIPELINE_DEPTH;
-                finish_oldest(
-                    &mut in_flight,
-                    over_depth,
-                    opts,
-                    account,
-                    out,
-                    progress,
-                    &all_new,
-                )
-                .await?;
+                finish_while!(over_depth).await?;
                 let last_of_listing = done || repeated || pending.is_some();
                 if last_of_listing || cancel.is_cancelled() {
-                    finish_oldest(&mut in_flight, all, opts, account, out, progress, &all_new)
-                        .await?;
+                    finish_while!(all).await?;
                     writing += t.elapsed();
                     if repeated {
                         return Err(Stop::Listing(format!(

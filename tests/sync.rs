@@ -671,6 +671,26 @@ struct MoveCursor {
     moved: std::sync::atomic::AtomicBool,
 }
 
+impl MoveCursor {
+    fn after(at: u64, env: &Env) -> MoveCursor {
+        MoveCursor {
+            at,
+            store: env.store.clone(),
+            moved: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+/// The pass failed because the cursor guard found the stored cursor moved.
+fn assert_stopped_by_cursor_guard(o: &lms_sync::sync::SyncOutcome) {
+    assert_eq!(finished(o), Outcome::Failed);
+    assert!(
+        o.error.as_deref().unwrap().contains("no longer holds"),
+        "{:?}",
+        o.error
+    );
+}
+
 impl Progress for MoveCursor {
     fn page(&self, _account: &AccountSettings, totals: &RunCounts) {
         if totals.pages >= self.at && !self.moved.swap(true, Ordering::SeqCst) {
@@ -692,22 +712,13 @@ async fn a_pass_stops_when_the_stored_cursor_is_not_where_it_left_it() {
     let env = Env::new(&[(a, 800)]).await;
     // Pages slower than writes: the writer commits them one by one.
     env.sim.set_latency(Duration::from_millis(30));
-    let hook = MoveCursor {
-        at: 2,
-        store: env.store.clone(),
-        moved: std::sync::atomic::AtomicBool::new(false),
-    };
+    let hook = MoveCursor::after(2, &env);
 
     let o = env
         .sync_with(&env.account(a), &CancellationToken::new(), &hook)
         .await;
 
-    assert_eq!(finished(&o), Outcome::Failed);
-    assert!(
-        o.error.as_deref().unwrap().contains("no longer holds"),
-        "{:?}",
-        o.error
-    );
+    assert_stopped_by_cursor_guard(&o);
     assert_eq!(o.counts.pages, 2, "nothing was written past the divergence");
     // The next pass resumes from the database's cursor; the API refuses it; the listing restarts.
     let o = env.sync(a).await;
@@ -721,22 +732,13 @@ async fn batches_written_ahead_roll_back_together_when_one_before_them_fails() {
     let env = Env::new(&[(a, 20_000)]).await;
     // Fast pages: by page 40 several batches are being written at once, each gated on the one
     // before; the cursor moves under the one the writer is accounting for.
-    let hook = MoveCursor {
-        at: 40,
-        store: env.store.clone(),
-        moved: std::sync::atomic::AtomicBool::new(false),
-    };
+    let hook = MoveCursor::after(40, &env);
 
     let o = env
         .sync_with(&env.account(a), &CancellationToken::new(), &hook)
         .await;
 
-    assert_eq!(finished(&o), Outcome::Failed);
-    assert!(
-        o.error.as_deref().unwrap().contains("no longer holds"),
-        "{:?}",
-        o.error
-    );
+    assert_stopped_by_cursor_guard(&o);
     assert!(
         o.counts.pages >= 40 && o.counts.pages < 200,
         "{:?}",
