@@ -276,7 +276,9 @@ impl TrutoClient {
                 let remaining = page.rate_remaining;
                 Ok((page, remaining))
             })
-            .await?;
+            .await
+            // (A listing that fails stops; its run reports the error, not the requests.)
+            .map_err(|f| f.error)?;
         let mut page = done.value;
         page.requests = done.requests;
         page.rate_limited = done.rate_limited;
@@ -314,7 +316,7 @@ impl TrutoClient {
         account: &AccountSettings,
         id: &str,
         cancel: &CancellationToken,
-    ) -> Result<(String, u32), SourceError> {
+    ) -> Result<(String, u32), Failed> {
         let url = self.user_url(account, id);
         let done = self
             .with_retries(account, "user", cancel, || async {
@@ -333,7 +335,7 @@ impl TrutoClient {
         what: &'static str,
         cancel: &CancellationToken,
         mut once: F,
-    ) -> Result<Attempted<T>, SourceError>
+    ) -> Result<Attempted<T>, Failed>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(T, Option<(u64, Duration)>), SourceError>>,
@@ -350,7 +352,8 @@ impl TrutoClient {
             if let Some(budget) = &self.budget {
                 let (taken, w) = tokio::select! {
                     w = budget.acquire(id) => w,
-                    _ = cancel.cancelled() => return Err(SourceError::Cancelled),
+                    // (This attempt's request was never sent.)
+                    _ = cancel.cancelled() => return Err(Failed::new(SourceError::Cancelled, attempts - 1)),
                 };
                 slot = Some(taken);
                 budget_wait += w;
@@ -364,7 +367,7 @@ impl TrutoClient {
             }
             let result = tokio::select! {
                 r = once() => r,
-                _ = cancel.cancelled() => return Err(SourceError::Cancelled),
+                _ = cancel.cancelled() => return Err(Failed::new(SourceError::Cancelled, attempts)),
             };
             if let (Some(budget), Some(taken)) = (&self.budget, slot) {
                 budget.settle(id, taken, Instant::now());
@@ -401,16 +404,19 @@ impl TrutoClient {
                 }
             }
             if !err.is_retryable() {
-                return Err(err);
+                return Err(Failed::new(err, attempts));
             }
             let Some(wait) =
                 self.backoff
                     .next_wait(attempts, waited, err.retry_hint(), fastrand::f64())
             else {
-                return Err(SourceError::Exhausted {
+                return Err(Failed::new(
+                    SourceError::Exhausted {
+                        attempts,
+                        last: Box::new(err),
+                    },
                     attempts,
-                    last: Box::new(err),
-                });
+                ));
             };
             if let Some(m) = &self.metrics {
                 m.inc("lms_sync_retries_total", &[("account", &label)]);
@@ -424,7 +430,7 @@ impl TrutoClient {
             );
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = cancel.cancelled() => return Err(SourceError::Cancelled),
+                _ = cancel.cancelled() => return Err(Failed::new(SourceError::Cancelled, attempts)),
             }
             waited += wait;
         }
@@ -447,6 +453,19 @@ impl TrutoClient {
             return Err(status_error(status, &headers, &body));
         }
         Ok((body?, headers))
+    }
+}
+
+/// A request that failed for good, and the HTTP requests it took (retries included).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: SourceError,
+    pub requests: u32,
+}
+
+impl Failed {
+    fn new(error: SourceError, requests: u32) -> Failed {
+        Failed { error, requests }
     }
 }
 

@@ -845,7 +845,7 @@ fn source_stop(e: SourceError) -> Stop {
 }
 
 /// A queued user's id and what its GET answered (the body and the requests it took).
-type UserAnswer = (String, Result<(String, u32), SourceError>);
+type UserAnswer = (String, Result<(String, u32), crate::source::Failed>);
 
 /// Single-user GETs in flight at once while hydrating (the request budget paces them).
 const HYDRATE_CONCURRENCY: usize = 4;
@@ -907,9 +907,12 @@ async fn hydrate(
                         Err(r) => failed.push((uid, r.reason)),
                     }
                 }
-                Err(SourceError::Cancelled) => stop = Some("interrupted by shutdown".into()),
-                Err(e) => {
-                    counts.http_requests += 1;
+                Err(f) if matches!(f.error, SourceError::Cancelled) => {
+                    stop = Some("interrupted by shutdown".into())
+                }
+                Err(crate::source::Failed { error: e, requests }) => {
+                    counts.http_requests += requests as u64;
+                    counts.retries += requests.saturating_sub(1) as u64;
                     if e.status() == Some(404) {
                         gone.push(uid);
                     } else if crate::store::health_of(e.kind()).is_some() || e.kind() == "bad_token"

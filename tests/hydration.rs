@@ -146,6 +146,15 @@ async fn failed_gets_wait_their_turn_the_allowance_carries_over_and_partial_rows
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!((left[0].0.as_str(), left[0].1), ("1", 1));
     assert!(left[0].2.contains("500"), "{left:?}");
+    // Every request is accounted for, the retries of the GET that failed for good included.
+    let (requests, retries): (i64, i64) =
+        sqlx::query_as("SELECT sum(http_requests)::bigint, sum(retries)::bigint FROM sync_runs")
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    let stats = env.sim.stats();
+    assert_eq!(requests as u64, stats.requests);
+    assert!(retries >= 1, "the failing GET was retried: {retries}");
 
     // The vendor recovers and the retry comes due: the mirror is complete.
     env.sim.set_user_get_fault(a, "1", None);
