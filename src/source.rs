@@ -267,7 +267,7 @@ impl TrutoClient {
         account: &AccountSettings,
         cursor: Option<&str>,
         cancel: &CancellationToken,
-    ) -> Result<FetchedPage, SourceError> {
+    ) -> Result<FetchedPage, Failed> {
         let url = self.page_url(account, cursor);
         let done = self
             .with_retries(account, "page", cancel, || async {
@@ -276,9 +276,7 @@ impl TrutoClient {
                 let remaining = page.rate_remaining;
                 Ok((page, remaining))
             })
-            .await
-            // (A listing that fails stops; its run reports the error, not the requests.)
-            .map_err(|f| f.error)?;
+            .await?;
         let mut page = done.value;
         page.requests = done.requests;
         page.rate_limited = done.rate_limited;

@@ -158,6 +158,8 @@ pub struct RunEnd {
     pub health: Option<&'static str>,
     /// The run's hydration counters (and its requests, added to the run's).
     pub hydration: RunCounts,
+    /// Requests of the page that failed for good (retries included), when one did.
+    pub failed_requests: u32,
 }
 
 /// Error kinds that say the account itself cannot be synced until someone acts upstream:
@@ -757,8 +759,8 @@ impl Store {
         .bind(&end.error)
         .bind(end.hydration.hydrated as i64)
         .bind(end.hydration.hydration_failures as i64)
-        .bind(end.hydration.http_requests as i64)
-        .bind(end.hydration.retries as i64)
+        .bind((end.hydration.http_requests + u64::from(end.failed_requests)) as i64)
+        .bind((end.hydration.retries + u64::from(end.failed_requests.saturating_sub(1))) as i64)
         .bind(end.hydration.rate_limited as i64)
         .execute(&mut *tx)
         .await?;

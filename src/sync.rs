@@ -119,7 +119,8 @@ impl SyncOutcome {
 
 /// Why the listing loop stopped early.
 enum Stop {
-    Source(SourceError),
+    /// The API failed for good, after this many requests.
+    Source(SourceError, u32),
     Store(StoreError),
     /// A protocol violation by the API that makes the cursor useless (repeat, too many pages).
     Listing(String),
@@ -257,6 +258,7 @@ async fn run_leased(
         error: None,
         health: None,
         hydration: RunCounts::default(),
+        failed_requests: 0,
     };
     let listed = listing.is_ok();
     match listing {
@@ -319,7 +321,9 @@ async fn run_leased(
                     end.error = Some("interrupted by shutdown; the next run resumes from the last committed page".into());
                     end.error_kind = Some("interrupted".into());
                 }
-                Stop::Source(e) => {
+                Stop::Source(e, requests) => {
+                    // The failed requests count too (they are not in any committed page).
+                    end.failed_requests = requests;
                     end.outcome = Outcome::Failed;
                     end.health = crate::store::health_of(e.kind());
                     end.error_kind = Some(e.kind().into());
@@ -528,7 +532,8 @@ async fn follow_listing(
     // The first page; a resumed cursor the API no longer accepts restarts the listing.
     let page = match source.fetch_page(account, cursor.as_deref(), cancel).await {
         Ok(p) => p,
-        Err(e) if listing.resumed && stale_cursor(&e) => {
+        Err(refused) if listing.resumed && stale_cursor(&refused.error) => {
+            let e = &refused.error;
             tracing::warn!(error = %e, "the saved cursor was refused; restarting the listing from the first page");
             with_db_retries(opts, cancel, || store.restart_listing(id, run_id))
                 .await
@@ -536,10 +541,13 @@ async fn follow_listing(
             listing.resumed = false;
             out.resumed = false;
             cursor = None;
-            source
+            let mut page = source
                 .fetch_page(account, None, cancel)
                 .await
-                .map_err(source_stop)?
+                .map_err(source_stop)?;
+            // The refused requests are committed with the first page's.
+            page.requests += refused.requests;
+            page
         }
         Err(e) => return Err(source_stop(e)),
     };
@@ -837,10 +845,10 @@ async fn fetch_ahead(
     }
 }
 
-fn source_stop(e: SourceError) -> Stop {
-    match e {
+fn source_stop(f: crate::source::Failed) -> Stop {
+    match f.error {
         SourceError::Cancelled => Stop::Cancelled,
-        e => Stop::Source(e),
+        e => Stop::Source(e, f.requests),
     }
 }
 

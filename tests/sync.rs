@@ -284,6 +284,8 @@ async fn retries_give_up_after_the_configured_attempts() {
         o.error
     );
     assert_eq!(env.sim.stats().requests, 3);
+    // The run's figures say so too.
+    assert_eq!(run_requests(&env, o.run_id.unwrap()).await, (3, 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,12 +580,27 @@ async fn an_expired_cursor_restarts_the_listing_from_the_first_page() {
     assert_eq!(finished(&o), Outcome::Interrupted);
     env.sim.expire_cursors();
     env.sim.delete_user(a, "599");
+    let served_before = env.sim.stats().requests;
 
     let o = env.sync(a).await;
 
     assert!(o.succeeded(), "{:?}", o.error);
     assert!(!o.resumed, "the listing restarted, so it is complete");
     assert_mirror(&env.store, &env.sim, a).await;
+    // The refused request counts with the run's others.
+    assert_eq!(
+        run_requests(&env, o.run_id.unwrap()).await.0 as u64,
+        env.sim.stats().requests - served_before
+    );
+}
+
+/// A run's (http_requests, retries) as `sync_runs` has them.
+async fn run_requests(env: &Env, run_id: i64) -> (i64, i64) {
+    sqlx::query_as("SELECT http_requests, retries FROM sync_runs WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
