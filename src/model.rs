@@ -243,19 +243,10 @@ impl DecodedPage {
 /// id cannot be read this way (no object, no string id, an id the mirror refuses, a duplicate
 /// `id` key, bad JSON) is decoded in full at once, which refuses it with the reason.
 pub fn scan_records(records: &[&str]) -> DecodedPage {
-    #[derive(Deserialize)]
-    struct IdOnly<'a> {
-        #[serde(borrow)]
-        id: std::borrow::Cow<'a, str>,
-    }
     let mut page = DecodedPage::default();
-    let mut index: std::collections::HashMap<String, usize> = Default::default();
+    let mut index = LastWins::default();
     for raw in records {
-        let id = serde_json::from_str::<IdOnly>(raw)
-            .ok()
-            .map(|r| r.id)
-            .filter(|id| !id.is_empty() && id.len() <= MAX_ID_BYTES && !id.contains('\0'));
-        let Some(id) = id else {
+        let Some(id) = id_of(raw) else {
             match decode_user(raw) {
                 Err(rejection) => page.rejected.push(rejection),
                 // Not expected (what the scan refuses, decoding refuses too); kept if so.
@@ -264,17 +255,11 @@ pub fn scan_records(records: &[&str]) -> DecodedPage {
             continue;
         };
         let record = ListedRecord {
-            id: id.into_owned(),
+            id,
             listed_hash: listed_hash(raw),
             raw: raw.to_string(),
         };
-        if let Some(&i) = index.get(&record.id) {
-            page.duplicates += 1;
-            page.listed[i] = record;
-        } else {
-            index.insert(record.id.clone(), page.listed.len());
-            page.listed.push(record);
-        }
+        page.duplicates += index.put(&mut page.listed, record.id.clone(), record);
     }
     page
 }
@@ -282,22 +267,36 @@ pub fn scan_records(records: &[&str]) -> DecodedPage {
 /// Decodes each record of a page on its own: one bad record never fails the page.
 pub fn decode_records(records: &[&str]) -> DecodedPage {
     let mut page = DecodedPage::default();
-    let mut index: std::collections::HashMap<String, usize> = Default::default();
+    let mut index = LastWins::default();
     for raw in records {
         match decode_user(raw) {
-            Ok(user) => {
-                if let Some(&i) = index.get(&user.id) {
-                    page.duplicates += 1;
-                    page.users[i] = user;
-                } else {
-                    index.insert(user.id.clone(), page.users.len());
-                    page.users.push(user);
-                }
-            }
+            Ok(user) => page.duplicates += index.put(&mut page.users, user.id.clone(), user),
             Err(rejection) => page.rejected.push(rejection),
         }
     }
     page
+}
+
+/// Where each id sits in a page's list, so that a later record of the same id replaces the
+/// earlier one in place.
+#[derive(Default)]
+struct LastWins(std::collections::HashMap<String, usize>);
+
+impl LastWins {
+    /// Puts `item` (of `id`) into `list`; returns 1 when it replaced an earlier one, else 0.
+    fn put<T>(&mut self, list: &mut Vec<T>, id: String, item: T) -> u64 {
+        match self.0.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                list[*e.get()] = item;
+                1
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(list.len());
+                list.push(item);
+                0
+            }
+        }
+    }
 }
 
 /// Decodes and normalizes one record.

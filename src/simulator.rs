@@ -999,7 +999,7 @@ fn normal_reply(
         },
     };
     let job = PageJob {
-        account: s.accounts[&account].clone(),
+        account: Arc::clone(a),
         start,
         limit,
         generation,

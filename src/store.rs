@@ -1466,20 +1466,11 @@ fn copy_line(out: &mut String, fields: &[Option<&str>]) {
 impl CopyRows {
     /// Adds `users` of `account` (written by `run_id`, when a run writes them).
     pub fn add(&mut self, account: Uuid, run_id: Option<i64>, users: &[&UserRecord]) {
-        use std::fmt::Write;
         let acct = account.to_string();
         let run = run_id.map(|r| r.to_string());
         for u in users {
-            let mut hash = String::with_capacity(34);
-            hash.push_str("\\x");
-            for b in u.content_hash {
-                let _ = write!(hash, "{b:02x}");
-            }
-            let mut listed = String::with_capacity(34);
-            listed.push_str("\\x");
-            for b in u.listed_hash {
-                let _ = write!(listed, "{b:02x}");
-            }
+            let hash = bytea_text(&u.content_hash);
+            let listed = bytea_text(&u.listed_hash);
             let created = u.created_at.map(|t| t.to_rfc3339());
             let updated = u.updated_at.map(|t| t.to_rfc3339());
             copy_line(
@@ -1556,6 +1547,17 @@ impl CopyRows {
     pub async fn copy_in(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
         copy_all(std::slice::from_ref(self), conn).await
     }
+}
+
+/// `bytes` as bytea input text (`\\x` and hex digits).
+fn bytea_text(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(2 + 2 * bytes.len());
+    out.push_str("\\x");
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// Streams several sets of rows (one per page) into their tables: one COPY per table, each

@@ -524,8 +524,7 @@ async fn follow_listing(
         seen: crate::store::SeenIds::sized(run_id as u64, 0),
         started_empty: false,
     };
-    // Hashes of the cursors this listing was given (8 bytes a page, not the cursor's text), to
-    // notice one that repeats.
+    // The cursors this listing was given (see cursor_key), to notice one that repeats.
     let mut cursors: HashSet<u64> = HashSet::new();
     let mut cursor = resume_cursor;
 
@@ -552,7 +551,7 @@ async fn follow_listing(
         Err(e) => return Err(source_stop(e)),
     };
     if let Some(c) = &cursor {
-        cursors.insert(xxhash_rust::xxh3::xxh3_64(c.as_bytes()));
+        cursors.insert(cursor_key(c));
     }
     // The fetcher runs ahead of the writer by at most LOOKAHEAD pages (memory stays flat);
     // the writer commits whatever has arrived, up to a batch, in one transaction.
@@ -635,7 +634,7 @@ async fn follow_listing(
                 // (a fuller batch costs nothing then); otherwise it takes what has arrived.
                 let fill_until =
                     (in_flight.len() >= PIPELINE_DEPTH).then(|| in_flight[0].committed.clone());
-                let batch = match next_batch(received, &mut rx, fill_until).await {
+                let (batch, pending) = match next_batch(received, &mut rx, fill_until).await {
                     Ok(b) => b,
                     Err(stop) => {
                         // What is being written still commits (or not) before we stop.
@@ -643,7 +642,6 @@ async fn follow_listing(
                         return Err(stop);
                     }
                 };
-                let (batch, pending) = batch;
                 let last = batch.last().expect("non-empty");
                 let done = last.is_last();
                 let repeated = last.repeated;
@@ -796,7 +794,7 @@ async fn fetch_ahead(
         let next = page.next_cursor.clone();
         let repeated = next
             .as_ref()
-            .is_some_and(|n| !cursors.insert(xxhash_rust::xxh3::xxh3_64(n.as_bytes())));
+            .is_some_and(|n| !cursors.insert(cursor_key(n)));
         let last = next.is_none() || repeated;
         let encode = all_new.load(std::sync::atomic::Ordering::Relaxed);
         // Decoding (and, when the last batch was all new users, encoding for COPY) runs on a
@@ -843,6 +841,11 @@ async fn fetch_ahead(
         pages += 1;
         cursor = Some(next);
     }
+}
+
+/// What the repeat check keeps of a cursor: a hash (8 bytes a page, not the cursor's text).
+fn cursor_key(cursor: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(cursor.as_bytes())
 }
 
 fn source_stop(f: crate::source::Failed) -> Stop {
