@@ -755,6 +755,28 @@ mod tests {
     }
 
     #[test]
+    fn records_are_read_where_the_envelope_found_them_whatever_surrounds_them() {
+        // Spaces between records, escapes in them, and a key serde skips without checking
+        // its bytes (not UTF-8): every record is still decoded, each exactly as sent.
+        let mut body = br#"{"x":"#.to_vec();
+        body.extend_from_slice(b"\"\xff\"");
+        body.extend_from_slice(
+            br#", "result": [ {"id":"1","name":"a\"b"} ,
+               {"id":"2"}, {"nope":1} ], "next_cursor":"c"}"#,
+        );
+        let p = parse_page(&body, &HeaderMap::new()).unwrap();
+        assert_eq!(p.records, 3);
+        let ids: Vec<&str> = p.decoded.users.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["1", "2"]);
+        assert_eq!(p.decoded.users[0].name.as_deref(), Some("a\"b"));
+        assert_eq!(
+            p.decoded.users[0].listed_hash,
+            crate::model::listed_hash(r#"{"id":"1","name":"a\"b"}"#)
+        );
+        assert_eq!(p.decoded.rejected.len(), 1);
+    }
+
+    #[test]
     fn an_envelope_with_unknown_keys_parses() {
         let p = parse(r#"{"result":[{"id":"1"},{"nope":1}],"next_cursor":"abc","result_count":2,"prev_cursor":null}"#).unwrap();
         assert_eq!(p.records, 2);
