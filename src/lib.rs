@@ -21,25 +21,21 @@
 //! - [`app`], [`demo`], [`progress`], [`telemetry`]: the binary's commands and output.
 #![forbid(unsafe_code)]
 
-pub mod app;
 pub mod backoff;
-pub mod bench;
-pub mod budget;
+pub mod cli;
 pub mod config;
-pub mod daemon;
-pub mod demo;
+#[cfg(feature = "devkit")]
+pub mod devkit;
+pub mod domain;
 pub mod failpoint;
-pub mod http1;
 pub mod metrics;
 pub mod model;
-pub mod pg;
-pub mod progress;
 pub mod schedule;
-pub mod simulator;
+pub mod service;
 pub mod source;
 pub mod store;
 pub mod sync;
-pub mod telemetry;
+pub mod text;
 
 /// Installs rustls' ring provider once per process (reqwest is built without a default one).
 pub fn install_crypto_provider() {

@@ -4,6 +4,6 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = lms_sync::app::Cli::parse();
-    lms_sync::app::main(cli)
+    let cli = lms_sync::cli::Cli::parse();
+    lms_sync::cli::main(cli)
 }

@@ -8,6 +8,8 @@ use chrono::{DateTime, LocalResult, NaiveDate, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use uuid::Uuid;
 
+use crate::domain::{Health, Outcome};
+
 /// How often an account runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cadence {
@@ -40,11 +42,11 @@ pub struct Schedule {
 pub struct RunHistory {
     pub last_started_at: Option<DateTime<Utc>>,
     pub last_finished_at: Option<DateTime<Utc>>,
-    /// `succeeded`, `needs_attention`, `failed`, `interrupted`, or `running`.
-    pub last_outcome: Option<String>,
+    /// How the last run ended, or `Running` while one is under way (or its process died).
+    pub last_outcome: Option<Outcome>,
     pub consecutive_failures: u32,
-    /// `ok`, or why the account cannot be synced until someone acts (`needs_reauth`, ...).
-    pub health: Option<String>,
+    /// Whether the account can be synced, or why not until someone acts upstream.
+    pub health: Option<Health>,
     /// Failed probes in a row while unhealthy.
     pub health_failures: u32,
 }
@@ -52,7 +54,7 @@ pub struct RunHistory {
 impl RunHistory {
     /// True unless the account's last runs found it needs re-authorization, blocked, etc.
     pub fn healthy(&self) -> bool {
-        matches!(self.health.as_deref(), None | Some("ok"))
+        self.health.is_none_or(Health::is_ok)
     }
 }
 
@@ -133,19 +135,19 @@ pub fn next_run(
     }
     let regular = next_slot(&schedule.cadence, last_started - jitter) + jitter;
     let finished = history.last_finished_at.unwrap_or(last_started);
-    if !history.healthy() && history.last_outcome.as_deref() != Some("running") {
+    if !history.healthy() && history.last_outcome != Some(Outcome::Running) {
         // Nothing changes until someone acts upstream: probe hours apart, not on the schedule.
         let failures = history.health_failures.max(1);
         return finished + chrono_dur(health_backoff(schedule, failures));
     }
-    match history.last_outcome.as_deref() {
-        Some("failed") => {
+    match history.last_outcome {
+        Some(Outcome::Failed) => {
             let retry =
                 finished + chrono_dur(failure_backoff(schedule, history.consecutive_failures));
             retry.min(regular)
         }
         // Cut short by a shutdown or a dead process: resume soon.
-        Some("interrupted") | Some("running") => {
+        Some(Outcome::Interrupted) | Some(Outcome::Running) => {
             (finished + chrono_dur(schedule.retry_initial)).min(regular)
         }
         _ => regular,
@@ -206,7 +208,7 @@ mod tests {
         RunHistory {
             last_started_at: Some(t(started)),
             last_finished_at: Some(t(started) + chrono::Duration::minutes(5)),
-            last_outcome: Some(outcome.into()),
+            last_outcome: Some(Outcome::parse(outcome).expect("an outcome")),
             consecutive_failures: failures,
             ..Default::default()
         }
@@ -219,7 +221,7 @@ mod tests {
         let s = every(1);
         let started = t("2026-01-01T00:00:00Z");
         let mut h = history("2026-01-01T10:00:00Z", "failed", 3);
-        h.health = Some("needs_reauth".into());
+        h.health = Some(Health::NeedsReauth);
         h.health_failures = 1;
         // Finished 10:05; the regular hourly slot and the 4-minute failure retry are ignored.
         assert_eq!(next_run(&s, A, &h, started), t("2026-01-01T11:05:00Z"));
@@ -239,8 +241,8 @@ mod tests {
         let restarted = t("2026-01-01T12:00:00Z");
         assert_eq!(next_run(&s2, A, &h, restarted), restarted);
         // Healthy again: the regular schedule.
-        h.health = Some("ok".into());
-        h.last_outcome = Some("succeeded".into());
+        h.health = Some(Health::Ok);
+        h.last_outcome = Some(Outcome::Succeeded);
         assert_eq!(next_run(&s, A, &h, started), t("2026-01-01T11:00:00Z"));
     }
 
@@ -401,7 +403,7 @@ mod tests {
         let h = RunHistory {
             last_started_at: Some(first),
             last_finished_at: Some(first),
-            last_outcome: Some("succeeded".into()),
+            last_outcome: Some(Outcome::Succeeded),
             consecutive_failures: 0,
             ..Default::default()
         };

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use helpers::*;
 use lms_sync::config::AccountSettings;
-use lms_sync::simulator::Simulator;
-use lms_sync::store::RunCounts;
+use lms_sync::devkit::simulator::Simulator;
+use lms_sync::domain::RunCounts;
 use lms_sync::sync::{sync_accounts, NoProgress, Progress, SyncOptions, SyncOutcome};
 use tokio_util::sync::CancellationToken;
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Output;
 
 use helpers::*;
-use lms_sync::simulator::{Fault, Simulator};
+use lms_sync::devkit::simulator::{Fault, Simulator};
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lms-sync");

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use helpers::*;
-use lms_sync::budget::{Limit, RateBudget};
 use lms_sync::config::{AccountSettings, Settings};
-use lms_sync::daemon::{run_with, Hooks};
+use lms_sync::devkit::simulator::{Fault, RateLimit, DEMO_TOKEN};
+use lms_sync::domain::RunCounts;
 use lms_sync::metrics::Metrics;
-use lms_sync::simulator::{Fault, RateLimit, DEMO_TOKEN};
-use lms_sync::store::RunCounts;
+use lms_sync::service::{run_with, Hooks};
+use lms_sync::source::budget::{Limit, RateBudget};
 use lms_sync::sync::{sync_accounts, NoProgress, Progress, SyncOptions, SyncOutcome};
 use secrecy::SecretString;
 use tokio::sync::mpsc;

@@ -6,7 +6,7 @@ mod helpers;
 use std::collections::BTreeMap;
 
 use helpers::*;
-use lms_sync::store::Outcome;
+use lms_sync::domain::Outcome;
 use lms_sync::sync::PassStatus;
 use serde_json::{json, Value};
 use uuid::Uuid;

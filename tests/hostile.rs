@@ -4,8 +4,8 @@
 mod helpers;
 
 use helpers::*;
-use lms_sync::simulator::Fault;
-use lms_sync::store::Outcome;
+use lms_sync::devkit::simulator::Fault;
+use lms_sync::domain::{ErrorKind, Outcome};
 use lms_sync::sync::PassStatus;
 use serde_json::Value;
 
@@ -156,7 +156,11 @@ async fn pages_that_are_not_what_they_should_be_are_retried_or_fail_clearly_and_
         env.sim.block(a, fault.clone());
         let o = env.sync(a).await;
         assert_eq!(o.status, PassStatus::Finished(Outcome::Failed), "{fault:?}");
-        assert_eq!(o.error_kind.as_deref(), Some("invalid_page"), "{fault:?}");
+        assert_eq!(
+            o.error_kind.map(ErrorKind::as_str),
+            Some("invalid_page"),
+            "{fault:?}"
+        );
         let err = o.error.unwrap();
         assert!(err.contains(says), "{fault:?}: {err}");
         assert_eq!(row_versions(&env.store).await, before, "{fault:?}");

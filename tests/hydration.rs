@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use helpers::*;
-use lms_sync::budget::{Limit, RateBudget};
-use lms_sync::simulator::{Fault, RateLimit};
-use lms_sync::store::Outcome;
+use lms_sync::devkit::simulator::{Fault, RateLimit};
+use lms_sync::domain::Outcome;
+use lms_sync::source::budget::{Limit, RateBudget};
 use lms_sync::sync::{sync_account, NoProgress, PassStatus, SyncOptions, SyncOutcome};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use helpers::*;
-use lms_sync::simulator::{Simulator, DEMO_TOKEN};
+use lms_sync::devkit::simulator::{Simulator, DEMO_TOKEN};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use helpers::*;
 use lms_sync::config::AccountSettings;
-use lms_sync::pg::TempPostgres;
-use lms_sync::store::{Outcome, RunCounts, Store};
+use lms_sync::devkit::pg::TempPostgres;
+use lms_sync::domain::{Outcome, RunCounts};
+use lms_sync::store::Store;
 use lms_sync::sync::{PassStatus, Progress};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +35,9 @@ async fn sync_across_a_restart(
             .unwrap(),
     );
     let a = account_id(1);
-    let sim = lms_sync::simulator::Simulator::start(0).await.unwrap();
+    let sim = lms_sync::devkit::simulator::Simulator::start(0)
+        .await
+        .unwrap();
     sim.add_account(a, 2000, 1);
     sim.set_latency(Duration::from_millis(10));
     let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url("postgres"))

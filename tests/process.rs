@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use helpers::daemon::*;
 use helpers::*;
-use lms_sync::simulator::Simulator;
+use lms_sync::devkit::simulator::Simulator;
 use tokio::process::Command;
 use uuid::Uuid;
 

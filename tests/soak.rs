@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use helpers::daemon::*;
 use helpers::*;
-use lms_sync::simulator::Simulator;
+use lms_sync::devkit::simulator::Simulator;
 use serde_json::json;
 use uuid::Uuid;
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use helpers::*;
 use lms_sync::config::AccountSettings;
-use lms_sync::simulator::Fault;
-use lms_sync::store::{Outcome, RunCounts};
+use lms_sync::devkit::simulator::Fault;
+use lms_sync::domain::{ErrorKind, Outcome, RunCounts};
 use lms_sync::sync::{PassStatus, Progress};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -323,7 +323,7 @@ async fn permanent_errors_fail_clearly_and_touch_no_data() {
         assert_eq!(finished(&o), Outcome::Failed, "{fault:?}");
         let err = o.error.clone().unwrap();
         assert!(err.contains(advice), "{fault:?}: {err}");
-        assert_eq!(o.error_kind.as_deref(), Some(kind));
+        assert_eq!(o.error_kind.map(ErrorKind::as_str), Some(kind));
         assert_eq!(
             env.sim.stats().requests - requests_before,
             1,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use lms_sync::simulator::{Simulator, DEMO_TOKEN};
+use lms_sync::devkit::simulator::{Simulator, DEMO_TOKEN};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lms_sync::config::{AccountSettings, Settings};
-use lms_sync::pg::TempPostgres;
-use lms_sync::simulator::{Simulator, DEMO_TOKEN};
+use lms_sync::devkit::pg::TempPostgres;
+use lms_sync::devkit::simulator::{Simulator, DEMO_TOKEN};
 use lms_sync::source::TrutoClient;
 use lms_sync::store::Store;
 use lms_sync::sync::{sync_account, NoProgress, SyncOptions, SyncOutcome};

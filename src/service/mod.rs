@@ -4,6 +4,11 @@
 //! cancellation tree: the shutdown future cancels the root token, running passes stop between
 //! pages, and the daemon waits for them up to the grace period.
 
+mod ops;
+mod signals;
+
+pub use signals::{shutdown_on_signals, wait_for_signal};
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,15 +17,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::config::Settings;
-use crate::http1::{read_request, response_head};
+use crate::domain::Health;
 use crate::metrics::Metrics;
 use crate::schedule::next_run;
 use crate::source::TrutoClient;
@@ -83,7 +87,7 @@ pub async fn run_with(
     };
     let server = if let Some(listener) = listener {
         tracing::info!(addr = %listener.local_addr()?, "operations server listening (/healthz, /readyz, /metrics)");
-        Some(tokio::spawn(serve_ops(
+        Some(tokio::spawn(ops::serve(
             listener,
             store.clone(),
             metrics.clone(),
@@ -189,9 +193,9 @@ async fn scheduler(
             let id = account.integrated_account_id;
             let health = histories
                 .get(&id)
-                .and_then(|h| h.health.clone())
-                .unwrap_or_else(|| "ok".into());
-            set_health_gauges(&metrics, id, &health);
+                .and_then(|h| h.health)
+                .unwrap_or(Health::Ok);
+            set_health_gauges(&metrics, id, health);
         }
         let now = Utc::now();
         let mut wake = now + chrono::Duration::from_std(RESCAN).expect("small");
@@ -234,7 +238,7 @@ async fn scheduler(
                 let out =
                     sync_account(&store, &source, &account, &opts, &cancel, progress.as_ref())
                         .await;
-                if let Some(h) = &out.health {
+                if let Some(h) = out.health {
                     set_health_gauges(&metrics, id, h);
                 }
                 let mut r = running.lock().expect("running");
@@ -264,69 +268,15 @@ async fn scheduler(
 }
 
 /// One `lms_sync_account_health` series per health value: 1 for the account's, 0 for the rest.
-fn set_health_gauges(metrics: &Metrics, account: Uuid, health: &str) {
+fn set_health_gauges(metrics: &Metrics, account: Uuid, health: Health) {
     let a = account.to_string();
-    for h in std::iter::once("ok").chain(crate::store::HEALTH_KINDS.iter().copied()) {
-        let v = if h == health { 1.0 } else { 0.0 };
+    for h in Health::ALL {
+        let v = if *h == health { 1.0 } else { 0.0 };
         metrics.set(
             "lms_sync_account_health",
-            &[("account", &a), ("health", h)],
+            &[("account", &a), ("health", h.as_str())],
             v,
         );
-    }
-}
-
-/// `/healthz`: the process is alive. `/readyz`: the database answers and every migration is
-/// applied. `/metrics`: Prometheus text.
-async fn serve_ops(
-    listener: TcpListener,
-    store: Store,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = cancel.cancelled() => return,
-        };
-        let Ok((stream, _)) = accepted else { continue };
-        let (store, metrics) = (store.clone(), metrics.clone());
-        tokio::spawn(serve_ops_conn(stream, store, metrics));
-    }
-}
-
-async fn serve_ops_conn(mut stream: TcpStream, store: Store, metrics: Arc<Metrics>) {
-    let mut buf = Vec::new();
-    while let Some(req) = read_request(&mut stream, &mut buf).await {
-        let (status, ctype, body) = match (req.method.as_str(), req.path.as_str()) {
-            ("GET", "/healthz") => (200, "text/plain", "ok\n".to_string()),
-            ("GET", "/readyz") => {
-                let ready =
-                    tokio::time::timeout(Duration::from_secs(2), store.migrations_applied()).await;
-                match ready {
-                    Ok(Ok(true)) => (200, "text/plain", "ready\n".to_string()),
-                    Ok(Ok(false)) => (
-                        503,
-                        "text/plain",
-                        "not ready: migrations not applied\n".to_string(),
-                    ),
-                    Ok(Err(e)) => (503, "text/plain", format!("not ready: {e}\n")),
-                    Err(_) => (
-                        503,
-                        "text/plain",
-                        "not ready: database did not answer within 2s\n".to_string(),
-                    ),
-                }
-            }
-            ("GET", "/metrics") => (200, "text/plain; version=0.0.4", metrics.render()),
-            _ => (404, "text/plain", "not found\n".to_string()),
-        };
-        let head = response_head(status, &[("content-type".into(), ctype.into())], body.len());
-        if stream.write_all(head.as_bytes()).await.is_err()
-            || stream.write_all(body.as_bytes()).await.is_err()
-        {
-            return;
-        }
     }
 }
 

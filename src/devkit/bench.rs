@@ -19,9 +19,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::config::Settings;
+use crate::devkit::pg::TempPostgres;
+use crate::devkit::simulator::{demo_account_id, generate_user, DEMO_TOKEN};
 use crate::model::{decode_user, UserRecord};
-use crate::pg::TempPostgres;
-use crate::simulator::{demo_account_id, generate_user, DEMO_TOKEN};
 use crate::store::{CopyRows, Store};
 
 /// One scenario of issue 4.

@@ -8,6 +8,11 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+mod fields;
+
+use fields::top_level_fields;
+pub use fields::{field_bit, ALL_PRESENT, KNOWN_FIELDS};
+
 /// Ids longer than this are refused: they could not be indexed (btree rows max out near 2.7 kB).
 pub const MAX_ID_BYTES: usize = 1024;
 
@@ -133,9 +138,6 @@ impl UserRecord {
             .is_some_and(|i| self.present & (1 << i) != 0)
     }
 }
-
-/// Every known field present.
-pub const ALL_PRESENT: u32 = (1 << KNOWN_FIELDS.len() as u32) - 1;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Email {
@@ -422,146 +424,6 @@ pub fn decode_user(raw: &str) -> Result<UserRecord, Rejection> {
     Ok(user)
 }
 
-/// The top-level fields of the unified user that the model maps.
-pub const KNOWN_FIELDS: &[&str] = &[
-    "id",
-    "name",
-    "first_name",
-    "last_name",
-    "username",
-    "job_title",
-    "locale",
-    "timezone",
-    "role",
-    "status",
-    "emails",
-    "phones",
-    "manager",
-    "organization",
-    "custom_fields",
-    "remote_data",
-    "created_at",
-    "updated_at",
-];
-
-/// The bit of a known field in [`UserRecord::present`].
-fn field_bit(key: &str) -> Option<u32> {
-    KNOWN_FIELDS.iter().position(|f| *f == key).map(|i| 1 << i)
-}
-
-/// When every top-level key of the object `raw` is a known field, which ones it has: a byte
-/// scan with no allocation, so that the common case costs next to nothing. Anything unusual
-/// (unknown or escaped keys, odd structure) answers `None` and takes the careful path.
-fn only_known_keys(raw: &str) -> Option<u32> {
-    let b = raw.as_bytes();
-    let mut i = 0;
-    let skip_ws = |i: &mut usize| {
-        while *i < b.len() && b[*i].is_ascii_whitespace() {
-            *i += 1;
-        }
-    };
-    let string_end = |mut i: usize| -> Option<usize> {
-        i += 1;
-        while i < b.len() {
-            match b[i] {
-                b'\\' => i += 2,
-                b'"' => return Some(i + 1),
-                _ => i += 1,
-            }
-        }
-        None
-    };
-    let mut mask = 0u32;
-    skip_ws(&mut i);
-    if b.get(i) != Some(&b'{') {
-        return None;
-    }
-    i += 1;
-    loop {
-        skip_ws(&mut i);
-        match b.get(i) {
-            Some(b'}') => return Some(mask),
-            Some(b',') => {
-                i += 1;
-                continue;
-            }
-            Some(b'"') => {}
-            _ => return None,
-        }
-        let end = string_end(i)?;
-        let key = &raw[i + 1..end - 1];
-        if key.contains('\\') {
-            return None;
-        }
-        mask |= field_bit(key)?;
-        i = end;
-        skip_ws(&mut i);
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        i += 1;
-        skip_ws(&mut i);
-        // Skip the value: strings, and brackets counted (strings inside them skipped too).
-        let mut depth = 0usize;
-        loop {
-            match b.get(i) {
-                None => return None,
-                Some(b'"') => match string_end(i) {
-                    Some(e) => i = e,
-                    None => return None,
-                },
-                Some(b'{' | b'[') => {
-                    depth += 1;
-                    i += 1;
-                }
-                Some(b'}' | b']') if depth > 0 => {
-                    depth -= 1;
-                    i += 1;
-                }
-                Some(b',' | b'}') if depth == 0 => break,
-                Some(_) => i += 1,
-            }
-            if depth == 0 && matches!(b.get(i), Some(b',' | b'}')) {
-                break;
-            }
-        }
-    }
-}
-
-/// Which known fields the record has, and its unknown top-level fields as one JSON object
-/// text (`None` when it has none).
-fn top_level_fields(raw: &str) -> Result<(u32, Option<String>), String> {
-    if let Some(mask) = only_known_keys(raw) {
-        return Ok((mask, None));
-    }
-    // Keys are read as given (escaped keys included) without building the values.
-    let all = serde_json::from_str::<std::collections::BTreeMap<String, &RawValue>>(raw)
-        .map_err(|e| e.to_string())?;
-    let mask = all
-        .keys()
-        .filter_map(|k| field_bit(k))
-        .fold(0, |m, b| m | b);
-    let fields: Vec<(String, &RawValue)> = all
-        .into_iter()
-        .filter(|(k, _)| field_bit(k).is_none())
-        .collect();
-    if fields.is_empty() {
-        return Ok((mask, None));
-    }
-    let mut out = String::from("{");
-    for (i, (k, v)) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&serde_json::to_string(k).map_err(|e| e.to_string())?);
-        out.push(':');
-        out.push_str(v.get());
-    }
-    out.push('}');
-    let raw = RawValue::from_string(out).map_err(|e| e.to_string())?;
-    Ok((mask, json_text(Some(&raw))?))
-}
-
 /// The documented values of `role` and `status`; others are kept, and counted.
 pub const KNOWN_ROLES: &[&str] = &["learner", "instructor", "admin", "manager", "other"];
 pub const KNOWN_STATUSES: &[&str] = &[
@@ -615,7 +477,7 @@ fn id_of(raw: &str) -> Option<String> {
 
 /// JSON text for a jsonb column. PostgreSQL's jsonb refuses `\u0000` and unpaired surrogates,
 /// which JSON allows, so texts with escapes are checked before they can fail a whole page.
-fn json_text(raw: Option<&RawValue>) -> Result<Option<String>, String> {
+pub(crate) fn json_text(raw: Option<&RawValue>) -> Result<Option<String>, String> {
     let Some(raw) = raw else { return Ok(None) };
     let text = raw.get();
     if text == "null" {
@@ -831,6 +693,7 @@ pub fn content_hash(u: &UserRecord) -> [u8; 16] {
 
 #[cfg(test)]
 mod tests {
+    use super::fields::only_known_keys;
     use super::*;
 
     fn full() -> &'static str {

@@ -71,7 +71,7 @@ fn log_panics() {
                 .map(|l| format!("{}:{}", l.file(), l.line()))
                 .unwrap_or_default();
             tracing::error!(
-                panic = %crate::source::shorten(&message, 500),
+                panic = %crate::text::shorten(&message, 500),
                 %location,
                 "internal error (a bug): please report it"
             );

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::http1::{read_request, reason, response_head, Request};
+use crate::devkit::http1::{read_request, reason, response_head, Request};
 
 /// The token the simulator accepts unless told otherwise. Not a secret: it opens nothing real.
 pub const DEMO_TOKEN: &str = "simulated-truto-token";

@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use sqlx::Row;
-use tokio_util::sync::CancellationToken;
 
-use crate::app::{print_summary, EXIT_FAILED, EXIT_OK};
+use crate::cli::CliError;
 use crate::config::{AccountSettings, Settings};
-use crate::pg::TempPostgres;
-use crate::simulator::{demo_account_id, Simulator, DEMO_TOKEN};
+use crate::devkit::pg::TempPostgres;
+use crate::devkit::simulator::{demo_account_id, Simulator, DEMO_TOKEN};
 use crate::source::TrutoClient;
 use crate::store::Store;
 use crate::sync::{sync_accounts, SyncOptions, SyncOutcome};
@@ -42,17 +41,16 @@ pub const EXAMPLE_QUERIES: &[(&str, &str)] = &[
     ),
 ];
 
-pub async fn run(settings: Settings, accounts: u32, users: usize) -> u8 {
+pub async fn run(settings: Settings, accounts: u32, users: usize) -> Result<(), CliError> {
     match run_inner(settings, accounts, users).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("lms-sync demo: {e:#}");
-            EXIT_FAILED
-        }
+        Ok(true) => Ok(()),
+        Ok(false) => Err(CliError::Failed),
+        Err(e) => Err(e.context("demo").into()),
     }
 }
 
-async fn run_inner(mut settings: Settings, n_accounts: u32, users: usize) -> anyhow::Result<u8> {
+/// The demo; `Ok(false)` when a sync did not succeed.
+async fn run_inner(mut settings: Settings, n_accounts: u32, users: usize) -> anyhow::Result<bool> {
     let token = settings.api_token()?;
     let real = token.is_some() && !settings.accounts.is_empty();
     let mut sim = None;
@@ -102,13 +100,13 @@ async fn run_inner(mut settings: Settings, n_accounts: u32, users: usize) -> any
         settings.database.url = Some(pg.url_secret("lms_demo"));
         cluster = Some(pg);
     }
-    let store = crate::app::open_store(&settings)
+    let store = crate::cli::open_store(&settings)
         .await
-        .map_err(anyhow::Error::msg)?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let source = TrutoClient::from_settings(&settings, &token)?;
     let opts = SyncOptions::from_settings(&settings);
-    let cancel = crate::app::shutdown_on_signals();
-    let progress: Arc<dyn crate::sync::Progress> = Arc::from(crate::progress::for_mode(
+    let cancel = crate::service::shutdown_on_signals();
+    let progress: Arc<dyn crate::sync::Progress> = Arc::from(crate::cli::progress::for_mode(
         settings.sync.progress,
         Duration::from_secs(settings.sync.progress_interval_secs.min(2)),
     ));
@@ -126,7 +124,7 @@ async fn run_inner(mut settings: Settings, n_accounts: u32, users: usize) -> any
             println!("\n== {label}");
             let outcomes =
                 sync_accounts(store, source, accounts, opts, concurrency, cancel, progress).await;
-            print_summary(&outcomes);
+            print!("{}", crate::cli::render::summary(&outcomes));
             outcomes
         }
     };
@@ -165,8 +163,7 @@ async fn run_inner(mut settings: Settings, n_accounts: u32, users: usize) -> any
         tokio::task::spawn_blocking(move || drop(pg)).await?;
         println!("\nThe throwaway database has been removed. Point LMS_SYNC__DATABASE__URL (or DATABASE_URL) at your own PostgreSQL to keep the mirror.");
     }
-    let _ = CancellationToken::new();
-    Ok(if all_ok { EXIT_OK } else { EXIT_FAILED })
+    Ok(all_ok)
 }
 
 async fn show_queries(store: &Store, schema: &str) -> anyhow::Result<()> {

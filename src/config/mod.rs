@@ -192,25 +192,6 @@ impl Default for RateBudgetSettings {
     }
 }
 
-impl RateBudgetSettings {
-    pub fn budget(&self) -> Option<crate::budget::RateBudget> {
-        use crate::budget::{Limit, RateBudget};
-        let window = Duration::from_secs(self.window_secs);
-        self.enabled.then(|| {
-            RateBudget::new(
-                Limit {
-                    requests: self.per_account,
-                    window,
-                },
-                Limit {
-                    requests: self.per_token,
-                    window,
-                },
-            )
-        })
-    }
-}
-
 /// The operations HTTP server of `lms-sync run`: /healthz, /readyz, /metrics.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

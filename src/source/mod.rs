@@ -2,6 +2,8 @@
 //! account's user listing, retrying what is retryable, and decodes it. It knows nothing of the
 //! database and never logs the token (the header is marked sensitive; errors carry no headers).
 
+pub mod budget;
+
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
@@ -15,10 +17,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backoff::{parse_reset_seconds, parse_retry_after, Backoff};
-use crate::budget::RateBudget;
 use crate::config::{AccountSettings, TrutoSettings};
+use crate::domain::ErrorKind;
 use crate::metrics::Metrics;
 use crate::model::{decode_records, DecodedPage};
+use crate::text::{error_chain, shorten};
+use budget::RateBudget;
 
 /// The users endpoint, relative to the base URL.
 pub const USERS_PATH: &str = "unified/lms/users";
@@ -103,26 +107,26 @@ impl SourceError {
         }
     }
 
-    /// A short machine-readable kind, for metrics and `sync_runs.error_kind`.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of failure this is (for `sync_runs.error_kind`, health and metrics).
+    pub fn kind(&self) -> ErrorKind {
         match self {
             SourceError::Status {
                 status: 401,
                 remote: true,
                 ..
-            } => "needs_reauth",
-            SourceError::Status { status: 401, .. } => "bad_token",
-            SourceError::Status { status: 403, .. } => "forbidden",
-            SourceError::Status { status: 404, .. } => "not_found",
-            SourceError::Status { status: 503, .. } => "blocked",
-            SourceError::Status { status: 429, .. } => "rate_limited",
-            SourceError::Status { .. } => "http_error",
-            SourceError::Timeout => "timeout",
-            SourceError::Connect(_) => "connect",
-            SourceError::Network(_) => "network",
-            SourceError::InvalidPage(_) => "invalid_page",
+            } => ErrorKind::NeedsReauth,
+            SourceError::Status { status: 401, .. } => ErrorKind::BadToken,
+            SourceError::Status { status: 403, .. } => ErrorKind::Forbidden,
+            SourceError::Status { status: 404, .. } => ErrorKind::NotFound,
+            SourceError::Status { status: 503, .. } => ErrorKind::Blocked,
+            SourceError::Status { status: 429, .. } => ErrorKind::RateLimited,
+            SourceError::Status { .. } => ErrorKind::HttpError,
+            SourceError::Timeout => ErrorKind::Timeout,
+            SourceError::Connect(_) => ErrorKind::Connect,
+            SourceError::Network(_) => ErrorKind::Network,
+            SourceError::InvalidPage(_) => ErrorKind::InvalidPage,
             SourceError::Exhausted { last, .. } => last.kind(),
-            SourceError::Cancelled => "cancelled",
+            SourceError::Cancelled => ErrorKind::Cancelled,
         }
     }
 }
@@ -216,7 +220,7 @@ impl TrutoClient {
         token: &SecretString,
     ) -> anyhow::Result<Self> {
         let client = Self::new(&settings.truto, token)?;
-        Ok(match settings.rate_budget.budget() {
+        Ok(match RateBudget::from_settings(&settings.rate_budget) {
             Some(b) => client.with_budget(Arc::new(b)),
             None => client,
         })
@@ -374,7 +378,7 @@ impl TrutoClient {
                 let status = match &result {
                     Ok(_) => "200".to_string(),
                     Err(SourceError::Status { status, .. }) => status.to_string(),
-                    Err(e) => e.kind().to_string(),
+                    Err(e) => e.kind().as_str().to_string(),
                 };
                 m.inc("lms_sync_http_requests_total", &[("status", &status)]);
             }
@@ -542,21 +546,6 @@ fn classify(e: reqwest::Error) -> SourceError {
     }
 }
 
-/// `e: cause: cause`, the way operators want to read an error on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> SourceError {
     #[derive(Deserialize, Default)]
     struct ErrorBody {
@@ -596,19 +585,6 @@ fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> SourceE
         remote: parsed.truto_is_remote_error.unwrap_or(false),
         retry_after,
     }
-}
-
-/// At most `max` characters, control characters replaced, so a hostile body cannot mangle logs.
-pub fn shorten(s: &str, max: usize) -> String {
-    let mut out: String = s
-        .chars()
-        .take(max)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if s.chars().count() > max {
-        out.push('…');
-    }
-    out
 }
 
 /// Parses the envelope `{"result": [...], "next_cursor": ..., "is_partial_response": ...}`.
@@ -871,7 +847,7 @@ mod tests {
         );
         assert!(!e.is_retryable());
         assert!(e.to_string().contains("re-authorize"), "{e}");
-        assert_eq!(e.kind(), "needs_reauth");
+        assert_eq!(e.kind(), ErrorKind::NeedsReauth);
         let e = status_error(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), b"");
         assert!(!e.is_retryable());
         assert!(e.to_string().contains("blocked"), "{e}");

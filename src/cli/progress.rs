@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use uuid::Uuid;
 
 use crate::config::{AccountSettings, ProgressMode};
-use crate::store::RunCounts;
+use crate::domain::RunCounts;
 use crate::sync::{Progress, SyncOutcome};
 
 /// Picks bars on a terminal and log lines elsewhere, as `mode` says.
@@ -22,7 +22,7 @@ pub fn for_mode(mode: ProgressMode, log_interval: Duration) -> Box<dyn Progress>
         ProgressMode::Auto => std::io::stderr().is_terminal(),
     };
     if bars {
-        let mp = crate::telemetry::bars();
+        let mp = crate::cli::telemetry::bars();
         mp.set_draw_target(ProgressDrawTarget::stderr());
         Box::new(Bars {
             bars: Mutex::new(HashMap::new()),
@@ -50,7 +50,7 @@ struct Bars {
 
 impl Progress for Bars {
     fn started(&self, account: &AccountSettings, resumed: bool) {
-        let pb = crate::telemetry::bars().add(ProgressBar::new_spinner());
+        let pb = crate::cli::telemetry::bars().add(ProgressBar::new_spinner());
         pb.set_style(
             ProgressStyle::with_template("{spinner} {prefix:<24} {msg}")
                 .expect("template")

@@ -64,6 +64,23 @@ pub struct RateBudget {
 }
 
 impl RateBudget {
+    /// The configured budget, or `None` when pacing is off (`rate_budget.enabled = false`).
+    pub fn from_settings(s: &crate::config::RateBudgetSettings) -> Option<RateBudget> {
+        let window = Duration::from_secs(s.window_secs);
+        s.enabled.then(|| {
+            RateBudget::new(
+                Limit {
+                    requests: s.per_account,
+                    window,
+                },
+                Limit {
+                    requests: s.per_token,
+                    window,
+                },
+            )
+        })
+    }
+
     pub fn new(per_account: Limit, per_token: Limit) -> RateBudget {
         RateBudget {
             per_account,

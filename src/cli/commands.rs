@@ -1,0 +1,130 @@
+//! The product's commands: `sync`, `run`, `migrate`, `status`, `healthcheck`. Each loads what
+//! it needs from the settings, builds the parts and calls the library; errors go back to
+//! [`super::exit::finish`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::SecretString;
+use uuid::Uuid;
+
+use super::exit::CliError;
+use crate::config::{ConfigError, Settings};
+use crate::source::TrutoClient;
+use crate::store::Store;
+use crate::sync::{sync_accounts, Progress, SyncOptions, SyncOutcome};
+
+/// Connects and applies migrations.
+pub async fn open_store(settings: &Settings) -> Result<Store, CliError> {
+    let url = settings.database_url()?;
+    let store = Store::connect(url, &settings.database)
+        .await
+        .map_err(|error| CliError::Store {
+            context: "cannot connect to the database",
+            error,
+        })?;
+    store.migrate().await.map_err(|error| CliError::Store {
+        context: "cannot apply migrations",
+        error,
+    })?;
+    Ok(store)
+}
+
+/// `sync`: one pass over every configured account (or one), then a summary.
+pub async fn sync(settings: Settings, account: Option<Uuid>) -> Result<(), CliError> {
+    let token = sync_prerequisites(&settings)?;
+    let accounts = match account {
+        None => settings.accounts.clone(),
+        Some(id) => match settings.account(id) {
+            Some(a) => vec![a.clone()],
+            None => {
+                return Err(CliError::Usage(format!(
+                    "--account {id} is not configured in [[accounts]]"
+                )))
+            }
+        },
+    };
+    let source = TrutoClient::from_settings(&settings, &token)?;
+    let store = open_store(&settings).await?;
+    let cancel = crate::service::shutdown_on_signals();
+    let progress: Arc<dyn Progress> = Arc::from(super::progress::for_mode(
+        settings.sync.progress,
+        Duration::from_secs(settings.sync.progress_interval_secs),
+    ));
+    let outcomes = sync_accounts(
+        &store,
+        &source,
+        &accounts,
+        &SyncOptions::from_settings(&settings),
+        settings.sync.max_concurrent_accounts,
+        &cancel,
+        progress,
+    )
+    .await;
+    print!("{}", super::render::summary(&outcomes));
+    if outcomes.iter().all(SyncOutcome::succeeded) {
+        Ok(())
+    } else {
+        Err(CliError::Failed)
+    }
+}
+
+/// What `sync` and `run` need before they start: accounts, a token and a database URL.
+fn sync_prerequisites(settings: &Settings) -> Result<SecretString, CliError> {
+    settings.require_accounts()?;
+    let token = settings.api_token()?.ok_or_else(|| {
+        ConfigError("no Truto API token: set TRUTO_API_TOKEN or truto.api_token_file".to_string())
+    })?;
+    settings.database_url()?;
+    Ok(token)
+}
+
+/// `run`: the service, until SIGTERM or SIGINT.
+pub async fn run(settings: Settings) -> Result<(), CliError> {
+    let token = sync_prerequisites(&settings)?;
+    crate::service::run(settings, token, crate::service::wait_for_signal()).await?;
+    Ok(())
+}
+
+/// `healthcheck`: whether the service's `/healthz` answers 200.
+pub async fn healthcheck(url: &str) -> Result<(), CliError> {
+    crate::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .context("cannot build an HTTP client")?;
+    match client.get(url).send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(anyhow::anyhow!("{url} answered {}", r.status()).into()),
+        Err(e) => Err(anyhow::anyhow!("{url}: {}", crate::text::error_chain(&e)).into()),
+    }
+}
+
+/// `migrate`: apply the migrations, then exit.
+pub async fn migrate(settings: Settings) -> Result<(), CliError> {
+    settings.database_url()?;
+    let store = open_store(&settings).await?;
+    println!("migrations applied to schema {}", store.schema());
+    Ok(())
+}
+
+/// `status`: each account's sync state.
+pub async fn status(settings: Settings) -> Result<(), CliError> {
+    settings.database_url()?;
+    let store = open_store(&settings).await?;
+    let configured: Vec<(Uuid, Option<String>)> = settings
+        .accounts
+        .iter()
+        .map(|a| (a.integrated_account_id, a.label.clone()))
+        .collect();
+    let read = |error| CliError::Store {
+        context: "cannot read the sync state",
+        error,
+    };
+    let rows = store.status(&configured).await.map_err(read)?;
+    let histories = store.run_histories().await.map_err(read)?;
+    let next = crate::service::next_runs(&settings, &histories, chrono::Utc::now());
+    print!("{}", super::render::status(&rows, &next));
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! The command line: parsing, the commands, what they print, progress and logging, and exit
+//! codes. `main.rs` hands the parsed [`Cli`] to [`main`]; each command loads what it needs and
+//! calls the library. With the `devkit` feature, the development commands (`demo`,
+//! `simulate`, `bench`) are parsed here too and handed to [`crate::devkit`].
+
+pub mod commands;
+mod exit;
+pub mod progress;
+pub mod render;
+pub mod telemetry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+pub use commands::open_store;
+pub use exit::{CliError, EXIT_CONFIG, EXIT_FAILED, EXIT_OK};
+
+use crate::config::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lms-sync",
+    version,
+    about = "Mirror LMS users from Truto's unified API into PostgreSQL"
+)]
+pub struct Cli {
+    /// Config file (TOML). Without it, config/default.toml is read when present.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sync every configured account (or one) once, then exit. Exit 0 only if all succeeded.
+    Sync {
+        /// Only this integrated account (must be configured).
+        #[arg(long, value_name = "UUID")]
+        account: Option<Uuid>,
+    },
+    /// Run as a service: sync every account on its schedule until SIGTERM/SIGINT.
+    Run,
+    /// Apply database migrations, then exit.
+    Migrate,
+    /// Exit 0 when the `run` service's /healthz answers 200 (for container health checks).
+    Healthcheck {
+        /// The service's health URL.
+        #[arg(long, default_value = "http://127.0.0.1:9000/healthz")]
+        url: String,
+    },
+    /// Show each account's sync state.
+    Status,
+    #[cfg(feature = "devkit")]
+    #[command(flatten)]
+    Dev(crate::devkit::DevCommand),
+}
+
+/// Runs the CLI to completion and returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return ExitCode::from(exit::finish(Err(e.into()))),
+    };
+    telemetry::init(&settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Blocking threads decode pages (CPU-bound): a few are as fast as many, and each
+        // extra thread keeps an allocator arena, which is memory that never comes back.
+        .max_blocking_threads(8)
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lms-sync: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Sync { account } => commands::sync(settings, account).await,
+            Command::Run => commands::run(settings).await,
+            Command::Migrate => commands::migrate(settings).await,
+            Command::Healthcheck { url } => commands::healthcheck(&url).await,
+            Command::Status => commands::status(settings).await,
+            #[cfg(feature = "devkit")]
+            Command::Dev(command) => crate::devkit::run(command, settings).await,
+        }
+    });
+    let code = exit::finish(result);
+    // Don't wait for stray background tasks (idle pool connections, bars) at exit.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    #[cfg(feature = "devkit")]
+    crate::devkit::bench::write_rusage_if_asked();
+    ExitCode::from(code)
+}

@@ -1,0 +1,124 @@
+//! What the commands print: the per-account summary after `sync` (and `demo`), and the
+//! `status` table. Pure: strings in, strings out.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::domain::Outcome;
+use crate::store::StatusRow;
+use crate::sync::SyncOutcome;
+use crate::text::shorten;
+
+/// The per-account table printed after `sync` and `demo`.
+pub fn summary(outcomes: &[SyncOutcome]) -> String {
+    let mut s = format!(
+        "{:<38} {:<16} {:>6} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8}\n",
+        "account",
+        "outcome",
+        "pages",
+        "users",
+        "inserted",
+        "updated",
+        "unchanged",
+        "deleted",
+        "rejected",
+        "seconds"
+    );
+    for o in outcomes {
+        let c = &o.counts;
+        let _ = writeln!(
+            s,
+            "{:<38} {:<16} {:>6} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8.1}",
+            shorten(&o.label, 37),
+            o.status_str(),
+            c.pages,
+            c.users_seen,
+            c.inserted,
+            c.updated,
+            c.unchanged,
+            c.deleted,
+            c.rejected,
+            o.elapsed.as_secs_f64()
+        );
+    }
+    for o in outcomes {
+        if let Some(e) = &o.error {
+            let _ = writeln!(s, "  {}: {e}", o.label);
+        } else if let Some(r) = &o.deletions_skipped_reason {
+            if !o.succeeded() {
+                let _ = writeln!(s, "  {}: {r}", o.label);
+            }
+        }
+    }
+    s
+}
+
+/// `status` as a readable table.
+pub fn status(rows: &[StatusRow], next: &HashMap<Uuid, DateTime<Utc>>) -> String {
+    let t = |v: Option<DateTime<Utc>>| {
+        v.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut s = format!(
+        "{:<38} {:<16} {:<13} {:<16} {:<21} {:<21} {:<21} {:>8} {:>8} {:>5}\n",
+        "account",
+        "status",
+        "health",
+        "last outcome",
+        "last finished",
+        "last success",
+        "next run",
+        "live",
+        "deleted",
+        "fails"
+    );
+    for r in rows {
+        let name = r
+            .label
+            .clone()
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| r.integrated_account_id.to_string());
+        let _ = writeln!(
+            s,
+            "{:<38} {:<16} {:<13} {:<16} {:<21} {:<21} {:<21} {:>8} {:>8} {:>5}",
+            shorten(&name, 37),
+            r.status,
+            r.health.as_str(),
+            r.last_outcome.map_or("-", Outcome::as_str),
+            t(r.last_finished_at),
+            t(r.last_succeeded_at),
+            t(next.get(&r.integrated_account_id).copied()),
+            r.live_users,
+            r.deleted_users,
+            r.consecutive_failures
+        );
+        if r.resumable {
+            s.push_str("    the next run resumes an unfinished listing\n");
+        }
+        if r.hydration_pending > 0 {
+            let _ = writeln!(
+                s,
+                "    {} users queued for hydration (full objects fetched in the next runs)",
+                r.hydration_pending
+            );
+        }
+        if !r.health.is_ok() {
+            let _ = writeln!(
+                s,
+                "    unhealthy since {}: {}; probed again at the next run time, then synced as soon as a request succeeds",
+                t(r.health_since),
+                r.health_reason
+                    .as_deref()
+                    .map(|e| shorten(e, 300))
+                    .unwrap_or_default()
+            );
+        }
+        if let Some(e) = &r.last_error {
+            let _ = writeln!(s, "    last error: {}", shorten(e, 300));
+        }
+    }
+    s
+}

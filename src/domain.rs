@@ -1,0 +1,203 @@
+//! The words every part shares: how a run ended, an account's health, why something failed,
+//! and a run's counters. Enums, so that a typo does not compile; their text exists only for
+//! the outside world (SQL columns, metric labels, logs) and is defined here, once, by
+//! `as_str` and `parse`. Pure: no I/O.
+
+use std::fmt;
+
+/// A boxed `Send` future (for steps that callers spawn).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Defines a fieldless enum with its one text form (`as_str`), the inverse (`parse`), `ALL`
+/// variants, and `Display`.
+macro_rules! text_enum {
+    ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($(#[$vm])* $variant,)+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The text stored in the database and used in metric labels.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+
+            /// The value whose text is `s`.
+            pub fn parse(s: &str) -> Option<$name> {
+                match s { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// How a run ended (`sync_runs.outcome`, `sync_state.last_outcome`).
+    pub enum Outcome {
+        /// Still under way (or its process died; the next run of the account marks it).
+        Running = "running",
+        Succeeded = "succeeded",
+        /// Complete, but deletions were not inferred for a reason someone should look at.
+        NeedsAttention = "needs_attention",
+        Failed = "failed",
+        /// Stopped by a shutdown; the next run resumes from the last committed page.
+        Interrupted = "interrupted",
+    }
+}
+
+text_enum! {
+    /// Whether an account can be synced, as its last runs found (`sync_state.health`). Anything
+    /// but `Ok` needs someone to act upstream; the scheduler probes such an account hours apart.
+    pub enum Health {
+        Ok = "ok",
+        /// The vendor credentials no longer work (401 with `truto_is_remote_error`).
+        NeedsReauth = "needs_reauth",
+        /// Truto answered 503: the account is blocked.
+        Blocked = "blocked",
+        /// Truto answered 404: no such integrated account for this token.
+        NotFound = "not_found",
+        /// Truto answered 403: the token lacks a scope.
+        Forbidden = "forbidden",
+    }
+}
+
+impl Health {
+    pub fn is_ok(self) -> bool {
+        self == Health::Ok
+    }
+}
+
+text_enum! {
+    /// Why a request or a run failed (`sync_runs.error_kind`, the `status` label of request
+    /// metrics for requests that got no HTTP status).
+    pub enum ErrorKind {
+        NeedsReauth = "needs_reauth",
+        /// Truto rejected the API token itself (401 without `truto_is_remote_error`).
+        BadToken = "bad_token",
+        Forbidden = "forbidden",
+        NotFound = "not_found",
+        Blocked = "blocked",
+        RateLimited = "rate_limited",
+        /// Any other HTTP status.
+        HttpError = "http_error",
+        Timeout = "timeout",
+        Connect = "connect",
+        Network = "network",
+        InvalidPage = "invalid_page",
+        Cancelled = "cancelled",
+        /// PostgreSQL failed.
+        Database = "database",
+        /// The run was stopped by a shutdown.
+        Interrupted = "interrupted",
+        /// The API broke the listing's protocol (a repeated cursor, too many pages).
+        Listing = "listing",
+    }
+}
+
+impl ErrorKind {
+    /// The health an error of this kind gives its account: `Some` for errors that say the
+    /// account itself cannot be synced until someone acts upstream.
+    pub fn health(self) -> Option<Health> {
+        match self {
+            ErrorKind::NeedsReauth => Some(Health::NeedsReauth),
+            ErrorKind::Blocked => Some(Health::Blocked),
+            ErrorKind::NotFound => Some(Health::NotFound),
+            ErrorKind::Forbidden => Some(Health::Forbidden),
+            _ => None,
+        }
+    }
+}
+
+/// Counters of one run, as committed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RunCounts {
+    pub pages: u64,
+    pub users_seen: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub deleted: u64,
+    pub undeleted: u64,
+    pub rejected: u64,
+    pub duplicates: u64,
+    pub http_requests: u64,
+    pub retries: u64,
+    pub rate_limited: u64,
+    /// Full objects fetched and merged (or found unchanged) by hydration.
+    pub hydrated: u64,
+    /// Single-user GETs that failed (the user stays queued).
+    pub hydration_failures: u64,
+}
+
+impl RunCounts {
+    pub fn add(&mut self, o: &RunCounts) {
+        self.pages += o.pages;
+        self.users_seen += o.users_seen;
+        self.inserted += o.inserted;
+        self.updated += o.updated;
+        self.unchanged += o.unchanged;
+        self.deleted += o.deleted;
+        self.undeleted += o.undeleted;
+        self.rejected += o.rejected;
+        self.duplicates += o.duplicates;
+        self.http_requests += o.http_requests;
+        self.retries += o.retries;
+        self.rate_limited += o.rate_limited;
+        self.hydrated += o.hydrated;
+        self.hydration_failures += o.hydration_failures;
+    }
+
+    /// Adds the requests of one request that took `requests` attempts.
+    pub fn add_requests(&mut self, requests: u32) {
+        self.http_requests += u64::from(requests);
+        self.retries += u64::from(requests.saturating_sub(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_reads_back_from_its_text() {
+        for o in Outcome::ALL {
+            assert_eq!(Outcome::parse(o.as_str()), Some(*o));
+        }
+        for h in Health::ALL {
+            assert_eq!(Health::parse(h.as_str()), Some(*h));
+        }
+        for k in ErrorKind::ALL {
+            assert_eq!(ErrorKind::parse(k.as_str()), Some(*k));
+        }
+        assert_eq!(Health::parse("OK"), None);
+    }
+
+    #[test]
+    fn only_errors_about_the_account_itself_set_its_health() {
+        let unhealthy: Vec<Health> = ErrorKind::ALL.iter().filter_map(|k| k.health()).collect();
+        assert_eq!(
+            unhealthy,
+            [
+                Health::NeedsReauth,
+                Health::Forbidden,
+                Health::NotFound,
+                Health::Blocked
+            ]
+        );
+        for h in unhealthy {
+            assert_eq!(
+                ErrorKind::parse(h.as_str()).and_then(|k| k.health()),
+                Some(h)
+            );
+        }
+        assert_eq!(ErrorKind::BadToken.health(), None);
+    }
+}

@@ -1,0 +1,144 @@
+//! The operations HTTP server of `lms-sync run`: `/healthz` (the process is alive), `/readyz`
+//! (the database answers and every migration is applied), `/metrics` (Prometheus text).
+//!
+//! Routing and HTTP are axum on hyper. The port may face a busy network, so no client can hold
+//! a task for long: request heads must arrive within [`HEAD_TIMEOUT`], a handler (body included)
+//! finishes within [`HANDLER_TIMEOUT`], bodies are capped at [`BODY_LIMIT`], at most
+//! [`MAX_CONNECTIONS`] connections are served at once, and a connection older than
+//! [`MAX_CONNECTION_AGE`] is closed after its current answer. Holds no SQL: it asks the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// The longest a client may take to send a request head (also bounds idle keep-alive).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest one request may take, reading its body and answering included.
+pub const HANDLER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request body accepted.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+/// Connections served at once; more wait in the listen queue.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A connection is closed (after its current answer) once it is this old.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(120);
+/// How long `/readyz` waits for the database.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+const TEXT: &str = "text/plain; charset=utf-8";
+/// The Prometheus text exposition format.
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone)]
+struct Ops {
+    store: Store,
+    metrics: Arc<Metrics>,
+}
+
+/// The routes, with their limits.
+fn router(store: Store, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            HANDLER_TIMEOUT,
+        ))
+        .with_state(Ops { store, metrics })
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, TEXT)], body.into()).into_response()
+}
+
+async fn healthz() -> Response {
+    text(StatusCode::OK, "ok\n")
+}
+
+async fn readyz(State(ops): State<Ops>) -> Response {
+    match tokio::time::timeout(READY_TIMEOUT, ops.store.migrations_applied()).await {
+        Ok(Ok(true)) => text(StatusCode::OK, "ready\n"),
+        Ok(Ok(false)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: migrations not applied\n",
+        ),
+        Ok(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: database did not answer within 2s\n",
+        ),
+    }
+}
+
+async fn metrics_text(State(ops): State<Ops>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, PROMETHEUS)],
+        ops.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+/// Serves the operations endpoints on `listener` until `cancel` fires.
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let app = router(store, metrics);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = cancel.cancelled() => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let (app, cancel) = (app.clone(), cancel.clone());
+        tokio::spawn(async move {
+            serve_connection(stream, app, cancel).await;
+            drop(slot);
+        });
+    }
+}
+
+/// One connection, closed gracefully when it grows too old or the service stops.
+async fn serve_connection(stream: tokio::net::TcpStream, app: Router, cancel: CancellationToken) {
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {}
+        _ = cancel.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    // A client that does not read its answer is dropped after this.
+    let _ = tokio::time::timeout(HANDLER_TIMEOUT, conn).await;
+}

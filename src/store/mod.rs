@@ -1,0 +1,205 @@
+//! The PostgreSQL store: the only part that holds SQL. It owns the pool and the migrations;
+//! each subject has a file: leases (`lease`), runs and their state (`runs`), a batch of pages in
+//! one transaction (`pages`), users and their children (`users`), COPY (`copy`), deletions
+//! (`sweep`), change history (`history`), hydration (`hydration`), and what the scheduler and
+//! `status` read (`status`). It never imports `source` or `sync`: it is told what to write.
+//!
+//! Queries are runtime-checked (`sqlx::query`, not `query!`): the schema name is chosen at run
+//! time, and every statement here runs in the integration tests. Values always travel as bind
+//! parameters; the only identifier ever formatted into SQL is the validated schema name.
+
+mod copy;
+mod history;
+mod hydration;
+mod lease;
+mod pages;
+mod runs;
+mod status;
+mod sweep;
+mod users;
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+pub use copy::CopyRows;
+pub use lease::Lease;
+pub use pages::{Gate, PageResult, PageWrite};
+pub use runs::{RunEnd, RunStart};
+pub use status::StatusRow;
+pub use sweep::Vanished;
+
+use crate::config::{validate_schema_name, DatabaseSettings};
+use crate::domain::{BoxFuture, Health, Outcome};
+
+type Ts = chrono::DateTime<chrono::Utc>;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {}", crate::text::error_chain(.0))]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {}", crate::text::error_chain(.0))]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid database url: {0}")]
+    Url(String),
+    /// The run's position in the database is not where this process left it.
+    #[error("the database no longer holds this run's last committed page (it lost committed transactions, e.g. in a crash with synchronous_commit=off, or another process took the account over); the run stopped, and the next run resumes from the database's cursor")]
+    Diverged,
+    /// A state column holds text this version does not know (written by hand, or by a newer
+    /// version).
+    #[error("the database holds an unknown {0} {1:?}")]
+    Unknown(&'static str, String),
+    /// A batch written ahead was rolled back because the batch before it did not commit.
+    #[error("rolled back: the batch before it did not commit")]
+    PreviousFailed,
+}
+
+/// An outcome as stored in SQL: the one place where the store reads the text back.
+fn outcome(text: &str) -> Result<Outcome, StoreError> {
+    Outcome::parse(text).ok_or_else(|| StoreError::Unknown("outcome", text.to_string()))
+}
+
+/// A health as stored in SQL (see [`outcome`]).
+fn health(text: &str) -> Result<Health, StoreError> {
+    Health::parse(text).ok_or_else(|| StoreError::Unknown("health", text.to_string()))
+}
+
+impl StoreError {
+    /// Serialization failures, deadlocks, and lost or refused connections are worth another try
+    /// of the whole transaction; constraint violations and bad SQL are not.
+    pub fn is_retryable(&self) -> bool {
+        let StoreError::Db(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                let c = c.as_ref();
+                c == "40001" // serialization_failure
+                    || c == "40P01" // deadlock_detected
+                    || c.starts_with("08") // connection exceptions
+                    || c == "57P01" // admin_shutdown
+                    || c == "57P02" // crash_shutdown
+                    || c == "57P03" // cannot_connect_now
+                    || c == "53300" // too_many_connections
+            }),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    opts: PgConnectOptions,
+    schema: String,
+    /// Users inserted through this store (all accounts), for [`Store::note_inserted`].
+    inserted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+/// Connect options for `url` with `search_path` set to `schema`.
+pub fn connect_options(url: &SecretString, schema: &str) -> Result<PgConnectOptions, StoreError> {
+    validate_schema_name(schema).map_err(StoreError::Url)?;
+    let opts: PgConnectOptions = url
+        .expose_secret()
+        .parse()
+        // sqlx's parse error can quote the URL; keep the password out of it.
+        .map_err(|_| StoreError::Url("cannot parse database.url".into()))?;
+    Ok(opts
+        .application_name("lms-sync")
+        .options([("search_path", schema)])
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5)))
+}
+
+impl Store {
+    /// Connects (lazily: the first query opens the first connection).
+    pub fn connect_lazy(url: &SecretString, db: &DatabaseSettings) -> Result<Store, StoreError> {
+        let opts = connect_options(url, &db.schema)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(db.max_connections)
+            .acquire_timeout(Duration::from_secs(db.connect_timeout_secs))
+            .connect_lazy_with(opts.clone());
+        Ok(Store {
+            pool,
+            opts,
+            schema: db.schema.clone(),
+            inserted: Default::default(),
+        })
+    }
+
+    /// Connects and checks that the database answers.
+    pub async fn connect(url: &SecretString, db: &DatabaseSettings) -> Result<Store, StoreError> {
+        let store = Self::connect_lazy(url, db)?;
+        sqlx::query("SELECT 1").execute(&store.pool).await?;
+        Ok(store)
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Creates the schema when missing and applies pending migrations. Safe to run from several
+    /// processes at once: sqlx serializes migrations with an advisory lock.
+    ///
+    /// Boxed as `Send` on purpose: it lets callers hold this future inside spawned tasks
+    /// (rustc cannot prove sqlx's migrator future `Send` through an `async fn` otherwise).
+    pub fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.migrate_inner())
+    }
+
+    async fn migrate_inner(&self) -> Result<(), StoreError> {
+        // IMPORTANT: the schema name is spliced into SQL; validate_schema_name() allows only
+        // [a-z_][a-z0-9_]*, and it is quoted besides.
+        let create = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
+        if let Err(e) = sqlx::query(&create).execute(&self.pool).await {
+            // Two processes creating it at once: one loses with a unique violation; fine.
+            let raced = matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") || d.code().as_deref() == Some("42P06"));
+            if !raced {
+                return Err(e.into());
+            }
+        }
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// True when every migration this binary knows is applied.
+    pub async fn migrations_applied(&self) -> Result<bool, StoreError> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        if !exists {
+            return Ok(false);
+        }
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
+    }
+
+    /// Whether a pooled connection is free right now: idle, or not opened yet.
+    pub fn has_idle_connection(&self) -> bool {
+        self.pool.num_idle() > 0 || self.pool.size() < self.pool.options().get_max_connections()
+    }
+}

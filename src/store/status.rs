@@ -1,0 +1,225 @@
+//! What the scheduler, `status` and a pass read of the accounts: run histories, the status
+//! table, live users; and keeping the planner's statistics fresh as tables grow.
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{health, outcome, Store, StoreError, Ts};
+use crate::domain::{Health, Outcome};
+
+/// One account's row of `lms-sync status`.
+#[derive(Debug, Clone)]
+pub struct StatusRow {
+    pub integrated_account_id: Uuid,
+    pub label: Option<String>,
+    pub status: String,
+    pub last_outcome: Option<Outcome>,
+    pub last_started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_succeeded_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub consecutive_failures: i32,
+    pub last_error: Option<String>,
+    pub resumable: bool,
+    pub live_users: i64,
+    pub deleted_users: i64,
+    /// Whether the account can be synced, since when, and why not.
+    pub health: Health,
+    pub health_since: Option<chrono::DateTime<chrono::Utc>>,
+    pub health_reason: Option<String>,
+    /// Users queued for hydration.
+    pub hydration_pending: i64,
+}
+
+impl Store {
+    /// Counts `n` users inserted by a run and refreshes the planner's statistics when the
+    /// process's total crosses 2,000 × 4^k: a handful of ANALYZEs however many accounts grow,
+    /// so that later runs' key lookups are planned on the table as it is.
+    pub async fn note_inserted(&self, n: u64) {
+        use std::sync::atomic::Ordering;
+        if n == 0 {
+            return;
+        }
+        let before = self.inserted.fetch_add(n, Ordering::Relaxed);
+        if analyze_due(before, before + n) {
+            if let Err(e) = self.analyze().await {
+                tracing::warn!(error = %e, "could not refresh table statistics");
+            }
+        }
+    }
+
+    /// The account's live users.
+    pub async fn live_users(&self, account: Uuid) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM users WHERE integrated_account_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(account)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// True when the account has no users in the mirror.
+    pub async fn account_is_empty(&self, account: Uuid) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT NOT EXISTS (SELECT 1 FROM users WHERE integrated_account_id = $1)",
+        )
+        .bind(account)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Refreshes the planner's statistics of `users`. A first sync grows it from nothing
+    /// faster than autovacuum notices, and key lookups planned with "empty table" statistics
+    /// turn into scans.
+    pub async fn analyze(&self) -> Result<(), StoreError> {
+        // A small sample is enough (the planner needs the table's size, not fine histograms):
+        // ~60 ms instead of ~700 ms for 100,000 users. SKIP_LOCKED: if autovacuum is already
+        // analyzing the table, let it.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL default_statistics_target = 10")
+            .execute(&mut *tx)
+            .await?;
+        // "skipping analyze ... lock not available" is the expected answer when another
+        // process analyzes: not worth a warning in our log.
+        sqlx::query("SET LOCAL client_min_messages = error")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("ANALYZE (SKIP_LOCKED) users")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What the scheduler needs to know of each account's runs. An account whose state says
+    /// `running` reports that as its last outcome: it is running elsewhere, or its process died.
+    pub async fn run_histories(
+        &self,
+    ) -> Result<HashMap<Uuid, crate::schedule::RunHistory>, StoreError> {
+        type Row = (
+            Uuid,
+            Option<Ts>,
+            Option<Ts>,
+            Option<String>,
+            i32,
+            String,
+            i32,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT integrated_account_id, last_started_at, last_finished_at,
+                        CASE WHEN status = 'running' THEN 'running' ELSE last_outcome END,
+                        consecutive_failures, health, health_failures
+                   FROM sync_state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(
+                |(id, started, finished, last, failures, h, health_failures)| {
+                    let history = crate::schedule::RunHistory {
+                        last_started_at: started,
+                        last_finished_at: finished,
+                        last_outcome: last.as_deref().map(outcome).transpose()?,
+                        consecutive_failures: failures.max(0) as u32,
+                        health: Some(health(&h)?),
+                        health_failures: health_failures.max(0) as u32,
+                    };
+                    Ok((id, history))
+                },
+            )
+            .collect()
+    }
+
+    /// One row per account known to `sync_state`, plus configured accounts never synced.
+    pub async fn status(
+        &self,
+        configured: &[(Uuid, Option<String>)],
+    ) -> Result<Vec<StatusRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.integrated_account_id, s.label, s.status, s.last_outcome, s.last_started_at,
+                    s.last_finished_at, s.last_succeeded_at, s.consecutive_failures, s.last_error,
+                    (s.cursor IS NOT NULL) AS resumable,
+                    (SELECT count(*) FROM users u WHERE u.integrated_account_id = s.integrated_account_id AND u.deleted_at IS NULL) AS live,
+                    (SELECT count(*) FROM users u WHERE u.integrated_account_id = s.integrated_account_id AND u.deleted_at IS NOT NULL) AS gone,
+                    s.health, s.health_since, s.health_reason,
+                    (SELECT count(*) FROM hydration_queue q WHERE q.integrated_account_id = s.integrated_account_id) AS pending
+               FROM sync_state s ORDER BY coalesce(s.label, s.integrated_account_id::text)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<StatusRow> = rows
+            .into_iter()
+            .map(|r| -> Result<StatusRow, StoreError> {
+                Ok(StatusRow {
+                    integrated_account_id: r.get(0),
+                    label: r.get(1),
+                    status: r.get(2),
+                    last_outcome: r.get::<Option<&str>, _>(3).map(outcome).transpose()?,
+                    last_started_at: r.get(4),
+                    last_finished_at: r.get(5),
+                    last_succeeded_at: r.get(6),
+                    consecutive_failures: r.get(7),
+                    last_error: r.get(8),
+                    resumable: r.get(9),
+                    live_users: r.get(10),
+                    deleted_users: r.get(11),
+                    health: health(r.get(12))?,
+                    health_since: r.get(13),
+                    health_reason: r.get(14),
+                    hydration_pending: r.get(15),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        for (id, label) in configured {
+            if !out.iter().any(|r| r.integrated_account_id == *id) {
+                out.push(StatusRow {
+                    integrated_account_id: *id,
+                    label: label.clone(),
+                    status: "never synced".into(),
+                    last_outcome: None,
+                    last_started_at: None,
+                    last_finished_at: None,
+                    last_succeeded_at: None,
+                    consecutive_failures: 0,
+                    last_error: None,
+                    resumable: false,
+                    live_users: 0,
+                    deleted_users: 0,
+                    health: Health::Ok,
+                    health_since: None,
+                    health_reason: None,
+                    hydration_pending: 0,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// True when an inserted count crossed one of 2,000 × 4^k.
+fn analyze_due(before: u64, after: u64) -> bool {
+    let mut t = 2_000u64;
+    while t <= after {
+        if before < t {
+            return true;
+        }
+        t = t.saturating_mul(4);
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_are_refreshed_at_growing_thresholds() {
+        assert!(!analyze_due(0, 1_999));
+        assert!(analyze_due(1_999, 2_000));
+        assert!(!analyze_due(2_000, 7_999));
+        assert!(analyze_due(7_000, 9_000));
+        assert!(analyze_due(0, 100_000));
+        assert!(!analyze_due(128_000, 500_000));
+    }
+}

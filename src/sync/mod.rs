@@ -1,0 +1,254 @@
+//! One complete pass over one account: lease it, open a run, follow the cursor page by page
+//! (fetching the next page while the current one is written), decide and sweep deletions after
+//! a complete listing, hydrate, close the run. The one-shot CLI, the service and the tests all
+//! call [`sync_account`]. This part decides; it holds no SQL and speaks no HTTP.
+//!
+//! - `pass`: the steps of one pass, in order.
+//! - `listing`: the first page, the fetcher that runs ahead, and the writer's loop.
+//! - `writer`: the pipeline of batches being written, with its invariants.
+//! - `sweep`: whether a listing may infer deletions (and the delete guard).
+//! - `hydrate`: fetching queued full objects.
+//! - `seen`: the seen-id filter (pure).
+//! - `retry`: retrying the store's retryable errors.
+
+mod hydrate;
+mod listing;
+mod pass;
+mod retry;
+pub mod seen;
+pub mod sweep;
+mod writer;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::config::AccountSettings;
+use crate::domain::{BoxFuture, ErrorKind, Health, Outcome, RunCounts};
+use crate::source::TrutoClient;
+use crate::store::Store;
+
+/// Knobs of one pass that do not come from the account itself.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub max_pages: u64,
+    pub max_delete_fraction: f64,
+    /// Attempts to commit one page when the database fails with a retryable error.
+    pub db_max_attempts: u32,
+    /// `host:pid`, recorded in `sync_runs.worker`.
+    pub worker: String,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Record every change in `user_changes` (`history.enabled`).
+    pub history: bool,
+    /// Prune the account's history older than this after each run; 0 keeps it.
+    pub history_retention_days: u32,
+    /// Single-user GETs per run of a hydrating account (unless the account says otherwise).
+    pub hydrate_max_per_run: u32,
+}
+
+impl SyncOptions {
+    pub fn from_settings(s: &crate::config::Settings) -> Self {
+        Self {
+            max_pages: s.truto.max_pages,
+            max_delete_fraction: s.sync.max_delete_fraction,
+            db_max_attempts: s.sync.db_max_attempts,
+            worker: worker_name(),
+            metrics: None,
+            history: s.history.enabled,
+            history_retention_days: s.history.retention_days,
+            hydrate_max_per_run: s.sync.hydrate_max_per_run,
+        }
+    }
+}
+
+pub fn worker_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Live progress of one pass, for terminals and logs.
+pub trait Progress: Send + Sync {
+    fn started(&self, _account: &AccountSettings, _resumed: bool) {}
+    fn page(&self, _account: &AccountSettings, _totals: &RunCounts) {}
+    fn finished(&self, _account: &AccountSettings, _outcome: &SyncOutcome) {}
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// What one pass did.
+#[derive(Debug, Clone)]
+pub struct SyncOutcome {
+    pub account: Uuid,
+    pub label: String,
+    /// `None` when no run was opened (the account was busy elsewhere, or the database failed).
+    pub run_id: Option<i64>,
+    pub status: PassStatus,
+    pub counts: RunCounts,
+    pub resumed: bool,
+    pub complete_listing: bool,
+    pub deletions_skipped_reason: Option<String>,
+    pub error: Option<String>,
+    pub error_kind: Option<ErrorKind>,
+    pub elapsed: Duration,
+    /// The account's health as this pass found it (`None`: it could not tell).
+    pub health: Option<Health>,
+    /// Role and status values outside the documented lists, with how many users had them.
+    pub unknown_enum_values: std::collections::BTreeMap<(String, String), u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassStatus {
+    Finished(Outcome),
+    /// Another process holds the account's lease.
+    Busy,
+    /// The run could not even be opened or closed (database unreachable).
+    StoreFailed,
+}
+
+impl SyncOutcome {
+    /// A pass over `account` that has not done anything yet.
+    fn new(account: &AccountSettings) -> SyncOutcome {
+        SyncOutcome {
+            account: account.integrated_account_id,
+            label: account.display_name(),
+            run_id: None,
+            status: PassStatus::StoreFailed,
+            counts: RunCounts::default(),
+            resumed: false,
+            complete_listing: false,
+            deletions_skipped_reason: None,
+            error: None,
+            error_kind: None,
+            elapsed: Duration::ZERO,
+            health: None,
+            unknown_enum_values: Default::default(),
+        }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.status == PassStatus::Finished(Outcome::Succeeded)
+    }
+
+    pub fn status_str(&self) -> &'static str {
+        match self.status {
+            PassStatus::Finished(o) => o.as_str(),
+            PassStatus::Busy => "busy",
+            PassStatus::StoreFailed => "failed",
+        }
+    }
+}
+
+/// Everything one pass works with; handed to each step instead of a long parameter list.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    store: &'a Store,
+    source: &'a TrutoClient,
+    account: &'a AccountSettings,
+    opts: &'a SyncOptions,
+    cancel: &'a CancellationToken,
+    progress: &'a dyn Progress,
+}
+
+impl Pass<'_> {
+    fn id(&self) -> Uuid {
+        self.account.integrated_account_id
+    }
+}
+
+/// One complete pass over one account. Never panics on bad input or faults: every failure ends
+/// as an outcome with an error message, and what was committed stays committed.
+///
+/// Boxed as `Send` so that callers can spawn it: rustc cannot prove the `Send`-ness of the
+/// retry closures' futures through layers of `async fn` otherwise.
+pub fn sync_account<'a>(
+    store: &'a Store,
+    source: &'a TrutoClient,
+    account: &'a AccountSettings,
+    opts: &'a SyncOptions,
+    cancel: &'a CancellationToken,
+    progress: &'a dyn Progress,
+) -> BoxFuture<'a, SyncOutcome> {
+    let pass = Pass {
+        store,
+        source,
+        account,
+        opts,
+        cancel,
+        progress,
+    };
+    Box::pin(sync_leased(pass))
+}
+
+/// Leases the account, runs the pass, releases the lease.
+async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
+    let started = Instant::now();
+    let id = p.id();
+    let mut out = SyncOutcome::new(p.account);
+    let lease = match p.store.try_lease(id).await {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            out.status = PassStatus::Busy;
+            out.error = Some("another lms-sync process is syncing this account".into());
+            out.elapsed = started.elapsed();
+            return out;
+        }
+        Err(e) => {
+            out.error = Some(e.to_string());
+            out.error_kind = Some(ErrorKind::Database);
+            out.elapsed = started.elapsed();
+            return out;
+        }
+    };
+    let span = tracing::info_span!("sync", account = %id, run_id = tracing::field::Empty);
+    pass::run(&p, &mut out, &span, started)
+        .instrument(span.clone())
+        .await;
+    lease.release().await;
+    out.elapsed = started.elapsed();
+    p.progress.finished(p.account, &out);
+    out
+}
+
+/// Syncs many accounts, at most `max_concurrent` at once, and returns their outcomes in the
+/// order given.
+pub async fn sync_accounts(
+    store: &Store,
+    source: &TrutoClient,
+    accounts: &[AccountSettings],
+    opts: &SyncOptions,
+    max_concurrent: usize,
+    cancel: &CancellationToken,
+    progress: Arc<dyn Progress>,
+) -> Vec<SyncOutcome> {
+    use futures_util::stream::{self, StreamExt};
+    stream::iter(accounts.iter())
+        .map(|a| {
+            let progress = progress.clone();
+            async move {
+                if cancel.is_cancelled() {
+                    let mut out = SyncOutcome::new(a);
+                    out.status = PassStatus::Finished(Outcome::Interrupted);
+                    out.error = Some("not started: shutdown requested".into());
+                    out.error_kind = Some(ErrorKind::Interrupted);
+                    return out;
+                }
+                sync_account(store, source, a, opts, cancel, progress.as_ref()).await
+            }
+        })
+        .buffered(max_concurrent.max(1))
+        .collect()
+        .await
+}

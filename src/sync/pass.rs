@@ -1,0 +1,278 @@
+//! The steps of one pass over a leased account, in order: open the run, follow the listing,
+//! decide what the listing's end means (deletions, failure), hydrate, close the run, prune
+//! history, report.
+
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use super::listing::{self, Listing, Stop};
+use super::retry::with_db_retries;
+use super::{Pass, PassStatus, SyncOutcome};
+use crate::domain::{ErrorKind, Health, Outcome, RunCounts};
+use crate::store::{RunEnd, RunStart};
+
+/// Runs the pass; `out` says what it did.
+pub(super) async fn run(
+    p: &Pass<'_>,
+    out: &mut SyncOutcome,
+    span: &tracing::Span,
+    started: Instant,
+) {
+    let Some(start) = open_run(p, out).await else {
+        return;
+    };
+    span.record("run_id", start.run_id);
+    let run_id = start.run_id;
+    let listing = listing::follow(p, run_id, start.resume_cursor, out).await;
+    // Fresh planner statistics once a run has grown the tables (see Store::note_inserted).
+    p.store.note_inserted(out.counts.inserted).await;
+
+    let listed = listing.is_ok();
+    let mut end = conclude_listing(p, run_id, listing, out).await;
+    if listed && p.account.hydrate && end.outcome != Outcome::Failed {
+        match super::hydrate::run(p, run_id).await {
+            Ok(h) => end.hydration = h,
+            Err((h, e)) => {
+                end.hydration = h;
+                tracing::warn!(error = %e, "hydration stopped early; the rest of the queue waits for the next run");
+            }
+        }
+        out.counts.add(&end.hydration);
+    }
+    if end.health.is_none() && (out.complete_listing || out.counts.pages > 0) {
+        // The API answered for this account: whatever kept it unhealthy is over.
+        end.health = Some(Health::Ok);
+    }
+    out.counts.deleted = end.deleted;
+    out.deletions_skipped_reason = end.deletions_skipped_reason.clone();
+    out.error = end.error.clone();
+    out.error_kind = end.error_kind;
+    close_run(p, run_id, &end, out).await;
+    prune_history(p).await;
+    out.elapsed = started.elapsed();
+    log_summary(out);
+    if let Some(m) = &p.opts.metrics {
+        record_run(m, out);
+    }
+}
+
+/// Opens the run; `None` (with the error in `out`) when the database refused.
+async fn open_run(p: &Pass<'_>, out: &mut SyncOutcome) -> Option<RunStart> {
+    let account = p.account;
+    let begun = with_db_retries(p.opts, p.cancel, || {
+        p.store
+            .begin_run(p.id(), account.label.as_deref(), &p.opts.worker)
+    })
+    .await;
+    let start = match begun {
+        Ok(s) => s,
+        Err(e) => {
+            out.error = Some(e.to_string());
+            out.error_kind = Some(ErrorKind::Database);
+            return None;
+        }
+    };
+    out.run_id = Some(start.run_id);
+    out.resumed = start.resume_cursor.is_some();
+    if start.interrupted_runs > 0 {
+        tracing::warn!(
+            runs = start.interrupted_runs,
+            "an earlier run of this account was interrupted; marked as such"
+        );
+    }
+    p.progress.started(account, out.resumed);
+    Some(start)
+}
+
+/// What the listing's end means for the run: a complete listing may infer deletions (see
+/// [`super::sweep`]); a stopped one says why.
+async fn conclude_listing(
+    p: &Pass<'_>,
+    run_id: i64,
+    listing: Result<Listing, Stop>,
+    out: &mut SyncOutcome,
+) -> RunEnd {
+    let mut end = RunEnd {
+        outcome: Outcome::Succeeded,
+        complete_listing: false,
+        reset_cursor: false,
+        deleted: 0,
+        deletions_skipped_reason: None,
+        error_kind: None,
+        error: None,
+        health: None,
+        hydration: RunCounts::default(),
+        failed_requests: 0,
+    };
+    match listing {
+        Ok(listing) => {
+            end.complete_listing = true;
+            out.complete_listing = true;
+            super::sweep::after_listing(p, run_id, &listing, &mut end).await;
+        }
+        Err(stop) => stopped(stop, &mut end),
+    }
+    end
+}
+
+/// How a listing that stopped early ends the run.
+fn stopped(stop: Stop, end: &mut RunEnd) {
+    end.deletions_skipped_reason = Some("the listing did not complete".into());
+    end.outcome = Outcome::Failed;
+    match stop {
+        Stop::Cancelled => {
+            end.outcome = Outcome::Interrupted;
+            end.error = Some(
+                "interrupted by shutdown; the next run resumes from the last committed page".into(),
+            );
+            end.error_kind = Some(ErrorKind::Interrupted);
+        }
+        Stop::Source(e, requests) => {
+            // The failed requests count too (they are not in any committed page).
+            end.failed_requests = requests;
+            end.health = e.kind().health();
+            end.error_kind = Some(e.kind());
+            end.error = Some(e.to_string());
+        }
+        Stop::Store(e) => {
+            end.error_kind = Some(ErrorKind::Database);
+            end.error = Some(e.to_string());
+        }
+        Stop::Listing(m) => {
+            end.error_kind = Some(ErrorKind::Listing);
+            end.error = Some(m);
+            end.reset_cursor = true;
+        }
+    }
+}
+
+/// Records the run's end, and logs a change of the account's health.
+async fn close_run(p: &Pass<'_>, run_id: i64, end: &RunEnd, out: &mut SyncOutcome) {
+    // Closing the run must not be skipped because shutdown was requested.
+    let never = CancellationToken::new();
+    let closed = with_db_retries(p.opts, &never, || p.store.finish_run(p.id(), run_id, end)).await;
+    match closed {
+        Ok(before) => {
+            out.status = PassStatus::Finished(end.outcome);
+            out.health = end.health;
+            match (before, end.health) {
+                (Some(was), Some(Health::Ok)) if !was.is_ok() => {
+                    tracing::info!(%was, "the account answers again; back on its regular schedule")
+                }
+                (Some(was), Some(now)) if !now.is_ok() && was != now => tracing::error!(
+                    health = %now,
+                    "the account cannot be synced until someone acts upstream; probing it hours apart (schedule.health_retry_initial)"
+                ),
+                _ => {}
+            }
+        }
+        Err(e) => {
+            out.status = PassStatus::StoreFailed;
+            out.error = Some(format!(
+                "{}could not record the end of the run: {e}",
+                out.error
+                    .as_ref()
+                    .map(|m| format!("{m}; "))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+}
+
+/// Prunes the account's history past `history.retention_days` (when set).
+async fn prune_history(p: &Pass<'_>) {
+    let days = p.opts.history_retention_days;
+    if days == 0 {
+        return;
+    }
+    match p.store.prune_history(p.id(), days).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(rows = n, retention_days = days, "pruned old change history"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not prune old change history; trying again after the next run")
+        }
+    }
+}
+
+fn record_run(m: &crate::metrics::Metrics, out: &SyncOutcome) {
+    let account = out.account.to_string();
+    let a = account.as_str();
+    m.inc(
+        "lms_sync_runs_total",
+        &[("account", a), ("outcome", out.status_str())],
+    );
+    m.add(
+        "lms_sync_users_total",
+        &[("account", a), ("change", "deleted")],
+        out.counts.deleted as f64,
+    );
+    let secs = out.elapsed.as_secs_f64();
+    m.add(
+        "lms_sync_run_duration_seconds_total",
+        &[("account", a)],
+        secs,
+    );
+    m.set(
+        "lms_sync_last_run_duration_seconds",
+        &[("account", a)],
+        secs,
+    );
+    for ((field, value), n) in &out.unknown_enum_values {
+        m.add(
+            "lms_sync_unknown_enum_values_total",
+            &[("account", a), ("field", field), ("value", value)],
+            *n as f64,
+        );
+    }
+    if out.succeeded() {
+        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        m.set(
+            "lms_sync_last_success_timestamp_seconds",
+            &[("account", a)],
+            now,
+        );
+    }
+}
+
+fn log_summary(out: &SyncOutcome) {
+    if !out.unknown_enum_values.is_empty() {
+        // Once per run, not per record: the vendor grew its enums; the values are kept as text.
+        let values: Vec<String> = out
+            .unknown_enum_values
+            .iter()
+            .map(|((f, v), n)| format!("{f}={v} ({n} users)"))
+            .collect();
+        tracing::warn!(values = %values.join(", "), "undocumented enum values seen (stored as given)");
+    }
+    let c = &out.counts;
+    let msg = "sync run finished";
+    macro_rules! summary {
+        ($lvl:ident) => {
+            tracing::$lvl!(
+                outcome = out.status_str(),
+                pages = c.pages,
+                users_seen = c.users_seen,
+                inserted = c.inserted,
+                updated = c.updated,
+                unchanged = c.unchanged,
+                deleted = c.deleted,
+                undeleted = c.undeleted,
+                rejected = c.rejected,
+                requests = c.http_requests,
+                retries = c.retries,
+                resumed = out.resumed,
+                elapsed_ms = out.elapsed.as_millis() as u64,
+                deletions_skipped = out.deletions_skipped_reason.as_deref(),
+                error = out.error.as_deref(),
+                "{msg}"
+            )
+        };
+    }
+    match out.status {
+        PassStatus::Finished(Outcome::Succeeded) => summary!(info),
+        PassStatus::Finished(Outcome::Interrupted)
+        | PassStatus::Finished(Outcome::NeedsAttention) => summary!(warn),
+        _ => summary!(error),
+    }
+}

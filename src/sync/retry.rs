@@ -1,0 +1,48 @@
+//! Retrying the store's retryable errors (lost connection, restart, deadlock) with backoff.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::SyncOptions;
+use crate::backoff::Backoff;
+use crate::store::StoreError;
+
+/// Runs a store operation, retrying retryable errors (lost connection, restart, deadlock) with
+/// backoff. Non-retryable errors return at once.
+pub(super) async fn with_db_retries<T, F, Fut>(
+    opts: &SyncOptions,
+    cancel: &CancellationToken,
+    mut op: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let policy = Backoff {
+        initial: Duration::from_millis(250),
+        max: Duration::from_secs(10),
+        max_attempts: opts.db_max_attempts,
+        max_total_wait: Duration::from_secs(120),
+    };
+    let mut attempts = 0;
+    let mut waited = Duration::ZERO;
+    loop {
+        attempts += 1;
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() => {
+                let Some(wait) = policy.next_wait(attempts, waited, None, fastrand::f64()) else {
+                    return Err(e);
+                };
+                tracing::warn!(attempt = attempts, wait_ms = wait.as_millis() as u64, error = %e, "database operation failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => return Err(e),
+                }
+                waited += wait;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
