@@ -453,6 +453,7 @@ impl Settings {
     }
 
     /// `load` with an explicit environment, so tests need not touch the process's.
+    // The layering, in order, in one place (defaults → file → env → DATABASE_URL → secrets).
     pub fn load_from(
         path: Option<&Path>,
         env: &[(String, String)],
@@ -536,6 +537,8 @@ impl Settings {
     }
 
     /// Checks what serde cannot: ranges, identifiers, duplicates.
+    // Longer than our usual step: one flat list of checks, one per key, in the order of
+    // config/default.toml, so that a reader finds a key's rule by the key's name.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let t = &self.truto;
         let url = reqwest::Url::parse(&t.base_url)

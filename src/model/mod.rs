@@ -302,6 +302,9 @@ impl LastWins {
 }
 
 /// Decodes and normalizes one record.
+// Longer than our usual step: it maps the wire user field by field, in one pass over the
+// record, and each field's check sits next to its mapping. Split up, the fields' rules would
+// be scattered across functions that each take the whole half-built record.
 pub fn decode_user(raw: &str) -> Result<UserRecord, Rejection> {
     let reject = |reason: String, user_id: Option<String>| Rejection {
         user_id,

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::history::{record_updates, snapshots};
@@ -99,37 +100,59 @@ impl Store {
             .copied()
             .chain(gone.iter().map(String::as_str))
             .collect();
-        if !done.is_empty() {
-            sqlx::query(
-                "DELETE FROM hydration_queue WHERE integrated_account_id = $1 AND user_id = ANY($2::text[])",
-            )
-            .persistent(false)
-            .bind(account)
-            .bind(&done)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !failed.is_empty() {
-            let (fids, errors): (Vec<&str>, Vec<&str>) = failed
-                .iter()
-                .map(|(id, e)| (id.as_str(), e.as_str()))
-                .unzip();
-            sqlx::query(
-                "UPDATE hydration_queue q
-                    SET attempts = q.attempts + 1, last_error = f.error,
-                        next_attempt_at = now() + least(interval '1 minute' * power(2, q.attempts), interval '6 hours')
-                   FROM unnest($2::text[], $3::text[]) AS f(user_id, error)
-                  WHERE q.integrated_account_id = $1 AND q.user_id = f.user_id",
-            )
-            .persistent(false)
-            .bind(account)
-            .bind(&fids)
-            .bind(&errors)
-            .execute(&mut *tx)
-            .await?;
-        }
+        dequeue(&mut tx, account, &done).await?;
+        retry_later(&mut tx, account, failed).await?;
         crate::failpoint::point("hydrate_tx").await;
         tx.commit().await?;
         Ok(write.len() as u64)
     }
+}
+
+/// Takes users off the queue.
+async fn dequeue(
+    tx: &mut Transaction<'_, Postgres>,
+    account: Uuid,
+    ids: &[&str],
+) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "DELETE FROM hydration_queue WHERE integrated_account_id = $1 AND user_id = ANY($2::text[])",
+    )
+    .persistent(false)
+    .bind(account)
+    .bind(ids)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Leaves users whose GET failed queued, with their error and a later retry time.
+async fn retry_later(
+    tx: &mut Transaction<'_, Postgres>,
+    account: Uuid,
+    failed: &[(String, String)],
+) -> Result<(), StoreError> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let (ids, errors): (Vec<&str>, Vec<&str>) = failed
+        .iter()
+        .map(|(id, e)| (id.as_str(), e.as_str()))
+        .unzip();
+    sqlx::query(
+        "UPDATE hydration_queue q
+            SET attempts = q.attempts + 1, last_error = f.error,
+                next_attempt_at = now() + least(interval '1 minute' * power(2, q.attempts), interval '6 hours')
+           FROM unnest($2::text[], $3::text[]) AS f(user_id, error)
+          WHERE q.integrated_account_id = $1 AND q.user_id = f.user_id",
+    )
+    .persistent(false)
+    .bind(account)
+    .bind(&ids)
+    .bind(&errors)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

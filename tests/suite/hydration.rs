@@ -1,12 +1,10 @@
 //! Full-object hydration: the simulator lists partial users (as TalentLMS does) and serves the
 //! full object on `GET /unified/lms/users/{id}`; hydrating accounts end with the full objects.
 
-mod helpers;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use helpers::*;
+use crate::helpers::*;
 use lms_sync::devkit::simulator::{Fault, RateLimit};
 use lms_sync::domain::Outcome;
 use lms_sync::source::budget::{Limit, RateBudget};

@@ -1,12 +1,10 @@
 //! End-to-end passes against the simulator and a real PostgreSQL: the mirror is exact, re-syncs
 //! write nothing, faults are retried or fail cleanly, and nothing mirrored is ever lost.
 
-mod helpers;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use helpers::*;
+use crate::helpers::*;
 use lms_sync::config::AccountSettings;
 use lms_sync::devkit::simulator::Fault;
 use lms_sync::domain::{ErrorKind, Outcome, RunCounts};

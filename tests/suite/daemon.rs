@@ -2,12 +2,10 @@
 //! and the operations endpoints. Synchronization is by events (progress hooks, channels), never
 //! by sleeping.
 
-mod helpers;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use helpers::*;
+use crate::helpers::*;
 use lms_sync::config::{AccountSettings, Settings};
 use lms_sync::devkit::simulator::{Fault, RateLimit, DEMO_TOKEN};
 use lms_sync::domain::RunCounts;

@@ -1,12 +1,10 @@
 //! PostgreSQL stopped and started again in the middle of a run. These tests restart the server,
 //! so each starts a private throwaway cluster instead of the shared one.
 
-mod helpers;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use helpers::*;
+use crate::helpers::*;
 use lms_sync::config::AccountSettings;
 use lms_sync::devkit::pg::TempPostgres;
 use lms_sync::domain::{Outcome, RunCounts};

@@ -2,14 +2,12 @@
 //! restarted, and two replicas sharing one database. Progress is read from the JSON log lines
 //! the processes write, so the tests wait on events, not on time.
 
-mod helpers;
-
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use helpers::daemon::*;
-use helpers::*;
+use crate::helpers::daemon::*;
+use crate::helpers::*;
 use lms_sync::devkit::simulator::Simulator;
 use tokio::process::Command;
 use uuid::Uuid;

@@ -1,9 +1,7 @@
 //! Hostile input: records and pages built to break parsers, PostgreSQL or assumptions. Each
 //! case ends with no crash, nothing mirrored lost, and a clear record of what was refused.
 
-mod helpers;
-
-use helpers::*;
+use crate::helpers::*;
 use lms_sync::devkit::simulator::Fault;
 use lms_sync::domain::{ErrorKind, Outcome};
 use lms_sync::sync::PassStatus;

@@ -3,13 +3,11 @@
 //! the mirror ends exact, nothing is duplicated or lost, and sync_runs / sync_state agree.
 //! The process is stopped at the exact point by a failpoint (src/failpoint.rs), then killed.
 
-mod helpers;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use helpers::*;
+use crate::helpers::*;
 use lms_sync::devkit::simulator::{Simulator, DEMO_TOKEN};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -1,12 +1,10 @@
 //! The binary's contract: commands, exit codes, config errors naming their key, the summary,
 //! `status`, and a token that never shows in any output.
 
-mod helpers;
-
 use std::path::PathBuf;
 use std::process::Output;
 
-use helpers::*;
+use crate::helpers::*;
 use lms_sync::devkit::simulator::{Fault, Simulator};
 use uuid::Uuid;
 

@@ -268,8 +268,8 @@ fn random_documents_and_env_never_panic_and_fail_on_one_line_naming_the_key() {
 #[test]
 fn mutated_shipped_configs_never_panic() {
     let sources = [
-        include_str!("../config/default.toml"),
-        include_str!("../config/demo.toml"),
+        include_str!("../../config/default.toml"),
+        include_str!("../../config/demo.toml"),
     ];
     let mut rng = fastrand::Rng::with_seed(0x00C0_FFEE);
     let alphabet = b"[]{}=\"'#.,\n 0123456789abcdefxyz_-:\\\t\xff";

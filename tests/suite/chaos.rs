@@ -1,13 +1,11 @@
 //! Faults and upstream changes under way: the mirror still ends exact, and no live user is ever
 //! marked deleted by mistake.
 
-mod helpers;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use helpers::*;
+use crate::helpers::*;
 use lms_sync::config::AccountSettings;
 use lms_sync::devkit::simulator::Simulator;
 use lms_sync::domain::RunCounts;

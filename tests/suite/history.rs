@@ -1,11 +1,9 @@
 //! The change history: one row per applied change, none for unchanged users, a point-in-time
 //! reconstruction that equals the mirror as it was, and retention.
 
-mod helpers;
-
 use std::collections::BTreeMap;
 
-use helpers::*;
+use crate::helpers::*;
 use lms_sync::domain::Outcome;
 use lms_sync::sync::PassStatus;
 use serde_json::{json, Value};

@@ -5,12 +5,10 @@
 //!
 //! `LMS_SYNC_SOAK_ROUNDS` sets the rounds (default 12; the README's full run uses 300).
 
-mod helpers;
-
 use std::collections::{BTreeMap, HashMap};
 
-use helpers::daemon::*;
-use helpers::*;
+use crate::helpers::daemon::*;
+use crate::helpers::*;
 use lms_sync::devkit::simulator::Simulator;
 use serde_json::json;
 use uuid::Uuid;

@@ -1,0 +1,165 @@
+//! One request with everything around it: a slot from the request budget, metrics, pauses
+//! after 429s, and retries with backoff for what [`SourceError::is_retryable`] says.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{Failed, SourceError, TrutoClient};
+use crate::config::AccountSettings;
+
+/// A request's result and what it cost.
+pub(super) struct Attempted<T> {
+    pub value: T,
+    pub requests: u32,
+    pub rate_limited: u32,
+    pub budget_wait: Duration,
+}
+
+/// The vendor's `ratelimit-remaining` and `ratelimit-reset` on an answer, when it gave them.
+pub(super) type Remaining = Option<(u64, Duration)>;
+
+/// What one request of a retried series has cost so far.
+#[derive(Default)]
+struct Tally {
+    attempts: u32,
+    rate_limited: u32,
+    waited: Duration,
+    budget_wait: Duration,
+}
+
+impl TrutoClient {
+    /// One request with the budget, metrics, 429 pauses and retries around it. `once` makes
+    /// the request and also returns the vendor's `ratelimit-remaining` when it gave one.
+    pub(super) async fn with_retries<T, F, Fut>(
+        &self,
+        account: &AccountSettings,
+        what: &'static str,
+        cancel: &CancellationToken,
+        mut once: F,
+    ) -> Result<Attempted<T>, Failed>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(T, Remaining), SourceError>>,
+    {
+        let id = account.integrated_account_id;
+        let mut t = Tally::default();
+        loop {
+            t.attempts += 1;
+            let Some(slot) = self.take_slot(id, cancel, &mut t).await else {
+                // (This attempt's request was never sent.)
+                return Err(Failed::new(SourceError::Cancelled, t.attempts - 1));
+            };
+            let result = tokio::select! {
+                r = once() => r,
+                _ = cancel.cancelled() => return Err(Failed::new(SourceError::Cancelled, t.attempts)),
+            };
+            if let (Some(budget), Some(taken)) = (&self.budget, slot) {
+                budget.settle(id, taken, Instant::now());
+            }
+            self.count_request(&result);
+            let err = match result {
+                Ok((value, remaining)) => {
+                    if let (Some(budget), Some((remaining, reset))) = (&self.budget, remaining) {
+                        budget.observe_remaining(id, remaining, reset, Instant::now());
+                    }
+                    return Ok(Attempted {
+                        value,
+                        requests: t.attempts,
+                        rate_limited: t.rate_limited,
+                        budget_wait: t.budget_wait,
+                    });
+                }
+                Err(e) => e,
+            };
+            let (wait, err) = self.retry_wait(id, err, &mut t)?;
+            tracing::warn!(
+                account = %id,
+                attempt = t.attempts,
+                wait_ms = wait.as_millis() as u64,
+                error = %err,
+                "retrying {what} request"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => return Err(Failed::new(SourceError::Cancelled, t.attempts)),
+            }
+            t.waited += wait;
+        }
+    }
+
+    /// Waits for a slot of the request budget (when pacing is on). `None` when cancelled
+    /// first; `Some(None)` when there is no budget.
+    async fn take_slot(
+        &self,
+        id: Uuid,
+        cancel: &CancellationToken,
+        t: &mut Tally,
+    ) -> Option<Option<Instant>> {
+        let Some(budget) = &self.budget else {
+            return Some(None);
+        };
+        let (taken, waited) = tokio::select! {
+            w = budget.acquire(id) => w,
+            _ = cancel.cancelled() => return None,
+        };
+        t.budget_wait += waited;
+        if let Some(m) = &self.metrics {
+            m.add(
+                "lms_sync_rate_budget_wait_seconds_total",
+                &[("account", &id.to_string())],
+                waited.as_secs_f64(),
+            );
+        }
+        Some(Some(taken))
+    }
+
+    fn count_request<T>(&self, result: &Result<T, SourceError>) {
+        let Some(m) = &self.metrics else { return };
+        let status = match result {
+            Ok(_) => "200".to_string(),
+            Err(SourceError::Status { status, .. }) => status.to_string(),
+            Err(e) => e.kind().as_str().to_string(),
+        };
+        m.inc("lms_sync_http_requests_total", &[("status", &status)]);
+    }
+
+    /// After a failed attempt: how long to wait before the next, or the failure to return
+    /// (not retryable, or out of attempts or time). A 429 with a hint pauses the account.
+    fn retry_wait(
+        &self,
+        id: Uuid,
+        err: SourceError,
+        t: &mut Tally,
+    ) -> Result<(Duration, SourceError), Failed> {
+        let label = id.to_string();
+        if err.status() == Some(429) {
+            t.rate_limited += 1;
+            if let Some(m) = &self.metrics {
+                m.inc("lms_sync_rate_limited_total", &[("account", &label)]);
+            }
+            if let (Some(budget), Some(hint)) = (&self.budget, err.retry_hint()) {
+                budget.pause(id, hint, Instant::now());
+            }
+        }
+        if !err.is_retryable() {
+            return Err(Failed::new(err, t.attempts));
+        }
+        let Some(wait) =
+            self.backoff
+                .next_wait(t.attempts, t.waited, err.retry_hint(), fastrand::f64())
+        else {
+            let attempts = t.attempts;
+            let last = Box::new(err);
+            return Err(Failed::new(
+                SourceError::Exhausted { attempts, last },
+                attempts,
+            ));
+        };
+        if let Some(m) = &self.metrics {
+            m.inc("lms_sync_retries_total", &[("account", &label)]);
+        }
+        Ok((wait, err))
+    }
+}

@@ -1,0 +1,17 @@
+//! The integration tests, in one binary so that they link once: each module is one suite
+//! (see the README's Development section), sharing the harness in `helpers`.
+
+mod helpers;
+
+mod chaos;
+mod cli;
+mod config_fuzz;
+mod daemon;
+mod history;
+mod hostile;
+mod hydration;
+mod kill_matrix;
+mod pg_restart;
+mod process;
+mod soak;
+mod sync;
