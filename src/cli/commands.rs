@@ -15,8 +15,17 @@ use crate::source::TrutoClient;
 use crate::store::Store;
 use crate::sync::{sync_accounts, Progress, SyncOptions, SyncOutcome};
 
-/// Connects and applies migrations.
-pub async fn open_store(settings: &Settings) -> Result<Store, CliError> {
+/// What a command does to the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Writes: applies pending migrations first, unless `database.migrate` is off.
+    Write,
+    /// Only reads (`status`): never runs DDL, only checks the schema is ready.
+    Read,
+}
+
+/// Connects, and applies migrations or checks them (see [`Access`]).
+pub async fn open_store(settings: &Settings, access: Access) -> Result<Store, CliError> {
     let url = settings.database_url()?;
     let store = Store::connect(url, &settings.database)
         .await
@@ -24,10 +33,18 @@ pub async fn open_store(settings: &Settings) -> Result<Store, CliError> {
             context: "cannot connect to the database",
             error,
         })?;
-    store.migrate().await.map_err(|error| CliError::Store {
-        context: "cannot apply migrations",
-        error,
-    })?;
+    let migrate = access == Access::Write && settings.database.migrate;
+    store
+        .prepare(migrate)
+        .await
+        .map_err(|error| CliError::Store {
+            context: if migrate {
+                "cannot apply migrations"
+            } else {
+                "the database is not ready"
+            },
+            error,
+        })?;
     Ok(store)
 }
 
@@ -46,7 +63,7 @@ pub async fn sync(settings: Settings, account: Option<Uuid>) -> Result<(), CliEr
         },
     };
     let source = TrutoClient::from_settings(&settings, &token)?;
-    let store = open_store(&settings).await?;
+    let store = open_store(&settings, Access::Write).await?;
     let cancel = crate::service::shutdown_on_signals();
     let progress: Arc<dyn Progress> = Arc::from(super::progress::for_mode(
         settings.sync.progress,
@@ -103,8 +120,11 @@ pub async fn healthcheck(url: &str) -> Result<(), CliError> {
 
 /// `migrate`: apply the migrations, then exit.
 pub async fn migrate(settings: Settings) -> Result<(), CliError> {
+    let mut settings = settings;
+    // `migrate` is the one command that always migrates (--no-migrate aside).
+    settings.database.migrate = true;
     settings.database_url()?;
-    let store = open_store(&settings).await?;
+    let store = open_store(&settings, Access::Write).await?;
     println!("migrations applied to schema {}", store.schema());
     Ok(())
 }
@@ -112,7 +132,7 @@ pub async fn migrate(settings: Settings) -> Result<(), CliError> {
 /// `status`: each account's sync state.
 pub async fn status(settings: Settings) -> Result<(), CliError> {
     settings.database_url()?;
-    let store = open_store(&settings).await?;
+    let store = open_store(&settings, Access::Read).await?;
     let configured: Vec<(Uuid, Option<String>)> = settings
         .accounts
         .iter()

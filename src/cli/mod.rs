@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
-pub use commands::open_store;
+pub use commands::{open_store, Access};
 pub use exit::{CliError, EXIT_CONFIG, EXIT_FAILED, EXIT_OK};
 
 use crate::config::Settings;
@@ -31,6 +31,10 @@ pub struct Cli {
     /// Config file (TOML). Without it, config/default.toml is read when present.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Never create the schema or apply migrations; only check that they are applied (for a
+    /// role with DML rights only). The same as `database.migrate = false`.
+    #[arg(long, global = true)]
+    pub no_migrate: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -62,10 +66,13 @@ pub enum Command {
 
 /// Runs the CLI to completion and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    let settings = match Settings::load(cli.config.as_deref()) {
+    let mut settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => return ExitCode::from(exit::finish(Err(e.into()))),
     };
+    if cli.no_migrate {
+        settings.database.migrate = false;
+    }
     telemetry::init(&settings.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

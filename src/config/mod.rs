@@ -108,6 +108,12 @@ pub struct HistorySettings {
     pub enabled: bool,
     /// Delete history older than this many days after each run; 0 keeps it forever.
     pub retention_days: u32,
+    /// Delete an account's finished runs (`sync_runs`) older than this many days after each
+    /// of its runs (its latest run always stays); 0 keeps them forever.
+    pub sync_runs_retention_days: u32,
+    /// Delete an account's rejected records not refused again for this many days; 0 keeps
+    /// them forever.
+    pub rejected_records_retention_days: u32,
 }
 
 impl Default for HistorySettings {
@@ -115,6 +121,8 @@ impl Default for HistorySettings {
         Self {
             enabled: true,
             retention_days: 0,
+            sync_runs_retention_days: 90,
+            rejected_records_retention_days: 90,
         }
     }
 }
@@ -276,6 +284,9 @@ pub struct DatabaseSettings {
     pub schema: String,
     pub max_connections: u32,
     pub connect_timeout_secs: u64,
+    /// Create the schema and apply pending migrations at start (needs a role that owns the
+    /// schema). Off: only check that `lms-sync migrate` has applied them (DML rights suffice).
+    pub migrate: bool,
 }
 
 impl Default for DatabaseSettings {
@@ -285,6 +296,7 @@ impl Default for DatabaseSettings {
             schema: "lms".into(),
             max_connections: 10,
             connect_timeout_secs: 10,
+            migrate: true,
         }
     }
 }
@@ -609,11 +621,23 @@ impl Settings {
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(key_error("log.level", "not a valid level or filter"));
         }
-        if self.history.retention_days > 100_000 {
-            return Err(key_error(
-                "history.retention_days",
-                "must be at most 100000 (0 keeps history forever)",
-            ));
+        for (key, days) in [
+            ("history.retention_days", self.history.retention_days),
+            (
+                "history.sync_runs_retention_days",
+                self.history.sync_runs_retention_days,
+            ),
+            (
+                "history.rejected_records_retention_days",
+                self.history.rejected_records_retention_days,
+            ),
+        ] {
+            if days > 100_000 {
+                return Err(key_error(
+                    key,
+                    "must be at most 100000 (0 keeps them forever)",
+                ));
+            }
         }
         if self.rate_budget.per_account == 0 {
             return Err(key_error("rate_budget.per_account", "must be at least 1"));

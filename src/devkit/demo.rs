@@ -100,7 +100,7 @@ async fn run_inner(mut settings: Settings, n_accounts: u32, users: usize) -> any
         settings.database.url = Some(pg.url_secret("lms_demo"));
         cluster = Some(pg);
     }
-    let store = crate::cli::open_store(&settings)
+    let store = crate::cli::open_store(&settings, crate::cli::Access::Write)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let source = TrutoClient::from_settings(&settings, &token)?;

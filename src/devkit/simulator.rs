@@ -557,13 +557,13 @@ pub fn generate_user(seed: u64, i: usize, count: usize) -> Value {
     u.insert("status".into(), json!(status));
     let mut emails =
         vec![json!({"email": format!("{login}@acme.example"), "is_primary": true, "type": "work"})];
-    if r % 3 == 0 {
+    if r.is_multiple_of(3) {
         emails.push(json!({"email": format!("{}{}@mail.example", ascii_slug(&first), i + 1), "is_primary": false, "type": "personal"}));
     }
-    if r % 11 == 0 {
+    if r.is_multiple_of(11) {
         emails.push(json!({"email": format!("{login}+alt@acme.example"), "is_primary": false, "type": null}));
     }
-    if r % 17 == 0 {
+    if r.is_multiple_of(17) {
         u.insert("emails".into(), json!([]));
     } else {
         u.insert("emails".into(), Value::Array(emails));
@@ -579,7 +579,7 @@ pub fn generate_user(seed: u64, i: usize, count: usize) -> Value {
         ]),
         _ => Value::Null,
     };
-    if !phones.is_null() || r % 2 == 0 {
+    if !phones.is_null() || r.is_multiple_of(2) {
         u.insert("phones".into(), phones);
     }
     // Managers: mostly a user some 150 places later (a later page), sometimes someone outside
@@ -598,7 +598,7 @@ pub fn generate_user(seed: u64, i: usize, count: usize) -> Value {
         _ => Value::Null,
     };
     u.insert("manager".into(), manager);
-    if r % 5 != 0 {
+    if !r.is_multiple_of(5) {
         let d = pick(DEPARTMENTS, r >> 24);
         u.insert(
             "organization".into(),
@@ -610,7 +610,7 @@ pub fn generate_user(seed: u64, i: usize, count: usize) -> Value {
         json!({
             "department": pick(DEPARTMENTS, r >> 28),
             "level": (r >> 36) % 10,
-            "certified": r % 2 == 0,
+            "certified": r.is_multiple_of(2),
             "tags": [pick(&["onboarding", "safety", "sales-2025", "ökonomie"], r >> 40)],
             "profile": {"bio": format!("Bio of {first} — «learner» #{}", i + 1), "skills": {"primary": pick(TITLES, r >> 44)}}
         }),
@@ -634,7 +634,7 @@ pub fn generate_user(seed: u64, i: usize, count: usize) -> Value {
             "avatar": format!("https://acme.example/avatars/{}.png", i + 1),
         }),
     );
-    if r % 13 == 0 {
+    if r.is_multiple_of(13) {
         // A field the unified model does not have (yet): schema drift, kept in `extra`.
         u.insert(
             "hire_date".into(),

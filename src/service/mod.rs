@@ -30,6 +30,41 @@ use crate::source::TrutoClient;
 use crate::store::Store;
 use crate::sync::{NoProgress, Progress, SyncOptions};
 
+/// Whether the scheduler is working: it ticks at every round (at least every
+/// [`scheduler::RESCAN`]); `/readyz` answers ready only while the last tick is recent.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// Unix milliseconds of the last round; 0 before the first and after the loop stopped.
+    last_tick_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Readiness {
+    fn tick(&self) {
+        self.last_tick_ms.store(
+            chrono::Utc::now().timestamp_millis(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn stopped(&self) {
+        self.last_tick_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Why the scheduler is not working, if it is not.
+    pub fn not_working(&self) -> Option<&'static str> {
+        let last = self.last_tick_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let stale = 3 * scheduler::RESCAN.as_millis() as i64;
+        if last == 0 {
+            Some("the scheduler is not running (waiting for the database, or stopping)")
+        } else if chrono::Utc::now().timestamp_millis() - last > stale {
+            Some("the scheduler has not completed a round for over 90 s")
+        } else {
+            None
+        }
+    }
+}
+
 /// What a caller (the tests) may hand the daemon instead of its defaults.
 #[derive(Default)]
 pub struct Hooks {
@@ -68,6 +103,7 @@ pub async fn run_with(
     let mut opts = SyncOptions::from_settings(&settings);
     opts.metrics = Some(metrics.clone());
 
+    let ready = Arc::new(Readiness::default());
     let listener = match hooks.listener {
         Some(l) => Some(l),
         None if settings.server.listen.is_empty() => None,
@@ -86,6 +122,7 @@ pub async fn run_with(
             listener,
             store.clone(),
             metrics.clone(),
+            ready.clone(),
             root.clone(),
         )))
     } else {
@@ -94,32 +131,40 @@ pub async fn run_with(
 
     tokio::pin!(shutdown);
     let stopped = root.clone();
-    let scheduler = scheduler::run(
-        settings.clone(),
-        store.clone(),
+    let scheduler = scheduler::run(scheduler::Parts {
+        settings: settings.clone(),
+        store: store.clone(),
         source,
         opts,
         metrics,
         progress,
-        root.clone(),
-    );
+        root: root.clone(),
+        ready,
+    });
     tokio::pin!(scheduler);
-    tokio::select! {
+    let mut ended = tokio::select! {
         _ = &mut shutdown => {
             tracing::warn!("shutdown requested: no new runs; waiting for pages in flight");
             stopped.cancel();
+            None
         }
-        _ = &mut scheduler => {}
+        r = &mut scheduler => Some(r),
+    };
+    if ended.is_none() {
+        let grace = Duration::from_secs(settings.sync.shutdown_grace_secs);
+        match tokio::time::timeout(grace, &mut scheduler).await {
+            Ok(r) => ended = Some(r),
+            Err(_) => tracing::error!(grace_secs = grace.as_secs(), "runs did not stop within the grace period; exiting anyway (uncommitted pages are rolled back and redone next time)"),
+        }
     }
-    let grace = Duration::from_secs(settings.sync.shutdown_grace_secs);
-    if tokio::time::timeout(grace, &mut scheduler).await.is_err() {
-        tracing::error!(grace_secs = grace.as_secs(), "runs did not stop within the grace period; exiting anyway (uncommitted pages are rolled back and redone next time)");
-    }
+    root.cancel();
     if let Some(s) = server {
         s.abort();
     }
     store.pool().close().await;
     tracing::info!("stopped");
+    // The scheduler stops on its own only for what no retry can fix (an incompatible schema).
+    ended.unwrap_or(Ok(()))?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! The operations HTTP server of `lms-sync run`: `/healthz` (the process is alive), `/readyz`
-//! (the database answers and every migration is applied), `/metrics` (Prometheus text).
+//! (the scheduler is working, the database answers and the schema is ready), `/metrics`
+//! (Prometheus text).
 //!
 //! Routing and HTTP are axum on hyper. The port may face a busy network, so no client can hold
 //! a task for long: request heads must arrive within [`HEAD_TIMEOUT`], a handler (body included)
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use super::Readiness;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -45,10 +47,11 @@ const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 struct Ops {
     store: Store,
     metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
 }
 
 /// The routes, with their limits.
-fn router(store: Store, metrics: Arc<Metrics>) -> Router {
+fn router(ops: Ops) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -59,7 +62,7 @@ fn router(store: Store, metrics: Arc<Metrics>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             HANDLER_TIMEOUT,
         ))
-        .with_state(Ops { store, metrics })
+        .with_state(ops)
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
@@ -71,6 +74,12 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(ops): State<Ops>) -> Response {
+    if let Some(why) = ops.ready.not_working() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        );
+    }
     match tokio::time::timeout(READY_TIMEOUT, ops.store.migrations_applied()).await {
         Ok(Ok(true)) => text(StatusCode::OK, "ready\n"),
         Ok(Ok(false)) => text(
@@ -103,9 +112,14 @@ pub async fn serve(
     listener: TcpListener,
     store: Store,
     metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
     cancel: CancellationToken,
 ) {
-    let app = router(store, metrics);
+    let app = router(Ops {
+        store,
+        metrics,
+        ready,
+    });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {

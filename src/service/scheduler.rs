@@ -19,12 +19,14 @@ use crate::domain::Health;
 use crate::metrics::Metrics;
 use crate::schedule::{next_run, RunHistory};
 use crate::source::TrutoClient;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::sync::{sync_account, PassStatus, Progress, SyncOptions};
+
+use super::Readiness;
 
 /// How often the scheduler re-reads run history even when nothing is due (so that it notices
 /// what other replicas did).
-const RESCAN: Duration = Duration::from_secs(30);
+pub(super) const RESCAN: Duration = Duration::from_secs(30);
 
 /// What the loop holds between its rounds.
 struct Scheduler {
@@ -43,18 +45,35 @@ struct Scheduler {
     done_tx: mpsc::UnboundedSender<(Uuid, PassStatus)>,
 }
 
-/// Runs the loop until `root` is cancelled, then waits for the runs in flight.
-pub(super) async fn run(
-    settings: Settings,
-    store: Store,
-    source: TrutoClient,
-    opts: SyncOptions,
-    metrics: Arc<Metrics>,
-    progress: Arc<dyn Progress>,
-    root: CancellationToken,
-) {
-    if !wait_for_database(&store, &root).await {
-        return;
+/// What the loop is given to work with.
+pub(super) struct Parts {
+    pub settings: Settings,
+    pub store: Store,
+    pub source: TrutoClient,
+    pub opts: SyncOptions,
+    pub metrics: Arc<Metrics>,
+    pub progress: Arc<dyn Progress>,
+    /// Cancelled on shutdown; each run gets a child of it.
+    pub root: CancellationToken,
+    /// Ticked at every round, for `/readyz`.
+    pub ready: Arc<Readiness>,
+}
+
+/// Runs the loop until `root` is cancelled, then waits for the runs in flight. Ends early only
+/// for what no retry can fix (a schema migrated by an incompatible newer version).
+pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
+    let Parts {
+        settings,
+        store,
+        source,
+        opts,
+        metrics,
+        progress,
+        root,
+        ready,
+    } = parts;
+    if !wait_for_database(&store, settings.database.migrate, &root).await? {
+        return Ok(());
     }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut s = Scheduler {
@@ -72,6 +91,7 @@ pub(super) async fn run(
         done_tx,
     };
     while !s.root.is_cancelled() {
+        ready.tick();
         let histories = match s.store.run_histories().await {
             Ok(h) => h,
             Err(e) => {
@@ -90,8 +110,10 @@ pub(super) async fn run(
             _ = s.root.cancelled() => {}
         }
     }
+    ready.stopped();
     s.tracker.close();
     s.tracker.wait().await;
+    Ok(())
 }
 
 impl Scheduler {
@@ -187,8 +209,14 @@ impl Scheduler {
     }
 }
 
-/// Waits until the database is reachable and migrated, logging each failed attempt.
-async fn wait_for_database(store: &Store, cancel: &CancellationToken) -> bool {
+/// Waits until the database is reachable and its schema ready (migrated here when `migrate`),
+/// logging each failed attempt. A schema migrated by a newer, incompatible version is not
+/// waited for: nothing this process can do fixes it, so it stops with the error.
+async fn wait_for_database(
+    store: &Store,
+    migrate: bool,
+    cancel: &CancellationToken,
+) -> Result<bool, StoreError> {
     let policy = Backoff {
         initial: Duration::from_secs(1),
         max: Duration::from_secs(30),
@@ -197,18 +225,19 @@ async fn wait_for_database(store: &Store, cancel: &CancellationToken) -> bool {
     };
     let mut attempt = 0;
     loop {
-        match store.migrate().await {
+        match store.prepare(migrate).await {
             Ok(()) => {
                 tracing::info!("database reachable; migrations applied");
-                return true;
+                return Ok(true);
             }
+            Err(e @ StoreError::Incompatible(_)) => return Err(e),
             Err(e) => {
                 let wait = policy.delay(attempt, fastrand::f64());
                 attempt += 1;
                 tracing::error!(error = %e, retry_in_secs = wait.as_secs_f64(), "database not ready; waiting");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = cancel.cancelled() => return false,
+                    _ = cancel.cancelled() => return Ok(false),
                 }
             }
         }

@@ -4,34 +4,8 @@
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::StoreError;
 use crate::model::UserRecord;
-
-impl Store {
-    /// Deletes the account's change history older than `days` days, in batches (each its own
-    /// transaction, so a long prune never holds locks for long). Returns the rows deleted.
-    pub async fn prune_history(&self, account: Uuid, days: u32) -> Result<u64, StoreError> {
-        let mut total = 0;
-        loop {
-            let n = sqlx::query(
-                "DELETE FROM user_changes WHERE change_id IN (
-                     SELECT change_id FROM user_changes
-                      WHERE integrated_account_id = $1
-                        AND changed_at < now() - make_interval(days => $2)
-                      LIMIT 10000)",
-            )
-            .bind(account)
-            .bind(days as i32)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            total += n;
-            if n < 10_000 {
-                return Ok(total);
-            }
-        }
-    }
-}
 
 /// The users' states (`user_snapshots.state`) as JSON text: (ids, states).
 pub(super) async fn snapshots(

@@ -12,8 +12,10 @@ mod copy;
 mod history;
 mod hydration;
 mod lease;
+mod maintenance;
 mod pages;
 mod runs;
+mod schema;
 mod status;
 mod sweep;
 mod users;
@@ -28,15 +30,14 @@ pub use copy::CopyRows;
 pub use lease::Lease;
 pub use pages::{Gate, PageResult, PageWrite};
 pub use runs::{RunEnd, RunStart};
+pub use schema::{SchemaState, MIGRATOR};
 pub use status::StatusRow;
 pub use sweep::Vanished;
 
 use crate::config::{validate_schema_name, DatabaseSettings};
-use crate::domain::{BoxFuture, Health, Outcome};
+use crate::domain::{Health, Outcome};
 
 type Ts = chrono::DateTime<chrono::Utc>;
-
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,6 +50,13 @@ pub enum StoreError {
     /// The run's position in the database is not where this process left it.
     #[error("the database no longer holds this run's last committed page (it lost committed transactions, e.g. in a crash with synchronous_commit=off, or another process took the account over); the run stopped, and the next run resumes from the database's cursor")]
     Diverged,
+    /// The database has migrations this binary does not know and that are not marked
+    /// compatible with it: a newer version migrated it.
+    #[error("the database schema was migrated by a newer lms-sync (migrations {}), which this version cannot run against; run the newer version, or restore a backup taken before the upgrade", .0.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "))]
+    Incompatible(Vec<i64>),
+    /// Migrations are pending and this process may not apply them.
+    #[error("the database schema is not up to date (pending migrations {}); run `lms-sync migrate` with a role that owns the schema", .0.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "))]
+    NotMigrated(Vec<i64>),
     /// A state column holds text this version does not know (written by hand, or by a newer
     /// version).
     #[error("the database holds an unknown {0} {1:?}")]
@@ -157,45 +165,6 @@ impl Store {
 
     pub fn schema(&self) -> &str {
         &self.schema
-    }
-
-    /// Creates the schema when missing and applies pending migrations. Safe to run from several
-    /// processes at once: sqlx serializes migrations with an advisory lock.
-    ///
-    /// Boxed as `Send` on purpose: it lets callers hold this future inside spawned tasks
-    /// (rustc cannot prove sqlx's migrator future `Send` through an `async fn` otherwise).
-    pub fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(self.migrate_inner())
-    }
-
-    async fn migrate_inner(&self) -> Result<(), StoreError> {
-        // IMPORTANT: the schema name is spliced into SQL; validate_schema_name() allows only
-        // [a-z_][a-z0-9_]*, and it is quoted besides.
-        let create = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
-        if let Err(e) = sqlx::query(&create).execute(&self.pool).await {
-            // Two processes creating it at once: one loses with a unique violation; fine.
-            let raced = matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") || d.code().as_deref() == Some("42P06"));
-            if !raced {
-                return Err(e.into());
-            }
-        }
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
-    }
-
-    /// True when every migration this binary knows is applied.
-    pub async fn migrations_applied(&self) -> Result<bool, StoreError> {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-            .fetch_one(&self.pool)
-            .await?;
-        if !exists {
-            return Ok(false);
-        }
-        let applied: Vec<i64> =
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
     }
 
     /// Whether a pooled connection is free right now: idle, or not opened yet.

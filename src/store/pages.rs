@@ -113,10 +113,19 @@ async fn insert_rejected(
         .map(|r| r.reason.replace('\0', "\\u0000"))
         .collect();
     let raws: Vec<&str> = rejected.iter().map(|r| r.raw.as_str()).collect();
+    // The same record refused again for the same reason updates its row (one row per
+    // distinct bad record); duplicates within the batch are folded first.
     sqlx::query(
-        "INSERT INTO rejected_records (integrated_account_id, run_id, user_id, reason, raw)
-         SELECT $1, $2, t.user_id, t.reason, t.raw
-           FROM unnest($3::text[], $4::text[], $5::text[]) AS t(user_id, reason, raw)",
+        "INSERT INTO rejected_records AS r (integrated_account_id, run_id, last_run_id, user_id,
+                                            reason, raw, record_hash, rejections)
+         SELECT $1, $2, $2, t.user_id, t.reason, t.raw,
+                decode(md5(t.reason || chr(31) || t.raw), 'hex'), count(*)
+           FROM unnest($3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS t(user_id, reason, raw, n)
+          GROUP BY t.user_id, t.reason, t.raw
+          ORDER BY min(t.n)
+         ON CONFLICT (integrated_account_id, record_hash) DO UPDATE
+            SET rejections = r.rejections + excluded.rejections, last_run_id = excluded.last_run_id,
+                last_rejected_at = now()",
     )
     .bind(account)
     .bind(run_id)

@@ -57,6 +57,16 @@ impl Store {
         .bind(label)
         .execute(&mut *tx)
         .await?;
+        // The account registry: a configured account is registered when it is first synced.
+        sqlx::query(
+            "INSERT INTO accounts (integrated_account_id, label) VALUES ($1, $2)
+             ON CONFLICT (integrated_account_id) DO UPDATE
+                SET label = coalesce(excluded.label, accounts.label), last_seen_at = now()",
+        )
+        .bind(account)
+        .bind(label)
+        .execute(&mut *tx)
+        .await?;
         let cursor: Option<String> = sqlx::query_scalar(
             "SELECT cursor FROM sync_state WHERE integrated_account_id = $1 FOR UPDATE",
         )

@@ -45,6 +45,10 @@ pub struct SyncOptions {
     pub history: bool,
     /// Prune the account's history older than this after each run; 0 keeps it.
     pub history_retention_days: u32,
+    /// Prune the account's finished runs older than this after each run; 0 keeps them.
+    pub sync_runs_retention_days: u32,
+    /// Prune the account's rejected records not refused again for this long; 0 keeps them.
+    pub rejected_records_retention_days: u32,
     /// Single-user GETs per run of a hydrating account (unless the account says otherwise).
     pub hydrate_max_per_run: u32,
 }
@@ -59,6 +63,8 @@ impl SyncOptions {
             metrics: None,
             history: s.history.enabled,
             history_retention_days: s.history.retention_days,
+            sync_runs_retention_days: s.history.sync_runs_retention_days,
+            rejected_records_retention_days: s.history.rejected_records_retention_days,
             hydrate_max_per_run: s.sync.hydrate_max_per_run,
         }
     }

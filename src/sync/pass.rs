@@ -49,7 +49,7 @@ pub(super) async fn run(
     out.error = end.error.clone();
     out.error_kind = end.error_kind;
     close_run(p, run_id, &end, out).await;
-    prune_history(p).await;
+    upkeep(p).await;
     out.elapsed = started.elapsed();
     log_summary(out);
     if let Some(m) = &p.opts.metrics {
@@ -180,17 +180,38 @@ async fn close_run(p: &Pass<'_>, run_id: i64, end: &RunEnd, out: &mut SyncOutcom
     }
 }
 
-/// Prunes the account's history past `history.retention_days` (when set).
-async fn prune_history(p: &Pass<'_>) {
-    let days = p.opts.history_retention_days;
-    if days == 0 {
-        return;
+/// After-run upkeep: the account's daily counts, and its tables pruned past their retention.
+/// Failures are logged and tried again after the next run; they never fail the run.
+async fn upkeep(p: &Pass<'_>) {
+    let id = p.id();
+    if let Err(e) = p.store.refresh_daily_counts(id).await {
+        tracing::warn!(error = %e, "could not update daily_user_counts; trying again after the next run");
     }
-    match p.store.prune_history(p.id(), days).await {
+    let o = p.opts;
+    if o.history_retention_days > 0 {
+        let days = o.history_retention_days;
+        pruned("user_changes", days, p.store.prune_history(id, days).await);
+    }
+    if o.sync_runs_retention_days > 0 {
+        let days = o.sync_runs_retention_days;
+        pruned("sync_runs", days, p.store.prune_runs(id, days).await);
+    }
+    if o.rejected_records_retention_days > 0 {
+        let days = o.rejected_records_retention_days;
+        pruned(
+            "rejected_records",
+            days,
+            p.store.prune_rejected(id, days).await,
+        );
+    }
+}
+
+fn pruned(table: &str, days: u32, result: Result<u64, crate::store::StoreError>) {
+    match result {
         Ok(0) => {}
-        Ok(n) => tracing::info!(rows = n, retention_days = days, "pruned old change history"),
+        Ok(n) => tracing::info!(table, rows = n, retention_days = days, "pruned old rows"),
         Err(e) => {
-            tracing::warn!(error = %e, "could not prune old change history; trying again after the next run")
+            tracing::warn!(table, error = %e, "could not prune old rows; trying again after the next run")
         }
     }
 }

@@ -39,7 +39,13 @@ const KEYS: &[(&str, &[&str])] = &[
     ),
     (
         "database",
-        &["url", "schema", "max_connections", "connect_timeout_secs"],
+        &[
+            "url",
+            "schema",
+            "max_connections",
+            "connect_timeout_secs",
+            "migrate",
+        ],
     ),
     (
         "sync",
@@ -72,7 +78,15 @@ const KEYS: &[(&str, &[&str])] = &[
         &["enabled", "per_account", "per_token", "window_secs"],
     ),
     ("server", &["listen"]),
-    ("history", &["enabled", "retention_days"]),
+    (
+        "history",
+        &[
+            "enabled",
+            "retention_days",
+            "sync_runs_retention_days",
+            "rejected_records_retention_days",
+        ],
+    ),
     ("log", &["format", "level"]),
 ];
 const ACCOUNT_KEYS: &[&str] = &[

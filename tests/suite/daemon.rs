@@ -366,6 +366,7 @@ async fn without_a_database_the_daemon_waits_reports_not_ready_and_still_stops_c
     assert_eq!(hs, 200);
     assert_eq!(rs, 503);
     assert!(rb.starts_with("not ready"), "{rb}");
+    assert!(rb.contains("scheduler is not running"), "{rb}");
     assert_eq!(env.sim.stats().requests, 0);
 }
 

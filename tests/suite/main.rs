@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod analysts;
 mod chaos;
 mod cli;
 mod config_fuzz;
@@ -15,3 +16,4 @@ mod pg_restart;
 mod process;
 mod soak;
 mod sync;
+mod upgrades;

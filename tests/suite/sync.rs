@@ -454,6 +454,19 @@ async fn undecodable_records_are_stored_as_rejected_while_the_rest_syncs() {
         .scalar_i64("SELECT rejected FROM sync_runs ORDER BY run_id DESC LIMIT 1")
         .await;
     assert_eq!(rejected_runs, 6);
+
+    // Refused again, the same records update their rows instead of adding new ones.
+    let again = env.sync(a).await;
+    assert_eq!(again.counts.rejected, 6);
+    let (rows, times, last_run): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), sum(rejections)::bigint, min(last_run_id) FROM rejected_records WHERE integrated_account_id = $1",
+    )
+    .bind(a)
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!((rows, times), (6, 12));
+    assert_eq!(Some(last_run), again.run_id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,85 @@
+//! After-run upkeep of one account's tables: the daily counts analysts trend on, and the
+//! bounded tables (`user_changes`, `sync_runs`, `rejected_records`) pruned by age.
+
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+
+/// Rows deleted per statement when pruning: each batch is its own short transaction.
+const PRUNE_BATCH: i64 = 10_000;
+
+impl Store {
+    /// Brings `daily_user_counts` up to date for the account (see the migration's
+    /// `refresh_daily_user_counts`). Returns the rows written.
+    pub async fn refresh_daily_counts(&self, account: Uuid) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT refresh_daily_user_counts($1)")
+            .bind(account)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Deletes the account's change history older than `days` days, in batches (each its own
+    /// transaction, so a long prune never holds locks for long). Returns the rows deleted.
+    pub async fn prune_history(&self, account: Uuid, days: u32) -> Result<u64, StoreError> {
+        self.prune(
+            "DELETE FROM user_changes WHERE change_id IN (
+                 SELECT change_id FROM user_changes
+                  WHERE integrated_account_id = $1
+                    AND changed_at < now() - make_interval(days => $2)
+                  LIMIT $3)",
+            account,
+            days,
+        )
+        .await
+    }
+
+    /// Deletes the account's finished runs that started more than `days` days ago, except its
+    /// latest run. Returns the rows deleted.
+    pub async fn prune_runs(&self, account: Uuid, days: u32) -> Result<u64, StoreError> {
+        self.prune(
+            "DELETE FROM sync_runs WHERE run_id IN (
+                 SELECT run_id FROM sync_runs r
+                  WHERE r.integrated_account_id = $1 AND r.outcome <> 'running'
+                    AND r.started_at < now() - make_interval(days => $2)
+                    AND r.run_id <> (SELECT max(run_id) FROM sync_runs l
+                                      WHERE l.integrated_account_id = $1)
+                  LIMIT $3)",
+            account,
+            days,
+        )
+        .await
+    }
+
+    /// Deletes the account's rejected records not refused again for `days` days.
+    pub async fn prune_rejected(&self, account: Uuid, days: u32) -> Result<u64, StoreError> {
+        self.prune(
+            "DELETE FROM rejected_records WHERE rejection_id IN (
+                 SELECT rejection_id FROM rejected_records
+                  WHERE integrated_account_id = $1
+                    AND last_rejected_at < now() - make_interval(days => $2)
+                  LIMIT $3)",
+            account,
+            days,
+        )
+        .await
+    }
+
+    /// Runs a batched DELETE (`$1` account, `$2` days, `$3` batch) until it deletes less than
+    /// a batch.
+    async fn prune(&self, sql: &'static str, account: Uuid, days: u32) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(sql)
+                .bind(account)
+                .bind(days as i32)
+                .bind(PRUNE_BATCH)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += n;
+            if n < PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! The mirror as analysts see it: every view shows every column it should, functions and views
+//! work from any search_path, the history can be queried field by field, daily counts agree
+//! with the point-in-time functions, bookkeeping tables stay bounded, and every SQL example in
+//! the docs runs.
+
+use std::collections::BTreeMap;
+
+use crate::helpers::*;
+use serde_json::json;
+use sqlx::{Connection, PgConnection, Row};
+use uuid::Uuid;
+
+/// The columns of a table or view in the mirror's schema, in order.
+async fn columns(env: &Env, relation: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns
+          WHERE table_schema = 'lms' AND table_name = $1 ORDER BY ordinal_position",
+    )
+    .bind(relation)
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap()
+}
+
+/// A session as an analyst opens it: the database's default search_path, not the mirror's.
+async fn analyst_session(env: &Env) -> PgConnection {
+    let mut conn = PgConnection::connect(&env.db_url).await.unwrap();
+    let path: String = sqlx::query_scalar("SHOW search_path")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(!path.contains("lms"), "{path}");
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_view_shows_every_column_it_should() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 20)]).await;
+    assert!(env.sync(a).await.succeeded());
+
+    let users = columns(&env, "users").await;
+    assert!(users.contains(&"extra".to_string()) && users.contains(&"hydrated_at".to_string()));
+    // live_users is users, row for row: the next column added to users must be added here too.
+    assert_eq!(columns(&env, "live_users").await, users);
+    // users_with_account: every column of users but the internal ones, plus the account's names.
+    let internal = [
+        "content_hash",
+        "listed_hash",
+        "hydrated_hash",
+        "hydrated_at",
+        "remote_data",
+        "last_changed_run_id",
+    ];
+    let with_account = columns(&env, "users_with_account").await;
+    for c in users.iter().filter(|c| !internal.contains(&c.as_str())) {
+        assert!(with_account.contains(c), "users_with_account lacks {c}");
+    }
+    for c in ["account_label", "tenant_id"] {
+        assert!(with_account.iter().any(|x| x == c), "{c}");
+    }
+    assert_eq!(
+        columns(&env, "user_field_changes").await,
+        [
+            "integrated_account_id",
+            "user_id",
+            "change_id",
+            "changed_at",
+            "kind",
+            "field",
+            "old_value",
+            "new_value"
+        ]
+    );
+    // Every view is one of these (a new one must be added here, with its own check).
+    let views: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.views WHERE table_schema = 'lms' ORDER BY 1",
+    )
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        views,
+        [
+            "live_users",
+            "user_field_changes",
+            "user_primary_email",
+            "user_snapshots",
+            "users_with_account",
+            "users_with_manager"
+        ]
+    );
+    // Every column of every table and view is documented (by name) in docs/schema.md.
+    let doc = include_str!("../../docs/schema.md");
+    let all: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns
+          WHERE table_schema = 'lms' AND table_name NOT LIKE '\\_sqlx%' ORDER BY 1, ordinal_position",
+    )
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    assert!(all.len() > 100, "{}", all.len());
+    for (table, column) in &all {
+        assert!(
+            doc.contains(&format!("`{column}`")) || doc.contains(&format!("`{table}.{column}`")),
+            "{table}.{column} is not documented in docs/schema.md"
+        );
+    }
+    // The account registry knows the synced account, with its label.
+    let (source, label): (String, Option<String>) =
+        sqlx::query_as("SELECT source, label FROM accounts WHERE integrated_account_id = $1")
+            .bind(a)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!((source.as_str(), label), ("config", None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_and_views_work_from_any_search_path_and_history_reads_field_by_field() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 30)]).await;
+    assert!(env.sync(a).await.succeeded());
+    env.sim.update_user(
+        a,
+        "4",
+        json!({"job_title": "Head of Learning", "status": "inactive"}),
+    );
+    assert!(env.sync(a).await.succeeded());
+    let mut s = analyst_session(&env).await;
+
+    let at: i64 = sqlx::query_scalar("SELECT count(*) FROM lms.users_at($1, now())")
+        .bind(a)
+        .fetch_one(&mut s)
+        .await
+        .unwrap();
+    assert_eq!(at, 30);
+    let state: serde_json::Value = sqlx::query_scalar("SELECT lms.user_state_at($1, '4', now())")
+        .bind(a)
+        .fetch_one(&mut s)
+        .await
+        .unwrap();
+    assert_eq!(state["job_title"], "Head of Learning");
+    let extra: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM lms.live_users WHERE extra IS NULL OR extra->>'hire_date' IS NULL",
+    )
+    .fetch_one(&mut s)
+    .await
+    .unwrap();
+    assert_eq!(extra, 30);
+    let rows = sqlx::query(
+        "SELECT field, old_value, new_value, kind FROM lms.user_field_changes
+          WHERE integrated_account_id = $1 AND user_id = '4' ORDER BY field",
+    )
+    .bind(a)
+    .fetch_all(&mut s)
+    .await
+    .unwrap();
+    let fields: Vec<(String, serde_json::Value, String)> = rows
+        .iter()
+        .map(|r| (r.get("field"), r.get("new_value"), r.get("kind")))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            (
+                "job_title".to_string(),
+                json!("Head of Learning"),
+                "update".to_string()
+            ),
+            (
+                "status".to_string(),
+                json!("inactive"),
+                "update".to_string()
+            ),
+        ]
+    );
+    let refreshed: i64 = sqlx::query_scalar("SELECT lms.refresh_daily_user_counts($1)")
+        .bind(a)
+        .fetch_one(&mut s)
+        .await
+        .unwrap();
+    assert!(refreshed >= 1);
+    // The queries the docs promise are served by indexes, not scans of the whole history.
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'lms' AND tablename = 'user_changes' ORDER BY 1",
+    )
+    .fetch_all(&mut s)
+    .await
+    .unwrap();
+    for i in ["user_changes_by_account_time", "user_changes_fields"] {
+        assert!(indexes.iter().any(|x| x == i), "{i} in {indexes:?}");
+    }
+}
+
+/// Live users per status of the account on `day` according to `users_at` at the day's end.
+async fn counts_at_end_of(env: &Env, a: Uuid, day: chrono::NaiveDate) -> BTreeMap<String, i64> {
+    sqlx::query_as::<_, (Option<String>, i64)>(
+        "SELECT state->>'status', count(*) FROM users_at($1, ($2::date + 1)::timestamp AT TIME ZONE 'UTC')
+          WHERE state->>'deleted_at' IS NULL GROUP BY 1",
+    )
+    .bind(a)
+    .bind(day)
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(s, n)| (s.unwrap_or_default(), n))
+    .collect()
+}
+
+async fn daily_counts(env: &Env, a: Uuid, day: chrono::NaiveDate) -> BTreeMap<String, i64> {
+    sqlx::query_as::<_, (Option<String>, i64)>(
+        "SELECT status, users FROM daily_user_counts WHERE integrated_account_id = $1 AND day = $2",
+    )
+    .bind(a)
+    .bind(day)
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(s, n)| (s.unwrap_or_default(), n))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_counts_are_kept_by_each_run_and_agree_with_users_at_for_past_days() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 120)]).await;
+    // Three runs with changes between them, then moved back to three, two and one days ago.
+    assert!(env.sync(a).await.succeeded());
+    for id in 1..=10 {
+        env.sim
+            .update_user(a, &id.to_string(), json!({"status": "inactive"}));
+    }
+    for id in 20..=25 {
+        env.sim.delete_user(a, &id.to_string());
+    }
+    env.sim.add_users(a, 5);
+    assert!(env.sync(a).await.succeeded());
+    env.sim.restore_user(a, "20");
+    for id in 1..=3 {
+        env.sim
+            .update_user(a, &id.to_string(), json!({"status": "suspended"}));
+    }
+    let last = env.sync(a).await;
+    assert!(last.succeeded());
+    let today = chrono::Utc::now().date_naive();
+    // Each run keeps today's counts.
+    let live: BTreeMap<String, i64> = sqlx::query_as::<_, (Option<String>, i64)>(
+        "SELECT status, count(*) FROM live_users WHERE integrated_account_id = $1 GROUP BY 1",
+    )
+    .bind(a)
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(s, n)| (s.unwrap_or_default(), n))
+    .collect();
+    assert_eq!(daily_counts(&env, a, today).await, live);
+
+    let first_run = last.run_id.unwrap() - 2;
+    for (run, days_ago) in [(first_run, 3), (first_run + 1, 2), (first_run + 2, 1)] {
+        sqlx::query(
+            "UPDATE users u SET first_seen_at = u.first_seen_at - make_interval(days => $2)
+               FROM user_changes c
+              WHERE c.run_id = $1 AND c.kind = 'insert'
+                AND u.integrated_account_id = c.integrated_account_id AND u.id = c.user_id",
+        )
+        .bind(run)
+        .bind(days_ago)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+        sqlx::query(
+            "UPDATE user_changes SET changed_at = changed_at - make_interval(days => $2) WHERE run_id = $1",
+        )
+        .bind(run)
+        .bind(days_ago)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    }
+    // The first refresh after an upgrade (no rows yet) fills every day from the history.
+    sqlx::query("DELETE FROM daily_user_counts")
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    env.store.refresh_daily_counts(a).await.unwrap();
+
+    let mut distinct = std::collections::BTreeSet::new();
+    for days_ago in 1..=3 {
+        let day = today - chrono::Duration::days(days_ago);
+        let expected = counts_at_end_of(&env, a, day).await;
+        assert!(!expected.is_empty(), "{day}");
+        assert_eq!(daily_counts(&env, a, day).await, expected, "{day}");
+        distinct.insert(format!("{expected:?}"));
+    }
+    assert_eq!(distinct.len(), 3, "the three days differ: {distinct:?}");
+    assert_eq!(daily_counts(&env, a, today).await, live);
+    let before: i64 = env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM daily_user_counts WHERE integrated_account_id = '{a}' AND day < '{today}'"
+        ))
+        .await;
+    // Later refreshes leave the days before the last recorded one as they are.
+    env.store.refresh_daily_counts(a).await.unwrap();
+    let after: i64 = env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM daily_user_counts WHERE integrated_account_id = '{a}' AND day < '{today}'"
+        ))
+        .await;
+    assert_eq!(before, after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_runs_and_rejections_are_pruned_but_the_latest_run_stays() {
+    let a = account_id(1);
+    let mut env = Env::new(&[(a, 40)]).await;
+    env.sim.set_raw_record(a, "5", r#"{"name":"no id at all"}"#);
+    for _ in 0..3 {
+        assert!(env.sync(a).await.succeeded());
+    }
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM rejected_records")
+            .await,
+        1
+    );
+    // Everything is old now; the next run prunes all but itself (and a record refused again).
+    sqlx::query("UPDATE sync_runs SET started_at = started_at - interval '200 days'")
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE rejected_records SET last_rejected_at = last_rejected_at - interval '200 days'",
+    )
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    env.sim.set_raw_record(
+        a,
+        "5",
+        &json!(env.sim.expected_user(a, "6").map(|mut u| {
+            u["id"] = json!("5");
+            u
+        }))
+        .to_string(),
+    );
+    env.settings.history.sync_runs_retention_days = 30;
+    env.settings.history.rejected_records_retention_days = 30;
+    let o = env.sync(a).await;
+    assert!(o.succeeded(), "{:?}", o.error);
+    let runs: Vec<i64> = sqlx::query_scalar("SELECT run_id FROM sync_runs")
+        .fetch_all(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(runs, [o.run_id.unwrap()]);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM rejected_records")
+            .await,
+        0
+    );
+    // Zero keeps them forever.
+    env.settings.history.sync_runs_retention_days = 0;
+    sqlx::query("UPDATE sync_runs SET started_at = started_at - interval '200 days'")
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    assert!(env.sync(a).await.succeeded());
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM sync_runs").await, 2);
+}
+
+/// The SQL examples of a Markdown text: fenced `sql` blocks (split into statements), and
+/// inline code that is a whole query (SELECT … FROM …).
+fn sql_examples(md: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = md;
+    while let Some(start) = rest.find("```sql\n") {
+        let body = &rest[start + 7..];
+        let end = body.find("```").expect("a closed block");
+        let block: String = body[..end]
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        out.extend(
+            block
+                .split(";\n")
+                .map(|s| s.trim().trim_end_matches(';').to_string())
+                .filter(|s| !s.is_empty()),
+        );
+        rest = &body[end + 3..];
+    }
+    let inline: Vec<&str> = md.split('`').collect();
+    for (i, span) in inline.iter().enumerate() {
+        if i % 2 == 1 && span.starts_with("SELECT ") && span.contains(" FROM") {
+            out.push(span.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sql_example_in_the_docs_runs_in_an_analysts_session() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 60)]).await;
+    assert!(env.sync(a).await.succeeded());
+    env.sim.update_user(a, "42", json!({"status": "inactive"}));
+    env.sim.delete_user(a, "7");
+    assert!(env.sync(a).await.succeeded());
+    let mut s = analyst_session(&env).await;
+    // The payroll example joins a table of the analyst's own.
+    for sql in [
+        "CREATE SCHEMA payroll",
+        "CREATE TABLE payroll.employees (employee_no text, email text)",
+        "INSERT INTO payroll.employees SELECT 'E' || user_id, email FROM lms.user_primary_email LIMIT 5",
+    ] {
+        sqlx::query(sql).execute(&mut s).await.unwrap();
+    }
+    let mut ran = 0;
+    for (doc, text) in [
+        ("README.md", include_str!("../../README.md")),
+        ("docs/schema.md", include_str!("../../docs/schema.md")),
+    ] {
+        for sql in sql_examples(text) {
+            let sql = sql.replace('…', &a.to_string());
+            sqlx::raw_sql(&sql)
+                .execute(&mut s)
+                .await
+                .unwrap_or_else(|e| panic!("{doc}: {sql}\n{e}"));
+            ran += 1;
+        }
+    }
+    assert!(ran >= 15, "only {ran} examples found");
+    // And the demo's own examples.
+    for (title, sql) in lms_sync::devkit::demo::EXAMPLE_QUERIES {
+        sqlx::raw_sql(sql)
+            .execute(&mut s)
+            .await
+            .unwrap_or_else(|e| panic!("demo example {title}: {e}"));
+    }
+}

@@ -1,0 +1,200 @@
+//! Least privilege and safe upgrades, with the real binary: migrations as a separate step by
+//! the schema's owner, the service and the read-only commands as roles without DDL rights
+//! (granted as docs/schema.md says), and an older binary meeting a schema a newer one migrated.
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::helpers::daemon::BIN;
+use crate::helpers::*;
+use lms_sync::devkit::simulator::DEMO_TOKEN;
+use uuid::Uuid;
+
+/// Runs the binary with `db` as its database and `args`.
+async fn lms_sync(env: &Env, db: &str, args: &[&str]) -> Output {
+    let cfg = crate::helpers::daemon::config(&env.sim, &[account_id(1)], "1h", 2);
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TRUTO_API_TOKEN", DEMO_TOKEN)
+        .env("LMS_SYNC__DATABASE__URL", db)
+        .env("LMS_SYNC__LOG__FORMAT", "pretty")
+        .env("NO_COLOR", "1")
+        .args(["--config", cfg.to_str().unwrap()])
+        .args(args)
+        .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("finishes within a minute")
+        .expect("run lms-sync")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A fenced block of docs/schema.md whose info string is `sql <name>`, with `role` for the
+/// role it creates and grants to.
+fn grants(name: &str, role: &str) -> Vec<String> {
+    let doc = include_str!("../../docs/schema.md");
+    let fence = format!("```sql {name}\n");
+    let start = doc.find(&fence).expect("the GRANTs are in docs/schema.md") + fence.len();
+    let end = start + doc[start..].find("```").unwrap();
+    let default_role = match name {
+        "service-role" => "lms_sync_service",
+        _ => "lms_analyst",
+    };
+    doc[start..end]
+        .split(";\n")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty() && !s.starts_with("--"))
+        .map(|s| s.replace(default_role, role).replace("PASSWORD '…'", ""))
+        .collect()
+}
+
+/// A new login role (cluster-wide, so its name is unique per test) with `name`'s grants.
+async fn role(env: &Env, name: &str) -> (String, String) {
+    let role = format!("r_{}", Uuid::new_v4().simple());
+    for sql in grants(name, &role) {
+        sqlx::raw_sql(&sql)
+            .execute(env.store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let mut url = reqwest::Url::parse(&env.db_url).unwrap();
+    url.set_username(&role).unwrap();
+    url.set_password(None).unwrap();
+    (role, url.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_runs_as_a_role_without_ddl_rights_after_the_owner_migrated() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 150)]).await;
+    let (service, service_url) = role(&env, "service-role").await;
+
+    // Without --no-migrate the service role would need DDL rights; with it, it only checks.
+    let synced = lms_sync(&env, &service_url, &["--no-migrate", "sync"]).await;
+    assert!(synced.status.success(), "{}", stderr(&synced));
+    assert_mirror(&env.store, &env.sim, a).await;
+    let status = lms_sync(&env, &service_url, &["status"]).await;
+    assert!(status.status.success(), "{}", stderr(&status));
+    // The same with the config key, and a second run that changes and deletes users.
+    env.sim.delete_user(a, "3");
+    env.sim
+        .update_user(a, "4", serde_json::json!({"name": "Renamed"}));
+    let mut cmd_env = lms_sync(&env, &service_url, &["sync"]).await;
+    if !cmd_env.status.success() {
+        // `database.migrate = true` needs the owner's rights: it must say so, not half-work.
+        assert!(
+            stderr(&cmd_env).contains("migrations"),
+            "{}",
+            stderr(&cmd_env)
+        );
+        cmd_env = lms_sync(&env, &service_url, &["--no-migrate", "sync"]).await;
+    }
+    assert!(cmd_env.status.success(), "{}", stderr(&cmd_env));
+    assert_mirror(&env.store, &env.sim, a).await;
+    // The role really has no DDL rights.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&service_url)
+        .await
+        .unwrap();
+    let ddl = sqlx::query("CREATE TABLE lms.nope (x int)")
+        .execute(&mut conn)
+        .await;
+    assert!(ddl.is_err(), "{service} could create a table");
+
+    // An analyst reads everything and writes nothing.
+    let (_, analyst_url) = role(&env, "analyst-role").await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&analyst_url)
+        .await
+        .unwrap();
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM lms.live_users")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(live, 149);
+    let at: i64 = sqlx::query_scalar("SELECT count(*) FROM lms.users_at($1, now())")
+        .bind(a)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(at, 150);
+    let write = sqlx::query("DELETE FROM lms.users")
+        .execute(&mut conn)
+        .await;
+    assert!(write.is_err(), "an analyst could delete users");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_commands_never_run_ddl() {
+    let env = Env::new(&[(account_id(1), 10)]).await;
+    let fresh = fresh_database_url().await;
+
+    let status = lms_sync(&env, &fresh, &["status"]).await;
+
+    assert_eq!(status.status.code(), Some(1), "{}", stderr(&status));
+    assert!(
+        stderr(&status).contains("lms-sync migrate"),
+        "{}",
+        stderr(&status)
+    );
+    let store = crate::helpers::daemon::store_for(&fresh).await;
+    let schema: Option<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname = 'lms'")
+            .fetch_optional(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(schema, None, "status created the schema");
+    // --no-migrate refuses to write to an unmigrated database, and says what to do.
+    let sync = lms_sync(&env, &fresh, &["--no-migrate", "sync"]).await;
+    assert_eq!(sync.status.code(), Some(1));
+    assert!(
+        stderr(&sync).contains("pending migrations"),
+        "{}",
+        stderr(&sync)
+    );
+    // `migrate` is the step that creates it.
+    let migrate = lms_sync(&env, &fresh, &["migrate"]).await;
+    assert!(migrate.status.success(), "{}", stderr(&migrate));
+    let status = lms_sync(&env, &fresh, &["status"]).await;
+    assert!(status.status.success(), "{}", stderr(&status));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_migrated_by_a_newer_version_stops_older_binaries_unless_marked_compatible() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 50)]).await;
+    // What a newer release would have left: a migration this binary does not know.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (9999, 'from the future', true, '\\x00', 1)",
+    )
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+
+    for args in [&["sync"][..], &["status"], &["migrate"]] {
+        let o = lms_sync(&env, &env.db_url, args).await;
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("9999"), "{args:?}: {}", stderr(&o));
+    }
+    // The service does not wait behind a green /readyz: it stops, within seconds.
+    let started = Instant::now();
+    let run = lms_sync(&env, &env.db_url, &["run"]).await;
+    assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+    assert!(stderr(&run).contains("9999"), "{}", stderr(&run));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(env.sim.stats().requests, 0);
+
+    // The newer release marks its migration compatible with this one: it runs.
+    sqlx::query("INSERT INTO migration_compat (version, oldest_compatible) VALUES (9999, 8)")
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    let o = lms_sync(&env, &env.db_url, &["sync"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_mirror(&env.store, &env.sim, a).await;
+    let o = lms_sync(&env, &env.db_url, &["status"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+}
