@@ -72,7 +72,8 @@ BEGIN
     v_from := least(coalesce(v_from, v_today), v_today);
     DELETE FROM daily_user_counts WHERE integrated_account_id = p_account AND day >= v_from;
     -- Past days: each user's status and deletion at the end of the day, undoing the changes
-    -- recorded after it (as users_at does).
+    -- recorded after it (as users_at does). Usually none: a run on the same day as the last.
+    IF v_from < v_today THEN
     INSERT INTO daily_user_counts (integrated_account_id, day, status, users)
     SELECT p_account, d.day, s.status, count(*)
       FROM (SELECT g::date AS day, (g + interval '1 day') AT TIME ZONE 'UTC' AS t
@@ -95,6 +96,7 @@ BEGIN
                       CASE WHEN del.found THEN del.old IS NULL ELSE u.deleted_at IS NULL END AS live) s
      WHERE s.live
      GROUP BY d.day, s.status;
+    END IF;
     -- Today: as the mirror stands.
     INSERT INTO daily_user_counts (integrated_account_id, day, status, users)
     SELECT p_account, v_today, status, count(*)
