@@ -95,6 +95,14 @@ async fn the_service_runs_as_a_role_without_ddl_rights_after_the_owner_migrated(
     }
     assert!(cmd_env.status.success(), "{}", stderr(&cmd_env));
     assert_mirror(&env.store, &env.sim, a).await;
+    // And as the service: `run` with the role, until a run has finished.
+    env.sim.add_users(a, 3);
+    let cfg = crate::helpers::daemon::config(&env.sim, &[a], "1h", 2);
+    let mut daemon = crate::helpers::daemon::spawn_with(&cfg, &service_url, &["--no-migrate"]);
+    let finished = daemon.wait_for("sync run finished").await;
+    assert_eq!(finished["fields"]["outcome"], "succeeded", "{finished}");
+    assert_eq!(daemon.terminate().await, 0);
+    assert_mirror(&env.store, &env.sim, a).await;
     // The role really has no DDL rights.
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&service_url)
         .await
@@ -113,13 +121,13 @@ async fn the_service_runs_as_a_role_without_ddl_rights_after_the_owner_migrated(
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(live, 149);
+    assert_eq!(live, 152);
     let at: i64 = sqlx::query_scalar("SELECT count(*) FROM lms.users_at($1, now())")
         .bind(a)
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(at, 150);
+    assert_eq!(at, 153);
     let write = sqlx::query("DELETE FROM lms.users")
         .execute(&mut conn)
         .await;

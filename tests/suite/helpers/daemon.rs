@@ -37,8 +37,15 @@ pub struct Daemon {
 }
 
 pub fn spawn(cfg: &std::path::Path, db: &str) -> Daemon {
+    spawn_with(cfg, db, &[])
+}
+
+/// [`spawn`] with more arguments before `run` (e.g. `--no-migrate`).
+pub fn spawn_with(cfg: &std::path::Path, db: &str, args: &[&str]) -> Daemon {
     let mut child = Command::new(BIN)
-        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .args(["--config", cfg.to_str().unwrap()])
+        .args(args)
+        .arg("run")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("TRUTO_API_TOKEN", DEMO_TOKEN)
