@@ -116,6 +116,16 @@ impl ErrorKind {
     }
 }
 
+text_enum! {
+    /// Where an account in the registry (`accounts.source`) came from.
+    pub enum AccountSource {
+        /// An `[[accounts]]` table.
+        Config = "config",
+        /// Truto's list of integrated accounts.
+        Discovered = "discovered",
+    }
+}
+
 /// Counters of one run, as committed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RunCounts {

@@ -28,6 +28,7 @@ pub mod config;
 pub mod devkit;
 pub mod domain;
 pub mod failpoint;
+pub mod fleet;
 pub mod metrics;
 pub mod model;
 pub mod schedule;

@@ -21,6 +21,8 @@ pub const DEFINITIONS: &[(&str, &str, &str)] = &[
     ("lms_sync_account_health", "gauge", "1 for the account's current health (ok, needs_reauth, blocked, not_found, forbidden), 0 for the others, by account and health."),
     ("lms_sync_hydrations_total", "counter", "Full objects fetched for hydration, by account and result (merged, failed, gone)."),
     ("lms_sync_unknown_enum_values_total", "counter", "Users inserted or changed with a role or status outside the documented values, by account, field and value."),
+    ("lms_sync_discovery_runs_total", "counter", "Listings of Truto's integrated accounts, by result (succeeded, failed, guarded: accounts no longer listed were not retired)."),
+    ("lms_sync_fleet_accounts", "gauge", "Accounts of the fleet by state (active, paused, retired, excluded, gated by Truto's status)."),
 ];
 
 type Key = (&'static str, String);

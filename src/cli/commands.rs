@@ -48,23 +48,42 @@ pub async fn open_store(settings: &Settings, access: Access) -> Result<Store, Cl
     Ok(store)
 }
 
-/// `sync`: one pass over every configured account (or one), then a summary.
+/// `sync`: one pass over every account of the fleet that may be synced (or one), then a
+/// summary. With discovery on, the integrated accounts are listed first.
 pub async fn sync(settings: Settings, account: Option<Uuid>) -> Result<(), CliError> {
     let token = sync_prerequisites(&settings)?;
-    let accounts = match account {
-        None => settings.accounts.clone(),
-        Some(id) => match settings.account(id) {
-            Some(a) => vec![a.clone()],
+    if let Some(id) = account {
+        if !settings.discovery.enabled && settings.account(id).is_none() {
+            return Err(CliError::Usage(format!(
+                "--account {id} is not configured in [[accounts]]"
+            )));
+        }
+    }
+    let source = TrutoClient::from_settings(&settings, &token)?;
+    let store = open_store(&settings, Access::Write).await?;
+    let cancel = crate::service::shutdown_on_signals();
+    let fleet = fleet(&settings, &store, Some(&source), &cancel).await?;
+    let accounts: Vec<_> = match account {
+        None => fleet
+            .into_iter()
+            .filter(|p| p.gate.syncs())
+            .map(|p| p.account)
+            .collect(),
+        Some(id) => match fleet.into_iter().find(|p| p.id() == id) {
+            Some(p) if p.gate.syncs() => vec![p.account],
+            Some(p) => {
+                return Err(CliError::Usage(format!(
+                    "--account {id} is not synced: {}",
+                    p.gate.state()
+                )))
+            }
             None => {
                 return Err(CliError::Usage(format!(
-                    "--account {id} is not configured in [[accounts]]"
+                    "--account {id} is neither configured in [[accounts]] nor discovered"
                 )))
             }
         },
     };
-    let source = TrutoClient::from_settings(&settings, &token)?;
-    let store = open_store(&settings, Access::Write).await?;
-    let cancel = crate::service::shutdown_on_signals();
     let progress: Arc<dyn Progress> = Arc::from(super::progress::for_mode(
         settings.sync.progress,
         Duration::from_secs(settings.sync.progress_interval_secs),
@@ -85,6 +104,37 @@ pub async fn sync(settings: Settings, account: Option<Uuid>) -> Result<(), CliEr
     } else {
         Err(CliError::Failed)
     }
+}
+
+/// The fleet: configured accounts registered, the integrated accounts listed first when
+/// discovery is on and a client is given, then the registry merged with the configuration.
+async fn fleet(
+    settings: &Settings,
+    store: &Store,
+    discover_with: Option<&TrutoClient>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Vec<crate::fleet::Planned>, CliError> {
+    let db = |error| CliError::Store {
+        context: "cannot read the account registry",
+        error,
+    };
+    if let Some(source) = discover_with {
+        let configured: Vec<(Uuid, Option<String>)> = settings
+            .accounts
+            .iter()
+            .map(|a| (a.integrated_account_id, a.label.clone()))
+            .collect();
+        store.register_configured(&configured).await.map_err(db)?;
+        if settings.discovery.enabled {
+            let out =
+                crate::sync::discovery::discover(store, source, &settings.discovery, cancel).await;
+            if let Some(e) = out.error {
+                return Err(anyhow::anyhow!("discovery: {e}").into());
+            }
+        }
+    }
+    let registry = store.registry().await.map_err(db)?;
+    Ok(crate::fleet::plan(settings, &registry))
 }
 
 /// What `sync` and `run` need before they start: accounts, a token and a database URL.
@@ -133,18 +183,62 @@ pub async fn migrate(settings: Settings) -> Result<(), CliError> {
 pub async fn status(settings: Settings) -> Result<(), CliError> {
     settings.database_url()?;
     let store = open_store(&settings, Access::Read).await?;
-    let configured: Vec<(Uuid, Option<String>)> = settings
-        .accounts
+    let state = read_state(&settings, &store).await?;
+    let info = state
+        .fleet
         .iter()
-        .map(|a| (a.integrated_account_id, a.label.clone()))
+        .map(|p| {
+            let info = super::render::FleetInfo {
+                tenant_id: p.row.as_ref().and_then(|r| r.tenant_id.clone()),
+                state: p.gate.state(),
+            };
+            (p.id(), info)
+        })
         .collect();
+    print!("{}", super::render::status(&state.rows, &state.next, &info));
+    if let Some((listed_at, _, listed, guard, error)) = state.discovery {
+        let at = listed_at.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string());
+        println!(
+            "discovery: last listing {} ({} accounts){}{}",
+            at.as_deref().unwrap_or("-"),
+            listed.unwrap_or(0),
+            guard
+                .map(|g| format!("; retire guard: {g}"))
+                .unwrap_or_default(),
+            error.map(|e| format!("; failed: {e}")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// What `status` and `accounts list` read: the fleet, each account's state and next run.
+pub struct FleetState {
+    pub fleet: Vec<crate::fleet::Planned>,
+    pub rows: Vec<crate::store::StatusRow>,
+    pub next: std::collections::HashMap<Uuid, chrono::DateTime<chrono::Utc>>,
+    pub discovery: Option<crate::store::DiscoveryState>,
+}
+
+/// Reads the fleet's state (read-only).
+pub async fn read_state(settings: &Settings, store: &Store) -> Result<FleetState, CliError> {
     let read = |error| CliError::Store {
         context: "cannot read the sync state",
         error,
     };
-    let rows = store.status(&configured).await.map_err(read)?;
+    let registry = store.registry().await.map_err(read)?;
+    let fleet = crate::fleet::plan(settings, &registry);
+    let known: Vec<(Uuid, Option<String>)> = fleet
+        .iter()
+        .map(|p| (p.id(), p.account.label.clone()))
+        .collect();
+    let rows = store.status(&known).await.map_err(read)?;
     let histories = store.run_histories().await.map_err(read)?;
-    let next = crate::service::next_runs(&settings, &histories, chrono::Utc::now());
-    print!("{}", super::render::status(&rows, &next));
-    Ok(())
+    let next = crate::service::next_runs(settings, &fleet, &histories, chrono::Utc::now());
+    let discovery = store.discovery_state().await.map_err(read)?;
+    Ok(FleetState {
+        fleet,
+        rows,
+        next,
+        discovery,
+    })
 }

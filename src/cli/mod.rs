@@ -3,6 +3,7 @@
 //! calls the library. With the `devkit` feature, the development commands (`demo`,
 //! `simulate`, `bench`) are parsed here too and handed to [`crate::devkit`].
 
+pub mod accounts;
 pub mod commands;
 mod exit;
 pub mod progress;
@@ -59,6 +60,11 @@ pub enum Command {
     },
     /// Show each account's sync state.
     Status,
+    /// The fleet's accounts: list them, pause, resume, sync now, reset a cursor, purge.
+    Accounts {
+        #[command(subcommand)]
+        command: accounts::AccountsCommand,
+    },
     #[cfg(feature = "devkit")]
     #[command(flatten)]
     Dev(crate::devkit::DevCommand),
@@ -94,6 +100,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Migrate => commands::migrate(settings).await,
             Command::Healthcheck { url } => commands::healthcheck(&url).await,
             Command::Status => commands::status(settings).await,
+            Command::Accounts { command } => accounts::run(settings, command).await,
             #[cfg(feature = "devkit")]
             Command::Dev(command) => crate::devkit::run(command, settings).await,
         }

@@ -56,15 +56,28 @@ pub fn summary(outcomes: &[SyncOutcome]) -> String {
     s
 }
 
+/// What the registry adds to an account's status: its tenant and its state in the fleet.
+#[derive(Debug, Clone, Default)]
+pub struct FleetInfo {
+    pub tenant_id: Option<String>,
+    /// `active`, `paused`, `retired`, `excluded: why`, `gated: why`.
+    pub state: String,
+}
+
 /// `status` as a readable table.
-pub fn status(rows: &[StatusRow], next: &HashMap<Uuid, DateTime<Utc>>) -> String {
+pub fn status(
+    rows: &[StatusRow],
+    next: &HashMap<Uuid, DateTime<Utc>>,
+    fleet: &HashMap<Uuid, FleetInfo>,
+) -> String {
     let t = |v: Option<DateTime<Utc>>| {
         v.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
             .unwrap_or_else(|| "-".into())
     };
     let mut s = format!(
-        "{:<38} {:<16} {:<13} {:<16} {:<21} {:<21} {:<21} {:>8} {:>8} {:>5}\n",
+        "{:<38} {:<16} {:<16} {:<13} {:<16} {:<21} {:<21} {:<21} {:>8} {:>8} {:>5}\n",
         "account",
+        "tenant",
         "status",
         "health",
         "last outcome",
@@ -81,10 +94,12 @@ pub fn status(rows: &[StatusRow], next: &HashMap<Uuid, DateTime<Utc>>) -> String
             .clone()
             .filter(|l| !l.is_empty())
             .unwrap_or_else(|| r.integrated_account_id.to_string());
+        let info = fleet.get(&r.integrated_account_id);
         let _ = writeln!(
             s,
-            "{:<38} {:<16} {:<13} {:<16} {:<21} {:<21} {:<21} {:>8} {:>8} {:>5}",
+            "{:<38} {:<16} {:<16} {:<13} {:<16} {:<21} {:<21} {:<21} {:>8} {:>8} {:>5}",
             shorten(&name, 37),
+            shorten(info.and_then(|i| i.tenant_id.as_deref()).unwrap_or("-"), 15),
             r.status,
             r.health.as_str(),
             r.last_outcome.map_or("-", Outcome::as_str),
@@ -95,6 +110,9 @@ pub fn status(rows: &[StatusRow], next: &HashMap<Uuid, DateTime<Utc>>) -> String
             r.deleted_users,
             r.consecutive_failures
         );
+        if let Some(i) = info.filter(|i| i.state != "active") {
+            let _ = writeln!(s, "    not synced: {}", i.state);
+        }
         if r.resumable {
             s.push_str("    the next run resumes an unfinished listing\n");
         }
@@ -117,6 +135,61 @@ pub fn status(rows: &[StatusRow], next: &HashMap<Uuid, DateTime<Utc>>) -> String
             );
         }
         if let Some(e) = &r.last_error {
+            let _ = writeln!(s, "    last error: {}", shorten(e, 300));
+        }
+    }
+    s
+}
+
+/// One account as `accounts list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AccountView {
+    pub integrated_account_id: Uuid,
+    pub label: Option<String>,
+    pub tenant_id: Option<String>,
+    pub source: String,
+    pub state: String,
+    pub health: String,
+    pub health_since: Option<DateTime<Utc>>,
+    pub last_success: Option<DateTime<Utc>>,
+    pub next_run: Option<DateTime<Utc>>,
+    pub live_users: i64,
+    pub last_error: Option<String>,
+}
+
+/// `accounts list` as a readable table.
+pub fn accounts(views: &[AccountView]) -> String {
+    let t = |v: Option<DateTime<Utc>>| {
+        v.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut s = format!(
+        "{:<36} {:<24} {:<16} {:<10} {:<24} {:<13} {:<21} {:<21} {:>8}\n",
+        "account",
+        "label",
+        "tenant",
+        "source",
+        "state",
+        "health",
+        "last success",
+        "next run",
+        "live"
+    );
+    for v in views {
+        let _ = writeln!(
+            s,
+            "{:<36} {:<24} {:<16} {:<10} {:<24} {:<13} {:<21} {:<21} {:>8}",
+            v.integrated_account_id,
+            shorten(v.label.as_deref().unwrap_or("-"), 23),
+            shorten(v.tenant_id.as_deref().unwrap_or("-"), 15),
+            v.source,
+            shorten(&v.state, 23),
+            v.health,
+            t(v.last_success),
+            t(v.next_run),
+            v.live_users
+        );
+        if let Some(e) = &v.last_error {
             let _ = writeln!(s, "    last error: {}", shorten(e, 300));
         }
     }

@@ -97,6 +97,9 @@ pub struct Settings {
     pub rate_budget: RateBudgetSettings,
     pub server: ServerSettings,
     pub history: HistorySettings,
+    pub discovery: DiscoverySettings,
+    /// Applies to every discovered account that has no `[[accounts]]` entry of its own.
+    pub account_defaults: AccountDefaults,
     pub accounts: Vec<AccountSettings>,
 }
 
@@ -123,6 +126,78 @@ impl Default for HistorySettings {
             retention_days: 0,
             sync_runs_retention_days: 90,
             rejected_records_retention_days: 90,
+        }
+    }
+}
+
+/// `[discovery]`: the accounts to mirror, found in Truto's list of integrated accounts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoverySettings {
+    /// Off: only `[[accounts]]`, exactly as without discovery.
+    pub enabled: bool,
+    /// `integration.name` values to mirror.
+    pub integrations: Vec<String>,
+    /// How often to list the integrated accounts (humantime).
+    pub interval: String,
+    /// When not empty, only accounts of these tenants.
+    pub tenant_ids: Vec<String>,
+    /// Never sync these accounts.
+    pub exclude_accounts: Vec<Uuid>,
+    pub include_sandbox: bool,
+    /// A listing that would retire more than this share of the known accounts retires none.
+    pub max_retire_fraction: f64,
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            integrations: vec!["talentlms".into()],
+            interval: "5m".into(),
+            tenant_ids: Vec::new(),
+            exclude_accounts: Vec::new(),
+            include_sandbox: false,
+            max_retire_fraction: 0.5,
+        }
+    }
+}
+
+impl DiscoverySettings {
+    /// The listing interval (validated when the settings load).
+    pub fn interval(&self) -> Duration {
+        parse_duration("discovery.interval", &self.interval)
+            .expect("validated when the settings load")
+    }
+}
+
+/// `[account_defaults]`: an account's keys (its id aside), for discovered accounts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountDefaults {
+    pub label: Option<String>,
+    pub remote_query: BTreeMap<String, String>,
+    pub ignore_remote_data: bool,
+    pub exclude_fields: Vec<String>,
+    pub max_delete_fraction: Option<f64>,
+    pub schedule: Option<AccountSchedule>,
+    pub hydrate: bool,
+    pub hydrate_max_per_run: Option<u32>,
+}
+
+impl AccountDefaults {
+    /// The settings of a discovered account without an `[[accounts]]` entry.
+    pub fn for_account(&self, id: Uuid) -> AccountSettings {
+        AccountSettings {
+            integrated_account_id: id,
+            label: self.label.clone(),
+            remote_query: self.remote_query.clone(),
+            ignore_remote_data: self.ignore_remote_data,
+            exclude_fields: self.exclude_fields.clone(),
+            max_delete_fraction: self.max_delete_fraction,
+            schedule: self.schedule.clone(),
+            hydrate: self.hydrate,
+            hydrate_max_per_run: self.hydrate_max_per_run,
         }
     }
 }
@@ -654,53 +729,84 @@ impl Settings {
             return Err(key_error("server.listen", "must be host:port with a numeric host, like 127.0.0.1:9000, or empty to turn it off"));
         }
         self.base_schedule()?;
+        self.check_discovery()?;
+        self.check_account(
+            &self.account_defaults.for_account(Uuid::nil()),
+            "account_defaults",
+        )?;
         let mut seen = HashSet::new();
         for (i, a) in self.accounts.iter().enumerate() {
-            self.schedule_for_indexed(a, Some(i))?;
+            let prefix = format!("accounts[{i}]");
             if !seen.insert(a.integrated_account_id) {
                 return Err(ConfigError(format!(
-                    "accounts[{i}].integrated_account_id: duplicate account {}",
+                    "{prefix}.integrated_account_id: duplicate account {}",
                     a.integrated_account_id
                 )));
             }
             if a.integrated_account_id.is_nil() {
                 return Err(ConfigError(format!(
-                    "accounts[{i}].integrated_account_id: the nil uuid is not an account"
+                    "{prefix}.integrated_account_id: the nil uuid is not an account"
                 )));
             }
-            if let Some(f) = a.max_delete_fraction {
-                check_fraction(&format!("accounts[{i}].max_delete_fraction"), f)?;
-            }
-            if a.hydrate_max_per_run == Some(0) {
-                return Err(ConfigError(format!(
-                    "accounts[{i}].hydrate_max_per_run: must be at least 1"
-                )));
-            }
-            if a.exclude_fields.iter().any(|f| f.trim().is_empty()) {
-                return Err(ConfigError(format!(
-                    "accounts[{i}].exclude_fields: empty field name"
-                )));
-            }
-            if a.exclude_fields.iter().any(|f| f == "id") {
-                return Err(ConfigError(format!(
-                    "accounts[{i}].exclude_fields: `id` cannot be excluded: users are keyed by it"
-                )));
-            }
-            if a.remote_query.keys().any(|k| k.is_empty()) {
-                return Err(ConfigError(format!(
-                    "accounts[{i}].remote_query: empty key"
-                )));
-            }
+            self.check_account(a, &prefix)?;
+        }
+        Ok(())
+    }
+
+    fn check_discovery(&self) -> Result<(), ConfigError> {
+        let d = &self.discovery;
+        let every = parse_duration("discovery.interval", &d.interval)?;
+        if every < Duration::from_secs(10) {
+            return Err(key_error("discovery.interval", "must be at least 10s"));
+        }
+        if d.enabled && d.integrations.is_empty() {
+            return Err(key_error(
+                "discovery.integrations",
+                "name at least one integration (e.g. [\"talentlms\"]) when discovery is enabled",
+            ));
+        }
+        if d.integrations.iter().any(|i| i.trim().is_empty()) {
+            return Err(key_error(
+                "discovery.integrations",
+                "empty integration name",
+            ));
+        }
+        check_fraction("discovery.max_retire_fraction", d.max_retire_fraction)
+    }
+
+    /// The checks of one account's keys (`prefix` names it in errors).
+    fn check_account(&self, a: &AccountSettings, prefix: &str) -> Result<(), ConfigError> {
+        self.schedule_for_prefixed(a, Some(prefix))?;
+        if let Some(f) = a.max_delete_fraction {
+            check_fraction(&format!("{prefix}.max_delete_fraction"), f)?;
+        }
+        if a.hydrate_max_per_run == Some(0) {
+            return Err(ConfigError(format!(
+                "{prefix}.hydrate_max_per_run: must be at least 1"
+            )));
+        }
+        if a.exclude_fields.iter().any(|f| f.trim().is_empty()) {
+            return Err(ConfigError(format!(
+                "{prefix}.exclude_fields: empty field name"
+            )));
+        }
+        if a.exclude_fields.iter().any(|f| f == "id") {
+            return Err(ConfigError(format!(
+                "{prefix}.exclude_fields: `id` cannot be excluded: users are keyed by it"
+            )));
+        }
+        if a.remote_query.keys().any(|k| k.is_empty()) {
+            return Err(ConfigError(format!("{prefix}.remote_query: empty key")));
         }
         Ok(())
     }
 
     /// Commands that sync need at least one account.
     pub fn require_accounts(&self) -> Result<(), ConfigError> {
-        if self.accounts.is_empty() {
+        if self.accounts.is_empty() && !self.discovery.enabled {
             return Err(ConfigError(
                 "accounts: no [[accounts]] configured; add one table per integrated account \
-                 with integrated_account_id = \"<uuid>\""
+                 with integrated_account_id = \"<uuid>\", or enable [discovery]"
                     .into(),
             ));
         }
@@ -743,19 +849,19 @@ impl Settings {
     }
 
     fn base_schedule(&self) -> Result<crate::schedule::Schedule, ConfigError> {
-        self.schedule_for_indexed(&AccountSettings::new(Uuid::nil()), None)
+        self.schedule_for_prefixed(&AccountSettings::new(Uuid::nil()), None)
     }
 
     /// The account's effective schedule (its overrides over `[schedule]`).
     pub fn schedule_for(&self, account: &AccountSettings) -> crate::schedule::Schedule {
-        self.schedule_for_indexed(account, None)
+        self.schedule_for_prefixed(account, None)
             .expect("schedules are validated when the settings load")
     }
 
-    fn schedule_for_indexed(
+    fn schedule_for_prefixed(
         &self,
         account: &AccountSettings,
-        index: Option<usize>,
+        prefix: Option<&str>,
     ) -> Result<crate::schedule::Schedule, ConfigError> {
         use crate::schedule::{Cadence, Schedule};
         let g = &self.schedule;
@@ -766,9 +872,7 @@ impl Settings {
             ));
         }
         let own = account.schedule.clone().unwrap_or_default();
-        let prefix = index
-            .map(|i| format!("accounts[{i}].schedule."))
-            .unwrap_or_default();
+        let prefix = prefix.map(|p| format!("{p}.schedule.")).unwrap_or_default();
         let k = |name: &str| {
             if own_has(&own, name) {
                 format!("{prefix}{name}")

@@ -86,6 +86,30 @@ pub struct SimStats {
     pub max_account_window: usize,
     /// Single-user GETs (`/unified/lms/users/{id}`), faults included.
     pub user_gets: u64,
+    /// Requests for `/integrated-account` (listings and single accounts).
+    pub account_listings: u64,
+}
+
+/// An integrated account as Truto's `GET /integrated-account` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Integrated {
+    pub tenant_id: String,
+    /// `active`, `connecting`, `needs_reauth`, ...
+    pub status: String,
+    pub is_sandbox: bool,
+    pub integration: String,
+}
+
+impl Integrated {
+    /// An active TalentLMS account of `tenant_id`.
+    pub fn active(tenant_id: &str) -> Integrated {
+        Integrated {
+            tenant_id: tenant_id.into(),
+            status: "active".into(),
+            is_sandbox: false,
+            integration: "talentlms".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +121,10 @@ pub struct RateLimit {
 
 struct State {
     token: String,
+    /// What `GET /integrated-account` lists.
+    integrated: BTreeMap<Uuid, Integrated>,
+    /// Faults served to the next account listings, in order.
+    listing_faults: VecDeque<Fault>,
     /// Shared with the pages being rendered (outside the lock); changed copy-on-write.
     accounts: BTreeMap<Uuid, Arc<Account>>,
     blocked: HashMap<Uuid, Fault>,
@@ -152,6 +180,8 @@ impl Simulator {
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
             token: DEMO_TOKEN.into(),
+            integrated: BTreeMap::new(),
+            listing_faults: VecDeque::new(),
             accounts: BTreeMap::new(),
             blocked: HashMap::new(),
             user_faults: HashMap::new(),
@@ -182,6 +212,25 @@ impl Simulator {
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         f(&mut self.state.lock().expect("simulator state"))
+    }
+
+    /// Lists `id` in `GET /integrated-account` (or changes how it is listed).
+    pub fn set_integrated(&self, id: Uuid, account: Integrated) {
+        self.with(|s| s.integrated.insert(id, account));
+    }
+
+    /// Deletes the integrated account in "Truto": it vanishes from the listing, and its unified
+    /// calls answer 404 from now on.
+    pub fn remove_integrated(&self, id: Uuid) {
+        self.with(|s| {
+            s.integrated.remove(&id);
+            s.blocked.insert(id, Fault::status(404));
+        });
+    }
+
+    /// Serves `fault` to the next account listing request (Partial marks the page partial).
+    pub fn push_listing_fault(&self, fault: Fault) {
+        self.with(|s| s.listing_faults.push_back(fault));
     }
 
     pub fn set_token(&self, token: &str) {
@@ -769,6 +818,101 @@ fn error_reply(status: u16, message: &str, remote: bool, retry_after: Option<Str
     }
 }
 
+/// `GET /integrated-account` (every page, filtered by `integration.name`) and
+/// `GET /integrated-account/{id}`, as Truto's admin API answers them.
+fn integrated_reply(s: &mut State, req: &Request) -> Reply {
+    s.stats.account_listings += 1;
+    let expected = format!("Bearer {}", s.token);
+    if req.authorization.as_deref() != Some(expected.as_str()) {
+        return error_reply(401, "Invalid API token", false, None);
+    }
+    if let Some(limit) = s.rate_limit {
+        let now = Instant::now();
+        while s
+            .token_window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= limit.window)
+        {
+            s.token_window.pop_front();
+        }
+        if s.token_window.len() >= limit.per_token {
+            s.stats.rate_limited += 1;
+            return error_reply(429, "Rate limit exceeded", false, Some("1".into()));
+        }
+        s.token_window.push_back(now);
+    }
+    let mut partial = false;
+    match s.listing_faults.pop_front() {
+        None => {}
+        Some(Fault::Partial) => partial = true,
+        Some(Fault::Status {
+            status,
+            retry_after,
+            remote,
+        }) => return error_reply(status, &format!("simulated {status}"), remote, retry_after),
+        Some(Fault::Body(b)) => {
+            return Reply::Full {
+                status: 200,
+                headers: vec![],
+                body: b.into_bytes().into(),
+                delay: Duration::ZERO,
+            }
+        }
+        Some(_) => return Reply::Reset,
+    }
+    let render = |id: &Uuid, a: &Integrated| {
+        json!({
+            "id": id.to_string(), "tenant_id": a.tenant_id, "status": a.status,
+            "is_sandbox": a.is_sandbox, "environment_id": "env-1",
+            "integration": {"id": "int-1", "name": a.integration, "category": "lms"},
+            "context": {}, "created_at": "2024-09-01 10:00:00", "updated_at": "2024-09-02 11:00:00"
+        })
+    };
+    if let Some(id) = req.path.strip_prefix("/integrated-account/") {
+        return match Uuid::parse_str(id)
+            .ok()
+            .and_then(|id| s.integrated.get(&id).map(|a| render(&id, a)))
+        {
+            Some(body) => json_reply(body),
+            None => error_reply(404, "no such integrated account", false, None),
+        };
+    }
+    let q = |k: &str| {
+        req.query
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let integration = q("integration.name");
+    let limit: usize = q("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(100)
+        .max(1);
+    let offset: usize = q("next_cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
+    let all: Vec<Value> = s
+        .integrated
+        .iter()
+        .filter(|(_, a)| integration.as_ref().is_none_or(|i| *i == a.integration))
+        .map(|(id, a)| render(id, a))
+        .collect();
+    let page: Vec<Value> = all.iter().skip(offset).take(limit).cloned().collect();
+    let next = (offset + limit < all.len()).then(|| (offset + limit).to_string());
+    let mut body = json!({"result": page, "next_cursor": next, "limit": limit});
+    if partial {
+        body["is_partial_response"] = json!(true);
+    }
+    json_reply(body)
+}
+
+fn json_reply(body: Value) -> Reply {
+    Reply::Full {
+        status: 200,
+        headers: vec![],
+        body: body.to_string().into_bytes().into(),
+        delay: Duration::ZERO,
+    }
+}
+
 fn encode_cursor(generation: u64, next: usize) -> String {
     // Opaque enough that a client cannot do arithmetic on it.
     format!("{:x}.{:x}", generation, (next as u64) ^ 0x5eed_c0de)
@@ -795,6 +939,9 @@ fn route(s: &mut State, req: &Request) -> Reply {
 fn route_inner(s: &mut State, req: &Request) -> Reply {
     if req.method != "GET" {
         return error_reply(405, "only GET is supported", false, None);
+    }
+    if req.path.starts_with("/integrated-account") {
+        return integrated_reply(s, req);
     }
     let Some(rest) = req.path.split("/unified/lms/users").nth(1) else {
         return error_reply(404, "no such route", false, None);

@@ -5,6 +5,7 @@
 //! cancellation tree: the shutdown future cancels the root token, running passes stop between
 //! pages, and the daemon waits for them up to the grace period.
 
+mod discovery;
 mod ops;
 mod scheduler;
 mod signals;
@@ -30,8 +31,12 @@ use crate::source::TrutoClient;
 use crate::store::Store;
 use crate::sync::{NoProgress, Progress, SyncOptions};
 
-/// Whether the scheduler is working: it ticks at every round (at least every
-/// [`scheduler::RESCAN`]); `/readyz` answers ready only while the last tick is recent.
+/// A scheduler whose last round is older than this is not working (rounds come every
+/// [`scheduler::RESCAN`], and a database error waits 5 s before the next).
+const READY_STALE: Duration = Duration::from_secs(30);
+
+/// Whether the scheduler is working: it ticks at every round; `/readyz` answers ready only
+/// while the last tick is recent.
 #[derive(Debug, Default)]
 pub struct Readiness {
     /// Unix milliseconds of the last round; 0 before the first and after the loop stopped.
@@ -54,11 +59,11 @@ impl Readiness {
     /// Why the scheduler is not working, if it is not.
     pub fn not_working(&self) -> Option<&'static str> {
         let last = self.last_tick_ms.load(std::sync::atomic::Ordering::Relaxed);
-        let stale = 3 * scheduler::RESCAN.as_millis() as i64;
+        let stale = READY_STALE.as_millis() as i64;
         if last == 0 {
             Some("the scheduler is not running (waiting for the database, or stopping)")
         } else if chrono::Utc::now().timestamp_millis() - last > stale {
-            Some("the scheduler has not completed a round for over 90 s")
+            Some("the scheduler has not completed a round for over 30 s")
         } else {
             None
         }
@@ -140,6 +145,7 @@ pub async fn run_with(
         progress,
         root: root.clone(),
         ready,
+        wake: Arc::default(),
     });
     tokio::pin!(scheduler);
     let mut ended = tokio::select! {
@@ -168,27 +174,27 @@ pub async fn run_with(
     Ok(())
 }
 
-/// When each configured account runs next, for `status`.
+/// When each account of the fleet that may be synced runs next, for `status`.
 pub fn next_runs(
     settings: &Settings,
+    fleet: &[crate::fleet::Planned],
     histories: &HashMap<Uuid, crate::schedule::RunHistory>,
     now: DateTime<Utc>,
 ) -> HashMap<Uuid, DateTime<Utc>> {
-    settings
-        .accounts
+    fleet
         .iter()
-        .map(|a| {
-            let mut schedule = settings.schedule_for(a);
+        .filter(|p| p.gate.syncs())
+        .map(|p| {
+            let mut schedule = settings.schedule_for(&p.account);
             // `status` is not the daemon: show the regular schedule, not a start-up run.
             schedule.run_on_start = false;
-            let h = histories
-                .get(&a.integrated_account_id)
-                .cloned()
-                .unwrap_or_default();
-            (
-                a.integrated_account_id,
-                next_run(&schedule, a.integrated_account_id, &h, now).max(now),
-            )
+            let h = histories.get(&p.id()).cloned().unwrap_or_default();
+            let requested = p.row.as_ref().and_then(|r| r.sync_requested_at);
+            let next = match requested {
+                Some(at) if h.last_started_at.is_none_or(|s| s < at) => now,
+                _ => next_run(&schedule, p.id(), &h, now).max(now),
+            };
+            (p.id(), next)
         })
         .collect()
 }

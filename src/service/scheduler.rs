@@ -1,9 +1,12 @@
 //! The scheduler loop: it only decides *when* each account runs (through the pure
 //! [`crate::schedule::next_run`], over run history kept in PostgreSQL so that replicas agree),
-//! starts each run as a task (the same [`sync_account`] step the CLI uses), and notes how runs
-//! ended. Runs live on a task tracker; shutdown cancels them between pages and waits.
+//! for the accounts of the fleet (the pure [`crate::fleet::plan`] over the registry, re-read
+//! every round, so what any replica or an operator changed is obeyed within seconds), starts
+//! each run as a task (the same [`sync_account`] step the CLI uses), and notes how runs ended.
+//! Runs live on a task tracker; shutdown, or an account paused or retired while its run goes
+//! on, cancels them between pages.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +19,7 @@ use uuid::Uuid;
 use crate::backoff::Backoff;
 use crate::config::{AccountSettings, Settings};
 use crate::domain::Health;
+use crate::fleet::{plan, Gate, Planned};
 use crate::metrics::Metrics;
 use crate::schedule::{next_run, RunHistory};
 use crate::source::TrutoClient;
@@ -24,9 +28,9 @@ use crate::sync::{sync_account, PassStatus, Progress, SyncOptions};
 
 use super::Readiness;
 
-/// How often the scheduler re-reads run history even when nothing is due (so that it notices
-/// what other replicas did).
-pub(super) const RESCAN: Duration = Duration::from_secs(30);
+/// How often the scheduler re-reads the registry and run history even when nothing is due (so
+/// that it notices what other replicas and operators did): two cheap reads per round.
+pub(super) const RESCAN: Duration = Duration::from_secs(2);
 
 /// What the loop holds between its rounds.
 struct Scheduler {
@@ -39,7 +43,12 @@ struct Scheduler {
     root: CancellationToken,
     started: DateTime<Utc>,
     tracker: TaskTracker,
-    running: Arc<Mutex<HashSet<Uuid>>>,
+    /// The accounts being synced by this process, and how to stop each run.
+    running: Arc<Mutex<HashMap<Uuid, CancellationToken>>>,
+    /// The fleet as of the last round.
+    fleet: HashMap<Uuid, Planned>,
+    /// Woken when discovery changed the registry: look again at once.
+    wake: Arc<tokio::sync::Notify>,
     /// After a `busy` answer (another replica holds the lease) or a store failure, not before this.
     not_before: HashMap<Uuid, DateTime<Utc>>,
     done_tx: mpsc::UnboundedSender<(Uuid, PassStatus)>,
@@ -57,6 +66,8 @@ pub(super) struct Parts {
     pub root: CancellationToken,
     /// Ticked at every round, for `/readyz`.
     pub ready: Arc<Readiness>,
+    /// Notified when the registry changed (discovery): the next round starts at once.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// Runs the loop until `root` is cancelled, then waits for the runs in flight. Ends early only
@@ -71,9 +82,18 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         progress,
         root,
         ready,
+        wake,
     } = parts;
     if !wait_for_database(&store, settings.database.migrate, &root).await? {
         return Ok(());
+    }
+    let configured: Vec<(Uuid, Option<String>)> = settings
+        .accounts
+        .iter()
+        .map(|a| (a.integrated_account_id, a.label.clone()))
+        .collect();
+    if let Err(e) = store.register_configured(&configured).await {
+        tracing::warn!(error = %e, "could not register the configured accounts; each is registered at its first run");
     }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut s = Scheduler {
@@ -87,12 +107,27 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         started: Utc::now(),
         tracker: TaskTracker::new(),
         running: Arc::default(),
+        fleet: HashMap::new(),
+        wake,
         not_before: HashMap::new(),
         done_tx,
     };
+    if s.settings.discovery.enabled {
+        s.tracker.spawn(super::discovery::run(
+            s.store.clone(),
+            s.source.clone(),
+            s.settings.discovery.clone(),
+            s.metrics.clone(),
+            s.wake.clone(),
+            s.root.clone(),
+        ));
+    }
     while !s.root.is_cancelled() {
         ready.tick();
-        let histories = match s.store.run_histories().await {
+        let read = async {
+            Ok::<_, StoreError>((s.store.registry().await?, s.store.run_histories().await?))
+        };
+        let (registry, histories) = match read.await {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read run history; retrying");
@@ -102,11 +137,18 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
                 }
             }
         };
+        s.fleet = plan(&s.settings, &registry)
+            .into_iter()
+            .map(|p| (p.id(), p))
+            .collect();
         s.show_health(&histories);
+        s.stop_gated();
         let wake = s.start_due(&histories);
+        let woken = s.wake.clone();
         tokio::select! {
             _ = tokio::time::sleep((wake - Utc::now()).to_std().unwrap_or(Duration::ZERO)) => {}
             Some((id, status)) = done_rx.recv() => s.ended(id, status),
+            _ = woken.notified() => {}
             _ = s.root.cancelled() => {}
         }
     }
@@ -118,8 +160,26 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
 
 impl Scheduler {
     fn show_health(&self, histories: &HashMap<Uuid, RunHistory>) {
-        for account in &self.settings.accounts {
-            let id = account.integrated_account_id;
+        let mut states: std::collections::BTreeMap<&'static str, usize> =
+            ["active", "paused", "retired", "excluded", "gated"]
+                .into_iter()
+                .map(|s| (s, 0))
+                .collect();
+        for p in self.fleet.values() {
+            let state = match p.gate {
+                Gate::Sync => "active",
+                Gate::Paused => "paused",
+                Gate::Retired => "retired",
+                Gate::Excluded(_) => "excluded",
+                Gate::TrutoStatus(_) => "gated",
+            };
+            *states.entry(state).or_default() += 1;
+        }
+        for (state, n) in states {
+            self.metrics
+                .set("lms_sync_fleet_accounts", &[("state", state)], n as f64);
+        }
+        for id in self.fleet.keys().copied() {
             let health = histories
                 .get(&id)
                 .and_then(|h| h.health)
@@ -134,35 +194,69 @@ impl Scheduler {
         let now = Utc::now();
         let mut wake = now + chrono::Duration::from_std(RESCAN).expect("small");
         let max = self.settings.sync.max_concurrent_accounts;
-        for account in &self.settings.accounts {
-            let id = account.integrated_account_id;
-            if self.running.lock().expect("running").contains(&id) {
+        // In a stable order (the registry's), so that a large fleet starts in the same order on
+        // every replica and round.
+        let mut due_now: Vec<&Planned> = Vec::new();
+        for p in self.fleet.values().filter(|p| p.gate.syncs()) {
+            let id = p.id();
+            if self.running.lock().expect("running").contains_key(&id) {
                 continue;
             }
-            let schedule = self.settings.schedule_for(account);
             let history = histories.get(&id).cloned().unwrap_or_default();
-            let mut due = next_run(&schedule, id, &history, self.started);
-            if let Some(nb) = self.not_before.get(&id) {
-                due = due.max(*nb);
-            }
+            let due = self.due(p, &history);
             if due > now {
                 wake = wake.min(due);
-                continue;
+            } else {
+                due_now.push(p);
             }
+        }
+        due_now.sort_by_key(|p| p.id());
+        for p in due_now {
             if self.running.lock().expect("running").len() >= max {
-                continue;
+                break;
             }
-            self.spawn_run(account);
+            self.spawn_run(&p.account);
         }
         wake
+    }
+
+    /// When the account is due: `accounts sync-now` makes it due at once; otherwise its
+    /// schedule, after a `busy` or store failure not before `not_before`.
+    fn due(&self, p: &Planned, history: &RunHistory) -> DateTime<Utc> {
+        let id = p.id();
+        let requested = p.row.as_ref().and_then(|r| r.sync_requested_at);
+        if let Some(at) = requested {
+            if history.last_started_at.is_none_or(|started| started < at) {
+                return at;
+            }
+        }
+        let schedule = self.settings.schedule_for(&p.account);
+        let due = next_run(&schedule, id, history, self.started);
+        match self.not_before.get(&id) {
+            Some(nb) => due.max(*nb),
+            None => due,
+        }
+    }
+
+    /// Stops the runs of accounts that may no longer be synced (paused, retired, gated): the
+    /// page in flight commits, then the run ends as interrupted.
+    fn stop_gated(&self) {
+        for (id, cancel) in self.running.lock().expect("running").iter() {
+            let gated = self.fleet.get(id).is_none_or(|p| !p.gate.syncs());
+            if gated && !cancel.is_cancelled() {
+                tracing::info!(account = %id, "the account was paused or retired; its run stops after the page in flight");
+                cancel.cancel();
+            }
+        }
     }
 
     /// Runs one pass over `account` as a task of its own.
     fn spawn_run(&self, account: &AccountSettings) {
         let id = account.integrated_account_id;
+        let cancel = self.root.child_token();
         {
             let mut running = self.running.lock().expect("running");
-            running.insert(id);
+            running.insert(id, cancel.clone());
             self.metrics
                 .set("lms_sync_running_accounts", &[], running.len() as f64);
         }
@@ -171,7 +265,7 @@ impl Scheduler {
             self.source.clone(),
             self.opts.clone(),
             account.clone(),
-            self.root.child_token(),
+            cancel,
             self.done_tx.clone(),
             self.running.clone(),
             self.metrics.clone(),
@@ -195,10 +289,10 @@ impl Scheduler {
     fn ended(&mut self, id: Uuid, status: PassStatus) {
         match status {
             PassStatus::Busy | PassStatus::StoreFailed => {
-                let Some(account) = self.settings.account(id) else {
+                let Some(p) = self.fleet.get(&id) else {
                     return;
                 };
-                let retry = self.settings.schedule_for(account).retry_initial;
+                let retry = self.settings.schedule_for(&p.account).retry_initial;
                 let until = Utc::now() + chrono::Duration::from_std(retry).expect("small");
                 self.not_before.insert(id, until);
             }

@@ -123,7 +123,7 @@ pub struct Failed {
 }
 
 impl Failed {
-    pub(super) fn new(error: SourceError, requests: u32) -> Failed {
+    pub(crate) fn new(error: SourceError, requests: u32) -> Failed {
         Failed { error, requests }
     }
 }

@@ -4,6 +4,7 @@
 //! (`envelope`). It knows nothing of the database and never logs the token (the header is
 //! marked sensitive; errors carry no headers).
 
+mod accounts;
 pub mod budget;
 mod envelope;
 mod error;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::{AccountSettings, TrutoSettings};
 use crate::metrics::Metrics;
+pub use accounts::{IntegratedAccount, Listed};
 use budget::RateBudget;
 use envelope::{invalid_body, parse_envelope};
 pub use envelope::{parse_page, FetchedPage};
@@ -30,12 +32,16 @@ pub use error::{Failed, SourceError};
 
 /// The users endpoint, relative to the base URL.
 pub const USERS_PATH: &str = "unified/lms/users";
+/// The integrated accounts endpoint, relative to the base URL.
+pub const ACCOUNTS_PATH: &str = "integrated-account";
 
 /// Talks to Truto for every account (one token serves them all).
 #[derive(Clone)]
 pub struct TrutoClient {
     http: reqwest::Client,
     users_url: Url,
+    /// `{base}/integrated-account`, Truto's list of integrated accounts.
+    accounts_url: Url,
     auth: HeaderValue,
     page_size: u32,
     backoff: Backoff,
@@ -60,6 +66,7 @@ impl TrutoClient {
             base.set_path(&format!("{}/", base.path()));
         }
         let users_url = base.join(USERS_PATH)?;
+        let accounts_url = base.join(ACCOUNTS_PATH)?;
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
             .map_err(|_| {
                 anyhow::anyhow!(
@@ -76,6 +83,7 @@ impl TrutoClient {
         Ok(Self {
             http,
             users_url,
+            accounts_url,
             auth,
             page_size: settings.page_size,
             backoff: Backoff {
@@ -150,7 +158,7 @@ impl TrutoClient {
     ) -> Result<FetchedPage, Failed> {
         let url = self.page_url(account, cursor);
         let done = self
-            .with_retries(account, "page", cancel, || async {
+            .with_retries(account.integrated_account_id, "page", cancel, || async {
                 let (body, headers) = self.get(&url).await?;
                 let page = parse_envelope(body, &headers)?;
                 let remaining = page.rate_remaining;
@@ -197,7 +205,7 @@ impl TrutoClient {
     ) -> Result<(String, u32), Failed> {
         let url = self.user_url(account, id);
         let done = self
-            .with_retries(account, "user", cancel, || async {
+            .with_retries(account.integrated_account_id, "user", cancel, || async {
                 let (body, headers) = self.get(&url).await?;
                 Ok((user_body(&body, &headers)?, None))
             })

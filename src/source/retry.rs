@@ -7,7 +7,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{Failed, SourceError, TrutoClient};
-use crate::config::AccountSettings;
 
 /// A request's result and what it cost.
 pub(super) struct Attempted<T> {
@@ -30,11 +29,12 @@ struct Tally {
 }
 
 impl TrutoClient {
-    /// One request with the budget, metrics, 429 pauses and retries around it. `once` makes
+    /// One request for account `id` with the budget, metrics, 429 pauses and retries around
+    /// it (the budget's per-account window is `id`'s). `once` makes
     /// the request and also returns the vendor's `ratelimit-remaining` when it gave one.
     pub(super) async fn with_retries<T, F, Fut>(
         &self,
-        account: &AccountSettings,
+        id: Uuid,
         what: &'static str,
         cancel: &CancellationToken,
         mut once: F,
@@ -43,7 +43,6 @@ impl TrutoClient {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(T, Remaining), SourceError>>,
     {
-        let id = account.integrated_account_id;
         let mut t = Tally::default();
         loop {
             t.attempts += 1;

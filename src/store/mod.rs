@@ -8,6 +8,7 @@
 //! time, and every statement here runs in the integration tests. Values always travel as bind
 //! parameters; the only identifier ever formatted into SQL is the validated schema name.
 
+mod accounts;
 mod copy;
 mod history;
 mod hydration;
@@ -26,6 +27,9 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
+pub use accounts::{
+    retire_guard, AccountRow, Discovered, DiscoveryApplied, DiscoveryState, RetirePolicy,
+};
 pub use copy::CopyRows;
 pub use lease::Lease;
 pub use pages::{Gate, PageResult, PageWrite};
@@ -57,6 +61,9 @@ pub enum StoreError {
     /// Migrations are pending and this process may not apply them.
     #[error("the database schema is not up to date (pending migrations {}); run `lms-sync migrate` with a role that owns the schema", .0.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "))]
     NotMigrated(Vec<i64>),
+    /// `accounts purge` of an account that is not retired.
+    #[error("account {0} is not retired; only a retired account's data can be purged (it is retired when Truto no longer lists it)")]
+    NotRetired(uuid::Uuid),
     /// A state column holds text this version does not know (written by hand, or by a newer
     /// version).
     #[error("the database holds an unknown {0} {1:?}")]

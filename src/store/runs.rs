@@ -67,6 +67,17 @@ impl Store {
         .bind(label)
         .execute(&mut *tx)
         .await?;
+        // `accounts reset-cursor`: this run starts from the first page.
+        sqlx::query(
+            "WITH reset AS (
+                 UPDATE accounts SET reset_cursor_requested = false
+                  WHERE integrated_account_id = $1 AND reset_cursor_requested RETURNING 1)
+             UPDATE sync_state SET cursor = NULL
+              WHERE integrated_account_id = $1 AND EXISTS (SELECT 1 FROM reset)",
+        )
+        .bind(account)
+        .execute(&mut *tx)
+        .await?;
         let cursor: Option<String> = sqlx::query_scalar(
             "SELECT cursor FROM sync_state WHERE integrated_account_id = $1 FOR UPDATE",
         )

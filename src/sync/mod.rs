@@ -11,6 +11,7 @@
 //! - `seen`: the seen-id filter (pure).
 //! - `retry`: retrying the store's retryable errors.
 
+pub mod discovery;
 mod hydrate;
 mod listing;
 mod pass;

@@ -88,6 +88,29 @@ const KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("log", &["format", "level"]),
+    (
+        "discovery",
+        &[
+            "enabled",
+            "integrations",
+            "interval",
+            "tenant_ids",
+            "exclude_accounts",
+            "include_sandbox",
+            "max_retire_fraction",
+        ],
+    ),
+    (
+        "account_defaults",
+        &[
+            "label",
+            "hydrate",
+            "ignore_remote_data",
+            "exclude_fields",
+            "max_delete_fraction",
+            "hydrate_max_per_run",
+        ],
+    ),
 ];
 const ACCOUNT_KEYS: &[&str] = &[
     "integrated_account_id",

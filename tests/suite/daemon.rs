@@ -5,82 +5,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::helpers::service::*;
 use crate::helpers::*;
-use lms_sync::config::{AccountSettings, Settings};
+use lms_sync::config::AccountSettings;
 use lms_sync::devkit::simulator::{Fault, RateLimit, DEMO_TOKEN};
-use lms_sync::domain::RunCounts;
 use lms_sync::metrics::Metrics;
-use lms_sync::service::{run_with, Hooks};
+use lms_sync::service::Hooks;
 use lms_sync::source::budget::{Limit, RateBudget};
-use lms_sync::sync::{sync_accounts, NoProgress, Progress, SyncOptions, SyncOutcome};
+use lms_sync::sync::{sync_accounts, NoProgress, SyncOptions, SyncOutcome};
 use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-/// Forwards pass events to the test.
-#[derive(Clone)]
-struct Events(mpsc::UnboundedSender<Event>);
-
-#[derive(Debug)]
-enum Event {
-    Page(u64),
-    Finished(Uuid, String),
-}
-
-impl Progress for Events {
-    fn page(&self, _account: &AccountSettings, totals: &RunCounts) {
-        let _ = self.0.send(Event::Page(totals.pages));
-    }
-    fn finished(&self, account: &AccountSettings, o: &SyncOutcome) {
-        let _ = self.0.send(Event::Finished(
-            account.integrated_account_id,
-            o.status_str().to_string(),
-        ));
-    }
-}
-
-fn token() -> SecretString {
-    SecretString::from(DEMO_TOKEN.to_string())
-}
-
-/// Receives the next event, failing the test if none comes within a generous bound.
-async fn next(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
-    tokio::time::timeout(Duration::from_secs(60), rx.recv())
-        .await
-        .expect("no event within 60s")
-        .expect("daemon gone")
-}
-
-/// Starts the daemon in a task; cancelling the token stops it.
-fn start_daemon(
-    settings: Settings,
-    hooks: Hooks,
-) -> (
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-    CancellationToken,
-) {
-    let stop = CancellationToken::new();
-    let stopper = stop.clone();
-    let daemon = tokio::spawn(run_with(
-        settings,
-        token(),
-        async move { stopper.cancelled().await },
-        hooks,
-    ));
-    (daemon, stop)
-}
-
-fn daemon_settings(env: &Env, every: &str) -> Settings {
-    let mut s = env.settings.clone();
-    s.schedule.every = Some(every.into());
-    s.schedule.jitter = "0s".into();
-    s.schedule.run_on_start = true;
-    s.schedule.retry_initial = "1s".into();
-    s.server.listen = String::new();
-    s.sync.shutdown_grace_secs = 20;
-    s
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_runs_every_account_again_on_its_interval() {

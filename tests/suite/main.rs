@@ -8,6 +8,7 @@ mod chaos;
 mod cli;
 mod config_fuzz;
 mod daemon;
+mod fleet;
 mod history;
 mod hostile;
 mod hydration;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod service;
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;

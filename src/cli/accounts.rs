@@ -1,0 +1,161 @@
+//! `lms-sync accounts …`: the fleet as operators see and steer it. Every action goes through
+//! the database, so the running service (any replica) obeys within seconds.
+
+use clap::Subcommand;
+use uuid::Uuid;
+
+use super::commands::{open_store, read_state, Access};
+use super::exit::CliError;
+use super::render::AccountView;
+use crate::config::Settings;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Every account: label, tenant, source, state, health, last success, next run, live users.
+    List {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop starting runs of the account (a run in progress finishes its page and stops).
+    Pause { account: Uuid },
+    /// Undo `pause`.
+    Resume { account: Uuid },
+    /// Start a run of the account at once, whatever its schedule.
+    SyncNow { account: Uuid },
+    /// Make the account's next run start from the first page.
+    ResetCursor { account: Uuid },
+    /// Delete a retired account's data (users, history, runs, state). Refused unless retired.
+    Purge {
+        account: Uuid,
+        /// Yes, delete it: there is no undo.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), CliError> {
+    match command {
+        AccountsCommand::List { json } => list(settings, json).await,
+        AccountsCommand::Pause { account } => {
+            act(&settings, account, "paused", |s, id| {
+                Box::pin(s.set_paused(id, true))
+            })
+            .await
+        }
+        AccountsCommand::Resume { account } => {
+            act(&settings, account, "resumed", |s, id| {
+                Box::pin(s.set_paused(id, false))
+            })
+            .await
+        }
+        AccountsCommand::SyncNow { account } => {
+            act(&settings, account, "asked to sync now", |s, id| {
+                Box::pin(s.request_sync(id))
+            })
+            .await
+        }
+        AccountsCommand::ResetCursor { account } => {
+            act(
+                &settings,
+                account,
+                "set to start its next run from the first page",
+                |s, id| Box::pin(s.request_cursor_reset(id)),
+            )
+            .await
+        }
+        AccountsCommand::Purge { account, yes } => purge(settings, account, yes).await,
+    }
+}
+
+async fn list(settings: Settings, json: bool) -> Result<(), CliError> {
+    settings.database_url()?;
+    let store = open_store(&settings, Access::Read).await?;
+    let state = read_state(&settings, &store).await?;
+    let views: Vec<AccountView> = state
+        .fleet
+        .iter()
+        .map(|p| {
+            let row = state
+                .rows
+                .iter()
+                .find(|r| r.integrated_account_id == p.id());
+            AccountView {
+                integrated_account_id: p.id(),
+                label: p.account.label.clone(),
+                tenant_id: p.row.as_ref().and_then(|r| r.tenant_id.clone()),
+                source: p.source.as_str().to_string(),
+                state: p.gate.state(),
+                health: row.map_or("ok", |r| r.health.as_str()).to_string(),
+                health_since: row.and_then(|r| r.health_since),
+                last_success: row.and_then(|r| r.last_succeeded_at),
+                next_run: state.next.get(&p.id()).copied(),
+                live_users: row.map_or(0, |r| r.live_users),
+                last_error: row.and_then(|r| r.last_error.clone()),
+            }
+        })
+        .collect();
+    if json {
+        let text = serde_json::to_string_pretty(&views)
+            .map_err(|e| anyhow::anyhow!("cannot write JSON: {e}"))?;
+        println!("{text}");
+    } else {
+        print!("{}", super::render::accounts(&views));
+    }
+    Ok(())
+}
+
+type Action = for<'a> fn(&'a Store, Uuid) -> crate::domain::BoxFuture<'a, Result<bool, StoreError>>;
+
+/// Applies one registry action to `account` and says so.
+async fn act(
+    settings: &Settings,
+    account: Uuid,
+    done: &str,
+    action: Action,
+) -> Result<(), CliError> {
+    settings.database_url()?;
+    let store = open_store(settings, Access::Write).await?;
+    let db = |error| CliError::Store {
+        context: "cannot update the account registry",
+        error,
+    };
+    // Configured accounts are in the registry even before their first run.
+    let configured: Vec<(Uuid, Option<String>)> = settings
+        .accounts
+        .iter()
+        .map(|a| (a.integrated_account_id, a.label.clone()))
+        .collect();
+    store.register_configured(&configured).await.map_err(db)?;
+    if !action(&store, account).await.map_err(db)? {
+        return Err(CliError::Usage(format!(
+            "account {account} is not in the registry: neither configured in [[accounts]] nor discovered"
+        )));
+    }
+    println!("account {account} {done}");
+    Ok(())
+}
+
+async fn purge(settings: Settings, account: Uuid, yes: bool) -> Result<(), CliError> {
+    if !yes {
+        return Err(CliError::Usage(format!(
+            "accounts purge deletes every row of account {account} for good; add --yes to do it"
+        )));
+    }
+    settings.database_url()?;
+    let store = open_store(&settings, Access::Write).await?;
+    let counts = store
+        .purge(account)
+        .await
+        .map_err(|error| CliError::Store {
+            context: "cannot purge",
+            error,
+        })?;
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    for (table, n) in &counts {
+        println!("{table:<20} {n:>10} rows deleted");
+    }
+    println!("account {account} purged: {total} rows");
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! The accounts lms-sync works on: the `[[accounts]]` merged with the registry (what discovery
+//! found, what operators paused), each with its effective settings and whether it may be synced
+//! now, and why not. Pure: the scheduler, `sync`, `status` and `accounts list` all ask this.
+
+use uuid::Uuid;
+
+use crate::config::{AccountSettings, Settings};
+use crate::domain::AccountSource;
+use crate::store::AccountRow;
+
+/// Whether an account may be synced, and why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// Synced on its schedule.
+    Sync,
+    /// `accounts pause`: not started until resumed.
+    Paused,
+    /// Truto no longer lists it: never requested again (its rows are kept).
+    Retired,
+    /// The configuration leaves it out; the reason names the key.
+    Excluded(String),
+    /// Truto's status says a request would fail (`needs_reauth`, `connecting`, ...).
+    TrutoStatus(String),
+}
+
+impl Gate {
+    pub fn syncs(&self) -> bool {
+        *self == Gate::Sync
+    }
+
+    /// The state as `status` and `accounts list` show it.
+    pub fn state(&self) -> String {
+        match self {
+            Gate::Sync => "active".into(),
+            Gate::Paused => "paused".into(),
+            Gate::Retired => "retired".into(),
+            Gate::Excluded(why) => format!("excluded: {why}"),
+            Gate::TrutoStatus(s) => format!("gated: Truto status {s}"),
+        }
+    }
+}
+
+/// One account of the fleet.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub account: AccountSettings,
+    pub gate: Gate,
+    /// Its registry row, once it has one.
+    pub row: Option<AccountRow>,
+    pub source: AccountSource,
+}
+
+impl Planned {
+    pub fn id(&self) -> Uuid {
+        self.account.integrated_account_id
+    }
+}
+
+/// The fleet: every configured account, and (with discovery on) every discovered one, in the
+/// registry's order then the configuration's.
+pub fn plan(settings: &Settings, registry: &[AccountRow]) -> Vec<Planned> {
+    let mut out: Vec<Planned> = Vec::new();
+    for a in &settings.accounts {
+        let row = registry
+            .iter()
+            .find(|r| r.integrated_account_id == a.integrated_account_id);
+        out.push(Planned {
+            account: a.clone(),
+            gate: gate(settings, row, true),
+            row: row.cloned(),
+            source: AccountSource::Config,
+        });
+    }
+    if settings.discovery.enabled {
+        for r in registry {
+            if settings.account(r.integrated_account_id).is_some() {
+                continue;
+            }
+            let mut account = settings
+                .account_defaults
+                .for_account(r.integrated_account_id);
+            if r.label.is_some() {
+                account.label = r.label.clone();
+            }
+            out.push(Planned {
+                account,
+                gate: gate(settings, Some(r), false),
+                row: Some(r.clone()),
+                source: r.source,
+            });
+        }
+    }
+    out
+}
+
+/// Why an account may not be synced, if it may not.
+fn gate(settings: &Settings, row: Option<&AccountRow>, configured: bool) -> Gate {
+    let d = &settings.discovery;
+    let id = match row {
+        Some(r) => r.integrated_account_id,
+        None => return Gate::Sync,
+    };
+    if d.exclude_accounts.contains(&id) {
+        return Gate::Excluded("listed in discovery.exclude_accounts".into());
+    }
+    let r = row.expect("checked");
+    if r.paused {
+        return Gate::Paused;
+    }
+    if !configured {
+        if r.retired_at.is_some() {
+            return Gate::Retired;
+        }
+        if let Some(i) = &r.integration {
+            if !d.integrations.iter().any(|x| x == i) {
+                return Gate::Excluded(format!("integration {i} is not in discovery.integrations"));
+            }
+        }
+        if !d.tenant_ids.is_empty()
+            && !r
+                .tenant_id
+                .as_ref()
+                .is_some_and(|t| d.tenant_ids.contains(t))
+        {
+            return Gate::Excluded("its tenant is not in discovery.tenant_ids".into());
+        }
+        if r.is_sandbox && !d.include_sandbox {
+            return Gate::Excluded("a sandbox account (discovery.include_sandbox = false)".into());
+        }
+    }
+    match r.truto_status.as_deref() {
+        None | Some("active") => Gate::Sync,
+        Some(other) if d.enabled => Gate::TrutoStatus(other.to_string()),
+        Some(_) => Gate::Sync,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(n: u128) -> AccountRow {
+        let t = chrono::Utc::now();
+        AccountRow {
+            integrated_account_id: Uuid::from_u128(n),
+            tenant_id: Some(format!("t{n}")),
+            label: None,
+            source: AccountSource::Discovered,
+            truto_status: Some("active".into()),
+            integration: Some("talentlms".into()),
+            is_sandbox: false,
+            paused: false,
+            retired_at: None,
+            sync_requested_at: None,
+            first_seen_at: t,
+            last_seen_at: t,
+        }
+    }
+
+    fn settings() -> Settings {
+        let mut s = Settings::default();
+        s.discovery.enabled = true;
+        s.account_defaults.hydrate = true;
+        let mut configured = AccountSettings::new(Uuid::from_u128(2));
+        configured.label = Some("Configured".into());
+        s.accounts = vec![configured];
+        s
+    }
+
+    #[test]
+    fn discovered_accounts_get_the_defaults_and_configured_ones_their_own_settings() {
+        let s = settings();
+        let mut r2 = row(2);
+        r2.source = AccountSource::Config;
+        let fleet = plan(&s, &[row(1), r2, row(3)]);
+        let ids: Vec<u128> = fleet.iter().map(|p| p.id().as_u128()).collect();
+        assert_eq!(ids, [2, 1, 3]);
+        assert_eq!(fleet[0].account.label.as_deref(), Some("Configured"));
+        assert!(!fleet[0].account.hydrate);
+        assert!(fleet[1].account.hydrate && fleet[2].account.hydrate);
+        assert!(fleet.iter().all(|p| p.gate.syncs()));
+        // Without discovery, only the configured account.
+        let mut off = settings();
+        off.discovery.enabled = false;
+        assert_eq!(plan(&off, &[row(1), row(3)]).len(), 1);
+    }
+
+    #[test]
+    fn accounts_are_gated_by_registry_state_truto_status_and_the_filters() {
+        let mut s = settings();
+        s.discovery.exclude_accounts = vec![Uuid::from_u128(5)];
+        s.discovery.tenant_ids = vec![
+            "t1".into(),
+            "t3".into(),
+            "t4".into(),
+            "t6".into(),
+            "t7".into(),
+        ];
+        let mut paused = row(1);
+        paused.paused = true;
+        let mut retired = row(3);
+        retired.retired_at = Some(chrono::Utc::now());
+        let mut reauth = row(4);
+        reauth.truto_status = Some("needs_reauth".into());
+        let mut sandbox = row(6);
+        sandbox.is_sandbox = true;
+        let mut other = row(7);
+        other.integration = Some("docebo".into());
+        let fleet = plan(
+            &s,
+            &[paused, retired, reauth, row(5), sandbox, other, row(8)],
+        );
+        let gates: Vec<String> = fleet.iter().skip(1).map(|p| p.gate.state()).collect();
+        assert_eq!(gates[0], "paused");
+        assert_eq!(gates[1], "retired");
+        assert_eq!(gates[2], "gated: Truto status needs_reauth");
+        assert!(gates[3].contains("exclude_accounts"), "{}", gates[3]);
+        assert!(gates[4].contains("sandbox"), "{}", gates[4]);
+        assert!(gates[5].contains("docebo"), "{}", gates[5]);
+        assert!(gates[6].contains("tenant_ids"), "{}", gates[6]);
+    }
+}

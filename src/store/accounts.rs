@@ -1,0 +1,430 @@
+//! The account registry (`accounts`): configured accounts, what discovery found (and retired),
+//! and operators' requests (pause, sync now, reset the cursor), read by every replica. Also the
+//! purge of a retired account's data.
+
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use super::{Store, StoreError, Ts};
+use crate::domain::{AccountSource, Health};
+
+/// One account of the registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountRow {
+    pub integrated_account_id: Uuid,
+    pub tenant_id: Option<String>,
+    pub label: Option<String>,
+    pub source: AccountSource,
+    /// As Truto last reported it (discovered accounts).
+    pub truto_status: Option<String>,
+    pub integration: Option<String>,
+    pub is_sandbox: bool,
+    pub paused: bool,
+    pub retired_at: Option<Ts>,
+    /// `accounts sync-now`: a run is wanted at once (when later than the last run's start).
+    pub sync_requested_at: Option<Ts>,
+    pub first_seen_at: Ts,
+    pub last_seen_at: Ts,
+}
+
+/// An integrated account as a complete or partial listing showed it.
+#[derive(Debug, Clone)]
+pub struct Discovered {
+    pub id: Uuid,
+    pub tenant_id: Option<String>,
+    pub status: Option<String>,
+    pub integration: Option<String>,
+    pub is_sandbox: bool,
+}
+
+/// What one listing changed in the registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiscoveryApplied {
+    pub listed: u64,
+    pub added: u64,
+    pub unretired: u64,
+    pub retired: u64,
+    /// Why accounts no longer listed were not retired, when some were not.
+    pub retire_guard: Option<String>,
+}
+
+/// What discovery's guard decides about retiring.
+#[derive(Debug, Clone, Copy)]
+pub struct RetirePolicy {
+    /// The listing was complete (not partial, every record read): only then may it retire.
+    pub complete: bool,
+    pub max_fraction: f64,
+}
+
+/// Why a listing must not retire `missing` of `known` accounts, if it must not (pure).
+pub fn retire_guard(missing: u64, known: u64, listed: u64, policy: RetirePolicy) -> Option<String> {
+    if missing == 0 {
+        return None;
+    }
+    if !policy.complete {
+        return Some(format!(
+            "the listing was not complete; {missing} accounts it did not show were not retired"
+        ));
+    }
+    if listed == 0 {
+        return Some(format!(
+            "the listing showed no accounts while {known} are known; none was retired"
+        ));
+    }
+    if missing as f64 > policy.max_fraction * known as f64 {
+        return Some(format!(
+            "the listing would retire {missing} of {known} accounts, more than the allowed share ({:.0}%); none was retired. \
+             If this is right, raise discovery.max_retire_fraction",
+            policy.max_fraction * 100.0
+        ));
+    }
+    None
+}
+
+/// Rows a purge deletes per statement.
+const PURGE_BATCH: i64 = 10_000;
+
+impl Store {
+    /// Every account of the registry.
+    pub async fn registry(&self) -> Result<Vec<AccountRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT integrated_account_id, tenant_id, label, source, truto_status, integration,
+                    coalesce(is_sandbox, false), paused, retired_at, sync_requested_at,
+                    first_seen_at, last_seen_at
+               FROM accounts ORDER BY integrated_account_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let source: String = r.get(3);
+                Ok(AccountRow {
+                    integrated_account_id: r.get(0),
+                    tenant_id: r.get(1),
+                    label: r.get(2),
+                    source: AccountSource::parse(&source)
+                        .ok_or(StoreError::Unknown("account source", source))?,
+                    truto_status: r.get(4),
+                    integration: r.get(5),
+                    is_sandbox: r.get(6),
+                    paused: r.get(7),
+                    retired_at: r.get(8),
+                    sync_requested_at: r.get(9),
+                    first_seen_at: r.get(10),
+                    last_seen_at: r.get(11),
+                })
+            })
+            .collect()
+    }
+
+    /// Registers the `[[accounts]]` (id, label) as configured accounts.
+    pub async fn register_configured(
+        &self,
+        accounts: &[(Uuid, Option<String>)],
+    ) -> Result<(), StoreError> {
+        let ids: Vec<Uuid> = accounts.iter().map(|(id, _)| *id).collect();
+        let labels: Vec<Option<&str>> = accounts.iter().map(|(_, l)| l.as_deref()).collect();
+        sqlx::query(
+            "INSERT INTO accounts (integrated_account_id, label, source)
+             SELECT t.id, t.label, 'config' FROM unnest($1::uuid[], $2::text[]) AS t(id, label)
+             ON CONFLICT (integrated_account_id) DO UPDATE
+                SET source = 'config', label = coalesce(excluded.label, accounts.label)
+              WHERE accounts.source <> 'config' OR accounts.label IS DISTINCT FROM excluded.label",
+        )
+        .bind(&ids)
+        .bind(&labels)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Applies one listing of integrated accounts: registers new ones, updates what Truto says
+    /// of known ones (and brings back retired ones it lists again), retires discovered accounts
+    /// it no longer lists unless the guard refuses, and gates health on Truto's status. One
+    /// transaction; the outcome is also kept in `discovery_state`.
+    pub async fn apply_discovery(
+        &self,
+        listed: &[Discovered],
+        policy: RetirePolicy,
+    ) -> Result<DiscoveryApplied, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = upsert_listed(&mut tx, listed).await?;
+        retire_missing(&mut tx, listed, policy, &mut out).await?;
+        gate_health(&mut tx, listed).await?;
+        sqlx::query(
+            "INSERT INTO discovery_state (singleton, listed_at, succeeded_at, accounts_listed, added,
+                                          retired, unretired, retire_guard, error)
+             VALUES (true, now(), CASE WHEN $6 THEN now() END, $1, $2, $3, $4, $5, NULL)
+             ON CONFLICT (singleton) DO UPDATE
+                SET listed_at = now(),
+                    succeeded_at = CASE WHEN $6 THEN now() ELSE discovery_state.succeeded_at END,
+                    accounts_listed = $1, added = $2, retired = $3, unretired = $4,
+                    retire_guard = $5, error = NULL",
+        )
+        .bind(out.listed as i32)
+        .bind(out.added as i32)
+        .bind(out.retired as i32)
+        .bind(out.unretired as i32)
+        .bind(&out.retire_guard)
+        .bind(policy.complete)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Records that a listing failed (the registry is left as it was).
+    pub async fn discovery_failed(&self, error: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO discovery_state (singleton, listed_at, error) VALUES (true, now(), $1)
+             ON CONFLICT (singleton) DO UPDATE SET listed_at = now(), error = $1",
+        )
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The last listing: (listed_at, succeeded_at, accounts listed, retire guard, error).
+    pub async fn discovery_state(&self) -> Result<Option<DiscoveryState>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT listed_at, succeeded_at, accounts_listed, retire_guard, error FROM discovery_state",
+        )
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Pauses or resumes an account. `false` when the registry does not have it.
+    pub async fn set_paused(&self, account: Uuid, paused: bool) -> Result<bool, StoreError> {
+        self.update_account(account, "paused = $2", paused).await
+    }
+
+    /// Asks for a run of the account at once, whatever its schedule.
+    pub async fn request_sync(&self, account: Uuid) -> Result<bool, StoreError> {
+        self.update_account(
+            account,
+            "sync_requested_at = CASE WHEN $2 THEN now() ELSE sync_requested_at END",
+            true,
+        )
+        .await
+    }
+
+    /// Asks that the account's next run start from the first page.
+    pub async fn request_cursor_reset(&self, account: Uuid) -> Result<bool, StoreError> {
+        self.update_account(account, "reset_cursor_requested = $2", true)
+            .await
+    }
+
+    async fn update_account(
+        &self,
+        account: Uuid,
+        set: &'static str,
+        value: bool,
+    ) -> Result<bool, StoreError> {
+        let sql = format!("UPDATE accounts SET {set} WHERE integrated_account_id = $1");
+        let n = sqlx::query(&sql)
+            .bind(account)
+            .bind(value)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Deletes a retired account's data, table by table in batches, and its registry row.
+    /// Refused (`NotRetired`) for an account that is not retired. Returns rows per table.
+    pub async fn purge(&self, account: Uuid) -> Result<Vec<(&'static str, u64)>, StoreError> {
+        let retired: Option<Option<Ts>> =
+            sqlx::query_scalar("SELECT retired_at FROM accounts WHERE integrated_account_id = $1")
+                .bind(account)
+                .fetch_optional(&self.pool)
+                .await?;
+        if !matches!(retired, Some(Some(_))) {
+            return Err(StoreError::NotRetired(account));
+        }
+        let mut counts = Vec::new();
+        // Children go with their users (ON DELETE CASCADE); the rest by their own keys.
+        for (table, key) in [
+            ("users", "id"),
+            ("user_changes", "change_id"),
+            ("hydration_queue", "user_id"),
+            ("rejected_records", "rejection_id"),
+            ("sync_runs", "run_id"),
+            ("daily_user_counts", "day"),
+            ("sync_state", "integrated_account_id"),
+            ("accounts", "integrated_account_id"),
+        ] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE integrated_account_id = $1 AND {key} IN (
+                     SELECT {key} FROM {table} WHERE integrated_account_id = $1 LIMIT $2)"
+            );
+            let mut total = 0;
+            loop {
+                let n = sqlx::query(&sql)
+                    .bind(account)
+                    .bind(PURGE_BATCH)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                total += n;
+                if n < PURGE_BATCH as u64 {
+                    break;
+                }
+            }
+            counts.push((table, total));
+        }
+        Ok(counts)
+    }
+}
+
+/// The last listing, as `status` shows it.
+pub type DiscoveryState = (
+    Option<Ts>,
+    Option<Ts>,
+    Option<i32>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Registers or updates the listed accounts; counts the new and the brought back.
+async fn upsert_listed(
+    tx: &mut Transaction<'_, Postgres>,
+    listed: &[Discovered],
+) -> Result<DiscoveryApplied, StoreError> {
+    let ids: Vec<Uuid> = listed.iter().map(|a| a.id).collect();
+    let (added, unretired): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM unnest($1::uuid[]) AS t(id)
+                  WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.integrated_account_id = t.id)),
+                (SELECT count(*) FROM accounts
+                  WHERE integrated_account_id = ANY($1) AND retired_at IS NOT NULL)",
+    )
+    .bind(&ids)
+    .fetch_one(&mut **tx)
+    .await?;
+    let tenants: Vec<Option<&str>> = listed.iter().map(|a| a.tenant_id.as_deref()).collect();
+    let statuses: Vec<Option<&str>> = listed.iter().map(|a| a.status.as_deref()).collect();
+    let integrations: Vec<Option<&str>> = listed.iter().map(|a| a.integration.as_deref()).collect();
+    let sandbox: Vec<bool> = listed.iter().map(|a| a.is_sandbox).collect();
+    sqlx::query(
+        "INSERT INTO accounts (integrated_account_id, tenant_id, truto_status, integration,
+                               is_sandbox, source)
+         SELECT t.id, t.tenant, t.status, t.integration, t.sandbox, 'discovered'
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[])
+                AS t(id, tenant, status, integration, sandbox)
+         ON CONFLICT (integrated_account_id) DO UPDATE
+            SET tenant_id = excluded.tenant_id, truto_status = excluded.truto_status,
+                integration = excluded.integration, is_sandbox = excluded.is_sandbox,
+                retired_at = NULL, last_seen_at = now()",
+    )
+    .bind(&ids)
+    .bind(&tenants)
+    .bind(&statuses)
+    .bind(&integrations)
+    .bind(&sandbox)
+    .execute(&mut **tx)
+    .await?;
+    Ok(DiscoveryApplied {
+        listed: listed.len() as u64,
+        added: added as u64,
+        unretired: unretired as u64,
+        ..DiscoveryApplied::default()
+    })
+}
+
+/// Retires the discovered accounts the listing no longer shows, unless the guard refuses.
+async fn retire_missing(
+    tx: &mut Transaction<'_, Postgres>,
+    listed: &[Discovered],
+    policy: RetirePolicy,
+    out: &mut DiscoveryApplied,
+) -> Result<(), StoreError> {
+    let ids: Vec<Uuid> = listed.iter().map(|a| a.id).collect();
+    let (known, missing): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE NOT integrated_account_id = ANY($1))
+           FROM accounts WHERE source = 'discovered' AND retired_at IS NULL",
+    )
+    .bind(&ids)
+    .fetch_one(&mut **tx)
+    .await?;
+    out.retire_guard = retire_guard(missing as u64, known as u64, out.listed, policy);
+    if missing == 0 || out.retire_guard.is_some() {
+        return Ok(());
+    }
+    out.retired = sqlx::query(
+        "UPDATE accounts SET retired_at = now()
+          WHERE source = 'discovered' AND retired_at IS NULL AND NOT integrated_account_id = ANY($1)",
+    )
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(())
+}
+
+/// Truto's status says what a request would find: `needs_reauth` marks the account's health
+/// without spending a request; `active` again clears it and asks for a run at once.
+async fn gate_health(
+    tx: &mut Transaction<'_, Postgres>,
+    listed: &[Discovered],
+) -> Result<(), StoreError> {
+    let by_status = |s: &str| -> Vec<Uuid> {
+        listed
+            .iter()
+            .filter(|a| a.status.as_deref() == Some(s))
+            .map(|a| a.id)
+            .collect()
+    };
+    sqlx::query(
+        "INSERT INTO sync_state (integrated_account_id, health, health_since, health_reason, health_failures)
+         SELECT t.id, $2, now(), 'Truto reports the integrated account as needs_reauth: the customer must re-authorize the integration in Truto', 1
+           FROM unnest($1::uuid[]) AS t(id)
+         ON CONFLICT (integrated_account_id) DO UPDATE
+            SET health = excluded.health, health_since = now(), health_reason = excluded.health_reason,
+                health_failures = sync_state.health_failures + 1
+          WHERE sync_state.health <> excluded.health",
+    )
+    .bind(by_status("needs_reauth"))
+    .bind(Health::NeedsReauth.as_str())
+    .execute(&mut **tx)
+    .await?;
+    let back = by_status("active");
+    sqlx::query(
+        "WITH back AS (
+             UPDATE sync_state SET health = $2, health_since = now(), health_reason = NULL, health_failures = 0
+              WHERE integrated_account_id = ANY($1) AND health = $3
+          RETURNING integrated_account_id)
+         UPDATE accounts SET sync_requested_at = now()
+          WHERE integrated_account_id IN (SELECT integrated_account_id FROM back)",
+    )
+    .bind(&back)
+    .bind(Health::Ok.as_str())
+    .bind(Health::NeedsReauth.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retire_guard_refuses_incomplete_empty_and_too_large_retirements() {
+        let ok = RetirePolicy {
+            complete: true,
+            max_fraction: 0.5,
+        };
+        assert_eq!(retire_guard(0, 10, 10, ok), None);
+        assert_eq!(retire_guard(5, 10, 5, ok), None);
+        assert!(retire_guard(6, 10, 4, ok).unwrap().contains("6 of 10"));
+        assert!(retire_guard(10, 10, 0, ok).unwrap().contains("no accounts"));
+        let partial = RetirePolicy {
+            complete: false,
+            ..ok
+        };
+        assert!(retire_guard(1, 10, 9, partial)
+            .unwrap()
+            .contains("not complete"));
+        assert_eq!(retire_guard(0, 10, 10, partial), None);
+    }
+}

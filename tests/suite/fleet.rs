@@ -1,0 +1,487 @@
+//! The fleet: accounts found by discovery (every page, gated by Truto's status and the
+//! filters), added and retired without a restart, the retire guard, operators' pause / resume /
+//! sync-now through the database obeyed by running replicas, `accounts` commands, and a large
+//! fleet scheduled without a burst.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::helpers::daemon::BIN;
+use crate::helpers::service::*;
+use crate::helpers::*;
+use lms_sync::config::Settings;
+use lms_sync::devkit::simulator::{Fault, Integrated, DEMO_TOKEN};
+use lms_sync::fleet::{plan, Gate};
+use lms_sync::service::Hooks;
+use lms_sync::sync::discovery::discover;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Settings for a fleet found by discovery only (no `[[accounts]]`).
+fn discovering(env: &Env) -> Settings {
+    let mut s = daemon_settings(env, "1h");
+    s.accounts.clear();
+    s.discovery.enabled = true;
+    s.discovery.interval = "1h".into();
+    s
+}
+
+/// An environment whose accounts are also integrated accounts in the simulator.
+async fn fleet_env(accounts: &[(Uuid, usize)]) -> Env {
+    let env = Env::new(accounts).await;
+    for (i, (id, _)) in accounts.iter().enumerate() {
+        env.sim
+            .set_integrated(*id, Integrated::active(&format!("tenant-{i}")));
+    }
+    env
+}
+
+async fn discover_now(env: &Env, s: &Settings) -> lms_sync::sync::discovery::DiscoveryOutcome {
+    discover(
+        &env.store,
+        &env.client(),
+        &s.discovery,
+        &CancellationToken::new(),
+    )
+    .await
+}
+
+async fn gates(env: &Env, s: &Settings) -> Vec<(Uuid, Gate)> {
+    let registry = env.store.registry().await.unwrap();
+    plan(s, &registry)
+        .into_iter()
+        .map(|p| (p.id(), p.gate))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_reads_every_page_and_gates_by_status_tenant_and_sandbox() {
+    let env = Env::new(&[]).await;
+    let mut s = discovering(&env);
+    s.truto.page_size = 7;
+    s.discovery.tenant_ids = vec![];
+    let mut expected = Vec::new();
+    for n in 0..20u128 {
+        let id = account_id(100 + n);
+        let mut a = Integrated::active(&format!("tenant-{n}"));
+        match n {
+            0 => a.status = "needs_reauth".into(),
+            1 => a.status = "connecting".into(),
+            2 => a.status = "post_install_error".into(),
+            3 => a.is_sandbox = true,
+            _ => {}
+        }
+        env.sim.set_integrated(id, a);
+        expected.push(id);
+    }
+    // Another integration is not listed at all.
+    let mut other = Integrated::active("tenant-x");
+    other.integration = "docebo".into();
+    env.sim.set_integrated(account_id(999), other);
+    let client = lms_sync::source::TrutoClient::new(&s.truto, &token()).unwrap();
+
+    let out = discover(&env.store, &client, &s.discovery, &CancellationToken::new()).await;
+
+    let applied = out.applied.expect("applied");
+    assert_eq!((applied.listed, applied.added), (20, 20));
+    assert_eq!(env.sim.stats().account_listings, 3, "20 accounts, 7 a page");
+    let g = gates(&env, &s).await;
+    assert_eq!(g.len(), 20);
+    let of = |id: Uuid| g.iter().find(|(x, _)| *x == id).unwrap().1.clone();
+    assert_eq!(of(expected[0]), Gate::TrutoStatus("needs_reauth".into()));
+    assert_eq!(of(expected[1]), Gate::TrutoStatus("connecting".into()));
+    assert_eq!(
+        of(expected[2]),
+        Gate::TrutoStatus("post_install_error".into())
+    );
+    assert!(matches!(of(expected[3]), Gate::Excluded(_)));
+    assert_eq!(g.iter().filter(|(_, g)| g.syncs()).count(), 16);
+    // needs_reauth is the account's health at once, without a request for it.
+    let health: String =
+        sqlx::query_scalar("SELECT health FROM sync_state WHERE integrated_account_id = $1")
+            .bind(expected[0])
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(health, "needs_reauth");
+    assert_eq!(env.sim.stats().by_account.get(&expected[0]), None);
+    // The tenant allow-list and the exclusions narrow it further.
+    s.discovery.tenant_ids = vec!["tenant-5".into(), "tenant-6".into()];
+    s.discovery.exclude_accounts = vec![expected[6]];
+    let g = gates(&env, &s).await;
+    let syncing: Vec<Uuid> = g
+        .iter()
+        .filter(|(_, g)| g.syncs())
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(syncing, [expected[5]]);
+    // Reauthorized in Truto: healthy again and asked to run at once.
+    env.sim
+        .set_integrated(expected[0], Integrated::active("tenant-0"));
+    assert!(
+        discover(&env.store, &client, &s.discovery, &CancellationToken::new())
+            .await
+            .applied
+            .is_some()
+    );
+    let (health, requested): (String, bool) = sqlx::query_as(
+        "SELECT s.health, a.sync_requested_at IS NOT NULL FROM sync_state s
+           JOIN accounts a USING (integrated_account_id) WHERE integrated_account_id = $1",
+    )
+    .bind(expected[0])
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!((health.as_str(), requested), ("ok", true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retire_guard_keeps_accounts_when_a_listing_fails_is_partial_empty_or_too_small() {
+    let ids: Vec<Uuid> = (1..=4).map(account_id).collect();
+    let env = fleet_env(&ids.iter().map(|id| (*id, 5)).collect::<Vec<_>>()).await;
+    let s = discovering(&env);
+    assert_eq!(discover_now(&env, &s).await.applied.unwrap().added, 4);
+    let retired = || async {
+        env.scalar_i64("SELECT count(*) FROM accounts WHERE retired_at IS NOT NULL")
+            .await
+    };
+
+    // A failed listing changes nothing and says why.
+    env.sim.push_listing_fault(Fault::status(500));
+    env.sim.push_listing_fault(Fault::status(500));
+    env.sim.push_listing_fault(Fault::status(500));
+    env.sim.push_listing_fault(Fault::status(500));
+    env.sim.push_listing_fault(Fault::status(500));
+    env.sim.push_listing_fault(Fault::status(500));
+    let out = discover_now(&env, &s).await;
+    assert!(out.error.is_some() && out.applied.is_none());
+    // A partial listing that lacks one: not retired.
+    env.sim.remove_integrated(ids[0]);
+    env.sim.push_listing_fault(Fault::Partial);
+    let out = discover_now(&env, &s).await;
+    assert!(out
+        .applied
+        .unwrap()
+        .retire_guard
+        .unwrap()
+        .contains("not complete"));
+    assert_eq!(retired().await, 0);
+    // An empty listing while accounts are known: not retired.
+    for id in &ids[1..] {
+        env.sim.remove_integrated(*id);
+    }
+    let out = discover_now(&env, &s).await;
+    assert!(out
+        .applied
+        .unwrap()
+        .retire_guard
+        .unwrap()
+        .contains("no accounts"));
+    // Three of four gone: more than half.
+    env.sim
+        .set_integrated(ids[3], Integrated::active("tenant-3"));
+    let out = discover_now(&env, &s).await;
+    assert!(out
+        .applied
+        .unwrap()
+        .retire_guard
+        .unwrap()
+        .contains("3 of 4"));
+    assert_eq!(retired().await, 0);
+    let (guard, error): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT retire_guard, error FROM discovery_state")
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert!(guard.unwrap().contains("3 of 4") && error.is_none());
+    // One of four gone: retired.
+    for (i, id) in ids.iter().enumerate().skip(1) {
+        env.sim
+            .set_integrated(*id, Integrated::active(&format!("tenant-{i}")));
+    }
+    let out = discover_now(&env, &s).await.applied.unwrap();
+    assert_eq!((out.retired, out.retire_guard), (1, None));
+    assert_eq!(retired().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_added_and_removed_upstream_are_synced_and_retired_without_a_restart() {
+    let (a, b, c) = (account_id(1), account_id(2), account_id(3));
+    let env = fleet_env(&[(a, 120), (b, 80)]).await;
+    let s = discovering(&env);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (daemon, stop) = start_daemon(
+        s.clone(),
+        Hooks {
+            progress: Some(Arc::new(Events(tx))),
+            ..Hooks::default()
+        },
+    );
+    // The service discovers both at start and syncs them.
+    let mut done = HashSet::new();
+    while done.len() < 2 {
+        if let Event::Finished(id, outcome) = next(&mut rx).await {
+            assert_eq!(outcome, "succeeded");
+            done.insert(id);
+        }
+    }
+    // A customer connects: the account appears upstream and is synced, no restart.
+    env.sim.add_account(c, 60, 33);
+    env.sim.set_integrated(c, Integrated::active("tenant-c"));
+    assert_eq!(discover_now(&env, &s).await.applied.unwrap().added, 1);
+    loop {
+        if let Event::Finished(id, outcome) = next(&mut rx).await {
+            assert_eq!((id, outcome.as_str()), (c, "succeeded"));
+            break;
+        }
+    }
+    assert_mirror(&env.store, &env.sim, c).await;
+    // A customer disconnects: retired, rows kept, no longer live.
+    env.sim.remove_integrated(b);
+    assert_eq!(discover_now(&env, &s).await.applied.unwrap().retired, 1);
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    let live_b = env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM live_users WHERE integrated_account_id = '{b}'"
+        ))
+        .await;
+    let kept_b = env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM users WHERE integrated_account_id = '{b}' AND deleted_at IS NULL"
+        ))
+        .await;
+    assert_eq!((live_b, kept_b), (0, 80));
+    let requests_b = env.sim.stats().by_account.get(&b).copied();
+    assert_eq!(
+        requests_b,
+        Some(1),
+        "b was synced once, never after it was retired"
+    );
+    // It comes back: un-retired.
+    env.sim.unblock(b);
+    env.sim.set_integrated(b, Integrated::active("tenant-1"));
+    assert_eq!(discover_now(&env, &s).await.applied.unwrap().unretired, 1);
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM live_users WHERE integrated_account_id = '{b}'"
+        ))
+        .await,
+        80
+    );
+}
+
+/// The outcome of the next run that was not skipped as busy (held by the other replica).
+async fn finished(rx: &mut mpsc::UnboundedReceiver<Event>) -> String {
+    loop {
+        if let Event::Finished(_, o) = next(rx).await {
+            if o != "busy" {
+                return o;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_and_sync_now_are_obeyed_by_two_running_replicas() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 1500)]).await;
+    let s = daemon_settings(&env, "1h");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        replicas.push(start_daemon(
+            s.clone(),
+            Hooks {
+                progress: Some(Arc::new(Events(tx.clone()))),
+                ..Hooks::default()
+            },
+        ));
+    }
+    assert_eq!(finished(&mut rx).await, "succeeded");
+    let runs = || async { env.scalar_i64("SELECT count(*) FROM sync_runs").await };
+    assert_eq!(runs().await, 1);
+
+    // sync-now: one of the replicas runs it at once, although the schedule says in an hour.
+    assert!(env.store.request_sync(a).await.unwrap());
+    assert_eq!(finished(&mut rx).await, "succeeded");
+    assert_eq!(runs().await, 2);
+
+    // A pause stops a run in progress after its page, and no replica starts another.
+    // (15 pages at 300 ms: longer than the replicas' 2-second look at the registry.)
+    env.sim.set_latency(Duration::from_millis(300));
+    assert!(env.store.request_sync(a).await.unwrap());
+    loop {
+        if let Event::Page(_) = next(&mut rx).await {
+            break;
+        }
+    }
+    assert!(env.store.set_paused(a, true).await.unwrap());
+    assert_eq!(finished(&mut rx).await, "interrupted");
+    assert!(env.store.request_sync(a).await.unwrap());
+    // Both replicas look at the registry every 2 s: give them three rounds.
+    let quiet = tokio::time::timeout(Duration::from_secs(6), finished(&mut rx)).await;
+    assert!(quiet.is_err(), "a paused account was started: {quiet:?}");
+    assert_eq!(runs().await, 3);
+    // Resumed, the pending sync-now runs, and resumes from the interrupted listing.
+    env.sim.set_latency(Duration::ZERO);
+    assert!(env.store.set_paused(a, false).await.unwrap());
+    assert_eq!(finished(&mut rx).await, "succeeded");
+    for (daemon, stop) in replicas {
+        stop.cancel();
+        daemon.await.unwrap().unwrap();
+    }
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_discovered_accounts_are_scheduled_without_a_burst() {
+    let env = Env::new(&[]).await;
+    for n in 0..500u128 {
+        let id = account_id(1000 + n);
+        env.sim.add_account(id, 3, n as u64);
+        env.sim
+            .set_integrated(id, Integrated::active(&format!("t{n}")));
+    }
+    let mut s = discovering(&env);
+    s.sync.max_concurrent_accounts = 10;
+    s.rate_budget.enabled = false;
+    s.database.max_connections = 30;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (daemon, stop) = start_daemon(
+        s,
+        Hooks {
+            progress: Some(Arc::new(Events(tx))),
+            ..Hooks::default()
+        },
+    );
+    let (mut running, mut most, mut done) = (0i64, 0i64, HashSet::new());
+    while done.len() < 500 {
+        match next(&mut rx).await {
+            Event::Started(_) => {
+                running += 1;
+                most = most.max(running);
+            }
+            Event::Finished(id, o) => {
+                running -= 1;
+                assert_eq!(o, "succeeded");
+                done.insert(id);
+            }
+            Event::Page(_) => {}
+        }
+    }
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    assert!(most <= 10, "{most} runs at once");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM accounts WHERE source = 'discovered'")
+            .await,
+        500
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM live_users").await,
+        1500
+    );
+}
+
+/// Runs the binary with `args` against `env`'s database, discovery on.
+async fn cli(env: &Env, args: &[&str]) -> std::process::Output {
+    let cfg = std::env::temp_dir().join(format!("lms-sync-fleet-{}.toml", Uuid::new_v4()));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[truto]\nbase_url = \"{}\"\n[discovery]\nenabled = true\n[log]\nformat = \"json\"\n",
+            env.sim.base_url()
+        ),
+    )
+    .unwrap();
+    tokio::process::Command::new(BIN)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TRUTO_API_TOKEN", DEMO_TOKEN)
+        .env("LMS_SYNC__DATABASE__URL", &env.db_url)
+        .args(["--config", cfg.to_str().unwrap()])
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
+    let (a, b) = (account_id(1), account_id(2));
+    let env = fleet_env(&[(a, 30), (b, 20)]).await;
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // `sync` with discovery on lists the accounts first, then syncs them.
+    let o = cli(&env, &["sync"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let o = cli(&env, &["accounts", "list", "--json"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["tenant_id"], "tenant-0");
+    assert_eq!(list[0]["source"], "discovered");
+    assert_eq!(list[0]["state"], "active");
+    assert_eq!(list[0]["live_users"], 30);
+    assert!(list[0]["last_success"].is_string());
+
+    let o = cli(&env, &["accounts", "pause", &a.to_string()]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let o = cli(&env, &["accounts", "list"]).await;
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("paused") && table.contains("tenant-1"),
+        "{table}"
+    );
+    let o = cli(&env, &["status"]).await;
+    let status = String::from_utf8_lossy(&o.stdout);
+    assert!(status.contains("not synced: paused"), "{status}");
+    assert!(status.contains("discovery: last listing"), "{status}");
+    let o = cli(&env, &["accounts", "resume", &a.to_string()]).await;
+    assert!(o.status.success());
+    let o = cli(&env, &["accounts", "reset-cursor", &a.to_string()]).await;
+    assert!(o.status.success());
+    let o = cli(
+        &env,
+        &["accounts", "sync-now", &Uuid::from_u128(7).to_string()],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("not in the registry"), "{}", err(&o));
+
+    // Purge: only a retired account, only with --yes.
+    let o = cli(&env, &["accounts", "purge", &b.to_string(), "--yes"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("not retired"), "{}", err(&o));
+    env.sim.remove_integrated(b);
+    let s = discovering(&env);
+    assert_eq!(discover_now(&env, &s).await.applied.unwrap().retired, 1);
+    let o = cli(&env, &["accounts", "purge", &b.to_string()]).await;
+    assert_eq!(o.status.code(), Some(2));
+    let o = cli(&env, &["accounts", "purge", &b.to_string(), "--yes"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("users") && out.contains("20 rows deleted"),
+        "{out}"
+    );
+    for table in [
+        "users",
+        "sync_runs",
+        "sync_state",
+        "accounts",
+        "user_changes",
+    ] {
+        let n = env
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM {table} WHERE integrated_account_id = '{b}'"
+            ))
+            .await;
+        assert_eq!(n, 0, "{table}");
+    }
+    assert_mirror(&env.store, &env.sim, a).await;
+}

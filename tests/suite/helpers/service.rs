@@ -1,0 +1,84 @@
+//! The service in-process: `run_with` in a task, its pass events forwarded to the test (tests
+//! wait on events, never on time).
+
+use std::time::Duration;
+
+use lms_sync::config::{AccountSettings, Settings};
+use lms_sync::devkit::simulator::DEMO_TOKEN;
+use lms_sync::domain::RunCounts;
+use lms_sync::service::{run_with, Hooks};
+use lms_sync::sync::{Progress, SyncOutcome};
+use secrecy::SecretString;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::Env;
+
+/// Forwards pass events to the test.
+#[derive(Clone)]
+pub struct Events(pub mpsc::UnboundedSender<Event>);
+
+#[derive(Debug)]
+pub enum Event {
+    Started(Uuid),
+    Page(u64),
+    Finished(Uuid, String),
+}
+
+impl Progress for Events {
+    fn started(&self, account: &AccountSettings, _resumed: bool) {
+        let _ = self.0.send(Event::Started(account.integrated_account_id));
+    }
+    fn page(&self, _account: &AccountSettings, totals: &RunCounts) {
+        let _ = self.0.send(Event::Page(totals.pages));
+    }
+    fn finished(&self, account: &AccountSettings, o: &SyncOutcome) {
+        let _ = self.0.send(Event::Finished(
+            account.integrated_account_id,
+            o.status_str().to_string(),
+        ));
+    }
+}
+
+pub fn token() -> SecretString {
+    SecretString::from(DEMO_TOKEN.to_string())
+}
+
+/// Receives the next event, failing the test if none comes within a generous bound.
+pub async fn next(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+    tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("no event within 60s")
+        .expect("daemon gone")
+}
+
+/// Starts the daemon in a task; cancelling the token stops it.
+pub fn start_daemon(
+    settings: Settings,
+    hooks: Hooks,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    CancellationToken,
+) {
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    let daemon = tokio::spawn(run_with(
+        settings,
+        token(),
+        async move { stopper.cancelled().await },
+        hooks,
+    ));
+    (daemon, stop)
+}
+
+pub fn daemon_settings(env: &Env, every: &str) -> Settings {
+    let mut s = env.settings.clone();
+    s.schedule.every = Some(every.into());
+    s.schedule.jitter = "0s".into();
+    s.schedule.run_on_start = true;
+    s.schedule.retry_initial = "1s".into();
+    s.server.listen = String::new();
+    s.sync.shutdown_grace_secs = 20;
+    s
+}
