@@ -42,3 +42,12 @@ CREATE OR REPLACE VIEW users_with_account AS
            u.last_changed_at, a.retired_at AS account_retired_at
       FROM users u
       LEFT JOIN accounts a ON a.integrated_account_id = u.integrated_account_id;
+
+-- Truto webhook deliveries already processed, by event id, so that every replica ignores a
+-- replay (events older than the receiver's tolerance are ignored anyway, so old ids can go).
+CREATE TABLE webhook_events (
+    event_id    text PRIMARY KEY,
+    event       text        NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX webhook_events_by_age ON webhook_events (received_at);

@@ -4,9 +4,8 @@
 use clap::Subcommand;
 use uuid::Uuid;
 
-use super::commands::{open_store, read_state, Access};
+use super::commands::{open_store, Access};
 use super::exit::CliError;
-use super::render::AccountView;
 use crate::config::Settings;
 use crate::store::{Store, StoreError};
 
@@ -72,30 +71,13 @@ pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), Cli
 async fn list(settings: Settings, json: bool) -> Result<(), CliError> {
     settings.database_url()?;
     let store = open_store(&settings, Access::Read).await?;
-    let state = read_state(&settings, &store).await?;
-    let views: Vec<AccountView> = state
-        .fleet
-        .iter()
-        .map(|p| {
-            let row = state
-                .rows
-                .iter()
-                .find(|r| r.integrated_account_id == p.id());
-            AccountView {
-                integrated_account_id: p.id(),
-                label: p.account.label.clone(),
-                tenant_id: p.row.as_ref().and_then(|r| r.tenant_id.clone()),
-                source: p.source.as_str().to_string(),
-                state: p.gate.state(),
-                health: row.map_or("ok", |r| r.health.as_str()).to_string(),
-                health_since: row.and_then(|r| r.health_since),
-                last_success: row.and_then(|r| r.last_succeeded_at),
-                next_run: state.next.get(&p.id()).copied(),
-                live_users: row.map_or(0, |r| r.live_users),
-                last_error: row.and_then(|r| r.last_error.clone()),
-            }
-        })
-        .collect();
+    let state = crate::service::status::read_state(&settings, &store)
+        .await
+        .map_err(|error| CliError::Store {
+            context: "cannot read the sync state",
+            error,
+        })?;
+    let views = crate::service::status::account_views(&state);
     if json {
         let text = serde_json::to_string_pretty(&views)
             .map_err(|e| anyhow::anyhow!("cannot write JSON: {e}"))?;

@@ -147,10 +147,29 @@ fn sync_prerequisites(settings: &Settings) -> Result<SecretString, CliError> {
     Ok(token)
 }
 
-/// `run`: the service, until SIGTERM or SIGINT.
-pub async fn run(settings: Settings) -> Result<(), CliError> {
+/// `run`: the service, until SIGTERM or SIGINT; SIGHUP reloads `config` (the same file and
+/// environment as at start).
+pub async fn run(
+    settings: Settings,
+    config: Option<std::path::PathBuf>,
+    no_migrate: bool,
+) -> Result<(), CliError> {
     let token = sync_prerequisites(&settings)?;
-    crate::service::run(settings, token, crate::service::wait_for_signal()).await?;
+    let (live_tx, live) = tokio::sync::watch::channel(Arc::new(settings.clone()));
+    let load = move || {
+        let mut s = Settings::load(config.as_deref())?;
+        if no_migrate {
+            s.database.migrate = false;
+        }
+        s.require_accounts()?;
+        Ok(s)
+    };
+    tokio::spawn(crate::service::reload_on_hangup(live_tx, load));
+    let hooks = crate::service::Hooks {
+        settings: Some(live),
+        ..Default::default()
+    };
+    crate::service::run_with(settings, token, crate::service::wait_for_signal(), hooks).await?;
     Ok(())
 }
 
@@ -183,7 +202,12 @@ pub async fn migrate(settings: Settings) -> Result<(), CliError> {
 pub async fn status(settings: Settings) -> Result<(), CliError> {
     settings.database_url()?;
     let store = open_store(&settings, Access::Read).await?;
-    let state = read_state(&settings, &store).await?;
+    let state = crate::service::status::read_state(&settings, &store)
+        .await
+        .map_err(|error| CliError::Store {
+            context: "cannot read the sync state",
+            error,
+        })?;
     let info = state
         .fleet
         .iter()
@@ -209,36 +233,4 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
         );
     }
     Ok(())
-}
-
-/// What `status` and `accounts list` read: the fleet, each account's state and next run.
-pub struct FleetState {
-    pub fleet: Vec<crate::fleet::Planned>,
-    pub rows: Vec<crate::store::StatusRow>,
-    pub next: std::collections::HashMap<Uuid, chrono::DateTime<chrono::Utc>>,
-    pub discovery: Option<crate::store::DiscoveryState>,
-}
-
-/// Reads the fleet's state (read-only).
-pub async fn read_state(settings: &Settings, store: &Store) -> Result<FleetState, CliError> {
-    let read = |error| CliError::Store {
-        context: "cannot read the sync state",
-        error,
-    };
-    let registry = store.registry().await.map_err(read)?;
-    let fleet = crate::fleet::plan(settings, &registry);
-    let known: Vec<(Uuid, Option<String>)> = fleet
-        .iter()
-        .map(|p| (p.id(), p.account.label.clone()))
-        .collect();
-    let rows = store.status(&known).await.map_err(read)?;
-    let histories = store.run_histories().await.map_err(read)?;
-    let next = crate::service::next_runs(settings, &fleet, &histories, chrono::Utc::now());
-    let discovery = store.discovery_state().await.map_err(read)?;
-    Ok(FleetState {
-        fleet,
-        rows,
-        next,
-        discovery,
-    })
 }

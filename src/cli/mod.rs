@@ -93,10 +93,11 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
+    let (config, no_migrate) = (cli.config.clone(), cli.no_migrate);
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Sync { account } => commands::sync(settings, account).await,
-            Command::Run => commands::run(settings).await,
+            Command::Run => commands::run(settings, config, no_migrate).await,
             Command::Migrate => commands::migrate(settings).await,
             Command::Healthcheck { url } => commands::healthcheck(&url).await,
             Command::Status => commands::status(settings).await,

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::domain::Outcome;
+use crate::service::status::AccountView;
 use crate::store::StatusRow;
 use crate::sync::SyncOutcome;
 use crate::text::shorten;
@@ -139,22 +140,6 @@ pub fn status(
         }
     }
     s
-}
-
-/// One account as `accounts list` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AccountView {
-    pub integrated_account_id: Uuid,
-    pub label: Option<String>,
-    pub tenant_id: Option<String>,
-    pub source: String,
-    pub state: String,
-    pub health: String,
-    pub health_since: Option<DateTime<Utc>>,
-    pub last_success: Option<DateTime<Utc>>,
-    pub next_run: Option<DateTime<Utc>>,
-    pub live_users: i64,
-    pub last_error: Option<String>,
 }
 
 /// `accounts list` as a readable table.

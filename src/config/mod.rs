@@ -15,6 +15,10 @@ pub const ENV_PREFIX: &str = "LMS_SYNC";
 pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
 /// Where the Truto token comes from. Never from a committed file.
 pub const TOKEN_ENV: &str = "TRUTO_API_TOKEN";
+/// The env var holding the operations server's admin token.
+pub const ADMIN_TOKEN_ENV: &str = "LMS_SYNC_ADMIN_TOKEN";
+/// The env var holding the secret Truto signs webhooks with.
+pub const WEBHOOK_SECRET_ENV: &str = "TRUTO_WEBHOOK_SECRET";
 
 /// An invalid configuration. Its `Display` is one line naming the key (and the env var that sets it).
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +102,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub history: HistorySettings,
     pub discovery: DiscoverySettings,
+    pub webhooks: WebhookSettings,
     /// Applies to every discovered account that has no `[[accounts]]` entry of its own.
     pub account_defaults: AccountDefaults,
     pub accounts: Vec<AccountSettings>,
@@ -275,18 +280,43 @@ impl Default for RateBudgetSettings {
     }
 }
 
-/// The operations HTTP server of `lms-sync run`: /healthz, /readyz, /metrics.
+/// The operations HTTP server of `lms-sync run`: /healthz, /readyz, /metrics, and the admin
+/// routes and webhook receiver when their secrets are configured.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
     /// `host:port`; empty turns the server off.
     pub listen: String,
+    /// File holding the admin token for `GET /status` and `POST /accounts/{id}/...`;
+    /// `LMS_SYNC_ADMIN_TOKEN` wins. Without either, those routes answer 403.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9000".into(),
+            admin_token_file: None,
+        }
+    }
+}
+
+/// `[webhooks]`: the receiver of Truto's webhooks (`POST /webhooks/truto`), on when a secret
+/// is configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// File holding the webhook's secret; `TRUTO_WEBHOOK_SECRET` wins.
+    pub secret_file: Option<PathBuf>,
+    /// Events whose `created_at` is further than this from now are ignored (replays).
+    pub tolerance_secs: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            secret_file: None,
+            tolerance_secs: 300,
         }
     }
 }
@@ -754,6 +784,12 @@ impl Settings {
     }
 
     fn check_discovery(&self) -> Result<(), ConfigError> {
+        if !(1..=86_400).contains(&self.webhooks.tolerance_secs) {
+            return Err(key_error(
+                "webhooks.tolerance_secs",
+                "must be between 1 and 86400",
+            ));
+        }
         let d = &self.discovery;
         let every = parse_duration("discovery.interval", &d.interval)?;
         if every < Duration::from_secs(10) {
@@ -823,29 +859,31 @@ impl Settings {
 
     /// The token from `TRUTO_API_TOKEN`, else from `truto.api_token_file`; `None` when neither.
     pub fn api_token(&self) -> Result<Option<SecretString>, ConfigError> {
-        if let Ok(t) = std::env::var(TOKEN_ENV) {
-            let t = t.trim();
-            if !t.is_empty() {
-                return Ok(Some(SecretString::from(t.to_string())));
-            }
-        }
-        if let Some(path) = &self.truto.api_token_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                key_error(
-                    "truto.api_token_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            let t = text.trim();
-            if t.is_empty() {
-                return Err(key_error(
-                    "truto.api_token_file",
-                    format!("{} is empty", path.display()),
-                ));
-            }
-            return Ok(Some(SecretString::from(t.to_string())));
-        }
-        Ok(None)
+        secret(
+            TOKEN_ENV,
+            "truto.api_token_file",
+            self.truto.api_token_file.as_deref(),
+        )
+    }
+
+    /// The admin token of the operations server (`LMS_SYNC_ADMIN_TOKEN`, else
+    /// `server.admin_token_file`); `None` when neither.
+    pub fn admin_token(&self) -> Result<Option<SecretString>, ConfigError> {
+        secret(
+            ADMIN_TOKEN_ENV,
+            "server.admin_token_file",
+            self.server.admin_token_file.as_deref(),
+        )
+    }
+
+    /// The webhook secret (`TRUTO_WEBHOOK_SECRET`, else `webhooks.secret_file`); `None` when
+    /// neither: the receiver is off.
+    pub fn webhook_secret(&self) -> Result<Option<SecretString>, ConfigError> {
+        secret(
+            WEBHOOK_SECRET_ENV,
+            "webhooks.secret_file",
+            self.webhooks.secret_file.as_deref(),
+        )
     }
 
     fn base_schedule(&self) -> Result<crate::schedule::Schedule, ConfigError> {
@@ -932,6 +970,26 @@ fn own_has(s: &AccountSchedule, name: &str) -> bool {
         "jitter" => s.jitter.is_some(),
         _ => false,
     }
+}
+
+/// A secret from the env var `env` (wins), else from the file that `key` names.
+fn secret(env: &str, key: &str, file: Option<&Path>) -> Result<Option<SecretString>, ConfigError> {
+    if let Ok(t) = std::env::var(env) {
+        let t = t.trim();
+        if !t.is_empty() {
+            return Ok(Some(SecretString::from(t.to_string())));
+        }
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| key_error(key, format!("cannot read {}: {e}", path.display())))?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(key_error(key, format!("{} is empty", path.display())));
+    }
+    Ok(Some(SecretString::from(t.to_string())))
 }
 
 fn check_fraction(key: &str, v: f64) -> Result<(), ConfigError> {

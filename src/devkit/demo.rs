@@ -11,7 +11,7 @@ use sqlx::Row;
 use crate::cli::CliError;
 use crate::config::{AccountSettings, Settings};
 use crate::devkit::pg::TempPostgres;
-use crate::devkit::simulator::{demo_account_id, Simulator, DEMO_TOKEN};
+use crate::devkit::simulator::{demo_account_id, Integrated, Simulator, DEMO_TOKEN};
 use crate::source::TrutoClient;
 use crate::store::Store;
 use crate::sync::{sync_accounts, SyncOptions, SyncOutcome};
@@ -63,11 +63,15 @@ async fn run_inner(mut settings: Settings, n_accounts: u32, users: usize) -> any
             .map(|n| {
                 let id = demo_account_id(n);
                 s.add_account(id, account_size(users, n), n as u64);
+                s.set_integrated(id, Integrated::active(&format!("demo-tenant-{n}")));
                 let mut a = AccountSettings::new(id);
                 a.label = Some(format!("demo account {n}"));
                 a
             })
             .collect();
+        // The accounts are also found by discovery, as a fleet's would be; one more is added
+        // upstream half-way through.
+        settings.discovery.enabled = true;
         // A few faults, to show retries at work: the mirror must still come out exact.
         s.set_random_faults(0.02, 42);
         settings.truto.base_url = s.base_url();
@@ -112,18 +116,21 @@ async fn run_inner(mut settings: Settings, n_accounts: u32, users: usize) -> any
     ));
     let concurrency = settings.sync.max_concurrent_accounts;
     let sync = |label: &'static str| {
-        let (store, source, accounts, opts, cancel, progress) = (
-            &store,
-            &source,
-            &settings.accounts,
-            &opts,
-            &cancel,
-            progress.clone(),
-        );
+        let (store, source, settings, opts, cancel, progress) =
+            (&store, &source, &settings, &opts, &cancel, progress.clone());
         async move {
             println!("\n== {label}");
-            let outcomes =
-                sync_accounts(store, source, accounts, opts, concurrency, cancel, progress).await;
+            let accounts = fleet(store, source, settings, cancel).await;
+            let outcomes = sync_accounts(
+                store,
+                source,
+                &accounts,
+                opts,
+                concurrency,
+                cancel,
+                progress,
+            )
+            .await;
             print!("{}", crate::cli::render::summary(&outcomes));
             outcomes
         }
@@ -144,7 +151,11 @@ async fn run_inner(mut settings: Settings, n_accounts: u32, users: usize) -> any
             s.delete_user(a, id);
         }
         s.add_users(a, 7);
-        let second = sync("second sync after upstream changes (5 updated, 3 deleted, 7 added in the first account)").await;
+        // A new customer connects their LMS: discovery finds the account, and it is synced.
+        let new = demo_account_id(n_accounts.max(1) + 1);
+        s.add_account(new, 500, 99);
+        s.set_integrated(new, Integrated::active("demo-tenant-new"));
+        let second = sync("second sync after upstream changes (5 updated, 3 deleted, 7 added in the first account; a new account connected)").await;
         all_ok &= second.iter().all(SyncOutcome::succeeded);
         let third = sync("third sync, nothing changed upstream: nothing is written").await;
         all_ok &= third.iter().all(SyncOutcome::succeeded);
@@ -164,6 +175,39 @@ async fn run_inner(mut settings: Settings, n_accounts: u32, users: usize) -> any
         println!("\nThe throwaway database has been removed. Point LMS_SYNC__DATABASE__URL (or DATABASE_URL) at your own PostgreSQL to keep the mirror.");
     }
     Ok(all_ok)
+}
+
+/// The accounts to sync: with discovery on, Truto's integrated accounts are listed first.
+async fn fleet(
+    store: &Store,
+    source: &TrutoClient,
+    settings: &Settings,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Vec<AccountSettings> {
+    let configured: Vec<(uuid::Uuid, Option<String>)> = settings
+        .accounts
+        .iter()
+        .map(|a| (a.integrated_account_id, a.label.clone()))
+        .collect();
+    if let Err(e) = store.register_configured(&configured).await {
+        eprintln!("cannot register the accounts: {e}");
+    }
+    if settings.discovery.enabled {
+        let out =
+            crate::sync::discovery::discover(store, source, &settings.discovery, cancel).await;
+        if let Some(a) = &out.applied {
+            println!(
+                "discovery: {} integrated accounts listed, {} new",
+                a.listed, a.added
+            );
+        }
+    }
+    let registry = store.registry().await.unwrap_or_default();
+    crate::fleet::plan(settings, &registry)
+        .into_iter()
+        .filter(|p| p.gate.syncs())
+        .map(|p| p.account)
+        .collect()
 }
 
 async fn show_queries(store: &Store, schema: &str) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::DiscoverySettings;
+use super::Live;
 use crate::metrics::Metrics;
 use crate::source::TrutoClient;
 use crate::store::Store;
@@ -19,15 +19,16 @@ const DISCOVERY_LEASE: Uuid = Uuid::nil();
 pub(super) async fn run(
     store: Store,
     source: Arc<TrutoClient>,
-    settings: DiscoverySettings,
+    live: Live,
     metrics: Arc<Metrics>,
     wake: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
-    let interval = settings.interval();
     while !cancel.is_cancelled() {
+        // (A reloaded configuration applies from the next listing on.)
+        let settings = live.borrow().discovery.clone();
         match store.try_lease(DISCOVERY_LEASE).await {
-            Ok(Some(lease)) => {
+            Ok(Some(lease)) if settings.enabled => {
                 let out = discover(&store, &source, &settings, &cancel).await;
                 lease.release().await;
                 let result = match (&out.applied, &out.error) {
@@ -40,13 +41,17 @@ pub(super) async fn run(
                     wake.notify_one();
                 }
             }
+            Ok(Some(lease)) => lease.release().await,
             Ok(None) => tracing::debug!("another replica is listing the integrated accounts"),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take the discovery lease; trying again later")
             }
         }
+        if !settings.enabled {
+            tracing::info!("discovery was turned off by a reloaded configuration");
+        }
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(settings.interval()) => {}
             _ = cancel.cancelled() => {}
         }
     }

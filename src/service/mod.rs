@@ -5,12 +5,15 @@
 //! cancellation tree: the shutdown future cancels the root token, running passes stop between
 //! pages, and the daemon waits for them up to the grace period.
 
+mod admin;
 mod discovery;
 mod ops;
 mod scheduler;
 mod signals;
+pub mod status;
+mod webhooks;
 
-pub use signals::{shutdown_on_signals, wait_for_signal};
+pub use signals::{reload_on_hangup, shutdown_on_signals, wait_for_signal};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::schedule::next_run;
 use crate::source::TrutoClient;
 use crate::store::Store;
-use crate::sync::{NoProgress, Progress, SyncOptions};
+use crate::sync::{NoProgress, Progress};
 
 /// A scheduler whose last round is older than this is not working (rounds come every
 /// [`scheduler::RESCAN`], and a database error waits 5 s before the next).
@@ -79,7 +82,15 @@ pub struct Hooks {
     pub listener: Option<TcpListener>,
     /// The registry to count in (so a test can read it).
     pub metrics: Option<Arc<Metrics>>,
+    /// Settings that change while the service runs (`SIGHUP`): its current value must be the
+    /// settings the service starts with. Schedules, accounts, `[account_defaults]`,
+    /// `[discovery]` and the sync knobs follow it at the next round; the rest (database,
+    /// server, budget, token) needs a restart.
+    pub settings: Option<Live>,
 }
+
+/// The settings in force, replaced as a whole when the configuration is reloaded.
+pub type Live = tokio::sync::watch::Receiver<Arc<Settings>>;
 
 /// Runs the service until `shutdown` completes. Returns after in-flight pages have committed
 /// (or the grace period ran out). Errors only for what cannot be retried (bad settings).
@@ -104,9 +115,13 @@ pub async fn run_with(
     let url = settings.database_url()?.clone();
     let store = Store::connect_lazy(&url, &settings.database)?;
 
-    let source = TrutoClient::from_settings(&settings, &token)?.with_metrics(metrics.clone());
-    let mut opts = SyncOptions::from_settings(&settings);
-    opts.metrics = Some(metrics.clone());
+    let source =
+        Arc::new(TrutoClient::from_settings(&settings, &token)?.with_metrics(metrics.clone()));
+    let live = match hooks.settings {
+        Some(live) => live,
+        None => tokio::sync::watch::channel(Arc::new(settings.clone())).1,
+    };
+    let wake = Arc::new(tokio::sync::Notify::new());
 
     let ready = Arc::new(Readiness::default());
     let listener = match hooks.listener {
@@ -123,13 +138,17 @@ pub async fn run_with(
     };
     let server = if let Some(listener) = listener {
         tracing::info!(addr = %listener.local_addr()?, "operations server listening (/healthz, /readyz, /metrics)");
-        Some(tokio::spawn(ops::serve(
-            listener,
-            store.clone(),
-            metrics.clone(),
-            ready.clone(),
-            root.clone(),
-        )))
+        let ops = ops::Ops {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            settings: live.clone(),
+            source: source.clone(),
+            wake: wake.clone(),
+            admin_token: settings.admin_token()?.map(Arc::new),
+            webhook_secret: settings.webhook_secret()?.map(Arc::new),
+        };
+        Some(tokio::spawn(ops::serve(listener, ops, root.clone())))
     } else {
         None
     };
@@ -137,15 +156,14 @@ pub async fn run_with(
     tokio::pin!(shutdown);
     let stopped = root.clone();
     let scheduler = scheduler::run(scheduler::Parts {
-        settings: settings.clone(),
+        settings: live,
         store: store.clone(),
         source,
-        opts,
         metrics,
         progress,
         root: root.clone(),
         ready,
-        wake: Arc::default(),
+        wake,
     });
     tokio::pin!(scheduler);
     let mut ended = tokio::select! {

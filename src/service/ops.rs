@@ -1,6 +1,6 @@
 //! The operations HTTP server of `lms-sync run`: `/healthz` (the process is alive), `/readyz`
 //! (the scheduler is working, the database answers and the schema is ready), `/metrics`
-//! (Prometheus text).
+//! (Prometheus text), the admin routes (`admin`) and Truto's webhooks (`webhooks`).
 //!
 //! Routing and HTTP are axum on hyper. The port may face a busy network, so no client can hold
 //! a task for long: request heads must arrive within [`HEAD_TIMEOUT`], a handler (body included)
@@ -22,8 +22,11 @@ use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use super::Readiness;
+use secrecy::SecretString;
+
+use super::{Live, Readiness};
 use crate::metrics::Metrics;
+use crate::source::TrutoClient;
 use crate::store::Store;
 
 /// The longest a client may take to send a request head (also bounds idle keep-alive).
@@ -43,11 +46,20 @@ const TEXT: &str = "text/plain; charset=utf-8";
 /// The Prometheus text exposition format.
 const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// What the routes work with.
 #[derive(Clone)]
-struct Ops {
-    store: Store,
-    metrics: Arc<Metrics>,
-    ready: Arc<Readiness>,
+pub struct Ops {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<Readiness>,
+    pub settings: Live,
+    pub source: Arc<TrutoClient>,
+    /// Notified when an admin action or a webhook changed the registry.
+    pub wake: Arc<tokio::sync::Notify>,
+    /// `None`: the admin routes answer 403.
+    pub admin_token: Option<Arc<SecretString>>,
+    /// `None`: the webhook receiver is off.
+    pub webhook_secret: Option<Arc<SecretString>>,
 }
 
 /// The routes, with their limits.
@@ -56,6 +68,15 @@ fn router(ops: Ops) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/status", get(super::admin::status))
+        .route(
+            "/accounts/{id}/{action}",
+            axum::routing::post(super::admin::account_action),
+        )
+        .route(
+            "/webhooks/truto",
+            axum::routing::post(super::webhooks::receive),
+        )
         .fallback(not_found)
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(
@@ -65,7 +86,7 @@ fn router(ops: Ops) -> Router {
         .with_state(ops)
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> Response {
+pub(super) fn text(status: StatusCode, body: impl Into<String>) -> Response {
     (status, [(header::CONTENT_TYPE, TEXT)], body.into()).into_response()
 }
 
@@ -108,18 +129,8 @@ async fn not_found() -> Response {
 }
 
 /// Serves the operations endpoints on `listener` until `cancel` fires.
-pub async fn serve(
-    listener: TcpListener,
-    store: Store,
-    metrics: Arc<Metrics>,
-    ready: Arc<Readiness>,
-    cancel: CancellationToken,
-) {
-    let app = router(Ops {
-        store,
-        metrics,
-        ready,
-    });
+pub async fn serve(listener: TcpListener, ops: Ops, cancel: CancellationToken) {
+    let app = router(ops);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {

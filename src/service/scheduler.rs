@@ -26,7 +26,7 @@ use crate::source::TrutoClient;
 use crate::store::{Store, StoreError};
 use crate::sync::{sync_account, PassStatus, Progress, SyncOptions};
 
-use super::Readiness;
+use super::{Live, Readiness};
 
 /// How often the scheduler re-reads the registry and run history even when nothing is due (so
 /// that it notices what other replicas and operators did): two cheap reads per round.
@@ -34,7 +34,9 @@ pub(super) const RESCAN: Duration = Duration::from_secs(2);
 
 /// What the loop holds between its rounds.
 struct Scheduler {
+    /// The settings as of this round (see `follow_settings`).
     settings: Settings,
+    live: Live,
     store: Store,
     source: Arc<TrutoClient>,
     opts: Arc<SyncOptions>,
@@ -56,10 +58,10 @@ struct Scheduler {
 
 /// What the loop is given to work with.
 pub(super) struct Parts {
-    pub settings: Settings,
+    /// The settings in force (replaced on SIGHUP); read at every round.
+    pub settings: Live,
     pub store: Store,
-    pub source: TrutoClient,
-    pub opts: SyncOptions,
+    pub source: Arc<TrutoClient>,
     pub metrics: Arc<Metrics>,
     pub progress: Arc<dyn Progress>,
     /// Cancelled on shutdown; each run gets a child of it.
@@ -74,16 +76,16 @@ pub(super) struct Parts {
 /// for what no retry can fix (a schema migrated by an incompatible newer version).
 pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
     let Parts {
-        settings,
+        settings: live,
         store,
         source,
-        opts,
         metrics,
         progress,
         root,
         ready,
         wake,
     } = parts;
+    let settings = live.borrow().as_ref().clone();
     if !wait_for_database(&store, settings.database.migrate, &root).await? {
         return Ok(());
     }
@@ -96,11 +98,13 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         tracing::warn!(error = %e, "could not register the configured accounts; each is registered at its first run");
     }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let opts = Arc::new(options(&settings, &metrics));
     let mut s = Scheduler {
+        opts,
         settings,
         store,
-        source: Arc::new(source),
-        opts: Arc::new(opts),
+        source,
+        live: live.clone(),
         metrics,
         progress,
         root,
@@ -116,7 +120,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         s.tracker.spawn(super::discovery::run(
             s.store.clone(),
             s.source.clone(),
-            s.settings.discovery.clone(),
+            live.clone(),
             s.metrics.clone(),
             s.wake.clone(),
             s.root.clone(),
@@ -124,6 +128,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
     }
     while !s.root.is_cancelled() {
         ready.tick();
+        s.follow_settings();
         let read = async {
             Ok::<_, StoreError>((s.store.registry().await?, s.store.run_histories().await?))
         };
@@ -158,7 +163,25 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The knobs of each pass, from the settings.
+fn options(settings: &Settings, metrics: &Arc<Metrics>) -> SyncOptions {
+    let mut opts = SyncOptions::from_settings(settings);
+    opts.metrics = Some(metrics.clone());
+    opts
+}
+
 impl Scheduler {
+    /// Takes a reloaded configuration: runs under way go on with the settings they started
+    /// with; the next runs, schedules and the fleet follow the new ones.
+    fn follow_settings(&mut self) {
+        if !self.live.has_changed().unwrap_or(false) {
+            return;
+        }
+        self.settings = self.live.borrow_and_update().as_ref().clone();
+        self.opts = Arc::new(options(&self.settings, &self.metrics));
+        tracing::info!("following the reloaded configuration");
+    }
+
     fn show_health(&self, histories: &HashMap<Uuid, RunHistory>) {
         let mut states: std::collections::BTreeMap<&'static str, usize> =
             ["active", "paused", "retired", "excluded", "gated"]
@@ -242,7 +265,8 @@ impl Scheduler {
     /// page in flight commits, then the run ends as interrupted.
     fn stop_gated(&self) {
         for (id, cancel) in self.running.lock().expect("running").iter() {
-            let gated = self.fleet.get(id).is_none_or(|p| !p.gate.syncs());
+            // (An account that left the configuration finishes its run.)
+            let gated = self.fleet.get(id).is_some_and(|p| !p.gate.syncs());
             if gated && !cancel.is_cancelled() {
                 tracing::info!(account = %id, "the account was paused or retired; its run stops after the page in flight");
                 cancel.cancel();

@@ -73,6 +73,27 @@ struct WireIntegration {
     name: Option<String>,
 }
 
+impl Wire {
+    fn account(self) -> Result<IntegratedAccount, String> {
+        let id = Uuid::parse_str(&self.id)
+            .map_err(|_| format!("id {:?} is not a uuid", shorten(&self.id, 60)))?;
+        Ok(IntegratedAccount {
+            id,
+            tenant_id: self.tenant_id,
+            status: self.status,
+            is_sandbox: self.is_sandbox.unwrap_or(false),
+            integration: self.integration.and_then(|i| i.name),
+        })
+    }
+}
+
+/// Reads one integrated account (a listing's record, or a webhook's payload).
+pub fn read_account(json: &str) -> Result<IntegratedAccount, String> {
+    serde_json::from_str::<Wire>(json)
+        .map_err(|e| e.to_string())?
+        .account()
+}
+
 /// One page: its accounts, the records that could not be read, the next cursor, partial.
 type ParsedPage = (Vec<IntegratedAccount>, Vec<String>, Option<String>, bool);
 
@@ -89,17 +110,8 @@ fn parse_page(
     let mut accounts = Vec::with_capacity(records.len());
     let mut bad = Vec::new();
     for r in records {
-        match serde_json::from_str::<Wire>(r.get()) {
-            Ok(w) => match Uuid::parse_str(&w.id) {
-                Ok(id) => accounts.push(IntegratedAccount {
-                    id,
-                    tenant_id: w.tenant_id,
-                    status: w.status,
-                    is_sandbox: w.is_sandbox.unwrap_or(false),
-                    integration: w.integration.and_then(|i| i.name),
-                }),
-                Err(_) => bad.push(format!("id {:?} is not a uuid", shorten(&w.id, 60))),
-            },
+        match read_account(r.get()) {
+            Ok(a) => accounts.push(a),
             Err(e) => bad.push(format!("{e}: {}", shorten(r.get(), 80))),
         }
     }
@@ -113,6 +125,28 @@ fn parse_page(
 }
 
 impl TrutoClient {
+    /// One integrated account (`GET /integrated-account/{id}`), as it is now.
+    pub async fn get_integrated_account(
+        &self,
+        id: Uuid,
+        cancel: &CancellationToken,
+    ) -> Result<IntegratedAccount, Failed> {
+        let mut url = self.accounts_url.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.push(&id.to_string());
+        }
+        let done = self
+            .with_retries(LISTING_BUDGET_KEY, "account", cancel, || async {
+                let (body, _) = self.get(&url).await?;
+                let text = std::str::from_utf8(&body)
+                    .map_err(|_| SourceError::InvalidPage("account body is not UTF-8".into()))?;
+                let account = read_account(text).map_err(SourceError::InvalidPage)?;
+                Ok((account, None))
+            })
+            .await?;
+        Ok(done.value)
+    }
+
     /// Every page of the integrated accounts of `integration` (`integration.name=...`).
     pub async fn list_integrated_accounts(
         &self,

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::{AccountSettings, TrutoSettings};
 use crate::metrics::Metrics;
-pub use accounts::{IntegratedAccount, Listed};
+pub use accounts::{read_account, IntegratedAccount, Listed};
 use budget::RateBudget;
 use envelope::{invalid_body, parse_envelope};
 pub use envelope::{parse_page, FetchedPage};

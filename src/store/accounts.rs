@@ -173,6 +173,60 @@ impl Store {
         Ok(out)
     }
 
+    /// Notes a webhook event id; `false` when it was processed before (a replay). Ids older
+    /// than a day are forgotten on the way.
+    pub async fn first_delivery(&self, event_id: &str, event: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM webhook_events WHERE received_at < now() - interval '1 day'")
+            .execute(&mut *tx)
+            .await?;
+        let new = sqlx::query(
+            "INSERT INTO webhook_events (event_id, event) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(event_id)
+        .bind(event)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    /// One account as an event says it is now (registered when new, gated like a listing);
+    /// `wanted` asks for a run at once. Returns whether it was new.
+    pub async fn account_event(
+        &self,
+        account: &Discovered,
+        wanted: bool,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let applied = upsert_listed(&mut tx, std::slice::from_ref(account)).await?;
+        gate_health(&mut tx, std::slice::from_ref(account)).await?;
+        if wanted {
+            sqlx::query(
+                "UPDATE accounts SET sync_requested_at = now() WHERE integrated_account_id = $1",
+            )
+            .bind(account.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(applied.added == 1)
+    }
+
+    /// Retires one account (Truto says it was deleted). `false` when it is not registered.
+    pub async fn retire(&self, account: Uuid) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE accounts SET retired_at = coalesce(retired_at, now()) WHERE integrated_account_id = $1",
+        )
+        .bind(account)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     /// Records that a listing failed (the registry is left as it was).
     pub async fn discovery_failed(&self, error: &str) -> Result<(), StoreError> {
         sqlx::query(

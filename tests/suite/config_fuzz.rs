@@ -77,7 +77,8 @@ const KEYS: &[(&str, &[&str])] = &[
         "rate_budget",
         &["enabled", "per_account", "per_token", "window_secs"],
     ),
-    ("server", &["listen"]),
+    ("server", &["listen", "admin_token_file"]),
+    ("webhooks", &["secret_file", "tolerance_secs"]),
     (
         "history",
         &[

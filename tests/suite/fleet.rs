@@ -325,10 +325,25 @@ async fn pause_resume_and_sync_now_are_obeyed_by_two_running_replicas() {
     let quiet = tokio::time::timeout(Duration::from_secs(6), finished(&mut rx)).await;
     assert!(quiet.is_err(), "a paused account was started: {quiet:?}");
     assert_eq!(runs().await, 3);
-    // Resumed, the pending sync-now runs, and resumes from the interrupted listing.
+    // The interrupted listing left a cursor; reset-cursor makes the next run start afresh.
+    let cursor: Option<String> =
+        sqlx::query_scalar("SELECT cursor FROM sync_state WHERE integrated_account_id = $1")
+            .bind(a)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert!(cursor.is_some());
+    assert!(env.store.request_cursor_reset(a).await.unwrap());
+    // Resumed, the pending sync-now runs, from the first page.
     env.sim.set_latency(Duration::ZERO);
     assert!(env.store.set_paused(a, false).await.unwrap());
     assert_eq!(finished(&mut rx).await, "succeeded");
+    let (resumed, pages): (bool, i64) =
+        sqlx::query_as("SELECT resumed, pages FROM sync_runs ORDER BY run_id DESC LIMIT 1")
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!((resumed, pages), (false, 15));
     for (daemon, stop) in replicas {
         stop.cancel();
         daemon.await.unwrap().unwrap();

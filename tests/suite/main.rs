@@ -18,3 +18,4 @@ mod process;
 mod soak;
 mod sync;
 mod upgrades;
+mod webhooks;

@@ -221,3 +221,50 @@ async fn the_other_daemon_takes_over_an_account_whose_lease_holder_was_killed_mi
     .await;
     assert_eq!(dupes, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_good_configuration_and_refuses_a_bad_one_without_a_restart() {
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 120), (b, 80)]).await;
+    let cfg = config(&env.sim, &[a], "1h", 4);
+    let mut d = spawn(&cfg, &env.db_url);
+    let ev = d.wait_for("sync run finished").await;
+    assert_eq!(ev["span"]["account"], a.to_string());
+    let pid = d.child.id().unwrap().to_string();
+    let hup = || async {
+        let status = tokio::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    };
+
+    // A good file: the new account is synced, the process never restarted.
+    std::fs::copy(config(&env.sim, &[a, b], "1h", 4), &cfg).unwrap();
+    hup().await;
+    d.wait_for("configuration reloaded (SIGHUP); running syncs go on, the next rounds follow it")
+        .await;
+    let ev = d.wait_for("sync run finished").await;
+    assert_eq!(ev["span"]["account"], b.to_string());
+    assert_eq!(ev["fields"]["outcome"], "succeeded");
+
+    // A bad file: one error line, and the configuration in force stays.
+    std::fs::write(&cfg, "[truto]\npage_size = 0\n").unwrap();
+    hup().await;
+    let ev = d
+        .wait_for(
+            "configuration reload refused (SIGHUP); the previous configuration stays in force",
+        )
+        .await;
+    assert!(
+        ev["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("truto.page_size"),
+        "{ev}"
+    );
+    assert_eq!(d.terminate().await, 0);
+    assert_mirror(&env.store, &env.sim, a).await;
+    assert_mirror(&env.store, &env.sim, b).await;
+}

@@ -1,0 +1,85 @@
+//! The admin routes of the operations server: `GET /status` (every account, as JSON) and
+//! `POST /accounts/{id}/sync|pause|resume`, only with `Authorization: Bearer <admin token>`
+//! (`LMS_SYNC_ADMIN_TOKEN` or `server.admin_token_file`). Without a configured token they
+//! answer 403, with a wrong or missing one 401. They act through the registry, like the CLI.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use secrecy::ExposeSecret;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use super::ops::{text, Ops};
+
+/// `None` when the request may go on; otherwise the answer that refuses it.
+fn refuse(ops: &Ops, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = &ops.admin_token else {
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            "admin routes are off: set LMS_SYNC_ADMIN_TOKEN or server.admin_token_file\n",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Constant time: a wrong token must not tell how much of it was right.
+    let ok: bool = given
+        .as_bytes()
+        .ct_eq(token.expose_secret().as_bytes())
+        .into();
+    (!ok).then(|| {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a valid admin token is needed (Authorization: Bearer <token>)\n",
+        )
+            .into_response()
+    })
+}
+
+/// `GET /status`: every account of the fleet, as `accounts list --json` shows them.
+pub(super) async fn status(State(ops): State<Ops>, headers: HeaderMap) -> Response {
+    if let Some(no) = refuse(&ops, &headers) {
+        return no;
+    }
+    let settings = ops.settings.borrow().clone();
+    match super::status::read_state(&settings, &ops.store).await {
+        Ok(state) => Json(super::status::account_views(&state)).into_response(),
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the state: {e}\n"),
+        ),
+    }
+}
+
+/// `POST /accounts/{id}/{action}` with `sync`, `pause` or `resume`.
+pub(super) async fn account_action(
+    State(ops): State<Ops>,
+    Path((id, action)): Path<(Uuid, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(no) = refuse(&ops, &headers) {
+        return no;
+    }
+    let done = match action.as_str() {
+        "sync" => ops.store.request_sync(id).await,
+        "pause" => ops.store.set_paused(id, true).await,
+        "resume" => ops.store.set_paused(id, false).await,
+        _ => return text(StatusCode::NOT_FOUND, "actions: sync, pause, resume\n"),
+    };
+    match done {
+        Ok(true) => {
+            ops.wake.notify_one();
+            text(StatusCode::OK, format!("account {id}: {action}\n"))
+        }
+        Ok(false) => text(
+            StatusCode::NOT_FOUND,
+            format!("account {id} is not in the registry\n"),
+        ),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}

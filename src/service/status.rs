@@ -1,0 +1,82 @@
+//! The fleet's state as operators read it (`status`, `accounts list`, `GET /status`): every
+//! account of the fleet with its registry entry, sync state and next run.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::fleet::{plan, Planned};
+use crate::store::{DiscoveryState, StatusRow, Store, StoreError};
+
+/// What `status` and `accounts list` read.
+pub struct FleetState {
+    pub fleet: Vec<Planned>,
+    pub rows: Vec<StatusRow>,
+    pub next: HashMap<Uuid, DateTime<Utc>>,
+    pub discovery: Option<DiscoveryState>,
+}
+
+/// One account as `accounts list --json` and `GET /status` show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AccountView {
+    pub integrated_account_id: Uuid,
+    pub label: Option<String>,
+    pub tenant_id: Option<String>,
+    pub source: String,
+    pub state: String,
+    pub health: String,
+    pub health_since: Option<DateTime<Utc>>,
+    pub last_success: Option<DateTime<Utc>>,
+    pub next_run: Option<DateTime<Utc>>,
+    pub live_users: i64,
+    pub last_error: Option<String>,
+}
+
+/// Reads the fleet's state (read-only).
+pub async fn read_state(settings: &Settings, store: &Store) -> Result<FleetState, StoreError> {
+    let registry = store.registry().await?;
+    let fleet = plan(settings, &registry);
+    let known: Vec<(Uuid, Option<String>)> = fleet
+        .iter()
+        .map(|p| (p.id(), p.account.label.clone()))
+        .collect();
+    let rows = store.status(&known).await?;
+    let histories = store.run_histories().await?;
+    let next = super::next_runs(settings, &fleet, &histories, Utc::now());
+    let discovery = store.discovery_state().await?;
+    Ok(FleetState {
+        fleet,
+        rows,
+        next,
+        discovery,
+    })
+}
+
+/// Each account of the fleet, for lists and JSON.
+pub fn account_views(state: &FleetState) -> Vec<AccountView> {
+    state
+        .fleet
+        .iter()
+        .map(|p| {
+            let row = state
+                .rows
+                .iter()
+                .find(|r| r.integrated_account_id == p.id());
+            AccountView {
+                integrated_account_id: p.id(),
+                label: p.account.label.clone(),
+                tenant_id: p.row.as_ref().and_then(|r| r.tenant_id.clone()),
+                source: p.source.as_str().to_string(),
+                state: p.gate.state(),
+                health: row.map_or("ok", |r| r.health.as_str()).to_string(),
+                health_since: row.and_then(|r| r.health_since),
+                last_success: row.and_then(|r| r.last_succeeded_at),
+                next_run: state.next.get(&p.id()).copied(),
+                live_users: row.map_or(0, |r| r.live_users),
+                last_error: row.and_then(|r| r.last_error.clone()),
+            }
+        })
+        .collect()
+}

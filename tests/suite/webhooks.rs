@@ -1,0 +1,307 @@
+//! The operations server's fleet routes against a running service: Truto's webhooks (signed,
+//! replayed, stale, oversize, unknown, account events acted on within seconds) and the admin
+//! routes (403 without a configured token, 401 with a wrong one).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::helpers::service::*;
+use crate::helpers::*;
+use hmac::{Hmac, Mac};
+use lms_sync::devkit::simulator::Integrated;
+use lms_sync::service::Hooks;
+use serde_json::json;
+use sha2::Sha256;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+const SECRET: &str = "whsec-test-0123456789";
+const ADMIN: &str = "admin-token-for-tests";
+
+fn secret_file(text: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("lms-sync-secret-{}", Uuid::new_v4()));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!(
+        "format=sha256,v={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
+/// A delivery as Truto sends it, `age_secs` old.
+fn delivery(id: &str, event: &str, payload: serde_json::Value, age_secs: i64) -> Vec<u8> {
+    let at = (chrono::Utc::now() - chrono::Duration::seconds(age_secs))
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    json!({"id": id, "event": event, "payload": payload, "environment_id": "env-1",
+           "webhook_id": "wh-1", "created_at": at})
+    .to_string()
+    .into_bytes()
+}
+
+fn account_payload(id: Uuid, tenant: &str, status: &str) -> serde_json::Value {
+    json!({"id": id.to_string(), "tenant_id": tenant, "status": status, "is_sandbox": false,
+           "integration": {"name": "talentlms", "category": "lms"}})
+}
+
+async fn post(url: &str, body: Vec<u8>, signature: Option<String>) -> (u16, String) {
+    let mut req = reqwest::Client::new().post(url).body(body);
+    if let Some(s) = signature {
+        req = req.header("X-Truto-Signature", s);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 50)]).await;
+    env.sim.set_integrated(a, Integrated::active("tenant-a"));
+    let mut s = daemon_settings(&env, "1h");
+    s.accounts.clear();
+    s.discovery.enabled = true;
+    s.discovery.interval = "1h".into();
+    s.webhooks.secret_file = Some(secret_file(SECRET));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhooks/truto", listener.local_addr().unwrap());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (daemon, stop) = start_daemon(
+        s,
+        Hooks {
+            progress: Some(Arc::new(Events(tx))),
+            listener: Some(listener),
+            ..Hooks::default()
+        },
+    );
+    loop {
+        if let Event::Finished(id, _) = next(&mut rx).await {
+            assert_eq!(id, a);
+            break;
+        }
+    }
+    let registered = || async {
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM accounts WHERE integrated_account_id = '{b}'"
+        ))
+        .await
+    };
+
+    // Missing, wrong, or another body's signature: 401 and nothing changes.
+    let body = delivery(
+        "evt-1",
+        "integrated_account:active",
+        account_payload(b, "tenant-b", "active"),
+        0,
+    );
+    assert_eq!(post(&url, body.clone(), None).await.0, 401);
+    assert_eq!(
+        post(&url, body.clone(), Some(signature("wrong", &body)))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        post(&url, body.clone(), Some(signature(SECRET, b"{}")))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(registered().await, 0);
+    // Over 1 MiB: 413.
+    let big = vec![b' '; 1024 * 1024 + 10];
+    assert_eq!(
+        post(&url, big.clone(), Some(signature(SECRET, &big)))
+            .await
+            .0,
+        413
+    );
+    // Stale: 200, no effect.
+    let stale = delivery(
+        "evt-0",
+        "integrated_account:active",
+        account_payload(b, "tenant-b", "active"),
+        600,
+    );
+    assert_eq!(
+        post(&url, stale.clone(), Some(signature(SECRET, &stale)))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(registered().await, 0);
+    // Unknown event type: 200, ignored.
+    let test = delivery("evt-t", "test", json!({"foo": "bar"}), 0);
+    let (status, text) = post(&url, test.clone(), Some(signature(SECRET, &test))).await;
+    assert_eq!(
+        (status, text.trim()),
+        (200, "ignored: not an account event")
+    );
+
+    // A new active account: registered and synced within seconds.
+    env.sim.add_account(b, 40, 9);
+    env.sim.set_integrated(b, Integrated::active("tenant-b"));
+    let (status, text) = post(&url, body.clone(), Some(signature(SECRET, &body))).await;
+    assert_eq!((status, text.trim()), (200, "registered; syncing now"));
+    let synced = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::Finished(id, o) = next(&mut rx).await {
+                if id == b {
+                    return o;
+                }
+            }
+        }
+    })
+    .await
+    .expect("synced within seconds of the webhook");
+    assert_eq!(synced, "succeeded");
+    assert_mirror(&env.store, &env.sim, b).await;
+    // The same delivery again: 200, no effect (replicas agree through the database).
+    let (status, text) = post(&url, body.clone(), Some(signature(SECRET, &body))).await;
+    assert_eq!((status, text.trim()), (200, "ignored: already processed"));
+
+    // Needs re-authorization, then deleted.
+    let reauth = delivery(
+        "evt-2",
+        "integrated_account:authentication_error",
+        account_payload(b, "tenant-b", "needs_reauth"),
+        0,
+    );
+    assert_eq!(
+        post(&url, reauth.clone(), Some(signature(SECRET, &reauth)))
+            .await
+            .0,
+        200
+    );
+    let health: String =
+        sqlx::query_scalar("SELECT health FROM sync_state WHERE integrated_account_id = $1")
+            .bind(b)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(health, "needs_reauth");
+    let deleted = delivery(
+        "evt-3",
+        "integrated_account:deleted",
+        account_payload(b, "tenant-b", "active"),
+        0,
+    );
+    let (status, text) = post(&url, deleted.clone(), Some(signature(SECRET, &deleted))).await;
+    assert_eq!((status, text.trim()), (200, "retired"));
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM live_users WHERE integrated_account_id = '{b}'"
+        ))
+        .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 30)]).await;
+    let get = |url: String, token: Option<&'static str>| async move {
+        let mut req = reqwest::Client::new().get(&url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let post_as = |url: String, token: Option<&'static str>| async move {
+        let mut req = reqwest::Client::new().post(&url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap().status().as_u16()
+    };
+
+    // Without a configured token: 403; /healthz and /metrics stay open.
+    for with_token in [false, true] {
+        let mut s = daemon_settings(&env, "1h");
+        if with_token {
+            s.server.admin_token_file = Some(secret_file(ADMIN));
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (daemon, stop) = start_daemon(
+            s,
+            Hooks {
+                progress: Some(Arc::new(Events(tx))),
+                listener: Some(listener),
+                ..Hooks::default()
+            },
+        );
+        loop {
+            if let Event::Finished(..) = next(&mut rx).await {
+                break;
+            }
+        }
+        assert_eq!(get(format!("{base}/healthz"), None).await.0, 200);
+        assert_eq!(get(format!("{base}/metrics"), None).await.0, 200);
+        if !with_token {
+            assert_eq!(get(format!("{base}/status"), Some(ADMIN)).await.0, 403);
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/sync"), Some(ADMIN)).await,
+                403
+            );
+        } else {
+            assert_eq!(get(format!("{base}/status"), None).await.0, 401);
+            assert_eq!(get(format!("{base}/status"), Some("nope")).await.0, 401);
+            let (status, body) = get(format!("{base}/status"), Some(ADMIN)).await;
+            assert_eq!(status, 200);
+            let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(list[0]["integrated_account_id"], a.to_string());
+            assert_eq!(list[0]["live_users"], 30);
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/pause"), None).await,
+                401
+            );
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/pause"), Some(ADMIN)).await,
+                200
+            );
+            let paused: bool =
+                sqlx::query_scalar("SELECT paused FROM accounts WHERE integrated_account_id = $1")
+                    .bind(a)
+                    .fetch_one(env.store.pool())
+                    .await
+                    .unwrap();
+            assert!(paused);
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/resume"), Some(ADMIN)).await,
+                200
+            );
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/sync"), Some(ADMIN)).await,
+                200
+            );
+            let again = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    if let Event::Finished(_, o) = next(&mut rx).await {
+                        return o;
+                    }
+                }
+            })
+            .await
+            .expect("the requested run comes within seconds");
+            assert_eq!(again, "succeeded");
+            let unknown = Uuid::from_u128(77);
+            assert_eq!(
+                post_as(format!("{base}/accounts/{unknown}/sync"), Some(ADMIN)).await,
+                404
+            );
+        }
+        stop.cancel();
+        daemon.await.unwrap().unwrap();
+    }
+}
