@@ -360,14 +360,21 @@ async fn upsert_listed(
     let integrations: Vec<Option<&str>> = listed.iter().map(|a| a.integration.as_deref()).collect();
     let sandbox: Vec<bool> = listed.iter().map(|a| a.is_sandbox).collect();
     sqlx::query(
+        // An account that is new, or newly active (connected, reauthorized, back from
+        // retirement), is asked to run at once rather than at its next slot.
         "INSERT INTO accounts (integrated_account_id, tenant_id, truto_status, integration,
-                               is_sandbox, source)
-         SELECT t.id, t.tenant, t.status, t.integration, t.sandbox, 'discovered'
+                               is_sandbox, source, sync_requested_at)
+         SELECT t.id, t.tenant, t.status, t.integration, t.sandbox, 'discovered',
+                CASE WHEN t.status = 'active' THEN now() END
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[])
                 AS t(id, tenant, status, integration, sandbox)
          ON CONFLICT (integrated_account_id) DO UPDATE
             SET tenant_id = excluded.tenant_id, truto_status = excluded.truto_status,
                 integration = excluded.integration, is_sandbox = excluded.is_sandbox,
+                sync_requested_at = CASE
+                    WHEN excluded.truto_status = 'active'
+                     AND (accounts.truto_status IS DISTINCT FROM 'active' OR accounts.retired_at IS NOT NULL)
+                    THEN now() ELSE accounts.sync_requested_at END,
                 retired_at = NULL, last_seen_at = now()",
     )
     .bind(&ids)

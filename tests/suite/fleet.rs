@@ -135,6 +135,27 @@ async fn discovery_reads_every_page_and_gates_by_status_tenant_and_sandbox() {
     .await
     .unwrap();
     assert_eq!((health.as_str(), requested), ("ok", true));
+    // Done connecting: active, and asked to run at once too.
+    s.discovery.tenant_ids.clear();
+    s.discovery.exclude_accounts.clear();
+    env.sim
+        .set_integrated(expected[1], Integrated::active("tenant-1"));
+    assert!(
+        discover(&env.store, &client, &s.discovery, &CancellationToken::new())
+            .await
+            .applied
+            .is_some()
+    );
+    let g = gates(&env, &s).await;
+    assert!(g.iter().any(|(id, g)| *id == expected[1] && g.syncs()));
+    let requested: bool = sqlx::query_scalar(
+        "SELECT sync_requested_at IS NOT NULL FROM accounts WHERE integrated_account_id = $1",
+    )
+    .bind(expected[1])
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert!(requested);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
