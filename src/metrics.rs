@@ -1,69 +1,159 @@
-//! Process metrics in the Prometheus text format, kept in a small registry of our own (a
-//! handful of counters and gauges does not need a metrics framework). Counters only grow.
+//! Process metrics, exposed in the OpenMetrics text format through the `prometheus-client`
+//! crate. Every metric is declared once in [`DEFINITIONS`] (name, kind, help); the parts count
+//! in them by name and labels, and a name that is not declared is a bug (debug builds assert).
+//! Label values come from our own words (accounts, outcomes, fields), never from upstream data
+//! without a bound.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 
-/// Every metric: name, type, help. Rendering emits only these, in this order.
-pub const DEFINITIONS: &[(&str, &str, &str)] = &[
-    ("lms_sync_runs_total", "counter", "Finished sync runs by account and outcome."),
-    ("lms_sync_users_total", "counter", "Users processed by account and change (inserted, updated, unchanged, deleted, undeleted, rejected)."),
-    ("lms_sync_pages_total", "counter", "Pages committed by account."),
-    ("lms_sync_http_requests_total", "counter", "HTTP requests to Truto by status (or error kind for requests without one)."),
-    ("lms_sync_retries_total", "counter", "Retried requests by account."),
-    ("lms_sync_rate_limited_total", "counter", "429 answers received by account."),
-    ("lms_sync_rate_budget_wait_seconds_total", "counter", "Time spent waiting for the request budget, by account."),
-    ("lms_sync_run_duration_seconds_total", "counter", "Summed duration of finished runs, by account."),
-    ("lms_sync_last_run_duration_seconds", "gauge", "Duration of the last finished run, by account."),
-    ("lms_sync_last_success_timestamp_seconds", "gauge", "Unix time of the last successful run, by account."),
-    ("lms_sync_running_accounts", "gauge", "Accounts being synced by this process now."),
-    ("lms_sync_account_health", "gauge", "1 for the account's current health (ok, needs_reauth, blocked, not_found, forbidden), 0 for the others, by account and health."),
-    ("lms_sync_hydrations_total", "counter", "Full objects fetched for hydration, by account and result (merged, failed, gone)."),
-    ("lms_sync_unknown_enum_values_total", "counter", "Users inserted or changed with a role or status outside the documented values, by account, field and value."),
-    ("lms_sync_discovery_runs_total", "counter", "Listings of Truto's integrated accounts, by result (succeeded, failed, guarded: accounts no longer listed were not retired)."),
-    ("lms_sync_fleet_accounts", "gauge", "Accounts of the fleet by state (active, paused, retired, excluded, gated by Truto's status)."),
-];
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-type Key = (&'static str, String);
-
-#[derive(Debug, Default)]
-pub struct Metrics {
-    values: Mutex<BTreeMap<Key, f64>>,
+/// What a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    /// Observations in seconds, in [`SECONDS_BUCKETS`].
+    Histogram,
 }
 
-fn labels(pairs: &[(&str, &str)]) -> String {
-    let mut s = String::new();
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        let v = v
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        let _ = write!(s, "{k}=\"{v}\"");
+/// Every metric: full name (as exposed), kind, help.
+pub const DEFINITIONS: &[(&str, Kind, &str)] = &[
+    ("lms_sync_runs_total", Kind::Counter, "Finished sync runs by account and outcome."),
+    ("lms_sync_users_total", Kind::Counter, "Users processed by account and change (inserted, updated, unchanged, deleted, undeleted, rejected)."),
+    ("lms_sync_pages_total", Kind::Counter, "Pages committed by account."),
+    ("lms_sync_http_requests_total", Kind::Counter, "HTTP requests to Truto by status (or error kind for requests without one) and account."),
+    ("lms_sync_retries_total", Kind::Counter, "Retried requests by account."),
+    ("lms_sync_rate_limited_total", Kind::Counter, "429 answers received by account."),
+    ("lms_sync_rate_budget_wait_seconds_total", Kind::Counter, "Time spent waiting for the request budget, by account."),
+    ("lms_sync_run_duration_seconds_total", Kind::Counter, "Summed duration of finished runs, by account."),
+    ("lms_sync_last_run_duration_seconds", Kind::Gauge, "Duration of the last finished run, by account."),
+    ("lms_sync_last_success_timestamp_seconds", Kind::Gauge, "Unix time of the account's last successful run, from the database (every replica reports every account)."),
+    ("lms_sync_running_accounts", Kind::Gauge, "Accounts being synced by this process now."),
+    ("lms_sync_account_health", Kind::Gauge, "1 for the account's current health (ok, needs_reauth, blocked, not_found, forbidden), 0 for the others, by account and health; from the database."),
+    ("lms_sync_account_consecutive_failures", Kind::Gauge, "Failed runs in a row, by account; from the database."),
+    ("lms_sync_account_live_users", Kind::Gauge, "Live users in the mirror, by account (as of its last run); from the database."),
+    ("lms_sync_account_hydration_queue", Kind::Gauge, "Users waiting for their full object, by account; from the database."),
+    ("lms_sync_account_info", Kind::Gauge, "1 per account, with its label and tenant, to join names onto ids; from the database."),
+    ("lms_sync_hydrations_total", Kind::Counter, "Full objects fetched for hydration, by account and result (merged, failed, gone)."),
+    ("lms_sync_unknown_enum_values_total", Kind::Counter, "Users inserted or changed with a role or status outside the documented values, by account and field (the values are in the log and in the unknown_enum_values table)."),
+    ("lms_sync_discovery_runs_total", Kind::Counter, "Listings of Truto's integrated accounts, by result (succeeded, failed, guarded: accounts no longer listed were not retired)."),
+    ("lms_sync_fleet_accounts", Kind::Gauge, "Accounts of the fleet by state (active, paused, retired, excluded, gated by Truto's status)."),
+    ("lms_sync_delete_guard_tripped_total", Kind::Counter, "Runs whose listing would have deleted more than the allowed share of an account's users (nothing was deleted), by account."),
+    ("lms_sync_run_duration_seconds", Kind::Histogram, "Duration of finished runs."),
+    ("lms_sync_http_request_duration_seconds", Kind::Histogram, "Duration of HTTP requests to Truto, by endpoint (page, user, account listing, account) and status class (2xx, 4xx, 5xx, error)."),
+    ("lms_sync_page_write_duration_seconds", Kind::Histogram, "Duration of a batch's transaction (pages, rows, cursor)."),
+    ("lms_sync_build_info", Kind::Gauge, "1, with the version of the binary."),
+];
+
+/// Histogram buckets, in seconds: 5 ms to about 20 min.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1200.0,
+];
+
+type Labels = Vec<(String, String)>;
+type CounterFamily = Family<Labels, Counter<f64, AtomicU64>>;
+type GaugeFamily = Family<Labels, Gauge<f64, AtomicU64>>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn seconds_histogram() -> Histogram {
+    Histogram::new(SECONDS_BUCKETS.iter().copied())
+}
+
+enum Metric {
+    Counter(CounterFamily),
+    Gauge(GaugeFamily),
+    Histogram(HistogramFamily),
+}
+
+/// The process's metrics.
+pub struct Metrics {
+    registry: Registry,
+    by_name: HashMap<&'static str, Metric>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
     }
-    s
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The label set, values escaped as the exposition format needs (the crate writes them as
+/// given): an account's label is the operator's text and may hold a quote.
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            (k.to_string(), v)
+        })
+        .collect()
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
-        Metrics::default()
+        let mut registry = Registry::default();
+        let mut by_name = HashMap::new();
+        for (name, kind, help) in DEFINITIONS {
+            // (The encoder ends each help with a period of its own.)
+            let help = help.trim_end_matches('.');
+            let metric = match kind {
+                Kind::Counter => {
+                    let f = CounterFamily::default();
+                    // The encoder appends `_total` to a counter's name.
+                    let base = name.strip_suffix("_total").expect("counters end in _total");
+                    registry.register(base, help, f.clone());
+                    Metric::Counter(f)
+                }
+                Kind::Gauge => {
+                    let f = GaugeFamily::default();
+                    registry.register(*name, help, f.clone());
+                    Metric::Gauge(f)
+                }
+                Kind::Histogram => {
+                    let f = HistogramFamily::new_with_constructor(seconds_histogram as fn() -> _);
+                    registry.register(*name, help, f.clone());
+                    Metric::Histogram(f)
+                }
+            };
+            by_name.insert(*name, metric);
+        }
+        let m = Metrics { registry, by_name };
+        m.set(
+            "lms_sync_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        );
+        m
+    }
+
+    fn metric(&self, name: &'static str) -> Option<&Metric> {
+        let m = self.by_name.get(name);
+        debug_assert!(m.is_some(), "undefined metric {name}");
+        m
     }
 
     /// Adds `v` to a counter.
     pub fn add(&self, name: &'static str, pairs: &[(&str, &str)], v: f64) {
-        debug_assert!(
-            DEFINITIONS.iter().any(|d| d.0 == name),
-            "undefined metric {name}"
-        );
-        *self
-            .values
-            .lock()
-            .expect("metrics")
-            .entry((name, labels(pairs)))
-            .or_default() += v;
+        if let Some(Metric::Counter(f)) = self.metric(name) {
+            f.get_or_create(&labels(pairs)).inc_by(v);
+        }
     }
 
     pub fn inc(&self, name: &'static str, pairs: &[(&str, &str)]) {
@@ -72,43 +162,40 @@ impl Metrics {
 
     /// Sets a gauge.
     pub fn set(&self, name: &'static str, pairs: &[(&str, &str)], v: f64) {
-        debug_assert!(
-            DEFINITIONS.iter().any(|d| d.0 == name),
-            "undefined metric {name}"
-        );
-        self.values
-            .lock()
-            .expect("metrics")
-            .insert((name, labels(pairs)), v);
-    }
-
-    /// The current value (0 when never set), for tests and status.
-    pub fn get(&self, name: &'static str, pairs: &[(&str, &str)]) -> f64 {
-        self.values
-            .lock()
-            .expect("metrics")
-            .get(&(name, labels(pairs)))
-            .copied()
-            .unwrap_or(0.0)
-    }
-
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let values = self.values.lock().expect("metrics");
-        let mut out = String::new();
-        for (name, kind, help) in DEFINITIONS {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for ((n, l), v) in values.range((*name, String::new())..) {
-                if n != name {
-                    break;
-                }
-                if l.is_empty() {
-                    let _ = writeln!(out, "{n} {v}");
-                } else {
-                    let _ = writeln!(out, "{n}{{{l}}} {v}");
-                }
-            }
+        if let Some(Metric::Gauge(f)) = self.metric(name) {
+            f.get_or_create(&labels(pairs)).set(v);
         }
+    }
+
+    /// Records one observation (in seconds) in a histogram.
+    pub fn observe(&self, name: &'static str, pairs: &[(&str, &str)], v: f64) {
+        if let Some(Metric::Histogram(f)) = self.metric(name) {
+            f.get_or_create(&labels(pairs)).observe(v);
+        }
+    }
+
+    /// Forgets every series of a gauge (before setting it anew from the database, so that an
+    /// account that left the fleet leaves the metric too).
+    pub fn clear(&self, name: &'static str) {
+        if let Some(Metric::Gauge(f)) = self.metric(name) {
+            f.clear();
+        }
+    }
+
+    /// The current value of a counter or gauge (0 when never set), for tests and status.
+    pub fn get(&self, name: &'static str, pairs: &[(&str, &str)]) -> f64 {
+        match self.metric(name) {
+            Some(Metric::Counter(f)) => f.get_or_create(&labels(pairs)).get(),
+            Some(Metric::Gauge(f)) => f.get_or_create(&labels(pairs)).get(),
+            _ => 0.0,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
         out
     }
 }
@@ -118,7 +205,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_and_gauges_with_escaped_labels() {
+    fn renders_counters_gauges_and_histograms_with_escaped_labels() {
         let m = Metrics::new();
         m.inc(
             "lms_sync_runs_total",
@@ -131,14 +218,23 @@ mod tests {
         );
         m.set("lms_sync_running_accounts", &[], 3.0);
         m.inc("lms_sync_http_requests_total", &[("status", "x\"y")]);
+        m.observe("lms_sync_run_duration_seconds", &[], 0.7);
         let text = m.render();
         assert!(
-            text.contains("lms_sync_runs_total{account=\"a\",outcome=\"succeeded\"} 3\n"),
+            text.contains("lms_sync_runs_total{account=\"a\",outcome=\"succeeded\"} 3"),
             "{text}"
         );
-        assert!(text.contains("lms_sync_running_accounts 3\n"));
-        assert!(text.contains("status=\"x\\\"y\""));
-        assert!(text.contains("# TYPE lms_sync_last_success_timestamp_seconds gauge"));
+        assert!(text.contains("lms_sync_running_accounts{} 3"), "{text}");
+        assert!(text.contains("status=\"x\\\"y\""), "{text}");
+        assert!(
+            text.contains("# TYPE lms_sync_running_accounts gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lms_sync_run_duration_seconds_bucket{le=\"1.0\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("lms_sync_build_info{version=\""), "{text}");
         assert_eq!(
             m.get(
                 "lms_sync_runs_total",
@@ -146,5 +242,16 @@ mod tests {
             ),
             3.0
         );
+        m.set("lms_sync_account_info", &[("account", "a")], 1.0);
+        m.clear("lms_sync_account_info");
+        assert!(!m.render().contains("lms_sync_account_info{"));
+    }
+
+    #[test]
+    fn every_name_is_declared_once() {
+        let mut names: Vec<&str> = DEFINITIONS.iter().map(|d| d.0).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), DEFINITIONS.len());
     }
 }

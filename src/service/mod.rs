@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Settings;
+use crate::domain::Health;
 use crate::metrics::Metrics;
 use crate::schedule::next_run;
 use crate::source::TrutoClient;
@@ -147,6 +148,7 @@ pub async fn run_with(
             wake: wake.clone(),
             admin_token: settings.admin_token()?.map(Arc::new),
             webhook_secret: settings.webhook_secret()?.map(Arc::new),
+            refreshed: Arc::default(),
         };
         Some(tokio::spawn(ops::serve(listener, ops, root.clone())))
     } else {
@@ -215,4 +217,17 @@ pub fn next_runs(
             (p.id(), next)
         })
         .collect()
+}
+
+/// One `lms_sync_account_health` series per health value: 1 for the account's, 0 for the rest.
+pub(crate) fn set_health_gauges(metrics: &Metrics, account: Uuid, health: Health) {
+    let a = account.to_string();
+    for h in Health::ALL {
+        let v = if *h == health { 1.0 } else { 0.0 };
+        metrics.set(
+            "lms_sync_account_health",
+            &[("account", &a), ("health", h.as_str())],
+            v,
+        );
+    }
 }

@@ -43,8 +43,8 @@ pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(120);
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 const TEXT: &str = "text/plain; charset=utf-8";
-/// The Prometheus text exposition format.
-const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The OpenMetrics text format (what `prometheus-client` writes; Prometheus reads it).
+const PROMETHEUS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What the routes work with.
 #[derive(Clone)]
@@ -60,7 +60,12 @@ pub struct Ops {
     pub admin_token: Option<Arc<SecretString>>,
     /// `None`: the webhook receiver is off.
     pub webhook_secret: Option<Arc<SecretString>>,
+    /// When the per-account metrics were last read from the database.
+    pub refreshed: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// How long per-account metrics read from the database are reused between scrapes.
+const ACCOUNT_METRICS_TTL: Duration = Duration::from_secs(5);
 
 /// The routes, with their limits.
 fn router(ops: Ops) -> Router {
@@ -116,12 +121,73 @@ async fn readyz(State(ops): State<Ops>) -> Response {
 }
 
 async fn metrics_text(State(ops): State<Ops>) -> Response {
+    refresh_account_metrics(&ops).await;
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, PROMETHEUS)],
         ops.metrics.render(),
     )
         .into_response()
+}
+
+/// Sets the per-account metrics from the database, so that every replica (a freshly started
+/// one too) exports every account: at most every [`ACCOUNT_METRICS_TTL`].
+async fn refresh_account_metrics(ops: &Ops) {
+    let mut last = ops.refreshed.lock().await;
+    if last.is_some_and(|t| t.elapsed() < ACCOUNT_METRICS_TTL) {
+        return;
+    }
+    let rows = match ops.store.account_metrics().await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the accounts' metrics; /metrics shows the last ones");
+            return;
+        }
+    };
+    *last = Some(std::time::Instant::now());
+    let m = &ops.metrics;
+    for name in [
+        "lms_sync_last_success_timestamp_seconds",
+        "lms_sync_account_consecutive_failures",
+        "lms_sync_account_live_users",
+        "lms_sync_account_hydration_queue",
+        "lms_sync_account_info",
+        "lms_sync_account_health",
+    ] {
+        m.clear(name);
+    }
+    for r in rows {
+        let a = r.integrated_account_id.to_string();
+        let account = [("account", a.as_str())];
+        if let Some(t) = r.last_succeeded_at {
+            m.set(
+                "lms_sync_last_success_timestamp_seconds",
+                &account,
+                t.timestamp_millis() as f64 / 1000.0,
+            );
+        }
+        m.set(
+            "lms_sync_account_consecutive_failures",
+            &account,
+            r.consecutive_failures as f64,
+        );
+        m.set("lms_sync_account_live_users", &account, r.live_users as f64);
+        m.set(
+            "lms_sync_account_hydration_queue",
+            &account,
+            r.hydration_queue as f64,
+        );
+        m.set(
+            "lms_sync_account_info",
+            &[
+                ("account", a.as_str()),
+                ("label", r.label.as_deref().unwrap_or("")),
+                ("tenant", r.tenant_id.as_deref().unwrap_or("")),
+            ],
+            1.0,
+        );
+        super::set_health_gauges(m, r.integrated_account_id, r.health);
+    }
 }
 
 async fn not_found() -> Response {

@@ -207,7 +207,7 @@ impl Scheduler {
                 .get(&id)
                 .and_then(|h| h.health)
                 .unwrap_or(Health::Ok);
-            set_health_gauges(&self.metrics, id, health);
+            super::set_health_gauges(&self.metrics, id, health);
         }
     }
 
@@ -299,7 +299,7 @@ impl Scheduler {
             let out =
                 sync_account(&store, &source, &account, &opts, &cancel, progress.as_ref()).await;
             if let Some(h) = out.health {
-                set_health_gauges(&metrics, id, h);
+                super::set_health_gauges(&metrics, id, h);
             }
             let mut r = running.lock().expect("running");
             r.remove(&id);
@@ -359,18 +359,5 @@ async fn wait_for_database(
                 }
             }
         }
-    }
-}
-
-/// One `lms_sync_account_health` series per health value: 1 for the account's, 0 for the rest.
-fn set_health_gauges(metrics: &Metrics, account: Uuid, health: Health) {
-    let a = account.to_string();
-    for h in Health::ALL {
-        let v = if *h == health { 1.0 } else { 0.0 };
-        metrics.set(
-            "lms_sync_account_health",
-            &[("account", &a), ("health", h.as_str())],
-            v,
-        );
     }
 }

@@ -50,6 +50,7 @@ impl TrutoClient {
                 // (This attempt's request was never sent.)
                 return Err(Failed::new(SourceError::Cancelled, t.attempts - 1));
             };
+            let sent = Instant::now();
             let result = tokio::select! {
                 r = once() => r,
                 _ = cancel.cancelled() => return Err(Failed::new(SourceError::Cancelled, t.attempts)),
@@ -57,7 +58,7 @@ impl TrutoClient {
             if let (Some(budget), Some(taken)) = (&self.budget, slot) {
                 budget.settle(id, taken, Instant::now());
             }
-            self.count_request(&result);
+            self.count_request(id, what, sent.elapsed(), &result);
             let err = match result {
                 Ok((value, remaining)) => {
                     if let (Some(budget), Some((remaining, reset))) = (&self.budget, remaining) {
@@ -114,14 +115,41 @@ impl TrutoClient {
         Some(Some(taken))
     }
 
-    fn count_request<T>(&self, result: &Result<T, SourceError>) {
+    /// Counts a request by status and account, and its duration by endpoint and status class.
+    fn count_request<T>(
+        &self,
+        id: Uuid,
+        what: &'static str,
+        took: Duration,
+        result: &Result<T, SourceError>,
+    ) {
         let Some(m) = &self.metrics else { return };
-        let status = match result {
-            Ok(_) => "200".to_string(),
-            Err(SourceError::Status { status, .. }) => status.to_string(),
-            Err(e) => e.kind().as_str().to_string(),
+        let (status, class) = match result {
+            Ok(_) => ("200".to_string(), "2xx"),
+            Err(SourceError::Status { status, .. }) => (
+                status.to_string(),
+                match status {
+                    400..=499 => "4xx",
+                    500..=599 => "5xx",
+                    _ => "other",
+                },
+            ),
+            Err(e) => (e.kind().as_str().to_string(), "error"),
         };
-        m.inc("lms_sync_http_requests_total", &[("status", &status)]);
+        let account = if id.is_nil() {
+            String::new()
+        } else {
+            id.to_string()
+        };
+        m.inc(
+            "lms_sync_http_requests_total",
+            &[("status", &status), ("account", &account)],
+        );
+        m.observe(
+            "lms_sync_http_request_duration_seconds",
+            &[("endpoint", what), ("status_class", class)],
+            took.as_secs_f64(),
+        );
     }
 
     /// After a failed attempt: how long to wait before the next, or the failure to return

@@ -35,7 +35,7 @@ pub use lease::Lease;
 pub use pages::{Gate, PageResult, PageWrite};
 pub use runs::{RunEnd, RunStart};
 pub use schema::{SchemaState, MIGRATOR};
-pub use status::StatusRow;
+pub use status::{AccountMetrics, StatusRow};
 pub use sweep::Vanished;
 
 use crate::config::{validate_schema_name, DatabaseSettings};

@@ -197,6 +197,85 @@ impl Store {
     }
 }
 
+/// One account's figures for the metrics (every replica exports every account).
+#[derive(Debug, Clone)]
+pub struct AccountMetrics {
+    pub integrated_account_id: Uuid,
+    pub label: Option<String>,
+    pub tenant_id: Option<String>,
+    pub last_succeeded_at: Option<Ts>,
+    pub health: Health,
+    pub consecutive_failures: i32,
+    /// As of the account's last run (`daily_user_counts`).
+    pub live_users: i64,
+    pub hydration_queue: i64,
+}
+
+impl Store {
+    /// Every registered account that is not retired, with its figures: a handful of index
+    /// lookups per account, cheap at a thousand accounts.
+    pub async fn account_metrics(&self) -> Result<Vec<AccountMetrics>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT a.integrated_account_id, a.label, a.tenant_id, s.last_succeeded_at,
+                    coalesce(s.health, 'ok'), coalesce(s.consecutive_failures, 0),
+                    coalesce((SELECT sum(d.users) FROM daily_user_counts d
+                               WHERE d.integrated_account_id = a.integrated_account_id
+                                 AND d.day = (SELECT max(day) FROM daily_user_counts m
+                                               WHERE m.integrated_account_id = a.integrated_account_id)), 0)::bigint,
+                    (SELECT count(*) FROM hydration_queue q
+                      WHERE q.integrated_account_id = a.integrated_account_id)
+               FROM accounts a
+               LEFT JOIN sync_state s ON s.integrated_account_id = a.integrated_account_id
+              WHERE a.retired_at IS NULL
+              ORDER BY a.integrated_account_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(AccountMetrics {
+                    integrated_account_id: r.get(0),
+                    label: r.get(1),
+                    tenant_id: r.get(2),
+                    last_succeeded_at: r.get(3),
+                    health: health(r.get(4))?,
+                    consecutive_failures: r.get(5),
+                    live_users: r.get(6),
+                    hydration_queue: r.get(7),
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a run's undocumented enum values to `unknown_enum_values`.
+    pub async fn note_unknown_enums(
+        &self,
+        account: Uuid,
+        values: &[(&str, &str, i64)],
+    ) -> Result<(), StoreError> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let fields: Vec<&str> = values.iter().map(|v| v.0).collect();
+        let texts: Vec<&str> = values.iter().map(|v| v.1).collect();
+        let users: Vec<i64> = values.iter().map(|v| v.2).collect();
+        sqlx::query(
+            "INSERT INTO unknown_enum_values AS u (integrated_account_id, field, value, users)
+             SELECT $1, t.field, t.value, t.users
+               FROM unnest($2::text[], $3::text[], $4::bigint[]) AS t(field, value, users)
+             ON CONFLICT (integrated_account_id, field, value) DO UPDATE
+                SET users = u.users + excluded.users, last_seen_at = now()",
+        )
+        .bind(account)
+        .bind(&fields)
+        .bind(&texts)
+        .bind(&users)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
 /// True when an inserted count crossed one of 2,000 × 4^k.
 fn analyze_due(before: u64, after: u64) -> bool {
     let mut t = 2_000u64;

@@ -114,6 +114,8 @@ pub struct SyncOutcome {
     pub health: Option<Health>,
     /// Role and status values outside the documented lists, with how many users had them.
     pub unknown_enum_values: std::collections::BTreeMap<(String, String), u64>,
+    /// The delete guard refused this listing's deletions.
+    pub delete_guard_tripped: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +144,7 @@ impl SyncOutcome {
             elapsed: Duration::ZERO,
             health: None,
             unknown_enum_values: Default::default(),
+            delete_guard_tripped: false,
         }
     }
 

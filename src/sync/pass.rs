@@ -49,7 +49,7 @@ pub(super) async fn run(
     out.error = end.error.clone();
     out.error_kind = end.error_kind;
     close_run(p, run_id, &end, out).await;
-    upkeep(p).await;
+    upkeep(p, out).await;
     out.elapsed = started.elapsed();
     log_summary(out);
     if let Some(m) = &p.opts.metrics {
@@ -109,7 +109,8 @@ async fn conclude_listing(
         Ok(listing) => {
             end.complete_listing = true;
             out.complete_listing = true;
-            super::sweep::after_listing(p, run_id, &listing, &mut end).await;
+            out.delete_guard_tripped =
+                super::sweep::after_listing(p, run_id, &listing, &mut end).await;
         }
         Err(stop) => stopped(stop, &mut end),
     }
@@ -182,8 +183,16 @@ async fn close_run(p: &Pass<'_>, run_id: i64, end: &RunEnd, out: &mut SyncOutcom
 
 /// After-run upkeep: the account's daily counts, and its tables pruned past their retention.
 /// Failures are logged and tried again after the next run; they never fail the run.
-async fn upkeep(p: &Pass<'_>) {
+async fn upkeep(p: &Pass<'_>, out: &SyncOutcome) {
     let id = p.id();
+    let unknown: Vec<(&str, &str, i64)> = out
+        .unknown_enum_values
+        .iter()
+        .map(|((f, v), n)| (f.as_str(), v.as_str(), *n as i64))
+        .collect();
+    if let Err(e) = p.store.note_unknown_enums(id, &unknown).await {
+        tracing::warn!(error = %e, "could not record the undocumented enum values");
+    }
     if let Err(e) = p.store.refresh_daily_counts(id).await {
         tracing::warn!(error = %e, "could not update daily_user_counts; trying again after the next run");
     }
@@ -239,20 +248,17 @@ fn record_run(m: &crate::metrics::Metrics, out: &SyncOutcome) {
         &[("account", a)],
         secs,
     );
-    for ((field, value), n) in &out.unknown_enum_values {
+    m.observe("lms_sync_run_duration_seconds", &[], secs);
+    // Counted per field: the values themselves are in the log and in unknown_enum_values.
+    for ((field, _), n) in &out.unknown_enum_values {
         m.add(
             "lms_sync_unknown_enum_values_total",
-            &[("account", a), ("field", field), ("value", value)],
+            &[("account", a), ("field", field)],
             *n as f64,
         );
     }
-    if out.succeeded() {
-        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
-        m.set(
-            "lms_sync_last_success_timestamp_seconds",
-            &[("account", a)],
-            now,
-        );
+    if out.delete_guard_tripped {
+        m.inc("lms_sync_delete_guard_tripped_total", &[("account", a)]);
     }
 }
 

@@ -38,18 +38,24 @@ pub fn delete_guard(gone: u64, live: u64, max_fraction: f64) -> Option<String> {
 }
 
 /// After a complete listing: marks the live users it did not contain as deleted, when the
-/// listing may infer deletions and the guard allows it; says in `end` what happened.
-pub(super) async fn after_listing(p: &Pass<'_>, run_id: i64, listing: &Listing, end: &mut RunEnd) {
+/// listing may infer deletions and the guard allows it; says in `end` what happened. Returns
+/// whether the delete guard refused.
+pub(super) async fn after_listing(
+    p: &Pass<'_>,
+    run_id: i64,
+    listing: &Listing,
+    end: &mut RunEnd,
+) -> bool {
     if let Some((reason, attention)) = skip_reason(listing.resumed, listing.partial) {
         if attention {
             end.outcome = Outcome::NeedsAttention;
         }
         end.deletions_skipped_reason = Some(reason.to_string());
-        return;
+        return false;
     }
     if listing.started_empty {
         // Every live user came from this listing: nothing to sweep.
-        return;
+        return false;
     }
     let fraction = p
         .account
@@ -78,6 +84,7 @@ pub(super) async fn after_listing(p: &Pass<'_>, run_id: i64, listing: &Listing, 
         Ok(Err(reason)) => {
             end.outcome = Outcome::NeedsAttention;
             end.deletions_skipped_reason = Some(reason);
+            return true;
         }
         Err(e) => {
             end.outcome = Outcome::Failed;
@@ -85,6 +92,7 @@ pub(super) async fn after_listing(p: &Pass<'_>, run_id: i64, listing: &Listing, 
             end.error = Some(format!("deletion sweep failed: {e}"));
         }
     }
+    false
 }
 
 #[cfg(test)]

@@ -235,10 +235,18 @@ impl<'p, 'a> Writer<'p, 'a> {
             // IMPORTANT: a page is never abandoned for shutdown; its (bounded) retries run to
             // the end so that rows and cursor commit together or not at all.
             let never = CancellationToken::new();
+            let started = std::time::Instant::now();
             let result = with_db_retries(&opts, &never, || {
                 store.apply_page(id, run_id, &write, gate.clone())
             })
             .await;
+            if let Some(m) = &opts.metrics {
+                m.observe(
+                    "lms_sync_page_write_duration_seconds",
+                    &[],
+                    started.elapsed().as_secs_f64(),
+                );
+            }
             let _ = done_tx.send(Some(result.is_ok()));
             (result, prepared)
         });

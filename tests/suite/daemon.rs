@@ -261,11 +261,22 @@ async fn healthz_readyz_and_metrics_answer() {
         format!("lms_sync_runs_total{{account=\"{acct}\",outcome=\"succeeded\"}} 1"),
         format!("lms_sync_users_total{{account=\"{acct}\",change=\"inserted\"}} 250"),
         format!("lms_sync_pages_total{{account=\"{acct}\"}} 3"),
-        "lms_sync_http_requests_total{status=\"200\"} 3".to_string(),
+        format!("lms_sync_http_requests_total{{status=\"200\",account=\"{acct}\"}} 3"),
         format!("lms_sync_last_success_timestamp_seconds{{account=\"{acct}\"}}"),
         format!("lms_sync_last_run_duration_seconds{{account=\"{acct}\"}}"),
-        "# TYPE lms_sync_rate_limited_total counter".to_string(),
-        format!("lms_sync_unknown_enum_values_total{{account=\"{acct}\",field=\"role\",value=\"superadmin\"}}"),
+        "# TYPE lms_sync_runs counter".to_string(),
+        format!("lms_sync_unknown_enum_values_total{{account=\"{acct}\",field=\"role\"}}"),
+        // Read from the database: every replica exports every account.
+        format!("lms_sync_account_live_users{{account=\"{acct}\"}} 250"),
+        format!("lms_sync_account_consecutive_failures{{account=\"{acct}\"}} 0"),
+        format!("lms_sync_account_hydration_queue{{account=\"{acct}\"}} 0"),
+        format!("lms_sync_account_info{{account=\"{acct}\",label=\"\",tenant=\"\"}} 1"),
+        format!("lms_sync_account_health{{account=\"{acct}\",health=\"ok\"}} 1"),
+        "lms_sync_http_request_duration_seconds_count{endpoint=\"page\",status_class=\"2xx\"} 3"
+            .to_string(),
+        "lms_sync_page_write_duration_seconds_count".to_string(),
+        "lms_sync_run_duration_seconds_count{} 1".to_string(),
+        "lms_sync_build_info{version=".to_string(),
     ] {
         assert!(metrics.contains(&needle), "missing {needle} in\n{metrics}");
     }
