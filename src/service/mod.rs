@@ -8,6 +8,7 @@
 mod admin;
 mod discovery;
 mod ops;
+pub mod page;
 mod scheduler;
 mod signals;
 pub mod status;

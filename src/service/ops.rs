@@ -70,6 +70,7 @@ const ACCOUNT_METRICS_TTL: Duration = Duration::from_secs(5);
 /// The routes, with their limits.
 fn router(ops: Ops) -> Router {
     Router::new()
+        .route("/", get(super::page::page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

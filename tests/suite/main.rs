@@ -16,6 +16,7 @@ mod kill_matrix;
 mod pg_restart;
 mod process;
 mod soak;
+mod status_page;
 mod sync;
 mod upgrades;
 mod webhooks;

@@ -1,0 +1,234 @@
+//! `GET /`: the status page. Plain server-rendered HTML (no script), refreshing itself every
+//! 30 s: every account of the fleet with its label, tenant, state, health and since when, last
+//! success, next run, live users and last error, the ones needing attention first; cards that
+//! stack on a phone. Rendering is pure; the handler reads the fleet's state.
+
+use std::fmt::Write as _;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+
+use super::ops::{text, Ops};
+use super::status::AccountView;
+
+/// A mirror older than this needs attention (the stale-mirror alert's threshold).
+const STALE_HOURS: i64 = 26;
+
+pub(super) async fn page(State(ops): State<Ops>) -> Response {
+    let settings = ops.settings.borrow().clone();
+    match super::status::read_state(&settings, &ops.store).await {
+        Ok(state) => {
+            let views = super::status::account_views(&state);
+            let html = render(&views, Utc::now());
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                html,
+            )
+                .into_response()
+        }
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the state: {e}\n"),
+        ),
+    }
+}
+
+/// Why an account needs attention (the most pressing reason), if it does. Lower sorts first.
+fn attention(v: &AccountView, now: DateTime<Utc>) -> (u8, Option<String>) {
+    if v.health != "ok" {
+        return (0, Some(format!("cannot be synced: {}", v.health)));
+    }
+    if v.last_error.is_some() && v.state == "active" {
+        return (1, Some("the last run failed".into()));
+    }
+    match v.last_success {
+        Some(t) if now - t > chrono::Duration::hours(STALE_HOURS) => {
+            return (2, Some(format!("not refreshed for over {STALE_HOURS} h")))
+        }
+        None if v.state == "active" => return (3, Some("never synced yet".into())),
+        _ => {}
+    }
+    if v.state != "active" {
+        return (4, None);
+    }
+    (5, None)
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn when(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    let Some(t) = t else {
+        return "—".into();
+    };
+    let d = now - t;
+    let ago = if d.num_seconds().abs() < 90 {
+        format!("{} s", d.num_seconds().abs())
+    } else if d.num_minutes().abs() < 90 {
+        format!("{} min", d.num_minutes().abs())
+    } else if d.num_hours().abs() < 48 {
+        format!("{} h", d.num_hours().abs())
+    } else {
+        format!("{} d", d.num_days().abs())
+    };
+    let rel = if d.num_seconds() >= 0 {
+        format!("{ago} ago")
+    } else {
+        format!("in {ago}")
+    };
+    format!(
+        "<time datetime=\"{}\" title=\"{}\">{rel}</time>",
+        t.to_rfc3339(),
+        t.format("%Y-%m-%d %H:%M UTC")
+    )
+}
+
+const STYLE: &str = "
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f5f6f8;color:#1d2330}
+header{padding:16px 20px;background:#1d2330;color:#fff}
+header h1{margin:0;font-size:20px}header p{margin:4px 0 0;color:#c8ccd6;font-size:14px}
+main{padding:12px}
+.summary{display:flex;gap:8px;flex-wrap:wrap;margin:4px 8px 12px}
+.pill{padding:4px 10px;border-radius:12px;background:#e3e6ec;font-size:14px}
+.pill.bad{background:#fde2e1;color:#8a1c14}
+table{width:100%;border-collapse:collapse;background:#fff;border-radius:8px;overflow:hidden}
+th,td{padding:10px 12px;text-align:left;border-bottom:1px solid #eceef2;font-size:14px;vertical-align:top}
+th{background:#fafbfc;font-weight:600;color:#4a5265}
+tr.attention td:first-child{border-left:4px solid #d93025}
+.label{font-weight:600}.muted{color:#6b7385;font-size:12px}
+.why{color:#b3261e;font-size:13px}
+.err{color:#6b7385;font-size:12px;max-width:40ch;overflow-wrap:anywhere}
+.num{text-align:right;font-variant-numeric:tabular-nums}
+@media (max-width:720px){
+ table,thead,tbody,tr,td{display:block;width:auto}thead{display:none}
+ tr{margin:0 0 12px;border-radius:8px;background:#fff;box-shadow:0 1px 2px rgba(0,0,0,.08)}
+ td{border:none;padding:6px 12px}td[data-k]::before{content:attr(data-k) ': ';color:#6b7385;font-size:12px}
+ tr.attention{border-left:4px solid #d93025}tr.attention td:first-child{border-left:none}
+ .num{text-align:left}
+}";
+
+/// The page for `views` as of `now`.
+pub fn render(views: &[AccountView], now: DateTime<Utc>) -> String {
+    let mut rows: Vec<(&AccountView, (u8, Option<String>))> =
+        views.iter().map(|v| (v, attention(v, now))).collect();
+    rows.sort_by(|(a, ka), (b, kb)| {
+        ka.0.cmp(&kb.0)
+            .then_with(|| a.label.cmp(&b.label))
+            .then_with(|| a.integrated_account_id.cmp(&b.integrated_account_id))
+    });
+    let needing = rows.iter().filter(|(_, (_, why))| why.is_some()).count();
+    let live: i64 = views.iter().map(|v| v.live_users).sum();
+    let mut s = String::with_capacity(4096 + views.len() * 600);
+    let _ = write!(
+        s,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <meta http-equiv=\"refresh\" content=\"30\"><title>lms-sync status</title>\
+         <style>{STYLE}</style></head><body><header><h1>lms-sync</h1>\
+         <p>{} accounts · {} live users · as of {} (refreshes every 30 s)</p></header><main>\
+         <div class=\"summary\"><span class=\"pill{}\">{} need attention</span></div>",
+        views.len(),
+        live,
+        now.format("%Y-%m-%d %H:%M:%S UTC"),
+        if needing > 0 { " bad" } else { "" },
+        needing
+    );
+    s.push_str(
+        "<table><thead><tr><th>Account</th><th>State</th><th>Health</th><th>Last success</th>\
+         <th>Next run</th><th class=\"num\">Live users</th><th>Last error</th></tr></thead><tbody>",
+    );
+    for (v, (_, why)) in rows {
+        let name = v
+            .label
+            .clone()
+            .unwrap_or_else(|| v.integrated_account_id.to_string());
+        let _ = write!(
+            s,
+            "<tr class=\"{}\"><td data-k=\"Account\"><div class=\"label\">{}</div>\
+             <div class=\"muted\">tenant {} · {}</div>{}</td>\
+             <td data-k=\"State\">{}</td><td data-k=\"Health\">{}{}</td>\
+             <td data-k=\"Last success\">{}</td><td data-k=\"Next run\">{}</td>\
+             <td data-k=\"Live users\" class=\"num\">{}</td><td data-k=\"Last error\" class=\"err\">{}</td></tr>",
+            if why.is_some() { "attention" } else { "" },
+            escape(&name),
+            escape(v.tenant_id.as_deref().unwrap_or("—")),
+            v.integrated_account_id,
+            why.map(|w| format!("<div class=\"why\">{}</div>", escape(&w)))
+                .unwrap_or_default(),
+            escape(&v.state),
+            escape(&v.health),
+            if v.health != "ok" {
+                format!(" <span class=\"muted\">since {}</span>", when(v.health_since, now))
+            } else {
+                String::new()
+            },
+            when(v.last_success, now),
+            when(v.next_run, now),
+            v.live_users,
+            escape(
+                &v.last_error
+                    .as_deref()
+                    .map(|e| crate::text::shorten(e, 300))
+                    .unwrap_or_default()
+            ),
+        );
+    }
+    s.push_str("</tbody></table></main></body></html>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn view(n: u128, label: &str) -> AccountView {
+        AccountView {
+            integrated_account_id: Uuid::from_u128(n),
+            label: Some(label.into()),
+            tenant_id: Some(format!("t{n}")),
+            source: "config".into(),
+            state: "active".into(),
+            health: "ok".into(),
+            health_since: None,
+            last_success: Some(Utc::now()),
+            next_run: Some(Utc::now()),
+            live_users: 10,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn accounts_needing_attention_come_first_and_text_is_escaped() {
+        let now = Utc::now();
+        let mut reauth = view(2, "Zeta <script>alert(1)</script>");
+        reauth.health = "needs_reauth".into();
+        reauth.health_since = Some(now - chrono::Duration::hours(3));
+        let mut stale = view(3, "Stale & Co");
+        stale.last_success = Some(now - chrono::Duration::hours(30));
+        let html = render(&[view(1, "Alpha"), stale, reauth], now);
+        let zeta = html.find("Zeta").unwrap();
+        let stale_at = html.find("Stale &amp; Co").unwrap();
+        let alpha = html.find("Alpha").unwrap();
+        assert!(zeta < stale_at && stale_at < alpha, "{html}");
+        assert!(!html.contains("<script>"));
+        assert!(html.contains("2 need attention"));
+        assert!(html.contains("http-equiv=\"refresh\""));
+        assert!(html.contains("name=\"viewport\""));
+    }
+}

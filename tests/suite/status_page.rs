@@ -1,0 +1,123 @@
+//! The status page as a person sees it: a real headless Chromium loads `GET /` from a running
+//! service, every account's label is on the rendered page, and the screenshot the README shows
+//! (`docs/status-page.png`) is taken from it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::helpers::service::*;
+use crate::helpers::*;
+use lms_sync::config::AccountSettings;
+use lms_sync::devkit::simulator::Fault;
+use lms_sync::service::Hooks;
+use tokio::sync::mpsc;
+
+/// Runs headless Chromium with `args` and `url`, bounded in time.
+async fn chromium(args: &[String], url: &str) -> std::process::Output {
+    let run = tokio::process::Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--no-first-run",
+        ])
+        .args(args)
+        .arg(url)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("chromium answers within 90 s")
+        .expect("chromium is installed (Debian package `chromium`)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_every_account_in_a_real_browser() {
+    let ids: Vec<_> = (1..=4).map(account_id).collect();
+    let env = Env::new(&[(ids[0], 300), (ids[1], 120), (ids[2], 80), (ids[3], 40)]).await;
+    env.sim.block(
+        ids[2],
+        Fault::Status {
+            status: 401,
+            retry_after: None,
+            remote: true,
+        },
+    );
+    let mut s = daemon_settings(&env, "6h");
+    let labels = [
+        "Acme Academy",
+        "Beta Learning & Co",
+        "Gamma <Institute>",
+        "Delta Training",
+    ];
+    s.accounts = ids
+        .iter()
+        .zip(labels)
+        .map(|(id, label)| {
+            let mut a = AccountSettings::new(*id);
+            a.label = Some(label.to_string());
+            a
+        })
+        .collect();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (daemon, stop) = start_daemon(
+        s,
+        Hooks {
+            progress: Some(Arc::new(Events(tx))),
+            listener: Some(listener),
+            ..Hooks::default()
+        },
+    );
+    let mut finished = 0;
+    while finished < 4 {
+        if let Event::Finished(..) = next(&mut rx).await {
+            finished += 1;
+        }
+    }
+
+    let dom = chromium(&["--dump-dom".to_string()], &url).await;
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let taken = chromium(
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1280,720".to_string(),
+        ],
+        &url,
+    )
+    .await;
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+
+    for label in [
+        "Acme Academy",
+        "Beta Learning &amp; Co",
+        "Gamma &lt;Institute&gt;",
+        "Delta Training",
+    ] {
+        assert!(dom.contains(label), "{label} is not on the page:\n{dom}");
+    }
+    // The account that needs re-authorization comes first, marked.
+    let gamma = dom.find("Gamma").unwrap();
+    for other in ["Acme", "Beta", "Delta"] {
+        assert!(gamma < dom.find(other).unwrap(), "{dom}");
+    }
+    assert!(dom.contains("cannot be synced: needs_reauth"), "{dom}");
+    assert!(dom.contains("1 need attention"), "{dom}");
+    let png = std::fs::read(&shot).unwrap_or_else(|e| {
+        panic!(
+            "no screenshot ({e}): {}",
+            String::from_utf8_lossy(&taken.stderr)
+        )
+    });
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{}",
+        png.len()
+    );
+}
