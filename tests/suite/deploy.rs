@@ -1,0 +1,148 @@
+//! The deployment files: the Grafana dashboard is valid and names only exported metrics, the
+//! alert rules name only exported metrics, the PrometheusRule is the same rules, and the
+//! Kubernetes Deployment leaves the service time to stop gracefully. (`promtool` and
+//! `kubernetes-validate` check the files themselves in `.ci/run`.)
+
+use lms_sync::metrics::DEFINITIONS;
+
+const DASHBOARD: &str = include_str!("../../deploy/grafana/lms-sync.json");
+const ALERTS: &str = include_str!("../../deploy/prometheus/alerts.yml");
+const RULE: &str = include_str!("../../deploy/k8s/prometheusrule.yaml");
+const DEPLOYMENT: &str = include_str!("../../deploy/k8s/deployment.yaml");
+const CONFIGMAP: &str = include_str!("../../deploy/k8s/configmap.yaml");
+
+/// The `lms_sync_*` metric names a text mentions, histogram suffixes folded.
+fn metrics_named(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("lms_sync_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name)
+            .to_string();
+        out.push(base);
+    }
+    out
+}
+
+fn exported(name: &str) -> bool {
+    DEFINITIONS.iter().any(|d| d.0 == name)
+}
+
+#[test]
+fn the_dashboard_is_valid_and_names_only_exported_metrics() {
+    let d: serde_json::Value = serde_json::from_str(DASHBOARD).expect("valid JSON");
+    assert!(d["title"].is_string() && d["uid"].is_string());
+    assert!(d["schemaVersion"].as_u64().unwrap() >= 30);
+    let panels = d["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10);
+    let mut named = Vec::new();
+    for p in panels {
+        assert!(p["title"].is_string() && p["type"].is_string(), "{p}");
+        for k in ["x", "y", "w", "h"] {
+            assert!(p["gridPos"][k].is_u64(), "{p}");
+        }
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{p}");
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            named.extend(metrics_named(expr));
+        }
+    }
+    for name in &named {
+        assert!(
+            exported(name),
+            "the dashboard queries {name}, which is not exported"
+        );
+    }
+    // What an SRE asks first is on it.
+    for needed in [
+        "lms_sync_fleet_accounts",
+        "lms_sync_account_health",
+        "lms_sync_last_success_timestamp_seconds",
+        "lms_sync_runs_total",
+        "lms_sync_users_total",
+        "lms_sync_http_requests_total",
+        "lms_sync_rate_limited_total",
+        "lms_sync_run_duration_seconds",
+    ] {
+        assert!(named.iter().any(|n| n == needed), "no panel shows {needed}");
+    }
+}
+
+#[test]
+fn the_alert_rules_name_only_exported_metrics_and_the_prometheus_rule_is_the_same() {
+    let named = metrics_named(ALERTS);
+    assert!(named.len() >= 10);
+    for name in &named {
+        assert!(
+            exported(name),
+            "an alert uses {name}, which is not exported"
+        );
+    }
+    let groups = &ALERTS[ALERTS.find("groups:").unwrap()..];
+    let indented: String = groups
+        .trim_end()
+        .lines()
+        .map(|l| {
+            if l.trim().is_empty() {
+                "\n".to_string()
+            } else {
+                format!("  {l}\n")
+            }
+        })
+        .collect();
+    let spec = &RULE[RULE.find("spec:\n").unwrap() + "spec:\n".len()..];
+    assert_eq!(
+        spec, indented,
+        "deploy/k8s/prometheusrule.yaml drifted from alerts.yml"
+    );
+    for alert in [
+        "LmsSyncMirrorStale",
+        "LmsSyncAccountNeedsAttention",
+        "LmsSyncRunsFailing",
+        "LmsSyncRateLimited",
+        "LmsSyncDeleteGuardTripped",
+        "LmsSyncRetireGuardTripped",
+        "LmsSyncDown",
+    ] {
+        assert!(ALERTS.contains(&format!("alert: {alert}")), "{alert}");
+    }
+}
+
+/// The number after `key:` (or `key =`) in a manifest.
+fn number(text: &str, key: &str) -> u64 {
+    let at = text.find(key).unwrap_or_else(|| panic!("{key}")) + key.len();
+    text[at..]
+        .trim_start_matches([':', ' ', '='])
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_deployment_outlives_the_shutdown_grace_and_runs_locked_down() {
+    let grace = number(DEPLOYMENT, "terminationGracePeriodSeconds");
+    let shutdown = number(CONFIGMAP, "shutdown_grace_secs");
+    assert!(grace > shutdown, "{grace} <= {shutdown}");
+    for needed in [
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "path: /healthz",
+        "path: /readyz",
+        "secretKeyRef",
+        "key: truto-api-token",
+        "key: database-url",
+    ] {
+        assert!(DEPLOYMENT.contains(needed), "the Deployment lacks {needed}");
+    }
+    assert!(CONFIGMAP.contains("migrate = false"));
+}
