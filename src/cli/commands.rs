@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::exit::CliError;
@@ -62,6 +63,16 @@ pub async fn sync(settings: Settings, account: Option<Uuid>) -> Result<(), CliEr
     let source = TrutoClient::from_settings(&settings, &token)?;
     let store = open_store(&settings, Access::Write).await?;
     let cancel = crate::service::shutdown_on_signals();
+    // The token's window is shared with the service's replicas (and any other `sync`).
+    let sharing = CancellationToken::new();
+    let shared = source.budget().map(|budget| {
+        tokio::spawn(crate::service::budget::share_token_budget(
+            store.clone(),
+            budget,
+            crate::service::budget::holder_name(),
+            sharing.clone(),
+        ))
+    });
     let fleet = fleet(&settings, &store, Some(&source), &cancel).await?;
     let accounts: Vec<_> = match account {
         None => fleet
@@ -99,6 +110,10 @@ pub async fn sync(settings: Settings, account: Option<Uuid>) -> Result<(), CliEr
     )
     .await;
     print!("{}", super::render::summary(&outcomes));
+    sharing.cancel();
+    if let Some(task) = shared {
+        let _ = task.await;
+    }
     if outcomes.iter().all(SyncOutcome::succeeded) {
         Ok(())
     } else {
@@ -112,7 +127,7 @@ async fn fleet(
     settings: &Settings,
     store: &Store,
     discover_with: Option<&TrutoClient>,
-    cancel: &tokio_util::sync::CancellationToken,
+    cancel: &CancellationToken,
 ) -> Result<Vec<crate::fleet::Planned>, CliError> {
     let db = |error| CliError::Store {
         context: "cannot read the account registry",

@@ -84,6 +84,8 @@ pub struct SimStats {
     pub rate_limited: u64,
     /// The most requests one account made within any budget window.
     pub max_account_window: usize,
+    /// The most requests the token made within any budget window.
+    pub max_token_window: usize,
     /// Single-user GETs (`/unified/lms/users/{id}`), faults included.
     pub user_gets: u64,
     /// Requests for `/integrated-account` (listings and single accounts).
@@ -994,6 +996,7 @@ fn route_inner(s: &mut State, req: &Request) -> Reply {
         s.token_window.push_back(now);
         let n = s.windows[&account].len();
         s.stats.max_account_window = s.stats.max_account_window.max(n);
+        s.stats.max_token_window = s.stats.max_token_window.max(s.token_window.len());
     }
     if let Some(f) = s.blocked.get(&account).cloned() {
         s.stats.faults_served += 1;

@@ -6,6 +6,7 @@
 //! pages, and the daemon waits for them up to the grace period.
 
 mod admin;
+pub mod budget;
 mod discovery;
 mod ops;
 pub mod page;

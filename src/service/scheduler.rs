@@ -89,6 +89,16 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
     if !wait_for_database(&store, settings.database.migrate, &root).await? {
         return Ok(());
     }
+    if let Some(budget) = source.budget() {
+        // The token's window is shared with every process on this database (once the schema
+        // is ready: the shares live in it).
+        tokio::spawn(super::budget::share_token_budget(
+            store.clone(),
+            budget,
+            super::budget::holder_name(),
+            root.clone(),
+        ));
+    }
     let configured: Vec<(Uuid, Option<String>)> = settings
         .accounts
         .iter()

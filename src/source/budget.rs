@@ -4,10 +4,52 @@
 //! request.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
+
+/// What an answer's `ratelimit-*` headers said.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateReport {
+    pub remaining: Option<u64>,
+    pub reset: Option<Duration>,
+    /// From `ratelimit-limit: <n>;w=<seconds>` (`None` without a window).
+    pub limit: Option<Limit>,
+}
+
+impl RateReport {
+    /// Reads `ratelimit-limit`, `ratelimit-remaining` and `ratelimit-reset` (pure).
+    pub fn parse(
+        limit: Option<&str>,
+        remaining: Option<&str>,
+        reset: Option<&str>,
+    ) -> Option<RateReport> {
+        let report = RateReport {
+            remaining: remaining.and_then(|r| r.trim().parse().ok()),
+            reset: reset.and_then(crate::backoff::parse_reset_seconds),
+            limit: limit.and_then(parse_limit),
+        };
+        (report != RateReport::default()).then_some(report)
+    }
+}
+
+/// `50;w=10` (or `50, 50;w=10`): 50 requests per 10 s.
+fn parse_limit(text: &str) -> Option<Limit> {
+    let policy = text.split(',').map(str::trim).find(|p| p.contains("w="))?;
+    let mut parts = policy.split(';').map(str::trim);
+    let requests = parts.next()?.parse().ok()?;
+    let window = parts
+        .find_map(|p| p.strip_prefix("w="))?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    (window > 0).then(|| Limit {
+        requests,
+        window: Duration::from_secs(window),
+    })
+}
 
 /// Requests allowed per window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,14 +77,20 @@ impl Window {
         }
     }
 
-    /// How long until one more request fits; zero when it fits now.
+    /// How long until one more request fits; zero when it fits now. (Starts older than
+    /// `limit.window` do not count; the caller prunes with the longest window it checks.)
     fn wait(&mut self, now: Instant, limit: Limit) -> Duration {
-        self.prune(now, limit.window);
         let paused = self
             .paused_until
             .map(|p| p.saturating_duration_since(now))
             .unwrap_or_default();
-        let full = if self.starts.len() >= limit.requests {
+        let in_window = self
+            .starts
+            .iter()
+            .rev()
+            .take_while(|t| now.saturating_duration_since(**t) < limit.window)
+            .count();
+        let full = if in_window >= limit.requests {
             let oldest = self.starts[self.starts.len() - limit.requests];
             (oldest + limit.window).saturating_duration_since(now)
         } else {
@@ -61,7 +109,18 @@ pub struct RateBudget {
     /// which counts each request from when its answer came.
     margin: Duration,
     state: Mutex<(Window, HashMap<Uuid, Window>)>,
+    /// Windows the vendor reported for an account (`ratelimit-limit: 50;w=10`), checked as
+    /// one more sliding window over the account's requests.
+    vendor: Mutex<HashMap<Uuid, Limit>>,
+    /// This process's share of the token's window when processes share it through the
+    /// database (see `service::budget`); the whole `per_token` otherwise.
+    token_share: AtomicUsize,
+    /// Requests that had to wait for a slot since the last [`RateBudget::take_demand`].
+    waited: AtomicU64,
 }
+
+/// How long a request waits before looking again while this process has no share at all.
+const NO_SHARE_WAIT: Duration = Duration::from_millis(100);
 
 impl RateBudget {
     /// The configured budget, or `None` when pacing is off (`rate_budget.enabled = false`).
@@ -83,6 +142,9 @@ impl RateBudget {
 
     pub fn new(per_account: Limit, per_token: Limit) -> RateBudget {
         RateBudget {
+            token_share: AtomicUsize::new(per_token.requests),
+            vendor: Mutex::new(HashMap::new()),
+            waited: AtomicU64::new(0),
             per_account,
             per_token,
             margin: Duration::from_millis(20),
@@ -103,16 +165,72 @@ impl RateBudget {
         let mut guard = self.state.lock().expect("budget");
         let (token, accounts) = &mut *guard;
         let acct = accounts.entry(account).or_default();
-        let wait = acct
-            .wait(now, self.widen(self.per_account))
-            .max(token.wait(now, self.widen(self.per_token)));
+        let share = self
+            .token_share
+            .load(Ordering::Relaxed)
+            .min(self.per_token.requests);
+        let token_wait = if share == 0 {
+            NO_SHARE_WAIT
+        } else {
+            token.wait(
+                now,
+                self.widen(Limit {
+                    requests: share,
+                    window: self.per_token.window,
+                }),
+            )
+        };
+        let vendor = self
+            .vendor
+            .lock()
+            .expect("budget")
+            .get(&account)
+            .copied()
+            .map(|l| self.widen(l));
+        let ours = self.widen(self.per_account);
+        acct.prune(
+            now,
+            vendor.map_or(ours.window, |v| v.window.max(ours.window)),
+        );
+        token.prune(now, self.widen(self.per_token).window);
+        let mut wait = acct.wait(now, ours).max(token_wait);
+        if let Some(v) = vendor {
+            wait = wait.max(acct.wait(now, v));
+        }
         if wait.is_zero() {
             acct.starts.push_back(now);
             token.starts.push_back(now);
             Ok(())
         } else {
+            self.waited.fetch_add(1, Ordering::Relaxed);
             Err(wait)
         }
+    }
+
+    /// The token's budget (requests per window), before any sharing.
+    pub fn token_limit(&self) -> Limit {
+        self.per_token
+    }
+
+    /// Sets this process's share of the token's window (at most the whole budget).
+    pub fn set_token_share(&self, requests: usize) {
+        self.token_share
+            .store(requests.min(self.per_token.requests), Ordering::Relaxed);
+    }
+
+    pub fn token_share(&self) -> usize {
+        self.token_share.load(Ordering::Relaxed)
+    }
+
+    /// This process's demand since the last call: requests in the token's window now, and
+    /// whether any had to wait for a slot.
+    pub fn take_demand(&self, now: Instant) -> (usize, bool) {
+        let mut guard = self.state.lock().expect("budget");
+        let token = &mut guard.0;
+        token.prune(now, self.widen(self.per_token).window);
+        let used = token.starts.len();
+        drop(guard);
+        (used, self.waited.swap(0, Ordering::Relaxed) > 0)
     }
 
     /// Waits until `account` may send a request, then takes the slot. Returns the slot's time
@@ -147,14 +265,18 @@ impl RateBudget {
         }
     }
 
-    /// The server says the account's window has `remaining` requests left and resets in
-    /// `reset`. When nothing is left, pause the account until the reset; when the vendor is
-    /// stricter than our own budget, spread what is left evenly over the time to the reset.
-    pub fn observe_remaining(&self, account: Uuid, remaining: u64, reset: Duration, now: Instant) {
-        if remaining == 0 {
-            self.pause(account, reset, now);
-        } else if (remaining as usize) < self.per_account.requests {
-            self.pause(account, reset / (remaining as u32 + 1), now);
+    /// What the server said of the account's window on an answer: its limit and window (when
+    /// given) become one more sliding window over the account's requests; a window with nothing
+    /// left pauses the account until it resets. A window that is merely partly used says
+    /// nothing more: our own windows already pace the requests.
+    pub fn observe(&self, account: Uuid, report: RateReport, now: Instant) {
+        if let Some(limit) = report.limit.filter(|l| l.requests > 0) {
+            self.vendor.lock().expect("budget").insert(account, limit);
+        }
+        if report.remaining == Some(0) {
+            if let Some(reset) = report.reset {
+                self.pause(account, reset, now);
+            }
         }
     }
 
@@ -232,9 +354,19 @@ mod tests {
             "other accounts go on"
         );
         assert!(b.try_acquire(a, t0 + Duration::from_secs(5)).is_ok());
-        b.observe_remaining(a, 0, Duration::from_secs(2), t0 + Duration::from_secs(6));
+        let empty = |reset| RateReport {
+            remaining: Some(0),
+            reset: Some(Duration::from_secs(reset)),
+            limit: None,
+        };
+        b.observe(a, empty(2), t0 + Duration::from_secs(6));
         assert!(b.try_acquire(a, t0 + Duration::from_secs(7)).is_err());
-        b.observe_remaining(a, 30, Duration::from_secs(60), t0 + Duration::from_secs(8));
+        let plenty = RateReport {
+            remaining: Some(30),
+            reset: Some(Duration::from_secs(60)),
+            limit: None,
+        };
+        b.observe(a, plenty, t0 + Duration::from_secs(8));
         assert!(
             b.try_acquire(a, t0 + Duration::from_secs(8)).is_ok(),
             "plenty left: no pause"
@@ -258,13 +390,29 @@ mod tests {
     }
 
     #[test]
-    fn a_stricter_vendor_budget_spreads_the_remaining_requests() {
+    fn a_partly_used_vendor_window_slows_nothing_and_a_stricter_one_is_one_more_window() {
         let b = budget(10, 100);
         let a = Uuid::from_u128(1);
         let t0 = Instant::now();
-        b.observe_remaining(a, 3, Duration::from_secs(8), t0);
-        assert_eq!(b.try_acquire(a, t0).unwrap_err(), Duration::from_secs(2));
-        assert!(b.try_acquire(a, t0 + Duration::from_secs(2)).is_ok());
+        // A window as large as ours, partly used: nothing to wait for.
+        let report = RateReport::parse(Some("10;w=10"), Some("3"), Some("8")).unwrap();
+        b.observe(a, report, t0);
+        assert!(b.try_acquire(a, t0).is_ok());
+        // A stricter one (2 per 10 s): one more fits its window, then the account waits.
+        let strict = RateReport::parse(Some("2, 2;w=10"), Some("1"), Some("9")).unwrap();
+        assert_eq!(
+            strict.limit,
+            Some(Limit {
+                requests: 2,
+                window: Duration::from_secs(10)
+            })
+        );
+        b.observe(a, strict, t0);
+        assert!(b.try_acquire(a, t0).is_ok());
+        assert!(b.try_acquire(a, t0).is_err(), "two in its window already");
+        assert!(b.try_acquire(a, t0 + Duration::from_secs(11)).is_ok());
+        assert_eq!(RateReport::parse(None, None, None), None);
+        assert_eq!(RateReport::parse(Some("50"), None, None), None, "no window");
     }
 
     #[test]

@@ -8,8 +8,8 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::budget::RateReport;
 use super::SourceError;
-use crate::backoff::parse_reset_seconds;
 use crate::model::{decode_records, DecodedPage};
 use crate::text::shorten;
 
@@ -32,7 +32,7 @@ pub struct FetchedPage {
     /// Of which answered 429.
     pub rate_limited: u32,
     /// `ratelimit-remaining` and `ratelimit-reset` of the answer, when the vendor gave them.
-    pub rate_remaining: Option<(u64, Duration)>,
+    pub rate_remaining: Option<RateReport>,
     /// Time spent waiting for the request budget.
     pub budget_wait: Duration,
 }
@@ -193,14 +193,11 @@ fn finish_page(
         },
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let rate_remaining = match (header("ratelimit-remaining"), header("ratelimit-reset")) {
-        (Some(rem), Some(reset)) => rem
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .zip(parse_reset_seconds(reset)),
-        _ => None,
-    };
+    let rate_remaining = RateReport::parse(
+        header("ratelimit-limit"),
+        header("ratelimit-remaining"),
+        header("ratelimit-reset"),
+    );
     Ok(FetchedPage {
         decoded: DecodedPage::default(),
         body: None,

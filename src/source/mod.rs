@@ -110,6 +110,11 @@ impl TrutoClient {
         })
     }
 
+    /// The request budget this client paces under, if any.
+    pub fn budget(&self) -> Option<Arc<RateBudget>> {
+        self.budget.clone()
+    }
+
     /// Paces every request under `budget` (shared by all clones of this client).
     pub fn with_budget(mut self, budget: Arc<RateBudget>) -> Self {
         self.budget = Some(budget);

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::budget::RateReport;
 use super::{Failed, SourceError, TrutoClient};
 
 /// A request's result and what it cost.
@@ -16,8 +17,8 @@ pub(super) struct Attempted<T> {
     pub budget_wait: Duration,
 }
 
-/// The vendor's `ratelimit-remaining` and `ratelimit-reset` on an answer, when it gave them.
-pub(super) type Remaining = Option<(u64, Duration)>;
+/// The vendor's `ratelimit-*` headers on an answer, when it gave them.
+pub(super) type Remaining = Option<RateReport>;
 
 /// What one request of a retried series has cost so far.
 #[derive(Default)]
@@ -61,8 +62,8 @@ impl TrutoClient {
             self.count_request(id, what, sent.elapsed(), &result);
             let err = match result {
                 Ok((value, remaining)) => {
-                    if let (Some(budget), Some((remaining, reset))) = (&self.budget, remaining) {
-                        budget.observe_remaining(id, remaining, reset, Instant::now());
+                    if let (Some(budget), Some(report)) = (&self.budget, remaining) {
+                        budget.observe(id, report, Instant::now());
                     }
                     return Ok(Attempted {
                         value,

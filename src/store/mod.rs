@@ -9,6 +9,7 @@
 //! parameters; the only identifier ever formatted into SQL is the validated schema name.
 
 mod accounts;
+mod budget;
 mod copy;
 mod history;
 mod hydration;
@@ -30,6 +31,7 @@ use sqlx::{ConnectOptions, PgPool};
 pub use accounts::{
     retire_guard, AccountRow, Discovered, DiscoveryApplied, DiscoveryState, RetirePolicy,
 };
+pub use budget::{decide as decide_share, Negotiated, ShareHolder};
 pub use copy::CopyRows;
 pub use lease::Lease;
 pub use pages::{Gate, PageResult, PageWrite};

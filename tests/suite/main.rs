@@ -4,6 +4,7 @@
 mod helpers;
 
 mod analysts;
+mod budget;
 mod chaos;
 mod cli;
 mod config_fuzz;

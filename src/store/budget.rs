@@ -1,0 +1,208 @@
+//! The token's request budget shared by every process on one database (see
+//! `docs/rate-budget.md`): each process holds a share of the window, negotiated here a few
+//! times per window — never per request. A share given back, and the share of a process that
+//! died, stay "hot" for one window (the requests sent under them are still in the server's
+//! window) before anyone else may take them.
+//!
+//! A holder keeps a connection of its own: its backend pid is how the others tell it is alive
+//! (a process that dies, or loses its connection, leaves `pg_stat_activity` at once).
+
+use sqlx::{ConnectOptions, Connection, PgConnection};
+
+use super::{Store, StoreError};
+
+/// One process's place at the budget.
+pub struct ShareHolder {
+    conn: PgConnection,
+    holder: String,
+    schema: String,
+}
+
+/// What one negotiation decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    /// Requests per window this process may send from now on.
+    pub share: i32,
+    /// Live holders, this one included.
+    pub holders: i32,
+}
+
+impl Store {
+    /// Joins the budget as `holder` (unique per process), on a connection of its own.
+    pub async fn budget_holder(&self, holder: &str) -> Result<ShareHolder, StoreError> {
+        let conn = self.opts.connect().await?;
+        Ok(ShareHolder {
+            conn,
+            holder: holder.to_string(),
+            schema: self.schema.clone(),
+        })
+    }
+}
+
+impl ShareHolder {
+    /// One round for `budget` (`limit` requests per `window_secs`), wanting `wanted`, having
+    /// sent `used` requests in the last window: gives back what is above this holder's fair part
+    /// (the limit split by what every live holder wants) — hot for a window as far as requests
+    /// were sent under it — takes what it lacks from what is neither held nor hot, and returns
+    /// the share to use.
+    pub async fn negotiate(
+        &mut self,
+        budget: &str,
+        limit: i32,
+        window_secs: i32,
+        wanted: i32,
+        used: i32,
+    ) -> Result<Negotiated, StoreError> {
+        let mut tx = self.conn.begin().await?;
+        // One negotiation at a time per budget (a transaction lock: nothing to clean up).
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtext('lms-sync-budget:' || $1 || ':' || $2))",
+        )
+        .bind(&self.schema)
+        .bind(budget)
+        .execute(&mut *tx)
+        .await?;
+        // Holders whose connection is gone died: their share is hot for one window.
+        sqlx::query(
+            "WITH dead AS (
+                 DELETE FROM rate_shares s
+                  WHERE s.budget = $1 AND s.holder <> $2
+                    AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = s.backend_pid)
+              RETURNING s.share)
+             INSERT INTO rate_share_releases (budget, released)
+             SELECT $1, share FROM dead WHERE share > 0",
+        )
+        .bind(budget)
+        .bind(&self.holder)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM rate_share_releases
+              WHERE budget = $1 AND released_at < now() - make_interval(secs => $2)",
+        )
+        .bind(budget)
+        .bind(window_secs as f64)
+        .execute(&mut *tx)
+        .await?;
+        let (mine, others_held, others_wanted, hot, holders): (i32, i64, i64, i64, i64) =
+            sqlx::query_as(
+                "SELECT coalesce((SELECT share FROM rate_shares WHERE budget = $1 AND holder = $2), 0),
+                        coalesce((SELECT sum(share) FROM rate_shares WHERE budget = $1 AND holder <> $2), 0),
+                        coalesce((SELECT sum(wanted) FROM rate_shares WHERE budget = $1 AND holder <> $2), 0),
+                        coalesce((SELECT sum(released) FROM rate_share_releases WHERE budget = $1), 0),
+                        (SELECT count(*) FROM rate_shares WHERE budget = $1 AND holder <> $2) + 1",
+            )
+            .bind(budget)
+            .bind(&self.holder)
+            .fetch_one(&mut *tx)
+            .await?;
+        let share = decide(
+            mine,
+            wanted,
+            limit,
+            others_held as i32,
+            others_wanted as i32,
+            hot as i32,
+        );
+        // Only the part of the given-back share that requests were sent under is still in the
+        // server's window; the rest is free at once.
+        let hot_now = (mine - share).min((used - share).max(0));
+        if hot_now > 0 {
+            sqlx::query("INSERT INTO rate_share_releases (budget, released) VALUES ($1, $2)")
+                .bind(budget)
+                .bind(hot_now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO rate_shares (budget, holder, share, wanted, backend_pid)
+             VALUES ($1, $2, $3, $4, pg_backend_pid())
+             ON CONFLICT (budget, holder) DO UPDATE
+                SET share = excluded.share, wanted = excluded.wanted,
+                    backend_pid = excluded.backend_pid, renewed_at = now()",
+        )
+        .bind(budget)
+        .bind(&self.holder)
+        .bind(share)
+        .bind(wanted)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Negotiated {
+            share,
+            holders: holders as i32,
+        })
+    }
+
+    /// Leaves the budget, having sent `used` requests in the last window: those stay hot for
+    /// one window; the rest of the share is free at once.
+    pub async fn leave(mut self, budget: &str, used: i32) {
+        let _ = sqlx::query(
+            "WITH gone AS (DELETE FROM rate_shares WHERE budget = $1 AND holder = $2 RETURNING share)
+             INSERT INTO rate_share_releases (budget, released)
+             SELECT $1, least(share, $3) FROM gone WHERE least(share, $3) > 0",
+        )
+        .bind(budget)
+        .bind(&self.holder)
+        .bind(used)
+        .execute(&mut self.conn)
+        .await;
+        let _ = self.conn.close().await;
+    }
+}
+
+/// The new share (pure): what the holder wants, up to its fair part of the limit (split by
+/// what the live holders want) or to what the others do not want, whichever is more; it gives
+/// back only what the others want beyond what is free, and takes no more than is neither held
+/// by others nor hot.
+pub fn decide(
+    mine: i32,
+    wanted: i32,
+    limit: i32,
+    others_held: i32,
+    others_wanted: i32,
+    hot: i32,
+) -> i32 {
+    let wanted = wanted.clamp(0, limit);
+    let others_wanted = others_wanted.clamp(0, limit);
+    let all_wanted = wanted + others_wanted;
+    let fair = if all_wanted == 0 {
+        0
+    } else {
+        // Rounded up, so that a lone holder gets the whole limit; the free check below keeps
+        // the sum within it.
+        ((limit as i64 * wanted as i64 + all_wanted as i64 - 1) / all_wanted as i64) as i32
+    };
+    // What nobody else wants: a holder keeps (or may grow into) it, so a lone process never
+    // shrinks between its bursts.
+    let room = limit - others_wanted;
+    let target = wanted.min(fair.max(room)).max(mine.min(room));
+    if target <= mine {
+        return target;
+    }
+    let free = (limit - others_held - mine - hot).max(0);
+    mine + (target - mine).min(free)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_holder_gets_everything_it_wants_and_shares_converge_to_fair_parts() {
+        assert_eq!(decide(0, 500, 500, 0, 0, 0), 500);
+        assert_eq!(decide(0, 100, 500, 0, 0, 0), 100);
+        // Alone, a holder keeps its share between bursts.
+        assert_eq!(decide(500, 3, 500, 0, 0, 0), 500);
+        // An idle holder beside a busy one keeps only what it wants.
+        assert_eq!(decide(250, 3, 500, 250, 500, 0), 3);
+        // A second holder arrives wanting everything: the first gives back half...
+        assert_eq!(decide(500, 500, 500, 0, 500, 0), 250);
+        // ...which is hot for a window: the second gets nothing yet, then its half.
+        assert_eq!(decide(0, 500, 500, 250, 500, 250), 0);
+        assert_eq!(decide(0, 500, 500, 250, 500, 0), 250);
+        // Never more than the limit, whatever is asked.
+        assert_eq!(decide(0, 9_999, 500, 400, 0, 0), 100);
+        assert_eq!(decide(10, 500, 500, 490, 500, 0), 10);
+    }
+}

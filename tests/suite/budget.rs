@@ -1,0 +1,166 @@
+//! The token's request budget shared by every process on one database: negotiated shares that
+//! never sum above the limit, a dead holder's share free again after one window, and two
+//! service replicas plus a one-off sync together under a simulator that enforces the window.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use crate::helpers::daemon::*;
+use crate::helpers::*;
+use lms_sync::devkit::simulator::RateLimit;
+use lms_sync::store::ShareHolder;
+use uuid::Uuid;
+
+async fn holder(env: &Env, name: &str) -> ShareHolder {
+    env.store.budget_holder(name).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_split_fairly_never_exceed_the_limit_and_a_dead_holders_share_returns_after_a_window(
+) {
+    let env = Env::new(&[]).await;
+    let (limit, window) = (100, 1);
+    let mut a = holder(&env, "a").await;
+    let mut b = holder(&env, "b").await;
+    // Alone, a gets everything it wants.
+    assert_eq!(
+        a.negotiate("token", limit, window, 100, 100)
+            .await
+            .unwrap()
+            .share,
+        100
+    );
+    // b arrives: nothing is free; a gives back half at its next round, and b may take it only
+    // once the requests a sent under it have left the window.
+    assert_eq!(
+        b.negotiate("token", limit, window, 100, 100)
+            .await
+            .unwrap()
+            .share,
+        0
+    );
+    assert_eq!(
+        a.negotiate("token", limit, window, 100, 100)
+            .await
+            .unwrap()
+            .share,
+        50
+    );
+    assert_eq!(
+        b.negotiate("token", limit, window, 100, 100)
+            .await
+            .unwrap()
+            .share,
+        0
+    );
+    let released = Instant::now();
+    let b_share = loop {
+        let n = b.negotiate("token", limit, window, 100, 100).await.unwrap();
+        if n.share > 0 || released.elapsed() > Duration::from_secs(5) {
+            break n;
+        }
+        // Time itself is what is tested here: the share is hot for one window.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((b_share.share, b_share.holders), (50, 2));
+    assert!(
+        released.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        released.elapsed()
+    );
+
+    // a dies holding its half (its connection goes): b may take it one window later, not
+    // before, and not never.
+    drop(a);
+    let died = Instant::now();
+    let mut shares = Vec::new();
+    loop {
+        let n = b.negotiate("token", limit, window, 100, 100).await.unwrap();
+        shares.push(n.share);
+        if n.share == 100 || died.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(shares.last(), Some(&100), "{shares:?}");
+    assert!(
+        died.elapsed() < Duration::from_secs(3),
+        "starved for {:?}",
+        died.elapsed()
+    );
+    let held: i64 = env
+        .scalar_i64("SELECT coalesce(sum(share), 0)::bigint FROM rate_shares")
+        .await;
+    assert_eq!(held, 100);
+    b.leave("token", 100).await;
+}
+
+/// A config for the binary with a budget of `per_token` requests per second.
+fn budget_config(env: &Env, accounts: &[Uuid], per_token: usize) -> std::path::PathBuf {
+    let cfg = config(&env.sim, accounts, "1h", 10);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[truto]\n",
+        &format!(
+            "[rate_budget]\nper_account = 1000\nper_token = {per_token}\nwindow_secs = 1\n[truto]\npage_size = 10\n"
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_and_a_one_off_sync_stay_within_the_tokens_window_together() {
+    let service: Vec<Uuid> = (1..=4).map(account_id).collect();
+    let one_off: Vec<Uuid> = (5..=6).map(account_id).collect();
+    let all: Vec<(Uuid, usize)> = service
+        .iter()
+        .chain(&one_off)
+        .map(|id| (*id, 150))
+        .collect();
+    let env = Env::new(&all).await;
+    let per_token = 20;
+    env.sim.set_rate_limit(Some(RateLimit {
+        per_account: 1000,
+        per_token,
+        window: Duration::from_secs(1),
+    }));
+    // Run the migrations once, so the replicas start together.
+    let cfg = budget_config(&env, &service, per_token);
+    let mut r1 = spawn(&cfg, &env.db_url);
+    let mut r2 = spawn(&cfg, &env.db_url);
+    let sync_cfg = budget_config(&env, &one_off, per_token);
+    let one = tokio::process::Command::new(BIN)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TRUTO_API_TOKEN", lms_sync::devkit::simulator::DEMO_TOKEN)
+        .env("LMS_SYNC__DATABASE__URL", &env.db_url)
+        .args(["--config", sync_cfg.to_str().unwrap(), "sync"])
+        .output();
+    let waiting = async {
+        let mut done = HashSet::new();
+        while done.len() < service.len() {
+            tokio::select! {
+                ev = r1.wait_for("sync run finished") => { if ev["fields"]["outcome"] == "succeeded" { done.insert(ev["span"]["account"].to_string()); } }
+                ev = r2.wait_for("sync run finished") => { if ev["fields"]["outcome"] == "succeeded" { done.insert(ev["span"]["account"].to_string()); } }
+            }
+        }
+    };
+    let (one, ()) = tokio::join!(one, waiting);
+    let one = one.unwrap();
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    assert_eq!(r1.terminate().await, 0);
+    assert_eq!(r2.terminate().await, 0);
+
+    let stats = env.sim.stats();
+    assert_eq!(stats.rate_limited, 0, "429s: {stats:?}");
+    assert!(stats.max_token_window <= per_token, "{stats:?}");
+    // 6 accounts × 15 pages = 90 requests at 20 a second.
+    assert!(stats.requests >= 90, "{stats:?}");
+    for id in service.iter().chain(&one_off) {
+        assert_mirror(&env.store, &env.sim, *id).await;
+    }
+}
