@@ -69,14 +69,7 @@ pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), Cli
 }
 
 async fn list(settings: Settings, json: bool) -> Result<(), CliError> {
-    settings.database_url()?;
-    let store = open_store(&settings, Access::Read).await?;
-    let state = crate::service::status::read_state(&settings, &store)
-        .await
-        .map_err(|error| CliError::Store {
-            context: "cannot read the sync state",
-            error,
-        })?;
+    let state = super::commands::fleet_state(&settings).await?;
     let views = crate::service::status::account_views(&state);
     if json {
         let text = serde_json::to_string_pretty(&views)

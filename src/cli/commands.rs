@@ -213,16 +213,23 @@ pub async fn migrate(settings: Settings) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `status`: each account's sync state.
-pub async fn status(settings: Settings) -> Result<(), CliError> {
+/// The fleet's state, read-only (for `status` and `accounts list`).
+pub async fn fleet_state(
+    settings: &Settings,
+) -> Result<crate::service::status::FleetState, CliError> {
     settings.database_url()?;
-    let store = open_store(&settings, Access::Read).await?;
-    let state = crate::service::status::read_state(&settings, &store)
+    let store = open_store(settings, Access::Read).await?;
+    crate::service::status::read_state(settings, &store)
         .await
         .map_err(|error| CliError::Store {
             context: "cannot read the sync state",
             error,
-        })?;
+        })
+}
+
+/// `status`: each account's sync state.
+pub async fn status(settings: Settings) -> Result<(), CliError> {
+    let state = fleet_state(&settings).await?;
     let info = state
         .fleet
         .iter()

@@ -22,7 +22,9 @@ trap cleanup EXIT
 "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync >"$dir/initdb.log" 2>&1 \
   || "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
   || { echo "ERROR initdb failed: $(tail -n 3 "$dir/initdb.log" | tr '\n' ' ')"; exit 1; }
-opts="-c listen_addresses='' -k $dir -c fsync=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=128MB"
+opts="-c listen_addresses='' -k $dir -c max_connections=200 -c shared_buffers=128MB"
+# Tests trade durability for speed; the benchmark (durable) runs with the server's defaults.
+[ "${2:-fast}" = durable ] || opts="$opts -c fsync=off -c full_page_writes=off"
 start() { "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -o "$opts" start >/dev/null 2>&1; }
 start || { echo "ERROR postgres did not start: $(tail -n 3 "$dir/server.log" | tr '\n' ' ')"; exit 1; }
 echo "READY $dir"
@@ -87,8 +89,19 @@ fn is_root() -> bool {
 }
 
 impl TempPostgres {
-    /// Creates and starts a cluster. Blocking; takes a second or two.
+    /// Creates and starts a cluster with fsync off (tests, the demo). Blocking; takes a second
+    /// or two.
     pub fn start() -> anyhow::Result<TempPostgres> {
+        Self::start_with(false)
+    }
+
+    /// Creates and starts a cluster with the server's default durability (fsync,
+    /// full_page_writes and synchronous_commit on), as production runs it: the benchmark's.
+    pub fn start_durable() -> anyhow::Result<TempPostgres> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> anyhow::Result<TempPostgres> {
         let bindir = find_bindir().ok_or_else(|| {
             anyhow::anyhow!("no PostgreSQL server binaries found (initdb, pg_ctl) on PATH or in /usr/lib/postgresql/*/bin; install PostgreSQL or set DATABASE_URL")
         })?;
@@ -102,6 +115,7 @@ impl TempPostgres {
             c
         };
         cmd.arg(&bindir)
+            .arg(if durable { "durable" } else { "fast" })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
