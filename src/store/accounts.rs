@@ -297,8 +297,11 @@ impl Store {
             return Err(StoreError::NotRetired(account));
         }
         let mut counts = Vec::new();
-        // Children go with their users (ON DELETE CASCADE); the rest by their own keys.
+        // Children first (no foreign keys hold them to their users), then the rest.
         for (table, key) in [
+            ("user_emails", "user_id"),
+            ("user_phones", "user_id"),
+            ("user_managers", "user_id"),
             ("users", "id"),
             ("user_changes", "change_id"),
             ("hydration_queue", "user_id"),

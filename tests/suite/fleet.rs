@@ -507,6 +507,9 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
     );
     for table in [
         "users",
+        "user_emails",
+        "user_phones",
+        "user_managers",
         "sync_runs",
         "sync_state",
         "accounts",
