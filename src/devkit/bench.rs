@@ -189,6 +189,9 @@ async fn start_simulator(exe: &Path, s: &Scenario) -> anyhow::Result<SimChild> {
             &BUDGET_PER_TOKEN.to_string(),
             "--limit-window-secs",
             &BUDGET_WINDOW_SECS.to_string(),
+            // As a vendor that reports its window does: a partly used window must not slow
+            // the sync down.
+            "--ratelimit-headers",
         ]);
     }
     let mut child = cmd

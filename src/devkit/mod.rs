@@ -74,6 +74,10 @@ pub struct SimulateArgs {
     limit_per_token: Option<usize>,
     #[arg(long, default_value_t = 10)]
     limit_window_secs: u64,
+    /// Report each account's window on every answer (`ratelimit-limit`, `-remaining`,
+    /// `-reset`), as a vendor with those limits does.
+    #[arg(long)]
+    ratelimit_headers: bool,
 }
 
 /// Runs a development command.
@@ -149,6 +153,7 @@ async fn simulate(a: SimulateArgs) -> Result<(), CliError> {
     sim.set_random_faults(a.fault_rate, 1);
     sim.set_latency(Duration::from_millis(a.latency_ms));
     sim.set_rate_limit(limit);
+    sim.set_ratelimit_headers(a.ratelimit_headers);
     println!("simulated Truto listening on {}", sim.base_url());
     println!("token: {}", simulator::DEMO_TOKEN);
     for n in 1..=a.accounts {

@@ -140,6 +140,8 @@ struct State {
     latency: Duration,
     cursor_generation: u64,
     rate_limit: Option<RateLimit>,
+    /// Send `ratelimit-limit`, `-remaining` and `-reset` of the account's window on answers.
+    ratelimit_headers: bool,
     windows: HashMap<Uuid, VecDeque<Instant>>,
     token_window: VecDeque<Instant>,
     stats: SimStats,
@@ -194,6 +196,7 @@ impl Simulator {
             latency: Duration::ZERO,
             cursor_generation: 1,
             rate_limit: None,
+            ratelimit_headers: false,
             windows: HashMap::new(),
             token_window: VecDeque::new(),
             stats: SimStats::default(),
@@ -233,6 +236,13 @@ impl Simulator {
     /// Serves `fault` to the next account listing request (Partial marks the page partial).
     pub fn push_listing_fault(&self, fault: Fault) {
         self.with(|s| s.listing_faults.push_back(fault));
+    }
+
+    /// Reports each account's window on its answers, as a vendor with a 50-per-10-s limit
+    /// does: `ratelimit-limit: 50;w=10`, `ratelimit-remaining`, `ratelimit-reset` (seconds
+    /// until the oldest counted request leaves the window). Needs a rate limit.
+    pub fn set_ratelimit_headers(&self, on: bool) {
+        self.with(|s| s.ratelimit_headers = on);
     }
 
     pub fn set_token(&self, token: &str) {
@@ -929,7 +939,42 @@ fn decode_cursor(c: &str) -> Option<(u64, usize)> {
 
 fn route(s: &mut State, req: &Request) -> Reply {
     s.stats.requests += 1;
-    let reply = route_inner(s, req);
+    let mut reply = route_inner(s, req);
+    if let (
+        true,
+        Some(limit),
+        Reply::Full {
+            status: 200,
+            headers,
+            ..
+        },
+    ) = (s.ratelimit_headers, s.rate_limit, &mut reply)
+    {
+        let account = req
+            .query
+            .iter()
+            .find(|(k, _)| k == "integrated_account_id")
+            .and_then(|(_, v)| Uuid::parse_str(v).ok());
+        if let Some(w) = account.and_then(|a| s.windows.get(&a)) {
+            let now = Instant::now();
+            let reset = w
+                .front()
+                .map(|t| limit.window.saturating_sub(now.duration_since(*t)))
+                .unwrap_or(limit.window);
+            headers.push((
+                "ratelimit-limit".into(),
+                format!("{};w={}", limit.per_account, limit.window.as_secs()),
+            ));
+            headers.push((
+                "ratelimit-remaining".into(),
+                limit.per_account.saturating_sub(w.len()).to_string(),
+            ));
+            headers.push((
+                "ratelimit-reset".into(),
+                reset.as_secs_f64().ceil().to_string(),
+            ));
+        }
+    }
     let status = match &reply {
         Reply::Full { status, .. } => *status,
         _ => 0,

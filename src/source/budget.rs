@@ -270,13 +270,31 @@ impl RateBudget {
     /// left pauses the account until it resets. A window that is merely partly used says
     /// nothing more: our own windows already pace the requests.
     pub fn observe(&self, account: Uuid, report: RateReport, now: Instant) {
-        if let Some(limit) = report.limit.filter(|l| l.requests > 0) {
+        let limit = report.limit.filter(|l| l.requests > 0);
+        if let Some(limit) = limit {
             self.vendor.lock().expect("budget").insert(account, limit);
         }
-        if report.remaining == Some(0) {
-            if let Some(reset) = report.reset {
-                self.pause(account, reset, now);
-            }
+        let Some(reset) = report.reset.filter(|_| report.remaining == Some(0)) else {
+            return;
+        };
+        // When our own record of the account's window is as full as the vendor says, the
+        // window already waits exactly until its oldest request leaves (the reset, rounded up
+        // to whole seconds, would wait longer); when it is not, the vendor knows of requests
+        // we do not: pause until its reset.
+        let full = limit.is_some_and(|l| {
+            let mut guard = self.state.lock().expect("budget");
+            let w = guard.1.entry(account).or_default();
+            let window = self.widen(l).window;
+            let in_window = w
+                .starts
+                .iter()
+                .rev()
+                .take_while(|t| now.saturating_duration_since(**t) < window)
+                .count();
+            in_window >= l.requests
+        });
+        if !full {
+            self.pause(account, reset, now);
         }
     }
 
@@ -387,6 +405,23 @@ mod tests {
             b.try_acquire(a, t0 + Duration::from_secs(10)).unwrap_err(),
             Duration::from_secs(3)
         );
+    }
+
+    #[test]
+    fn an_empty_vendor_window_pauses_only_when_ours_does_not_already_wait_for_it() {
+        let b = budget(2, 100);
+        let (a, c) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let t0 = Instant::now();
+        assert!(b.try_acquire(a, t0).is_ok() && b.try_acquire(a, t0).is_ok());
+        // Our window is full too: it waits exactly for the oldest request, not for the
+        // reset rounded up to whole seconds.
+        let empty = RateReport::parse(Some("2;w=10"), Some("0"), Some("11")).unwrap();
+        b.observe(a, empty, t0);
+        assert!(b.try_acquire(a, t0 + Duration::from_millis(10_100)).is_ok());
+        // Another account the vendor says is spent, though we sent nothing: pause.
+        b.observe(c, empty, t0);
+        assert!(b.try_acquire(c, t0 + Duration::from_secs(10)).is_err());
+        assert!(b.try_acquire(c, t0 + Duration::from_secs(11)).is_ok());
     }
 
     #[test]
