@@ -148,7 +148,13 @@ async fn simulate(a: SimulateArgs) -> Result<(), CliError> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", a.listen))?;
     for n in 1..=a.accounts {
-        sim.add_account(simulator::demo_account_id(n), size(n), n as u64);
+        let id = simulator::demo_account_id(n);
+        sim.add_account(id, size(n), n as u64);
+        // Listed as integrated accounts too, so that [discovery] finds them.
+        sim.set_integrated(
+            id,
+            simulator::Integrated::active(&format!("demo-tenant-{n}")),
+        );
     }
     sim.set_random_faults(a.fault_rate, 1);
     sim.set_latency(Duration::from_millis(a.latency_ms));
