@@ -97,12 +97,10 @@ async fn act(
         error,
     };
     // Configured accounts are in the registry even before their first run.
-    let configured: Vec<(Uuid, Option<String>)> = settings
-        .accounts
-        .iter()
-        .map(|a| (a.integrated_account_id, a.label.clone()))
-        .collect();
-    store.register_configured(&configured).await.map_err(db)?;
+    store
+        .register_configured(&settings.accounts)
+        .await
+        .map_err(db)?;
     if !action(&store, account).await.map_err(db)? {
         return Err(CliError::Usage(format!(
             "account {account} is not in the registry: neither configured in [[accounts]] nor discovered"

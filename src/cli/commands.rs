@@ -73,7 +73,7 @@ pub async fn sync(settings: Settings, account: Option<Uuid>) -> Result<(), CliEr
             sharing.clone(),
         ))
     });
-    let fleet = fleet(&settings, &store, Some(&source), &cancel).await?;
+    let fleet = fleet(&settings, &store, &source, &cancel).await?;
     let accounts: Vec<_> = match account {
         None => fleet
             .into_iter()
@@ -121,35 +121,24 @@ pub async fn sync(settings: Settings, account: Option<Uuid>) -> Result<(), CliEr
     }
 }
 
-/// The fleet: configured accounts registered, the integrated accounts listed first when
-/// discovery is on and a client is given, then the registry merged with the configuration.
+/// The fleet to sync (see [`crate::sync::discovery::refresh_fleet`]); a failed listing fails
+/// the command.
 async fn fleet(
     settings: &Settings,
     store: &Store,
-    discover_with: Option<&TrutoClient>,
+    source: &TrutoClient,
     cancel: &CancellationToken,
 ) -> Result<Vec<crate::fleet::Planned>, CliError> {
-    let db = |error| CliError::Store {
-        context: "cannot read the account registry",
-        error,
-    };
-    if let Some(source) = discover_with {
-        let configured: Vec<(Uuid, Option<String>)> = settings
-            .accounts
-            .iter()
-            .map(|a| (a.integrated_account_id, a.label.clone()))
-            .collect();
-        store.register_configured(&configured).await.map_err(db)?;
-        if settings.discovery.enabled {
-            let out =
-                crate::sync::discovery::discover(store, source, &settings.discovery, cancel).await;
-            if let Some(e) = out.error {
-                return Err(anyhow::anyhow!("discovery: {e}").into());
-            }
-        }
+    let (fleet, listed) = crate::sync::discovery::refresh_fleet(store, source, settings, cancel)
+        .await
+        .map_err(|error| CliError::Store {
+            context: "cannot read the account registry",
+            error,
+        })?;
+    if let Some(e) = listed.and_then(|l| l.error) {
+        return Err(anyhow::anyhow!("discovery: {e}").into());
     }
-    let registry = store.registry().await.map_err(db)?;
-    Ok(crate::fleet::plan(settings, &registry))
+    Ok(fleet)
 }
 
 /// What `sync` and `run` need before they start: accounts, a token and a database URL.

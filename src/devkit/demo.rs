@@ -184,26 +184,22 @@ async fn fleet(
     settings: &Settings,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Vec<AccountSettings> {
-    let configured: Vec<(uuid::Uuid, Option<String>)> = settings
-        .accounts
-        .iter()
-        .map(|a| (a.integrated_account_id, a.label.clone()))
-        .collect();
-    if let Err(e) = store.register_configured(&configured).await {
-        eprintln!("cannot register the accounts: {e}");
+    let (fleet, listed) =
+        match crate::sync::discovery::refresh_fleet(store, source, settings, cancel).await {
+            Ok(f) => f,
+            Err(e) => {
+                // The configured accounts still run (and report the database error themselves).
+                eprintln!("cannot read the account registry: {e}");
+                (crate::fleet::plan(settings, &[]), None)
+            }
+        };
+    if let Some(a) = listed.and_then(|l| l.applied) {
+        println!(
+            "discovery: {} integrated accounts listed, {} new",
+            a.listed, a.added
+        );
     }
-    if settings.discovery.enabled {
-        let out =
-            crate::sync::discovery::discover(store, source, &settings.discovery, cancel).await;
-        if let Some(a) = &out.applied {
-            println!(
-                "discovery: {} integrated accounts listed, {} new",
-                a.listed, a.added
-            );
-        }
-    }
-    let registry = store.registry().await.unwrap_or_default();
-    crate::fleet::plan(settings, &registry)
+    fleet
         .into_iter()
         .filter(|p| p.gate.syncs())
         .map(|p| p.account)

@@ -99,12 +99,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
             root.clone(),
         ));
     }
-    let configured: Vec<(Uuid, Option<String>)> = settings
-        .accounts
-        .iter()
-        .map(|a| (a.integrated_account_id, a.label.clone()))
-        .collect();
-    if let Err(e) = store.register_configured(&configured).await {
+    if let Err(e) = store.register_configured(&settings.accounts).await {
         tracing::warn!(error = %e, "could not register the configured accounts; each is registered at its first run");
     }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();

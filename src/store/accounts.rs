@@ -6,6 +6,7 @@ use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::{Store, StoreError, Ts};
+use crate::config::AccountSettings;
 use crate::domain::{AccountSource, Health};
 
 /// One account of the registry.
@@ -117,13 +118,13 @@ impl Store {
             .collect()
     }
 
-    /// Registers the `[[accounts]]` (id, label) as configured accounts.
+    /// Registers the `[[accounts]]` as configured accounts (with their labels).
     pub async fn register_configured(
         &self,
-        accounts: &[(Uuid, Option<String>)],
+        accounts: &[AccountSettings],
     ) -> Result<(), StoreError> {
-        let ids: Vec<Uuid> = accounts.iter().map(|(id, _)| *id).collect();
-        let labels: Vec<Option<&str>> = accounts.iter().map(|(_, l)| l.as_deref()).collect();
+        let ids: Vec<Uuid> = accounts.iter().map(|a| a.integrated_account_id).collect();
+        let labels: Vec<Option<&str>> = accounts.iter().map(|a| a.label.as_deref()).collect();
         sqlx::query(
             "INSERT INTO accounts (integrated_account_id, label, source)
              SELECT t.id, t.label, 'config' FROM unnest($1::uuid[], $2::text[]) AS t(id, label)

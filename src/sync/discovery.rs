@@ -6,9 +6,10 @@
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DiscoverySettings;
+use crate::config::{DiscoverySettings, Settings};
+use crate::fleet::{plan, Planned};
 use crate::source::{IntegratedAccount, TrutoClient};
-use crate::store::{Discovered, DiscoveryApplied, RetirePolicy, Store};
+use crate::store::{Discovered, DiscoveryApplied, RetirePolicy, Store, StoreError};
 
 /// What one discovery pass did.
 #[derive(Debug, Default)]
@@ -79,6 +80,25 @@ pub async fn discover(
         }
     }
     out
+}
+
+/// The fleet as the one-shot commands work on it: the configured accounts registered, Truto's
+/// integrated accounts listed first when discovery is on, then the registry merged with the
+/// configuration. The listing's outcome (when there was one) is the caller's to report.
+pub async fn refresh_fleet(
+    store: &Store,
+    source: &TrutoClient,
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> Result<(Vec<Planned>, Option<DiscoveryOutcome>), StoreError> {
+    store.register_configured(&settings.accounts).await?;
+    let listed = if settings.discovery.enabled {
+        Some(discover(store, source, &settings.discovery, cancel).await)
+    } else {
+        None
+    };
+    let registry = store.registry().await?;
+    Ok((plan(settings, &registry), listed))
 }
 
 fn discovered(a: &IntegratedAccount) -> Discovered {
