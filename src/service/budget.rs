@@ -1,16 +1,17 @@
 //! Keeping this process's share of the token's request budget, through the database, so that
 //! every process on it (`run` replicas, a one-off `sync`) stays within Truto's window together
-//! (see `docs/rate-budget.md`). Four times per window the process says what it wants — all of
-//! the budget when its requests had to wait for slots and it used most of its share, about what
-//! it used otherwise — and sets the share it is given on its [`RateBudget`]. The cost is a
-//! handful of statements per window, whatever the request rate.
+//! (see `docs/rate-budget.md`). Four times per window — and at once, though at most every
+//! [`MIN_SPACING`], when its requests wait for the share — the process says what it wants: what
+//! its accounts could send at their own windows' rate when it is short, about what it used
+//! otherwise; and it sets the share it is given on its [`RateBudget`]. The cost is a handful of
+//! statements per negotiation, at most a few per second whatever the request rate.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::source::budget::RateBudget;
+use crate::source::budget::{Demand, RateBudget};
 use crate::store::Store;
 
 /// The budget the token's window is negotiated as.
@@ -26,13 +27,19 @@ pub fn holder_name() -> String {
     )
 }
 
-/// What to ask for, given the share held and the last period's use (pure).
-pub fn wanted(limit: usize, share: usize, used: usize, waited: bool) -> usize {
-    if waited && used * 5 >= share * 4 {
-        limit
+/// The least time between two negotiations of one process.
+pub const MIN_SPACING: Duration = Duration::from_millis(200);
+
+/// What to ask for, given the last period's demand (pure): never more than the accounts being
+/// worked on could send at their own windows' rate (so that a process with few accounts leaves
+/// the rest to the others); all of that when requests had to wait for the share; otherwise a
+/// little more than was used, so that a growing load is noticed.
+pub fn wanted(limit: usize, d: Demand) -> usize {
+    let most = d.capacity.min(limit);
+    if d.token_waited {
+        most
     } else {
-        // Some headroom over what was used, so that a growing load is noticed.
-        (used + used / 4 + 1).min(limit)
+        (d.used + d.used / 4 + 1).min(most)
     }
 }
 
@@ -50,9 +57,11 @@ pub async fn share_token_budget(
     let mut me = None;
     // Until the first negotiation, nothing: another process may hold the whole budget.
     budget.set_token_share(0);
-    let mut want = limit.requests;
+    // Nothing is wanted before a request asks (then `more_wanted` wakes the loop).
+    let mut want = 0;
     let mut used = 0;
     while !cancel.is_cancelled() {
+        let negotiated_at = tokio::time::Instant::now();
         if me.is_none() {
             match store.budget_holder(&holder).await {
                 Ok(h) => me = Some(h),
@@ -89,16 +98,21 @@ pub async fn share_token_budget(
                 }
             }
         }
+        let short = async {
+            budget.more_wanted().await;
+            tokio::time::sleep_until(negotiated_at + MIN_SPACING).await;
+        };
         tokio::select! {
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep_until(negotiated_at + period) => {}
+            _ = short => {}
             _ = cancel.cancelled() => break,
         }
-        let (now_used, waited) = budget.take_demand(Instant::now());
-        used = now_used;
-        want = wanted(limit.requests, budget.token_share(), used, waited);
+        let demand = budget.take_demand(Instant::now());
+        used = demand.used;
+        want = wanted(limit.requests, demand);
     }
     if let Some(h) = me {
-        let (used, _) = budget.take_demand(Instant::now());
+        let used = budget.take_demand(Instant::now()).used;
         h.leave(TOKEN, used as i32).await;
     }
 }
@@ -108,11 +122,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_busy_process_wants_everything_and_an_idle_one_about_what_it_used() {
-        assert_eq!(wanted(500, 500, 480, true), 500);
-        assert_eq!(wanted(500, 250, 250, true), 500);
-        assert_eq!(wanted(500, 250, 40, true), 51);
-        assert_eq!(wanted(500, 250, 0, false), 1);
-        assert_eq!(wanted(500, 100, 460, false), 500);
+    fn a_short_process_wants_what_its_accounts_could_send_and_an_easy_one_what_it_used() {
+        let d = |used, token_waited, capacity| Demand {
+            used,
+            token_waited,
+            capacity,
+        };
+        // Ten accounts at 50 per window, short of share: all of the budget.
+        assert_eq!(wanted(500, d(480, true, 500)), 500);
+        // Four accounts never need more than 200, however short.
+        assert_eq!(wanted(500, d(100, true, 200),), 200);
+        // Not short: a quarter over what was used, within what the accounts could send.
+        assert_eq!(wanted(500, d(40, false, 200)), 51);
+        assert_eq!(wanted(500, d(190, false, 200)), 200);
+        // Idle: nothing.
+        assert_eq!(wanted(500, d(0, false, 0)), 0);
+        assert_eq!(wanted(500, d(0, true, 9_999)), 500);
     }
 }

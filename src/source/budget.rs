@@ -4,10 +4,11 @@
 //! request.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// What an answer's `ratelimit-*` headers said.
@@ -64,6 +65,11 @@ struct Window {
     starts: VecDeque<Instant>,
     /// No request before this instant (a server asked us to pause).
     paused_until: Option<Instant>,
+    /// The window the vendor reported for the account (`ratelimit-limit: 50;w=10`), checked as
+    /// one more sliding window over its requests.
+    vendor: Option<Limit>,
+    /// A request asked for a slot since the last [`RateBudget::take_demand`].
+    asked: bool,
 }
 
 impl Window {
@@ -109,18 +115,33 @@ pub struct RateBudget {
     /// which counts each request from when its answer came.
     margin: Duration,
     state: Mutex<(Window, HashMap<Uuid, Window>)>,
-    /// Windows the vendor reported for an account (`ratelimit-limit: 50;w=10`), checked as
-    /// one more sliding window over the account's requests.
-    vendor: Mutex<HashMap<Uuid, Limit>>,
     /// This process's share of the token's window when processes share it through the
     /// database (see `service::budget`); the whole `per_token` otherwise.
     token_share: AtomicUsize,
-    /// Requests that had to wait for a slot since the last [`RateBudget::take_demand`].
-    waited: AtomicU64,
+    /// A request had to wait for the token's window since the last
+    /// [`RateBudget::take_demand`].
+    token_waited: AtomicBool,
+    /// Woken when a request waits for the token's window while this process holds less than
+    /// the whole of it: the share may grow at once instead of at the next period.
+    more_wanted: Notify,
 }
 
-/// How long a request waits before looking again while this process has no share at all.
-const NO_SHARE_WAIT: Duration = Duration::from_millis(100);
+/// What this process asked of the token's window since the last look (see
+/// [`RateBudget::take_demand`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Demand {
+    /// Requests in the token's window now.
+    pub used: usize,
+    /// Some request had to wait for the token's window.
+    pub token_waited: bool,
+    /// The most this process could send per window: each account it is working on at its
+    /// own window's rate (the token's share never needs to be larger).
+    pub capacity: usize,
+}
+
+/// How long a request waits before looking again while its wait is for this process's share of
+/// the token's window (which a negotiation may raise at any moment).
+const SHARE_WAIT: Duration = Duration::from_millis(100);
 
 impl RateBudget {
     /// The configured budget, or `None` when pacing is off (`rate_budget.enabled = false`).
@@ -143,8 +164,8 @@ impl RateBudget {
     pub fn new(per_account: Limit, per_token: Limit) -> RateBudget {
         RateBudget {
             token_share: AtomicUsize::new(per_token.requests),
-            vendor: Mutex::new(HashMap::new()),
-            waited: AtomicU64::new(0),
+            token_waited: AtomicBool::new(false),
+            more_wanted: Notify::new(),
             per_account,
             per_token,
             margin: Duration::from_millis(20),
@@ -164,13 +185,13 @@ impl RateBudget {
     pub fn try_acquire(&self, account: Uuid, now: Instant) -> Result<(), Duration> {
         let mut guard = self.state.lock().expect("budget");
         let (token, accounts) = &mut *guard;
-        let acct = accounts.entry(account).or_default();
         let share = self
             .token_share
             .load(Ordering::Relaxed)
             .min(self.per_token.requests);
+        token.prune(now, self.widen(self.per_token).window);
         let token_wait = if share == 0 {
-            NO_SHARE_WAIT
+            SHARE_WAIT
         } else {
             token.wait(
                 now,
@@ -180,31 +201,34 @@ impl RateBudget {
                 }),
             )
         };
-        let vendor = self
-            .vendor
-            .lock()
-            .expect("budget")
-            .get(&account)
-            .copied()
-            .map(|l| self.widen(l));
+        let acct = accounts.entry(account).or_default();
+        acct.asked = true;
         let ours = self.widen(self.per_account);
+        let vendor = acct.vendor.map(|l| self.widen(l));
         acct.prune(
             now,
             vendor.map_or(ours.window, |v| v.window.max(ours.window)),
         );
-        token.prune(now, self.widen(self.per_token).window);
-        let mut wait = acct.wait(now, ours).max(token_wait);
+        let mut acct_wait = acct.wait(now, ours);
         if let Some(v) = vendor {
-            wait = wait.max(acct.wait(now, v));
+            acct_wait = acct_wait.max(acct.wait(now, v));
         }
-        if wait.is_zero() {
+        if acct_wait.is_zero() && token_wait.is_zero() {
             acct.starts.push_back(now);
             token.starts.push_back(now);
-            Ok(())
-        } else {
-            self.waited.fetch_add(1, Ordering::Relaxed);
-            Err(wait)
+            return Ok(());
         }
+        if token_wait.is_zero() {
+            return Err(acct_wait);
+        }
+        self.token_waited.store(true, Ordering::Relaxed);
+        if share < self.per_token.requests {
+            // Sharing: ask for more now, and look again soon rather than when the window frees
+            // a slot (the share may grow first).
+            self.more_wanted.notify_one();
+            return Err(acct_wait.max(token_wait.min(SHARE_WAIT)));
+        }
+        Err(acct_wait.max(token_wait))
     }
 
     /// The token's budget (requests per window), before any sharing.
@@ -222,15 +246,38 @@ impl RateBudget {
         self.token_share.load(Ordering::Relaxed)
     }
 
-    /// This process's demand since the last call: requests in the token's window now, and
-    /// whether any had to wait for a slot.
-    pub fn take_demand(&self, now: Instant) -> (usize, bool) {
+    /// This process's demand since the last call (see [`Demand`]). Forgets the windows of
+    /// accounts it no longer works on.
+    pub fn take_demand(&self, now: Instant) -> Demand {
         let mut guard = self.state.lock().expect("budget");
-        let token = &mut guard.0;
+        let (token, accounts) = &mut *guard;
         token.prune(now, self.widen(self.per_token).window);
-        let used = token.starts.len();
-        drop(guard);
-        (used, self.waited.swap(0, Ordering::Relaxed) > 0)
+        let ours = self.widen(self.per_account);
+        let mut capacity = 0;
+        accounts.retain(|_, w| {
+            let vendor = w.vendor.map(|l| self.widen(l));
+            w.prune(
+                now,
+                vendor.map_or(ours.window, |v| v.window.max(ours.window)),
+            );
+            let working = w.asked || !w.starts.is_empty();
+            if working {
+                capacity += per_window(ours, vendor);
+            }
+            w.asked = false;
+            working || w.vendor.is_some() || w.paused_until.is_some_and(|p| p > now)
+        });
+        Demand {
+            used: token.starts.len(),
+            token_waited: self.token_waited.swap(false, Ordering::Relaxed),
+            capacity: capacity.min(self.per_token.requests),
+        }
+    }
+
+    /// Resolves when a request has waited for this process's share of the token's window
+    /// since the last call (at once if one already has).
+    pub async fn more_wanted(&self) {
+        self.more_wanted.notified().await
     }
 
     /// Waits until `account` may send a request, then takes the slot. Returns the slot's time
@@ -272,7 +319,8 @@ impl RateBudget {
     pub fn observe(&self, account: Uuid, report: RateReport, now: Instant) {
         let limit = report.limit.filter(|l| l.requests > 0);
         if let Some(limit) = limit {
-            self.vendor.lock().expect("budget").insert(account, limit);
+            let mut guard = self.state.lock().expect("budget");
+            guard.1.entry(account).or_default().vendor = Some(limit);
         }
         let Some(reset) = report.reset.filter(|_| report.remaining == Some(0)) else {
             return;
@@ -305,6 +353,17 @@ impl RateBudget {
         let until = now + d;
         w.paused_until = Some(w.paused_until.map_or(until, |p| p.max(until)));
     }
+}
+
+/// The most requests one account may send per `ours.window`: ours, or fewer when the vendor's
+/// window is stricter (pure).
+fn per_window(ours: Limit, vendor: Option<Limit>) -> usize {
+    let Some(v) = vendor else {
+        return ours.requests;
+    };
+    let scaled = (v.requests as u128 * ours.window.as_millis())
+        .div_ceil(v.window.as_millis().max(1)) as usize;
+    ours.requests.min(scaled.max(1))
 }
 
 #[cfg(test)]
@@ -358,6 +417,34 @@ mod tests {
         assert!(b.try_acquire(a, t0).is_err(), "account budget spent");
         // The refused attempt did not use a token slot: another account still fits.
         assert!(b.try_acquire(c, t0).is_ok());
+    }
+
+    #[test]
+    fn demand_counts_the_accounts_being_worked_on_and_a_short_share_asks_for_more() {
+        let b = budget(5, 100);
+        let (a, c) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let t0 = Instant::now();
+        assert!(b.try_acquire(a, t0).is_ok() && b.try_acquire(c, t0).is_ok());
+        let d = b.take_demand(t0);
+        assert_eq!((d.used, d.token_waited, d.capacity), (2, false, 10));
+        // A stricter vendor window (1 per 10 s) lowers what its account could send.
+        b.observe(
+            a,
+            RateReport::parse(Some("1;w=10"), Some("0"), Some("10")).unwrap(),
+            t0,
+        );
+        assert_eq!(b.take_demand(t0).capacity, 6);
+        // A window later, nothing asked: nothing wanted.
+        let later = t0 + Duration::from_secs(11);
+        assert_eq!(b.take_demand(later).capacity, 0);
+        // A share of one: the second request waits for the share, briefly, and says so.
+        b.set_token_share(1);
+        assert!(b.try_acquire(c, later).is_ok());
+        assert_eq!(b.try_acquire(c, later).unwrap_err(), SHARE_WAIT);
+        let d = b.take_demand(later);
+        assert!(d.token_waited);
+        assert_eq!(d.capacity, 5);
+        assert!(!b.take_demand(later).token_waited, "taken once");
     }
 
     #[test]
