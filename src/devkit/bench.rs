@@ -24,7 +24,18 @@ use crate::devkit::simulator::{demo_account_id, generate_user, DEMO_TOKEN};
 use crate::model::{decode_user, UserRecord};
 use crate::store::{CopyRows, Store};
 
-/// One scenario of issue 4.
+/// How a scenario runs lms-sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `lms-sync sync` of the configured `[[accounts]]`.
+    Sync,
+    /// `lms-sync sync` of the accounts `[discovery]` finds (no `[[accounts]]`).
+    Discovery,
+    /// This many `lms-sync run` replicas on one database, until every account has been synced.
+    Replicas(u32),
+}
+
+/// One performance scenario (issues 4 and 13).
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub name: &'static str,
@@ -35,57 +46,73 @@ pub struct Scenario {
     pub rate_limited: bool,
     /// Re-sync of the previous scenario's database, nothing changed upstream.
     pub resync_of: Option<&'static str>,
+    pub kind: Kind,
+    /// `sync.max_concurrent_accounts` of each process; every account at once when `None`.
+    pub max_concurrent: Option<u32>,
+}
+
+impl Scenario {
+    const fn sync(name: &'static str, accounts: u32, users: usize) -> Scenario {
+        Scenario {
+            name,
+            accounts,
+            users,
+            latency_ms: 0,
+            rate_limited: false,
+            resync_of: None,
+            kind: Kind::Sync,
+            max_concurrent: None,
+        }
+    }
+
+    /// Requests each account's listing takes (pages of 100).
+    fn pages(&self) -> u64 {
+        (self.users as u64).div_ceil(100)
+    }
 }
 
 pub fn scenarios(big: bool) -> Vec<Scenario> {
+    let limited = |mut s: Scenario| {
+        s.rate_limited = true;
+        s
+    };
     let mut s = vec![
+        Scenario::sync("S1", 1, 100_000),
         Scenario {
-            name: "S1",
-            accounts: 1,
-            users: 100_000,
-            latency_ms: 0,
-            rate_limited: false,
-            resync_of: None,
-        },
-        Scenario {
-            name: "S2",
-            accounts: 20,
-            users: 5_000,
             latency_ms: 50,
-            rate_limited: false,
-            resync_of: None,
+            ..Scenario::sync("S2", 20, 5_000)
         },
+        limited(Scenario::sync("S3", 10, 20_000)),
         Scenario {
-            name: "S3",
-            accounts: 10,
-            users: 20_000,
-            latency_ms: 0,
-            rate_limited: true,
-            resync_of: None,
-        },
-        Scenario {
-            name: "S4",
-            accounts: 1,
-            users: 100_000,
-            latency_ms: 0,
-            rate_limited: false,
             resync_of: Some("S1"),
+            ..Scenario::sync("S4", 1, 100_000)
         },
     ];
     if big {
-        s.push(Scenario {
-            name: "S5",
-            accounts: 1,
-            users: 1_000_000,
-            latency_ms: 0,
-            rate_limited: false,
-            resync_of: None,
-        });
+        s.push(Scenario::sync("S5", 1, 1_000_000));
     }
+    s.extend([
+        // A fleet found by discovery, synced ten accounts at a time (the default).
+        limited(Scenario {
+            kind: Kind::Discovery,
+            max_concurrent: Some(10),
+            ..Scenario::sync("S6", 1_000, 200)
+        }),
+        // Three replicas of four accounts at a time: together they cover the ten.
+        limited(Scenario {
+            kind: Kind::Replicas(3),
+            max_concurrent: Some(4),
+            ..Scenario::sync("S7", 10, 20_000)
+        }),
+        limited(Scenario {
+            latency_ms: 300,
+            ..Scenario::sync("S8", 10, 20_000)
+        }),
+    ]);
     s
 }
 
-/// Truto's limits, as the simulator enforces them in S3.
+/// Truto's limits, as the simulator enforces them in S3 and S6–S8.
 pub const BUDGET_PER_ACCOUNT: usize = 50;
 pub const BUDGET_PER_TOKEN: usize = 500;
 pub const BUDGET_WINDOW_SECS: u64 = 10;
@@ -93,10 +120,19 @@ pub const BUDGET_WINDOW_SECS: u64 = 10;
 /// The least wall time `requests_per_account` requests of each of `accounts` accounts can take
 /// under sliding-window budgets: the last request may go out once enough windows have passed.
 pub fn budget_limited_minimum(accounts: u64, requests_per_account: u64) -> Duration {
-    let windows = |requests: u64, limit: u64| requests.div_ceil(limit).saturating_sub(1);
-    let by_account = windows(requests_per_account, BUDGET_PER_ACCOUNT as u64);
-    let by_token = windows(accounts * requests_per_account, BUDGET_PER_TOKEN as u64);
-    Duration::from_secs(by_account.max(by_token) * BUDGET_WINDOW_SECS)
+    token_limited_minimum(accounts * requests_per_account)
+        .max(windows(requests_per_account, BUDGET_PER_ACCOUNT as u64))
+}
+
+/// The least wall time `requests` requests of one token can take (every one of them at the
+/// token's rate, whatever it is for: listings, discovery).
+pub fn token_limited_minimum(requests: u64) -> Duration {
+    windows(requests, BUDGET_PER_TOKEN as u64)
+}
+
+/// Whole windows that must pass before the last of `requests` may go out at `limit` per window.
+fn windows(requests: u64, limit: u64) -> Duration {
+    Duration::from_secs(requests.div_ceil(limit).saturating_sub(1) * BUDGET_WINDOW_SECS)
 }
 
 /// What one measured sync reported.
@@ -111,6 +147,22 @@ pub struct Measure {
     pub requests: i64,
     pub rate_limited: i64,
     pub exit_code: i32,
+    /// What the simulator counted (its 429s are the ones that count).
+    pub sim: SimCounts,
+    /// The most database sessions of lms-sync seen at once (sampled every 20 ms).
+    pub max_connections: i64,
+    /// Distinct processes (`sync_runs.worker`) that synced an account.
+    pub workers: i64,
+}
+
+/// The simulator's counters (`GET /__simulator/stats`).
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct SimCounts {
+    pub requests: u64,
+    pub rate_limited: u64,
+    pub max_account_window: usize,
+    pub max_token_window: usize,
+    pub account_listings: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -224,10 +276,22 @@ fn config_text(s: &Scenario, base_url: &str) -> String {
          [database]\nmax_connections = {}\n\
          [rate_budget]\nenabled = {}\nper_account = {BUDGET_PER_ACCOUNT}\nper_token = {BUDGET_PER_TOKEN}\nwindow_secs = {BUDGET_WINDOW_SECS}\n\
          [log]\nlevel = \"warn\"\n",
-        s.accounts.max(1),
+        s.max_concurrent.unwrap_or(s.accounts).max(1),
         20,
         s.rate_limited
     );
+    match s.kind {
+        Kind::Sync => {}
+        // Every account the simulator lists, and no other.
+        Kind::Discovery => {
+            t.push_str("[discovery]\nenabled = true\n");
+            return t;
+        }
+        // Once each: the bench waits for every account's first run, then stops them.
+        Kind::Replicas(_) => t.push_str(
+            "[schedule]\nevery = \"1h\"\njitter = \"0s\"\n[server]\nlisten = \"127.0.0.1:0\"\n",
+        ),
+    }
     for n in 1..=s.accounts {
         let _ = write!(
             t,
@@ -273,66 +337,255 @@ async fn wait_for_backends_gone(db: &mut PgConnection) -> anyhow::Result<()> {
     anyhow::bail!("the sync's database sessions did not end")
 }
 
-async fn measure_sync(
-    exe: &Path,
-    pg: &TempPostgres,
-    db: &str,
-    cfg: &Path,
-) -> anyhow::Result<Measure> {
-    let mut conn = PgConnection::connect(&pg.url(db)).await?;
-    let (rows0, wal0) = counters(&mut conn).await?;
-    let runs0: i64 = sqlx::query_scalar("SELECT coalesce(max(run_id), 0) FROM lms.sync_runs")
-        .fetch_one(&mut conn)
-        .await?;
-    let rusage = std::env::temp_dir().join(format!("lms-sync-bench-{}.json", uuid::Uuid::new_v4()));
-    let started = Instant::now();
-    let status = Command::new(exe)
-        .args(["--config", cfg.to_str().expect("utf-8 path"), "sync"])
+/// The environment of every lms-sync child the bench starts.
+fn lms_sync(exe: &Path, cfg: &Path, db_url: &str, rusage: &Path) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(["--config", cfg.to_str().expect("utf-8 path")])
         .env("TRUTO_API_TOKEN", DEMO_TOKEN)
-        .env("LMS_SYNC__DATABASE__URL", pg.url(db))
-        .env("LMS_SYNC_RUSAGE_FILE", &rusage)
+        .env("LMS_SYNC__DATABASE__URL", db_url)
+        .env("LMS_SYNC_RUSAGE_FILE", rusage)
         // As the Docker image runs it (see the Dockerfile): two allocator arenas.
         .env("MALLOC_ARENA_MAX", "2")
-        // LMS_SYNC_BENCH_LOG: the sync's log filter, to look inside a scenario.
+        // LMS_SYNC_BENCH_LOG: the sync's log filter, to look inside a scenario (errors only
+        // by default: the generated users' undocumented roles warn once per account).
         .env(
             "RUST_LOG",
-            std::env::var("LMS_SYNC_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            std::env::var("LMS_SYNC_BENCH_LOG").unwrap_or_else(|_| "error".into()),
         )
         .stdout(Stdio::null())
-        .status()
-        .await?;
-    let wall = started.elapsed();
-    wait_for_backends_gone(&mut conn).await?;
-    let (rows1, wal1) = counters(&mut conn).await?;
-    let (users, requests, limited): (i64, i64, i64) = sqlx::query_as(
-        "SELECT coalesce(sum(users_seen), 0)::bigint, coalesce(sum(http_requests), 0)::bigint,
-                coalesce(sum(rate_limited), 0)::bigint
-           FROM lms.sync_runs WHERE run_id > $1",
-    )
-    .bind(runs0)
-    .fetch_one(&mut conn)
-    .await?;
+        .kill_on_drop(true);
+    cmd
+}
+
+/// (CPU seconds, peak RSS KiB) a child wrote at exit.
+fn read_rusage(path: &Path) -> (f64, u64) {
     #[derive(Deserialize)]
     struct Usage {
         cpu_secs: f64,
         peak_rss_kib: u64,
     }
-    let usage: Usage = serde_json::from_str(&std::fs::read_to_string(&rusage).unwrap_or_default())
-        .unwrap_or(Usage {
-            cpu_secs: 0.0,
-            peak_rss_kib: 0,
+    let usage = serde_json::from_str::<Usage>(&std::fs::read_to_string(path).unwrap_or_default())
+        .map(|u| (u.cpu_secs, u.peak_rss_kib))
+        .unwrap_or((0.0, 0));
+    let _ = std::fs::remove_file(path);
+    usage
+}
+
+fn rusage_path() -> PathBuf {
+    std::env::temp_dir().join(format!("lms-sync-bench-{}.json", uuid::Uuid::new_v4()))
+}
+
+/// Samples how many database sessions lms-sync holds, every 20 ms, until stopped: a
+/// measurement taken beside the run, not a synchronization.
+struct SessionSampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<i64>,
+}
+
+impl SessionSampler {
+    async fn start(url: &str) -> anyhow::Result<SessionSampler> {
+        let mut conn = PgConnection::connect(url).await?;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut most = 0;
+            loop {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'lms-sync'",
+                )
+                .fetch_one(&mut conn)
+                .await
+                .unwrap_or(0);
+                most = most.max(n);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = &mut stopped => return most,
+                }
+            }
         });
-    let _ = std::fs::remove_file(&rusage);
-    Ok(Measure {
+        Ok(SessionSampler { stop, task })
+    }
+
+    async fn most(self) -> i64 {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(0)
+    }
+}
+
+async fn sim_counts(base_url: &str) -> anyhow::Result<SimCounts> {
+    crate::install_crypto_provider();
+    let url = format!("{base_url}{}", crate::devkit::simulator::STATS_PATH);
+    let body = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(DEMO_TOKEN)
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// What the lms-sync children did: exit code, wall time, CPU (summed) and peak RSS (the most
+/// of any one process).
+struct Children {
+    exit_code: i32,
+    wall: Duration,
+    cpu_secs: f64,
+    peak_rss_kib: u64,
+}
+
+/// One `lms-sync sync`, from start to exit.
+async fn one_sync(exe: &Path, cfg: &Path, db_url: &str) -> anyhow::Result<Children> {
+    let rusage = rusage_path();
+    let started = Instant::now();
+    let status = lms_sync(exe, cfg, db_url, &rusage)
+        .arg("sync")
+        .status()
+        .await?;
+    let wall = started.elapsed();
+    let (cpu_secs, peak_rss_kib) = read_rusage(&rusage);
+    Ok(Children {
+        exit_code: status.code().unwrap_or(-1),
         wall,
+        cpu_secs,
+        peak_rss_kib,
+    })
+}
+
+/// `n` `lms-sync run` replicas, started together, from their start until every one of
+/// `accounts` accounts has a run that succeeded (as the database records it); then stopped
+/// with SIGTERM. The exit code is the first non-zero one, if any.
+async fn replicas(
+    exe: &Path,
+    cfg: &Path,
+    db_url: &str,
+    n: u32,
+    accounts: u32,
+    runs0: i64,
+    timeout: Duration,
+) -> anyhow::Result<Children> {
+    let mut conn = PgConnection::connect(db_url).await?;
+    let t0: f64 = sqlx::query_scalar("SELECT extract(epoch FROM clock_timestamp())::float8")
+        .fetch_one(&mut conn)
+        .await?;
+    let mut children = Vec::new();
+    for _ in 0..n {
+        let rusage = rusage_path();
+        let child = lms_sync(exe, cfg, db_url, &rusage)
+            .arg("run")
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start a replica")?;
+        children.push((child, rusage));
+    }
+    let started = Instant::now();
+    loop {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT integrated_account_id) FROM lms.sync_runs
+              WHERE run_id > $1 AND outcome = 'succeeded'",
+        )
+        .bind(runs0)
+        .fetch_one(&mut conn)
+        .await?;
+        if done >= accounts as i64 {
+            break;
+        }
+        if started.elapsed() > timeout {
+            anyhow::bail!("the replicas did not sync every account within {timeout:?}");
+        }
+        // Polling the database for the runs' end; the wall time itself comes from the runs'
+        // own finished_at, not from this loop.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t1: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM max(finished_at))::float8 FROM lms.sync_runs WHERE run_id > $1",
+    )
+    .bind(runs0)
+    .fetch_one(&mut conn)
+    .await?;
+    let mut out = Children {
+        exit_code: 0,
+        wall: Duration::from_secs_f64((t1 - t0).max(0.0)),
+        cpu_secs: 0.0,
+        peak_rss_kib: 0,
+    };
+    for (mut child, rusage) in children {
+        if let Some(pid) = child.id() {
+            Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await?;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .context("a replica did not stop within 60 s of SIGTERM")??;
+        let code = status.code().unwrap_or(-1);
+        if out.exit_code == 0 {
+            out.exit_code = code;
+        }
+        let (cpu, rss) = read_rusage(&rusage);
+        out.cpu_secs += cpu;
+        out.peak_rss_kib = out.peak_rss_kib.max(rss);
+    }
+    Ok(out)
+}
+
+async fn measure(
+    exe: &Path,
+    pg: &TempPostgres,
+    db: &str,
+    cfg: &Path,
+    s: &Scenario,
+    sim_url: &str,
+) -> anyhow::Result<Measure> {
+    let url = pg.url(db);
+    let mut conn = PgConnection::connect(&url).await?;
+    let (rows0, wal0) = counters(&mut conn).await?;
+    let runs0: i64 = sqlx::query_scalar("SELECT coalesce(max(run_id), 0) FROM lms.sync_runs")
+        .fetch_one(&mut conn)
+        .await?;
+    let sampler = SessionSampler::start(&url).await?;
+    let children = match s.kind {
+        Kind::Sync | Kind::Discovery => one_sync(exe, cfg, &url).await?,
+        Kind::Replicas(n) => {
+            let bound = budget_limited_minimum(s.accounts as u64, s.pages()) * 4;
+            replicas(
+                exe,
+                cfg,
+                &url,
+                n,
+                s.accounts,
+                runs0,
+                bound.max(Duration::from_secs(120)),
+            )
+            .await?
+        }
+    };
+    let max_connections = sampler.most().await;
+    let sim = sim_counts(sim_url).await?;
+    wait_for_backends_gone(&mut conn).await?;
+    let (rows1, wal1) = counters(&mut conn).await?;
+    let (users, requests, limited, workers): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(users_seen), 0)::bigint, coalesce(sum(http_requests), 0)::bigint,
+                coalesce(sum(rate_limited), 0)::bigint, count(DISTINCT worker)
+           FROM lms.sync_runs WHERE run_id > $1",
+    )
+    .bind(runs0)
+    .fetch_one(&mut conn)
+    .await?;
+    Ok(Measure {
+        wall: children.wall,
         users: users as u64,
-        cpu_secs: usage.cpu_secs,
-        peak_rss_kib: usage.peak_rss_kib,
+        cpu_secs: children.cpu_secs,
+        peak_rss_kib: children.peak_rss_kib,
         rows_written: rows1 - rows0,
         wal_bytes: wal1 - wal0,
         requests,
-        rate_limited: limited,
-        exit_code: status.code().unwrap_or(-1),
+        rate_limited: limited.max(sim.rate_limited as i64),
+        exit_code: children.exit_code,
+        sim,
+        max_connections,
+        workers,
     })
 }
 
@@ -473,7 +726,7 @@ pub async fn run_all(list: &[Scenario], report: Option<&Path>) -> anyhow::Result
         }
         let cfg: PathBuf = dir.join(format!("{}.toml", s.name));
         std::fs::write(&cfg, config_text(s, &sim.base_url))?;
-        let sync = measure_sync(&exe, &pg, &db, &cfg).await?;
+        let sync = measure(&exe, &pg, &db, &cfg, s, &sim.base_url).await?;
         let api = if s.rate_limited {
             None
         } else {
@@ -487,10 +740,7 @@ pub async fn run_all(list: &[Scenario], report: Option<&Path>) -> anyhow::Result
         } else {
             None
         };
-        let pages = (s.users as u64).div_ceil(100);
-        let budget = s
-            .rate_limited
-            .then(|| budget_limited_minimum(s.accounts as u64, pages));
+        let budget = minimum(s, &sync);
         let (target, met) = judge(
             s,
             &sync,
@@ -517,6 +767,26 @@ pub async fn run_all(list: &[Scenario], report: Option<&Path>) -> anyhow::Result
         std::fs::write(path, markdown(&rows))?;
     }
     Ok(rows)
+}
+
+/// The least wall time the scenario's limits allow, when those are what bound it: the budget
+/// (S3, S6, S7) or the latency (S8).
+fn minimum(s: &Scenario, m: &Measure) -> Option<Duration> {
+    match s.name {
+        // Every request, the discovery listing's included, at the token's rate.
+        "S6" => Some(token_limited_minimum(m.sim.requests)),
+        // The longest account's pages one after another.
+        "S8" => Some(Duration::from_millis(s.pages() * s.latency_ms)),
+        _ => s
+            .rate_limited
+            .then(|| budget_limited_minimum(s.accounts as u64, s.pages())),
+    }
+}
+
+/// Sessions one process may hold: its pool, one lease per account synced at once, and the
+/// budget's and discovery's connections of their own.
+fn session_bound(s: &Scenario) -> i64 {
+    20 + s.max_concurrent.unwrap_or(s.accounts) as i64 + 2
 }
 
 fn judge(
@@ -573,6 +843,47 @@ fn judge(
                     && (s1_rss == 0 || m.peak_rss_kib <= s1_rss + s1_rss / 4),
             )
         }
+        "S6" => {
+            let f = budget.unwrap_or_default().as_secs_f64();
+            let bound = session_bound(s);
+            (
+                format!(
+                    "wall ≤ 1.1 × budget minimum ({:.1}s), zero 429s, peak RSS ≤ 96 MiB, sessions {} ≤ pool + leases ({bound})",
+                    1.1 * f,
+                    m.max_connections
+                ),
+                ok_exit
+                    && wall <= 1.1 * f
+                    && m.rate_limited == 0
+                    && m.peak_rss_kib <= 96 * 1024
+                    && m.max_connections <= bound,
+            )
+        }
+        "S7" => {
+            let f = budget.unwrap_or_default().as_secs_f64();
+            let n = match s.kind {
+                Kind::Replicas(n) => n as i64,
+                _ => 1,
+            };
+            (
+                format!(
+                    "wall ≤ 1.15 × budget minimum ({:.1}s), zero 429s, {} of {n} replicas did work",
+                    1.15 * f,
+                    m.workers
+                ),
+                ok_exit && wall <= 1.15 * f && m.rate_limited == 0 && m.workers == n,
+            )
+        }
+        "S8" => {
+            let f = budget.unwrap_or_default().as_secs_f64();
+            (
+                format!(
+                    "wall ≤ 1.05 × latency minimum ({:.1}s), zero 429s",
+                    1.05 * f
+                ),
+                ok_exit && wall <= 1.05 * f && m.rate_limited == 0,
+            )
+        }
         _ => (String::new(), ok_exit),
     }
 }
@@ -591,7 +902,7 @@ fn header() -> String {
         "429s",
         "API fl s",
         "DB fl s",
-        "budget s",
+        "min s",
         "target"
     )
 }
@@ -645,7 +956,7 @@ fn line(r: &Row) -> String {
 /// The rows as a Markdown table, for the README.
 pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| scenario | wall s | users/s | CPU s | peak RSS MiB | rows written | WAL MB | requests | 429s | API floor s | DB floor s | budget min s | target | met |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | wall s | users/s | CPU s | peak RSS MiB | rows written | WAL MB | requests | 429s | API floor s | DB floor s | budget / latency min s | target | met |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let _ = writeln!(
@@ -670,5 +981,8 @@ mod tests {
         assert_eq!(budget_limited_minimum(1, 50), Duration::ZERO);
         assert_eq!(budget_limited_minimum(1, 51), Duration::from_secs(10));
         assert_eq!(budget_limited_minimum(20, 50), Duration::from_secs(10));
+        // S6: 1,000 accounts x 2 pages and a discovery listing of 10 pages, at 500 per 10 s.
+        assert_eq!(token_limited_minimum(2_010), Duration::from_secs(40));
+        assert_eq!(token_limited_minimum(2_000), Duration::from_secs(30));
     }
 }

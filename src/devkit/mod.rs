@@ -36,7 +36,7 @@ pub enum DevCommand {
     /// Run the performance scenarios against the simulator and a throwaway PostgreSQL, with
     /// their floors, and print (or write) the figures.
     Bench {
-        /// Which scenarios (S1..S5), comma-separated; default S1–S4.
+        /// Which scenarios (S1..S8), comma-separated; default all but S5.
         #[arg(long, value_delimiter = ',')]
         scenarios: Vec<String>,
         /// Also run S5 (1,000,000 users).
@@ -108,7 +108,7 @@ async fn run_bench(
                 Some(s) => list.push(s.clone()),
                 None => {
                     return Err(CliError::Usage(format!(
-                        "--scenarios: unknown scenario {name} (S1..S5)"
+                        "--scenarios: unknown scenario {name} (S1..S8)"
                     )))
                 }
             }

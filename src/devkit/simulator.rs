@@ -852,6 +852,7 @@ fn integrated_reply(s: &mut State, req: &Request) -> Reply {
             return error_reply(429, "Rate limit exceeded", false, Some("1".into()));
         }
         s.token_window.push_back(now);
+        s.stats.max_token_window = s.stats.max_token_window.max(s.token_window.len());
     }
     let mut partial = false;
     match s.listing_faults.pop_front() {
@@ -937,7 +938,29 @@ fn decode_cursor(c: &str) -> Option<(u64, usize)> {
     Some((g, n as usize))
 }
 
+/// Where the simulator's counters are served (as JSON, to the token), for a bench that runs it
+/// as a child process. Not counted as a request.
+pub const STATS_PATH: &str = "/__simulator/stats";
+
+fn stats_reply(s: &State, req: &Request) -> Reply {
+    let expected = format!("Bearer {}", s.token);
+    if req.authorization.as_deref() != Some(expected.as_str()) {
+        return error_reply(401, "Invalid API token", false, None);
+    }
+    let st = &s.stats;
+    json_reply(json!({
+        "requests": st.requests,
+        "rate_limited": st.rate_limited,
+        "max_account_window": st.max_account_window,
+        "max_token_window": st.max_token_window,
+        "account_listings": st.account_listings,
+    }))
+}
+
 fn route(s: &mut State, req: &Request) -> Reply {
+    if req.path == STATS_PATH {
+        return stats_reply(s, req);
+    }
     s.stats.requests += 1;
     let mut reply = route_inner(s, req);
     if let (
