@@ -274,6 +274,32 @@ impl RateBudget {
         }
     }
 
+    /// The ages of `account`'s requests still in its window (ours, or the vendor's when longer),
+    /// to hand on with its lease.
+    pub fn recent(&self, account: Uuid, now: Instant) -> Vec<Duration> {
+        let mut guard = self.state.lock().expect("budget");
+        let Some(w) = guard.1.get_mut(&account) else {
+            return Vec::new();
+        };
+        let ours = self.widen(self.per_account).window;
+        let longest = w.vendor.map_or(ours, |v| self.widen(v).window.max(ours));
+        w.prune(now, longest);
+        w.starts
+            .iter()
+            .map(|t| now.saturating_duration_since(*t))
+            .collect()
+    }
+
+    /// Counts requests another process sent for `account` (their ages as of `now`) in its
+    /// window, as if this one had sent them.
+    pub fn seed(&self, account: Uuid, ages: &[Duration], now: Instant) {
+        let mut guard = self.state.lock().expect("budget");
+        let w = guard.1.entry(account).or_default();
+        w.starts
+            .extend(ages.iter().filter_map(|a| now.checked_sub(*a)));
+        w.starts.make_contiguous().sort_unstable();
+    }
+
     /// Resolves when a request has waited for this process's share of the token's window
     /// since the last call (at once if one already has).
     pub async fn more_wanted(&self) {
@@ -445,6 +471,31 @@ mod tests {
         assert!(d.token_waited);
         assert_eq!(d.capacity, 5);
         assert!(!b.take_demand(later).token_waited, "taken once");
+    }
+
+    #[test]
+    fn requests_handed_on_with_a_lease_count_in_the_next_processs_window() {
+        let (before, after) = (budget(3, 100), budget(3, 100));
+        let a = Uuid::from_u128(1);
+        let t0 = Instant::now() + Duration::from_secs(60);
+        for i in 0..3 {
+            assert!(before.try_acquire(a, t0 + Duration::from_secs(i)).is_ok());
+        }
+        let at = t0 + Duration::from_secs(4);
+        let ages = before.recent(a, at);
+        assert_eq!(
+            ages,
+            [4, 3, 2].map(Duration::from_secs).to_vec(),
+            "oldest first"
+        );
+        after.seed(a, &ages, at);
+        // The oldest leaves the window 10 s after it was sent: 6 s from now.
+        assert_eq!(
+            after.try_acquire(a, at).unwrap_err(),
+            Duration::from_secs(6)
+        );
+        assert!(after.try_acquire(a, t0 + Duration::from_secs(10)).is_ok());
+        assert!(before.recent(Uuid::from_u128(2), at).is_empty());
     }
 
     #[test]

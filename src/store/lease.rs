@@ -1,6 +1,8 @@
 //! Leases: a process claims an account for a run with a PostgreSQL advisory lock held on a
 //! connection of its own.
 
+use std::time::Duration;
+
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use uuid::Uuid;
 
@@ -12,9 +14,64 @@ use super::{Store, StoreError};
 pub struct Lease {
     conn: Option<PgConnection>,
     keys: (i32, i32),
+    account: Uuid,
 }
 
 impl Lease {
+    /// The ages, as of now, of the account's requests that the process before this one had
+    /// sent when it released the account (see [`Lease::release_with_requests`]).
+    pub async fn earlier_requests(&mut self) -> Result<Vec<Duration>, StoreError> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let ages: Vec<i64> = sqlx::query_scalar(
+            "SELECT (a + extract(epoch FROM now() - released_at) * 1000)::bigint
+               FROM rate_account_windows, unnest(ages_ms) a
+              WHERE integrated_account_id = $1",
+        )
+        .bind(self.account)
+        .fetch_all(conn)
+        .await?;
+        Ok(ages
+            .into_iter()
+            .map(|ms| Duration::from_millis(ms.max(0) as u64))
+            .collect())
+    }
+
+    /// Records the ages of the account's requests still in its window (for the next process
+    /// to lease it), then releases the lease. Every time is the database's, so hosts' clocks
+    /// do not matter.
+    pub async fn release_with_requests(mut self, ages: &[Duration]) {
+        if let Some(conn) = self.conn.as_mut() {
+            let ms: Vec<i32> = ages
+                .iter()
+                .map(|a| a.as_millis().min(i32::MAX as u128) as i32)
+                .collect();
+            let recorded = if ms.is_empty() {
+                sqlx::query("DELETE FROM rate_account_windows WHERE integrated_account_id = $1")
+                    .bind(self.account)
+                    .execute(conn)
+                    .await
+            } else {
+                sqlx::query(
+                    "INSERT INTO rate_account_windows (integrated_account_id, ages_ms)
+                     VALUES ($1, $2)
+                     ON CONFLICT (integrated_account_id) DO UPDATE
+                        SET released_at = now(), ages_ms = excluded.ages_ms",
+                )
+                .bind(self.account)
+                .bind(&ms)
+                .execute(conn)
+                .await
+            };
+            if let Err(e) = recorded {
+                // The next process may then run into the vendor's window, which it honours.
+                tracing::warn!(error = %e, "could not hand the account's request window on");
+            }
+        }
+        self.release().await
+    }
+
     pub async fn release(mut self) {
         if let Some(mut conn) = self.conn.take() {
             let _ = sqlx::query("SELECT pg_advisory_unlock($1, $2)")
@@ -45,6 +102,7 @@ impl Store {
             Ok(Some(Lease {
                 conn: Some(conn),
                 keys,
+                account,
             }))
         } else {
             let _ = conn.close().await;

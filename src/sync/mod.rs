@@ -207,7 +207,7 @@ async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
     let started = Instant::now();
     let id = p.id();
     let mut out = SyncOutcome::new(p.account);
-    let lease = match p.store.try_lease(id).await {
+    let mut lease = match p.store.try_lease(id).await {
         Ok(Some(l)) => l,
         Ok(None) => {
             out.status = PassStatus::Busy;
@@ -223,10 +223,28 @@ async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
         }
     };
     let span = tracing::info_span!("sync", account = %id, run_id = tracing::field::Empty);
+    // The account's window goes with its lease: the requests the process before this one sent
+    // are still in the server's window (see docs/rate-budget.md).
+    let budget = p.source.budget();
+    if let Some(b) = &budget {
+        match lease.earlier_requests().await {
+            Ok(ages) => b.seed(id, &ages, Instant::now()),
+            Err(e) => {
+                tracing::warn!(parent: &span, error = %e, "could not read the account's request window; the server's limit headers still pace it")
+            }
+        }
+    }
     pass::run(&p, &mut out, &span, started)
         .instrument(span.clone())
         .await;
-    lease.release().await;
+    match &budget {
+        Some(b) => {
+            lease
+                .release_with_requests(&b.recent(id, Instant::now()))
+                .await
+        }
+        None => lease.release().await,
+    }
     out.elapsed = started.elapsed();
     p.progress.finished(p.account, &out);
     out

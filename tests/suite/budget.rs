@@ -164,3 +164,79 @@ async fn two_replicas_and_a_one_off_sync_stay_within_the_tokens_window_together(
         assert_mirror(&env.store, &env.sim, *id).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_window_goes_with_its_lease_to_the_next_process_that_syncs_it() {
+    let id = account_id(1);
+    // 100 users in pages of 10: one sync sends 10 requests, the whole window of 10 per 2 s.
+    let env = Env::new(&[(id, 100)]).await;
+    env.sim.set_rate_limit(Some(RateLimit {
+        per_account: 10,
+        per_token: 1000,
+        window: Duration::from_secs(2),
+    }));
+    let cfg = config(&env.sim, &[id], "1h", 1);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[truto]\n",
+        "[rate_budget]\nper_account = 10\nper_token = 1000\nwindow_secs = 2\n[truto]\npage_size = 10\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let sync = || {
+        tokio::process::Command::new(BIN)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TRUTO_API_TOKEN", lms_sync::devkit::simulator::DEMO_TOKEN)
+            .env("LMS_SYNC__DATABASE__URL", &env.db_url)
+            .args(["--config", cfg.to_str().unwrap(), "sync"])
+            .output()
+    };
+    // Two processes one after the other: the second counts the first's requests, still in the
+    // server's window, as its own, and waits for them instead of running into 429s.
+    for _ in 0..2 {
+        let out = sync().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stats = env.sim.stats();
+    assert_eq!(stats.requests, 20, "{stats:?}");
+    assert_eq!(stats.rate_limited, 0, "429s: {stats:?}");
+    assert!(stats.max_account_window <= 10, "{stats:?}");
+    assert_mirror(&env.store, &env.sim, id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_holding_its_share_starves_the_other_for_no_more_than_a_window() {
+    let (a, b) = (account_id(1), account_id(2));
+    // Big enough that both replicas are still listing when one is killed (20 requests a second).
+    let env = Env::new(&[(a, 3_000), (b, 3_000)]).await;
+    let per_token = 20;
+    env.sim.set_rate_limit(Some(RateLimit {
+        per_account: 1000,
+        per_token,
+        window: Duration::from_secs(1),
+    }));
+    let share_of = |ev: &serde_json::Value| ev["fields"]["share"].as_i64().unwrap_or(-1);
+    let mut r1 = spawn(&budget_config(&env, &[a], per_token), &env.db_url);
+    while share_of(&r1.wait_for("request budget share").await) != per_token as i64 {}
+    let mut r2 = spawn(&budget_config(&env, &[b], per_token), &env.db_url);
+    // r1 gives back half, hot for a window; then r2 has it.
+    while share_of(&r2.wait_for("request budget share").await) <= 0 {}
+
+    r1.child.start_kill().unwrap();
+    let killed = Instant::now();
+    r1.child.wait().await.unwrap();
+    // r2 finds r1's connection gone; r1's share is free again one window later, and r2's.
+    while share_of(&r2.wait_for("request budget share").await) != per_token as i64 {}
+    let starved = killed.elapsed();
+    assert!(
+        starved >= Duration::from_millis(900) && starved < Duration::from_millis(2_500),
+        "the dead replica's share came back after {starved:?}"
+    );
+    let stats = env.sim.stats();
+    assert_eq!(stats.rate_limited, 0, "429s: {stats:?}");
+    assert!(stats.max_token_window <= per_token, "{stats:?}");
+    assert_eq!(r2.terminate().await, 0);
+}
