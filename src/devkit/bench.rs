@@ -580,7 +580,8 @@ async fn measure(
         peak_rss_kib: children.peak_rss_kib,
         rows_written: rows1 - rows0,
         wal_bytes: wal1 - wal0,
-        requests,
+        // What the server saw: the discovery listing's requests too.
+        requests: requests.max(sim.requests as i64),
         rate_limited: limited.max(sim.rate_limited as i64),
         exit_code: children.exit_code,
         sim,
