@@ -70,6 +70,7 @@ pub async fn sync(settings: Settings, account: Option<Uuid>) -> Result<(), CliEr
             store.clone(),
             budget,
             crate::service::budget::holder_name(),
+            None,
             sharing.clone(),
         ))
     });

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::source::budget::{Demand, RateBudget};
 use crate::store::Store;
 
@@ -50,8 +51,18 @@ pub async fn share_token_budget(
     store: Store,
     budget: Arc<RateBudget>,
     holder: String,
+    metrics: Option<Arc<Metrics>>,
     cancel: CancellationToken,
 ) {
+    let report = |share: usize, wanted: usize, holders: Option<i32>| {
+        if let Some(m) = &metrics {
+            m.set("lms_sync_rate_budget_share", &[], share as f64);
+            m.set("lms_sync_rate_budget_wanted", &[], wanted as f64);
+            if let Some(h) = holders {
+                m.set("lms_sync_rate_budget_holders", &[], h as f64);
+            }
+        }
+    };
     let limit = budget.token_limit();
     let period = (limit.window / 4).max(Duration::from_millis(250));
     let mut me = None;
@@ -82,18 +93,21 @@ pub async fn share_token_budget(
                 .await;
             match negotiated {
                 Ok(n) => {
-                    if n.share as usize != budget.token_share() {
+                    let before = budget.token_share();
+                    budget.set_token_share(n.share.max(0) as usize);
+                    report(budget.token_share(), want, Some(n.holders));
+                    if budget.token_share() != before {
                         tracing::debug!(
                             share = n.share,
                             holders = n.holders,
                             "request budget share"
                         );
                     }
-                    budget.set_token_share(n.share.max(0) as usize);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "lost the shared request budget; no requests until it is back");
                     budget.set_token_share(0);
+                    report(0, want, None);
                     me = None;
                 }
             }

@@ -96,6 +96,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
             store.clone(),
             budget,
             super::budget::holder_name(),
+            Some(metrics.clone()),
             root.clone(),
         ));
     }

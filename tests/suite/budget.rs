@@ -222,6 +222,12 @@ async fn a_replica_killed_holding_its_share_starves_the_other_for_no_more_than_a
     let mut r1 = spawn(&budget_config(&env, &[a], per_token), &env.db_url);
     while share_of(&r1.wait_for("request budget share").await) != per_token as i64 {}
     let mut r2 = spawn(&budget_config(&env, &[b], per_token), &env.db_url);
+    let ops = r2
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await["fields"]["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // r1 gives back half, hot for a window; then r2 has it.
     while share_of(&r2.wait_for("request budget share").await) <= 0 {}
 
@@ -235,6 +241,27 @@ async fn a_replica_killed_holding_its_share_starves_the_other_for_no_more_than_a
         starved >= Duration::from_millis(900) && starved < Duration::from_millis(2_500),
         "the dead replica's share came back after {starved:?}"
     );
+    // Ops see it too: the whole budget, one holder.
+    lms_sync::install_crypto_provider();
+    let metrics = reqwest::get(format!("http://{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{}} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    assert_eq!(
+        gauge("lms_sync_rate_budget_share"),
+        Some(per_token as f64),
+        "{metrics}"
+    );
+    assert_eq!(gauge("lms_sync_rate_budget_holders"), Some(1.0));
+    assert!(gauge("lms_sync_rate_budget_wanted").is_some_and(|w| w > 0.0));
     let stats = env.sim.stats();
     assert_eq!(stats.rate_limited, 0, "429s: {stats:?}");
     assert!(stats.max_token_window <= per_token, "{stats:?}");
