@@ -172,6 +172,26 @@ impl RunCounts {
     }
 }
 
+/// One account of the registry (the `accounts` table), as the store reads it and the fleet
+/// plans with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountRow {
+    pub integrated_account_id: uuid::Uuid,
+    pub tenant_id: Option<String>,
+    pub label: Option<String>,
+    pub source: AccountSource,
+    /// As Truto last reported it (discovered accounts).
+    pub truto_status: Option<String>,
+    pub integration: Option<String>,
+    pub is_sandbox: bool,
+    pub paused: bool,
+    pub retired_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `accounts sync-now`: a run is wanted at once (when later than the last run's start).
+    pub sync_requested_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub first_seen_at: chrono::DateTime<chrono::Utc>,
+    pub last_seen_at: chrono::DateTime<chrono::Utc>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

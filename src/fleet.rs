@@ -5,8 +5,7 @@
 use uuid::Uuid;
 
 use crate::config::{AccountSettings, Settings};
-use crate::domain::AccountSource;
-use crate::store::AccountRow;
+use crate::domain::{AccountRow, AccountSource};
 
 /// Whether an account may be synced, and why not.
 #[derive(Debug, Clone, PartialEq, Eq)]

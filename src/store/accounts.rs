@@ -9,24 +9,7 @@ use super::{Store, StoreError, Ts};
 use crate::config::AccountSettings;
 use crate::domain::{AccountSource, Health};
 
-/// One account of the registry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AccountRow {
-    pub integrated_account_id: Uuid,
-    pub tenant_id: Option<String>,
-    pub label: Option<String>,
-    pub source: AccountSource,
-    /// As Truto last reported it (discovered accounts).
-    pub truto_status: Option<String>,
-    pub integration: Option<String>,
-    pub is_sandbox: bool,
-    pub paused: bool,
-    pub retired_at: Option<Ts>,
-    /// `accounts sync-now`: a run is wanted at once (when later than the last run's start).
-    pub sync_requested_at: Option<Ts>,
-    pub first_seen_at: Ts,
-    pub last_seen_at: Ts,
-}
+pub use crate::domain::AccountRow;
 
 /// An integrated account as a complete or partial listing showed it.
 #[derive(Debug, Clone)]
