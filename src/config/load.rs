@@ -1,0 +1,177 @@
+//! Loading the settings: built-in defaults, then the file, then the environment, then the
+//! secrets (token, admin token, webhook secret) from their env vars or files.
+
+use super::*;
+
+impl Settings {
+    /// Layers: built-in defaults → the file (`path`, else `config/default.toml` when present) →
+    /// `LMS_SYNC__*` env vars (env wins) → `DATABASE_URL` when the database URL is still unset.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(path, &env)
+    }
+
+    /// `load` with an explicit environment, so tests need not touch the process's.
+    // The layering, in order, in one place (defaults → file → env → DATABASE_URL → secrets).
+    pub fn load_from(
+        path: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder();
+        let file = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        };
+        if let Some(file) = &file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                ConfigError(format!("cannot read config file {}: {e}", file.display()))
+            })?;
+            // Parse here first: the config crate's TOML errors do not always say where.
+            if let Err(e) = text.parse::<toml_edit_free::Probe>() {
+                return Err(ConfigError(format!(
+                    "config file {} is not valid TOML: {e}",
+                    file.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        let prefix = format!("{ENV_PREFIX}__");
+        let vars: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(vars)),
+        );
+        let cfg = builder
+            .build()
+            .map_err(|e| ConfigError(format!("cannot load configuration: {e}")))?;
+        let mut settings: Settings = serde_path_to_error::deserialize(cfg).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            // The config crate appends its own location to some messages; keep ours.
+            let mut inner = inner
+                .split(" for key ")
+                .next()
+                .unwrap_or(&inner)
+                .to_string();
+            let mut key = key;
+            if let Some(rest) = inner.strip_prefix("missing configuration field ") {
+                // The config crate names the field as "accounts[0]integrated_account_id".
+                let field = rest.trim_matches('"');
+                let field = field
+                    .rsplit(']')
+                    .next()
+                    .unwrap_or(field)
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or(field);
+                key = if key == "." || key.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{key}.{field}")
+                };
+                inner = "required key is missing".into();
+            }
+            if key == "." || key.is_empty() {
+                ConfigError(inner)
+            } else {
+                key_error(&key, inner)
+            }
+        })?;
+        if settings.database.url.is_none() {
+            if let Some((_, url)) = env.iter().find(|(k, _)| k == "DATABASE_URL") {
+                if !url.is_empty() {
+                    settings.database.url = Some(SecretString::from(url.clone()));
+                }
+            }
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn database_url(&self) -> Result<&SecretString, ConfigError> {
+        self.database.url.as_ref().ok_or_else(|| {
+            ConfigError(
+                "database.url: not set (env LMS_SYNC__DATABASE__URL or DATABASE_URL)".into(),
+            )
+        })
+    }
+
+    /// The token from `TRUTO_API_TOKEN`, else from `truto.api_token_file`; `None` when neither.
+    pub fn api_token(&self) -> Result<Option<SecretString>, ConfigError> {
+        secret(
+            TOKEN_ENV,
+            "truto.api_token_file",
+            self.truto.api_token_file.as_deref(),
+        )
+    }
+
+    /// The admin token of the operations server (`LMS_SYNC_ADMIN_TOKEN`, else
+    /// `server.admin_token_file`); `None` when neither.
+    pub fn admin_token(&self) -> Result<Option<SecretString>, ConfigError> {
+        secret(
+            ADMIN_TOKEN_ENV,
+            "server.admin_token_file",
+            self.server.admin_token_file.as_deref(),
+        )
+    }
+
+    /// The webhook secret (`TRUTO_WEBHOOK_SECRET`, else `webhooks.secret_file`); `None` when
+    /// neither: the receiver is off.
+    pub fn webhook_secret(&self) -> Result<Option<SecretString>, ConfigError> {
+        secret(
+            WEBHOOK_SECRET_ENV,
+            "webhooks.secret_file",
+            self.webhooks.secret_file.as_deref(),
+        )
+    }
+}
+
+/// A secret from the env var `env` (wins), else from the file that `key` names.
+fn secret(env: &str, key: &str, file: Option<&Path>) -> Result<Option<SecretString>, ConfigError> {
+    if let Ok(t) = std::env::var(env) {
+        let t = t.trim();
+        if !t.is_empty() {
+            return Ok(Some(SecretString::from(t.to_string())));
+        }
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| key_error(key, format!("cannot read {}: {e}", path.display())))?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(key_error(key, format!("{} is empty", path.display())));
+    }
+    Ok(Some(SecretString::from(t.to_string())))
+}
+
+/// A tiny TOML syntax probe via the `toml` crate that `config` already depends on.
+mod toml_edit_free {
+    pub struct Probe;
+    impl std::str::FromStr for Probe {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, String> {
+            s.parse::<toml::Table>().map(|_| Probe).map_err(|e| {
+                // toml's message is multi-line with a source excerpt; keep where and what.
+                let text = e.to_string();
+                let lines: Vec<&str> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                match (lines.first(), lines.last()) {
+                    (Some(first), Some(last)) if lines.len() > 1 => format!("{first}: {last}"),
+                    _ => text.trim().to_string(),
+                }
+            })
+        }
+    }
+}

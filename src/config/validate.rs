@@ -1,0 +1,309 @@
+//! Validation: what serde cannot check (ranges, identifiers, duplicates, schedules), with
+//! messages that name the key and the env var that sets it.
+
+use super::*;
+
+impl Settings {
+    /// Checks what serde cannot: ranges, identifiers, duplicates.
+    // Longer than our usual step: one flat list of checks, one per key, in the order of
+    // config/default.toml, so that a reader finds a key's rule by the key's name.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.truto;
+        let url = reqwest::Url::parse(&t.base_url)
+            .map_err(|e| key_error("truto.base_url", format!("not a URL ({e})")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(key_error("truto.base_url", "must be an http(s) URL"));
+        }
+        if !(1..=1000).contains(&t.page_size) {
+            return Err(key_error("truto.page_size", "must be between 1 and 1000"));
+        }
+        if t.request_timeout_secs == 0 {
+            return Err(key_error(
+                "truto.request_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if t.connect_timeout_secs == 0 {
+            return Err(key_error(
+                "truto.connect_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if t.max_attempts == 0 {
+            return Err(key_error("truto.max_attempts", "must be at least 1"));
+        }
+        if t.backoff_initial_ms == 0 {
+            return Err(key_error("truto.backoff_initial_ms", "must be at least 1"));
+        }
+        if t.max_pages == 0 {
+            return Err(key_error("truto.max_pages", "must be at least 1"));
+        }
+        let d = &self.database;
+        validate_schema_name(&d.schema).map_err(|m| key_error("database.schema", m))?;
+        if d.max_connections < 2 {
+            // One connection holds each account's lease; pages need another.
+            return Err(key_error("database.max_connections", "must be at least 2"));
+        }
+        if let Some(url) = &d.url {
+            let u = url.expose_secret();
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                // Do not echo the URL: it may hold a password.
+                return Err(key_error(
+                    "database.url",
+                    "must start with postgres:// or postgresql://",
+                ));
+            }
+        }
+        let s = &self.sync;
+        if s.max_concurrent_accounts == 0 {
+            return Err(key_error(
+                "sync.max_concurrent_accounts",
+                "must be at least 1",
+            ));
+        }
+        check_fraction("sync.max_delete_fraction", s.max_delete_fraction)?;
+        if s.db_max_attempts == 0 {
+            return Err(key_error("sync.db_max_attempts", "must be at least 1"));
+        }
+        if s.hydrate_max_per_run == 0 {
+            return Err(key_error("sync.hydrate_max_per_run", "must be at least 1"));
+        }
+        if s.progress_interval_secs == 0 {
+            return Err(key_error(
+                "sync.progress_interval_secs",
+                "must be at least 1",
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(key_error("log.level", "not a valid level or filter"));
+        }
+        for (key, days) in [
+            ("history.retention_days", self.history.retention_days),
+            (
+                "history.sync_runs_retention_days",
+                self.history.sync_runs_retention_days,
+            ),
+            (
+                "history.rejected_records_retention_days",
+                self.history.rejected_records_retention_days,
+            ),
+        ] {
+            if days > 100_000 {
+                return Err(key_error(
+                    key,
+                    "must be at most 100000 (0 keeps them forever)",
+                ));
+            }
+        }
+        if self.rate_budget.per_account == 0 {
+            return Err(key_error("rate_budget.per_account", "must be at least 1"));
+        }
+        if self.rate_budget.per_token == 0 {
+            return Err(key_error("rate_budget.per_token", "must be at least 1"));
+        }
+        if self.rate_budget.window_secs == 0 {
+            return Err(key_error("rate_budget.window_secs", "must be at least 1"));
+        }
+        if !self.server.listen.is_empty()
+            && self.server.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(key_error("server.listen", "must be host:port with a numeric host, like 127.0.0.1:9000, or empty to turn it off"));
+        }
+        self.base_schedule()?;
+        self.check_discovery()?;
+        self.check_account(
+            &self.account_defaults.for_account(Uuid::nil()),
+            "account_defaults",
+        )?;
+        let mut seen = HashSet::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            let prefix = format!("accounts[{i}]");
+            if !seen.insert(a.integrated_account_id) {
+                return Err(ConfigError(format!(
+                    "{prefix}.integrated_account_id: duplicate account {}",
+                    a.integrated_account_id
+                )));
+            }
+            if a.integrated_account_id.is_nil() {
+                return Err(ConfigError(format!(
+                    "{prefix}.integrated_account_id: the nil uuid is not an account"
+                )));
+            }
+            self.check_account(a, &prefix)?;
+        }
+        Ok(())
+    }
+
+    fn check_discovery(&self) -> Result<(), ConfigError> {
+        if !(1..=86_400).contains(&self.webhooks.tolerance_secs) {
+            return Err(key_error(
+                "webhooks.tolerance_secs",
+                "must be between 1 and 86400",
+            ));
+        }
+        let d = &self.discovery;
+        let every = parse_duration("discovery.interval", &d.interval)?;
+        if every < Duration::from_secs(10) {
+            return Err(key_error("discovery.interval", "must be at least 10s"));
+        }
+        if d.enabled && d.integrations.is_empty() {
+            return Err(key_error(
+                "discovery.integrations",
+                "name at least one integration (e.g. [\"talentlms\"]) when discovery is enabled",
+            ));
+        }
+        if d.integrations.iter().any(|i| i.trim().is_empty()) {
+            return Err(key_error(
+                "discovery.integrations",
+                "empty integration name",
+            ));
+        }
+        check_fraction("discovery.max_retire_fraction", d.max_retire_fraction)
+    }
+
+    /// The checks of one account's keys (`prefix` names it in errors).
+    fn check_account(&self, a: &AccountSettings, prefix: &str) -> Result<(), ConfigError> {
+        self.schedule_for_prefixed(a, Some(prefix))?;
+        if let Some(f) = a.max_delete_fraction {
+            check_fraction(&format!("{prefix}.max_delete_fraction"), f)?;
+        }
+        if a.hydrate_max_per_run == Some(0) {
+            return Err(ConfigError(format!(
+                "{prefix}.hydrate_max_per_run: must be at least 1"
+            )));
+        }
+        if a.exclude_fields.iter().any(|f| f.trim().is_empty()) {
+            return Err(ConfigError(format!(
+                "{prefix}.exclude_fields: empty field name"
+            )));
+        }
+        if a.exclude_fields.iter().any(|f| f == "id") {
+            return Err(ConfigError(format!(
+                "{prefix}.exclude_fields: `id` cannot be excluded: users are keyed by it"
+            )));
+        }
+        if a.remote_query.keys().any(|k| k.is_empty()) {
+            return Err(ConfigError(format!("{prefix}.remote_query: empty key")));
+        }
+        Ok(())
+    }
+
+    /// Commands that sync need at least one account.
+    pub fn require_accounts(&self) -> Result<(), ConfigError> {
+        if self.accounts.is_empty() && !self.discovery.enabled {
+            return Err(ConfigError(
+                "accounts: no [[accounts]] configured; add one table per integrated account \
+                 with integrated_account_id = \"<uuid>\", or enable [discovery]"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn base_schedule(&self) -> Result<crate::schedule::Schedule, ConfigError> {
+        self.schedule_for_prefixed(&AccountSettings::new(Uuid::nil()), None)
+    }
+
+    /// The account's effective schedule (its overrides over `[schedule]`).
+    pub fn schedule_for(&self, account: &AccountSettings) -> crate::schedule::Schedule {
+        self.schedule_for_prefixed(account, None)
+            .expect("schedules are validated when the settings load")
+    }
+
+    fn schedule_for_prefixed(
+        &self,
+        account: &AccountSettings,
+        prefix: Option<&str>,
+    ) -> Result<crate::schedule::Schedule, ConfigError> {
+        use crate::schedule::{Cadence, Schedule};
+        let g = &self.schedule;
+        if g.every.is_some() && g.at.is_some() {
+            return Err(key_error(
+                "schedule.at",
+                "set either schedule.every or schedule.at, not both",
+            ));
+        }
+        let own = account.schedule.clone().unwrap_or_default();
+        let prefix = prefix.map(|p| format!("{p}.schedule.")).unwrap_or_default();
+        let k = |name: &str| {
+            if own_has(&own, name) {
+                format!("{prefix}{name}")
+            } else {
+                format!("schedule.{name}")
+            }
+        };
+        if own.every.is_some() && own.at.is_some() {
+            return Err(key_error(&k("at"), "set either every or at, not both"));
+        }
+        let (every, at) = if own.every.is_some() || own.at.is_some() {
+            (own.every.clone(), own.at.clone())
+        } else {
+            (g.every.clone(), g.at.clone())
+        };
+        let tz_text = own.timezone.clone().unwrap_or_else(|| g.timezone.clone());
+        let tz = parse_tz(&k("timezone"), &tz_text)?;
+        let cadence = match (every, at) {
+            (_, Some(at)) => Cadence::DailyAt {
+                time: parse_at(&k("at"), &at)?,
+                tz,
+            },
+            (every, None) => {
+                let text = every.unwrap_or_else(|| DEFAULT_EVERY.into());
+                let d = parse_duration(&k("every"), &text)?;
+                if d < Duration::from_secs(1) {
+                    return Err(key_error(&k("every"), "must be at least 1s"));
+                }
+                Cadence::Every(d)
+            }
+        };
+        let jitter_text = own.jitter.clone().unwrap_or_else(|| g.jitter.clone());
+        Ok(Schedule {
+            cadence,
+            run_on_start: g.run_on_start,
+            jitter: parse_duration(&k("jitter"), &jitter_text)?,
+            retry_initial: parse_duration("schedule.retry_initial", &g.retry_initial)?,
+            retry_max: parse_duration("schedule.retry_max", &g.retry_max)?,
+            health_retry_initial: parse_duration(
+                "schedule.health_retry_initial",
+                &g.health_retry_initial,
+            )?,
+            health_retry_max: parse_duration("schedule.health_retry_max", &g.health_retry_max)?,
+        })
+    }
+}
+
+fn own_has(s: &AccountSchedule, name: &str) -> bool {
+    match name {
+        "every" => s.every.is_some(),
+        "at" => s.at.is_some(),
+        "timezone" => s.timezone.is_some(),
+        "jitter" => s.jitter.is_some(),
+        _ => false,
+    }
+}
+
+fn check_fraction(key: &str, v: f64) -> Result<(), ConfigError> {
+    if !(v > 0.0 && v <= 1.0) {
+        return Err(key_error(key, "must be a number in (0, 1]"));
+    }
+    Ok(())
+}
+
+/// Schema names reach SQL as identifiers, so only plain lower-case identifiers are allowed.
+pub fn validate_schema_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !s.starts_with("pg_");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a plain identifier (lower-case letters, digits, _; at most 63; not pg_*)"
+        ))
+    }
+}
