@@ -1,6 +1,7 @@
 //! The token's request budget shared by every process on one database: negotiated shares that
 //! never sum above the limit, a dead holder's share free again after one window, and two
-//! service replicas plus a one-off sync together under a simulator that enforces the window.
+//! service replicas plus a one-off sync together under a simulator that enforces both windows,
+//! and an account's window handed on with its lease.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -95,13 +96,23 @@ async fn shares_split_fairly_never_exceed_the_limit_and_a_dead_holders_share_ret
     b.leave("token", 100).await;
 }
 
-/// A config for the binary with a budget of `per_token` requests per second.
+/// A config for the binary with a budget of `per_token` requests per second (and 1,000 per
+/// account).
 fn budget_config(env: &Env, accounts: &[Uuid], per_token: usize) -> std::path::PathBuf {
+    budget_config_with(env, accounts, 1000, per_token)
+}
+
+fn budget_config_with(
+    env: &Env,
+    accounts: &[Uuid],
+    per_account: usize,
+    per_token: usize,
+) -> std::path::PathBuf {
     let cfg = config(&env.sim, accounts, "1h", 10);
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         "[truto]\n",
         &format!(
-            "[rate_budget]\nper_account = 1000\nper_token = {per_token}\nwindow_secs = 1\n[truto]\npage_size = 10\n"
+            "[rate_budget]\nper_account = {per_account}\nper_token = {per_token}\nwindow_secs = 1\n[truto]\npage_size = 10\n"
         ),
     );
     std::fs::write(&cfg, text).unwrap();
@@ -109,7 +120,7 @@ fn budget_config(env: &Env, accounts: &[Uuid], per_token: usize) -> std::path::P
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_and_a_one_off_sync_stay_within_the_tokens_window_together() {
+async fn two_replicas_and_a_one_off_sync_stay_within_both_windows_together() {
     let service: Vec<Uuid> = (1..=4).map(account_id).collect();
     let one_off: Vec<Uuid> = (5..=6).map(account_id).collect();
     let all: Vec<(Uuid, usize)> = service
@@ -118,17 +129,17 @@ async fn two_replicas_and_a_one_off_sync_stay_within_the_tokens_window_together(
         .map(|id| (*id, 150))
         .collect();
     let env = Env::new(&all).await;
-    let per_token = 20;
+    let (per_account, per_token) = (6, 20);
     env.sim.set_rate_limit(Some(RateLimit {
-        per_account: 1000,
+        per_account,
         per_token,
         window: Duration::from_secs(1),
     }));
     // Run the migrations once, so the replicas start together.
-    let cfg = budget_config(&env, &service, per_token);
+    let cfg = budget_config_with(&env, &service, per_account, per_token);
     let mut r1 = spawn(&cfg, &env.db_url);
     let mut r2 = spawn(&cfg, &env.db_url);
-    let sync_cfg = budget_config(&env, &one_off, per_token);
+    let sync_cfg = budget_config_with(&env, &one_off, per_account, per_token);
     let one = tokio::process::Command::new(BIN)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -158,7 +169,8 @@ async fn two_replicas_and_a_one_off_sync_stay_within_the_tokens_window_together(
     let stats = env.sim.stats();
     assert_eq!(stats.rate_limited, 0, "429s: {stats:?}");
     assert!(stats.max_token_window <= per_token, "{stats:?}");
-    // 6 accounts × 15 pages = 90 requests at 20 a second.
+    assert!(stats.max_account_window <= per_account, "{stats:?}");
+    // 6 accounts × 15 pages = 90 requests at 20 a second, each account's at 6 a second.
     assert!(stats.requests >= 90, "{stats:?}");
     for id in service.iter().chain(&one_off) {
         assert_mirror(&env.store, &env.sim, *id).await;
