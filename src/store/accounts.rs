@@ -292,6 +292,8 @@ impl Store {
             ("rejected_records", "rejection_id"),
             ("sync_runs", "run_id"),
             ("daily_user_counts", "day"),
+            ("unknown_enum_values", "value"),
+            ("rate_account_windows", "integrated_account_id"),
             ("sync_state", "integrated_account_id"),
             ("accounts", "integrated_account_id"),
         ] {

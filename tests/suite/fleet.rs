@@ -505,16 +505,18 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
         out.contains("users") && out.contains("20 rows deleted"),
         "{out}"
     );
-    for table in [
-        "users",
-        "user_emails",
-        "user_phones",
-        "user_managers",
-        "sync_runs",
-        "sync_state",
-        "accounts",
-        "user_changes",
-    ] {
+    // Every table that holds an account's rows, not only the ones known when purge was written.
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT c.table_name::text FROM information_schema.columns c
+           JOIN information_schema.tables t USING (table_schema, table_name)
+          WHERE c.column_name = 'integrated_account_id' AND c.table_schema = current_schema()
+            AND t.table_type = 'BASE TABLE'",
+    )
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    assert!(tables.len() >= 13, "{tables:?}");
+    for table in tables {
         let n = env
             .scalar_i64(&format!(
                 "SELECT count(*) FROM {table} WHERE integrated_account_id = '{b}'"
