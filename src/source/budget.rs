@@ -83,6 +83,20 @@ impl Window {
         }
     }
 
+    /// Requests started within `window` before `now`.
+    fn in_window(&self, now: Instant, window: Duration) -> usize {
+        self.starts
+            .iter()
+            .rev()
+            .take_while(|t| now.saturating_duration_since(**t) < window)
+            .count()
+    }
+
+    /// No request before `until` (a later pause already in force stays).
+    fn pause_until(&mut self, until: Instant) {
+        self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+    }
+
     /// How long until one more request fits; zero when it fits now. (Starts older than
     /// `limit.window` do not count; the caller prunes with the longest window it checks.)
     fn wait(&mut self, now: Instant, limit: Limit) -> Duration {
@@ -90,13 +104,7 @@ impl Window {
             .paused_until
             .map(|p| p.saturating_duration_since(now))
             .unwrap_or_default();
-        let in_window = self
-            .starts
-            .iter()
-            .rev()
-            .take_while(|t| now.saturating_duration_since(**t) < limit.window)
-            .count();
-        let full = if in_window >= limit.requests {
+        let full = if self.in_window(now, limit.window) >= limit.requests {
             let oldest = self.starts[self.starts.len() - limit.requests];
             (oldest + limit.window).saturating_duration_since(now)
         } else {
@@ -180,6 +188,13 @@ impl RateBudget {
         }
     }
 
+    /// How long an account's request starts must be kept: our window, or the vendor's when
+    /// it reported a longer one (both widened).
+    fn kept_for(&self, w: &Window) -> Duration {
+        let ours = self.widen(self.per_account).window;
+        w.vendor.map_or(ours, |v| self.widen(v).window.max(ours))
+    }
+
     /// Takes a slot for `account` at `now` if both budgets have one; otherwise says how long
     /// to wait. Never takes a slot in one budget while waiting on the other.
     pub fn try_acquire(&self, account: Uuid, now: Instant) -> Result<(), Duration> {
@@ -205,10 +220,7 @@ impl RateBudget {
         acct.asked = true;
         let ours = self.widen(self.per_account);
         let vendor = acct.vendor.map(|l| self.widen(l));
-        acct.prune(
-            now,
-            vendor.map_or(ours.window, |v| v.window.max(ours.window)),
-        );
+        acct.prune(now, self.kept_for(acct));
         let mut acct_wait = acct.wait(now, ours);
         if let Some(v) = vendor {
             acct_wait = acct_wait.max(acct.wait(now, v));
@@ -255,14 +267,10 @@ impl RateBudget {
         let ours = self.widen(self.per_account);
         let mut capacity = 0;
         accounts.retain(|_, w| {
-            let vendor = w.vendor.map(|l| self.widen(l));
-            w.prune(
-                now,
-                vendor.map_or(ours.window, |v| v.window.max(ours.window)),
-            );
+            w.prune(now, self.kept_for(w));
             let working = w.asked || !w.starts.is_empty();
             if working {
-                capacity += per_window(ours, vendor);
+                capacity += per_window(ours, w.vendor.map(|l| self.widen(l)));
             }
             w.asked = false;
             working || w.vendor.is_some() || w.paused_until.is_some_and(|p| p > now)
@@ -281,9 +289,7 @@ impl RateBudget {
         let Some(w) = guard.1.get_mut(&account) else {
             return Vec::new();
         };
-        let ours = self.widen(self.per_account).window;
-        let longest = w.vendor.map_or(ours, |v| self.widen(v).window.max(ours));
-        w.prune(now, longest);
+        w.prune(now, self.kept_for(w));
         w.starts
             .iter()
             .map(|t| now.saturating_duration_since(*t))
@@ -344,9 +350,10 @@ impl RateBudget {
     /// nothing more: our own windows already pace the requests.
     pub fn observe(&self, account: Uuid, report: RateReport, now: Instant) {
         let limit = report.limit.filter(|l| l.requests > 0);
-        if let Some(limit) = limit {
-            let mut guard = self.state.lock().expect("budget");
-            guard.1.entry(account).or_default().vendor = Some(limit);
+        let mut guard = self.state.lock().expect("budget");
+        let w = guard.1.entry(account).or_default();
+        if limit.is_some() {
+            w.vendor = limit;
         }
         let Some(reset) = report.reset.filter(|_| report.remaining == Some(0)) else {
             return;
@@ -355,29 +362,16 @@ impl RateBudget {
         // window already waits exactly until its oldest request leaves (the reset, rounded up
         // to whole seconds, would wait longer); when it is not, the vendor knows of requests
         // we do not: pause until its reset.
-        let full = limit.is_some_and(|l| {
-            let mut guard = self.state.lock().expect("budget");
-            let w = guard.1.entry(account).or_default();
-            let window = self.widen(l).window;
-            let in_window = w
-                .starts
-                .iter()
-                .rev()
-                .take_while(|t| now.saturating_duration_since(**t) < window)
-                .count();
-            in_window >= l.requests
-        });
+        let full = limit.is_some_and(|l| w.in_window(now, self.widen(l).window) >= l.requests);
         if !full {
-            self.pause(account, reset, now);
+            w.pause_until(now + reset);
         }
     }
 
     /// No request for `account` for `d` (after a 429 with a hint, or an exhausted window).
     pub fn pause(&self, account: Uuid, d: Duration, now: Instant) {
         let mut guard = self.state.lock().expect("budget");
-        let w = guard.1.entry(account).or_default();
-        let until = now + d;
-        w.paused_until = Some(w.paused_until.map_or(until, |p| p.max(until)));
+        guard.1.entry(account).or_default().pause_until(now + d);
     }
 }
 
