@@ -69,7 +69,6 @@ pub async fn sync(settings: Settings, account: Option<Uuid>) -> Result<(), CliEr
         tokio::spawn(crate::service::budget::share_token_budget(
             store.clone(),
             budget,
-            crate::service::budget::holder_name(),
             None,
             sharing.clone(),
         ))

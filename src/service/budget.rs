@@ -20,7 +20,7 @@ const TOKEN: &str = "token";
 
 /// This process's name at the budget: unique even for two processes of one host and pid
 /// namespace (containers).
-pub fn holder_name() -> String {
+fn holder_name() -> String {
     format!(
         "{}:{}",
         crate::sync::worker_name(),
@@ -50,7 +50,6 @@ pub fn wanted(limit: usize, d: Demand) -> usize {
 pub async fn share_token_budget(
     store: Store,
     budget: Arc<RateBudget>,
-    holder: String,
     metrics: Option<Arc<Metrics>>,
     cancel: CancellationToken,
 ) {
@@ -63,6 +62,7 @@ pub async fn share_token_budget(
             }
         }
     };
+    let holder = holder_name();
     let limit = budget.token_limit();
     let period = (limit.window / 4).max(Duration::from_millis(250));
     let mut me = None;

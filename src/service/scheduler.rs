@@ -95,7 +95,6 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         tokio::spawn(super::budget::share_token_budget(
             store.clone(),
             budget,
-            super::budget::holder_name(),
             Some(metrics.clone()),
             root.clone(),
         ));
