@@ -12,7 +12,7 @@ use super::{Store, StoreError};
 /// own: it ends when released, when this value is dropped, or when the process or its
 /// connection dies, so a crashed worker never blocks an account.
 pub struct Lease {
-    conn: Option<PgConnection>,
+    conn: PgConnection,
     keys: (i32, i32),
     account: Uuid,
 }
@@ -21,16 +21,13 @@ impl Lease {
     /// The ages, as of now, of the account's requests that the process before this one had
     /// sent when it released the account (see [`Lease::release_with_requests`]).
     pub async fn earlier_requests(&mut self) -> Result<Vec<Duration>, StoreError> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Ok(Vec::new());
-        };
         let ages: Vec<i64> = sqlx::query_scalar(
             "SELECT (a + extract(epoch FROM now() - released_at) * 1000)::bigint
                FROM rate_account_windows, unnest(ages_ms) a
               WHERE integrated_account_id = $1",
         )
         .bind(self.account)
-        .fetch_all(conn)
+        .fetch_all(&mut self.conn)
         .await?;
         Ok(ages
             .into_iter()
@@ -42,45 +39,41 @@ impl Lease {
     /// to lease it), then releases the lease. Every time is the database's, so hosts' clocks
     /// do not matter.
     pub async fn release_with_requests(mut self, ages: &[Duration]) {
-        if let Some(conn) = self.conn.as_mut() {
-            let ms: Vec<i32> = ages
-                .iter()
-                .map(|a| a.as_millis().min(i32::MAX as u128) as i32)
-                .collect();
-            let recorded = if ms.is_empty() {
-                sqlx::query("DELETE FROM rate_account_windows WHERE integrated_account_id = $1")
-                    .bind(self.account)
-                    .execute(conn)
-                    .await
-            } else {
-                sqlx::query(
-                    "INSERT INTO rate_account_windows (integrated_account_id, ages_ms)
-                     VALUES ($1, $2)
-                     ON CONFLICT (integrated_account_id) DO UPDATE
-                        SET released_at = now(), ages_ms = excluded.ages_ms",
-                )
+        let ms: Vec<i32> = ages
+            .iter()
+            .map(|a| a.as_millis().min(i32::MAX as u128) as i32)
+            .collect();
+        let recorded = if ms.is_empty() {
+            sqlx::query("DELETE FROM rate_account_windows WHERE integrated_account_id = $1")
                 .bind(self.account)
-                .bind(&ms)
-                .execute(conn)
+                .execute(&mut self.conn)
                 .await
-            };
-            if let Err(e) = recorded {
-                // The next process may then run into the vendor's window, which it honours.
-                tracing::warn!(error = %e, "could not hand the account's request window on");
-            }
+        } else {
+            sqlx::query(
+                "INSERT INTO rate_account_windows (integrated_account_id, ages_ms)
+                 VALUES ($1, $2)
+                 ON CONFLICT (integrated_account_id) DO UPDATE
+                    SET released_at = now(), ages_ms = excluded.ages_ms",
+            )
+            .bind(self.account)
+            .bind(&ms)
+            .execute(&mut self.conn)
+            .await
+        };
+        if let Err(e) = recorded {
+            // The next process may then run into the vendor's window, which it honours.
+            tracing::warn!(error = %e, "could not hand the account's request window on");
         }
         self.release().await
     }
 
     pub async fn release(mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            let _ = sqlx::query("SELECT pg_advisory_unlock($1, $2)")
-                .bind(self.keys.0)
-                .bind(self.keys.1)
-                .execute(&mut conn)
-                .await;
-            let _ = conn.close().await;
-        }
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+            .bind(self.keys.0)
+            .bind(self.keys.1)
+            .execute(&mut self.conn)
+            .await;
+        let _ = self.conn.close().await;
     }
 }
 
@@ -100,7 +93,7 @@ impl Store {
             .await?;
         if got {
             Ok(Some(Lease {
-                conn: Some(conn),
+                conn,
                 keys,
                 account,
             }))
