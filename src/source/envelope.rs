@@ -31,8 +31,8 @@ pub struct FetchedPage {
     pub requests: u32,
     /// Of which answered 429.
     pub rate_limited: u32,
-    /// `ratelimit-remaining` and `ratelimit-reset` of the answer, when the vendor gave them.
-    pub rate_remaining: Option<RateReport>,
+    /// The answer's `ratelimit-limit`, `-remaining` and `-reset`, when the vendor gave any.
+    pub rate_report: Option<RateReport>,
     /// Time spent waiting for the request budget.
     pub budget_wait: Duration,
 }
@@ -193,7 +193,7 @@ fn finish_page(
         },
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let rate_remaining = RateReport::parse(
+    let rate_report = RateReport::parse(
         header("ratelimit-limit"),
         header("ratelimit-remaining"),
         header("ratelimit-reset"),
@@ -207,7 +207,7 @@ fn finish_page(
         is_partial,
         requests: 1,
         rate_limited: 0,
-        rate_remaining,
+        rate_report,
         budget_wait: Duration::ZERO,
     })
 }

@@ -166,8 +166,8 @@ impl TrutoClient {
             .with_retries(account.integrated_account_id, "page", cancel, || async {
                 let (body, headers) = self.get(&url).await?;
                 let page = parse_envelope(body, &headers)?;
-                let remaining = page.rate_remaining;
-                Ok((page, remaining))
+                let reported = page.rate_report;
+                Ok((page, reported))
             })
             .await?;
         let mut page = done.value;

@@ -18,7 +18,7 @@ pub(super) struct Attempted<T> {
 }
 
 /// The vendor's `ratelimit-*` headers on an answer, when it gave them.
-pub(super) type Remaining = Option<RateReport>;
+pub(super) type Reported = Option<RateReport>;
 
 /// What one request of a retried series has cost so far.
 #[derive(Default)]
@@ -31,8 +31,8 @@ struct Tally {
 
 impl TrutoClient {
     /// One request for account `id` with the budget, metrics, 429 pauses and retries around
-    /// it (the budget's per-account window is `id`'s). `once` makes
-    /// the request and also returns the vendor's `ratelimit-remaining` when it gave one.
+    /// it (the budget's per-account window is `id`'s). `once` makes the request and also returns
+    /// what the vendor's `ratelimit-*` headers said, when it sent any.
     pub(super) async fn with_retries<T, F, Fut>(
         &self,
         id: Uuid,
@@ -42,7 +42,7 @@ impl TrutoClient {
     ) -> Result<Attempted<T>, Failed>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(T, Remaining), SourceError>>,
+        Fut: std::future::Future<Output = Result<(T, Reported), SourceError>>,
     {
         let mut t = Tally::default();
         loop {
@@ -61,8 +61,8 @@ impl TrutoClient {
             }
             self.count_request(id, what, sent.elapsed(), &result);
             let err = match result {
-                Ok((value, remaining)) => {
-                    if let (Some(budget), Some(report)) = (&self.budget, remaining) {
+                Ok((value, reported)) => {
+                    if let (Some(budget), Some(report)) = (&self.budget, reported) {
                         budget.observe(id, report, Instant::now());
                     }
                     return Ok(Attempted {
