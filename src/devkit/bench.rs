@@ -112,6 +112,9 @@ pub fn scenarios(big: bool) -> Vec<Scenario> {
     s
 }
 
+/// `database.max_connections` of every lms-sync process the bench starts.
+const POOL: u32 = 20;
+
 /// Truto's limits, as the simulator enforces them in S3 and S6–S8.
 pub const BUDGET_PER_ACCOUNT: usize = 50;
 pub const BUDGET_PER_TOKEN: usize = 500;
@@ -277,7 +280,7 @@ fn config_text(s: &Scenario, base_url: &str) -> String {
          [rate_budget]\nenabled = {}\nper_account = {BUDGET_PER_ACCOUNT}\nper_token = {BUDGET_PER_TOKEN}\nwindow_secs = {BUDGET_WINDOW_SECS}\n\
          [log]\nlevel = \"warn\"\n",
         s.max_concurrent.unwrap_or(s.accounts).max(1),
-        20,
+        POOL,
         s.rate_limited
     );
     match s.kind {
@@ -787,7 +790,7 @@ fn minimum(s: &Scenario, m: &Measure) -> Option<Duration> {
 /// Sessions one process may hold: its pool, one lease per account synced at once, and the
 /// budget's and discovery's connections of their own.
 fn session_bound(s: &Scenario) -> i64 {
-    20 + s.max_concurrent.unwrap_or(s.accounts) as i64 + 2
+    (POOL + s.max_concurrent.unwrap_or(s.accounts)) as i64 + 2
 }
 
 fn judge(

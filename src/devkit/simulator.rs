@@ -834,9 +834,8 @@ fn error_reply(status: u16, message: &str, remote: bool, retry_after: Option<Str
 /// `GET /integrated-account/{id}`, as Truto's admin API answers them.
 fn integrated_reply(s: &mut State, req: &Request) -> Reply {
     s.stats.account_listings += 1;
-    let expected = format!("Bearer {}", s.token);
-    if req.authorization.as_deref() != Some(expected.as_str()) {
-        return error_reply(401, "Invalid API token", false, None);
+    if let Some(refused) = unauthorized(s, req) {
+        return refused;
     }
     if let Some(limit) = s.rate_limit {
         let now = Instant::now();
@@ -938,14 +937,20 @@ fn decode_cursor(c: &str) -> Option<(u64, usize)> {
     Some((g, n as usize))
 }
 
+/// Truto's 401 for a request without the token.
+fn unauthorized(s: &State, req: &Request) -> Option<Reply> {
+    let expected = format!("Bearer {}", s.token);
+    (req.authorization.as_deref() != Some(expected.as_str()))
+        .then(|| error_reply(401, "Invalid API token", false, None))
+}
+
 /// Where the simulator's counters are served (as JSON, to the token), for a bench that runs it
 /// as a child process. Not counted as a request.
 pub const STATS_PATH: &str = "/__simulator/stats";
 
 fn stats_reply(s: &State, req: &Request) -> Reply {
-    let expected = format!("Bearer {}", s.token);
-    if req.authorization.as_deref() != Some(expected.as_str()) {
-        return error_reply(401, "Invalid API token", false, None);
+    if let Some(refused) = unauthorized(s, req) {
+        return refused;
     }
     let st = &s.stats;
     json_reply(json!({
@@ -1016,9 +1021,8 @@ fn route_inner(s: &mut State, req: &Request) -> Reply {
     let Some(rest) = req.path.split("/unified/lms/users").nth(1) else {
         return error_reply(404, "no such route", false, None);
     };
-    let expected = format!("Bearer {}", s.token);
-    if req.authorization.as_deref() != Some(expected.as_str()) {
-        return error_reply(401, "Invalid API token", false, None);
+    if let Some(refused) = unauthorized(s, req) {
+        return refused;
     }
     let q = |k: &str| {
         req.query
