@@ -99,20 +99,28 @@ async fn shares_split_fairly_never_exceed_the_limit_and_a_dead_holders_share_ret
 /// A config for the binary with a budget of `per_token` requests per second (and 1,000 per
 /// account).
 fn budget_config(env: &Env, accounts: &[Uuid], per_token: usize) -> std::path::PathBuf {
-    budget_config_with(env, accounts, 1000, per_token)
+    budget_config_with(
+        env,
+        accounts,
+        RateLimit {
+            per_account: 1000,
+            per_token,
+            window: Duration::from_secs(1),
+        },
+    )
 }
 
-fn budget_config_with(
-    env: &Env,
-    accounts: &[Uuid],
-    per_account: usize,
-    per_token: usize,
-) -> std::path::PathBuf {
+/// A config for the binary whose budget is `limit` (the simulator's, in these tests), pages of
+/// 10.
+fn budget_config_with(env: &Env, accounts: &[Uuid], limit: RateLimit) -> std::path::PathBuf {
     let cfg = config(&env.sim, accounts, "1h", 10);
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         "[truto]\n",
         &format!(
-            "[rate_budget]\nper_account = {per_account}\nper_token = {per_token}\nwindow_secs = 1\n[truto]\npage_size = 10\n"
+            "[rate_budget]\nper_account = {}\nper_token = {}\nwindow_secs = {}\n[truto]\npage_size = 10\n",
+            limit.per_account,
+            limit.per_token,
+            limit.window.as_secs()
         ),
     );
     std::fs::write(&cfg, text).unwrap();
@@ -130,23 +138,18 @@ async fn two_replicas_and_a_one_off_sync_stay_within_both_windows_together() {
         .collect();
     let env = Env::new(&all).await;
     let (per_account, per_token) = (6, 20);
-    env.sim.set_rate_limit(Some(RateLimit {
+    let limit = RateLimit {
         per_account,
         per_token,
         window: Duration::from_secs(1),
-    }));
+    };
+    env.sim.set_rate_limit(Some(limit));
     // Run the migrations once, so the replicas start together.
-    let cfg = budget_config_with(&env, &service, per_account, per_token);
+    let cfg = budget_config_with(&env, &service, limit);
     let mut r1 = spawn(&cfg, &env.db_url);
     let mut r2 = spawn(&cfg, &env.db_url);
-    let sync_cfg = budget_config_with(&env, &one_off, per_account, per_token);
-    let one = tokio::process::Command::new(BIN)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("TRUTO_API_TOKEN", lms_sync::devkit::simulator::DEMO_TOKEN)
-        .env("LMS_SYNC__DATABASE__URL", &env.db_url)
-        .args(["--config", sync_cfg.to_str().unwrap(), "sync"])
-        .output();
+    let sync_cfg = budget_config_with(&env, &one_off, limit);
+    let one = one_off_sync(&sync_cfg, &env.db_url).output();
     let waiting = async {
         let mut done = HashSet::new();
         while done.len() < service.len() {
@@ -182,30 +185,17 @@ async fn an_accounts_window_goes_with_its_lease_to_the_next_process_that_syncs_i
     let id = account_id(1);
     // 100 users in pages of 10: one sync sends 10 requests, the whole window of 10 per 2 s.
     let env = Env::new(&[(id, 100)]).await;
-    env.sim.set_rate_limit(Some(RateLimit {
+    let limit = RateLimit {
         per_account: 10,
         per_token: 1000,
         window: Duration::from_secs(2),
-    }));
-    let cfg = config(&env.sim, &[id], "1h", 1);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "[truto]\n",
-        "[rate_budget]\nper_account = 10\nper_token = 1000\nwindow_secs = 2\n[truto]\npage_size = 10\n",
-    );
-    std::fs::write(&cfg, text).unwrap();
-    let sync = || {
-        tokio::process::Command::new(BIN)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("TRUTO_API_TOKEN", lms_sync::devkit::simulator::DEMO_TOKEN)
-            .env("LMS_SYNC__DATABASE__URL", &env.db_url)
-            .args(["--config", cfg.to_str().unwrap(), "sync"])
-            .output()
     };
+    env.sim.set_rate_limit(Some(limit));
+    let cfg = budget_config_with(&env, &[id], limit);
     // Two processes one after the other: the second counts the first's requests, still in the
     // server's window, as its own, and waits for them instead of running into 429s.
     for _ in 0..2 {
-        let out = sync().await.unwrap();
+        let out = one_off_sync(&cfg, &env.db_url).output().await.unwrap();
         assert!(
             out.status.success(),
             "{}",

@@ -30,6 +30,17 @@ pub fn config(sim: &Simulator, accounts: &[Uuid], every: &str, max_concurrent: u
     p
 }
 
+/// `lms-sync sync` with `cfg` against `db`, in a clean environment with the simulator's token.
+pub fn one_off_sync(cfg: &std::path::Path, db: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TRUTO_API_TOKEN", DEMO_TOKEN)
+        .env("LMS_SYNC__DATABASE__URL", db)
+        .args(["--config", cfg.to_str().unwrap(), "sync"]);
+    cmd
+}
+
 /// A running `lms-sync run` and the events parsed from its log.
 pub struct Daemon {
     pub child: Child,
