@@ -434,6 +434,9 @@ pub struct SyncSettings {
     /// Single-user GETs one run of a hydrating account may spend; the rest of its queue waits
     /// for the next run.
     pub hydrate_max_per_run: u32,
+    /// How long a batch of fewer than four pages waits for the next page before it is
+    /// written (fewer, larger transactions); 0 writes whatever has arrived.
+    pub batch_fill_ms: u64,
 }
 
 impl Default for SyncSettings {
@@ -446,6 +449,7 @@ impl Default for SyncSettings {
             progress_interval_secs: 10,
             shutdown_grace_secs: 30,
             hydrate_max_per_run: 1000,
+            batch_fill_ms: 250,
         }
     }
 }

@@ -199,7 +199,14 @@ async fn write_all(
         // Batches that have committed meanwhile are accounted for now, in order (their
         // counters, progress, and the fetcher's mode must not lag behind).
         writer.finish_committed(out).await?;
-        let (batch, pending) = match next_batch(received, &mut rx, writer.fill_until()).await {
+        let (batch, pending) = match next_batch(
+            received,
+            &mut rx,
+            writer.fill_until(),
+            p.opts.batch_fill_wait,
+        )
+        .await
+        {
             Ok(b) => b,
             Err(stop) => {
                 // What is being written still commits (or not) before we stop.

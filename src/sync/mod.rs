@@ -52,6 +52,8 @@ pub struct SyncOptions {
     pub rejected_records_retention_days: u32,
     /// Single-user GETs per run of a hydrating account (unless the account says otherwise).
     pub hydrate_max_per_run: u32,
+    /// How long a small batch waits for the next page (`sync.batch_fill_ms`).
+    pub batch_fill_wait: std::time::Duration,
 }
 
 impl SyncOptions {
@@ -67,6 +69,7 @@ impl SyncOptions {
             sync_runs_retention_days: s.history.sync_runs_retention_days,
             rejected_records_retention_days: s.history.rejected_records_retention_days,
             hydrate_max_per_run: s.sync.hydrate_max_per_run,
+            batch_fill_wait: std::time::Duration::from_millis(s.sync.batch_fill_ms),
         }
     }
 }

@@ -12,7 +12,8 @@
 //!   users (COPY) that no earlier batch can hold, and the pool has an idle connection (a batch
 //!   waiting for a connection behind batches that wait for it would stall).
 //! - **Bounded.** At most [`PIPELINE_DEPTH`] batches are in flight, plus the one being started;
-//!   a batch holds at most [`MAX_BATCH_PAGES`] pages and about [`MAX_BATCH_USERS`] users.
+//!   a batch holds at most [`MAX_BATCH_PAGES`] pages and about [`MAX_BATCH_USERS`] users,
+//!   and waits at most `sync.batch_fill_ms` per page for its first [`MIN_BATCH_PAGES`].
 //! - **Never abandoned.** A batch's bounded retries run to the end even during shutdown: a page
 //!   is never cut in half.
 
@@ -36,6 +37,12 @@ const PIPELINE_DEPTH: usize = 2;
 /// The most API pages, and users, written in one transaction.
 const MAX_BATCH_PAGES: usize = 8;
 const MAX_BATCH_USERS: usize = 1_000;
+/// A batch smaller than this waits up to `sync.batch_fill_ms` for the next page before it
+/// is written. Each transaction costs PostgreSQL a commit (a WAL flush under default
+/// durability) and the bookkeeping rows of a batch; when pages arrive a little slower than
+/// the database writes them, taking only what has arrived would write one page per
+/// transaction. The wait only delays a batch's commit; the last page never waits.
+const MIN_BATCH_PAGES: usize = 4;
 
 /// A batch of consecutive pages, ready to be written in one transaction.
 pub(super) struct Prepared {
@@ -86,11 +93,13 @@ pub(super) fn prepare(batch: Vec<Fetched>, lookup: Option<Vec<String>>) -> Prepa
 
 /// Takes the next batch: the page received, and whatever else has arrived, up to a batch (and
 /// the fetcher's reason to stop, if it came right after). While `fill_until` is closed, it
-/// waits for more pages instead of taking only what has arrived.
+/// waits for more pages instead of taking only what has arrived; otherwise a batch of fewer
+/// than [`MIN_BATCH_PAGES`] waits up to `fill_wait` for each next page.
 pub(super) async fn next_batch(
     received: Option<Arrival>,
     rx: &mut mpsc::Receiver<Arrival>,
     mut fill_until: Option<Gate>,
+    fill_wait: std::time::Duration,
 ) -> Result<(Vec<Fetched>, Option<Stop>), Stop> {
     let Some(first) = received else {
         // The fetcher ended without a last page: only after cancellation.
@@ -105,16 +114,20 @@ pub(super) async fn next_batch(
         let next = match rx.try_recv() {
             Ok(next) => Some(next),
             Err(mpsc::error::TryRecvError::Disconnected) => None,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                let Some(gate) = fill_until.as_mut() else {
-                    break;
-                };
-                tokio::select! {
+            Err(mpsc::error::TryRecvError::Empty) => match fill_until.as_mut() {
+                Some(gate) => tokio::select! {
                     biased;
                     next = rx.recv() => next,
                     _ = gate.wait_for(Option::is_some) => break,
+                },
+                None if batch.len() < MIN_BATCH_PAGES && !fill_wait.is_zero() => {
+                    match tokio::time::timeout(fill_wait, rx.recv()).await {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    }
                 }
-            }
+                None => break,
+            },
         };
         match next {
             Some(Ok(d)) => batch.push(d.done().await?),

@@ -96,10 +96,12 @@ impl Progress for ChangeUpstream<'_> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_changes_during_a_run_converge_on_the_next_and_never_delete_a_live_user() {
     let a = account_id(1);
-    let env = Env::new(&[(a, 600)]).await;
+    let mut env = Env::new(&[(a, 600)]).await;
     assert!(env.sync(a).await.succeeded());
-    // Slow pages, so that the change lands while the listing is under way.
+    // Slow pages, each committed as it arrives, so that the change lands while the listing is
+    // under way.
     env.sim.set_latency(Duration::from_millis(20));
+    env.settings.sync.batch_fill_ms = 0;
     let hook = ChangeUpstream {
         sim: &env.sim,
         account: a,

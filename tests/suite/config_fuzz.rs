@@ -57,6 +57,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "progress_interval_secs",
             "shutdown_grace_secs",
             "hydrate_max_per_run",
+            "batch_fill_ms",
         ],
     ),
     (

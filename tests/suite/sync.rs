@@ -513,7 +513,9 @@ impl Progress for CancelAfter {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_run_resumes_from_its_cursor_and_infers_no_deletions_until_a_full_listing() {
     let a = account_id(1);
-    let env = Env::new(&[(a, 1000)]).await;
+    let mut env = Env::new(&[(a, 1000)]).await;
+    // Batches that take what has arrived, so that the cancellation lands between them.
+    env.settings.sync.batch_fill_ms = 0;
     assert!(env.sync(a).await.succeeded());
     env.sim.delete_user(a, "2");
     env.sim
@@ -737,8 +739,10 @@ impl Progress for MoveCursor {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_stops_when_the_stored_cursor_is_not_where_it_left_it() {
     let a = account_id(1);
-    let env = Env::new(&[(a, 800)]).await;
-    // Pages slower than writes: the writer commits them one by one.
+    let mut env = Env::new(&[(a, 800)]).await;
+    // Pages slower than writes, and batches that take what has arrived: the writer commits
+    // them one by one.
+    env.settings.sync.batch_fill_ms = 0;
     env.sim.set_latency(Duration::from_millis(30));
     let hook = MoveCursor::after(2, &env);
 
@@ -795,8 +799,10 @@ async fn batches_written_ahead_roll_back_together_when_one_before_them_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_id_on_two_pages_of_a_first_sync_is_written_once_with_the_later_record() {
     let a = account_id(1);
-    let env = Env::new(&[(a, 300)]).await;
-    // Slow pages: the writer commits them one by one, so the two copies land in two batches.
+    let mut env = Env::new(&[(a, 300)]).await;
+    // Slow pages, and batches that take what has arrived: the writer commits them one by one,
+    // so the two copies land in two batches.
+    env.settings.sync.batch_fill_ms = 0;
     env.sim.set_latency(Duration::from_millis(30));
     let mut later = env.sim.expected_user(a, "5").unwrap();
     later["name"] = json!("Second Copy");
@@ -818,4 +824,44 @@ async fn the_same_id_on_two_pages_of_a_first_sync_is_written_once_with_the_later
         .scalar_i64(&format!("SELECT count(*) - count(DISTINCT (user_id, position)) FROM user_emails WHERE integrated_account_id = '{a}'"))
         .await;
     assert_eq!(emails, 0);
+}
+
+/// Counts the batches a pass commits (the progress hook runs once per batch).
+#[derive(Default)]
+struct Batches(AtomicU64);
+
+impl Progress for Batches {
+    fn page(&self, _account: &AccountSettings, _totals: &RunCounts) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_batches_wait_for_more_pages_so_a_slow_listing_commits_fewer_transactions() {
+    let (a, b) = (account_id(1), account_id(2));
+    let mut env = Env::new(&[(a, 800), (b, 800)]).await;
+    // Pages slower than writes: taking only what has arrived would commit them one by one.
+    env.sim.set_latency(Duration::from_millis(30));
+
+    let waiting = Batches::default();
+    let o = env
+        .sync_with(&env.account(a), &CancellationToken::new(), &waiting)
+        .await;
+    assert!(o.succeeded(), "{:?}", o.error);
+    env.settings.sync.batch_fill_ms = 0;
+    let taking = Batches::default();
+    let o2 = env
+        .sync_with(&env.account(b), &CancellationToken::new(), &taking)
+        .await;
+    assert!(o2.succeeded(), "{:?}", o2.error);
+
+    assert_eq!((o.counts.pages, o2.counts.pages), (8, 8));
+    let (waiting, taking) = (waiting.0.into_inner(), taking.0.into_inner());
+    assert!(waiting <= 4, "8 pages in {waiting} transactions");
+    assert!(
+        taking >= 6,
+        "8 pages in {taking} transactions without the wait"
+    );
+    assert_mirror(&env.store, &env.sim, a).await;
+    assert_mirror(&env.store, &env.sim, b).await;
 }
