@@ -45,13 +45,14 @@ pub(super) fn only_known_keys(raw: &str) -> Option<u32> {
             *i += 1;
         }
     };
+    // Jumps from quote to quote (escapes skipped): values are mostly long strings.
     let string_end = |mut i: usize| -> Option<usize> {
         i += 1;
         while i < b.len() {
+            i += memchr::memchr2(b'\\', b'"', &b[i..])?;
             match b[i] {
                 b'\\' => i += 2,
-                b'"' => return Some(i + 1),
-                _ => i += 1,
+                _ => return Some(i + 1),
             }
         }
         None

@@ -529,24 +529,19 @@ struct JsonShape {
 
 fn json_shape(text: &str) -> JsonShape {
     let mut shape = JsonShape::default();
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let b = text.as_bytes();
+    let mut depth = 0usize;
     // Inside a number: digits so far, and the exponent so far once past `e`.
     let (mut digits, mut exponent, mut in_exponent) = (0u64, 0u64, false);
-    for b in text.bytes() {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        i += 1;
+        match c {
             b'0'..=b'9' if in_exponent => {
                 exponent = exponent
                     .saturating_mul(10)
-                    .saturating_add(u64::from(b - b'0'));
+                    .saturating_add(u64::from(c - b'0'));
             }
             b'0'..=b'9' => digits += 1,
             b'e' | b'E' if digits > 0 => in_exponent = true,
@@ -554,8 +549,19 @@ fn json_shape(text: &str) -> JsonShape {
             _ => {
                 shape.widest_number = shape.widest_number.max(digits).max(exponent);
                 (digits, exponent, in_exponent) = (0, 0, false);
-                match b {
-                    b'"' => in_string = true,
+                match c {
+                    // Jump from quote to quote (escapes skipped): most of a record is strings.
+                    b'"' => loop {
+                        match memchr::memchr2(b'\\', b'"', &b[i..]) {
+                            None => i = b.len(),
+                            Some(k) if b[i + k] == b'\\' => {
+                                i = (i + k + 2).min(b.len());
+                                continue;
+                            }
+                            Some(k) => i += k + 1,
+                        }
+                        break;
+                    },
                     b'[' | b'{' => {
                         depth += 1;
                         shape.depth = shape.depth.max(depth);
@@ -851,6 +857,12 @@ mod tests {
         );
         assert_eq!(r.user_id.as_deref(), Some("1"));
         assert_eq!(json_shape(r#"{"a":"[[[[","b":[{}]}"#).depth, 3);
+        // Escaped quotes and backslashes stay inside their string; a text cut off inside one
+        // (after an escape) ends the scan without reading past it.
+        assert_eq!(json_shape(r#"{"a":"x\"[[\\","b":[[1]]}"#).depth, 3);
+        assert_eq!(json_shape(r#"["\\"]"#).depth, 1);
+        assert_eq!(json_shape(r#"[["ab\"#).depth, 2);
+        assert_eq!(json_shape(r#"["\"#).depth, 1);
     }
 
     #[test]
