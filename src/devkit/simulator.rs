@@ -7,7 +7,6 @@
 //!
 //! Users are generated on the fly from (seed, index), so a million-user account costs no memory.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -72,58 +71,6 @@ struct Account {
     raw: HashMap<usize, String>,
     /// Fields served only by the single-user GET, as TalentLMS's partial list does.
     partial_list_fields: Vec<String>,
-    /// Each user's record as a list page serves it, rendered when the account or the user
-    /// changes instead of on every page. A real Truto renders on its own machines; the
-    /// simulator shares the benchmark's cores with the sync it measures, so a page costs it
-    /// no more than copying its records out.
-    records: Vec<Box<str>>,
-}
-
-impl Account {
-    fn new(seed: u64, count: usize) -> Account {
-        let mut a = Account {
-            seed,
-            count,
-            deleted: BTreeSet::new(),
-            patches: HashMap::new(),
-            raw: HashMap::new(),
-            partial_list_fields: Vec::new(),
-            records: Vec::new(),
-        };
-        a.render_all();
-        a
-    }
-
-    /// Renders every record, on all cores (a million users take seconds on one).
-    fn render_all(&mut self) {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let chunk = self.count.div_ceil(threads).max(1);
-        let this = &*self;
-        let parts: Vec<Vec<Box<str>>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..this.count)
-                .step_by(chunk)
-                .map(|start| {
-                    scope.spawn(move || {
-                        (start..(start + chunk).min(this.count))
-                            .map(|i| list_user(this, i).into_boxed_str())
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().expect("render worker"))
-                .collect()
-        });
-        self.records = parts.into_iter().flatten().collect();
-    }
-
-    /// Renders user `i` again after it changed.
-    fn render(&mut self, i: usize) {
-        if i < self.count {
-            self.records[i] = list_user(self, i).into_boxed_str();
-        }
-    }
 }
 
 /// Counters of what the simulator served.
@@ -304,7 +251,19 @@ impl Simulator {
 
     /// Adds (or replaces) an account of `count` generated users.
     pub fn add_account(&self, id: Uuid, count: usize, seed: u64) {
-        self.with(|s| s.accounts.insert(id, Arc::new(Account::new(seed, count))));
+        self.with(|s| {
+            s.accounts.insert(
+                id,
+                Arc::new(Account {
+                    seed,
+                    count,
+                    deleted: BTreeSet::new(),
+                    patches: HashMap::new(),
+                    raw: HashMap::new(),
+                    partial_list_fields: Vec::new(),
+                }),
+            )
+        });
     }
 
     /// Merges `patch`'s top-level keys into the user (a null value sets the field to null).
@@ -316,7 +275,6 @@ impl Simulator {
         self.with(|s| {
             let a = s.account_mut(account);
             a.patches.entry(idx).or_default().extend(patch);
-            a.render(idx);
         });
     }
 
@@ -329,7 +287,6 @@ impl Simulator {
                 .entry(idx)
                 .or_default()
                 .insert(format!("\u{1}remove:{field}"), Value::Null);
-            a.render(idx);
         });
     }
 
@@ -351,9 +308,6 @@ impl Simulator {
             let a = s.account_mut(account);
             let start = a.count;
             a.count += n;
-            // A user's manager depends on the account's size (see `generate_user`): growing
-            // it changes records before `start` too.
-            a.render_all();
             (start..a.count).map(|i| (i + 1).to_string()).collect()
         })
     }
@@ -361,18 +315,15 @@ impl Simulator {
     /// Serves `raw` (any text) in place of the user with this id.
     pub fn set_raw_record(&self, account: Uuid, id: &str, raw: &str) {
         self.with(|s| {
-            let a = s.account_mut(account);
-            a.raw.insert(index_of(id), raw.into());
-            a.render(index_of(id));
+            s.account_mut(account).raw.insert(index_of(id), raw.into());
         });
     }
 
     /// Leaves these fields out of list responses; the single-user GET still has them.
     pub fn set_partial_list_fields(&self, account: Uuid, fields: &[&str]) {
         self.with(|s| {
-            let a = s.account_mut(account);
-            a.partial_list_fields = fields.iter().map(|f| f.to_string()).collect();
-            a.render_all();
+            s.account_mut(account).partial_list_fields =
+                fields.iter().map(|f| f.to_string()).collect();
         });
     }
 
@@ -1313,13 +1264,13 @@ struct PageJob {
 impl PageJob {
     fn render(self) -> Vec<u8> {
         let a = &*self.account;
-        let mut records: Vec<Cow<str>> = Vec::with_capacity(self.limit);
+        let mut records: Vec<String> = Vec::with_capacity(self.limit);
         let mut i = self.start;
         while records.len() < self.limit && i < a.count {
             if !a.deleted.contains(&i) {
-                let rec = &a.records[i];
+                let rec = list_user(a, i);
                 if (self.ignore_remote || !self.excluded.is_empty()) && !a.raw.contains_key(&i) {
-                    let mut v: Value = serde_json::from_str(rec).expect("generated json");
+                    let mut v: Value = serde_json::from_str(&rec).expect("generated json");
                     if let Some(o) = v.as_object_mut() {
                         if self.ignore_remote {
                             o.remove("remote_data");
@@ -1328,9 +1279,9 @@ impl PageJob {
                             o.remove(f);
                         }
                     }
-                    records.push(Cow::Owned(v.to_string()));
+                    records.push(v.to_string());
                 } else {
-                    records.push(Cow::Borrowed(rec));
+                    records.push(rec);
                 }
             }
             i += 1;
