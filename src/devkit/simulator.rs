@@ -363,6 +363,7 @@ impl Simulator {
         self.with(|s| s.random_slow = hold);
     }
 
+    /// Every answer takes this long from its request, rendering included.
     pub fn set_latency(&self, latency: Duration) {
         self.with(|s| s.latency = latency);
     }
@@ -778,9 +779,12 @@ async fn serve_conn(mut stream: TcpStream, state: Arc<Mutex<State>>) {
                 body,
                 delay,
             } => {
+                // The latency is the server's whole answer time, its own work included (as a
+                // real server's is): rendering runs inside it, not before it.
+                let answer_at = tokio::time::Instant::now() + delay;
                 let body = body.into_bytes();
                 if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep_until(answer_at).await;
                 }
                 let head = response_head(status, &headers, body.len());
                 if stream.write_all(head.as_bytes()).await.is_err()
