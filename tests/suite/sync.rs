@@ -514,9 +514,11 @@ impl Progress for CancelAfter {
 async fn an_interrupted_run_resumes_from_its_cursor_and_infers_no_deletions_until_a_full_listing() {
     let a = account_id(1);
     let mut env = Env::new(&[(a, 1000)]).await;
-    // Batches that take what has arrived, so that the cancellation lands between them.
-    env.settings.sync.batch_fill_ms = 0;
     assert!(env.sync(a).await.succeeded());
+    // Pages slower than writes, and batches that take what has arrived: the cancellation
+    // lands between batches, well before the last page.
+    env.settings.sync.batch_fill_ms = 0;
+    env.sim.set_latency(Duration::from_millis(20));
     env.sim.delete_user(a, "2");
     env.sim
         .update_user(a, "950", json!({"name": "Changed Late"}));
@@ -580,8 +582,10 @@ async fn an_interrupted_run_resumes_from_its_cursor_and_infers_no_deletions_unti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_cursor_restarts_the_listing_from_the_first_page() {
     let a = account_id(1);
-    let env = Env::new(&[(a, 600)]).await;
-    // Pages slower than writes: the writer commits them one by one.
+    let mut env = Env::new(&[(a, 600)]).await;
+    // Pages slower than writes, and batches that take what has arrived: the writer commits
+    // them one by one, so the cancellation lands mid-listing.
+    env.settings.sync.batch_fill_ms = 0;
     env.sim.set_latency(Duration::from_millis(30));
     let token = CancellationToken::new();
     let stop = CancelAfter {
