@@ -60,7 +60,7 @@ pub struct SimulateArgs {
     /// Share of requests answered with a random retryable fault (0..1).
     #[arg(long, default_value_t = 0.0)]
     fault_rate: f64,
-    /// Delay added to every answer, in milliseconds.
+    /// How long every answer takes from its request, rendering included, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
     /// Give every account `--users` users (instead of fewer for later accounts).
