@@ -45,18 +45,8 @@ pub(super) fn only_known_keys(raw: &str) -> Option<u32> {
             *i += 1;
         }
     };
-    // Jumps from quote to quote (escapes skipped): values are mostly long strings.
-    let string_end = |mut i: usize| -> Option<usize> {
-        i += 1;
-        while i < b.len() {
-            i += memchr::memchr2(b'\\', b'"', &b[i..])?;
-            match b[i] {
-                b'\\' => i += 2,
-                _ => return Some(i + 1),
-            }
-        }
-        None
-    };
+    // From an opening quote at `i` to the index after its closing one.
+    let string_end = |i: usize| super::string_end(b, i + 1);
     let mut mask = 0u32;
     skip_ws(&mut i);
     if b.get(i) != Some(&b'{') {

@@ -550,18 +550,7 @@ fn json_shape(text: &str) -> JsonShape {
                 shape.widest_number = shape.widest_number.max(digits).max(exponent);
                 (digits, exponent, in_exponent) = (0, 0, false);
                 match c {
-                    // Jump from quote to quote (escapes skipped): most of a record is strings.
-                    b'"' => loop {
-                        match memchr::memchr2(b'\\', b'"', &b[i..]) {
-                            None => i = b.len(),
-                            Some(k) if b[i + k] == b'\\' => {
-                                i = (i + k + 2).min(b.len());
-                                continue;
-                            }
-                            Some(k) => i += k + 1,
-                        }
-                        break;
-                    },
+                    b'"' => i = string_end(b, i).unwrap_or(b.len()),
                     b'[' | b'{' => {
                         depth += 1;
                         shape.depth = shape.depth.max(depth);
@@ -574,6 +563,20 @@ fn json_shape(text: &str) -> JsonShape {
     }
     shape.widest_number = shape.widest_number.max(digits).max(exponent);
     shape
+}
+
+/// Where the JSON string whose body starts at `b[from]` ends: the index after its closing
+/// quote (`None` when the text ends first). Jumps from quote to quote, escapes skipped: most
+/// of a record is long strings, so this is the scans' hot loop.
+fn string_end(b: &[u8], mut from: usize) -> Option<usize> {
+    while from < b.len() {
+        from += memchr::memchr2(b'\\', b'"', &b[from..])?;
+        match b[from] {
+            b'\\' => from += 2,
+            _ => return Some(from + 1),
+        }
+    }
+    None
 }
 
 fn has_nul(v: &serde_json::Value) -> bool {
