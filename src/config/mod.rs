@@ -705,6 +705,15 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_fill_wait_over_ten_seconds_is_refused() {
+        let ok = load_toml(&format!("[sync]\nbatch_fill_ms = 10000\n{ACCT}"), &[]).unwrap();
+        assert_eq!(ok.sync.batch_fill_ms, 10_000);
+        let e = load_toml(&format!("[sync]\nbatch_fill_ms = 10001\n{ACCT}"), &[]).unwrap_err();
+        assert!(e.to_string().contains("sync.batch_fill_ms"), "{e}");
+        assert!(e.to_string().contains("at most 10000"), "{e}");
+    }
+
+    #[test]
     fn bad_toml_says_so() {
         let e = load_toml("[truto\n", &[]).unwrap_err();
         assert!(e.to_string().contains("not valid TOML"), "{e}");

@@ -65,11 +65,11 @@ impl Settings {
         if s.db_max_attempts == 0 {
             return Err(key_error("sync.db_max_attempts", "must be at least 1"));
         }
-        if s.batch_fill_ms > 10_000 {
-            return Err(key_error("sync.batch_fill_ms", "must be at most 10000"));
-        }
         if s.hydrate_max_per_run == 0 {
             return Err(key_error("sync.hydrate_max_per_run", "must be at least 1"));
+        }
+        if s.batch_fill_ms > 10_000 {
+            return Err(key_error("sync.batch_fill_ms", "must be at most 10000"));
         }
         if s.progress_interval_secs == 0 {
             return Err(key_error(
