@@ -378,3 +378,18 @@ async fn the_token_never_shows_at_any_log_level_in_either_format() {
         }
     }
 }
+
+#[tokio::test]
+async fn bench_refuses_bad_scenarios_or_repeats_before_starting_anything() {
+    for (args, names) in [
+        (&["bench", "--scenarios", "S1,S9"][..], "S9"),
+        (&["bench", "--scenarios", "S4"][..], "choose S1 too"),
+        (&["bench", "--repeat", "0"][..], "--repeat"),
+        (&["bench", "--repeat", "21"][..], "--repeat"),
+    ] {
+        let o = run(args, &[]).await;
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(names), "{args:?}: {err}");
+    }
+}
