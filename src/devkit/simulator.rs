@@ -841,21 +841,8 @@ fn integrated_reply(s: &mut State, req: &Request) -> Reply {
     if let Some(refused) = unauthorized(s, req) {
         return refused;
     }
-    if let Some(limit) = s.rate_limit {
-        let now = Instant::now();
-        while s
-            .token_window
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= limit.window)
-        {
-            s.token_window.pop_front();
-        }
-        if s.token_window.len() >= limit.per_token {
-            s.stats.rate_limited += 1;
-            return error_reply(429, "Rate limit exceeded", false, Some("1".into()));
-        }
-        s.token_window.push_back(now);
-        s.stats.max_token_window = s.stats.max_token_window.max(s.token_window.len());
+    if let Some(refused) = admit(s, None) {
+        return refused;
     }
     let mut partial = false;
     match s.listing_faults.pop_front() {
@@ -1015,6 +1002,51 @@ fn route(s: &mut State, req: &Request) -> Reply {
     reply
 }
 
+/// Counts a request against the token's window and, for a listing of users, its account's
+/// (sliding windows, as Truto's budgets are); beyond either, refuses it with 429 and a
+/// `Retry-After` of when the oldest counted request leaves the full window.
+fn admit(s: &mut State, account: Option<Uuid>) -> Option<Reply> {
+    let limit = s.rate_limit?;
+    let now = Instant::now();
+    let expire = |w: &mut VecDeque<Instant>| {
+        while w
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= limit.window)
+        {
+            w.pop_front();
+        }
+    };
+    expire(&mut s.token_window);
+    let mut full = (s.token_window.len() >= limit.per_token)
+        .then(|| s.token_window.front().copied())
+        .flatten();
+    if let Some(a) = account {
+        let w = s.windows.entry(a).or_default();
+        expire(w);
+        if w.len() >= limit.per_account {
+            full = w.front().copied();
+        }
+    }
+    if let Some(oldest) = full {
+        s.stats.rate_limited += 1;
+        let wait = limit.window.saturating_sub(now.duration_since(oldest));
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        return Some(error_reply(
+            429,
+            "Rate limit exceeded",
+            false,
+            Some(secs.to_string()),
+        ));
+    }
+    s.token_window.push_back(now);
+    s.stats.max_token_window = s.stats.max_token_window.max(s.token_window.len());
+    if let Some(w) = account.and_then(|a| s.windows.get_mut(&a)) {
+        w.push_back(now);
+        s.stats.max_account_window = s.stats.max_account_window.max(w.len());
+    }
+    None
+}
+
 fn route_inner(s: &mut State, req: &Request) -> Reply {
     if req.method != "GET" {
         return error_reply(405, "only GET is supported", false, None);
@@ -1038,41 +1070,8 @@ fn route_inner(s: &mut State, req: &Request) -> Reply {
         return error_reply(400, "integrated_account_id is required", false, None);
     };
     *s.stats.by_account.entry(account).or_default() += 1;
-    if let Some(limit) = s.rate_limit {
-        let now = Instant::now();
-        let w = s.windows.entry(account).or_default();
-        while w
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= limit.window)
-        {
-            w.pop_front();
-        }
-        while s
-            .token_window
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= limit.window)
-        {
-            s.token_window.pop_front();
-        }
-        let w = s.windows.get(&account).expect("window");
-        let over = if w.len() >= limit.per_account {
-            w.front().copied()
-        } else if s.token_window.len() >= limit.per_token {
-            s.token_window.front().copied()
-        } else {
-            None
-        };
-        if let Some(oldest) = over {
-            s.stats.rate_limited += 1;
-            let wait = limit.window.saturating_sub(now.duration_since(oldest));
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            return error_reply(429, "Rate limit exceeded", false, Some(secs.to_string()));
-        }
-        s.windows.get_mut(&account).expect("window").push_back(now);
-        s.token_window.push_back(now);
-        let n = s.windows[&account].len();
-        s.stats.max_account_window = s.stats.max_account_window.max(n);
-        s.stats.max_token_window = s.stats.max_token_window.max(s.token_window.len());
+    if let Some(refused) = admit(s, Some(account)) {
+        return refused;
     }
     if let Some(f) = s.blocked.get(&account).cloned() {
         s.stats.faults_served += 1;
@@ -1337,6 +1336,46 @@ mod tests {
             .filter(|u| u.get("job_title").is_none())
             .count();
         assert!(with_manager > 100 && without_id > 10 && unknown_role > 0 && no_job_key > 10);
+    }
+
+    #[tokio::test]
+    async fn a_full_window_refuses_with_the_wait_until_its_oldest_request_leaves() {
+        let sim = Simulator::start_on("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        sim.set_rate_limit(Some(RateLimit {
+            per_account: 2,
+            per_token: 3,
+            window: Duration::from_secs(10),
+        }));
+        let (a, b) = (demo_account_id(1), demo_account_id(2));
+        let retry_after = |r: Option<Reply>| match r {
+            None => None,
+            Some(Reply::Full {
+                status: 429,
+                headers,
+                ..
+            }) => headers
+                .into_iter()
+                .find(|(k, _)| k == "retry-after")
+                .map(|(_, v)| v),
+            Some(_) => Some("not a 429".into()),
+        };
+        sim.with(|s| {
+            assert_eq!(retry_after(admit(s, Some(a))), None);
+            assert_eq!(retry_after(admit(s, Some(a))), None);
+            // The account's window is full; the token's is not.
+            assert_eq!(retry_after(admit(s, Some(a))).as_deref(), Some("10"));
+            assert_eq!(retry_after(admit(s, Some(b))), None);
+            // The token's window is full: the admin API's listing is refused too.
+            assert_eq!(retry_after(admit(s, None)).as_deref(), Some("10"));
+            assert_eq!(retry_after(admit(s, Some(b))).as_deref(), Some("10"));
+            let st = &s.stats;
+            assert_eq!(
+                (st.rate_limited, st.max_account_window, st.max_token_window),
+                (3, 2, 3)
+            );
+        });
     }
 
     #[test]
