@@ -1017,16 +1017,16 @@ fn admit(s: &mut State, account: Option<Uuid>) -> Option<Reply> {
         }
     };
     expire(&mut s.token_window);
-    let mut full = (s.token_window.len() >= limit.per_token)
-        .then(|| s.token_window.front().copied())
-        .flatten();
-    if let Some(a) = account {
-        let w = s.windows.entry(a).or_default();
+    let mut account_window = account.map(|a| s.windows.entry(a).or_default());
+    if let Some(w) = account_window.as_deref_mut() {
         expire(w);
-        if w.len() >= limit.per_account {
-            full = w.front().copied();
-        }
     }
+    // The account's window first: its oldest request says when this account may go on.
+    let full = match account_window.as_deref() {
+        Some(w) if w.len() >= limit.per_account => w.front().copied(),
+        _ if s.token_window.len() >= limit.per_token => s.token_window.front().copied(),
+        _ => None,
+    };
     if let Some(oldest) = full {
         s.stats.rate_limited += 1;
         let wait = limit.window.saturating_sub(now.duration_since(oldest));
@@ -1040,7 +1040,7 @@ fn admit(s: &mut State, account: Option<Uuid>) -> Option<Reply> {
     }
     s.token_window.push_back(now);
     s.stats.max_token_window = s.stats.max_token_window.max(s.token_window.len());
-    if let Some(w) = account.and_then(|a| s.windows.get_mut(&a)) {
+    if let Some(w) = account_window {
         w.push_back(now);
         s.stats.max_account_window = s.stats.max_account_window.max(w.len());
     }
