@@ -340,7 +340,7 @@ async fn counters(db: &mut PgConnection) -> anyhow::Result<(i64, i64)> {
 async fn wait_for_backends_gone(db: &mut PgConnection) -> anyhow::Result<()> {
     for _ in 0..500 {
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'lms-sync'",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'lms-sync%'",
         )
         .fetch_one(&mut *db)
         .await?;
@@ -405,7 +405,7 @@ impl SessionSampler {
             let mut most = 0;
             loop {
                 let n: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'lms-sync'",
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'lms-sync%'",
                 )
                 .fetch_one(&mut conn)
                 .await

@@ -9,7 +9,7 @@
 
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, BUDGET_APPLICATION_NAME};
 
 /// One process's place at the budget.
 pub struct ShareHolder {
@@ -30,7 +30,12 @@ pub struct Negotiated {
 impl Store {
     /// Joins the budget as `holder` (unique per process), on a connection of its own.
     pub async fn budget_holder(&self, holder: &str) -> Result<ShareHolder, StoreError> {
-        let conn = self.opts.connect().await?;
+        let conn = self
+            .opts
+            .clone()
+            .application_name(BUDGET_APPLICATION_NAME)
+            .connect()
+            .await?;
         Ok(ShareHolder {
             conn,
             holder: holder.to_string(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, LEASE_APPLICATION_NAME};
 
 /// An exclusive claim on one account, held as a PostgreSQL advisory lock on a connection of its
 /// own: it ends when released, when this value is dropped, or when the process or its
@@ -80,7 +80,12 @@ impl Lease {
 impl Store {
     /// Tries to lease `account`; `None` when another process holds it.
     pub async fn try_lease(&self, account: Uuid) -> Result<Option<Lease>, StoreError> {
-        let mut conn = self.opts.connect().await?;
+        let mut conn = self
+            .opts
+            .clone()
+            .application_name(LEASE_APPLICATION_NAME)
+            .connect()
+            .await?;
         let keys: (i32, i32) = sqlx::query_as("SELECT hashtext('lms-sync:' || $1), hashtext($2)")
             .bind(&self.schema)
             .bind(account.to_string())

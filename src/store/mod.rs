@@ -130,6 +130,13 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// How lms-sync's connections name themselves in `pg_stat_activity`: the pool's, each held
+/// account lease's (one per account syncing) and the shared request budget's (one per process).
+/// Every one starts with `lms-sync`, so `application_name LIKE 'lms-sync%'` counts them all.
+pub const POOL_APPLICATION_NAME: &str = "lms-sync";
+pub const LEASE_APPLICATION_NAME: &str = "lms-sync lease";
+pub const BUDGET_APPLICATION_NAME: &str = "lms-sync budget";
+
 /// Connect options for `url` with `search_path` set to `schema`.
 pub fn connect_options(url: &SecretString, schema: &str) -> Result<PgConnectOptions, StoreError> {
     validate_schema_name(schema).map_err(StoreError::Url)?;
@@ -139,7 +146,7 @@ pub fn connect_options(url: &SecretString, schema: &str) -> Result<PgConnectOpti
         // sqlx's parse error can quote the URL; keep the password out of it.
         .map_err(|_| StoreError::Url("cannot parse database.url".into()))?;
     Ok(opts
-        .application_name("lms-sync")
+        .application_name(POOL_APPLICATION_NAME)
         .options([("search_path", schema)])
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5)))
