@@ -132,6 +132,9 @@ pub struct RateBudget {
     /// Woken when a request waits for the token's window while this process holds less than
     /// the whole of it: the share may grow at once instead of at the next period.
     more_wanted: Notify,
+    /// This budget's (so this process's) name where account windows are handed on: a lease
+    /// last held by the same instance needs no handover, its windows are here.
+    instance: String,
 }
 
 /// What this process asked of the token's window since the last look (see
@@ -178,7 +181,13 @@ impl RateBudget {
             per_token,
             margin: Duration::from_millis(20),
             state: Mutex::new((Window::default(), HashMap::new())),
+            instance: Uuid::new_v4().simple().to_string(),
         }
+    }
+
+    /// This budget's name where account windows are handed on (unique per process).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     fn widen(&self, l: Limit) -> Limit {
@@ -294,6 +303,14 @@ impl RateBudget {
             .iter()
             .map(|t| now.saturating_duration_since(*t))
             .collect()
+    }
+
+    /// Counts `account`'s window as full at `now`: another process held it and died without
+    /// saying what it sent, so up to a whole window of its requests may still count at the
+    /// server. The account waits one window; nothing else does.
+    pub fn fill(&self, account: Uuid, now: Instant) {
+        let ages = vec![Duration::ZERO; self.per_account.requests];
+        self.seed(account, &ages, now);
     }
 
     /// Counts requests another process sent for `account` (their ages as of `now`) in its

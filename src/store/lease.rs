@@ -17,22 +17,56 @@ pub struct Lease {
     account: Uuid,
 }
 
+/// What the process that held an account's lease before left of its request window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handover {
+    /// Nobody recorded one: no requests of another process are in the window.
+    Nothing,
+    /// This process held it last: its own memory counts those requests already.
+    Mine,
+    /// Another process released it, with the ages (as of now) of its requests then still in
+    /// the window.
+    Released(Vec<Duration>),
+    /// Another process held it and ended without releasing it (killed, lost its connection):
+    /// what it sent is unknown, up to a whole window.
+    Abandoned,
+}
+
 impl Lease {
-    /// The ages, as of now, of the account's requests that the process before this one had
-    /// sent when it released the account (see [`Lease::release_with_requests`]).
-    pub async fn earlier_requests(&mut self) -> Result<Vec<Duration>, StoreError> {
-        let ages: Vec<i64> = sqlx::query_scalar(
-            "SELECT (a + extract(epoch FROM now() - released_at) * 1000)::bigint
-               FROM rate_account_windows, unnest(ages_ms) a
-              WHERE integrated_account_id = $1",
+    /// Takes over the account's request window from the process that held its lease before
+    /// (see [`Handover`]), and marks it held by `holder` until [`Lease::release_with_requests`].
+    pub async fn take_window(&mut self, holder: &str) -> Result<Handover, StoreError> {
+        // The CTE's SELECT sees the row as it was before the INSERT's update.
+        let row: Option<(Option<String>, bool, Vec<i64>)> = sqlx::query_as(
+            "WITH prev AS (
+                 SELECT holder, held_since, released_at, ages_ms
+                   FROM rate_account_windows WHERE integrated_account_id = $1
+             ), mark AS (
+                 INSERT INTO rate_account_windows AS w (integrated_account_id, ages_ms, holder, held_since)
+                 VALUES ($1, '{}', $2, now())
+                 ON CONFLICT (integrated_account_id) DO UPDATE
+                    SET holder = excluded.holder, held_since = excluded.held_since
+             )
+             SELECT holder,
+                    coalesce(held_since >= released_at, false),
+                    ARRAY(SELECT (a + extract(epoch FROM now() - released_at) * 1000)::bigint
+                            FROM unnest(ages_ms) a)
+               FROM prev",
         )
         .bind(self.account)
-        .fetch_all(&mut self.conn)
+        .bind(holder)
+        .fetch_optional(&mut self.conn)
         .await?;
-        Ok(ages
-            .into_iter()
-            .map(|ms| Duration::from_millis(ms.max(0) as u64))
-            .collect())
+        Ok(match row {
+            None => Handover::Nothing,
+            Some((last, _, _)) if last.as_deref() == Some(holder) => Handover::Mine,
+            Some((_, true, _)) => Handover::Abandoned,
+            Some((_, false, ages)) => Handover::Released(
+                ages.into_iter()
+                    .map(|ms| Duration::from_millis(ms.max(0) as u64))
+                    .collect(),
+            ),
+        })
     }
 
     /// Records the ages of the account's requests still in its window (for the next process
@@ -53,7 +87,7 @@ impl Lease {
                 "INSERT INTO rate_account_windows (integrated_account_id, ages_ms)
                  VALUES ($1, $2)
                  ON CONFLICT (integrated_account_id) DO UPDATE
-                    SET released_at = now(), ages_ms = excluded.ages_ms",
+                    SET released_at = now(), ages_ms = excluded.ages_ms, held_since = NULL",
             )
             .bind(self.account)
             .bind(&ms)

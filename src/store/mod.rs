@@ -33,7 +33,7 @@ pub use accounts::{
 };
 pub use budget::{decide as decide_share, Negotiated, ShareHolder};
 pub use copy::CopyRows;
-pub use lease::Lease;
+pub use lease::{Handover, Lease};
 pub use pages::{Gate, PageResult, PageWrite};
 pub use runs::{RunEnd, RunStart};
 pub use schema::{SchemaState, MIGRATOR};

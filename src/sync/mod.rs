@@ -30,7 +30,7 @@ use uuid::Uuid;
 use crate::config::AccountSettings;
 use crate::domain::{BoxFuture, ErrorKind, Health, Outcome, RunCounts};
 use crate::source::TrutoClient;
-use crate::store::Store;
+use crate::store::{Handover, Store};
 
 /// Knobs of one pass that do not come from the account itself.
 #[derive(Debug, Clone)]
@@ -230,8 +230,13 @@ async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
     // are still in the server's window (see docs/rate-budget.md).
     let budget = p.source.budget();
     if let Some(b) = &budget {
-        match lease.earlier_requests().await {
-            Ok(ages) => b.seed(id, &ages, Instant::now()),
+        match lease.take_window(b.instance()).await {
+            Ok(Handover::Released(ages)) => b.seed(id, &ages, Instant::now()),
+            Ok(Handover::Abandoned) => {
+                tracing::info!(parent: &span, "the account's last lease holder ended without handing on its requests; waiting out one request window for the account");
+                b.fill(id, Instant::now())
+            }
+            Ok(Handover::Nothing | Handover::Mine) => {}
             Err(e) => {
                 tracing::warn!(parent: &span, error = %e, "could not read the account's request window; the server's limit headers still pace it")
             }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::helpers::daemon::*;
 use crate::helpers::*;
 use lms_sync::devkit::simulator::RateLimit;
-use lms_sync::store::ShareHolder;
+use lms_sync::store::{Handover, ShareHolder};
 use uuid::Uuid;
 
 async fn holder(env: &Env, name: &str) -> ShareHolder {
@@ -268,4 +268,101 @@ async fn a_replica_killed_holding_its_share_starves_the_other_for_no_more_than_a
     assert_eq!(stats.rate_limited, 0, "429s: {stats:?}");
     assert!(stats.max_token_window <= per_token, "{stats:?}");
     assert_eq!(r2.terminate().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_says_who_held_the_accounts_window_before_and_what_it_left() {
+    let id = account_id(1);
+    let env = Env::new(&[(id, 10)]).await;
+    let lease = || async { env.store.try_lease(id).await.unwrap().expect("free") };
+
+    // Nobody held it.
+    let mut l = lease().await;
+    assert_eq!(l.take_window("a").await.unwrap(), Handover::Nothing);
+    l.release_with_requests(&[Duration::from_millis(300)]).await;
+    // The same process again: its own memory has those requests (counting them twice would
+    // halve its rate).
+    let mut l = lease().await;
+    assert_eq!(l.take_window("a").await.unwrap(), Handover::Mine);
+    l.release_with_requests(&[Duration::from_millis(300), Duration::from_millis(100)])
+        .await;
+    // Another process: the ages, grown by the time since the release.
+    let mut l = lease().await;
+    match l.take_window("b").await.unwrap() {
+        Handover::Released(ages) => {
+            assert_eq!(ages.len(), 2, "{ages:?}");
+            assert!(
+                ages.iter().any(|a| *a >= Duration::from_millis(300))
+                    && ages.iter().any(
+                        |a| *a >= Duration::from_millis(100) && *a < Duration::from_millis(300)
+                    ),
+                "{ages:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // b ends without handing anything on (what a kill leaves behind): whoever comes next,
+    // b itself aside, must assume a full window.
+    l.release().await;
+    let mut l = lease().await;
+    assert_eq!(l.take_window("c").await.unwrap(), Handover::Abandoned);
+    l.release_with_requests(&[]).await;
+    // Released with nothing in the window: nothing to hand on.
+    let mut l = lease().await;
+    assert_eq!(l.take_window("d").await.unwrap(), Handover::Nothing);
+    l.release_with_requests(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_holding_an_accounts_lease_leaves_a_window_the_next_one_waits_out() {
+    let id = account_id(1);
+    // 200 users in pages of 10: 20 requests, at most 10 per 2 s.
+    let env = Env::new(&[(id, 200)]).await;
+    let limit = RateLimit {
+        per_account: 10,
+        per_token: 1000,
+        window: Duration::from_secs(2),
+    };
+    env.sim.set_rate_limit(Some(limit));
+    let cfg = budget_config_with(&env, &[id], limit);
+    // A replica syncs the account and is killed with its window full of requests the server
+    // still counts, and nothing handed on.
+    let mut d = spawn(&cfg, &env.db_url);
+    d.wait_for("page committed").await;
+    d.child.start_kill().unwrap();
+    d.child.wait().await.unwrap();
+    let sent = env.sim.stats().requests;
+    assert!(sent >= 1, "the killed replica sent nothing");
+    // Its lease ends with its connection; the next process takes the account as soon as it
+    // is free.
+    wait_for_no_session(&env, "lms-sync lease").await;
+    let out = one_off_sync(&cfg, &env.db_url).output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = env.sim.stats();
+    assert_eq!(stats.rate_limited, 0, "429s: {stats:?}");
+    assert!(stats.max_account_window <= 10, "{stats:?}");
+    assert_mirror(&env.store, &env.sim, id).await;
+}
+
+/// Waits until the database has no session named `application_name` (a killed process's
+/// backends end when they notice their connection is gone).
+async fn wait_for_no_session(env: &Env, application_name: &str) {
+    for _ in 0..500 {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+        )
+        .bind(application_name)
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+        if n == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("sessions named {application_name} are still there after 5 s");
 }
