@@ -510,6 +510,17 @@ mod tests {
     }
 
     #[test]
+    fn an_abandoned_window_holds_its_account_for_one_window_and_nothing_else() {
+        let b = budget(3, 100);
+        let (a, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let at = Instant::now() + Duration::from_secs(60);
+        b.fill(a, at);
+        assert_eq!(b.try_acquire(a, at).unwrap_err(), Duration::from_secs(10));
+        assert!(b.try_acquire(other, at).is_ok(), "another account waits");
+        assert!(b.try_acquire(a, at + Duration::from_secs(10)).is_ok());
+        assert_ne!(b.instance(), budget(3, 100).instance());
+    }
+    #[test]
     fn a_pause_holds_the_account_until_it_ends() {
         let b = budget(10, 10);
         let a = Uuid::from_u128(1);
