@@ -42,7 +42,7 @@ impl Lease {
                  SELECT holder, held_since, released_at, ages_ms
                    FROM rate_account_windows WHERE integrated_account_id = $1
              ), mark AS (
-                 INSERT INTO rate_account_windows AS w (integrated_account_id, ages_ms, holder, held_since)
+                 INSERT INTO rate_account_windows (integrated_account_id, ages_ms, holder, held_since)
                  VALUES ($1, '{}', $2, now())
                  ON CONFLICT (integrated_account_id) DO UPDATE
                     SET holder = excluded.holder, held_since = excluded.held_since
