@@ -7,7 +7,7 @@
 //! A holder keeps a connection of its own: its backend pid is how the others tell it is alive
 //! (a process that dies, or loses its connection, leaves `pg_stat_activity` at once).
 
-use sqlx::{ConnectOptions, Connection, PgConnection};
+use sqlx::{Connection, PgConnection};
 
 use super::{Store, StoreError, BUDGET_APPLICATION_NAME};
 
@@ -30,12 +30,7 @@ pub struct Negotiated {
 impl Store {
     /// Joins the budget as `holder` (unique per process), on a connection of its own.
     pub async fn budget_holder(&self, holder: &str) -> Result<ShareHolder, StoreError> {
-        let conn = self
-            .opts
-            .clone()
-            .application_name(BUDGET_APPLICATION_NAME)
-            .connect()
-            .await?;
+        let conn = self.own_connection(BUDGET_APPLICATION_NAME).await?;
         Ok(ShareHolder {
             conn,
             holder: holder.to_string(),

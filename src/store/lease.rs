@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sqlx::{ConnectOptions, Connection, PgConnection};
+use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use super::{Store, StoreError, LEASE_APPLICATION_NAME};
@@ -114,12 +114,7 @@ impl Lease {
 impl Store {
     /// Tries to lease `account`; `None` when another process holds it.
     pub async fn try_lease(&self, account: Uuid) -> Result<Option<Lease>, StoreError> {
-        let mut conn = self
-            .opts
-            .clone()
-            .application_name(LEASE_APPLICATION_NAME)
-            .connect()
-            .await?;
+        let mut conn = self.own_connection(LEASE_APPLICATION_NAME).await?;
         let keys: (i32, i32) = sqlx::query_as("SELECT hashtext('lms-sync:' || $1), hashtext($2)")
             .bind(&self.schema)
             .bind(account.to_string())

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::{ConnectOptions, PgConnection, PgPool};
 
 pub use accounts::{
     retire_guard, AccountRow, Discovered, DiscoveryApplied, DiscoveryState, RetirePolicy,
@@ -173,6 +173,18 @@ impl Store {
         let store = Self::connect_lazy(url, db)?;
         sqlx::query("SELECT 1").execute(&store.pool).await?;
         Ok(store)
+    }
+
+    /// A connection outside the pool, named `application_name` in `pg_stat_activity`: for
+    /// what holds a session for long (a lease's advisory lock, the budget's negotiation) and
+    /// must not take a pooled connection from page writes.
+    async fn own_connection(&self, application_name: &str) -> Result<PgConnection, StoreError> {
+        Ok(self
+            .opts
+            .clone()
+            .application_name(application_name)
+            .connect()
+            .await?)
     }
 
     pub fn pool(&self) -> &PgPool {
