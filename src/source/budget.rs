@@ -520,6 +520,7 @@ mod tests {
         assert!(b.try_acquire(a, at + Duration::from_secs(10)).is_ok());
         assert_ne!(b.instance(), budget(3, 100).instance());
     }
+
     #[test]
     fn a_pause_holds_the_account_until_it_ends() {
         let b = budget(10, 10);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::helpers::daemon::*;
 use crate::helpers::*;
 use lms_sync::devkit::simulator::RateLimit;
-use lms_sync::store::{Handover, ShareHolder};
+use lms_sync::store::{Handover, ShareHolder, LEASE_APPLICATION_NAME};
 use uuid::Uuid;
 
 async fn holder(env: &Env, name: &str) -> ShareHolder {
@@ -127,6 +127,21 @@ fn budget_config_with(env: &Env, accounts: &[Uuid], limit: RateLimit) -> std::pa
     cfg
 }
 
+/// One account of `users` users whose window is 10 requests per 2 s, both at the simulator
+/// and in the config for the binary (pages of 10).
+async fn one_account_at_10_per_2s(users: usize) -> (Uuid, Env, std::path::PathBuf) {
+    let id = account_id(1);
+    let env = Env::new(&[(id, users)]).await;
+    let limit = RateLimit {
+        per_account: 10,
+        per_token: 1000,
+        window: Duration::from_secs(2),
+    };
+    env.sim.set_rate_limit(Some(limit));
+    let cfg = budget_config_with(&env, &[id], limit);
+    (id, env, cfg)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_and_a_one_off_sync_stay_within_both_windows_together() {
     let service: Vec<Uuid> = (1..=4).map(account_id).collect();
@@ -182,16 +197,8 @@ async fn two_replicas_and_a_one_off_sync_stay_within_both_windows_together() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accounts_window_goes_with_its_lease_to_the_next_process_that_syncs_it() {
-    let id = account_id(1);
-    // 100 users in pages of 10: one sync sends 10 requests, the whole window of 10 per 2 s.
-    let env = Env::new(&[(id, 100)]).await;
-    let limit = RateLimit {
-        per_account: 10,
-        per_token: 1000,
-        window: Duration::from_secs(2),
-    };
-    env.sim.set_rate_limit(Some(limit));
-    let cfg = budget_config_with(&env, &[id], limit);
+    // 100 users in pages of 10: one sync sends 10 requests, the whole window.
+    let (id, env, cfg) = one_account_at_10_per_2s(100).await;
     // Two processes one after the other: the second counts the first's requests, still in the
     // server's window, as its own, and waits for them instead of running into 429s.
     for _ in 0..2 {
@@ -315,16 +322,8 @@ async fn a_lease_says_who_held_the_accounts_window_before_and_what_it_left() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_killed_holding_an_accounts_lease_leaves_a_window_the_next_one_waits_out() {
-    let id = account_id(1);
-    // 200 users in pages of 10: 20 requests, at most 10 per 2 s.
-    let env = Env::new(&[(id, 200)]).await;
-    let limit = RateLimit {
-        per_account: 10,
-        per_token: 1000,
-        window: Duration::from_secs(2),
-    };
-    env.sim.set_rate_limit(Some(limit));
-    let cfg = budget_config_with(&env, &[id], limit);
+    // 200 users in pages of 10: 20 requests, two windows' worth.
+    let (id, env, cfg) = one_account_at_10_per_2s(200).await;
     // A replica syncs the account and is killed with its window full of requests the server
     // still counts, and nothing handed on.
     let mut d = spawn(&cfg, &env.db_url);
@@ -335,7 +334,7 @@ async fn a_process_killed_holding_an_accounts_lease_leaves_a_window_the_next_one
     assert!(sent >= 1, "the killed replica sent nothing");
     // Its lease ends with its connection; the next process takes the account as soon as it
     // is free.
-    wait_for_no_session(&env, "lms-sync lease").await;
+    wait_for_no_session(&env, LEASE_APPLICATION_NAME).await;
     let out = one_off_sync(&cfg, &env.db_url).output().await.unwrap();
     assert!(
         out.status.success(),

@@ -185,14 +185,10 @@ async fn many_rounds_with_faults_keep_memory_fds_and_connections_flat_and_end_ex
     // within a round or two.
     for s in &samples {
         assert!(
-            s.pool <= 10 && s.leases <= 4 && s.budget <= 1 && s.other == 0,
-            "database sessions beyond the design: {s:?} ({samples:?})"
+            s.pool <= 10 && s.leases <= 4 && s.budget == 1 && s.other == 0,
+            "database sessions beyond the design (or the budget's missing): {s:?} ({samples:?})"
         );
     }
-    assert!(
-        samples.iter().all(|s| s.budget == 1),
-        "the shared budget's session is missing or doubled: {samples:?}"
-    );
 
     // Faults off: the next run of every account ends exact.
     sim.set_random_faults(0.0, 0);
