@@ -70,7 +70,6 @@ pub async fn share_token_budget(
     budget.set_token_share(0);
     // Nothing is wanted before a request asks (then `more_wanted` wakes the loop).
     let mut want = 0;
-    let mut used = 0;
     while !cancel.is_cancelled() {
         let negotiated_at = tokio::time::Instant::now();
         if me.is_none() {
@@ -88,7 +87,11 @@ pub async fn share_token_budget(
                     limit.requests as i32,
                     limit.window.as_secs().max(1) as i32,
                     want as i32,
-                    used as i32,
+                    // Before the others may take what this round gives back: stop sending
+                    // beyond the new share and count what the old one was used for.
+                    |decided| {
+                        budget.shrink_token_share(decided.max(0) as usize, Instant::now()) as i32
+                    },
                 )
                 .await;
             match negotiated {
@@ -121,12 +124,11 @@ pub async fn share_token_budget(
             _ = short => {}
             _ = cancel.cancelled() => break,
         }
-        let demand = budget.take_demand(Instant::now());
-        used = demand.used;
-        want = wanted(limit.requests, demand);
+        want = wanted(limit.requests, budget.take_demand(Instant::now()));
     }
     if let Some(h) = me {
-        let used = budget.take_demand(Instant::now()).used;
+        // No request after this, and all sent so far stay hot for a window.
+        let used = budget.shrink_token_share(0, Instant::now());
         h.leave(TOKEN, used as i32).await;
     }
 }

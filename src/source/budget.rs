@@ -267,6 +267,20 @@ impl RateBudget {
         self.token_share.load(Ordering::Relaxed)
     }
 
+    /// Lowers this process's share to `requests` (never raises it) and returns the requests in
+    /// the token's window at `now`, in flight ones included. Both happen under the lock every
+    /// slot is taken under, so no request slips in between: the count is all the old share was
+    /// used for, and nothing beyond the new one follows.
+    pub fn shrink_token_share(&self, requests: usize, now: Instant) -> usize {
+        let mut guard = self.state.lock().expect("budget");
+        if requests < self.token_share() {
+            self.set_token_share(requests);
+        }
+        let token = &mut guard.0;
+        token.prune(now, self.widen(self.per_token).window);
+        token.starts.len()
+    }
+
     /// This process's demand since the last call (see [`Demand`]). Forgets the windows of
     /// accounts it no longer works on.
     pub fn take_demand(&self, now: Instant) -> Demand {
@@ -519,6 +533,30 @@ mod tests {
         assert!(b.try_acquire(other, at).is_ok(), "another account waits");
         assert!(b.try_acquire(a, at + Duration::from_secs(10)).is_ok());
         assert_ne!(b.instance(), budget(3, 100).instance());
+    }
+
+    #[test]
+    fn shrinking_the_share_counts_every_request_of_the_old_one_and_allows_none_beyond_the_new() {
+        let b = budget(100, 10);
+        let t0 = Instant::now();
+        // Eight requests in the window, none of them answered yet.
+        for i in 0..8 {
+            let acct = Uuid::from_u128(i);
+            b.try_acquire(acct, t0).unwrap();
+        }
+        assert_eq!(b.shrink_token_share(5, t0), 8);
+        assert_eq!(b.token_share(), 5);
+        assert!(b.try_acquire(Uuid::from_u128(99), t0).is_err());
+        // It never raises the share (a round only raises it once committed).
+        assert_eq!(b.shrink_token_share(9, t0), 8);
+        assert_eq!(b.token_share(), 5);
+        // A window later the old requests have left it and the new share is usable.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(b.shrink_token_share(5, later), 0);
+        for i in 0..5 {
+            b.try_acquire(Uuid::from_u128(100 + i), later).unwrap();
+        }
+        assert!(b.try_acquire(Uuid::from_u128(200), later).is_err());
     }
 
     #[test]

@@ -40,18 +40,22 @@ impl Store {
 }
 
 impl ShareHolder {
-    /// One round for `budget` (`limit` requests per `window_secs`), wanting `wanted`, having
-    /// sent `used` requests in the last window: gives back what is above this holder's fair part
-    /// (the limit split by what every live holder wants) — hot for a window as far as requests
-    /// were sent under it — takes what it lacks from what is neither held nor hot, and returns
-    /// the share to use.
+    /// One round for `budget` (`limit` requests per `window_secs`), wanting `wanted`: gives back
+    /// what is above this holder's fair part (the limit split by what every live holder wants) —
+    /// hot for a window as far as requests were sent under it — takes what it lacks from what is
+    /// neither held nor hot, and returns the share to use.
+    ///
+    /// `used` is called once, with the share decided, before anyone else can see what is given
+    /// back: the caller stops sending beyond that share and returns the requests in its window
+    /// *now*. Counting them any earlier would miss those sent while the round ran, which the old
+    /// share still allowed, and would hand their part to others as free.
     pub async fn negotiate(
         &mut self,
         budget: &str,
         limit: i32,
         window_secs: i32,
         wanted: i32,
-        used: i32,
+        used: impl FnOnce(i32) -> i32,
     ) -> Result<Negotiated, StoreError> {
         let mut tx = self.conn.begin().await?;
         // One negotiation at a time per budget (a transaction lock: nothing to clean up).
@@ -106,13 +110,19 @@ impl ShareHolder {
         );
         // Only the part of the given-back share that requests were sent under is still in the
         // server's window; the rest is free at once.
+        let used = used(share);
         let hot_now = (mine - share).min((used - share).max(0));
         if hot_now > 0 {
-            sqlx::query("INSERT INTO rate_share_releases (budget, released) VALUES ($1, $2)")
-                .bind(budget)
-                .bind(hot_now)
-                .execute(&mut *tx)
-                .await?;
+            // Hot from now, not from when this transaction began (`now()`): it may have waited
+            // for the lock, and requests answered meanwhile were counted by the server later.
+            sqlx::query(
+                "INSERT INTO rate_share_releases (budget, released, released_at)
+                 VALUES ($1, $2, clock_timestamp())",
+            )
+            .bind(budget)
+            .bind(hot_now)
+            .execute(&mut *tx)
+            .await?;
         }
         sqlx::query(
             "INSERT INTO rate_shares (budget, holder, share, wanted, backend_pid)

@@ -25,7 +25,7 @@ async fn shares_split_fairly_never_exceed_the_limit_and_a_dead_holders_share_ret
     let mut b = holder(&env, "b").await;
     // Alone, a gets everything it wants.
     assert_eq!(
-        a.negotiate("token", limit, window, 100, 100)
+        a.negotiate("token", limit, window, 100, |_| 100)
             .await
             .unwrap()
             .share,
@@ -34,21 +34,21 @@ async fn shares_split_fairly_never_exceed_the_limit_and_a_dead_holders_share_ret
     // b arrives: nothing is free; a gives back half at its next round, and b may take it only
     // once the requests a sent under it have left the window.
     assert_eq!(
-        b.negotiate("token", limit, window, 100, 100)
+        b.negotiate("token", limit, window, 100, |_| 100)
             .await
             .unwrap()
             .share,
         0
     );
     assert_eq!(
-        a.negotiate("token", limit, window, 100, 100)
+        a.negotiate("token", limit, window, 100, |_| 100)
             .await
             .unwrap()
             .share,
         50
     );
     assert_eq!(
-        b.negotiate("token", limit, window, 100, 100)
+        b.negotiate("token", limit, window, 100, |_| 100)
             .await
             .unwrap()
             .share,
@@ -56,7 +56,10 @@ async fn shares_split_fairly_never_exceed_the_limit_and_a_dead_holders_share_ret
     );
     let released = Instant::now();
     let b_share = loop {
-        let n = b.negotiate("token", limit, window, 100, 100).await.unwrap();
+        let n = b
+            .negotiate("token", limit, window, 100, |_| 100)
+            .await
+            .unwrap();
         if n.share > 0 || released.elapsed() > Duration::from_secs(5) {
             break n;
         }
@@ -76,7 +79,10 @@ async fn shares_split_fairly_never_exceed_the_limit_and_a_dead_holders_share_ret
     let died = Instant::now();
     let mut shares = Vec::new();
     loop {
-        let n = b.negotiate("token", limit, window, 100, 100).await.unwrap();
+        let n = b
+            .negotiate("token", limit, window, 100, |_| 100)
+            .await
+            .unwrap();
         shares.push(n.share);
         if n.share == 100 || died.elapsed() > Duration::from_secs(5) {
             break;
@@ -94,6 +100,57 @@ async fn shares_split_fairly_never_exceed_the_limit_and_a_dead_holders_share_ret
         .await;
     assert_eq!(held, 100);
     b.leave("token", 100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_sent_while_a_share_is_negotiated_keep_the_part_given_back_hot() {
+    let env = Env::new(&[]).await;
+    let (limit, window) = (100, 1);
+    let mut a = holder(&env, "a").await;
+    let mut b = holder(&env, "b").await;
+    let share = |n: lms_sync::store::Negotiated| n.share;
+    // a holds everything but has sent nothing when b arrives and asks for half.
+    assert_eq!(
+        share(
+            a.negotiate("token", limit, window, 100, |_| 0)
+                .await
+                .unwrap()
+        ),
+        100
+    );
+    assert_eq!(
+        share(
+            b.negotiate("token", limit, window, 100, |_| 0)
+                .await
+                .unwrap()
+        ),
+        0
+    );
+    // a's next round gives back half. Its requests are counted once that is decided, and by
+    // then it has sent its whole old share (a burst while the round ran): the half it gives
+    // back was used, so it must stay hot for a window.
+    let mut asked = Vec::new();
+    let n = a
+        .negotiate("token", limit, window, 100, |decided| {
+            asked.push(decided);
+            100
+        })
+        .await
+        .unwrap();
+    assert_eq!((n.share, asked), (50, vec![50]));
+    assert_eq!(
+        share(
+            b.negotiate("token", limit, window, 100, |_| 0)
+                .await
+                .unwrap()
+        ),
+        0,
+        "b took the half a had just used"
+    );
+    let hot = env
+        .scalar_i64("SELECT coalesce(sum(released), 0)::bigint FROM rate_share_releases")
+        .await;
+    assert_eq!(hot, 50);
 }
 
 /// A config for the binary with a budget of `per_token` requests per second (and 1,000 per
