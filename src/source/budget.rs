@@ -359,16 +359,15 @@ impl RateBudget {
     /// Moves a slot taken at `taken` to `answered`, when the answer came: the server counted the
     /// request somewhere in between, and under load (a busy runtime, connection set-up) that can
     /// be long after the slot was taken. Counting from the later time keeps us under the
-    /// server's window whatever the delay.
+    /// server's window whatever the delay. A request in flight for longer than a window has
+    /// had its slot pruned meanwhile; it counts again, from its answer.
     pub fn settle(&self, account: Uuid, taken: Instant, answered: Instant) {
         let mut guard = self.state.lock().expect("budget");
         let (token, accounts) = &mut *guard;
-        for w in [Some(token), accounts.get_mut(&account)]
-            .into_iter()
-            .flatten()
-        {
-            if let Some(slot) = w.starts.iter_mut().rev().find(|t| **t == taken) {
-                *slot = answered;
+        for w in [token, accounts.entry(account).or_default()] {
+            match w.starts.iter_mut().rev().find(|t| **t == taken) {
+                Some(slot) => *slot = answered,
+                None => w.starts.push_back(answered),
             }
             // Keep the window ordered, so pruning from the front stays right.
             w.starts.make_contiguous().sort_unstable();
@@ -604,6 +603,26 @@ mod tests {
             b.try_acquire(a, t0 + Duration::from_secs(10)).unwrap_err(),
             Duration::from_secs(3)
         );
+    }
+
+    #[test]
+    fn a_request_in_flight_longer_than_a_window_counts_again_from_its_answer() {
+        let b = budget(1, 1);
+        let (a, c) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let t0 = Instant::now();
+        b.try_acquire(a, t0).unwrap();
+        // Still unanswered a window later: its slot has aged out (another account's request
+        // prunes the token's window and takes the freed slot).
+        let late = t0 + Duration::from_secs(11);
+        b.try_acquire(c, late).unwrap();
+        b.settle(c, late, late);
+        b.settle(a, t0, late);
+        // The server counted a's request somewhere before `late`: a window from then, neither
+        // the account nor the token has room.
+        let then = late + Duration::from_secs(5);
+        assert_eq!(b.try_acquire(a, then).unwrap_err(), Duration::from_secs(5));
+        assert_eq!(b.shrink_token_share(1, then), 2);
+        assert!(b.try_acquire(a, late + Duration::from_secs(10)).is_ok());
     }
 
     #[test]
