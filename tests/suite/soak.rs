@@ -208,10 +208,13 @@ async fn many_rounds_with_faults_keep_memory_fds_and_connections_flat_and_end_ex
         let run_id = ev["span"]["run_id"]
             .as_i64()
             .unwrap_or_else(|| panic!("a finished run names its run_id: {ev}"));
+        let resumed = ev["fields"]["resumed"]
+            .as_bool()
+            .unwrap_or_else(|| panic!("a finished run says whether it resumed: {ev}"));
         if run_id > opened_before
+            && !resumed
             && ev["fields"]["outcome"] == "succeeded"
             && ev["fields"]["retries"] == 0
-            && ev["fields"]["resumed"] == false
         {
             clean.insert(account, true);
         }
