@@ -300,11 +300,14 @@ async fn a_replica_killed_holding_its_share_starves_the_other_for_no_more_than_a
     r1.child.start_kill().unwrap();
     let killed = Instant::now();
     r1.child.wait().await.unwrap();
-    // r2 finds r1's connection gone; r1's share is free again one window later, and r2's.
+    // r2 finds r1's connection gone at its next negotiation (every 200 ms while its requests
+    // wait); r1's share is free again one window after that, and r2's. Measured: 1.21 s, also
+    // with both cores kept busy. The bound leaves room for a late round but not for a second
+    // window, and nothing earlier than the window would be safe.
     while share_of(&r2.wait_for("request budget share").await) != per_token as i64 {}
     let starved = killed.elapsed();
     assert!(
-        starved >= Duration::from_millis(900) && starved < Duration::from_millis(2_500),
+        starved >= Duration::from_millis(900) && starved < Duration::from_millis(1_600),
         "the dead replica's share came back after {starved:?}"
     );
     // Ops see it too: the whole budget, one holder.
