@@ -65,6 +65,11 @@ pub async fn share_token_budget(
     let holder = holder_name();
     let limit = budget.token_limit();
     let period = (limit.window / 4).max(Duration::from_millis(250));
+    // Each round renews the share for a period and a half: the next round comes a period later
+    // (sooner when requests wait), with room for a slow one. A process that cannot renew stops
+    // sending when the lease runs out, which is as long as the others, finding its connection
+    // gone, treat its share as its own (see `docs/rate-budget.md`).
+    let lease = period + period / 2;
     let mut me = None;
     // Until the first negotiation, nothing: another process may hold the whole budget.
     budget.set_token_share(0);
@@ -73,7 +78,7 @@ pub async fn share_token_budget(
     while !cancel.is_cancelled() {
         let negotiated_at = tokio::time::Instant::now();
         if me.is_none() {
-            match store.budget_holder(&holder).await {
+            match store.budget_holder(&holder, lease).await {
                 Ok(h) => me = Some(h),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot join the shared request budget; no requests until it can")
@@ -81,8 +86,14 @@ pub async fn share_token_budget(
             }
         }
         if let Some(h) = me.as_mut() {
-            let negotiated = h
-                .negotiate(
+            // The lease counts from before the round: the database's, from the start of its
+            // transaction, ends no earlier.
+            let started = Instant::now();
+            let negotiated: Result<_, String> = tokio::time::timeout(
+                // A round takes milliseconds; one that hangs (a connection dead without a word)
+                // is given up, and the next one starts on a new connection.
+                limit.window,
+                h.negotiate(
                     TOKEN,
                     limit.requests as i32,
                     limit.window.as_secs().max(1) as i32,
@@ -92,12 +103,17 @@ pub async fn share_token_budget(
                     |decided| {
                         budget.shrink_token_share(decided.max(0) as usize, Instant::now()) as i32
                     },
-                )
-                .await;
+                ),
+            )
+            .await
+            .map_or_else(
+                |_| Err(format!("no answer within {:?}", limit.window)),
+                |r| r.map_err(|e| e.to_string()),
+            );
             match negotiated {
                 Ok(n) => {
                     let before = budget.token_share();
-                    budget.set_token_share(n.share.max(0) as usize);
+                    budget.set_token_share_until(n.share.max(0) as usize, started + lease);
                     report(budget.token_share(), want, Some(n.holders));
                     if budget.token_share() != before {
                         tracing::debug!(

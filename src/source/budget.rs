@@ -126,6 +126,11 @@ pub struct RateBudget {
     /// This process's share of the token's window when processes share it through the
     /// database (see `service::budget`); the whole `per_token` otherwise.
     token_share: AtomicUsize,
+    /// Until when the share may be used: a shared budget's share is leased, and a process
+    /// that cannot renew it (it lost the database, its negotiation hangs) stops sending when
+    /// the lease runs out, because the others treat its share as its own only until then (see
+    /// `docs/rate-budget.md`). `None`: not leased (a budget this process has to itself).
+    share_lease: Mutex<Option<Instant>>,
     /// A request had to wait for the token's window since the last
     /// [`RateBudget::take_demand`].
     token_waited: AtomicBool,
@@ -175,6 +180,7 @@ impl RateBudget {
     pub fn new(per_account: Limit, per_token: Limit) -> RateBudget {
         RateBudget {
             token_share: AtomicUsize::new(per_token.requests),
+            share_lease: Mutex::new(None),
             token_waited: AtomicBool::new(false),
             more_wanted: Notify::new(),
             per_account,
@@ -209,10 +215,18 @@ impl RateBudget {
     pub fn try_acquire(&self, account: Uuid, now: Instant) -> Result<(), Duration> {
         let mut guard = self.state.lock().expect("budget");
         let (token, accounts) = &mut *guard;
-        let share = self
-            .token_share
-            .load(Ordering::Relaxed)
-            .min(self.per_token.requests);
+        let leased = self
+            .share_lease
+            .lock()
+            .expect("lease")
+            .is_none_or(|until| now < until);
+        let share = if leased {
+            self.token_share
+                .load(Ordering::Relaxed)
+                .min(self.per_token.requests)
+        } else {
+            0
+        };
         token.prune(now, self.widen(self.per_token).window);
         let token_wait = if share == 0 {
             SHARE_WAIT
@@ -261,6 +275,14 @@ impl RateBudget {
     pub fn set_token_share(&self, requests: usize) {
         self.token_share
             .store(requests.min(self.per_token.requests), Ordering::Relaxed);
+    }
+
+    /// Sets this process's share of the token's window, usable until `until` (a lease the
+    /// next negotiation renews); at `until` it counts as 0.
+    pub fn set_token_share_until(&self, requests: usize, until: Instant) {
+        let mut lease = self.share_lease.lock().expect("lease");
+        self.set_token_share(requests);
+        *lease = Some(until);
     }
 
     pub fn token_share(&self) -> usize {
@@ -532,6 +554,29 @@ mod tests {
         assert!(b.try_acquire(other, at).is_ok(), "another account waits");
         assert!(b.try_acquire(a, at + Duration::from_secs(10)).is_ok());
         assert_ne!(b.instance(), budget(3, 100).instance());
+    }
+
+    #[test]
+    fn a_share_whose_lease_ran_out_sends_nothing_and_asks_again_until_renewed() {
+        let b = budget(100, 10);
+        let (a, t0) = (Uuid::from_u128(1), Instant::now());
+        let lease = t0 + Duration::from_millis(375);
+        b.set_token_share_until(5, lease);
+        assert!(b.try_acquire(a, t0).is_ok());
+        assert!(b.try_acquire(a, lease - Duration::from_millis(1)).is_ok());
+        // Not renewed: nothing more, however empty the window, and the negotiation is woken.
+        b.take_demand(lease);
+        assert_eq!(b.try_acquire(a, lease).unwrap_err(), SHARE_WAIT);
+        assert!(b.take_demand(lease).token_waited);
+        assert_eq!(
+            b.try_acquire(a, lease + Duration::from_secs(60))
+                .unwrap_err(),
+            SHARE_WAIT
+        );
+        // Renewed: the share is usable again.
+        let later = lease + Duration::from_secs(60);
+        b.set_token_share_until(5, later + Duration::from_millis(375));
+        assert!(b.try_acquire(a, later).is_ok());
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! The token's request budget shared by every process on one database (see
 //! `docs/rate-budget.md`): each process holds a share of the window, negotiated here a few
-//! times per window — never per request. A share given back, and the share of a process that
-//! died, stay "hot" for one window (the requests sent under them are still in the server's
-//! window) before anyone else may take them.
+//! times per window — never per request. A share given back stays "hot" for one window (the
+//! requests sent under it are still in the server's window) before anyone else may take it.
 //!
 //! A holder keeps a connection of its own: its backend pid is how the others tell it is alive
-//! (a process that dies, or loses its connection, leaves `pg_stat_activity` at once).
+//! (a process that dies, or loses its connection, leaves `pg_stat_activity` at once). Its share
+//! is leased (`good_until`): the process sends under it only until then unless a round renews
+//! it. So the share of a holder whose connection is gone stays hot for one window from the end
+//! of its lease — it may be alive and not know yet — or from when it was found gone, if later.
+
+use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
 
@@ -16,6 +20,10 @@ pub struct ShareHolder {
     conn: PgConnection,
     holder: String,
     schema: String,
+    /// How long each share it is given stays good without a renewal (the process stops
+    /// sending under it then): what the others wait for, besides a window, when its connection
+    /// is gone.
+    lease: Duration,
 }
 
 /// What one negotiation decided.
@@ -28,13 +36,20 @@ pub struct Negotiated {
 }
 
 impl Store {
-    /// Joins the budget as `holder` (unique per process), on a connection of its own.
-    pub async fn budget_holder(&self, holder: &str) -> Result<ShareHolder, StoreError> {
+    /// Joins the budget as `holder` (unique per process), on a connection of its own. Each
+    /// share it is given is good for `lease` from the start of the negotiation that gave it:
+    /// the process must stop sending under it then unless a later one renewed it.
+    pub async fn budget_holder(
+        &self,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<ShareHolder, StoreError> {
         let conn = self.own_connection(BUDGET_APPLICATION_NAME).await?;
         Ok(ShareHolder {
             conn,
             holder: holder.to_string(),
             schema: self.schema.clone(),
+            lease,
         })
     }
 }
@@ -66,15 +81,18 @@ impl ShareHolder {
         .bind(budget)
         .execute(&mut *tx)
         .await?;
-        // Holders whose connection is gone died: their share is hot for one window.
+        // Holders whose connection is gone: their share is hot for one window from when it was
+        // last sent under — now if the process died; at the end of its lease if it is alive
+        // (the database restarted, or dropped its connection) and has not noticed yet.
         sqlx::query(
             "WITH dead AS (
                  DELETE FROM rate_shares s
                   WHERE s.budget = $1 AND s.holder <> $2
                     AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = s.backend_pid)
-              RETURNING s.share)
-             INSERT INTO rate_share_releases (budget, released)
-             SELECT $1, share FROM dead WHERE share > 0",
+              RETURNING s.share, s.good_until)
+             INSERT INTO rate_share_releases (budget, released, released_at)
+             SELECT $1, share, greatest(now(), coalesce(good_until, now())) FROM dead
+              WHERE share > 0",
         )
         .bind(budget)
         .bind(&self.holder)
@@ -125,16 +143,18 @@ impl ShareHolder {
             .await?;
         }
         sqlx::query(
-            "INSERT INTO rate_shares (budget, holder, share, wanted, backend_pid)
-             VALUES ($1, $2, $3, $4, pg_backend_pid())
+            "INSERT INTO rate_shares (budget, holder, share, wanted, backend_pid, good_until)
+             VALUES ($1, $2, $3, $4, pg_backend_pid(), now() + make_interval(secs => $5))
              ON CONFLICT (budget, holder) DO UPDATE
                 SET share = excluded.share, wanted = excluded.wanted,
-                    backend_pid = excluded.backend_pid, renewed_at = now()",
+                    backend_pid = excluded.backend_pid, renewed_at = now(),
+                    good_until = excluded.good_until",
         )
         .bind(budget)
         .bind(&self.holder)
         .bind(share)
         .bind(wanted)
+        .bind(self.lease.as_secs_f64())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
