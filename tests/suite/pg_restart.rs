@@ -1,17 +1,22 @@
-//! PostgreSQL stopped and started again in the middle of a run. These tests restart the server,
-//! so each starts a private throwaway cluster instead of the shared one.
+//! PostgreSQL stopped and started again in the middle of a run, and under two replicas sharing
+//! the request budget. These tests restart the server, so each starts a private throwaway
+//! cluster instead of the shared one.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::budget::budget_config_with;
+use crate::helpers::daemon::*;
 use crate::helpers::*;
 use lms_sync::config::AccountSettings;
 use lms_sync::devkit::pg::TempPostgres;
+use lms_sync::devkit::simulator::RateLimit;
 use lms_sync::domain::{Outcome, RunCounts};
 use lms_sync::store::Store;
 use lms_sync::sync::{PassStatus, Progress};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 struct Pages(mpsc::UnboundedSender<u64>);
 
@@ -21,23 +26,20 @@ impl Progress for Pages {
     }
 }
 
-/// Syncs a 2,000-user account and, once 3 or more pages are committed, restarts PostgreSQL (a clean
-/// stop, or a crash) while the pass goes on. Returns the outcome and the env.
-async fn sync_across_a_restart(
-    crash: bool,
-) -> (lms_sync::sync::SyncOutcome, Env, Arc<TempPostgres>) {
+/// A private cluster with a migrated database `mirror`, and a simulator with `accounts`.
+async fn private_env(accounts: &[(Uuid, usize)]) -> (Env, Arc<TempPostgres>) {
     let pg = Arc::new(
         tokio::task::spawn_blocking(TempPostgres::start)
             .await
             .unwrap()
             .unwrap(),
     );
-    let a = account_id(1);
     let sim = lms_sync::devkit::simulator::Simulator::start(0)
         .await
         .unwrap();
-    sim.add_account(a, 2000, 1);
-    sim.set_latency(Duration::from_millis(10));
+    for (i, (id, users)) in accounts.iter().enumerate() {
+        sim.add_account(*id, *users, 1 + i as u64);
+    }
     let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url("postgres"))
         .await
         .unwrap();
@@ -47,7 +49,8 @@ async fn sync_across_a_restart(
         .unwrap();
     drop(admin);
     let db_url = pg.url("mirror");
-    let mut settings = settings_for(&sim, &db_url, &[a]);
+    let ids: Vec<Uuid> = accounts.iter().map(|(id, _)| *id).collect();
+    let mut settings = settings_for(&sim, &db_url, &ids);
     settings.sync.db_max_attempts = 12;
     let store = Store::connect(settings.database.url.as_ref().unwrap(), &settings.database)
         .await
@@ -59,6 +62,17 @@ async fn sync_across_a_restart(
         settings,
         db_url,
     };
+    (env, pg)
+}
+
+/// Syncs a 2,000-user account and, once 3 or more pages are committed, restarts PostgreSQL (a clean
+/// stop, or a crash) while the pass goes on. Returns the outcome and the env.
+async fn sync_across_a_restart(
+    crash: bool,
+) -> (lms_sync::sync::SyncOutcome, Env, Arc<TempPostgres>) {
+    let a = account_id(1);
+    let (env, pg) = private_env(&[(a, 2000)]).await;
+    env.sim.set_latency(Duration::from_millis(10));
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let pg2 = pg.clone();
@@ -120,4 +134,78 @@ async fn a_postgres_crash_mid_run_loses_nothing_committed() {
     let again = env.sync(account_id(1)).await;
     assert!(again.succeeded());
     assert_eq!(again.counts.unchanged, 2000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_the_budget_stay_within_its_window_across_a_postgres_restart() {
+    // Two replicas, each listing an account of 150 pages, share 40 requests a second. The
+    // server restarts while both hold a share: every holder's connection goes at once, each
+    // finds out at its own next round, and none may take another's share before that one's
+    // lease and a window are over.
+    let (a, b) = (account_id(1), account_id(2));
+    let (env, pg) = private_env(&[(a, 1500), (b, 1500)]).await;
+    let (per_account, per_token) = (1000, 40);
+    let limit = RateLimit {
+        per_account,
+        per_token,
+        window: Duration::from_secs(1),
+    };
+    env.sim.set_rate_limit(Some(limit));
+    let config = |id: Uuid| {
+        let cfg = budget_config_with(&env, &[id], limit);
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("[sync]\n", "[sync]\ndb_max_attempts = 30\n");
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let share_of = |ev: &serde_json::Value| ev["fields"]["share"].as_i64().unwrap_or(-1);
+    let mut r1 = spawn(&config(a), &env.db_url);
+    while share_of(&r1.wait_for("request budget share").await) != per_token as i64 {}
+    let mut r2 = spawn(&config(b), &env.db_url);
+    while share_of(&r2.wait_for("request budget share").await) <= 0 {}
+
+    let before = env.sim.stats().requests;
+    let server = pg.clone();
+    tokio::task::spawn_blocking(move || {
+        let pg = server;
+        pg.stop().unwrap();
+        pg.start_again().unwrap();
+    })
+    .await
+    .unwrap();
+
+    // Each replica lost its share and found it again, and both accounts end synced.
+    let mut done = Vec::new();
+    let waiting = async {
+        for r in [&mut r1, &mut r2] {
+            r.wait_for("lost the shared request budget; no requests until it is back")
+                .await;
+            loop {
+                let ev = r.wait_for("sync run finished").await;
+                if ev["fields"]["outcome"] == "succeeded" {
+                    done.push(ev["span"]["account"].to_string());
+                    break;
+                }
+            }
+        }
+    };
+    // A replica that never recovers still logs (retries), so bound the whole wait.
+    tokio::time::timeout(Duration::from_secs(120), waiting)
+        .await
+        .expect("both replicas recovered and finished within 2 minutes");
+    assert_eq!(done.len(), 2);
+    assert_eq!(r1.terminate().await, 0);
+    assert_eq!(r2.terminate().await, 0);
+
+    let stats = env.sim.stats();
+    assert!(
+        stats.requests > before,
+        "nothing was sent after the restart"
+    );
+    assert_eq!(stats.rate_limited, 0, "429s: {stats:?}");
+    assert!(stats.max_token_window <= per_token, "{stats:?}");
+    for id in [a, b] {
+        assert_mirror(&env.store, &env.sim, id).await;
+    }
 }
