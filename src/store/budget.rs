@@ -44,7 +44,17 @@ impl Store {
         holder: &str,
         lease: Duration,
     ) -> Result<ShareHolder, StoreError> {
-        let conn = self.own_connection(BUDGET_APPLICATION_NAME).await?;
+        let mut conn = self.own_connection(BUDGET_APPLICATION_NAME).await?;
+        // A holder stalled inside a round (a frozen process, a paused VM, a partition) would
+        // hold the round's lock, and with it every other process's budget, until it woke or
+        // TCP gave up: the server ends such a transaction, and the session, after a lease (at
+        // least a second). The holder's share then counts as found gone.
+        let idle_ms = lease.max(Duration::from_secs(1)).as_millis();
+        sqlx::query(&format!(
+            "SET idle_in_transaction_session_timeout = {idle_ms}"
+        ))
+        .execute(&mut conn)
+        .await?;
         Ok(ShareHolder {
             conn,
             holder: holder.to_string(),

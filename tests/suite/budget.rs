@@ -157,6 +157,54 @@ async fn a_holder_whose_connection_is_dropped_keeps_its_share_hot_until_its_leas
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_stalled_inside_a_round_holds_up_the_others_for_a_second_not_until_it_wakes() {
+    let env = Env::new(&[]).await;
+    let (limit, window) = (100, 1);
+    let mut b = holder(&env, "b").await;
+    // a freezes halfway through its second round, holding the round's lock. The stall is the
+    // fault injected, on a thread and runtime of a's own, as a stopped process would be.
+    let (inside, stalled) = tokio::sync::oneshot::channel();
+    let store = env.store.clone();
+    let a_round = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut a = store.budget_holder("a", Duration::ZERO).await.unwrap();
+            a.negotiate("token", limit, window, 50, |_| 0)
+                .await
+                .unwrap();
+            a.negotiate("token", limit, window, 50, |_| {
+                inside.send(()).unwrap();
+                std::thread::sleep(Duration::from_secs(4));
+                0
+            })
+            .await
+            .is_err()
+        })
+    });
+    stalled.await.unwrap();
+    // b's round waits for the lock only until the server ends a's transaction (1 s idle).
+    let started = Instant::now();
+    let n = b
+        .negotiate("token", limit, window, 50, |_| 0)
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(2_500),
+        "b waited {waited:?} for a stalled holder"
+    );
+    assert_eq!(n.share, 50);
+    // a, once awake, finds its round undone: it must not send under what it thought it got.
+    let undone = tokio::task::spawn_blocking(|| a_round.join().unwrap())
+        .await
+        .unwrap();
+    assert!(undone);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_sent_while_a_share_is_negotiated_keep_the_part_given_back_hot() {
     let env = Env::new(&[]).await;
     let (limit, window) = (100, 1);
