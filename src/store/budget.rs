@@ -98,7 +98,10 @@ impl ShareHolder {
             "WITH dead AS (
                  DELETE FROM rate_shares s
                   WHERE s.budget = $1 AND s.holder <> $2
-                    AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = s.backend_pid)
+                    -- Its backend, not a later one that got the same pid (after a restart,
+                    -- or once pids wrap): that one started after the holder's last round.
+                    AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                                     WHERE a.pid = s.backend_pid AND a.backend_start <= s.renewed_at)
               RETURNING s.share, s.good_until)
              INSERT INTO rate_share_releases (budget, released, released_at)
              SELECT $1, share, greatest(now(), coalesce(good_until, now())) FROM dead

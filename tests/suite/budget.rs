@@ -157,6 +157,36 @@ async fn a_holder_whose_connection_is_dropped_keeps_its_share_hot_until_its_leas
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_backend_with_a_gone_holders_pid_does_not_keep_it_alive() {
+    let env = Env::new(&[]).await;
+    let (limit, window) = (100, 1);
+    let mut a = holder(&env, "a").await;
+    let mut b = holder(&env, "b").await;
+    b.negotiate("token", limit, window, 100, |_| 0)
+        .await
+        .unwrap();
+    // b's row as a restart leaves it when a new backend gets b's old pid: that backend started
+    // after b's last round. Its share must count as gone (hot), not be held for ever.
+    let moved = env
+        .scalar_i64(
+            "WITH m AS (UPDATE rate_shares SET renewed_at = now() - interval '1 hour'
+                         WHERE holder = 'b' RETURNING 1)
+             SELECT count(*) FROM m",
+        )
+        .await;
+    assert_eq!(moved, 1);
+    let n = a
+        .negotiate("token", limit, window, 100, |_| 0)
+        .await
+        .unwrap();
+    assert_eq!((n.share, n.holders), (0, 1));
+    let hot = env
+        .scalar_i64("SELECT coalesce(sum(released), 0)::bigint FROM rate_share_releases")
+        .await;
+    assert_eq!(hot, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_stalled_inside_a_round_holds_up_the_others_for_a_second_not_until_it_wakes() {
     let env = Env::new(&[]).await;
     let (limit, window) = (100, 1);
