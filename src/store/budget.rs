@@ -94,6 +94,7 @@ impl ShareHolder {
         // Holders whose connection is gone: their share is hot for one window from when it was
         // last sent under — now if the process died; at the end of its lease if it is alive
         // (the database restarted, or dropped its connection) and has not noticed yet.
+        // `greatest` skips a NULL `good_until` (a row of a binary older than 0015).
         sqlx::query(
             "WITH dead AS (
                  DELETE FROM rate_shares s
@@ -104,7 +105,7 @@ impl ShareHolder {
                                      WHERE a.pid = s.backend_pid AND a.backend_start <= s.renewed_at)
               RETURNING s.share, s.good_until)
              INSERT INTO rate_share_releases (budget, released, released_at)
-             SELECT $1, share, greatest(now(), coalesce(good_until, now())) FROM dead
+             SELECT $1, share, greatest(now(), good_until) FROM dead
               WHERE share > 0",
         )
         .bind(budget)
