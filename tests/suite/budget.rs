@@ -420,9 +420,8 @@ async fn a_replica_killed_holding_its_share_starves_the_other_for_no_more_than_a
         per_token,
         window: Duration::from_secs(1),
     }));
-    let share_of = |ev: &serde_json::Value| ev["fields"]["share"].as_i64().unwrap_or(-1);
     let mut r1 = spawn(&budget_config(&env, &[a], per_token), &env.db_url);
-    while share_of(&r1.wait_for("request budget share").await) != per_token as i64 {}
+    while r1.next_budget_share().await != per_token as i64 {}
     let mut r2 = spawn(&budget_config(&env, &[b], per_token), &env.db_url);
     let ops = r2
         .wait_for("operations server listening (/healthz, /readyz, /metrics)")
@@ -431,7 +430,7 @@ async fn a_replica_killed_holding_its_share_starves_the_other_for_no_more_than_a
         .unwrap()
         .to_string();
     // r1 gives back half, hot for a window; then r2 has it.
-    while share_of(&r2.wait_for("request budget share").await) <= 0 {}
+    while r2.next_budget_share().await <= 0 {}
 
     r1.child.start_kill().unwrap();
     let killed = Instant::now();
@@ -442,7 +441,7 @@ async fn a_replica_killed_holding_its_share_starves_the_other_for_no_more_than_a
     // window after that, and r2's. Measured: 1.41 s in every run. The bound leaves room for a
     // late round but not for a second window, and nothing earlier than the window would be
     // safe.
-    while share_of(&r2.wait_for("request budget share").await) != per_token as i64 {}
+    while r2.next_budget_share().await != per_token as i64 {}
     let starved = killed.elapsed();
     assert!(
         starved >= Duration::from_millis(900) && starved < Duration::from_millis(1_750),

@@ -159,11 +159,10 @@ async fn replicas_sharing_the_budget_stay_within_its_window_across_a_postgres_re
         std::fs::write(&cfg, text).unwrap();
         cfg
     };
-    let share_of = |ev: &serde_json::Value| ev["fields"]["share"].as_i64().unwrap_or(-1);
     let mut r1 = spawn(&config(a), &env.db_url);
-    while share_of(&r1.wait_for("request budget share").await) != per_token as i64 {}
+    while r1.next_budget_share().await != per_token as i64 {}
     let mut r2 = spawn(&config(b), &env.db_url);
-    while share_of(&r2.wait_for("request budget share").await) <= 0 {}
+    while r2.next_budget_share().await <= 0 {}
 
     let before = env.sim.stats().requests;
     let server = pg.clone();

@@ -94,6 +94,14 @@ impl Daemon {
         }
     }
 
+    /// The share of the token's budget the next negotiation that changed it gave (-1 if the
+    /// event carries none).
+    pub async fn next_budget_share(&mut self) -> i64 {
+        self.wait_for("request budget share").await["fields"]["share"]
+            .as_i64()
+            .unwrap_or(-1)
+    }
+
     pub async fn terminate(mut self) -> i32 {
         let pid = self.child.id().expect("running").to_string();
         let status = Command::new("kill")
