@@ -4,7 +4,7 @@
 //! request.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -114,6 +114,33 @@ impl Window {
     }
 }
 
+/// Everything a slot is decided on, under one lock: the token's window, each account's, and
+/// this process's share of the token's window with its lease.
+#[derive(Debug)]
+struct Windows {
+    token: Window,
+    accounts: HashMap<Uuid, Window>,
+    /// This process's share of the token's window when processes share it through the
+    /// database (see `service::budget`); the whole `per_token` otherwise.
+    share: usize,
+    /// Until when the share may be used: a shared budget's share is leased, and a process
+    /// that cannot renew it (it lost the database, its negotiation hangs) stops sending when
+    /// the lease runs out, because the others treat its share as its own only until then (see
+    /// `docs/rate-budget.md`). `None`: not leased (a budget this process has to itself).
+    lease: Option<Instant>,
+}
+
+impl Windows {
+    /// The share usable at `now`: none once its lease has run out.
+    fn share_at(&self, now: Instant) -> usize {
+        if self.lease.is_none_or(|until| now < until) {
+            self.share
+        } else {
+            0
+        }
+    }
+}
+
 /// Budgets shared by every account that uses one token.
 #[derive(Debug)]
 pub struct RateBudget {
@@ -122,15 +149,7 @@ pub struct RateBudget {
     /// Added to each window for clock granularity; the real safety is [`RateBudget::settle`],
     /// which counts each request from when its answer came.
     margin: Duration,
-    state: Mutex<(Window, HashMap<Uuid, Window>)>,
-    /// This process's share of the token's window when processes share it through the
-    /// database (see `service::budget`); the whole `per_token` otherwise.
-    token_share: AtomicUsize,
-    /// Until when the share may be used: a shared budget's share is leased, and a process
-    /// that cannot renew it (it lost the database, its negotiation hangs) stops sending when
-    /// the lease runs out, because the others treat its share as its own only until then (see
-    /// `docs/rate-budget.md`). `None`: not leased (a budget this process has to itself).
-    share_lease: Mutex<Option<Instant>>,
+    state: Mutex<Windows>,
     /// A request had to wait for the token's window since the last
     /// [`RateBudget::take_demand`].
     token_waited: AtomicBool,
@@ -179,14 +198,17 @@ impl RateBudget {
 
     pub fn new(per_account: Limit, per_token: Limit) -> RateBudget {
         RateBudget {
-            token_share: AtomicUsize::new(per_token.requests),
-            share_lease: Mutex::new(None),
             token_waited: AtomicBool::new(false),
             more_wanted: Notify::new(),
             per_account,
             per_token,
             margin: Duration::from_millis(20),
-            state: Mutex::new((Window::default(), HashMap::new())),
+            state: Mutex::new(Windows {
+                token: Window::default(),
+                accounts: HashMap::new(),
+                share: per_token.requests,
+                lease: None,
+            }),
             instance: Uuid::new_v4().simple().to_string(),
         }
     }
@@ -214,19 +236,10 @@ impl RateBudget {
     /// to wait. Never takes a slot in one budget while waiting on the other.
     pub fn try_acquire(&self, account: Uuid, now: Instant) -> Result<(), Duration> {
         let mut guard = self.state.lock().expect("budget");
-        let (token, accounts) = &mut *guard;
-        let leased = self
-            .share_lease
-            .lock()
-            .expect("lease")
-            .is_none_or(|until| now < until);
-        let share = if leased {
-            self.token_share
-                .load(Ordering::Relaxed)
-                .min(self.per_token.requests)
-        } else {
-            0
-        };
+        let share = guard.share_at(now);
+        let Windows {
+            token, accounts, ..
+        } = &mut *guard;
         token.prune(now, self.widen(self.per_token).window);
         let token_wait = if share == 0 {
             SHARE_WAIT
@@ -273,20 +286,20 @@ impl RateBudget {
 
     /// Sets this process's share of the token's window (at most the whole budget).
     pub fn set_token_share(&self, requests: usize) {
-        self.token_share
-            .store(requests.min(self.per_token.requests), Ordering::Relaxed);
+        self.state.lock().expect("budget").share = requests.min(self.per_token.requests);
     }
 
     /// Sets this process's share of the token's window, usable until `until` (a lease the
     /// next negotiation renews); at `until` it counts as 0.
     pub fn set_token_share_until(&self, requests: usize, until: Instant) {
-        let mut lease = self.share_lease.lock().expect("lease");
-        self.set_token_share(requests);
-        *lease = Some(until);
+        let mut guard = self.state.lock().expect("budget");
+        guard.share = requests.min(self.per_token.requests);
+        guard.lease = Some(until);
     }
 
+    /// This process's share of the token's window (as last set; its lease aside).
     pub fn token_share(&self) -> usize {
-        self.token_share.load(Ordering::Relaxed)
+        self.state.lock().expect("budget").share
     }
 
     /// Lowers this process's share to `requests` (never raises it) and returns the requests in
@@ -295,10 +308,8 @@ impl RateBudget {
     /// used for, and nothing beyond the new one follows.
     pub fn shrink_token_share(&self, requests: usize, now: Instant) -> usize {
         let mut guard = self.state.lock().expect("budget");
-        if requests < self.token_share() {
-            self.set_token_share(requests);
-        }
-        let token = &mut guard.0;
+        guard.share = guard.share.min(requests);
+        let token = &mut guard.token;
         token.prune(now, self.widen(self.per_token).window);
         token.starts.len()
     }
@@ -307,7 +318,9 @@ impl RateBudget {
     /// accounts it no longer works on.
     pub fn take_demand(&self, now: Instant) -> Demand {
         let mut guard = self.state.lock().expect("budget");
-        let (token, accounts) = &mut *guard;
+        let Windows {
+            token, accounts, ..
+        } = &mut *guard;
         token.prune(now, self.widen(self.per_token).window);
         let ours = self.widen(self.per_account);
         let mut capacity = 0;
@@ -331,7 +344,7 @@ impl RateBudget {
     /// to hand on with its lease.
     pub fn recent(&self, account: Uuid, now: Instant) -> Vec<Duration> {
         let mut guard = self.state.lock().expect("budget");
-        let Some(w) = guard.1.get_mut(&account) else {
+        let Some(w) = guard.accounts.get_mut(&account) else {
             return Vec::new();
         };
         w.prune(now, self.kept_for(w));
@@ -353,7 +366,7 @@ impl RateBudget {
     /// window, as if this one had sent them.
     pub fn seed(&self, account: Uuid, ages: &[Duration], now: Instant) {
         let mut guard = self.state.lock().expect("budget");
-        let w = guard.1.entry(account).or_default();
+        let w = guard.accounts.entry(account).or_default();
         w.starts
             .extend(ages.iter().filter_map(|a| now.checked_sub(*a)));
         w.starts.make_contiguous().sort_unstable();
@@ -385,7 +398,9 @@ impl RateBudget {
     /// had its slot pruned meanwhile; it counts again, from its answer.
     pub fn settle(&self, account: Uuid, taken: Instant, answered: Instant) {
         let mut guard = self.state.lock().expect("budget");
-        let (token, accounts) = &mut *guard;
+        let Windows {
+            token, accounts, ..
+        } = &mut *guard;
         for w in [token, accounts.entry(account).or_default()] {
             match w.starts.iter_mut().rev().find(|t| **t == taken) {
                 Some(slot) => *slot = answered,
@@ -403,7 +418,7 @@ impl RateBudget {
     pub fn observe(&self, account: Uuid, report: RateReport, now: Instant) {
         let limit = report.limit.filter(|l| l.requests > 0);
         let mut guard = self.state.lock().expect("budget");
-        let w = guard.1.entry(account).or_default();
+        let w = guard.accounts.entry(account).or_default();
         if limit.is_some() {
             w.vendor = limit;
         }
@@ -423,7 +438,11 @@ impl RateBudget {
     /// No request for `account` for `d` (after a 429 with a hint, or an exhausted window).
     pub fn pause(&self, account: Uuid, d: Duration, now: Instant) {
         let mut guard = self.state.lock().expect("budget");
-        guard.1.entry(account).or_default().pause_until(now + d);
+        guard
+            .accounts
+            .entry(account)
+            .or_default()
+            .pause_until(now + d);
     }
 }
 
