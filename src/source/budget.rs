@@ -213,6 +213,22 @@ impl RateBudget {
         }
     }
 
+    /// How often a pass checks that it still holds its account's lease, and how long one check
+    /// may take at most half of: a pass that lost its lease (its connection ended, say in a
+    /// database restart, and another process may take the account) stops sending within a
+    /// period and a half.
+    pub fn lease_check_period(&self) -> Duration {
+        (self.per_account.window / 4).max(Duration::from_millis(250))
+    }
+
+    /// How long an account waits before its first request when its last holder ended without
+    /// handing on its window (killed, or lost its lease's connection): what it sent stays in
+    /// the server's window for a window, and a holder that lost the lease without dying goes on
+    /// sending for up to a lease check and a half.
+    pub fn abandoned_wait(&self) -> Duration {
+        self.per_account.window + self.lease_check_period() * 3 / 2
+    }
+
     /// This budget's name where account windows are handed on (unique per process).
     pub fn instance(&self) -> &str {
         &self.instance
@@ -354,12 +370,11 @@ impl RateBudget {
             .collect()
     }
 
-    /// Counts `account`'s window as full at `now`: another process held it and died without
-    /// saying what it sent, so up to a whole window of its requests may still count at the
-    /// server. The account waits one window; nothing else does.
-    pub fn fill(&self, account: Uuid, now: Instant) {
-        let ages = vec![Duration::ZERO; self.per_account.requests];
-        self.seed(account, &ages, now);
+    /// Holds `account` for [`RateBudget::abandoned_wait`] from `now`: another process held it
+    /// and ended without saying what it sent, so up to a whole window of its requests may still
+    /// count at the server, and it may not have stopped yet. Nothing else waits.
+    pub fn wait_out_abandoned(&self, account: Uuid, now: Instant) {
+        self.pause(account, self.abandoned_wait(), now);
     }
 
     /// Counts requests another process sent for `account` (their ages as of `now`) in its
@@ -564,14 +579,21 @@ mod tests {
     }
 
     #[test]
-    fn an_abandoned_window_holds_its_account_for_one_window_and_nothing_else() {
+    fn an_abandoned_window_holds_its_account_for_a_window_and_a_lease_check_and_nothing_else() {
         let b = budget(3, 100);
         let (a, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let at = Instant::now() + Duration::from_secs(60);
-        b.fill(a, at);
-        assert_eq!(b.try_acquire(a, at).unwrap_err(), Duration::from_secs(10));
+        b.wait_out_abandoned(a, at);
+        // The window (10 s) and a lease check and a half (2.5 s × 1.5).
+        assert_eq!(
+            b.try_acquire(a, at).unwrap_err(),
+            Duration::from_millis(13_750)
+        );
         assert!(b.try_acquire(other, at).is_ok(), "another account waits");
-        assert!(b.try_acquire(a, at + Duration::from_secs(10)).is_ok());
+        assert!(b
+            .try_acquire(a, at + Duration::from_millis(13_749))
+            .is_err());
+        assert!(b.try_acquire(a, at + Duration::from_millis(13_750)).is_ok());
         assert_ne!(b.instance(), budget(3, 100).instance());
     }
 

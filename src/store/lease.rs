@@ -101,6 +101,13 @@ impl Lease {
         self.release().await
     }
 
+    /// Whether the lease is still held: its connection answers within `limit`. A connection
+    /// that fails or does not answer has lost (or may have lost) the lock with it.
+    pub async fn is_held(&mut self, limit: Duration) -> bool {
+        let check = sqlx::query("SELECT 1").execute(&mut self.conn);
+        matches!(tokio::time::timeout(limit, check).await, Ok(Ok(_)))
+    }
+
     pub async fn release(mut self) {
         let _ = sqlx::query("SELECT pg_advisory_unlock($1, $2)")
             .bind(self.keys.0)

@@ -29,8 +29,9 @@ use uuid::Uuid;
 
 use crate::config::AccountSettings;
 use crate::domain::{BoxFuture, ErrorKind, Health, Outcome, RunCounts};
+use crate::source::budget::RateBudget;
 use crate::source::TrutoClient;
-use crate::store::{Handover, Store};
+use crate::store::{Handover, Lease, Store};
 
 /// Knobs of one pass that do not come from the account itself.
 #[derive(Debug, Clone)]
@@ -172,6 +173,8 @@ struct Pass<'a> {
     account: &'a AccountSettings,
     opts: &'a SyncOptions,
     cancel: &'a CancellationToken,
+    /// Cancelled (with `cancel`) when the pass found it no longer holds the account's lease.
+    lease_lost: Option<&'a CancellationToken>,
     progress: &'a dyn Progress,
 }
 
@@ -200,6 +203,7 @@ pub fn sync_account<'a>(
         account,
         opts,
         cancel,
+        lease_lost: None,
         progress,
     };
     Box::pin(sync_leased(pass))
@@ -233,8 +237,9 @@ async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
         match lease.take_window(b.instance()).await {
             Ok(Handover::Released(ages)) => b.seed(id, &ages, Instant::now()),
             Ok(Handover::Abandoned) => {
-                tracing::info!(parent: &span, "the account's last lease holder ended without handing on its requests; waiting out one request window for the account");
-                b.fill(id, Instant::now())
+                let wait = b.abandoned_wait();
+                tracing::info!(parent: &span, wait_ms = wait.as_millis() as u64, "the account's last lease holder ended without handing on its requests; waiting out its request window before the account's first request");
+                b.wait_out_abandoned(id, Instant::now())
             }
             Ok(Handover::Nothing | Handover::Mine) => {}
             Err(e) => {
@@ -242,9 +247,7 @@ async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
             }
         }
     }
-    pass::run(&p, &mut out, &span, started)
-        .instrument(span.clone())
-        .await;
+    watched(p, &mut lease, &mut out, &span, started, budget.as_deref()).await;
     match &budget {
         Some(b) => {
             lease
@@ -257,6 +260,49 @@ async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
     p.progress.finished(p.account, &out);
     out
 }
+
+/// Runs the pass while checking, every lease check period, that the account's lease is still
+/// held. A lease lost with its connection (a database restart, a terminated backend, a network
+/// cut) may already be another process's, which waits out this one's requests for a limited
+/// time only (see [`RateBudget::abandoned_wait`]): the pass stops sending at once and ends
+/// interrupted, to resume from its last committed page next time.
+async fn watched(
+    p: Pass<'_>,
+    lease: &mut Lease,
+    out: &mut SyncOutcome,
+    span: &tracing::Span,
+    started: Instant,
+    budget: Option<&RateBudget>,
+) {
+    let every = budget.map_or(DEFAULT_LEASE_CHECK, RateBudget::lease_check_period);
+    let cancel = p.cancel.child_token();
+    let lost = CancellationToken::new();
+    let p = Pass {
+        cancel: &cancel,
+        lease_lost: Some(&lost),
+        ..p
+    };
+    let run = pass::run(&p, out, span, started).instrument(span.clone());
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            () = &mut run => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        // The pass is not polled during a check (a round trip); its fetcher and writers run
+        // on their own tasks meanwhile.
+        if !lease.is_held(every / 2).await {
+            break;
+        }
+    }
+    tracing::warn!(parent: span, "lost the account's lease with its database connection; stopping the pass (another process may be syncing the account now)");
+    lost.cancel();
+    cancel.cancel();
+    run.await;
+}
+
+/// How often a pass checks its lease when requests are not paced (no request budget).
+const DEFAULT_LEASE_CHECK: Duration = Duration::from_millis(2_500);
 
 /// Syncs many accounts, at most `max_concurrent` at once, and returns their outcomes in the
 /// order given.

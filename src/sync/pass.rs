@@ -112,16 +112,23 @@ async fn conclude_listing(
             out.delete_guard_tripped =
                 super::sweep::after_listing(p, run_id, &listing, &mut end).await;
         }
-        Err(stop) => stopped(stop, &mut end),
+        Err(stop) => stopped(p, stop, &mut end),
     }
     end
 }
 
 /// How a listing that stopped early ends the run.
-fn stopped(stop: Stop, end: &mut RunEnd) {
+fn stopped(p: &Pass<'_>, stop: Stop, end: &mut RunEnd) {
     end.deletions_skipped_reason = Some("the listing did not complete".into());
     end.outcome = Outcome::Failed;
     match stop {
+        Stop::Cancelled if p.lease_lost.is_some_and(CancellationToken::is_cancelled) => {
+            end.outcome = Outcome::Interrupted;
+            end.error = Some(
+                "stopped: this process lost the account's lease with its database connection, and another process may be syncing the account; the next run resumes from the last committed page".into(),
+            );
+            end.error_kind = Some(ErrorKind::Interrupted);
+        }
         Stop::Cancelled => {
             end.outcome = Outcome::Interrupted;
             end.error = Some(

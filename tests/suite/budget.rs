@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::helpers::daemon::*;
 use crate::helpers::*;
 use lms_sync::devkit::simulator::RateLimit;
+use lms_sync::source::budget::{Limit, RateBudget};
 use lms_sync::store::{Handover, ShareHolder, LEASE_APPLICATION_NAME};
 use uuid::Uuid;
 
@@ -561,4 +562,113 @@ async fn wait_for_no_session(env: &Env, application_name: &str) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("sessions named {application_name} are still there after 5 s");
+}
+
+/// Terminates the account's lease backend once `at` pages are committed (what a database
+/// restart or a cut connection does to a lease), and notes when.
+struct DropLease {
+    at: u64,
+    pool: sqlx::PgPool,
+    when: std::sync::Mutex<Option<Instant>>,
+}
+
+impl lms_sync::sync::Progress for DropLease {
+    fn page(
+        &self,
+        _account: &lms_sync::config::AccountSettings,
+        totals: &lms_sync::domain::RunCounts,
+    ) {
+        let mut when = self.when.lock().unwrap();
+        if totals.pages < self.at || when.is_some() {
+            return;
+        }
+        let ended: i64 = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                      WHERE datname = current_database() AND application_name = $1) t",
+                )
+                .bind(LEASE_APPLICATION_NAME)
+                .fetch_one(&self.pool),
+            )
+        })
+        .unwrap();
+        assert_eq!(ended, 1, "one lease backend to end");
+        *when = Some(Instant::now());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_that_loses_its_accounts_lease_stops_within_a_lease_check_and_resumes_later() {
+    let a = account_id(1);
+    // 50 pages, 50 ms each: the listing would go on for 2.5 s after the lease is lost.
+    let env = Env::new(&[(a, 5_000)]).await;
+    env.sim.set_latency(Duration::from_millis(50));
+    let window = Duration::from_secs(1);
+    let budget = RateBudget::new(
+        Limit {
+            requests: 1_000,
+            window,
+        },
+        Limit {
+            requests: 1_000,
+            window,
+        },
+    );
+    // Checked every 250 ms, a check given 125 ms: stopped within 375 ms of the loss.
+    assert_eq!(budget.lease_check_period(), Duration::from_millis(250));
+    let client = env.client().with_budget(std::sync::Arc::new(budget));
+    let hook = DropLease {
+        at: 2,
+        pool: env.store.pool().clone(),
+        when: Default::default(),
+    };
+
+    let o = lms_sync::sync::sync_account(
+        &env.store,
+        &client,
+        &env.account(a),
+        &lms_sync::sync::SyncOptions::from_settings(&env.settings),
+        &tokio_util::sync::CancellationToken::new(),
+        &hook,
+    )
+    .await;
+    let stopped_after = hook.when.lock().unwrap().expect("lease dropped").elapsed();
+
+    assert_eq!(
+        o.status,
+        lms_sync::sync::PassStatus::Finished(lms_sync::domain::Outcome::Interrupted),
+        "{:?}",
+        o.error
+    );
+    assert!(
+        o.error
+            .as_deref()
+            .unwrap()
+            .contains("lost the account's lease"),
+        "{:?}",
+        o.error
+    );
+    assert!(o.counts.pages < 50, "{:?}", o.counts);
+    // 375 ms to notice, a page in flight and closing the run; generous for a busy machine,
+    // and well short of the 2.5 s the listing had left.
+    assert!(
+        stopped_after < Duration::from_millis(1_500),
+        "{stopped_after:?}"
+    );
+    let outcome: String = sqlx::query_scalar(
+        "SELECT outcome FROM sync_runs WHERE integrated_account_id = $1 AND run_id = $2",
+    )
+    .bind(a)
+    .bind(o.run_id.unwrap())
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(outcome, "interrupted");
+
+    // The next pass resumes where it stopped and finishes the mirror.
+    let next = env.sync(a).await;
+    assert!(next.succeeded(), "{:?}", next.error);
+    assert!(next.resumed);
+    assert_mirror(&env.store, &env.sim, a).await;
 }
