@@ -1,6 +1,6 @@
 //! PostgreSQL stopped and started again in the middle of a run, and under two replicas sharing
-//! the request budget. These tests restart the server, so each starts a private throwaway
-//! cluster instead of the shared one.
+//! the request budget or the same accounts. These tests restart the server, so each starts a
+//! private throwaway cluster instead of the shared one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -204,6 +204,78 @@ async fn replicas_sharing_the_budget_stay_within_its_window_across_a_postgres_re
     );
     assert_eq!(stats.rate_limited, 0, "429s: {stats:?}");
     assert!(stats.max_token_window <= per_token, "{stats:?}");
+    for id in [a, b] {
+        assert_mirror(&env.store, &env.sim, id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_syncing_the_same_accounts_keep_each_accounts_window_across_a_postgres_restart() {
+    // Two replicas, both configured with the same two accounts of 150 pages at 20 requests a
+    // second each. The restart drops every account's lease while its holder is listing: the
+    // holder stops within a lease check, and whichever replica takes the account next waits
+    // out its window first, so the server never sees more than 20 in a second.
+    let (a, b) = (account_id(1), account_id(2));
+    let (env, pg) = private_env(&[(a, 1500), (b, 1500)]).await;
+    let per_account = 20;
+    let limit = RateLimit {
+        per_account,
+        per_token: 1000,
+        window: Duration::from_secs(1),
+    };
+    env.sim.set_rate_limit(Some(limit));
+    let cfg = budget_config_with(&env, &[a, b], limit);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[sync]\n", "[sync]\ndb_max_attempts = 30\n");
+    std::fs::write(&cfg, text).unwrap();
+    let mut r1 = spawn(&cfg, &env.db_url);
+    let mut r2 = spawn(&cfg, &env.db_url);
+
+    // Both accounts are being listed (by one replica or by both).
+    let mut listing = std::collections::HashSet::new();
+    while listing.len() < 2 {
+        let ev = tokio::select! {
+            ev = r1.wait_for("page committed") => ev,
+            ev = r2.wait_for("page committed") => ev,
+        };
+        listing.insert(ev["span"]["account"].to_string());
+    }
+    let server = pg.clone();
+    tokio::task::spawn_blocking(move || {
+        server.stop().unwrap();
+        server.start_again().unwrap();
+    })
+    .await
+    .unwrap();
+
+    // Every pass cut by the restart stops on its lost lease; both accounts then finish.
+    let lost = "lost the account's lease with its database connection; stopping the pass (another process may be syncing the account now)";
+    let (mut stopped, mut done) = (0, std::collections::HashSet::new());
+    let waiting = async {
+        while done.len() < 2 {
+            let ev = tokio::select! {
+                Some(ev) = r1.events.recv() => ev,
+                Some(ev) = r2.events.recv() => ev,
+            };
+            let message = &ev["fields"]["message"];
+            if message == lost {
+                stopped += 1;
+            } else if message == "sync run finished" && ev["fields"]["outcome"] == "succeeded" {
+                done.insert(ev["span"]["account"].to_string());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), waiting)
+        .await
+        .expect("both accounts finished within 2 minutes of the restart");
+    assert!(stopped >= 1, "no pass noticed its lost lease");
+    assert_eq!(r1.terminate().await, 0);
+    assert_eq!(r2.terminate().await, 0);
+
+    let stats = env.sim.stats();
+    assert_eq!(stats.rate_limited, 0, "429s: {stats:?}");
+    assert!(stats.max_account_window <= per_account, "{stats:?}");
     for id in [a, b] {
         assert_mirror(&env.store, &env.sim, id).await;
     }
