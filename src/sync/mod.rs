@@ -247,8 +247,11 @@ async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
             }
         }
     }
-    watched(p, &mut lease, &mut out, &span, started, budget.as_deref()).await;
+    let lost = watched(p, &mut lease, &mut out, &span, started, budget.as_deref()).await;
     match &budget {
+        // A lost lease's connection failed or hangs: hand nothing on through it (the next
+        // holder waits as for an abandoned account) and do not wait on it, just close it.
+        _ if lost => drop(lease),
         Some(b) => {
             lease
                 .release_with_requests(&b.recent(id, Instant::now()))
@@ -265,7 +268,7 @@ async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
 /// held. A lease lost with its connection (a database restart, a terminated backend, a network
 /// cut) may already be another process's, which waits out this one's requests for a limited
 /// time only (see [`RateBudget::abandoned_wait`]): the pass stops sending at once and ends
-/// interrupted, to resume from its last committed page next time.
+/// interrupted, to resume from its last committed page next time. True when the lease was lost.
 async fn watched(
     p: Pass<'_>,
     lease: &mut Lease,
@@ -273,7 +276,7 @@ async fn watched(
     span: &tracing::Span,
     started: Instant,
     budget: Option<&RateBudget>,
-) {
+) -> bool {
     let every = budget.map_or(DEFAULT_LEASE_CHECK, RateBudget::lease_check_period);
     let cancel = p.cancel.child_token();
     let lost = CancellationToken::new();
@@ -286,7 +289,7 @@ async fn watched(
     tokio::pin!(run);
     loop {
         tokio::select! {
-            () = &mut run => return,
+            () = &mut run => return false,
             () = tokio::time::sleep(every) => {}
         }
         // The pass is not polled during a check (a round trip); its fetcher and writers run
@@ -299,6 +302,7 @@ async fn watched(
     lost.cancel();
     cancel.cancel();
     run.await;
+    true
 }
 
 /// How often a pass checks its lease when requests are not paced (no request budget).

@@ -11,6 +11,7 @@ use crate::helpers::*;
 use lms_sync::devkit::simulator::RateLimit;
 use lms_sync::source::budget::{Limit, RateBudget};
 use lms_sync::store::{Handover, ShareHolder, LEASE_APPLICATION_NAME};
+use lms_sync::sync::SyncOutcome;
 use uuid::Uuid;
 
 /// A holder whose shares are good only for the round that gave them (no lease): a test's
@@ -564,77 +565,108 @@ async fn wait_for_no_session(env: &Env, application_name: &str) {
     panic!("sessions named {application_name} are still there after 5 s");
 }
 
-/// Terminates the account's lease backend once `at` pages are committed (what a database
-/// restart or a cut connection does to a lease), and notes when.
-struct DropLease {
+/// What happens to the account's lease backend once `at` pages are committed: terminated (what
+/// a database restart or a cut connection does to a lease), or stopped with SIGSTOP (a
+/// connection that no longer answers, as behind a network partition).
+struct LoseLease {
     at: u64,
+    stop: bool,
     pool: sqlx::PgPool,
-    when: std::sync::Mutex<Option<Instant>>,
+    /// When, and the backend's pid.
+    done: std::sync::Mutex<Option<(Instant, i32)>>,
 }
 
-impl lms_sync::sync::Progress for DropLease {
+impl LoseLease {
+    fn new(env: &Env, at: u64, stop: bool) -> LoseLease {
+        LoseLease {
+            at,
+            stop,
+            pool: env.store.pool().clone(),
+            done: Default::default(),
+        }
+    }
+
+    fn when(&self) -> (Instant, i32) {
+        self.done.lock().unwrap().expect("the lease was lost")
+    }
+}
+
+impl lms_sync::sync::Progress for LoseLease {
     fn page(
         &self,
         _account: &lms_sync::config::AccountSettings,
         totals: &lms_sync::domain::RunCounts,
     ) {
-        let mut when = self.when.lock().unwrap();
-        if totals.pages < self.at || when.is_some() {
+        let mut done = self.done.lock().unwrap();
+        if totals.pages < self.at || done.is_some() {
             return;
         }
-        let ended: i64 = tokio::task::block_in_place(|| {
+        let pids: Vec<i32> = tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(
                 sqlx::query_scalar(
-                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                      WHERE datname = current_database() AND application_name = $1) t",
+                    "SELECT pid FROM pg_stat_activity
+                      WHERE datname = current_database() AND application_name = $1",
                 )
                 .bind(LEASE_APPLICATION_NAME)
-                .fetch_one(&self.pool),
+                .fetch_all(&self.pool),
             )
         })
         .unwrap();
-        assert_eq!(ended, 1, "one lease backend to end");
-        *when = Some(Instant::now());
+        assert_eq!(pids.len(), 1, "one lease backend");
+        signal(pids[0], if self.stop { "-STOP" } else { "-TERM" });
+        *done = Some((Instant::now(), pids[0]));
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pass_that_loses_its_accounts_lease_stops_within_a_lease_check_and_resumes_later() {
-    let a = account_id(1);
-    // 50 pages, 50 ms each: the listing would go on for 2.5 s after the lease is lost.
-    let env = Env::new(&[(a, 5_000)]).await;
-    env.sim.set_latency(Duration::from_millis(50));
+impl Drop for LoseLease {
+    /// A stopped backend runs again whatever the test's outcome, or the cluster could not shut
+    /// down.
+    fn drop(&mut self) {
+        if let (true, Ok(Some((_, pid)))) = (self.stop, self.done.lock().as_deref()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+fn signal(pid: i32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// A client paced by a budget with a 1 s window: the lease is checked every 250 ms, and a
+/// check is given 125 ms, so a lost lease is noticed within 375 ms.
+fn client_with_a_1s_window(env: &Env) -> lms_sync::source::TrutoClient {
     let window = Duration::from_secs(1);
-    let budget = RateBudget::new(
-        Limit {
-            requests: 1_000,
-            window,
-        },
-        Limit {
-            requests: 1_000,
-            window,
-        },
-    );
-    // Checked every 250 ms, a check given 125 ms: stopped within 375 ms of the loss.
-    assert_eq!(budget.lease_check_period(), Duration::from_millis(250));
-    let client = env.client().with_budget(std::sync::Arc::new(budget));
-    let hook = DropLease {
-        at: 2,
-        pool: env.store.pool().clone(),
-        when: Default::default(),
+    let limit = Limit {
+        requests: 1_000,
+        window,
     };
+    let budget = RateBudget::new(limit, limit);
+    assert_eq!(budget.lease_check_period(), Duration::from_millis(250));
+    env.client().with_budget(std::sync::Arc::new(budget))
+}
 
-    let o = lms_sync::sync::sync_account(
-        &env.store,
-        &client,
-        &env.account(a),
-        &lms_sync::sync::SyncOptions::from_settings(&env.settings),
-        &tokio_util::sync::CancellationToken::new(),
-        &hook,
-    )
-    .await;
-    let stopped_after = hook.when.lock().unwrap().expect("lease dropped").elapsed();
+/// Syncs `a` with `hook`, bounded: a pass that waited on its lost lease would hang.
+async fn sync_losing_the_lease(env: &Env, a: Uuid, hook: &LoseLease) -> SyncOutcome {
+    let client = client_with_a_1s_window(env);
+    let account = env.account(a);
+    let opts = lms_sync::sync::SyncOptions::from_settings(&env.settings);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let pass = lms_sync::sync::sync_account(&env.store, &client, &account, &opts, &cancel, hook);
+    tokio::time::timeout(Duration::from_secs(30), pass)
+        .await
+        .expect("the pass ended")
+}
 
+/// The pass ended interrupted for its lost lease, well before its listing would have, and its
+/// run says so.
+async fn assert_stopped_on_the_lost_lease(env: &Env, o: &SyncOutcome, lost: Instant) {
+    let stopped_after = lost.elapsed();
     assert_eq!(
         o.status,
         lms_sync::sync::PassStatus::Finished(lms_sync::domain::Outcome::Interrupted),
@@ -659,14 +691,50 @@ async fn a_pass_that_loses_its_accounts_lease_stops_within_a_lease_check_and_res
     let outcome: String = sqlx::query_scalar(
         "SELECT outcome FROM sync_runs WHERE integrated_account_id = $1 AND run_id = $2",
     )
-    .bind(a)
+    .bind(o.account)
     .bind(o.run_id.unwrap())
     .fetch_one(env.store.pool())
     .await
     .unwrap();
     assert_eq!(outcome, "interrupted");
+}
 
+/// 50 pages, 50 ms each: the listing would go on for 2.5 s after the lease is lost at page 2.
+async fn slow_account() -> (Uuid, Env) {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 5_000)]).await;
+    env.sim.set_latency(Duration::from_millis(50));
+    (a, env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_that_loses_its_accounts_lease_stops_within_a_lease_check_and_resumes_later() {
+    let (a, env) = slow_account().await;
+    let hook = LoseLease::new(&env, 2, false);
+
+    let o = sync_losing_the_lease(&env, a, &hook).await;
+
+    assert_stopped_on_the_lost_lease(&env, &o, hook.when().0).await;
     // The next pass resumes where it stopped and finishes the mirror.
+    let next = env.sync(a).await;
+    assert!(next.succeeded(), "{:?}", next.error);
+    assert!(next.resumed);
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_whose_lease_connection_stops_answering_stops_without_waiting_on_it() {
+    let (a, env) = slow_account().await;
+    let hook = LoseLease::new(&env, 2, true);
+
+    let o = sync_losing_the_lease(&env, a, &hook).await;
+
+    let (lost, pid) = hook.when();
+    assert_stopped_on_the_lost_lease(&env, &o, lost).await;
+    // The stopped backend still holds the lock; once it runs again it finds its client gone
+    // and ends, and the account can be leased again.
+    signal(pid, "-CONT");
+    wait_for_no_session(&env, LEASE_APPLICATION_NAME).await;
     let next = env.sync(a).await;
     assert!(next.succeeded(), "{:?}", next.error);
     assert!(next.resumed);
