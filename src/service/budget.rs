@@ -16,7 +16,7 @@ use crate::source::budget::{Demand, RateBudget};
 use crate::store::Store;
 
 /// The budget the token's window is negotiated as.
-const TOKEN: &str = "token";
+pub(crate) const TOKEN: &str = "token";
 
 /// This process's name at the budget: unique even for two processes of one host and pid
 /// namespace (containers).

@@ -1,7 +1,8 @@
 //! `GET /`: the status page. Plain server-rendered HTML (no script), refreshing itself every
 //! 30 s: every account of the fleet with its label, tenant, state, health and since when, last
-//! success, next run, live users and last error, the ones needing attention first; cards that
-//! stack on a phone. Rendering is pure; the handler reads the fleet's state.
+//! success, next run, live users and last error, the ones needing attention first; then the
+//! token's request budget, who holds how much of it across processes; cards that stack on a
+//! phone. Rendering is pure; the handler reads the fleet's state.
 
 use std::fmt::Write as _;
 
@@ -12,16 +13,29 @@ use chrono::{DateTime, Utc};
 
 use super::ops::{text, Ops};
 use super::status::AccountView;
+use crate::store::BudgetView;
 
 /// A mirror older than this needs attention (the stale-mirror alert's threshold).
 const STALE_HOURS: i64 = 26;
 
+/// The token's request budget as the page shows it (when requests are paced).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetSection {
+    pub per_token: usize,
+    pub window_secs: u64,
+    pub view: BudgetView,
+}
+
 pub(super) async fn page(State(ops): State<Ops>) -> Response {
     let settings = ops.settings.borrow().clone();
-    match super::status::read_state(&settings, &ops.store).await {
-        Ok(state) => {
+    let read = async {
+        let state = super::status::read_state(&settings, &ops.store).await?;
+        Ok::<_, crate::store::StoreError>((state, read_budget(&settings, &ops).await?))
+    };
+    match read.await {
+        Ok((state, budget)) => {
             let views = super::status::account_views(&state);
-            let html = render(&views, Utc::now());
+            let html = render(&views, budget.as_ref(), Utc::now());
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -34,6 +48,24 @@ pub(super) async fn page(State(ops): State<Ops>) -> Response {
             format!("cannot read the state: {e}\n"),
         ),
     }
+}
+
+/// The token's budget as the database holds it; `None` when requests are not paced.
+async fn read_budget(
+    settings: &crate::config::Settings,
+    ops: &Ops,
+) -> Result<Option<BudgetSection>, crate::store::StoreError> {
+    let b = &settings.rate_budget;
+    if !b.enabled {
+        return Ok(None);
+    }
+    let window = std::time::Duration::from_secs(b.window_secs);
+    let view = ops.store.budget_view(super::budget::TOKEN, window).await?;
+    Ok(Some(BudgetSection {
+        per_token: b.per_token,
+        window_secs: b.window_secs,
+        view,
+    }))
 }
 
 /// Why an account needs attention (the most pressing reason), if it does. Lower sorts first.
@@ -114,6 +146,7 @@ tr.attention td:first-child{border-left:4px solid #d93025}
 .why{color:#b3261e;font-size:13px}
 .err{color:#6b7385;font-size:12px;max-width:40ch;overflow-wrap:anywhere}
 .num{text-align:right;font-variant-numeric:tabular-nums}
+h2{font-size:16px;margin:20px 8px 4px}.note{margin:4px 8px 10px;font-size:14px;color:#4a5265}
 @media (max-width:720px){
  table,thead,tbody,tr,td{display:block;width:auto}thead{display:none}
  tr{margin:0 0 12px;border-radius:8px;background:#fff;box-shadow:0 1px 2px rgba(0,0,0,.08)}
@@ -122,8 +155,52 @@ tr.attention td:first-child{border-left:4px solid #d93025}
  .num{text-align:left}
 }";
 
-/// The page for `views` as of `now`.
-pub fn render(views: &[AccountView], now: DateTime<Utc>) -> String {
+/// The request budget's section: who holds how much of the token's window, across every
+/// process on the database.
+fn budget_section(s: &mut String, b: &BudgetSection, now: DateTime<Utc>) {
+    let held: i64 = b.view.holders.iter().map(|h| i64::from(h.share)).sum();
+    let _ = write!(
+        s,
+        "<h2>Request budget</h2><p class=\"note\">The API token's {} requests per {} s, shared by \
+         every process on this database: {} held by {} process{}, {} hot (given back, still in \
+         Truto's window), {} free.</p>",
+        b.per_token,
+        b.window_secs,
+        held,
+        b.view.holders.len(),
+        if b.view.holders.len() == 1 { "" } else { "es" },
+        b.view.hot,
+        (b.per_token as i64 - held - b.view.hot).max(0),
+    );
+    if b.view.holders.is_empty() {
+        s.push_str("<p class=\"note\">No process holds a share yet.</p>");
+        return;
+    }
+    s.push_str(
+        "<table><thead><tr><th>Process</th><th class=\"num\">Share</th>\
+         <th class=\"num\">Wants</th><th>Renewed</th></tr></thead><tbody>",
+    );
+    for h in &b.view.holders {
+        let _ = write!(
+            s,
+            "<tr><td data-k=\"Process\">{}{}</td><td data-k=\"Share\" class=\"num\">{}</td>\
+             <td data-k=\"Wants\" class=\"num\">{}</td><td data-k=\"Renewed\">{}</td></tr>",
+            escape(&h.holder),
+            if h.alive {
+                ""
+            } else {
+                " <span class=\"why\">connection gone: its share is released at the next negotiation</span>"
+            },
+            h.share,
+            h.wanted,
+            when(Some(h.renewed_at), now),
+        );
+    }
+    s.push_str("</tbody></table>");
+}
+
+/// The page for `views` (and the request budget, when paced) as of `now`.
+pub fn render(views: &[AccountView], budget: Option<&BudgetSection>, now: DateTime<Utc>) -> String {
     let mut rows: Vec<(&AccountView, (u8, Option<String>))> =
         views.iter().map(|v| (v, attention(v, now))).collect();
     rows.sort_by(|(a, ka), (b, kb)| {
@@ -188,7 +265,11 @@ pub fn render(views: &[AccountView], now: DateTime<Utc>) -> String {
             ),
         );
     }
-    s.push_str("</tbody></table></main></body></html>\n");
+    s.push_str("</tbody></table>");
+    if let Some(b) = budget {
+        budget_section(&mut s, b, now);
+    }
+    s.push_str("</main></body></html>\n");
     s
 }
 
@@ -221,7 +302,7 @@ mod tests {
         reauth.health_since = Some(now - chrono::Duration::hours(3));
         let mut stale = view(3, "Stale & Co");
         stale.last_success = Some(now - chrono::Duration::hours(30));
-        let html = render(&[view(1, "Alpha"), stale, reauth], now);
+        let html = render(&[view(1, "Alpha"), stale, reauth], None, now);
         let zeta = html.find("Zeta").unwrap();
         let stale_at = html.find("Stale &amp; Co").unwrap();
         let alpha = html.find("Alpha").unwrap();
@@ -230,5 +311,49 @@ mod tests {
         assert!(html.contains("2 need attention"));
         assert!(html.contains("http-equiv=\"refresh\""));
         assert!(html.contains("name=\"viewport\""));
+        assert!(
+            !html.contains("Request budget"),
+            "not paced: no budget section"
+        );
+    }
+
+    #[test]
+    fn the_budget_section_shows_every_holder_what_is_hot_and_what_is_free() {
+        let now = Utc::now();
+        let holder = |name: &str, share, wanted, alive| crate::store::ShareView {
+            holder: name.into(),
+            share,
+            wanted,
+            renewed_at: now - chrono::Duration::seconds(2),
+            alive,
+        };
+        let b = BudgetSection {
+            per_token: 500,
+            window_secs: 10,
+            view: BudgetView {
+                holders: vec![
+                    holder("web-1:42:<ab>", 200, 200, true),
+                    holder("web-2:7:cd", 150, 500, false),
+                ],
+                hot: 100,
+            },
+        };
+        let html = render(&[view(1, "Alpha")], Some(&b), now);
+        assert!(html.contains("Request budget"), "{html}");
+        assert!(
+            html.contains("The API token's 500 requests per 10 s, shared by every process on this database: 350 held by 2 processes, 100 hot (given back, still in Truto's window), 50 free."),
+            "{html}"
+        );
+        assert!(html.contains("web-1:42:&lt;ab&gt;"), "{html}");
+        assert!(!html.contains("<ab>"));
+        assert_eq!(html.matches("connection gone").count(), 1, "{html}");
+        assert!(html.contains("2 s ago"), "{html}");
+        let empty = BudgetSection {
+            view: BudgetView::default(),
+            ..b
+        };
+        let html = render(&[], Some(&empty), now);
+        assert!(html.contains("No process holds a share yet."), "{html}");
+        assert!(html.contains("0 held by 0 processes, 0 hot"), "{html}");
     }
 }

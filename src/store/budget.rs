@@ -35,7 +35,55 @@ pub struct Negotiated {
     pub holders: i32,
 }
 
+/// One process's place at a budget, as the status page shows it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ShareView {
+    pub holder: String,
+    pub share: i32,
+    pub wanted: i32,
+    pub renewed_at: chrono::DateTime<chrono::Utc>,
+    /// Its connection is there: a holder without one is released by the next negotiation.
+    pub alive: bool,
+}
+
+/// A budget's holders and what is hot (given back, still in the server's window).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BudgetView {
+    pub holders: Vec<ShareView>,
+    pub hot: i64,
+}
+
 impl Store {
+    /// Who holds `budget` now, for people to read (nothing is changed). `window` is the
+    /// budget's: releases older than that are no longer hot even before a negotiation prunes
+    /// them.
+    pub async fn budget_view(
+        &self,
+        budget: &str,
+        window: Duration,
+    ) -> Result<BudgetView, StoreError> {
+        let holders = sqlx::query_as(
+            "SELECT s.holder, s.share, s.wanted, s.renewed_at,
+                    EXISTS (SELECT 1 FROM pg_stat_activity a
+                             WHERE a.pid = s.backend_pid AND a.backend_start <= s.renewed_at) AS alive
+               FROM rate_shares s
+              WHERE s.budget = $1
+              ORDER BY s.holder",
+        )
+        .bind(budget)
+        .fetch_all(&self.pool)
+        .await?;
+        let hot: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(released), 0)::bigint FROM rate_share_releases
+              WHERE budget = $1 AND released_at > now() - make_interval(secs => $2)",
+        )
+        .bind(budget)
+        .bind(window.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(BudgetView { holders, hot })
+    }
+
     /// Joins the budget as `holder` (unique per process), on a connection of its own. Each
     /// share it is given is good for `lease` from the start of the negotiation that gave it:
     /// the process must stop sending under it then unless a later one renewed it.

@@ -31,7 +31,7 @@ use sqlx::{ConnectOptions, PgConnection, PgPool};
 pub use accounts::{
     retire_guard, AccountRow, Discovered, DiscoveryApplied, DiscoveryState, RetirePolicy,
 };
-pub use budget::{decide as decide_share, Negotiated, ShareHolder};
+pub use budget::{decide as decide_share, BudgetView, Negotiated, ShareHolder, ShareView};
 pub use copy::CopyRows;
 pub use lease::{Handover, Lease};
 pub use pages::{Gate, PageResult, PageWrite};

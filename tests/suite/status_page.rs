@@ -1,6 +1,6 @@
 //! The status page as a person sees it: a real headless Chromium loads `GET /` from a running
-//! service, every account's label is on the rendered page, and the screenshot the README shows
-//! (`docs/status-page.png`) is taken from it.
+//! service, every account's label and the request budget's holder are on the rendered page, and
+//! the screenshot the README shows (`docs/status-page.png`) is taken from it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +109,10 @@ async fn the_status_page_shows_every_account_in_a_real_browser() {
     }
     assert!(dom.contains("cannot be synced: needs_reauth"), "{dom}");
     assert!(dom.contains("1 need attention"), "{dom}");
+    // The service paces its requests under the token's budget, shared through the database:
+    // the page shows who holds it (this service alone).
+    assert!(dom.contains("Request budget"), "{dom}");
+    assert!(dom.contains("held by 1 process,"), "{dom}");
     let png = std::fs::read(&shot).unwrap_or_else(|e| {
         panic!(
             "no screenshot ({e}): {}",
