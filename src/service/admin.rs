@@ -1,4 +1,5 @@
-//! The admin routes of the operations server: `GET /status` (every account, as JSON) and
+//! The admin routes of the operations server: `GET /status` (every account, as JSON),
+//! `GET /status/budget` (the shared request budget, as JSON) and
 //! `POST /accounts/{id}/sync|pause|resume`, only with `Authorization: Bearer <admin token>`
 //! (`LMS_SYNC_ADMIN_TOKEN` or `server.admin_token_file`). Without a configured token they
 //! answer 403, with a wrong or missing one 401. They act through the registry, like the CLI.
@@ -52,6 +53,34 @@ pub(super) async fn status(State(ops): State<Ops>, headers: HeaderMap) -> Respon
         Err(e) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("cannot read the state: {e}\n"),
+        ),
+    }
+}
+
+/// `GET /status/budget`: the token's request budget as every process on the database shares
+/// it (what the status page shows); 404 when requests are not paced.
+pub(super) async fn budget(State(ops): State<Ops>, headers: HeaderMap) -> Response {
+    if let Some(no) = refuse(&ops, &headers) {
+        return no;
+    }
+    let settings = ops.settings.borrow().clone();
+    match super::status::read_budget(&settings, &ops.store).await {
+        Ok(Some(b)) => Json(serde_json::json!({
+            "per_token": b.per_token,
+            "window_secs": b.window_secs,
+            "held": b.held(),
+            "hot": b.view.hot,
+            "free": b.free(),
+            "holders": b.view.holders,
+        }))
+        .into_response(),
+        Ok(None) => text(
+            StatusCode::NOT_FOUND,
+            "requests are not paced (rate_budget.enabled = false): there is no budget to share\n",
+        ),
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the budget: {e}\n"),
         ),
     }
 }

@@ -75,6 +75,7 @@ fn router(ops: Ops) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/status", get(super::admin::status))
+        .route("/status/budget", get(super::admin::budget))
         .route(
             "/accounts/{id}/{action}",
             axum::routing::post(super::admin::account_action),

@@ -12,25 +12,19 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 
 use super::ops::{text, Ops};
-use super::status::AccountView;
-use crate::store::BudgetView;
+use super::status::{AccountView, BudgetSection};
 
 /// A mirror older than this needs attention (the stale-mirror alert's threshold).
 const STALE_HOURS: i64 = 26;
-
-/// The token's request budget as the page shows it (when requests are paced).
-#[derive(Debug, Clone, PartialEq)]
-pub struct BudgetSection {
-    pub per_token: usize,
-    pub window_secs: u64,
-    pub view: BudgetView,
-}
 
 pub(super) async fn page(State(ops): State<Ops>) -> Response {
     let settings = ops.settings.borrow().clone();
     let read = async {
         let state = super::status::read_state(&settings, &ops.store).await?;
-        Ok::<_, crate::store::StoreError>((state, read_budget(&settings, &ops).await?))
+        Ok::<_, crate::store::StoreError>((
+            state,
+            super::status::read_budget(&settings, &ops.store).await?,
+        ))
     };
     match read.await {
         Ok((state, budget)) => {
@@ -48,24 +42,6 @@ pub(super) async fn page(State(ops): State<Ops>) -> Response {
             format!("cannot read the state: {e}\n"),
         ),
     }
-}
-
-/// The token's budget as the database holds it; `None` when requests are not paced.
-async fn read_budget(
-    settings: &crate::config::Settings,
-    ops: &Ops,
-) -> Result<Option<BudgetSection>, crate::store::StoreError> {
-    let b = &settings.rate_budget;
-    if !b.enabled {
-        return Ok(None);
-    }
-    let window = std::time::Duration::from_secs(b.window_secs);
-    let view = ops.store.budget_view(super::budget::TOKEN, window).await?;
-    Ok(Some(BudgetSection {
-        per_token: b.per_token,
-        window_secs: b.window_secs,
-        view,
-    }))
 }
 
 /// Why an account needs attention (the most pressing reason), if it does. Lower sorts first.
@@ -158,7 +134,6 @@ h2{font-size:16px;margin:20px 8px 4px}.note{margin:4px 8px 10px;font-size:14px;c
 /// The request budget's section: who holds how much of the token's window, across every
 /// process on the database.
 fn budget_section(s: &mut String, b: &BudgetSection, now: DateTime<Utc>) {
-    let held: i64 = b.view.holders.iter().map(|h| i64::from(h.share)).sum();
     let _ = write!(
         s,
         "<h2>Request budget</h2><p class=\"note\">The API token's {} requests per {} s, shared by \
@@ -166,11 +141,11 @@ fn budget_section(s: &mut String, b: &BudgetSection, now: DateTime<Utc>) {
          Truto's window), {} free.</p>",
         b.per_token,
         b.window_secs,
-        held,
+        b.held(),
         b.view.holders.len(),
         if b.view.holders.len() == 1 { "" } else { "es" },
         b.view.hot,
-        (b.per_token as i64 - held - b.view.hot).max(0),
+        b.free(),
     );
     if b.view.holders.is_empty() {
         s.push_str("<p class=\"note\">No process holds a share yet.</p>");
@@ -276,6 +251,7 @@ pub fn render(views: &[AccountView], budget: Option<&BudgetSection>, now: DateTi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::BudgetView;
     use uuid::Uuid;
 
     fn view(n: u128, label: &str) -> AccountView {

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::fleet::{plan, Planned};
-use crate::store::{DiscoveryState, StatusRow, Store, StoreError};
+use crate::store::{BudgetView, DiscoveryState, StatusRow, Store, StoreError};
 
 /// What `status` and `accounts list` read.
 pub struct FleetState {
@@ -79,4 +79,43 @@ pub fn account_views(state: &FleetState) -> Vec<AccountView> {
             }
         })
         .collect()
+}
+
+/// The token's request budget as the database holds it (the status page, `GET /status/budget`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetSection {
+    pub per_token: usize,
+    pub window_secs: u64,
+    pub view: BudgetView,
+}
+
+impl BudgetSection {
+    /// Requests of the window held by the processes' shares.
+    pub fn held(&self) -> i64 {
+        self.view.holders.iter().map(|h| i64::from(h.share)).sum()
+    }
+
+    /// Requests of the window neither held nor hot.
+    pub fn free(&self) -> i64 {
+        (self.per_token as i64 - self.held() - self.view.hot).max(0)
+    }
+}
+
+/// The token's budget as the database holds it; `None` when requests are not paced
+/// (`rate_budget.enabled = false`).
+pub async fn read_budget(
+    settings: &Settings,
+    store: &Store,
+) -> Result<Option<BudgetSection>, StoreError> {
+    let b = &settings.rate_budget;
+    if !b.enabled {
+        return Ok(None);
+    }
+    let window = std::time::Duration::from_secs(b.window_secs);
+    let view = store.budget_view(super::budget::TOKEN, window).await?;
+    Ok(Some(BudgetSection {
+        per_token: b.per_token,
+        window_secs: b.window_secs,
+        view,
+    }))
 }

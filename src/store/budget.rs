@@ -36,7 +36,7 @@ pub struct Negotiated {
 }
 
 /// One process's place at a budget, as the status page shows it.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
 pub struct ShareView {
     pub holder: String,
     pub share: i32,
@@ -47,7 +47,7 @@ pub struct ShareView {
 }
 
 /// A budget's holders and what is hot (given back, still in the server's window).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct BudgetView {
     pub holders: Vec<ShareView>,
     pub hot: i64,

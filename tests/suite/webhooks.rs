@@ -251,6 +251,10 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
         if !with_token {
             assert_eq!(get(format!("{base}/status"), Some(ADMIN)).await.0, 403);
             assert_eq!(
+                get(format!("{base}/status/budget"), Some(ADMIN)).await.0,
+                403
+            );
+            assert_eq!(
                 post_as(format!("{base}/accounts/{a}/sync"), Some(ADMIN)).await,
                 403
             );
@@ -262,6 +266,27 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
             let list: serde_json::Value = serde_json::from_str(&body).unwrap();
             assert_eq!(list[0]["integrated_account_id"], a.to_string());
             assert_eq!(list[0]["live_users"], 30);
+            // The shared request budget: this service is its only holder, alive, and the
+            // window adds up (held + hot + free = the token's limit).
+            assert_eq!(get(format!("{base}/status/budget"), None).await.0, 401);
+            let (status, body) = get(format!("{base}/status/budget"), Some(ADMIN)).await;
+            assert_eq!(status, 200, "{body}");
+            let b: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(b["per_token"], 500, "{b}");
+            assert_eq!(b["window_secs"], 10, "{b}");
+            assert_eq!(b["holders"].as_array().unwrap().len(), 1, "{b}");
+            assert_eq!(b["holders"][0]["alive"], true, "{b}");
+            assert!(
+                b["holders"][0]["holder"].as_str().unwrap().contains(':'),
+                "{b}"
+            );
+            let (held, hot, free) = (
+                b["held"].as_i64().unwrap(),
+                b["hot"].as_i64().unwrap(),
+                b["free"].as_i64().unwrap(),
+            );
+            assert_eq!(held, b["holders"][0]["share"].as_i64().unwrap(), "{b}");
+            assert_eq!(held + hot + free, 500, "{b}");
             assert_eq!(
                 post_as(format!("{base}/accounts/{a}/pause"), None).await,
                 401
