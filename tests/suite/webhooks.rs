@@ -329,4 +329,26 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
         stop.cancel();
         daemon.await.unwrap().unwrap();
     }
+
+    // Requests not paced: no budget to show, said plainly (the page leaves the section out).
+    let mut s = daemon_settings(&env, "1h");
+    s.server.admin_token_file = Some(secret_file(ADMIN));
+    s.rate_budget.enabled = false;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (daemon, stop) = start_daemon(
+        s,
+        Hooks {
+            listener: Some(listener),
+            ..Hooks::default()
+        },
+    );
+    let (status, body) = get(format!("{base}/status/budget"), Some(ADMIN)).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("rate_budget.enabled = false"), "{body}");
+    let (status, page) = get(format!("{base}/"), None).await;
+    assert_eq!(status, 200);
+    assert!(!page.contains("Request budget"), "{page}");
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
 }
