@@ -97,6 +97,9 @@ text_enum! {
         Database = "database",
         /// The run was stopped by a shutdown.
         Interrupted = "interrupted",
+        /// The run was stopped because its process lost the account's lease (its connection
+        /// ended: a database restart, a terminated backend, a cut network).
+        LeaseLost = "lease_lost",
         /// The API broke the listing's protocol (a repeated cursor, too many pages).
         Listing = "listing",
     }

@@ -127,7 +127,7 @@ fn stopped(p: &Pass<'_>, stop: Stop, end: &mut RunEnd) {
             end.error = Some(
                 "stopped: this process lost the account's lease with its database connection, and another process may be syncing the account; the next run resumes from the last committed page".into(),
             );
-            end.error_kind = Some(ErrorKind::Interrupted);
+            end.error_kind = Some(ErrorKind::LeaseLost);
         }
         Stop::Cancelled => {
             end.outcome = Outcome::Interrupted;

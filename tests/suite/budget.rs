@@ -688,15 +688,19 @@ async fn assert_stopped_on_the_lost_lease(env: &Env, o: &SyncOutcome, lost: Inst
         stopped_after < Duration::from_millis(1_500),
         "{stopped_after:?}"
     );
-    let outcome: String = sqlx::query_scalar(
-        "SELECT outcome FROM sync_runs WHERE integrated_account_id = $1 AND run_id = $2",
+    assert_eq!(o.error_kind, Some(lms_sync::domain::ErrorKind::LeaseLost));
+    let (outcome, kind): (String, String) = sqlx::query_as(
+        "SELECT outcome, error_kind FROM sync_runs WHERE integrated_account_id = $1 AND run_id = $2",
     )
     .bind(o.account)
     .bind(o.run_id.unwrap())
     .fetch_one(env.store.pool())
     .await
     .unwrap();
-    assert_eq!(outcome, "interrupted");
+    assert_eq!(
+        (outcome.as_str(), kind.as_str()),
+        ("interrupted", "lease_lost")
+    );
 }
 
 /// 50 pages, 50 ms each: the listing would go on for 2.5 s after the lease is lost at page 2.
