@@ -64,12 +64,12 @@ pub async fn share_token_budget(
     };
     let holder = holder_name();
     let limit = budget.token_limit();
-    let period = (limit.window / 4).max(Duration::from_millis(250));
+    let period = budget.period();
     // Each round renews the share for a period and a half: the next round comes a period later
     // (sooner when requests wait), with room for a slow one. A process that cannot renew stops
     // sending when the lease runs out, which is as long as the others, finding its connection
     // gone, treat its share as its own (see `docs/rate-budget.md`).
-    let lease = period + period / 2;
+    let lease = budget.lease();
     let mut me = None;
     // Until the first negotiation, nothing: another process may hold the whole budget.
     budget.set_token_share(0);

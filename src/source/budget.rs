@@ -213,20 +213,27 @@ impl RateBudget {
         }
     }
 
-    /// How often a pass checks that it still holds its account's lease, and how long one check
-    /// may take at most half of: a pass that lost its lease (its connection ended, say in a
-    /// database restart, and another process may take the account) stops sending within a
-    /// period and a half.
-    pub fn lease_check_period(&self) -> Duration {
-        (self.per_account.window / 4).max(Duration::from_millis(250))
+    /// A quarter window, at least 250 ms: how often a process renegotiates its share of the
+    /// token's window (`service::budget`), and how often a pass checks that it still holds its
+    /// account's lease, giving one check at most half of it (`sync`).
+    pub fn period(&self) -> Duration {
+        (self.per_token.window / 4).max(Duration::from_millis(250))
+    }
+
+    /// A period and a half: how long a share stays good without a renewal, and the longest a
+    /// pass that lost its account's lease (its connection ended, say in a database restart,
+    /// and another process may take the account) goes on sending before a check notices.
+    pub fn lease(&self) -> Duration {
+        let period = self.period();
+        period + period / 2
     }
 
     /// How long an account waits before its first request when its last holder ended without
     /// handing on its window (killed, or lost its lease's connection): what it sent stays in
     /// the server's window for a window, and a holder that lost the lease without dying goes on
-    /// sending for up to a lease check and a half.
+    /// sending for up to a lease.
     pub fn abandoned_wait(&self) -> Duration {
-        self.per_account.window + self.lease_check_period() * 3 / 2
+        self.per_account.window + self.lease()
     }
 
     /// This budget's name where account windows are handed on (unique per process).

@@ -264,7 +264,7 @@ async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
     out
 }
 
-/// Runs the pass while checking, every lease check period, that the account's lease is still
+/// Runs the pass while checking, every budget period ([`RateBudget::period`]), that the account's lease is still
 /// held. A lease lost with its connection (a database restart, a terminated backend, a network
 /// cut) may already be another process's, which waits out this one's requests for a limited
 /// time only (see [`RateBudget::abandoned_wait`]): the pass stops sending at once and ends
@@ -277,7 +277,7 @@ async fn watched(
     started: Instant,
     budget: Option<&RateBudget>,
 ) -> bool {
-    let every = budget.map_or(DEFAULT_LEASE_CHECK, RateBudget::lease_check_period);
+    let every = budget.map_or(DEFAULT_LEASE_CHECK, RateBudget::period);
     let cancel = p.cancel.child_token();
     let lost = CancellationToken::new();
     let p = Pass {

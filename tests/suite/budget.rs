@@ -647,7 +647,8 @@ fn client_with_a_1s_window(env: &Env) -> lms_sync::source::TrutoClient {
         window,
     };
     let budget = RateBudget::new(limit, limit);
-    assert_eq!(budget.lease_check_period(), Duration::from_millis(250));
+    assert_eq!(budget.period(), Duration::from_millis(250));
+    assert_eq!(budget.lease(), Duration::from_millis(375));
     env.client().with_budget(std::sync::Arc::new(budget))
 }
 
