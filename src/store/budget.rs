@@ -15,6 +15,16 @@ use sqlx::{Connection, PgConnection};
 
 use super::{Store, StoreError, BUDGET_APPLICATION_NAME};
 
+/// SQL: whether the holder of `rate_shares` row `s` is alive. Its backend is there — its own,
+/// not a later one that got the same pid (after a restart, or once pids wrap): that one started
+/// after the holder's last round.
+macro_rules! holder_alive {
+    () => {
+        "EXISTS (SELECT 1 FROM pg_stat_activity a
+                  WHERE a.pid = s.backend_pid AND a.backend_start <= s.renewed_at)"
+    };
+}
+
 /// One process's place at the budget.
 pub struct ShareHolder {
     conn: PgConnection,
@@ -56,26 +66,26 @@ pub struct BudgetView {
 impl Store {
     /// Who holds `budget` now, for people to read (nothing is changed). `window` is the
     /// budget's: releases older than that are no longer hot even before a negotiation prunes
-    /// them.
+    /// them (the same rule as [`ShareHolder::negotiate`]'s).
     pub async fn budget_view(
         &self,
         budget: &str,
         window: Duration,
     ) -> Result<BudgetView, StoreError> {
-        let holders = sqlx::query_as(
-            "SELECT s.holder, s.share, s.wanted, s.renewed_at,
-                    EXISTS (SELECT 1 FROM pg_stat_activity a
-                             WHERE a.pid = s.backend_pid AND a.backend_start <= s.renewed_at) AS alive
+        let holders = sqlx::query_as(concat!(
+            "SELECT s.holder, s.share, s.wanted, s.renewed_at, ",
+            holder_alive!(),
+            " AS alive
                FROM rate_shares s
               WHERE s.budget = $1
-              ORDER BY s.holder",
-        )
+              ORDER BY s.holder"
+        ))
         .bind(budget)
         .fetch_all(&self.pool)
         .await?;
         let hot: i64 = sqlx::query_scalar(
             "SELECT coalesce(sum(released), 0)::bigint FROM rate_share_releases
-              WHERE budget = $1 AND released_at > now() - make_interval(secs => $2)",
+              WHERE budget = $1 AND released_at >= now() - make_interval(secs => $2)",
         )
         .bind(budget)
         .bind(window.as_secs_f64())
@@ -143,19 +153,17 @@ impl ShareHolder {
         // last sent under — now if the process died; at the end of its lease if it is alive
         // (the database restarted, or dropped its connection) and has not noticed yet.
         // `greatest` skips a NULL `good_until` (a row of a binary older than 0015).
-        sqlx::query(
+        sqlx::query(concat!(
             "WITH dead AS (
                  DELETE FROM rate_shares s
-                  WHERE s.budget = $1 AND s.holder <> $2
-                    -- Its backend, not a later one that got the same pid (after a restart,
-                    -- or once pids wrap): that one started after the holder's last round.
-                    AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                                     WHERE a.pid = s.backend_pid AND a.backend_start <= s.renewed_at)
+                  WHERE s.budget = $1 AND s.holder <> $2 AND NOT ",
+            holder_alive!(),
+            "
               RETURNING s.share, s.good_until)
              INSERT INTO rate_share_releases (budget, released, released_at)
              SELECT $1, share, greatest(now(), good_until) FROM dead
-              WHERE share > 0",
-        )
+              WHERE share > 0"
+        ))
         .bind(budget)
         .bind(&self.holder)
         .execute(&mut *tx)
