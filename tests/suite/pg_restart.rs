@@ -26,6 +26,16 @@ impl Progress for Pages {
     }
 }
 
+/// A replica's config for `accounts` under `limit` whose database retries outlast a restart.
+fn riding_out_a_restart(env: &Env, accounts: &[Uuid], limit: RateLimit) -> std::path::PathBuf {
+    let cfg = budget_config_with(env, accounts, limit);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[sync]\n", "[sync]\ndb_max_attempts = 30\n");
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 /// A private cluster with a migrated database `mirror`, and a simulator with `accounts`.
 async fn private_env(accounts: &[(Uuid, usize)]) -> (Env, Arc<TempPostgres>) {
     let pg = Arc::new(
@@ -151,14 +161,7 @@ async fn replicas_sharing_the_budget_stay_within_its_window_across_a_postgres_re
         window: Duration::from_secs(1),
     };
     env.sim.set_rate_limit(Some(limit));
-    let config = |id: Uuid| {
-        let cfg = budget_config_with(&env, &[id], limit);
-        let text = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("[sync]\n", "[sync]\ndb_max_attempts = 30\n");
-        std::fs::write(&cfg, text).unwrap();
-        cfg
-    };
+    let config = |id: Uuid| riding_out_a_restart(&env, &[id], limit);
     let mut r1 = spawn(&config(a), &env.db_url);
     while r1.next_budget_share().await != per_token as i64 {}
     let mut r2 = spawn(&config(b), &env.db_url);
@@ -224,11 +227,7 @@ async fn replicas_syncing_the_same_accounts_keep_each_accounts_window_across_a_p
         window: Duration::from_secs(1),
     };
     env.sim.set_rate_limit(Some(limit));
-    let cfg = budget_config_with(&env, &[a, b], limit);
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[sync]\n", "[sync]\ndb_max_attempts = 30\n");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = riding_out_a_restart(&env, &[a, b], limit);
     let mut r1 = spawn(&cfg, &env.db_url);
     let mut r2 = spawn(&cfg, &env.db_url);
 

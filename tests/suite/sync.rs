@@ -740,6 +740,27 @@ impl Progress for MoveCursor {
     }
 }
 
+/// Rows and cursor advances committed together: the stored page count is the pass's, and
+/// exactly those pages' users (100 a page) are mirrored.
+async fn assert_rows_and_cursor_went_in_together(
+    env: &Env,
+    a: uuid::Uuid,
+    o: &lms_sync::sync::SyncOutcome,
+) {
+    let pages = env
+        .scalar_i64(&format!(
+            "SELECT pages FROM sync_state WHERE integrated_account_id = '{a}'"
+        ))
+        .await;
+    let users = env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM users WHERE integrated_account_id = '{a}'"
+        ))
+        .await;
+    assert_eq!(pages as u64, o.counts.pages);
+    assert_eq!(users as u64, 100 * o.counts.pages);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_stops_when_the_stored_cursor_is_not_where_it_left_it() {
     let a = account_id(1);
@@ -771,18 +792,7 @@ async fn a_pass_stops_when_the_stored_cursor_is_not_where_it_left_it() {
         ))
         .await;
     assert_eq!(still_moved, 1, "nothing was written past the divergence");
-    let pages = env
-        .scalar_i64(&format!(
-            "SELECT pages FROM sync_state WHERE integrated_account_id = '{a}'"
-        ))
-        .await;
-    let users = env
-        .scalar_i64(&format!(
-            "SELECT count(*) FROM users WHERE integrated_account_id = '{a}'"
-        ))
-        .await;
-    assert_eq!(pages as u64, o.counts.pages);
-    assert_eq!(users as u64, 100 * o.counts.pages);
+    assert_rows_and_cursor_went_in_together(&env, a, &o).await;
     // The next pass resumes from the database's cursor; the API refuses it; the listing restarts.
     let o = env.sync(a).await;
     assert!(o.succeeded(), "{:?}", o.error);
@@ -807,20 +817,8 @@ async fn batches_written_ahead_roll_back_together_when_one_before_them_fails() {
         "{:?}",
         o.counts
     );
-    // Rows and cursor advances committed together: exactly the pages counted are mirrored,
-    // nothing of the batches behind the failed one.
-    let users = env
-        .scalar_i64(&format!(
-            "SELECT count(*) FROM users WHERE integrated_account_id = '{a}'"
-        ))
-        .await;
-    let pages = env
-        .scalar_i64(&format!(
-            "SELECT pages FROM sync_state WHERE integrated_account_id = '{a}'"
-        ))
-        .await;
-    assert_eq!(pages as u64, o.counts.pages);
-    assert_eq!(users as u64, 100 * o.counts.pages);
+    // Nothing of the batches behind the failed one is mirrored.
+    assert_rows_and_cursor_went_in_together(&env, a, &o).await;
     // The next pass starts over (the API refuses the moved cursor) and converges.
     let o = env.sync(a).await;
     assert!(o.succeeded(), "{:?}", o.error);
