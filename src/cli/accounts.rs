@@ -69,7 +69,8 @@ pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), Cli
 }
 
 async fn list(settings: Settings, json: bool) -> Result<(), CliError> {
-    let state = super::commands::fleet_state(&settings).await?;
+    let store = open_store(&settings, Access::Read).await?;
+    let state = super::commands::fleet_state(&settings, &store).await?;
     let views = crate::service::status::account_views(&state);
     if json {
         let text = serde_json::to_string_pretty(&views)

@@ -205,10 +205,9 @@ pub async fn migrate(settings: Settings) -> Result<(), CliError> {
 /// The fleet's state, read-only (for `status` and `accounts list`).
 pub async fn fleet_state(
     settings: &Settings,
+    store: &Store,
 ) -> Result<crate::service::status::FleetState, CliError> {
-    settings.database_url()?;
-    let store = open_store(settings, Access::Read).await?;
-    crate::service::status::read_state(settings, &store)
+    crate::service::status::read_state(settings, store)
         .await
         .map_err(|error| CliError::Store {
             context: "cannot read the sync state",
@@ -218,7 +217,8 @@ pub async fn fleet_state(
 
 /// `status`: each account's sync state.
 pub async fn status(settings: Settings) -> Result<(), CliError> {
-    let state = fleet_state(&settings).await?;
+    let store = open_store(&settings, Access::Read).await?;
+    let state = fleet_state(&settings, &store).await?;
     let info = state
         .fleet
         .iter()
@@ -242,6 +242,15 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
                 .unwrap_or_default(),
             error.map(|e| format!("; failed: {e}")).unwrap_or_default()
         );
+    }
+    let budget = crate::service::status::read_budget(&settings, &store)
+        .await
+        .map_err(|error| CliError::Store {
+            context: "cannot read the request budget",
+            error,
+        })?;
+    if let Some(b) = budget {
+        print!("{}", super::render::budget(&b));
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::domain::Outcome;
-use crate::service::status::AccountView;
+use crate::service::status::{AccountView, BudgetSection};
 use crate::store::StatusRow;
 use crate::sync::SyncOutcome;
 use crate::text::shorten;
@@ -142,6 +142,41 @@ pub fn status(
     s
 }
 
+/// The token's request budget under `status`: what the processes on this database hold of its
+/// window, what is hot and free, then one line per process.
+pub fn budget(b: &BudgetSection) -> String {
+    let n = b.view.holders.len();
+    let mut s = format!(
+        "request budget: {} requests per {} s, shared by every process on this database: {} held by {} process{}, {} hot (given back, still in Truto's window), {} free\n",
+        b.per_token,
+        b.window_secs,
+        b.held(),
+        n,
+        if n == 1 { "" } else { "es" },
+        b.view.hot,
+        b.free(),
+    );
+    if n == 0 {
+        s.push_str("    no process holds a share yet\n");
+    }
+    for h in &b.view.holders {
+        let _ = writeln!(
+            s,
+            "    {}: share {} (wants {}), renewed {}{}",
+            shorten(&h.holder, 80),
+            h.share,
+            h.wanted,
+            h.renewed_at.format("%Y-%m-%d %H:%M:%SZ"),
+            if h.alive {
+                ""
+            } else {
+                "; connection gone: its share is released at the next negotiation"
+            }
+        );
+    }
+    s
+}
+
 /// `accounts list` as a readable table.
 pub fn accounts(views: &[AccountView]) -> String {
     let t = |v: Option<DateTime<Utc>>| {
@@ -179,4 +214,50 @@ pub fn accounts(views: &[AccountView]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{BudgetView, ShareView};
+
+    #[test]
+    fn the_budget_lists_every_holder_and_says_what_is_hot_and_free() {
+        let renewed_at = "2026-12-02T18:40:01Z".parse().unwrap();
+        let holder = |name: &str, share, wanted, alive| ShareView {
+            holder: name.into(),
+            share,
+            wanted,
+            renewed_at,
+            alive,
+        };
+        let b = BudgetSection {
+            per_token: 500,
+            window_secs: 10,
+            view: BudgetView {
+                holders: vec![
+                    holder("web-1:42:ab", 200, 200, true),
+                    holder("web-2:7:cd", 150, 500, false),
+                ],
+                hot: 100,
+            },
+        };
+        assert_eq!(
+            budget(&b),
+            "request budget: 500 requests per 10 s, shared by every process on this database: 350 held by 2 processes, 100 hot (given back, still in Truto's window), 50 free\n\
+             \x20   web-1:42:ab: share 200 (wants 200), renewed 2026-12-02 18:40:01Z\n\
+             \x20   web-2:7:cd: share 150 (wants 500), renewed 2026-12-02 18:40:01Z; connection gone: its share is released at the next negotiation\n"
+        );
+        let empty = BudgetSection {
+            view: BudgetView::default(),
+            ..b
+        };
+        assert!(
+            budget(&empty).ends_with(
+                "0 held by 0 processes, 0 hot (given back, still in Truto's window), 500 free\n    no process holds a share yet\n"
+            ),
+            "{}",
+            budget(&empty)
+        );
+    }
 }

@@ -422,7 +422,8 @@ async fn a_replica_killed_holding_its_share_starves_the_other_for_no_more_than_a
         per_token,
         window: Duration::from_secs(1),
     }));
-    let mut r1 = spawn(&budget_config(&env, &[a], per_token), &env.db_url);
+    let cfg_a = budget_config(&env, &[a], per_token);
+    let mut r1 = spawn(&cfg_a, &env.db_url);
     while r1.next_budget_share().await != per_token as i64 {}
     let mut r2 = spawn(&budget_config(&env, &[b], per_token), &env.db_url);
     let ops = r2
@@ -433,6 +434,33 @@ async fn a_replica_killed_holding_its_share_starves_the_other_for_no_more_than_a
         .to_string();
     // r1 gives back half, hot for a window; then r2 has it.
     while r2.next_budget_share().await <= 0 {}
+    // `lms-sync status` shows the split from the database: both processes, and the window
+    // adding up (held + hot + free = the token's limit).
+    let out = lms_sync(&cfg_a, &env.db_url, &["status"])
+        .output()
+        .await
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status}");
+    let summary = status
+        .lines()
+        .find(|l| l.starts_with("request budget: "))
+        .unwrap_or_else(|| panic!("no budget line: {status}"));
+    let figures: Vec<i64> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    // per_token, window, held, processes, hot, free
+    let [limit, 1, held, 2, hot, free] = figures[..] else {
+        panic!("{summary}")
+    };
+    assert_eq!(limit, per_token as i64, "{summary}");
+    assert_eq!(held + hot + free, limit, "{summary}");
+    assert_eq!(
+        status.lines().filter(|l| l.contains(": share ")).count(),
+        2,
+        "{status}"
+    );
 
     r1.child.start_kill().unwrap();
     let killed = Instant::now();

@@ -32,12 +32,19 @@ pub fn config(sim: &Simulator, accounts: &[Uuid], every: &str, max_concurrent: u
 
 /// `lms-sync sync` with `cfg` against `db`, in a clean environment with the simulator's token.
 pub fn one_off_sync(cfg: &std::path::Path, db: &str) -> Command {
+    lms_sync(cfg, db, &["sync"])
+}
+
+/// `lms-sync --config cfg <args>` against the database `db`, with nothing else from the
+/// environment.
+pub fn lms_sync(cfg: &std::path::Path, db: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("TRUTO_API_TOKEN", DEMO_TOKEN)
         .env("LMS_SYNC__DATABASE__URL", db)
-        .args(["--config", cfg.to_str().unwrap(), "sync"]);
+        .args(["--config", cfg.to_str().unwrap()])
+        .args(args);
     cmd
 }
 
