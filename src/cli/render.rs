@@ -145,18 +145,8 @@ pub fn status(
 /// The token's request budget under `status`: what the processes on this database hold of its
 /// window, what is hot and free, then one line per process.
 pub fn budget(b: &BudgetSection) -> String {
-    let n = b.view.holders.len();
-    let mut s = format!(
-        "request budget: {} requests per {} s, shared by every process on this database: {} held by {} process{}, {} hot (given back, still in Truto's window), {} free\n",
-        b.per_token,
-        b.window_secs,
-        b.held(),
-        n,
-        if n == 1 { "" } else { "es" },
-        b.view.hot,
-        b.free(),
-    );
-    if n == 0 {
+    let mut s = format!("request budget: {}\n", b.summary());
+    if b.view.holders.is_empty() {
         s.push_str("    no process holds a share yet\n");
     }
     for h in &b.view.holders {

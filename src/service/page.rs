@@ -136,16 +136,8 @@ h2{font-size:16px;margin:20px 8px 4px}.note{margin:4px 8px 10px;font-size:14px;c
 fn budget_section(s: &mut String, b: &BudgetSection, now: DateTime<Utc>) {
     let _ = write!(
         s,
-        "<h2>Request budget</h2><p class=\"note\">The API token's {} requests per {} s, shared by \
-         every process on this database: {} held by {} process{}, {} hot (given back, still in \
-         Truto's window), {} free.</p>",
-        b.per_token,
-        b.window_secs,
-        b.held(),
-        b.view.holders.len(),
-        if b.view.holders.len() == 1 { "" } else { "es" },
-        b.view.hot,
-        b.free(),
+        "<h2>Request budget</h2><p class=\"note\">The API token's {}.</p>",
+        b.summary()
     );
     if b.view.holders.is_empty() {
         s.push_str("<p class=\"note\">No process holds a share yet.</p>");

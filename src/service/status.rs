@@ -99,6 +99,22 @@ impl BudgetSection {
     pub fn free(&self) -> i64 {
         (self.per_token as i64 - self.held() - self.view.hot).max(0)
     }
+
+    /// The budget in one sentence, as the status page and `lms-sync status` say it.
+    pub fn summary(&self) -> String {
+        let n = self.view.holders.len();
+        format!(
+            "{} requests per {} s, shared by every process on this database: {} held by {} \
+             process{}, {} hot (given back, still in Truto's window), {} free",
+            self.per_token,
+            self.window_secs,
+            self.held(),
+            n,
+            if n == 1 { "" } else { "es" },
+            self.view.hot,
+            self.free(),
+        )
+    }
 }
 
 /// The token's budget as the database holds it; `None` when requests are not paced
