@@ -95,9 +95,9 @@ impl CopyRows {
                     u.extra.as_deref(),
                     created.as_deref(),
                     updated.as_deref(),
-                    Some(&hash),
+                    Some(hash.as_str()),
                     run.as_deref(),
-                    Some(&listed),
+                    Some(listed.as_str()),
                 ],
             );
             for (p, e) in u.emails.iter().enumerate() {
@@ -150,15 +150,22 @@ impl CopyRows {
     }
 }
 
-/// `bytes` as bytea input text (`\\x` and hex digits).
-fn bytea_text(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(2 + 2 * bytes.len());
-    out.push_str("\\x");
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
+/// `bytes` as bytea input text (`\\x` and hex digits). Hashes are 16 bytes, so the text is
+/// built on the stack: formatting each byte with `{:02x}` showed in a first sync's profile.
+fn bytea_text(bytes: &[u8; 16]) -> HashText {
+    let mut out = [0u8; 34];
+    out[..2].copy_from_slice(b"\\x");
+    hex::encode_to_slice(bytes, &mut out[2..]).expect("34 bytes hold 16 in hex");
+    HashText(out)
+}
+
+/// A 16-byte hash as bytea input text.
+struct HashText([u8; 34]);
+
+impl HashText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("ASCII")
     }
-    out
 }
 
 /// Streams several sets of rows (one per page) into their tables: one COPY per table, each
@@ -190,6 +197,17 @@ pub async fn copy_all(sets: &[CopyRows], conn: &mut PgConnection) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashes_are_written_as_bytea_hex() {
+        let mut bytes = [0u8; 16];
+        bytes[0] = 0x0f;
+        bytes[15] = 0xa0;
+        assert_eq!(
+            bytea_text(&bytes).as_str(),
+            "\\x0f0000000000000000000000000000a0"
+        );
+    }
 
     #[test]
     fn copy_fields_escape_what_copy_text_format_needs() {
