@@ -648,11 +648,13 @@ impl lms_sync::sync::Progress for LoseLease {
 
 impl Drop for LoseLease {
     /// A stopped backend runs again whatever the test's outcome, or the cluster could not shut
-    /// down.
+    /// down. It is usually gone by now (its connection was closed), so `kill` has nothing to
+    /// say worth printing.
     fn drop(&mut self) {
         if let (true, Ok(Some((_, pid)))) = (self.stop, self.done.lock().as_deref()) {
             let _ = std::process::Command::new("kill")
                 .args(["-CONT", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
                 .status();
         }
     }
