@@ -209,29 +209,12 @@ pub fn accounts(views: &[AccountView]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{BudgetView, ShareView};
+    use crate::store::BudgetView;
 
     #[test]
     fn the_budget_lists_every_holder_and_says_what_is_hot_and_free() {
         let renewed_at = "2026-12-02T18:40:01Z".parse().unwrap();
-        let holder = |name: &str, share, wanted, alive| ShareView {
-            holder: name.into(),
-            share,
-            wanted,
-            renewed_at,
-            alive,
-        };
-        let b = BudgetSection {
-            per_token: 500,
-            window_secs: 10,
-            view: BudgetView {
-                holders: vec![
-                    holder("web-1:42:ab", 200, 200, true),
-                    holder("web-2:7:cd", 150, 500, false),
-                ],
-                hot: 100,
-            },
-        };
+        let b = BudgetSection::example("web-1:42:ab", renewed_at);
         assert_eq!(
             budget(&b),
             "request budget: 500 requests per 10 s, shared by every process on this database: 350 held by 2 processes, 100 hot (given back, still in Truto's window), 50 free\n\

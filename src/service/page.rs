@@ -288,24 +288,7 @@ mod tests {
     #[test]
     fn the_budget_section_shows_every_holder_what_is_hot_and_what_is_free() {
         let now = Utc::now();
-        let holder = |name: &str, share, wanted, alive| crate::store::ShareView {
-            holder: name.into(),
-            share,
-            wanted,
-            renewed_at: now - chrono::Duration::seconds(2),
-            alive,
-        };
-        let b = BudgetSection {
-            per_token: 500,
-            window_secs: 10,
-            view: BudgetView {
-                holders: vec![
-                    holder("web-1:42:<ab>", 200, 200, true),
-                    holder("web-2:7:cd", 150, 500, false),
-                ],
-                hot: 100,
-            },
-        };
+        let b = BudgetSection::example("web-1:42:<ab>", now - chrono::Duration::seconds(2));
         let html = render(&[view(1, "Alpha")], Some(&b), now);
         assert!(html.contains("Request budget"), "{html}");
         assert!(

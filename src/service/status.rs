@@ -117,6 +117,32 @@ impl BudgetSection {
     }
 }
 
+#[cfg(test)]
+impl BudgetSection {
+    /// The page's and the CLI's example: 500 a window, two holders (the second's connection
+    /// gone), 100 hot. `first` names the first holder, so a test can put markup in it.
+    pub(crate) fn example(first: &str, renewed_at: chrono::DateTime<chrono::Utc>) -> Self {
+        let holder = |name: &str, share, wanted, alive| crate::store::ShareView {
+            holder: name.into(),
+            share,
+            wanted,
+            renewed_at,
+            alive,
+        };
+        BudgetSection {
+            per_token: 500,
+            window_secs: 10,
+            view: BudgetView {
+                holders: vec![
+                    holder(first, 200, 200, true),
+                    holder("web-2:7:cd", 150, 500, false),
+                ],
+                hot: 100,
+            },
+        }
+    }
+}
+
 /// The token's budget as the database holds it; `None` when requests are not paced
 /// (`rate_budget.enabled = false`).
 pub async fn read_budget(
