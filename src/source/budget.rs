@@ -437,7 +437,14 @@ impl RateBudget {
     /// given) become one more sliding window over the account's requests; a window with nothing
     /// left pauses the account until it resets. A window that is merely partly used says
     /// nothing more: our own windows already pace the requests.
-    pub fn observe(&self, account: Uuid, report: RateReport, now: Instant) {
+    ///
+    /// `sent` is when the request took its slot, `now` when its answer came. The server counted
+    /// its window somewhere between the two, so ours is counted as of `sent`: a request of ours
+    /// that left our window while this one was under way was still in the server's when it
+    /// counted. (Counted as of `now`, it made a window the server had just filled look one
+    /// short, as if the server knew of a request we did not, and paused the account for the
+    /// reset rounded up to a second.)
+    pub fn observe(&self, account: Uuid, report: RateReport, sent: Instant, now: Instant) {
         let limit = report.limit.filter(|l| l.requests > 0);
         let mut guard = self.state.lock().expect("budget");
         let w = guard.accounts.entry(account).or_default();
@@ -451,7 +458,8 @@ impl RateBudget {
         // window already waits exactly until its oldest request leaves (the reset, rounded up
         // to whole seconds, would wait longer); when it is not, the vendor knows of requests
         // we do not: pause until its reset.
-        let full = limit.is_some_and(|l| w.in_window(now, self.widen(l).window) >= l.requests);
+        let full =
+            limit.is_some_and(|l| w.in_window(sent.min(now), self.widen(l).window) >= l.requests);
         if !full {
             w.pause_until(now + reset);
         }
@@ -544,6 +552,7 @@ mod tests {
         b.observe(
             a,
             RateReport::parse(Some("1;w=10"), Some("0"), Some("10")).unwrap(),
+            t0,
             t0,
         );
         assert_eq!(b.take_demand(t0).capacity, 6);
@@ -668,14 +677,24 @@ mod tests {
             reset: Some(Duration::from_secs(reset)),
             limit: None,
         };
-        b.observe(a, empty(2), t0 + Duration::from_secs(6));
+        b.observe(
+            a,
+            empty(2),
+            t0 + Duration::from_secs(6),
+            t0 + Duration::from_secs(6),
+        );
         assert!(b.try_acquire(a, t0 + Duration::from_secs(7)).is_err());
         let plenty = RateReport {
             remaining: Some(30),
             reset: Some(Duration::from_secs(60)),
             limit: None,
         };
-        b.observe(a, plenty, t0 + Duration::from_secs(8));
+        b.observe(
+            a,
+            plenty,
+            t0 + Duration::from_secs(8),
+            t0 + Duration::from_secs(8),
+        );
         assert!(
             b.try_acquire(a, t0 + Duration::from_secs(8)).is_ok(),
             "plenty left: no pause"
@@ -727,12 +746,46 @@ mod tests {
         // Our window is full too: it waits exactly for the oldest request, not for the
         // reset rounded up to whole seconds.
         let empty = RateReport::parse(Some("2;w=10"), Some("0"), Some("11")).unwrap();
-        b.observe(a, empty, t0);
+        b.observe(a, empty, t0, t0);
         assert!(b.try_acquire(a, t0 + Duration::from_millis(10_100)).is_ok());
         // Another account the vendor says is spent, though we sent nothing: pause.
-        b.observe(c, empty, t0);
+        b.observe(c, empty, t0, t0);
         assert!(b.try_acquire(c, t0 + Duration::from_secs(10)).is_err());
         assert!(b.try_acquire(c, t0 + Duration::from_secs(11)).is_ok());
+    }
+
+    #[test]
+    fn a_window_the_request_itself_filled_does_not_pause_though_an_old_request_left_ours_meanwhile()
+    {
+        let b = budget(2, 100);
+        let a = Uuid::from_u128(1);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Two requests, answered at once.
+        b.try_acquire(a, t0).unwrap();
+        b.settle(a, t0, t0 + ms(10));
+        b.try_acquire(a, t0 + ms(20)).unwrap();
+        b.settle(a, t0 + ms(20), t0 + ms(30));
+        // The first leaves our window; a third goes and is answered 90 ms later. The server
+        // counted the second and the third (2 of 2: nothing left, reset in a second), but by
+        // the answer the second has left our window too.
+        let sent = t0 + ms(10_010);
+        b.try_acquire(a, sent).unwrap();
+        let answered = sent + ms(90);
+        b.settle(a, sent, answered);
+        let full = RateReport::parse(Some("2;w=10"), Some("0"), Some("1")).unwrap();
+        b.observe(a, full, sent, answered);
+        // Our window already waited for what the server counted: no pause for the reset.
+        assert!(b.try_acquire(a, answered).is_ok());
+        // Counted as of the answer, the server's full window looked one short of ours and
+        // paused the account for a second:
+        let c = Uuid::from_u128(2);
+        b.try_acquire(c, t0).unwrap();
+        b.settle(c, t0, t0 + ms(30));
+        b.try_acquire(c, sent).unwrap();
+        b.settle(c, sent, answered);
+        b.observe(c, full, answered, answered);
+        assert!(b.try_acquire(c, answered).is_err());
     }
 
     #[test]
@@ -742,7 +795,7 @@ mod tests {
         let t0 = Instant::now();
         // A window as large as ours, partly used: nothing to wait for.
         let report = RateReport::parse(Some("10;w=10"), Some("3"), Some("8")).unwrap();
-        b.observe(a, report, t0);
+        b.observe(a, report, t0, t0);
         assert!(b.try_acquire(a, t0).is_ok());
         // A stricter one (2 per 10 s): one more fits its window, then the account waits.
         let strict = RateReport::parse(Some("2, 2;w=10"), Some("1"), Some("9")).unwrap();
@@ -753,7 +806,7 @@ mod tests {
                 window: Duration::from_secs(10)
             })
         );
-        b.observe(a, strict, t0);
+        b.observe(a, strict, t0, t0);
         assert!(b.try_acquire(a, t0).is_ok());
         assert!(b.try_acquire(a, t0).is_err(), "two in its window already");
         assert!(b.try_acquire(a, t0 + Duration::from_secs(11)).is_ok());

@@ -63,7 +63,7 @@ impl TrutoClient {
             let err = match result {
                 Ok((value, reported)) => {
                     if let (Some(budget), Some(report)) = (&self.budget, reported) {
-                        budget.observe(id, report, Instant::now());
+                        budget.observe(id, report, slot.unwrap_or(sent), Instant::now());
                     }
                     return Ok(Attempted {
                         value,
