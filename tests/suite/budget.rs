@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::daemon::*;
 use crate::helpers::*;
-use lms_sync::devkit::simulator::RateLimit;
+use lms_sync::devkit::simulator::{RateLimit, SimStats};
 use lms_sync::source::budget::{Limit, RateBudget};
 use lms_sync::store::{Handover, ShareHolder, LEASE_APPLICATION_NAME};
 use lms_sync::sync::SyncOutcome;
@@ -337,6 +337,26 @@ async fn one_account_at_10_per_2s(users: usize) -> (Uuid, Env, std::path::PathBu
     (id, env, cfg)
 }
 
+/// `lms-sync sync` once, which must succeed.
+async fn sync_once(env: &Env, cfg: &std::path::Path) {
+    let out = one_off_sync(cfg, &env.db_url).output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What the simulator saw of an account of [`one_account_at_10_per_2s`]: no 429, never more
+/// than its 10 requests in its window, and the account mirrored exactly.
+async fn assert_kept_to_10_per_window(env: &Env, id: Uuid) -> SimStats {
+    let stats = env.sim.stats();
+    assert_eq!(stats.rate_limited, 0, "429s: {stats:?}");
+    assert!(stats.max_account_window <= 10, "{stats:?}");
+    assert_mirror(&env.store, &env.sim, id).await;
+    stats
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_and_a_one_off_sync_stay_within_both_windows_together() {
     let service: Vec<Uuid> = (1..=4).map(account_id).collect();
@@ -390,6 +410,27 @@ async fn two_replicas_and_a_one_off_sync_stay_within_both_windows_together() {
     }
 }
 
+/// The server reports the account's window on every answer (`ratelimit-*`), and another client
+/// has spent most of it: the sync sends what the server says is left, waits for it to reset,
+/// and never gets a 429 (its own window alone would have sent 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_the_server_says_is_spent_by_another_client_is_waited_for_without_a_429() {
+    let (id, env, cfg) = one_account_at_10_per_2s(150).await;
+    env.sim.set_ratelimit_headers(true);
+    // The other client: 7 of the account's 10, answered before the sync starts.
+    let other = env.client();
+    let never = tokio_util::sync::CancellationToken::new();
+    for _ in 0..7 {
+        other
+            .fetch_page(&env.account(id), None, &never)
+            .await
+            .unwrap();
+    }
+    sync_once(&env, &cfg).await;
+    let stats = assert_kept_to_10_per_window(&env, id).await;
+    assert_eq!(stats.requests, 7 + 15, "{stats:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accounts_window_goes_with_its_lease_to_the_next_process_that_syncs_it() {
     // 100 users in pages of 10: one sync sends 10 requests, the whole window.
@@ -397,18 +438,10 @@ async fn an_accounts_window_goes_with_its_lease_to_the_next_process_that_syncs_i
     // Two processes one after the other: the second counts the first's requests, still in the
     // server's window, as its own, and waits for them instead of running into 429s.
     for _ in 0..2 {
-        let out = one_off_sync(&cfg, &env.db_url).output().await.unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        sync_once(&env, &cfg).await;
     }
-    let stats = env.sim.stats();
+    let stats = assert_kept_to_10_per_window(&env, id).await;
     assert_eq!(stats.requests, 20, "{stats:?}");
-    assert_eq!(stats.rate_limited, 0, "429s: {stats:?}");
-    assert!(stats.max_account_window <= 10, "{stats:?}");
-    assert_mirror(&env.store, &env.sim, id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -562,16 +595,8 @@ async fn a_process_killed_holding_an_accounts_lease_leaves_a_window_the_next_one
     // Its lease ends with its connection; the next process takes the account as soon as it
     // is free.
     wait_for_no_session(&env, LEASE_APPLICATION_NAME).await;
-    let out = one_off_sync(&cfg, &env.db_url).output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stats = env.sim.stats();
-    assert_eq!(stats.rate_limited, 0, "429s: {stats:?}");
-    assert!(stats.max_account_window <= 10, "{stats:?}");
-    assert_mirror(&env.store, &env.sim, id).await;
+    sync_once(&env, &cfg).await;
+    assert_kept_to_10_per_window(&env, id).await;
 }
 
 /// Waits until the database has no session named `application_name` (a killed process's
