@@ -458,8 +458,7 @@ impl RateBudget {
         // window already waits exactly until its oldest request leaves (the reset, rounded up
         // to whole seconds, would wait longer); when it is not, the vendor knows of requests
         // we do not: pause until its reset.
-        let full =
-            limit.is_some_and(|l| w.in_window(sent.min(now), self.widen(l).window) >= l.requests);
+        let full = limit.is_some_and(|l| w.in_window(sent, self.widen(l).window) >= l.requests);
         if !full {
             w.pause_until(now + reset);
         }

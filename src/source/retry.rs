@@ -56,14 +56,17 @@ impl TrutoClient {
                 r = once() => r,
                 _ = cancel.cancelled() => return Err(Failed::new(SourceError::Cancelled, t.attempts)),
             };
+            let answered = Instant::now();
             if let (Some(budget), Some(taken)) = (&self.budget, slot) {
-                budget.settle(id, taken, Instant::now());
+                budget.settle(id, taken, answered);
             }
             self.count_request(id, what, sent.elapsed(), &result);
             let err = match result {
                 Ok((value, reported)) => {
-                    if let (Some(budget), Some(report)) = (&self.budget, reported) {
-                        budget.observe(id, report, slot.unwrap_or(sent), Instant::now());
+                    if let (Some(budget), Some(taken), Some(report)) =
+                        (&self.budget, slot, reported)
+                    {
+                        budget.observe(id, report, taken, answered);
                     }
                     return Ok(Attempted {
                         value,
