@@ -195,9 +195,24 @@ async fn write_all(
 ) -> Result<(), Stop> {
     let mut writer = Writer::new(p, run_id, all_new);
     loop {
-        let received = rx.recv().await;
-        // Batches that have committed meanwhile are accounted for now, in order (their
-        // counters, progress, and the fetcher's mode must not lag behind).
+        // While waiting for the next page, each batch is accounted for as it commits, oldest
+        // first: a paced account's next page can be a window away, and the batch's counters,
+        // progress, metrics and the fetcher's mode must not wait for it.
+        let received = loop {
+            let Some(mut oldest) = writer.oldest_committed() else {
+                break rx.recv().await;
+            };
+            tokio::select! {
+                biased;
+                received = rx.recv() => break received,
+                // Also when its task ended without saying (a panic): finishing it reports that.
+                // (The guard `wait_for` returns is dropped before anything is awaited.)
+                _ = async { drop(oldest.wait_for(Option::is_some).await) } => {
+                    writer.finish_oldest(out).await?
+                }
+            }
+        };
+        // Batches that have committed meanwhile are accounted for now, in order.
         writer.finish_committed(out).await?;
         let (batch, pending) = match next_batch(
             received,

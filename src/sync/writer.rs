@@ -2,7 +2,8 @@
 //! task of its own, and accounted for in order.
 //!
 //! Invariants (the rest of the pass relies on them):
-//! - **Order.** Batches are accounted for (counters, progress, metrics) in listing order, and
+//! - **Order.** Batches are accounted for (counters, progress, metrics) in listing order, each
+//!   as soon as it and those before it have committed (not when the next page arrives), and
 //!   their cursor advances commit in listing order: a batch written ahead of the one before it
 //!   holds its cursor advance until that one has committed (its gate).
 //! - **All or nothing.** A batch's users, rejected records, history, cursor and counters commit
@@ -189,6 +190,18 @@ impl<'p, 'a> Writer<'p, 'a> {
         let next = self.start(prepared, gate);
         self.in_flight.push_back(next);
         self.finish_while(|q| q.len() > PIPELINE_DEPTH, out).await
+    }
+
+    /// Opens when the oldest batch in flight has committed (or failed); `None` with none in
+    /// flight.
+    pub fn oldest_committed(&self) -> Option<Gate> {
+        self.in_flight.front().map(|f| f.committed.clone())
+    }
+
+    /// Waits for the oldest batch in flight (if any) and accounts for it.
+    pub async fn finish_oldest(&mut self, out: &mut SyncOutcome) -> Result<(), Stop> {
+        let rest = self.in_flight.len().saturating_sub(1);
+        self.finish_while(|q| q.len() > rest, out).await
     }
 
     /// Accounts for the oldest batches that have already committed (or failed).

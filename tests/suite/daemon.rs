@@ -283,6 +283,67 @@ async fn healthz_readyz_and_metrics_answer() {
     assert!(!metrics.contains(DEMO_TOKEN));
 }
 
+/// A paced account's next page can be a window away: what has committed is counted (progress,
+/// `/metrics`) as it commits, not when the next page arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_batch_is_counted_while_the_next_page_is_still_on_its_way() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 250)]).await;
+    // The first page answers at once; the second only after the client gives up on it (30 s)
+    // and asks again.
+    env.sim.push_fault(Some(a), Fault::Delay(Duration::ZERO));
+    env.sim
+        .push_fault(Some(a), Fault::Delay(Duration::from_secs(300)));
+    let mut settings = daemon_settings(&env, "6h");
+    settings.truto.request_timeout_secs = 30;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (daemon, stop) = start_daemon(
+        settings,
+        Hooks {
+            progress: Some(Arc::new(Events(tx))),
+            listener: Some(listener),
+            ..Hooks::default()
+        },
+    );
+    loop {
+        match next(&mut rx).await {
+            Event::Page(pages) => {
+                assert_eq!(pages, 1);
+                break;
+            }
+            Event::Started(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let requests = env.sim.stats().by_account.get(&a).copied();
+    let (_, metrics) = get(&format!("{base}/metrics")).await;
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+
+    // Page 2 is asked for once at most (its answer is 300 s away); counting page 1 only when
+    // page 2 arrives would have needed a third request.
+    assert!(
+        matches!(requests, Some(1 | 2)),
+        "page 1 was counted only after {requests:?} requests"
+    );
+    let acct = a.to_string();
+    for needle in [
+        format!("lms_sync_pages_total{{account=\"{acct}\"}} 1"),
+        format!("lms_sync_users_total{{account=\"{acct}\",change=\"inserted\"}} 100"),
+    ] {
+        assert!(metrics.contains(&needle), "missing {needle} in\n{metrics}");
+    }
+    // What committed stays, and the run is left to resume from its cursor.
+    let live = env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM users WHERE integrated_account_id = '{a}' AND deleted_at IS NULL"
+        ))
+        .await;
+    assert_eq!(live, 100);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_database_the_daemon_waits_reports_not_ready_and_still_stops_cleanly() {
     let env = Env::new(&[(account_id(1), 10)]).await;
