@@ -248,11 +248,20 @@ impl RateBudget {
         }
     }
 
-    /// How long an account's request starts must be kept: our window, or the vendor's when
-    /// it reported a longer one (both widened).
-    fn kept_for(&self, w: &Window) -> Duration {
+    /// How long an account's request start counts: our window, or the vendor's when it
+    /// reported a longer one (both widened).
+    fn counts_for(&self, w: &Window) -> Duration {
         let ours = self.widen(self.per_account).window;
         w.vendor.map_or(ours, |v| self.widen(v).window.max(ours))
+    }
+
+    /// How long an account's request start is kept: a window longer than it counts. An answer
+    /// is judged as of its request's send (see [`RateBudget::observe`]) and its slot is found
+    /// again on the answer (see [`RateBudget::settle`]); pruning as of now would forget, during
+    /// a round trip, starts that still count as of the send: another request's slot (the
+    /// account's hydration runs several at once) or a budget negotiation prunes meanwhile.
+    fn kept_for(&self, w: &Window) -> Duration {
+        2 * self.counts_for(w)
     }
 
     /// Takes a slot for `account` at `now` if both budgets have one; otherwise says how long
@@ -349,7 +358,7 @@ impl RateBudget {
         let mut capacity = 0;
         accounts.retain(|_, w| {
             w.prune(now, self.kept_for(w));
-            let working = w.asked || !w.starts.is_empty();
+            let working = w.asked || w.in_window(now, self.counts_for(w)) > 0;
             if working {
                 capacity += per_window(ours, w.vendor.map(|l| self.widen(l)));
             }
@@ -370,7 +379,8 @@ impl RateBudget {
         let Some(w) = guard.accounts.get_mut(&account) else {
             return Vec::new();
         };
-        w.prune(now, self.kept_for(w));
+        let counts_for = self.counts_for(w);
+        w.prune(now, counts_for);
         w.starts
             .iter()
             .map(|t| now.saturating_duration_since(*t))
@@ -416,8 +426,8 @@ impl RateBudget {
     /// Moves a slot taken at `taken` to `answered`, when the answer came: the server counted the
     /// request somewhere in between, and under load (a busy runtime, connection set-up) that can
     /// be long after the slot was taken. Counting from the later time keeps us under the
-    /// server's window whatever the delay. A request in flight for longer than a window has
-    /// had its slot pruned meanwhile; it counts again, from its answer.
+    /// server's window whatever the delay. A request in flight for longer than two windows has
+    /// had its slot pruned meanwhile (see `kept_for`); it counts again, from its answer.
     pub fn settle(&self, account: Uuid, taken: Instant, answered: Instant) {
         let mut guard = self.state.lock().expect("budget");
         let Windows {
@@ -785,6 +795,29 @@ mod tests {
         b.settle(c, sent, answered);
         b.observe(c, full, answered, answered);
         assert!(b.try_acquire(c, answered).is_err());
+    }
+
+    #[test]
+    fn a_budget_negotiation_during_a_round_trip_forgets_nothing_its_answer_is_judged_by() {
+        let b = budget(2, 100);
+        let a = Uuid::from_u128(1);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        b.try_acquire(a, t0).unwrap();
+        b.settle(a, t0, t0 + ms(10));
+        b.try_acquire(a, t0 + ms(20)).unwrap();
+        b.settle(a, t0 + ms(20), t0 + ms(30));
+        // A third request fills the window with the second. While it is under way, the share's
+        // negotiation takes the process's demand, after the second has left our window.
+        let sent = t0 + ms(10_010);
+        b.try_acquire(a, sent).unwrap();
+        assert_eq!(b.take_demand(sent + ms(50)).capacity, 2, "still working");
+        let answered = sent + ms(90);
+        b.settle(a, sent, answered);
+        let full = RateReport::parse(Some("2;w=10"), Some("0"), Some("1")).unwrap();
+        b.observe(a, full, sent, answered);
+        // As of the send, the second still counted: the server's full window is ours, no pause.
+        assert!(b.try_acquire(a, answered).is_ok());
     }
 
     #[test]
