@@ -763,6 +763,20 @@ mod tests {
         assert!(b.try_acquire(c, t0 + Duration::from_secs(11)).is_ok());
     }
 
+    /// On `a` of a budget of 2 per 10 s: two requests answered at once, then a third sent
+    /// when the first has left the window (the instant returned). With the second, it fills
+    /// the window.
+    fn a_third_request_after_the_first_left(b: &RateBudget, a: Uuid, t0: Instant) -> Instant {
+        let ms = Duration::from_millis;
+        b.try_acquire(a, t0).unwrap();
+        b.settle(a, t0, t0 + ms(10));
+        b.try_acquire(a, t0 + ms(20)).unwrap();
+        b.settle(a, t0 + ms(20), t0 + ms(30));
+        let sent = t0 + ms(10_010);
+        b.try_acquire(a, sent).unwrap();
+        sent
+    }
+
     #[test]
     fn a_window_the_request_itself_filled_does_not_pause_though_an_old_request_left_ours_meanwhile()
     {
@@ -770,16 +784,10 @@ mod tests {
         let a = Uuid::from_u128(1);
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        // Two requests, answered at once.
-        b.try_acquire(a, t0).unwrap();
-        b.settle(a, t0, t0 + ms(10));
-        b.try_acquire(a, t0 + ms(20)).unwrap();
-        b.settle(a, t0 + ms(20), t0 + ms(30));
-        // The first leaves our window; a third goes and is answered 90 ms later. The server
-        // counted the second and the third (2 of 2: nothing left, reset in a second), but by
-        // the answer the second has left our window too.
-        let sent = t0 + ms(10_010);
-        b.try_acquire(a, sent).unwrap();
+        // The third is answered 90 ms later. The server counted the second and the third (2 of
+        // 2: nothing left, reset in a second), but by the answer the second has left our
+        // window too.
+        let sent = a_third_request_after_the_first_left(&b, a, t0);
         let answered = sent + ms(90);
         b.settle(a, sent, answered);
         let full = RateReport::parse(Some("2;w=10"), Some("0"), Some("1")).unwrap();
@@ -801,16 +809,10 @@ mod tests {
     fn a_budget_negotiation_during_a_round_trip_forgets_nothing_its_answer_is_judged_by() {
         let b = budget(2, 100);
         let a = Uuid::from_u128(1);
-        let t0 = Instant::now();
         let ms = Duration::from_millis;
-        b.try_acquire(a, t0).unwrap();
-        b.settle(a, t0, t0 + ms(10));
-        b.try_acquire(a, t0 + ms(20)).unwrap();
-        b.settle(a, t0 + ms(20), t0 + ms(30));
-        // A third request fills the window with the second. While it is under way, the share's
-        // negotiation takes the process's demand, after the second has left our window.
-        let sent = t0 + ms(10_010);
-        b.try_acquire(a, sent).unwrap();
+        // While the third is under way, the share's negotiation takes the process's demand,
+        // after the second has left our window.
+        let sent = a_third_request_after_the_first_left(&b, a, Instant::now());
         assert_eq!(b.take_demand(sent + ms(50)).capacity, 2, "still working");
         let answered = sent + ms(90);
         b.settle(a, sent, answered);

@@ -228,17 +228,7 @@ async fn healthz_readyz_and_metrics_answer() {
     let a = account_id(1);
     let env = Env::new(&[(a, 250)]).await;
     let settings = daemon_settings(&env, "6h");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (daemon, stop) = start_daemon(
-        settings,
-        Hooks {
-            progress: Some(Arc::new(Events(tx))),
-            listener: Some(listener),
-            ..Hooks::default()
-        },
-    );
+    let (daemon, stop, mut rx, base) = serve_daemon(settings).await;
     loop {
         if let Event::Finished(..) = next(&mut rx).await {
             break;
@@ -296,17 +286,7 @@ async fn a_committed_batch_is_counted_while_the_next_page_is_still_on_its_way() 
         .push_fault(Some(a), Fault::Delay(Duration::from_secs(300)));
     let mut settings = daemon_settings(&env, "6h");
     settings.truto.request_timeout_secs = 30;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (daemon, stop) = start_daemon(
-        settings,
-        Hooks {
-            progress: Some(Arc::new(Events(tx))),
-            listener: Some(listener),
-            ..Hooks::default()
-        },
-    );
+    let (daemon, stop, mut rx, base) = serve_daemon(settings).await;
     loop {
         match next(&mut rx).await {
             Event::Page(pages) => {
@@ -352,15 +332,7 @@ async fn without_a_database_the_daemon_waits_reports_not_ready_and_still_stops_c
         "postgres://nobody@127.0.0.1:1/none".to_string(),
     ));
     settings.database.connect_timeout_secs = 1;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (daemon, stop) = start_daemon(
-        settings,
-        Hooks {
-            listener: Some(listener),
-            ..Hooks::default()
-        },
-    );
+    let (daemon, stop, _, base) = serve_daemon(settings).await;
 
     let (hs, _) = get(&format!("{base}/healthz")).await;
     let (rs, rb) = get(&format!("{base}/readyz")).await;

@@ -2,15 +2,12 @@
 //! service, every account's label and the request budget's holder are on the rendered page, and
 //! the screenshot the README shows (`docs/status-page.png`) is taken from it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::helpers::service::*;
 use crate::helpers::*;
 use lms_sync::config::AccountSettings;
 use lms_sync::devkit::simulator::Fault;
-use lms_sync::service::Hooks;
-use tokio::sync::mpsc;
 
 /// Runs headless Chromium with `args` and `url`, bounded in time.
 async fn chromium(args: &[String], url: &str) -> std::process::Output {
@@ -61,17 +58,8 @@ async fn the_status_page_shows_every_account_in_a_real_browser() {
             a
         })
         .collect();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (daemon, stop) = start_daemon(
-        s,
-        Hooks {
-            progress: Some(Arc::new(Events(tx))),
-            listener: Some(listener),
-            ..Hooks::default()
-        },
-    );
+    let (daemon, stop, mut rx, base) = serve_daemon(s).await;
+    let url = format!("{base}/");
     let mut finished = 0;
     while finished < 4 {
         if let Event::Finished(..) = next(&mut rx).await {

@@ -2,17 +2,14 @@
 //! replayed, stale, oversize, unknown, account events acted on within seconds) and the admin
 //! routes (403 without a configured token, 401 with a wrong one).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::helpers::service::*;
 use crate::helpers::*;
 use hmac::{Hmac, Mac};
 use lms_sync::devkit::simulator::Integrated;
-use lms_sync::service::Hooks;
 use serde_json::json;
 use sha2::Sha256;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 const SECRET: &str = "whsec-test-0123456789";
@@ -68,17 +65,8 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
     s.discovery.enabled = true;
     s.discovery.interval = "1h".into();
     s.webhooks.secret_file = Some(secret_file(SECRET));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/webhooks/truto", listener.local_addr().unwrap());
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (daemon, stop) = start_daemon(
-        s,
-        Hooks {
-            progress: Some(Arc::new(Events(tx))),
-            listener: Some(listener),
-            ..Hooks::default()
-        },
-    );
+    let (daemon, stop, mut rx, base) = serve_daemon(s).await;
+    let url = format!("{base}/webhooks/truto");
     loop {
         if let Event::Finished(id, _) = next(&mut rx).await {
             assert_eq!(id, a);
@@ -230,17 +218,7 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
         if with_token {
             s.server.admin_token_file = Some(secret_file(ADMIN));
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let (daemon, stop) = start_daemon(
-            s,
-            Hooks {
-                progress: Some(Arc::new(Events(tx))),
-                listener: Some(listener),
-                ..Hooks::default()
-            },
-        );
+        let (daemon, stop, mut rx, base) = serve_daemon(s).await;
         loop {
             if let Event::Finished(..) = next(&mut rx).await {
                 break;
@@ -334,15 +312,7 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
     let mut s = daemon_settings(&env, "1h");
     s.server.admin_token_file = Some(secret_file(ADMIN));
     s.rate_budget.enabled = false;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (daemon, stop) = start_daemon(
-        s,
-        Hooks {
-            listener: Some(listener),
-            ..Hooks::default()
-        },
-    );
+    let (daemon, stop, _, base) = serve_daemon(s).await;
     let (status, body) = get(format!("{base}/status/budget"), Some(ADMIN)).await;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("rate_budget.enabled = false"), "{body}");

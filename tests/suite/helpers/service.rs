@@ -72,6 +72,31 @@ pub fn start_daemon(
     (daemon, stop)
 }
 
+/// Starts the daemon with its ops server on a free loopback port and its pass events
+/// forwarded: (the daemon's task, the token that stops it, its events, the server's
+/// `http://127.0.0.1:<port>` without a trailing slash).
+pub async fn serve_daemon(
+    settings: Settings,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    CancellationToken,
+    mpsc::UnboundedReceiver<Event>,
+    String,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, events) = mpsc::unbounded_channel();
+    let (daemon, stop) = start_daemon(
+        settings,
+        Hooks {
+            progress: Some(std::sync::Arc::new(Events(tx))),
+            listener: Some(listener),
+            ..Hooks::default()
+        },
+    );
+    (daemon, stop, events, base)
+}
+
 pub fn daemon_settings(env: &Env, every: &str) -> Settings {
     let mut s = env.settings.clone();
     s.schedule.every = Some(every.into());
