@@ -1,10 +1,10 @@
 //! Keeping this process's share of the token's request budget, through the database, so that
 //! every process on it (`run` replicas, a one-off `sync`) stays within Truto's window together
-//! (see `docs/rate-budget.md`). Four times per window — and at once, though at most every
-//! [`MIN_SPACING`], when its requests wait for the share — the process says what it wants: what
-//! its accounts could send at their own windows' rate when it is short, about what it used
-//! otherwise; and it sets the share it is given on its [`RateBudget`]. The cost is a handful of
-//! statements per negotiation, at most a few per second whatever the request rate.
+//! (see `docs/rate-budget.md`). Four times per window — and at once when its requests wait for
+//! the share (see [`spacing`]) — the process says what it wants: what its accounts could send
+//! at their own windows' rate when it is short, about what it used otherwise; and it sets the
+//! share it is given on its [`RateBudget`]. The cost is a handful of statements per
+//! negotiation, at most a few per second whatever the request rate.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +41,19 @@ pub fn wanted(limit: usize, d: Demand) -> usize {
         most
     } else {
         (d.used + d.used / 4 + 1).min(most)
+    }
+}
+
+/// How soon after a round that asked for `asked` requests waiting for the share may start the
+/// next (pure): no sooner than [`MIN_SPACING`], unless that round asked for nothing. The first
+/// round of all does (nothing has asked yet), so a process's first requests wait for one round
+/// trip to the database, not for `MIN_SPACING`; the round after an immediate one asks for
+/// something, so rounds still come at most every `MIN_SPACING` while requests wait.
+pub fn spacing(asked: usize) -> Duration {
+    if asked == 0 {
+        Duration::ZERO
+    } else {
+        MIN_SPACING
     }
 }
 
@@ -133,7 +146,7 @@ pub async fn share_token_budget(
         }
         let short = async {
             budget.more_wanted().await;
-            tokio::time::sleep_until(negotiated_at + MIN_SPACING).await;
+            tokio::time::sleep_until(negotiated_at + spacing(want)).await;
         };
         tokio::select! {
             _ = tokio::time::sleep_until(negotiated_at + period) => {}
@@ -152,6 +165,13 @@ pub async fn share_token_budget(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_round_that_asked_for_nothing_is_followed_at_once() {
+        assert_eq!(spacing(0), Duration::ZERO);
+        assert_eq!(spacing(1), MIN_SPACING);
+        assert_eq!(spacing(500), MIN_SPACING);
+    }
 
     #[test]
     fn a_short_process_wants_what_its_accounts_could_send_and_an_easy_one_what_it_used() {

@@ -156,6 +156,9 @@ pub struct RateBudget {
     /// Woken when a request waits for the token's window while this process holds less than
     /// the whole of it: the share may grow at once instead of at the next period.
     more_wanted: Notify,
+    /// Woken when the share grows: requests waiting for it look again at once rather than
+    /// after [`SHARE_WAIT`].
+    share_grown: Notify,
     /// This budget's (so this process's) name where account windows are handed on: a lease
     /// last held by the same instance needs no handover, its windows are here.
     instance: String,
@@ -200,6 +203,7 @@ impl RateBudget {
         RateBudget {
             token_waited: AtomicBool::new(false),
             more_wanted: Notify::new(),
+            share_grown: Notify::new(),
             per_account,
             per_token,
             margin: Duration::from_millis(20),
@@ -318,15 +322,28 @@ impl RateBudget {
 
     /// Sets this process's share of the token's window (at most the whole budget).
     pub fn set_token_share(&self, requests: usize) {
-        self.state.lock().expect("budget").share = requests.min(self.per_token.requests);
+        self.set_share(requests, None);
     }
 
     /// Sets this process's share of the token's window, usable until `until` (a lease the
     /// next negotiation renews); at `until` it counts as 0.
     pub fn set_token_share_until(&self, requests: usize, until: Instant) {
+        self.set_share(requests, Some(until));
+    }
+
+    /// Sets the share, and its lease when given (otherwise the lease stays); wakes the
+    /// requests waiting for the share when it grew.
+    fn set_share(&self, requests: usize, lease: Option<Instant>) {
+        let now = Instant::now();
         let mut guard = self.state.lock().expect("budget");
+        let before = guard.share_at(now);
         guard.share = requests.min(self.per_token.requests);
-        guard.lease = Some(until);
+        if lease.is_some() {
+            guard.lease = lease;
+        }
+        if guard.share_at(now) > before {
+            self.share_grown.notify_waiters();
+        }
     }
 
     /// This process's share of the token's window (as last set; its lease aside).
@@ -372,6 +389,14 @@ impl RateBudget {
         }
     }
 
+    /// Counts `account` in this process's demand from now on, before its first request asks:
+    /// its pass has begun. Passes begin together (a process starting, a round of the fleet),
+    /// and the first negotiation after they do should ask for all of them.
+    pub fn working_on(&self, account: Uuid) {
+        let mut guard = self.state.lock().expect("budget");
+        guard.accounts.entry(account).or_default().asked = true;
+    }
+
     /// The ages of `account`'s requests still in its window (ours, or the vendor's when longer),
     /// to hand on with its lease.
     pub fn recent(&self, account: Uuid, now: Instant) -> Vec<Duration> {
@@ -415,10 +440,17 @@ impl RateBudget {
     pub async fn acquire(&self, account: Uuid) -> (Instant, Duration) {
         let began = Instant::now();
         loop {
+            // Registered before looking, so that a share grown in between wakes it too.
+            let grown = self.share_grown.notified();
+            tokio::pin!(grown);
+            grown.as_mut().enable();
             let now = Instant::now();
             match self.try_acquire(account, now) {
                 Ok(()) => return (now, began.elapsed()),
-                Err(wait) => tokio::time::sleep(wait).await,
+                Err(wait) => tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = grown => {}
+                },
             }
         }
     }
@@ -547,6 +579,37 @@ mod tests {
         assert!(b.try_acquire(a, t0).is_err(), "account budget spent");
         // The refused attempt did not use a token slot: another account still fits.
         assert!(b.try_acquire(c, t0).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waiting_for_the_share_goes_as_soon_as_the_share_grows() {
+        let b = std::sync::Arc::new(budget(5, 100));
+        b.set_token_share(0);
+        let a = Uuid::from_u128(1);
+        let waiting = tokio::spawn({
+            let b = b.clone();
+            async move { b.acquire(a).await }
+        });
+        // It looked, found no share and asked for one; now it waits.
+        b.more_wanted().await;
+        let asked = tokio::time::Instant::now();
+        b.set_token_share(5);
+        waiting.await.unwrap();
+        // Woken by the share, not by its next look (SHARE_WAIT later in the paused clock).
+        assert_eq!(asked.elapsed(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_pass_that_has_begun_counts_in_the_demand_before_its_first_request() {
+        let b = budget(50, 500);
+        let t0 = Instant::now();
+        for n in 1..=4 {
+            b.working_on(Uuid::from_u128(n));
+        }
+        b.try_acquire(Uuid::from_u128(1), t0).unwrap();
+        assert_eq!(b.take_demand(t0).capacity, 200);
+        // A window later, with nothing asked since: nothing wanted.
+        assert_eq!(b.take_demand(t0 + Duration::from_secs(11)).capacity, 0);
     }
 
     #[test]

@@ -234,6 +234,7 @@ async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
     // are still in the server's window (see docs/rate-budget.md).
     let budget = p.source.budget();
     if let Some(b) = &budget {
+        b.working_on(id);
         match lease.take_window(b.instance()).await {
             Ok(Handover::Released(ages)) => b.seed(id, &ages, Instant::now()),
             Ok(Handover::Abandoned) => {
