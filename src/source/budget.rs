@@ -404,8 +404,7 @@ impl RateBudget {
         let Some(w) = guard.accounts.get_mut(&account) else {
             return Vec::new();
         };
-        let counts_for = self.counts_for(w);
-        w.prune(now, counts_for);
+        w.prune(now, self.counts_for(w));
         w.starts
             .iter()
             .map(|t| now.saturating_duration_since(*t))
