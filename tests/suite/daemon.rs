@@ -316,12 +316,7 @@ async fn a_committed_batch_is_counted_while_the_next_page_is_still_on_its_way() 
         assert!(metrics.contains(&needle), "missing {needle} in\n{metrics}");
     }
     // What committed stays, and the run is left to resume from its cursor.
-    let live = env
-        .scalar_i64(&format!(
-            "SELECT count(*) FROM users WHERE integrated_account_id = '{a}' AND deleted_at IS NULL"
-        ))
-        .await;
-    assert_eq!(live, 100);
+    assert_eq!(env.store.live_users(a).await.unwrap(), 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
