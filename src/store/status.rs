@@ -33,19 +33,26 @@ pub struct StatusRow {
 }
 
 impl Store {
-    /// Counts `n` users inserted by a run and refreshes the planner's statistics when the
-    /// process's total crosses 2,000 × 4^k: a handful of ANALYZEs however many accounts grow,
-    /// so that later runs' key lookups are planned on the table as it is.
-    pub async fn note_inserted(&self, n: u64) {
+    /// Counts `n` users inserted (as each batch commits) and refreshes the planner's statistics
+    /// when the process's total crosses 2,000 × 4^k: a handful of ANALYZEs however many
+    /// accounts grow, so that key lookups are planned on the table as it is.
+    ///
+    /// The ANALYZE runs on a task of its own: it serves the queries planned after it, so
+    /// neither the batches after the one that crossed the mark nor the run's close wait for
+    /// it. A process that exits meanwhile leaves the statistics to autovacuum.
+    pub fn note_inserted(&self, n: u64) {
         use std::sync::atomic::Ordering;
         if n == 0 {
             return;
         }
         let before = self.inserted.fetch_add(n, Ordering::Relaxed);
         if analyze_due(before, before + n) {
-            if let Err(e) = self.analyze().await {
-                tracing::warn!(error = %e, "could not refresh table statistics");
-            }
+            let store = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.analyze().await {
+                    tracing::warn!(error = %e, "could not refresh table statistics");
+                }
+            });
         }
     }
 

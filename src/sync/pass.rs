@@ -25,8 +25,6 @@ pub(super) async fn run(
     span.record("run_id", start.run_id);
     let run_id = start.run_id;
     let listing = listing::follow(p, run_id, start.resume_cursor, out).await;
-    // Fresh planner statistics once a run has grown the tables (see Store::note_inserted).
-    p.store.note_inserted(out.counts.inserted).await;
 
     let listed = listing.is_ok();
     let mut end = conclude_listing(p, run_id, listing, out).await;

@@ -290,6 +290,8 @@ impl<'p, 'a> Writer<'p, 'a> {
         crate::failpoint::point("page_committed").await;
         let counts = result.counts;
         out.counts.add(&counts);
+        // Fresh planner statistics while a first sync grows the tables (see Store::note_inserted).
+        self.pass.store.note_inserted(counts.inserted);
         self.all_new
             .store(counts.inserted == counts.users_seen, Ordering::Relaxed);
         // Counted for users written (new or changed): an unchanged user is not even decoded.

@@ -320,6 +320,50 @@ async fn a_committed_batch_is_counted_while_the_next_page_is_still_on_its_way() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_sync_refreshes_the_planners_statistics_while_its_listing_goes_on() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 2_500)]).await;
+    // 20 pages (2,000 users, the first mark) answer at once; the 21st only after the client
+    // gives up on it (30 s) and asks again.
+    for _ in 0..20 {
+        env.sim.push_fault(Some(a), Fault::Delay(Duration::ZERO));
+    }
+    env.sim
+        .push_fault(Some(a), Fault::Delay(Duration::from_secs(300)));
+    let mut settings = daemon_settings(&env, "6h");
+    settings.truto.request_timeout_secs = 30;
+    let (daemon, stop, mut rx, _) = serve_daemon(settings).await;
+    loop {
+        match next(&mut rx).await {
+            Event::Page(20) => break,
+            Event::Page(_) | Event::Started(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The ANALYZE runs on a task of its own: wait for what it leaves in the statistics.
+    let mut analyzed: i64 = 0;
+    for _ in 0..1_500 {
+        analyzed = sqlx::query_scalar(
+            "SELECT analyze_count FROM pg_stat_user_tables WHERE relid = 'users'::regclass",
+        )
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+        if analyzed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let requests = env.sim.stats().by_account.get(&a).copied();
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+
+    assert_eq!(analyzed, 1, "no ANALYZE of users within 30 s of page 20");
+    // ... while page 21 was still on its way: the listing had not ended.
+    assert_eq!(requests, Some(21));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_database_the_daemon_waits_reports_not_ready_and_still_stops_cleanly() {
     let env = Env::new(&[(account_id(1), 10)]).await;
     let mut settings = daemon_settings(&env, "6h");
