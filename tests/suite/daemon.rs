@@ -273,30 +273,47 @@ async fn healthz_readyz_and_metrics_answer() {
     assert!(!metrics.contains(DEMO_TOKEN));
 }
 
-/// A paced account's next page can be a window away: what has committed is counted (progress,
-/// `/metrics`) as it commits, not when the next page arrives.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_committed_batch_is_counted_while_the_next_page_is_still_on_its_way() {
-    let a = account_id(1);
-    let env = Env::new(&[(a, 250)]).await;
-    // The first page answers at once; the second only after the client gives up on it (30 s)
-    // and asks again.
-    env.sim.push_fault(Some(a), Fault::Delay(Duration::ZERO));
+/// Serves the daemon (see `serve_daemon`) on `a`, whose first `pages` pages answer at once
+/// and whose next one only after the client gives up on it (30 s) and asks again. Returns once
+/// those `pages` are counted, while the next is on its way: the daemon, its stop, its base URL.
+async fn serve_until_a_held_page(
+    env: &Env,
+    a: Uuid,
+    pages: u64,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    CancellationToken,
+    String,
+) {
+    for _ in 0..pages {
+        env.sim.push_fault(Some(a), Fault::Delay(Duration::ZERO));
+    }
     env.sim
         .push_fault(Some(a), Fault::Delay(Duration::from_secs(300)));
-    let mut settings = daemon_settings(&env, "6h");
+    let mut settings = daemon_settings(env, "6h");
     settings.truto.request_timeout_secs = 30;
     let (daemon, stop, mut rx, base) = serve_daemon(settings).await;
     loop {
         match next(&mut rx).await {
-            Event::Page(pages) => {
-                assert_eq!(pages, 1);
+            Event::Page(n) if n < pages => {}
+            Event::Page(n) => {
+                assert_eq!(n, pages);
                 break;
             }
             Event::Started(_) => {}
             other => panic!("unexpected {other:?}"),
         }
     }
+    (daemon, stop, base)
+}
+
+/// A paced account's next page can be a window away: what has committed is counted (progress,
+/// `/metrics`) as it commits, not when the next page arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_batch_is_counted_while_the_next_page_is_still_on_its_way() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 250)]).await;
+    let (daemon, stop, base) = serve_until_a_held_page(&env, a, 1).await;
     let requests = env.sim.stats().by_account.get(&a).copied();
     let (_, metrics) = get(&format!("{base}/metrics")).await;
     stop.cancel();
@@ -323,23 +340,8 @@ async fn a_committed_batch_is_counted_while_the_next_page_is_still_on_its_way() 
 async fn a_first_sync_refreshes_the_planners_statistics_while_its_listing_goes_on() {
     let a = account_id(1);
     let env = Env::new(&[(a, 2_500)]).await;
-    // 20 pages (2,000 users, the first mark) answer at once; the 21st only after the client
-    // gives up on it (30 s) and asks again.
-    for _ in 0..20 {
-        env.sim.push_fault(Some(a), Fault::Delay(Duration::ZERO));
-    }
-    env.sim
-        .push_fault(Some(a), Fault::Delay(Duration::from_secs(300)));
-    let mut settings = daemon_settings(&env, "6h");
-    settings.truto.request_timeout_secs = 30;
-    let (daemon, stop, mut rx, _) = serve_daemon(settings).await;
-    loop {
-        match next(&mut rx).await {
-            Event::Page(20) => break,
-            Event::Page(_) | Event::Started(_) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    // 20 pages: 2,000 users, the first mark.
+    let (daemon, stop, _) = serve_until_a_held_page(&env, a, 20).await;
     // The ANALYZE runs on a task of its own: wait for what it leaves in the statistics.
     let mut analyzed: i64 = 0;
     for _ in 0..1_500 {
