@@ -58,7 +58,8 @@ BEGIN
      WHERE s.live
      GROUP BY d.day, s.status;
     END IF;
-    -- Today: as the mirror stands.
+    -- Today: as the mirror stands. The first time, from the pass above; later, from the live
+    -- users alone (users_live_by_account), since deleted users stay in the mirror for good.
     IF v_first THEN
         INSERT INTO daily_user_counts (integrated_account_id, day, status, users)
         SELECT p_account, v_today, t.status, t.live
