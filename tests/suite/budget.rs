@@ -71,10 +71,10 @@ async fn shares_split_fairly_never_exceed_the_limit_and_a_dead_holders_share_ret
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!((b_share.share, b_share.holders), (50, 2));
+    let waited = released.elapsed();
     assert!(
-        released.elapsed() >= Duration::from_millis(900),
-        "{:?}",
-        released.elapsed()
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(1_750),
+        "the half a gave back came to b after {waited:?}"
     );
 
     // a dies holding its half (its connection goes): b may take it one window later, not
