@@ -870,7 +870,9 @@ async fn small_batches_wait_for_more_pages_so_a_slow_listing_commits_fewer_trans
     let (a, b) = (account_id(1), account_id(2));
     let mut env = Env::new(&[(a, 800), (b, 800)]).await;
     // Pages slower than writes: taking only what has arrived would commit them one by one.
-    env.sim.set_latency(Duration::from_millis(30));
+    // 100 ms leaves a slow machine room to write a page of 100 users before the next arrives
+    // (at 30 ms, a busy run once wrote the 8 pages in 4 transactions without the wait).
+    env.sim.set_latency(Duration::from_millis(100));
 
     let waiting = Batches::default();
     let o = env
