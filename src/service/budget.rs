@@ -148,9 +148,29 @@ pub async fn share_token_budget(
             budget.more_wanted().await;
             tokio::time::sleep_until(negotiated_at + spacing(want)).await;
         };
+        // The others may take this process's share a window after they find its connection
+        // gone, which may be at once: when it ends, stop sending now, not at the next round.
+        let lost = async {
+            match me.as_mut() {
+                Some(h) => h.lost().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep_until(negotiated_at + period) => {}
             _ = short => {}
+            reason = lost => {
+                budget.set_token_share(0);
+                tracing::warn!(error = %reason, "lost the shared request budget; no requests until it is back");
+                report(0, want, None);
+                me = None;
+                // Then join again (the round says what is left of the share), but not in a
+                // tight loop should connections keep ending at once.
+                tokio::select! {
+                    _ = tokio::time::sleep(MIN_SPACING) => {}
+                    _ = cancel.cancelled() => break,
+                }
+            }
             _ = cancel.cancelled() => break,
         }
         want = wanted(limit.requests, budget.take_demand(Instant::now()));

@@ -4,14 +4,19 @@
 //! requests sent under it are still in the server's window) before anyone else may take it.
 //!
 //! A holder keeps a connection of its own: its backend pid is how the others tell it is alive
-//! (a process that dies, or loses its connection, leaves `pg_stat_activity` at once). Its share
-//! is leased (`good_until`): the process sends under it only until then unless a round renews
-//! it. So the share of a holder whose connection is gone stays hot for one window from the end
-//! of its lease — it may be alive and not know yet — or from when it was found gone, if later.
+//! (a process that dies, or loses its connection, leaves `pg_stat_activity` at once). It also
+//! watches that connection between rounds ([`ShareHolder::lost`]) and stops sending the moment
+//! it ends, so the share of a holder whose connection is gone is hot for one window from when
+//! the others found it gone (and a little more: [`FENCE_MARGIN`]). Its share is also leased
+//! (`good_until`): it sends under it only until then unless a round renews it, which covers
+//! what watching cannot see (a cut the server notices before the process does) and the rows of
+//! binaries older than migration 0017, which do not watch: theirs stay hot for one window from
+//! the end of their lease.
 
 use std::time::Duration;
 
-use sqlx::{Connection, PgConnection};
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::Acquire;
 
 use super::{Store, StoreError, BUDGET_APPLICATION_NAME};
 
@@ -25,9 +30,17 @@ macro_rules! holder_alive {
     };
 }
 
+/// How long after the others find a watching holder's connection gone its share becomes hot
+/// (for a window): the holder stops sending as soon as its task wakes on the connection's end,
+/// which is milliseconds; this leaves room for a busy process.
+pub const FENCE_MARGIN: Duration = Duration::from_millis(100);
+
 /// One process's place at the budget.
 pub struct ShareHolder {
-    conn: PgConnection,
+    /// Its own connection, as a listener: one whose socket is read between rounds too, so that
+    /// its end is seen at once ([`ShareHolder::lost`]). It listens on no channel, and never
+    /// reconnects by itself: a holder whose connection ended is dropped and joins anew.
+    conn: PgListener,
     holder: String,
     schema: String,
     /// How long each share it is given stays good without a renewal (the process stops
@@ -102,7 +115,17 @@ impl Store {
         holder: &str,
         lease: Duration,
     ) -> Result<ShareHolder, StoreError> {
-        let mut conn = self.own_connection(BUDGET_APPLICATION_NAME).await?;
+        // sqlx's listener is the way to read an idle connection's socket; it takes its
+        // connection from a pool, here one of its own with room for one.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(self.opts.clone().application_name(BUDGET_APPLICATION_NAME))
+            .await?;
+        let mut conn = PgListener::connect_with(&pool).await?;
+        conn.eager_reconnect(false);
+        conn.ignore_pool_close_event(true);
         // A holder stalled inside a round (a frozen process, a paused VM, a partition) would
         // hold the round's lock, and with it every other process's budget, until it woke or
         // TCP gave up: the server ends such a transaction, and the session, after a lease (at
@@ -123,6 +146,22 @@ impl Store {
 }
 
 impl ShareHolder {
+    /// Resolves when this holder's connection has ended (the database restarted, its backend
+    /// was terminated, the network said so), with the reason. Between rounds the caller waits
+    /// on it beside its timers and, when it resolves, stops sending under its share at once
+    /// and joins anew: the others may take the share a window (and [`FENCE_MARGIN`]) after they
+    /// find the connection gone, which may be right away. Cancel-safe.
+    pub async fn lost(&mut self) -> String {
+        loop {
+            match self.conn.try_recv().await {
+                // Notifications are not listened for; nothing else comes between rounds.
+                Ok(Some(_)) => continue,
+                Ok(None) => return "the connection ended".to_string(),
+                Err(e) => return e.to_string(),
+            }
+        }
+    }
+
     /// One round for `budget` (`limit` requests per `window_secs`), wanting `wanted`: gives back
     /// what is above this holder's fair part (the limit split by what every live holder wants) —
     /// hot for a window as far as requests were sent under it — takes what it lacks from what is
@@ -140,7 +179,7 @@ impl ShareHolder {
         wanted: i32,
         used: impl FnOnce(i32) -> i32,
     ) -> Result<Negotiated, StoreError> {
-        let mut tx = self.conn.begin().await?;
+        let mut tx = (&mut self.conn).begin().await?;
         // One negotiation at a time per budget (a transaction lock: nothing to clean up).
         sqlx::query(
             "SELECT pg_advisory_xact_lock(hashtext('lms-sync-budget:' || $1 || ':' || $2))",
@@ -150,22 +189,30 @@ impl ShareHolder {
         .execute(&mut *tx)
         .await?;
         // Holders whose connection is gone: their share is hot for one window from when it was
-        // last sent under — now if the process died; at the end of its lease if it is alive
-        // (the database restarted, or dropped its connection) and has not noticed yet.
-        // `greatest` skips a NULL `good_until` (a row of a binary older than 0015).
+        // last sent under. A holder that watches its connection stopped when it ended: that is
+        // now, or just before (the margin covers its waking). One that does not (a binary older
+        // than 0017) may be alive and sending until its lease ends, not knowing yet.
+        // `greatest` skips a NULL `good_until` (a row of a binary older than 0015). The clock's
+        // time, not the transaction's: it may have waited for the lock, and the holder was
+        // found gone after that.
         sqlx::query(concat!(
             "WITH dead AS (
                  DELETE FROM rate_shares s
                   WHERE s.budget = $1 AND s.holder <> $2 AND NOT ",
             holder_alive!(),
             "
-              RETURNING s.share, s.good_until)
+              RETURNING s.share, s.good_until, s.fences_on_loss)
              INSERT INTO rate_share_releases (budget, released, released_at)
-             SELECT $1, share, greatest(now(), good_until) FROM dead
+             SELECT $1, share,
+                    CASE WHEN fences_on_loss
+                         THEN clock_timestamp() + make_interval(secs => $3)
+                         ELSE greatest(clock_timestamp(), good_until) END
+               FROM dead
               WHERE share > 0"
         ))
         .bind(budget)
         .bind(&self.holder)
+        .bind(FENCE_MARGIN.as_secs_f64())
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -213,12 +260,12 @@ impl ShareHolder {
             .await?;
         }
         sqlx::query(
-            "INSERT INTO rate_shares (budget, holder, share, wanted, backend_pid, good_until)
-             VALUES ($1, $2, $3, $4, pg_backend_pid(), now() + make_interval(secs => $5))
+            "INSERT INTO rate_shares (budget, holder, share, wanted, backend_pid, good_until, fences_on_loss)
+             VALUES ($1, $2, $3, $4, pg_backend_pid(), now() + make_interval(secs => $5), true)
              ON CONFLICT (budget, holder) DO UPDATE
                 SET share = excluded.share, wanted = excluded.wanted,
                     backend_pid = excluded.backend_pid, renewed_at = now(),
-                    good_until = excluded.good_until",
+                    good_until = excluded.good_until, fences_on_loss = true",
         )
         .bind(budget)
         .bind(&self.holder)
@@ -247,7 +294,7 @@ impl ShareHolder {
         .bind(used)
         .execute(&mut self.conn)
         .await;
-        let _ = self.conn.close().await;
+        // Dropping the listener ends the connection (its pool goes with it).
     }
 }
 

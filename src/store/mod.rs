@@ -31,7 +31,9 @@ use sqlx::{ConnectOptions, PgConnection, PgPool};
 pub use accounts::{
     retire_guard, AccountRow, Discovered, DiscoveryApplied, DiscoveryState, RetirePolicy,
 };
-pub use budget::{decide as decide_share, BudgetView, Negotiated, ShareHolder, ShareView};
+pub use budget::{
+    decide as decide_share, BudgetView, Negotiated, ShareHolder, ShareView, FENCE_MARGIN,
+};
 pub use copy::CopyRows;
 pub use lease::{Handover, Lease};
 pub use pages::{Gate, PageResult, PageWrite};

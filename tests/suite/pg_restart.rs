@@ -150,8 +150,8 @@ async fn a_postgres_crash_mid_run_loses_nothing_committed() {
 async fn replicas_sharing_the_budget_stay_within_its_window_across_a_postgres_restart() {
     // Two replicas, each listing an account of 150 pages, share 40 requests a second. The
     // server restarts while both hold a share: every holder's connection goes at once, each
-    // finds out at its own next round, and none may take another's share before that one's
-    // lease and a window are over.
+    // stops sending as soon as it sees its own end, and none may take another's share before
+    // a window from finding it gone is over.
     let (a, b) = (account_id(1), account_id(2));
     let (env, pg) = private_env(&[(a, 1500), (b, 1500)]).await;
     let (per_account, per_token) = (1000, 40);
