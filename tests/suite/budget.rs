@@ -157,8 +157,18 @@ async fn b_holds_everything_and_its_backend_is_terminated(
     (a, b)
 }
 
-/// In how many milliseconds from now the share `b` left starts its window of heat.
-async fn hot_from_now_ms(env: &Env) -> i64 {
+/// a's next round, which finds b gone: a may not take b's share yet, since requests sent under
+/// it may still be in the server's window. Returns in how many milliseconds from now that
+/// share's window of heat starts.
+async fn a_finds_b_gone(env: &Env, a: &mut ShareHolder) -> i64 {
+    assert_eq!(
+        a.negotiate("token", 100, 1, 100, |_| 0)
+            .await
+            .unwrap()
+            .share,
+        0,
+        "a took the share of a holder that may still be sending"
+    );
     env.scalar_i64(
         "SELECT (extract(epoch FROM released_at - now()) * 1000)::bigint
            FROM rate_share_releases WHERE budget = 'token' AND released = 100",
@@ -177,16 +187,8 @@ async fn a_holder_whose_connection_is_dropped_sees_it_at_once_and_its_share_is_h
         .await
         .expect("b did not see its connection end");
     assert!(!reason.is_empty());
-    assert_eq!(
-        a.negotiate("token", 100, 1, 100, |_| 0)
-            .await
-            .unwrap()
-            .share,
-        0,
-        "a took the share before the requests sent under it left the window"
-    );
     // Hot from when a found b gone (and the margin for b's waking), not from b's lease's end.
-    let from_now = hot_from_now_ms(&env).await;
+    let from_now = a_finds_b_gone(&env, &mut a).await;
     assert!(
         (0..=FENCE_MARGIN.as_millis() as i64).contains(&from_now),
         "hot from {from_now} ms from now"
@@ -201,16 +203,8 @@ async fn an_older_holder_whose_connection_is_dropped_keeps_its_share_hot_until_i
     // and a window beyond.
     let env = Env::new(&[]).await;
     let (mut a, mut b) = b_holds_everything_and_its_backend_is_terminated(&env, false).await;
-    assert_eq!(
-        a.negotiate("token", 100, 1, 100, |_| 0)
-            .await
-            .unwrap()
-            .share,
-        0,
-        "a took the share of a holder that may still be sending"
-    );
     // Hot from the end of b's lease (3 s after its round), not from now.
-    let from_now = hot_from_now_ms(&env).await;
+    let from_now = a_finds_b_gone(&env, &mut a).await;
     assert!(
         (2_500..=3_000).contains(&from_now),
         "hot from {from_now} ms from now"
@@ -506,30 +500,40 @@ async fn an_accounts_window_goes_with_its_lease_to_the_next_process_that_syncs_i
     assert_eq!(stats.requests, 20, "{stats:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_killed_holding_its_share_starves_the_other_for_a_window_and_the_rounds_that_find_it(
-) {
+/// The token's budget, per 1 s window, of [`two_replicas_sharing_20_a_second`].
+const SHARED_PER_TOKEN: usize = 20;
+
+/// Two `run` replicas sharing a token budget of 20 requests a second, which the simulator
+/// enforces, each listing an account big enough to go on for a while (150 pages): r1 starts
+/// alone and takes the whole budget, then r2 joins, and r1 gives back half, hot for a window.
+/// Returns once r2 has it: the env, r1's config, both replicas and r2's operations address.
+async fn two_replicas_sharing_20_a_second() -> (Env, std::path::PathBuf, Daemon, Daemon, String) {
     let (a, b) = (account_id(1), account_id(2));
-    // Big enough that both replicas are still listing when one is killed (20 requests a second).
     let env = Env::new(&[(a, 3_000), (b, 3_000)]).await;
-    let per_token = 20;
     env.sim.set_rate_limit(Some(RateLimit {
         per_account: 1000,
-        per_token,
+        per_token: SHARED_PER_TOKEN,
         window: Duration::from_secs(1),
     }));
-    let cfg_a = budget_config(&env, &[a], per_token);
+    let cfg_a = budget_config(&env, &[a], SHARED_PER_TOKEN);
     let mut r1 = spawn(&cfg_a, &env.db_url);
-    while r1.next_budget_share().await != per_token as i64 {}
-    let mut r2 = spawn(&budget_config(&env, &[b], per_token), &env.db_url);
+    while r1.next_budget_share().await != SHARED_PER_TOKEN as i64 {}
+    let mut r2 = spawn(&budget_config(&env, &[b], SHARED_PER_TOKEN), &env.db_url);
     let ops = r2
         .wait_for("operations server listening (/healthz, /readyz, /metrics)")
         .await["fields"]["addr"]
         .as_str()
         .unwrap()
         .to_string();
-    // r1 gives back half, hot for a window; then r2 has it.
     while r2.next_budget_share().await <= 0 {}
+    (env, cfg_a, r1, r2, ops)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_holding_its_share_starves_the_other_for_a_window_and_the_rounds_that_find_it(
+) {
+    let per_token = SHARED_PER_TOKEN;
+    let (env, cfg_a, mut r1, mut r2, ops) = two_replicas_sharing_20_a_second().await;
     // `lms-sync status` shows the split from the database: both processes, and the window
     // adding up (held + hot + free = the token's limit).
     let out = lms_sync(&cfg_a, &env.db_url, &["status"])
@@ -602,18 +606,8 @@ async fn a_replica_whose_budget_connection_ends_stops_at_once_and_neither_runs_i
     // its share's row looks dead to the other, which may take the share a window after finding
     // it gone. So the replica must stop sending the moment its connection ends, not at its
     // next round or when its lease runs out.
-    let (a, b) = (account_id(1), account_id(2));
-    let env = Env::new(&[(a, 3_000), (b, 3_000)]).await;
-    let per_token = 20;
-    env.sim.set_rate_limit(Some(RateLimit {
-        per_account: 1000,
-        per_token,
-        window: Duration::from_secs(1),
-    }));
-    let mut r1 = spawn(&budget_config(&env, &[a], per_token), &env.db_url);
-    while r1.next_budget_share().await != per_token as i64 {}
-    let mut r2 = spawn(&budget_config(&env, &[b], per_token), &env.db_url);
-    while r2.next_budget_share().await <= 0 {}
+    let per_token = SHARED_PER_TOKEN;
+    let (env, _, mut r1, mut r2, _) = two_replicas_sharing_20_a_second().await;
     let r1_pid = r1.child.id().unwrap();
     let terminated = env
         .scalar_i64(&format!(
