@@ -80,10 +80,18 @@ pub async fn share_token_budget(
     let period = budget.period();
     // Each round renews the share for a period and a half: the next round comes a period later
     // (sooner when requests wait), with room for a slow one. A process that cannot renew stops
-    // sending when the lease runs out, which is as long as the others, finding its connection
-    // gone, treat its share as its own (see `docs/rate-budget.md`).
+    // sending when the lease runs out; one whose connection ends stops at once (`lost`
+    // below), which is what lets the others take its share a window after finding it gone
+    // (see `docs/rate-budget.md`).
     let lease = budget.lease();
     let mut me = None;
+    // The round failed or the connection ended: nothing is sent under the share until a round
+    // gives one again, and the next round joins anew.
+    let lose = |reason: &dyn std::fmt::Display, want: usize| {
+        budget.set_token_share(0);
+        tracing::warn!(error = %reason, "lost the shared request budget; no requests until it is back");
+        report(0, want, None);
+    };
     // Until the first negotiation, nothing: another process may hold the whole budget.
     budget.set_token_share(0);
     // Nothing is wanted before a request asks (then `more_wanted` wakes the loop).
@@ -137,9 +145,7 @@ pub async fn share_token_budget(
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "lost the shared request budget; no requests until it is back");
-                    budget.set_token_share(0);
-                    report(0, want, None);
+                    lose(&e, want);
                     me = None;
                 }
             }
@@ -160,9 +166,7 @@ pub async fn share_token_budget(
             _ = tokio::time::sleep_until(negotiated_at + period) => {}
             _ = short => {}
             reason = lost => {
-                budget.set_token_share(0);
-                tracing::warn!(error = %reason, "lost the shared request budget; no requests until it is back");
-                report(0, want, None);
+                lose(&reason, want);
                 me = None;
                 // Then join again (the round says what is left of the share), but not in a
                 // tight loop should connections keep ending at once.

@@ -178,8 +178,9 @@ impl Store {
     }
 
     /// A connection outside the pool, named `application_name` in `pg_stat_activity`: for
-    /// what holds a session for long (a lease's advisory lock, the budget's negotiation) and
-    /// must not take a pooled connection from page writes.
+    /// what holds a session for long (a lease's advisory lock) and must not take a pooled
+    /// connection from page writes. (The budget's negotiation has one too, watched: see
+    /// `Store::budget_holder`.)
     async fn own_connection(&self, application_name: &str) -> Result<PgConnection, StoreError> {
         Ok(self
             .opts
