@@ -626,11 +626,14 @@ async fn a_replica_whose_budget_connection_ends_stops_at_once_and_neither_runs_i
         noticed < Duration::from_millis(375),
         "noticed after {noticed:?}"
     );
-    // ...joins again, and the two go on sharing the budget.
+    // ...joins again, and the two go on sharing the budget: two windows' worth of r2's pages
+    // more (20 requests a second between them), long enough for an overlap of r1's requests
+    // and r2's to show at the simulator.
     while r1.next_budget_share().await <= 0 {}
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until {
-        let _ = tokio::time::timeout_at(until.into(), r2.next_budget_share()).await;
+    // Only pages committed from now on.
+    while r2.events.try_recv().is_ok() {}
+    for _ in 0..20 {
+        r2.wait_for("page committed").await;
     }
     let stats = env.sim.stats();
     assert_eq!(stats.rate_limited, 0, "429s: {stats:?}");
