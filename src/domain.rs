@@ -98,7 +98,8 @@ text_enum! {
         /// The run was stopped by a shutdown.
         Interrupted = "interrupted",
         /// The run was stopped because its process lost the account's lease (its connection
-        /// ended: a database restart, a terminated backend, a cut network).
+        /// ended: a database restart, a terminated backend, a cut network) and could not take
+        /// it back: another process held it, or held it meanwhile.
         LeaseLost = "lease_lost",
         /// The API broke the listing's protocol (a repeated cursor, too many pages).
         Listing = "listing",

@@ -70,6 +70,9 @@ struct Window {
     vendor: Option<Limit>,
     /// A request asked for a slot since the last [`RateBudget::take_demand`].
     asked: bool,
+    /// No request at all until lifted: the account's lease ended with its connection, and
+    /// another process may hold it now (see [`RateBudget::fence`]).
+    fenced: bool,
 }
 
 impl Window {
@@ -156,9 +159,9 @@ pub struct RateBudget {
     /// Woken when a request waits for the token's window while this process holds less than
     /// the whole of it: the share may grow at once instead of at the next period.
     more_wanted: Notify,
-    /// Woken when the share grows: requests waiting for it look again at once rather than
-    /// after [`SHARE_WAIT`].
-    share_grown: Notify,
+    /// Woken when waiting requests may go sooner than they were told: the share grew (they look
+    /// again at once rather than after [`SHARE_WAIT`]), or an account's fence came down.
+    look_again: Notify,
     /// This budget's (so this process's) name where account windows are handed on: a lease
     /// last held by the same instance needs no handover, its windows are here.
     instance: String,
@@ -203,7 +206,7 @@ impl RateBudget {
         RateBudget {
             token_waited: AtomicBool::new(false),
             more_wanted: Notify::new(),
-            share_grown: Notify::new(),
+            look_again: Notify::new(),
             per_account,
             per_token,
             margin: Duration::from_millis(20),
@@ -225,8 +228,8 @@ impl RateBudget {
     }
 
     /// A period and a half: how long a share stays good without a renewal, and the longest a
-    /// pass that lost its account's lease (its connection ended, say in a database restart,
-    /// and another process may take the account) goes on sending before a check notices.
+    /// pass whose account's lease hangs (its connection stopped answering; one that ended is
+    /// seen at once) goes on sending before a check notices.
     pub fn lease(&self) -> Duration {
         let period = self.period();
         period + period / 2
@@ -234,10 +237,12 @@ impl RateBudget {
 
     /// How long an account waits before its first request when its last holder ended without
     /// handing on its window (killed, or lost its lease's connection): what it sent stays in
-    /// the server's window for a window, and a holder that lost the lease without dying goes on
+    /// the server's window for a window. A holder that fenced itself (see [`RateBudget::fence`])
+    /// stopped sending before the lease could be taken, give or take `fenced`, the margin its
+    /// waking may need; an older one that lost the lease without dying (`None`) may have gone on
     /// sending for up to a lease.
-    pub fn abandoned_wait(&self) -> Duration {
-        self.per_account.window + self.lease()
+    pub fn abandoned_wait(&self, fenced: Option<Duration>) -> Duration {
+        self.per_account.window + fenced.unwrap_or_else(|| self.lease())
     }
 
     /// This budget's name where account windows are handed on (unique per process).
@@ -290,6 +295,10 @@ impl RateBudget {
         };
         let acct = accounts.entry(account).or_default();
         acct.asked = true;
+        if acct.fenced {
+            // Until [`RateBudget::lift_fence`], which wakes the waiting requests.
+            return Err(self.lease());
+        }
         let ours = self.widen(self.per_account);
         let vendor = acct.vendor.map(|l| self.widen(l));
         acct.prune(now, self.kept_for(acct));
@@ -342,7 +351,7 @@ impl RateBudget {
             guard.lease = lease;
         }
         if guard.share_at(now) > before {
-            self.share_grown.notify_waiters();
+            self.look_again.notify_waiters();
         }
     }
 
@@ -380,7 +389,7 @@ impl RateBudget {
                 capacity += per_window(ours, w.vendor.map(|l| self.widen(l)));
             }
             w.asked = false;
-            working || w.vendor.is_some() || w.paused_until.is_some_and(|p| p > now)
+            working || w.fenced || w.vendor.is_some() || w.paused_until.is_some_and(|p| p > now)
         });
         Demand {
             used: token.starts.len(),
@@ -413,9 +422,28 @@ impl RateBudget {
 
     /// Holds `account` for [`RateBudget::abandoned_wait`] from `now`: another process held it
     /// and ended without saying what it sent, so up to a whole window of its requests may still
-    /// count at the server, and it may not have stopped yet. Nothing else waits.
-    pub fn wait_out_abandoned(&self, account: Uuid, now: Instant) {
-        self.pause(account, self.abandoned_wait(), now);
+    /// count at the server. Nothing else waits.
+    pub fn wait_out_abandoned(&self, account: Uuid, now: Instant, fenced: Option<Duration>) {
+        self.pause(account, self.abandoned_wait(fenced), now);
+    }
+
+    /// No request for `account` from now until [`RateBudget::lift_fence`]: its lease's
+    /// connection ended, so another process may take the account (and its window) at any
+    /// moment. A slot already taken is not called back; that is what the next holder's margin
+    /// is for.
+    pub fn fence(&self, account: Uuid) {
+        let mut guard = self.state.lock().expect("budget");
+        guard.accounts.entry(account).or_default().fenced = true;
+    }
+
+    /// Lets `account`'s requests go again (its lease is held again, or its pass is over), and
+    /// wakes those waiting.
+    pub fn lift_fence(&self, account: Uuid) {
+        let mut guard = self.state.lock().expect("budget");
+        if let Some(w) = guard.accounts.get_mut(&account) {
+            w.fenced = false;
+        }
+        self.look_again.notify_waiters();
     }
 
     /// Counts requests another process sent for `account` (their ages as of `now`) in its
@@ -439,8 +467,9 @@ impl RateBudget {
     pub async fn acquire(&self, account: Uuid) -> (Instant, Duration) {
         let began = Instant::now();
         loop {
-            // Registered before looking, so that a share grown in between wakes it too.
-            let grown = self.share_grown.notified();
+            // Registered before looking, so that a share grown (or a fence lifted) in between
+            // wakes it too.
+            let grown = self.look_again.notified();
             tokio::pin!(grown);
             grown.as_mut().enable();
             let now = Instant::now();
@@ -670,7 +699,7 @@ mod tests {
         let b = budget(3, 100);
         let (a, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let at = Instant::now() + Duration::from_secs(60);
-        b.wait_out_abandoned(a, at);
+        b.wait_out_abandoned(a, at, None);
         // The window (10 s) and a lease check and a half (2.5 s × 1.5).
         assert_eq!(
             b.try_acquire(a, at).unwrap_err(),
@@ -682,6 +711,49 @@ mod tests {
             .is_err());
         assert!(b.try_acquire(a, at + Duration::from_millis(13_750)).is_ok());
         assert_ne!(b.instance(), budget(3, 100).instance());
+    }
+
+    #[test]
+    fn an_abandoned_window_of_a_holder_that_fenced_itself_holds_its_account_for_a_window_and_the_margin(
+    ) {
+        let b = budget(3, 100);
+        let a = Uuid::from_u128(1);
+        let at = Instant::now() + Duration::from_secs(60);
+        let margin = Some(Duration::from_millis(100));
+        assert_eq!(b.abandoned_wait(margin), Duration::from_millis(10_100));
+        b.wait_out_abandoned(a, at, margin);
+        assert!(b
+            .try_acquire(a, at + Duration::from_millis(10_099))
+            .is_err());
+        assert!(b.try_acquire(a, at + Duration::from_millis(10_100)).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fenced_account_sends_nothing_until_the_fence_is_lifted_and_then_at_once() {
+        let b = std::sync::Arc::new(budget(5, 100));
+        let (a, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        b.fence(a);
+        let t0 = Instant::now();
+        assert!(b.try_acquire(a, t0).is_err());
+        assert!(
+            b.try_acquire(a, t0 + Duration::from_secs(3600)).is_err(),
+            "however long"
+        );
+        assert!(b.try_acquire(other, t0).is_ok(), "another account goes");
+        // The window's demand keeps the fence, even with nothing asked for a long time.
+        b.take_demand(t0 + Duration::from_secs(3600));
+        b.take_demand(t0 + Duration::from_secs(7200));
+        let waiting = tokio::spawn({
+            let b = b.clone();
+            async move { b.acquire(a).await }
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!waiting.is_finished());
+        let lifted = tokio::time::Instant::now();
+        b.lift_fence(a);
+        waiting.await.unwrap();
+        // Woken by the lift, not by its next look (a lease later in the paused clock).
+        assert_eq!(lifted.elapsed(), Duration::ZERO);
     }
 
     #[test]

@@ -15,10 +15,9 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::Acquire;
 
-use super::{Store, StoreError, BUDGET_APPLICATION_NAME};
+use super::{Store, StoreError, Watched, BUDGET_APPLICATION_NAME};
 
 /// SQL: whether the holder of `rate_shares` row `s` is alive. Its backend is there — its own,
 /// not a later one that got the same pid (after a restart, or once pids wrap): that one started
@@ -37,10 +36,10 @@ pub const FENCE_MARGIN: Duration = Duration::from_millis(100);
 
 /// One process's place at the budget.
 pub struct ShareHolder {
-    /// Its own connection, as a listener: one whose socket is read between rounds too, so that
-    /// its end is seen at once ([`ShareHolder::lost`]). It listens on no channel, and never
-    /// reconnects by itself: a holder whose connection ended is dropped and joins anew.
-    conn: PgListener,
+    /// Its own connection, watched between rounds too, so that its end is seen at once
+    /// ([`ShareHolder::lost`]). It never reconnects by itself: a holder whose connection ended
+    /// is dropped and joins anew.
+    conn: Watched,
     holder: String,
     schema: String,
     /// How long each share it is given stays good without a renewal (the process stops
@@ -115,17 +114,7 @@ impl Store {
         holder: &str,
         lease: Duration,
     ) -> Result<ShareHolder, StoreError> {
-        // sqlx's listener is the way to read an idle connection's socket; it takes its
-        // connection from a pool, here one of its own with room for one.
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(self.opts.clone().application_name(BUDGET_APPLICATION_NAME))
-            .await?;
-        let mut conn = PgListener::connect_with(&pool).await?;
-        conn.eager_reconnect(false);
-        conn.ignore_pool_close_event(true);
+        let mut conn = self.watched_connection(BUDGET_APPLICATION_NAME).await?;
         // A holder stalled inside a round (a frozen process, a paused VM, a partition) would
         // hold the round's lock, and with it every other process's budget, until it woke or
         // TCP gave up: the server ends such a transaction, and the session, after a lease (at
@@ -134,7 +123,7 @@ impl Store {
         sqlx::query(&format!(
             "SET idle_in_transaction_session_timeout = {idle_ms}"
         ))
-        .execute(&mut conn)
+        .execute(&mut *conn)
         .await?;
         Ok(ShareHolder {
             conn,
@@ -146,20 +135,13 @@ impl Store {
 }
 
 impl ShareHolder {
-    /// Resolves when this holder's connection has ended (the database restarted, its backend
-    /// was terminated, the network said so), with the reason. Between rounds the caller waits
-    /// on it beside its timers and, when it resolves, stops sending under its share at once
-    /// and joins anew: the others may take the share a window (and [`FENCE_MARGIN`]) after they
-    /// find the connection gone, which may be right away. Cancel-safe.
+    /// Resolves when this holder's connection has ended, with the reason. Between rounds the
+    /// caller waits on it beside its timers and, when it resolves, stops sending under its
+    /// share at once and joins anew: the others may take the share a window (and
+    /// [`FENCE_MARGIN`]) after they find the connection gone, which may be right away.
+    /// Cancel-safe.
     pub async fn lost(&mut self) -> String {
-        loop {
-            match self.conn.try_recv().await {
-                // Notifications are not listened for; nothing else comes between rounds.
-                Ok(Some(_)) => continue,
-                Ok(None) => return "the connection ended".to_string(),
-                Err(e) => return e.to_string(),
-            }
-        }
+        self.conn.ended().await
     }
 
     /// One round for `budget` (`limit` requests per `window_secs`), wanting `wanted`: gives back
@@ -179,7 +161,7 @@ impl ShareHolder {
         wanted: i32,
         used: impl FnOnce(i32) -> i32,
     ) -> Result<Negotiated, StoreError> {
-        let mut tx = (&mut self.conn).begin().await?;
+        let mut tx = (&mut *self.conn).begin().await?;
         // One negotiation at a time per budget (a transaction lock: nothing to clean up).
         sqlx::query(
             "SELECT pg_advisory_xact_lock(hashtext('lms-sync-budget:' || $1 || ':' || $2))",
@@ -292,7 +274,7 @@ impl ShareHolder {
         .bind(budget)
         .bind(&self.holder)
         .bind(used)
-        .execute(&mut self.conn)
+        .execute(&mut *self.conn)
         .await;
         // Dropping the listener ends the connection (its pool goes with it).
     }

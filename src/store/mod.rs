@@ -25,8 +25,8 @@ mod users;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgConnection, PgPool};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
 
 pub use accounts::{
     retire_guard, AccountRow, Discovered, DiscoveryApplied, DiscoveryState, RetirePolicy,
@@ -136,6 +136,40 @@ impl std::fmt::Debug for Store {
 /// account lease's (one per account syncing) and the shared request budget's (one per process).
 /// Every one starts with `lms-sync`, so `application_name LIKE 'lms-sync%'` counts them all.
 pub const POOL_APPLICATION_NAME: &str = "lms-sync";
+/// A session of its own whose end is seen the moment it comes, not at its next query: a
+/// listener on no channel that never reconnects by itself. Queries run on it as on a
+/// connection (`&mut *watched`).
+pub struct Watched(PgListener);
+
+impl Watched {
+    /// Resolves when the connection has ended (the database restarted, its backend was
+    /// terminated, the network said so), with the reason. Cancel-safe: the owner waits on it
+    /// between its queries, beside its timers.
+    pub async fn ended(&mut self) -> String {
+        loop {
+            match self.0.try_recv().await {
+                // Notifications are not listened for; nothing else comes between queries.
+                Ok(Some(_)) => continue,
+                Ok(None) => return "the connection ended".to_string(),
+                Err(e) => return e.to_string(),
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Watched {
+    type Target = PgListener;
+    fn deref(&self) -> &PgListener {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Watched {
+    fn deref_mut(&mut self) -> &mut PgListener {
+        &mut self.0
+    }
+}
+
 pub const LEASE_APPLICATION_NAME: &str = "lms-sync lease";
 pub const BUDGET_APPLICATION_NAME: &str = "lms-sync budget";
 
@@ -177,17 +211,23 @@ impl Store {
         Ok(store)
     }
 
-    /// A connection outside the pool, named `application_name` in `pg_stat_activity`: for
-    /// what holds a session for long (a lease's advisory lock) and must not take a pooled
-    /// connection from page writes. (The budget's negotiation has one too, watched: see
-    /// `Store::budget_holder`.)
-    async fn own_connection(&self, application_name: &str) -> Result<PgConnection, StoreError> {
-        Ok(self
-            .opts
-            .clone()
-            .application_name(application_name)
-            .connect()
-            .await?)
+    /// A connection outside the pool, named `application_name` in `pg_stat_activity`, for what
+    /// holds a session for long and must not take a pooled connection from page writes (a
+    /// lease's advisory lock, the budget's negotiation). It is watched: see [`Watched::ended`].
+    async fn watched_connection(&self, application_name: &str) -> Result<Watched, StoreError> {
+        // sqlx's listener is the way to read an idle connection's socket; it takes its
+        // connection from a pool, here one of its own with room for one. Dropped, it closes
+        // the connection with the pool.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(self.opts.clone().application_name(application_name))
+            .await?;
+        let mut conn = PgListener::connect_with(&pool).await?;
+        conn.eager_reconnect(false);
+        conn.ignore_pool_close_event(true);
+        Ok(Watched(conn))
     }
 
     pub fn pool(&self) -> &PgPool {

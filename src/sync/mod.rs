@@ -31,7 +31,7 @@ use crate::config::AccountSettings;
 use crate::domain::{BoxFuture, ErrorKind, Health, Outcome, RunCounts};
 use crate::source::budget::RateBudget;
 use crate::source::TrutoClient;
-use crate::store::{Handover, Lease, Store};
+use crate::store::{Handover, Lease, Store, FENCE_MARGIN};
 
 /// Knobs of one pass that do not come from the account itself.
 #[derive(Debug, Clone)]
@@ -237,10 +237,11 @@ async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
         b.working_on(id);
         match lease.take_window(b.instance()).await {
             Ok(Handover::Released(ages)) => b.seed(id, &ages, Instant::now()),
-            Ok(Handover::Abandoned) => {
-                let wait = b.abandoned_wait();
-                tracing::info!(parent: &span, wait_ms = wait.as_millis() as u64, "the account's last lease holder ended without handing on its requests; waiting out its request window before the account's first request");
-                b.wait_out_abandoned(id, Instant::now())
+            Ok(Handover::Abandoned { fenced }) => {
+                let margin = fenced.then_some(FENCE_MARGIN);
+                let wait = b.abandoned_wait(margin);
+                tracing::info!(parent: &span, wait_ms = wait.as_millis() as u64, fenced, "the account's last lease holder ended without handing on its requests; waiting out its request window before the account's first request");
+                b.wait_out_abandoned(id, Instant::now(), margin)
             }
             Ok(Handover::Nothing | Handover::Mine) => {}
             Err(e) => {
@@ -265,11 +266,14 @@ async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
     out
 }
 
-/// Runs the pass while checking, every budget period ([`RateBudget::period`]), that the account's lease is still
-/// held. A lease lost with its connection (a database restart, a terminated backend, a network
-/// cut) may already be another process's, which waits out this one's requests for a limited
-/// time only (see [`RateBudget::abandoned_wait`]): the pass stops sending at once and ends
-/// interrupted, to resume from its last committed page next time. True when the lease was lost.
+/// Runs the pass while watching the account's lease: its connection's end is seen at once, and
+/// every budget period ([`RateBudget::period`]) the connection must answer, or it counts as
+/// ended too. A lease that ended (a database restart, a terminated backend, a network cut) may
+/// be another process's from that moment, and that process waits out this one's requests for
+/// a window only (see [`RateBudget::abandoned_wait`]). So the pass stops sending for the
+/// account at once, and takes the lease back: held again, and nobody held it in between, the
+/// pass goes on where it was; otherwise it stops and ends interrupted, to resume from its last
+/// committed page next time. True when the pass ended without its lease.
 async fn watched(
     p: Pass<'_>,
     lease: &mut Lease,
@@ -281,6 +285,7 @@ async fn watched(
     let every = budget.map_or(DEFAULT_LEASE_CHECK, RateBudget::period);
     let cancel = p.cancel.child_token();
     let lost = CancellationToken::new();
+    let outer = p;
     let p = Pass {
         cancel: &cancel,
         lease_lost: Some(&lost),
@@ -289,21 +294,76 @@ async fn watched(
     let run = pass::run(&p, out, span, started).instrument(span.clone());
     tokio::pin!(run);
     loop {
-        tokio::select! {
-            () = &mut run => return false,
-            () = tokio::time::sleep(every) => {}
+        let why = loop {
+            tokio::select! {
+                () = &mut run => return false,
+                why = lease.lost() => break why,
+                () = tokio::time::sleep(every) => {}
+            }
+            // The pass is not polled during a check (a round trip); its fetcher and writers
+            // run on their own tasks meanwhile.
+            if !lease.is_held(every / 2).await {
+                break "it did not answer in time".to_string();
+            }
+        };
+        if let Some(b) = budget {
+            b.fence(outer.id());
         }
-        // The pass is not polled during a check (a round trip); its fetcher and writers run
-        // on their own tasks meanwhile.
-        if !lease.is_held(every / 2).await {
-            break;
+        tracing::warn!(parent: span, reason = %why, "the account's lease ended with its database connection; no requests for the account until this process holds it again");
+        let again = take_back(outer, budget, every);
+        tokio::select! {
+            () = &mut run => {
+                // Over before the lease was back: nothing is left to send, and nothing to hand on.
+                if let Some(b) = budget {
+                    b.lift_fence(outer.id());
+                }
+                return true;
+            }
+            back = again => match back {
+                Some(back) => {
+                    *lease = back;
+                    if let Some(b) = budget {
+                        b.lift_fence(outer.id());
+                    }
+                    tracing::info!(parent: span, "holds the account's lease again; the pass goes on");
+                }
+                None => break,
+            },
         }
     }
     tracing::warn!(parent: span, "lost the account's lease with its database connection; stopping the pass (another process may be syncing the account now)");
     lost.cancel();
     cancel.cancel();
     run.await;
+    if let Some(b) = budget {
+        b.lift_fence(outer.id());
+    }
     true
+}
+
+/// Takes back the lease of a pass whose lease ended, retrying while the database is away (no
+/// wait longer than `every`, so that a process that takes the account meanwhile is seen soon).
+/// `None` when another process holds it, or held it in between (its requests are not in this
+/// process's window, and it may have written to the account): the pass must stop.
+async fn take_back(p: Pass<'_>, budget: Option<&RateBudget>, every: Duration) -> Option<Lease> {
+    let got = retry::with_db_retries_every(p.opts, p.cancel, every, || async {
+        let Some(mut lease) = p.store.try_lease(p.id()).await? else {
+            return Ok(None);
+        };
+        let Some(b) = budget else {
+            // Unpaced, the account keeps no holder; a process that ran it meanwhile made its
+            // own run the account's current one, which this pass's next page finds (and
+            // stops on, `StoreError::Diverged`).
+            return Ok(Some(lease));
+        };
+        // Not retried: a mark that committed without its answer would read as ours.
+        Ok(match lease.take_window(b.instance()).await {
+            Ok(Handover::Mine) => Some(lease),
+            _ => None,
+        })
+    })
+    .await;
+    got.ok().flatten()
 }
 
 /// How often a pass checks its lease when requests are not paced (no request budget).

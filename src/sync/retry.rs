@@ -13,6 +13,22 @@ use crate::store::StoreError;
 pub(super) async fn with_db_retries<T, F, Fut>(
     opts: &SyncOptions,
     cancel: &CancellationToken,
+    op: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    with_db_retries_every(opts, cancel, Duration::from_secs(10), op).await
+}
+
+/// [`with_db_retries`] with no wait longer than `max` between attempts: for an operation
+/// whose lateness costs more than its attempts (taking back a lost lease, which another
+/// process may take meanwhile).
+pub(super) async fn with_db_retries_every<T, F, Fut>(
+    opts: &SyncOptions,
+    cancel: &CancellationToken,
+    max: Duration,
     mut op: F,
 ) -> Result<T, StoreError>
 where
@@ -20,8 +36,8 @@ where
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
     let policy = Backoff {
-        initial: Duration::from_millis(250),
-        max: Duration::from_secs(10),
+        initial: Duration::from_millis(250).min(max),
+        max,
         max_attempts: opts.db_max_attempts,
         max_total_wait: Duration::from_secs(120),
     };

@@ -674,10 +674,27 @@ async fn a_lease_says_who_held_the_accounts_window_before_and_what_it_left() {
         other => panic!("{other:?}"),
     }
     // b ends without handing anything on (what a kill leaves behind): whoever comes next,
-    // b itself aside, must assume a full window.
+    // b itself aside, must assume a full window. b watched its lease's connection, so it
+    // stopped sending when the lease ended.
     l.release().await;
     let mut l = lease().await;
-    assert_eq!(l.take_window("c").await.unwrap(), Handover::Abandoned);
+    assert_eq!(
+        l.take_window("c").await.unwrap(),
+        Handover::Abandoned { fenced: true }
+    );
+    l.release().await;
+    // A lease taken since by an older binary, which marks `holder` and `held_since` only: it
+    // may have gone on sending for a lease after its connection ended.
+    sqlx::query("UPDATE rate_account_windows SET holder = 'old', held_since = now() WHERE integrated_account_id = $1")
+        .bind(id)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    let mut l = lease().await;
+    assert_eq!(
+        l.take_window("c").await.unwrap(),
+        Handover::Abandoned { fenced: false }
+    );
     l.release_with_requests(&[]).await;
     // Released with nothing in the window: nothing to hand on.
     let mut l = lease().await;
@@ -698,9 +715,23 @@ async fn a_process_killed_holding_an_accounts_lease_leaves_a_window_the_next_one
     let sent = env.sim.stats().requests;
     assert!(sent >= 1, "the killed replica sent nothing");
     // Its lease ends with its connection; the next process takes the account as soon as it
-    // is free.
+    // is free, and waits one window (2 s) and the margin a holder's waking may need: the
+    // killed one watched its lease, so it sent nothing after the lease was free. Not a window
+    // and a lease (2 s + 750 ms), as for an older binary that may not have noticed.
     wait_for_no_session(&env, LEASE_APPLICATION_NAME).await;
-    sync_once(&env, &cfg).await;
+    let mut next = spawn(&cfg, &env.db_url);
+    let waits = next
+        .wait_for("the account's last lease holder ended without handing on its requests; waiting out its request window before the account's first request")
+        .await;
+    assert_eq!(waits["fields"]["fenced"], true, "{waits}");
+    assert_eq!(
+        waits["fields"]["wait_ms"],
+        (2_000 + FENCE_MARGIN.as_millis()) as u64,
+        "{waits}"
+    );
+    let done = next.wait_for("sync run finished").await;
+    assert_eq!(done["fields"]["outcome"], "succeeded", "{done}");
+    assert_eq!(next.terminate().await, 0);
     assert_kept_to_10_per_window(&env, id).await;
 }
 
@@ -723,29 +754,91 @@ async fn wait_for_no_session(env: &Env, application_name: &str) {
     panic!("sessions named {application_name} are still there after 5 s");
 }
 
-/// What happens to the account's lease backend once `at` pages are committed: terminated (what
-/// a database restart or a cut connection does to a lease), or stopped with SIGSTOP (a
-/// connection that no longer answers, as behind a network partition).
+/// What happens to the account's lease backend once a pass has committed some pages.
+#[derive(Clone, Copy, PartialEq)]
+enum Loss {
+    /// Terminated: what a database restart or a cut connection does to a lease.
+    Terminated,
+    /// Terminated, with another session queued for the lock first, so that the lock is that
+    /// session's the moment it is free: another process took the account meanwhile.
+    TakenMeanwhile,
+    /// Stopped with SIGSTOP: a connection that no longer answers, as behind a network
+    /// partition. The lock stays with the stopped backend.
+    Stopped,
+}
+
+/// Makes the account's lease backend meet `how` once `at` pages are committed.
 struct LoseLease {
     at: u64,
-    stop: bool,
+    how: Loss,
     pool: sqlx::PgPool,
     /// When, and the backend's pid.
     done: std::sync::Mutex<Option<(Instant, i32)>>,
+    /// The session that took the lock meanwhile ([`Loss::TakenMeanwhile`]); it holds it until
+    /// dropped.
+    taker: std::sync::Mutex<Option<sqlx::PgConnection>>,
 }
 
 impl LoseLease {
-    fn new(env: &Env, at: u64, stop: bool) -> LoseLease {
+    fn new(env: &Env, at: u64, how: Loss) -> LoseLease {
         LoseLease {
             at,
-            stop,
+            how,
             pool: env.store.pool().clone(),
             done: Default::default(),
+            taker: Default::default(),
         }
     }
 
     fn when(&self) -> (Instant, i32) {
         self.done.lock().unwrap().expect("the lease was lost")
+    }
+
+    /// Queues a session of its own for the lease's lock (as it is held by `pid`), then
+    /// terminates `pid`: the lock passes to the queued session as the backend ends.
+    async fn take_meanwhile(&self, pid: i32) {
+        // The lease's keys, as the server holds them (two int4 keys: classid and objid).
+        let keys: (i32, i32) = sqlx::query_as(
+            "SELECT classid::bigint::bit(32)::int, objid::bigint::bit(32)::int FROM pg_locks
+              WHERE pid = $1 AND locktype = 'advisory' AND granted",
+        )
+        .bind(pid)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap();
+        let mut taker = self.pool.acquire().await.unwrap().detach();
+        let queued = tokio::spawn(async move {
+            sqlx::query("SELECT pg_advisory_lock($1, $2)")
+                .bind(keys.0)
+                .bind(keys.1)
+                .execute(&mut taker)
+                .await
+                .unwrap();
+            taker
+        });
+        while sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+            == 0
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        signal(pid, "-TERM");
+        *self.taker.lock().unwrap() = Some(queued.await.unwrap());
+    }
+
+    /// The session that took the lock meanwhile lets it go.
+    async fn let_go(&self) {
+        let taker = self.taker.lock().unwrap().take();
+        let mut taker = taker.expect("a session took the lock");
+        sqlx::query("SELECT pg_advisory_unlock_all()")
+            .execute(&mut taker)
+            .await
+            .unwrap();
+        sqlx::Connection::close(taker).await.unwrap();
     }
 }
 
@@ -771,7 +864,13 @@ impl lms_sync::sync::Progress for LoseLease {
         })
         .unwrap();
         assert_eq!(pids.len(), 1, "one lease backend");
-        signal(pids[0], if self.stop { "-STOP" } else { "-TERM" });
+        match self.how {
+            Loss::Terminated => signal(pids[0], "-TERM"),
+            Loss::Stopped => signal(pids[0], "-STOP"),
+            Loss::TakenMeanwhile => tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(self.take_meanwhile(pids[0]))
+            }),
+        }
         *done = Some((Instant::now(), pids[0]));
     }
 }
@@ -781,7 +880,7 @@ impl Drop for LoseLease {
     /// down. It is usually gone by now (its connection was closed), so `kill` has nothing to
     /// say worth printing.
     fn drop(&mut self) {
-        if let (true, Ok(Some((_, pid)))) = (self.stop, self.done.lock().as_deref()) {
+        if let (Loss::Stopped, Ok(Some((_, pid)))) = (self.how, self.done.lock().as_deref()) {
             let _ = std::process::Command::new("kill")
                 .args(["-CONT", &pid.to_string()])
                 .stderr(std::process::Stdio::null())
@@ -873,14 +972,36 @@ async fn slow_account() -> (Uuid, Env) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pass_that_loses_its_accounts_lease_stops_within_a_lease_check_and_resumes_later() {
+async fn a_pass_whose_lease_connection_ends_takes_the_lease_back_and_finishes_in_the_same_run() {
     let (a, env) = slow_account().await;
-    let hook = LoseLease::new(&env, 2, false);
+    let hook = LoseLease::new(&env, 2, Loss::Terminated);
+
+    let o = sync_losing_the_lease(&env, a, &hook).await;
+
+    hook.when();
+    assert!(o.succeeded(), "{:?}", o.error);
+    assert_eq!(o.counts.pages, 50);
+    // One run, not one interrupted and one resumed.
+    let runs: Vec<String> =
+        sqlx::query_scalar("SELECT outcome FROM sync_runs WHERE integrated_account_id = $1")
+            .bind(a)
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(runs, ["succeeded"]);
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_whose_lease_another_process_took_meanwhile_stops_at_once_and_resumes_later() {
+    let (a, env) = slow_account().await;
+    let hook = LoseLease::new(&env, 2, Loss::TakenMeanwhile);
 
     let o = sync_losing_the_lease(&env, a, &hook).await;
 
     assert_stopped_on_the_lost_lease(&env, &o, hook.when().0).await;
-    // The next pass resumes where it stopped and finishes the mirror.
+    // The other process lets go; the next pass resumes where this one stopped.
+    hook.let_go().await;
     let next = env.sync(a).await;
     assert!(next.succeeded(), "{:?}", next.error);
     assert!(next.resumed);
@@ -890,7 +1011,7 @@ async fn a_pass_that_loses_its_accounts_lease_stops_within_a_lease_check_and_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_whose_lease_connection_stops_answering_stops_without_waiting_on_it() {
     let (a, env) = slow_account().await;
-    let hook = LoseLease::new(&env, 2, true);
+    let hook = LoseLease::new(&env, 2, Loss::Stopped);
 
     let o = sync_losing_the_lease(&env, a, &hook).await;
 
