@@ -217,13 +217,18 @@ impl Store {
     async fn watched_connection(&self, application_name: &str) -> Result<Watched, StoreError> {
         // sqlx's listener is the way to read an idle connection's socket; it takes its
         // connection from a pool, here one of its own with room for one. Dropped, it closes
-        // the connection with the pool.
+        // the connection with the pool. The pool opens it when the listener asks, and does not
+        // ping a connection it has just opened: a lease is taken per pass, thousands in a
+        // fleet's round.
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(self.opts.clone().application_name(application_name))
-            .await?;
+            .test_before_acquire(false)
+            // A server that refuses connections is retried for as long as the store's own
+            // pool would (`database.connect_timeout_secs`), not sqlx's default 30 s.
+            .acquire_timeout(self.pool.options().get_acquire_timeout())
+            .connect_lazy_with(self.opts.clone().application_name(application_name));
         let mut conn = PgListener::connect_with(&pool).await?;
         conn.eager_reconnect(false);
         conn.ignore_pool_close_event(true);
