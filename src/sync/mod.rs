@@ -250,6 +250,10 @@ async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
         }
     }
     let lost = watched(p, &mut lease, &mut out, &span, started, budget.as_deref()).await;
+    if let Some(b) = &budget {
+        // A pass that lost its lease fenced the account's requests; it sends nothing now.
+        b.lift_fence(id);
+    }
     match &budget {
         // A lost lease's connection failed or hangs: hand nothing on through it (the next
         // holder waits as for an abandoned account) and do not wait on it, just close it.
@@ -312,13 +316,9 @@ async fn watched(
         tracing::warn!(parent: span, reason = %why, "the account's lease ended with its database connection; no requests for the account until this process holds it again");
         let again = take_back(outer, budget, every);
         tokio::select! {
-            () = &mut run => {
-                // Over before the lease was back: nothing is left to send, and nothing to hand on.
-                if let Some(b) = budget {
-                    b.lift_fence(outer.id());
-                }
-                return true;
-            }
+            // Over before the lease was back: nothing is left to send, and nothing to hand on
+            // (the caller lifts the fence).
+            () = &mut run => return true,
             back = again => match back {
                 Some(back) => {
                     *lease = back;
@@ -327,17 +327,18 @@ async fn watched(
                     }
                     tracing::info!(parent: span, "holds the account's lease again; the pass goes on");
                 }
-                None => break,
+                // A shutdown: the pass ends interrupted by it, not by the lease.
+                None if outer.cancel.is_cancelled() => break,
+                None => {
+                    tracing::warn!(parent: span, "lost the account's lease with its database connection; stopping the pass (another process may be syncing the account now)");
+                    lost.cancel();
+                    break;
+                }
             },
         }
     }
-    tracing::warn!(parent: span, "lost the account's lease with its database connection; stopping the pass (another process may be syncing the account now)");
-    lost.cancel();
     cancel.cancel();
     run.await;
-    if let Some(b) = budget {
-        b.lift_fence(outer.id());
-    }
     true
 }
 
