@@ -437,13 +437,14 @@ impl RateBudget {
     }
 
     /// Lets `account`'s requests go again (its lease is held again, or its pass is over), and
-    /// wakes those waiting.
+    /// wakes those waiting. Every pass ends with it, so it wakes nobody (every account's
+    /// waiting requests alike) unless the account was fenced.
     pub fn lift_fence(&self, account: Uuid) {
         let mut guard = self.state.lock().expect("budget");
-        if let Some(w) = guard.accounts.get_mut(&account) {
+        if let Some(w) = guard.accounts.get_mut(&account).filter(|w| w.fenced) {
             w.fenced = false;
+            self.look_again.notify_waiters();
         }
-        self.look_again.notify_waiters();
     }
 
     /// Counts requests another process sent for `account` (their ages as of `now`) in its

@@ -307,7 +307,7 @@ async fn watched(
             // The pass is not polled during a check (a round trip); its fetcher and writers
             // run on their own tasks meanwhile.
             if !lease.is_held(every / 2).await {
-                break "it did not answer in time".to_string();
+                break "it failed or did not answer in time".to_string();
             }
         };
         if let Some(b) = budget {
