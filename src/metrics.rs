@@ -35,6 +35,8 @@ pub const DEFINITIONS: &[(&str, Kind, &str)] = &[
     ("lms_sync_rate_budget_share", Kind::Gauge, "Requests per window of the token's budget this process may send now (its share; the processes on one database share the budget)."),
     ("lms_sync_rate_budget_wanted", Kind::Gauge, "Requests per window of the token's budget this process asked for at its last negotiation."),
     ("lms_sync_rate_budget_holders", Kind::Gauge, "Processes sharing the token's budget, this one included, as of its last negotiation."),
+    ("lms_sync_rate_budget_limit", Kind::Gauge, "Requests per window of the token's budget the processes on one database share: the strictest any of them is configured with, as of this process's last negotiation."),
+    ("lms_sync_rate_budget_mismatch", Kind::Gauge, "1 when another process sharing the token's budget is configured with a different budget (rate_budget), as of this process's last negotiation; 0 otherwise."),
     ("lms_sync_run_duration_seconds_total", Kind::Counter, "Summed duration of finished runs, by account."),
     ("lms_sync_last_run_duration_seconds", Kind::Gauge, "Duration of the last finished run, by account."),
     ("lms_sync_last_success_timestamp_seconds", Kind::Gauge, "Unix time of the account's last successful run, from the database (every replica reports every account)."),

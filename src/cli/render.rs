@@ -152,11 +152,19 @@ pub fn budget(b: &BudgetSection) -> String {
     for h in &b.view.holders {
         let _ = writeln!(
             s,
-            "    {}: share {} (wants {}), renewed {}{}",
+            "    {}: share {} (wants {}), renewed {}{}{}",
             shorten(&h.holder, 80),
             h.share,
             h.wanted,
             h.renewed_at.format("%Y-%m-%d %H:%M:%SZ"),
+            match (h.per_token, h.window_secs) {
+                (Some(n), Some(w)) if (n as usize, w as u64) != (b.per_token, b.window_secs) =>
+                    format!(
+                        "; configured with {n} per {w} s, not this one's {} per {} s",
+                        b.per_token, b.window_secs
+                    ),
+                _ => String::new(),
+            },
             if h.alive {
                 ""
             } else {
@@ -221,6 +229,18 @@ mod tests {
              \x20   web-1:42:ab: share 200 (wants 200), renewed 2026-12-02 18:40:01Z\n\
              \x20   web-2:7:cd: share 150 (wants 500), renewed 2026-12-02 18:40:01Z; connection gone: its share is released at the next negotiation\n"
         );
+        let mut other = b.clone();
+        other.view.holders[0].per_token = Some(300);
+        assert!(
+            budget(&other).contains(
+                "request budget: 300 requests per 10 s (the strictest budget the processes are configured with: they disagree, and this one's is 500 per 10 s), shared"
+            ),
+            "{}",
+            budget(&other)
+        );
+        assert!(budget(&other).contains(
+            "web-1:42:ab: share 200 (wants 200), renewed 2026-12-02 18:40:01Z; configured with 300 per 10 s, not this one's 500 per 10 s\n"
+        ));
         let empty = BudgetSection {
             view: BudgetView::default(),
             ..b

@@ -68,6 +68,8 @@ pub(super) async fn budget(State(ops): State<Ops>, headers: HeaderMap) -> Respon
         Ok(Some(b)) => Json(serde_json::json!({
             "per_token": b.per_token,
             "window_secs": b.window_secs,
+            "shared": b.shared(),
+            "mismatch": b.mismatch(),
             "held": b.held(),
             "hot": b.view.hot,
             "free": b.free(),

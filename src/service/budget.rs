@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::source::budget::{Demand, RateBudget};
-use crate::store::Store;
+use crate::store::{Negotiated, Store};
 
 /// The budget the token's window is negotiated as.
 pub(crate) const TOKEN: &str = "token";
@@ -96,6 +96,9 @@ pub async fn share_token_budget(
     budget.set_token_share(0);
     // Nothing is wanted before a request asks (then `more_wanted` wakes the loop).
     let mut want = 0;
+    // What the last round said of the budgets the other holders are configured with, so that
+    // a change is logged once: (the limit shared by, whether any of them differs).
+    let mut agreement = (limit.requests as i32, false);
     while !cancel.is_cancelled() {
         let negotiated_at = tokio::time::Instant::now();
         if me.is_none() {
@@ -133,6 +136,18 @@ pub async fn share_token_budget(
             );
             match negotiated {
                 Ok(n) => {
+                    if (n.limit, n.disagree) != agreement {
+                        agreement = (n.limit, n.disagree);
+                        log_agreement(limit, &n);
+                    }
+                    if let Some(m) = &metrics {
+                        m.set("lms_sync_rate_budget_limit", &[], f64::from(n.limit));
+                        m.set(
+                            "lms_sync_rate_budget_mismatch",
+                            &[],
+                            f64::from(u8::from(n.disagree)),
+                        );
+                    }
                     let before = budget.token_share();
                     budget.set_token_share_until(n.share.max(0) as usize, started + lease);
                     report(budget.token_share(), want, Some(n.holders));
@@ -183,6 +198,35 @@ pub async fn share_token_budget(
         // No request after this, and all sent so far stay hot for a window.
         let used = budget.shrink_token_share(0, Instant::now());
         h.leave(TOKEN, used as i32).await;
+    }
+}
+
+/// Says once that the processes sharing the budget are configured with different budgets (a
+/// rolling change of `rate_budget`, a replica left on an old config), and what is shared.
+fn log_agreement(configured: crate::source::budget::Limit, n: &Negotiated) {
+    let window_secs = configured.window.as_secs();
+    if !n.disagree {
+        tracing::info!(
+            per_token = configured.requests,
+            window_secs,
+            "every process sharing the request budget is configured with the same one again"
+        );
+    } else if (n.limit as usize) < configured.requests {
+        tracing::warn!(
+            configured = configured.requests,
+            window_secs,
+            shared = n.limit,
+            "another process sharing the request budget is configured with a stricter one (rate_budget); \
+             all share the strictest until their configs agree"
+        );
+    } else {
+        tracing::warn!(
+            configured = configured.requests,
+            window_secs,
+            shared = n.limit,
+            "another process sharing the request budget is configured with a different one (rate_budget); \
+             this one's is the strictest, and all share it until their configs agree"
+        );
     }
 }
 

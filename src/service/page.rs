@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 
 use super::ops::{text, Ops};
 use super::status::{AccountView, BudgetSection};
+use crate::store::ShareView;
 
 /// A mirror older than this needs attention (the stale-mirror alert's threshold).
 const STALE_HOURS: i64 = 26;
@@ -145,13 +146,14 @@ fn budget_section(s: &mut String, b: &BudgetSection, now: DateTime<Utc>) {
     }
     s.push_str(
         "<table><thead><tr><th>Process</th><th class=\"num\">Share</th>\
-         <th class=\"num\">Wants</th><th>Renewed</th></tr></thead><tbody>",
+         <th class=\"num\">Wants</th><th>Configured with</th><th>Renewed</th></tr></thead><tbody>",
     );
     for h in &b.view.holders {
         let _ = write!(
             s,
             "<tr><td data-k=\"Process\">{}{}</td><td data-k=\"Share\" class=\"num\">{}</td>\
-             <td data-k=\"Wants\" class=\"num\">{}</td><td data-k=\"Renewed\">{}</td></tr>",
+             <td data-k=\"Wants\" class=\"num\">{}</td><td data-k=\"Configured with\">{}</td>\
+             <td data-k=\"Renewed\">{}</td></tr>",
             escape(&h.holder),
             if h.alive {
                 ""
@@ -160,10 +162,26 @@ fn budget_section(s: &mut String, b: &BudgetSection, now: DateTime<Utc>) {
             },
             h.share,
             h.wanted,
+            configured(h, b),
             when(Some(h.renewed_at), now),
         );
     }
     s.push_str("</tbody></table>");
+}
+
+/// The budget a holder is configured with, flagged when it differs from this process's.
+fn configured(h: &ShareView, b: &BudgetSection) -> String {
+    match (h.per_token, h.window_secs) {
+        (Some(n), Some(w)) if (n as usize, w as u64) == (b.per_token, b.window_secs) => {
+            format!("{n} per {w} s")
+        }
+        (Some(n), Some(w)) => format!(
+            "{n} per {w} s <span class=\"why\">differs from this process's {} per {} s</span>",
+            b.per_token, b.window_secs
+        ),
+        // A binary older than migration 0019 does not say.
+        _ => "—".to_string(),
+    }
 }
 
 /// The page for `views` (and the request budget, when paced) as of `now`.
@@ -306,5 +324,37 @@ mod tests {
         let html = render(&[], Some(&empty), now);
         assert!(html.contains("No process holds a share yet."), "{html}");
         assert!(html.contains("0 held by 0 processes, 0 hot"), "{html}");
+    }
+
+    #[test]
+    fn a_holder_configured_with_another_budget_is_flagged_and_the_strictest_is_what_is_shared() {
+        let now = Utc::now();
+        let mut b = BudgetSection::example("web-1:42:ab", now);
+        assert!(html_of(&b, now).contains("500 per 10 s</td>"));
+        // The live holder is on an older, smaller config: 300 is shared, and 300 − 350 held
+        // − 100 hot leaves nothing free.
+        b.view.holders[0].per_token = Some(300);
+        let html = html_of(&b, now);
+        assert!(
+            html.contains("The API token's 300 requests per 10 s (the strictest budget the processes are configured with: they disagree, and this one's is 500 per 10 s), shared by every process on this database: 350 held by 2 processes, 100 hot (given back, still in Truto's window), 0 free."),
+            "{html}"
+        );
+        assert!(
+            html.contains(
+                "300 per 10 s <span class=\"why\">differs from this process's 500 per 10 s</span>"
+            ),
+            "{html}"
+        );
+        // Only live holders count: the gone one's other budget leaves the page's own.
+        b.view.holders[0].per_token = Some(500);
+        b.view.holders[1].per_token = Some(100);
+        assert!(html_of(&b, now).contains("The API token's 500 requests per 10 s, shared"));
+        // A binary older than migration 0019 does not say.
+        b.view.holders[1].per_token = None;
+        assert!(html_of(&b, now).contains("<td data-k=\"Configured with\">—</td>"));
+    }
+
+    fn html_of(b: &BudgetSection, now: DateTime<Utc>) -> String {
+        render(&[view(1, "Alpha")], Some(b), now)
     }
 }

@@ -95,19 +95,56 @@ impl BudgetSection {
         self.view.holders.iter().map(|h| i64::from(h.share)).sum()
     }
 
+    /// The budgets the live holders are configured with (those of binaries older than
+    /// migration 0019 say nothing).
+    fn configured(&self) -> Vec<(i32, i32)> {
+        self.view
+            .holders
+            .iter()
+            .filter(|h| h.alive)
+            .filter_map(|h| Some((h.per_token?, h.window_secs?)))
+            .collect()
+    }
+
+    /// Requests per window the processes share: the strictest of this process's configured
+    /// budget and the live holders' (see `store::agreed_limit`).
+    pub fn shared(&self) -> i64 {
+        i64::from(crate::store::agreed_limit(
+            self.per_token as i32,
+            self.window_secs as i32,
+            &self.configured(),
+        ))
+    }
+
+    /// A live holder is configured with a budget other than this process's.
+    pub fn mismatch(&self) -> bool {
+        let mine = (self.per_token as i32, self.window_secs as i32);
+        self.configured().iter().any(|c| *c != mine)
+    }
+
     /// Requests of the window neither held nor hot.
     pub fn free(&self) -> i64 {
-        (self.per_token as i64 - self.held() - self.view.hot).max(0)
+        (self.shared() - self.held() - self.view.hot).max(0)
     }
 
     /// The budget in one sentence, as the status page and `lms-sync status` say it.
     pub fn summary(&self) -> String {
         let n = self.view.holders.len();
+        let size = if self.mismatch() {
+            format!(
+                "{} requests per {} s (the strictest budget the processes are configured with: \
+                 they disagree, and this one's is {} per {} s)",
+                self.shared(),
+                self.window_secs,
+                self.per_token,
+                self.window_secs
+            )
+        } else {
+            format!("{} requests per {} s", self.per_token, self.window_secs)
+        };
         format!(
-            "{} requests per {} s, shared by every process on this database: {} held by {} \
+            "{size}, shared by every process on this database: {} held by {} \
              process{}, {} hot (given back, still in Truto's window), {} free",
-            self.per_token,
-            self.window_secs,
             self.held(),
             n,
             if n == 1 { "" } else { "es" },
@@ -128,6 +165,8 @@ impl BudgetSection {
             wanted,
             renewed_at,
             alive,
+            per_token: Some(500),
+            window_secs: Some(10),
         };
         BudgetSection {
             per_token: 500,

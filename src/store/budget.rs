@@ -55,6 +55,12 @@ pub struct Negotiated {
     pub share: i32,
     /// Live holders, this one included.
     pub holders: i32,
+    /// The requests per window the share was decided within: this holder's configured limit,
+    /// or less when another live holder is configured with a stricter budget (see
+    /// [`agreed_limit`]).
+    pub limit: i32,
+    /// Another live holder is configured with a different budget (requests or window).
+    pub disagree: bool,
 }
 
 /// One process's place at a budget, as the status page shows it.
@@ -66,6 +72,10 @@ pub struct ShareView {
     pub renewed_at: chrono::DateTime<chrono::Utc>,
     /// Its connection is there: a holder without one is released by the next negotiation.
     pub alive: bool,
+    /// The budget it is configured with (`rate_budget.per_token` per `window_secs`); `None`
+    /// for a binary older than migration 0019.
+    pub per_token: Option<i32>,
+    pub window_secs: Option<i32>,
 }
 
 /// A budget's holders and what is hot (given back, still in the server's window).
@@ -85,7 +95,7 @@ impl Store {
         window: Duration,
     ) -> Result<BudgetView, StoreError> {
         let holders = sqlx::query_as(concat!(
-            "SELECT s.holder, s.share, s.wanted, s.renewed_at, ",
+            "SELECT s.holder, s.share, s.wanted, s.renewed_at, s.per_token, s.window_secs, ",
             holder_alive!(),
             " AS alive
                FROM rate_shares s
@@ -205,6 +215,19 @@ impl ShareHolder {
         .bind(window_secs as f64)
         .execute(&mut *tx)
         .await?;
+        // The budgets the other holders are configured with (gone ones were deleted above).
+        let configured: Vec<(i32, i32)> = sqlx::query_as(
+            "SELECT per_token, window_secs FROM rate_shares
+              WHERE budget = $1 AND holder <> $2 AND per_token IS NOT NULL AND window_secs IS NOT NULL",
+        )
+        .bind(budget)
+        .bind(&self.holder)
+        .fetch_all(&mut *tx)
+        .await?;
+        let agreed = agreed_limit(limit, window_secs, &configured);
+        let disagree = configured
+            .iter()
+            .any(|&(n, w)| (n, w) != (limit, window_secs));
         let (mine, others_held, others_wanted, hot, holders): (i32, i64, i64, i64, i64) =
             sqlx::query_as(
                 "SELECT coalesce((SELECT share FROM rate_shares WHERE budget = $1 AND holder = $2), 0),
@@ -220,7 +243,7 @@ impl ShareHolder {
         let share = decide(
             mine,
             wanted,
-            limit,
+            agreed,
             others_held as i32,
             others_wanted as i32,
             hot as i32,
@@ -242,24 +265,30 @@ impl ShareHolder {
             .await?;
         }
         sqlx::query(
-            "INSERT INTO rate_shares (budget, holder, share, wanted, backend_pid, good_until, fences_on_loss)
-             VALUES ($1, $2, $3, $4, pg_backend_pid(), now() + make_interval(secs => $5), true)
+            "INSERT INTO rate_shares (budget, holder, share, wanted, backend_pid, good_until, fences_on_loss,
+                                      per_token, window_secs)
+             VALUES ($1, $2, $3, $4, pg_backend_pid(), now() + make_interval(secs => $5), true, $6, $7)
              ON CONFLICT (budget, holder) DO UPDATE
                 SET share = excluded.share, wanted = excluded.wanted,
                     backend_pid = excluded.backend_pid, renewed_at = now(),
-                    good_until = excluded.good_until, fences_on_loss = true",
+                    good_until = excluded.good_until, fences_on_loss = true,
+                    per_token = excluded.per_token, window_secs = excluded.window_secs",
         )
         .bind(budget)
         .bind(&self.holder)
         .bind(share)
         .bind(wanted)
         .bind(self.lease.as_secs_f64())
+        .bind(limit)
+        .bind(window_secs)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(Negotiated {
             share,
             holders: holders as i32,
+            limit: agreed,
+            disagree,
         })
     }
 
@@ -278,6 +307,21 @@ impl ShareHolder {
         .await;
         // Dropping the listener ends the connection (its pool goes with it).
     }
+}
+
+/// The requests per window a holder configured with `limit` per `window_secs` shares the
+/// budget by, beside live holders configured with `others` (requests, window seconds) (pure):
+/// the strictest of them all, in its own window. A holder with a window as long as ours or
+/// shorter allows its `n` in any stretch that long, and our window holds such a stretch: no
+/// more than `n`. One with a longer window allows `n` in any of its windows, which a run of
+/// ⌈theirs / ours⌉ of ours covers, each of which may be full: no more than `n` divided by that
+/// (at least 1, so that a process never stalls for good on a budget too small to divide).
+pub fn agreed_limit(limit: i32, window_secs: i32, others: &[(i32, i32)]) -> i32 {
+    let mine = window_secs.max(1);
+    others.iter().fold(limit, |agreed, &(n, w)| {
+        let spans = (w.max(1) + mine - 1) / mine;
+        agreed.min((n / spans).max(1))
+    })
 }
 
 /// The new share (pure): what the holder wants, up to its fair part of the limit (split by
@@ -316,6 +360,26 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holders_configured_with_different_budgets_share_the_strictest_in_their_own_window() {
+        // Alone, or beside holders that agree (or older binaries, which say nothing).
+        assert_eq!(agreed_limit(500, 10, &[]), 500);
+        assert_eq!(agreed_limit(500, 10, &[(500, 10), (500, 10)]), 500);
+        // A replica still on a smaller budget: everyone shares that.
+        assert_eq!(agreed_limit(500, 10, &[(300, 10)]), 300);
+        assert_eq!(agreed_limit(300, 10, &[(500, 10)]), 300);
+        // A shorter window allows its count in any stretch that short: ours may hold no more.
+        assert_eq!(agreed_limit(500, 10, &[(400, 5)]), 400);
+        // A longer one: 3,000 per 60 s is 500 in each of six of our 10 s windows; 15 s spans two
+        // of ours, so 900 per 15 s allows 450 in each.
+        assert_eq!(agreed_limit(500, 10, &[(3_000, 60)]), 500);
+        assert_eq!(agreed_limit(500, 10, &[(900, 15)]), 450);
+        // And the other way round: 500 per 10 s caps a 60 s window at 500 too.
+        assert_eq!(agreed_limit(3_000, 60, &[(500, 10)]), 500);
+        // Never below one request a window.
+        assert_eq!(agreed_limit(500, 10, &[(5, 60)]), 1);
+    }
 
     #[test]
     fn a_lone_holder_gets_everything_it_wants_and_shares_converge_to_fair_parts() {

@@ -32,7 +32,8 @@ pub use accounts::{
     retire_guard, AccountRow, Discovered, DiscoveryApplied, DiscoveryState, RetirePolicy,
 };
 pub use budget::{
-    decide as decide_share, BudgetView, Negotiated, ShareHolder, ShareView, FENCE_MARGIN,
+    agreed_limit, decide as decide_share, BudgetView, Negotiated, ShareHolder, ShareView,
+    FENCE_MARGIN,
 };
 pub use copy::CopyRows;
 pub use lease::{Handover, Lease};

@@ -343,6 +343,101 @@ async fn requests_sent_while_a_share_is_negotiated_keep_the_part_given_back_hot(
     assert_eq!(hot, 50);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_configured_with_different_budgets_share_the_strictest_until_they_agree() {
+    let env = Env::new(&[]).await;
+    let mut a = holder(&env, "a").await;
+    let mut b = holder(&env, "b").await;
+    // a is configured with 100 a second, alone: all of it.
+    let n = a.negotiate("token", 100, 1, 100, |_| 100).await.unwrap();
+    assert_eq!((n.share, n.limit, n.disagree), (100, 100, false));
+    // b, configured with 60 (a rolling change of the config, halfway), finds a's 100 held.
+    let n = b.negotiate("token", 60, 1, 60, |_| 0).await.unwrap();
+    assert_eq!((n.share, n.limit, n.disagree), (0, 60, true));
+    // a learns of b's stricter budget and keeps only its fair part of 60, not of 100.
+    let n = a.negotiate("token", 100, 1, 100, |_| 100).await.unwrap();
+    assert_eq!((n.share, n.limit, n.disagree), (30, 60, true));
+    // What a gave back is hot for a window; then b takes the rest of the 60, and no more.
+    let released = Instant::now();
+    let n = loop {
+        let n = b.negotiate("token", 60, 1, 60, |_| 0).await.unwrap();
+        if n.share > 0 || released.elapsed() > Duration::from_secs(5) {
+            break n;
+        }
+        // Time itself is what is tested here: the share is hot for one window.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(n.share, 30);
+    assert_back_after_one_window(released.elapsed(), "the part a gave back");
+    let held = env
+        .scalar_i64("SELECT sum(share)::bigint FROM rate_shares WHERE budget = 'token'")
+        .await;
+    assert_eq!(held, 60);
+    // A row of a binary older than migration 0019 says nothing of its budget: taken to agree.
+    sqlx::query("UPDATE rate_shares SET per_token = NULL, window_secs = NULL WHERE holder = 'b'")
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    let n = a.negotiate("token", 100, 1, 100, |_| 30).await.unwrap();
+    assert_eq!((n.limit, n.disagree), (100, false));
+    b.leave("token", 0).await;
+    a.leave("token", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_configured_with_different_budgets_share_the_strictest_and_never_run_into_it() {
+    // A rolling change of `rate_budget` caught halfway: r2 has the new budget, which is what
+    // the server enforces (20 a second); r1 still has the old one, twice as large. Between them
+    // they must keep to 20, and say why. (Each deciding by its own would send 30 a second.)
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 600), (b, 1_000)]).await;
+    let per_token = SHARED_PER_TOKEN;
+    env.sim.set_rate_limit(Some(RateLimit {
+        per_account: 1000,
+        per_token,
+        window: Duration::from_secs(1),
+    }));
+    let mut r2 = spawn(&budget_config(&env, &[b], per_token), &env.db_url);
+    while r2.next_budget_share().await != per_token as i64 {}
+    let mut r1 = spawn(&budget_config(&env, &[a], 2 * per_token), &env.db_url);
+    let said = r1
+        .wait_for("another process sharing the request budget is configured with a stricter one (rate_budget); all share the strictest until their configs agree")
+        .await;
+    assert_eq!(said["fields"]["configured"], 2 * per_token, "{said}");
+    assert_eq!(said["fields"]["shared"], per_token, "{said}");
+    let said = r2
+        .wait_for("another process sharing the request budget is configured with a different one (rate_budget); this one's is the strictest, and all share it until their configs agree")
+        .await;
+    assert_eq!(said["fields"]["shared"], per_token, "{said}");
+    loop {
+        let ev = r1.wait_for("sync run finished").await;
+        if ev["fields"]["outcome"] == "succeeded" {
+            break;
+        }
+    }
+    // r1 leaves first: alone, it would go back to its own (wrong) budget.
+    assert_eq!(r1.terminate().await, 0);
+    // r2 says the configs agree again once r1's share is gone, and finishes its listing.
+    let (mut agreed, mut finished) = (false, false);
+    while !(agreed && finished) {
+        let ev = tokio::time::timeout(Duration::from_secs(60), r2.events.recv())
+            .await
+            .expect("r2 goes on")
+            .expect("r2 runs");
+        let message = &ev["fields"]["message"];
+        agreed |= message
+            == "every process sharing the request budget is configured with the same one again";
+        finished |= message == "sync run finished" && ev["fields"]["outcome"] == "succeeded";
+    }
+    assert_eq!(r2.terminate().await, 0);
+    let stats = env.sim.stats();
+    assert_eq!(stats.rate_limited, 0, "429s: {stats:?}");
+    assert!(stats.max_token_window <= per_token, "{stats:?}");
+    for id in [a, b] {
+        assert_mirror(&env.store, &env.sim, id).await;
+    }
+}
+
 /// A config for the binary with a budget of `per_token` requests per second (and 1,000 per
 /// account).
 fn budget_config(env: &Env, accounts: &[Uuid], per_token: usize) -> std::path::PathBuf {

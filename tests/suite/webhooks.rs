@@ -254,6 +254,14 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
             assert_eq!(b["window_secs"], 10, "{b}");
             assert_eq!(b["holders"].as_array().unwrap().len(), 1, "{b}");
             assert_eq!(b["holders"][0]["alive"], true, "{b}");
+            // It says what budget it is configured with; nobody disagrees.
+            assert_eq!(b["holders"][0]["per_token"], 500, "{b}");
+            assert_eq!(b["holders"][0]["window_secs"], 10, "{b}");
+            assert_eq!(
+                (&b["shared"], &b["mismatch"]),
+                (&500.into(), &false.into()),
+                "{b}"
+            );
             assert!(
                 b["holders"][0]["holder"].as_str().unwrap().contains(':'),
                 "{b}"
