@@ -49,33 +49,44 @@ impl Backoff {
             Some(h) if h > computed => h,
             _ => computed,
         };
-        if waited + wait > self.max_total_wait {
+        if waited.saturating_add(wait) > self.max_total_wait {
             return None;
         }
         Some(wait)
     }
 }
 
-/// Parses `Retry-After`: delta-seconds or an HTTP date. `0`, a date in the past, or garbage is
-/// no hint (`None`): the caller falls back to its backoff, never a hot loop.
+/// The longest wait or window read from a server's headers (`Retry-After`, `ratelimit-reset`,
+/// the `w=` of `ratelimit-limit`): a longer one reads as this. A day still holds an account
+/// back for as long as a daily quota asks, and nothing a server sends can overflow the time
+/// arithmetic built on it (`Instant + Duration::from_secs(u64::MAX)` panics, and a panic while
+/// the request budget's lock is held would stop every account of the process).
+pub const LONGEST_HINT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Parses `Retry-After`: delta-seconds or an HTTP date, at most [`LONGEST_HINT`]. `0`, a date
+/// in the past, or garbage is no hint (`None`): the caller falls back to its backoff, never a
+/// hot loop.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
     if let Ok(secs) = v.parse::<u64>() {
-        return (secs > 0).then(|| Duration::from_secs(secs));
+        return (secs > 0).then(|| Duration::from_secs(secs).min(LONGEST_HINT));
     }
     if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs > 0.0 && secs < 1e9)
-            .then(|| Duration::from_secs_f64(secs));
+        return (secs.is_finite() && secs > 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(LONGEST_HINT.as_secs_f64())));
     }
     let date = chrono::DateTime::parse_from_rfc2822(v).ok()?;
     let at = SystemTime::from(date.with_timezone(&chrono::Utc));
-    at.duration_since(now).ok().filter(|d| !d.is_zero())
+    at.duration_since(now)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .map(|d| d.min(LONGEST_HINT))
 }
 
 /// Parses `ratelimit-reset`: seconds until the window resets. Same rules as delta-seconds.
 pub fn parse_reset_seconds(value: &str) -> Option<Duration> {
     let secs: u64 = value.trim().parse().ok()?;
-    (secs > 0).then(|| Duration::from_secs(secs))
+    (secs > 0).then(|| Duration::from_secs(secs).min(LONGEST_HINT))
 }
 
 #[cfg(test)]
@@ -148,5 +159,35 @@ mod tests {
         );
         assert_eq!(parse_reset_seconds("7"), Some(Duration::from_secs(7)));
         assert_eq!(parse_reset_seconds("x"), None);
+    }
+
+    #[test]
+    fn a_servers_wait_longer_than_a_day_reads_as_a_day() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let day = LONGEST_HINT;
+        assert_eq!(parse_retry_after("86400", now), Some(day));
+        assert_eq!(parse_retry_after("86401", now), Some(day));
+        assert_eq!(parse_retry_after("18446744073709551615", now), Some(day));
+        assert_eq!(parse_retry_after("1e300", now), Some(day));
+        assert_eq!(
+            parse_retry_after("2.5", now),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(parse_retry_after("inf", now), None);
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now),
+            Some(day)
+        );
+        assert_eq!(parse_reset_seconds("18446744073709551615"), Some(day));
+        // Adding it up never overflows, whatever was waited already.
+        assert_eq!(policy().next_wait(1, Duration::MAX, Some(day), 0.0), None);
+        let unbounded = Backoff {
+            max_total_wait: Duration::MAX,
+            ..policy()
+        };
+        assert_eq!(
+            unbounded.next_wait(1, Duration::from_secs(5), Some(day), 0.0),
+            Some(day)
+        );
     }
 }

@@ -48,6 +48,8 @@ pub enum Fault {
     Html200,
     /// `200` with this body.
     Body(String),
+    /// Answer normally, with these headers added (a vendor's odd `ratelimit-*`, say).
+    Headers(Vec<(String, String)>),
 }
 
 impl Fault {
@@ -1178,6 +1180,23 @@ fn fault_reply(s: &mut State, f: Fault, account: Uuid, req: &Request) -> Reply {
             headers: vec![],
             body: b.into_bytes().into(),
             delay: Duration::ZERO,
+        },
+        Fault::Headers(extra) => match normal_reply(s, account, req, rest, false, false) {
+            Reply::Full {
+                status,
+                mut headers,
+                body,
+                delay,
+            } => {
+                headers.extend(extra);
+                Reply::Full {
+                    status,
+                    headers,
+                    body,
+                    delay,
+                }
+            }
+            other => other,
         },
     }
 }

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::backoff::LONGEST_HINT;
+
 /// What an answer's `ratelimit-*` headers said.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RateReport {
@@ -36,7 +38,8 @@ impl RateReport {
     }
 }
 
-/// `50;w=10` (or `50, 50;w=10`): 50 requests per 10 s.
+/// `50;w=10` (or `50, 50;w=10`): 50 requests per 10 s. A window longer than
+/// [`LONGEST_HINT`] reads as that.
 fn parse_limit(text: &str) -> Option<Limit> {
     let policy = text.split(',').map(str::trim).find(|p| p.contains("w="))?;
     let mut parts = policy.split(';').map(str::trim);
@@ -48,7 +51,7 @@ fn parse_limit(text: &str) -> Option<Limit> {
         .ok()?;
     (window > 0).then(|| Limit {
         requests,
-        window: Duration::from_secs(window),
+        window: Duration::from_secs(window).min(LONGEST_HINT),
     })
 }
 
@@ -95,8 +98,10 @@ impl Window {
             .count()
     }
 
-    /// No request before `until` (a later pause already in force stays).
-    fn pause_until(&mut self, until: Instant) {
+    /// No request for `d` from `now`, at most [`LONGEST_HINT`] (a later pause already in force
+    /// stays).
+    fn pause_for(&mut self, now: Instant, d: Duration) {
+        let until = now + d.min(LONGEST_HINT);
         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
     }
 
@@ -516,7 +521,10 @@ impl RateBudget {
     /// short, as if the server knew of a request we did not, and paused the account for the
     /// reset rounded up to a second.)
     pub fn observe(&self, account: Uuid, report: RateReport, sent: Instant, now: Instant) {
-        let limit = report.limit.filter(|l| l.requests > 0);
+        let limit = report.limit.filter(|l| l.requests > 0).map(|l| Limit {
+            window: l.window.min(LONGEST_HINT),
+            ..l
+        });
         let mut guard = self.state.lock().expect("budget");
         let w = guard.accounts.entry(account).or_default();
         if limit.is_some() {
@@ -531,18 +539,14 @@ impl RateBudget {
         // we do not: pause until its reset.
         let full = limit.is_some_and(|l| w.in_window(sent, self.widen(l).window) >= l.requests);
         if !full {
-            w.pause_until(now + reset);
+            w.pause_for(now, reset);
         }
     }
 
     /// No request for `account` for `d` (after a 429 with a hint, or an exhausted window).
     pub fn pause(&self, account: Uuid, d: Duration, now: Instant) {
         let mut guard = self.state.lock().expect("budget");
-        guard
-            .accounts
-            .entry(account)
-            .or_default()
-            .pause_until(now + d);
+        guard.accounts.entry(account).or_default().pause_for(now, d);
     }
 }
 
@@ -843,6 +847,53 @@ mod tests {
             b.try_acquire(a, t0 + Duration::from_secs(8)).is_ok(),
             "plenty left: no pause"
         );
+    }
+
+    #[test]
+    fn what_a_server_says_of_waits_and_windows_holds_an_account_a_day_at_most() {
+        let b = budget(10, 100);
+        let (a, c, v) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let t0 = Instant::now();
+        let day = LONGEST_HINT;
+        // A 429's Retry-After of u64::MAX seconds, read by the source as a day.
+        let hint =
+            crate::backoff::parse_retry_after("18446744073709551615", std::time::SystemTime::now());
+        b.pause(a, hint.unwrap(), t0);
+        assert_eq!(b.try_acquire(a, t0).unwrap_err(), day);
+        // Even handed a longer pause directly.
+        b.pause(a, Duration::MAX, t0);
+        assert_eq!(b.try_acquire(a, t0).unwrap_err(), day);
+        // A window with nothing left and a reset of u64::MAX seconds.
+        assert!(b.try_acquire(c, t0).is_ok());
+        let empty = RateReport::parse(Some("50;w=10"), Some("0"), Some("18446744073709551615"));
+        b.observe(c, empty.unwrap(), t0, t0);
+        assert_eq!(b.try_acquire(c, t0).unwrap_err(), day);
+        // A vendor window of u64::MAX seconds: a day's window, 2 requests in it.
+        let huge = RateReport::parse(Some("2;w=18446744073709551615"), Some("1"), None).unwrap();
+        assert_eq!(huge.limit.unwrap().window, day);
+        assert!(b.try_acquire(v, t0).is_ok());
+        b.observe(v, huge, t0, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(b.try_acquire(v, t1).is_ok());
+        assert_eq!(
+            b.try_acquire(v, t1).unwrap_err(),
+            day - Duration::from_secs(1)
+        );
+        // Handed such a window directly, too.
+        let direct = RateReport {
+            limit: Some(Limit {
+                requests: 2,
+                window: Duration::MAX,
+            }),
+            ..RateReport::default()
+        };
+        b.observe(v, direct, t1, t1);
+        assert_eq!(
+            b.try_acquire(v, t1).unwrap_err(),
+            day - Duration::from_secs(1)
+        );
+        // Other accounts go on.
+        assert!(b.try_acquire(Uuid::from_u128(4), t1).is_ok());
     }
 
     #[test]

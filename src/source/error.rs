@@ -31,13 +31,26 @@ pub enum SourceError {
     Network(String),
     #[error("invalid page from Truto: {0}")]
     InvalidPage(String),
-    #[error("gave up after {attempts} attempts: {last}")]
+    #[error("{}", exhausted_message(*.attempts, .last, *.asked))]
     Exhausted {
         attempts: u32,
         last: Box<SourceError>,
+        /// The wait the last answer asked for, when that is what the retry budget lacked.
+        asked: Option<Duration>,
     },
     #[error("cancelled")]
     Cancelled,
+}
+
+fn exhausted_message(attempts: u32, last: &SourceError, asked: Option<Duration>) -> String {
+    let tries = if attempts == 1 { "attempt" } else { "attempts" };
+    match asked {
+        Some(wait) => format!(
+            "gave up after {attempts} {tries}: {last} (it asked to wait {} s, longer than truto.max_retry_wait_secs allows)",
+            wait.as_secs()
+        ),
+        None => format!("gave up after {attempts} {tries}: {last}"),
+    }
 }
 
 fn status_message(status: u16, message: &str, remote: bool) -> String {

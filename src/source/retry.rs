@@ -182,9 +182,18 @@ impl TrutoClient {
                 .next_wait(t.attempts, t.waited, err.retry_hint(), fastrand::f64())
         else {
             let attempts = t.attempts;
+            // Attempts were left: the server's own wait is what the retry budget lacked.
+            let asked = err.retry_hint().filter(|h| {
+                attempts < self.backoff.max_attempts
+                    && t.waited.saturating_add(*h) > self.backoff.max_total_wait
+            });
             let last = Box::new(err);
             return Err(Failed::new(
-                SourceError::Exhausted { attempts, last },
+                SourceError::Exhausted {
+                    attempts,
+                    last,
+                    asked,
+                },
                 attempts,
             ));
         };

@@ -182,3 +182,69 @@ async fn pages_that_are_not_what_they_should_be_are_retried_or_fail_clearly_and_
     assert_eq!(stored, 100);
     assert_mirror(&env.store, &env.sim, a).await;
 }
+
+/// A server's waits and windows can be absurd: a `Retry-After`, a `ratelimit-reset` or a
+/// window of u64::MAX seconds. Each reads as a day at most: the account told to wait fails
+/// its run saying why, and the process's other accounts sync as if nothing was said. (Before,
+/// the time arithmetic panicked while the request budget's lock was held, which poisoned it:
+/// every later request of the process panicked too.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_waits_and_windows_from_the_server_fail_their_account_clearly_and_stop_no_other() {
+    let (told, windowed, quiet) = (account_id(1), account_id(2), account_id(3));
+    let env = Env::new(&[(told, 250), (windowed, 250), (quiet, 250)]).await;
+    let forever = u64::MAX.to_string();
+    env.sim.push_fault(
+        Some(told),
+        Fault::Status {
+            status: 429,
+            retry_after: Some(forever.clone()),
+            remote: false,
+        },
+    );
+    env.sim.push_fault(
+        Some(windowed),
+        Fault::Headers(vec![
+            ("ratelimit-limit".into(), format!("5000;w={forever}")),
+            ("ratelimit-remaining".into(), "4999".into()),
+            ("ratelimit-reset".into(), forever.clone()),
+        ]),
+    );
+    let cfg = crate::helpers::daemon::config(&env.sim, &[told, windowed, quiet], "1h", 3);
+    let out = crate::helpers::daemon::one_off_sync(&cfg, &env.db_url)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "one account failed: {stderr}");
+
+    let run = |id: uuid::Uuid| {
+        let pool = env.store.pool().clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<String>, Option<String>)>(
+                "SELECT outcome, error_kind, error FROM sync_runs WHERE integrated_account_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let (outcome, kind, error) = run(told).await;
+    assert_eq!(outcome, "failed");
+    assert_eq!(kind.as_deref(), Some("rate_limited"));
+    let error = error.unwrap();
+    assert!(
+        error.contains("HTTP 429")
+            && error.contains("asked to wait 86400 s, longer than truto.max_retry_wait_secs"),
+        "{error}"
+    );
+    for id in [windowed, quiet] {
+        assert_eq!(run(id).await.0, "succeeded", "{id}");
+        assert_mirror(&env.store, &env.sim, id).await;
+    }
+    // The told account asked once, and was not asked again.
+    let stats = env.sim.stats();
+    assert_eq!(stats.by_status.get(&429), Some(&1), "{stats:?}");
+    assert_eq!(stats.by_account.get(&told), Some(&1), "{stats:?}");
+}
