@@ -317,10 +317,13 @@ impl ShareHolder {
 /// ⌈theirs / ours⌉ of ours covers, each of which may be full: no more than `n` divided by that
 /// (at least 1, so that a process never stalls for good on a budget too small to divide).
 pub fn agreed_limit(limit: i32, window_secs: i32, others: &[(i32, i32)]) -> i32 {
-    let mine = window_secs.max(1);
+    // In i64: the rows are other processes' (or anyone's) writing, and `i32::MAX` seconds must
+    // not overflow the division's rounding.
+    let mine = i64::from(window_secs.max(1));
     others.iter().fold(limit, |agreed, &(n, w)| {
-        let spans = (w.max(1) + mine - 1) / mine;
-        agreed.min((n / spans).max(1))
+        let spans = (i64::from(w.max(1)) + mine - 1) / mine;
+        let theirs = (i64::from(n) / spans).max(1);
+        agreed.min(i32::try_from(theirs).unwrap_or(i32::MAX))
     })
 }
 
@@ -379,6 +382,11 @@ mod tests {
         assert_eq!(agreed_limit(3_000, 60, &[(500, 10)]), 500);
         // Never below one request a window.
         assert_eq!(agreed_limit(500, 10, &[(5, 60)]), 1);
+        // Rows nobody should have written never overflow: the longest windows, a negative
+        // count.
+        assert_eq!(agreed_limit(500, 10, &[(500, i32::MAX)]), 1);
+        assert_eq!(agreed_limit(500, i32::MAX, &[(i32::MAX, 10)]), 500);
+        assert_eq!(agreed_limit(500, 10, &[(-7, 10)]), 1);
     }
 
     #[test]
