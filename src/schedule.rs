@@ -68,8 +68,11 @@ pub fn jitter_offset(account: Uuid, jitter: Duration) -> Duration {
     Duration::from_millis(h % ms)
 }
 
+/// As a calendar duration, at most a century: the config allows a year at most, and no sum of
+/// such durations may overflow the calendar (chrono panics past its year 262,143).
 fn chrono_dur(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    chrono::Duration::from_std(d.min(CENTURY)).expect("a century fits")
 }
 
 /// The first regular slot strictly after `after` (jitter not included).
@@ -215,6 +218,30 @@ mod tests {
     }
 
     const A: Uuid = Uuid::from_u128(1);
+
+    #[test]
+    fn durations_past_the_calendar_never_overflow_it() {
+        // The config refuses more than a year; the schedule holds even if handed more.
+        let forever = Duration::MAX;
+        let s = Schedule {
+            cadence: Cadence::Every(forever),
+            jitter: forever,
+            retry_initial: forever,
+            retry_max: forever,
+            health_retry_initial: forever,
+            health_retry_max: forever,
+            ..every(1)
+        };
+        let started = t("2026-01-01T00:00:00Z");
+        let mut h = history("2026-01-01T10:00:00Z", "succeeded", 0);
+        assert!(next_run(&s, A, &h, started) > started);
+        h = history("2026-01-01T10:00:00Z", "failed", 40);
+        assert!(next_run(&s, A, &h, started) > started);
+        h.health = Some(Health::NeedsReauth);
+        h.health_failures = 40;
+        assert!(next_run(&s, A, &h, started) > started);
+        assert!(next_run(&s, A, &RunHistory::default(), started) > started);
+    }
 
     #[test]
     fn an_unhealthy_account_is_probed_hours_apart_and_a_restart_probes_at_once() {

@@ -714,6 +714,90 @@ mod tests {
     }
 
     #[test]
+    fn values_whose_arithmetic_would_break_are_refused_at_load_with_their_bound() {
+        // Each of these used to load, then panic (or abort, or stall) at run time.
+        for (text, key, says) in [
+            (
+                "[schedule]\nevery = \"1000000y\"\n",
+                "schedule.every",
+                "at most 365d",
+            ),
+            (
+                "[schedule]\njitter = \"366d\"\n",
+                "schedule.jitter",
+                "at most 365d",
+            ),
+            (
+                "[schedule]\nhealth_retry_max = \"1000000y\"\n",
+                "schedule.health_retry_max",
+                "at most 365d",
+            ),
+            (
+                "[schedule]\nretry_initial = \"400d\"\n",
+                "schedule.retry_initial",
+                "at most 365d",
+            ),
+            (
+                "[discovery]\ninterval = \"1000000y\"\n",
+                "discovery.interval",
+                "at most 365d",
+            ),
+            (
+                "[database]\nconnect_timeout_secs = 9223372036854775807\n",
+                "database.connect_timeout_secs",
+                "at most 86400",
+            ),
+            (
+                "[database]\nconnect_timeout_secs = 0\n",
+                "database.connect_timeout_secs",
+                "at least 1",
+            ),
+            (
+                "[database]\nmax_connections = 4294967295\n",
+                "database.max_connections",
+                "at most 10000",
+            ),
+            (
+                "[rate_budget]\nper_token = 9223372036854775807\n",
+                "rate_budget.per_token",
+                "at most 1000000",
+            ),
+            (
+                "[rate_budget]\nwindow_secs = 4294967296\n",
+                "rate_budget.window_secs",
+                "at most 86400",
+            ),
+            (
+                "[truto]\nrequest_timeout_secs = 86401\n",
+                "truto.request_timeout_secs",
+                "at most 86400",
+            ),
+            (
+                "[sync]\nshutdown_grace_secs = 86401\n",
+                "sync.shutdown_grace_secs",
+                "at most 86400",
+            ),
+        ] {
+            let e = load_toml(&format!("{text}{ACCT}"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains(says), "{text}: {e}");
+        }
+        // The bounds themselves load.
+        let s = load_toml(
+            &format!(
+                "[schedule]\nevery = \"365d\"\njitter = \"365d\"\n[rate_budget]\nwindow_secs = 86400\n\
+                 per_token = 1000000\n[database]\nmax_connections = 10000\n{ACCT}"
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.rate_budget.window_secs, 86_400);
+        // As do the shipped defaults (their values are within every bound).
+        assert!(load_toml(ACCT, &[]).is_ok());
+    }
+
+    #[test]
     fn bad_toml_says_so() {
         let e = load_toml("[truto\n", &[]).unwrap_err();
         assert!(e.to_string().contains("not valid TOML"), "{e}");

@@ -17,33 +17,48 @@ impl Settings {
         if !(1..=1000).contains(&t.page_size) {
             return Err(key_error("truto.page_size", "must be between 1 and 1000"));
         }
-        if t.request_timeout_secs == 0 {
-            return Err(key_error(
-                "truto.request_timeout_secs",
-                "must be at least 1",
-            ));
-        }
-        if t.connect_timeout_secs == 0 {
-            return Err(key_error(
-                "truto.connect_timeout_secs",
-                "must be at least 1",
-            ));
-        }
+        check_range(
+            "truto.request_timeout_secs",
+            t.request_timeout_secs,
+            1,
+            A_DAY,
+        )?;
+        check_range(
+            "truto.connect_timeout_secs",
+            t.connect_timeout_secs,
+            1,
+            A_DAY,
+        )?;
         if t.max_attempts == 0 {
             return Err(key_error("truto.max_attempts", "must be at least 1"));
         }
-        if t.backoff_initial_ms == 0 {
-            return Err(key_error("truto.backoff_initial_ms", "must be at least 1"));
-        }
+        check_range("truto.max_retry_wait_secs", t.max_retry_wait_secs, 0, A_DAY)?;
+        check_range(
+            "truto.backoff_initial_ms",
+            t.backoff_initial_ms,
+            1,
+            A_DAY * 1000,
+        )?;
+        check_range("truto.backoff_max_secs", t.backoff_max_secs, 0, A_DAY)?;
         if t.max_pages == 0 {
             return Err(key_error("truto.max_pages", "must be at least 1"));
         }
         let d = &self.database;
         validate_schema_name(&d.schema).map_err(|m| key_error("database.schema", m))?;
-        if d.max_connections < 2 {
-            // One connection holds each account's lease; pages need another.
-            return Err(key_error("database.max_connections", "must be at least 2"));
-        }
+        // One connection holds each account's lease; pages need another. (The pool allocates
+        // for its maximum up front: four billion aborted the process.)
+        check_range(
+            "database.max_connections",
+            u64::from(d.max_connections),
+            2,
+            10_000,
+        )?;
+        check_range(
+            "database.connect_timeout_secs",
+            d.connect_timeout_secs,
+            1,
+            A_DAY,
+        )?;
         if let Some(url) = &d.url {
             let u = url.expose_secret();
             if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
@@ -71,12 +86,13 @@ impl Settings {
         if s.batch_fill_ms > 10_000 {
             return Err(key_error("sync.batch_fill_ms", "must be at most 10000"));
         }
-        if s.progress_interval_secs == 0 {
-            return Err(key_error(
-                "sync.progress_interval_secs",
-                "must be at least 1",
-            ));
-        }
+        check_range(
+            "sync.progress_interval_secs",
+            s.progress_interval_secs,
+            1,
+            A_DAY,
+        )?;
+        check_range("sync.shutdown_grace_secs", s.shutdown_grace_secs, 0, A_DAY)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(key_error("log.level", "not a valid level or filter"));
         }
@@ -98,15 +114,22 @@ impl Settings {
                 ));
             }
         }
-        if self.rate_budget.per_account == 0 {
-            return Err(key_error("rate_budget.per_account", "must be at least 1"));
-        }
-        if self.rate_budget.per_token == 0 {
-            return Err(key_error("rate_budget.per_token", "must be at least 1"));
-        }
-        if self.rate_budget.window_secs == 0 {
-            return Err(key_error("rate_budget.window_secs", "must be at least 1"));
-        }
+        // The shares are kept in PostgreSQL as integers, and a window is at most the longest a
+        // server's own may be (see `backoff::LONGEST_HINT`).
+        let b = &self.rate_budget;
+        check_range(
+            "rate_budget.per_account",
+            b.per_account as u64,
+            1,
+            MOST_REQUESTS,
+        )?;
+        check_range(
+            "rate_budget.per_token",
+            b.per_token as u64,
+            1,
+            MOST_REQUESTS,
+        )?;
+        check_range("rate_budget.window_secs", b.window_secs, 1, A_DAY)?;
         if !self.server.listen.is_empty()
             && self.server.listen.parse::<std::net::SocketAddr>().is_err()
         {
@@ -145,10 +168,7 @@ impl Settings {
             ));
         }
         let d = &self.discovery;
-        let every = parse_duration("discovery.interval", &d.interval)?;
-        if every < Duration::from_secs(10) {
-            return Err(key_error("discovery.interval", "must be at least 10s"));
-        }
+        parse_bounded("discovery.interval", &d.interval, Duration::from_secs(10))?;
         if d.enabled && d.integrations.is_empty() {
             return Err(key_error(
                 "discovery.integrations",
@@ -252,25 +272,30 @@ impl Settings {
             },
             (every, None) => {
                 let text = every.unwrap_or_else(|| DEFAULT_EVERY.into());
-                let d = parse_duration(&k("every"), &text)?;
-                if d < Duration::from_secs(1) {
-                    return Err(key_error(&k("every"), "must be at least 1s"));
-                }
-                Cadence::Every(d)
+                Cadence::Every(parse_bounded(&k("every"), &text, Duration::from_secs(1))?)
             }
         };
         let jitter_text = own.jitter.clone().unwrap_or_else(|| g.jitter.clone());
         Ok(Schedule {
             cadence,
             run_on_start: g.run_on_start,
-            jitter: parse_duration(&k("jitter"), &jitter_text)?,
-            retry_initial: parse_duration("schedule.retry_initial", &g.retry_initial)?,
-            retry_max: parse_duration("schedule.retry_max", &g.retry_max)?,
-            health_retry_initial: parse_duration(
+            jitter: parse_bounded(&k("jitter"), &jitter_text, Duration::ZERO)?,
+            retry_initial: parse_bounded(
+                "schedule.retry_initial",
+                &g.retry_initial,
+                Duration::ZERO,
+            )?,
+            retry_max: parse_bounded("schedule.retry_max", &g.retry_max, Duration::ZERO)?,
+            health_retry_initial: parse_bounded(
                 "schedule.health_retry_initial",
                 &g.health_retry_initial,
+                Duration::ZERO,
             )?,
-            health_retry_max: parse_duration("schedule.health_retry_max", &g.health_retry_max)?,
+            health_retry_max: parse_bounded(
+                "schedule.health_retry_max",
+                &g.health_retry_max,
+                Duration::ZERO,
+            )?,
         })
     }
 }
@@ -283,6 +308,40 @@ fn own_has(s: &AccountSchedule, name: &str) -> bool {
         "jitter" => s.jitter.is_some(),
         _ => false,
     }
+}
+
+/// The most seconds a timeout, a wait or a rate window may be set to.
+const A_DAY: u64 = 86_400;
+
+/// The most requests a rate window may allow.
+const MOST_REQUESTS: u64 = 1_000_000;
+
+/// The longest interval a schedule or discovery may be set to: longer ones are typos, and
+/// the times computed from them must stay within the calendar.
+const LONGEST_INTERVAL: Duration = Duration::from_secs(365 * 86_400);
+
+/// `value` within `min..=max`, or an error naming the key and the bound it broke.
+fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(key_error(key, format!("must be at least {min}")));
+    }
+    if value > max {
+        return Err(key_error(key, format!("must be at most {max}")));
+    }
+    Ok(())
+}
+
+/// A duration between `min` and [`LONGEST_INTERVAL`].
+fn parse_bounded(key: &str, text: &str, min: Duration) -> Result<Duration, ConfigError> {
+    let d = parse_duration(key, text)?;
+    if d < min {
+        let min = humantime::format_duration(min);
+        return Err(key_error(key, format!("must be at least {min}")));
+    }
+    if d > LONGEST_INTERVAL {
+        return Err(key_error(key, "must be at most 365d"));
+    }
+    Ok(d)
 }
 
 fn check_fraction(key: &str, v: f64) -> Result<(), ConfigError> {
