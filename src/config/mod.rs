@@ -371,6 +371,9 @@ pub struct TrutoSettings {
     pub backoff_max_secs: u64,
     /// A listing with more pages than this fails instead of running forever.
     pub max_pages: u64,
+    /// The largest answer read, in MiB: a larger one fails its request instead of filling
+    /// the memory every account shares.
+    pub max_body_mb: u64,
 }
 
 impl Default for TrutoSettings {
@@ -386,6 +389,7 @@ impl Default for TrutoSettings {
             backoff_initial_ms: 500,
             backoff_max_secs: 60,
             max_pages: 100_000,
+            max_body_mb: 64,
         }
     }
 }

@@ -43,6 +43,7 @@ impl Settings {
         if t.max_pages == 0 {
             return Err(key_error("truto.max_pages", "must be at least 1"));
         }
+        check_range("truto.max_body_mb", t.max_body_mb, 1, 1024)?;
         let d = &self.database;
         validate_schema_name(&d.schema).map_err(|m| key_error("database.schema", m))?;
         // One connection holds each account's lease; pages need another. (The pool allocates

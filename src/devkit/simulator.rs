@@ -50,6 +50,9 @@ pub enum Fault {
     Body(String),
     /// Answer normally, with these headers added (a vendor's odd `ratelimit-*`, say).
     Headers(Vec<(String, String)>),
+    /// `200` with a chunked body that never ends: the start of a page, then filler, until the
+    /// client hangs up (or 1 GiB).
+    Endless,
 }
 
 impl Fault {
@@ -745,6 +748,7 @@ enum Reply {
     Reset,
     Truncate(Body),
     Stall(Body, Duration),
+    Endless,
 }
 
 /// A reply's body: ready, or a page rendered after the state's lock is released, so that
@@ -818,6 +822,26 @@ async fn serve_conn(mut stream: TcpStream, state: Arc<Mutex<State>>) {
                 let _ = stream.flush().await;
                 // The fault being simulated: a server that stops sending mid-body.
                 tokio::time::sleep(hold).await;
+                return;
+            }
+            Reply::Endless => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                            transfer-encoding: chunked\r\n\r\n";
+                let filler = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+                let start = "{\"result\":[{\"id\":\"1\",\"name\":\"";
+                if stream.write_all(head.as_bytes()).await.is_err()
+                    || stream
+                        .write_all(format!("{:x}\r\n{start}\r\n", start.len()).as_bytes())
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                for _ in 0..(1 << 14) {
+                    if stream.write_all(filler.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
                 return;
             }
         }
@@ -1181,6 +1205,7 @@ fn fault_reply(s: &mut State, f: Fault, account: Uuid, req: &Request) -> Reply {
             body: b.into_bytes().into(),
             delay: Duration::ZERO,
         },
+        Fault::Endless => Reply::Endless,
         Fault::Headers(extra) => match normal_reply(s, account, req, rest, false, false) {
             Reply::Full {
                 status,

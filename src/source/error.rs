@@ -31,6 +31,8 @@ pub enum SourceError {
     Network(String),
     #[error("invalid page from Truto: {0}")]
     InvalidPage(String),
+    #[error("the answer from Truto is larger than truto.max_body_mb ({limit_mb} MiB); nothing of it was written")]
+    TooLarge { limit_mb: u64 },
     #[error("{}", exhausted_message(*.attempts, .last, *.asked))]
     Exhausted {
         attempts: u32,
@@ -83,6 +85,8 @@ impl SourceError {
             }
             SourceError::Timeout | SourceError::Connect(_) | SourceError::Network(_) => true,
             SourceError::InvalidPage(_) => true,
+            // The same page would be as large again.
+            SourceError::TooLarge { .. } => false,
             SourceError::Exhausted { .. } | SourceError::Cancelled => false,
         }
     }
@@ -121,7 +125,7 @@ impl SourceError {
             SourceError::Timeout => ErrorKind::Timeout,
             SourceError::Connect(_) => ErrorKind::Connect,
             SourceError::Network(_) => ErrorKind::Network,
-            SourceError::InvalidPage(_) => ErrorKind::InvalidPage,
+            SourceError::InvalidPage(_) | SourceError::TooLarge { .. } => ErrorKind::InvalidPage,
             SourceError::Exhausted { last, .. } => last.kind(),
             SourceError::Cancelled => ErrorKind::Cancelled,
         }

@@ -44,6 +44,8 @@ pub struct TrutoClient {
     accounts_url: Url,
     auth: HeaderValue,
     page_size: u32,
+    /// The largest answer read (`truto.max_body_mb`), in bytes.
+    max_body: usize,
     backoff: Backoff,
     budget: Option<Arc<RateBudget>>,
     metrics: Option<Arc<Metrics>>,
@@ -86,6 +88,7 @@ impl TrutoClient {
             accounts_url,
             auth,
             page_size: settings.page_size,
+            max_body: usize::try_from(settings.max_body_mb << 20).unwrap_or(usize::MAX),
             backoff: Backoff {
                 initial: Duration::from_millis(settings.backoff_initial_ms),
                 max: Duration::from_secs(settings.backoff_max_secs),
@@ -229,13 +232,52 @@ impl TrutoClient {
             .map_err(classify)?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(classify);
         if !status.is_success() {
-            let body = body.unwrap_or_default();
+            // Only its message is read, and shortened: a little of it is enough.
+            let body = read_at_most(resp, ERROR_BODY_BYTES)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
             return Err(status_error(status, &headers, &body));
         }
-        Ok((body?, headers))
+        let body = read_at_most(resp, self.max_body)
+            .await?
+            .ok_or(SourceError::TooLarge {
+                limit_mb: (self.max_body >> 20) as u64,
+            })?;
+        Ok((body, headers))
     }
+}
+
+/// How much of an error answer's body is read.
+const ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// The body, or `None` as soon as it is known to be longer than `limit` (from its
+/// Content-Length, or while it streams): a server that sends without end fails one request
+/// instead of filling the memory every account shares.
+async fn read_at_most(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Option<bytes::Bytes>, SourceError> {
+    let declared = resp
+        .content_length()
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    if declared.is_some_and(|n| n > limit) {
+        return Ok(None);
+    }
+    let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        if body.is_empty() && declared == Some(chunk.len()) {
+            // The whole body in one chunk: no copy.
+            return Ok(Some(chunk));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
 }
 
 /// The single-user GET's body: the user object itself (or, tolerated, wrapped in `result`).

@@ -34,6 +34,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "backoff_max_secs",
             "max_retry_wait_secs",
             "max_pages",
+            "max_body_mb",
             "api_token_file",
         ],
     ),

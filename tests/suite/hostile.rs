@@ -248,3 +248,64 @@ async fn absurd_waits_and_windows_from_the_server_fail_their_account_clearly_and
     assert_eq!(stats.by_status.get(&429), Some(&1), "{stats:?}");
     assert_eq!(stats.by_account.get(&told), Some(&1), "{stats:?}");
 }
+
+/// An answer larger than `truto.max_body_mb` — one that says so in its Content-Length, or a
+/// chunked one that never ends — fails its run at once, without a retry, before it can fill
+/// the memory every account shares; nothing mirrored changes, and the run after it is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_larger_than_the_limit_fail_their_run_without_filling_memory() {
+    let a = account_id(1);
+    let mut env = Env::new(&[(a, 250)]).await;
+    env.settings.truto.max_body_mb = 1;
+    assert!(env.sync(a).await.succeeded());
+    let before = row_versions(&env.store).await;
+
+    // A page of 100 users of 20 kB each: 2 MB, declared in its Content-Length.
+    let blob = "x".repeat(20_000);
+    for i in 1..=100 {
+        env.sim.set_raw_record(
+            a,
+            &i.to_string(),
+            &format!(r#"{{"id":"{i}","custom_fields":{{"blob":"{blob}"}}}}"#),
+        );
+    }
+    let requests = env.sim.stats().requests;
+    let o = env.sync(a).await;
+    assert_eq!(o.status, PassStatus::Finished(Outcome::Failed));
+    assert_eq!(o.error_kind.map(ErrorKind::as_str), Some("invalid_page"));
+    let err = o.error.unwrap();
+    assert!(
+        err.contains("larger than truto.max_body_mb (1 MiB)"),
+        "{err}"
+    );
+    assert_eq!(env.sim.stats().requests, requests + 1, "not retried");
+    assert_eq!(row_versions(&env.store).await, before);
+
+    // A chunked answer without end.
+    for i in 1..=100 {
+        env.sim
+            .set_raw_record(a, &i.to_string(), &format!(r#"{{"id":"{i}"}}"#));
+    }
+    env.sim.push_fault(Some(a), Fault::Endless);
+    let o = env.sync(a).await;
+    assert_eq!(o.status, PassStatus::Finished(Outcome::Failed));
+    let err = o.error.unwrap();
+    assert!(
+        err.contains("larger than truto.max_body_mb (1 MiB)"),
+        "{err}"
+    );
+    assert_eq!(row_versions(&env.store).await, before);
+
+    // The same 2 MB page within a larger limit is stored whole.
+    for i in 1..=100 {
+        env.sim.set_raw_record(
+            a,
+            &i.to_string(),
+            &format!(r#"{{"id":"{i}","custom_fields":{{"blob":"{blob}"}}}}"#),
+        );
+    }
+    env.settings.truto.max_body_mb = 3;
+    let o = env.sync(a).await;
+    assert!(o.succeeded(), "{:?}", o.error);
+    assert_mirror(&env.store, &env.sim, a).await;
+}
