@@ -260,15 +260,19 @@ async fn answers_larger_than_the_limit_fail_their_run_without_filling_memory() {
     assert!(env.sync(a).await.succeeded());
     let before = row_versions(&env.store).await;
 
-    // A page of 100 users of 20 kB each: 2 MB, declared in its Content-Length.
+    // A page of 100 users of `blob` each (the first page: ids 1 to 100).
+    let first_page = |env: &Env, blob: &str| {
+        for i in 1..=100 {
+            env.sim.set_raw_record(
+                a,
+                &i.to_string(),
+                &format!(r#"{{"id":"{i}","custom_fields":{{"blob":"{blob}"}}}}"#),
+            );
+        }
+    };
+    // 20 kB each: 2 MB, declared in its Content-Length.
     let blob = "x".repeat(20_000);
-    for i in 1..=100 {
-        env.sim.set_raw_record(
-            a,
-            &i.to_string(),
-            &format!(r#"{{"id":"{i}","custom_fields":{{"blob":"{blob}"}}}}"#),
-        );
-    }
+    first_page(&env, &blob);
     let requests = env.sim.stats().requests;
     let o = env.sync(a).await;
     assert_eq!(o.status, PassStatus::Finished(Outcome::Failed));
@@ -282,10 +286,7 @@ async fn answers_larger_than_the_limit_fail_their_run_without_filling_memory() {
     assert_eq!(row_versions(&env.store).await, before);
 
     // A chunked answer without end.
-    for i in 1..=100 {
-        env.sim
-            .set_raw_record(a, &i.to_string(), &format!(r#"{{"id":"{i}"}}"#));
-    }
+    first_page(&env, "small");
     env.sim.push_fault(Some(a), Fault::Endless);
     let o = env.sync(a).await;
     assert_eq!(o.status, PassStatus::Finished(Outcome::Failed));
@@ -297,13 +298,7 @@ async fn answers_larger_than_the_limit_fail_their_run_without_filling_memory() {
     assert_eq!(row_versions(&env.store).await, before);
 
     // The same 2 MB page within a larger limit is stored whole.
-    for i in 1..=100 {
-        env.sim.set_raw_record(
-            a,
-            &i.to_string(),
-            &format!(r#"{{"id":"{i}","custom_fields":{{"blob":"{blob}"}}}}"#),
-        );
-    }
+    first_page(&env, &blob);
     env.settings.truto.max_body_mb = 3;
     let o = env.sync(a).await;
     assert!(o.succeeded(), "{:?}", o.error);
