@@ -23,7 +23,7 @@ impl Settings {
             None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
         };
         if let Some(file) = &file {
-            let text = std::fs::read_to_string(file).map_err(|e| {
+            let text = read_bounded(file, CONFIG_FILE_LIMIT).map_err(|e| {
                 ConfigError(format!("cannot read config file {}: {e}", file.display()))
             })?;
             // Parse here first: the config crate's TOML errors do not always say where.
@@ -134,7 +134,11 @@ impl Settings {
 }
 
 /// A secret from the env var `env` (wins), else from the file that `key` names.
-fn secret(env: &str, key: &str, file: Option<&Path>) -> Result<Option<SecretString>, ConfigError> {
+pub(super) fn secret(
+    env: &str,
+    key: &str,
+    file: Option<&Path>,
+) -> Result<Option<SecretString>, ConfigError> {
     if let Ok(t) = std::env::var(env) {
         let t = t.trim();
         if !t.is_empty() {
@@ -144,13 +148,33 @@ fn secret(env: &str, key: &str, file: Option<&Path>) -> Result<Option<SecretStri
     let Some(path) = file else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(path)
+    let text = read_bounded(path, SECRET_FILE_LIMIT)
         .map_err(|e| key_error(key, format!("cannot read {}: {e}", path.display())))?;
     let t = text.trim();
     if t.is_empty() {
         return Err(key_error(key, format!("{} is empty", path.display())));
     }
     Ok(Some(SecretString::from(t.to_string())))
+}
+
+/// The most a config file may hold (thousands of accounts take a few hundred KiB).
+const CONFIG_FILE_LIMIT: u64 = 16 << 20;
+
+/// The most a secret's file may hold.
+const SECRET_FILE_LIMIT: u64 = 64 << 10;
+
+/// The UTF-8 text of `path`, refused when longer than `limit` bytes rather than read whole: a
+/// key pointed by mistake at a log file, or at `/dev/zero`, must not fill the memory.
+pub(super) fn read_bounded(path: &Path, limit: u64) -> Result<String, String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("larger than {} KiB", limit >> 10));
+    }
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
 }
 
 /// A tiny TOML syntax probe via the `toml` crate that `config` already depends on.

@@ -808,6 +808,42 @@ mod tests {
     }
 
     #[test]
+    fn files_far_larger_than_a_config_or_a_secret_are_refused_not_read_whole() {
+        // 17 MiB of blank lines: valid TOML, and an empty config, were it read.
+        let blank = "\n".repeat(17 << 20);
+        let e = load_toml(&blank, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot read config file") && e.contains("larger than 16384 KiB"),
+            "{e}"
+        );
+        // A token file of 65 KiB (a log file named by mistake, say).
+        let (path, mut f) = tempfile_in_target();
+        f.write_all(&b"x".repeat(65 << 10)).unwrap();
+        let e = load::secret(
+            "LMS_SYNC_TEST_UNSET_TOKEN",
+            "truto.api_token_file",
+            Some(&path),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("truto.api_token_file") && e.contains("larger than 64 KiB"),
+            "{e}"
+        );
+        // Within the limits both load.
+        f.set_len(64 << 10).unwrap();
+        assert!(load::secret(
+            "LMS_SYNC_TEST_UNSET_TOKEN",
+            "truto.api_token_file",
+            Some(&path)
+        )
+        .unwrap()
+        .is_some());
+        let _ = std::fs::remove_file(&path);
+        assert!(load_toml(&format!("{}{ACCT}", "\n".repeat(1 << 20)), &[]).is_ok());
+    }
+
+    #[test]
     fn missing_file_says_so() {
         let e = Settings::load_from(Some(Path::new("/nonexistent/x.toml")), &[]).unwrap_err();
         assert!(e.to_string().contains("cannot read config file"), "{e}");
