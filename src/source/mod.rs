@@ -88,7 +88,8 @@ impl TrutoClient {
             accounts_url,
             auth,
             page_size: settings.page_size,
-            max_body: usize::try_from(settings.max_body_mb << 20).unwrap_or(usize::MAX),
+            max_body: usize::try_from(settings.max_body_mb.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
             backoff: Backoff {
                 initial: Duration::from_millis(settings.backoff_initial_ms),
                 max: Duration::from_secs(settings.backoff_max_secs),
