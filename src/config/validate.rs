@@ -29,9 +29,7 @@ impl Settings {
             1,
             A_DAY,
         )?;
-        if t.max_attempts == 0 {
-            return Err(key_error("truto.max_attempts", "must be at least 1"));
-        }
+        check_range("truto.max_attempts", u64::from(t.max_attempts), 1, u64::MAX)?;
         check_range("truto.max_retry_wait_secs", t.max_retry_wait_secs, 0, A_DAY)?;
         check_range(
             "truto.backoff_initial_ms",
@@ -40,9 +38,7 @@ impl Settings {
             A_DAY * 1000,
         )?;
         check_range("truto.backoff_max_secs", t.backoff_max_secs, 0, A_DAY)?;
-        if t.max_pages == 0 {
-            return Err(key_error("truto.max_pages", "must be at least 1"));
-        }
+        check_range("truto.max_pages", t.max_pages, 1, u64::MAX)?;
         check_range("truto.max_body_mb", t.max_body_mb, 1, 1024)?;
         let d = &self.database;
         validate_schema_name(&d.schema).map_err(|m| key_error("database.schema", m))?;
@@ -71,22 +67,26 @@ impl Settings {
             }
         }
         let s = &self.sync;
-        if s.max_concurrent_accounts == 0 {
-            return Err(key_error(
-                "sync.max_concurrent_accounts",
-                "must be at least 1",
-            ));
-        }
+        check_range(
+            "sync.max_concurrent_accounts",
+            s.max_concurrent_accounts as u64,
+            1,
+            u64::MAX,
+        )?;
         check_fraction("sync.max_delete_fraction", s.max_delete_fraction)?;
-        if s.db_max_attempts == 0 {
-            return Err(key_error("sync.db_max_attempts", "must be at least 1"));
-        }
-        if s.hydrate_max_per_run == 0 {
-            return Err(key_error("sync.hydrate_max_per_run", "must be at least 1"));
-        }
-        if s.batch_fill_ms > 10_000 {
-            return Err(key_error("sync.batch_fill_ms", "must be at most 10000"));
-        }
+        check_range(
+            "sync.db_max_attempts",
+            u64::from(s.db_max_attempts),
+            1,
+            u64::MAX,
+        )?;
+        check_range(
+            "sync.hydrate_max_per_run",
+            u64::from(s.hydrate_max_per_run),
+            1,
+            u64::MAX,
+        )?;
+        check_range("sync.batch_fill_ms", s.batch_fill_ms, 0, 10_000)?;
         check_range(
             "sync.progress_interval_secs",
             s.progress_interval_secs,
