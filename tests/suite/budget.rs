@@ -397,9 +397,13 @@ async fn replicas_configured_with_different_budgets_share_the_strictest_and_neve
         per_token,
         window: Duration::from_secs(1),
     }));
-    let mut r2 = spawn(&budget_config(&env, &[b], per_token), &env.db_url);
+    let (cfg_a, cfg_b) = (
+        budget_config(&env, &[a], 2 * per_token),
+        budget_config(&env, &[b], per_token),
+    );
+    let mut r2 = spawn(&cfg_b, &env.db_url);
     while r2.next_budget_share().await != per_token as i64 {}
-    let mut r1 = spawn(&budget_config(&env, &[a], 2 * per_token), &env.db_url);
+    let mut r1 = spawn(&cfg_a, &env.db_url);
     let said = r1
         .wait_for("another process sharing the request budget is configured with a stricter one (rate_budget); all share the strictest until their configs agree")
         .await;
@@ -440,7 +444,7 @@ async fn replicas_configured_with_different_budgets_share_the_strictest_and_neve
 
 /// A config for the binary with a budget of `per_token` requests per second (and 1,000 per
 /// account).
-fn budget_config(env: &Env, accounts: &[Uuid], per_token: usize) -> std::path::PathBuf {
+fn budget_config(env: &Env, accounts: &[Uuid], per_token: usize) -> TempFile {
     budget_config_with(
         env,
         accounts,
@@ -454,11 +458,7 @@ fn budget_config(env: &Env, accounts: &[Uuid], per_token: usize) -> std::path::P
 
 /// A config for the binary whose budget is `limit` (the simulator's, in these tests), pages of
 /// 10.
-pub(crate) fn budget_config_with(
-    env: &Env,
-    accounts: &[Uuid],
-    limit: RateLimit,
-) -> std::path::PathBuf {
+pub(crate) fn budget_config_with(env: &Env, accounts: &[Uuid], limit: RateLimit) -> TempFile {
     let cfg = config(&env.sim, accounts, "1h", 10);
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         "[truto]\n",
@@ -475,7 +475,7 @@ pub(crate) fn budget_config_with(
 
 /// One account of `users` users whose window is 10 requests per 2 s, both at the simulator
 /// and in the config for the binary (pages of 10).
-async fn one_account_at_10_per_2s(users: usize) -> (Uuid, Env, std::path::PathBuf) {
+async fn one_account_at_10_per_2s(users: usize) -> (Uuid, Env, TempFile) {
     let id = account_id(1);
     let env = Env::new(&[(id, users)]).await;
     let limit = RateLimit {
@@ -602,7 +602,7 @@ const SHARED_PER_TOKEN: usize = 20;
 /// enforces, each listing an account big enough to go on for a while (150 pages): r1 starts
 /// alone and takes the whole budget, then r2 joins, and r1 gives back half, hot for a window.
 /// Returns once r2 has it: the env, r1's config, both replicas and r2's operations address.
-async fn two_replicas_sharing_20_a_second() -> (Env, std::path::PathBuf, Daemon, Daemon, String) {
+async fn two_replicas_sharing_20_a_second() -> (Env, TempFile, Daemon, Daemon, String) {
     let (a, b) = (account_id(1), account_id(2));
     let env = Env::new(&[(a, 3_000), (b, 3_000)]).await;
     env.sim.set_rate_limit(Some(RateLimit {
@@ -613,7 +613,9 @@ async fn two_replicas_sharing_20_a_second() -> (Env, std::path::PathBuf, Daemon,
     let cfg_a = budget_config(&env, &[a], SHARED_PER_TOKEN);
     let mut r1 = spawn(&cfg_a, &env.db_url);
     while r1.next_budget_share().await != SHARED_PER_TOKEN as i64 {}
-    let mut r2 = spawn(&budget_config(&env, &[b], SHARED_PER_TOKEN), &env.db_url);
+    // r2's config may go once r2 holds a share: it has read it by then.
+    let cfg_b = budget_config(&env, &[b], SHARED_PER_TOKEN);
+    let mut r2 = spawn(&cfg_b, &env.db_url);
     let ops = r2
         .wait_for("operations server listening (/healthz, /readyz, /metrics)")
         .await["fields"]["addr"]

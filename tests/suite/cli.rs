@@ -1,7 +1,6 @@
 //! The binary's contract: commands, exit codes, config errors naming their key, the summary,
 //! `status`, and a token that never shows in any output.
 
-use std::path::PathBuf;
 use std::process::Output;
 
 use crate::helpers::*;
@@ -11,10 +10,8 @@ use uuid::Uuid;
 const BIN: &str = env!("CARGO_BIN_EXE_lms-sync");
 const ACCT: &str = "0b5d7c4e-2f0a-4c8e-9a57-3f1e6d2c9b10";
 
-fn write_config(text: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("lms-sync-cli-{}.toml", Uuid::new_v4()));
-    std::fs::write(&p, text).unwrap();
-    p
+fn write_config(text: &str) -> TempFile {
+    TempFile::new("lms-sync-cli", ".toml", text)
 }
 
 /// Runs the binary with a clean environment plus `env`.
@@ -154,7 +151,6 @@ async fn invalid_configurations_exit_2_with_one_line_naming_the_key() {
         );
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr:?}");
         assert!(stdout.is_empty());
-        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -229,7 +225,7 @@ async fn sim_with(accounts: &[(Uuid, usize)], token: &str) -> Simulator {
     sim
 }
 
-fn config_for(sim: &Simulator, accounts: &[(Uuid, &str)]) -> PathBuf {
+fn config_for(sim: &Simulator, accounts: &[(Uuid, &str)]) -> TempFile {
     let mut t = format!(
         "[truto]\nbase_url = \"{}\"\nbackoff_initial_ms = 5\n[sync]\nprogress = \"log\"\n",
         sim.base_url()

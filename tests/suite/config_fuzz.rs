@@ -7,8 +7,8 @@
 //! the README uses 100000).
 
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
 
+use crate::helpers::TempFile;
 use lms_sync::config::Settings;
 
 const SECRET: &str = "pw-SHOULD-NEVER-SHOW-7781";
@@ -234,10 +234,8 @@ fn env(rng: &mut fastrand::Rng) -> Vec<(String, String)> {
     e
 }
 
-fn temp_file(text: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("lms-sync-fuzz-{}.toml", uuid::Uuid::new_v4()));
-    std::fs::write(&p, text).unwrap();
-    p
+fn temp_file(text: &str) -> TempFile {
+    TempFile::new("lms-sync-fuzz", ".toml", text)
 }
 
 /// Loads twice; checks the properties; returns whether it loaded.
@@ -247,7 +245,6 @@ fn check(text: &str, env: &[(String, String)]) -> bool {
         || std::panic::catch_unwind(AssertUnwindSafe(|| Settings::load_from(Some(&path), env)));
     let first = load().unwrap_or_else(|_| panic!("the loader panicked on:\n{text}\nenv {env:?}"));
     let second = load().expect("no panic the second time");
-    std::fs::remove_file(&path).ok();
     match (first, second) {
         (Ok(a), Ok(b)) => {
             assert_eq!(

@@ -424,15 +424,14 @@ async fn five_hundred_discovered_accounts_are_scheduled_without_a_burst() {
 
 /// Runs the binary with `args` against `env`'s database, discovery on.
 async fn cli(env: &Env, args: &[&str]) -> std::process::Output {
-    let cfg = std::env::temp_dir().join(format!("lms-sync-fleet-{}.toml", Uuid::new_v4()));
-    std::fs::write(
-        &cfg,
+    let cfg = TempFile::new(
+        "lms-sync-fleet",
+        ".toml",
         format!(
             "[truto]\nbase_url = \"{}\"\n[discovery]\nenabled = true\n[log]\nformat = \"json\"\n",
             env.sim.base_url()
         ),
-    )
-    .unwrap();
+    );
     tokio::process::Command::new(BIN)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

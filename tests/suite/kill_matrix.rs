@@ -3,7 +3,6 @@
 //! the mirror ends exact, nothing is duplicated or lost, and sync_runs / sync_state agree.
 //! The process is stopped at the exact point by a failpoint (src/failpoint.rs), then killed.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lms-sync");
 
-fn config(sim: &Simulator, a: Uuid) -> PathBuf {
+fn config(sim: &Simulator, a: Uuid) -> TempFile {
     let t = format!(
         "[truto]\nbase_url = \"{}\"\nbackoff_initial_ms = 5\n\
          [sync]\nprogress = \"off\"\nhydrate_max_per_run = 5000\n[rate_budget]\nenabled = false\n\
@@ -24,9 +23,7 @@ fn config(sim: &Simulator, a: Uuid) -> PathBuf {
          [[accounts]]\nintegrated_account_id = \"{a}\"\nhydrate = true\n",
         sim.base_url()
     );
-    let p = std::env::temp_dir().join(format!("lms-sync-kill-{}.toml", Uuid::new_v4()));
-    std::fs::write(&p, t).unwrap();
-    p
+    TempFile::new("lms-sync-kill", ".toml", t)
 }
 
 /// `lms-sync sync`; with a failpoint, waits until it is reached and kills the process there.

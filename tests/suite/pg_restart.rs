@@ -27,7 +27,7 @@ impl Progress for Pages {
 }
 
 /// A replica's config for `accounts` under `limit` whose database retries outlast a restart.
-fn riding_out_a_restart(env: &Env, accounts: &[Uuid], limit: RateLimit) -> std::path::PathBuf {
+fn riding_out_a_restart(env: &Env, accounts: &[Uuid], limit: RateLimit) -> TempFile {
     let cfg = budget_config_with(env, accounts, limit);
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
@@ -161,10 +161,13 @@ async fn replicas_sharing_the_budget_stay_within_its_window_across_a_postgres_re
         window: Duration::from_secs(1),
     };
     env.sim.set_rate_limit(Some(limit));
-    let config = |id: Uuid| riding_out_a_restart(&env, &[id], limit);
-    let mut r1 = spawn(&config(a), &env.db_url);
+    let (cfg_a, cfg_b) = (
+        riding_out_a_restart(&env, &[a], limit),
+        riding_out_a_restart(&env, &[b], limit),
+    );
+    let mut r1 = spawn(&cfg_a, &env.db_url);
     while r1.next_budget_share().await != per_token as i64 {}
-    let mut r2 = spawn(&config(b), &env.db_url);
+    let mut r2 = spawn(&cfg_b, &env.db_url);
     while r2.next_budget_share().await <= 0 {}
 
     let before = env.sim.stats().requests;

@@ -15,10 +15,8 @@ use uuid::Uuid;
 const SECRET: &str = "whsec-test-0123456789";
 const ADMIN: &str = "admin-token-for-tests";
 
-fn secret_file(text: &str) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("lms-sync-secret-{}", Uuid::new_v4()));
-    std::fs::write(&p, text).unwrap();
-    p
+fn secret_file(text: &str) -> TempFile {
+    TempFile::new("lms-sync-secret", "", text)
 }
 
 fn signature(secret: &str, body: &[u8]) -> String {
@@ -64,7 +62,8 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
     s.accounts.clear();
     s.discovery.enabled = true;
     s.discovery.interval = "1h".into();
-    s.webhooks.secret_file = Some(secret_file(SECRET));
+    let secret = secret_file(SECRET);
+    s.webhooks.secret_file = Some(secret.to_path_buf());
     let (daemon, stop, mut rx, base) = serve_daemon(s).await;
     let url = format!("{base}/webhooks/truto");
     loop {
@@ -215,8 +214,9 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
     // Without a configured token: 403; /healthz and /metrics stay open.
     for with_token in [false, true] {
         let mut s = daemon_settings(&env, "1h");
+        let admin = secret_file(ADMIN);
         if with_token {
-            s.server.admin_token_file = Some(secret_file(ADMIN));
+            s.server.admin_token_file = Some(admin.to_path_buf());
         }
         let (daemon, stop, mut rx, base) = serve_daemon(s).await;
         loop {
@@ -318,7 +318,8 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
 
     // Requests not paced: no budget to show, said plainly (the page leaves the section out).
     let mut s = daemon_settings(&env, "1h");
-    s.server.admin_token_file = Some(secret_file(ADMIN));
+    let admin = secret_file(ADMIN);
+    s.server.admin_token_file = Some(admin.to_path_buf());
     s.rate_budget.enabled = false;
     let (daemon, stop, _, base) = serve_daemon(s).await;
     let (status, body) = get(format!("{base}/status/budget"), Some(ADMIN)).await;

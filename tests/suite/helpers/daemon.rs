@@ -1,10 +1,10 @@
 //! The binary as a child process: `lms-sync run` with a config file, its JSON log parsed into
 //! events the tests wait on.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use super::TempFile;
 use lms_sync::devkit::simulator::{Simulator, DEMO_TOKEN};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lms-sync");
 
-pub fn config(sim: &Simulator, accounts: &[Uuid], every: &str, max_concurrent: usize) -> PathBuf {
+pub fn config(sim: &Simulator, accounts: &[Uuid], every: &str, max_concurrent: usize) -> TempFile {
     let mut t = format!(
         "[truto]\nbase_url = \"{}\"\nbackoff_initial_ms = 5\n\
          [sync]\nprogress = \"off\"\nmax_concurrent_accounts = {max_concurrent}\nshutdown_grace_secs = 20\n\
@@ -25,9 +25,7 @@ pub fn config(sim: &Simulator, accounts: &[Uuid], every: &str, max_concurrent: u
     for id in accounts {
         t.push_str(&format!("[[accounts]]\nintegrated_account_id = \"{id}\"\n"));
     }
-    let p = std::env::temp_dir().join(format!("lms-sync-proc-{}.toml", Uuid::new_v4()));
-    std::fs::write(&p, t).unwrap();
-    p
+    TempFile::new("lms-sync-proc", ".toml", t)
 }
 
 /// `lms-sync sync` with `cfg` against `db`, in a clean environment with the simulator's token.

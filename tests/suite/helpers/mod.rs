@@ -7,6 +7,8 @@ pub mod daemon;
 pub mod service;
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -24,6 +26,38 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 static CLUSTER: OnceLock<TempPostgres> = OnceLock::new();
+
+/// A file of the test's own in the temp directory (a config, a secret), removed when dropped so
+/// that a test run leaves nothing behind. Keep it alive while a process it was handed runs.
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    /// Writes `contents` to a new file named `{prefix}-{uuid}{suffix}`.
+    pub fn new(prefix: &str, suffix: &str, contents: impl AsRef<[u8]>) -> TempFile {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}{suffix}", Uuid::new_v4()));
+        std::fs::write(&path, contents).expect("write a temp file");
+        TempFile(path)
+    }
+}
+
+impl Deref for TempFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempFile {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
 
 /// The URL of the server's maintenance database: DATABASE_URL when set, else a throwaway
 /// cluster's. A database test never skips: no server is a failure.
