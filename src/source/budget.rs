@@ -66,8 +66,12 @@ pub struct Limit {
 #[derive(Debug, Default)]
 struct Window {
     starts: VecDeque<Instant>,
-    /// No request before this instant (a server asked us to pause).
+    /// No request before this instant (a server asked us to pause, or another process may
+    /// still have requests of the account's in the server's window).
     paused_until: Option<Instant>,
+    /// The part of the pause the server asked for (a 429's `Retry-After`, a spent window's
+    /// `ratelimit-reset`): what [`RateBudget::held_by_server`] reads.
+    told_until: Option<Instant>,
     /// The window the vendor reported for the account (`ratelimit-limit: 50;w=10`), checked as
     /// one more sliding window over its requests.
     vendor: Option<Limit>,
@@ -105,20 +109,31 @@ impl Window {
         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
     }
 
+    /// [`Window::pause_for`], because the server asked for it.
+    fn told_to_pause(&mut self, now: Instant, d: Duration) {
+        self.pause_for(now, d);
+        let until = now + d.min(LONGEST_HINT);
+        self.told_until = Some(self.told_until.map_or(until, |p| p.max(until)));
+    }
+
     /// How long until one more request fits; zero when it fits now. (Starts older than
     /// `limit.window` do not count; the caller prunes with the longest window it checks.)
-    fn wait(&mut self, now: Instant, limit: Limit) -> Duration {
+    fn wait(&self, now: Instant, limit: Limit) -> Duration {
         let paused = self
             .paused_until
             .map(|p| p.saturating_duration_since(now))
             .unwrap_or_default();
-        let full = if self.in_window(now, limit.window) >= limit.requests {
+        paused.max(self.full_for(now, limit))
+    }
+
+    /// How long until `limit`'s window has room for one more request, pauses aside.
+    fn full_for(&self, now: Instant, limit: Limit) -> Duration {
+        if self.in_window(now, limit.window) >= limit.requests {
             let oldest = self.starts[self.starts.len() - limit.requests];
             (oldest + limit.window).saturating_duration_since(now)
         } else {
             Duration::ZERO
-        };
-        paused.max(full)
+        }
     }
 }
 
@@ -429,7 +444,9 @@ impl RateBudget {
     /// and ended without saying what it sent, so up to a whole window of its requests may still
     /// count at the server. Nothing else waits.
     pub fn wait_out_abandoned(&self, account: Uuid, now: Instant, fenced: Option<Duration>) {
-        self.pause(account, self.abandoned_wait(fenced), now);
+        let mut guard = self.state.lock().expect("budget");
+        let w = guard.accounts.entry(account).or_default();
+        w.pause_for(now, self.abandoned_wait(fenced));
     }
 
     /// No request for `account` from now until [`RateBudget::lift_fence`]: its lease's
@@ -468,10 +485,39 @@ impl RateBudget {
         self.more_wanted.notified().await
     }
 
+    /// How long the server holds `account` back from `now`: a pause it asked for (a 429's
+    /// `Retry-After`, a spent window's `ratelimit-reset`), or the window it reported being
+    /// full. Our own windows and pauses are not in it: they are pacing, not the server's word.
+    pub fn held_by_server(&self, account: Uuid, now: Instant) -> Duration {
+        let guard = self.state.lock().expect("budget");
+        let Some(w) = guard.accounts.get(&account) else {
+            return Duration::ZERO;
+        };
+        let told = w
+            .told_until
+            .map(|t| t.saturating_duration_since(now))
+            .unwrap_or_default();
+        let full = w
+            .vendor
+            .map(|v| w.full_for(now, self.widen(v)))
+            .unwrap_or_default();
+        told.max(full)
+    }
+
     /// Waits until `account` may send a request, then takes the slot. Returns the slot's time
-    /// (for [`RateBudget::settle`]) and the time waited.
-    pub async fn acquire(&self, account: Uuid) -> (Instant, Duration) {
+    /// (for [`RateBudget::settle`]) and the time waited; or, without waiting, how long the
+    /// server holds the account back when that is longer than `longest` and than our own
+    /// window (see [`RateBudget::held_by_server`]): a wait of hours (a daily quota spent) is
+    /// better failed at once, for the schedule to try again, than waited out with the
+    /// account's lease and a place among the concurrent passes held. Waits within our own
+    /// window are pacing, never refused.
+    pub async fn acquire(
+        &self,
+        account: Uuid,
+        longest: Duration,
+    ) -> Result<(Instant, Duration), Duration> {
         let began = Instant::now();
+        let longest = longest.max(self.widen(self.per_account).window);
         loop {
             // Registered before looking, so that a share grown (or a fence lifted) in between
             // wakes it too.
@@ -479,8 +525,12 @@ impl RateBudget {
             tokio::pin!(grown);
             grown.as_mut().enable();
             let now = Instant::now();
+            let held = self.held_by_server(account, now);
+            if held > longest {
+                return Err(held);
+            }
             match self.try_acquire(account, now) {
-                Ok(()) => return (now, began.elapsed()),
+                Ok(()) => return Ok((now, began.elapsed())),
                 Err(wait) => tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = grown => {}
@@ -539,14 +589,18 @@ impl RateBudget {
         // we do not: pause until its reset.
         let full = limit.is_some_and(|l| w.in_window(sent, self.widen(l).window) >= l.requests);
         if !full {
-            w.pause_for(now, reset);
+            w.told_to_pause(now, reset);
         }
     }
 
-    /// No request for `account` for `d` (after a 429 with a hint, or an exhausted window).
+    /// No request for `account` for `d`: the server asked for it (a 429's hint).
     pub fn pause(&self, account: Uuid, d: Duration, now: Instant) {
         let mut guard = self.state.lock().expect("budget");
-        guard.accounts.entry(account).or_default().pause_for(now, d);
+        guard
+            .accounts
+            .entry(account)
+            .or_default()
+            .told_to_pause(now, d);
     }
 }
 
@@ -621,13 +675,13 @@ mod tests {
         let a = Uuid::from_u128(1);
         let waiting = tokio::spawn({
             let b = b.clone();
-            async move { b.acquire(a).await }
+            async move { b.acquire(a, Duration::MAX).await }
         });
         // It looked, found no share and asked for one; now it waits.
         b.more_wanted().await;
         let asked = tokio::time::Instant::now();
         b.set_token_share(5);
-        waiting.await.unwrap();
+        waiting.await.unwrap().unwrap();
         // Woken by the share, not by its next look (SHARE_WAIT later in the paused clock).
         assert_eq!(asked.elapsed(), Duration::ZERO);
     }
@@ -750,13 +804,13 @@ mod tests {
         b.take_demand(t0 + Duration::from_secs(7200));
         let waiting = tokio::spawn({
             let b = b.clone();
-            async move { b.acquire(a).await }
+            async move { b.acquire(a, Duration::MAX).await }
         });
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(!waiting.is_finished());
         let lifted = tokio::time::Instant::now();
         b.lift_fence(a);
-        waiting.await.unwrap();
+        waiting.await.unwrap().unwrap();
         // Woken by the lift, not by its next look (a lease later in the paused clock).
         assert_eq!(lifted.elapsed(), Duration::ZERO);
     }
@@ -894,6 +948,62 @@ mod tests {
         );
         // Other accounts go on.
         assert!(b.try_acquire(Uuid::from_u128(4), t1).is_ok());
+    }
+
+    #[test]
+    fn what_holds_an_account_back_on_the_servers_word_is_told_apart_from_our_own_pacing() {
+        let b = budget(2, 100);
+        let (ours, told, spent) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let t0 = Instant::now();
+        let hour = Duration::from_secs(3600);
+        // Our own window full, and our own pause for an abandoned lease: pacing, not the
+        // server's word.
+        for _ in 0..2 {
+            assert!(b.try_acquire(ours, t0).is_ok());
+        }
+        b.wait_out_abandoned(ours, t0, None);
+        assert!(b.try_acquire(ours, t0).is_err());
+        assert_eq!(b.held_by_server(ours, t0), Duration::ZERO);
+        // A 429's hint, and a spent window until its reset.
+        b.pause(told, hour, t0);
+        assert_eq!(b.held_by_server(told, t0), hour);
+        let reset = RateReport::parse(None, Some("0"), Some("3600")).unwrap();
+        b.observe(spent, reset, t0, t0);
+        assert_eq!(b.held_by_server(spent, t0), hour);
+        assert_eq!(
+            b.held_by_server(spent, t0 + Duration::from_secs(600)),
+            Duration::from_secs(3000),
+            "it runs down"
+        );
+        // A daily quota the vendor reports, used up by our own requests: its window is full.
+        let quota = Uuid::from_u128(4);
+        assert!(b.try_acquire(quota, t0).is_ok());
+        let daily = RateReport::parse(Some("1;w=86400"), Some("0"), Some("86400")).unwrap();
+        b.observe(quota, daily, t0, t0);
+        assert_eq!(b.held_by_server(quota, t0), Duration::from_secs(86400));
+        assert_eq!(b.held_by_server(Uuid::from_u128(5), t0), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_the_server_holds_back_for_longer_than_it_may_wait_fails_at_once() {
+        let b = budget(10, 100);
+        let (a, c) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let hour = Duration::from_secs(3600);
+        b.pause(a, hour, Instant::now());
+        let began = tokio::time::Instant::now();
+        let held = b.acquire(a, Duration::from_secs(300)).await.unwrap_err();
+        assert!(
+            held <= hour && held > hour - Duration::from_secs(1),
+            "{held:?}"
+        );
+        assert_eq!(began.elapsed(), Duration::ZERO, "without waiting");
+        // Allowed to wait that long, it waits.
+        let waits = tokio::time::timeout(Duration::from_secs(60), b.acquire(a, 2 * hour));
+        assert!(waits.await.is_err(), "still waiting after a minute");
+        // A hold within our own window is pacing: waited out, whatever `longest` says.
+        b.pause(c, Duration::from_secs(5), Instant::now());
+        let waits = tokio::time::timeout(Duration::from_secs(1), b.acquire(c, Duration::ZERO));
+        assert!(waits.await.is_err(), "still waiting after a second");
     }
 
     #[test]

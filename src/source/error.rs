@@ -40,6 +40,10 @@ pub enum SourceError {
         /// The wait the last answer asked for, when that is what the retry budget lacked.
         asked: Option<Duration>,
     },
+    /// The server holds the account back (a spent window until its reset, a 429's wait) for
+    /// longer than `truto.max_retry_wait_secs`: not waited out with the account held.
+    #[error("rate limited: the server holds this account's requests back for another {} s (its Retry-After or ratelimit-* headers), longer than truto.max_retry_wait_secs allows; the next run tries again", .wait.as_secs())]
+    Held { wait: Duration },
     #[error("cancelled")]
     Cancelled,
 }
@@ -87,7 +91,9 @@ impl SourceError {
             SourceError::InvalidPage(_) => true,
             // The same page would be as large again.
             SourceError::TooLarge { .. } => false,
-            SourceError::Exhausted { .. } | SourceError::Cancelled => false,
+            SourceError::Exhausted { .. } | SourceError::Held { .. } | SourceError::Cancelled => {
+                false
+            }
         }
     }
 
@@ -120,7 +126,9 @@ impl SourceError {
             SourceError::Status { status: 403, .. } => ErrorKind::Forbidden,
             SourceError::Status { status: 404, .. } => ErrorKind::NotFound,
             SourceError::Status { status: 503, .. } => ErrorKind::Blocked,
-            SourceError::Status { status: 429, .. } => ErrorKind::RateLimited,
+            SourceError::Status { status: 429, .. } | SourceError::Held { .. } => {
+                ErrorKind::RateLimited
+            }
             SourceError::Status { .. } => ErrorKind::HttpError,
             SourceError::Timeout => ErrorKind::Timeout,
             SourceError::Connect(_) => ErrorKind::Connect,

@@ -47,9 +47,10 @@ impl TrutoClient {
         let mut t = Tally::default();
         loop {
             t.attempts += 1;
-            let Some(slot) = self.take_slot(id, cancel, &mut t).await else {
+            let slot = match self.take_slot(id, cancel, &mut t).await {
+                Ok(slot) => slot,
                 // (This attempt's request was never sent.)
-                return Err(Failed::new(SourceError::Cancelled, t.attempts - 1));
+                Err(e) => return Err(Failed::new(e, t.attempts - 1)),
             };
             let sent = Instant::now();
             let result = tokio::select! {
@@ -93,20 +94,22 @@ impl TrutoClient {
         }
     }
 
-    /// Waits for a slot of the request budget (when pacing is on). `None` when cancelled
-    /// first; `Some(None)` when there is no budget.
+    /// Waits for a slot of the request budget (when pacing is on): `Ok(None)` when there is
+    /// no budget. Fails when cancelled first, or when the server holds the account back for
+    /// longer than the retries have left to wait (see [`super::budget::RateBudget::acquire`]).
     async fn take_slot(
         &self,
         id: Uuid,
         cancel: &CancellationToken,
         t: &mut Tally,
-    ) -> Option<Option<Instant>> {
+    ) -> Result<Option<Instant>, SourceError> {
         let Some(budget) = &self.budget else {
-            return Some(None);
+            return Ok(None);
         };
+        let longest = self.backoff.max_total_wait.saturating_sub(t.waited);
         let (taken, waited) = tokio::select! {
-            w = budget.acquire(id) => w,
-            _ = cancel.cancelled() => return None,
+            w = budget.acquire(id, longest) => w.map_err(|wait| SourceError::Held { wait })?,
+            _ = cancel.cancelled() => return Err(SourceError::Cancelled),
         };
         t.budget_wait += waited;
         if let Some(m) = &self.metrics {
@@ -116,7 +119,7 @@ impl TrutoClient {
                 waited.as_secs_f64(),
             );
         }
-        Some(Some(taken))
+        Ok(Some(taken))
     }
 
     /// Counts a request by status and account, and its duration by endpoint and status class.

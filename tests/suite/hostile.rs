@@ -249,6 +249,134 @@ async fn absurd_waits_and_windows_from_the_server_fail_their_account_clearly_and
     assert_eq!(stats.by_account.get(&told), Some(&1), "{stats:?}");
 }
 
+/// A server that says an account's window is spent for hours — on a successful answer
+/// (`ratelimit-remaining: 0` with a reset of a day, a daily quota our own request used up) —
+/// fails that account's run at once, saying why, instead of waiting the hours out with its
+/// lease and a place among the concurrent passes held; the other accounts are not held up.
+/// (Before, the pass waited inside its next request's slot for the whole reset.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_spent_for_hours_fails_its_run_at_once_instead_of_holding_the_account() {
+    let (spent, quota, quiet) = (account_id(1), account_id(2), account_id(3));
+    let env = Env::new(&[(spent, 250), (quota, 250), (quiet, 250)]).await;
+    let day = "86400".to_string();
+    env.sim.push_fault(
+        Some(spent),
+        Fault::Headers(vec![
+            ("ratelimit-remaining".into(), "0".into()),
+            ("ratelimit-reset".into(), day.clone()),
+        ]),
+    );
+    env.sim.push_fault(
+        Some(quota),
+        Fault::Headers(vec![
+            ("ratelimit-limit".into(), format!("1;w={day}")),
+            ("ratelimit-remaining".into(), "0".into()),
+            ("ratelimit-reset".into(), day.clone()),
+        ]),
+    );
+    let cfg = crate::helpers::daemon::config(&env.sim, &[spent, quota, quiet], "1h", 3);
+    let mut sync = crate::helpers::daemon::one_off_sync(&cfg, &env.db_url);
+    // Without the fix it waits a day: a deadline turns that into a failure.
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        sync.kill_on_drop(true).output(),
+    )
+    .await
+    .expect("the sync ends instead of waiting out the reset")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "two accounts failed: {stderr}");
+
+    for id in [spent, quota] {
+        let (outcome, kind, error): (String, Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT outcome, error_kind, error FROM sync_runs WHERE integrated_account_id = $1",
+        )
+        .bind(id)
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+        assert_eq!(outcome, "failed", "{id}");
+        assert_eq!(kind.as_deref(), Some("rate_limited"), "{id}");
+        let error = error.unwrap();
+        assert!(
+            error.contains("holds this account's requests back for another 86")
+                && error.contains("longer than truto.max_retry_wait_secs allows"),
+            "{id}: {error}"
+        );
+        // The first page was asked for and answered; nothing after it.
+        assert_eq!(env.sim.stats().by_account.get(&id), Some(&1), "{id}");
+    }
+    let (outcome,): (String,) =
+        sqlx::query_as("SELECT outcome FROM sync_runs WHERE integrated_account_id = $1")
+            .bind(quiet)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(outcome, "succeeded");
+    assert_mirror(&env.store, &env.sim, quiet).await;
+}
+
+/// After a 429 whose `Retry-After` is a day, the process's next run of that account fails at
+/// once without a request, instead of waiting in its first slot for the rest of the day with
+/// the account held; once the server's wait is over it syncs as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_run_after_a_long_429_fails_at_once_without_asking_again() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 250)]).await;
+    // One client, so one request budget, for both runs: as in one process.
+    let client = lms_sync::source::TrutoClient::from_settings(
+        &env.settings,
+        &secrecy::SecretString::from(lms_sync::devkit::simulator::DEMO_TOKEN.to_string()),
+    )
+    .unwrap();
+    assert!(client.budget().is_some());
+    let (account, options) = (
+        env.account(a),
+        lms_sync::sync::SyncOptions::from_settings(&env.settings),
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let pass = || {
+        lms_sync::sync::sync_account(
+            &env.store,
+            &client,
+            &account,
+            &options,
+            &cancel,
+            &lms_sync::sync::NoProgress,
+        )
+    };
+    env.sim.push_fault(
+        Some(a),
+        Fault::Status {
+            status: 429,
+            retry_after: Some("86400".into()),
+            remote: false,
+        },
+    );
+    let first = pass().await;
+    assert_eq!(first.status, PassStatus::Finished(Outcome::Failed));
+    assert!(first.error.unwrap().contains("asked to wait 86400 s"));
+    assert_eq!(env.sim.stats().requests, 1);
+
+    // Without the fix it waits a day: a deadline turns that into a failure.
+    let second = tokio::time::timeout(std::time::Duration::from_secs(60), pass())
+        .await
+        .expect("the run ends instead of waiting out the server's wait");
+    assert_eq!(second.status, PassStatus::Finished(Outcome::Failed));
+    assert_eq!(second.error_kind, Some(ErrorKind::RateLimited));
+    let error = second.error.unwrap();
+    assert!(
+        error.contains("holds this account's requests back for another 86"),
+        "{error}"
+    );
+    assert_eq!(env.sim.stats().requests, 1, "not asked again");
+
+    // The server's wait over (as a process's budget would see it a day later: a fresh one),
+    // the account syncs whole.
+    assert!(env.sync(a).await.succeeded());
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
 /// An answer larger than `truto.max_body_mb` — one that says so in its Content-Length, or a
 /// chunked one that never ends — fails its run at once, without a retry, before it can fill
 /// the memory every account shares; nothing mirrored changes, and the run after it is whole.
