@@ -56,14 +56,17 @@ pub async fn read_state(settings: &Settings, store: &Store) -> Result<FleetState
 
 /// Each account of the fleet, for lists and JSON.
 pub fn account_views(state: &FleetState) -> Vec<AccountView> {
+    // By id: a fleet of thousands looked up row by row is millions of comparisons a look.
+    let rows: HashMap<Uuid, &StatusRow> = state
+        .rows
+        .iter()
+        .map(|r| (r.integrated_account_id, r))
+        .collect();
     state
         .fleet
         .iter()
         .map(|p| {
-            let row = state
-                .rows
-                .iter()
-                .find(|r| r.integrated_account_id == p.id());
+            let row = rows.get(&p.id()).copied();
             AccountView {
                 integrated_account_id: p.id(),
                 label: p.account.label.clone(),

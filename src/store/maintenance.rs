@@ -18,6 +18,26 @@ impl Store {
             .await?)
     }
 
+    /// Notes the account's live and deleted users in `sync_state`, for the status readers
+    /// (migration 0020): live from its latest `daily_user_counts`, so call it after
+    /// [`Store::refresh_daily_counts`]; deleted from `users_deleted_by_account`.
+    pub async fn note_user_counts(&self, account: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sync_state SET
+                    live_user_count = (SELECT coalesce(sum(d.users), 0) FROM daily_user_counts d
+                                   WHERE d.integrated_account_id = $1
+                                     AND d.day = (SELECT max(day) FROM daily_user_counts m
+                                                   WHERE m.integrated_account_id = $1)),
+                    deleted_user_count = (SELECT count(*) FROM users u
+                                      WHERE u.integrated_account_id = $1 AND u.deleted_at IS NOT NULL)
+              WHERE integrated_account_id = $1",
+        )
+        .bind(account)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Deletes the account's change history older than `days` days, in batches (each its own
     /// transaction, so a long prune never holds locks for long). Returns the rows deleted.
     pub async fn prune_history(&self, account: Uuid, days: u32) -> Result<u64, StoreError> {

@@ -138,7 +138,10 @@ impl Store {
             .collect()
     }
 
-    /// One row per account known to `sync_state`, plus configured accounts never synced.
+    /// One row per account known to `sync_state`, plus configured accounts never synced. Live
+    /// and deleted users are as of each account's last run (noted in `sync_state`; counted
+    /// here only for an account with none noted yet, a first run under way, say), so a look
+    /// costs a row per account, not a count of every user of the fleet.
     pub async fn status(
         &self,
         configured: &[(Uuid, Option<String>)],
@@ -147,8 +150,8 @@ impl Store {
             "SELECT s.integrated_account_id, s.label, s.status, s.last_outcome, s.last_started_at,
                     s.last_finished_at, s.last_succeeded_at, s.consecutive_failures, s.last_error,
                     (s.cursor IS NOT NULL) AS resumable,
-                    (SELECT count(*) FROM users u WHERE u.integrated_account_id = s.integrated_account_id AND u.deleted_at IS NULL) AS live,
-                    (SELECT count(*) FROM users u WHERE u.integrated_account_id = s.integrated_account_id AND u.deleted_at IS NOT NULL) AS gone,
+                    coalesce(s.live_user_count, (SELECT count(*) FROM users u WHERE u.integrated_account_id = s.integrated_account_id AND u.deleted_at IS NULL)) AS live,
+                    coalesce(s.deleted_user_count, (SELECT count(*) FROM users u WHERE u.integrated_account_id = s.integrated_account_id AND u.deleted_at IS NOT NULL)) AS gone,
                     s.health, s.health_since, s.health_reason,
                     (SELECT count(*) FROM hydration_queue q WHERE q.integrated_account_id = s.integrated_account_id) AS pending
                FROM sync_state s ORDER BY coalesce(s.label, s.integrated_account_id::text)",
@@ -178,8 +181,10 @@ impl Store {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let mut known: std::collections::HashSet<Uuid> =
+            out.iter().map(|r| r.integrated_account_id).collect();
         for (id, label) in configured {
-            if !out.iter().any(|r| r.integrated_account_id == *id) {
+            if known.insert(*id) {
                 out.push(StatusRow {
                     integrated_account_id: *id,
                     label: label.clone(),

@@ -198,8 +198,15 @@ async fn upkeep(p: &Pass<'_>, out: &SyncOutcome) {
     if let Err(e) = p.store.note_unknown_enums(id, &unknown).await {
         tracing::warn!(error = %e, "could not record the undocumented enum values");
     }
-    if let Err(e) = p.store.refresh_daily_counts(id).await {
-        tracing::warn!(error = %e, "could not update daily_user_counts; trying again after the next run");
+    match p.store.refresh_daily_counts(id).await {
+        Ok(_) => {
+            if let Err(e) = p.store.note_user_counts(id).await {
+                tracing::warn!(error = %e, "could not note the account's user counts; the status shows the last ones noted until the next run");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not update daily_user_counts; trying again after the next run");
+        }
     }
     let o = p.opts;
     if o.history_retention_days > 0 {

@@ -186,6 +186,86 @@ async fn updates_deletions_and_reappearance_are_mirrored_exactly() {
     assert_mirror(&env.store, &env.sim, a).await;
 }
 
+/// Each run notes its account's live and deleted users in `sync_state`, and the status
+/// readers (`lms-sync status`, the status page, `GET /status`) show those instead of counting
+/// every user of the fleet on each look; an account with nothing noted yet is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_shows_each_accounts_user_counts_as_its_last_run_left_them() {
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 300), (b, 40)]).await;
+    assert!(env.sync(a).await.succeeded());
+    env.sim.delete_user(a, "50");
+    env.sim.delete_user(a, "51");
+    env.sim.add_users(a, 3);
+    assert!(env.sync(a).await.succeeded());
+
+    let noted = |id: uuid::Uuid| {
+        let pool = env.store.pool().clone();
+        async move {
+            sqlx::query_as::<_, (Option<i64>, Option<i64>)>(
+                "SELECT live_user_count, deleted_user_count FROM sync_state WHERE integrated_account_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(noted(a).await, (Some(301), Some(2)));
+    for (where_, n) in [("deleted_at IS NULL", 301), ("deleted_at IS NOT NULL", 2)] {
+        let sql =
+            format!("SELECT count(*) FROM users WHERE integrated_account_id = '{a}' AND {where_}");
+        assert_eq!(env.scalar_i64(&sql).await, n, "{where_}");
+    }
+
+    let status = |configured: Vec<(uuid::Uuid, Option<String>)>| {
+        let store = env.store.clone();
+        async move {
+            store
+                .status(&configured)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.integrated_account_id,
+                        (r.status, r.live_users, r.deleted_users),
+                    )
+                })
+                .collect::<std::collections::HashMap<_, _>>()
+        }
+    };
+    let rows = status(vec![(a, None), (b, None), (b, None)]).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[&a], ("succeeded".to_string(), 301, 2));
+    assert_eq!(rows[&b], ("never synced".to_string(), 0, 0));
+
+    // What is read is what the run noted, not a count made on each look ...
+    sqlx::query(
+        "UPDATE sync_state SET live_user_count = 7, deleted_user_count = 5 WHERE integrated_account_id = $1",
+    )
+    .bind(a)
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(status(vec![]).await[&a].1, 7);
+    assert_eq!(status(vec![]).await[&a].2, 5);
+    // ... and nothing noted (a first run under way, a row from before migration 0020) is
+    // counted.
+    sqlx::query(
+        "UPDATE sync_state SET live_user_count = NULL, deleted_user_count = NULL WHERE integrated_account_id = $1",
+    )
+    .bind(a)
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(status(vec![]).await[&a], ("succeeded".to_string(), 301, 2));
+
+    // The next run notes them again.
+    assert!(env.sync(a).await.succeeded());
+    assert_eq!(noted(a).await, (Some(301), Some(2)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_delete_guard_refuses_a_listing_that_would_delete_most_users() {
     let a = account_id(1);
