@@ -42,8 +42,12 @@ pub enum SourceError {
     },
     /// The server holds the account back (a spent window until its reset, a 429's wait) for
     /// longer than `truto.max_retry_wait_secs`: not waited out with the account held.
-    #[error("rate limited: the server holds this account's requests back for another {} s (its Retry-After or ratelimit-* headers), longer than truto.max_retry_wait_secs allows; the next run tries again", .wait.as_secs())]
-    Held { wait: Duration },
+    #[error("rate limited: the server holds {whose} requests back for another {} s (its Retry-After or ratelimit-* headers), longer than truto.max_retry_wait_secs allows; the next run tries again", .wait.as_secs())]
+    Held {
+        wait: Duration,
+        /// "this account's", or "the account listing's" (discovery's budget key).
+        whose: &'static str,
+    },
     #[error("cancelled")]
     Cancelled,
 }

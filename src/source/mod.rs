@@ -306,6 +306,8 @@ mod tests {
 
     use super::*;
     use crate::domain::ErrorKind;
+    use std::time::Instant;
+    use uuid::Uuid;
 
     fn parse(body: &str) -> Result<FetchedPage, SourceError> {
         parse_page(body.as_bytes(), &HeaderMap::new())
@@ -445,5 +447,60 @@ mod tests {
             let e = status_error(StatusCode::from_u16(s).unwrap(), &HeaderMap::new(), b"");
             assert!(!e.is_retryable(), "{s}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_the_server_holds_back_too_long_is_never_sent_and_says_whose() {
+        // Nothing listens on the discard port: a request sent would fail to connect instead.
+        let settings = crate::config::TrutoSettings {
+            base_url: "http://127.0.0.1:9".into(),
+            ..Default::default()
+        };
+        let token = SecretString::from("t".to_string());
+        let budget = Arc::new(RateBudget::new(
+            budget::Limit {
+                requests: 50,
+                window: Duration::from_secs(10),
+            },
+            budget::Limit {
+                requests: 500,
+                window: Duration::from_secs(10),
+            },
+        ));
+        let client = TrutoClient::new(&settings, &token)
+            .unwrap()
+            .with_budget(budget.clone());
+        let day = Duration::from_secs(86_400);
+        let (account, cancel) = (
+            AccountSettings::new(Uuid::from_u128(7)),
+            CancellationToken::new(),
+        );
+        budget.pause(account.integrated_account_id, day, Instant::now());
+        budget.pause(Uuid::nil(), day, Instant::now());
+
+        let f = client
+            .fetch_page(&account, None, &cancel)
+            .await
+            .unwrap_err();
+        assert_eq!(f.requests, 0);
+        assert_eq!(f.error.kind(), ErrorKind::RateLimited);
+        assert!(!f.error.is_retryable());
+        let said = f.error.to_string();
+        assert!(
+            said.contains("holds this account's requests back for another 86"),
+            "{said}"
+        );
+        assert!(said.contains("truto.max_retry_wait_secs"), "{said}");
+
+        let f = client
+            .list_integrated_accounts("talentlms", &cancel)
+            .await
+            .unwrap_err();
+        assert_eq!(f.requests, 0);
+        let said = f.error.to_string();
+        assert!(
+            said.contains("holds the account listing's requests back"),
+            "{said}"
+        );
     }
 }

@@ -107,8 +107,14 @@ impl TrutoClient {
             return Ok(None);
         };
         let longest = self.backoff.max_total_wait.saturating_sub(t.waited);
+        // Discovery's requests are counted under the nil id (see `source::accounts`).
+        let whose = if id.is_nil() {
+            "the account listing's"
+        } else {
+            "this account's"
+        };
         let (taken, waited) = tokio::select! {
-            w = budget.acquire(id, longest) => w.map_err(|wait| SourceError::Held { wait })?,
+            w = budget.acquire(id, longest) => w.map_err(|wait| SourceError::Held { wait, whose })?,
             _ = cancel.cancelled() => return Err(SourceError::Cancelled),
         };
         t.budget_wait += waited;
