@@ -79,12 +79,22 @@ fn log_panics() {
     });
 }
 
+/// PostgreSQL's notices below a warning, which sqlx logs at INFO, are not shown by default.
+const QUIET_NOTICES: &str = "sqlx::postgres::notice=warn";
+
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(settings: &LogSettings) {
     log_panics();
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
+        if settings.level.contains("sqlx") {
+            return filter;
+        }
+        // PostgreSQL's notices come through sqlx at INFO: every command that migrates said
+        // `schema "lms" already exists, skipping`, which reads like a problem and is none.
+        // Its warnings still show; RUST_LOG or a `log.level` naming sqlx shows them all.
+        filter.add_directive(QUIET_NOTICES.parse().expect("a valid directive"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(StderrAroundBars)

@@ -315,6 +315,13 @@ async fn sync_status_and_migrate_work_end_to_end_and_never_show_the_token() {
         "{header}"
     );
 
+    // At the default log level, migrating again says nothing of what already exists
+    // (PostgreSQL's notices, which sqlx logs at INFO).
+    let again = run(&["--config", cfg, "migrate"], &env[..2]).await;
+    let (_, again_stderr) = text(&again);
+    assert_eq!(again.status.code(), Some(0), "{again_stderr}");
+    assert!(!again_stderr.contains("already exists"), "{again_stderr}");
+
     for output in [&stdout, &stderr, &fstdout, &fstderr, &sstdout, &sstderr] {
         assert!(
             !output.contains("SUPERSECRET"),
