@@ -49,6 +49,47 @@ impl FetchedPage {
         self.read_records(crate::model::scan_records);
     }
 
+    /// Splits a page of more than `max` records into pages of at most `max`, in order, sharing
+    /// the body. A page far larger than asked for (a server ignoring `limit`: 50 MB of three
+    /// million tiny records took 3.7 GiB decoded at once) is then decoded and written a part
+    /// at a time, its memory bounded like any page's. Only the last part keeps the next cursor
+    /// (the caller says the others are not the listing's end); the first keeps what the request
+    /// cost. A page already decoded, or of `max` records or fewer, stays whole.
+    pub fn into_parts(mut self, max: usize) -> Vec<FetchedPage> {
+        let max = max.max(1);
+        if self.records <= max || self.spans.len() != self.records {
+            return vec![self];
+        }
+        let Some(body) = self.body.take() else {
+            return vec![self];
+        };
+        let spans = std::mem::take(&mut self.spans);
+        let parts = spans.len().div_ceil(max);
+        spans
+            .chunks(max)
+            .enumerate()
+            .map(|(i, spans)| {
+                let (first, last) = (i == 0, i + 1 == parts);
+                FetchedPage {
+                    decoded: DecodedPage::default(),
+                    body: Some(body.clone()),
+                    spans: spans.to_vec(),
+                    records: spans.len(),
+                    next_cursor: if last { self.next_cursor.clone() } else { None },
+                    is_partial: self.is_partial,
+                    requests: if first { self.requests } else { 0 },
+                    rate_limited: if first { self.rate_limited } else { 0 },
+                    rate_report: if first { self.rate_report } else { None },
+                    budget_wait: if first {
+                        self.budget_wait
+                    } else {
+                        Duration::ZERO
+                    },
+                }
+            })
+            .collect()
+    }
+
     fn read_records(&mut self, read: fn(&[&str]) -> DecodedPage) {
         let Some(body) = self.body.take() else { return };
         let spans = std::mem::take(&mut self.spans);

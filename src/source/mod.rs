@@ -503,4 +503,35 @@ mod tests {
             "{said}"
         );
     }
+
+    #[test]
+    fn a_page_larger_than_a_part_splits_in_order_with_the_cursor_on_its_last_part() {
+        let records: Vec<String> = (1..=25).map(|i| format!(r#"{{"id":"{i}"}}"#)).collect();
+        let body = format!(
+            r#"{{"result":[{}],"next_cursor":"c2"}}"#,
+            records.join(", ")
+        );
+        let mut page =
+            envelope::parse_envelope(bytes::Bytes::from(body), &HeaderMap::new()).unwrap();
+        page.requests = 3;
+        let parts = page.into_parts(10);
+        let sizes: Vec<usize> = parts.iter().map(|p| p.records).collect();
+        assert_eq!(sizes, [10, 10, 5]);
+        let cursors: Vec<Option<&str>> = parts.iter().map(|p| p.next_cursor.as_deref()).collect();
+        assert_eq!(cursors, [None, None, Some("c2")]);
+        let requests: Vec<u32> = parts.iter().map(|p| p.requests).collect();
+        assert_eq!(requests, [3, 0, 0], "the request counts once");
+        let mut ids = Vec::new();
+        for mut part in parts {
+            part.decode();
+            ids.extend(part.decoded.users.iter().map(|u| u.id.clone()));
+        }
+        let want: Vec<String> = (1..=25).map(|i| i.to_string()).collect();
+        assert_eq!(ids, want);
+
+        // A page of no more than a part stays whole.
+        let body = r#"{"result":[{"id":"1"}],"next_cursor":null}"#;
+        let page = envelope::parse_envelope(bytes::Bytes::from(body), &HeaderMap::new()).unwrap();
+        assert_eq!(page.into_parts(1).len(), 1);
+    }
 }

@@ -73,9 +73,10 @@ impl Store {
             rejected: (page.rejected.len() + written.rejected.len()) as u64,
             duplicates: page.duplicates,
             users_seen: (page.len() - written.rejected.len()) as u64,
-            // `counts.pages` says how many API pages `page` holds (several are written
-            // together when the writer falls behind the fetcher).
-            pages: w.counts.pages.max(1),
+            // `counts.pages` says how many API pages `page` holds: several are written
+            // together when the writer falls behind the fetcher, and none when it is a part
+            // of a page too large to write whole (its last part counts it).
+            pages: w.counts.pages,
             ..w.counts
         };
         let rejected: Vec<&Rejection> = page.rejected.iter().chain(&written.rejected).collect();

@@ -20,6 +20,9 @@ use crate::store::{CopyRows, StoreError};
 
 /// Pages the fetcher may hold ahead of the writer.
 const LOOKAHEAD: usize = 8;
+/// The most records of one API page decoded and written together: a larger page (a server
+/// that ignores `limit`) goes to the writer in parts of this size, a batch's worth.
+const PAGE_PART: usize = super::writer::MAX_BATCH_USERS;
 
 /// Why the listing stopped early.
 pub(super) enum Stop {
@@ -50,16 +53,22 @@ pub(super) struct Fetched {
     pub repeated: bool,
     /// The page's users encoded for COPY, should they all be new (when the fetcher expected so).
     pub copy: Option<CopyRows>,
+    /// A part of an API page too large to write whole (see [`FetchedPage::into_parts`]) that
+    /// more parts of the same page follow: it ends nothing, and its cursor stays.
+    pub more: bool,
 }
 
 impl Fetched {
     pub fn is_last(&self) -> bool {
-        self.page.next_cursor.is_none() || self.repeated
+        !self.more && (self.page.next_cursor.is_none() || self.repeated)
     }
 
-    /// The cursor to store after this page: none when the listing ends here (or loops).
+    /// The cursor to store after this page: none when the listing ends here (or loops); the
+    /// page's own while more of it follows (a resumed listing fetches it again).
     pub fn next_to_store(&self) -> Option<&str> {
-        if self.repeated {
+        if self.more {
+            self.cursor.as_deref()
+        } else if self.repeated {
             None
         } else {
             self.page.next_cursor.as_deref()
@@ -293,8 +302,16 @@ impl Fetcher {
                 .as_ref()
                 .is_some_and(|n| !self.cursors.insert(cursor_key(n)));
             let last = next.is_none() || repeated;
-            let decoding = self.decode(page, cursor, repeated);
-            if self.tx.send(Ok(decoding)).await.is_err() || last {
+            let parts = page.into_parts(PAGE_PART);
+            let count = parts.len();
+            for (i, part) in parts.into_iter().enumerate() {
+                let more = i + 1 < count;
+                let decoding = self.decode(part, cursor.clone(), repeated && !more, more);
+                if self.tx.send(Ok(decoding)).await.is_err() {
+                    return;
+                }
+            }
+            if last {
                 return;
             }
             let next = next.expect("not the last page");
@@ -326,7 +343,13 @@ impl Fetcher {
 
     /// Decodes the page (and, when the last batch was all new users, encodes it for COPY) on
     /// a thread of its own while the next request is already under way.
-    fn decode(&self, mut page: FetchedPage, cursor: Option<String>, repeated: bool) -> Decoding {
+    fn decode(
+        &self,
+        mut page: FetchedPage,
+        cursor: Option<String>,
+        repeated: bool,
+        more: bool,
+    ) -> Decoding {
         let encode = self.all_new.load(Ordering::Relaxed);
         let (account_id, run_id) = (self.account.integrated_account_id, self.run_id);
         Decoding(tokio::task::spawn_blocking(move || {
@@ -346,6 +369,7 @@ impl Fetcher {
                 cursor,
                 repeated,
                 copy,
+                more,
             }
         }))
     }

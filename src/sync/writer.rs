@@ -15,8 +15,10 @@
 //! - **Bounded.** At most [`PIPELINE_DEPTH`] batches are in flight, plus the one being started;
 //!   a batch holds at most [`MAX_BATCH_PAGES`] pages and about [`MAX_BATCH_USERS`] users,
 //!   and waits at most `sync.batch_fill_ms` per page for its first [`MIN_BATCH_PAGES`].
-//! - **Never abandoned.** A batch's bounded retries run to the end even during shutdown: a page
-//!   is never cut in half.
+//! - **Never abandoned.** A batch's bounded retries run to the end even during shutdown: a batch
+//!   is never cut in half. (A page too large to write whole goes in parts, a batch each; its
+//!   cursor advances with its last part, so a listing stopped between parts fetches the page
+//!   again, and the parts already written find their users unchanged.)
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +39,7 @@ use crate::store::{CopyRows, Gate, PageResult, PageWrite, Store, StoreError};
 const PIPELINE_DEPTH: usize = 2;
 /// The most API pages, and users, written in one transaction.
 const MAX_BATCH_PAGES: usize = 8;
-const MAX_BATCH_USERS: usize = 1_000;
+pub(super) const MAX_BATCH_USERS: usize = 1_000;
 /// A batch smaller than this waits up to `sync.batch_fill_ms` for the next page before it
 /// is written. Each transaction costs PostgreSQL a commit (a WAL flush under default
 /// durability) and the bookkeeping rows of a batch; when pages arrive a little slower than
@@ -60,7 +62,8 @@ pub(super) struct Prepared {
 /// mirrored (`None`: any may).
 pub(super) fn prepare(batch: Vec<Fetched>, lookup: Option<Vec<String>>) -> Prepared {
     let mut counts = RunCounts {
-        pages: batch.len() as u64,
+        // API pages: the parts of a page split for size count once, with its last part.
+        pages: batch.iter().filter(|f| !f.more).count() as u64,
         ..RunCounts::default()
     };
     let cursor = batch[0].cursor.clone();

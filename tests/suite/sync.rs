@@ -186,6 +186,72 @@ async fn updates_deletions_and_reappearance_are_mirrored_exactly() {
     assert_mirror(&env.store, &env.sim, a).await;
 }
 
+/// A page far larger than asked for (a server that ignores `limit`) is decoded and written a
+/// part at a time, a batch's worth of users each, not all at once: its memory stays bounded
+/// like any page's (50 MB of three million tiny records took 3.7 GiB decoded whole). The run
+/// counts it as one page and mirrors every user; the same page again writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_far_larger_than_asked_for_is_written_a_part_at_a_time() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 0)]).await;
+    let records: Vec<String> = (1..=2_500)
+        .map(|i| {
+            format!(r#"{{"id":"{i}","name":"User {i}","emails":[{{"email":"u{i}@x.example"}}]}}"#)
+        })
+        .collect();
+    let page = format!(r#"{{"result":[{}],"next_cursor":null}}"#, records.join(","));
+    env.sim.push_fault(Some(a), Fault::Body(page.clone()));
+    let o = env.sync(a).await;
+    assert!(o.succeeded(), "{:?}", o.error);
+    assert_eq!(
+        (o.counts.pages, o.counts.inserted),
+        (1, 2_500),
+        "{:?}",
+        o.counts
+    );
+    let users = format!("FROM users WHERE integrated_account_id = '{a}'");
+    assert_eq!(
+        env.scalar_i64(&format!("SELECT count(*) {users}")).await,
+        2_500
+    );
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM user_emails WHERE integrated_account_id = '{a}'"
+        ))
+        .await,
+        2_500
+    );
+    // Three transactions (1,000, 1,000 and 500 users), not one of 2,500.
+    assert_eq!(
+        env.scalar_i64(&format!("SELECT count(DISTINCT xmin::text) {users}"))
+            .await,
+        3
+    );
+    let (pages, cursor): (i64, Option<String>) =
+        sqlx::query_as("SELECT pages, cursor FROM sync_state WHERE integrated_account_id = $1")
+            .bind(a)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!((pages, cursor), (1, None));
+
+    let before = row_versions(&env.store).await;
+    env.sim.push_fault(Some(a), Fault::Body(page));
+    let again = env.sync(a).await;
+    assert!(again.succeeded(), "{:?}", again.error);
+    assert_eq!(
+        (
+            again.counts.pages,
+            again.counts.unchanged,
+            again.counts.deleted
+        ),
+        (1, 2_500, 0),
+        "{:?}",
+        again.counts
+    );
+    assert_eq!(row_versions(&env.store).await, before, "nothing rewritten");
+}
+
 /// Each run notes its account's live and deleted users in `sync_state`, and the status
 /// readers (`lms-sync status`, the status page, `GET /status`) show those instead of counting
 /// every user of the fleet on each look; an account with nothing noted yet is counted.
