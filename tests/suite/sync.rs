@@ -252,6 +252,80 @@ async fn a_page_far_larger_than_asked_for_is_written_a_part_at_a_time() {
     assert_eq!(row_versions(&env.store).await, before, "nothing rewritten");
 }
 
+/// Cancels the pass once it has committed `after` users: a shutdown between the parts of a
+/// page too large to write whole (the parts of a page count no page until its last).
+struct CancelAfterUsers {
+    after: u64,
+    token: CancellationToken,
+}
+
+impl Progress for CancelAfterUsers {
+    fn page(&self, _account: &AccountSettings, totals: &RunCounts) {
+        if totals.users_seen >= self.after {
+            self.token.cancel();
+        }
+    }
+}
+
+/// A listing stopped between the parts of a large page keeps the cursor that page was
+/// fetched with: the next run resumes there, fetches the page again, finds the parts already
+/// written unchanged, and the mirror ends whole, with nothing inferred deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_stopped_between_the_parts_of_a_page_resumes_at_that_page() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 150)]).await;
+    let records: Vec<String> = (1..=5_000)
+        .map(|i| format!(r#"{{"id":"big-{i}"}}"#))
+        .collect();
+    let big = format!(r#"{{"result":[{}],"next_cursor":null}}"#, records.join(","));
+    // The first page as the simulator has it, then the large page in place of the second.
+    env.sim.push_fault(Some(a), Fault::Delay(Duration::ZERO));
+    env.sim.push_fault(Some(a), Fault::Body(big.clone()));
+    let cancel = CancellationToken::new();
+    let stop = CancelAfterUsers {
+        after: 1_100,
+        token: cancel.clone(),
+    };
+    let o = env.sync_with(&env.account(a), &cancel, &stop).await;
+    assert_eq!(
+        o.status,
+        PassStatus::Finished(Outcome::Interrupted),
+        "{:?}",
+        o.error
+    );
+    let written = env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM users WHERE integrated_account_id = '{a}' AND id LIKE 'big-%'"
+        ))
+        .await;
+    assert!((1_000..5_000).contains(&written), "{written}");
+    let (cursor,): (Option<String>,) =
+        sqlx::query_as("SELECT cursor FROM sync_state WHERE integrated_account_id = $1")
+            .bind(a)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert!(
+        cursor.is_some(),
+        "the large page's own cursor, to fetch it again"
+    );
+
+    env.sim.push_fault(Some(a), Fault::Body(big));
+    let o = env.sync(a).await;
+    assert!(o.succeeded(), "{:?}", o.error);
+    assert!(o.resumed);
+    assert_eq!(o.counts.inserted, 5_000 - written as u64, "{:?}", o.counts);
+    assert_eq!(o.counts.unchanged, written as u64, "{:?}", o.counts);
+    assert_eq!(o.counts.deleted, 0);
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM users WHERE integrated_account_id = '{a}' AND deleted_at IS NULL"
+        ))
+        .await,
+        100 + 5_000
+    );
+}
+
 /// Each run notes its account's live and deleted users in `sync_state`, and the status
 /// readers (`lms-sync status`, the status page, `GET /status`) show those instead of counting
 /// every user of the fleet on each look; an account with nothing noted yet is counted.
