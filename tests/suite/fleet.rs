@@ -347,13 +347,7 @@ async fn pause_resume_and_sync_now_are_obeyed_by_two_running_replicas() {
     assert!(quiet.is_err(), "a paused account was started: {quiet:?}");
     assert_eq!(runs().await, 3);
     // The interrupted listing left a cursor; reset-cursor makes the next run start afresh.
-    let cursor: Option<String> =
-        sqlx::query_scalar("SELECT cursor FROM sync_state WHERE integrated_account_id = $1")
-            .bind(a)
-            .fetch_one(env.store.pool())
-            .await
-            .unwrap();
-    assert!(cursor.is_some());
+    assert!(stored_cursor(&env.store, a).await.is_some());
     assert!(env.store.request_cursor_reset(a).await.unwrap());
     // Resumed, the pending sync-now runs, from the first page.
     env.sim.set_latency(Duration::ZERO);

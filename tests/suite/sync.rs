@@ -227,13 +227,12 @@ async fn a_page_far_larger_than_asked_for_is_written_a_part_at_a_time() {
             .await,
         3
     );
-    let (pages, cursor): (i64, Option<String>) =
-        sqlx::query_as("SELECT pages, cursor FROM sync_state WHERE integrated_account_id = $1")
-            .bind(a)
-            .fetch_one(env.store.pool())
-            .await
-            .unwrap();
-    assert_eq!((pages, cursor), (1, None));
+    let pages = env
+        .scalar_i64(&format!(
+            "SELECT pages FROM sync_state WHERE integrated_account_id = '{a}'"
+        ))
+        .await;
+    assert_eq!((pages, stored_cursor(&env.store, a).await), (1, None));
 
     let before = row_versions(&env.store).await;
     env.sim.push_fault(Some(a), Fault::Body(page));
@@ -299,14 +298,8 @@ async fn a_listing_stopped_between_the_parts_of_a_page_resumes_at_that_page() {
         ))
         .await;
     assert!((1_000..5_000).contains(&written), "{written}");
-    let (cursor,): (Option<String>,) =
-        sqlx::query_as("SELECT cursor FROM sync_state WHERE integrated_account_id = $1")
-            .bind(a)
-            .fetch_one(env.store.pool())
-            .await
-            .unwrap();
     assert!(
-        cursor.is_some(),
+        stored_cursor(&env.store, a).await.is_some(),
         "the large page's own cursor, to fetch it again"
     );
 
@@ -754,14 +747,8 @@ async fn an_interrupted_run_resumes_from_its_cursor_and_infers_no_deletions_unti
     assert_eq!(finished(&o), Outcome::Interrupted);
     // Pages fetched ahead may have been committed in the same batch; never all of them.
     assert!((3..10).contains(&o.counts.pages), "{:?}", o.counts);
-    let cursor: Option<String> =
-        sqlx::query_scalar("SELECT cursor FROM sync_state WHERE integrated_account_id = $1")
-            .bind(a)
-            .fetch_one(env.store.pool())
-            .await
-            .unwrap();
     assert!(
-        cursor.is_some(),
+        stored_cursor(&env.store, a).await.is_some(),
         "the cursor of the last committed page is kept"
     );
     let requests_before = env.sim.stats().requests;

@@ -392,6 +392,16 @@ async fn children(
     out
 }
 
+/// Where the account's next run would resume its listing (`sync_state.cursor`; None: from
+/// the first page).
+pub async fn stored_cursor(store: &Store, account: Uuid) -> Option<String> {
+    sqlx::query_scalar("SELECT cursor FROM sync_state WHERE integrated_account_id = $1")
+        .bind(account)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
 /// Every row version of the mirrored tables: (table, ctid, xmin, xmax). Any update, delete,
 /// re-insert or row lock changes it, so equal snapshots mean nothing was written.
 pub async fn row_versions(store: &Store) -> Vec<(String, String, String, String)> {
