@@ -38,8 +38,14 @@ pub(super) async fn run(
         }
         out.counts.add(&end.hydration);
     }
-    if end.health.is_none() && (out.complete_listing || out.counts.pages > 0) {
-        // The API answered for this account: whatever kept it unhealthy is over.
+    if end.health.is_none()
+        && (out.complete_listing
+            || out.counts.pages > 0
+            || out.counts.users_seen > 0
+            || out.counts.rejected > 0)
+    {
+        // The API answered for this account (a page, or a part of one, was written): whatever
+        // kept it unhealthy is over.
         end.health = Some(Health::Ok);
     }
     out.counts.deleted = end.deleted;

@@ -319,6 +319,46 @@ async fn a_listing_stopped_between_the_parts_of_a_page_resumes_at_that_page() {
     );
 }
 
+/// A run that wrote only parts of its first page still heard from the API: an account marked
+/// unhealthy is healthy again, as after any page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_wrote_part_of_its_first_page_clears_the_accounts_health() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 0)]).await;
+    assert!(env.sync(a).await.succeeded());
+    sqlx::query(
+        "UPDATE sync_state SET health = 'blocked', health_since = now(), health_reason = 'x'
+          WHERE integrated_account_id = $1",
+    )
+    .bind(a)
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    let records: Vec<String> = (1..=5_000).map(|i| format!(r#"{{"id":"{i}"}}"#)).collect();
+    let big = format!(r#"{{"result":[{}],"next_cursor":null}}"#, records.join(","));
+    env.sim.push_fault(Some(a), Fault::Body(big));
+    let cancel = CancellationToken::new();
+    let stop = CancelAfterUsers {
+        after: 1_000,
+        token: cancel.clone(),
+    };
+    let o = env.sync_with(&env.account(a), &cancel, &stop).await;
+    assert_eq!(
+        o.status,
+        PassStatus::Finished(Outcome::Interrupted),
+        "{:?}",
+        o.error
+    );
+    assert_eq!(o.counts.pages, 0, "no page whole: {:?}", o.counts);
+    let health: String =
+        sqlx::query_scalar("SELECT health FROM sync_state WHERE integrated_account_id = $1")
+            .bind(a)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(health, "ok");
+}
+
 /// Each run notes its account's live and deleted users in `sync_state`, and the status
 /// readers (`lms-sync status`, the status page, `GET /status`) show those instead of counting
 /// every user of the fleet on each look; an account with nothing noted yet is counted.
