@@ -412,6 +412,23 @@ async fn the_status_shows_each_accounts_user_counts_as_its_last_run_left_them() 
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(rows[&a], ("succeeded".to_string(), 301, 2));
     assert_eq!(rows[&b], ("never synced".to_string(), 0, 0));
+    // Users queued for hydration are counted per account as they stand.
+    sqlx::query(
+        "INSERT INTO hydration_queue (integrated_account_id, user_id) VALUES ($1, '1'), ($1, '2')",
+    )
+    .bind(a)
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    let pending: std::collections::HashMap<_, _> = env
+        .store
+        .status(&[(b, None)])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.integrated_account_id, r.hydration_pending))
+        .collect();
+    assert_eq!((pending[&a], pending[&b]), (2, 0));
 
     // What is read is what the run noted, not a count made on each look ...
     sqlx::query(
