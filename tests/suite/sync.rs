@@ -251,6 +251,31 @@ async fn a_page_far_larger_than_asked_for_is_written_a_part_at_a_time() {
     assert_eq!(row_versions(&env.store).await, before, "nothing rewritten");
 }
 
+/// A last page of `n` users, with ids `{prefix}1` to `{prefix}n` and nothing else.
+fn last_page_of(n: usize, prefix: &str) -> String {
+    let records: Vec<String> = (1..=n)
+        .map(|i| format!(r#"{{"id":"{prefix}{i}"}}"#))
+        .collect();
+    format!(r#"{{"result":[{}],"next_cursor":null}}"#, records.join(","))
+}
+
+/// A pass over `a` stopped once `after` users have committed; it ends interrupted.
+async fn sync_stopped_after(env: &Env, a: uuid::Uuid, after: u64) -> lms_sync::sync::SyncOutcome {
+    let cancel = CancellationToken::new();
+    let stop = CancelAfterUsers {
+        after,
+        token: cancel.clone(),
+    };
+    let o = env.sync_with(&env.account(a), &cancel, &stop).await;
+    assert_eq!(
+        o.status,
+        PassStatus::Finished(Outcome::Interrupted),
+        "{:?}",
+        o.error
+    );
+    o
+}
+
 /// Cancels the pass once it has committed `after` users: a shutdown between the parts of a
 /// page too large to write whole (the parts of a page count no page until its last).
 struct CancelAfterUsers {
@@ -273,25 +298,11 @@ impl Progress for CancelAfterUsers {
 async fn a_listing_stopped_between_the_parts_of_a_page_resumes_at_that_page() {
     let a = account_id(1);
     let env = Env::new(&[(a, 150)]).await;
-    let records: Vec<String> = (1..=5_000)
-        .map(|i| format!(r#"{{"id":"big-{i}"}}"#))
-        .collect();
-    let big = format!(r#"{{"result":[{}],"next_cursor":null}}"#, records.join(","));
+    let big = last_page_of(5_000, "big-");
     // The first page as the simulator has it, then the large page in place of the second.
     env.sim.push_fault(Some(a), Fault::Delay(Duration::ZERO));
     env.sim.push_fault(Some(a), Fault::Body(big.clone()));
-    let cancel = CancellationToken::new();
-    let stop = CancelAfterUsers {
-        after: 1_100,
-        token: cancel.clone(),
-    };
-    let o = env.sync_with(&env.account(a), &cancel, &stop).await;
-    assert_eq!(
-        o.status,
-        PassStatus::Finished(Outcome::Interrupted),
-        "{:?}",
-        o.error
-    );
+    sync_stopped_after(&env, a, 1_100).await;
     let written = env
         .scalar_i64(&format!(
             "SELECT count(*) FROM users WHERE integrated_account_id = '{a}' AND id LIKE 'big-%'"
@@ -334,21 +345,9 @@ async fn a_run_that_wrote_part_of_its_first_page_clears_the_accounts_health() {
     .execute(env.store.pool())
     .await
     .unwrap();
-    let records: Vec<String> = (1..=5_000).map(|i| format!(r#"{{"id":"{i}"}}"#)).collect();
-    let big = format!(r#"{{"result":[{}],"next_cursor":null}}"#, records.join(","));
-    env.sim.push_fault(Some(a), Fault::Body(big));
-    let cancel = CancellationToken::new();
-    let stop = CancelAfterUsers {
-        after: 1_000,
-        token: cancel.clone(),
-    };
-    let o = env.sync_with(&env.account(a), &cancel, &stop).await;
-    assert_eq!(
-        o.status,
-        PassStatus::Finished(Outcome::Interrupted),
-        "{:?}",
-        o.error
-    );
+    env.sim
+        .push_fault(Some(a), Fault::Body(last_page_of(5_000, "")));
+    let o = sync_stopped_after(&env, a, 1_000).await;
     assert_eq!(o.counts.pages, 0, "no page whole: {:?}", o.counts);
     let health: String =
         sqlx::query_scalar("SELECT health FROM sync_state WHERE integrated_account_id = $1")
