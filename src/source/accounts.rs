@@ -12,7 +12,7 @@ use crate::text::shorten;
 
 /// The request budget's per-account window for account listings: no integrated account has the
 /// nil id, so listings count against the token's window and a window of their own.
-const LISTING_BUDGET_KEY: Uuid = Uuid::nil();
+pub(super) const LISTING_BUDGET_KEY: Uuid = Uuid::nil();
 
 /// Pages of the listing at the most (a longer one is a loop).
 const MAX_LISTING_PAGES: u32 = 10_000;

@@ -103,17 +103,17 @@ impl Window {
     }
 
     /// No request for `d` from `now`, at most [`LONGEST_HINT`] (a later pause already in force
-    /// stays).
-    fn pause_for(&mut self, now: Instant, d: Duration) {
+    /// stays). Returns when this pause ends.
+    fn pause_for(&mut self, now: Instant, d: Duration) -> Instant {
         let until = now + d.min(LONGEST_HINT);
-        self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+        extend(&mut self.paused_until, until);
+        until
     }
 
     /// [`Window::pause_for`], because the server asked for it.
     fn told_to_pause(&mut self, now: Instant, d: Duration) {
-        self.pause_for(now, d);
-        let until = now + d.min(LONGEST_HINT);
-        self.told_until = Some(self.told_until.map_or(until, |p| p.max(until)));
+        let until = self.pause_for(now, d);
+        extend(&mut self.told_until, until);
     }
 
     /// How long until one more request fits; zero when it fits now. (Starts older than
@@ -135,6 +135,11 @@ impl Window {
             Duration::ZERO
         }
     }
+}
+
+/// Moves `end` to `until` unless it is already later.
+fn extend(end: &mut Option<Instant>, until: Instant) {
+    *end = Some(end.map_or(until, |e| e.max(until)));
 }
 
 /// Everything a slot is decided on, under one lock: the token's window, each account's, and

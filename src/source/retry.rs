@@ -107,8 +107,7 @@ impl TrutoClient {
             return Ok(None);
         };
         let longest = self.backoff.max_total_wait.saturating_sub(t.waited);
-        // Discovery's requests are counted under the nil id (see `source::accounts`).
-        let whose = if id.is_nil() {
+        let whose = if id == super::accounts::LISTING_BUDGET_KEY {
             "the account listing's"
         } else {
             "this account's"
@@ -149,7 +148,7 @@ impl TrutoClient {
             ),
             Err(e) => (e.kind().as_str().to_string(), "error"),
         };
-        let account = if id.is_nil() {
+        let account = if id == super::accounts::LISTING_BUDGET_KEY {
             String::new()
         } else {
             id.to_string()
