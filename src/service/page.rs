@@ -1,12 +1,14 @@
 //! `GET /`: the status page. Plain server-rendered HTML (no script), refreshing itself every
-//! 30 s: every account of the fleet with its label, tenant, state, health and since when, last
-//! success, next run, live users and last error, the ones needing attention first; then the
-//! token's request budget, who holds how much of it across processes; cards that stack on a
-//! phone. Rendering is pure; the handler reads the fleet's state.
+//! 30 s: the fleet's accounts with their label, tenant, state, health and since when, last
+//! success, next run, live users and last error, the ones needing attention first (the first
+//! [`SHOWN`] of them unless `?all=true`; `?q=` narrows them to a search); then the token's
+//! request budget, who holds how much of it across processes; cards that stack on a phone.
+//! Rendering is pure; the handler reads the fleet's state.
 
 use std::fmt::Write as _;
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -18,7 +20,45 @@ use crate::store::ShareView;
 /// A mirror older than this needs attention (the stale-mirror alert's threshold).
 const STALE_HOURS: i64 = 26;
 
-pub(super) async fn page(State(ops): State<Ops>) -> Response {
+/// Accounts listed unless `?all=true`: at 10,000 accounts the whole list is 5 MB of HTML a
+/// refresh, more than a person reads or a phone renders; the ones needing attention come
+/// first, so these are the ones that matter, and the rest are a search or a click away.
+pub const SHOWN: usize = 200;
+
+/// What the page is asked to show.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct PageQuery {
+    /// Only the accounts whose label, tenant or id contain this (any case); blank: all.
+    #[serde(default)]
+    pub q: Option<String>,
+    /// Every account (or every match), not only the first [`SHOWN`].
+    #[serde(default)]
+    pub all: bool,
+}
+
+impl PageQuery {
+    /// The search as asked (trimmed), if any.
+    fn text(&self) -> Option<&str> {
+        self.q.as_deref().map(str::trim).filter(|q| !q.is_empty())
+    }
+}
+
+pub(super) async fn page(
+    State(ops): State<Ops>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{}; the page takes q=<text to search for> and all=true|false\n",
+                    e.body_text()
+                ),
+            )
+        }
+    };
     let settings = ops.settings.borrow().clone();
     let read = async {
         let state = super::status::read_state(&settings, &ops.store).await?;
@@ -30,7 +70,7 @@ pub(super) async fn page(State(ops): State<Ops>) -> Response {
     match read.await {
         Ok((state, budget)) => {
             let views = super::status::account_views(&state);
-            let html = render(&views, budget.as_ref(), Utc::now());
+            let html = render(&views, budget.as_ref(), Utc::now(), &query);
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -64,6 +104,14 @@ fn attention(v: &AccountView, now: DateTime<Utc>) -> (u8, Option<String>) {
         return (4, None);
     }
     (5, None)
+}
+
+/// `v`'s label, tenant or id contains `q` (lower-case), in any case.
+fn matches(v: &AccountView, q: &str) -> bool {
+    let has = |s: &str| s.to_lowercase().contains(q);
+    v.label.as_deref().is_some_and(has)
+        || v.tenant_id.as_deref().is_some_and(has)
+        || v.integrated_account_id.to_string().contains(q)
 }
 
 fn escape(s: &str) -> String {
@@ -123,6 +171,9 @@ tr.attention td:first-child{border-left:4px solid #d93025}
 .why{color:#b3261e;font-size:13px}
 .err{color:#6b7385;font-size:12px;max-width:40ch;overflow-wrap:anywhere}
 .num{text-align:right;font-variant-numeric:tabular-nums}
+.search{display:flex;gap:6px;margin:0 8px 8px;align-items:center;font-size:14px}
+.search input{flex:0 1 320px;padding:6px 8px;border:1px solid #c8ccd6;border-radius:6px;font-size:14px}
+.search button{padding:6px 12px;border:0;border-radius:6px;background:#1d2330;color:#fff;font-size:14px}
 h2{font-size:16px;margin:20px 8px 4px}.note{margin:4px 8px 10px;font-size:14px;color:#4a5265}
 @media (max-width:720px){
  table,thead,tbody,tr,td{display:block;width:auto}thead{display:none}
@@ -184,8 +235,29 @@ fn configured(h: &ShareView, b: &BudgetSection) -> String {
     }
 }
 
-/// The page for `views` (and the request budget, when paced) as of `now`.
-pub fn render(views: &[AccountView], budget: Option<&BudgetSection>, now: DateTime<Utc>) -> String {
+/// What each rank of [`attention`] counts as, in the summary.
+const RANKS: [&str; 5] = [
+    "cannot be synced",
+    "failed their last run",
+    "not refreshed for over 26 h",
+    "never synced yet",
+    "not synced here (paused, retired, excluded or gated)",
+];
+
+/// The page's own address with `pairs` as its query (relative, so it works behind a proxy's
+/// path prefix).
+fn link(pairs: &[(&str, &str)]) -> String {
+    let query = serde_urlencoded::to_string(pairs).unwrap_or_default();
+    escape(&format!("?{query}"))
+}
+
+/// The page for `views` (and the request budget, when paced) as of `now`, as `query` asks.
+pub fn render(
+    views: &[AccountView],
+    budget: Option<&BudgetSection>,
+    now: DateTime<Utc>,
+    query: &PageQuery,
+) -> String {
     let mut rows: Vec<(&AccountView, (u8, Option<String>))> =
         views.iter().map(|v| (v, attention(v, now))).collect();
     rows.sort_by(|(a, ka), (b, kb)| {
@@ -194,8 +266,23 @@ pub fn render(views: &[AccountView], budget: Option<&BudgetSection>, now: DateTi
             .then_with(|| a.integrated_account_id.cmp(&b.integrated_account_id))
     });
     let needing = rows.iter().filter(|(_, (_, why))| why.is_some()).count();
+    let mut by_rank = [0usize; RANKS.len()];
+    for (_, (rank, _)) in &rows {
+        if let Some(n) = by_rank.get_mut(usize::from(*rank)) {
+            *n += 1;
+        }
+    }
     let live: i64 = views.iter().map(|v| v.live_users).sum();
-    let mut s = String::with_capacity(4096 + views.len() * 600);
+    let search = query.text();
+    if let Some(q) = search {
+        let q = q.to_lowercase();
+        rows.retain(|(v, _)| matches(v, &q));
+    }
+    let matching = rows.len();
+    if !query.all {
+        rows.truncate(SHOWN);
+    }
+    let mut s = String::with_capacity(4096 + rows.len() * 600);
     let _ = write!(
         s,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -203,13 +290,56 @@ pub fn render(views: &[AccountView], budget: Option<&BudgetSection>, now: DateTi
          <meta http-equiv=\"refresh\" content=\"30\"><title>lms-sync status</title>\
          <style>{STYLE}</style></head><body><header><h1>lms-sync</h1>\
          <p>{} accounts · {} live users · as of {} (refreshes every 30 s)</p></header><main>\
-         <div class=\"summary\"><span class=\"pill{}\">{} need attention</span></div>",
+         <div class=\"summary\"><span class=\"pill{}\">{} need attention</span>",
         views.len(),
         live,
         now.format("%Y-%m-%d %H:%M:%S UTC"),
         if needing > 0 { " bad" } else { "" },
         needing
     );
+    for (rank, (n, what)) in by_rank.iter().zip(RANKS).enumerate() {
+        if *n > 0 {
+            let bad = if rank < 4 { " bad" } else { "" };
+            let _ = write!(s, "<span class=\"pill{bad}\">{n} {what}</span>");
+        }
+    }
+    let _ = write!(
+        s,
+        "</div><form class=\"search\" method=\"get\" role=\"search\">\
+         <input type=\"search\" name=\"q\" value=\"{}\" placeholder=\"Label, tenant or id\" \
+         aria-label=\"Search the accounts\"><button type=\"submit\">Search</button>{}</form>",
+        escape(search.unwrap_or_default()),
+        if search.is_some() {
+            format!(" <a href=\"{}\">clear</a>", link(&[]))
+        } else {
+            String::new()
+        }
+    );
+    let shown = rows.len();
+    let whole = if let Some(q) = search {
+        format!(
+            "{matching} of {} account{} match “{}”",
+            views.len(),
+            if views.len() == 1 { "" } else { "s" },
+            escape(q)
+        )
+    } else {
+        format!("{matching} account{}", if matching == 1 { "" } else { "s" })
+    };
+    if shown < matching {
+        let mut all = vec![("all", "true")];
+        if let Some(q) = search {
+            all.insert(0, ("q", q));
+        }
+        let _ = write!(
+            s,
+            "<p class=\"note\">{whole}; showing the first {shown}, those needing attention \
+             first. <a href=\"{}\">Show all {matching}</a> or search.</p>",
+            link(&all)
+        );
+    } else if search.is_some() {
+        let _ = write!(s, "<p class=\"note\">{whole}.</p>");
+    }
     s.push_str(
         "<table><thead><tr><th>Account</th><th>State</th><th>Health</th><th>Last success</th>\
          <th>Next run</th><th class=\"num\">Live users</th><th>Last error</th></tr></thead><tbody>",
@@ -288,7 +418,12 @@ mod tests {
         reauth.health_since = Some(now - chrono::Duration::hours(3));
         let mut stale = view(3, "Stale & Co");
         stale.last_success = Some(now - chrono::Duration::hours(30));
-        let html = render(&[view(1, "Alpha"), stale, reauth], None, now);
+        let html = render(
+            &[view(1, "Alpha"), stale, reauth],
+            None,
+            now,
+            &PageQuery::default(),
+        );
         let zeta = html.find("Zeta").unwrap();
         let stale_at = html.find("Stale &amp; Co").unwrap();
         let alpha = html.find("Alpha").unwrap();
@@ -307,7 +442,7 @@ mod tests {
     fn the_budget_section_shows_every_holder_what_is_hot_and_what_is_free() {
         let now = Utc::now();
         let b = BudgetSection::example("web-1:42:<ab>", now - chrono::Duration::seconds(2));
-        let html = render(&[view(1, "Alpha")], Some(&b), now);
+        let html = render(&[view(1, "Alpha")], Some(&b), now, &PageQuery::default());
         assert!(html.contains("Request budget"), "{html}");
         assert!(
             html.contains("The API token's 500 requests per 10 s, shared by every process on this database: 350 held by 2 processes, 100 hot (given back, still in Truto's window), 50 free."),
@@ -321,7 +456,7 @@ mod tests {
             view: BudgetView::default(),
             ..b
         };
-        let html = render(&[], Some(&empty), now);
+        let html = render(&[], Some(&empty), now, &PageQuery::default());
         assert!(html.contains("No process holds a share yet."), "{html}");
         assert!(html.contains("0 held by 0 processes, 0 hot"), "{html}");
     }
@@ -354,7 +489,110 @@ mod tests {
         assert!(html_of(&b, now).contains("<td data-k=\"Configured with\">—</td>"));
     }
 
+    /// Account rows on the page (the budget's rows have no class).
+    fn account_rows(html: &str) -> usize {
+        html.matches("<tr class=\"").count()
+    }
+
+    fn ask(q: Option<&str>, all: bool) -> PageQuery {
+        PageQuery {
+            q: q.map(str::to_string),
+            all,
+        }
+    }
+
+    #[test]
+    fn a_fleet_larger_than_a_page_shows_its_first_accounts_those_needing_attention_first() {
+        let now = Utc::now();
+        let mut views: Vec<_> = (1..=250)
+            .map(|n| view(n, &format!("School {n:03}")))
+            .collect();
+        // Three needing attention, of different kinds, at the end of the alphabet.
+        views[247].health = "needs_reauth".into();
+        views[248].last_error = Some("HTTP 500".into());
+        views[249].last_success = None;
+        views[0].state = "paused".into();
+        let html = render(&views, None, now, &PageQuery::default());
+        assert_eq!(account_rows(&html), SHOWN, "{html}");
+        let first = [&views[247], &views[248], &views[249]].map(|v| {
+            html.find(v.label.as_deref().unwrap())
+                .unwrap_or_else(|| panic!("{:?} is not shown", v.label))
+        });
+        assert!(first[0] < first[1] && first[1] < first[2]);
+        assert!(first[2] < html.find("School 002").unwrap());
+        assert!(!html.contains("School 210"), "past the first {SHOWN}");
+        assert!(html.contains(
+            "250 accounts; showing the first 200, those needing attention first. \
+             <a href=\"?all=true\">Show all 250</a>"
+        ));
+        for pill in [
+            ">3 need attention<",
+            ">1 cannot be synced<",
+            ">1 failed their last run<",
+            ">1 never synced yet<",
+            ">1 not synced here (paused, retired, excluded or gated)<",
+        ] {
+            assert!(html.contains(pill), "{pill}");
+        }
+        assert!(
+            !html.contains("not refreshed for over 26 h<"),
+            "no stale account"
+        );
+
+        let html = render(&views, None, now, &ask(None, true));
+        assert_eq!(account_rows(&html), 250);
+        assert!(
+            !html.contains("Show all") && !html.contains("showing"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn a_search_narrows_the_accounts_by_label_tenant_or_id_in_any_case() {
+        let now = Utc::now();
+        let mut views: Vec<_> = (1..=300)
+            .map(|n| view(n, &format!("School {n:03}")))
+            .collect();
+        views[41].label = Some("ACME <Academy> & Co".into());
+        let by = |q: &str| render(&views, None, now, &ask(Some(q), false));
+
+        let html = by("  acme ");
+        assert_eq!(account_rows(&html), 1);
+        assert!(html.contains("ACME &lt;Academy&gt; &amp; Co"));
+        assert!(html.contains("1 of 300 accounts match “acme”."), "{html}");
+        assert!(html.contains("value=\"acme\""));
+        assert!(html.contains("<a href=\"?\">clear</a>"));
+        // The summary still speaks of the whole fleet.
+        assert!(html.contains("300 accounts · 3000 live users"));
+
+        // By tenant (`t7` and `t70`–`t79`) and by id.
+        assert_eq!(account_rows(&by("T7")), 11);
+        let id = views[99].integrated_account_id.to_string();
+        assert_eq!(account_rows(&by(&id)), 1);
+        assert_eq!(account_rows(&by(&id.to_uppercase())), 1);
+
+        // More matches than a page: the link to all of them keeps the search, encoded.
+        let html = by("school & <1");
+        assert_eq!(account_rows(&html), 0);
+        assert!(
+            html.contains("0 of 300 accounts match “school &amp; &lt;1”."),
+            "{html}"
+        );
+        assert!(html.contains("value=\"school &amp; &lt;1\""));
+        let html = by("School");
+        assert_eq!(account_rows(&html), SHOWN);
+        assert!(
+            html.contains("<a href=\"?q=School&amp;all=true\">Show all 299</a>"),
+            "{html}"
+        );
+        let html = render(&views, None, now, &ask(Some("School"), true));
+        assert_eq!(account_rows(&html), 299);
+        // A blank search is no search.
+        assert_eq!(account_rows(&by("   ")), SHOWN);
+        assert!(!by("").contains("clear</a>"));
+    }
+
     fn html_of(b: &BudgetSection, now: DateTime<Utc>) -> String {
-        render(&[view(1, "Alpha")], Some(b), now)
+        render(&[view(1, "Alpha")], Some(b), now, &PageQuery::default())
     }
 }

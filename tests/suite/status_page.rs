@@ -1,6 +1,7 @@
 //! The status page as a person sees it: a real headless Chromium loads `GET /` from a running
 //! service, every account's label and the request budget's holder are on the rendered page, and
-//! the screenshot the README shows (`docs/status-page.png`) is taken from it.
+//! the screenshot the README shows (`docs/status-page.png`) is taken from it; a search narrows
+//! the page to the accounts it names, and a query the page does not understand is refused.
 
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ async fn chromium(args: &[String], url: &str) -> std::process::Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_status_page_shows_every_account_in_a_real_browser() {
+async fn the_status_page_shows_every_account_in_a_real_browser_and_searches_them() {
     let ids: Vec<_> = (1..=4).map(account_id).collect();
     let env = Env::new(&[(ids[0], 300), (ids[1], 120), (ids[2], 80), (ids[3], 40)]).await;
     env.sim.block(
@@ -79,8 +80,29 @@ async fn the_status_page_shows_every_account_in_a_real_browser() {
         &url,
     )
     .await;
+    // A search, as the page's form sends it: the tenant-less label, in another case.
+    let found = chromium(&["--dump-dom".to_string()], &format!("{url}?q=+gamma+")).await;
+    let found = String::from_utf8_lossy(&found.stdout).into_owned();
+    let bad = reqwest::get(format!("{url}?all=banana")).await.unwrap();
+    let bad = (bad.status().as_u16(), bad.text().await.unwrap());
     stop.cancel();
     daemon.await.unwrap().unwrap();
+
+    assert!(found.contains("Gamma &lt;Institute&gt;"), "{found}");
+    for other in ["Acme", "Beta", "Delta"] {
+        assert!(!found.contains(other), "{other} does not match:\n{found}");
+    }
+    assert!(found.contains("1 of 4 accounts match “gamma”."), "{found}");
+    assert!(
+        found.contains("4 accounts ·"),
+        "the header speaks of the fleet"
+    );
+    assert_eq!(bad.0, 400, "{}", bad.1);
+    assert!(
+        bad.1.contains("all") && bad.1.contains("all=true|false"),
+        "{}",
+        bad.1
+    );
 
     for label in [
         "Acme Academy",
@@ -97,6 +119,7 @@ async fn the_status_page_shows_every_account_in_a_real_browser() {
     }
     assert!(dom.contains("cannot be synced: needs_reauth"), "{dom}");
     assert!(dom.contains("1 need attention"), "{dom}");
+    assert!(dom.contains("1 cannot be synced"), "{dom}");
     // The service paces its requests under the token's budget, shared through the database:
     // the page shows who holds it (this service alone).
     assert!(dom.contains("Request budget"), "{dom}");
