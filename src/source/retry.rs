@@ -79,8 +79,10 @@ impl TrutoClient {
                 Err(e) => e,
             };
             let (wait, err) = self.retry_wait(id, err, &mut t)?;
+            // The listing's requests belong to no account: no field rather than a nil id.
+            let account = (id != super::accounts::LISTING_BUDGET_KEY).then_some(id);
             tracing::warn!(
-                account = %id,
+                account = account.map(tracing::field::display),
                 attempt = t.attempts,
                 wait_ms = wait.as_millis() as u64,
                 error = %err,

@@ -444,9 +444,19 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
     let env = fleet_env(&[(a, 30), (b, 20)]).await;
     let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
 
-    // `sync` with discovery on lists the accounts first, then syncs them.
+    // `sync` with discovery on lists the accounts first, then syncs them; the listing's
+    // retry is logged as the listing's, with no account (not a nil id).
+    env.sim.push_listing_fault(Fault::status(500));
     let o = cli(&env, &["sync"]).await;
     assert!(o.status.success(), "{}", err(&o));
+    let retried: Vec<_> = err(&o)
+        .lines()
+        .filter(|l| l.contains("retrying account listing request"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(retried.len(), 1, "{}", err(&o));
+    assert!(!retried[0].contains("\"account\""), "{}", retried[0]);
+    assert!(!err(&o).contains(&Uuid::nil().to_string()), "{}", err(&o));
     let o = cli(&env, &["accounts", "list", "--json"]).await;
     assert!(o.status.success(), "{}", err(&o));
     let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
