@@ -5,6 +5,7 @@
 //! cancellation tree: the shutdown future cancels the root token, running passes stop between
 //! pages, and the daemon waits for them up to the grace period.
 
+pub mod account_page;
 mod admin;
 pub mod budget;
 mod discovery;

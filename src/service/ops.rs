@@ -76,6 +76,7 @@ fn router(ops: Ops) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/status", get(super::admin::status))
         .route("/status/budget", get(super::admin::budget))
+        .route("/accounts/{id}", get(super::account_page::account))
         .route(
             "/accounts/{id}/{action}",
             axum::routing::post(super::admin::account_action),

@@ -114,7 +114,7 @@ fn matches(v: &AccountView, q: &str) -> bool {
         || v.integrated_account_id.to_string().contains(q)
 }
 
-fn escape(s: &str) -> String {
+pub(super) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -129,7 +129,7 @@ fn escape(s: &str) -> String {
     out
 }
 
-fn when(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+pub(super) fn when(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     let Some(t) = t else {
         return "—".into();
     };
@@ -155,7 +155,7 @@ fn when(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     )
 }
 
-const STYLE: &str = "
+pub(super) const STYLE: &str = "
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f5f6f8;color:#1d2330}
 header{padding:16px 20px;background:#1d2330;color:#fff}
 header h1{margin:0;font-size:20px}header p{margin:4px 0 0;color:#c8ccd6;font-size:14px}
@@ -167,7 +167,7 @@ table{width:100%;border-collapse:collapse;background:#fff;border-radius:8px;over
 th,td{padding:10px 12px;text-align:left;border-bottom:1px solid #eceef2;font-size:14px;vertical-align:top}
 th{background:#fafbfc;font-weight:600;color:#4a5265}
 tr.attention td:first-child{border-left:4px solid #d93025}
-.label{font-weight:600}.muted{color:#6b7385;font-size:12px}
+.label{font-weight:600}.label a{color:inherit}.muted{color:#6b7385;font-size:12px}
 .why{color:#b3261e;font-size:13px}
 .err{color:#6b7385;font-size:12px;max-width:40ch;overflow-wrap:anywhere}
 .num{text-align:right;font-variant-numeric:tabular-nums}
@@ -351,12 +351,14 @@ pub fn render(
             .unwrap_or_else(|| v.integrated_account_id.to_string());
         let _ = write!(
             s,
-            "<tr class=\"{}\"><td data-k=\"Account\"><div class=\"label\">{}</div>\
+            "<tr class=\"{}\"><td data-k=\"Account\"><div class=\"label\">\
+             <a href=\"accounts/{}\">{}</a></div>\
              <div class=\"muted\">tenant {} · {}</div>{}</td>\
              <td data-k=\"State\">{}</td><td data-k=\"Health\">{}{}</td>\
              <td data-k=\"Last success\">{}</td><td data-k=\"Next run\">{}</td>\
              <td data-k=\"Live users\" class=\"num\">{}</td><td data-k=\"Last error\" class=\"err\">{}</td></tr>",
             if why.is_some() { "attention" } else { "" },
+            v.integrated_account_id,
             escape(&name),
             escape(v.tenant_id.as_deref().unwrap_or("—")),
             v.integrated_account_id,

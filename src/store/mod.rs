@@ -38,7 +38,7 @@ pub use budget::{
 pub use copy::CopyRows;
 pub use lease::{Handover, Lease};
 pub use pages::{Gate, PageResult, PageWrite};
-pub use runs::{RunEnd, RunStart};
+pub use runs::{RunEnd, RunStart, RunView};
 pub use schema::{SchemaState, MIGRATOR};
 pub use status::{AccountMetrics, StatusRow};
 pub use sweep::Vanished;

@@ -209,3 +209,51 @@ impl Store {
         before.map(|r| health(r.get(0))).transpose()
     }
 }
+
+/// One run of `sync_runs`, as an account's page shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RunView {
+    pub run_id: i64,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// As stored: `running`, `succeeded`, `needs_attention`, `failed` or `interrupted`.
+    pub outcome: String,
+    pub resumed: bool,
+    pub complete_listing: bool,
+    pub pages: i64,
+    pub users_seen: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub deleted: i64,
+    pub undeleted: i64,
+    pub rejected: i64,
+    pub hydrated: i64,
+    pub http_requests: i64,
+    pub retries: i64,
+    pub rate_limited: i64,
+    pub deletions_skipped_reason: Option<String>,
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    pub worker: Option<String>,
+}
+
+impl Store {
+    /// The account's latest `limit` runs, newest first (through `sync_runs_by_account`).
+    pub async fn recent_runs(&self, account: Uuid, limit: i64) -> Result<Vec<RunView>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT run_id, started_at, finished_at, outcome, resumed, complete_listing, pages,
+                    users_seen, inserted, updated, unchanged, deleted, undeleted, rejected,
+                    hydrated, http_requests, retries, rate_limited, deletions_skipped_reason,
+                    error_kind, error, worker
+               FROM sync_runs
+              WHERE integrated_account_id = $1
+              ORDER BY started_at DESC, run_id DESC
+              LIMIT $2",
+        )
+        .bind(account)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

@@ -1,7 +1,8 @@
 //! The status page as a person sees it: a real headless Chromium loads `GET /` from a running
 //! service, every account's label and the request budget's holder are on the rendered page, and
 //! the screenshot the README shows (`docs/status-page.png`) is taken from it; a search narrows
-//! the page to the accounts it names, and a query the page does not understand is refused.
+//! the page to the accounts it names, and a query the page does not understand is refused;
+//! each account's label leads to its own page, with its runs.
 
 use std::time::Duration;
 
@@ -85,6 +86,22 @@ async fn the_status_page_shows_every_account_in_a_real_browser_and_searches_them
     let found = String::from_utf8_lossy(&found.stdout).into_owned();
     let bad = reqwest::get(format!("{url}?all=banana")).await.unwrap();
     let bad = (bad.status().as_u16(), bad.text().await.unwrap());
+    // The failing account's own page, through its link on the status page.
+    let link = format!("href=\"accounts/{}\"", ids[2]);
+    let account = chromium(
+        &["--dump-dom".to_string()],
+        &format!("{url}accounts/{}", ids[2]),
+    )
+    .await;
+    let account = String::from_utf8_lossy(&account.stdout).into_owned();
+    let mut refused = Vec::new();
+    for path in [
+        "accounts/not-a-uuid".to_string(),
+        format!("accounts/{}", account_id(99)),
+    ] {
+        let r = reqwest::get(format!("{url}{path}")).await.unwrap();
+        refused.push((r.status().as_u16(), r.text().await.unwrap()));
+    }
     stop.cancel();
     daemon.await.unwrap().unwrap();
 
@@ -97,6 +114,29 @@ async fn the_status_page_shows_every_account_in_a_real_browser_and_searches_them
         found.contains("4 accounts ·"),
         "the header speaks of the fleet"
     );
+    assert!(dom.contains(&link), "{dom}");
+    assert!(
+        account.contains("<h1>Gamma &lt;Institute&gt;</h1>"),
+        "{account}"
+    );
+    assert!(account.contains("needs_reauth"), "{account}");
+    assert!(
+        account.contains("<td data-k=\"Outcome\" class=\"bad\">failed</td>"),
+        "{account}"
+    );
+    assert!(
+        account.contains("re-authorize the integration in Truto"),
+        "{account}"
+    );
+    assert!(account.contains("← all accounts"), "{account}");
+    assert_eq!(refused[0].0, 400, "{}", refused[0].1);
+    assert!(
+        refused[0].1.contains("not an integrated account id"),
+        "{}",
+        refused[0].1
+    );
+    assert_eq!(refused[1].0, 404, "{}", refused[1].1);
+    assert!(refused[1].1.contains("no account"), "{}", refused[1].1);
     assert_eq!(bad.0, 400, "{}", bad.1);
     assert!(
         bad.1.contains("all") && bad.1.contains("all=true|false"),
