@@ -50,7 +50,7 @@ type Ts = chrono::DateTime<chrono::Utc>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {}", crate::text::error_chain(.0))]
+    #[error("database error: {}{}", crate::text::error_chain(.0), advice(.0))]
     Db(#[from] sqlx::Error),
     #[error("migration failed: {}", crate::text::error_chain(.0))]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -76,6 +76,20 @@ pub enum StoreError {
     /// A batch written ahead was rolled back because the batch before it did not commit.
     #[error("rolled back: the batch before it did not commit")]
     PreviousFailed,
+}
+
+/// What to do about the database errors an operator can fix, by SQLSTATE (none for others).
+/// Each of them fails the run without losing anything committed: the next run resumes.
+fn advice(e: &sqlx::Error) -> &'static str {
+    let sqlx::Error::Database(db) = e else {
+        return "";
+    };
+    match db.code().as_deref() {
+        Some("53100") => " (PostgreSQL is out of disk space: free some or grow its volume; what was committed is kept, and the next run resumes where this one stopped)",
+        Some("53200") => " (PostgreSQL is out of memory)",
+        Some("25006") => " (the database accepts no writes: a standby, or default_transaction_read_only is on; point database.url at the primary)",
+        _ => "",
+    }
 }
 
 /// An outcome as stored in SQL: the one place where the store reads the text back.

@@ -216,6 +216,55 @@ async fn an_unreachable_database_exits_1_with_a_clear_message_and_no_password() 
     assert!(!stderr.contains("hunter2secret") && !stdout.contains("hunter2secret"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_accepts_no_writes_fails_the_sync_saying_so_and_keeps_the_mirror() {
+    let a = account_id(1);
+    let sim = sim_with(&[(a, 150)], "tok-ro").await;
+    let db = fresh_database_url().await;
+    let cfg = config_for(&sim, &[(a, "Acme")]);
+    let args = ["--config", cfg.to_str().unwrap(), "sync"];
+    let env = [
+        ("TRUTO_API_TOKEN", "tok-ro"),
+        ("LMS_SYNC__DATABASE__URL", db.as_str()),
+    ];
+    let first = run(&args, &env).await;
+    assert!(first.status.success(), "{}", text(&first).1);
+    // What a failover onto a standby, or a maintenance window, looks like to new sessions.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', \
+         current_database()); END $$",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sim.delete_user(a, "3");
+
+    for args in [
+        &args[..],
+        &["--config", cfg.to_str().unwrap(), "--no-migrate", "sync"],
+    ] {
+        let out = run(args, &env).await;
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("the database accepts no writes")
+                && stderr.contains("point database.url at the primary"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM lms.users WHERE integrated_account_id = $1 AND deleted_at IS NULL",
+    )
+    .bind(a)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(live, 150, "the mirror is as the last sync left it");
+}
+
 async fn sim_with(accounts: &[(Uuid, usize)], token: &str) -> Simulator {
     let sim = Simulator::start(0).await.unwrap();
     sim.set_token(token);
