@@ -132,7 +132,7 @@ async fn fleet(
     let (fleet, listed) = crate::sync::discovery::refresh_fleet(store, source, settings, cancel)
         .await
         .map_err(|error| CliError::Store {
-            context: "cannot read the account registry",
+            context: "cannot read or update the account registry",
             error,
         })?;
     if let Some(e) = listed.and_then(|l| l.error) {
