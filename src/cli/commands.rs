@@ -152,7 +152,7 @@ fn sync_prerequisites(settings: &Settings) -> Result<SecretString, CliError> {
 }
 
 /// `run`: the service, until SIGTERM or SIGINT; SIGHUP reloads `config` (the same file and
-/// environment as at start).
+/// environment as at start) and the secrets' files.
 pub async fn run(
     settings: Settings,
     config: Option<std::path::PathBuf>,
@@ -166,6 +166,10 @@ pub async fn run(
             s.database.migrate = false;
         }
         s.require_accounts()?;
+        // A configuration without a token would leave the old one in force unsaid: refuse it.
+        s.api_token()?.ok_or_else(|| {
+            ConfigError("no Truto API token: set TRUTO_API_TOKEN or truto.api_token_file".into())
+        })?;
         Ok(s)
     };
     tokio::spawn(crate::service::reload_on_hangup(live_tx, load));

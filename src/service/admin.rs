@@ -16,7 +16,7 @@ use super::ops::{text, Ops};
 
 /// `None` when the request may go on; otherwise the answer that refuses it.
 fn refuse(ops: &Ops, headers: &HeaderMap) -> Option<Response> {
-    let Some(token) = &ops.admin_token else {
+    let Some(token) = ops.admin_token.get() else {
         return Some(text(
             StatusCode::FORBIDDEN,
             "admin routes are off: set LMS_SYNC_ADMIN_TOKEN or server.admin_token_file\n",

@@ -88,8 +88,9 @@ pub struct Hooks {
     pub metrics: Option<Arc<Metrics>>,
     /// Settings that change while the service runs (`SIGHUP`): its current value must be the
     /// settings the service starts with. Schedules, accounts, `[account_defaults]`,
-    /// `[discovery]` and the sync knobs follow it at the next round; the rest (database,
-    /// server, budget, token) needs a restart.
+    /// `[discovery]` and the sync knobs follow it at the next round, and the secrets (the API
+    /// token, the admin token, the webhook secret) are read again at once; the rest
+    /// (database, server, budget) needs a restart.
     pub settings: Option<Live>,
 }
 
@@ -126,6 +127,15 @@ pub async fn run_with(
         None => tokio::sync::watch::channel(Arc::new(settings.clone())).1,
     };
     let wake = Arc::new(tokio::sync::Notify::new());
+    let admin_token = Rotating::new(settings.admin_token()?);
+    let webhook_secret = Rotating::new(settings.webhook_secret()?);
+    tokio::spawn(reload_secrets(
+        live.clone(),
+        source.clone(),
+        admin_token.clone(),
+        webhook_secret.clone(),
+        root.clone(),
+    ));
 
     let ready = Arc::new(Readiness::default());
     let listener = match hooks.listener {
@@ -149,8 +159,8 @@ pub async fn run_with(
             settings: live.clone(),
             source: source.clone(),
             wake: wake.clone(),
-            admin_token: settings.admin_token()?.map(Arc::new),
-            webhook_secret: settings.webhook_secret()?.map(Arc::new),
+            admin_token: admin_token.clone(),
+            webhook_secret: webhook_secret.clone(),
             refreshed: Arc::default(),
         };
         Some(tokio::spawn(ops::serve(listener, ops, root.clone())))
@@ -195,6 +205,78 @@ pub async fn run_with(
     // The scheduler stops on its own only for what no retry can fix (an incompatible schema).
     ended.unwrap_or(Ok(()))?;
     Ok(())
+}
+
+/// A secret of the operations server, read again from the environment or its file when the
+/// configuration is reloaded, so that rotating it needs no restart.
+#[derive(Clone, Default)]
+pub struct Rotating(Arc<std::sync::RwLock<Option<Arc<SecretString>>>>);
+
+impl Rotating {
+    fn new(secret: Option<SecretString>) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(secret.map(Arc::new))))
+    }
+
+    /// The secret in force (None: its routes are off).
+    pub fn get(&self) -> Option<Arc<SecretString>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `secret` in force; true when it differs from the one before.
+    fn set(&self, secret: Option<SecretString>) -> bool {
+        use secrecy::ExposeSecret;
+        let mut held = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let text = |s: Option<&SecretString>| s.map(|s| s.expose_secret().to_owned());
+        let changed = text(held.as_deref()) != text(secret.as_ref());
+        *held = secret.map(Arc::new);
+        changed
+    }
+}
+
+/// Whenever the settings are replaced (SIGHUP), reads the secrets again and puts those that
+/// changed in force: a rotated API token is sent from the next request on (requests in
+/// flight finish with the old one), a rotated admin token or webhook secret is checked from
+/// the next call on. A secret that cannot be read leaves the one in force, with an error line;
+/// none is ever logged.
+async fn reload_secrets(
+    mut live: Live,
+    source: Arc<TrutoClient>,
+    admin: Rotating,
+    webhook: Rotating,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = live.changed() => if changed.is_err() { return },
+        }
+        let settings = live.borrow_and_update().clone();
+        match settings.api_token() {
+            Ok(Some(token)) => match source.set_token(&token) {
+                Ok(true) => tracing::info!("Truto API token reloaded; the next requests use it"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "the reloaded Truto API token is refused; the previous one stays in force"),
+            },
+            Ok(None) => tracing::error!("the reloaded configuration has no Truto API token; the previous one stays in force"),
+            Err(e) => tracing::error!(error = %e, "cannot read the Truto API token; the previous one stays in force"),
+        }
+        for (what, rotating, read) in [
+            ("admin token", &admin, settings.admin_token()),
+            ("webhook secret", &webhook, settings.webhook_secret()),
+        ] {
+            match read {
+                Ok(secret) => {
+                    let on = secret.is_some();
+                    if rotating.set(secret) {
+                        tracing::info!(what, on, "secret reloaded");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(what, error = %e, "cannot read the secret; the previous one stays in force")
+                }
+            }
+        }
+    }
 }
 
 /// When each account of the fleet that may be synced runs next, for `status`.

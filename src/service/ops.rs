@@ -22,8 +22,6 @@ use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use secrecy::SecretString;
-
 use super::{Live, Readiness};
 use crate::metrics::Metrics;
 use crate::source::TrutoClient;
@@ -56,10 +54,10 @@ pub struct Ops {
     pub source: Arc<TrutoClient>,
     /// Notified when an admin action or a webhook changed the registry.
     pub wake: Arc<tokio::sync::Notify>,
-    /// `None`: the admin routes answer 403.
-    pub admin_token: Option<Arc<SecretString>>,
-    /// `None`: the webhook receiver is off.
-    pub webhook_secret: Option<Arc<SecretString>>,
+    /// None: the admin routes answer 403.
+    pub admin_token: super::Rotating,
+    /// None: the webhook receiver is off.
+    pub webhook_secret: super::Rotating,
     /// When the per-account metrics were last read from the database.
     pub refreshed: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
 }

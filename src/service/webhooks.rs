@@ -77,7 +77,7 @@ fn created(at: &str) -> Option<chrono::DateTime<Utc>> {
 }
 
 pub(super) async fn receive(State(ops): State<Ops>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(secret) = &ops.webhook_secret else {
+    let Some(secret) = ops.webhook_secret.get() else {
         return text(
             StatusCode::NOT_FOUND,
             "the webhook receiver is off: set TRUTO_WEBHOOK_SECRET or webhooks.secret_file\n",

@@ -35,6 +35,16 @@ pub const USERS_PATH: &str = "unified/lms/users";
 /// The integrated accounts endpoint, relative to the base URL.
 pub const ACCOUNTS_PATH: &str = "integrated-account";
 
+/// The `Authorization` header for `token`, marked sensitive (never shown by `Debug`).
+fn bearer(token: &SecretString) -> anyhow::Result<HeaderValue> {
+    let mut auth =
+        HeaderValue::from_str(&format!("Bearer {}", token.expose_secret())).map_err(|_| {
+            anyhow::anyhow!("the Truto API token contains characters not allowed in an HTTP header")
+        })?;
+    auth.set_sensitive(true);
+    Ok(auth)
+}
+
 /// Talks to Truto for every account (one token serves them all).
 #[derive(Clone)]
 pub struct TrutoClient {
@@ -42,7 +52,9 @@ pub struct TrutoClient {
     users_url: Url,
     /// `{base}/integrated-account`, Truto's list of integrated accounts.
     accounts_url: Url,
-    auth: HeaderValue,
+    /// `Bearer <token>`, marked sensitive; shared by the clones and replaced by
+    /// [`TrutoClient::set_token`] when the token is rotated.
+    auth: Arc<std::sync::RwLock<HeaderValue>>,
     page_size: u32,
     /// The largest answer read (`truto.max_body_mb`), in bytes.
     max_body: usize,
@@ -69,13 +81,7 @@ impl TrutoClient {
         }
         let users_url = base.join(USERS_PATH)?;
         let accounts_url = base.join(ACCOUNTS_PATH)?;
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "the Truto API token contains characters not allowed in an HTTP header"
-                )
-            })?;
-        auth.set_sensitive(true);
+        let auth = Arc::new(std::sync::RwLock::new(bearer(token)?));
         let http = reqwest::Client::builder()
             .timeout(settings.request_timeout())
             .connect_timeout(settings.connect_timeout())
@@ -112,6 +118,16 @@ impl TrutoClient {
             Some(b) => client.with_budget(Arc::new(b)),
             None => client,
         })
+    }
+
+    /// Sends `token` from the next request on, in every clone of this client (a rotated
+    /// token, read again on SIGHUP). True when it differs from the one in use.
+    pub fn set_token(&self, token: &SecretString) -> anyhow::Result<bool> {
+        let new = bearer(token)?;
+        let mut auth = self.auth.write().unwrap_or_else(|e| e.into_inner());
+        let changed = auth.as_bytes() != new.as_bytes();
+        *auth = new;
+        Ok(changed)
     }
 
     /// The request budget this client paces under, if any.
@@ -222,12 +238,16 @@ impl TrutoClient {
         Ok((done.value, done.requests))
     }
 
+    fn auth_header(&self) -> HeaderValue {
+        self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// One GET: the body of a 2xx answer, or the error an other answer means.
     async fn get(&self, url: &Url) -> Result<(bytes::Bytes, HeaderMap), SourceError> {
         let resp = self
             .http
             .get(url.clone())
-            .header(AUTHORIZATION, self.auth.clone())
+            .header(AUTHORIZATION, self.auth_header())
             .send()
             .await
             .map_err(classify)?;
@@ -416,7 +436,7 @@ mod tests {
         let token = SecretString::from("tok-DEBUGSECRET".to_string());
         let client =
             TrutoClient::new(&crate::config::TrutoSettings::default(), &token).expect("client");
-        let shown = format!("{client:?} {:?}", client.auth);
+        let shown = format!("{client:?} {:?}", client.auth_header());
         assert!(!shown.contains("DEBUGSECRET"), "{shown}");
         assert!(!format!("{token:?}").contains("DEBUGSECRET"));
     }

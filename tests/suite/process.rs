@@ -268,3 +268,94 @@ async fn sighup_applies_a_good_configuration_and_refuses_a_bad_one_without_a_res
     assert_mirror(&env.store, &env.sim, a).await;
     assert_mirror(&env.store, &env.sim, b).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_the_api_token_and_the_admin_token_without_a_restart() {
+    lms_sync::install_crypto_provider();
+    let a = account_id(1);
+    let env = Env::new(&[(a, 120)]).await;
+    env.sim.set_token("tok-OLDSECRET");
+    let cfg = config(&env.sim, &[a], "1h", 4);
+    let token = TempFile::new("lms-sync-token", "", "tok-OLDSECRET\n");
+    let admin = TempFile::new("lms-sync-admin", "", "adm-OLDSECRET\n");
+    let mut d = spawn_env(
+        &cfg,
+        &env.db_url,
+        &[],
+        &[
+            ("LMS_SYNC__TRUTO__API_TOKEN_FILE", token.to_str().unwrap()),
+            (
+                "LMS_SYNC__SERVER__ADMIN_TOKEN_FILE",
+                admin.to_str().unwrap(),
+            ),
+        ],
+    );
+    let listening = d
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
+    let status_url = format!(
+        "http://{}/status",
+        listening["fields"]["addr"].as_str().unwrap()
+    );
+    let ev = d.wait_for("sync run finished").await;
+    assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    let status_with = |bearer: &'static str| {
+        let url = status_url.clone();
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status_with("adm-OLDSECRET").await, 200);
+    let pid = d.child.id().unwrap().to_string();
+    let hup = || async {
+        let status = tokio::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    };
+
+    // Truto now takes only the new token; the files hold the new secrets.
+    env.sim.set_token("tok-NEWSECRET");
+    std::fs::write(&token, "tok-NEWSECRET\n").unwrap();
+    std::fs::write(&admin, "adm-NEWSECRET\n").unwrap();
+    hup().await;
+    d.wait_for("Truto API token reloaded; the next requests use it")
+        .await;
+    let ev = d.wait_for("secret reloaded").await;
+    assert_eq!(ev["fields"]["what"], "admin token", "{ev}");
+    let o = lms_sync(&cfg, &env.db_url, &["accounts", "sync-now", &a.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ev = d.wait_for("sync run finished").await;
+    assert_eq!(
+        ev["fields"]["outcome"], "succeeded",
+        "the run after the reload used the new token: {ev}"
+    );
+    assert_eq!(status_with("adm-OLDSECRET").await, 401);
+    assert_eq!(status_with("adm-NEWSECRET").await, 200);
+
+    // A token file gone: the reload is refused, the token in force stays, nothing is shown.
+    std::fs::remove_file(&token).unwrap();
+    hup().await;
+    let ev = d
+        .wait_for(
+            "configuration reload refused (SIGHUP); the previous configuration stays in force",
+        )
+        .await;
+    let error = ev["fields"]["error"].as_str().unwrap();
+    assert!(error.contains("truto.api_token_file"), "{ev}");
+    assert!(!ev.to_string().contains("SECRET"), "{ev}");
+    assert_eq!(d.terminate().await, 0);
+    assert_mirror(&env.store, &env.sim, a).await;
+}

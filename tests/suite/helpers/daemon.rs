@@ -58,13 +58,19 @@ pub fn spawn(cfg: &std::path::Path, db: &str) -> Daemon {
 
 /// [`spawn`] with more arguments before `run` (e.g. `--no-migrate`).
 pub fn spawn_with(cfg: &std::path::Path, db: &str, args: &[&str]) -> Daemon {
+    spawn_env(cfg, db, args, &[("TRUTO_API_TOKEN", DEMO_TOKEN)])
+}
+
+/// [`spawn_with`] with `env` instead of the simulator's token in `TRUTO_API_TOKEN` (to give
+/// the token in a file, say).
+pub fn spawn_env(cfg: &std::path::Path, db: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
     let mut child = Command::new(BIN)
         .args(["--config", cfg.to_str().unwrap()])
         .args(args)
         .arg("run")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("TRUTO_API_TOKEN", DEMO_TOKEN)
+        .envs(env.iter().copied())
         .env("LMS_SYNC__DATABASE__URL", db)
         .env("RUST_LOG", "lms_sync=debug,info")
         .stdout(Stdio::null())
