@@ -70,7 +70,17 @@ pub(super) async fn page(
     match read.await {
         Ok((state, budget)) => {
             let views = super::status::account_views(&state);
-            let html = render(&views, budget.as_ref(), Utc::now(), &query);
+            let discovery = settings
+                .discovery
+                .enabled
+                .then(|| DiscoveryView::from(state.discovery.clone()));
+            let html = render(
+                &views,
+                budget.as_ref(),
+                discovery.as_ref(),
+                Utc::now(),
+                &query,
+            );
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -235,6 +245,68 @@ fn configured(h: &ShareView, b: &BudgetSection) -> String {
     }
 }
 
+/// The last listing of Truto's integrated accounts, when discovery is on.
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryView {
+    pub listed_at: Option<DateTime<Utc>>,
+    pub succeeded_at: Option<DateTime<Utc>>,
+    pub listed: Option<i32>,
+    /// Why accounts Truto no longer lists were not retired.
+    pub guard: Option<String>,
+    pub error: Option<String>,
+}
+
+impl From<Option<crate::store::DiscoveryState>> for DiscoveryView {
+    fn from(state: Option<crate::store::DiscoveryState>) -> Self {
+        let Some((listed_at, succeeded_at, listed, guard, error)) = state else {
+            return Self::default();
+        };
+        Self {
+            listed_at,
+            succeeded_at,
+            listed,
+            guard,
+            error,
+        }
+    }
+}
+
+/// The discovery's line: what the last listing found, and what went wrong with it.
+fn discovery_section(s: &mut String, d: &DiscoveryView, now: DateTime<Utc>) {
+    match (d.listed_at, d.error.as_deref()) {
+        (None, _) => s.push_str(
+            "<p class=\"note\">Accounts are discovered from Truto's listing; none is done yet.</p>",
+        ),
+        (Some(at), Some(e)) => {
+            let _ = write!(
+                s,
+                "<p class=\"note\">Accounts are discovered from Truto's listing. \
+                 <span class=\"why\">The last listing, {}, failed: {}</span> \
+                 The last that succeeded: {}.</p>",
+                when(Some(at), now),
+                escape(&crate::text::shorten(e, 300)),
+                when(d.succeeded_at, now),
+            );
+        }
+        (Some(at), None) => {
+            let _ = write!(
+                s,
+                "<p class=\"note\">Accounts are discovered from Truto's listing: the last, {}, \
+                 listed {}.</p>",
+                when(Some(at), now),
+                d.listed.unwrap_or(0)
+            );
+        }
+    }
+    if let Some(g) = &d.guard {
+        let _ = write!(
+            s,
+            "<p class=\"note why\">Accounts Truto no longer lists were not retired: {}</p>",
+            escape(g)
+        );
+    }
+}
+
 /// What each rank of [`attention`] counts as, in the summary.
 const RANKS: [&str; 5] = [
     "cannot be synced",
@@ -255,6 +327,7 @@ fn link(pairs: &[(&str, &str)]) -> String {
 pub fn render(
     views: &[AccountView],
     budget: Option<&BudgetSection>,
+    discovery: Option<&DiscoveryView>,
     now: DateTime<Utc>,
     query: &PageQuery,
 ) -> String {
@@ -303,9 +376,21 @@ pub fn render(
             let _ = write!(s, "<span class=\"pill{bad}\">{n} {what}</span>");
         }
     }
+    if let Some(d) = discovery {
+        if d.error.is_some() {
+            s.push_str("<span class=\"pill bad\">discovery failing</span>");
+        }
+        if d.guard.is_some() {
+            s.push_str("<span class=\"pill bad\">retire guard holding</span>");
+        }
+    }
+    s.push_str("</div>");
+    if let Some(d) = discovery {
+        discovery_section(&mut s, d, now);
+    }
     let _ = write!(
         s,
-        "</div><form class=\"search\" method=\"get\" role=\"search\">\
+        "<form class=\"search\" method=\"get\" role=\"search\">\
          <input type=\"search\" name=\"q\" value=\"{}\" placeholder=\"Label, tenant or id\" \
          aria-label=\"Search the accounts\"><button type=\"submit\">Search</button>{}</form>",
         escape(search.unwrap_or_default()),
@@ -423,6 +508,7 @@ mod tests {
         let html = render(
             &[view(1, "Alpha"), stale, reauth],
             None,
+            None,
             now,
             &PageQuery::default(),
         );
@@ -444,7 +530,13 @@ mod tests {
     fn the_budget_section_shows_every_holder_what_is_hot_and_what_is_free() {
         let now = Utc::now();
         let b = BudgetSection::example("web-1:42:<ab>", now - chrono::Duration::seconds(2));
-        let html = render(&[view(1, "Alpha")], Some(&b), now, &PageQuery::default());
+        let html = render(
+            &[view(1, "Alpha")],
+            Some(&b),
+            None,
+            now,
+            &PageQuery::default(),
+        );
         assert!(html.contains("Request budget"), "{html}");
         assert!(
             html.contains("The API token's 500 requests per 10 s, shared by every process on this database: 350 held by 2 processes, 100 hot (given back, still in Truto's window), 50 free."),
@@ -458,7 +550,7 @@ mod tests {
             view: BudgetView::default(),
             ..b
         };
-        let html = render(&[], Some(&empty), now, &PageQuery::default());
+        let html = render(&[], Some(&empty), None, now, &PageQuery::default());
         assert!(html.contains("No process holds a share yet."), "{html}");
         assert!(html.contains("0 held by 0 processes, 0 hot"), "{html}");
     }
@@ -514,7 +606,7 @@ mod tests {
         views[248].last_error = Some("HTTP 500".into());
         views[249].last_success = None;
         views[0].state = "paused".into();
-        let html = render(&views, None, now, &PageQuery::default());
+        let html = render(&views, None, None, now, &PageQuery::default());
         assert_eq!(account_rows(&html), SHOWN, "{html}");
         let first = [&views[247], &views[248], &views[249]].map(|v| {
             html.find(v.label.as_deref().unwrap())
@@ -541,7 +633,7 @@ mod tests {
             "no stale account"
         );
 
-        let html = render(&views, None, now, &ask(None, true));
+        let html = render(&views, None, None, now, &ask(None, true));
         assert_eq!(account_rows(&html), 250);
         assert!(
             !html.contains("Show all") && !html.contains("showing"),
@@ -556,7 +648,7 @@ mod tests {
             .map(|n| view(n, &format!("School {n:03}")))
             .collect();
         views[41].label = Some("ACME <Academy> & Co".into());
-        let by = |q: &str| render(&views, None, now, &ask(Some(q), false));
+        let by = |q: &str| render(&views, None, None, now, &ask(Some(q), false));
 
         let html = by("  acme ");
         assert_eq!(account_rows(&html), 1);
@@ -587,14 +679,63 @@ mod tests {
             html.contains("<a href=\"?q=School&amp;all=true\">Show all 299</a>"),
             "{html}"
         );
-        let html = render(&views, None, now, &ask(Some("School"), true));
+        let html = render(&views, None, None, now, &ask(Some("School"), true));
         assert_eq!(account_rows(&html), 299);
         // A blank search is no search.
         assert_eq!(account_rows(&by("   ")), SHOWN);
         assert!(!by("").contains("clear</a>"));
     }
 
+    #[test]
+    fn the_discovery_line_says_what_the_last_listing_found_and_what_went_wrong() {
+        let now = Utc::now();
+        let with = |d: &DiscoveryView| {
+            render(
+                &[view(1, "Alpha")],
+                None,
+                Some(d),
+                now,
+                &PageQuery::default(),
+            )
+        };
+        let none = render(&[view(1, "Alpha")], None, None, now, &PageQuery::default());
+        assert!(!none.contains("discovered"), "discovery off: no line");
+        assert!(with(&DiscoveryView::default()).contains("none is done yet"));
+
+        let mut d = DiscoveryView {
+            listed_at: Some(now - chrono::Duration::minutes(3)),
+            succeeded_at: Some(now - chrono::Duration::minutes(3)),
+            listed: Some(1000),
+            ..DiscoveryView::default()
+        };
+        let html = with(&d);
+        assert!(
+            html.contains("3 min ago</time>, listed 1000.</p>"),
+            "{html}"
+        );
+        assert!(!html.contains("pill bad"), "{html}");
+
+        d.listed_at = Some(now - chrono::Duration::minutes(1));
+        d.error = Some("HTTP 401: <token> rejected".into());
+        d.guard = Some("3 of 4 accounts are gone".into());
+        let html = with(&d);
+        assert!(html.contains("<span class=\"pill bad\">discovery failing</span>"));
+        assert!(html.contains("<span class=\"pill bad\">retire guard holding</span>"));
+        assert!(
+            html.contains("failed: HTTP 401: &lt;token&gt; rejected</span>"),
+            "{html}"
+        );
+        assert!(html.contains("The last that succeeded: <time"), "{html}");
+        assert!(html.contains("were not retired: 3 of 4 accounts are gone"));
+    }
+
     fn html_of(b: &BudgetSection, now: DateTime<Utc>) -> String {
-        render(&[view(1, "Alpha")], Some(b), now, &PageQuery::default())
+        render(
+            &[view(1, "Alpha")],
+            Some(b),
+            None,
+            now,
+            &PageQuery::default(),
+        )
     }
 }

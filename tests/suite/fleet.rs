@@ -232,14 +232,7 @@ async fn accounts_added_and_removed_upstream_are_synced_and_retired_without_a_re
     let (a, b, c) = (account_id(1), account_id(2), account_id(3));
     let env = fleet_env(&[(a, 120), (b, 80)]).await;
     let s = discovering(&env);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (daemon, stop) = start_daemon(
-        s.clone(),
-        Hooks {
-            progress: Some(Arc::new(Events(tx))),
-            ..Hooks::default()
-        },
-    );
+    let (daemon, stop, mut rx, base) = serve_daemon(s.clone()).await;
     // The service discovers both at start and syncs them.
     let mut done = HashSet::new();
     while done.len() < 2 {
@@ -262,6 +255,31 @@ async fn accounts_added_and_removed_upstream_are_synced_and_retired_without_a_re
     // A customer disconnects: retired, rows kept, no longer live.
     env.sim.remove_integrated(b);
     assert_eq!(discover_now(&env, &s).await.applied.unwrap().retired, 1);
+    // The status page says what the listing found, and when it fails.
+    let page = || async {
+        reqwest::get(format!("{base}/"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let html = page().await;
+    assert!(html.contains("listed 2.</p>"), "{html}");
+    assert!(!html.contains("discovery failing"), "{html}");
+    for _ in 0..6 {
+        env.sim.push_listing_fault(Fault::status(500));
+    }
+    assert!(discover_now(&env, &s).await.error.is_some());
+    let html = page().await;
+    assert!(
+        html.contains("<span class=\"pill bad\">discovery failing</span>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("failed: listing the talentlms accounts failed"),
+        "{html}"
+    );
     stop.cancel();
     daemon.await.unwrap().unwrap();
     let live_b = env
