@@ -133,7 +133,10 @@ pub fn render(
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
          <meta http-equiv=\"refresh\" content=\"30\"><title>{} · lms-sync</title>\
          <style>{STYLE}\n.facts{{max-width:960px}}.facts th{{width:14em}}\
-         .bad{{color:#b3261e;font-weight:600}}a{{color:#1a56c4}}</style></head><body>\
+         .bad{{color:#b3261e;font-weight:600}}a{{color:#1a56c4}}\
+         @media (max-width:720px){{.facts tr{{margin:0;border-radius:0;box-shadow:none;\
+         border-bottom:1px solid #eceef2}}.facts th{{display:block;width:auto;background:none;\
+         border:none;padding:8px 12px 0;font-size:12px;color:#6b7385}}}}</style></head><body>\
          <header><h1>{}</h1><p>{} · tenant {} · {} · as of {}</p></header><main>\
          <p class=\"note\"><a href=\"../\">← all accounts</a></p>",
         escape(&name),
