@@ -230,19 +230,10 @@ async fn sighup_applies_a_good_configuration_and_refuses_a_bad_one_without_a_res
     let mut d = spawn(&cfg, &env.db_url);
     let ev = d.wait_for("sync run finished").await;
     assert_eq!(ev["span"]["account"], a.to_string());
-    let pid = d.child.id().unwrap().to_string();
-    let hup = || async {
-        let status = tokio::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(status.success());
-    };
 
     // A good file: the new account is synced, the process never restarted.
     std::fs::copy(config(&env.sim, &[a, b], "1h", 4), &cfg).unwrap();
-    hup().await;
+    d.hangup().await;
     d.wait_for("configuration reloaded (SIGHUP); running syncs go on, the next rounds follow it")
         .await;
     let ev = d.wait_for("sync run finished").await;
@@ -251,7 +242,7 @@ async fn sighup_applies_a_good_configuration_and_refuses_a_bad_one_without_a_res
 
     // A bad file: one error line, and the configuration in force stays.
     std::fs::write(&cfg, "[truto]\npage_size = 0\n").unwrap();
-    hup().await;
+    d.hangup().await;
     let ev = d
         .wait_for(
             "configuration reload refused (SIGHUP); the previous configuration stays in force",
@@ -313,21 +304,12 @@ async fn sighup_rotates_the_api_token_and_the_admin_token_without_a_restart() {
         }
     };
     assert_eq!(status_with("adm-OLDSECRET").await, 200);
-    let pid = d.child.id().unwrap().to_string();
-    let hup = || async {
-        let status = tokio::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(status.success());
-    };
 
     // Truto now takes only the new token; the files hold the new secrets.
     env.sim.set_token("tok-NEWSECRET");
     std::fs::write(&token, "tok-NEWSECRET\n").unwrap();
     std::fs::write(&admin, "adm-NEWSECRET\n").unwrap();
-    hup().await;
+    d.hangup().await;
     d.wait_for("Truto API token reloaded; the next requests use it")
         .await;
     let ev = d.wait_for("secret reloaded").await;
@@ -347,7 +329,7 @@ async fn sighup_rotates_the_api_token_and_the_admin_token_without_a_restart() {
 
     // A token file gone: the reload is refused, the token in force stays, nothing is shown.
     std::fs::remove_file(&token).unwrap();
-    hup().await;
+    d.hangup().await;
     let ev = d
         .wait_for(
             "configuration reload refused (SIGHUP); the previous configuration stays in force",

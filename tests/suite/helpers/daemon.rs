@@ -113,6 +113,17 @@ impl Daemon {
             .unwrap_or(-1)
     }
 
+    /// Sends SIGHUP (reload the configuration and the secrets' files).
+    pub async fn hangup(&self) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+
     pub async fn terminate(mut self) -> i32 {
         let pid = self.child.id().expect("running").to_string();
         let status = Command::new("kill")
