@@ -1,7 +1,8 @@
 //! `GET /`: the status page. Plain server-rendered HTML (no script), refreshing itself every
 //! 30 s: the fleet's accounts with their label, tenant, state, health and since when, last
 //! success, next run, live users and last error, the ones needing attention first (the first
-//! [`SHOWN`] of them unless `?all=true`; `?q=` narrows them to a search); then the token's
+//! [`SHOWN`] of them unless `?all=true`; `?q=` narrows them to a search; above them, with
+//! discovery on, what the last account listing found); then the token's
 //! request budget, who holds how much of it across processes; cards that stack on a phone.
 //! Rendering is pure; the handler reads the fleet's state.
 
