@@ -80,9 +80,8 @@ impl TrutoClient {
             };
             let (wait, err) = self.retry_wait(id, err, &mut t)?;
             // The listing's requests belong to no account: no field rather than a nil id.
-            let account = (id != super::accounts::LISTING_BUDGET_KEY).then_some(id);
             tracing::warn!(
-                account = account.map(tracing::field::display),
+                account = account_of(id).map(tracing::field::display),
                 attempt = t.attempts,
                 wait_ms = wait.as_millis() as u64,
                 error = %err,
@@ -109,10 +108,9 @@ impl TrutoClient {
             return Ok(None);
         };
         let longest = self.backoff.max_total_wait.saturating_sub(t.waited);
-        let whose = if id == super::accounts::LISTING_BUDGET_KEY {
-            "the account listing's"
-        } else {
-            "this account's"
+        let whose = match account_of(id) {
+            Some(_) => "this account's",
+            None => "the account listing's",
         };
         let (taken, waited) = tokio::select! {
             w = budget.acquire(id, longest) => w.map_err(|wait| SourceError::Held { wait, whose })?,
@@ -150,11 +148,7 @@ impl TrutoClient {
             ),
             Err(e) => (e.kind().as_str().to_string(), "error"),
         };
-        let account = if id == super::accounts::LISTING_BUDGET_KEY {
-            String::new()
-        } else {
-            id.to_string()
-        };
+        let account = account_of(id).map(|a| a.to_string()).unwrap_or_default();
         m.inc(
             "lms_sync_http_requests_total",
             &[("status", &status), ("account", &account)],
@@ -212,4 +206,10 @@ impl TrutoClient {
         }
         Ok((wait, err))
     }
+}
+
+/// The account a request was paced and counted under: none for the account listing's, which
+/// go under [`super::accounts::LISTING_BUDGET_KEY`].
+fn account_of(id: Uuid) -> Option<Uuid> {
+    (id != super::accounts::LISTING_BUDGET_KEY).then_some(id)
 }
