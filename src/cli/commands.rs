@@ -141,12 +141,17 @@ async fn fleet(
     Ok(fleet)
 }
 
+/// The Truto API token, which `sync` and `run` cannot do without.
+fn require_token(settings: &Settings) -> Result<SecretString, ConfigError> {
+    settings.api_token()?.ok_or_else(|| {
+        ConfigError("no Truto API token: set TRUTO_API_TOKEN or truto.api_token_file".to_string())
+    })
+}
+
 /// What `sync` and `run` need before they start: accounts, a token and a database URL.
 fn sync_prerequisites(settings: &Settings) -> Result<SecretString, CliError> {
     settings.require_accounts()?;
-    let token = settings.api_token()?.ok_or_else(|| {
-        ConfigError("no Truto API token: set TRUTO_API_TOKEN or truto.api_token_file".to_string())
-    })?;
+    let token = require_token(settings)?;
     settings.database_url()?;
     Ok(token)
 }
@@ -167,9 +172,7 @@ pub async fn run(
         }
         s.require_accounts()?;
         // A configuration without a token would leave the old one in force unsaid: refuse it.
-        s.api_token()?.ok_or_else(|| {
-            ConfigError("no Truto API token: set TRUTO_API_TOKEN or truto.api_token_file".into())
-        })?;
+        require_token(&s)?;
         Ok(s)
     };
     tokio::spawn(crate::service::reload_on_hangup(live_tx, load));
