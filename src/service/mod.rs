@@ -226,8 +226,9 @@ impl Rotating {
     fn set(&self, secret: Option<SecretString>) -> bool {
         use secrecy::ExposeSecret;
         let mut held = self.0.write().unwrap_or_else(|e| e.into_inner());
-        let text = |s: Option<&SecretString>| s.map(|s| s.expose_secret().to_owned());
-        let changed = text(held.as_deref()) != text(secret.as_ref());
+        // Compared in place: no copy of either secret is made.
+        let changed = held.as_deref().map(|s| s.expose_secret())
+            != secret.as_ref().map(|s| s.expose_secret());
         *held = secret.map(Arc::new);
         changed
     }
