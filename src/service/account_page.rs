@@ -7,15 +7,22 @@
 use std::fmt::Write as _;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::ops::{text, Ops};
-use super::page::{escape, when, STYLE};
+use super::page::{escape, head, html_response, unreadable, when};
 use super::status::AccountView;
 use crate::store::{RunView, StatusRow};
+
+/// What this page adds to the status pages' style: the facts table, stacked on a phone.
+const STYLE: &str = "
+.facts{max-width:960px}.facts th{width:14em}.bad{color:#b3261e;font-weight:600}a{color:#1a56c4}
+@media (max-width:720px){.facts tr{margin:0;border-radius:0;box-shadow:none;\
+border-bottom:1px solid #eceef2}.facts th{display:block;width:auto;background:none;\
+border:none;padding:8px 12px 0;font-size:12px;color:#6b7385}}";
 
 /// Runs listed: a fortnight of hourly runs' worth of failures is more than anyone reads here;
 /// `sync_runs` keeps the rest for SQL.
@@ -39,12 +46,7 @@ pub(super) async fn account(State(ops): State<Ops>, Path(id): Path<String>) -> R
     };
     let (state, runs) = match read.await {
         Ok(read) => read,
-        Err(e) => {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot read the state: {e}\n"),
-            )
-        }
+        Err(e) => return unreadable(&e),
     };
     let views = super::status::account_views(&state);
     let Some(view) = views.iter().find(|v| v.integrated_account_id == id) else {
@@ -54,19 +56,13 @@ pub(super) async fn account(State(ops): State<Ops>, Path(id): Path<String>) -> R
         );
     };
     let row = state.rows.iter().find(|r| r.integrated_account_id == id);
-    let html = render(
+    html_response(render(
         view,
         row,
         &runs,
         settings.history.sync_runs_retention_days,
         Utc::now(),
-    );
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        html,
-    )
-        .into_response()
+    ))
 }
 
 /// How long a run took (or has been running, as of `now`).
@@ -127,19 +123,11 @@ pub fn render(
         .clone()
         .unwrap_or_else(|| v.integrated_account_id.to_string());
     let mut s = String::with_capacity(8192 + runs.len() * 800);
+    head(&mut s, &format!("{name} · lms-sync"), STYLE);
     let _ = write!(
         s,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <meta http-equiv=\"refresh\" content=\"30\"><title>{} · lms-sync</title>\
-         <style>{STYLE}\n.facts{{max-width:960px}}.facts th{{width:14em}}\
-         .bad{{color:#b3261e;font-weight:600}}a{{color:#1a56c4}}\
-         @media (max-width:720px){{.facts tr{{margin:0;border-radius:0;box-shadow:none;\
-         border-bottom:1px solid #eceef2}}.facts th{{display:block;width:auto;background:none;\
-         border:none;padding:8px 12px 0;font-size:12px;color:#6b7385}}}}</style></head><body>\
-         <header><h1>{}</h1><p>{} · tenant {} · {} · as of {}</p></header><main>\
+        "<header><h1>{}</h1><p>{} · tenant {} · {} · as of {}</p></header><main>\
          <p class=\"note\"><a href=\"../\">← all accounts</a></p>",
-        escape(&name),
         escape(&name),
         v.integrated_account_id,
         escape(v.tenant_id.as_deref().unwrap_or("—")),

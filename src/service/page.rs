@@ -82,18 +82,41 @@ pub(super) async fn page(
                 Utc::now(),
                 &query,
             );
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-                html,
-            )
-                .into_response()
+            html_response(html)
         }
-        Err(e) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cannot read the state: {e}\n"),
-        ),
+        Err(e) => unreadable(&e),
     }
+}
+
+/// A page, as the status pages answer it.
+pub(super) fn html_response(html: String) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html,
+    )
+        .into_response()
+}
+
+/// The answer of a status page whose state could not be read.
+pub(super) fn unreadable(e: &crate::store::StoreError) -> Response {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("cannot read the state: {e}\n"),
+    )
+}
+
+/// Starts a status page titled `title`, refreshing itself every 30 s, with the pages' style and
+/// `style` after it: everything up to `<body>`.
+pub(super) fn head(s: &mut String, title: &str, style: &str) {
+    let _ = write!(
+        s,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <meta http-equiv=\"refresh\" content=\"30\"><title>{}</title>\
+         <style>{STYLE}{style}</style></head><body>",
+        escape(title)
+    );
 }
 
 /// Why an account needs attention (the most pressing reason), if it does. Lower sorts first.
@@ -166,7 +189,7 @@ pub(super) fn when(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     )
 }
 
-pub(super) const STYLE: &str = "
+const STYLE: &str = "
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f5f6f8;color:#1d2330}
 header{padding:16px 20px;background:#1d2330;color:#fff}
 header h1{margin:0;font-size:20px}header p{margin:4px 0 0;color:#c8ccd6;font-size:14px}
@@ -357,12 +380,10 @@ pub fn render(
         rows.truncate(SHOWN);
     }
     let mut s = String::with_capacity(4096 + rows.len() * 600);
+    head(&mut s, "lms-sync status", "");
     let _ = write!(
         s,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <meta http-equiv=\"refresh\" content=\"30\"><title>lms-sync status</title>\
-         <style>{STYLE}</style></head><body><header><h1>lms-sync</h1>\
+        "<header><h1>lms-sync</h1>\
          <p>{} accounts · {} live users · as of {} (refreshes every 30 s)</p></header><main>\
          <div class=\"summary\"><span class=\"pill{}\">{} need attention</span>",
         views.len(),
