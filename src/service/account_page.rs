@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::ops::{text, Ops};
-use super::page::{escape, head, html_response, unreadable, when};
+use super::page::{escape, head, html_response, next_run, unreadable, when};
 use super::status::AccountView;
 use crate::store::{RunView, StatusRow};
 
@@ -149,7 +149,7 @@ pub fn render(
     }
     fact(&mut s, "Health", &health);
     fact(&mut s, "Last success", &when(v.last_success, now));
-    fact(&mut s, "Next run", &when(v.next_run, now));
+    fact(&mut s, "Next run", &next_run(v.next_run, now));
     fact(&mut s, "Live users", &v.live_users.to_string());
     if let Some(r) = row {
         fact(&mut s, "Deleted users", &r.deleted_users.to_string());

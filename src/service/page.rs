@@ -189,6 +189,20 @@ pub(super) fn when(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     )
 }
 
+/// When an account's next run starts. The schedule never puts it in the past (an account
+/// that is due runs as soon as it has a place), so a time that has come reads "now", not
+/// "0 s ago" (nor "in 0 s": the page's clock is read a moment after the schedule's).
+pub(super) fn next_run(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    match t {
+        Some(at) if at - now < chrono::Duration::seconds(1) => format!(
+            "<time datetime=\"{}\" title=\"{}\">now</time>",
+            at.to_rfc3339(),
+            at.format("%Y-%m-%d %H:%M UTC")
+        ),
+        _ => when(t, now),
+    }
+}
+
 const STYLE: &str = "
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f5f6f8;color:#1d2330}
 header{padding:16px 20px;background:#1d2330;color:#fff}
@@ -479,7 +493,7 @@ pub fn render(
                 String::new()
             },
             when(v.last_success, now),
-            when(v.next_run, now),
+            next_run(v.next_run, now),
             v.live_users,
             escape(
                 &v.last_error
@@ -546,6 +560,16 @@ mod tests {
             !html.contains("Request budget"),
             "not paced: no budget section"
         );
+        // Every view's next run is due (the schedule never puts it in the past).
+        assert_eq!(html.matches("\">now</time>").count(), 3, "{html}");
+    }
+
+    #[test]
+    fn a_next_run_to_come_says_when_and_one_due_says_now() {
+        let now = Utc::now();
+        assert!(next_run(Some(now + chrono::Duration::minutes(5)), now).contains(">in 5 min<"));
+        assert!(next_run(Some(now), now).contains(">now<"));
+        assert_eq!(next_run(None, now), "—");
     }
 
     #[test]
