@@ -214,7 +214,7 @@ pub async fn fleet_state(
     settings: &Settings,
     store: &Store,
 ) -> Result<crate::service::status::FleetState, CliError> {
-    crate::service::status::read_state(settings, store)
+    crate::service::status::read_state(settings, store, None)
         .await
         .map_err(|error| CliError::Store {
             context: "cannot read the sync state",

@@ -2,7 +2,7 @@
 //! script, refreshing every 30 s): what the status page says of the account, with what it
 //! leaves out (why it is unhealthy, deleted users, failures in a row, hydration, whether the
 //! listing resumes, the last error whole), and its latest runs from `sync_runs` with their
-//! counts, requests and errors. Rendering is pure; the handler reads the fleet's state.
+//! counts, requests and errors. Rendering is pure; the handler reads the account's state.
 
 use std::fmt::Write as _;
 
@@ -40,7 +40,7 @@ pub(super) async fn account(State(ops): State<Ops>, Path(id): Path<String>) -> R
     };
     let settings = ops.settings.borrow().clone();
     let read = async {
-        let state = super::status::read_state(&settings, &ops.store).await?;
+        let state = super::status::read_state(&settings, &ops.store, Some(id)).await?;
         let runs = ops.store.recent_runs(id, RUNS_SHOWN).await?;
         Ok::<_, crate::store::StoreError>((state, runs))
     };

@@ -48,7 +48,7 @@ pub(super) async fn status(State(ops): State<Ops>, headers: HeaderMap) -> Respon
         return no;
     }
     let settings = ops.settings.borrow().clone();
-    match super::status::read_state(&settings, &ops.store).await {
+    match super::status::read_state(&settings, &ops.store, None).await {
         Ok(state) => Json(super::status::account_views(&state)).into_response(),
         Err(e) => text(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -62,7 +62,7 @@ pub(super) async fn page(
     };
     let settings = ops.settings.borrow().clone();
     let read = async {
-        let state = super::status::read_state(&settings, &ops.store).await?;
+        let state = super::status::read_state(&settings, &ops.store, None).await?;
         Ok::<_, crate::store::StoreError>((
             state,
             super::status::read_budget(&settings, &ops.store).await?,

@@ -140,7 +140,10 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         ready.tick();
         s.follow_settings();
         let read = async {
-            Ok::<_, StoreError>((s.store.registry().await?, s.store.run_histories().await?))
+            Ok::<_, StoreError>((
+                s.store.registry().await?,
+                s.store.run_histories(None).await?,
+            ))
         };
         let (registry, histories) = match read.await {
             Ok(h) => h,

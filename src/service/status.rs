@@ -34,16 +34,24 @@ pub struct AccountView {
     pub last_error: Option<String>,
 }
 
-/// Reads the fleet's state (read-only).
-pub async fn read_state(settings: &Settings, store: &Store) -> Result<FleetState, StoreError> {
+/// Reads the fleet's state (read-only); given `only`, of that one account (still planned
+/// against the whole registry, which decides its state; empty when it is not in the fleet).
+pub async fn read_state(
+    settings: &Settings,
+    store: &Store,
+    only: Option<Uuid>,
+) -> Result<FleetState, StoreError> {
     let registry = store.registry().await?;
-    let fleet = plan(settings, &registry);
+    let mut fleet = plan(settings, &registry);
+    if let Some(id) = only {
+        fleet.retain(|p| p.id() == id);
+    }
     let known: Vec<(Uuid, Option<String>)> = fleet
         .iter()
         .map(|p| (p.id(), p.account.label.clone()))
         .collect();
-    let rows = store.status(&known).await?;
-    let histories = store.run_histories().await?;
+    let rows = store.status(&known, only).await?;
+    let histories = store.run_histories(only).await?;
     let next = super::next_runs(settings, &fleet, &histories, Utc::now());
     let discovery = store.discovery_state().await?;
     Ok(FleetState {

@@ -394,7 +394,7 @@ async fn the_status_shows_each_accounts_user_counts_as_its_last_run_left_them() 
         let store = env.store.clone();
         async move {
             store
-                .status(&configured)
+                .status(&configured, None)
                 .await
                 .unwrap()
                 .into_iter()
@@ -421,13 +421,28 @@ async fn the_status_shows_each_accounts_user_counts_as_its_last_run_left_them() 
     .unwrap();
     let pending: std::collections::HashMap<_, _> = env
         .store
-        .status(&[(b, None)])
+        .status(&[(b, None)], None)
         .await
         .unwrap()
         .into_iter()
         .map(|r| (r.integrated_account_id, r.hydration_pending))
         .collect();
     assert_eq!((pending[&a], pending[&b]), (2, 0));
+    // One account's read (its page) is that account's row alone, whether or not it is
+    // configured, with its own counts.
+    for (configured, only) in [
+        (vec![(a, None), (b, None)], a),
+        (vec![], a),
+        (vec![(a, None), (b, None)], b),
+    ] {
+        let rows = env.store.status(&configured, Some(only)).await.unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].integrated_account_id, only);
+        assert_eq!(rows[0].hydration_pending, if only == a { 2 } else { 0 });
+    }
+    let histories = env.store.run_histories(Some(b)).await.unwrap();
+    assert!(histories.is_empty(), "b never ran: {histories:?}");
+    assert_eq!(env.store.run_histories(Some(a)).await.unwrap().len(), 1);
 
     // What is read is what the run noted, not a count made on each look ...
     sqlx::query(
