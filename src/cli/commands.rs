@@ -35,17 +35,16 @@ pub async fn open_store(settings: &Settings, access: Access) -> Result<Store, Cl
             error,
         })?;
     let migrate = access == Access::Write && settings.database.migrate;
-    store
-        .prepare(migrate)
-        .await
-        .map_err(|error| CliError::Store {
+    if let Err(error) = store.prepare(migrate).await {
+        return Err(CliError::Store {
             context: if migrate {
                 "cannot apply migrations"
             } else {
                 "the database is not ready"
             },
-            error,
-        })?;
+            error: store.explain(error).await,
+        });
+    }
     Ok(store)
 }
 
@@ -129,12 +128,16 @@ async fn fleet(
     source: &TrutoClient,
     cancel: &CancellationToken,
 ) -> Result<Vec<crate::fleet::Planned>, CliError> {
-    let (fleet, listed) = crate::sync::discovery::refresh_fleet(store, source, settings, cancel)
-        .await
-        .map_err(|error| CliError::Store {
-            context: "cannot read or update the account registry",
-            error,
-        })?;
+    let (fleet, listed) =
+        match crate::sync::discovery::refresh_fleet(store, source, settings, cancel).await {
+            Ok(refreshed) => refreshed,
+            Err(error) => {
+                return Err(CliError::Store {
+                    context: "cannot read or update the account registry",
+                    error: store.explain(error).await,
+                })
+            }
+        };
     if let Some(e) = listed.and_then(|l| l.error) {
         return Err(anyhow::anyhow!("discovery: {e}").into());
     }

@@ -105,6 +105,7 @@ pub async fn share_token_budget(
             match store.budget_holder(&holder, lease).await {
                 Ok(h) => me = Some(h),
                 Err(e) => {
+                    let e = store.explain(e).await;
                     tracing::warn!(error = %e, "cannot join the shared request budget; no requests until it can")
                 }
             }

@@ -44,6 +44,7 @@ pub(super) async fn run(
             Ok(Some(lease)) => lease.release().await,
             Ok(None) => tracing::debug!("another replica is listing the integrated accounts"),
             Err(e) => {
+                let e = store.explain(e).await;
                 tracing::warn!(error = %e, "cannot take the discovery lease; trying again later")
             }
         }

@@ -148,6 +148,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         let (registry, histories) = match read.await {
             Ok(h) => h,
             Err(e) => {
+                let e = s.store.explain(e).await;
                 tracing::error!(error = %e, "cannot read run history; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
@@ -368,6 +369,7 @@ async fn wait_for_database(
             Err(e) => {
                 let wait = policy.delay(attempt, fastrand::f64());
                 attempt += 1;
+                let e = store.explain(e).await;
                 tracing::error!(error = %e, retry_in_secs = wait.as_secs_f64(), "database not ready; waiting");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}

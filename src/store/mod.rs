@@ -76,20 +76,59 @@ pub enum StoreError {
     /// A batch written ahead was rolled back because the batch before it did not commit.
     #[error("rolled back: the batch before it did not commit")]
     PreviousFailed,
+    /// No connection within `database.connect_timeout_secs`, with why ([`Store::explain`]).
+    #[error("no database connection within {waited_secs} s: {why}")]
+    NoConnection { waited_secs: u64, why: NoConnection },
 }
+
+/// Why a pool had no connection to give.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NoConnection {
+    /// Every pooled connection was in use (the pool's size, `database.max_connections`).
+    PoolBusy(u32),
+    /// The server has no connection slot left (SQLSTATE 53300, with its message).
+    SlotsTaken(String),
+    /// The server refused a connection otherwise, or did not answer.
+    Refused(String),
+}
+
+impl std::fmt::Display for NoConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoConnection::PoolBusy(n) => write!(
+                f,
+                "all {n} of this process's pooled connections (database.max_connections) were in use; raise database.max_connections or lower sync.max_concurrent_accounts{KEPT}"
+            ),
+            NoConnection::SlotsTaken(why) => {
+                write!(f, "PostgreSQL refuses new connections ({why}): {TOO_MANY}")
+            }
+            NoConnection::Refused(why) => write!(f, "connecting fails: {why}"),
+        }
+    }
+}
+
+/// What a failed run keeps.
+const KEPT: &str = "; what was committed is kept, and the next run resumes where this one stopped";
+
+/// What to do when the server has no connection slot left (SQLSTATE 53300).
+const TOO_MANY: &str = "its connection slots (max_connections, or a role's or database's CONNECTION LIMIT) are all taken. Each lms-sync process opens up to database.max_connections pooled connections, one more per account it syncs at once (sync.max_concurrent_accounts) and one each for the request budget and discovery: lower those, run fewer replicas, or raise the server's limit";
 
 /// What to do about the database errors an operator can fix, by SQLSTATE (none for others).
 /// Each of them fails the run without losing anything committed: the next run resumes.
-fn advice(e: &sqlx::Error) -> &'static str {
+fn advice(e: &sqlx::Error) -> std::borrow::Cow<'static, str> {
     let sqlx::Error::Database(db) = e else {
-        return "";
+        return "".into();
     };
+    if db.code().as_deref() == Some("53300") {
+        return format!(" (PostgreSQL has no connection slot left: {TOO_MANY})").into();
+    }
     match db.code().as_deref() {
         Some("53100") => " (PostgreSQL is out of disk space: free some or grow its volume; what was committed is kept, and the next run resumes where this one stopped)",
         Some("53200") => " (PostgreSQL is out of memory)",
         Some("25006") => " (the database accepts no writes: a standby, or default_transaction_read_only is on; point database.url at the primary)",
         _ => "",
     }
+    .into()
 }
 
 /// An outcome as stored in SQL: the one place where the store reads the text back.
@@ -106,8 +145,10 @@ impl StoreError {
     /// Serialization failures, deadlocks, and lost or refused connections are worth another try
     /// of the whole transaction; constraint violations and bad SQL are not.
     pub fn is_retryable(&self) -> bool {
-        let StoreError::Db(e) = self else {
-            return false;
+        let e = match self {
+            StoreError::Db(e) => e,
+            StoreError::NoConnection { .. } => return true,
+            _ => return false,
         };
         match e {
             sqlx::Error::Io(_)
@@ -222,8 +263,41 @@ impl Store {
     /// Connects and checks that the database answers.
     pub async fn connect(url: &SecretString, db: &DatabaseSettings) -> Result<Store, StoreError> {
         let store = Self::connect_lazy(url, db)?;
-        sqlx::query("SELECT 1").execute(&store.pool).await?;
+        if let Err(e) = sqlx::query("SELECT 1").execute(&store.pool).await {
+            return Err(store.explain(e.into()).await);
+        }
         Ok(store)
+    }
+
+    /// Says why a pool timed out, which sqlx does not: it retries a server's refusal of new
+    /// connections ("too many clients", SQLSTATE 53300) until the acquire timeout and then
+    /// reports only the timeout, which reads the same as every pooled connection being busy.
+    /// One connection attempt of its own tells the two apart. Other errors are returned as
+    /// they are. For where an error is reported for good (a run's failure, a command's), not
+    /// on the way through retries.
+    pub async fn explain(&self, e: StoreError) -> StoreError {
+        if !matches!(e, StoreError::Db(sqlx::Error::PoolTimedOut)) {
+            return e;
+        }
+        let waited = self.pool.options().get_acquire_timeout();
+        let why = match tokio::time::timeout(waited, self.opts.connect()).await {
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+                NoConnection::PoolBusy(self.pool.options().get_max_connections())
+            }
+            Ok(Err(sqlx::Error::Database(db))) if db.code().as_deref() == Some("53300") => {
+                NoConnection::SlotsTaken(db.message().to_string())
+            }
+            Ok(Err(other)) => NoConnection::Refused(crate::text::error_chain(&other)),
+            Err(_) => NoConnection::Refused(format!(
+                "it did not open within {} s either",
+                waited.as_secs()
+            )),
+        };
+        StoreError::NoConnection {
+            waited_secs: waited.as_secs(),
+            why,
+        }
     }
 
     /// A connection outside the pool, named `application_name` in `pg_stat_activity`, for what

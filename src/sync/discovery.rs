@@ -75,6 +75,7 @@ pub async fn discover(
             out.applied = Some(applied);
         }
         Err(e) => {
+            let e = store.explain(e).await;
             tracing::error!(error = %e, "could not apply the discovery to the registry");
             out.error = Some(e.to_string());
         }

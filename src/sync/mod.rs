@@ -223,7 +223,7 @@ async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
             return out;
         }
         Err(e) => {
-            out.error = Some(e.to_string());
+            out.error = Some(p.store.explain(e).await.to_string());
             out.error_kind = Some(ErrorKind::Database);
             out.elapsed = started.elapsed();
             return out;

@@ -72,7 +72,7 @@ async fn open_run(p: &Pass<'_>, out: &mut SyncOutcome) -> Option<RunStart> {
     let start = match begun {
         Ok(s) => s,
         Err(e) => {
-            out.error = Some(e.to_string());
+            out.error = Some(p.store.explain(e).await.to_string());
             out.error_kind = Some(ErrorKind::Database);
             return None;
         }
@@ -116,6 +116,7 @@ async fn conclude_listing(
             out.delete_guard_tripped =
                 super::sweep::after_listing(p, run_id, &listing, &mut end).await;
         }
+        Err(Stop::Store(e)) => stopped(p, Stop::Store(p.store.explain(e).await), &mut end),
         Err(stop) => stopped(p, stop, &mut end),
     }
     end

@@ -89,7 +89,10 @@ pub(super) async fn after_listing(
         Err(e) => {
             end.outcome = Outcome::Failed;
             end.error_kind = Some(ErrorKind::Database);
-            end.error = Some(format!("deletion sweep failed: {e}"));
+            end.error = Some(format!(
+                "deletion sweep failed: {}",
+                p.store.explain(e).await
+            ));
         }
     }
     false

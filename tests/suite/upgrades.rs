@@ -12,6 +12,11 @@ use uuid::Uuid;
 
 /// Runs the binary with `db` as its database and `args`.
 async fn lms_sync(env: &Env, db: &str, args: &[&str]) -> Output {
+    lms_sync_with(env, db, args, &[]).await
+}
+
+/// [`lms_sync`] with more environment variables.
+async fn lms_sync_with(env: &Env, db: &str, args: &[&str], vars: &[(&str, &str)]) -> Output {
     let cfg = crate::helpers::daemon::config(&env.sim, &[account_id(1)], "1h", 2);
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.env_clear()
@@ -20,6 +25,7 @@ async fn lms_sync(env: &Env, db: &str, args: &[&str]) -> Output {
         .env("LMS_SYNC__DATABASE__URL", db)
         .env("LMS_SYNC__LOG__FORMAT", "pretty")
         .env("NO_COLOR", "1")
+        .envs(vars.iter().copied())
         .args(["--config", cfg.to_str().unwrap()])
         .args(args)
         .kill_on_drop(true);
@@ -205,4 +211,104 @@ async fn a_schema_migrated_by_a_newer_version_stops_older_binaries_unless_marked
     assert_mirror(&env.store, &env.sim, a).await;
     let o = lms_sync(&env, &env.db_url, &["status"]).await;
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Waits until `role` has no session (a process's backends end a moment after it exits).
+async fn wait_for_no_session_of(env: &Env, role: &str) {
+    for _ in 0..500 {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE usename = $1")
+            .bind(role)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+        if n == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("sessions of {role} are still there after 5 s");
+}
+
+async fn limit_connections(env: &Env, role: &str, n: u32) {
+    sqlx::raw_sql(&format!("ALTER ROLE {role} CONNECTION LIMIT {n}"))
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_a_connection_slot_fails_the_sync_saying_so_and_keeps_the_mirror() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 150)]).await;
+    let (service, service_url) = role(&env, "service-role").await;
+    let synced = lms_sync(&env, &service_url, &["--no-migrate", "sync"]).await;
+    assert!(synced.status.success(), "{}", stderr(&synced));
+    // What a server whose max_connections are taken (by other replicas, other applications)
+    // answers: a role's limit gives the same SQLSTATE, 53300, without restarting the cluster.
+    // One slot: the process's first connection takes it, and it needs more.
+    wait_for_no_session_of(&env, &service).await;
+    limit_connections(&env, &service, 1).await;
+    env.sim.delete_user(a, "3");
+    let quick = [
+        ("LMS_SYNC__DATABASE__CONNECT_TIMEOUT_SECS", "1"),
+        ("LMS_SYNC__SYNC__DB_MAX_ATTEMPTS", "1"),
+    ];
+    let out = lms_sync_with(&env, &service_url, &["--no-migrate", "sync"], &quick).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    // sqlx says only that its pool timed out; lms-sync says why, and what to do.
+    assert!(
+        err.contains(&format!("no database connection within 1 s: PostgreSQL refuses new connections (too many connections for role \"{service}\")"))
+            && err.contains("sync.max_concurrent_accounts")
+            && err.contains("raise the server's limit"),
+        "{err}"
+    );
+    assert_eq!(
+        env.store.live_users(a).await.unwrap(),
+        150,
+        "the mirror is kept"
+    );
+}
+
+/// A pool that timed out is told apart: the server refusing connections, or every pooled
+/// connection busy. (What a run records: the lease's connection, then the pool's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_that_timed_out_says_whether_the_server_or_the_pool_had_no_connection() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 10)]).await;
+    let (service, service_url) = role(&env, "service-role").await;
+    let settings = lms_sync::config::DatabaseSettings {
+        max_connections: 1,
+        connect_timeout_secs: 1,
+        ..Default::default()
+    };
+    let store = lms_sync::store::Store::connect(&service_url.clone().into(), &settings)
+        .await
+        .unwrap();
+    // The pool's one connection held: the pool is busy, the server has room.
+    let held = store.pool().acquire().await.unwrap();
+    let busy = store.registry().await.unwrap_err();
+    assert!(busy.to_string().contains("pool timed out"), "{busy}");
+    let busy = store.explain(busy).await.to_string();
+    assert!(
+        busy.starts_with("no database connection within 1 s: all 1 of this process's pooled connections (database.max_connections) were in use"),
+        "{busy}"
+    );
+    drop(held);
+    // The role's one slot is the pool's connection: a lease's finds none.
+    limit_connections(&env, &service, 1).await;
+    let Err(refused) = store.try_lease(a).await else {
+        panic!("a lease beyond the role's connection limit");
+    };
+    let refused = store.explain(refused).await.to_string();
+    assert!(
+        refused.contains("PostgreSQL refuses new connections (too many connections for role"),
+        "{refused}"
+    );
+    // Other errors are told as they are.
+    let other = store
+        .explain(lms_sync::store::StoreError::PreviousFailed)
+        .await;
+    assert!(matches!(other, lms_sync::store::StoreError::PreviousFailed));
+    assert_eq!(store.registry().await.unwrap().len(), 0);
 }
