@@ -405,6 +405,9 @@ pub struct DatabaseSettings {
     /// Create the schema and apply pending migrations at start (needs a role that owns the
     /// schema). Off: only check that `lms-sync migrate` has applied them (DML rights suffice).
     pub migrate: bool,
+    /// How long a migration waits for a table's lock before it gives up (and is tried again):
+    /// while it waits, every other query on that table waits behind it.
+    pub migration_lock_timeout_secs: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -415,6 +418,7 @@ impl Default for DatabaseSettings {
             max_connections: 10,
             connect_timeout_secs: 10,
             migrate: true,
+            migration_lock_timeout_secs: 10,
         }
     }
 }
@@ -755,6 +759,16 @@ mod tests {
                 "[database]\nconnect_timeout_secs = 0\n",
                 "database.connect_timeout_secs",
                 "at least 1",
+            ),
+            (
+                "[database]\nmigration_lock_timeout_secs = 0\n",
+                "database.migration_lock_timeout_secs",
+                "at least 1",
+            ),
+            (
+                "[database]\nmigration_lock_timeout_secs = 86401\n",
+                "database.migration_lock_timeout_secs",
+                "at most 86400",
             ),
             (
                 "[database]\nmax_connections = 4294967295\n",

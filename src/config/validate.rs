@@ -56,6 +56,12 @@ impl Settings {
             1,
             A_DAY,
         )?;
+        check_range(
+            "database.migration_lock_timeout_secs",
+            d.migration_lock_timeout_secs,
+            1,
+            A_DAY,
+        )?;
         if let Some(url) = &d.url {
             let u = url.expose_secret();
             if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {

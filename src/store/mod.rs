@@ -39,7 +39,7 @@ pub use copy::CopyRows;
 pub use lease::{Handover, Lease};
 pub use pages::{Gate, PageResult, PageWrite};
 pub use runs::{RunEnd, RunStart, RunView};
-pub use schema::{SchemaState, MIGRATOR};
+pub use schema::{LockWait, SchemaState, MIGRATOR};
 pub use status::{AccountMetrics, StatusRow};
 pub use sweep::Vanished;
 
@@ -79,6 +79,9 @@ pub enum StoreError {
     /// No connection within `database.connect_timeout_secs`, with why ([`Store::explain`]).
     #[error("no database connection within {waited_secs} s: {why}")]
     NoConnection { waited_secs: u64, why: NoConnection },
+    /// A migration waited `database.migration_lock_timeout_secs` for a lock and gave up.
+    #[error("{0}")]
+    MigrationLocked(LockWait),
 }
 
 /// Why a pool had no connection to give.
@@ -176,6 +179,8 @@ pub struct Store {
     pool: PgPool,
     opts: PgConnectOptions,
     schema: String,
+    /// `database.migration_lock_timeout_secs`.
+    migration_lock_timeout_secs: u64,
     /// Users inserted through this store (all accounts), for [`Store::note_inserted`].
     inserted: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -189,7 +194,8 @@ impl std::fmt::Debug for Store {
 }
 
 /// How lms-sync's connections name themselves in `pg_stat_activity`: the pool's, each held
-/// account lease's (one per account syncing) and the shared request budget's (one per process).
+/// account lease's (one per account syncing), the shared request budget's (one per process)
+/// and, while migrations are applied, the migrating one's.
 /// Every one starts with `lms-sync`, so `application_name LIKE 'lms-sync%'` counts them all.
 pub const POOL_APPLICATION_NAME: &str = "lms-sync";
 /// A session of its own whose end is seen the moment it comes, not at its next query: a
@@ -227,6 +233,7 @@ impl std::ops::DerefMut for Watched {
 }
 
 pub const LEASE_APPLICATION_NAME: &str = "lms-sync lease";
+pub const MIGRATE_APPLICATION_NAME: &str = "lms-sync migrate";
 pub const BUDGET_APPLICATION_NAME: &str = "lms-sync budget";
 
 /// Connect options for `url` with `search_path` set to `schema`.
@@ -256,6 +263,7 @@ impl Store {
             pool,
             opts,
             schema: db.schema.clone(),
+            migration_lock_timeout_secs: db.migration_lock_timeout_secs,
             inserted: Default::default(),
         })
     }

@@ -2,7 +2,13 @@
 //! it (for read-only commands and processes that run with DML rights only), including what a
 //! binary does when a newer one has migrated the database.
 
-use super::{Store, StoreError};
+use std::time::Duration;
+
+use sqlx::migrate::MigrateError;
+use sqlx::postgres::PgConnection;
+use sqlx::{ConnectOptions, Row};
+
+use super::{NoConnection, Store, StoreError, MIGRATE_APPLICATION_NAME};
 use crate::domain::BoxFuture;
 
 /// Every migration this binary knows, embedded at build time.
@@ -115,8 +121,116 @@ impl Store {
         };
         // Newer migrations marked compatible are left as they are.
         migrator.set_ignore_missing(true);
-        migrator.run(&self.pool).await?;
-        Ok(())
+        // On a connection of its own, closed at the end whatever happened: sqlx keeps its
+        // migration lock (a session advisory lock) when a migration fails, which on a pooled
+        // connection would hold up every later attempt, this process's and every other's,
+        // for as long as that connection lived.
+        let waited = self.pool.options().get_acquire_timeout();
+        let opts = self.opts.clone().application_name(MIGRATE_APPLICATION_NAME);
+        let mut conn = match tokio::time::timeout(waited, opts.connect()).await {
+            Ok(conn) => conn?,
+            Err(_) => {
+                return Err(StoreError::NoConnection {
+                    waited_secs: waited.as_secs(),
+                    why: NoConnection::Refused("the migrating connection did not open".into()),
+                })
+            }
+        };
+        let ran = self.run_watched(&migrator, &mut conn).await;
+        let _ = sqlx::Connection::close(conn).await;
+        ran
+    }
+
+    /// Applies `migrator` on `conn` with a lock timeout, and says who held the lock it gave up
+    /// on. Without a timeout an `ALTER TABLE` behind one long transaction (an analyst's open
+    /// session, a report) waits as long as that transaction, and every query on the table,
+    /// older replicas' included, queues behind it: the fleet would stop for a lock.
+    async fn run_watched(
+        &self,
+        migrator: &sqlx::migrate::Migrator,
+        conn: &mut PgConnection,
+    ) -> Result<(), StoreError> {
+        // Through the executor's boxed futures: sqlx's generic query futures on `&mut
+        // PgConnection` are not provably `Send` here (see `migrate`).
+        let pid: i32 = sqlx::Executor::fetch_one(&mut *conn, "SELECT pg_backend_pid()")
+            .await?
+            .try_get(0)?;
+        // A number, bounded by the configuration's check: nothing else is spliced in.
+        let timeout = self.migration_lock_timeout_secs;
+        let set = format!("SET lock_timeout = '{timeout}s'");
+        sqlx::Executor::execute(&mut *conn, set.as_str()).await?;
+        // Who holds what the migration waits for is known only while it waits: looked at
+        // from a pooled connection until it ends (a query per look, only while migrating).
+        let mut seen = None;
+        let ran = {
+            let watch = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Ok(Some(wait)) = self.lock_wait_of(pid).await {
+                        seen = Some(wait);
+                    }
+                }
+            };
+            // Boxed as `Send` for the reason `migrate` is.
+            let run: BoxFuture<'_, Result<(), MigrateError>> =
+                Box::pin(migrator.run_direct(&mut *conn));
+            tokio::select! {
+                ran = run => ran,
+                _ = watch => unreachable!("the watch loops until the migration ends"),
+            }
+        };
+        let Err(e) = ran else {
+            return Ok(());
+        };
+        let Some(migration) = lock_timed_out(&e) else {
+            return Err(e.into());
+        };
+        let (waiting_for, holders) = seen.unwrap_or_default();
+        Err(StoreError::MigrationLocked(LockWait {
+            migration,
+            timeout_secs: timeout,
+            waiting_for,
+            holders,
+        }))
+    }
+
+    /// What backend `pid` waits for (a table's lock, the migration lock) and who holds it; `None`
+    /// when it waits for nothing.
+    async fn lock_wait_of(&self, pid: i32) -> Result<Option<LockHolders>, StoreError> {
+        let waiting_for: Option<String> = sqlx::query_scalar(
+            "SELECT CASE l.locktype
+                        WHEN 'relation' THEN 'a lock on table ' || l.relation::regclass::text
+                        WHEN 'advisory' THEN 'the migration lock (another process is applying migrations)'
+                        ELSE 'a lock (' || l.locktype || ')'
+                    END
+               FROM pg_locks l
+              WHERE l.pid = $1 AND NOT l.granted
+              LIMIT 1",
+        )
+        .bind(pid)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(waiting_for) = waiting_for else {
+            return Ok(None);
+        };
+        // Who, not what: a session's query text is not shown (it may hold personal data);
+        // its pid finds it in pg_stat_activity.
+        let holders: Vec<String> = sqlx::query_scalar(
+            "SELECT format('pid %s (%s)', a.pid, concat_ws(', ',
+                        'user ' || coalesce(a.usename::text, 'unknown'),
+                        'application ' || coalesce(nullif(a.application_name, ''), 'unnamed'),
+                        a.state,
+                        'its transaction open since '
+                            || to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
+                            || ' UTC'))
+               FROM pg_stat_activity a
+              WHERE a.pid = ANY (pg_blocking_pids($1))
+              ORDER BY a.pid",
+        )
+        .bind(pid)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some((waiting_for, holders)))
     }
 
     /// Makes the schema ready for this binary: migrates when `migrate`, otherwise only checks
@@ -132,5 +246,61 @@ impl Store {
     /// True when every migration this binary knows is applied and nothing newer forbids it.
     pub async fn migrations_applied(&self) -> Result<bool, StoreError> {
         Ok(self.schema_state().await?.ready().is_ok())
+    }
+}
+
+/// What a backend waits for, and who holds it.
+type LockHolders = (String, Vec<String>);
+
+/// The migration a lock timeout stopped (`None` before any: the migration lock itself), or
+/// `None` outside when `e` is not a lock timeout.
+fn lock_timed_out(e: &MigrateError) -> Option<Option<i64>> {
+    let (e, migration) = match e {
+        MigrateError::ExecuteMigration(e, version) => (e, Some(*version)),
+        MigrateError::Execute(e) => (e, None),
+        _ => return None,
+    };
+    let lock_not_available =
+        matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"));
+    lock_not_available.then_some(migration)
+}
+
+/// A migration that gave up waiting for a lock: which, for what, and who held it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockWait {
+    /// The migration's version; `None` when it waited for the migration lock itself.
+    pub migration: Option<i64>,
+    pub timeout_secs: u64,
+    /// What it waited for ("a lock on table …", "the migration lock (…)"), as seen while it
+    /// waited (empty if it was never seen waiting).
+    pub waiting_for: String,
+    /// The sessions holding it (or ahead of it in the queue).
+    pub holders: Vec<String>,
+}
+
+impl std::fmt::Display for LockWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.migration {
+            Some(v) => write!(f, "migration {v}")?,
+            None => write!(f, "applying migrations")?,
+        }
+        let waiting_for = match self.waiting_for.as_str() {
+            "" => "a lock",
+            what => what,
+        };
+        write!(
+            f,
+            " gave up after waiting {} s (database.migration_lock_timeout_secs) for {waiting_for}",
+            self.timeout_secs
+        )?;
+        if !self.holders.is_empty() {
+            write!(f, " held by {}", self.holders.join("; "))?;
+        }
+        write!(
+            f,
+            ", so as not to hold up the queries queued behind it; nothing of it was applied. \
+             It is tried again (the service by itself, a command when run again); to let it \
+             through, end those sessions or wait for them"
+        )
     }
 }

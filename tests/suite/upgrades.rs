@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::helpers::daemon::BIN;
 use crate::helpers::*;
 use lms_sync::devkit::simulator::DEMO_TOKEN;
+use lms_sync::store::SchemaState;
 use uuid::Uuid;
 
 /// Runs the binary with `db` as its database and `args`.
@@ -311,4 +312,174 @@ async fn a_pool_that_timed_out_says_whether_the_server_or_the_pool_had_no_connec
         .await;
     assert!(matches!(other, lms_sync::store::StoreError::PreviousFailed));
     assert_eq!(store.registry().await.unwrap().len(), 0);
+}
+
+/// A database whose migrations stop at `last`, as an older release left it.
+async fn migrated_up_to(url: &str, last: i64) {
+    let store = crate::helpers::daemon::store_for(url).await;
+    sqlx::raw_sql("CREATE SCHEMA lms")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let older = sqlx::migrate::Migrator {
+        migrations: lms_sync::store::MIGRATOR
+            .iter()
+            .filter(|m| m.version <= last)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    older.run(store.pool()).await.unwrap();
+}
+
+/// An analyst's session with a transaction left open after reading `sync_state`: it holds
+/// the table's ACCESS SHARE lock until it ends.
+async fn analyst_reading_sync_state(url: &str) -> sqlx::PgConnection {
+    use sqlx::ConnectOptions;
+    let mut conn = url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .application_name("analyst-notebook")
+        .options([("search_path", "lms")])
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; SELECT count(*) FROM sync_state")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+/// The newest migration applied, and whether migration 20's column is there.
+async fn schema_at(store: &lms_sync::store::Store) -> (i64, bool) {
+    let version: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let column: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                         WHERE table_schema = 'lms' AND table_name = 'sync_state'
+                           AND column_name = 'live_user_count')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    (version, column)
+}
+
+/// Migration 20 alters `sync_state`, which every replica and many analysts' queries read.
+/// Behind an open transaction it would wait as long as that transaction, and every query on
+/// the table would queue behind it: it gives up after its lock timeout instead, names who
+/// holds the lock, applies nothing, and goes through when run again after they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_behind_an_open_transaction_gives_up_naming_it_and_goes_through_later() {
+    let env = Env::new(&[(account_id(1), 10)]).await;
+    let url = fresh_database_url().await;
+    migrated_up_to(&url, 19).await;
+    let analyst = analyst_reading_sync_state(&url).await;
+    let quick = [("LMS_SYNC__DATABASE__MIGRATION_LOCK_TIMEOUT_SECS", "1")];
+
+    let out = lms_sync_with(&env, &url, &["migrate"], &quick).await;
+
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("migration 20 gave up after waiting 1 s (database.migration_lock_timeout_secs) for a lock on table sync_state held by pid ")
+            && err.contains("application analyst-notebook, idle in transaction, its transaction open since ")
+            && err.contains("nothing of it was applied"),
+        "{err}"
+    );
+    let store = crate::helpers::daemon::store_for(&url).await;
+    assert_eq!(
+        schema_at(&store).await,
+        (19, false),
+        "nothing of 20 applied"
+    );
+    drop(analyst);
+    let out = lms_sync_with(&env, &url, &["migrate"], &quick).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(schema_at(&store).await, (SchemaState::known(), true));
+}
+
+/// A migration that gave up holds nothing afterwards (sqlx keeps its migration lock when a
+/// migration fails: on a pooled connection it would stop every later attempt); a process
+/// that finds another migrating says so when it gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_that_gave_up_holds_no_lock_and_one_behind_another_says_so() {
+    use lms_sync::store::{LockWait, Store, StoreError};
+    let url = fresh_database_url().await;
+    migrated_up_to(&url, 19).await;
+    let analyst = analyst_reading_sync_state(&url).await;
+    let open = |timeout: u64| {
+        let settings = lms_sync::config::DatabaseSettings {
+            migration_lock_timeout_secs: timeout,
+            ..Default::default()
+        };
+        let url = url.clone();
+        async move { Store::connect(&url.into(), &settings).await.unwrap() }
+    };
+    let (first, second) = (open(5).await, open(1).await);
+    let observer = crate::helpers::daemon::store_for(&url).await;
+
+    // The first waits for the table, holding the migration lock; the second waits for that.
+    let waiting = {
+        let first = first.clone();
+        tokio::spawn(async move { first.prepare(true).await })
+    };
+    for tries in 0.. {
+        assert!(tries < 500, "the first never waited for the table");
+        let on_table: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+              WHERE a.datname = current_database() AND a.application_name LIKE 'lms-sync%'
+                AND l.locktype = 'relation' AND NOT l.granted",
+        )
+        .fetch_one(observer.pool())
+        .await
+        .unwrap();
+        if on_table == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let behind = second.prepare(true).await.unwrap_err();
+    let StoreError::MigrationLocked(LockWait {
+        migration: None,
+        timeout_secs: 1,
+        waiting_for,
+        holders,
+    }) = &behind
+    else {
+        panic!("{behind}");
+    };
+    assert_eq!(
+        waiting_for,
+        "the migration lock (another process is applying migrations)"
+    );
+    assert!(
+        holders.len() == 1 && holders[0].contains("application lms-sync"),
+        "{holders:?}"
+    );
+    let gave_up = waiting.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&gave_up, StoreError::MigrationLocked(w) if w.migration == Some(20) && w.waiting_for == "a lock on table sync_state" && w.holders.len() == 1 && w.holders[0].contains("analyst-notebook")),
+        "{gave_up}"
+    );
+
+    // Nothing is left holding a lock (the first process is still there, its pool too): once
+    // the analyst is done, the next attempt goes through.
+    let advisory: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks
+          WHERE locktype = 'advisory'
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(observer.pool())
+    .await
+    .unwrap();
+    assert_eq!(advisory, 0, "the migration lock is still held");
+    drop(analyst);
+    second.prepare(true).await.unwrap();
+    assert_eq!(schema_at(&observer).await, (SchemaState::known(), true));
+    first.prepare(true).await.unwrap();
 }
