@@ -122,16 +122,13 @@ fn advice(e: &sqlx::Error) -> std::borrow::Cow<'static, str> {
     let sqlx::Error::Database(db) = e else {
         return "".into();
     };
-    if db.code().as_deref() == Some("53300") {
-        return format!(" (PostgreSQL has no connection slot left: {TOO_MANY})").into();
-    }
     match db.code().as_deref() {
-        Some("53100") => " (PostgreSQL is out of disk space: free some or grow its volume; what was committed is kept, and the next run resumes where this one stopped)",
-        Some("53200") => " (PostgreSQL is out of memory)",
-        Some("25006") => " (the database accepts no writes: a standby, or default_transaction_read_only is on; point database.url at the primary)",
-        _ => "",
+        Some("53300") => format!(" (PostgreSQL has no connection slot left: {TOO_MANY})").into(),
+        Some("53100") => format!(" (PostgreSQL is out of disk space: free some or grow its volume{KEPT})").into(),
+        Some("53200") => " (PostgreSQL is out of memory)".into(),
+        Some("25006") => " (the database accepts no writes: a standby, or default_transaction_read_only is on; point database.url at the primary)".into(),
+        _ => "".into(),
     }
-    .into()
 }
 
 /// An outcome as stored in SQL: the one place where the store reads the text back.
@@ -281,8 +278,8 @@ impl Store {
     /// connections ("too many clients", SQLSTATE 53300) until the acquire timeout and then
     /// reports only the timeout, which reads the same as every pooled connection being busy.
     /// One connection attempt of its own tells the two apart. Other errors are returned as
-    /// they are. For where an error is reported for good (a run's failure, a command's), not
-    /// on the way through retries.
+    /// they are. For where an error is reported (a run's failure, a command's, the log line of
+    /// a loop that tries again), not inside retries that report it when they give up.
     pub async fn explain(&self, e: StoreError) -> StoreError {
         if !matches!(e, StoreError::Db(sqlx::Error::PoolTimedOut)) {
             return e;

@@ -116,14 +116,13 @@ async fn conclude_listing(
             out.delete_guard_tripped =
                 super::sweep::after_listing(p, run_id, &listing, &mut end).await;
         }
-        Err(Stop::Store(e)) => stopped(p, Stop::Store(p.store.explain(e).await), &mut end),
-        Err(stop) => stopped(p, stop, &mut end),
+        Err(stop) => stopped(p, stop, &mut end).await,
     }
     end
 }
 
 /// How a listing that stopped early ends the run.
-fn stopped(p: &Pass<'_>, stop: Stop, end: &mut RunEnd) {
+async fn stopped(p: &Pass<'_>, stop: Stop, end: &mut RunEnd) {
     end.deletions_skipped_reason = Some("the listing did not complete".into());
     end.outcome = Outcome::Failed;
     match stop {
@@ -150,7 +149,7 @@ fn stopped(p: &Pass<'_>, stop: Stop, end: &mut RunEnd) {
         }
         Stop::Store(e) => {
             end.error_kind = Some(ErrorKind::Database);
-            end.error = Some(e.to_string());
+            end.error = Some(p.store.explain(e).await.to_string());
         }
         Stop::Listing(m) => {
             end.error_kind = Some(ErrorKind::Listing);
