@@ -23,7 +23,7 @@ use crate::fleet::{plan, Gate, Planned};
 use crate::metrics::Metrics;
 use crate::schedule::{next_run, RunHistory};
 use crate::source::TrutoClient;
-use crate::store::{Store, StoreError};
+use crate::store::{LockWait, Store, StoreError};
 use crate::sync::{sync_account, PassStatus, Progress, SyncOptions};
 
 use super::{Live, Readiness};
@@ -366,6 +366,16 @@ async fn wait_for_database(
                 return Ok(true);
             }
             Err(e @ StoreError::Incompatible(_)) => return Err(e),
+            Err(StoreError::MigrationLocked(w))
+                if store.lock_holders_remain(&w).await.ok().flatten() == Some(true) =>
+            {
+                // Trying again while they are open would only hold up the table's queries for
+                // another lock timeout each time: wait for them to end, then try at once.
+                tracing::error!(error = %w, "database not ready; waiting for the sessions holding the lock to end");
+                if !wait_for_lock_holders(store, &w, cancel).await {
+                    return Ok(false);
+                }
+            }
             Err(e) => {
                 let wait = policy.delay(attempt, fastrand::f64());
                 attempt += 1;
@@ -379,3 +389,25 @@ async fn wait_for_database(
         }
     }
 }
+
+/// Waits until the transactions that held up a migration have ended (looked at every second,
+/// without queueing for the lock), for at most [`LOCK_HOLDERS_PATIENCE`]: then the migration
+/// is tried again whatever they show. False when cancelled.
+async fn wait_for_lock_holders(store: &Store, w: &LockWait, cancel: &CancellationToken) -> bool {
+    let deadline = tokio::time::Instant::now() + LOCK_HOLDERS_PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = cancel.cancelled() => return false,
+        }
+        if store.lock_holders_remain(w).await.ok().flatten() != Some(true) {
+            tracing::info!("the sessions holding up the migration have ended; migrating again");
+            return true;
+        }
+    }
+    true
+}
+
+/// The longest a migration that gave up on a lock waits for its holders before trying again
+/// anyway (one lock timeout of held-up queries per this, should something be missed).
+const LOCK_HOLDERS_PATIENCE: Duration = Duration::from_secs(600);

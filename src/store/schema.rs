@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::migrate::MigrateError;
 use sqlx::postgres::PgConnection;
 use sqlx::{ConnectOptions, Row};
@@ -185,12 +186,13 @@ impl Store {
         let Some(migration) = lock_timed_out(&e) else {
             return Err(e.into());
         };
-        let (waiting_for, holders) = seen.unwrap_or_default();
+        let (waiting_for, holders, transactions) = seen.unwrap_or_default();
         Err(StoreError::MigrationLocked(LockWait {
             migration,
             timeout_secs: timeout,
             waiting_for,
             holders,
+            transactions,
         }))
     }
 
@@ -215,8 +217,8 @@ impl Store {
         };
         // Who, not what: a session's query text is not shown (it may hold personal data);
         // its pid finds it in pg_stat_activity.
-        let holders: Vec<String> = sqlx::query_scalar(
-            "SELECT format('pid %s (%s)', a.pid, concat_ws(', ',
+        let holders: Vec<(i32, Option<DateTime<Utc>>, String)> = sqlx::query_as(
+            "SELECT a.pid, a.xact_start, format('pid %s (%s)', a.pid, concat_ws(', ',
                         'user ' || coalesce(a.usename::text, 'unknown'),
                         'application ' || coalesce(nullif(a.application_name, ''), 'unnamed'),
                         a.state,
@@ -230,7 +232,33 @@ impl Store {
         .bind(pid)
         .fetch_all(&self.pool)
         .await?;
-        Ok(Some((waiting_for, holders)))
+        let transactions = holders.iter().map(|(p, x, _)| (*p, *x)).collect();
+        let holders = holders.into_iter().map(|(_, _, h)| h).collect();
+        Ok(Some((waiting_for, holders, transactions)))
+    }
+
+    /// Whether any of the transactions that held up `wait` is still open. Reads only
+    /// `pg_stat_activity`: it queues behind no lock. `None` when there is nothing to look
+    /// at (no holder seen, or one this cannot follow: a prepared transaction has no session).
+    pub async fn lock_holders_remain(&self, wait: &LockWait) -> Result<Option<bool>, StoreError> {
+        let followed =
+            !wait.transactions.is_empty() && wait.transactions.iter().all(|(p, _)| *p != 0);
+        if !followed {
+            return Ok(None);
+        }
+        let (pids, starts): (Vec<i32>, Vec<Option<DateTime<Utc>>>) =
+            wait.transactions.iter().copied().unzip();
+        let remain: bool = sqlx::query_scalar(
+            "SELECT EXISTS (
+                 SELECT 1 FROM pg_stat_activity a
+                   JOIN unnest($1::int[], $2::timestamptz[]) AS h (pid, xact_start)
+                     ON a.pid = h.pid AND a.xact_start IS NOT DISTINCT FROM h.xact_start)",
+        )
+        .bind(pids)
+        .bind(starts)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Some(remain))
     }
 
     /// Makes the schema ready for this binary: migrates when `migrate`, otherwise only checks
@@ -249,8 +277,8 @@ impl Store {
     }
 }
 
-/// What a backend waits for, and who holds it.
-type LockHolders = (String, Vec<String>);
+/// What a backend waits for, who holds it (described), and their transactions (pid and start).
+type LockHolders = (String, Vec<String>, Vec<(i32, Option<DateTime<Utc>>)>);
 
 /// The migration a lock timeout stopped (`None` before any: the migration lock itself), or
 /// `None` outside when `e` is not a lock timeout.
@@ -276,6 +304,9 @@ pub struct LockWait {
     pub waiting_for: String,
     /// The sessions holding it (or ahead of it in the queue).
     pub holders: Vec<String>,
+    /// Those sessions' transactions as pid and start (pid 0: a prepared transaction), to
+    /// tell when they have ended without queueing for the lock again.
+    pub transactions: Vec<(i32, Option<DateTime<Utc>>)>,
 }
 
 impl std::fmt::Display for LockWait {

@@ -449,6 +449,7 @@ async fn a_migration_that_gave_up_holds_no_lock_and_one_behind_another_says_so()
         timeout_secs: 1,
         waiting_for,
         holders,
+        ..
     }) = &behind
     else {
         panic!("{behind}");
@@ -482,4 +483,95 @@ async fn a_migration_that_gave_up_holds_no_lock_and_one_behind_another_says_so()
     second.prepare(true).await.unwrap();
     assert_eq!(schema_at(&observer).await, (SchemaState::known(), true));
     first.prepare(true).await.unwrap();
+}
+
+/// The service does not try a migration again while the transaction that held it up is still
+/// open (each try would hold up every query on the table for another lock timeout): it looks
+/// at that transaction without queueing for the lock, and migrates as soon as it has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_waits_for_the_transaction_holding_up_a_migration_and_then_migrates() {
+    use crate::helpers::daemon;
+    let env = Env::new(&[(account_id(1), 10)]).await;
+    let url = fresh_database_url().await;
+    migrated_up_to(&url, 19).await;
+    let analyst = analyst_reading_sync_state(&url).await;
+    let cfg = daemon::config(&env.sim, &[account_id(1)], "1h", 2);
+    let mut service = daemon::spawn_env(
+        &cfg,
+        &url,
+        &[],
+        &[
+            ("TRUTO_API_TOKEN", DEMO_TOKEN),
+            ("LMS_SYNC__DATABASE__MIGRATION_LOCK_TIMEOUT_SECS", "1"),
+        ],
+    );
+
+    let gave_up = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(60), service.events.recv())
+            .await
+            .expect("the migration gave up within a minute")
+            .expect("the service is running");
+        if ev["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("database not ready"))
+        {
+            break ev;
+        }
+    };
+    assert_eq!(
+        gave_up["fields"]["message"],
+        "database not ready; waiting for the sessions holding the lock to end"
+    );
+    let error = gave_up["fields"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("migration 20 gave up") && error.contains("application analyst-notebook"),
+        "{gave_up}"
+    );
+    // The analyst stays a while longer (3 s, three lock timeouts): meanwhile no lms-sync
+    // session waits for a lock, so nothing queues the analysts' and replicas' queries.
+    let observer = daemon::store_for(&url).await;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let queued: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+              WHERE a.datname = current_database() AND a.application_name LIKE 'lms-sync%'
+                AND NOT l.granted",
+        )
+        .fetch_one(observer.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            queued, 0,
+            "the service queued for the lock while it was held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(analyst);
+
+    let mut seen = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(60), service.events.recv())
+            .await
+            .expect("migrated within a minute of the analyst leaving")
+            .expect("the service is running");
+        let msg = ev["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if msg == "database reachable; migrations applied" {
+            break;
+        }
+        seen.push(msg);
+    }
+    assert!(
+        !seen.iter().any(|m| m.starts_with("database not ready")),
+        "tried again while the lock was held: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|m| m == "the sessions holding up the migration have ended; migrating again"),
+        "{seen:?}"
+    );
+    assert_eq!(schema_at(&observer).await, (SchemaState::known(), true));
+    assert_eq!(service.terminate().await, 0);
 }
