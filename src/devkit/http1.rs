@@ -1,6 +1,6 @@
-//! A minimal HTTP/1.1 server side, shared by the simulator and the operations endpoints: parse
-//! a request head, write a response head. Enough for GET on loopback; deliberately no framework,
-//! so that the simulator can misbehave at the byte level.
+//! A minimal HTTP/1.1 server side for the simulator: parse a request head, write a response
+//! head. Enough for GET on loopback; deliberately no framework, so that the simulator can
+//! misbehave at the byte level.
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -28,6 +28,8 @@ pub async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<R
 pub struct Request {
     pub method: String,
     pub path: String,
+    /// The request target's length in bytes (path and query).
+    pub target_len: usize,
     pub query: Vec<(String, String)>,
     pub authorization: Option<String>,
 }
@@ -50,6 +52,7 @@ pub fn parse_request(buf: &[u8]) -> Option<(Request, usize)> {
         Request {
             method: req.method?.to_string(),
             path: url.path().to_string(),
+            target_len: target.len(),
             query: url
                 .query_pairs()
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -69,6 +72,7 @@ pub fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
+        414 => "URI Too Long",
         422 => "Unprocessable Entity",
         429 => "Too Many Requests",
         500 => "Internal Server Error",

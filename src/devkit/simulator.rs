@@ -985,6 +985,9 @@ fn stats_reply(s: &State, req: &Request) -> Reply {
     }))
 }
 
+/// The longest request target (path and query) answered; a longer one gets 414.
+pub const MAX_TARGET_LEN: usize = 8 * 1024;
+
 fn route(s: &mut State, req: &Request) -> Reply {
     if req.path == STATS_PATH {
         return stats_reply(s, req);
@@ -1082,6 +1085,10 @@ fn admit(s: &mut State, account: Option<Uuid>) -> Option<Reply> {
 fn route_inner(s: &mut State, req: &Request) -> Reply {
     if req.method != "GET" {
         return error_reply(405, "only GET is supported", false, None);
+    }
+    // As a web server in front of the API does (nginx's default buffer for a request line).
+    if req.target_len > MAX_TARGET_LEN {
+        return error_reply(414, "request URI too long", false, None);
     }
     if req.path.starts_with("/integrated-account") {
         return integrated_reply(s, req);

@@ -387,7 +387,9 @@ pub(super) fn source_stop(f: Failed) -> Stop {
     }
 }
 
-/// A 4xx other than auth/scope/blocked answering a resumed cursor means the cursor expired.
+/// A 4xx other than auth/scope/blocked answering a resumed cursor means the cursor expired, or
+/// cannot be sent at all (414: longer than the server takes in a URL; kept, it would fail every
+/// later run until `reset-cursor`).
 fn stale_cursor(e: &SourceError) -> bool {
-    matches!(e, SourceError::Status { status, .. } if matches!(*status, 400 | 404 | 410 | 422))
+    matches!(e, SourceError::Status { status, .. } if matches!(*status, 400 | 404 | 410 | 414 | 422))
 }

@@ -889,6 +889,45 @@ async fn an_expired_cursor_restarts_the_listing_from_the_first_page() {
     );
 }
 
+/// A saved cursor longer than the server takes in a URL (a vendor's runaway cursor, a bad
+/// edit) is answered 414: the listing starts again from the first page instead of failing
+/// every later run until `accounts reset-cursor`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_cursor_too_long_for_a_url_restarts_the_listing_from_the_first_page() {
+    let a = account_id(1);
+    let mut env = Env::new(&[(a, 600)]).await;
+    env.settings.sync.batch_fill_ms = 0;
+    env.sim.set_latency(Duration::from_millis(30));
+    let token = CancellationToken::new();
+    let stop = CancelAfter {
+        after: 2,
+        token: token.clone(),
+        pages: AtomicU64::new(0),
+    };
+    let o = env.sync_with(&env.account(a), &token, &stop).await;
+    assert_eq!(finished(&o), Outcome::Interrupted);
+    let long = "c".repeat(lms_sync::devkit::simulator::MAX_TARGET_LEN + 1);
+    let saved = sqlx::query(
+        "UPDATE sync_state SET cursor = $2 WHERE integrated_account_id = $1 AND cursor IS NOT NULL",
+    )
+    .bind(a)
+    .bind(&long)
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        saved.rows_affected(),
+        1,
+        "the interrupted run left a cursor"
+    );
+
+    let o = env.sync(a).await;
+
+    assert!(o.succeeded(), "{:?}", o.error);
+    assert!(!o.resumed, "the listing restarted, so it is complete");
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
 /// A run's (http_requests, retries) as `sync_runs` has them.
 async fn run_requests(env: &Env, run_id: i64) -> (i64, i64) {
     sqlx::query_as("SELECT http_requests, retries FROM sync_runs WHERE run_id = $1")
