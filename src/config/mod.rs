@@ -408,6 +408,11 @@ pub struct DatabaseSettings {
     /// How long a migration waits for a table's lock before it gives up (and is tried again):
     /// while it waits, every other query on that table waits behind it.
     pub migration_lock_timeout_secs: u64,
+    /// How long a session of lms-sync may wait for a lock another session holds (a DBA's
+    /// `CREATE INDEX`, an analyst's `LOCK TABLE` or open `SELECT … FOR UPDATE`) before the
+    /// service logs it, shows it on the status page and counts it in
+    /// `lms_sync_database_lock_wait_seconds`.
+    pub lock_wait_warn_secs: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -419,6 +424,7 @@ impl Default for DatabaseSettings {
             connect_timeout_secs: 10,
             migrate: true,
             migration_lock_timeout_secs: 10,
+            lock_wait_warn_secs: 30,
         }
     }
 }
@@ -769,6 +775,11 @@ mod tests {
                 "[database]\nmigration_lock_timeout_secs = 86401\n",
                 "database.migration_lock_timeout_secs",
                 "at most 86400",
+            ),
+            (
+                "[database]\nlock_wait_warn_secs = 0\n",
+                "database.lock_wait_warn_secs",
+                "at least 1",
             ),
             (
                 "[database]\nmax_connections = 4294967295\n",

@@ -62,6 +62,12 @@ impl Settings {
             1,
             A_DAY,
         )?;
+        check_range(
+            "database.lock_wait_warn_secs",
+            d.lock_wait_warn_secs,
+            1,
+            A_DAY,
+        )?;
         if let Some(url) = &d.url {
             let u = url.expose_secret();
             if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 
 use super::ops::{text, Ops};
 use super::status::{AccountView, BudgetSection};
-use crate::store::ShareView;
+use crate::store::{SessionLockWait, ShareView};
 
 /// A mirror older than this needs attention (the stale-mirror alert's threshold).
 const STALE_HOURS: i64 = 26;
@@ -63,13 +63,18 @@ pub(super) async fn page(
     let settings = ops.settings.borrow().clone();
     let read = async {
         let state = super::status::read_state(&settings, &ops.store, None).await?;
+        let waits = ops
+            .store
+            .lock_waits(settings.database.lock_wait_warn_secs as f64)
+            .await?;
         Ok::<_, crate::store::StoreError>((
             state,
             super::status::read_budget(&settings, &ops.store).await?,
+            waits,
         ))
     };
     match read.await {
-        Ok((state, budget)) => {
+        Ok((state, budget, waits)) => {
             let views = super::status::account_views(&state);
             let discovery = settings
                 .discovery
@@ -79,6 +84,7 @@ pub(super) async fn page(
                 &views,
                 budget.as_ref(),
                 discovery.as_ref(),
+                &waits,
                 Utc::now(),
                 &query,
             );
@@ -345,6 +351,23 @@ fn discovery_section(s: &mut String, d: &DiscoveryView, now: DateTime<Utc>) {
     }
 }
 
+/// Sessions of lms-sync waiting for a lock another session holds (longer than
+/// `database.lock_wait_warn_secs`): the syncs behind them stand still until it is released.
+fn lock_wait_section(s: &mut String, waits: &[SessionLockWait]) {
+    if waits.is_empty() {
+        return;
+    }
+    s.push_str(
+        "<p class=\"note why\">Sessions of lms-sync are waiting for a database lock another \
+         session holds; what they write stands still until it is released (they are not \
+         cancelled):</p><ul class=\"note\">",
+    );
+    for w in waits {
+        let _ = write!(s, "<li>{}</li>", escape(&w.to_string()));
+    }
+    s.push_str("</ul>");
+}
+
 /// What each rank of [`attention`] counts as, in the summary.
 const RANKS: [&str; 5] = [
     "cannot be synced",
@@ -366,6 +389,7 @@ pub fn render(
     views: &[AccountView],
     budget: Option<&BudgetSection>,
     discovery: Option<&DiscoveryView>,
+    lock_waits: &[SessionLockWait],
     now: DateTime<Utc>,
     query: &PageQuery,
 ) -> String {
@@ -420,10 +444,14 @@ pub fn render(
             s.push_str("<span class=\"pill bad\">retire guard holding</span>");
         }
     }
+    if !lock_waits.is_empty() {
+        s.push_str("<span class=\"pill bad\">waiting for a database lock</span>");
+    }
     s.push_str("</div>");
     if let Some(d) = discovery {
         discovery_section(&mut s, d, now);
     }
+    lock_wait_section(&mut s, lock_waits);
     let _ = write!(
         s,
         "<form class=\"search\" method=\"get\" role=\"search\">\
@@ -545,6 +573,7 @@ mod tests {
             &[view(1, "Alpha"), stale, reauth],
             None,
             None,
+            &[],
             now,
             &PageQuery::default(),
         );
@@ -580,6 +609,7 @@ mod tests {
             &[view(1, "Alpha")],
             Some(&b),
             None,
+            &[],
             now,
             &PageQuery::default(),
         );
@@ -596,7 +626,7 @@ mod tests {
             view: BudgetView::default(),
             ..b
         };
-        let html = render(&[], Some(&empty), None, now, &PageQuery::default());
+        let html = render(&[], Some(&empty), None, &[], now, &PageQuery::default());
         assert!(html.contains("No process holds a share yet."), "{html}");
         assert!(html.contains("0 held by 0 processes, 0 hot"), "{html}");
     }
@@ -652,7 +682,7 @@ mod tests {
         views[248].last_error = Some("HTTP 500".into());
         views[249].last_success = None;
         views[0].state = "paused".into();
-        let html = render(&views, None, None, now, &PageQuery::default());
+        let html = render(&views, None, None, &[], now, &PageQuery::default());
         assert_eq!(account_rows(&html), SHOWN, "{html}");
         let first = [&views[247], &views[248], &views[249]].map(|v| {
             html.find(v.label.as_deref().unwrap())
@@ -679,7 +709,7 @@ mod tests {
             "no stale account"
         );
 
-        let html = render(&views, None, None, now, &ask(None, true));
+        let html = render(&views, None, None, &[], now, &ask(None, true));
         assert_eq!(account_rows(&html), 250);
         assert!(
             !html.contains("Show all") && !html.contains("showing"),
@@ -694,7 +724,7 @@ mod tests {
             .map(|n| view(n, &format!("School {n:03}")))
             .collect();
         views[41].label = Some("ACME <Academy> & Co".into());
-        let by = |q: &str| render(&views, None, None, now, &ask(Some(q), false));
+        let by = |q: &str| render(&views, None, None, &[], now, &ask(Some(q), false));
 
         let html = by("  acme ");
         assert_eq!(account_rows(&html), 1);
@@ -725,7 +755,7 @@ mod tests {
             html.contains("<a href=\"?q=School&amp;all=true\">Show all 299</a>"),
             "{html}"
         );
-        let html = render(&views, None, None, now, &ask(Some("School"), true));
+        let html = render(&views, None, None, &[], now, &ask(Some("School"), true));
         assert_eq!(account_rows(&html), 299);
         // A blank search is no search.
         assert_eq!(account_rows(&by("   ")), SHOWN);
@@ -740,11 +770,19 @@ mod tests {
                 &[view(1, "Alpha")],
                 None,
                 Some(d),
+                &[],
                 now,
                 &PageQuery::default(),
             )
         };
-        let none = render(&[view(1, "Alpha")], None, None, now, &PageQuery::default());
+        let none = render(
+            &[view(1, "Alpha")],
+            None,
+            None,
+            &[],
+            now,
+            &PageQuery::default(),
+        );
         assert!(!none.contains("discovered"), "discovery off: no line");
         assert!(with(&DiscoveryView::default()).contains("none is done yet"));
 
@@ -775,11 +813,47 @@ mod tests {
         assert!(html.contains("were not retired: 3 of 4 accounts are gone"));
     }
 
+    #[test]
+    fn a_session_waiting_for_a_lock_is_shown_with_who_holds_it_escaped() {
+        let now = Utc::now();
+        let wait = SessionLockWait {
+            pid: 41,
+            application: "lms-sync".into(),
+            since: now - chrono::Duration::seconds(75),
+            waited_secs: 75.4,
+            waiting_for: "a lock on table users".into(),
+            holders: vec!["pid 42 (user dba, application <psql>, active)".into()],
+        };
+        let html = render(
+            &[view(1, "Alpha")],
+            None,
+            None,
+            &[wait],
+            now,
+            &PageQuery::default(),
+        );
+        assert!(html.contains("<span class=\"pill bad\">waiting for a database lock</span>"));
+        assert!(
+            html.contains("<li>pid 41 (lms-sync) has waited 75 s for a lock on table users held by pid 42 (user dba, application &lt;psql&gt;, active)</li>"),
+            "{html}"
+        );
+        let calm = render(
+            &[view(1, "Alpha")],
+            None,
+            None,
+            &[],
+            now,
+            &PageQuery::default(),
+        );
+        assert!(!calm.contains("database lock"), "{calm}");
+    }
+
     fn html_of(b: &BudgetSection, now: DateTime<Utc>) -> String {
         render(
             &[view(1, "Alpha")],
             Some(b),
             None,
+            &[],
             now,
             &PageQuery::default(),
         )

@@ -126,6 +126,12 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         shown: HashMap::new(),
         done_tx,
     };
+    s.tracker.spawn(super::lock_watch::run(
+        s.store.clone(),
+        live.clone(),
+        s.metrics.clone(),
+        s.root.clone(),
+    ));
     if s.settings.discovery.enabled {
         s.tracker.spawn(super::discovery::run(
             s.store.clone(),

@@ -1,8 +1,9 @@
 //! The PostgreSQL store: the only part that holds SQL. It owns the pool and the migrations;
-//! each subject has a file: leases (`lease`), runs and their state (`runs`), a batch of pages in
-//! one transaction (`pages`), users and their children (`users`), COPY (`copy`), deletions
-//! (`sweep`), change history (`history`), hydration (`hydration`), and what the scheduler and
-//! `status` read (`status`). It never imports `source` or `sync`: it is told what to write.
+//! each subject has a file: leases (`lease`), lock waits (`locks`), runs and their state
+//! (`runs`), a batch of pages in one transaction (`pages`), users and their children (`users`),
+//! COPY (`copy`), deletions (`sweep`), change history (`history`), hydration (`hydration`), and
+//! what the scheduler and `status` read (`status`). It never imports `source` or `sync`: it is
+//! told what to write.
 //!
 //! Queries are runtime-checked (`sqlx::query`, not `query!`): the schema name is chosen at run
 //! time, and every statement here runs in the integration tests. Values always travel as bind
@@ -14,6 +15,7 @@ mod copy;
 mod history;
 mod hydration;
 mod lease;
+mod locks;
 mod maintenance;
 mod pages;
 mod runs;
@@ -37,6 +39,7 @@ pub use budget::{
 };
 pub use copy::CopyRows;
 pub use lease::{Handover, Lease};
+pub use locks::SessionLockWait;
 pub use pages::{Gate, PageResult, PageWrite};
 pub use runs::{RunEnd, RunStart, RunView};
 pub use schema::{LockWait, SchemaState, MIGRATOR};

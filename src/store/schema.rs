@@ -9,6 +9,7 @@ use sqlx::migrate::MigrateError;
 use sqlx::postgres::PgConnection;
 use sqlx::{ConnectOptions, Row};
 
+use super::locks::HOLDER;
 use super::{NoConnection, Store, StoreError, MIGRATE_APPLICATION_NAME};
 use crate::domain::BoxFuture;
 
@@ -217,18 +218,12 @@ impl Store {
         };
         // Who, not what: a session's query text is not shown (it may hold personal data);
         // its pid finds it in pg_stat_activity.
-        let holders: Vec<(i32, Option<DateTime<Utc>>, String)> = sqlx::query_as(
-            "SELECT a.pid, a.xact_start, format('pid %s (%s)', a.pid, concat_ws(', ',
-                        'user ' || coalesce(a.usename::text, 'unknown'),
-                        'application ' || coalesce(nullif(a.application_name, ''), 'unnamed'),
-                        a.state,
-                        'its transaction open since '
-                            || to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
-                            || ' UTC'))
+        let holders: Vec<(i32, Option<DateTime<Utc>>, String)> = sqlx::query_as(&format!(
+            "SELECT a.pid, a.xact_start, {HOLDER}
                FROM pg_stat_activity a
               WHERE a.pid = ANY (pg_blocking_pids($1))
-              ORDER BY a.pid",
-        )
+              ORDER BY a.pid"
+        ))
         .bind(pid)
         .fetch_all(&self.pool)
         .await?;

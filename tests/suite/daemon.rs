@@ -505,3 +505,93 @@ async fn an_account_needing_reauth_is_marked_probed_hours_apart_and_picked_up_on
     assert_mirror(&env.store, &env.sim, b).await;
     assert_mirror(&env.store, &env.sim, a).await;
 }
+
+/// The value of the unlabelled gauge `name` in a /metrics text.
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    let prefix = format!("{name}{{}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls `base` + `path` until `done` holds for its body (within 30 s), and returns that body.
+async fn poll_until(base: &str, path: &str, done: impl Fn(&str) -> bool) -> String {
+    // Before the daemon's own client may have installed it.
+    lms_sync::install_crypto_provider();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get(&format!("{base}{path}")).await;
+        if status == 200 && done(&body) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} did not show it within 30 s:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A DBA's `LOCK TABLE` (or a `CREATE INDEX` without CONCURRENTLY) holds up the sync's writes
+/// for as long as it lasts. The run is not cancelled, but the wait no longer goes unseen: the
+/// status page says who holds the lock and the gauge counts the seconds; once the lock is
+/// released the run finishes and the mirror is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_held_up_by_a_lock_shows_who_holds_it_until_it_is_released() {
+    use sqlx::ConnectOptions;
+    let a = account_id(1);
+    let env = Env::new(&[(a, 300)]).await;
+    let mut settings = daemon_settings(&env, "6h");
+    settings.database.lock_wait_warn_secs = 1;
+    let mut dba = env
+        .db_url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .application_name("dba-reindex")
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!(
+        "BEGIN; LOCK TABLE \"{}\".users IN SHARE MODE",
+        settings.database.schema
+    ))
+    .execute(&mut dba)
+    .await
+    .unwrap();
+    let (daemon, stop, mut rx, base) = serve_daemon(settings).await;
+
+    let page = poll_until(&base, "/", |b| b.contains("waiting for a database lock")).await;
+    assert!(
+        page.contains("users held by pid ") && page.contains("application dba-reindex"),
+        "{page}"
+    );
+    let metrics = poll_until(&base, "/metrics", |m| {
+        gauge(m, "lms_sync_database_lock_wait_seconds").is_some_and(|s| s >= 1.0)
+    })
+    .await;
+    assert!(metrics.contains("# TYPE lms_sync_database_lock_wait_seconds gauge"));
+    while let Ok(e) = rx.try_recv() {
+        assert!(
+            !matches!(e, Event::Finished(..)),
+            "the run finished behind the lock: {e:?}"
+        );
+    }
+
+    sqlx::raw_sql("COMMIT").execute(&mut dba).await.unwrap();
+    loop {
+        if let Event::Finished(id, status) = next(&mut rx).await {
+            assert_eq!((id, status.as_str()), (a, "succeeded"));
+            break;
+        }
+    }
+    assert_mirror(&env.store, &env.sim, a).await;
+    poll_until(&base, "/metrics", |m| {
+        gauge(m, "lms_sync_database_lock_wait_seconds") == Some(0.0)
+    })
+    .await;
+    let (_, page) = get(&format!("{base}/")).await;
+    assert!(!page.contains("waiting for a database lock"), "{page}");
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+}
