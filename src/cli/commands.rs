@@ -262,5 +262,15 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
     if let Some(b) = budget {
         print!("{}", super::render::budget(&b));
     }
+    let waits = store
+        .lock_waits(settings.database.lock_wait_warn_secs as f64)
+        .await
+        .map_err(|error| CliError::Store {
+            context: "cannot read which sessions wait for a lock",
+            error,
+        })?;
+    for w in waits {
+        println!("waiting for a database lock: {w}");
+    }
     Ok(())
 }

@@ -22,7 +22,7 @@ pub struct SessionLockWait {
     pub pid: i32,
     /// Its `application_name` (`lms-sync`, `lms-sync lease`, …): which of its sessions.
     pub application: String,
-    /// When the statement that waits began.
+    /// When it began to wait for the lock.
     pub since: DateTime<Utc>,
     /// How long it has waited so far, in seconds.
     pub waited_secs: f64,
@@ -49,11 +49,14 @@ impl std::fmt::Display for SessionLockWait {
 impl Store {
     /// The sessions of lms-sync (any process's: they share the application name's prefix) on
     /// this database that have waited at least `min_secs` for a lock, the longest first. Reads
-    /// `pg_stat_activity` and `pg_locks` only: it queues behind nothing.
+    /// `pg_stat_activity` and `pg_locks` only: it queues behind nothing. Any role sees the
+    /// waits (`pg_locks` and a session's pid, user and application are visible to all); a
+    /// holder's state and transaction start show only to its own role or with
+    /// `pg_read_all_stats`.
     pub async fn lock_waits(&self, min_secs: f64) -> Result<Vec<SessionLockWait>, StoreError> {
         let sql = format!(
-            "SELECT w.pid, w.application_name AS application, w.query_start AS since,
-                    extract(epoch FROM now() - w.query_start)::float8 AS waited_secs,
+            "SELECT w.pid, w.application_name AS application, l.since,
+                    extract(epoch FROM now() - l.since)::float8 AS waited_secs,
                     CASE l.locktype
                         WHEN 'relation' THEN 'a lock on table ' || l.relation::regclass::text
                         WHEN 'tuple' THEN 'rows of table ' || l.relation::regclass::text
@@ -64,13 +67,12 @@ impl Store {
                     ARRAY(SELECT {HOLDER} FROM pg_stat_activity a
                            WHERE a.pid = ANY (pg_blocking_pids(w.pid)) ORDER BY a.pid) AS holders
                FROM pg_stat_activity w
-               JOIN LATERAL (SELECT locktype, relation FROM pg_locks
+               JOIN LATERAL (SELECT locktype, relation, waitstart AS since FROM pg_locks
                               WHERE pid = w.pid AND NOT granted LIMIT 1) l ON true
               WHERE w.datname = current_database()
                 AND w.application_name LIKE '{prefix}%'
-                AND w.wait_event_type = 'Lock'
-                AND w.query_start <= now() - make_interval(secs => $1)
-              ORDER BY w.query_start, w.pid",
+                AND l.since <= now() - make_interval(secs => $1)
+              ORDER BY l.since, w.pid",
             prefix = super::POOL_APPLICATION_NAME,
         );
         Ok(sqlx::query_as(&sql)

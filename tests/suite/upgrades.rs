@@ -575,3 +575,87 @@ async fn the_service_waits_for_the_transaction_holding_up_a_migration_and_then_m
     assert_eq!(schema_at(&observer).await, (SchemaState::known(), true));
     assert_eq!(service.terminate().await, 0);
 }
+
+/// `lms-sync status`, run as the read-only analyst role, says which session of lms-sync waits
+/// for a lock and who holds it, although that role cannot see other roles' queries or states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_as_an_analyst_names_a_lock_a_session_of_lms_sync_waits_for() {
+    use sqlx::ConnectOptions;
+    let env = Env::new(&[(account_id(1), 10)]).await;
+    assert!(env.sync(account_id(1)).await.succeeded());
+    let (_, analyst_url) = role(&env, "analyst-role").await;
+    let session = |name: &'static str| {
+        let url = env.db_url.clone();
+        async move {
+            url.parse::<sqlx::postgres::PgConnectOptions>()
+                .unwrap()
+                .application_name(name)
+                .options([("search_path", "lms")])
+                .connect()
+                .await
+                .unwrap()
+        }
+    };
+    let mut dba = session("dba-reindex").await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE users IN SHARE MODE")
+        .execute(&mut dba)
+        .await
+        .unwrap();
+    // A write of lms-sync's behind it, as a page's would be.
+    let mut writer = session("lms-sync").await;
+    let write = tokio::spawn(async move {
+        sqlx::Executor::execute(&mut writer, "UPDATE users SET name = name WHERE id = '0'")
+            .await
+            .map(|_| ())
+    });
+    for tries in 0.. {
+        assert!(tries < 500, "the write never waited a second");
+        let waited: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks
+              WHERE NOT granted AND waitstart < now() - interval '1 s'
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+        if waited == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let out = lms_sync_with(
+        &env,
+        &analyst_url,
+        &["status"],
+        &[("LMS_SYNC__DATABASE__LOCK_WAIT_WARN_SECS", "1")],
+    )
+    .await;
+
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("waiting for a database lock: pid "))
+        .unwrap_or_else(|| panic!("no lock wait in\n{stdout}"));
+    assert!(
+        line.contains("(lms-sync) has waited ")
+            && line.contains(" for a lock on table users held by pid ")
+            && line.contains("application dba-reindex"),
+        "{line}"
+    );
+    sqlx::raw_sql("COMMIT").execute(&mut dba).await.unwrap();
+    write.await.unwrap().unwrap();
+    let out = lms_sync_with(
+        &env,
+        &analyst_url,
+        &["status"],
+        &[("LMS_SYNC__DATABASE__LOCK_WAIT_WARN_SECS", "1")],
+    )
+    .await;
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("waiting for a database lock"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
