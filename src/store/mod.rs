@@ -236,7 +236,14 @@ pub const LEASE_APPLICATION_NAME: &str = "lms-sync lease";
 pub const MIGRATE_APPLICATION_NAME: &str = "lms-sync migrate";
 pub const BUDGET_APPLICATION_NAME: &str = "lms-sync budget";
 
-/// Connect options for `url` with `search_path` set to `schema`.
+/// How often a session's statement looks whether its client is still there. Without it a
+/// statement of a killed process (say, a page's write waiting behind a DBA's lock) goes on until
+/// it ends by itself, holding its transaction's row locks (which the replica taking the account
+/// over then waits for) and a connection slot.
+const CLIENT_CHECK_INTERVAL: &str = "5s";
+
+/// Connect options for `url` with `search_path` set to `schema`, and statements that end with
+/// the process that sent them ([`CLIENT_CHECK_INTERVAL`]).
 pub fn connect_options(url: &SecretString, schema: &str) -> Result<PgConnectOptions, StoreError> {
     validate_schema_name(schema).map_err(StoreError::Url)?;
     let opts: PgConnectOptions = url
@@ -246,7 +253,10 @@ pub fn connect_options(url: &SecretString, schema: &str) -> Result<PgConnectOpti
         .map_err(|_| StoreError::Url("cannot parse database.url".into()))?;
     Ok(opts
         .application_name(POOL_APPLICATION_NAME)
-        .options([("search_path", schema)])
+        .options([
+            ("search_path", schema),
+            ("client_connection_check_interval", CLIENT_CHECK_INTERVAL),
+        ])
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5)))
 }

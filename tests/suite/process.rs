@@ -341,3 +341,68 @@ async fn sighup_rotates_the_api_token_and_the_admin_token_without_a_restart() {
     assert_eq!(d.terminate().await, 0);
     assert_mirror(&env.store, &env.sim, a).await;
 }
+
+/// A replica killed while its write waits for someone else's lock leaves no session behind:
+/// its sessions look for their client every few seconds (`client_connection_check_interval`),
+/// so the statement ends with the process instead of waiting on for the lock (its
+/// transaction's row locks and a connection slot with it) for as long as the holder keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_behind_a_lock_leaves_no_session_waiting_for_it() {
+    use sqlx::ConnectOptions;
+    let a = account_id(1);
+    let sim = Simulator::start(0).await.unwrap();
+    sim.add_account(a, 300, 1);
+    let db = fresh_database_url().await;
+    let store = store_for(&db).await;
+    store.prepare(true).await.unwrap();
+    let mut dba = db
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .application_name("dba-reindex")
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE lms.users IN SHARE MODE")
+        .execute(&mut dba)
+        .await
+        .unwrap();
+    let cfg = config(&sim, &[a], "6h", 1);
+    let mut d = spawn(&cfg, &db);
+    let waiting = "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity s USING (pid)
+                    WHERE NOT l.granted AND s.datname = current_database()
+                      AND s.application_name LIKE 'lms-sync%'";
+    let mut pid = None;
+    for _ in 0..1500 {
+        pid = sqlx::query_scalar::<_, i32>(waiting)
+            .fetch_optional(store.pool())
+            .await
+            .unwrap();
+        if pid.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = pid.expect("the run's write waits for the lock");
+
+    d.child.start_kill().unwrap();
+    d.child.wait().await.unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+            .bind(pid)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed replica's session {pid} still waits for the lock after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The lock was held all along: the session ended by itself, not because it got the lock.
+    sqlx::raw_sql("COMMIT").execute(&mut dba).await.unwrap();
+}
