@@ -62,7 +62,8 @@ pub async fn sync(settings: Settings, account: Option<Uuid>) -> Result<(), CliEr
     let source = TrutoClient::from_settings(&settings, &token)?;
     let store = open_store(&settings, Access::Write).await?;
     let cancel = crate::service::shutdown_on_signals();
-    // The token's window is shared with the service's replicas (and any other `sync`).
+    // Beside the passes, until they end: the token's window is shared with the service's
+    // replicas (and any other `sync`), and a write held up by someone else's lock is logged.
     let sharing = CancellationToken::new();
     let shared = source.budget().map(|budget| {
         tokio::spawn(crate::service::budget::share_token_budget(
@@ -72,6 +73,13 @@ pub async fn sync(settings: Settings, account: Option<Uuid>) -> Result<(), CliEr
             sharing.clone(),
         ))
     });
+    let (_in_force, live) = tokio::sync::watch::channel(Arc::new(settings.clone()));
+    let watching = tokio::spawn(crate::service::lock_watch::run(
+        store.clone(),
+        live,
+        None,
+        sharing.clone(),
+    ));
     let fleet = fleet(&settings, &store, &source, &cancel).await?;
     let accounts: Vec<_> = match account {
         None => fleet
@@ -113,6 +121,7 @@ pub async fn sync(settings: Settings, account: Option<Uuid>) -> Result<(), CliEr
     if let Some(task) = shared {
         let _ = task.await;
     }
+    let _ = watching.await;
     if outcomes.iter().all(SyncOutcome::succeeded) {
         Ok(())
     } else {

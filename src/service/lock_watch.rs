@@ -20,10 +20,12 @@ const EVERY: Duration = Duration::from_secs(5);
 /// How often a wait that goes on is logged again.
 const RETELL: Duration = Duration::from_secs(300);
 
-pub(super) async fn run(
+/// Looks until `cancel`, with the threshold `database.lock_wait_warn_secs` of the settings in
+/// force (reloads included). The gauge is set when there are `metrics` (the service).
+pub async fn run(
     store: Store,
     live: Live,
-    metrics: Arc<Metrics>,
+    metrics: Option<Arc<Metrics>>,
     cancel: CancellationToken,
 ) {
     // Each wait (a session's statement) is logged when first seen, then every RETELL.
@@ -33,7 +35,9 @@ pub(super) async fn run(
         match store.lock_waits(min_secs).await {
             Ok(waits) => {
                 let longest = waits.iter().map(|w| w.waited_secs).fold(0.0, f64::max);
-                metrics.set("lms_sync_database_lock_wait_seconds", &[], longest);
+                if let Some(m) = &metrics {
+                    m.set("lms_sync_database_lock_wait_seconds", &[], longest);
+                }
                 told.retain(|k, _| waits.iter().any(|w| (w.pid, w.since) == *k));
                 for w in &waits {
                     let key = (w.pid, w.since);

@@ -9,7 +9,7 @@ pub mod account_page;
 mod admin;
 pub mod budget;
 mod discovery;
-mod lock_watch;
+pub mod lock_watch;
 mod ops;
 pub mod page;
 mod scheduler;

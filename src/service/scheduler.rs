@@ -129,7 +129,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
     s.tracker.spawn(super::lock_watch::run(
         s.store.clone(),
         live.clone(),
-        s.metrics.clone(),
+        Some(s.metrics.clone()),
         s.root.clone(),
     ));
     if s.settings.discovery.enabled {

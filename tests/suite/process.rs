@@ -406,3 +406,65 @@ async fn a_replica_killed_behind_a_lock_leaves_no_session_waiting_for_it() {
     // The lock was held all along: the session ended by itself, not because it got the lock.
     sqlx::raw_sql("COMMIT").execute(&mut dba).await.unwrap();
 }
+
+/// A one-off `lms-sync sync` held up by someone else's lock says so in its log, naming the
+/// holder, and finishes once the lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_off_sync_behind_a_lock_logs_who_holds_it_and_finishes_after() {
+    use sqlx::ConnectOptions;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let a = account_id(1);
+    let sim = Simulator::start(0).await.unwrap();
+    sim.add_account(a, 300, 1);
+    let db = fresh_database_url().await;
+    let store = store_for(&db).await;
+    store.prepare(true).await.unwrap();
+    let mut dba = db
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .application_name("dba-reindex")
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE lms.users IN SHARE MODE")
+        .execute(&mut dba)
+        .await
+        .unwrap();
+    let cfg = config(&sim, &[a], "6h", 1);
+    let mut child = one_off_sync(&cfg, &db)
+        .env("LMS_SYNC__DATABASE__LOCK_WAIT_WARN_SECS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+
+    let warned = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(ev) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let msg = ev["fields"]["message"].as_str().unwrap_or_default();
+            if msg.starts_with("a session of lms-sync is waiting for a database lock") {
+                return ev;
+            }
+        }
+        panic!("the sync ended without saying it waited for a lock");
+    })
+    .await
+    .expect("the wait was logged within a minute");
+    let wait = warned["fields"]["wait"].as_str().unwrap_or_default();
+    assert!(
+        wait.contains("users held by pid ") && wait.contains("application dba-reindex"),
+        "{warned}"
+    );
+
+    sqlx::raw_sql("COMMIT").execute(&mut dba).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("the sync finished within a minute of the lock's release")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_mirror(&store, &sim, a).await;
+}
