@@ -63,10 +63,15 @@ pub(super) async fn page(
     let settings = ops.settings.borrow().clone();
     let read = async {
         let state = super::status::read_state(&settings, &ops.store, None).await?;
+        // An extra: the page shows without it rather than not at all.
         let waits = ops
             .store
             .lock_waits(settings.database.lock_wait_warn_secs as f64)
-            .await?;
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read which sessions wait for a lock");
+                Vec::new()
+            });
         Ok::<_, crate::store::StoreError>((
             state,
             super::status::read_budget(&settings, &ops.store).await?,
