@@ -25,6 +25,8 @@ trap cleanup EXIT
 opts="-c listen_addresses='' -k $dir -c max_connections=200 -c shared_buffers=128MB"
 # Tests trade durability for speed; the benchmark (durable) runs with the server's defaults.
 [ "${2:-fast}" = durable ] || opts="$opts -c fsync=off -c full_page_writes=off"
+# A port: listen on it on 127.0.0.1 too (the socket's name follows the port).
+[ -z "${3:-}" ] || opts="$opts -c listen_addresses=127.0.0.1 -p $3"
 start() { "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -o "$opts" start >/dev/null 2>&1; }
 start || { echo "ERROR postgres did not start: $(tail -n 3 "$dir/server.log" | tr '\n' ' ')"; exit 1; }
 echo "READY $dir"
@@ -49,6 +51,8 @@ struct Supervisor {
 pub struct TempPostgres {
     inner: Mutex<Supervisor>,
     socket_dir: PathBuf,
+    /// The TCP port on 127.0.0.1, when it listens on one.
+    port: Option<u16>,
 }
 
 impl std::fmt::Debug for TempPostgres {
@@ -92,16 +96,22 @@ impl TempPostgres {
     /// Creates and starts a cluster with fsync off (tests, the demo). Blocking; takes a second
     /// or two.
     pub fn start() -> anyhow::Result<TempPostgres> {
-        Self::start_with(false)
+        Self::start_with(false, None)
+    }
+
+    /// [`TempPostgres::start`], listening on `127.0.0.1:port` too ([`TempPostgres::tcp_url`]),
+    /// for what only a TCP connection has (keepalives, a cut network).
+    pub fn start_tcp(port: u16) -> anyhow::Result<TempPostgres> {
+        Self::start_with(false, Some(port))
     }
 
     /// Creates and starts a cluster with the server's default durability (fsync,
     /// full_page_writes and synchronous_commit on), as production runs it: the benchmark's.
     pub fn start_durable() -> anyhow::Result<TempPostgres> {
-        Self::start_with(true)
+        Self::start_with(true, None)
     }
 
-    fn start_with(durable: bool) -> anyhow::Result<TempPostgres> {
+    fn start_with(durable: bool, port: Option<u16>) -> anyhow::Result<TempPostgres> {
         let bindir = find_bindir().ok_or_else(|| {
             anyhow::anyhow!("no PostgreSQL server binaries found (initdb, pg_ctl) on PATH or in /usr/lib/postgresql/*/bin; install PostgreSQL or set DATABASE_URL")
         })?;
@@ -116,6 +126,7 @@ impl TempPostgres {
         };
         cmd.arg(&bindir)
             .arg(if durable { "durable" } else { "fast" })
+            .arg(port.map(|p| p.to_string()).unwrap_or_default())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -142,6 +153,7 @@ impl TempPostgres {
         };
         Ok(TempPostgres {
             socket_dir: PathBuf::from(dir),
+            port,
             inner: Mutex::new(Supervisor {
                 child,
                 stdin: Some(stdin),
@@ -156,10 +168,17 @@ impl TempPostgres {
 
     /// The URL of database `db` on this cluster.
     pub fn url(&self, db: &str) -> String {
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
         format!(
-            "postgres://postgres@localhost/{db}?host={}",
+            "postgres://postgres@localhost{port}/{db}?host={}",
             self.socket_dir.display()
         )
+    }
+
+    /// The URL of database `db` over TCP, for a cluster started with [`TempPostgres::start_tcp`].
+    pub fn tcp_url(&self, db: &str) -> Option<String> {
+        self.port
+            .map(|p| format!("postgres://postgres@127.0.0.1:{p}/{db}"))
     }
 
     pub fn url_secret(&self, db: &str) -> SecretString {
