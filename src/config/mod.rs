@@ -413,6 +413,10 @@ pub struct DatabaseSettings {
     /// service logs it, shows it on the status page and counts it in
     /// `lms_sync_database_lock_wait_seconds`.
     pub lock_wait_warn_secs: u64,
+    /// About how long PostgreSQL keeps a session of lms-sync whose process it can no longer
+    /// reach (a node lost, a network cut), through the server's TCP keepalives: a lost
+    /// replica's account leases and budget share are held that long.
+    pub keepalive_timeout_secs: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -425,6 +429,7 @@ impl Default for DatabaseSettings {
             migrate: true,
             migration_lock_timeout_secs: 10,
             lock_wait_warn_secs: 30,
+            keepalive_timeout_secs: 60,
         }
     }
 }
@@ -780,6 +785,11 @@ mod tests {
                 "[database]\nlock_wait_warn_secs = 0\n",
                 "database.lock_wait_warn_secs",
                 "at least 1",
+            ),
+            (
+                "[database]\nkeepalive_timeout_secs = 2\n",
+                "database.keepalive_timeout_secs",
+                "at least 3",
             ),
             (
                 "[database]\nmax_connections = 4294967295\n",

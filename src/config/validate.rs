@@ -68,6 +68,13 @@ impl Settings {
             1,
             A_DAY,
         )?;
+        // Three probes need a second each at least.
+        check_range(
+            "database.keepalive_timeout_secs",
+            d.keepalive_timeout_secs,
+            3,
+            A_DAY,
+        )?;
         if let Some(url) = &d.url {
             let u = url.expose_secret();
             if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {

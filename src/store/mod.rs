@@ -242,21 +242,48 @@ pub const BUDGET_APPLICATION_NAME: &str = "lms-sync budget";
 /// over then waits for) and a connection slot.
 const CLIENT_CHECK_INTERVAL: &str = "5s";
 
-/// Connect options for `url` with `search_path` set to `schema`, and statements that end with
-/// the process that sent them ([`CLIENT_CHECK_INTERVAL`]).
-pub fn connect_options(url: &SecretString, schema: &str) -> Result<PgConnectOptions, StoreError> {
+/// The server's TCP keepalive settings for a session, so that it ends within about `secs` of
+/// its process becoming unreachable (a node lost, a network cut: no FIN ever comes). The
+/// leases and the budget share are held by sessions: with the operating system's defaults
+/// (about 2 h 11 min) a lost replica's accounts and share would stay taken that long. Idle for
+/// half of it, then three probes over the rest; unacknowledged data is given as long.
+/// Ignored on a Unix-domain socket (no network between them).
+pub fn keepalives(secs: u64) -> [(&'static str, String); 4] {
+    let idle = (secs / 2).max(1);
+    let interval = (secs.saturating_sub(idle) / 3).max(1);
+    [
+        ("tcp_keepalives_idle", idle.to_string()),
+        ("tcp_keepalives_interval", interval.to_string()),
+        ("tcp_keepalives_count", "3".to_string()),
+        ("tcp_user_timeout", format!("{}", secs.saturating_mul(1000))),
+    ]
+}
+
+/// Connect options for `url` with `search_path` set to `schema`, statements that end with the
+/// process that sent them ([`CLIENT_CHECK_INTERVAL`]), and sessions the server ends within
+/// about `keepalive_secs` once their process can no longer be reached ([`keepalives`]).
+pub fn connect_options(
+    url: &SecretString,
+    schema: &str,
+    keepalive_secs: u64,
+) -> Result<PgConnectOptions, StoreError> {
     validate_schema_name(schema).map_err(StoreError::Url)?;
     let opts: PgConnectOptions = url
         .expose_secret()
         .parse()
         // sqlx's parse error can quote the URL; keep the password out of it.
         .map_err(|_| StoreError::Url("cannot parse database.url".into()))?;
+    let mut options = vec![
+        ("search_path", schema.to_string()),
+        (
+            "client_connection_check_interval",
+            CLIENT_CHECK_INTERVAL.to_string(),
+        ),
+    ];
+    options.extend(keepalives(keepalive_secs));
     Ok(opts
         .application_name(POOL_APPLICATION_NAME)
-        .options([
-            ("search_path", schema),
-            ("client_connection_check_interval", CLIENT_CHECK_INTERVAL),
-        ])
+        .options(options)
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5)))
 }
@@ -264,7 +291,7 @@ pub fn connect_options(url: &SecretString, schema: &str) -> Result<PgConnectOpti
 impl Store {
     /// Connects (lazily: the first query opens the first connection).
     pub fn connect_lazy(url: &SecretString, db: &DatabaseSettings) -> Result<Store, StoreError> {
-        let opts = connect_options(url, &db.schema)?;
+        let opts = connect_options(url, &db.schema, db.keepalive_timeout_secs)?;
         let pool = PgPoolOptions::new()
             .max_connections(db.max_connections)
             .acquire_timeout(Duration::from_secs(db.connect_timeout_secs))
@@ -353,5 +380,31 @@ impl Store {
     /// Whether a pooled connection is free right now: idle, or not opened yet.
     pub fn has_idle_connection(&self) -> bool {
         self.pool.num_idle() > 0 || self.pool.size() < self.pool.options().get_max_connections()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keepalives;
+
+    #[test]
+    fn keepalives_end_a_lost_session_within_about_the_timeout() {
+        let secs = |k: &[(&str, String); 4]| -> Vec<u64> {
+            k.iter().map(|(_, v)| v.parse().unwrap()).collect()
+        };
+        // Idle 30 s, then 3 probes 10 s apart: 60 s; unacknowledged data 60,000 ms.
+        assert_eq!(secs(&keepalives(60)), [30, 10, 3, 60_000]);
+        // The least allowed still probes once a second.
+        assert_eq!(secs(&keepalives(3)), [1, 1, 3, 3_000]);
+        let names: Vec<&str> = keepalives(60).iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "tcp_keepalives_idle",
+                "tcp_keepalives_interval",
+                "tcp_keepalives_count",
+                "tcp_user_timeout"
+            ]
+        );
     }
 }

@@ -468,3 +468,152 @@ async fn a_one_off_sync_behind_a_lock_logs_who_holds_it_and_finishes_after() {
     assert_eq!(status.code(), Some(0));
     assert_mirror(&store, &sim, a).await;
 }
+
+/// Packets between PostgreSQL on `server` and these client ports dropped both ways, as a cut
+/// network does: no FIN or RST ever reaches either side. Undone when dropped. Needs root.
+struct Cut(Vec<(u16, u16)>);
+
+impl Cut {
+    fn new(server: u16, clients: &[u16]) -> Cut {
+        let mut cut = Cut(Vec::new());
+        for &c in clients {
+            for (from, to) in [(server, c), (c, server)] {
+                cut.0.push((from, to));
+                let status = std::process::Command::new("iptables")
+                    .args(Cut::rule("-I", from, to))
+                    .status()
+                    .expect("iptables runs (as root) to cut a connection");
+                assert!(status.success(), "iptables refused to drop {from}->{to}");
+            }
+        }
+        cut
+    }
+
+    fn rule(op: &str, from: u16, to: u16) -> Vec<String> {
+        [op, "INPUT", "-i", "lo", "-p", "tcp", "--sport"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([from.to_string(), "--dport".into(), to.to_string()])
+            .chain(["-j".into(), "DROP".into()])
+            .collect()
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        for &(from, to) in &self.0 {
+            let _ = std::process::Command::new("iptables")
+                .args(Cut::rule("-D", from, to))
+                .status();
+        }
+    }
+}
+
+/// A replica cut off from the database by the network (a node lost: no FIN ever comes) while
+/// it holds an account's lease: the server ends its sessions within
+/// `database.keepalive_timeout_secs` (with the operating system's defaults, after about
+/// 2 h 11 min), so the lease is free and another replica syncs the account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_by_the_network_lets_go_of_its_account_within_the_keepalive_timeout() {
+    use lms_sync::devkit::pg::TempPostgres;
+    use lms_sync::devkit::simulator::DEMO_TOKEN;
+    use sqlx::ConnectOptions;
+    let a = account_id(1);
+    let sim = Simulator::start(0).await.unwrap();
+    sim.add_account(a, 300, 1);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pg = tokio::task::spawn_blocking(move || TempPostgres::start_tcp(port))
+        .await
+        .unwrap()
+        .unwrap();
+    // The replicas over TCP; the test's own sessions over the Unix socket (no client port).
+    let db = pg.tcp_url("postgres").unwrap();
+    let store = store_for(&pg.url("postgres")).await;
+    store.prepare(true).await.unwrap();
+    // The replica's first write waits behind a DBA's lock, so it holds the lease meanwhile.
+    let mut dba = pg
+        .url("postgres")
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .application_name("dba-reindex")
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE lms.users IN SHARE MODE")
+        .execute(&mut dba)
+        .await
+        .unwrap();
+    let cfg = config(&sim, &[a], "6h", 1);
+    let quick = [
+        ("TRUTO_API_TOKEN", DEMO_TOKEN),
+        ("LMS_SYNC__DATABASE__KEEPALIVE_TIMEOUT_SECS", "4"),
+    ];
+    let mut replica = spawn_env(&cfg, &db, &[], &quick);
+    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid)
+                    WHERE NOT l.granted AND s.application_name LIKE 'lms-sync%'";
+    for tries in 0.. {
+        assert!(
+            tries < 1500,
+            "the replica's write never waited for the lock"
+        );
+        let n: i64 = sqlx::query_scalar(waiting)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        if n > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every session of lms-sync on this cluster is the replica's: its lease's among them.
+    let sessions: Vec<(i32, String, i32)> = sqlx::query_as(
+        "SELECT pid, application_name, client_port FROM pg_stat_activity
+          WHERE application_name LIKE 'lms-sync%' AND client_port > 0",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert!(
+        sessions.iter().any(|(_, app, _)| app == "lms-sync lease"),
+        "{sessions:?}"
+    );
+
+    let pid = replica.child.id().unwrap().to_string();
+    let stopped = Command::new("kill").args(["-STOP", &pid]).status().await;
+    assert!(stopped.unwrap().success());
+    let ports: Vec<u16> = sessions.iter().map(|(_, _, p)| *p as u16).collect();
+    let cut = Cut::new(port, &ports);
+    let pids: Vec<i32> = sessions.iter().map(|(p, _, _)| *p).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY ($1)")
+                .bind(&pids)
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} of the cut-off replica's sessions are still there after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    replica.child.start_kill().unwrap();
+    replica.child.wait().await.unwrap();
+    drop(cut);
+
+    // The account is free: another replica syncs it once the DBA is done.
+    sqlx::raw_sql("COMMIT").execute(&mut dba).await.unwrap();
+    let mut other = spawn(&cfg, &db);
+    let done = other.wait_for("sync run finished").await;
+    assert_eq!(done["fields"]["outcome"], "succeeded", "{done}");
+    assert_eq!(other.terminate().await, 0);
+    assert_mirror(&store, &sim, a).await;
+}
