@@ -815,7 +815,7 @@ async fn a_process_killed_holding_an_accounts_lease_leaves_a_window_the_next_one
     // is free, and waits one window (2 s) and the margin a holder's waking may need: the
     // killed one watched its lease, so it sent nothing after the lease was free. Not a window
     // and a lease (2 s + 750 ms), as for an older binary that may not have noticed.
-    wait_for_no_session(&env, LEASE_APPLICATION_NAME).await;
+    wait_for_no_session(&env, Sessions::Named(LEASE_APPLICATION_NAME)).await;
     let mut next = spawn(&cfg, &env.db_url);
     let waits = next
         .wait_for("the account's last lease holder ended without handing on its requests; waiting out its request window before the account's first request")
@@ -830,25 +830,6 @@ async fn a_process_killed_holding_an_accounts_lease_leaves_a_window_the_next_one
     assert_eq!(done["fields"]["outcome"], "succeeded", "{done}");
     assert_eq!(next.terminate().await, 0);
     assert_kept_to_10_per_window(&env, id).await;
-}
-
-/// Waits until the database has no session named `application_name` (a killed process's
-/// backends end when they notice their connection is gone).
-async fn wait_for_no_session(env: &Env, application_name: &str) {
-    for _ in 0..500 {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
-        )
-        .bind(application_name)
-        .fetch_one(env.store.pool())
-        .await
-        .unwrap();
-        if n == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("sessions named {application_name} are still there after 5 s");
 }
 
 /// What happens to the account's lease backend once a pass has committed some pages.
@@ -1117,7 +1098,7 @@ async fn a_pass_whose_lease_connection_stops_answering_stops_without_waiting_on_
     // The stopped backend still holds the lock; once it runs again it finds its client gone
     // and ends, and the account can be leased again.
     signal(pid, "-CONT");
-    wait_for_no_session(&env, LEASE_APPLICATION_NAME).await;
+    wait_for_no_session(&env, Sessions::Named(LEASE_APPLICATION_NAME)).await;
     let next = env.sync(a).await;
     assert!(next.succeeded(), "{:?}", next.error);
     assert!(next.resumed);

@@ -214,22 +214,6 @@ async fn a_schema_migrated_by_a_newer_version_stops_older_binaries_unless_marked
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
-/// Waits until `role` has no session (a process's backends end a moment after it exits).
-async fn wait_for_no_session_of(env: &Env, role: &str) {
-    for _ in 0..500 {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE usename = $1")
-            .bind(role)
-            .fetch_one(env.store.pool())
-            .await
-            .unwrap();
-        if n == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("sessions of {role} are still there after 5 s");
-}
-
 async fn limit_connections(env: &Env, role: &str, n: u32) {
     sqlx::raw_sql(&format!("ALTER ROLE {role} CONNECTION LIMIT {n}"))
         .execute(env.store.pool())
@@ -247,7 +231,7 @@ async fn a_server_without_a_connection_slot_fails_the_sync_saying_so_and_keeps_t
     // What a server whose max_connections are taken (by other replicas, other applications)
     // answers: a role's limit gives the same SQLSTATE, 53300, without restarting the cluster.
     // One slot: the process's first connection takes it, and it needs more.
-    wait_for_no_session_of(&env, &service).await;
+    wait_for_no_session(&env, Sessions::OfRole(&service)).await;
     limit_connections(&env, &service, 1).await;
     env.sim.delete_user(a, "3");
     let quick = [

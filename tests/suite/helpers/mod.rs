@@ -448,3 +448,35 @@ pub async fn kinds(env: &Env) -> BTreeMap<String, i64> {
             .unwrap();
     rows.into_iter().collect()
 }
+
+/// Which sessions [`wait_for_no_session`] waits to see gone.
+pub enum Sessions<'a> {
+    /// Of this role.
+    OfRole(&'a str),
+    /// With this `application_name`.
+    Named(&'a str),
+}
+
+/// Waits until the test's database has none of `which` sessions (a process's backends end a
+/// moment after it exits, or when they notice their connection is gone).
+pub async fn wait_for_no_session(env: &Env, which: Sessions<'_>) {
+    let (column, value) = match which {
+        Sessions::OfRole(role) => ("usename", role),
+        Sessions::Named(name) => ("application_name", name),
+    };
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND {column} = $1"
+    );
+    for _ in 0..500 {
+        let n: i64 = sqlx::query_scalar(&sql)
+            .bind(value)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+        if n == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("sessions with {column} {value} are still there after 5 s");
+}
