@@ -235,6 +235,8 @@ impl Store {
     /// Whether any of the transactions that held up `wait` is still open. Reads only
     /// `pg_stat_activity`: it queues behind no lock. `None` when there is nothing to look
     /// at (no holder seen, or one this cannot follow: a prepared transaction has no session).
+    /// A holder of another role whose transaction start this role may not see (without
+    /// `pg_read_all_stats`) counts as open until its session ends.
     pub async fn lock_holders_remain(&self, wait: &LockWait) -> Result<Option<bool>, StoreError> {
         let followed =
             !wait.transactions.is_empty() && wait.transactions.iter().all(|(p, _)| *p != 0);
