@@ -130,6 +130,10 @@ fn advice(e: &sqlx::Error) -> std::borrow::Cow<'static, str> {
         Some("53100") => format!(" (PostgreSQL is out of disk space: free some or grow its volume{KEPT})").into(),
         Some("53200") => " (PostgreSQL is out of memory)".into(),
         Some("25006") => " (the database accepts no writes: a standby, or default_transaction_read_only is on; point database.url at the primary)".into(),
+        // lms-sync sets neither timeout: these are the role's or the database's (or an
+        // operator's cancel), and a retry behind the same lock would end the same way.
+        Some("57014") => format!(" (PostgreSQL cancelled the statement: the statement_timeout set for this role or database ran out, time spent waiting for another session's lock included, or an operator cancelled it{KEPT})").into(),
+        Some("55P03") => format!(" (another session held a lock this statement needed for longer than the lock_timeout set for this role or database{KEPT})").into(),
         _ => "".into(),
     }
 }

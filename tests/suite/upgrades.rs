@@ -643,3 +643,73 @@ async fn status_as_an_analyst_names_a_lock_a_session_of_lms_sync_waits_for() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A DBA's timeouts for the role or database (lms-sync sets none) cancel a write held up by a
+/// lock: the sync fails saying which timeout it was and where it is set, and keeps the mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_set_for_the_database_fails_the_sync_saying_which_and_keeps_the_mirror() {
+    use sqlx::ConnectOptions;
+    let a = account_id(1);
+    let env = Env::new(&[(a, 150)]).await;
+    assert!(env.sync(a).await.succeeded());
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    let mut dba = env
+        .db_url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .application_name("dba-reindex")
+        .options([("search_path", "lms")])
+        .connect()
+        .await
+        .unwrap();
+    // Every run begins by recording itself in sync_runs: held up at once.
+    sqlx::raw_sql("BEGIN; LOCK TABLE sync_runs IN SHARE MODE")
+        .execute(&mut dba)
+        .await
+        .unwrap();
+    for (setting, says) in [
+        (
+            "lock_timeout",
+            "longer than the lock_timeout set for this role or database",
+        ),
+        (
+            "statement_timeout",
+            "the statement_timeout set for this role or database ran out",
+        ),
+    ] {
+        sqlx::raw_sql(&format!(
+            "ALTER DATABASE \"{database}\" RESET ALL; ALTER DATABASE \"{database}\" SET {setting} = '1s'"
+        ))
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+
+        let out = lms_sync(&env, &env.db_url, &["sync"]).await;
+
+        let err = stderr(&out);
+        let said = format!("{err}{}", String::from_utf8_lossy(&out.stdout));
+        assert_eq!(out.status.code(), Some(1), "{setting}: {said}");
+        assert!(
+            said.contains(says) && said.contains("what was committed is kept"),
+            "{setting}: {said}"
+        );
+    }
+    sqlx::raw_sql("COMMIT").execute(&mut dba).await.unwrap();
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM users WHERE integrated_account_id = $1 AND deleted_at IS NULL",
+    )
+    .bind(a)
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(live, 150, "the mirror is kept");
+    sqlx::raw_sql(&format!("ALTER DATABASE \"{database}\" RESET ALL"))
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    let out = lms_sync(&env, &env.db_url, &["sync"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+}
