@@ -539,26 +539,12 @@ async fn poll_until(base: &str, path: &str, done: impl Fn(&str) -> bool) -> Stri
 /// released the run finishes and the mirror is exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_held_up_by_a_lock_shows_who_holds_it_until_it_is_released() {
-    use sqlx::ConnectOptions;
     let a = account_id(1);
     let env = Env::new(&[(a, 300)]).await;
     let mut settings = daemon_settings(&env, "6h");
     settings.database.lock_wait_warn_secs = 1;
-    let mut dba = env
-        .db_url
-        .parse::<sqlx::postgres::PgConnectOptions>()
-        .unwrap()
-        .application_name("dba-reindex")
-        .connect()
-        .await
-        .unwrap();
-    sqlx::raw_sql(&format!(
-        "BEGIN; LOCK TABLE \"{}\".users IN SHARE MODE",
-        settings.database.schema
-    ))
-    .execute(&mut dba)
-    .await
-    .unwrap();
+    let mut dba =
+        session_holding(&env.db_url, "dba-reindex", "LOCK TABLE users IN SHARE MODE").await;
     let (daemon, stop, mut rx, base) = serve_daemon(settings).await;
 
     let page = poll_until(&base, "/", |b| b.contains("waiting for a database lock")).await;

@@ -348,24 +348,13 @@ async fn sighup_rotates_the_api_token_and_the_admin_token_without_a_restart() {
 /// transaction's row locks and a connection slot with it) for as long as the holder keeps it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_behind_a_lock_leaves_no_session_waiting_for_it() {
-    use sqlx::ConnectOptions;
     let a = account_id(1);
     let sim = Simulator::start(0).await.unwrap();
     sim.add_account(a, 300, 1);
     let db = fresh_database_url().await;
     let store = store_for(&db).await;
     store.prepare(true).await.unwrap();
-    let mut dba = db
-        .parse::<sqlx::postgres::PgConnectOptions>()
-        .unwrap()
-        .application_name("dba-reindex")
-        .connect()
-        .await
-        .unwrap();
-    sqlx::raw_sql("BEGIN; LOCK TABLE lms.users IN SHARE MODE")
-        .execute(&mut dba)
-        .await
-        .unwrap();
+    let mut dba = session_holding(&db, "dba-reindex", "LOCK TABLE users IN SHARE MODE").await;
     let cfg = config(&sim, &[a], "6h", 1);
     let mut d = spawn(&cfg, &db);
     let waiting = "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity s USING (pid)
@@ -411,7 +400,6 @@ async fn a_replica_killed_behind_a_lock_leaves_no_session_waiting_for_it() {
 /// holder, and finishes once the lock is released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_off_sync_behind_a_lock_logs_who_holds_it_and_finishes_after() {
-    use sqlx::ConnectOptions;
     use tokio::io::{AsyncBufReadExt, BufReader};
     let a = account_id(1);
     let sim = Simulator::start(0).await.unwrap();
@@ -419,17 +407,7 @@ async fn a_one_off_sync_behind_a_lock_logs_who_holds_it_and_finishes_after() {
     let db = fresh_database_url().await;
     let store = store_for(&db).await;
     store.prepare(true).await.unwrap();
-    let mut dba = db
-        .parse::<sqlx::postgres::PgConnectOptions>()
-        .unwrap()
-        .application_name("dba-reindex")
-        .connect()
-        .await
-        .unwrap();
-    sqlx::raw_sql("BEGIN; LOCK TABLE lms.users IN SHARE MODE")
-        .execute(&mut dba)
-        .await
-        .unwrap();
+    let mut dba = session_holding(&db, "dba-reindex", "LOCK TABLE users IN SHARE MODE").await;
     let cfg = config(&sim, &[a], "6h", 1);
     let mut child = one_off_sync(&cfg, &db)
         .env("LMS_SYNC__DATABASE__LOCK_WAIT_WARN_SECS", "1")
@@ -517,7 +495,6 @@ impl Drop for Cut {
 async fn a_replica_cut_off_by_the_network_lets_go_of_its_account_within_the_keepalive_timeout() {
     use lms_sync::devkit::pg::TempPostgres;
     use lms_sync::devkit::simulator::DEMO_TOKEN;
-    use sqlx::ConnectOptions;
     let a = account_id(1);
     let sim = Simulator::start(0).await.unwrap();
     sim.add_account(a, 300, 1);
@@ -535,18 +512,12 @@ async fn a_replica_cut_off_by_the_network_lets_go_of_its_account_within_the_keep
     let store = store_for(&pg.url("postgres")).await;
     store.prepare(true).await.unwrap();
     // The replica's first write waits behind a DBA's lock, so it holds the lease meanwhile.
-    let mut dba = pg
-        .url("postgres")
-        .parse::<sqlx::postgres::PgConnectOptions>()
-        .unwrap()
-        .application_name("dba-reindex")
-        .connect()
-        .await
-        .unwrap();
-    sqlx::raw_sql("BEGIN; LOCK TABLE lms.users IN SHARE MODE")
-        .execute(&mut dba)
-        .await
-        .unwrap();
+    let mut dba = session_holding(
+        &pg.url("postgres"),
+        "dba-reindex",
+        "LOCK TABLE users IN SHARE MODE",
+    )
+    .await;
     let cfg = config(&sim, &[a], "6h", 1);
     let quick = [
         ("TRUTO_API_TOKEN", DEMO_TOKEN),

@@ -320,20 +320,7 @@ async fn migrated_up_to(url: &str, last: i64) {
 /// An analyst's session with a transaction left open after reading `sync_state`: it holds
 /// the table's ACCESS SHARE lock until it ends.
 async fn analyst_reading_sync_state(url: &str) -> sqlx::PgConnection {
-    use sqlx::ConnectOptions;
-    let mut conn = url
-        .parse::<sqlx::postgres::PgConnectOptions>()
-        .unwrap()
-        .application_name("analyst-notebook")
-        .options([("search_path", "lms")])
-        .connect()
-        .await
-        .unwrap();
-    sqlx::raw_sql("BEGIN; SELECT count(*) FROM sync_state")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn
+    session_holding(url, "analyst-notebook", "SELECT count(*) FROM sync_state").await
 }
 
 /// The newest migration applied, and whether migration 20's column is there.
@@ -564,29 +551,13 @@ async fn the_service_waits_for_the_transaction_holding_up_a_migration_and_then_m
 /// for a lock and who holds it, although that role cannot see other roles' queries or states.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_as_an_analyst_names_a_lock_a_session_of_lms_sync_waits_for() {
-    use sqlx::ConnectOptions;
     let env = Env::new(&[(account_id(1), 10)]).await;
     assert!(env.sync(account_id(1)).await.succeeded());
     let (_, analyst_url) = role(&env, "analyst-role").await;
-    let session = |name: &'static str| {
-        let url = env.db_url.clone();
-        async move {
-            url.parse::<sqlx::postgres::PgConnectOptions>()
-                .unwrap()
-                .application_name(name)
-                .options([("search_path", "lms")])
-                .connect()
-                .await
-                .unwrap()
-        }
-    };
-    let mut dba = session("dba-reindex").await;
-    sqlx::raw_sql("BEGIN; LOCK TABLE users IN SHARE MODE")
-        .execute(&mut dba)
-        .await
-        .unwrap();
+    let mut dba =
+        session_holding(&env.db_url, "dba-reindex", "LOCK TABLE users IN SHARE MODE").await;
     // A write of lms-sync's behind it, as a page's would be.
-    let mut writer = session("lms-sync").await;
+    let mut writer = session_holding(&env.db_url, "lms-sync", "SELECT 1").await;
     let write = tokio::spawn(async move {
         sqlx::Executor::execute(&mut writer, "UPDATE users SET name = name WHERE id = '0'")
             .await
@@ -648,7 +619,6 @@ async fn status_as_an_analyst_names_a_lock_a_session_of_lms_sync_waits_for() {
 /// lock: the sync fails saying which timeout it was and where it is set, and keeps the mirror.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_set_for_the_database_fails_the_sync_saying_which_and_keeps_the_mirror() {
-    use sqlx::ConnectOptions;
     let a = account_id(1);
     let env = Env::new(&[(a, 150)]).await;
     assert!(env.sync(a).await.succeeded());
@@ -656,20 +626,13 @@ async fn a_timeout_set_for_the_database_fails_the_sync_saying_which_and_keeps_th
         .fetch_one(env.store.pool())
         .await
         .unwrap();
-    let mut dba = env
-        .db_url
-        .parse::<sqlx::postgres::PgConnectOptions>()
-        .unwrap()
-        .application_name("dba-reindex")
-        .options([("search_path", "lms")])
-        .connect()
-        .await
-        .unwrap();
     // Every run begins by recording itself in sync_runs: held up at once.
-    sqlx::raw_sql("BEGIN; LOCK TABLE sync_runs IN SHARE MODE")
-        .execute(&mut dba)
-        .await
-        .unwrap();
+    let mut dba = session_holding(
+        &env.db_url,
+        "dba-reindex",
+        "LOCK TABLE sync_runs IN SHARE MODE",
+    )
+    .await;
     for (setting, says) in [
         (
             "lock_timeout",

@@ -480,3 +480,23 @@ pub async fn wait_for_no_session(env: &Env, which: Sessions<'_>) {
     }
     panic!("sessions with {column} {value} are still there after 5 s");
 }
+
+/// A session of someone else's (named `application` in `pg_stat_activity`, `search_path` lms)
+/// that has run `BEGIN; {sql}` and holds what it took until the test sends `COMMIT` or drops
+/// it: a DBA's `LOCK TABLE`, an analyst's open transaction.
+pub async fn session_holding(url: &str, application: &str, sql: &str) -> sqlx::PgConnection {
+    use sqlx::ConnectOptions;
+    let mut conn = url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .application_name(application)
+        .options([("search_path", "lms")])
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("BEGIN; {sql}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
