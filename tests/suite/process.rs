@@ -376,22 +376,13 @@ async fn a_replica_killed_behind_a_lock_leaves_no_session_waiting_for_it() {
     d.child.start_kill().unwrap();
     d.child.wait().await.unwrap();
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
-            .bind(pid)
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-        if left == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the killed replica's session {pid} still waits for the lock after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_gone(
+        &store,
+        &[pid],
+        30,
+        "the killed replica's session waiting for the lock",
+    )
+    .await;
     // The lock was held all along: the session ended by itself, not because it got the lock.
     sqlx::raw_sql("COMMIT").execute(&mut dba).await.unwrap();
 }
@@ -559,23 +550,7 @@ async fn a_replica_cut_off_by_the_network_lets_go_of_its_account_within_the_keep
     let ports: Vec<u16> = sessions.iter().map(|(_, _, p)| *p as u16).collect();
     let cut = Cut::new(port, &ports);
     let pids: Vec<i32> = sessions.iter().map(|(p, _, _)| *p).collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let left: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY ($1)")
-                .bind(&pids)
-                .fetch_one(store.pool())
-                .await
-                .unwrap();
-        if left == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{left} of the cut-off replica's sessions are still there after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until_gone(&store, &pids, 60, "the cut-off replica's sessions").await;
     replica.child.start_kill().unwrap();
     replica.child.wait().await.unwrap();
     drop(cut);
@@ -587,4 +562,25 @@ async fn a_replica_cut_off_by_the_network_lets_go_of_its_account_within_the_keep
     assert_eq!(done["fields"]["outcome"], "succeeded", "{done}");
     assert_eq!(other.terminate().await, 0);
     assert_mirror(&store, &sim, a).await;
+}
+
+/// Waits until none of the backends `pids` is left, failing after `secs` seconds.
+async fn wait_until_gone(store: &lms_sync::store::Store, pids: &[i32], secs: u64, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY ($1)")
+                .bind(pids)
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        if left == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {left} still there after {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -857,9 +857,8 @@ async fn an_interrupted_run_resumes_from_its_cursor_and_infers_no_deletions_unti
     assert_mirror(&env.store, &env.sim, a).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_cursor_restarts_the_listing_from_the_first_page() {
-    let a = account_id(1);
+/// Account `a` of 600 users whose first run was stopped after two pages, its cursor saved.
+async fn interrupted_after_two_pages(a: uuid::Uuid) -> Env {
     let mut env = Env::new(&[(a, 600)]).await;
     // Pages slower than writes, and batches that take what has arrived: the writer commits
     // them one by one, so the cancellation lands mid-listing.
@@ -873,6 +872,13 @@ async fn an_expired_cursor_restarts_the_listing_from_the_first_page() {
     };
     let o = env.sync_with(&env.account(a), &token, &stop).await;
     assert_eq!(finished(&o), Outcome::Interrupted);
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_cursor_restarts_the_listing_from_the_first_page() {
+    let a = account_id(1);
+    let env = interrupted_after_two_pages(a).await;
     env.sim.expire_cursors();
     env.sim.delete_user(a, "599");
     let served_before = env.sim.stats().requests;
@@ -895,17 +901,7 @@ async fn an_expired_cursor_restarts_the_listing_from_the_first_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saved_cursor_too_long_for_a_url_restarts_the_listing_from_the_first_page() {
     let a = account_id(1);
-    let mut env = Env::new(&[(a, 600)]).await;
-    env.settings.sync.batch_fill_ms = 0;
-    env.sim.set_latency(Duration::from_millis(30));
-    let token = CancellationToken::new();
-    let stop = CancelAfter {
-        after: 2,
-        token: token.clone(),
-        pages: AtomicU64::new(0),
-    };
-    let o = env.sync_with(&env.account(a), &token, &stop).await;
-    assert_eq!(finished(&o), Outcome::Interrupted);
+    let env = interrupted_after_two_pages(a).await;
     let long = "c".repeat(lms_sync::devkit::simulator::MAX_TARGET_LEN + 1);
     let saved = sqlx::query(
         "UPDATE sync_state SET cursor = $2 WHERE integrated_account_id = $1 AND cursor IS NOT NULL",
