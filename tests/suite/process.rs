@@ -342,6 +342,33 @@ async fn sighup_rotates_the_api_token_and_the_admin_token_without_a_restart() {
     assert_mirror(&env.store, &env.sim, a).await;
 }
 
+/// A migrated database whose `users` a DBA's session holds locked (`LOCK TABLE … IN SHARE
+/// MODE`, until its `COMMIT`), a simulator with account `a` (300 users) and a config for it.
+struct Behind {
+    sim: Simulator,
+    db: String,
+    store: lms_sync::store::Store,
+    dba: sqlx::PgConnection,
+    cfg: TempFile,
+}
+
+async fn behind_a_lock(a: Uuid) -> Behind {
+    let sim = Simulator::start(0).await.unwrap();
+    sim.add_account(a, 300, 1);
+    let db = fresh_database_url().await;
+    let store = store_for(&db).await;
+    store.prepare(true).await.unwrap();
+    let dba = session_holding(&db, "dba-reindex", "LOCK TABLE users IN SHARE MODE").await;
+    let cfg = config(&sim, &[a], "6h", 1);
+    Behind {
+        sim,
+        db,
+        store,
+        dba,
+        cfg,
+    }
+}
+
 /// A replica killed while its write waits for someone else's lock leaves no session behind:
 /// its sessions look for their client every few seconds (`client_connection_check_interval`),
 /// so the statement ends with the process instead of waiting on for the lock (its
@@ -349,13 +376,13 @@ async fn sighup_rotates_the_api_token_and_the_admin_token_without_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_behind_a_lock_leaves_no_session_waiting_for_it() {
     let a = account_id(1);
-    let sim = Simulator::start(0).await.unwrap();
-    sim.add_account(a, 300, 1);
-    let db = fresh_database_url().await;
-    let store = store_for(&db).await;
-    store.prepare(true).await.unwrap();
-    let mut dba = session_holding(&db, "dba-reindex", "LOCK TABLE users IN SHARE MODE").await;
-    let cfg = config(&sim, &[a], "6h", 1);
+    let Behind {
+        sim: _serving,
+        db,
+        store,
+        mut dba,
+        cfg,
+    } = behind_a_lock(a).await;
     let mut d = spawn(&cfg, &db);
     let waiting = "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity s USING (pid)
                     WHERE NOT l.granted AND s.datname = current_database()
@@ -393,13 +420,13 @@ async fn a_replica_killed_behind_a_lock_leaves_no_session_waiting_for_it() {
 async fn a_one_off_sync_behind_a_lock_logs_who_holds_it_and_finishes_after() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let a = account_id(1);
-    let sim = Simulator::start(0).await.unwrap();
-    sim.add_account(a, 300, 1);
-    let db = fresh_database_url().await;
-    let store = store_for(&db).await;
-    store.prepare(true).await.unwrap();
-    let mut dba = session_holding(&db, "dba-reindex", "LOCK TABLE users IN SHARE MODE").await;
-    let cfg = config(&sim, &[a], "6h", 1);
+    let Behind {
+        sim,
+        db,
+        store,
+        mut dba,
+        cfg,
+    } = behind_a_lock(a).await;
     let mut child = one_off_sync(&cfg, &db)
         .env("LMS_SYNC__DATABASE__LOCK_WAIT_WARN_SECS", "1")
         .stdout(Stdio::null())
