@@ -133,6 +133,7 @@ fn advice(e: &sqlx::Error) -> std::borrow::Cow<'static, str> {
         // lms-sync sets neither timeout: these are the role's or the database's (or an
         // operator's cancel), and a retry behind the same lock would end the same way.
         Some("57014") => format!(" (PostgreSQL cancelled the statement: the statement_timeout set for this role or database ran out, time spent waiting for another session's lock included, or an operator cancelled it{KEPT})").into(),
+        Some("42501") => format!(" (this role lacks a privilege lms-sync needs: grant what docs/schema.md, Roles: least privilege, lists, again after an upgrade that added tables; migrations need the schema's owner: run lms-sync migrate as it{KEPT})").into(),
         Some("55P03") => format!(" (another session held a lock this statement needed for longer than the lock_timeout set for this role or database{KEPT})").into(),
         _ => "".into(),
     }

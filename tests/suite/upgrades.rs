@@ -676,3 +676,37 @@ async fn a_timeout_set_for_the_database_fails_the_sync_saying_which_and_keeps_th
     let out = lms_sync(&env, &env.db_url, &["sync"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// A role that lost a privilege it needs (a DBA's REVOKE, grants not run again after an
+/// upgrade) fails the sync saying what to grant and where it is written, and keeps the mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_missing_a_privilege_fails_the_sync_saying_what_to_grant() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 150)]).await;
+    let (service, service_url) = role(&env, "service-role").await;
+    let first = lms_sync(&env, &service_url, &["--no-migrate", "sync"]).await;
+    assert!(first.status.success(), "{}", stderr(&first));
+    sqlx::raw_sql(&format!("REVOKE INSERT ON lms.users FROM {service}"))
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    env.sim.add_users(a, 3);
+
+    let out = lms_sync(&env, &service_url, &["--no-migrate", "sync"]).await;
+
+    let said = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("permission denied for table users")
+            && said.contains("grant what docs/schema.md, Roles: least privilege, lists")
+            && said.contains("what was committed is kept"),
+        "{said}"
+    );
+    sqlx::raw_sql(&format!("GRANT INSERT ON lms.users TO {service}"))
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    let out = lms_sync(&env, &service_url, &["--no-migrate", "sync"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_mirror(&env.store, &env.sim, a).await;
+}
