@@ -113,6 +113,11 @@ impl std::fmt::Display for NoConnection {
     }
 }
 
+/// The longest [`Store::explain`] waits for its own connection attempt: a server that answers
+/// at all does within it, and one that does not is not waited for a second
+/// `database.connect_timeout_secs`.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What a failed run keeps.
 const KEPT: &str = "; what was committed is kept, and the next run resumes where this one stopped";
 
@@ -330,7 +335,8 @@ impl Store {
             return e;
         }
         let waited = self.pool.options().get_acquire_timeout();
-        let why = match tokio::time::timeout(waited, self.opts.connect()).await {
+        let probe = waited.min(PROBE_TIMEOUT);
+        let why = match tokio::time::timeout(probe, self.opts.connect()).await {
             Ok(Ok(conn)) => {
                 let _ = sqlx::Connection::close(conn).await;
                 NoConnection::PoolBusy(self.pool.options().get_max_connections())
@@ -340,8 +346,9 @@ impl Store {
             }
             Ok(Err(other)) => NoConnection::Refused(crate::text::error_chain(&other)),
             Err(_) => NoConnection::Refused(format!(
-                "it did not open within {} s either",
-                waited.as_secs()
+                "the server did not answer a new connection within {} s either (a host down or \
+                 unreachable, a firewall dropping the packets, or a server too loaded to answer)",
+                probe.as_secs()
             )),
         };
         StoreError::NoConnection {

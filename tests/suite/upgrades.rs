@@ -710,3 +710,29 @@ async fn a_role_missing_a_privilege_fails_the_sync_saying_what_to_grant() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_mirror(&env.store, &env.sim, a).await;
 }
+
+/// A database host that does not answer at all (a listener that never accepts stands in: the
+/// handshake completes, nothing is ever said) is reported as such, and the extra connection
+/// attempt that tells it from a busy pool is not given a second whole connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_host_that_does_not_answer_is_reported_so_without_a_second_full_wait() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "postgres://lms@{}/lms?sslmode=disable",
+        silent.local_addr().unwrap()
+    );
+    let settings = lms_sync::config::DatabaseSettings {
+        connect_timeout_secs: 7,
+        ..Default::default()
+    };
+    let store = lms_sync::store::Store::connect_lazy(&url.into(), &settings).unwrap();
+
+    let e = store.registry().await.unwrap_err();
+    let e = store.explain(e).await.to_string();
+
+    assert!(
+        e.starts_with("no database connection within 7 s: connecting fails: the server did not answer a new connection within 5 s either"),
+        "{e}"
+    );
+    drop(silent);
+}
