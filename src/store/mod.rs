@@ -258,7 +258,7 @@ const CLIENT_CHECK_INTERVAL: &str = "5s";
 /// (about 2 h 11 min) a lost replica's accounts and share would stay taken that long. Idle for
 /// half of it, then three probes over the rest; unacknowledged data is given as long.
 /// Ignored on a Unix-domain socket (no network between them).
-pub fn keepalives(secs: u64) -> [(&'static str, String); 4] {
+fn keepalives(secs: u64) -> [(&'static str, String); 4] {
     let idle = (secs / 2).max(1);
     let interval = (secs.saturating_sub(idle) / 3).max(1);
     [
