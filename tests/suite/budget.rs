@@ -678,12 +678,7 @@ async fn a_replica_killed_holding_its_share_starves_the_other_for_a_window_and_t
         .text()
         .await
         .unwrap();
-    let gauge = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}{{}} ")))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
+    let gauge = |name: &str| gauge(&metrics, name);
     assert_eq!(
         gauge("lms_sync_rate_budget_share"),
         Some(per_token as f64),

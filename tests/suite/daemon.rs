@@ -506,15 +506,6 @@ async fn an_account_needing_reauth_is_marked_probed_hours_apart_and_picked_up_on
     assert_mirror(&env.store, &env.sim, a).await;
 }
 
-/// The value of the unlabelled gauge `name` in a /metrics text.
-fn gauge(metrics: &str, name: &str) -> Option<f64> {
-    let prefix = format!("{name}{{}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.parse().ok())
-}
-
 /// Polls `base` + `path` until `done` holds for its body (within 30 s), and returns that body.
 async fn poll_until(base: &str, path: &str, done: impl Fn(&str) -> bool) -> String {
     // Before the daemon's own client may have installed it.

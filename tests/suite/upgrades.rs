@@ -40,6 +40,11 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// All a command said: its log (stderr), then its report (stdout).
+fn said(o: &Output) -> String {
+    format!("{}{}", stderr(o), String::from_utf8_lossy(&o.stdout))
+}
+
 /// A fenced block of docs/schema.md whose info string is `sql <name>`, with `role` for the
 /// role it creates and grants to.
 fn grants(name: &str, role: &str) -> Vec<String> {
@@ -579,13 +584,16 @@ async fn status_as_an_analyst_names_a_lock_a_session_of_lms_sync_waits_for() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let out = lms_sync_with(
-        &env,
-        &analyst_url,
-        &["status"],
-        &[("LMS_SYNC__DATABASE__LOCK_WAIT_WARN_SECS", "1")],
-    )
-    .await;
+    let status = || {
+        lms_sync_with(
+            &env,
+            &analyst_url,
+            &["status"],
+            &[("LMS_SYNC__DATABASE__LOCK_WAIT_WARN_SECS", "1")],
+        )
+    };
+
+    let out = status().await;
 
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -601,13 +609,7 @@ async fn status_as_an_analyst_names_a_lock_a_session_of_lms_sync_waits_for() {
     );
     sqlx::raw_sql("COMMIT").execute(&mut dba).await.unwrap();
     write.await.unwrap().unwrap();
-    let out = lms_sync_with(
-        &env,
-        &analyst_url,
-        &["status"],
-        &[("LMS_SYNC__DATABASE__LOCK_WAIT_WARN_SECS", "1")],
-    )
-    .await;
+    let out = status().await;
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains("waiting for a database lock"),
         "{}",
@@ -652,8 +654,7 @@ async fn a_timeout_set_for_the_database_fails_the_sync_saying_which_and_keeps_th
 
         let out = lms_sync(&env, &env.db_url, &["sync"]).await;
 
-        let err = stderr(&out);
-        let said = format!("{err}{}", String::from_utf8_lossy(&out.stdout));
+        let said = said(&out);
         assert_eq!(out.status.code(), Some(1), "{setting}: {said}");
         assert!(
             said.contains(says) && said.contains("what was committed is kept"),
@@ -694,7 +695,7 @@ async fn a_role_missing_a_privilege_fails_the_sync_saying_what_to_grant() {
 
     let out = lms_sync(&env, &service_url, &["--no-migrate", "sync"]).await;
 
-    let said = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+    let said = said(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(
         said.contains("permission denied for table users")

@@ -500,3 +500,12 @@ pub async fn session_holding(url: &str, application: &str, sql: &str) -> sqlx::P
         .unwrap();
     conn
 }
+
+/// The value of the unlabelled metric `name` in a /metrics text.
+pub fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    let prefix = format!("{name}{{}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
