@@ -15,6 +15,7 @@ pub mod page;
 mod scheduler;
 mod signals;
 pub mod status;
+mod token_watch;
 mod webhooks;
 
 pub use signals::{reload_on_hangup, shutdown_on_signals, wait_for_signal};

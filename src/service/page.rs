@@ -2,8 +2,8 @@
 //! 30 s: the fleet's accounts with their label, tenant, state, health and since when, last
 //! success, next run, live users and last error, the ones needing attention first (the first
 //! [`SHOWN`] of them unless `?all=true`; `?q=` narrows them to a search; above them, with
-//! discovery on, what the last account listing found); then the token's
-//! request budget, who holds how much of it across processes; cards that stack on a phone.
+//! discovery on, what the last account listing found, and whether Truto refuses the API
+//! token or a lock holds the syncs up); then the token's request budget, who holds how much of it across processes; cards that stack on a phone.
 //! Rendering is pure; the handler reads the fleet's state.
 
 use std::fmt::Write as _;
@@ -75,11 +75,14 @@ pub(super) async fn page(
         Ok::<_, crate::store::StoreError>((
             state,
             super::status::read_budget(&settings, &ops.store).await?,
-            waits,
+            Halts {
+                token_rejected_since: ops.source.token_rejected_since(),
+                lock_waits: waits,
+            },
         ))
     };
     match read.await {
-        Ok((state, budget, waits)) => {
+        Ok((state, budget, halts)) => {
             let views = super::status::account_views(&state);
             let discovery = settings
                 .discovery
@@ -89,7 +92,7 @@ pub(super) async fn page(
                 &views,
                 budget.as_ref(),
                 discovery.as_ref(),
-                &waits,
+                &halts,
                 Utc::now(),
                 &query,
             );
@@ -356,6 +359,30 @@ fn discovery_section(s: &mut String, d: &DiscoveryView, now: DateTime<Utc>) {
     }
 }
 
+/// What holds every sync up, whatever the account: shown above the accounts.
+#[derive(Debug, Default, Clone)]
+pub struct Halts {
+    /// Since when Truto has refused the API token (this process's last requests).
+    pub token_rejected_since: Option<DateTime<Utc>>,
+    /// Sessions of lms-sync waiting for a lock longer than `database.lock_wait_warn_secs`.
+    pub lock_waits: Vec<SessionLockWait>,
+}
+
+/// While Truto refuses the API token: since when, that no run starts, and what to do.
+fn token_section(s: &mut String, since: Option<DateTime<Utc>>, now: DateTime<Utc>) {
+    let Some(since) = since else {
+        return;
+    };
+    let _ = write!(
+        s,
+        "<p class=\"note why\">Truto refuses the API token (HTTP 401; first refused {}): no \
+         run starts, as every one would fail. Put a valid token in TRUTO_API_TOKEN or \
+         truto.api_token_file and send SIGHUP (or restart); meanwhile the token is checked \
+         again every few minutes, and runs start as soon as Truto takes it.</p>",
+        when(Some(since), now)
+    );
+}
+
 /// Sessions of lms-sync waiting for a lock another session holds (longer than
 /// `database.lock_wait_warn_secs`): the syncs behind them stand still until it is released.
 fn lock_wait_section(s: &mut String, waits: &[SessionLockWait]) {
@@ -394,7 +421,7 @@ pub fn render(
     views: &[AccountView],
     budget: Option<&BudgetSection>,
     discovery: Option<&DiscoveryView>,
-    lock_waits: &[SessionLockWait],
+    halts: &Halts,
     now: DateTime<Utc>,
     query: &PageQuery,
 ) -> String {
@@ -449,14 +476,18 @@ pub fn render(
             s.push_str("<span class=\"pill bad\">retire guard holding</span>");
         }
     }
-    if !lock_waits.is_empty() {
+    if halts.token_rejected_since.is_some() {
+        s.push_str("<span class=\"pill bad\">API token refused</span>");
+    }
+    if !halts.lock_waits.is_empty() {
         s.push_str("<span class=\"pill bad\">waiting for a database lock</span>");
     }
     s.push_str("</div>");
+    token_section(&mut s, halts.token_rejected_since, now);
     if let Some(d) = discovery {
         discovery_section(&mut s, d, now);
     }
-    lock_wait_section(&mut s, lock_waits);
+    lock_wait_section(&mut s, &halts.lock_waits);
     let _ = write!(
         s,
         "<form class=\"search\" method=\"get\" role=\"search\">\
@@ -578,7 +609,7 @@ mod tests {
             &[view(1, "Alpha"), stale, reauth],
             None,
             None,
-            &[],
+            &Halts::default(),
             now,
             &PageQuery::default(),
         );
@@ -614,7 +645,7 @@ mod tests {
             &[view(1, "Alpha")],
             Some(&b),
             None,
-            &[],
+            &Halts::default(),
             now,
             &PageQuery::default(),
         );
@@ -631,7 +662,14 @@ mod tests {
             view: BudgetView::default(),
             ..b
         };
-        let html = render(&[], Some(&empty), None, &[], now, &PageQuery::default());
+        let html = render(
+            &[],
+            Some(&empty),
+            None,
+            &Halts::default(),
+            now,
+            &PageQuery::default(),
+        );
         assert!(html.contains("No process holds a share yet."), "{html}");
         assert!(html.contains("0 held by 0 processes, 0 hot"), "{html}");
     }
@@ -687,7 +725,14 @@ mod tests {
         views[248].last_error = Some("HTTP 500".into());
         views[249].last_success = None;
         views[0].state = "paused".into();
-        let html = render(&views, None, None, &[], now, &PageQuery::default());
+        let html = render(
+            &views,
+            None,
+            None,
+            &Halts::default(),
+            now,
+            &PageQuery::default(),
+        );
         assert_eq!(account_rows(&html), SHOWN, "{html}");
         let first = [&views[247], &views[248], &views[249]].map(|v| {
             html.find(v.label.as_deref().unwrap())
@@ -714,7 +759,7 @@ mod tests {
             "no stale account"
         );
 
-        let html = render(&views, None, None, &[], now, &ask(None, true));
+        let html = render(&views, None, None, &Halts::default(), now, &ask(None, true));
         assert_eq!(account_rows(&html), 250);
         assert!(
             !html.contains("Show all") && !html.contains("showing"),
@@ -729,7 +774,16 @@ mod tests {
             .map(|n| view(n, &format!("School {n:03}")))
             .collect();
         views[41].label = Some("ACME <Academy> & Co".into());
-        let by = |q: &str| render(&views, None, None, &[], now, &ask(Some(q), false));
+        let by = |q: &str| {
+            render(
+                &views,
+                None,
+                None,
+                &Halts::default(),
+                now,
+                &ask(Some(q), false),
+            )
+        };
 
         let html = by("  acme ");
         assert_eq!(account_rows(&html), 1);
@@ -760,7 +814,14 @@ mod tests {
             html.contains("<a href=\"?q=School&amp;all=true\">Show all 299</a>"),
             "{html}"
         );
-        let html = render(&views, None, None, &[], now, &ask(Some("School"), true));
+        let html = render(
+            &views,
+            None,
+            None,
+            &Halts::default(),
+            now,
+            &ask(Some("School"), true),
+        );
         assert_eq!(account_rows(&html), 299);
         // A blank search is no search.
         assert_eq!(account_rows(&by("   ")), SHOWN);
@@ -775,7 +836,7 @@ mod tests {
                 &[view(1, "Alpha")],
                 None,
                 Some(d),
-                &[],
+                &Halts::default(),
                 now,
                 &PageQuery::default(),
             )
@@ -784,7 +845,7 @@ mod tests {
             &[view(1, "Alpha")],
             None,
             None,
-            &[],
+            &Halts::default(),
             now,
             &PageQuery::default(),
         );
@@ -833,7 +894,10 @@ mod tests {
             &[view(1, "Alpha")],
             None,
             None,
-            &[wait],
+            &Halts {
+                lock_waits: vec![wait],
+                ..Halts::default()
+            },
             now,
             &PageQuery::default(),
         );
@@ -846,11 +910,41 @@ mod tests {
             &[view(1, "Alpha")],
             None,
             None,
-            &[],
+            &Halts::default(),
             now,
             &PageQuery::default(),
         );
         assert!(!calm.contains("database lock"), "{calm}");
+    }
+
+    #[test]
+    fn a_refused_api_token_is_said_above_the_accounts_with_what_to_do() {
+        let now = Utc::now();
+        let halts = Halts {
+            token_rejected_since: Some(now - chrono::Duration::minutes(4)),
+            ..Halts::default()
+        };
+        let html = render(
+            &[view(1, "Alpha")],
+            None,
+            None,
+            &halts,
+            now,
+            &PageQuery::default(),
+        );
+        assert!(html.contains("<span class=\"pill bad\">API token refused</span>"));
+        assert!(html.contains("Truto refuses the API token (HTTP 401; first refused <time"));
+        assert!(html.contains(">4 min ago</time>): no run starts"), "{html}");
+        assert!(html.find("API token refused") < html.find("Alpha"));
+        let calm = render(
+            &[view(1, "Alpha")],
+            None,
+            None,
+            &Halts::default(),
+            now,
+            &PageQuery::default(),
+        );
+        assert!(!calm.contains("API token"), "{calm}");
     }
 
     fn html_of(b: &BudgetSection, now: DateTime<Utc>) -> String {
@@ -858,7 +952,7 @@ mod tests {
             &[view(1, "Alpha")],
             Some(b),
             None,
-            &[],
+            &Halts::default(),
             now,
             &PageQuery::default(),
         )

@@ -132,6 +132,12 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         Some(s.metrics.clone()),
         s.root.clone(),
     ));
+    s.tracker.spawn(super::token_watch::run(
+        s.source.clone(),
+        s.metrics.clone(),
+        s.wake.clone(),
+        s.root.clone(),
+    ));
     if s.settings.discovery.enabled {
         s.tracker.spawn(super::discovery::run(
             s.store.clone(),
@@ -235,10 +241,14 @@ impl Scheduler {
     }
 
     /// Starts every account that is due (up to `sync.max_concurrent_accounts` running), and
-    /// returns when to look again.
+    /// returns when to look again. None while Truto refuses the API token: each would fail
+    /// alike (the token watch wakes the loop when Truto takes it again).
     fn start_due(&mut self, histories: &HashMap<Uuid, RunHistory>) -> DateTime<Utc> {
         let now = Utc::now();
         let mut wake = now + chrono::Duration::from_std(RESCAN).expect("small");
+        if self.source.token_rejected_since().is_some() {
+            return wake;
+        }
         let max = self.settings.sync.max_concurrent_accounts;
         // In a stable order (the registry's), so that a large fleet starts in the same order on
         // every replica and round.

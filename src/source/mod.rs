@@ -1,14 +1,16 @@
 //! The Truto client: the only part that speaks HTTP to Truto. It fetches one page of an
 //! account's user listing (or one user), paced by the request budget (`budget`), retrying what
 //! is retryable (`retry`, `error`), and hands the page over with its envelope checked
-//! (`envelope`). It knows nothing of the database and never logs the token (the header is
-//! marked sensitive; errors carry no headers).
+//! (`envelope`), and remembers whether Truto refuses the API token itself (`token`). It knows
+//! nothing of the database and never logs the token (the header is marked sensitive; errors
+//! carry no headers).
 
 mod accounts;
 pub mod budget;
 mod envelope;
 mod error;
 mod retry;
+mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,7 @@ use envelope::{invalid_body, parse_envelope};
 pub use envelope::{parse_page, FetchedPage};
 use error::{classify, status_error};
 pub use error::{Failed, SourceError};
+pub use token::TokenState;
 
 /// The users endpoint, relative to the base URL.
 pub const USERS_PATH: &str = "unified/lms/users";
@@ -61,6 +64,8 @@ pub struct TrutoClient {
     backoff: Backoff,
     budget: Option<Arc<RateBudget>>,
     metrics: Option<Arc<Metrics>>,
+    /// Whether Truto refuses the token now (see `token`); shared by the clones.
+    token: Arc<tokio::sync::watch::Sender<TokenState>>,
 }
 
 impl std::fmt::Debug for TrutoClient {
@@ -104,6 +109,7 @@ impl TrutoClient {
             },
             budget: None,
             metrics: None,
+            token: Arc::new(tokio::sync::watch::Sender::new(TokenState::default())),
         })
     }
 
@@ -127,6 +133,10 @@ impl TrutoClient {
         let mut auth = self.auth.write().unwrap_or_else(|e| e.into_inner());
         let changed = auth.as_bytes() != new.as_bytes();
         *auth = new;
+        drop(auth);
+        if changed {
+            self.token_replaced();
+        }
         Ok(changed)
     }
 

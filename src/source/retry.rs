@@ -53,6 +53,7 @@ impl TrutoClient {
                 Err(e) => return Err(Failed::new(e, t.attempts - 1)),
             };
             let sent = Instant::now();
+            let generation = self.token_generation();
             let result = tokio::select! {
                 r = once() => r,
                 _ = cancel.cancelled() => return Err(Failed::new(SourceError::Cancelled, t.attempts)),
@@ -62,6 +63,7 @@ impl TrutoClient {
                 budget.settle(id, taken, answered);
             }
             self.count_request(id, what, sent.elapsed(), &result);
+            self.judge_token(generation, super::token::Verdict::of(&result));
             let err = match result {
                 Ok((value, reported)) => {
                     if let (Some(budget), Some(taken), Some(report)) =

@@ -371,7 +371,7 @@ async fn take_back(p: Pass<'_>, budget: Option<&RateBudget>, every: Duration) ->
 const DEFAULT_LEASE_CHECK: Duration = Duration::from_millis(2_500);
 
 /// Syncs many accounts, at most `max_concurrent` at once, and returns their outcomes in the
-/// order given.
+/// order given. Once Truto has refused the API token, the accounts not yet started are not.
 pub async fn sync_accounts(
     store: &Store,
     source: &TrutoClient,
@@ -391,6 +391,18 @@ pub async fn sync_accounts(
                     out.status = PassStatus::Finished(Outcome::Interrupted);
                     out.error = Some("not started: shutdown requested".into());
                     out.error_kind = Some(ErrorKind::Interrupted);
+                    return out;
+                }
+                // Every account would fail alike, each with a run and a refused request.
+                if source.token_rejected_since().is_some() {
+                    let mut out = SyncOutcome::new(a);
+                    out.status = PassStatus::Finished(Outcome::Failed);
+                    out.error = Some(
+                        "not started: Truto refused the API token (check TRUTO_API_TOKEN or \
+                         truto.api_token_file)"
+                            .into(),
+                    );
+                    out.error_kind = Some(ErrorKind::BadToken);
                     return out;
                 }
                 sync_account(store, source, a, opts, cancel, progress.as_ref()).await

@@ -342,6 +342,116 @@ async fn sighup_rotates_the_api_token_and_the_admin_token_without_a_restart() {
     assert_mirror(&env.store, &env.sim, a).await;
 }
 
+/// Truto refusing the API token itself (revoked, or rotated in Truto but not here) fails the
+/// runs already under way and starts no other, rather than failing every account in turn; the
+/// log, the gauge and the status page say so, the token is checked with one request after
+/// 10 s, and a valid token loaded with SIGHUP is taken at once: every account is synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_api_token_holds_every_run_until_a_valid_one_is_loaded() {
+    lms_sync::install_crypto_provider();
+    let ids: Vec<Uuid> = (1..=6).map(account_id).collect();
+    let env = Env::new(&ids.iter().map(|&a| (a, 120)).collect::<Vec<_>>()).await;
+    env.sim.set_token("tok-VALIDSECRET");
+    let cfg = config(&env.sim, &ids, "1h", 2);
+    let token = TempFile::new("lms-sync-token", "", "tok-REVOKEDSECRET\n");
+    let mut d = spawn_env(
+        &cfg,
+        &env.db_url,
+        &[],
+        &[("LMS_SYNC__TRUTO__API_TOKEN_FILE", token.to_str().unwrap())],
+    );
+    let listening = d
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
+    let ops = listening["fields"]["addr"].as_str().unwrap().to_string();
+    d.wait_for(
+        "Truto rejected the API token (HTTP 401): check TRUTO_API_TOKEN or \
+         truto.api_token_file; no new run starts until a request with it succeeds",
+    )
+    .await;
+    let ev = d
+        .wait_for("the API token is still refused (or could not be checked); no run starts")
+        .await;
+    assert_eq!(ev["fields"]["next_check_in_secs"], 20, "{ev}");
+    assert!(!ev.to_string().contains("SECRET"), "{ev}");
+    // The two runs started first, and the check: nothing else was sent in those 10 s.
+    let stats = env.sim.stats();
+    assert_eq!(stats.by_status.get(&401), Some(&3), "{stats:?}");
+    assert_eq!(stats.requests, 3, "{stats:?}");
+    let failed: i64 = query_one(
+        &env.db_url,
+        "SELECT count(*) FROM sync_runs WHERE outcome = 'failed' AND error_kind = 'bad_token'",
+    )
+    .await;
+    let runs: i64 = query_one(&env.db_url, "SELECT count(*) FROM sync_runs").await;
+    assert_eq!((failed, runs), (2, 2));
+    let metrics = reqwest::get(format!("http://{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(gauge(&metrics, "lms_sync_api_token_rejected"), Some(1.0));
+    let page = reqwest::get(format!("http://{ops}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<span class=\"pill bad\">API token refused</span>"));
+    assert!(
+        page.contains("no run starts, as every one would fail"),
+        "{page}"
+    );
+
+    std::fs::write(&token, "tok-VALIDSECRET\n").unwrap();
+    d.hangup().await;
+    d.wait_for("Truto accepts the API token again; runs start again")
+        .await;
+    let mut synced = std::collections::HashSet::new();
+    while synced.len() < ids.len() {
+        let ev = d.wait_for("sync run finished").await;
+        assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+        synced.insert(ev["span"]["account"].as_str().unwrap().to_string());
+    }
+    let metrics = reqwest::get(format!("http://{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(gauge(&metrics, "lms_sync_api_token_rejected"), Some(0.0));
+    assert_eq!(d.terminate().await, 0);
+    for a in ids {
+        assert_mirror(&env.store, &env.sim, a).await;
+    }
+}
+
+/// A one-off `sync` of many accounts whose token Truto refuses starts no account after the
+/// first refusal: one request refused, one failed run, the others "not started", exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_off_sync_with_a_refused_token_starts_no_account_after_the_first_refusal() {
+    let ids: Vec<Uuid> = (1..=4).map(account_id).collect();
+    let env = Env::new(&ids.iter().map(|&a| (a, 50)).collect::<Vec<_>>()).await;
+    env.sim.set_token("tok-VALIDSECRET");
+    let cfg = config(&env.sim, &ids, "1h", 1);
+    let o = one_off_sync(&cfg, &env.db_url).output().await.unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert_eq!(
+        out.matches("not started: Truto refused the API token (check TRUTO_API_TOKEN or truto.api_token_file)")
+            .count(),
+        3,
+        "{out}"
+    );
+    assert_eq!(env.sim.stats().requests, 1);
+    let runs: i64 = query_one(&env.db_url, "SELECT count(*) FROM sync_runs").await;
+    assert_eq!(runs, 1);
+}
+
 /// A migrated database whose `users` a DBA's session holds locked (`LOCK TABLE … IN SHARE
 /// MODE`, until its `COMMIT`), a simulator with account `a` (300 users) and a config for it.
 struct Behind {
