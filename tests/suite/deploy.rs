@@ -113,6 +113,7 @@ fn the_alert_rules_name_only_exported_metrics_and_the_prometheus_rule_is_the_sam
         "LmsSyncDiscoveryFailing",
         "LmsSyncDown",
         "LmsSyncDatabaseLockWait",
+        "LmsSyncApiTokenRejected",
     ] {
         assert!(ALERTS.contains(&format!("alert: {alert}")), "{alert}");
     }
