@@ -137,7 +137,9 @@ struct State {
     blocked: HashMap<Uuid, Fault>,
     /// Faults served to the single-user GET of one user, until cleared.
     user_faults: HashMap<(Uuid, String), Fault>,
-    script: VecDeque<(Option<Uuid>, Fault)>,
+    /// Faults to serve, each to the next request for its account (any with `None`) once the
+    /// count beside it of such requests has gone through.
+    script: VecDeque<(Option<Uuid>, u32, Fault)>,
     random_fault_rate: f64,
     /// When set, random faults also include stalls mid-body and delays of this long.
     random_slow: Option<Duration>,
@@ -351,7 +353,13 @@ impl Simulator {
 
     /// Queues a fault for the next request (of `account`, or of any account when `None`).
     pub fn push_fault(&self, account: Option<Uuid>, fault: Fault) {
-        self.with(|s| s.script.push_back((account, fault)));
+        self.push_fault_after(account, 0, fault);
+    }
+
+    /// Like [`Simulator::push_fault`], once `after` requests of `account` have been answered
+    /// (a fault on a later page of a listing).
+    pub fn push_fault_after(&self, account: Option<Uuid>, after: u32, fault: Fault) {
+        self.with(|s| s.script.push_back((account, after, fault)));
     }
 
     /// Serves a random retryable fault on this share of requests (0 turns it off).
@@ -1123,12 +1131,18 @@ fn route_inner(s: &mut State, req: &Request) -> Reply {
             return fault_reply(s, f, account, req);
         }
     }
-    let scripted = s
+    let scripted = match s
         .script
-        .iter()
-        .position(|(a, _)| a.is_none() || *a == Some(account))
-        .and_then(|i| s.script.remove(i))
-        .map(|(_, f)| f);
+        .iter_mut()
+        .position(|(a, _, _)| a.is_none() || *a == Some(account))
+    {
+        Some(i) if s.script[i].1 > 0 => {
+            s.script[i].1 -= 1;
+            None
+        }
+        Some(i) => s.script.remove(i).map(|(_, _, f)| f),
+        None => None,
+    };
     let random =
         if scripted.is_none() && s.random_fault_rate > 0.0 && s.rng.f64() < s.random_fault_rate {
             let pool = [

@@ -81,9 +81,9 @@ impl TrutoClient {
                 Err(e) => e,
             };
             let (wait, err) = self.retry_wait(id, err, &mut t)?;
-            // The listing's requests belong to no account: no field rather than a nil id.
+            // An account's requests are made in its run's span, which names the account (a
+            // field here too would show it twice); the listing's belong to no account.
             tracing::warn!(
-                account = account_of(id).map(tracing::field::display),
                 attempt = t.attempts,
                 wait_ms = wait.as_millis() as u64,
                 error = %err,

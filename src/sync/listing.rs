@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 use super::retry::with_db_retries;
 use super::seen::SeenIds;
@@ -128,7 +129,9 @@ pub(super) async fn follow(
         tx,
         all_new: all_new.clone(),
     };
-    let _fetcher = AbortOnDropHandle::new(tokio::spawn(fetcher.run(first, cursor)));
+    // In the run's span: its requests' events (retries) carry the account and the run.
+    let _fetcher =
+        AbortOnDropHandle::new(tokio::spawn(fetcher.run(first, cursor).in_current_span()));
     write_all(p, run_id, rx, &mut listing, all_new, out).await?;
     Ok(listing)
 }
