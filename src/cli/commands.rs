@@ -161,7 +161,7 @@ fn require_token(settings: &Settings) -> Result<SecretString, ConfigError> {
 }
 
 /// What `sync` and `run` need before they start: accounts, a token and a database URL.
-fn sync_prerequisites(settings: &Settings) -> Result<SecretString, CliError> {
+pub(super) fn sync_prerequisites(settings: &Settings) -> Result<SecretString, CliError> {
     settings.require_accounts()?;
     let token = require_token(settings)?;
     settings.database_url()?;

@@ -4,6 +4,7 @@
 //! `simulate`, `bench`) are parsed here too and handed to [`crate::devkit`].
 
 pub mod accounts;
+mod check;
 pub mod commands;
 mod exit;
 pub mod progress;
@@ -60,6 +61,9 @@ pub enum Command {
     },
     /// Show each account's sync state.
     Status,
+    /// Check what `run` needs, changing nothing: the database, the schema, the role's rights,
+    /// Truto's answer to the token, the configured accounts, discovery. Exit 0 when all pass.
+    Check,
     /// The fleet's accounts: list them, pause, resume, sync now, reset a cursor, purge.
     Accounts {
         #[command(subcommand)]
@@ -101,6 +105,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Migrate => commands::migrate(settings).await,
             Command::Healthcheck { url } => commands::healthcheck(&url).await,
             Command::Status => commands::status(settings).await,
+            Command::Check => check::check(settings).await,
             Command::Accounts { command } => accounts::run(settings, command).await,
             #[cfg(feature = "devkit")]
             Command::Dev(command) => crate::devkit::run(command, settings).await,

@@ -214,6 +214,74 @@ pub fn accounts(views: &[AccountView]) -> String {
     s
 }
 
+/// One check of `check`: its name, how it went, and what it found or what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub state: CheckState,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckState {
+    Passed,
+    Failed,
+    /// Not made: what it needs failed first (which is the check to fix).
+    Skipped,
+}
+
+impl Check {
+    pub fn passed(name: &'static str, detail: impl Into<String>) -> Check {
+        Check {
+            name,
+            state: CheckState::Passed,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn failed(name: &'static str, detail: impl Into<String>) -> Check {
+        Check {
+            name,
+            state: CheckState::Failed,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn skipped(name: &'static str, why: impl Into<String>) -> Check {
+        Check {
+            name,
+            state: CheckState::Skipped,
+            detail: why.into(),
+        }
+    }
+
+    /// Passed, or skipped for a failure reported by another check.
+    pub fn ok(&self) -> bool {
+        self.state != CheckState::Failed
+    }
+}
+
+/// `check`'s report: a line per check, then a verdict.
+pub fn checks(checks: &[Check]) -> String {
+    let mut s = String::new();
+    for c in checks {
+        let state = match c.state {
+            CheckState::Passed => "ok",
+            CheckState::Failed => "FAILED",
+            CheckState::Skipped => "skipped",
+        };
+        let detail = c.detail.replace('\n', " ");
+        let _ = writeln!(s, "{:<14} {state:<8} {detail}", c.name);
+    }
+    let failed: Vec<&str> = checks.iter().filter(|c| !c.ok()).map(|c| c.name).collect();
+    if failed.is_empty() {
+        s.push_str("every check passed\n");
+    } else {
+        let _ = writeln!(s, "failed: {}", failed.join(", "));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,5 +320,26 @@ mod tests {
             "{}",
             budget(&empty)
         );
+    }
+
+    #[test]
+    fn a_check_report_says_each_state_and_which_failed() {
+        let report = checks(&[
+            Check::passed("database", "connected; PostgreSQL 15.8"),
+            Check::failed(
+                "truto token",
+                "HTTP 401: Truto rejected the API token\nsecond line",
+            ),
+            Check::skipped("accounts", "the token check failed"),
+        ]);
+        assert_eq!(
+            report,
+            "database       ok       connected; PostgreSQL 15.8\n\
+             truto token    FAILED   HTTP 401: Truto rejected the API token second line\n\
+             accounts       skipped  the token check failed\n\
+             failed: truto token\n"
+        );
+        let fine = checks(&[Check::passed("database", "connected")]);
+        assert!(fine.ends_with("every check passed\n"), "{fine}");
     }
 }

@@ -258,6 +258,60 @@ impl Store {
         Ok(Some(remain))
     }
 
+    /// The server's version as a number (`server_version_num`: 150008 for 15.8).
+    pub async fn server_version_num(&self) -> Result<i32, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// What the connected role lacks of the rights docs/schema.md ("Roles") grants the
+    /// service: USAGE on the schema; SELECT, INSERT, UPDATE and DELETE on each of its tables;
+    /// USAGE on its sequences; EXECUTE on its functions. Each as "INSERT on table users"; empty
+    /// when nothing is missing. Reads the catalog only.
+    pub async fn missing_privileges(&self) -> Result<Vec<String>, StoreError> {
+        let missing: Vec<String> = sqlx::query_scalar(
+            "SELECT 'USAGE on schema ' || n.nspname
+               FROM pg_namespace n
+              WHERE n.nspname = $1 AND NOT has_schema_privilege(n.oid, 'USAGE')
+             UNION ALL
+             SELECT * FROM (
+               SELECT p.privilege || ' on table ' || c.relname
+                 FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) AS p (privilege)
+                WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
+                  AND NOT has_table_privilege(c.oid, p.privilege)
+                ORDER BY c.relname, array_position(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE'], p.privilege)
+             ) t
+             UNION ALL
+             SELECT * FROM (
+               SELECT 'USAGE on sequence ' || c.relname
+                 FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                -- (In a CASE: the planner may test a row before the relkind filter, and
+                -- has_sequence_privilege fails on anything but a sequence.)
+                WHERE n.nspname = $1
+                  AND CASE WHEN c.relkind = 'S' THEN NOT has_sequence_privilege(c.oid, 'USAGE') END
+                ORDER BY c.relname
+             ) s
+             UNION ALL
+             SELECT * FROM (
+               SELECT 'EXECUTE on function ' || f.oid::regprocedure::text
+                 FROM pg_proc f
+                 JOIN pg_namespace n ON n.oid = f.pronamespace
+                WHERE n.nspname = $1 AND NOT has_function_privilege(f.oid, 'EXECUTE')
+                ORDER BY 1
+             ) f",
+        )
+        .bind(&self.schema)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(missing)
+    }
+
     /// Makes the schema ready for this binary: migrates when `migrate`, otherwise only checks
     /// (a process with DML rights only, or a read-only command).
     pub async fn prepare(&self, migrate: bool) -> Result<(), StoreError> {

@@ -5,9 +5,9 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use crate::helpers::daemon::BIN;
+use crate::helpers::daemon::{query_one, BIN};
 use crate::helpers::*;
-use lms_sync::devkit::simulator::DEMO_TOKEN;
+use lms_sync::devkit::simulator::{Integrated, DEMO_TOKEN};
 use lms_sync::store::SchemaState;
 use uuid::Uuid;
 
@@ -736,4 +736,142 @@ async fn a_database_host_that_does_not_answer_is_reported_so_without_a_second_fu
         "{e}"
     );
     drop(silent);
+}
+
+/// `lms-sync check` with `accounts` configured, against `db`, with `token`.
+async fn check(env: &Env, db: &str, accounts: &[Uuid], token: &str) -> Output {
+    check_with(env, db, accounts, token, &[]).await
+}
+
+/// [`check`] with more environment variables.
+async fn check_with(
+    env: &Env,
+    db: &str,
+    accounts: &[Uuid],
+    token: &str,
+    vars: &[(&str, &str)],
+) -> Output {
+    let cfg = crate::helpers::daemon::config(&env.sim, accounts, "1h", 2);
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TRUTO_API_TOKEN", token)
+        .env("LMS_SYNC__DATABASE__URL", db)
+        .env("LMS_SYNC__LOG__FORMAT", "pretty")
+        .env("NO_COLOR", "1")
+        .envs(vars.iter().copied())
+        .args(["--config", cfg.to_str().unwrap(), "--no-migrate", "check"])
+        .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("finishes within a minute")
+        .expect("run lms-sync")
+}
+
+/// The line of `check`'s report for one check.
+fn check_line<'a>(out: &'a Output, name: &str) -> &'a str {
+    let report = std::str::from_utf8(&out.stdout).unwrap();
+    report
+        .lines()
+        .find(|l| l.split("  ").next() == Some(name))
+        .unwrap_or_else(|| panic!("no `{name}` line:\n{report}"))
+}
+
+/// `check` before a deployment: as the service's documented role, with Truto taking the token
+/// and knowing every account, every check passes (exit 0) and nothing is written; each broken
+/// prerequisite (a right revoked, an account Truto does not know or that needs
+/// re-authorization, a refused token) fails its own line saying what to do (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_a_ready_deployment_and_names_each_broken_prerequisite() {
+    let (a, b, unknown) = (account_id(1), account_id(2), account_id(3));
+    let env = Env::new(&[(a, 150), (b, 20)]).await;
+    for id in [a, b] {
+        env.sim.set_integrated(id, Integrated::active("acme"));
+    }
+    let (service, service_url) = role(&env, "service-role").await;
+
+    let out = check(&env, &service_url, &[a, b], DEMO_TOKEN).await;
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert!(check_line(&out, "database").contains("ok       connected; PostgreSQL 1"));
+    assert!(check_line(&out, "schema").contains("ok       every migration"));
+    assert!(check_line(&out, "privileges").contains("ok       the role has every right"));
+    assert!(check_line(&out, "truto token").contains("ok       Truto accepts the API token"));
+    assert!(check_line(&out, "accounts")
+        .contains("ok       all 2 configured accounts are known to Truto and active"));
+    assert!(said(&out).contains("every check passed"));
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_runs")
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(runs, 0, "a check syncs nothing");
+    let stats = env.sim.stats();
+    assert!(stats.by_account.is_empty(), "no user listing: {stats:?}");
+    assert_eq!(
+        (stats.requests, stats.account_listings),
+        (3, 3),
+        "the token, then each account"
+    );
+
+    sqlx::raw_sql(&format!(
+        "REVOKE INSERT, DELETE ON lms.users FROM {service}"
+    ))
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    let mut reauth = Integrated::active("acme");
+    reauth.status = "needs_reauth".into();
+    env.sim.set_integrated(b, reauth);
+    let out = check(&env, &service_url, &[a, b, unknown], DEMO_TOKEN).await;
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let privileges = check_line(&out, "privileges");
+    assert!(
+        privileges.contains("FAILED   the role lacks 2 of the rights")
+            && privileges.contains("docs/schema.md, Roles: least privilege")
+            && privileges.ends_with(": INSERT on table users; DELETE on table users"),
+        "{privileges}"
+    );
+    let accounts = check_line(&out, "accounts");
+    assert!(
+        accounts.contains("FAILED   2 of 3 configured accounts cannot be synced now: ")
+            && accounts.contains(&format!("{b}: Truto says it is needs_reauth"))
+            && accounts.contains(&format!("{unknown}: not found: the token does not know")),
+        "{accounts}"
+    );
+    assert!(
+        said(&out).contains("failed: privileges, accounts"),
+        "{}",
+        said(&out)
+    );
+
+    let out = check(&env, &service_url, &[a, b], "tok-WRONGSECRET").await;
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(check_line(&out, "truto token").contains("FAILED   HTTP 401"));
+    assert!(check_line(&out, "accounts").contains("skipped  the token check failed"));
+    assert!(!said(&out).contains("SECRET"), "{}", said(&out));
+}
+
+/// `check` never migrates: on an empty database it says the schema is missing and how to
+/// create it, and leaves the database as it found it. Truto's side is checked all the same,
+/// discovery's listing too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_on_an_empty_database_says_to_migrate_and_creates_nothing() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 10)]).await;
+    env.sim.set_integrated(a, Integrated::active("acme"));
+    let empty = fresh_database_url().await;
+    let discovery = [("LMS_SYNC__DISCOVERY__ENABLED", "true")];
+    let out = check_with(&env, &empty, &[a], DEMO_TOKEN, &discovery).await;
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(check_line(&out, "discovery")
+        .contains("ok       Truto lists 1 account of talentlms (1 active)"));
+    assert!(
+        check_line(&out, "schema").contains("FAILED   the database schema is not up to date")
+            && check_line(&out, "schema").contains("run `lms-sync migrate`"),
+        "{}",
+        said(&out)
+    );
+    assert!(check_line(&out, "privileges").contains("skipped  the schema is not ready"));
+    assert!(check_line(&out, "truto token").contains("ok"));
+    let created: bool = query_one(&empty, "SELECT to_regnamespace('lms') IS NOT NULL").await;
+    assert!(!created, "check created the schema");
 }

@@ -1,0 +1,275 @@
+//! `check`: a deployment's preflight. What `run` needs is checked once, changing nothing: the
+//! database (reachable, a supported PostgreSQL), the schema (migrated for this binary), the
+//! role's rights, Truto's answer to the API token, each configured account as Truto knows it,
+//! and the discovery listing. One line per check, with what to do; exit 0 only when all pass.
+//! Its few requests are paced under the token's budget shared with the running replicas.
+
+use futures_util::stream::{self, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::exit::CliError;
+use super::render::{self, Check};
+use crate::config::{AccountSettings, Settings};
+use crate::source::{SourceError, TrutoClient};
+use crate::store::Store;
+
+/// The oldest PostgreSQL lms-sync runs on (`server_version_num`).
+const OLDEST_POSTGRES: i32 = 140_000;
+/// Configured accounts looked up at once.
+const LOOKUPS_AT_ONCE: usize = 4;
+/// Problems listed by name in one check's detail; the rest are counted.
+const LISTED: usize = 10;
+
+pub async fn check(settings: Settings) -> Result<(), CliError> {
+    let token = super::commands::sync_prerequisites(&settings)?;
+    let source = TrutoClient::from_settings(&settings, &token)?;
+    let mut checks = vec![Check::passed("configuration", configuration(&settings))];
+    let store = database(&settings, &mut checks).await;
+    let cancel = crate::service::shutdown_on_signals();
+    // The token's window is shared with the service's replicas when the schema is usable.
+    let sharing = CancellationToken::new();
+    let shared = match (&store, source.budget()) {
+        (Some(store), Some(budget)) => {
+            Some(tokio::spawn(crate::service::budget::share_token_budget(
+                store.clone(),
+                budget,
+                None,
+                sharing.clone(),
+            )))
+        }
+        _ => None,
+    };
+    truto(&settings, &source, &cancel, &mut checks).await;
+    sharing.cancel();
+    if let Some(task) = shared {
+        let _ = task.await;
+    }
+    print!("{}", render::checks(&checks));
+    if checks.iter().all(Check::ok) {
+        Ok(())
+    } else {
+        Err(CliError::Failed)
+    }
+}
+
+/// "1 account", "2 accounts".
+fn accounts_n(n: usize) -> String {
+    format!("{n} account{}", if n == 1 { "" } else { "s" })
+}
+
+fn configuration(settings: &Settings) -> String {
+    let accounts = format!("{} configured", accounts_n(settings.accounts.len()));
+    if settings.discovery.enabled {
+        format!(
+            "{accounts}; discovery on ({})",
+            settings.discovery.integrations.join(", ")
+        )
+    } else {
+        format!("{accounts}; discovery off")
+    }
+}
+
+/// The database's checks; the store when its schema is ready and the role may use it.
+async fn database(settings: &Settings, checks: &mut Vec<Check>) -> Option<Store> {
+    let url = settings.database_url().ok()?;
+    let store = match Store::connect(url, &settings.database).await {
+        Ok(store) => store,
+        Err(e) => {
+            checks.push(Check::failed("database", e.to_string()));
+            checks.push(Check::skipped("schema", "no database connection"));
+            checks.push(Check::skipped("privileges", "no database connection"));
+            return None;
+        }
+    };
+    match store.server_version_num().await {
+        Ok(v) if v >= OLDEST_POSTGRES => checks.push(Check::passed(
+            "database",
+            format!("connected; {}", postgres(v)),
+        )),
+        Ok(v) => checks.push(Check::failed(
+            "database",
+            format!(
+                "{} is older than the PostgreSQL 14 lms-sync needs (it reads pg_locks.waitstart)",
+                postgres(v)
+            ),
+        )),
+        Err(e) => checks.push(Check::failed(
+            "database",
+            store.explain(e).await.to_string(),
+        )),
+    }
+    let ready = match store.schema_state().await.and_then(|s| s.ready()) {
+        Ok(()) => {
+            checks.push(Check::passed(
+                "schema",
+                format!(
+                    "every migration of this binary is applied (the latest: {})",
+                    crate::store::SchemaState::known()
+                ),
+            ));
+            true
+        }
+        Err(e) => {
+            checks.push(Check::failed("schema", store.explain(e).await.to_string()));
+            false
+        }
+    };
+    if !ready {
+        checks.push(Check::skipped("privileges", "the schema is not ready"));
+        return None;
+    }
+    match store.missing_privileges().await {
+        Ok(missing) if missing.is_empty() => {
+            checks.push(Check::passed(
+                "privileges",
+                "the role has every right the service needs on the schema",
+            ));
+            Some(store)
+        }
+        Ok(missing) => {
+            checks.push(Check::failed(
+                "privileges",
+                format!(
+                    "the role lacks {} of the rights the service needs; grant what docs/schema.md, \
+                     Roles: least privilege, lists (as the schema's owner): {}",
+                    missing.len(),
+                    listed(&missing)
+                ),
+            ));
+            None
+        }
+        Err(e) => {
+            checks.push(Check::failed(
+                "privileges",
+                store.explain(e).await.to_string(),
+            ));
+            None
+        }
+    }
+}
+
+fn postgres(version_num: i32) -> String {
+    format!(
+        "PostgreSQL {}.{}",
+        version_num / 10_000,
+        version_num % 10_000
+    )
+}
+
+/// The first [`LISTED`] of `items`, and how many more.
+fn listed(items: &[String]) -> String {
+    let mut s = items
+        .iter()
+        .take(LISTED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if items.len() > LISTED {
+        s.push_str(&format!("; and {} more", items.len() - LISTED));
+    }
+    s
+}
+
+/// Truto's checks: the token, then (when Truto takes it) the accounts and the listing.
+async fn truto(
+    settings: &Settings,
+    source: &TrutoClient,
+    cancel: &CancellationToken,
+    checks: &mut Vec<Check>,
+) {
+    if let Err(f) = source.check_token(cancel).await {
+        checks.push(Check::failed("truto token", f.error.to_string()));
+        let why = "the token check failed";
+        if !settings.accounts.is_empty() {
+            checks.push(Check::skipped("accounts", why));
+        }
+        if settings.discovery.enabled {
+            checks.push(Check::skipped("discovery", why));
+        }
+        return;
+    }
+    checks.push(Check::passed("truto token", "Truto accepts the API token"));
+    if !settings.accounts.is_empty() {
+        checks.push(accounts(&settings.accounts, source, cancel).await);
+    }
+    if settings.discovery.enabled {
+        for integration in &settings.discovery.integrations {
+            checks.push(
+                match source.list_integrated_accounts(integration, cancel).await {
+                    Ok(listed) => match listed.incomplete {
+                        Some(why) => Check::failed(
+                            "discovery",
+                            format!("the listing of {integration} is incomplete: {why}"),
+                        ),
+                        None => {
+                            let active = listed
+                                .accounts
+                                .iter()
+                                .filter(|a| a.status.as_deref() == Some("active"))
+                                .count();
+                            Check::passed(
+                                "discovery",
+                                format!(
+                                    "Truto lists {} of {integration} ({active} active)",
+                                    accounts_n(listed.accounts.len())
+                                ),
+                            )
+                        }
+                    },
+                    Err(f) => Check::failed("discovery", format!("{integration}: {}", f.error)),
+                },
+            );
+        }
+    }
+}
+
+/// Each configured account as Truto knows it: known to the token and active.
+async fn accounts(
+    configured: &[AccountSettings],
+    source: &TrutoClient,
+    cancel: &CancellationToken,
+) -> Check {
+    let problems: Vec<String> = stream::iter(configured)
+        .map(|a| async move {
+            let id = a.integrated_account_id;
+            let why = match source.get_integrated_account(id, cancel).await {
+                Ok(found) => match found.status.as_deref() {
+                    Some("active") => return None,
+                    Some(status) => format!("Truto says it is {status}"),
+                    None => "Truto gives it no status".to_string(),
+                },
+                Err(f) => match &f.error {
+                    SourceError::Status { status: 404, .. } => {
+                        "not found: the token does not know this integrated account (HTTP 404)"
+                            .to_string()
+                    }
+                    e => e.to_string(),
+                },
+            };
+            Some(if a.label.as_deref().is_some_and(|l| !l.is_empty()) {
+                format!("{} ({id}): {why}", a.display_name())
+            } else {
+                format!("{id}: {why}")
+            })
+        })
+        .buffered(LOOKUPS_AT_ONCE)
+        .filter_map(|p| async move { p })
+        .collect()
+        .await;
+    let n = configured.len();
+    if problems.is_empty() {
+        Check::passed(
+            "accounts",
+            format!("all {n} configured accounts are known to Truto and active"),
+        )
+    } else {
+        Check::failed(
+            "accounts",
+            format!(
+                "{} of {n} configured accounts cannot be synced now: {}",
+                problems.len(),
+                listed(&problems)
+            ),
+        )
+    }
+}
