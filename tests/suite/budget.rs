@@ -672,12 +672,7 @@ async fn a_replica_killed_holding_its_share_starves_the_other_for_a_window_and_t
     assert_back_after_one_window(killed.elapsed(), "the dead replica's share");
     // Ops see it too: the whole budget, one holder.
     lms_sync::install_crypto_provider();
-    let metrics = reqwest::get(format!("http://{ops}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("http://{ops}/metrics")).await;
     let gauge = |name: &str| gauge(&metrics, name);
     assert_eq!(
         gauge("lms_sync_rate_budget_share"),

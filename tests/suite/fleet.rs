@@ -256,14 +256,7 @@ async fn accounts_added_and_removed_upstream_are_synced_and_retired_without_a_re
     env.sim.remove_integrated(b);
     assert_eq!(discover_now(&env, &s).await.applied.unwrap().retired, 1);
     // The status page says what the listing found, and when it fails.
-    let page = || async {
-        reqwest::get(format!("{base}/"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let page = || async { get_text(&format!("{base}/")).await };
     let html = page().await;
     assert!(html.contains("listed 2.</p>"), "{html}");
     assert!(!html.contains("discovery failing"), "{html}");

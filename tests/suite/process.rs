@@ -385,19 +385,9 @@ async fn a_refused_api_token_holds_every_run_until_a_valid_one_is_loaded() {
     .await;
     let runs: i64 = query_one(&env.db_url, "SELECT count(*) FROM sync_runs").await;
     assert_eq!((failed, runs), (2, 2));
-    let metrics = reqwest::get(format!("http://{ops}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("http://{ops}/metrics")).await;
     assert_eq!(gauge(&metrics, "lms_sync_api_token_rejected"), Some(1.0));
-    let page = reqwest::get(format!("http://{ops}/"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&format!("http://{ops}/")).await;
     assert!(page.contains("<span class=\"pill bad\">API token refused</span>"));
     assert!(
         page.contains("no run starts, as every one would fail"),
@@ -414,12 +404,7 @@ async fn a_refused_api_token_holds_every_run_until_a_valid_one_is_loaded() {
         assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
         synced.insert(ev["span"]["account"].as_str().unwrap().to_string());
     }
-    let metrics = reqwest::get(format!("http://{ops}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("http://{ops}/metrics")).await;
     assert_eq!(gauge(&metrics, "lms_sync_api_token_rejected"), Some(0.0));
     assert_eq!(d.terminate().await, 0);
     for a in ids {

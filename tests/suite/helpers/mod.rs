@@ -501,6 +501,16 @@ pub async fn session_holding(url: &str, application: &str, sql: &str) -> sqlx::P
     conn
 }
 
+/// The body of a GET that must answer (a page or `/metrics` of the ops server).
+pub async fn get_text(url: &str) -> String {
+    reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
 /// The value of the unlabelled metric `name` in a /metrics text.
 pub fn gauge(metrics: &str, name: &str) -> Option<f64> {
     let prefix = format!("{name}{{}} ");
