@@ -370,6 +370,20 @@ async fn take_back(p: Pass<'_>, budget: Option<&RateBudget>, every: Duration) ->
 /// How often a pass checks its lease when requests are not paced (no request budget).
 const DEFAULT_LEASE_CHECK: Duration = Duration::from_millis(2_500);
 
+/// The outcome of an account `sync_accounts` did not start, and why. No run is recorded.
+fn not_started(
+    account: &AccountSettings,
+    outcome: Outcome,
+    kind: ErrorKind,
+    why: &str,
+) -> SyncOutcome {
+    let mut out = SyncOutcome::new(account);
+    out.status = PassStatus::Finished(outcome);
+    out.error = Some(format!("not started: {why}"));
+    out.error_kind = Some(kind);
+    out
+}
+
 /// Syncs many accounts, at most `max_concurrent` at once, and returns their outcomes in the
 /// order given. Once Truto has refused the API token, the accounts not yet started are not.
 pub async fn sync_accounts(
@@ -387,23 +401,22 @@ pub async fn sync_accounts(
             let progress = progress.clone();
             async move {
                 if cancel.is_cancelled() {
-                    let mut out = SyncOutcome::new(a);
-                    out.status = PassStatus::Finished(Outcome::Interrupted);
-                    out.error = Some("not started: shutdown requested".into());
-                    out.error_kind = Some(ErrorKind::Interrupted);
-                    return out;
+                    return not_started(
+                        a,
+                        Outcome::Interrupted,
+                        ErrorKind::Interrupted,
+                        "shutdown requested",
+                    );
                 }
                 // Every account would fail alike, each with a run and a refused request.
                 if source.token_rejected_since().is_some() {
-                    let mut out = SyncOutcome::new(a);
-                    out.status = PassStatus::Finished(Outcome::Failed);
-                    out.error = Some(
-                        "not started: Truto refused the API token (check TRUTO_API_TOKEN or \
-                         truto.api_token_file)"
-                            .into(),
+                    return not_started(
+                        a,
+                        Outcome::Failed,
+                        ErrorKind::BadToken,
+                        "Truto refused the API token (check TRUTO_API_TOKEN or \
+                         truto.api_token_file)",
                     );
-                    out.error_kind = Some(ErrorKind::BadToken);
-                    return out;
                 }
                 sync_account(store, source, a, opts, cancel, progress.as_ref()).await
             }
