@@ -28,17 +28,9 @@ pub async fn check(settings: Settings) -> Result<(), CliError> {
     let cancel = crate::service::shutdown_on_signals();
     // The token's window is shared with the service's replicas when the schema is usable.
     let sharing = CancellationToken::new();
-    let shared = match (&store, source.budget()) {
-        (Some(store), Some(budget)) => {
-            Some(tokio::spawn(crate::service::budget::share_token_budget(
-                store.clone(),
-                budget,
-                None,
-                sharing.clone(),
-            )))
-        }
-        _ => None,
-    };
+    let shared = store
+        .as_ref()
+        .and_then(|store| super::commands::share_budget(store, &source, &sharing));
     truto(&settings, &source, &cancel, &mut checks).await;
     sharing.cancel();
     if let Some(task) = shared {

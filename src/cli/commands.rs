@@ -65,14 +65,7 @@ pub async fn sync(settings: Settings, account: Option<Uuid>) -> Result<(), CliEr
     // Beside the passes, until they end: the token's window is shared with the service's
     // replicas (and any other `sync`), and a write held up by someone else's lock is logged.
     let sharing = CancellationToken::new();
-    let shared = source.budget().map(|budget| {
-        tokio::spawn(crate::service::budget::share_token_budget(
-            store.clone(),
-            budget,
-            None,
-            sharing.clone(),
-        ))
-    });
+    let shared = share_budget(&store, &source, &sharing);
     let (_in_force, live) = tokio::sync::watch::channel(Arc::new(settings.clone()));
     let watching = tokio::spawn(crate::service::lock_watch::run(
         store.clone(),
@@ -129,6 +122,23 @@ pub async fn sync(settings: Settings, account: Option<Uuid>) -> Result<(), CliEr
     }
 }
 
+/// Shares the token's request window with the service's replicas (and any other command)
+/// until `until` is cancelled: the task to await then, when requests are paced.
+pub(super) fn share_budget(
+    store: &Store,
+    source: &TrutoClient,
+    until: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    source.budget().map(|budget| {
+        tokio::spawn(crate::service::budget::share_token_budget(
+            store.clone(),
+            budget,
+            None,
+            until.clone(),
+        ))
+    })
+}
+
 /// The fleet to sync (see [`crate::sync::discovery::refresh_fleet`]); a failed listing fails
 /// the command.
 async fn fleet(
@@ -160,7 +170,7 @@ fn require_token(settings: &Settings) -> Result<SecretString, ConfigError> {
     })
 }
 
-/// What `sync` and `run` need before they start: accounts, a token and a database URL.
+/// What `sync`, `run` and `check` need before they start: accounts, a token and a database URL.
 pub(super) fn sync_prerequisites(settings: &Settings) -> Result<SecretString, CliError> {
     settings.require_accounts()?;
     let token = require_token(settings)?;
