@@ -3,7 +3,8 @@
 //! success, next run, live users and last error, the ones needing attention first (the first
 //! [`SHOWN`] of them unless `?all=true`; `?q=` narrows them to a search; above them, with
 //! discovery on, what the last account listing found, and whether Truto refuses the API
-//! token or a lock holds the syncs up); then the token's request budget, who holds how much of it across processes; cards that stack on a phone.
+//! token or a lock holds the syncs up); then the token's request budget, who holds how much
+//! of it across processes; cards that stack on a phone.
 //! Rendering is pure; the handler reads the fleet's state.
 
 use std::fmt::Write as _;
@@ -841,14 +842,7 @@ mod tests {
                 &PageQuery::default(),
             )
         };
-        let none = render(
-            &[view(1, "Alpha")],
-            None,
-            None,
-            &Halts::default(),
-            now,
-            &PageQuery::default(),
-        );
+        let none = alpha(&Halts::default(), now);
         assert!(!none.contains("discovered"), "discovery off: no line");
         assert!(with(&DiscoveryView::default()).contains("none is done yet"));
 
@@ -890,30 +884,19 @@ mod tests {
             waiting_for: "a lock on table users".into(),
             holders: vec!["pid 42 (user dba, application <psql>, active)".into()],
         };
-        let html = render(
-            &[view(1, "Alpha")],
-            None,
-            None,
+        let html = alpha(
             &Halts {
                 lock_waits: vec![wait],
                 ..Halts::default()
             },
             now,
-            &PageQuery::default(),
         );
         assert!(html.contains("<span class=\"pill bad\">waiting for a database lock</span>"));
         assert!(
             html.contains("<li>pid 41 (lms-sync) has waited 75 s for a lock on table users held by pid 42 (user dba, application &lt;psql&gt;, active)</li>"),
             "{html}"
         );
-        let calm = render(
-            &[view(1, "Alpha")],
-            None,
-            None,
-            &Halts::default(),
-            now,
-            &PageQuery::default(),
-        );
+        let calm = alpha(&Halts::default(), now);
         assert!(!calm.contains("database lock"), "{calm}");
     }
 
@@ -924,27 +907,25 @@ mod tests {
             token_rejected_since: Some(now - chrono::Duration::minutes(4)),
             ..Halts::default()
         };
-        let html = render(
-            &[view(1, "Alpha")],
-            None,
-            None,
-            &halts,
-            now,
-            &PageQuery::default(),
-        );
+        let html = alpha(&halts, now);
         assert!(html.contains("<span class=\"pill bad\">API token refused</span>"));
         assert!(html.contains("Truto refuses the API token (HTTP 401; first refused <time"));
         assert!(html.contains(">4 min ago</time>): no run starts"), "{html}");
         assert!(html.find("API token refused") < html.find("Alpha"));
-        let calm = render(
+        let calm = alpha(&Halts::default(), now);
+        assert!(!calm.contains("API token"), "{calm}");
+    }
+
+    /// The page of one account, "Alpha", with `halts`.
+    fn alpha(halts: &Halts, now: DateTime<Utc>) -> String {
+        render(
             &[view(1, "Alpha")],
             None,
             None,
-            &Halts::default(),
+            halts,
             now,
             &PageQuery::default(),
-        );
-        assert!(!calm.contains("API token"), "{calm}");
+        )
     }
 
     fn html_of(b: &BudgetSection, now: DateTime<Utc>) -> String {
