@@ -19,6 +19,17 @@ async fn lms_sync(env: &Env, db: &str, args: &[&str]) -> Output {
 /// [`lms_sync`] with more environment variables.
 async fn lms_sync_with(env: &Env, db: &str, args: &[&str], vars: &[(&str, &str)]) -> Output {
     let cfg = crate::helpers::daemon::config(&env.sim, &[account_id(1)], "1h", 2);
+    lms_sync_as(&cfg, db, args, vars).await
+}
+
+/// `lms-sync --config cfg <args>` against `db`, with the simulator's token unless `vars` set
+/// another, logging in the pretty format.
+async fn lms_sync_as(
+    cfg: &std::path::Path,
+    db: &str,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> Output {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -752,20 +763,11 @@ async fn check_with(
     vars: &[(&str, &str)],
 ) -> Output {
     let cfg = crate::helpers::daemon::config(&env.sim, accounts, "1h", 2);
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("TRUTO_API_TOKEN", token)
-        .env("LMS_SYNC__DATABASE__URL", db)
-        .env("LMS_SYNC__LOG__FORMAT", "pretty")
-        .env("NO_COLOR", "1")
-        .envs(vars.iter().copied())
-        .args(["--config", cfg.to_str().unwrap(), "--no-migrate", "check"])
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("finishes within a minute")
-        .expect("run lms-sync")
+    let vars: Vec<(&str, &str)> = [("TRUTO_API_TOKEN", token)]
+        .into_iter()
+        .chain(vars.iter().copied())
+        .collect();
+    lms_sync_as(&cfg, db, &["--no-migrate", "check"], &vars).await
 }
 
 /// The line of `check`'s report for one check.
