@@ -49,6 +49,8 @@ pub struct RunHistory {
     pub health: Option<Health>,
     /// Failed probes in a row while unhealthy.
     pub health_failures: u32,
+    /// The server holds the account's requests back until then (a quota spent): no run before.
+    pub held_until: Option<DateTime<Utc>>,
 }
 
 impl RunHistory {
@@ -119,7 +121,20 @@ pub fn local_instant(tz: &Tz, date: NaiveDate, time: NaiveTime) -> DateTime<Utc>
 
 /// When the account should next run, given its history, the process start and the schedule.
 /// A time at or before `now` means "now"; missed slots collapse into one run, never a queue.
+/// Never before the end of a hold the server put on the account's requests: a run before it
+/// could only fail (or spend a request on another 429).
 pub fn next_run(
+    schedule: &Schedule,
+    account: Uuid,
+    history: &RunHistory,
+    process_started: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let due = scheduled(schedule, account, history, process_started);
+    history.held_until.map_or(due, |held| due.max(held))
+}
+
+/// [`next_run`] as the schedule alone has it.
+fn scheduled(
     schedule: &Schedule,
     account: Uuid,
     history: &RunHistory,
@@ -271,6 +286,35 @@ mod tests {
         h.health = Some(Health::Ok);
         h.last_outcome = Some(Outcome::Succeeded);
         assert_eq!(next_run(&s, A, &h, started), t("2026-01-01T11:00:00Z"));
+    }
+
+    #[test]
+    fn a_hold_the_server_put_on_the_account_defers_every_kind_of_next_run_to_its_end() {
+        let s = Schedule {
+            run_on_start: true,
+            ..every(1)
+        };
+        let started = t("2026-01-01T00:00:00Z");
+        // Failed at 10:05 (a quota spent until 15:30): not the 1-minute retry.
+        let mut h = history("2026-01-01T10:00:00Z", "failed", 1);
+        h.held_until = Some(t("2026-01-01T15:30:00Z"));
+        assert_eq!(next_run(&s, A, &h, started), t("2026-01-01T15:30:00Z"));
+        // A process started after the failure does not run it at start either.
+        let restarted = t("2026-01-01T12:00:00Z");
+        assert_eq!(next_run(&s, A, &h, restarted), t("2026-01-01T15:30:00Z"));
+        // Nor does a probe of an unhealthy account come before it.
+        h.health = Some(Health::Blocked);
+        h.health_failures = 1;
+        assert_eq!(next_run(&s, A, &h, started), t("2026-01-01T15:30:00Z"));
+        // A hold shorter than the schedule's wait changes nothing.
+        h.held_until = Some(t("2026-01-01T10:06:00Z"));
+        assert_eq!(next_run(&s, A, &h, started), t("2026-01-01T11:05:00Z"));
+        h.health = None;
+        assert_eq!(next_run(&s, A, &h, started), t("2026-01-01T10:06:00Z"));
+        h.held_until = None;
+        assert_eq!(next_run(&s, A, &h, started), t("2026-01-01T10:06:00Z"));
+        h.held_until = Some(t("2026-01-01T10:05:30Z"));
+        assert_eq!(next_run(&s, A, &h, started), t("2026-01-01T10:06:00Z"));
     }
 
     #[test]

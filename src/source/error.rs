@@ -42,7 +42,7 @@ pub enum SourceError {
     },
     /// The server holds the account back (a spent window until its reset, a 429's wait) for
     /// longer than `truto.max_retry_wait_secs`: not waited out with the account held.
-    #[error("rate limited: the server holds {whose} requests back for another {} s (its Retry-After or ratelimit-* headers), longer than truto.max_retry_wait_secs allows; the next run tries again", .wait.as_secs())]
+    #[error("rate limited: the server holds {whose} requests back for another {} s (its Retry-After or ratelimit-* headers), longer than truto.max_retry_wait_secs allows; tried again once that has passed", .wait.as_secs())]
     Held {
         wait: Duration,
         /// "this account's", or "the account listing's" (discovery's budget key).
@@ -105,6 +105,21 @@ impl SourceError {
     pub fn retry_hint(&self) -> Option<Duration> {
         match self {
             SourceError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// How long the server holds the account back, when that is why the request failed: a
+    /// hold longer than the retries could wait ([`SourceError::Held`]), or a 429 whose wait
+    /// was longer than the retry budget had left.
+    pub fn held_for(&self) -> Option<Duration> {
+        match self {
+            SourceError::Held { wait, .. } => Some(*wait),
+            SourceError::Exhausted {
+                asked: Some(wait),
+                last,
+                ..
+            } if last.status() == Some(429) => Some(*wait),
             _ => None,
         }
     }

@@ -5,6 +5,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{health, Store, StoreError};
+use crate::backoff::LONGEST_HINT;
 use crate::domain::{ErrorKind, Health, Outcome, RunCounts};
 
 /// What a new run starts from.
@@ -15,6 +16,9 @@ pub struct RunStart {
     pub resume_cursor: Option<String>,
     /// Runs found still marked running (their process died) and now marked interrupted.
     pub interrupted_runs: u64,
+    /// What is left of a hold the server put on the account's requests (`sync_state.held_until`,
+    /// as of the database's clock), when one is.
+    pub held_for: Option<std::time::Duration>,
 }
 
 /// How a run finished, for `finish_run`.
@@ -36,6 +40,9 @@ pub struct RunEnd {
     pub hydration: RunCounts,
     /// Requests of the page that failed for good (retries included), when one did.
     pub failed_requests: u32,
+    /// How long the server holds the account's requests back from now, when that is why the
+    /// run failed: kept as `sync_state.held_until`, before which no run starts.
+    pub held_for: Option<std::time::Duration>,
 }
 
 impl Store {
@@ -78,8 +85,9 @@ impl Store {
         .bind(account)
         .execute(&mut *tx)
         .await?;
-        let cursor: Option<String> = sqlx::query_scalar(
-            "SELECT cursor FROM sync_state WHERE integrated_account_id = $1 FOR UPDATE",
+        let (cursor, held_secs): (Option<String>, Option<f64>) = sqlx::query_as(
+            "SELECT cursor, extract(epoch FROM held_until - now())::float8
+               FROM sync_state WHERE integrated_account_id = $1 FOR UPDATE",
         )
         .bind(account)
         .fetch_one(&mut *tx)
@@ -119,6 +127,9 @@ impl Store {
             run_id,
             resume_cursor: cursor,
             interrupted_runs: interrupted,
+            held_for: held_secs
+                .filter(|s| *s > 0.0)
+                .map(|s| std::time::Duration::from_secs_f64(s.min(LONGEST_HINT.as_secs_f64()))),
         })
     }
 
@@ -188,6 +199,7 @@ impl Store {
                                          WHEN $7 = 'ok' THEN NULL ELSE $8 END,
                     health_failures = CASE WHEN $7 IS NULL THEN s.health_failures
                                            WHEN $7 = 'ok' THEN 0 ELSE s.health_failures + 1 END,
+                    held_until = now() + make_interval(secs => $9),
                     updated_at = now()
                FROM (SELECT health, health_since, health_reason, health_failures
                        FROM sync_state WHERE integrated_account_id = $1) AS s
@@ -202,6 +214,7 @@ impl Store {
         .bind(end.complete_listing || end.reset_cursor)
         .bind(end.health.map(Health::as_str))
         .bind(&end.error)
+        .bind(end.held_for.map(|d| d.as_secs_f64()))
         .fetch_optional(&mut *tx)
         .await?;
         crate::failpoint::point("finish_run").await;

@@ -114,11 +114,12 @@ impl Store {
             i32,
             String,
             i32,
+            Option<Ts>,
         );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT integrated_account_id, last_started_at, last_finished_at,
                         CASE WHEN status = 'running' THEN 'running' ELSE last_outcome END,
-                        consecutive_failures, health, health_failures
+                        consecutive_failures, health, health_failures, held_until
                    FROM sync_state
                   WHERE $1::uuid IS NULL OR integrated_account_id = $1",
         )
@@ -127,7 +128,7 @@ impl Store {
         .await?;
         rows.into_iter()
             .map(
-                |(id, started, finished, last, failures, h, health_failures)| {
+                |(id, started, finished, last, failures, h, health_failures, held_until)| {
                     let history = crate::schedule::RunHistory {
                         last_started_at: started,
                         last_finished_at: finished,
@@ -135,6 +136,7 @@ impl Store {
                         consecutive_failures: failures.max(0) as u32,
                         health: Some(health(&h)?),
                         health_failures: health_failures.max(0) as u32,
+                        held_until,
                     };
                     Ok((id, history))
                 },

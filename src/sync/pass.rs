@@ -79,6 +79,11 @@ async fn open_run(p: &Pass<'_>, out: &mut SyncOutcome) -> Option<RunStart> {
     };
     out.run_id = Some(start.run_id);
     out.resumed = start.resume_cursor.is_some();
+    if let (Some(held), Some(budget)) = (start.held_for, p.source.budget()) {
+        // The server's word, recorded by the run that heard it (in any process): this run's
+        // first request waits for it, or fails at once when it is too long to wait.
+        budget.pause(p.id(), held, Instant::now());
+    }
     if start.interrupted_runs > 0 {
         tracing::warn!(
             runs = start.interrupted_runs,
@@ -108,6 +113,7 @@ async fn conclude_listing(
         health: None,
         hydration: RunCounts::default(),
         failed_requests: 0,
+        held_for: None,
     };
     match listing {
         Ok(listing) => {
@@ -143,6 +149,7 @@ async fn stopped(p: &Pass<'_>, stop: Stop, end: &mut RunEnd) {
         Stop::Source(e, requests) => {
             // The failed requests count too (they are not in any committed page).
             end.failed_requests = requests;
+            end.held_for = e.held_for();
             end.health = e.kind().health();
             end.error_kind = Some(e.kind());
             end.error = Some(e.to_string());

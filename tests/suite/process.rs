@@ -437,6 +437,97 @@ async fn a_one_off_sync_with_a_refused_token_starts_no_account_after_the_first_r
     assert_eq!(runs, 1);
 }
 
+/// A vendor's quota spent for an hour (a 429 asking to wait 3,600 s, longer than the retries
+/// may wait) fails the run once and holds the account until then, in the database: the
+/// service does not retry it every few seconds (its `retry_initial` is 1 s here; the other
+/// account, synced every second, is the clock), its next run is shown at the hold's end, and
+/// a one-off `sync` in another process fails it without sending a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_spent_for_an_hour_holds_the_account_in_every_process_until_it_ends() {
+    use lms_sync::devkit::simulator::Fault;
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 30), (b, 30)]).await;
+    env.sim.push_fault(
+        Some(a),
+        Fault::Status {
+            status: 429,
+            retry_after: Some("3600".into()),
+            remote: false,
+        },
+    );
+    let cfg = config(&env.sim, &[a, b], "1h", 2);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text = text.replace(
+        &format!("integrated_account_id = \"{b}\"\n"),
+        &format!("integrated_account_id = \"{b}\"\nschedule.every = \"1s\"\n"),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut d = spawn(&cfg, &env.db_url);
+    let listening = d
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
+    let ops = listening["fields"]["addr"].as_str().unwrap().to_string();
+    let mut b_runs = 0;
+    while b_runs < 5 {
+        let ev = d.wait_for("sync run finished").await;
+        if ev["span"]["account"] == a.to_string() {
+            assert_eq!(ev["fields"]["outcome"], "failed", "{ev}");
+        } else {
+            assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+            b_runs += 1;
+        }
+    }
+    let sql = format!(
+        "SELECT count(*) FROM sync_runs WHERE integrated_account_id = '{a}'
+            AND outcome = 'failed' AND error_kind = 'rate_limited'"
+    );
+    assert_eq!(query_one::<i64>(&env.db_url, &sql).await, 1, "one run of a");
+    let runs_of_a = format!("SELECT count(*) FROM sync_runs WHERE integrated_account_id = '{a}'");
+    assert_eq!(query_one::<i64>(&env.db_url, &runs_of_a).await, 1);
+    let held = format!(
+        "SELECT extract(epoch FROM held_until - now())::float8 FROM sync_state
+          WHERE integrated_account_id = '{a}'"
+    );
+    let left: f64 = query_one(&env.db_url, &held).await;
+    assert!((3560.0..=3600.0).contains(&left), "{left}");
+    assert_eq!(env.sim.stats().by_account.get(&a), Some(&1));
+    let until: chrono::DateTime<chrono::Utc> = query_one(
+        &env.db_url,
+        &format!("SELECT held_until FROM sync_state WHERE integrated_account_id = '{a}'"),
+    )
+    .await;
+    let page = get_text(&format!("http://{ops}/accounts/{a}")).await;
+    assert!(
+        page.contains(&format!("<time datetime=\"{}\"", until.to_rfc3339())),
+        "the next run is the hold's end: {page}"
+    );
+    let b_held: Option<f64> = query_one(
+        &env.db_url,
+        &format!("SELECT extract(epoch FROM held_until)::float8 FROM sync_state WHERE integrated_account_id = '{b}'"),
+    )
+    .await;
+    assert_eq!(b_held, None);
+
+    let o = lms_sync(&cfg, &env.db_url, &["sync", "--account", &a.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("rate limited: the server holds this account's requests back for another 35"),
+        "{out}"
+    );
+    assert_eq!(env.sim.stats().by_account.get(&a), Some(&1), "nothing sent");
+    let left_after: f64 = query_one(&env.db_url, &held).await;
+    assert!(
+        left_after <= left && left_after > left - 60.0,
+        "{left_after}"
+    );
+    assert_eq!(d.terminate().await, 0);
+    assert_mirror(&env.store, &env.sim, b).await;
+}
+
 /// A migrated database whose `users` a DBA's session holds locked (`LOCK TABLE … IN SHARE
 /// MODE`, until its `COMMIT`), a simulator with account `a` (300 users) and a config for it.
 struct Behind {

@@ -503,6 +503,7 @@ pub async fn session_holding(url: &str, application: &str, sql: &str) -> sqlx::P
 
 /// The body of a GET that must answer (a page or `/metrics` of the ops server).
 pub async fn get_text(url: &str) -> String {
+    lms_sync::install_crypto_provider();
     reqwest::get(url)
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
