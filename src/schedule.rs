@@ -172,6 +172,15 @@ fn scheduled(
     }
 }
 
+/// Why an account held back by the server does not run before `until` (for `status` and the
+/// account's page).
+pub fn held_back(until: DateTime<Utc>) -> String {
+    format!(
+        "the server holds its requests back until {} (its Retry-After or ratelimit-* headers asked for longer than truto.max_retry_wait_secs); no run starts before then",
+        until.format("%Y-%m-%d %H:%M:%SZ")
+    )
+}
+
 /// `initial`, doubled per failure after the first, at most `max`.
 fn doubling(initial: Duration, max: Duration, failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(30);

@@ -135,6 +135,9 @@ pub fn status(
                     .unwrap_or_default()
             );
         }
+        if let Some(until) = r.held_until {
+            let _ = writeln!(s, "    {}", crate::schedule::held_back(until));
+        }
         if let Some(e) = &r.last_error {
             let _ = writeln!(s, "    last error: {}", shorten(e, 300));
         }

@@ -149,7 +149,15 @@ pub fn render(
     }
     fact(&mut s, "Health", &health);
     fact(&mut s, "Last success", &when(v.last_success, now));
-    fact(&mut s, "Next run", &next_run(v.next_run, now));
+    let mut next = next_run(v.next_run, now);
+    if let Some(until) = row.and_then(|r| r.held_until) {
+        let _ = write!(
+            next,
+            "<div class=\"why\">{}</div>",
+            escape(&crate::schedule::held_back(until))
+        );
+    }
+    fact(&mut s, "Next run", &next);
     fact(&mut s, "Live users", &v.live_users.to_string());
     if let Some(r) = row {
         fact(&mut s, "Deleted users", &r.deleted_users.to_string());
@@ -318,6 +326,7 @@ mod tests {
             health_since: None,
             health_reason: Some("the customer must <re-authorize>".into()),
             hydration_pending: 5,
+            held_until: Some("2026-12-05T15:30:00Z".parse().unwrap()),
         };
         let mut failed = run(12, "failed", now - chrono::Duration::minutes(5), Some(2));
         failed.error_kind = Some("needs_reauth".into());
@@ -337,6 +346,7 @@ mod tests {
             "<th>Users to hydrate</th><td>5</td>",
             "the next run resumes where the last one stopped",
             "HTTP 401: &lt;credentials&gt; no longer work",
+            "<div class=\"why\">the server holds its requests back until 2026-12-05 15:30:00Z",
         ] {
             assert!(html.contains(fact), "{fact}: {html}");
         }

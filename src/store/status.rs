@@ -30,6 +30,9 @@ pub struct StatusRow {
     pub health_reason: Option<String>,
     /// Users queued for hydration.
     pub hydration_pending: i64,
+    /// The server holds the account's requests back until then (`sync_state.held_until`, while
+    /// it is to come): no run starts before.
+    pub held_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Store {
@@ -161,7 +164,8 @@ impl Store {
             "SELECT s.integrated_account_id, s.label, s.status, s.last_outcome, s.last_started_at,
                     s.last_finished_at, s.last_succeeded_at, s.consecutive_failures, s.last_error,
                     (s.cursor IS NOT NULL) AS resumable, s.live_user_count, s.deleted_user_count,
-                    s.health, s.health_since, s.health_reason
+                    s.health, s.health_since, s.health_reason,
+                    CASE WHEN s.held_until > now() THEN s.held_until END
                FROM sync_state s
               WHERE $1::uuid IS NULL OR s.integrated_account_id = $1
               ORDER BY coalesce(s.label, s.integrated_account_id::text)",
@@ -227,6 +231,7 @@ impl Store {
                     health_since: r.get(13),
                     health_reason: r.get(14),
                     hydration_pending: pending.get(&id).copied().unwrap_or(0),
+                    held_until: r.get(15),
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -254,6 +259,7 @@ impl Store {
                     health_since: None,
                     health_reason: None,
                     hydration_pending: 0,
+                    held_until: None,
                 });
             }
         }

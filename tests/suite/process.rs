@@ -501,6 +501,17 @@ async fn a_quota_spent_for_an_hour_holds_the_account_in_every_process_until_it_e
         page.contains(&format!("<time datetime=\"{}\"", until.to_rfc3339())),
         "the next run is the hold's end: {page}"
     );
+    let why = format!(
+        "the server holds its requests back until {}",
+        until.format("%Y-%m-%d %H:%M:%SZ")
+    );
+    assert!(page.contains(&why), "{page}");
+    let o = lms_sync(&cfg, &env.db_url, &["status"])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.matches(&why).count(), 1, "{out}");
     let b_held: Option<f64> = query_one(
         &env.db_url,
         &format!("SELECT extract(epoch FROM held_until)::float8 FROM sync_state WHERE integrated_account_id = '{b}'"),
