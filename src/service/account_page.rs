@@ -150,7 +150,7 @@ pub fn render(
     fact(&mut s, "Health", &health);
     fact(&mut s, "Last success", &when(v.last_success, now));
     let mut next = next_run(v.next_run, now);
-    if let Some(until) = row.and_then(|r| r.held_until) {
+    if let Some(until) = v.held_until {
         let _ = write!(
             next,
             "<div class=\"why\">{}</div>",
@@ -274,6 +274,7 @@ mod tests {
             health_since: Some(Utc::now() - chrono::Duration::hours(2)),
             last_success: None,
             next_run: None,
+            held_until: Some("2026-12-05T15:30:00Z".parse().unwrap()),
             live_users: 1200,
             last_error: Some("HTTP 401: <credentials> no longer work".into()),
         }
@@ -326,7 +327,7 @@ mod tests {
             health_since: None,
             health_reason: Some("the customer must <re-authorize>".into()),
             hydration_pending: 5,
-            held_until: Some("2026-12-05T15:30:00Z".parse().unwrap()),
+            held_until: None,
         };
         let mut failed = run(12, "failed", now - chrono::Duration::minutes(5), Some(2));
         failed.error_kind = Some("needs_reauth".into());

@@ -593,6 +593,7 @@ mod tests {
             health_since: None,
             last_success: Some(Utc::now()),
             next_run: Some(Utc::now()),
+            held_until: None,
             live_users: 10,
             last_error: None,
         }

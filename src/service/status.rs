@@ -30,6 +30,8 @@ pub struct AccountView {
     pub health_since: Option<DateTime<Utc>>,
     pub last_success: Option<DateTime<Utc>>,
     pub next_run: Option<DateTime<Utc>>,
+    /// The server holds the account's requests back until then (a quota spent): no run before.
+    pub held_until: Option<DateTime<Utc>>,
     pub live_users: i64,
     pub last_error: Option<String>,
 }
@@ -85,6 +87,7 @@ pub fn account_views(state: &FleetState) -> Vec<AccountView> {
                 health_since: row.and_then(|r| r.health_since),
                 last_success: row.and_then(|r| r.last_succeeded_at),
                 next_run: state.next.get(&p.id()).copied(),
+                held_until: row.and_then(|r| r.held_until),
                 live_users: row.map_or(0, |r| r.live_users),
                 last_error: row.and_then(|r| r.last_error.clone()),
             }

@@ -512,6 +512,27 @@ async fn a_quota_spent_for_an_hour_holds_the_account_in_every_process_until_it_e
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(out.matches(&why).count(), 1, "{out}");
+    let o = lms_sync(&cfg, &env.db_url, &["accounts", "list", "--json"])
+        .output()
+        .await
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let held_in_list: HashMap<String, serde_json::Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["integrated_account_id"].as_str().unwrap().into(),
+                v["held_until"].clone(),
+            )
+        })
+        .collect();
+    let expect = |id: Uuid| held_in_list[&id.to_string()].clone();
+    let a_until: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(expect(a)).expect("a held_until for a");
+    assert_eq!(a_until, until);
+    assert_eq!(expect(b), serde_json::Value::Null);
     let b_held: Option<f64> = query_one(
         &env.db_url,
         &format!("SELECT extract(epoch FROM held_until)::float8 FROM sync_state WHERE integrated_account_id = '{b}'"),
