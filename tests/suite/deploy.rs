@@ -1,6 +1,7 @@
 //! The deployment files: the Grafana dashboard is valid and names only exported metrics, the
 //! alert rules name only exported metrics, the PrometheusRule is the same rules, and the
-//! Kubernetes Deployment leaves the service time to stop gracefully. (`promtool` and
+//! Kubernetes Deployment leaves the service time to stop gracefully and its disruption budget
+//! and spread select its pods. (`promtool` and
 //! `kubernetes-validate` check the files themselves in `.ci/run`.)
 
 use lms_sync::metrics::DEFINITIONS;
@@ -10,6 +11,7 @@ const ALERTS: &str = include_str!("../../deploy/prometheus/alerts.yml");
 const RULE: &str = include_str!("../../deploy/k8s/prometheusrule.yaml");
 const DEPLOYMENT: &str = include_str!("../../deploy/k8s/deployment.yaml");
 const CONFIGMAP: &str = include_str!("../../deploy/k8s/configmap.yaml");
+const DISRUPTION: &str = include_str!("../../deploy/k8s/poddisruptionbudget.yaml");
 
 /// The `lms_sync_*` metric names a text mentions, histogram suffixes folded.
 fn metrics_named(text: &str) -> Vec<String> {
@@ -149,4 +151,40 @@ fn the_deployment_outlives_the_shutdown_grace_and_runs_locked_down() {
         assert!(DEPLOYMENT.contains(needed), "the Deployment lacks {needed}");
     }
     assert!(CONFIGMAP.contains("migrate = false"));
+}
+
+/// The `key: value` lines of the mapping under the first `section:` after `from` in a manifest.
+fn labels_under(text: &str, from: &str, section: &str) -> Vec<String> {
+    let start = text.find(from).unwrap_or_else(|| panic!("{from}"));
+    let at = start
+        + text[start..]
+            .find(section)
+            .unwrap_or_else(|| panic!("{section}"));
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let indent = at - line_start;
+    text[at..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.len() - l.trim_start().len() > indent && !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn the_disruption_budget_and_the_spread_select_exactly_the_services_pods() {
+    let pods = labels_under(DEPLOYMENT, "template:", "labels:");
+    assert_eq!(
+        pods,
+        [
+            "app.kubernetes.io/name: lms-sync",
+            "app.kubernetes.io/component: service"
+        ]
+    );
+    assert_eq!(labels_under(DISRUPTION, "selector:", "matchLabels:"), pods);
+    assert_eq!(
+        labels_under(DEPLOYMENT, "topologySpreadConstraints:", "matchLabels:"),
+        pods
+    );
+    assert_eq!(number(DISRUPTION, "maxUnavailable"), 1);
+    assert!(number(DEPLOYMENT, "replicas:") > number(DISRUPTION, "maxUnavailable"));
 }
