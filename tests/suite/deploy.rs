@@ -1,8 +1,8 @@
 //! The deployment files: the Grafana dashboard is valid and names only exported metrics, the
 //! alert rules name only exported metrics, the PrometheusRule is the same rules, and the
-//! Kubernetes Deployment leaves the service time to stop gracefully and its disruption budget
-//! and spread select its pods. (`promtool` and
-//! `kubernetes-validate` check the files themselves in `.ci/run`.)
+//! Kubernetes Deployment leaves the service time to stop gracefully, and its disruption budget
+//! and spread select its pods. (`promtool` and `kubernetes-validate` check the files themselves
+//! in `.ci/run`.)
 
 use lms_sync::metrics::DEFINITIONS;
 
