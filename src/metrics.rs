@@ -80,10 +80,22 @@ enum Metric {
     Histogram(HistogramFamily),
 }
 
+/// The counters that keep their `account` label whatever [`Metrics::count_per_account`] says:
+/// alerts name the account they fire for, and they are rare (no series until the first).
+const ALWAYS_PER_ACCOUNT: &[&str] = &[
+    "lms_sync_rate_limited_total",
+    "lms_sync_delete_guard_tripped_total",
+];
+
+/// Gauges of one process's runs by account, not set without per-account counters.
+const PER_ACCOUNT_RUN_GAUGES: &[&str] = &["lms_sync_last_run_duration_seconds"];
+
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
     by_name: HashMap<&'static str, Metric>,
+    /// See [`Metrics::count_per_account`].
+    per_account: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -141,7 +153,11 @@ impl Metrics {
             };
             by_name.insert(*name, metric);
         }
-        let m = Metrics { registry, by_name };
+        let m = Metrics {
+            registry,
+            by_name,
+            per_account: std::sync::atomic::AtomicBool::new(true),
+        };
         m.set(
             "lms_sync_build_info",
             &[("version", env!("CARGO_PKG_VERSION"))],
@@ -156,10 +172,32 @@ impl Metrics {
         m
     }
 
+    /// Whether the counters of runs carry the `account` label (`server.per_account_counters`;
+    /// on by default). Off, they count for the whole process and the per-run gauges are not
+    /// set: each account then costs its state gauges (from the database) and nothing more.
+    /// Set before the first count: series already created stay as they are.
+    pub fn count_per_account(&self, on: bool) {
+        self.per_account
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn per_account(&self) -> bool {
+        self.per_account.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Adds `v` to a counter.
     pub fn add(&self, name: &'static str, pairs: &[(&str, &str)], v: f64) {
         if let Some(Metric::Counter(f)) = self.metric(name) {
-            f.get_or_create(&labels(pairs)).inc_by(v);
+            if self.per_account() || ALWAYS_PER_ACCOUNT.contains(&name) {
+                f.get_or_create(&labels(pairs)).inc_by(v);
+            } else {
+                let pairs: Vec<(&str, &str)> = pairs
+                    .iter()
+                    .copied()
+                    .filter(|(k, _)| *k != "account")
+                    .collect();
+                f.get_or_create(&labels(&pairs)).inc_by(v);
+            }
         }
     }
 
@@ -169,6 +207,9 @@ impl Metrics {
 
     /// Sets a gauge.
     pub fn set(&self, name: &'static str, pairs: &[(&str, &str)], v: f64) {
+        if !self.per_account() && PER_ACCOUNT_RUN_GAUGES.contains(&name) {
+            return;
+        }
         if let Some(Metric::Gauge(f)) = self.metric(name) {
             f.get_or_create(&labels(pairs)).set(v);
         }
@@ -252,6 +293,40 @@ mod tests {
         m.set("lms_sync_account_info", &[("account", "a")], 1.0);
         m.clear("lms_sync_account_info");
         assert!(!m.render().contains("lms_sync_account_info{"));
+    }
+
+    #[test]
+    fn without_per_account_counters_runs_count_for_the_process_and_alerts_keep_their_account() {
+        let m = Metrics::new();
+        m.count_per_account(false);
+        for a in ["a", "b"] {
+            m.add(
+                "lms_sync_users_total",
+                &[("account", a), ("change", "inserted")],
+                10.0,
+            );
+            m.inc("lms_sync_rate_limited_total", &[("account", a)]);
+            m.set("lms_sync_last_run_duration_seconds", &[("account", a)], 2.0);
+            m.set("lms_sync_account_live_users", &[("account", a)], 10.0);
+        }
+        let text = m.render();
+        assert!(
+            text.contains("lms_sync_users_total{change=\"inserted\"} 20"),
+            "{text}"
+        );
+        assert!(!text.contains("lms_sync_users_total{account"), "{text}");
+        assert!(
+            !text.contains("lms_sync_last_run_duration_seconds{"),
+            "{text}"
+        );
+        for a in ["a", "b"] {
+            for kept in [
+                format!("lms_sync_rate_limited_total{{account=\"{a}\"}} 1"),
+                format!("lms_sync_account_live_users{{account=\"{a}\"}} 10"),
+            ] {
+                assert!(text.contains(&kept), "{kept}: {text}");
+            }
+        }
     }
 
     #[test]

@@ -299,6 +299,11 @@ pub struct ServerSettings {
     /// File holding the admin token for `GET /status` and `POST /accounts/{id}/...`;
     /// `LMS_SYNC_ADMIN_TOKEN` wins. Without either, those routes answer 403.
     pub admin_token_file: Option<PathBuf>,
+    /// Whether the counters of this process's runs (users, pages, runs, requests, retries,
+    /// budget waits, hydrations) carry an `account` label; `false` counts them for the whole
+    /// process, for fleets too large for a series per account and counter (see
+    /// [`crate::metrics::Metrics::count_per_account`]).
+    pub per_account_counters: bool,
 }
 
 impl Default for ServerSettings {
@@ -306,6 +311,7 @@ impl Default for ServerSettings {
         Self {
             listen: "127.0.0.1:9000".into(),
             admin_token_file: None,
+            per_account_counters: true,
         }
     }
 }

@@ -117,6 +117,7 @@ pub async fn run_with(
     hooks: Hooks,
 ) -> anyhow::Result<()> {
     let metrics = hooks.metrics.unwrap_or_default();
+    metrics.count_per_account(settings.server.per_account_counters);
     let progress: Arc<dyn Progress> = hooks.progress.unwrap_or_else(|| Arc::new(NoProgress));
     let root = CancellationToken::new();
     let url = settings.database_url()?.clone();

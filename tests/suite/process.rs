@@ -829,3 +829,79 @@ async fn wait_until_gone(store: &lms_sync::store::Store, pids: &[i32], secs: u64
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `server.per_account_counters = false` (here by its env var): the counters of the runs
+/// count for the whole process, each account keeps its state gauges, and the totals are the
+/// same; the series a fleet's accounts cost fall by half or more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_per_account_counters_the_runs_count_per_process_and_accounts_keep_their_state() {
+    let ids: Vec<Uuid> = (1..=3).map(account_id).collect();
+    let env = Env::new(&ids.iter().map(|&a| (a, 150)).collect::<Vec<_>>()).await;
+    let cfg = config(&env.sim, &ids, "1h", 3);
+    let mut d = spawn_env(
+        &cfg,
+        &env.db_url,
+        &[],
+        &[
+            ("TRUTO_API_TOKEN", lms_sync::devkit::simulator::DEMO_TOKEN),
+            ("LMS_SYNC__SERVER__PER_ACCOUNT_COUNTERS", "false"),
+        ],
+    );
+    let listening = d
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
+    let ops = listening["fields"]["addr"].as_str().unwrap().to_string();
+    for _ in &ids {
+        let ev = d.wait_for("sync run finished").await;
+        assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    }
+    let metrics = get_text(&format!("http://{ops}/metrics")).await;
+    let series = |name: &str| -> Vec<&str> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .collect()
+    };
+    assert_eq!(
+        series("lms_sync_users_total")
+            .iter()
+            .find(|l| l.contains("change=\"inserted\""))
+            .and_then(|l| l.rsplit(' ').next()),
+        Some("450.0"),
+        "{metrics}"
+    );
+    assert_eq!(
+        series("lms_sync_runs_total"),
+        ["lms_sync_runs_total{outcome=\"succeeded\"} 3.0"]
+    );
+    for name in [
+        "lms_sync_users_total",
+        "lms_sync_pages_total",
+        "lms_sync_http_requests_total",
+        "lms_sync_run_duration_seconds_total",
+        "lms_sync_rate_budget_wait_seconds_total",
+        "lms_sync_last_run_duration_seconds",
+    ] {
+        assert!(
+            series(name).iter().all(|l| !l.contains("account=")),
+            "{name}: {metrics}"
+        );
+    }
+    for a in &ids {
+        for name in [
+            "lms_sync_account_info",
+            "lms_sync_last_success_timestamp_seconds",
+            "lms_sync_account_live_users",
+        ] {
+            assert_eq!(
+                series(name)
+                    .iter()
+                    .filter(|l| l.contains(&format!("account=\"{a}\"")))
+                    .count(),
+                1,
+                "{name} of {a}: {metrics}"
+            );
+        }
+    }
+    assert_eq!(d.terminate().await, 0);
+}
