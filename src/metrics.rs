@@ -39,13 +39,14 @@ pub const DEFINITIONS: &[(&str, Kind, &str)] = &[
     ("lms_sync_rate_budget_mismatch", Kind::Gauge, "1 when another process sharing the token's budget is configured with a different budget (rate_budget), as of this process's last negotiation; 0 otherwise."),
     ("lms_sync_run_duration_seconds_total", Kind::Counter, "Summed duration of finished runs, by account."),
     ("lms_sync_last_run_duration_seconds", Kind::Gauge, "Duration of the last finished run, by account."),
-    ("lms_sync_last_success_timestamp_seconds", Kind::Gauge, "Unix time of the account's last successful run, from the database (every replica reports every account)."),
+    ("lms_sync_last_success_timestamp_seconds", Kind::Gauge, "Unix time of the account's last successful run, from the database (every replica reports every account, or one: server.account_metrics)."),
     ("lms_sync_running_accounts", Kind::Gauge, "Accounts being synced by this process now."),
     ("lms_sync_account_health", Kind::Gauge, "1 for the account's current health (ok, needs_reauth, blocked, not_found, forbidden), 0 for the others, by account and health; from the database."),
     ("lms_sync_account_consecutive_failures", Kind::Gauge, "Failed runs in a row, by account; from the database."),
     ("lms_sync_account_live_users", Kind::Gauge, "Live users in the mirror, by account (as of its last run); from the database."),
     ("lms_sync_account_hydration_queue", Kind::Gauge, "Users waiting for their full object, by account; from the database."),
     ("lms_sync_account_info", Kind::Gauge, "1 per account, with its label and tenant, to join names onto ids; from the database."),
+    ("lms_sync_account_state_reporter", Kind::Gauge, "1 while this process exports the accounts' state from the database (lms_sync_account_info and the others; always with server.account_metrics = \"every_replica\", while it holds the reporter lease with \"one_replica\"); 0 otherwise."),
     ("lms_sync_hydrations_total", Kind::Counter, "Full objects fetched for hydration, by account and result (merged, failed, gone)."),
     ("lms_sync_unknown_enum_values_total", Kind::Counter, "Users inserted or changed with a role or status outside the documented values, by account and field (the values are in the log and in the unknown_enum_values table)."),
     ("lms_sync_discovery_runs_total", Kind::Counter, "Listings of Truto's integrated accounts, by result (succeeded, failed, guarded: accounts no longer listed were not retired)."),
@@ -90,12 +91,25 @@ const ALWAYS_PER_ACCOUNT: &[&str] = &[
 /// Gauges of one process's runs by account, not set without per-account counters.
 const PER_ACCOUNT_RUN_GAUGES: &[&str] = &["lms_sync_last_run_duration_seconds"];
 
+/// Each account's state, read from the database: exported by every replica, or by one
+/// (see [`Metrics::report_account_state`]).
+pub const ACCOUNT_STATE_GAUGES: &[&str] = &[
+    "lms_sync_last_success_timestamp_seconds",
+    "lms_sync_account_consecutive_failures",
+    "lms_sync_account_live_users",
+    "lms_sync_account_hydration_queue",
+    "lms_sync_account_info",
+    "lms_sync_account_health",
+];
+
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
     by_name: HashMap<&'static str, Metric>,
     /// See [`Metrics::count_per_account`].
     per_account: std::sync::atomic::AtomicBool,
+    /// See [`Metrics::report_account_state`].
+    account_state: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -157,7 +171,9 @@ impl Metrics {
             registry,
             by_name,
             per_account: std::sync::atomic::AtomicBool::new(true),
+            account_state: std::sync::atomic::AtomicBool::new(true),
         };
+        m.set("lms_sync_account_state_reporter", &[], 1.0);
         m.set(
             "lms_sync_build_info",
             &[("version", env!("CARGO_PKG_VERSION"))],
@@ -179,6 +195,29 @@ impl Metrics {
     pub fn count_per_account(&self, on: bool) {
         self.per_account
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether this process exports the accounts' state ([`ACCOUNT_STATE_GAUGES`]; on by
+    /// default). Off, those gauges are emptied and setting them does nothing, until it is on
+    /// again (and they are read anew from the database).
+    pub fn report_account_state(&self, on: bool) {
+        self.account_state
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        self.set(
+            "lms_sync_account_state_reporter",
+            &[],
+            if on { 1.0 } else { 0.0 },
+        );
+        if !on {
+            for name in ACCOUNT_STATE_GAUGES {
+                self.clear(name);
+            }
+        }
+    }
+
+    pub fn reports_account_state(&self) -> bool {
+        self.account_state
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn per_account(&self) -> bool {
@@ -207,7 +246,9 @@ impl Metrics {
 
     /// Sets a gauge.
     pub fn set(&self, name: &'static str, pairs: &[(&str, &str)], v: f64) {
-        if !self.per_account() && PER_ACCOUNT_RUN_GAUGES.contains(&name) {
+        if !self.per_account() && PER_ACCOUNT_RUN_GAUGES.contains(&name)
+            || !self.reports_account_state() && ACCOUNT_STATE_GAUGES.contains(&name)
+        {
             return;
         }
         if let Some(Metric::Gauge(f)) = self.metric(name) {
@@ -327,6 +368,29 @@ mod tests {
                 assert!(text.contains(&kept), "{kept}: {text}");
             }
         }
+    }
+
+    #[test]
+    fn a_process_that_does_not_report_the_accounts_state_exports_none_of_it() {
+        let m = Metrics::new();
+        let info = [("account", "a"), ("label", ""), ("tenant", "")];
+        m.set("lms_sync_account_info", &info, 1.0);
+        assert!(m.render().contains("lms_sync_account_state_reporter{} 1"));
+        m.report_account_state(false);
+        m.set("lms_sync_account_live_users", &[("account", "a")], 10.0);
+        m.set("lms_sync_running_accounts", &[], 2.0);
+        let text = m.render();
+        for name in ACCOUNT_STATE_GAUGES {
+            assert!(!text.contains(&format!("{name}{{")), "{name}: {text}");
+        }
+        assert!(text.contains("lms_sync_running_accounts{} 2"), "{text}");
+        assert!(
+            text.contains("lms_sync_account_state_reporter{} 0"),
+            "{text}"
+        );
+        m.report_account_state(true);
+        m.set("lms_sync_account_info", &info, 1.0);
+        assert!(m.render().contains("lms_sync_account_info{account=\"a\""));
     }
 
     #[test]

@@ -304,6 +304,8 @@ pub struct ServerSettings {
     /// process, for fleets too large for a series per account and counter (see
     /// [`crate::metrics::Metrics::count_per_account`]).
     pub per_account_counters: bool,
+    /// Which replicas export the accounts' state gauges read from the database.
+    pub account_metrics: AccountMetrics,
 }
 
 impl Default for ServerSettings {
@@ -312,6 +314,32 @@ impl Default for ServerSettings {
             listen: "127.0.0.1:9000".into(),
             admin_token_file: None,
             per_account_counters: true,
+            account_metrics: AccountMetrics::EveryReplica,
+        }
+    }
+}
+
+/// `server.account_metrics`: which replicas export each account's state (last success, health,
+/// failures in a row, live users, hydration queue, info), read from the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum AccountMetrics {
+    /// Every replica: any one scraped is enough for the alerts.
+    EveryReplica,
+    /// One at a time, the holder of the reporter lease: a fleet's state series once, not once
+    /// per replica.
+    OneReplica,
+}
+
+impl TryFrom<String> for AccountMetrics {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "every_replica" => Ok(AccountMetrics::EveryReplica),
+            "one_replica" => Ok(AccountMetrics::OneReplica),
+            _ => Err(format!(
+                "must be one of every_replica, one_replica (got `{s}`)"
+            )),
         }
     }
 }

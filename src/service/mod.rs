@@ -12,6 +12,7 @@ mod discovery;
 pub mod lock_watch;
 mod ops;
 pub mod page;
+mod reporter;
 mod scheduler;
 mod signals;
 pub mod status;
@@ -32,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::Settings;
+use crate::config::{AccountMetrics, Settings};
 use crate::domain::Health;
 use crate::metrics::Metrics;
 use crate::schedule::next_run;
@@ -166,6 +167,10 @@ pub async fn run_with(
             webhook_secret: webhook_secret.clone(),
             refreshed: Arc::default(),
         };
+        if settings.server.account_metrics == AccountMetrics::OneReplica {
+            metrics.report_account_state(false);
+            tokio::spawn(reporter::run(store.clone(), metrics.clone(), root.clone()));
+        }
         Some(tokio::spawn(ops::serve(listener, ops, root.clone())))
     } else {
         None

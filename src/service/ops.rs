@@ -132,9 +132,14 @@ async fn metrics_text(State(ops): State<Ops>) -> Response {
 }
 
 /// Sets the per-account metrics from the database, so that every replica (a freshly started
-/// one too) exports every account: at most every [`ACCOUNT_METRICS_TTL`].
+/// one too) exports every account: at most every [`ACCOUNT_METRICS_TTL`]. Nothing while
+/// another replica exports them (`server.account_metrics = "one_replica"`).
 async fn refresh_account_metrics(ops: &Ops) {
     let mut last = ops.refreshed.lock().await;
+    if !ops.metrics.reports_account_state() {
+        *last = None;
+        return;
+    }
     if last.is_some_and(|t| t.elapsed() < ACCOUNT_METRICS_TTL) {
         return;
     }
@@ -147,14 +152,7 @@ async fn refresh_account_metrics(ops: &Ops) {
     };
     *last = Some(std::time::Instant::now());
     let m = &ops.metrics;
-    for name in [
-        "lms_sync_last_success_timestamp_seconds",
-        "lms_sync_account_consecutive_failures",
-        "lms_sync_account_live_users",
-        "lms_sync_account_hydration_queue",
-        "lms_sync_account_info",
-        "lms_sync_account_health",
-    ] {
+    for name in crate::metrics::ACCOUNT_STATE_GAUGES {
         m.clear(name);
     }
     for r in rows {

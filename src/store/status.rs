@@ -267,7 +267,8 @@ impl Store {
     }
 }
 
-/// One account's figures for the metrics (every replica exports every account).
+/// One account's figures for the metrics (exported by every replica, or by the holder of the
+/// reporter lease: see `server.account_metrics`).
 #[derive(Debug, Clone)]
 pub struct AccountMetrics {
     pub integrated_account_id: Uuid,

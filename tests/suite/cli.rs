@@ -134,6 +134,16 @@ async fn invalid_configurations_exit_2_with_one_line_naming_the_key() {
             vec![("LMS_SYNC__TRUTO__NOPE", "1")],
             "LMS_SYNC__TRUTO__NOPE",
         ),
+        (
+            acct.clone(),
+            vec![("LMS_SYNC__SERVER__ACCOUNT_METRICS", "two_replicas")],
+            "server.account_metrics",
+        ),
+        (
+            acct.clone(),
+            vec![("LMS_SYNC__SERVER__PER_ACCOUNT_COUNTERS", "maybe")],
+            "server.per_account_counters",
+        ),
     ];
     assert!(cases.len() >= 20);
     for (toml, extra_env, key) in cases {

@@ -905,3 +905,69 @@ async fn without_per_account_counters_the_runs_count_per_process_and_accounts_ke
     }
     assert_eq!(d.terminate().await, 0);
 }
+
+/// `server.account_metrics = "one_replica"`: of two replicas, only the holder of the reporter
+/// lease exports the accounts' state (the other says it does not); killed, the other takes the
+/// lease over and exports every account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_replica_reporting_only_the_lease_holder_exports_the_accounts_and_a_survivor_takes_over(
+) {
+    let ids: Vec<Uuid> = (1..=3).map(account_id).collect();
+    let env = Env::new(&ids.iter().map(|&a| (a, 50)).collect::<Vec<_>>()).await;
+    let cfg = config(&env.sim, &ids, "1h", 3);
+    let vars = [
+        ("TRUTO_API_TOKEN", lms_sync::devkit::simulator::DEMO_TOKEN),
+        ("LMS_SYNC__SERVER__ACCOUNT_METRICS", "one_replica"),
+    ];
+    let reporting = "this replica exports the accounts' state metrics (server.account_metrics = \"one_replica\")";
+    let mut first = spawn_env(&cfg, &env.db_url, &[], &vars);
+    let at = |ev: serde_json::Value| ev["fields"]["addr"].as_str().unwrap().to_string();
+    let first_ops = at(first
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await);
+    first.wait_for(reporting).await;
+    for _ in &ids {
+        first.wait_for("sync run finished").await;
+    }
+    let mut second = spawn_env(&cfg, &env.db_url, &[], &vars);
+    let second_ops = at(second
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await);
+    let exported = |metrics: &str| -> usize {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("lms_sync_account_info{"))
+            .count()
+    };
+    let metrics = get_text(&format!("http://{first_ops}/metrics")).await;
+    assert_eq!(exported(&metrics), 3, "{metrics}");
+    assert_eq!(
+        gauge(&metrics, "lms_sync_account_state_reporter"),
+        Some(1.0)
+    );
+    let metrics = get_text(&format!("http://{second_ops}/metrics")).await;
+    assert_eq!(exported(&metrics), 0, "{metrics}");
+    assert!(!metrics.contains("lms_sync_account_health{"), "{metrics}");
+    assert_eq!(
+        gauge(&metrics, "lms_sync_account_state_reporter"),
+        Some(0.0)
+    );
+
+    first.child.kill().await.unwrap();
+    second.wait_for(reporting).await;
+    let metrics = get_text(&format!("http://{second_ops}/metrics")).await;
+    assert_eq!(exported(&metrics), 3, "{metrics}");
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("lms_sync_account_health{") && l.ends_with(" 1.0"))
+            .count(),
+        3,
+        "{metrics}"
+    );
+    assert_eq!(
+        gauge(&metrics, "lms_sync_account_state_reporter"),
+        Some(1.0)
+    );
+    assert_eq!(second.terminate().await, 0);
+}
