@@ -140,7 +140,15 @@ fn attention(v: &AccountView, now: DateTime<Utc>) -> (u8, Option<String>) {
         return (0, Some(format!("cannot be synced: {}", v.health)));
     }
     if v.last_error.is_some() && v.state == "active" {
-        return (1, Some("the last run failed".into()));
+        let why = match v.held_until {
+            // (The run failed because of it; the schedule waits for it.)
+            Some(t) if t > now => format!(
+                "the server holds its requests back until {} (a quota spent, say); it runs then",
+                t.format("%Y-%m-%d %H:%M UTC")
+            ),
+            _ => "the last run failed".into(),
+        };
+        return (1, Some(why));
     }
     match v.last_success {
         Some(t) if now - t > chrono::Duration::hours(STALE_HOURS) => {
@@ -629,6 +637,31 @@ mod tests {
         );
         // Every view's next run is due (the schedule never puts it in the past).
         assert_eq!(html.matches("\">now</time>").count(), 3, "{html}");
+    }
+
+    #[test]
+    fn an_account_the_server_holds_back_says_until_when_and_one_whose_hold_ended_just_failed() {
+        let now: DateTime<Utc> = "2026-12-05T12:00:00Z".parse().unwrap();
+        let mut held = view(1, "Held");
+        held.last_error = Some("rate limited: …".into());
+        held.held_until = Some("2026-12-05T15:30:00Z".parse().unwrap());
+        let mut over = view(2, "Over");
+        over.last_error = Some("rate limited: …".into());
+        over.held_until = Some("2026-12-05T11:00:00Z".parse().unwrap());
+        let html = render(
+            &[held, over],
+            None,
+            None,
+            &Halts::default(),
+            now,
+            &PageQuery::default(),
+        );
+        assert!(html.contains(
+            "<div class=\"why\">the server holds its requests back until 2026-12-05 15:30 UTC \
+             (a quota spent, say); it runs then</div>"
+        ));
+        assert_eq!(html.matches("the last run failed").count(), 1, "{html}");
+        assert!(html.contains(">2 failed their last run<"), "{html}");
     }
 
     #[test]
