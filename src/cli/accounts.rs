@@ -17,6 +17,17 @@ pub enum AccountsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// One account: what `list` says of it, why it is unhealthy or held back, its counts, its
+    /// last error whole, and its latest runs (newest first) with what each did and why it failed.
+    Show {
+        account: Uuid,
+        /// How many of its latest runs (1–1000).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=1000))]
+        runs: i64,
+        /// One JSON object (`account`, `runs`) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop starting runs of the account (a run in progress finishes its page and stops).
     Pause { account: Uuid },
     /// Undo `pause`.
@@ -37,6 +48,11 @@ pub enum AccountsCommand {
 pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), CliError> {
     match command {
         AccountsCommand::List { json } => list(settings, json).await,
+        AccountsCommand::Show {
+            account,
+            runs,
+            json,
+        } => show(settings, account, runs, json).await,
         AccountsCommand::Pause { account } => {
             act(&settings, account, "paused", |s, id| {
                 Box::pin(s.set_paused(id, true))
@@ -78,6 +94,39 @@ async fn list(settings: Settings, json: bool) -> Result<(), CliError> {
         println!("{text}");
     } else {
         print!("{}", super::render::accounts(&views));
+    }
+    Ok(())
+}
+
+async fn show(settings: Settings, account: Uuid, runs: i64, json: bool) -> Result<(), CliError> {
+    let store = open_store(&settings, Access::Read).await?;
+    let db = |error| CliError::Store {
+        context: "cannot read the account",
+        error,
+    };
+    let state = crate::service::status::read_state(&settings, &store, Some(account))
+        .await
+        .map_err(db)?;
+    let views = crate::service::status::account_views(&state);
+    let Some(view) = views.first() else {
+        return Err(CliError::Usage(format!(
+            "account {account} is not in the fleet: neither configured in [[accounts]] nor discovered"
+        )));
+    };
+    let runs = store.recent_runs(account, runs).await.map_err(db)?;
+    if json {
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "account": view,
+            "runs": runs,
+        }))
+        .map_err(|e| anyhow::anyhow!("cannot write JSON: {e}"))?;
+        println!("{text}");
+    } else {
+        let row = state.rows.first();
+        print!(
+            "{}",
+            super::render::account(view, row, &runs, chrono::Utc::now())
+        );
     }
     Ok(())
 }

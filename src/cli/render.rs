@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::domain::Outcome;
 use crate::service::status::{AccountView, BudgetSection};
-use crate::store::StatusRow;
+use crate::store::{RunView, StatusRow};
 use crate::sync::SyncOutcome;
 use crate::text::shorten;
 
@@ -212,6 +212,105 @@ pub fn accounts(views: &[AccountView]) -> String {
         );
         if let Some(e) = &v.last_error {
             let _ = writeln!(s, "    last error: {}", shorten(e, 300));
+        }
+    }
+    s
+}
+
+/// `accounts show`: one account's facts, then its `runs` (newest first), as of `now`.
+pub fn account(
+    v: &AccountView,
+    row: Option<&StatusRow>,
+    runs: &[RunView],
+    now: DateTime<Utc>,
+) -> String {
+    use crate::service::account_page::{listing, took};
+    let t = |v: Option<DateTime<Utc>>| {
+        v.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut s = String::new();
+    let mut fact = |name: &str, value: &str| {
+        let _ = writeln!(s, "{name:<14} {value}");
+    };
+    fact("account", &v.integrated_account_id.to_string());
+    fact("label", v.label.as_deref().unwrap_or("-"));
+    fact("tenant", v.tenant_id.as_deref().unwrap_or("-"));
+    fact("source", &v.source);
+    fact("state", &v.state);
+    let mut health = v.health.clone();
+    if v.health != "ok" {
+        let _ = write!(health, " since {}", t(v.health_since));
+        if let Some(why) = row.and_then(|r| r.health_reason.as_deref()) {
+            let _ = write!(health, ": {}", shorten(why, 300));
+        }
+    }
+    fact("health", &health);
+    fact("last success", &t(v.last_success));
+    fact("next run", &t(v.next_run));
+    if let Some(until) = v.held_until {
+        fact("held back", &crate::schedule::held_back(until));
+    }
+    fact("live users", &v.live_users.to_string());
+    if let Some(r) = row {
+        fact("deleted users", &r.deleted_users.to_string());
+        fact("failures", &format!("{} in a row", r.consecutive_failures));
+        fact("to hydrate", &r.hydration_pending.to_string());
+        fact(
+            "listing",
+            if r.resumable {
+                "the next run resumes where the last one stopped"
+            } else {
+                "the next run starts from the first page"
+            },
+        );
+    }
+    fact(
+        "last error",
+        &v.last_error
+            .as_deref()
+            .map(|e| shorten(e, 2000))
+            .unwrap_or_else(|| "-".into()),
+    );
+    if runs.is_empty() {
+        s.push_str("\nno run yet\n");
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "\nlatest runs, newest first:\n{:>8} {:<21} {:>12} {:<16} {:<19} {:>6} {:>8} {:>6} {:>6} {:>6}  requests",
+        "run", "started", "took", "outcome", "listing", "pages", "users", "new", "upd", "del"
+    );
+    for r in runs {
+        let mut requests = r.http_requests.to_string();
+        if r.retries > 0 || r.rate_limited > 0 {
+            let _ = write!(
+                requests,
+                " ({} retried, {} × 429)",
+                r.retries, r.rate_limited
+            );
+        }
+        let _ = writeln!(
+            s,
+            "{:>8} {:<21} {:>12} {:<16} {:<19} {:>6} {:>8} {:>6} {:>6} {:>6}  {}",
+            r.run_id,
+            t(Some(r.started_at)),
+            took(r, now),
+            r.outcome,
+            listing(r),
+            r.pages,
+            r.users_seen,
+            r.inserted,
+            r.updated,
+            r.deleted,
+            requests
+        );
+        if let Some(e) = &r.error {
+            let kind = r.error_kind.as_deref().unwrap_or("error");
+            let _ = writeln!(s, "{:>8} {kind}: {}", "", shorten(e, 300));
+        } else if let Some(why) = &r.deletions_skipped_reason {
+            // (A failed run skips them for its failure, said above.)
+            let _ = writeln!(s, "{:>8} deletions skipped: {}", "", shorten(why, 300));
         }
     }
     s

@@ -66,7 +66,7 @@ pub(super) async fn account(State(ops): State<Ops>, Path(id): Path<String>) -> R
 }
 
 /// How long a run took (or has been running, as of `now`).
-fn took(r: &RunView, now: DateTime<Utc>) -> String {
+pub fn took(r: &RunView, now: DateTime<Utc>) -> String {
     let end = r.finished_at.unwrap_or(now);
     let ms = (end - r.started_at).num_milliseconds().max(0);
     let d = if ms < 10_000 {
@@ -89,7 +89,7 @@ fn took(r: &RunView, now: DateTime<Utc>) -> String {
 }
 
 /// The listing as the run left it.
-fn listing(r: &RunView) -> &'static str {
+pub fn listing(r: &RunView) -> &'static str {
     if r.finished_at.is_none() {
         return if r.resumed {
             "under way (resumed)"

@@ -223,8 +223,8 @@ impl Store {
     }
 }
 
-/// One run of `sync_runs`, as an account's page shows it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// One run of `sync_runs`, as an account's page (and `accounts show`) shows it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct RunView {
     pub run_id: i64,
     pub started_at: chrono::DateTime<chrono::Utc>,

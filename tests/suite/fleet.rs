@@ -540,3 +540,79 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
     }
     assert_mirror(&env.store, &env.sim, a).await;
 }
+
+/// `accounts show`: one account's facts and its latest runs, newest first, with why a run
+/// failed; `--runs` bounds them, `--json` gives the same as one object; an account outside the
+/// fleet is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_show_tells_one_accounts_facts_and_its_latest_runs() {
+    let a = account_id(1);
+    let env = fleet_env(&[(a, 30)]).await;
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    env.sim.push_fault(Some(a), Fault::status(400));
+    let o = cli(&env, &["sync"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    let o = cli(&env, &["sync"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+
+    let o = cli(&env, &["accounts", "show", &a.to_string()]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for line in [
+        format!("account        {a}\n"),
+        "tenant         tenant-0\n".to_string(),
+        "source         discovered\n".to_string(),
+        "state          active\n".to_string(),
+        "health         ok\n".to_string(),
+        "live users     30\n".to_string(),
+        "failures       0 in a row\n".to_string(),
+        "last error     -\n".to_string(),
+        "latest runs, newest first:\n".to_string(),
+    ] {
+        assert!(out.contains(&line), "{line}: {out}");
+    }
+    let runs: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("latest runs"))
+        .skip(2)
+        .collect();
+    assert_eq!(runs.len(), 3, "{out}");
+    assert!(
+        runs[0].contains(" succeeded ") && runs[0].contains(" complete "),
+        "{out}"
+    );
+    assert!(
+        runs[1].contains(" failed ") && runs[1].contains(" partial "),
+        "{out}"
+    );
+    assert!(
+        runs[2].trim_start().starts_with("http_error: HTTP 400"),
+        "{out}"
+    );
+
+    let o = cli(&env, &["accounts", "show", &a.to_string(), "--runs", "1"]).await;
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!out.contains(" failed "), "{out}");
+
+    let o = cli(&env, &["accounts", "show", &a.to_string(), "--json"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["account"]["integrated_account_id"], a.to_string());
+    assert_eq!(v["account"]["live_users"], 30);
+    let outcomes: Vec<&str> = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["succeeded", "failed"]);
+    assert_eq!(v["runs"][1]["error_kind"], "http_error");
+    assert_eq!(v["runs"][0]["users_seen"], 30);
+
+    let other = Uuid::from_u128(7).to_string();
+    let o = cli(&env, &["accounts", "show", &other]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("is not in the fleet"), "{}", err(&o));
+    let o = cli(&env, &["accounts", "show", &a.to_string(), "--runs", "0"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+}
