@@ -66,7 +66,7 @@ pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), Cli
             .await
         }
         AccountsCommand::SyncNow { account } => {
-            act(&settings, account, "asked to sync now", |s, id| {
+            act(&settings, account, SYNC_NOW, |s, id| {
                 Box::pin(s.request_sync(id))
             })
             .await
@@ -157,8 +157,21 @@ async fn act(
         )));
     }
     println!("account {account} {done}");
+    if done == SYNC_NOW {
+        // A run before the server's hold ends fails at once, without a request: say so now.
+        let rows = store.status(&[], Some(account)).await.map_err(db)?;
+        if let Some(until) = rows.first().and_then(|r| r.held_until) {
+            println!(
+                "note: {}; until then the run fails at once, without a request",
+                crate::schedule::held_back(until)
+            );
+        }
+    }
     Ok(())
 }
+
+/// What `accounts sync-now` says it did.
+const SYNC_NOW: &str = "asked to sync now";
 
 async fn purge(settings: Settings, account: Uuid, yes: bool) -> Result<(), CliError> {
     if !yes {

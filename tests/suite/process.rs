@@ -556,6 +556,29 @@ async fn a_quota_spent_for_an_hour_holds_the_account_in_every_process_until_it_e
         left_after <= left && left_after > left - 60.0,
         "{left_after}"
     );
+    let o = lms_sync(&cfg, &env.db_url, &["accounts", "show", &a.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(&format!("held back      {why}")), "{out}");
+    let o = lms_sync(&cfg, &env.db_url, &["accounts", "sync-now", &a.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "note: {why} (its Retry-After or ratelimit-* headers"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "no run starts before then; until then the run fails at once, without a request"
+        ),
+        "{out}"
+    );
     assert_eq!(d.terminate().await, 0);
     assert_mirror(&env.store, &env.sim, b).await;
 }
