@@ -82,6 +82,7 @@ async fn every_view_shows_every_column_it_should() {
     assert_eq!(
         views,
         [
+            "account_freshness",
             "live_users",
             "user_field_changes",
             "user_primary_email",
@@ -114,6 +115,66 @@ async fn every_view_shows_every_column_it_should() {
             .await
             .unwrap();
     assert_eq!((source.as_str(), label), ("config", None));
+}
+
+/// `account_freshness`: one row per account of the registry, with how current its mirror is,
+/// readable by an analyst's session without the service's bookkeeping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_freshness_says_how_current_each_accounts_mirror_is() {
+    use lms_sync::devkit::simulator::Fault;
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 20), (b, 10)]).await;
+    assert!(env.sync(a).await.succeeded());
+    env.sim.push_fault(Some(b), Fault::status(400));
+    assert!(!env.sync(b).await.succeeded());
+    assert_eq!(
+        columns(&env, "account_freshness").await,
+        [
+            "integrated_account_id",
+            "label",
+            "tenant_id",
+            "integration",
+            "paused",
+            "retired_at",
+            "health",
+            "last_succeeded_at",
+            "since_success",
+            "last_outcome",
+            "last_finished_at",
+            "held_until",
+            "live_users",
+            "last_error"
+        ]
+    );
+    let mut s = analyst_session(&env).await;
+    type Row = (
+        Uuid,
+        String,
+        Option<String>,
+        Option<i64>,
+        Option<bool>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT integrated_account_id, health, last_outcome, live_users,
+                since_success < interval '1 minute', last_error
+           FROM lms.account_freshness ORDER BY integrated_account_id",
+    )
+    .fetch_all(&mut s)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(
+        rows[0],
+        (a, "ok".into(), Some("succeeded".into()), Some(20), Some(true), None)
+    );
+    let (id, health, outcome, live, fresh, error) = &rows[1];
+    assert_eq!(
+        (id, health.as_str(), outcome.as_deref(), live, fresh),
+        (&b, "ok", Some("failed"), &Some(0), &None),
+        "never succeeded: no age"
+    );
+    assert!(error.as_deref().unwrap().contains("HTTP 400"), "{error:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
