@@ -36,6 +36,10 @@ pub const EXAMPLE_QUERIES: &[(&str, &str)] = &[
         "SELECT u.user_name, u.manager_name, m2.manager_name AS managers_manager FROM lms.users_with_manager u LEFT JOIN lms.users_with_manager m2 ON m2.integrated_account_id = u.integrated_account_id AND m2.user_id = u.manager_id WHERE m2.manager_id IS NOT NULL ORDER BY u.integrated_account_id, u.user_id LIMIT 5",
     ),
     (
+        "how current each account's mirror is",
+        "SELECT integrated_account_id, health, last_outcome, date_trunc('second', since_success)::text AS since_success, live_users FROM lms.account_freshness ORDER BY integrated_account_id",
+    ),
+    (
         "last runs",
         "SELECT integrated_account_id, outcome, pages, users_seen, inserted, updated, unchanged, deleted FROM lms.sync_runs ORDER BY run_id",
     ),

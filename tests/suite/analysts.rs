@@ -166,7 +166,14 @@ async fn account_freshness_says_how_current_each_accounts_mirror_is() {
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(
         rows[0],
-        (a, "ok".into(), Some("succeeded".into()), Some(20), Some(true), None)
+        (
+            a,
+            "ok".into(),
+            Some("succeeded".into()),
+            Some(20),
+            Some(true),
+            None
+        )
     );
     let (id, health, outcome, live, fresh, error) = &rows[1];
     assert_eq!(
