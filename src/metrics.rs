@@ -108,8 +108,9 @@ pub struct Metrics {
     by_name: HashMap<&'static str, Metric>,
     /// See [`Metrics::count_per_account`].
     per_account: std::sync::atomic::AtomicBool,
-    /// See [`Metrics::report_account_state`].
-    account_state: std::sync::atomic::AtomicBool,
+    /// See [`Metrics::report_account_state`]; held while such a gauge is set, so that one set
+    /// as it is turned off cannot outlive the clearing.
+    account_state: std::sync::Mutex<bool>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -171,7 +172,7 @@ impl Metrics {
             registry,
             by_name,
             per_account: std::sync::atomic::AtomicBool::new(true),
-            account_state: std::sync::atomic::AtomicBool::new(true),
+            account_state: std::sync::Mutex::new(true),
         };
         m.set("lms_sync_account_state_reporter", &[], 1.0);
         m.set(
@@ -201,23 +202,23 @@ impl Metrics {
     /// default). Off, those gauges are emptied and setting them does nothing, until it is on
     /// again (and they are read anew from the database).
     pub fn report_account_state(&self, on: bool) {
-        self.account_state
-            .store(on, std::sync::atomic::Ordering::Relaxed);
-        self.set(
-            "lms_sync_account_state_reporter",
-            &[],
-            if on { 1.0 } else { 0.0 },
-        );
+        let mut reporting = self.account_state.lock().expect("account state");
+        *reporting = on;
         if !on {
             for name in ACCOUNT_STATE_GAUGES {
                 self.clear(name);
             }
         }
+        drop(reporting);
+        self.set(
+            "lms_sync_account_state_reporter",
+            &[],
+            if on { 1.0 } else { 0.0 },
+        );
     }
 
     pub fn reports_account_state(&self) -> bool {
-        self.account_state
-            .load(std::sync::atomic::Ordering::Relaxed)
+        *self.account_state.lock().expect("account state")
     }
 
     fn per_account(&self) -> bool {
@@ -246,12 +247,18 @@ impl Metrics {
 
     /// Sets a gauge.
     pub fn set(&self, name: &'static str, pairs: &[(&str, &str)], v: f64) {
-        if !self.per_account() && PER_ACCOUNT_RUN_GAUGES.contains(&name)
-            || !self.reports_account_state() && ACCOUNT_STATE_GAUGES.contains(&name)
-        {
+        if !self.per_account() && PER_ACCOUNT_RUN_GAUGES.contains(&name) {
             return;
         }
-        if let Some(Metric::Gauge(f)) = self.metric(name) {
+        let Some(Metric::Gauge(f)) = self.metric(name) else {
+            return;
+        };
+        if ACCOUNT_STATE_GAUGES.contains(&name) {
+            let reporting = self.account_state.lock().expect("account state");
+            if *reporting {
+                f.get_or_create(&labels(pairs)).set(v);
+            }
+        } else {
             f.get_or_create(&labels(pairs)).set(v);
         }
     }
