@@ -1,7 +1,7 @@
 //! The deployment files: the Grafana dashboard is valid and names only exported metrics, the
 //! alert rules name only exported metrics, the PrometheusRule is the same rules, and the
-//! Kubernetes Deployment leaves the service time to stop gracefully, and its disruption budget
-//! and spread select its pods. (`promtool` and `kubernetes-validate` check the files themselves
+//! Kubernetes Deployment leaves the service time to stop gracefully, its disruption budget
+//! and spread select its pods, and its ConfigMap loads. (`promtool` and `kubernetes-validate` check the files themselves
 //! in `.ci/run`.)
 
 use lms_sync::metrics::DEFINITIONS;
@@ -188,4 +188,30 @@ fn the_disruption_budget_and_the_spread_select_exactly_the_services_pods() {
     );
     assert_eq!(number(DISRUPTION, "maxUnavailable"), 1);
     assert!(number(DEPLOYMENT, "replicas:") > number(DISRUPTION, "maxUnavailable"));
+}
+
+/// The ConfigMap's `config.toml` is a configuration the binary loads (a key misspelt in it
+/// would stop every replica at start), with the settings its comments promise.
+#[test]
+fn the_configmaps_config_loads_as_the_service_would_read_it() {
+    let start = CONFIGMAP.find("config.toml: |\n").expect("config.toml") + "config.toml: |\n".len();
+    let toml: String = CONFIGMAP[start..]
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let file = crate::helpers::TempFile::new("lms-sync-configmap", ".toml", toml);
+    let env = [(
+        "LMS_SYNC__DATABASE__URL".to_string(),
+        "postgres://lms_sync_service@db/lms".to_string(),
+    )];
+    let settings =
+        lms_sync::config::Settings::load_from(Some(&file), &env).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!settings.database.migrate);
+    assert!(settings.discovery.enabled);
+    assert_eq!(
+        settings.server.account_metrics,
+        lms_sync::config::AccountMetrics::OneReplica
+    );
+    assert_eq!(settings.server.listen, "0.0.0.0:9000");
 }
