@@ -224,7 +224,7 @@ pub fn account(
     runs: &[RunView],
     now: DateTime<Utc>,
 ) -> String {
-    use crate::service::account_page::{listing, took};
+    use crate::service::account_page::{listing, requests, took};
     let t = |v: Option<DateTime<Utc>>| {
         v.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
             .unwrap_or_else(|| "-".into())
@@ -282,14 +282,6 @@ pub fn account(
         "run", "started", "took", "outcome", "listing", "pages", "users", "new", "upd", "del"
     );
     for r in runs {
-        let mut requests = r.http_requests.to_string();
-        if r.retries > 0 || r.rate_limited > 0 {
-            let _ = write!(
-                requests,
-                " ({} retried, {} × 429)",
-                r.retries, r.rate_limited
-            );
-        }
         let _ = writeln!(
             s,
             "{:>8} {:<21} {:>12} {:<16} {:<19} {:>6} {:>8} {:>6} {:>6} {:>6}  {}",
@@ -303,7 +295,7 @@ pub fn account(
             r.inserted,
             r.updated,
             r.deleted,
-            requests
+            requests(r)
         );
         if let Some(e) = &r.error {
             let kind = r.error_kind.as_deref().unwrap_or("error");

@@ -88,6 +88,15 @@ pub fn took(r: &RunView, now: DateTime<Utc>) -> String {
     }
 }
 
+/// The run's requests, and how many were retried or answered 429 when any were.
+pub fn requests(r: &RunView) -> String {
+    let mut s = r.http_requests.to_string();
+    if r.retries > 0 || r.rate_limited > 0 {
+        let _ = write!(s, " ({} retried, {} × 429)", r.retries, r.rate_limited);
+    }
+    s
+}
+
 /// The listing as the run left it.
 pub fn listing(r: &RunView) -> &'static str {
     if r.finished_at.is_none() {
@@ -213,14 +222,7 @@ pub fn render(
                     let _ = write!(changes, " · {n} {what}");
                 }
             }
-            let mut requests = r.http_requests.to_string();
-            if r.retries > 0 || r.rate_limited > 0 {
-                let _ = write!(
-                    requests,
-                    " ({} retried, {} × 429)",
-                    r.retries, r.rate_limited
-                );
-            }
+            let requests = requests(r);
             let note = match (&r.error_kind, &r.error, &r.deletions_skipped_reason) {
                 (kind, Some(e), _) => format!(
                     "<span class=\"bad\">{}</span> {}",
