@@ -210,6 +210,9 @@ pub fn accounts(views: &[AccountView]) -> String {
             t(v.next_run),
             v.live_users
         );
+        if let Some(until) = v.held_until {
+            let _ = writeln!(s, "    {}", crate::schedule::held_back(until));
+        }
         if let Some(e) = &v.last_error {
             let _ = writeln!(s, "    last error: {}", shorten(e, 300));
         }

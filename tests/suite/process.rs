@@ -512,6 +512,12 @@ async fn a_quota_spent_for_an_hour_holds_the_account_in_every_process_until_it_e
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(out.matches(&why).count(), 1, "{out}");
+    let o = lms_sync(&cfg, &env.db_url, &["accounts", "list"])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.matches(&why).count(), 1, "{out}");
     let o = lms_sync(&cfg, &env.db_url, &["accounts", "list", "--json"])
         .output()
         .await
