@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod alertmanager;
 mod analysts;
 mod budget;
 mod chaos;

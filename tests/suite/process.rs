@@ -718,6 +718,7 @@ struct Cut(Vec<(u16, u16)>);
 
 impl Cut {
     fn new(server: u16, clients: &[u16]) -> Cut {
+        ensure_tool("iptables", "iptables");
         let mut cut = Cut(Vec::new());
         for &c in clients {
             for (from, to) in [(server, c), (c, server)] {

@@ -88,6 +88,7 @@ async fn a_real_prometheus_sees_every_account_and_fires_only_the_failing_account
     .unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
+    ensure_tool("prometheus", "prometheus");
     let mut prometheus = tokio::process::Command::new("prometheus")
         .arg(format!(
             "--config.file={}",

@@ -13,6 +13,7 @@ use lms_sync::devkit::simulator::Fault;
 
 /// Runs headless Chromium with `args` and `url`, bounded in time.
 async fn chromium(args: &[String], url: &str) -> std::process::Output {
+    ensure_tool("chromium", "chromium");
     let run = tokio::process::Command::new("chromium")
         .args([
             "--headless=new",

@@ -520,3 +520,39 @@ pub fn gauge(metrics: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// Makes sure the outside program `bin` that a suite drives for real (Prometheus, Alertmanager,
+/// Chromium, iptables) is installed, installing Debian's `package` when it is not (as root,
+/// with Debian's registry reachable): so `cargo test` on a fresh machine sets up what it needs
+/// itself, as `.ci/run` does beforehand. Once per package and test run; fails naming the
+/// package when it cannot.
+pub fn ensure_tool(bin: &str, package: &str) {
+    static INSTALLING: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let found = || {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .any(|d| d.join(bin).is_file())
+    };
+    let mut updated = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    if found() {
+        return;
+    }
+    let apt = |args: &[&str]| {
+        std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !*updated {
+        *updated = apt(&["update", "-qq"]);
+    }
+    assert!(
+        apt(&["install", "-y", "-qq", package]) && found(),
+        "{bin} is needed and could not be installed: install Debian's package `{package}` (as root: apt-get install {package}), or run .ci/run, which does"
+    );
+}
