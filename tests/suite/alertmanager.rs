@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use uuid::Uuid;
 
 /// A free loopback port (bound, then released for Alertmanager to take).
 fn free_port() -> u16 {
@@ -76,8 +75,7 @@ async fn a_fleet_wide_alert_holds_back_the_per_account_alerts_it_explains_and_no
     lms_sync::install_crypto_provider();
     let config =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alertmanager.yml");
-    let dir = std::env::temp_dir().join(format!("lms-sync-am-{}", Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::helpers::TempDir::new("lms-sync-am");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     crate::helpers::ensure_tool("prometheus-alertmanager", "prometheus-alertmanager");
@@ -136,5 +134,4 @@ async fn a_fleet_wide_alert_holds_back_the_per_account_alerts_it_explains_and_no
         post(&base, &source, true).await;
         assert_eq!(states(&base).await, expect(&all_active), "{cause} resolved");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,7 +9,6 @@ use crate::helpers::daemon::*;
 use crate::helpers::*;
 use lms_sync::devkit::simulator::Fault;
 use serde_json::Value;
-use uuid::Uuid;
 
 /// A free loopback port (bound, then released for Prometheus to take).
 fn free_port() -> u16 {
@@ -72,8 +71,7 @@ async fn a_real_prometheus_sees_every_account_and_fires_only_the_failing_account
     env.sim.block(bad, Fault::status(500));
     assert!(env.store.request_sync(bad).await.unwrap());
 
-    let dir = std::env::temp_dir().join(format!("lms-sync-prom-{}", Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("lms-sync-prom");
     let rules =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml");
     std::fs::write(
@@ -172,7 +170,6 @@ async fn a_real_prometheus_sees_every_account_and_fires_only_the_failing_account
 
     let _ = prometheus.kill().await;
     assert_eq!(d.terminate().await, 0);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Percent-encodes a query parameter.

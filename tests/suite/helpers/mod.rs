@@ -40,6 +40,31 @@ impl TempFile {
     }
 }
 
+/// A new directory named `{prefix}-{uuid}` under the temp dir, removed with what it holds when
+/// dropped (a failed assertion included).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&path).expect("create a temp dir");
+        TempDir(path)
+    }
+}
+
+impl Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl Deref for TempFile {
     type Target = Path;
     fn deref(&self) -> &Path {
