@@ -8,15 +8,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// A free loopback port (bound, then released for Alertmanager to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Each alert Alertmanager holds, as `alertname` (with `account` when it has one) → its state
 /// (`active` or `suppressed`).
 async fn states(base: &str) -> BTreeMap<String, String> {
@@ -76,7 +67,7 @@ async fn a_fleet_wide_alert_holds_back_the_per_account_alerts_it_explains_and_no
     let config =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alertmanager.yml");
     let dir = crate::helpers::TempDir::new("lms-sync-am");
-    let port = free_port();
+    let port = crate::helpers::free_port();
     let base = format!("http://127.0.0.1:{port}");
     crate::helpers::ensure_tool("prometheus-alertmanager", "prometheus-alertmanager");
     let _alertmanager = tokio::process::Command::new("prometheus-alertmanager")

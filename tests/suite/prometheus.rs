@@ -10,15 +10,6 @@ use crate::helpers::*;
 use lms_sync::devkit::simulator::Fault;
 use serde_json::Value;
 
-/// A free loopback port (bound, then released for Prometheus to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn api(base: &str, path: &str) -> Value {
     let r = reqwest::get(format!("{base}{path}")).await;
     match r {

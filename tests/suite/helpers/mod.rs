@@ -40,6 +40,16 @@ impl TempFile {
     }
 }
 
+/// A free loopback port: bound, then released for an outside program (Prometheus,
+/// Alertmanager) to take.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A new directory named `{prefix}-{uuid}` under the temp dir, removed with what it holds when
 /// dropped (a failed assertion included).
 pub struct TempDir(PathBuf);
