@@ -186,6 +186,13 @@ async fn refresh_account_metrics(ops: &Ops) {
             1.0,
         );
         super::set_health_gauges(m, r.integrated_account_id, r.health);
+        if let Some(t) = r.held_until {
+            m.set(
+                "lms_sync_account_held_until_timestamp_seconds",
+                &account,
+                t.timestamp_millis() as f64 / 1000.0,
+            );
+        }
     }
 }
 

@@ -280,6 +280,9 @@ pub struct AccountMetrics {
     /// As of the account's last run (`daily_user_counts`).
     pub live_users: i64,
     pub hydration_queue: i64,
+    /// The server holds the account's requests back until then (`sync_state.held_until`, while
+    /// it is to come).
+    pub held_until: Option<Ts>,
 }
 
 impl Store {
@@ -294,7 +297,8 @@ impl Store {
                                  AND d.day = (SELECT max(day) FROM daily_user_counts m
                                                WHERE m.integrated_account_id = a.integrated_account_id)), 0)::bigint,
                     (SELECT count(*) FROM hydration_queue q
-                      WHERE q.integrated_account_id = a.integrated_account_id)
+                      WHERE q.integrated_account_id = a.integrated_account_id),
+                    CASE WHEN s.held_until > now() THEN s.held_until END
                FROM accounts a
                LEFT JOIN sync_state s ON s.integrated_account_id = a.integrated_account_id
               WHERE a.retired_at IS NULL
@@ -313,6 +317,7 @@ impl Store {
                     consecutive_failures: r.get(5),
                     live_users: r.get(6),
                     hydration_queue: r.get(7),
+                    held_until: r.get(8),
                 })
             })
             .collect()

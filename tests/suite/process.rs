@@ -496,6 +496,21 @@ async fn a_quota_spent_for_an_hour_holds_the_account_in_every_process_until_it_e
         &format!("SELECT held_until FROM sync_state WHERE integrated_account_id = '{a}'"),
     )
     .await;
+    let metrics = get_text(&format!("http://{ops}/metrics")).await;
+    let held_series: Vec<(&str, f64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("lms_sync_account_held_until_timestamp_seconds"))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(labels, v)| (labels, v.parse().unwrap()))
+        .collect();
+    assert_eq!(
+        held_series,
+        [(
+            format!("{{account=\"{a}\"}}").as_str(),
+            until.timestamp_millis() as f64 / 1000.0
+        )],
+        "only the held account, until its hold's end: {metrics}"
+    );
     let page = get_text(&format!("http://{ops}/accounts/{a}")).await;
     assert!(
         page.contains(&format!("<time datetime=\"{}\"", until.to_rfc3339())),
