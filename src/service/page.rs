@@ -615,14 +615,7 @@ mod tests {
         reauth.health_since = Some(now - chrono::Duration::hours(3));
         let mut stale = view(3, "Stale & Co");
         stale.last_success = Some(now - chrono::Duration::hours(30));
-        let html = render(
-            &[view(1, "Alpha"), stale, reauth],
-            None,
-            None,
-            &Halts::default(),
-            now,
-            &PageQuery::default(),
-        );
+        let html = fleet(&[view(1, "Alpha"), stale, reauth], now);
         let zeta = html.find("Zeta").unwrap();
         let stale_at = html.find("Stale &amp; Co").unwrap();
         let alpha = html.find("Alpha").unwrap();
@@ -648,14 +641,7 @@ mod tests {
         let mut over = view(2, "Over");
         over.last_error = Some("rate limited: …".into());
         over.held_until = Some("2026-12-05T11:00:00Z".parse().unwrap());
-        let html = render(
-            &[held, over],
-            None,
-            None,
-            &Halts::default(),
-            now,
-            &PageQuery::default(),
-        );
+        let html = fleet(&[held, over], now);
         assert!(html.contains(
             "<div class=\"why\">the server holds its requests back until 2026-12-05 15:30 UTC \
              (a quota spent, say); it runs then</div>"
@@ -760,14 +746,7 @@ mod tests {
         views[248].last_error = Some("HTTP 500".into());
         views[249].last_success = None;
         views[0].state = "paused".into();
-        let html = render(
-            &views,
-            None,
-            None,
-            &Halts::default(),
-            now,
-            &PageQuery::default(),
-        );
+        let html = fleet(&views, now);
         assert_eq!(account_rows(&html), SHOWN, "{html}");
         let first = [&views[247], &views[248], &views[249]].map(|v| {
             html.find(v.label.as_deref().unwrap())
@@ -951,6 +930,18 @@ mod tests {
     }
 
     /// The page of one account, "Alpha", with `halts`.
+    /// The page of `views` alone: no budget, no discovery, nothing halted, no query.
+    fn fleet(views: &[AccountView], now: DateTime<Utc>) -> String {
+        render(
+            views,
+            None,
+            None,
+            &Halts::default(),
+            now,
+            &PageQuery::default(),
+        )
+    }
+
     fn alpha(halts: &Halts, now: DateTime<Utc>) -> String {
         render(
             &[view(1, "Alpha")],
