@@ -54,6 +54,7 @@ pub const DEFINITIONS: &[(&str, Kind, &str)] = &[
     ("lms_sync_fleet_accounts", Kind::Gauge, "Accounts of the fleet by state (active, paused, retired, excluded, gated by Truto's status)."),
     ("lms_sync_database_lock_wait_seconds", Kind::Gauge, "How long the longest-waiting session of lms-sync on this database has waited for a lock another session holds, in seconds; 0 when none has waited longer than database.lock_wait_warn_secs (every replica reports every process's sessions)."),
     ("lms_sync_api_token_rejected", Kind::Gauge, "1 while Truto refuses the API token itself (HTTP 401 without truto_is_remote_error): this process starts no run and checks the token now and then; 0 otherwise."),
+    ("lms_sync_truto_unreachable", Kind::Gauge, "1 while Truto does not answer this process (a request gave up on no connection, timeouts or Truto's own 5xx, and nothing was answered since it began): it starts no run and asks Truto now and then; 0 otherwise."),
     ("lms_sync_delete_guard_tripped_total", Kind::Counter, "Runs whose listing would have deleted more than the allowed share of an account's users (nothing was deleted), by account."),
     ("lms_sync_run_duration_seconds", Kind::Histogram, "Duration of finished runs."),
     ("lms_sync_http_request_duration_seconds", Kind::Histogram, "Duration of HTTP requests to Truto, by endpoint (page, user, account listing, account, token check) and status class (2xx, 4xx, 5xx, error)."),

@@ -169,7 +169,7 @@ async fn truto(
     cancel: &CancellationToken,
     checks: &mut Vec<Check>,
 ) {
-    if let Err(f) = source.check_token(cancel).await {
+    if let Err(f) = source.probe(cancel).await {
         checks.push(Check::failed("truto token", f.error.to_string()));
         let why = "the token check failed";
         if !settings.accounts.is_empty() {

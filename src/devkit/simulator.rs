@@ -135,6 +135,8 @@ struct State {
     /// Shared with the pages being rendered (outside the lock); changed copy-on-write.
     accounts: BTreeMap<Uuid, Arc<Account>>,
     blocked: HashMap<Uuid, Fault>,
+    /// Served to every request, of every route, until cleared: Truto itself down.
+    outage: Option<Fault>,
     /// Faults served to the single-user GET of one user, until cleared.
     user_faults: HashMap<(Uuid, String), Fault>,
     /// Faults to serve, each to the next request for its account (any with `None`) once the
@@ -195,6 +197,7 @@ impl Simulator {
             listing_faults: VecDeque::new(),
             accounts: BTreeMap::new(),
             blocked: HashMap::new(),
+            outage: None,
             user_faults: HashMap::new(),
             script: VecDeque::new(),
             random_fault_rate: 0.0,
@@ -341,6 +344,12 @@ impl Simulator {
 
     pub fn unblock(&self, account: Uuid) {
         self.with(|s| s.blocked.remove(&account));
+    }
+
+    /// Every request, of any account and of the account listing, gets `fault` (a status, or
+    /// `Fault::Reset`) until `None`: Truto itself down, not one account.
+    pub fn set_outage(&self, fault: Option<Fault>) {
+        self.with(|s| s.outage = fault);
     }
 
     /// Every single-user GET of this user gets `fault` (`None` clears it); lists are unaffected.
@@ -1093,6 +1102,22 @@ fn admit(s: &mut State, account: Option<Uuid>) -> Option<Reply> {
 fn route_inner(s: &mut State, req: &Request) -> Reply {
     if req.method != "GET" {
         return error_reply(405, "only GET is supported", false, None);
+    }
+    if let Some(f) = &s.outage {
+        s.stats.faults_served += 1;
+        return match f {
+            Fault::Status {
+                status,
+                retry_after,
+                remote,
+            } => error_reply(
+                *status,
+                &format!("simulated {status}"),
+                *remote,
+                retry_after.clone(),
+            ),
+            _ => Reply::Reset,
+        };
     }
     // As a web server in front of the API does (nginx's default buffer for a request line).
     if req.target_len > MAX_TARGET_LEN {

@@ -16,7 +16,7 @@ mod reporter;
 mod scheduler;
 mod signals;
 pub mod status;
-mod token_watch;
+mod truto_watch;
 mod webhooks;
 
 pub use signals::{reload_on_hangup, shutdown_on_signals, wait_for_signal};

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 
 use super::ops::{text, Ops};
 use super::status::{AccountView, BudgetSection};
+use crate::source::Unreachable;
 use crate::store::{SessionLockWait, ShareView};
 
 /// A mirror older than this needs attention (the stale-mirror alert's threshold).
@@ -78,6 +79,7 @@ pub(super) async fn page(
             super::status::read_budget(&settings, &ops.store).await?,
             Halts {
                 token_rejected_since: ops.source.token_rejected_since(),
+                unreachable: ops.source.unreachable(),
                 lock_waits: waits,
             },
         ))
@@ -373,6 +375,8 @@ fn discovery_section(s: &mut String, d: &DiscoveryView, now: DateTime<Utc>) {
 pub struct Halts {
     /// Since when Truto has refused the API token (this process's last requests).
     pub token_rejected_since: Option<DateTime<Utc>>,
+    /// Since when (and why) Truto has not answered this process.
+    pub unreachable: Option<Unreachable>,
     /// Sessions of lms-sync waiting for a lock longer than `database.lock_wait_warn_secs`.
     pub lock_waits: Vec<SessionLockWait>,
 }
@@ -389,6 +393,23 @@ fn token_section(s: &mut String, since: Option<DateTime<Utc>>, now: DateTime<Utc
          truto.api_token_file and send SIGHUP (or restart); meanwhile the token is checked \
          again every few minutes, and runs start as soon as Truto takes it.</p>",
         when(Some(since), now)
+    );
+}
+
+/// While Truto does not answer: since when, the last failure, that no run starts, and what
+/// to check.
+fn unreachable_section(s: &mut String, down: Option<&Unreachable>, now: DateTime<Utc>) {
+    let Some(down) = down else {
+        return;
+    };
+    let _ = write!(
+        s,
+        "<p class=\"note why\">Truto has not answered since {} (last: {}): no run starts, as \
+         every one would fail. It is asked again every few minutes, and runs start as soon as \
+         it answers. Check that truto.base_url is reachable from here (DNS, egress firewall, \
+         proxy) and Truto's status.</p>",
+        when(Some(down.since), now),
+        escape(&down.error)
     );
 }
 
@@ -488,11 +509,15 @@ pub fn render(
     if halts.token_rejected_since.is_some() {
         s.push_str("<span class=\"pill bad\">API token refused</span>");
     }
+    if halts.unreachable.is_some() {
+        s.push_str("<span class=\"pill bad\">Truto not answering</span>");
+    }
     if !halts.lock_waits.is_empty() {
         s.push_str("<span class=\"pill bad\">waiting for a database lock</span>");
     }
     s.push_str("</div>");
     token_section(&mut s, halts.token_rejected_since, now);
+    unreachable_section(&mut s, halts.unreachable.as_ref(), now);
     if let Some(d) = discovery {
         discovery_section(&mut s, d, now);
     }
@@ -927,6 +952,32 @@ mod tests {
         assert!(html.find("API token refused") < html.find("Alpha"));
         let calm = alpha(&Halts::default(), now);
         assert!(!calm.contains("API token"), "{calm}");
+    }
+
+    #[test]
+    fn truto_not_answering_is_said_above_the_accounts_with_the_last_failure_escaped() {
+        let now = Utc::now();
+        let halts = Halts {
+            unreachable: Some(Unreachable {
+                since: now - chrono::Duration::minutes(7),
+                error: "gave up after 8 attempts: HTTP 502: <bad gateway>".into(),
+                kind: crate::domain::ErrorKind::HttpError,
+            }),
+            ..Halts::default()
+        };
+        let html = alpha(&halts, now);
+        assert!(html.contains("<span class=\"pill bad\">Truto not answering</span>"));
+        assert!(
+            html.contains("Truto has not answered since <time"),
+            "{html}"
+        );
+        assert!(
+            html.contains(">7 min ago</time> (last: gave up after 8 attempts: HTTP 502: &lt;bad gateway&gt;): no run starts"),
+            "{html}"
+        );
+        assert!(html.find("Truto not answering") < html.find("Alpha"));
+        let calm = alpha(&Halts::default(), now);
+        assert!(!calm.contains("not answer"), "{calm}");
     }
 
     /// The page of one account, "Alpha", with `halts`.

@@ -132,7 +132,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         Some(s.metrics.clone()),
         s.root.clone(),
     ));
-    s.tracker.spawn(super::token_watch::run(
+    s.tracker.spawn(super::truto_watch::run(
         s.source.clone(),
         s.metrics.clone(),
         s.wake.clone(),
@@ -241,12 +241,12 @@ impl Scheduler {
     }
 
     /// Starts every account that is due (up to `sync.max_concurrent_accounts` running), and
-    /// returns when to look again. None while Truto refuses the API token: each would fail
-    /// alike (the token watch wakes the loop when Truto takes it again).
+    /// returns when to look again. None while Truto refuses the API token or does not answer:
+    /// each would fail alike (the Truto watch wakes the loop when that ends).
     fn start_due(&mut self, histories: &HashMap<Uuid, RunHistory>) -> DateTime<Utc> {
         let now = Utc::now();
         let mut wake = now + chrono::Duration::from_std(RESCAN).expect("small");
-        if self.source.token_rejected_since().is_some() {
+        if self.source.halt().is_some() {
             return wake;
         }
         let max = self.settings.sync.max_concurrent_accounts;

@@ -1,7 +1,8 @@
 //! The Truto client: the only part that speaks HTTP to Truto. It fetches one page of an
 //! account's user listing (or one user), paced by the request budget (`budget`), retrying what
 //! is retryable (`retry`, `error`), and hands the page over with its envelope checked
-//! (`envelope`), and remembers whether Truto refuses the API token itself (`token`). It knows
+//! (`envelope`), and remembers whether Truto refuses the API token itself or does not answer at
+//! all (`standing`). It knows
 //! nothing of the database and never logs the token (the header is marked sensitive; errors
 //! carry no headers).
 
@@ -10,7 +11,7 @@ pub mod budget;
 mod envelope;
 mod error;
 mod retry;
-mod token;
+mod standing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +32,7 @@ use envelope::{invalid_body, parse_envelope};
 pub use envelope::{parse_page, FetchedPage};
 use error::{classify, status_error};
 pub use error::{Failed, SourceError};
-pub use token::TokenState;
+pub use standing::{Halt, Standing, Unreachable};
 
 /// The users endpoint, relative to the base URL.
 pub const USERS_PATH: &str = "unified/lms/users";
@@ -64,8 +65,9 @@ pub struct TrutoClient {
     backoff: Backoff,
     budget: Option<Arc<RateBudget>>,
     metrics: Option<Arc<Metrics>>,
-    /// Whether Truto refuses the token now (see `token`); shared by the clones.
-    token: Arc<tokio::sync::watch::Sender<TokenState>>,
+    /// Whether Truto refuses the token or does not answer now (see `standing`); shared by the
+    /// clones.
+    standing: Arc<tokio::sync::watch::Sender<Standing>>,
 }
 
 impl std::fmt::Debug for TrutoClient {
@@ -109,7 +111,7 @@ impl TrutoClient {
             },
             budget: None,
             metrics: None,
-            token: Arc::new(tokio::sync::watch::Sender::new(TokenState::default())),
+            standing: Arc::new(tokio::sync::watch::Sender::new(Standing::default())),
         })
     }
 

@@ -45,6 +45,7 @@ impl TrutoClient {
         Fut: std::future::Future<Output = Result<(T, Reported), SourceError>>,
     {
         let mut t = Tally::default();
+        let began = Instant::now();
         loop {
             t.attempts += 1;
             let slot = match self.take_slot(id, cancel, &mut t).await {
@@ -63,7 +64,7 @@ impl TrutoClient {
                 budget.settle(id, taken, answered);
             }
             self.count_request(id, what, sent.elapsed(), &result);
-            self.judge_token(generation, super::token::Verdict::of(&result));
+            self.judge(generation, &result);
             let err = match result {
                 Ok((value, reported)) => {
                     if let (Some(budget), Some(taken), Some(report)) =
@@ -80,7 +81,9 @@ impl TrutoClient {
                 }
                 Err(e) => e,
             };
-            let (wait, err) = self.retry_wait(id, err, &mut t)?;
+            let (wait, err) = self.retry_wait(id, err, &mut t).inspect_err(|f| {
+                self.gave_up(began, &f.error);
+            })?;
             // An account's requests are made in its run's span, which names the account (a
             // field here too would show it twice); the listing's belong to no account.
             tracing::warn!(

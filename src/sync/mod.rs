@@ -385,7 +385,8 @@ fn not_started(
 }
 
 /// Syncs many accounts, at most `max_concurrent` at once, and returns their outcomes in the
-/// order given. Once Truto has refused the API token, the accounts not yet started are not.
+/// order given. Once Truto has refused the API token or stopped answering (see
+/// [`TrutoClient::halt`]), the accounts not yet started are not.
 pub async fn sync_accounts(
     store: &Store,
     source: &TrutoClient,
@@ -408,15 +409,9 @@ pub async fn sync_accounts(
                         "shutdown requested",
                     );
                 }
-                // Every account would fail alike, each with a run and a refused request.
-                if source.token_rejected_since().is_some() {
-                    return not_started(
-                        a,
-                        Outcome::Failed,
-                        ErrorKind::BadToken,
-                        "Truto refused the API token (check TRUTO_API_TOKEN or \
-                         truto.api_token_file)",
-                    );
+                // Every account would fail alike, each with a run and requests spent.
+                if let Some(halt) = source.halt() {
+                    return not_started(a, Outcome::Failed, halt.kind(), &halt.to_string());
                 }
                 sync_account(store, source, a, opts, cancel, progress.as_ref()).await
             }

@@ -370,7 +370,7 @@ async fn a_refused_api_token_holds_every_run_until_a_valid_one_is_loaded() {
     )
     .await;
     let ev = d
-        .wait_for("the API token is still refused (or could not be checked); no run starts")
+        .wait_for("Truto still refuses the API token or does not answer; no run starts")
         .await;
     assert_eq!(ev["fields"]["next_check_in_secs"], 20, "{ev}");
     assert!(!ev.to_string().contains("SECRET"), "{ev}");
@@ -433,6 +433,123 @@ async fn a_one_off_sync_with_a_refused_token_starts_no_account_after_the_first_r
         "{out}"
     );
     assert_eq!(env.sim.stats().requests, 1);
+    let runs: i64 = query_one(&env.db_url, "SELECT count(*) FROM sync_runs").await;
+    assert_eq!(runs, 1);
+}
+
+/// Truto itself down (its own 502 to every request, the account listing's too): the runs
+/// under way fail and no other starts, instead of every account failing in turn after its
+/// retries; the log, the gauge and the status page say so; Truto is asked again after 10 s,
+/// and once it answers every account is synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truto_not_answering_holds_every_run_until_it_answers_again() {
+    use lms_sync::devkit::simulator::Fault;
+    let ids: Vec<Uuid> = (1..=6).map(account_id).collect();
+    let env = Env::new(&ids.iter().map(|&a| (a, 120)).collect::<Vec<_>>()).await;
+    env.sim.set_outage(Some(Fault::status(502)));
+    let cfg = config(&env.sim, &ids, "1h", 2);
+    let mut d = spawn_env(
+        &cfg,
+        &env.db_url,
+        &[],
+        &[
+            ("TRUTO_API_TOKEN", lms_sync::devkit::simulator::DEMO_TOKEN),
+            ("LMS_SYNC__TRUTO__MAX_ATTEMPTS", "3"),
+        ],
+    );
+    let listening = d
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
+    let ops = listening["fields"]["addr"].as_str().unwrap().to_string();
+    let ev = d
+        .wait_for(
+            "Truto does not answer (and no other request was answered meanwhile): no new run \
+             starts until it does; it is asked again in 10 s, then less and less often",
+        )
+        .await;
+    let error = ev["fields"]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("gave up after 3 attempts: HTTP 502"),
+        "{ev}"
+    );
+    // The two runs started first fail; no other starts.
+    for _ in 0..2 {
+        let ev = d.wait_for("sync run finished").await;
+        assert_eq!(ev["fields"]["outcome"], "failed", "{ev}");
+    }
+    let metrics = get_text(&format!("http://{ops}/metrics")).await;
+    assert_eq!(gauge(&metrics, "lms_sync_truto_unreachable"), Some(1.0));
+    assert_eq!(gauge(&metrics, "lms_sync_api_token_rejected"), Some(0.0));
+    let page = get_text(&format!("http://{ops}/")).await;
+    assert!(page.contains("<span class=\"pill bad\">Truto not answering</span>"));
+    assert!(
+        page.contains("(last: gave up after 3 attempts: HTTP 502"),
+        "{page}"
+    );
+    assert!(
+        page.contains("no run starts, as every one would fail"),
+        "{page}"
+    );
+
+    env.sim.set_outage(None);
+    d.wait_for("Truto answers again; runs start again").await;
+    let mut synced = std::collections::HashSet::new();
+    while synced.len() < ids.len() {
+        let ev = d.wait_for("sync run finished").await;
+        assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+        synced.insert(ev["span"]["account"].as_str().unwrap().to_string());
+    }
+    let metrics = get_text(&format!("http://{ops}/metrics")).await;
+    assert_eq!(gauge(&metrics, "lms_sync_truto_unreachable"), Some(0.0));
+    assert_eq!(d.terminate().await, 0);
+    // While Truto was down: the two runs' three attempts each, nothing else (the probe came
+    // once it answered).
+    let stats = env.sim.stats();
+    assert_eq!(stats.by_status.get(&502), Some(&6), "{stats:?}");
+    let failed: i64 = query_one(
+        &env.db_url,
+        "SELECT count(*) FROM sync_runs WHERE outcome = 'failed' AND error_kind = 'http_error'",
+    )
+    .await;
+    let runs: i64 = query_one(&env.db_url, "SELECT count(*) FROM sync_runs").await;
+    assert_eq!((failed, runs), (2, 8));
+    for a in ids {
+        assert_mirror(&env.store, &env.sim, a).await;
+    }
+}
+
+/// A one-off `sync` of many accounts while Truto does not answer starts no account after the
+/// first gave up: its three attempts, one failed run, the others "not started", exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_off_sync_while_truto_does_not_answer_starts_no_account_after_the_first() {
+    use lms_sync::devkit::simulator::Fault;
+    let ids: Vec<Uuid> = (1..=4).map(account_id).collect();
+    let env = Env::new(&ids.iter().map(|&a| (a, 50)).collect::<Vec<_>>()).await;
+    env.sim.set_outage(Some(Fault::Reset));
+    let cfg = config(&env.sim, &ids, "1h", 1);
+    let o = one_off_sync(&cfg, &env.db_url)
+        .env("LMS_SYNC__TRUTO__MAX_ATTEMPTS", "3")
+        .output()
+        .await
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert_eq!(
+        out.matches("not started: Truto has not answered since ")
+            .count(),
+        3,
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("(gave up after 3 attempts: network error")
+            .count(),
+        3,
+        "{out}"
+    );
+    assert_eq!(env.sim.stats().requests, 3);
     let runs: i64 = query_one(&env.db_url, "SELECT count(*) FROM sync_runs").await;
     assert_eq!(runs, 1);
 }
