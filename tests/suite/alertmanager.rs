@@ -100,11 +100,13 @@ async fn a_fleet_wide_alert_holds_back_the_per_account_alerts_it_explains_and_no
         json!({"alertname": "LmsSyncMirrorStale", "account": "a", "severity": "warning"}),
         json!({"alertname": "LmsSyncAccountNeedsAttention", "account": "b", "health": "needs_reauth", "severity": "warning"}),
         json!({"alertname": "LmsSyncDeleteGuardTripped", "account": "c", "severity": "warning"}),
+        json!({"alertname": "LmsSyncDiscoveryFailing", "severity": "warning"}),
     ];
     post(&base, &per_account, false).await;
     let all_active = [
         ("LmsSyncAccountNeedsAttention b", "active"),
         ("LmsSyncDeleteGuardTripped c", "active"),
+        ("LmsSyncDiscoveryFailing", "active"),
         ("LmsSyncMirrorStale a", "active"),
         ("LmsSyncRunsFailing a", "active"),
     ];
@@ -116,6 +118,7 @@ async fn a_fleet_wide_alert_holds_back_the_per_account_alerts_it_explains_and_no
         let mut held = expect(&[
             ("LmsSyncAccountNeedsAttention b", "active"),
             ("LmsSyncDeleteGuardTripped c", "active"),
+            ("LmsSyncDiscoveryFailing", "suppressed"),
             ("LmsSyncMirrorStale a", "suppressed"),
             ("LmsSyncRunsFailing a", "suppressed"),
         ]);
