@@ -80,6 +80,20 @@ impl Settings {
             }
             if key == "." || key.is_empty() {
                 ConfigError(inner)
+            } else if inner.starts_with("unknown field") {
+                // A key no setting has: say where it was written, not which variable would set
+                // it (that reads as if the variable were set).
+                let var = env_name(&key);
+                match &file {
+                    _ if env.iter().any(|(k, _)| *k == var) => {
+                        ConfigError(format!("{key}: {inner} (from env {var})"))
+                    }
+                    Some(file) => ConfigError(format!(
+                        "{key}: {inner} (in config file {})",
+                        file.display()
+                    )),
+                    None => key_error(&key, inner),
+                }
             } else {
                 key_error(&key, inner)
             }
