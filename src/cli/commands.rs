@@ -133,6 +133,7 @@ pub(super) fn share_budget(
         tokio::spawn(crate::service::budget::share_token_budget(
             store.clone(),
             budget,
+            source.watch_standing(),
             None,
             until.clone(),
         ))

@@ -155,7 +155,7 @@ pub fn budget(b: &BudgetSection) -> String {
     for h in &b.view.holders {
         let _ = writeln!(
             s,
-            "    {}: share {} (wants {}), renewed {}{}{}",
+            "    {}: share {} (wants {}), renewed {}{}{}{}",
             shorten(&h.holder, 80),
             h.share,
             h.wanted,
@@ -172,7 +172,11 @@ pub fn budget(b: &BudgetSection) -> String {
                 ""
             } else {
                 "; connection gone: its share is released at the next negotiation"
-            }
+            },
+            h.halted
+                .as_deref()
+                .map(|why| format!("; starts no run: {}", shorten(why, 300)))
+                .unwrap_or_default()
         );
     }
     s
@@ -406,6 +410,13 @@ mod tests {
         assert!(budget(&other).contains(
             "web-1:42:ab: share 200 (wants 200), renewed 2026-12-02 18:40:01Z; configured with 300 per 10 s, not this one's 500 per 10 s\n"
         ));
+        let mut halted = b.clone();
+        halted.view.holders[1].alive = true;
+        halted.view.holders[1].halted =
+            Some("Truto has not answered since 2026-12-02 18:39:00 UTC (request timed out)".into());
+        assert!(budget(&halted).ends_with(
+            "web-2:7:cd: share 150 (wants 500), renewed 2026-12-02 18:40:01Z; starts no run: Truto has not answered since 2026-12-02 18:39:00 UTC (request timed out)\n"
+        ), "{}", budget(&halted));
         let empty = BudgetSection {
             view: BudgetView::default(),
             ..b

@@ -11,8 +11,11 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use tokio::sync::watch;
+
 use crate::metrics::Metrics;
 use crate::source::budget::{Demand, RateBudget};
+use crate::source::Standing;
 use crate::store::{Negotiated, Store};
 
 /// The budget the token's window is negotiated as.
@@ -63,6 +66,7 @@ pub fn spacing(asked: usize) -> Duration {
 pub async fn share_token_budget(
     store: Store,
     budget: Arc<RateBudget>,
+    mut standing: watch::Receiver<Standing>,
     metrics: Option<Arc<Metrics>>,
     cancel: CancellationToken,
 ) {
@@ -99,7 +103,10 @@ pub async fn share_token_budget(
     // What the last round said of the budgets the other holders are configured with, so that
     // a change is logged once: (the limit shared by, whether any of them differs).
     let mut agreement = (limit.requests as i32, false);
+    // Why this process starts no run, as the last round recorded it for the others to show.
+    let mut recorded: Option<String> = None;
     while !cancel.is_cancelled() {
+        let halted = standing.borrow_and_update().halt().map(|h| h.to_string());
         let negotiated_at = tokio::time::Instant::now();
         if me.is_none() {
             match store.budget_holder(&holder, lease).await {
@@ -111,6 +118,7 @@ pub async fn share_token_budget(
             }
         }
         if let Some(h) = me.as_mut() {
+            h.halted(halted.clone());
             // The lease counts from before the round: the database's, from the start of its
             // transaction, ends no earlier.
             let started = Instant::now();
@@ -137,6 +145,13 @@ pub async fn share_token_budget(
             );
             match negotiated {
                 Ok(n) => {
+                    if halted != recorded {
+                        tracing::debug!(
+                            halted = halted.as_deref().unwrap_or("no"),
+                            "recorded with the request budget why no run starts"
+                        );
+                        recorded = halted;
+                    }
                     if (n.limit, n.disagree) != agreement {
                         agreement = (n.limit, n.disagree);
                         log_agreement(limit, &n);
@@ -178,9 +193,16 @@ pub async fn share_token_budget(
                 None => std::future::pending().await,
             }
         };
+        // A halt that begins or ends is shown to the others at once.
+        let halt_changed = async {
+            if standing.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep_until(negotiated_at + period) => {}
             _ = short => {}
+            _ = halt_changed => {}
             reason = lost => {
                 lose(&reason, want);
                 me = None;

@@ -275,7 +275,7 @@ fn budget_section(s: &mut String, b: &BudgetSection, now: DateTime<Utc>) {
     for h in &b.view.holders {
         let _ = write!(
             s,
-            "<tr><td data-k=\"Process\">{}{}</td><td data-k=\"Share\" class=\"num\">{}</td>\
+            "<tr><td data-k=\"Process\">{}{}{}</td><td data-k=\"Share\" class=\"num\">{}</td>\
              <td data-k=\"Wants\" class=\"num\">{}</td><td data-k=\"Configured with\">{}</td>\
              <td data-k=\"Renewed\">{}</td></tr>",
             escape(&h.holder),
@@ -284,6 +284,10 @@ fn budget_section(s: &mut String, b: &BudgetSection, now: DateTime<Utc>) {
             } else {
                 " <span class=\"why\">connection gone: its share is released at the next negotiation</span>"
             },
+            h.halted
+                .as_deref()
+                .map(|why| format!(" <span class=\"why\">starts no run: {}</span>", escape(why)))
+                .unwrap_or_default(),
             h.share,
             h.wanted,
             configured(h, b),
@@ -704,6 +708,21 @@ mod tests {
         assert!(!html.contains("<ab>"));
         assert_eq!(html.matches("connection gone").count(), 1, "{html}");
         assert!(html.contains("2 s ago"), "{html}");
+        assert!(!html.contains("starts no run"), "{html}");
+        let mut halted = b.clone();
+        halted.view.holders[0].halted = Some("Truto refused the API token (check <it>)".into());
+        let html = render(
+            &[view(1, "Alpha")],
+            Some(&halted),
+            None,
+            &Halts::default(),
+            now,
+            &PageQuery::default(),
+        );
+        assert!(
+            html.contains("web-1:42:&lt;ab&gt; <span class=\"why\">starts no run: Truto refused the API token (check &lt;it&gt;)</span></td>"),
+            "{html}"
+        );
         let empty = BudgetSection {
             view: BudgetView::default(),
             ..b

@@ -99,6 +99,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         tokio::spawn(super::budget::share_token_budget(
             store.clone(),
             budget,
+            source.watch_standing(),
             Some(metrics.clone()),
             root.clone(),
         ));

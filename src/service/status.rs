@@ -181,6 +181,7 @@ impl BudgetSection {
             alive,
             per_token: Some(500),
             window_secs: Some(10),
+            halted: None,
         };
         BudgetSection {
             per_token: 500,

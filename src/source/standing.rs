@@ -36,6 +36,16 @@ pub struct Standing {
     answered: Option<Instant>,
 }
 
+impl Standing {
+    /// Why no run should start now, if Truto refuses the token or does not answer.
+    pub fn halt(&self) -> Option<Halt> {
+        if let Some(since) = self.rejected_since {
+            return Some(Halt::TokenRejected(since));
+        }
+        self.unreachable.clone().map(Halt::Unreachable)
+    }
+}
+
 /// Truto not answering: since when, and why the request that gave up did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unreachable {
@@ -157,11 +167,7 @@ impl TrutoClient {
     /// Why no run should start now, if Truto refuses the token or does not answer (as far as
     /// this process's requests tell).
     pub fn halt(&self) -> Option<Halt> {
-        let s = self.standing.borrow();
-        if let Some(since) = s.rejected_since {
-            return Some(Halt::TokenRejected(since));
-        }
-        s.unreachable.clone().map(Halt::Unreachable)
+        self.standing.borrow().halt()
     }
 
     /// Since when Truto has refused the API token, if it does now.

@@ -46,6 +46,9 @@ pub struct ShareHolder {
     /// sending under it then): what the others wait for, besides a window, when its connection
     /// is gone.
     lease: Duration,
+    /// Why the process starts no run now, written with each negotiation (see
+    /// [`ShareHolder::halted`]).
+    halted: Option<String>,
 }
 
 /// What one negotiation decided.
@@ -76,6 +79,9 @@ pub struct ShareView {
     /// for a binary older than migration 0019.
     pub per_token: Option<i32>,
     pub window_secs: Option<i32>,
+    /// Why it starts no run now (Truto refuses the token or does not answer), as of its last
+    /// negotiation; `None` when it runs normally (or is older than migration 0023).
+    pub halted: Option<String>,
 }
 
 /// A budget's holders and what is hot (given back, still in the server's window).
@@ -95,7 +101,7 @@ impl Store {
         window: Duration,
     ) -> Result<BudgetView, StoreError> {
         let holders = sqlx::query_as(concat!(
-            "SELECT s.holder, s.share, s.wanted, s.renewed_at, s.per_token, s.window_secs, ",
+            "SELECT s.holder, s.share, s.wanted, s.renewed_at, s.per_token, s.window_secs, s.halted, ",
             holder_alive!(),
             " AS alive
                FROM rate_shares s
@@ -140,11 +146,19 @@ impl Store {
             holder: holder.to_string(),
             schema: self.schema.clone(),
             lease,
+            halted: None,
         })
     }
 }
 
 impl ShareHolder {
+    /// Says, from the next negotiation on, why the process starts no run (Truto refuses the
+    /// token or does not answer), or that it runs normally (`None`): the other processes'
+    /// status shows it beside the share.
+    pub fn halted(&mut self, why: Option<String>) {
+        self.halted = why;
+    }
+
     /// Resolves when this holder's connection has ended, with the reason. Between rounds the
     /// caller waits on it beside its timers and, when it resolves, stops sending under its
     /// share at once and joins anew: the others may take the share a window (and
@@ -266,13 +280,14 @@ impl ShareHolder {
         }
         sqlx::query(
             "INSERT INTO rate_shares (budget, holder, share, wanted, backend_pid, good_until, fences_on_loss,
-                                      per_token, window_secs)
-             VALUES ($1, $2, $3, $4, pg_backend_pid(), now() + make_interval(secs => $5), true, $6, $7)
+                                      per_token, window_secs, halted)
+             VALUES ($1, $2, $3, $4, pg_backend_pid(), now() + make_interval(secs => $5), true, $6, $7, $8)
              ON CONFLICT (budget, holder) DO UPDATE
                 SET share = excluded.share, wanted = excluded.wanted,
                     backend_pid = excluded.backend_pid, renewed_at = now(),
                     good_until = excluded.good_until, fences_on_loss = true,
-                    per_token = excluded.per_token, window_secs = excluded.window_secs",
+                    per_token = excluded.per_token, window_secs = excluded.window_secs,
+                    halted = excluded.halted",
         )
         .bind(budget)
         .bind(&self.holder)
@@ -281,6 +296,7 @@ impl ShareHolder {
         .bind(self.lease.as_secs_f64())
         .bind(limit)
         .bind(window_secs)
+        .bind(&self.halted)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

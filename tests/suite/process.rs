@@ -461,22 +461,46 @@ async fn truto_not_answering_holds_every_run_until_it_answers_again() {
         .wait_for("operations server listening (/healthz, /readyz, /metrics)")
         .await;
     let ops = listening["fields"]["addr"].as_str().unwrap().to_string();
-    let ev = d
-        .wait_for(
+    // The trip, the two runs started first failing (no other starts), and the halt recorded
+    // with the request budget for the other processes to show, in whatever order they come.
+    let (mut tripped, mut failed, mut recorded) = (false, 0, false);
+    while !tripped || failed < 2 || !recorded {
+        let ev = d
+            .next_event("the halt, two failed runs and its record")
+            .await;
+        match ev["fields"]["message"].as_str().unwrap_or_default() {
             "Truto does not answer (and no other request was answered meanwhile): no new run \
-             starts until it does; it is asked again in 10 s, then less and less often",
-        )
-        .await;
-    let error = ev["fields"]["error"].as_str().unwrap();
-    assert!(
-        error.starts_with("gave up after 3 attempts: HTTP 502"),
-        "{ev}"
-    );
-    // The two runs started first fail; no other starts.
-    for _ in 0..2 {
-        let ev = d.wait_for("sync run finished").await;
-        assert_eq!(ev["fields"]["outcome"], "failed", "{ev}");
+             starts until it does; it is asked again in 10 s, then less and less often" => {
+                let error = ev["fields"]["error"].as_str().unwrap();
+                assert!(
+                    error.starts_with("gave up after 3 attempts: HTTP 502"),
+                    "{ev}"
+                );
+                tripped = true;
+            }
+            "sync run finished" => {
+                assert_eq!(ev["fields"]["outcome"], "failed", "{ev}");
+                failed += 1;
+            }
+            "recorded with the request budget why no run starts" => {
+                let why = ev["fields"]["halted"].as_str().unwrap();
+                assert!(why.starts_with("Truto has not answered since "), "{ev}");
+                recorded = true;
+            }
+            _ => {}
+        }
     }
+    // Any process on the database shows it: `lms-sync status` here.
+    let status = lms_sync(&cfg, &env.db_url, &["status"])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        out.contains("; starts no run: Truto has not answered since "),
+        "{out}"
+    );
+    assert!(out.contains("(gave up after 3 attempts: HTTP 502"), "{out}");
     let metrics = get_text(&format!("http://{ops}/metrics")).await;
     assert_eq!(gauge(&metrics, "lms_sync_truto_unreachable"), Some(1.0));
     assert_eq!(gauge(&metrics, "lms_sync_api_token_rejected"), Some(0.0));
@@ -492,15 +516,34 @@ async fn truto_not_answering_holds_every_run_until_it_answers_again() {
     );
 
     env.sim.set_outage(None);
-    d.wait_for("Truto answers again; runs start again").await;
+    let (mut answered, mut cleared) = (false, false);
     let mut synced = std::collections::HashSet::new();
-    while synced.len() < ids.len() {
-        let ev = d.wait_for("sync run finished").await;
-        assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
-        synced.insert(ev["span"]["account"].as_str().unwrap().to_string());
+    while !answered || !cleared || synced.len() < ids.len() {
+        let ev = d
+            .next_event("Truto answering, the halt cleared, every account synced")
+            .await;
+        match ev["fields"]["message"].as_str().unwrap_or_default() {
+            "Truto answers again; runs start again" => answered = true,
+            "recorded with the request budget why no run starts" => {
+                assert_eq!(ev["fields"]["halted"], "no", "{ev}");
+                cleared = true;
+            }
+            "sync run finished" => {
+                assert!(answered, "a run ended before Truto answered: {ev}");
+                assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+                synced.insert(ev["span"]["account"].as_str().unwrap().to_string());
+            }
+            _ => {}
+        }
     }
     let metrics = get_text(&format!("http://{ops}/metrics")).await;
     assert_eq!(gauge(&metrics, "lms_sync_truto_unreachable"), Some(0.0));
+    let status = lms_sync(&cfg, &env.db_url, &["status"])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(!out.contains("starts no run"), "{out}");
     assert_eq!(d.terminate().await, 0);
     // While Truto was down: the two runs' three attempts each, nothing else (the probe came
     // once it answered).

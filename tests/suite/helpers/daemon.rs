@@ -95,14 +95,20 @@ impl Daemon {
     /// The next log event whose message is `msg`.
     pub async fn wait_for(&mut self, msg: &str) -> Value {
         loop {
-            let ev = tokio::time::timeout(Duration::from_secs(60), self.events.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no `{msg}` within 60s"))
-                .unwrap_or_else(|| panic!("the daemon exited before `{msg}`"));
+            let ev = self.next_event(msg).await;
             if ev["fields"]["message"] == msg {
                 return ev;
             }
         }
+    }
+
+    /// The next log event, whatever it says (`waiting_for` names what the caller waits for, in
+    /// the panic when none comes within 60 s).
+    pub async fn next_event(&mut self, waiting_for: &str) -> Value {
+        tokio::time::timeout(Duration::from_secs(60), self.events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no `{waiting_for}` within 60s"))
+            .unwrap_or_else(|| panic!("the daemon exited before `{waiting_for}`"))
     }
 
     /// The share of the token's budget the next negotiation that changed it gave (-1 if the
