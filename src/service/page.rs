@@ -981,6 +981,7 @@ mod tests {
                 since: now - chrono::Duration::minutes(7),
                 error: "gave up after 8 attempts: HTTP 502: <bad gateway>".into(),
                 kind: crate::domain::ErrorKind::HttpError,
+                account: None,
             }),
             ..Halts::default()
         };

@@ -82,7 +82,7 @@ impl TrutoClient {
                 Err(e) => e,
             };
             let (wait, err) = self.retry_wait(id, err, &mut t).inspect_err(|f| {
-                self.gave_up(began, &f.error);
+                self.gave_up(id, began, &f.error);
             })?;
             // An account's requests are made in its run's span, which names the account (a
             // field here too would show it twice); the listing's belong to no account.

@@ -17,6 +17,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::accounts::LISTING_BUDGET_KEY;
 use super::{Failed, SourceError, TrutoClient};
@@ -54,6 +55,9 @@ pub struct Unreachable {
     pub error: String,
     /// Its kind, for the runs not started meanwhile.
     pub kind: ErrorKind,
+    /// The account whose request gave up (`None`: the account listing's): the probe asks for
+    /// its users, so that Truto answering its account listing alone does not end the halt.
+    pub account: Option<Uuid>,
 }
 
 /// Why no run starts now, whatever the account.
@@ -232,9 +236,10 @@ impl TrutoClient {
         }
     }
 
-    /// Records that a request whose retries began at `began` gave up with `error`: Truto is
-    /// unreachable when that was a failure of its own and nothing was answered since.
-    pub(super) fn gave_up(&self, began: Instant, error: &SourceError) {
+    /// Records that a request for `key` (an account, or the listing's key) whose retries began
+    /// at `began` gave up with `error`: Truto is unreachable when that was a failure of its own
+    /// and nothing was answered since.
+    pub(super) fn gave_up(&self, key: Uuid, began: Instant, error: &SourceError) {
         if Reach::of_error(error) != Reach::Failed {
             return;
         }
@@ -255,6 +260,7 @@ impl TrutoClient {
                 since,
                 error: error.to_string(),
                 kind: error.kind(),
+                account: (key != LISTING_BUDGET_KEY).then_some(key),
             });
             first
         });
@@ -272,16 +278,27 @@ impl TrutoClient {
         self.standing.send_modify(|s| s.replaced += 1);
     }
 
-    /// One request that tells whether Truto answers and takes the token (the first integrated
-    /// account of the listing, under the token's budget): `Ok` when it does, whatever the
-    /// account, as any answer but a 401 for the token also says (a token without the scope to
-    /// list accounts still works for the users). Retries what is retryable, like every request.
+    /// One request that tells whether Truto answers and takes the token: `Ok` when it does,
+    /// whatever the account, as any answer but a 401 for the token also says. While Truto does
+    /// not answer an account's requests, the first user of that account (`limit=1`, under its
+    /// window): the API that failed, not only the account listing. Otherwise the first
+    /// integrated account of the listing (under the token's budget; a token without the scope
+    /// to list accounts still works for the users). Retries what is retryable, like every
+    /// request.
     pub async fn probe(&self, cancel: &CancellationToken) -> Result<(), Failed> {
-        let mut url = self.accounts_url.clone();
+        let (key, mut url, what) = match self.unreachable().and_then(|u| u.account) {
+            Some(account) => {
+                let mut url = self.users_url.clone();
+                url.query_pairs_mut()
+                    .append_pair("integrated_account_id", &account.to_string());
+                (account, url, "page")
+            }
+            None => (LISTING_BUDGET_KEY, self.accounts_url.clone(), "token check"),
+        };
         url.query_pairs_mut().append_pair("limit", "1");
         // (`with_retries` records what the answer says, as for every request.)
         let checked = self
-            .with_retries(LISTING_BUDGET_KEY, "token check", cancel, || async {
+            .with_retries(key, what, cancel, || async {
                 self.get(&url).await.map(|_| ((), None))
             })
             .await;
@@ -372,25 +389,29 @@ mod tests {
         let began = Instant::now();
         c.judge(0, &Ok::<(), SourceError>(()));
         // An answer to another request meanwhile: this failure is the account's own.
-        c.gave_up(began, &gave_up_on(error(502, false)));
+        c.gave_up(LISTING_BUDGET_KEY, began, &gave_up_on(error(502, false)));
         assert_eq!(c.halt(), None);
 
         let began = Instant::now();
         // Not a failure of Truto's: an account's 503, the vendor's 500.
-        c.gave_up(began, &error(503, false));
-        c.gave_up(began, &gave_up_on(error(500, true)));
+        c.gave_up(LISTING_BUDGET_KEY, began, &error(503, false));
+        c.gave_up(LISTING_BUDGET_KEY, began, &gave_up_on(error(500, true)));
         assert_eq!(c.halt(), None);
 
-        c.gave_up(began, &gave_up_on(error(502, false)));
+        c.gave_up(LISTING_BUDGET_KEY, began, &gave_up_on(error(502, false)));
         let Some(Halt::Unreachable(u)) = c.halt() else {
             panic!("unreachable: {:?}", c.halt())
         };
         assert_eq!(u.kind, ErrorKind::HttpError);
         assert!(u.error.contains("gave up after 2 attempts"), "{}", u.error);
-        // Another failure keeps the first one's time and says the latest error.
-        c.gave_up(began, &gave_up_on(SourceError::Timeout));
+        assert_eq!(u.account, None, "the listing's");
+        // Another failure keeps the first one's time and says the latest error, and its
+        // account, which the probe asks for.
+        let account = Uuid::from_u128(7);
+        c.gave_up(account, began, &gave_up_on(SourceError::Timeout));
         let again = c.unreachable().expect("still");
         assert_eq!((again.since, again.kind), (u.since, ErrorKind::Timeout));
+        assert_eq!(again.account, Some(account));
         assert!(c
             .halt()
             .expect("halt")

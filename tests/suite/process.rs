@@ -439,8 +439,8 @@ async fn a_one_off_sync_with_a_refused_token_starts_no_account_after_the_first_r
 
 /// Truto itself down (its own 502 to every request, the account listing's too): the runs
 /// under way fail and no other starts, instead of every account failing in turn after its
-/// retries; the log, the gauge and the status page say so; Truto is asked again after 10 s,
-/// and once it answers every account is synced.
+/// retries; the log, the gauge, the status page and `lms-sync status` say so; Truto is asked
+/// again after 10 s (for an account's users), and once it answers every account is synced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truto_not_answering_holds_every_run_until_it_answers_again() {
     use lms_sync::devkit::simulator::Fault;
@@ -549,6 +549,8 @@ async fn truto_not_answering_holds_every_run_until_it_answers_again() {
     // once it answered).
     let stats = env.sim.stats();
     assert_eq!(stats.by_status.get(&502), Some(&6), "{stats:?}");
+    // The probe asked for an account's users, the API that failed, not the account listing.
+    assert_eq!(stats.account_listings, 0, "{stats:?}");
     let failed: i64 = query_one(
         &env.db_url,
         "SELECT count(*) FROM sync_runs WHERE outcome = 'failed' AND error_kind = 'http_error'",
