@@ -6,10 +6,11 @@
 //!
 //! - A 401 without `truto_is_remote_error` is the token's, not an account's: it is refused
 //!   until a request with the token succeeds again.
-//! - Truto is *unreachable* when a request gave up (its retries spent) on failures of Truto's
-//!   own (no connection, a timeout, a connection lost, a 5xx that is not the vendor's) and no
-//!   request of this process got an answer since that request's series began: while other
-//!   accounts' requests are answered, one account's failures are its own. The next answer, to
+//! - Truto is *unreachable* when requests for two different accounts (or an account and the
+//!   listing) gave up (their retries spent) on failures of Truto's own (no connection, a
+//!   timeout, a connection lost, a 5xx that is not the vendor's) and no request of this process
+//!   got an answer since: while other accounts' requests are answered, and while only one
+//!   account fails, its failures are its own. The next answer, to
 //!   any request, ends it.
 
 use std::time::Instant;
@@ -35,6 +36,10 @@ pub struct Standing {
     /// When a request last got an answer from Truto (any status that is not a failure of its
     /// own). Not a change anyone waits for: updated without notifying.
     answered: Option<Instant>,
+    /// The key (an account, or the listing's) of a request that gave up on Truto's own
+    /// failures with nothing answered since; a second key doing the same halts the process.
+    /// Cleared by any answer.
+    suspect: Option<Uuid>,
 }
 
 impl Standing {
@@ -206,6 +211,7 @@ impl TrutoClient {
         self.standing.send_if_modified(|s| {
             if answered {
                 s.answered = Some(Instant::now());
+                s.suspect = None;
                 reached_again = s.unreachable.take().is_some();
             }
             if s.replaced == generation {
@@ -247,6 +253,12 @@ impl TrutoClient {
         let mut first = false;
         self.standing.send_if_modified(|s| {
             if s.answered.is_some_and(|at| at >= began) {
+                return false;
+            }
+            // One key alone may be one account's trouble (its vendor behind a Truto that
+            // times out), in a fleet whose other accounts happen to send nothing meanwhile.
+            if s.unreachable.is_none() && s.suspect.is_none_or(|k| k == key) {
+                s.suspect = Some(key);
                 return false;
             }
             let since = match &s.unreachable {
@@ -399,12 +411,18 @@ mod tests {
         assert_eq!(c.halt(), None);
 
         c.gave_up(LISTING_BUDGET_KEY, began, &gave_up_on(error(502, false)));
+        // One key alone, even twice, is not Truto down.
+        c.gave_up(LISTING_BUDGET_KEY, began, &gave_up_on(error(502, false)));
+        assert_eq!(c.halt(), None);
+        // A second key with nothing answered in between is.
+        let other = Uuid::from_u128(9);
+        c.gave_up(other, began, &gave_up_on(error(502, false)));
         let Some(Halt::Unreachable(u)) = c.halt() else {
             panic!("unreachable: {:?}", c.halt())
         };
         assert_eq!(u.kind, ErrorKind::HttpError);
         assert!(u.error.contains("gave up after 2 attempts"), "{}", u.error);
-        assert_eq!(u.account, None, "the listing's");
+        assert_eq!(u.account, Some(other));
         // Another failure keeps the first one's time and says the latest error, and its
         // account, which the probe asks for.
         let account = Uuid::from_u128(7);
