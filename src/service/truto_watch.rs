@@ -27,7 +27,7 @@ fn check_wait(n: u32) -> Duration {
 }
 
 fn halted(s: &Standing) -> bool {
-    s.rejected_since.is_some() || s.unreachable.is_some()
+    s.halt().is_some()
 }
 
 /// The gauges for `s`.
