@@ -1,8 +1,8 @@
 //! Hydration: fetching the full objects of an account's queued users, up to its per-run
 //! allowance, and merging them into their rows (see `Store::apply_hydration`). A failed GET
 //! leaves its user queued for a later retry and never stops the others; an error that concerns
-//! the whole account (or the database, or shutdown) stops the phase, and the queue waits for
-//! the next run.
+//! the whole account (or the database, a shutdown, or the process halting) stops the phase,
+//! and the queue waits for the next run.
 
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +60,7 @@ pub(super) async fn run(p: &Pass<'_>, run_id: i64) -> Result<RunCounts, (RunCoun
             .buffer_unordered(HYDRATE_CONCURRENCY)
             .collect()
             .await;
-        let sorted = sort(answers, &mut counts);
+        let sorted = sort(answers, &mut counts, p);
         for (uid, error) in &sorted.failed {
             tracing::warn!(user_id = %uid, %error, "could not fetch the user's full object; retried later");
         }
@@ -95,7 +95,7 @@ pub(super) async fn run(p: &Pass<'_>, run_id: i64) -> Result<RunCounts, (RunCoun
 
 /// Sorts the answers into full objects, failures and users that are gone, and counts their
 /// requests.
-fn sort(answers: Vec<UserAnswer>, counts: &mut RunCounts) -> Sorted {
+fn sort(answers: Vec<UserAnswer>, counts: &mut RunCounts, p: &Pass<'_>) -> Sorted {
     let mut s = Sorted::default();
     for (uid, answer) in answers {
         match answer {
@@ -111,7 +111,10 @@ fn sort(answers: Vec<UserAnswer>, counts: &mut RunCounts) -> Sorted {
                 }
             }
             Err(f) if matches!(f.error, SourceError::Cancelled) => {
-                s.stop = Some("interrupted by shutdown".into())
+                s.stop = Some(match p.halt() {
+                    Some(halt) => format!("stopped: {halt}"),
+                    None => "interrupted by shutdown".into(),
+                })
             }
             Err(Failed { error: e, requests }) => {
                 counts.add_requests(requests);

@@ -20,7 +20,7 @@ pub mod seen;
 pub mod sweep;
 mod writer;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,7 @@ use uuid::Uuid;
 use crate::config::AccountSettings;
 use crate::domain::{BoxFuture, ErrorKind, Health, Outcome, RunCounts};
 use crate::source::budget::RateBudget;
-use crate::source::TrutoClient;
+use crate::source::{Halt, Standing, TrutoClient};
 use crate::store::{Handover, Lease, Store, FENCE_MARGIN};
 
 /// Knobs of one pass that do not come from the account itself.
@@ -175,12 +175,20 @@ struct Pass<'a> {
     cancel: &'a CancellationToken,
     /// Cancelled (with `cancel`) when the pass found it no longer holds the account's lease.
     lease_lost: Option<&'a CancellationToken>,
+    /// Set (and `cancel` cancelled) when the process halted while the pass went on: Truto
+    /// refused the token or stopped answering (see [`TrutoClient::halt`]).
+    halted: Option<&'a OnceLock<Halt>>,
     progress: &'a dyn Progress,
 }
 
 impl Pass<'_> {
     fn id(&self) -> Uuid {
         self.account.integrated_account_id
+    }
+
+    /// Why the process halted, when that is what stopped the pass.
+    fn halt(&self) -> Option<&Halt> {
+        self.halted.and_then(OnceLock::get)
     }
 }
 
@@ -204,6 +212,7 @@ pub fn sync_account<'a>(
         opts,
         cancel,
         lease_lost: None,
+        halted: None,
         progress,
     };
     Box::pin(sync_leased(pass))
@@ -270,9 +279,15 @@ async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
     out
 }
 
-/// Runs the pass while watching the account's lease: its connection's end is seen at once, and
-/// every budget period ([`RateBudget::period`]) the connection must answer, or it counts as
-/// ended too. A lease that ended (a database restart, a terminated backend, a network cut) may
+/// Runs the pass while watching the account's lease and the process's standing with Truto.
+///
+/// Once the process halts (Truto refused the token, or two requests gave up with nothing
+/// answered in between), the pass stops after the page in flight and ends interrupted, to
+/// resume from it once Truto answers: its own requests would only be retried for a minute or
+/// so each and then fail the run, and fail each next attempt alike after its failure backoff.
+///
+/// The lease: its connection's end is seen at once, and every budget period
+/// ([`RateBudget::period`]) the connection must answer, or it counts as ended too. A lease that ended (a database restart, a terminated backend, a network cut) may
 /// be another process's from that moment, and that process waits out this one's requests for
 /// a window only (see [`RateBudget::abandoned_wait`]). So the pass stops sending for the
 /// account at once, and takes the lease back: held again, and nobody held it in between, the
@@ -289,10 +304,14 @@ async fn watched(
     let every = budget.map_or(DEFAULT_LEASE_CHECK, RateBudget::period);
     let cancel = p.cancel.child_token();
     let lost = CancellationToken::new();
+    let halted = OnceLock::new();
+    let mut standing = p.source.watch_standing();
+    let mut watching = true;
     let outer = p;
     let p = Pass {
         cancel: &cancel,
         lease_lost: Some(&lost),
+        halted: Some(&halted),
         ..p
     };
     let run = pass::run(&p, out, span, started).instrument(span.clone());
@@ -302,6 +321,18 @@ async fn watched(
             tokio::select! {
                 () = &mut run => return false,
                 why = lease.lost() => break why,
+                halt = halts(&mut standing), if watching => {
+                    let Some(halt) = halt else {
+                        // (The client is gone: nothing more to watch.)
+                        watching = false;
+                        continue;
+                    };
+                    tracing::warn!(parent: span, why = %halt, "the process halted: the run stops after the page in flight and resumes from it once Truto answers");
+                    let _ = halted.set(halt);
+                    cancel.cancel();
+                    run.await;
+                    return false;
+                }
                 () = tokio::time::sleep(every) => {}
             }
             // The pass is not polled during a check (a round trip); its fetcher and writers
@@ -340,6 +371,15 @@ async fn watched(
     cancel.cancel();
     run.await;
     true
+}
+
+/// Waits until the process halts, and says why (`None`: the client is gone).
+async fn halts(standing: &mut tokio::sync::watch::Receiver<Standing>) -> Option<Halt> {
+    standing
+        .wait_for(|s| s.halt().is_some())
+        .await
+        .ok()
+        .and_then(|s| s.halt())
 }
 
 /// Takes back the lease of a pass whose lease ended, retrying while the database is away (no

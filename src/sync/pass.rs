@@ -141,9 +141,13 @@ async fn stopped(p: &Pass<'_>, stop: Stop, end: &mut RunEnd) {
         }
         Stop::Cancelled => {
             end.outcome = Outcome::Interrupted;
-            end.error = Some(
-                "interrupted by shutdown; the next run resumes from the last committed page".into(),
-            );
+            end.error = Some(match p.halt() {
+                Some(halt) => format!(
+                    "stopped: {halt}; the account's next run, once runs start again, resumes from the last committed page"
+                ),
+                None => "interrupted by shutdown; the next run resumes from the last committed page"
+                    .into(),
+            });
             end.error_kind = Some(ErrorKind::Interrupted);
         }
         Stop::Source(e, requests) => {

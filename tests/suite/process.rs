@@ -343,7 +343,8 @@ async fn sighup_rotates_the_api_token_and_the_admin_token_without_a_restart() {
 }
 
 /// Truto refusing the API token itself (revoked, or rotated in Truto but not here) fails the
-/// runs already under way and starts no other, rather than failing every account in turn; the
+/// run refused, stops the other under way (unless its own request was refused first: they race)
+/// and starts no other, rather than failing every account in turn; the
 /// log, the gauge and the status page say so, the token is checked with one request after
 /// 10 s, and a valid token loaded with SIGHUP is taken at once: every account is synced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,17 +375,27 @@ async fn a_refused_api_token_holds_every_run_until_a_valid_one_is_loaded() {
         .await;
     assert_eq!(ev["fields"]["next_check_in_secs"], 20, "{ev}");
     assert!(!ev.to_string().contains("SECRET"), "{ev}");
-    // The two runs started first, and the check: nothing else was sent in those 10 s.
-    let stats = env.sim.stats();
-    assert_eq!(stats.by_status.get(&401), Some(&3), "{stats:?}");
-    assert_eq!(stats.requests, 3, "{stats:?}");
+    // The two runs started first: each failed on its refused request, or stopped when the other's
+    // was refused first (its own request perhaps sent, and refused unread). Their requests, and
+    // the check: nothing else was sent in those 10 s.
     let failed: i64 = query_one(
         &env.db_url,
         "SELECT count(*) FROM sync_runs WHERE outcome = 'failed' AND error_kind = 'bad_token'",
     )
     .await;
+    let stopped: i64 = query_one(
+        &env.db_url,
+        "SELECT count(*) FROM sync_runs WHERE outcome = 'interrupted' \
+         AND error LIKE 'stopped: Truto refused the API token (check TRUTO_API_TOKEN or truto.api_token_file); %'",
+    )
+    .await;
     let runs: i64 = query_one(&env.db_url, "SELECT count(*) FROM sync_runs").await;
-    assert_eq!((failed, runs), (2, 2));
+    assert!(failed >= 1, "{failed}");
+    assert_eq!((failed + stopped, runs), (2, 2));
+    let stats = env.sim.stats();
+    let refused = stats.by_status.get(&401).copied().unwrap_or(0);
+    assert!((failed as u64 + 1..=3).contains(&refused), "{stats:?}");
+    assert_eq!(stats.requests, refused, "{stats:?}");
     let metrics = get_text(&format!("http://{ops}/metrics")).await;
     assert_eq!(gauge(&metrics, "lms_sync_api_token_rejected"), Some(1.0));
     let page = get_text(&format!("http://{ops}/")).await;
@@ -435,6 +446,83 @@ async fn a_one_off_sync_with_a_refused_token_starts_no_account_after_the_first_r
     assert_eq!(env.sim.stats().requests, 1);
     let runs: i64 = query_one(&env.db_url, "SELECT count(*) FROM sync_runs").await;
     assert_eq!(runs, 1);
+}
+
+/// A run under way when the process halts (here: waiting for an answer that would come only
+/// after ten minutes, while two other accounts' requests give up on Truto's 502s) stops at
+/// once and ends interrupted, saying why, instead of waiting out its request and its own
+/// retries to fail; once Truto answers it runs again, as the others do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_under_way_when_truto_stops_answering_stops_and_runs_again_once_it_answers() {
+    use lms_sync::devkit::simulator::Fault;
+    let ids: Vec<Uuid> = (1..=3).map(account_id).collect();
+    let env = Env::new(&ids.iter().map(|&a| (a, 120)).collect::<Vec<_>>()).await;
+    let (down, waiting) = (&ids[..2], ids[2]);
+    for &a in down {
+        env.sim.block(a, Fault::status(502));
+    }
+    env.sim
+        .block(waiting, Fault::Delay(Duration::from_secs(600)));
+    let cfg = config(&env.sim, &ids, "1h", 3);
+    let mut d = spawn_env(
+        &cfg,
+        &env.db_url,
+        &[],
+        &[
+            ("TRUTO_API_TOKEN", lms_sync::devkit::simulator::DEMO_TOKEN),
+            ("LMS_SYNC__TRUTO__MAX_ATTEMPTS", "3"),
+        ],
+    );
+    let mut ended = std::collections::HashMap::new();
+    while ended.len() < ids.len() {
+        let ev = d.next_event("the three runs' ends").await;
+        if ev["fields"]["message"] == "sync run finished" {
+            let account = ev["span"]["account"].as_str().unwrap().to_string();
+            ended.insert(
+                account,
+                ev["fields"]["outcome"].as_str().unwrap().to_string(),
+            );
+        }
+    }
+    assert_eq!(ended[&waiting.to_string()], "interrupted", "{ended:?}");
+    for a in down {
+        assert_eq!(ended[&a.to_string()], "failed", "{ended:?}");
+    }
+    let (kind, error): (String, String) =
+        sqlx::query_as("SELECT error_kind, error FROM sync_runs WHERE integrated_account_id = $1")
+            .bind(waiting)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(kind, "interrupted");
+    assert!(
+        error.starts_with("stopped: Truto has not answered since ")
+            && error.contains("(gave up after 3 attempts: HTTP 502")
+            && error.ends_with(
+                "; the account's next run, once runs start again, resumes from the last committed page"
+            ),
+        "{error}"
+    );
+
+    for &a in &ids {
+        env.sim.unblock(a);
+    }
+    let mut synced = std::collections::HashSet::new();
+    while synced.len() < ids.len() {
+        let ev = d
+            .next_event("every account synced once Truto answers")
+            .await;
+        if ev["fields"]["message"] == "sync run finished" {
+            assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+            synced.insert(ev["span"]["account"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(d.terminate().await, 0);
+    // The waiting account's one request, unanswered, and the others' three attempts each.
+    assert_eq!(env.sim.stats().by_status.get(&502), Some(&6));
+    for a in ids {
+        assert_mirror(&env.store, &env.sim, a).await;
+    }
 }
 
 /// Truto itself down (its own 502 to every request, the account listing's too): the runs
