@@ -2,12 +2,12 @@
 //! [`crate::schedule::next_run`], over run history kept in PostgreSQL so that replicas agree),
 //! for the accounts of the fleet (the pure [`crate::fleet::plan`] over the registry, re-read
 //! every round, so what any replica or an operator changed is obeyed within seconds), starts
-//! each run as a task (the same [`sync_account`] step the CLI uses), and notes how runs ended.
-//! Runs live on a task tracker; shutdown, or an account paused or retired while its run goes
-//! on, cancels them between pages.
+//! each run as a task (the same pass as the CLI's [`crate::sync::sync_account`]), and notes
+//! how runs ended. Runs live on a task tracker; shutdown, or an account paused or retired
+//! while its run goes on, cancels them between pages (the latter saying why).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::schedule::{next_run, RunHistory};
 use crate::source::TrutoClient;
 use crate::store::{LockWait, Store, StoreError};
-use crate::sync::{sync_account, PassStatus, Progress, SyncOptions};
+use crate::sync::{sync_account_stopped_by, PassStatus, Progress, SyncOptions};
 
 use super::{Live, Readiness};
 
@@ -45,8 +45,8 @@ struct Scheduler {
     root: CancellationToken,
     started: DateTime<Utc>,
     tracker: TaskTracker,
-    /// The accounts being synced by this process, and how to stop each run.
-    running: Arc<Mutex<HashMap<Uuid, CancellationToken>>>,
+    /// The accounts being synced by this process, and how to stop each run (and say why).
+    running: Arc<Mutex<HashMap<Uuid, Stopper>>>,
     /// The fleet as of the last round.
     fleet: HashMap<Uuid, Planned>,
     /// Woken when discovery changed the registry: look again at once.
@@ -58,6 +58,14 @@ struct Scheduler {
     /// service's CPU).
     shown: HashMap<Uuid, Health>,
     done_tx: mpsc::UnboundedSender<(Uuid, PassStatus)>,
+}
+
+/// How the loop stops a run: the reason is set before the token is cancelled, and the run
+/// records it.
+#[derive(Clone)]
+struct Stopper {
+    cancel: CancellationToken,
+    why: Arc<OnceLock<String>>,
 }
 
 /// What the loop is given to work with.
@@ -296,14 +304,18 @@ impl Scheduler {
     }
 
     /// Stops the runs of accounts that may no longer be synced (paused, retired, gated): the
-    /// page in flight commits, then the run ends as interrupted.
+    /// page in flight commits, then the run ends as interrupted, saying why.
     fn stop_gated(&self) {
-        for (id, cancel) in self.running.lock().expect("running").iter() {
+        for (id, stop) in self.running.lock().expect("running").iter() {
             // (An account that left the configuration finishes its run.)
-            let gated = self.fleet.get(id).is_some_and(|p| !p.gate.syncs());
-            if gated && !cancel.is_cancelled() {
-                tracing::info!(account = %id, "the account was paused or retired; its run stops after the page in flight");
-                cancel.cancel();
+            let Some(p) = self.fleet.get(id).filter(|p| !p.gate.syncs()) else {
+                continue;
+            };
+            if !stop.cancel.is_cancelled() {
+                let state = p.gate.state();
+                tracing::info!(account = %id, %state, "the account may no longer be synced; its run stops after the page in flight");
+                let _ = stop.why.set(format!("the account is now {state}"));
+                stop.cancel.cancel();
             }
         }
     }
@@ -311,27 +323,37 @@ impl Scheduler {
     /// Runs one pass over `account` as a task of its own.
     fn spawn_run(&self, account: &AccountSettings) {
         let id = account.integrated_account_id;
-        let cancel = self.root.child_token();
+        let stop = Stopper {
+            cancel: self.root.child_token(),
+            why: Arc::default(),
+        };
         {
             let mut running = self.running.lock().expect("running");
-            running.insert(id, cancel.clone());
+            running.insert(id, stop.clone());
             self.metrics
                 .set("lms_sync_running_accounts", &[], running.len() as f64);
         }
-        let (store, source, opts, account, cancel, tx, running, metrics, progress) = (
+        let (store, source, opts, account, stop, tx, running, metrics, progress) = (
             self.store.clone(),
             self.source.clone(),
             self.opts.clone(),
             account.clone(),
-            cancel,
+            stop,
             self.done_tx.clone(),
             self.running.clone(),
             self.metrics.clone(),
             self.progress.clone(),
         );
         self.tracker.spawn(async move {
-            let out =
-                sync_account(&store, &source, &account, &opts, &cancel, progress.as_ref()).await;
+            let out = sync_account_stopped_by(
+                &store,
+                &source,
+                &account,
+                &opts,
+                (&stop.cancel, Some(&stop.why)),
+                progress.as_ref(),
+            )
+            .await;
             if let Some(h) = out.health {
                 super::set_health_gauges(&metrics, id, h);
             }

@@ -111,9 +111,10 @@ fn sort(answers: Vec<UserAnswer>, counts: &mut RunCounts, p: &Pass<'_>) -> Sorte
                 }
             }
             Err(f) if matches!(f.error, SourceError::Cancelled) => {
-                s.stop = Some(match p.halt() {
-                    Some(halt) => format!("stopped: {halt}"),
-                    None => "interrupted by shutdown".into(),
+                s.stop = Some(match (p.halt(), p.stop_why()) {
+                    (Some(halt), _) => format!("stopped: {halt}"),
+                    (None, Some(why)) => format!("stopped: {why}"),
+                    (None, None) => "interrupted by shutdown".into(),
                 })
             }
             Err(Failed { error: e, requests }) => {

@@ -178,6 +178,8 @@ struct Pass<'a> {
     /// Set (and `cancel` cancelled) when the process halted while the pass went on: Truto
     /// refused the token or stopped answering (see [`TrutoClient::halt`]).
     halted: Option<&'a OnceLock<Halt>>,
+    /// Why the caller cancelled `cancel`, when it said (see [`sync_account_stopped_by`]).
+    stop_why: Option<&'a OnceLock<String>>,
     progress: &'a dyn Progress,
 }
 
@@ -189,6 +191,11 @@ impl Pass<'_> {
     /// Why the process halted, when that is what stopped the pass.
     fn halt(&self) -> Option<&Halt> {
         self.halted.and_then(OnceLock::get)
+    }
+
+    /// Why the caller stopped the pass, when it said.
+    fn stop_why(&self) -> Option<&str> {
+        self.stop_why.and_then(OnceLock::get).map(String::as_str)
     }
 }
 
@@ -205,6 +212,19 @@ pub fn sync_account<'a>(
     cancel: &'a CancellationToken,
     progress: &'a dyn Progress,
 ) -> BoxFuture<'a, SyncOutcome> {
+    sync_account_stopped_by(store, source, account, opts, (cancel, None), progress)
+}
+
+/// [`sync_account`], for a caller that may stop the pass for a reason of its own (the account
+/// paused, say): it sets `why` before it cancels, and the run records it instead of a shutdown.
+pub fn sync_account_stopped_by<'a>(
+    store: &'a Store,
+    source: &'a TrutoClient,
+    account: &'a AccountSettings,
+    opts: &'a SyncOptions,
+    (cancel, why): (&'a CancellationToken, Option<&'a OnceLock<String>>),
+    progress: &'a dyn Progress,
+) -> BoxFuture<'a, SyncOutcome> {
     let pass = Pass {
         store,
         source,
@@ -213,6 +233,7 @@ pub fn sync_account<'a>(
         cancel,
         lease_lost: None,
         halted: None,
+        stop_why: why,
         progress,
     };
     Box::pin(sync_leased(pass))

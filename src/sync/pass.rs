@@ -141,12 +141,17 @@ async fn stopped(p: &Pass<'_>, stop: Stop, end: &mut RunEnd) {
         }
         Stop::Cancelled => {
             end.outcome = Outcome::Interrupted;
-            end.error = Some(match p.halt() {
-                Some(halt) => format!(
+            end.error = Some(match (p.halt(), p.stop_why()) {
+                (Some(halt), _) => format!(
                     "stopped: {halt}; the account's next run, once runs start again, resumes from the last committed page"
                 ),
-                None => "interrupted by shutdown; the next run resumes from the last committed page"
-                    .into(),
+                (None, Some(why)) => {
+                    format!("stopped: {why}; its next run resumes from the last committed page")
+                }
+                (None, None) => {
+                    "interrupted by shutdown; the next run resumes from the last committed page"
+                        .into()
+                }
             });
             end.error_kind = Some(ErrorKind::Interrupted);
         }

@@ -352,6 +352,16 @@ async fn pause_resume_and_sync_now_are_obeyed_by_two_running_replicas() {
     }
     assert!(env.store.set_paused(a, true).await.unwrap());
     assert_eq!(finished(&mut rx).await, "interrupted");
+    let (kind, error): (String, String) =
+        sqlx::query_as("SELECT error_kind, error FROM sync_runs WHERE outcome = 'interrupted'")
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(kind, "interrupted");
+    assert_eq!(
+        error,
+        "stopped: the account is now paused; its next run resumes from the last committed page"
+    );
     assert!(env.store.request_sync(a).await.unwrap());
     // Both replicas look at the registry every 2 s: give them three rounds.
     let quiet = tokio::time::timeout(Duration::from_secs(6), finished(&mut rx)).await;
