@@ -448,6 +448,20 @@ async fn a_one_off_sync_with_a_refused_token_starts_no_account_after_the_first_r
     assert_eq!(runs, 1);
 }
 
+/// `lms-sync run` whose requests give up after 3 attempts (a few milliseconds apart with the
+/// test configuration's backoff), so that Truto not answering shows within a second.
+fn spawn_giving_up_after_3_attempts(cfg: &std::path::Path, db: &str) -> Daemon {
+    spawn_env(
+        cfg,
+        db,
+        &[],
+        &[
+            ("TRUTO_API_TOKEN", lms_sync::devkit::simulator::DEMO_TOKEN),
+            ("LMS_SYNC__TRUTO__MAX_ATTEMPTS", "3"),
+        ],
+    )
+}
+
 /// A run under way when the process halts (here: waiting for an answer that would come only
 /// after ten minutes, while two other accounts' requests give up on Truto's 502s) stops at
 /// once and ends interrupted, saying why, instead of waiting out its request and its own
@@ -464,15 +478,7 @@ async fn a_run_under_way_when_truto_stops_answering_stops_and_runs_again_once_it
     env.sim
         .block(waiting, Fault::Delay(Duration::from_secs(600)));
     let cfg = config(&env.sim, &ids, "1h", 3);
-    let mut d = spawn_env(
-        &cfg,
-        &env.db_url,
-        &[],
-        &[
-            ("TRUTO_API_TOKEN", lms_sync::devkit::simulator::DEMO_TOKEN),
-            ("LMS_SYNC__TRUTO__MAX_ATTEMPTS", "3"),
-        ],
-    );
+    let mut d = spawn_giving_up_after_3_attempts(&cfg, &env.db_url);
     let mut ended = std::collections::HashMap::new();
     while ended.len() < ids.len() {
         let ev = d.next_event("the three runs' ends").await;
@@ -536,15 +542,7 @@ async fn truto_not_answering_holds_every_run_until_it_answers_again() {
     let env = Env::new(&ids.iter().map(|&a| (a, 120)).collect::<Vec<_>>()).await;
     env.sim.set_outage(Some(Fault::status(502)));
     let cfg = config(&env.sim, &ids, "1h", 2);
-    let mut d = spawn_env(
-        &cfg,
-        &env.db_url,
-        &[],
-        &[
-            ("TRUTO_API_TOKEN", lms_sync::devkit::simulator::DEMO_TOKEN),
-            ("LMS_SYNC__TRUTO__MAX_ATTEMPTS", "3"),
-        ],
-    );
+    let mut d = spawn_giving_up_after_3_attempts(&cfg, &env.db_url);
     let listening = d
         .wait_for("operations server listening (/healthz, /readyz, /metrics)")
         .await;
