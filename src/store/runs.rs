@@ -43,6 +43,9 @@ pub struct RunEnd {
     /// How long the server holds the account's requests back from now, when that is why the
     /// run failed: kept as `sync_state.held_until`, before which no run starts.
     pub held_for: Option<std::time::Duration>,
+    /// `held_for` is what is left of a hold this process already knew (it sent no request), not
+    /// a server's new answer: an unexpired `held_until` it matches is kept as it is.
+    pub hold_known: bool,
 }
 
 impl Store {
@@ -199,7 +202,15 @@ impl Store {
                                          WHEN $7 = 'ok' THEN NULL ELSE $8 END,
                     health_failures = CASE WHEN $7 IS NULL THEN s.health_failures
                                            WHEN $7 = 'ok' THEN 0 ELSE s.health_failures + 1 END,
-                    held_until = now() + make_interval(secs => $9),
+                    -- A known hold's wait was measured a moment before this statement: the
+                    -- same end comes back some milliseconds later, and rewriting it would move
+                    -- it a little later at each run started during it. A second longer is a
+                    -- new hold.
+                    held_until = CASE WHEN $10 AND held_until > now()
+                                       AND held_until + interval '1 second'
+                                           >= now() + make_interval(secs => $9)
+                                      THEN held_until
+                                      ELSE now() + make_interval(secs => $9) END,
                     updated_at = now()
                FROM (SELECT health, health_since, health_reason, health_failures
                        FROM sync_state WHERE integrated_account_id = $1) AS s
@@ -215,6 +226,7 @@ impl Store {
         .bind(end.health.map(Health::as_str))
         .bind(&end.error)
         .bind(end.held_for.map(|d| d.as_secs_f64()))
+        .bind(end.hold_known)
         .fetch_optional(&mut *tx)
         .await?;
         crate::failpoint::point("finish_run").await;

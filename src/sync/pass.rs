@@ -10,6 +10,7 @@ use super::listing::{self, Listing, Stop};
 use super::retry::with_db_retries;
 use super::{Pass, PassStatus, SyncOutcome};
 use crate::domain::{ErrorKind, Health, Outcome, RunCounts};
+use crate::source::SourceError;
 use crate::store::{RunEnd, RunStart};
 
 /// Runs the pass; `out` says what it did.
@@ -114,6 +115,7 @@ async fn conclude_listing(
         hydration: RunCounts::default(),
         failed_requests: 0,
         held_for: None,
+        hold_known: false,
     };
     match listing {
         Ok(listing) => {
@@ -159,6 +161,7 @@ async fn stopped(p: &Pass<'_>, stop: Stop, end: &mut RunEnd) {
             // The failed requests count too (they are not in any committed page).
             end.failed_requests = requests;
             end.held_for = e.held_for();
+            end.hold_known = matches!(e, SourceError::Held { .. });
             end.health = e.kind().health();
             end.error_kind = Some(e.kind());
             end.error = Some(e.to_string());
