@@ -350,7 +350,8 @@ impl Scheduler {
                 &source,
                 &account,
                 &opts,
-                (&stop.cancel, Some(&stop.why)),
+                &stop.cancel,
+                Some(&stop.why),
                 progress.as_ref(),
             )
             .await;

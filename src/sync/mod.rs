@@ -212,7 +212,7 @@ pub fn sync_account<'a>(
     cancel: &'a CancellationToken,
     progress: &'a dyn Progress,
 ) -> BoxFuture<'a, SyncOutcome> {
-    sync_account_stopped_by(store, source, account, opts, (cancel, None), progress)
+    sync_account_stopped_by(store, source, account, opts, cancel, None, progress)
 }
 
 /// [`sync_account`], for a caller that may stop the pass for a reason of its own (the account
@@ -222,7 +222,8 @@ pub fn sync_account_stopped_by<'a>(
     source: &'a TrutoClient,
     account: &'a AccountSettings,
     opts: &'a SyncOptions,
-    (cancel, why): (&'a CancellationToken, Option<&'a OnceLock<String>>),
+    cancel: &'a CancellationToken,
+    why: Option<&'a OnceLock<String>>,
     progress: &'a dyn Progress,
 ) -> BoxFuture<'a, SyncOutcome> {
     let pass = Pass {
@@ -308,9 +309,10 @@ async fn sync_leased(p: Pass<'_>) -> SyncOutcome {
 /// so each and then fail the run, and fail each next attempt alike after its failure backoff.
 ///
 /// The lease: its connection's end is seen at once, and every budget period
-/// ([`RateBudget::period`]) the connection must answer, or it counts as ended too. A lease that ended (a database restart, a terminated backend, a network cut) may
-/// be another process's from that moment, and that process waits out this one's requests for
-/// a window only (see [`RateBudget::abandoned_wait`]). So the pass stops sending for the
+/// ([`RateBudget::period`]) the connection must answer, or it counts as ended too. A lease
+/// that ended (a database restart, a terminated backend, a network cut) may be another
+/// process's from that moment, and that process waits out this one's requests for a window
+/// only (see [`RateBudget::abandoned_wait`]). So the pass stops sending for the
 /// account at once, and takes the lease back: held again, and nobody held it in between, the
 /// pass goes on where it was; otherwise it stops and ends interrupted, to resume from its last
 /// committed page next time. True when the pass ended without its lease.
@@ -327,7 +329,6 @@ async fn watched(
     let lost = CancellationToken::new();
     let halted = OnceLock::new();
     let mut standing = p.source.watch_standing();
-    let mut watching = true;
     let outer = p;
     let p = Pass {
         cancel: &cancel,
@@ -342,12 +343,7 @@ async fn watched(
             tokio::select! {
                 () = &mut run => return false,
                 why = lease.lost() => break why,
-                halt = halts(&mut standing), if watching => {
-                    let Some(halt) = halt else {
-                        // (The client is gone: nothing more to watch.)
-                        watching = false;
-                        continue;
-                    };
+                halt = halts(&mut standing) => {
                     tracing::warn!(parent: span, why = %halt, "the process halted: the run stops after the page in flight and resumes from it once Truto answers");
                     let _ = halted.set(halt);
                     cancel.cancel();
@@ -394,13 +390,18 @@ async fn watched(
     true
 }
 
-/// Waits until the process halts, and says why (`None`: the client is gone).
-async fn halts(standing: &mut tokio::sync::watch::Receiver<Standing>) -> Option<Halt> {
-    standing
+/// Waits until the process halts, and says why. (The standing's sender lives in the client,
+/// which the pass borrows: it cannot close while the pass runs; if it did, nothing would halt.)
+async fn halts(standing: &mut tokio::sync::watch::Receiver<Standing>) -> Halt {
+    let halt = standing
         .wait_for(|s| s.halt().is_some())
         .await
         .ok()
-        .and_then(|s| s.halt())
+        .and_then(|s| s.halt());
+    match halt {
+        Some(halt) => halt,
+        None => std::future::pending().await,
+    }
 }
 
 /// Takes back the lease of a pass whose lease ended, retrying while the database is away (no
