@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::exit::CliError;
 use super::render::{self, Check};
 use crate::config::{AccountSettings, Settings};
+use crate::domain::ErrorKind;
 use crate::source::{SourceError, TrutoClient};
 use crate::store::Store;
 
@@ -19,6 +20,11 @@ const OLDEST_POSTGRES: i32 = 140_000;
 const LOOKUPS_AT_ONCE: usize = 4;
 /// Problems listed by name in one check's detail; the rest are counted.
 const LISTED: usize = 10;
+/// Attempts of the first request to Truto. A preflight says within seconds (at most this many
+/// request timeouts when nothing answers at all) that Truto fails, instead of after the minute
+/// or more a request's whole retries take (8 attempts with the defaults); a blip is still
+/// retried. Once Truto has answered, the rest retries as every request does.
+const TRUTO_ATTEMPTS: u32 = 3;
 
 pub async fn check(settings: Settings) -> Result<(), CliError> {
     let token = super::commands::sync_prerequisites(&settings)?;
@@ -169,8 +175,15 @@ async fn truto(
     cancel: &CancellationToken,
     checks: &mut Vec<Check>,
 ) {
-    if let Err(f) = source.probe(cancel).await {
-        checks.push(Check::failed("truto token", f.error.to_string()));
+    if let Err(f) = source.probe(Some(TRUTO_ATTEMPTS), cancel).await {
+        let said = match f.error.kind() {
+            ErrorKind::BadToken => f.error.to_string(),
+            _ => format!(
+                "Truto gave no answer that says whether it takes the token: {}",
+                f.error
+            ),
+        };
+        checks.push(Check::failed("truto token", said));
         let why = "the token check failed";
         if !settings.accounts.is_empty() {
             checks.push(Check::skipped("accounts", why));

@@ -85,7 +85,7 @@ pub(super) async fn run(
                     _ = cancel.cancelled() => return,
                 }
             }
-            match source.probe(&cancel).await {
+            match source.probe(None, &cancel).await {
                 Ok(()) => break,
                 Err(_) if cancel.is_cancelled() => return,
                 Err(f) => {

@@ -21,8 +21,9 @@ pub(super) struct Attempted<T> {
 pub(super) type Reported = Option<RateReport>;
 
 /// What one request of a retried series has cost so far.
-#[derive(Default)]
 struct Tally {
+    /// The most attempts this request may make.
+    cap: u32,
     attempts: u32,
     rate_limited: u32,
     waited: Duration,
@@ -38,13 +39,37 @@ impl TrutoClient {
         id: Uuid,
         what: &'static str,
         cancel: &CancellationToken,
+        once: F,
+    ) -> Result<Attempted<T>, Failed>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(T, Reported), SourceError>>,
+    {
+        let cap = self.backoff.max_attempts;
+        self.with_retries_at_most(id, what, cap, cancel, once).await
+    }
+
+    /// [`Self::with_retries`] making at most `cap` attempts (fewer when `truto.max_attempts`
+    /// allows fewer).
+    pub(super) async fn with_retries_at_most<T, F, Fut>(
+        &self,
+        id: Uuid,
+        what: &'static str,
+        cap: u32,
+        cancel: &CancellationToken,
         mut once: F,
     ) -> Result<Attempted<T>, Failed>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(T, Reported), SourceError>>,
     {
-        let mut t = Tally::default();
+        let mut t = Tally {
+            cap: cap.clamp(1, self.backoff.max_attempts.max(1)),
+            attempts: 0,
+            rate_limited: 0,
+            waited: Duration::ZERO,
+            budget_wait: Duration::ZERO,
+        };
         let began = Instant::now();
         loop {
             t.attempts += 1;
@@ -186,15 +211,15 @@ impl TrutoClient {
         if !err.is_retryable() {
             return Err(Failed::new(err, t.attempts));
         }
-        let Some(wait) =
-            self.backoff
-                .next_wait(t.attempts, t.waited, err.retry_hint(), fastrand::f64())
+        let Some(wait) = self
+            .backoff
+            .next_wait(t.attempts, t.waited, err.retry_hint(), fastrand::f64())
+            .filter(|_| t.attempts < t.cap)
         else {
             let attempts = t.attempts;
             // Attempts were left: the server's own wait is what the retry budget lacked.
             let asked = err.retry_hint().filter(|h| {
-                attempts < self.backoff.max_attempts
-                    && t.waited.saturating_add(*h) > self.backoff.max_total_wait
+                attempts < t.cap && t.waited.saturating_add(*h) > self.backoff.max_total_wait
             });
             let last = Box::new(err);
             return Err(Failed::new(

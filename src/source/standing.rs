@@ -296,8 +296,13 @@ impl TrutoClient {
     /// window): the API that failed, not only the account listing. Otherwise the first
     /// integrated account of the listing (under the token's budget; a token without the scope
     /// to list accounts still works for the users). Retries what is retryable, like every
-    /// request.
-    pub async fn probe(&self, cancel: &CancellationToken) -> Result<(), Failed> {
+    /// request, making at most `at_most` attempts when given (`check` answers within seconds,
+    /// not after the minute a request's whole retries take).
+    pub async fn probe(
+        &self,
+        at_most: Option<u32>,
+        cancel: &CancellationToken,
+    ) -> Result<(), Failed> {
         let (key, mut url, what) = match self.unreachable().and_then(|u| u.account) {
             Some(account) => {
                 let mut url = self.users_url.clone();
@@ -310,9 +315,13 @@ impl TrutoClient {
         url.query_pairs_mut().append_pair("limit", "1");
         // (`with_retries` records what the answer says, as for every request.)
         let checked = self
-            .with_retries(key, what, cancel, || async {
-                self.get(&url).await.map(|_| ((), None))
-            })
+            .with_retries_at_most(
+                key,
+                what,
+                at_most.unwrap_or(self.backoff.max_attempts),
+                cancel,
+                || async { self.get(&url).await.map(|_| ((), None)) },
+            )
             .await;
         match checked {
             Ok(_) => Ok(()),

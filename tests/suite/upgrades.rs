@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::daemon::{query_one, BIN};
 use crate::helpers::*;
-use lms_sync::devkit::simulator::{Integrated, DEMO_TOKEN};
+use lms_sync::devkit::simulator::{Fault, Integrated, DEMO_TOKEN};
 use lms_sync::store::SchemaState;
 use uuid::Uuid;
 
@@ -850,6 +850,30 @@ async fn check_passes_a_ready_deployment_and_names_each_broken_prerequisite() {
     assert!(check_line(&out, "truto token").contains("FAILED   HTTP 401"));
     assert!(check_line(&out, "accounts").contains("skipped  the token check failed"));
     assert!(!said(&out).contains("SECRET"), "{}", said(&out));
+}
+
+/// `check` against a Truto that does not answer (its own 502s on every route) says so after
+/// three attempts, not after a request's whole retries (8 with the defaults), and says that
+/// the token is not what failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_after_three_attempts_that_truto_does_not_answer() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 10)]).await;
+    env.sim.set_integrated(a, Integrated::active("acme"));
+    env.sim.set_outage(Some(Fault::status(502)));
+
+    let out = check(&env, &env.db_url, &[a], DEMO_TOKEN).await;
+
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let token = check_line(&out, "truto token");
+    assert!(
+        token.contains(
+            "FAILED   Truto gave no answer that says whether it takes the token: gave up after 3 attempts: HTTP 502"
+        ),
+        "{token}"
+    );
+    assert!(check_line(&out, "accounts").contains("skipped  the token check failed"));
+    assert_eq!(env.sim.stats().requests, 3, "three attempts, no more");
 }
 
 /// `check` never migrates: on an empty database it says the schema is missing and how to
