@@ -175,7 +175,17 @@ pub fn budget(b: &BudgetSection) -> String {
             },
             h.halted
                 .as_deref()
-                .map(|why| format!("; starts no run: {}", shorten(why, 300)))
+                .map(|why| format!(
+                    "; starts no run: {}{}",
+                    shorten(why, 300),
+                    h.others_answered
+                        .map(|at| format!(
+                            "; another process got an answer from Truto since (at {}): this \
+                             one's way to Truto (DNS, egress, proxy) is what fails",
+                            at.format("%Y-%m-%d %H:%M:%SZ")
+                        ))
+                        .unwrap_or_default()
+                ))
                 .unwrap_or_default()
         );
     }
@@ -416,6 +426,10 @@ mod tests {
             Some("Truto has not answered since 2026-12-02 18:39:00 UTC (request timed out)".into());
         assert!(budget(&halted).ends_with(
             "web-2:7:cd: share 150 (wants 500), renewed 2026-12-02 18:40:01Z; starts no run: Truto has not answered since 2026-12-02 18:39:00 UTC (request timed out)\n"
+        ), "{}", budget(&halted));
+        halted.view.holders[1].others_answered = Some(b.view.holders[1].renewed_at);
+        assert!(budget(&halted).ends_with(
+            "web-2:7:cd: share 150 (wants 500), renewed 2026-12-02 18:40:01Z; starts no run: Truto has not answered since 2026-12-02 18:39:00 UTC (request timed out); another process got an answer from Truto since (at 2026-12-02 18:40:01Z): this one's way to Truto (DNS, egress, proxy) is what fails\n"
         ), "{}", budget(&halted));
         let empty = BudgetSection {
             view: BudgetView::default(),

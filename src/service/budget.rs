@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::source::budget::{Demand, RateBudget};
 use crate::source::Standing;
-use crate::store::{Negotiated, Store};
+use crate::store::{Negotiated, Reach, Store};
 
 /// The budget the token's window is negotiated as.
 pub(crate) const TOKEN: &str = "token";
@@ -104,8 +104,20 @@ pub async fn share_token_budget(
     let mut agreement = (limit.requests as i32, false);
     // Why this process starts no run, as the last round recorded it for the others to show.
     let mut recorded: Option<String> = None;
+    // Whether the last round found this process cut off from Truto while others reach it.
+    let mut cut_off = false;
     while !cancel.is_cancelled() {
-        let halted = standing.borrow_and_update().halt().map(|h| h.to_string());
+        let (halted, reach) = {
+            let now = standing.borrow_and_update();
+            let reach = Reach {
+                answered_ago: now.answered_ago(),
+                unreachable_for: now
+                    .unreachable
+                    .as_ref()
+                    .map(|u| (chrono::Utc::now() - u.since).to_std().unwrap_or_default()),
+            };
+            (now.halt().map(|h| h.to_string()), reach)
+        };
         let negotiated_at = tokio::time::Instant::now();
         if me.is_none() {
             match store.budget_holder(&holder, lease).await {
@@ -118,6 +130,7 @@ pub async fn share_token_budget(
         }
         if let Some(h) = me.as_mut() {
             h.halted(halted.clone());
+            h.reach(reach);
             // The lease counts from before the round: the database's, from the start of its
             // transaction, ends no earlier.
             let started = Instant::now();
@@ -155,7 +168,23 @@ pub async fn share_token_budget(
                         agreement = (n.limit, n.disagree);
                         log_agreement(limit, &n);
                     }
+                    if n.cut_off != cut_off {
+                        cut_off = n.cut_off;
+                        if cut_off {
+                            tracing::error!(
+                                "another process sharing the database got answers from Truto \
+                                 since this one stopped reaching it: what fails is this \
+                                 process's way to Truto (its DNS, egress, proxy), not Truto; the \
+                                 others sync the accounts meanwhile"
+                            );
+                        }
+                    }
                     if let Some(m) = &metrics {
+                        m.set(
+                            "lms_sync_truto_cut_off",
+                            &[],
+                            f64::from(u8::from(n.cut_off)),
+                        );
                         m.set("lms_sync_rate_budget_limit", &[], f64::from(n.limit));
                         m.set(
                             "lms_sync_rate_budget_mismatch",

@@ -286,7 +286,11 @@ fn budget_section(s: &mut String, b: &BudgetSection, now: DateTime<Utc>) {
             },
             h.halted
                 .as_deref()
-                .map(|why| format!(" <span class=\"why\">starts no run: {}</span>", escape(why)))
+                .map(|why| format!(
+                    " <span class=\"why\">starts no run: {}{}</span>",
+                    escape(why),
+                    cut_off(h, now)
+                ))
                 .unwrap_or_default(),
             h.share,
             h.wanted,
@@ -295,6 +299,19 @@ fn budget_section(s: &mut String, b: &BudgetSection, now: DateTime<Utc>) {
         );
     }
     s.push_str("</tbody></table>");
+}
+
+/// What a halted holder's row adds when others reach Truto: the fault is on its own way.
+fn cut_off(h: &ShareView, now: DateTime<Utc>) -> String {
+    h.others_answered
+        .map(|at| {
+            format!(
+                "; another process got an answer from Truto since ({}): this one's way to Truto \
+                 (DNS, egress, proxy) is what fails",
+                when(Some(at), now)
+            )
+        })
+        .unwrap_or_default()
 }
 
 /// The budget a holder is configured with, flagged when it differs from this process's.
@@ -721,6 +738,25 @@ mod tests {
         );
         assert!(
             html.contains("web-1:42:&lt;ab&gt; <span class=\"why\">starts no run: Truto refused the API token (check &lt;it&gt;)</span></td>"),
+            "{html}"
+        );
+        let mut cut_off = b.clone();
+        cut_off.view.holders[0].halted = Some("Truto has not answered since …".into());
+        cut_off.view.holders[0].others_answered = Some(now - chrono::Duration::seconds(3));
+        let html = render(
+            &[view(1, "Alpha")],
+            Some(&cut_off),
+            None,
+            &Halts::default(),
+            now,
+            &PageQuery::default(),
+        );
+        assert!(
+            html.contains("starts no run: Truto has not answered since …; another process got an answer from Truto since (<time datetime="),
+            "{html}"
+        );
+        assert!(
+            html.contains(">3 s ago</time>): this one's way to Truto (DNS, egress, proxy) is what fails</span>"),
             "{html}"
         );
         let empty = BudgetSection {

@@ -182,6 +182,7 @@ impl BudgetSection {
             per_token: Some(500),
             window_secs: Some(10),
             halted: None,
+            others_answered: None,
         };
         BudgetSection {
             per_token: 500,

@@ -43,6 +43,12 @@ pub struct Standing {
 }
 
 impl Standing {
+    /// How long ago a request last got an answer from Truto (any status that is not a
+    /// failure of its own), if one did.
+    pub fn answered_ago(&self) -> Option<std::time::Duration> {
+        self.answered.map(|at| at.elapsed())
+    }
+
     /// Why no run should start now, if Truto refuses the token or does not answer.
     pub fn halt(&self) -> Option<Halt> {
         if let Some(since) = self.rejected_since {

@@ -49,6 +49,19 @@ pub struct ShareHolder {
     /// Why the process starts no run now, written with each negotiation (see
     /// [`ShareHolder::halted`]).
     halted: Option<String>,
+    /// What the process's requests tell of Truto, written with each negotiation (see
+    /// [`ShareHolder::reach`]).
+    reach: Reach,
+}
+
+/// How long ago this process last got an answer from Truto, and since how long it has not
+/// reached it (its requests gave up on Truto's own failures with nothing answered since), as
+/// of a moment just before a negotiation. Durations, not times: the database turns them into
+/// its own time, so that hosts whose clocks differ compare alike.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reach {
+    pub answered_ago: Option<Duration>,
+    pub unreachable_for: Option<Duration>,
 }
 
 /// What one negotiation decided.
@@ -64,6 +77,9 @@ pub struct Negotiated {
     pub limit: i32,
     /// Another live holder is configured with a different budget (requests or window).
     pub disagree: bool,
+    /// This process has not reached Truto for a while, and another holder got an answer from
+    /// it since: what fails is this process's way to Truto, not Truto.
+    pub cut_off: bool,
 }
 
 /// One process's place at a budget, as the status page shows it.
@@ -82,6 +98,10 @@ pub struct ShareView {
     /// Why it starts no run now (Truto refuses the token or does not answer), as of its last
     /// negotiation; `None` when it runs normally (or is older than migration 0023).
     pub halted: Option<String>,
+    /// While it does not reach Truto: when another holder last got an answer from Truto
+    /// since it stopped reaching it (it is cut off on its own way to Truto), as of their last
+    /// negotiations; `None` otherwise.
+    pub others_answered: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A budget's holders and what is hot (given back, still in the server's window).
@@ -101,7 +121,10 @@ impl Store {
         window: Duration,
     ) -> Result<BudgetView, StoreError> {
         let holders = sqlx::query_as(concat!(
-            "SELECT s.holder, s.share, s.wanted, s.renewed_at, s.per_token, s.window_secs, s.halted, ",
+            "SELECT s.holder, s.share, s.wanted, s.renewed_at, s.per_token, s.window_secs, s.halted,
+                    (SELECT max(o.answered_at) FROM rate_shares o
+                      WHERE o.budget = s.budget AND o.holder <> s.holder
+                        AND o.answered_at > s.unreachable_since) AS others_answered, ",
             holder_alive!(),
             " AS alive
                FROM rate_shares s
@@ -147,6 +170,7 @@ impl Store {
             schema: self.schema.clone(),
             lease,
             halted: None,
+            reach: Reach::default(),
         })
     }
 }
@@ -157,6 +181,12 @@ impl ShareHolder {
     /// status shows it beside the share.
     pub fn halted(&mut self, why: Option<String>) {
         self.halted = why;
+    }
+
+    /// Says, from the next negotiation on, what the process's requests tell of Truto: the
+    /// others tell from it whether a process that does not reach Truto is alone in that.
+    pub fn reach(&mut self, reach: Reach) {
+        self.reach = reach;
     }
 
     /// Resolves when this holder's connection has ended, with the reason. Between rounds the
@@ -242,18 +272,31 @@ impl ShareHolder {
         let disagree = configured
             .iter()
             .any(|&(n, w)| (n, w) != (limit, window_secs));
-        let (mine, others_held, others_wanted, hot, holders): (i32, i64, i64, i64, i64) =
-            sqlx::query_as(
-                "SELECT coalesce((SELECT share FROM rate_shares WHERE budget = $1 AND holder = $2), 0),
-                        coalesce((SELECT sum(share) FROM rate_shares WHERE budget = $1 AND holder <> $2), 0),
-                        coalesce((SELECT sum(wanted) FROM rate_shares WHERE budget = $1 AND holder <> $2), 0),
-                        coalesce((SELECT sum(released) FROM rate_share_releases WHERE budget = $1), 0),
-                        (SELECT count(*) FROM rate_shares WHERE budget = $1 AND holder <> $2) + 1",
-            )
-            .bind(budget)
-            .bind(&self.holder)
-            .fetch_one(&mut *tx)
-            .await?;
+        let unreachable_for = self.reach.unreachable_for.map(|d| d.as_secs_f64());
+        let answered_ago = self.reach.answered_ago.map(|d| d.as_secs_f64());
+        #[allow(clippy::type_complexity)]
+        let (mine, others_held, others_wanted, hot, holders, cut_off): (
+            i32,
+            i64,
+            i64,
+            i64,
+            i64,
+            bool,
+        ) = sqlx::query_as(
+            "SELECT coalesce((SELECT share FROM rate_shares WHERE budget = $1 AND holder = $2), 0),
+                    coalesce((SELECT sum(share) FROM rate_shares WHERE budget = $1 AND holder <> $2), 0),
+                    coalesce((SELECT sum(wanted) FROM rate_shares WHERE budget = $1 AND holder <> $2), 0),
+                    coalesce((SELECT sum(released) FROM rate_share_releases WHERE budget = $1), 0),
+                    (SELECT count(*) FROM rate_shares WHERE budget = $1 AND holder <> $2) + 1,
+                    EXISTS (SELECT 1 FROM rate_shares
+                             WHERE budget = $1 AND holder <> $2
+                               AND answered_at > now() - make_interval(secs => $3))",
+        )
+        .bind(budget)
+        .bind(&self.holder)
+        .bind(unreachable_for)
+        .fetch_one(&mut *tx)
+        .await?;
         let share = decide(
             mine,
             wanted,
@@ -280,14 +323,16 @@ impl ShareHolder {
         }
         sqlx::query(
             "INSERT INTO rate_shares (budget, holder, share, wanted, backend_pid, good_until, fences_on_loss,
-                                      per_token, window_secs, halted)
-             VALUES ($1, $2, $3, $4, pg_backend_pid(), now() + make_interval(secs => $5), true, $6, $7, $8)
+                                      per_token, window_secs, halted, answered_at, unreachable_since)
+             VALUES ($1, $2, $3, $4, pg_backend_pid(), now() + make_interval(secs => $5), true, $6, $7, $8,
+                     now() - make_interval(secs => $9), now() - make_interval(secs => $10))
              ON CONFLICT (budget, holder) DO UPDATE
                 SET share = excluded.share, wanted = excluded.wanted,
                     backend_pid = excluded.backend_pid, renewed_at = now(),
                     good_until = excluded.good_until, fences_on_loss = true,
                     per_token = excluded.per_token, window_secs = excluded.window_secs,
-                    halted = excluded.halted",
+                    halted = excluded.halted, answered_at = excluded.answered_at,
+                    unreachable_since = excluded.unreachable_since",
         )
         .bind(budget)
         .bind(&self.holder)
@@ -297,6 +342,8 @@ impl ShareHolder {
         .bind(limit)
         .bind(window_secs)
         .bind(&self.halted)
+        .bind(answered_ago)
+        .bind(unreachable_for)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -305,6 +352,7 @@ impl ShareHolder {
             holders: holders as i32,
             limit: agreed,
             disagree,
+            cut_off,
         })
     }
 

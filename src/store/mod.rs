@@ -34,7 +34,7 @@ pub use accounts::{
     retire_guard, AccountRow, Discovered, DiscoveryApplied, DiscoveryState, RetirePolicy,
 };
 pub use budget::{
-    agreed_limit, decide as decide_share, BudgetView, Negotiated, ShareHolder, ShareView,
+    agreed_limit, decide as decide_share, BudgetView, Negotiated, Reach, ShareHolder, ShareView,
     FENCE_MARGIN,
 };
 pub use copy::CopyRows;

@@ -649,6 +649,88 @@ async fn truto_not_answering_holds_every_run_until_it_answers_again() {
     }
 }
 
+/// A replica cut off from Truto on its own (here: its `truto.base_url` leads nowhere, as a
+/// broken DNS or egress would) halts as for an outage, but once another replica sharing the
+/// database gets answers from Truto it says that its own way to Truto is what fails:
+/// `lms_sync_truto_cut_off`, its log and `lms-sync status`. Alone, halted, it does not. The
+/// other replica syncs the accounts meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_truto_says_so_once_another_replica_reaches_truto() {
+    let ids: Vec<Uuid> = (1..=2).map(account_id).collect();
+    let env = Env::new(&ids.iter().map(|&a| (a, 60)).collect::<Vec<_>>()).await;
+    let reaching = config(&env.sim, &ids, "1h", 2);
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let cut = TempFile::new(
+        "lms-sync-cut-off",
+        ".toml",
+        std::fs::read_to_string(&*reaching)
+            .unwrap()
+            .replace(&env.sim.base_url().to_string(), &nowhere),
+    );
+    let mut a = spawn_giving_up_after_3_attempts(&cut, &env.db_url);
+    let listening = a
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
+    let ops = listening["fields"]["addr"].as_str().unwrap().to_string();
+    let (mut tripped, mut recorded) = (false, false);
+    while !tripped || !recorded {
+        let ev = a.next_event("the halt and its record").await;
+        match ev["fields"]["message"].as_str().unwrap_or_default() {
+            "Truto does not answer (and no other request was answered meanwhile): no new run \
+             starts until it does; it is asked again in 10 s, then less and less often" => {
+                tripped = true
+            }
+            "recorded with the request budget why no run starts"
+                if ev["fields"]["halted"] != "no" =>
+            {
+                recorded = true
+            }
+            _ => {}
+        }
+    }
+    // Alone it cannot tell its way from Truto's own trouble.
+    let metrics = get_text(&format!("http://{ops}/metrics")).await;
+    assert_eq!(gauge(&metrics, "lms_sync_truto_unreachable"), Some(1.0));
+    assert_eq!(gauge(&metrics, "lms_sync_truto_cut_off"), Some(0.0));
+
+    let mut b = spawn_giving_up_after_3_attempts(&reaching, &env.db_url);
+    a.wait_for(
+        "another process sharing the database got answers from Truto since this one stopped \
+         reaching it: what fails is this process's way to Truto (its DNS, egress, proxy), not \
+         Truto; the others sync the accounts meanwhile",
+    )
+    .await;
+    let metrics = get_text(&format!("http://{ops}/metrics")).await;
+    assert_eq!(gauge(&metrics, "lms_sync_truto_unreachable"), Some(1.0));
+    assert_eq!(gauge(&metrics, "lms_sync_truto_cut_off"), Some(1.0));
+    let status = lms_sync(&reaching, &env.db_url, &["status"])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(out.matches("; starts no run: ").count(), 1, "{out}");
+    assert!(
+        out.contains("; another process got an answer from Truto since (at ")
+            && out.contains("): this one's way to Truto (DNS, egress, proxy) is what fails"),
+        "{out}"
+    );
+    let mut synced = std::collections::HashSet::new();
+    while synced.len() < ids.len() {
+        let ev = b
+            .next_event("the other replica syncing both accounts")
+            .await;
+        if ev["fields"]["message"] == "sync run finished" {
+            assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+            synced.insert(ev["span"]["account"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(b.terminate().await, 0);
+    assert_eq!(a.terminate().await, 0);
+    for id in ids {
+        assert_mirror(&env.store, &env.sim, id).await;
+    }
+}
+
 /// A one-off `sync` of many accounts while Truto does not answer starts no account after the
 /// second gave up (one alone may be that account's trouble): three attempts each, two failed
 /// runs, the others "not started", exit 1.
