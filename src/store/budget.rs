@@ -29,6 +29,17 @@ macro_rules! holder_alive {
     };
 }
 
+/// SQL: when another holder of `rate_shares` row `s`'s budget last got an answer from Truto
+/// after `s`'s holder stopped reaching it (NULL when none did, or while it reaches Truto): the
+/// holder is cut off on its own way to Truto.
+macro_rules! others_answered {
+    () => {
+        "(SELECT max(o.answered_at) FROM rate_shares o
+           WHERE o.budget = s.budget AND o.holder <> s.holder
+             AND o.answered_at > s.unreachable_since)"
+    };
+}
+
 /// How long after the others find a watching holder's connection gone its share becomes hot
 /// (for a window): the holder stops sending as soon as its task wakes on the connection's end,
 /// which is milliseconds; this leaves room for a busy process.
@@ -121,10 +132,9 @@ impl Store {
         window: Duration,
     ) -> Result<BudgetView, StoreError> {
         let holders = sqlx::query_as(concat!(
-            "SELECT s.holder, s.share, s.wanted, s.renewed_at, s.per_token, s.window_secs, s.halted,
-                    (SELECT max(o.answered_at) FROM rate_shares o
-                      WHERE o.budget = s.budget AND o.holder <> s.holder
-                        AND o.answered_at > s.unreachable_since) AS others_answered, ",
+            "SELECT s.holder, s.share, s.wanted, s.renewed_at, s.per_token, s.window_secs, s.halted, ",
+            others_answered!(),
+            " AS others_answered, ",
             holder_alive!(),
             " AS alive
                FROM rate_shares s
@@ -272,31 +282,18 @@ impl ShareHolder {
         let disagree = configured
             .iter()
             .any(|&(n, w)| (n, w) != (limit, window_secs));
-        let unreachable_for = self.reach.unreachable_for.map(|d| d.as_secs_f64());
-        let answered_ago = self.reach.answered_ago.map(|d| d.as_secs_f64());
-        #[allow(clippy::type_complexity)]
-        let (mine, others_held, others_wanted, hot, holders, cut_off): (
-            i32,
-            i64,
-            i64,
-            i64,
-            i64,
-            bool,
-        ) = sqlx::query_as(
-            "SELECT coalesce((SELECT share FROM rate_shares WHERE budget = $1 AND holder = $2), 0),
-                    coalesce((SELECT sum(share) FROM rate_shares WHERE budget = $1 AND holder <> $2), 0),
-                    coalesce((SELECT sum(wanted) FROM rate_shares WHERE budget = $1 AND holder <> $2), 0),
-                    coalesce((SELECT sum(released) FROM rate_share_releases WHERE budget = $1), 0),
-                    (SELECT count(*) FROM rate_shares WHERE budget = $1 AND holder <> $2) + 1,
-                    EXISTS (SELECT 1 FROM rate_shares
-                             WHERE budget = $1 AND holder <> $2
-                               AND answered_at > now() - make_interval(secs => $3))",
-        )
-        .bind(budget)
-        .bind(&self.holder)
-        .bind(unreachable_for)
-        .fetch_one(&mut *tx)
-        .await?;
+        let (mine, others_held, others_wanted, hot, holders): (i32, i64, i64, i64, i64) =
+            sqlx::query_as(
+                "SELECT coalesce((SELECT share FROM rate_shares WHERE budget = $1 AND holder = $2), 0),
+                        coalesce((SELECT sum(share) FROM rate_shares WHERE budget = $1 AND holder <> $2), 0),
+                        coalesce((SELECT sum(wanted) FROM rate_shares WHERE budget = $1 AND holder <> $2), 0),
+                        coalesce((SELECT sum(released) FROM rate_share_releases WHERE budget = $1), 0),
+                        (SELECT count(*) FROM rate_shares WHERE budget = $1 AND holder <> $2) + 1",
+            )
+            .bind(budget)
+            .bind(&self.holder)
+            .fetch_one(&mut *tx)
+            .await?;
         let share = decide(
             mine,
             wanted,
@@ -321,8 +318,10 @@ impl ShareHolder {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
-            "INSERT INTO rate_shares (budget, holder, share, wanted, backend_pid, good_until, fences_on_loss,
+        // Whether this holder is cut off is read off its row as written, by the rule the status
+        // shows it by.
+        let cut_off: bool = sqlx::query_scalar(concat!(
+            "INSERT INTO rate_shares AS s (budget, holder, share, wanted, backend_pid, good_until, fences_on_loss,
                                       per_token, window_secs, halted, answered_at, unreachable_since)
              VALUES ($1, $2, $3, $4, pg_backend_pid(), now() + make_interval(secs => $5), true, $6, $7, $8,
                      now() - make_interval(secs => $9), now() - make_interval(secs => $10))
@@ -332,8 +331,11 @@ impl ShareHolder {
                     good_until = excluded.good_until, fences_on_loss = true,
                     per_token = excluded.per_token, window_secs = excluded.window_secs,
                     halted = excluded.halted, answered_at = excluded.answered_at,
-                    unreachable_since = excluded.unreachable_since",
-        )
+                    unreachable_since = excluded.unreachable_since
+             RETURNING ",
+            others_answered!(),
+            " IS NOT NULL"
+        ))
         .bind(budget)
         .bind(&self.holder)
         .bind(share)
@@ -342,9 +344,9 @@ impl ShareHolder {
         .bind(limit)
         .bind(window_secs)
         .bind(&self.halted)
-        .bind(answered_ago)
-        .bind(unreachable_for)
-        .execute(&mut *tx)
+        .bind(self.reach.answered_ago.map(|d| d.as_secs_f64()))
+        .bind(self.reach.unreachable_for.map(|d| d.as_secs_f64()))
+        .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(Negotiated {
