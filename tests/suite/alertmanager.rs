@@ -128,4 +128,17 @@ async fn a_fleet_wide_alert_holds_back_the_per_account_alerts_it_explains_and_no
         post(&base, &source, true).await;
         assert_eq!(states(&base).await, expect(&all_active), "{cause} resolved");
     }
+
+    // One replica cut off from Truto is not a fleet-wide cause (the others sync its accounts):
+    // an account that fails meanwhile fails for a reason of its own, and its alert comes through.
+    let cut_off =
+        [json!({"alertname": "LmsSyncTrutoCutOff", "instance": "a", "severity": "warning"})];
+    post(&base, &cut_off, false).await;
+    let mut none_held = expect(&all_active);
+    none_held.insert("LmsSyncTrutoCutOff".to_string(), "active".to_string());
+    assert_eq!(
+        states(&base).await,
+        none_held,
+        "while one replica is cut off"
+    );
 }
