@@ -92,10 +92,14 @@ pub fn spawn_env(cfg: &std::path::Path, db: &str, args: &[&str], env: &[(&str, &
 }
 
 impl Daemon {
-    /// The next log event whose message is `msg`.
+    /// The next log event whose message is `msg`, within 3 minutes (a process logging other
+    /// things all along must not keep a test waiting for a line that never comes).
     pub async fn wait_for(&mut self, msg: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
         loop {
-            let ev = self.next_event(msg).await;
+            let ev = tokio::time::timeout_at(deadline, self.next_event(msg))
+                .await
+                .unwrap_or_else(|_| panic!("no `{msg}` within 3 minutes"));
             if ev["fields"]["message"] == msg {
                 return ev;
             }
