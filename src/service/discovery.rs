@@ -1,13 +1,23 @@
-//! The discovery loop of `run`: every `discovery.interval`, one replica (the one holding the
-//! discovery lease) lists Truto's integrated accounts and applies them to the registry (see
-//! [`crate::sync::discovery`]); the scheduler is woken so that new accounts start at once.
+//! The discovery loop of `run`: one listing of Truto's integrated accounts every
+//! `discovery.interval` for the whole fleet, by whichever replica takes the discovery lease once
+//! it is due, applied to the registry (see [`crate::sync::discovery`]); the scheduler is woken so
+//! that new accounts start at once.
+//!
+//! - *Due* is counted from the end of the last listing, whoever made it (another replica, a
+//!   one-off `sync`, this process before a restart), in the database's time: N replicas list
+//!   once per interval, not N times, and a rollout does not list again.
+//! - A process that Truto does not answer, or that has its token refused, does not take its
+//!   turn: its listing would fail after its retries (holding the lease meanwhile) while another
+//!   replica's might not. It lists again once its runs start again, when the next one is due.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Live;
+use crate::config::DiscoverySettings;
 use crate::metrics::Metrics;
 use crate::source::TrutoClient;
 use crate::store::Store;
@@ -24,36 +34,89 @@ pub(super) async fn run(
     wake: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
+    let mut halted_before = false;
     while !cancel.is_cancelled() {
         // (A reloaded configuration applies from the next listing on.)
         let settings = live.borrow().discovery.clone();
-        match store.try_lease(DISCOVERY_LEASE).await {
-            Ok(Some(lease)) if settings.enabled => {
-                let out = discover(&store, &source, &settings, &cancel).await;
-                lease.release().await;
-                let result = match (&out.applied, &out.error) {
-                    (Some(a), _) if a.retire_guard.is_some() => "guarded",
-                    (Some(_), _) => "succeeded",
-                    _ => "failed",
-                };
-                metrics.inc("lms_sync_discovery_runs_total", &[("result", result)]);
-                if out.applied.is_some() {
-                    wake.notify_one();
-                }
-            }
-            Ok(Some(lease)) => lease.release().await,
-            Ok(None) => tracing::debug!("another replica is listing the integrated accounts"),
-            Err(e) => {
-                let e = store.explain(e).await;
-                tracing::warn!(error = %e, "cannot take the discovery lease; trying again later")
+        let halt = source.halt();
+        if halt.is_some() != halted_before {
+            halted_before = halt.is_some();
+            match &halt {
+                Some(halt) => tracing::warn!(
+                    reason = %halt,
+                    "not listing the integrated accounts while this process's runs are held; any \
+                     replica Truto answers lists them"
+                ),
+                None => tracing::info!("listing the integrated accounts again when due"),
             }
         }
-        if !settings.enabled {
+        let wait = if !settings.enabled {
             tracing::info!("discovery was turned off by a reloaded configuration");
-        }
+            settings.interval()
+        } else if halt.is_some() {
+            settings.interval()
+        } else {
+            take_turn(&store, &source, &settings, &metrics, &wake, &cancel).await
+        };
         tokio::select! {
-            _ = tokio::time::sleep(settings.interval()) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = cancel.cancelled() => {}
         }
     }
+}
+
+/// Lists the integrated accounts if this process holds the discovery lease and a listing is
+/// due; how long to wait before asking again.
+async fn take_turn(
+    store: &Store,
+    source: &TrutoClient,
+    settings: &DiscoverySettings,
+    metrics: &Metrics,
+    wake: &tokio::sync::Notify,
+    cancel: &CancellationToken,
+) -> Duration {
+    let interval = settings.interval();
+    let lease = match store.try_lease(DISCOVERY_LEASE).await {
+        Ok(Some(lease)) => lease,
+        Ok(None) => {
+            tracing::debug!("another replica is listing the integrated accounts");
+            return interval;
+        }
+        Err(e) => {
+            let e = store.explain(e).await;
+            tracing::warn!(error = %e, "cannot take the discovery lease; trying again later");
+            return interval;
+        }
+    };
+    // Read under the lease: a listing that ends meanwhile is one this process then sees.
+    match store.discovery_due_in(interval).await {
+        Ok(left) if !left.is_zero() => {
+            lease.release().await;
+            tracing::debug!(
+                due_in_secs = left.as_secs(),
+                "the integrated accounts were listed less than discovery.interval ago; the next \
+                 listing is not due yet"
+            );
+            return left;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            lease.release().await;
+            let e = store.explain(e).await;
+            tracing::warn!(error = %e, "cannot read when the accounts were last listed; trying again later");
+            return interval;
+        }
+    }
+    let out = discover(store, source, settings, cancel).await;
+    lease.release().await;
+    let result = match (&out.applied, &out.error) {
+        (Some(a), _) if a.retire_guard.is_some() => "guarded",
+        (Some(_), _) => "succeeded",
+        _ => "failed",
+    };
+    metrics.inc("lms_sync_discovery_runs_total", &[("result", result)]);
+    if out.applied.is_some() {
+        wake.notify_one();
+    }
+    interval
 }

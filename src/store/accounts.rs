@@ -223,6 +223,27 @@ impl Store {
         Ok(())
     }
 
+    /// How long until the next listing is due: `interval` after the last one ended, whoever
+    /// made it (this process, another replica, a one-off `sync`) and whatever its result,
+    /// counted in the database's time so that hosts' clocks do not matter. Zero when it is due
+    /// or none was made.
+    pub async fn discovery_due_in(
+        &self,
+        interval: std::time::Duration,
+    ) -> Result<std::time::Duration, StoreError> {
+        let left: Option<Option<f64>> = sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM listed_at + make_interval(secs => $1) - now())::float8
+             FROM discovery_state",
+        )
+        .bind(interval.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?;
+        let left = left.flatten().unwrap_or(0.0);
+        Ok(std::time::Duration::from_secs_f64(
+            left.clamp(0.0, interval.as_secs_f64()),
+        ))
+    }
+
     /// The last listing: (listed_at, succeeded_at, accounts listed, retire guard, error).
     pub async fn discovery_state(&self) -> Result<Option<DiscoveryState>, StoreError> {
         Ok(sqlx::query_as(

@@ -731,6 +731,99 @@ async fn a_replica_cut_off_from_truto_says_so_once_another_replica_reaches_truto
     }
 }
 
+/// Discovery lists once per `discovery.interval` for the whole fleet, and never from a replica
+/// whose runs are held: replica A, cut off from Truto, lists at start (it cannot know yet),
+/// fails and halts; replica B, started after, waits until that listing is an interval old
+/// (not listing at start as well); when it is due, A does not take its turn, B lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_lists_once_an_interval_and_not_from_a_replica_truto_does_not_answer() {
+    use lms_sync::devkit::simulator::Integrated;
+    let ids: Vec<Uuid> = (1..=2).map(account_id).collect();
+    let env = Env::new(&ids.iter().map(|&a| (a, 30)).collect::<Vec<_>>()).await;
+    for (i, id) in ids.iter().enumerate() {
+        env.sim
+            .set_integrated(*id, Integrated::active(&format!("tenant-{i}")));
+    }
+    let discovering = |base_url: &str| {
+        let text = std::fs::read_to_string(&*config(&env.sim, &ids, "1h", 2))
+            .unwrap()
+            .replace(&env.sim.base_url().to_string(), base_url);
+        TempFile::new(
+            "lms-sync-discovering",
+            ".toml",
+            format!("{text}[discovery]\nenabled = true\ninterval = \"10s\"\n"),
+        )
+    };
+    let reaching = discovering(&env.sim.base_url().to_string());
+    let cut = discovering(&format!("http://127.0.0.1:{}", free_port()));
+
+    let mut a = spawn_giving_up_after_3_attempts(&cut, &env.db_url);
+    let listening = a
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
+    let ops = listening["fields"]["addr"].as_str().unwrap().to_string();
+    // Its listing fails and it halts, in either order.
+    let (mut failed, mut halted) = (false, false);
+    while !failed || !halted {
+        let ev = a.next_event("the failed listing and the halt").await;
+        match ev["fields"]["message"].as_str().unwrap_or_default() {
+            "discovery failed; the registry is left as it was" => failed = true,
+            "Truto does not answer (and no other request was answered meanwhile): no new run \
+             starts until it does; it is asked again in 10 s, then less and less often" => {
+                halted = true
+            }
+            _ => {}
+        }
+    }
+
+    let mut b = spawn_giving_up_after_3_attempts(&reaching, &env.db_url);
+    let not_due = b
+        .wait_for(
+            "the integrated accounts were listed less than discovery.interval ago; the next \
+             listing is not due yet",
+        )
+        .await;
+    assert!(
+        not_due["fields"]["due_in_secs"].as_u64().unwrap() < 10,
+        "{not_due}"
+    );
+    assert_eq!(
+        env.sim.stats().account_listings,
+        0,
+        "B did not list at start"
+    );
+    let skipped = a
+        .wait_for(
+            "not listing the integrated accounts while this process's runs are held; any \
+             replica Truto answers lists them",
+        )
+        .await;
+    assert!(
+        skipped["fields"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("Truto has not answered since "),
+        "{skipped}"
+    );
+    b.wait_for("discovery finished").await;
+    assert_eq!(env.sim.stats().account_listings, 1);
+    let metrics = get_text(&format!("http://{ops}/metrics")).await;
+    assert!(
+        metrics.contains("lms_sync_discovery_runs_total{result=\"failed\"} 1.0\n")
+            && !metrics.contains("lms_sync_discovery_runs_total{result=\"succeeded\"}"),
+        "A listed once, at start: {metrics}"
+    );
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM discovery_state WHERE error IS NULL AND accounts_listed = 2"
+        )
+        .await,
+        1
+    );
+    assert_eq!(b.terminate().await, 0);
+    assert_eq!(a.terminate().await, 0);
+}
+
 /// A one-off `sync` of many accounts while Truto does not answer starts no account after the
 /// second gave up (one alone may be that account's trouble): three attempts each, two failed
 /// runs, the others "not started", exit 1.
