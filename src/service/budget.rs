@@ -129,8 +129,7 @@ pub async fn share_token_budget(
             }
         }
         if let Some(h) = me.as_mut() {
-            h.halted(halted.clone());
-            h.reach(reach);
+            h.standing(halted.clone(), reach);
             // The lease counts from before the round: the database's, from the start of its
             // transaction, ends no earlier.
             let started = Instant::now();

@@ -186,16 +186,13 @@ impl Store {
 }
 
 impl ShareHolder {
-    /// Says, from the next negotiation on, why the process starts no run (Truto refuses the
-    /// token or does not answer), or that it runs normally (`None`): the other processes'
-    /// status shows it beside the share.
-    pub fn halted(&mut self, why: Option<String>) {
-        self.halted = why;
-    }
-
-    /// Says, from the next negotiation on, what the process's requests tell of Truto: the
-    /// others tell from it whether a process that does not reach Truto is alone in that.
-    pub fn reach(&mut self, reach: Reach) {
+    /// Says, from the next negotiation on, how the process stands with Truto: why it starts no
+    /// run (Truto refuses the token or does not answer), or that it runs normally (`None`), and
+    /// what its requests tell of Truto's answering. The other processes' status shows the first
+    /// beside the share, and tells from the second whether a process that does not reach Truto
+    /// is alone in that.
+    pub fn standing(&mut self, halted: Option<String>, reach: Reach) {
+        self.halted = halted;
         self.reach = reach;
     }
 
