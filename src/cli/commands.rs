@@ -263,8 +263,18 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
     print!("{}", super::render::status(&state.rows, &state.next, &info));
     if let Some((listed_at, _, listed, guard, error)) = state.discovery {
         let at = listed_at.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string());
+        // As this configuration's interval has it (the service's may differ).
+        let next = listed_at
+            .filter(|_| settings.discovery.enabled)
+            .and_then(|t| {
+                chrono::Duration::from_std(settings.discovery.interval())
+                    .ok()
+                    .map(|i| t + i)
+            })
+            .map(|t| format!("; next due {}", t.format("%Y-%m-%d %H:%M:%SZ")))
+            .unwrap_or_default();
         println!(
-            "discovery: last listing {} ({} accounts){}{}",
+            "discovery: last listing {} ({} accounts){}{}{next}",
             at.as_deref().unwrap_or("-"),
             listed.unwrap_or(0),
             guard

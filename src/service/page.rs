@@ -87,10 +87,10 @@ pub(super) async fn page(
     match read.await {
         Ok((state, budget, halts)) => {
             let views = super::status::account_views(&state);
-            let discovery = settings
-                .discovery
-                .enabled
-                .then(|| DiscoveryView::from(state.discovery.clone()));
+            let discovery = settings.discovery.enabled.then(|| {
+                DiscoveryView::from(state.discovery.clone())
+                    .due_every(settings.discovery.interval())
+            });
             let html = render(
                 &views,
                 budget.as_ref(),
@@ -338,6 +338,18 @@ pub struct DiscoveryView {
     /// Why accounts Truto no longer lists were not retired.
     pub guard: Option<String>,
     pub error: Option<String>,
+    /// When the next listing is due (`discovery.interval` after the last, whoever made it).
+    pub next_due: Option<DateTime<Utc>>,
+}
+
+impl DiscoveryView {
+    /// The view, with the next listing due `interval` after the last.
+    pub fn due_every(mut self, interval: std::time::Duration) -> Self {
+        self.next_due = self
+            .listed_at
+            .and_then(|at| chrono::Duration::from_std(interval).ok().map(|i| at + i));
+        self
+    }
 }
 
 impl From<Option<crate::store::DiscoveryState>> for DiscoveryView {
@@ -351,6 +363,7 @@ impl From<Option<crate::store::DiscoveryState>> for DiscoveryView {
             listed,
             guard,
             error,
+            next_due: None,
         }
     }
 }
@@ -366,19 +379,21 @@ fn discovery_section(s: &mut String, d: &DiscoveryView, now: DateTime<Utc>) {
                 s,
                 "<p class=\"note\">Accounts are discovered from Truto's listing. \
                  <span class=\"why\">The last listing, {}, failed: {}</span> \
-                 The last that succeeded: {}.</p>",
+                 The last that succeeded: {}.{}</p>",
                 when(Some(at), now),
                 escape(&crate::text::shorten(e, 300)),
                 when(d.succeeded_at, now),
+                next_listing(d, now),
             );
         }
         (Some(at), None) => {
             let _ = write!(
                 s,
                 "<p class=\"note\">Accounts are discovered from Truto's listing: the last, {}, \
-                 listed {}.</p>",
+                 listed {}.{}</p>",
                 when(Some(at), now),
-                d.listed.unwrap_or(0)
+                d.listed.unwrap_or(0),
+                next_listing(d, now),
             );
         }
     }
@@ -388,6 +403,15 @@ fn discovery_section(s: &mut String, d: &DiscoveryView, now: DateTime<Utc>) {
             "<p class=\"note why\">Accounts Truto no longer lists were not retired: {}</p>",
             escape(g)
         );
+    }
+}
+
+/// " The next is due …" (empty when it is not known).
+fn next_listing(d: &DiscoveryView, now: DateTime<Utc>) -> String {
+    match d.next_due {
+        None => String::new(),
+        Some(t) if t <= now => " The next is due now.".into(),
+        Some(t) => format!(" The next is due {}.", when(Some(t), now)),
     }
 }
 
@@ -949,6 +973,17 @@ mod tests {
         assert!(
             html.contains("3 min ago</time>, listed 1000.</p>"),
             "{html}"
+        );
+        let due = with(&d.clone().due_every(std::time::Duration::from_secs(300)));
+        assert!(
+            due.contains("listed 1000. The next is due <time")
+                && due.contains(">in 2 min</time>.</p>"),
+            "{due}"
+        );
+        let late = with(&d.clone().due_every(std::time::Duration::from_secs(60)));
+        assert!(
+            late.contains("listed 1000. The next is due now.</p>"),
+            "{late}"
         );
         assert!(!html.contains("pill bad"), "{html}");
 

@@ -258,7 +258,7 @@ async fn accounts_added_and_removed_upstream_are_synced_and_retired_without_a_re
     // The status page says what the listing found, and when it fails.
     let page = || async { get_text(&format!("{base}/")).await };
     let html = page().await;
-    assert!(html.contains("listed 2.</p>"), "{html}");
+    assert!(html.contains("listed 2. The next is due <time"), "{html}");
     assert!(!html.contains("discovery failing"), "{html}");
     for _ in 0..6 {
         env.sim.push_listing_fault(Fault::status(500));
@@ -501,6 +501,18 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
     let status = String::from_utf8_lossy(&o.stdout);
     assert!(status.contains("not synced: paused"), "{status}");
     assert!(status.contains("discovery: last listing"), "{status}");
+    // The next listing is due discovery.interval (5 min by default) after the last.
+    let next: String = sqlx::query_scalar(
+        "SELECT to_char((listed_at + interval '5 min') AT TIME ZONE 'UTC', \
+         'YYYY-MM-DD HH24:MI:SS\"Z\"') FROM discovery_state",
+    )
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert!(
+        status.contains(&format!(" accounts); next due {next}\n")),
+        "{status}"
+    );
     let o = cli(&env, &["accounts", "resume", &a.to_string()]).await;
     assert!(o.status.success());
     let o = cli(&env, &["accounts", "reset-cursor", &a.to_string()]).await;
