@@ -129,16 +129,14 @@ async fn a_fleet_wide_alert_holds_back_the_per_account_alerts_it_explains_and_no
         assert_eq!(states(&base).await, expect(&all_active), "{cause} resolved");
     }
 
-    // One replica cut off from Truto is not a fleet-wide cause (the others sync its accounts):
-    // an account that fails meanwhile fails for a reason of its own, and its alert comes through.
-    let cut_off =
-        [json!({"alertname": "LmsSyncTrutoCutOff", "instance": "a", "severity": "warning"})];
-    post(&base, &cut_off, false).await;
+    // One replica cut off from Truto, or sending a token Truto refuses, is not a fleet-wide
+    // cause (the others sync its accounts): an account that fails meanwhile fails for a reason
+    // of its own, and its alert comes through.
     let mut none_held = expect(&all_active);
-    none_held.insert("LmsSyncTrutoCutOff".to_string(), "active".to_string());
-    assert_eq!(
-        states(&base).await,
-        none_held,
-        "while one replica is cut off"
-    );
+    for one in ["LmsSyncTrutoCutOff", "LmsSyncReplicaTokenRejected"] {
+        let alert = [json!({"alertname": one, "instance": "a", "severity": "warning"})];
+        post(&base, &alert, false).await;
+        none_held.insert(one.to_string(), "active".to_string());
+        assert_eq!(states(&base).await, none_held, "while {one} fires");
+    }
 }
