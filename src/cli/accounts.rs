@@ -28,6 +28,11 @@ pub enum AccountsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List Truto's integrated accounts now and apply the listing to the registry, as the
+    /// service does every `discovery.interval`: new accounts join (the running service starts
+    /// them within seconds), those no longer listed are retired (under the retire guard).
+    /// Needs `discovery.enabled`. The service's next listing is then an interval later.
+    Discover,
     /// Stop starting runs of the account (a run in progress finishes its page and stops).
     Pause { account: Uuid },
     /// Undo `pause`.
@@ -53,6 +58,7 @@ pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), Cli
             runs,
             json,
         } => show(settings, account, runs, json).await,
+        AccountsCommand::Discover => discover(settings).await,
         AccountsCommand::Pause { account } => {
             act(&settings, account, "paused", |s, id| {
                 Box::pin(s.set_paused(id, true))
@@ -82,6 +88,66 @@ pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), Cli
         }
         AccountsCommand::Purge { account, yes } => purge(settings, account, yes).await,
     }
+}
+
+/// `accounts discover`: one listing for the fleet now, under the discovery lease (waiting while
+/// a replica lists), its budget shared with the service's replicas. Exit 1 when the listing
+/// fails (the registry is left as it was).
+async fn discover(settings: Settings) -> Result<(), CliError> {
+    use crate::sync::discovery::DISCOVERY_LEASE;
+    if !settings.discovery.enabled {
+        return Err(CliError::Usage(
+            "accounts discover: discovery is off (set discovery.enabled = true, or \
+             LMS_SYNC__DISCOVERY__ENABLED=true)"
+                .into(),
+        ));
+    }
+    let token = super::commands::require_token(&settings)?;
+    settings.database_url()?;
+    let source = crate::source::TrutoClient::from_settings(&settings, &token)?;
+    let store = open_store(&settings, Access::Write).await?;
+    let cancel = crate::service::shutdown_on_signals();
+    let db = |error| CliError::Store {
+        context: "cannot take the discovery lease",
+        error,
+    };
+    let mut said = false;
+    let lease = loop {
+        if let Some(lease) = store.try_lease(DISCOVERY_LEASE).await.map_err(db)? {
+            break lease;
+        }
+        if !said {
+            eprintln!("a replica is listing the integrated accounts; waiting for it to finish");
+            said = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = cancel.cancelled() => return Err(CliError::Failed),
+        }
+    };
+    let sharing = tokio_util::sync::CancellationToken::new();
+    let shared = super::commands::share_budget(&store, &source, &sharing);
+    let out = crate::sync::discovery::discover(&store, &source, &settings.discovery, &cancel).await;
+    lease.release().await;
+    sharing.cancel();
+    if let Some(task) = shared {
+        let _ = task.await;
+    }
+    let Some(applied) = out.applied else {
+        let error = out.error.unwrap_or_else(|| "interrupted".into());
+        return Err(anyhow::anyhow!("discovery: {error}; the registry is left as it was").into());
+    };
+    println!(
+        "integrated accounts listed: {}; added: {}, retired: {}, un-retired: {}; requests: {}",
+        applied.listed, applied.added, applied.retired, applied.unretired, out.requests
+    );
+    if let Some(why) = &out.incomplete {
+        println!("the listing was not complete: {why}");
+    }
+    if let Some(guard) = &applied.retire_guard {
+        println!("retired none: {guard}");
+    }
+    Ok(())
 }
 
 async fn list(settings: Settings, json: bool) -> Result<(), CliError> {

@@ -165,7 +165,7 @@ async fn fleet(
 }
 
 /// The Truto API token, which `sync` and `run` cannot do without.
-fn require_token(settings: &Settings) -> Result<SecretString, ConfigError> {
+pub(super) fn require_token(settings: &Settings) -> Result<SecretString, ConfigError> {
     settings.api_token()?.ok_or_else(|| {
         ConfigError("no Truto API token: set TRUTO_API_TOKEN or truto.api_token_file".to_string())
     })

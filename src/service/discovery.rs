@@ -14,17 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::Live;
 use crate::config::DiscoverySettings;
 use crate::metrics::Metrics;
 use crate::source::TrutoClient;
 use crate::store::Store;
-use crate::sync::discovery::discover;
-
-/// The discovery lease: the advisory lock of the nil account (no integrated account has it).
-const DISCOVERY_LEASE: Uuid = Uuid::nil();
+use crate::sync::discovery::{discover, DISCOVERY_LEASE};
 
 pub(super) async fn run(
     store: Store,

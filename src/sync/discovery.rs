@@ -5,6 +5,7 @@
 //! fails changes nothing.
 
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::config::{DiscoverySettings, Settings};
 use crate::fleet::{plan, Planned};
@@ -23,6 +24,10 @@ pub struct DiscoveryOutcome {
     /// HTTP requests the listing took.
     pub requests: u32,
 }
+
+/// The discovery lease: the advisory lock of the nil account (no integrated account has it).
+/// Whoever lists for the fleet (a replica's loop, `accounts discover`) holds it meanwhile.
+pub const DISCOVERY_LEASE: Uuid = Uuid::nil();
 
 /// Lists and applies; never panics, every failure ends in the outcome (and in the log).
 pub async fn discover(

@@ -439,6 +439,21 @@ async fn five_hundred_discovered_accounts_are_scheduled_without_a_burst() {
 
 /// Runs the binary with `args` against `env`'s database, discovery on.
 async fn cli(env: &Env, args: &[&str]) -> std::process::Output {
+    cli_with(env, &[], args).await
+}
+
+/// As [`cli`], with more environment variables.
+async fn cli_with(env: &Env, vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let (_config, mut command) = cli_command(env, vars, args);
+    command.output().await.unwrap()
+}
+
+/// The command [`cli_with`] runs, and its configuration file, to keep while it runs.
+fn cli_command(
+    env: &Env,
+    vars: &[(&str, &str)],
+    args: &[&str],
+) -> (TempFile, tokio::process::Command) {
     let cfg = TempFile::new(
         "lms-sync-fleet",
         ".toml",
@@ -447,16 +462,127 @@ async fn cli(env: &Env, args: &[&str]) -> std::process::Output {
             env.sim.base_url()
         ),
     );
-    tokio::process::Command::new(BIN)
+    let mut command = tokio::process::Command::new(BIN);
+    command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("TRUTO_API_TOKEN", DEMO_TOKEN)
         .env("LMS_SYNC__DATABASE__URL", &env.db_url)
+        .envs(vars.iter().copied())
         .args(["--config", cfg.to_str().unwrap()])
-        .args(args)
-        .output()
+        .args(args);
+    (cfg, command)
+}
+
+/// `accounts discover` lists now and says what changed; a failed listing exits 1 and changes
+/// nothing; with discovery off it is refused (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_discover_lists_now_and_says_what_it_changed() {
+    let (a, b, c) = (account_id(1), account_id(2), account_id(3));
+    let env = fleet_env(&[(a, 10), (b, 10)]).await;
+    let text = |o: &std::process::Output| {
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let o = cli(&env, &["accounts", "discover"]).await;
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert_eq!(
+        out,
+        "integrated accounts listed: 2; added: 2, retired: 0, un-retired: 0; requests: 1\n"
+    );
+    let listed = || async {
+        env.scalar_i64(
+            "SELECT count(*) FROM accounts WHERE source = 'discovered' AND retired_at IS NULL",
+        )
         .await
-        .unwrap()
+    };
+    assert_eq!(listed().await, 2);
+    let at = "SELECT extract(epoch FROM listed_at)::bigint * 1000000 + extract(microseconds FROM listed_at)::bigint % 1000000 FROM discovery_state";
+    let first = env.scalar_i64(at).await;
+
+    // One connected, one disconnected upstream.
+    env.sim.add_account(c, 10, 3);
+    env.sim.set_integrated(c, Integrated::active("tenant-c"));
+    env.sim.remove_integrated(b);
+    let o = cli(&env, &["accounts", "discover"]).await;
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert_eq!(
+        out,
+        "integrated accounts listed: 2; added: 1, retired: 1, un-retired: 0; requests: 1\n"
+    );
+    let second = env.scalar_i64(at).await;
+    assert!(
+        second > first,
+        "the service's next listing counts from this one"
+    );
+
+    // A listing that fails: exit 1, the registry as it was.
+    for _ in 0..3 {
+        env.sim.push_listing_fault(Fault::status(500));
+    }
+    let o = cli_with(
+        &env,
+        &[("LMS_SYNC__TRUTO__MAX_ATTEMPTS", "3")],
+        &["accounts", "discover"],
+    )
+    .await;
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(
+        err.contains("lms-sync: discovery: listing the talentlms accounts failed: ")
+            && err.contains("; the registry is left as it was"),
+        "{err}"
+    );
+    assert_eq!(listed().await, 2);
+
+    // Discovery off: refused before anything is asked.
+    let before = env.sim.stats().account_listings;
+    let o = cli_with(
+        &env,
+        &[("LMS_SYNC__DISCOVERY__ENABLED", "false")],
+        &["accounts", "discover"],
+    )
+    .await;
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(err.contains("accounts discover: discovery is off"), "{err}");
+    assert_eq!(env.sim.stats().account_listings, before);
+
+    // While a replica lists (holds the discovery lease), it waits for it, sending nothing.
+    use tokio::io::AsyncBufReadExt;
+    let lease = env.store.try_lease(Uuid::nil()).await.unwrap().unwrap();
+    let (_config, mut command) = cli_command(&env, &[], &["accounts", "discover"]);
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the waiting line within 60 s")
+            .unwrap()
+            .expect("the waiting line before the command ends");
+        if line == "a replica is listing the integrated accounts; waiting for it to finish" {
+            break;
+        }
+    }
+    assert_eq!(env.sim.stats().account_listings, before);
+    lease.release().await;
+    let o = child.wait_with_output().await.unwrap();
+    let (out, _) = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert_eq!(
+        out,
+        "integrated accounts listed: 2; added: 0, retired: 0, un-retired: 0; requests: 1\n"
+    );
+    assert_eq!(env.sim.stats().account_listings, before + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
