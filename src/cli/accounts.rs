@@ -122,7 +122,9 @@ async fn discover(settings: Settings) -> Result<(), CliError> {
         }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-            _ = cancel.cancelled() => return Err(CliError::Failed),
+            _ = cancel.cancelled() => {
+                return Err(anyhow::anyhow!("interrupted while waiting for the replica's listing").into())
+            }
         }
     };
     let sharing = tokio_util::sync::CancellationToken::new();
