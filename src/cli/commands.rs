@@ -261,26 +261,27 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
         })
         .collect();
     print!("{}", super::render::status(&state.rows, &state.next, &info));
-    if let Some((listed_at, _, listed, guard, error)) = state.discovery {
-        let at = listed_at.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string());
-        // As this configuration's interval has it (the service's may differ).
-        let next = listed_at
+    if state.discovery.is_some() {
+        // The next listing as the status page has it, by this configuration's interval (the
+        // service's may differ).
+        let d = crate::service::page::DiscoveryView::from(state.discovery)
+            .due_every(settings.discovery.interval());
+        let stamp = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%SZ").to_string();
+        let next = d
+            .next_due
             .filter(|_| settings.discovery.enabled)
-            .and_then(|t| {
-                chrono::Duration::from_std(settings.discovery.interval())
-                    .ok()
-                    .map(|i| t + i)
-            })
-            .map(|t| format!("; next due {}", t.format("%Y-%m-%d %H:%M:%SZ")))
+            .map(|t| format!("; next due {}", stamp(t)))
             .unwrap_or_default();
         println!(
             "discovery: last listing {} ({} accounts){}{}{next}",
-            at.as_deref().unwrap_or("-"),
-            listed.unwrap_or(0),
-            guard
+            d.listed_at.map(stamp).as_deref().unwrap_or("-"),
+            d.listed.unwrap_or(0),
+            d.guard
                 .map(|g| format!("; retire guard: {g}"))
                 .unwrap_or_default(),
-            error.map(|e| format!("; failed: {e}")).unwrap_or_default()
+            d.error
+                .map(|e| format!("; failed: {e}"))
+                .unwrap_or_default()
         );
     }
     let budget = crate::service::status::read_budget(&settings, &store)

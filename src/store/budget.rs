@@ -58,10 +58,10 @@ pub struct ShareHolder {
     /// is gone.
     lease: Duration,
     /// Why the process starts no run now, written with each negotiation (see
-    /// [`ShareHolder::halted`]).
+    /// [`ShareHolder::standing`]).
     halted: Option<String>,
     /// What the process's requests tell of Truto, written with each negotiation (see
-    /// [`ShareHolder::reach`]).
+    /// [`ShareHolder::standing`]).
     reach: Reach,
 }
 
