@@ -307,6 +307,10 @@ pub struct ServerSettings {
     pub per_account_counters: bool,
     /// Which replicas export the accounts' state gauges read from the database.
     pub account_metrics: AccountMetrics,
+    /// How often `run` reads the secrets' files (`truto.api_token_file`,
+    /// `server.admin_token_file`, `webhooks.secret_file`) and takes one that changed, as a
+    /// mounted Kubernetes Secret does when it is updated; 0 reads them on SIGHUP only.
+    pub secret_files_check_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -316,6 +320,7 @@ impl Default for ServerSettings {
             admin_token_file: None,
             per_account_counters: true,
             account_metrics: AccountMetrics::EveryReplica,
+            secret_files_check_secs: 10,
         }
     }
 }

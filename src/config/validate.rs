@@ -155,6 +155,12 @@ impl Settings {
         {
             return Err(key_error("server.listen", "must be host:port with a numeric host, like 127.0.0.1:9000, or empty to turn it off"));
         }
+        check_range(
+            "server.secret_files_check_secs",
+            self.server.secret_files_check_secs,
+            0,
+            A_DAY,
+        )?;
         self.base_schedule()?;
         self.check_discovery()?;
         self.check_account(

@@ -242,11 +242,16 @@ impl Rotating {
     }
 }
 
-/// Whenever the settings are replaced (SIGHUP), reads the secrets again and puts those that
-/// changed in force: a rotated API token is sent from the next request on (requests in
-/// flight finish with the old one), a rotated admin token or webhook secret is checked from
-/// the next call on. A secret that cannot be read leaves the one in force, with an error line;
-/// none is ever logged.
+/// Whenever the settings are replaced (SIGHUP), and every `server.secret_files_check_secs`,
+/// reads the secrets again and puts those that changed in force: a rotated API token is sent
+/// from the next request on (requests in flight finish with the old one; a token Truto refused
+/// is tried at once), a rotated admin token or webhook secret is checked from the next call on.
+///
+/// The files are read, not watched: a mounted Kubernetes Secret is updated by swapping a
+/// symbolic link to a new directory, which file-change notifications on the file's own path do
+/// not follow, while reading a few files of at most 64 KiB every few seconds costs nothing.
+/// A secret that cannot be read leaves the one in force, with an error line (on a check, once
+/// until the trouble changes or ends, not every few seconds); none is ever logged.
 async fn reload_secrets(
     mut live: Live,
     source: Arc<TrutoClient>,
@@ -254,20 +259,56 @@ async fn reload_secrets(
     webhook: Rotating,
     stop: CancellationToken,
 ) {
+    let mut trouble = Trouble::default();
     loop {
-        tokio::select! {
+        let every = live.borrow().server.secret_files_check_secs;
+        let checked = async {
+            match every {
+                0 => std::future::pending().await,
+                s => tokio::time::sleep(Duration::from_secs(s)).await,
+            }
+        };
+        let by = tokio::select! {
             _ = stop.cancelled() => return,
-            changed = live.changed() => if changed.is_err() { return },
-        }
+            changed = live.changed() => {
+                if changed.is_err() { return }
+                "SIGHUP"
+            }
+            _ = checked => "file_check",
+        };
+        let hangup = by == "SIGHUP";
         let settings = live.borrow_and_update().clone();
+        let mut tell =
+            |what: &'static str, problem: Option<String>| trouble.tell(what, problem, hangup);
         match settings.api_token() {
             Ok(Some(token)) => match source.set_token(&token) {
-                Ok(true) => tracing::info!("Truto API token reloaded; the next requests use it"),
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "the reloaded Truto API token is refused; the previous one stays in force"),
+                Ok(changed) => {
+                    let mended = tell("API token", None);
+                    if changed {
+                        tracing::info!(by, "Truto API token reloaded; the next requests use it");
+                    } else if mended {
+                        tracing::info!(
+                            by,
+                            "the Truto API token reads again; it is the one in force"
+                        );
+                    }
+                }
+                Err(e) => {
+                    if tell("API token", Some(e.to_string())) {
+                        tracing::error!(by, error = %e, "the reloaded Truto API token is refused; the previous one stays in force");
+                    }
+                }
             },
-            Ok(None) => tracing::error!("the reloaded configuration has no Truto API token; the previous one stays in force"),
-            Err(e) => tracing::error!(error = %e, "cannot read the Truto API token; the previous one stays in force"),
+            Ok(None) => {
+                if tell("API token", Some("none".into())) {
+                    tracing::error!(by, "the reloaded configuration has no Truto API token; the previous one stays in force");
+                }
+            }
+            Err(e) => {
+                if tell("API token", Some(e.to_string())) {
+                    tracing::error!(by, error = %e, "cannot read the Truto API token; the previous one stays in force");
+                }
+            }
         }
         for (what, rotating, read) in [
             ("admin token", &admin, settings.admin_token()),
@@ -275,14 +316,40 @@ async fn reload_secrets(
         ] {
             match read {
                 Ok(secret) => {
+                    let mended = tell(what, None);
                     let on = secret.is_some();
                     if rotating.set(secret) {
-                        tracing::info!(what, on, "secret reloaded");
+                        tracing::info!(what, on, by, "secret reloaded");
+                    } else if mended {
+                        tracing::info!(what, by, "the secret reads again; it is the one in force");
                     }
                 }
                 Err(e) => {
-                    tracing::error!(what, error = %e, "cannot read the secret; the previous one stays in force")
+                    if tell(what, Some(e.to_string())) {
+                        tracing::error!(what, by, error = %e, "cannot read the secret; the previous one stays in force");
+                    }
                 }
+            }
+        }
+    }
+}
+
+/// What each secret's last read said was wrong, so that a file that stays unreadable is logged
+/// once, not at every check.
+#[derive(Default)]
+struct Trouble(HashMap<&'static str, String>);
+
+impl Trouble {
+    /// Records what reading `what` said (`problem`, None when it read fine). With a problem:
+    /// whether to log it (always on SIGHUP, since the operator asked; on a check only when it
+    /// differs from the last). Without: whether it was in trouble until now.
+    fn tell(&mut self, what: &'static str, problem: Option<String>, hangup: bool) -> bool {
+        match problem {
+            None => self.0.remove(what).is_some(),
+            Some(p) => {
+                let new = self.0.get(what) != Some(&p);
+                self.0.insert(what, p);
+                hangup || new
             }
         }
     }
@@ -322,6 +389,37 @@ pub(crate) fn set_health_gauges(metrics: &Metrics, account: Uuid, health: Health
             "lms_sync_account_health",
             &[("account", &a), ("health", h.as_str())],
             v,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Trouble;
+
+    #[test]
+    fn a_secret_files_trouble_is_told_once_per_check_and_every_time_on_sighup() {
+        let mut t = Trouble::default();
+        let gone = || Some("cannot read /run/secrets/token: not found".to_string());
+        assert!(t.tell("API token", gone(), false), "new: told");
+        assert!(
+            !t.tell("API token", gone(), false),
+            "the same at the next check: not"
+        );
+        assert!(t.tell("API token", gone(), true), "on SIGHUP: told again");
+        assert!(
+            t.tell("API token", Some("is empty".into()), false),
+            "another trouble: told"
+        );
+        assert!(t.tell("admin token", gone(), false), "each secret its own");
+        assert!(
+            t.tell("API token", None, false),
+            "read again: it was in trouble"
+        );
+        assert!(!t.tell("API token", None, false), "and is no longer");
+        assert!(
+            t.tell("API token", gone(), false),
+            "trouble after a good read: told"
         );
     }
 }

@@ -79,7 +79,10 @@ const KEYS: &[(&str, &[&str])] = &[
         "rate_budget",
         &["enabled", "per_account", "per_token", "window_secs"],
     ),
-    ("server", &["listen", "admin_token_file"]),
+    (
+        "server",
+        &["listen", "admin_token_file", "secret_files_check_secs"],
+    ),
     ("webhooks", &["secret_file", "tolerance_secs"]),
     (
         "history",

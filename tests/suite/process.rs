@@ -279,6 +279,8 @@ async fn sighup_rotates_the_api_token_and_the_admin_token_without_a_restart() {
                 "LMS_SYNC__SERVER__ADMIN_TOKEN_FILE",
                 admin.to_str().unwrap(),
             ),
+            // Only SIGHUP reads the files here (see the mounted-Secret test for the checks).
+            ("LMS_SYNC__SERVER__SECRET_FILES_CHECK_SECS", "0"),
         ],
     );
     let listening = d
@@ -310,10 +312,13 @@ async fn sighup_rotates_the_api_token_and_the_admin_token_without_a_restart() {
     std::fs::write(&token, "tok-NEWSECRET\n").unwrap();
     std::fs::write(&admin, "adm-NEWSECRET\n").unwrap();
     d.hangup().await;
-    d.wait_for("Truto API token reloaded; the next requests use it")
+    let ev = d
+        .wait_for("Truto API token reloaded; the next requests use it")
         .await;
+    assert_eq!(ev["fields"]["by"], "SIGHUP", "{ev}");
     let ev = d.wait_for("secret reloaded").await;
     assert_eq!(ev["fields"]["what"], "admin token", "{ev}");
+    assert_eq!(ev["fields"]["by"], "SIGHUP", "{ev}");
     let o = lms_sync(&cfg, &env.db_url, &["accounts", "sync-now", &a.to_string()])
         .output()
         .await
@@ -346,7 +351,9 @@ async fn sighup_rotates_the_api_token_and_the_admin_token_without_a_restart() {
 /// run refused, stops the other under way (unless its own request was refused first: they race)
 /// and starts no other, rather than failing every account in turn; the
 /// log, the gauge and the status page say so, the token is checked with one request after
-/// 10 s, and a valid token loaded with SIGHUP is taken at once: every account is synced.
+/// 10 s, and a valid token written to its file as Kubernetes updates a mounted Secret is
+/// taken within a check of the file (no SIGHUP) and tried at once: every account is synced. A
+/// key gone from the Secret leaves the token in force, with one error, until it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_api_token_holds_every_run_until_a_valid_one_is_loaded() {
     lms_sync::install_crypto_provider();
@@ -354,12 +361,17 @@ async fn a_refused_api_token_holds_every_run_until_a_valid_one_is_loaded() {
     let env = Env::new(&ids.iter().map(|&a| (a, 120)).collect::<Vec<_>>()).await;
     env.sim.set_token("tok-VALIDSECRET");
     let cfg = config(&env.sim, &ids, "1h", 2);
-    let token = TempFile::new("lms-sync-token", "", "tok-REVOKEDSECRET\n");
+    let secret = MountedSecret::new();
+    secret.update(&[("truto-api-token", "tok-REVOKEDSECRET\n")]);
+    let token = secret.path("truto-api-token");
     let mut d = spawn_env(
         &cfg,
         &env.db_url,
         &[],
-        &[("LMS_SYNC__TRUTO__API_TOKEN_FILE", token.to_str().unwrap())],
+        &[
+            ("LMS_SYNC__TRUTO__API_TOKEN_FILE", token.to_str().unwrap()),
+            ("LMS_SYNC__SERVER__SECRET_FILES_CHECK_SECS", "1"),
+        ],
     );
     let listening = d
         .wait_for("operations server listening (/healthz, /readyz, /metrics)")
@@ -405,8 +417,11 @@ async fn a_refused_api_token_holds_every_run_until_a_valid_one_is_loaded() {
         "{page}"
     );
 
-    std::fs::write(&token, "tok-VALIDSECRET\n").unwrap();
-    d.hangup().await;
+    secret.update(&[("truto-api-token", "tok-VALIDSECRET\n")]);
+    let ev = d
+        .wait_for("Truto API token reloaded; the next requests use it")
+        .await;
+    assert_eq!(ev["fields"]["by"], "file_check", "{ev}");
     d.wait_for("Truto accepts the API token again; runs start again")
         .await;
     let mut synced = std::collections::HashSet::new();
@@ -417,6 +432,30 @@ async fn a_refused_api_token_holds_every_run_until_a_valid_one_is_loaded() {
     }
     let metrics = get_text(&format!("http://{ops}/metrics")).await;
     assert_eq!(gauge(&metrics, "lms_sync_api_token_rejected"), Some(0.0));
+
+    // The key gone from the Secret: said once, and the token in force still syncs.
+    secret.update(&[]);
+    let ev = d
+        .wait_for("cannot read the Truto API token; the previous one stays in force")
+        .await;
+    assert_eq!(ev["fields"]["by"], "file_check", "{ev}");
+    let error = ev["fields"]["error"].as_str().unwrap();
+    assert!(error.contains("truto.api_token_file"), "{ev}");
+    assert!(!ev.to_string().contains("SECRET"), "{ev}");
+    let o = lms_sync(
+        &cfg,
+        &env.db_url,
+        &["accounts", "sync-now", &ids[0].to_string()],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ev = d.wait_for("sync run finished").await;
+    assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    secret.update(&[("truto-api-token", "tok-VALIDSECRET\n")]);
+    d.wait_for("the Truto API token reads again; it is the one in force")
+        .await;
     assert_eq!(d.terminate().await, 0);
     for a in ids {
         assert_mirror(&env.store, &env.sim, a).await;

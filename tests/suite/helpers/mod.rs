@@ -75,6 +75,52 @@ impl Drop for TempDir {
     }
 }
 
+/// A directory laid out as the kubelet mounts a Secret: each key a symbolic link to
+/// `..data/<key>`, `..data` a link to a timestamped directory, and an update written to a new
+/// directory and put in place by renaming a new `..data` link over the old (so a reader sees
+/// the old files or the new, never half of either).
+pub struct MountedSecret {
+    dir: TempDir,
+    version: std::cell::Cell<u32>,
+}
+
+impl MountedSecret {
+    pub fn new() -> MountedSecret {
+        MountedSecret {
+            dir: TempDir::new("lms-sync-secret"),
+            version: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Where a key's file is (a link, there before the key is).
+    pub fn path(&self, key: &str) -> PathBuf {
+        let link = self.dir.join(key);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{key}"), &link).unwrap();
+        }
+        link
+    }
+
+    /// Makes `keys` (name, value) the Secret's whole content.
+    pub fn update(&self, keys: &[(&str, &str)]) {
+        let n = self.version.get() + 1;
+        self.version.set(n);
+        let name = format!("..v{n}");
+        let fresh = self.dir.join(&name);
+        std::fs::create_dir(&fresh).unwrap();
+        for (key, value) in keys {
+            std::fs::write(fresh.join(key), value).unwrap();
+            self.path(key);
+        }
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&name, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        if n > 1 {
+            std::fs::remove_dir_all(self.dir.join(format!("..v{}", n - 1))).unwrap();
+        }
+    }
+}
+
 impl Deref for TempFile {
     type Target = Path;
     fn deref(&self) -> &Path {
