@@ -178,6 +178,9 @@ fn value(rng: &mut fastrand::Rng) -> String {
 
 fn document(rng: &mut fastrand::Rng) -> String {
     let mut t = String::new();
+    // One key in `density` is set: dense documents (nearly always refused somewhere) and
+    // sparse ones (often loaded) alike, whatever the number of keys.
+    let density = [3, 3, 10, 40][rng.usize(..4)];
     for (section, keys) in KEYS {
         if rng.bool() {
             continue;
@@ -189,7 +192,7 @@ fn document(rng: &mut fastrand::Rng) -> String {
         };
         t.push_str(&format!("[{name}]\n"));
         for key in *keys {
-            if rng.u8(..3) == 0 {
+            if rng.u8(..density) == 0 {
                 t.push_str(&format!("{key} = {}\n", value(rng)));
             }
         }
