@@ -148,12 +148,49 @@ fn the_deployment_outlives_the_shutdown_grace_and_runs_locked_down() {
         "path: /healthz",
         "path: /readyz",
         "secretKeyRef",
-        "key: truto-api-token",
         "key: database-url",
     ] {
         assert!(DEPLOYMENT.contains(needed), "the Deployment lacks {needed}");
     }
     assert!(CONFIGMAP.contains("migrate = false"));
+}
+
+/// The API token reaches the pods as a file of the Secret's volume, which the kubelet updates
+/// when the Secret is (the service reads it again within `server.secret_files_check_secs`), not
+/// as an environment variable or a subPath mount, neither of which a running pod ever sees
+/// change; and the file is readable by the user the service runs as.
+#[test]
+fn the_deployment_mounts_the_token_so_that_a_rotated_secret_reaches_running_pods() {
+    let path = DEPLOYMENT
+        .split("name: LMS_SYNC__TRUTO__API_TOKEN_FILE")
+        .nth(1)
+        .and_then(|rest| rest.trim_start().strip_prefix("value: "))
+        .and_then(|rest| rest.lines().next())
+        .expect("LMS_SYNC__TRUTO__API_TOKEN_FILE has a value");
+    let mount = labels_under(DEPLOYMENT, "volumeMounts:", "- name: truto-token");
+    assert!(mount.contains(&"readOnly: true".to_string()), "{mount:?}");
+    let dir = mount
+        .iter()
+        .find_map(|l| l.strip_prefix("mountPath: "))
+        .expect("the token volume is mounted");
+    let item = labels_under(
+        DEPLOYMENT,
+        "- name: truto-token\n          secret:",
+        "items:",
+    );
+    assert_eq!(
+        item,
+        ["- key: truto-api-token", "path: truto-api-token"],
+        "only the token's key"
+    );
+    assert_eq!(path, format!("{dir}/truto-api-token"));
+    assert!(!DEPLOYMENT.contains("subPath:"));
+    assert!(!DEPLOYMENT.contains("name: TRUTO_API_TOKEN\n"));
+    assert_eq!(
+        number(DEPLOYMENT, "fsGroup"),
+        number(DEPLOYMENT, "runAsGroup")
+    );
+    assert!(DEPLOYMENT.contains("defaultMode: 0440"));
 }
 
 /// The `key: value` lines of the mapping under the first `section:` after `from` in a manifest.
