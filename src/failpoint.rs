@@ -6,7 +6,8 @@
 //!
 //! Points: `page_tx` (a page batch written, not committed), `page_committed` (between
 //! batches), `sweep_tx` (deletions written, not committed), `hydrate_tx` (a hydration batch
-//! written, not committed), `finish_run` (the run's end written, not committed).
+//! written, not committed), `finish_run` (the run's end written, not committed), `purge_tx` (an
+//! account's rows deleted and the purge recorded, not committed).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

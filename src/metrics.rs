@@ -51,6 +51,7 @@ pub const DEFINITIONS: &[(&str, Kind, &str)] = &[
     ("lms_sync_hydrations_total", Kind::Counter, "Full objects fetched for hydration, by account and result (merged, failed, gone)."),
     ("lms_sync_unknown_enum_values_total", Kind::Counter, "Users inserted or changed with a role or status outside the documented values, by account and field (the values are in the log and in the unknown_enum_values table)."),
     ("lms_sync_discovery_runs_total", Kind::Counter, "Listings of Truto's integrated accounts, by result (succeeded, failed, guarded: accounts no longer listed were not retired)."),
+    ("lms_sync_accounts_purged_total", Kind::Counter, "Retired accounts this process purged (every row deleted, recorded in account_purges) once they had been retired for discovery.purge_retired_after, by result (purged, failed)."),
     ("lms_sync_fleet_accounts", Kind::Gauge, "Accounts of the fleet by state (active, paused, retired, excluded, gated by Truto's status)."),
     ("lms_sync_database_lock_wait_seconds", Kind::Gauge, "How long the longest-waiting session of lms-sync on this database has waited for a lock another session holds, in seconds; 0 when none has waited longer than database.lock_wait_warn_secs (every replica reports every process's sessions)."),
     ("lms_sync_api_token_rejected", Kind::Gauge, "1 while Truto refuses the API token itself (HTTP 401 without truto_is_remote_error): this process starts no run and checks the token now and then; 0 otherwise."),

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::commands::{open_store, Access};
 use super::exit::CliError;
 use crate::config::Settings;
-use crate::store::{Store, StoreError};
+use crate::store::{PurgedBy, Store, StoreError};
 
 #[derive(Debug, Subcommand)]
 pub enum AccountsCommand {
@@ -249,17 +249,20 @@ async fn purge(settings: Settings, account: Uuid, yes: bool) -> Result<(), CliEr
     }
     settings.database_url()?;
     let store = open_store(&settings, Access::Write).await?;
-    let counts = store
-        .purge(account)
+    let purged = store
+        .purge(account, PurgedBy::Command)
         .await
         .map_err(|error| CliError::Store {
             context: "cannot purge",
             error,
         })?;
-    let total: u64 = counts.iter().map(|(_, n)| n).sum();
-    for (table, n) in &counts {
+    for (table, n) in &purged.counts {
         println!("{table:<20} {n:>10} rows deleted");
     }
-    println!("account {account} purged: {total} rows");
+    println!(
+        "account {account} purged: {} rows (retired {}; recorded in account_purges)",
+        purged.total(),
+        purged.retired_at.format("%Y-%m-%d %H:%M UTC")
+    );
     Ok(())
 }

@@ -162,6 +162,9 @@ pub struct DiscoverySettings {
     pub include_sandbox: bool,
     /// A listing that would retire more than this share of the known accounts retires none.
     pub max_retire_fraction: f64,
+    /// Purge (delete every row of) an account retired for longer than this (humantime), after
+    /// a complete listing still without it; unset or empty: never (`accounts purge` only).
+    pub purge_retired_after: Option<String>,
 }
 
 impl Default for DiscoverySettings {
@@ -174,6 +177,7 @@ impl Default for DiscoverySettings {
             exclude_accounts: Vec::new(),
             include_sandbox: false,
             max_retire_fraction: 0.5,
+            purge_retired_after: None,
         }
     }
 }
@@ -183,6 +187,19 @@ impl DiscoverySettings {
     pub fn interval(&self) -> Duration {
         parse_duration("discovery.interval", &self.interval)
             .expect("validated when the settings load")
+    }
+
+    /// How long an account stays retired before the service purges it; `None`: never
+    /// (validated when the settings load).
+    pub fn purge_retired_after(&self) -> Option<Duration> {
+        let text = self.purge_retired_after.as_deref()?.trim();
+        if text.is_empty() {
+            return None;
+        }
+        Some(
+            parse_duration("discovery.purge_retired_after", text)
+                .expect("validated when the settings load"),
+        )
     }
 }
 
@@ -694,6 +711,23 @@ mod tests {
     }
 
     #[test]
+    fn retired_accounts_are_purged_only_when_purge_retired_after_is_set() {
+        let s = load_toml(ACCT, &[]).unwrap();
+        assert_eq!(s.discovery.purge_retired_after(), None);
+        assert_eq!(s.server.secret_files_check_secs, 10);
+        let on = "[discovery]\nenabled = true\npurge_retired_after = \"30d\"\n";
+        let s = load_toml(on, &[]).unwrap();
+        assert_eq!(
+            s.discovery.purge_retired_after(),
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        // An empty value (an environment variable set to nothing) is off, not an error.
+        let env = [("LMS_SYNC__DISCOVERY__PURGE_RETIRED_AFTER", "")];
+        let s = load_toml("[discovery]\nenabled = true\n", &env).unwrap();
+        assert_eq!(s.discovery.purge_retired_after(), None);
+    }
+
+    #[test]
     fn an_unknown_key_is_reported_where_it_was_written() {
         let e = load_toml(
             &format!("[server]\naccount_metric = \"one_replica\"\n{ACCT}"),
@@ -814,6 +848,31 @@ mod tests {
                 "[discovery]\ninterval = \"1000000y\"\n",
                 "discovery.interval",
                 "at most 365d",
+            ),
+            (
+                "[discovery]\nenabled = true\npurge_retired_after = \"30m\"\n",
+                "discovery.purge_retired_after",
+                "at least 1h",
+            ),
+            (
+                "[discovery]\nenabled = true\npurge_retired_after = \"3651d\"\n",
+                "discovery.purge_retired_after",
+                "at most 3650d",
+            ),
+            (
+                "[discovery]\nenabled = true\npurge_retired_after = \"soon\"\n",
+                "discovery.purge_retired_after",
+                "not a duration",
+            ),
+            (
+                "[discovery]\npurge_retired_after = \"30d\"\n",
+                "discovery.purge_retired_after",
+                "needs discovery.enabled = true",
+            ),
+            (
+                "[server]\nsecret_files_check_secs = 86401\n",
+                "server.secret_files_check_secs",
+                "at most 86400",
             ),
             (
                 "[database]\nconnect_timeout_secs = 9223372036854775807\n",

@@ -207,7 +207,31 @@ impl Settings {
                 "empty integration name",
             ));
         }
-        check_fraction("discovery.max_retire_fraction", d.max_retire_fraction)
+        check_fraction("discovery.max_retire_fraction", d.max_retire_fraction)?;
+        if let Some(text) = d
+            .purge_retired_after
+            .as_deref()
+            .filter(|t| !t.trim().is_empty())
+        {
+            const KEY: &str = "discovery.purge_retired_after";
+            let after = parse_duration(KEY, text)?;
+            if after < Duration::from_secs(3600) {
+                return Err(key_error(
+                    KEY,
+                    "must be at least 1h: a retirement must stay undone long enough to notice a                      wrong one",
+                ));
+            }
+            if after > Duration::from_secs(3650 * 86_400) {
+                return Err(key_error(KEY, "must be at most 3650d"));
+            }
+            if !d.enabled {
+                return Err(key_error(
+                    KEY,
+                    "needs discovery.enabled = true: the service purges after a listing still                      without the account",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The checks of one account's keys (`prefix` names it in errors).

@@ -19,7 +19,7 @@ use super::Live;
 use crate::config::DiscoverySettings;
 use crate::metrics::Metrics;
 use crate::source::TrutoClient;
-use crate::store::Store;
+use crate::store::{PurgedBy, Store, StoreError};
 use crate::sync::discovery::{discover, DISCOVERY_LEASE};
 
 pub(super) async fn run(
@@ -104,15 +104,67 @@ async fn take_turn(
         }
     }
     let out = discover(store, source, settings, cancel).await;
-    lease.release().await;
     let result = match (&out.applied, &out.error) {
         (Some(a), _) if a.retire_guard.is_some() => "guarded",
         (Some(_), _) => "succeeded",
         _ => "failed",
     };
+    // Only after a complete listing that retired as it should: one that failed, was partial
+    // or was guarded might not have shown an account that is back.
+    if let (Some(after), "succeeded") = (settings.purge_retired_after(), result) {
+        purge_retired(store, after, metrics, cancel).await;
+    }
+    lease.release().await;
     metrics.inc("lms_sync_discovery_runs_total", &[("result", result)]);
     if out.applied.is_some() {
         wake.notify_one();
     }
     interval
+}
+
+/// Purges the accounts retired for longer than `after`, one transaction each (see
+/// [`Store::purge`]), under the discovery lease: one replica purges, right after a listing that
+/// still did not show them. One that fails (its run holds its lease, say) is tried again after
+/// the next listing.
+async fn purge_retired(
+    store: &Store,
+    after: Duration,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) {
+    let due = match store.retired_for(after).await {
+        Ok(due) => due,
+        Err(e) => {
+            let e = store.explain(e).await;
+            tracing::warn!(error = %e, "cannot read which retired accounts are due to be purged; trying after the next listing");
+            return;
+        }
+    };
+    let after_text = humantime::format_duration(after).to_string();
+    for account in due {
+        if cancel.is_cancelled() {
+            return;
+        }
+        match store.purge(account, PurgedBy::Service).await {
+            Ok(p) => {
+                metrics.inc("lms_sync_accounts_purged_total", &[("result", "purged")]);
+                tracing::info!(
+                    %account,
+                    retired_at = %p.retired_at,
+                    rows = p.total(),
+                    purge_retired_after = %after_text,
+                    "retired account purged: every row of it deleted (recorded in account_purges)"
+                );
+            }
+            // Brought back (a webhook) or purged by an operator since it was read: nothing to do.
+            Err(StoreError::NotRetired(_) | StoreError::NoSuchAccount(_)) => {
+                tracing::debug!(%account, "the account is no longer retired, or already purged; not purged");
+            }
+            Err(e) => {
+                metrics.inc("lms_sync_accounts_purged_total", &[("result", "failed")]);
+                let e = store.explain(e).await;
+                tracing::warn!(%account, error = %e, "cannot purge a retired account; trying after the next listing");
+            }
+        }
+    }
 }

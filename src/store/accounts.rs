@@ -65,9 +65,6 @@ pub fn retire_guard(missing: u64, known: u64, listed: u64, policy: RetirePolicy)
     None
 }
 
-/// Rows a purge deletes per statement.
-const PURGE_BATCH: i64 = 10_000;
-
 impl Store {
     /// Every account of the registry.
     pub async fn registry(&self) -> Result<Vec<AccountRow>, StoreError> {
@@ -290,54 +287,149 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Deletes a retired account's data, table by table in batches, and its registry row.
-    /// Refused (`NotRetired`) for an account that is not retired. Returns rows per table.
-    pub async fn purge(&self, account: Uuid) -> Result<Vec<(&'static str, u64)>, StoreError> {
-        let retired: Option<Option<Ts>> =
-            sqlx::query_scalar("SELECT retired_at FROM accounts WHERE integrated_account_id = $1")
-                .bind(account)
-                .fetch_optional(&self.pool)
-                .await?;
-        if !matches!(retired, Some(Some(_))) {
-            return Err(StoreError::NotRetired(account));
-        }
-        let mut counts = Vec::new();
-        // Children first (no foreign keys hold them to their users), then the rest.
-        for (table, key) in [
-            ("user_emails", "user_id"),
-            ("user_phones", "user_id"),
-            ("user_managers", "user_id"),
-            ("users", "id"),
-            ("user_changes", "change_id"),
-            ("hydration_queue", "user_id"),
-            ("rejected_records", "rejection_id"),
-            ("sync_runs", "run_id"),
-            ("daily_user_counts", "day"),
-            ("unknown_enum_values", "value"),
-            ("rate_account_windows", "integrated_account_id"),
-            ("sync_state", "integrated_account_id"),
-            ("accounts", "integrated_account_id"),
-        ] {
-            let sql = format!(
-                "DELETE FROM {table} WHERE integrated_account_id = $1 AND {key} IN (
-                     SELECT {key} FROM {table} WHERE integrated_account_id = $1 LIMIT $2)"
-            );
-            let mut total = 0;
-            loop {
-                let n = sqlx::query(&sql)
-                    .bind(account)
-                    .bind(PURGE_BATCH)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-                total += n;
-                if n < PURGE_BATCH as u64 {
-                    break;
-                }
+    /// Deletes every row of a retired account, table by table, and records it in
+    /// `account_purges` (with `by`), all in one transaction that holds the account's registry
+    /// row: a listing or a webhook that brings the account back waits for it and then registers
+    /// the account anew, so it is never half purged. Holds the account's lease meanwhile, so
+    /// that no run writes its rows as they go ([`StoreError::PurgeBusy`] when a process holds it).
+    pub async fn purge(&self, account: Uuid, by: PurgedBy) -> Result<Purged, StoreError> {
+        let Some(lease) = self.try_lease(account).await? else {
+            return Err(StoreError::PurgeBusy(account));
+        };
+        let out = self.purge_leased(account, by).await;
+        lease.release().await;
+        out
+    }
+
+    async fn purge_leased(&self, account: Uuid, by: PurgedBy) -> Result<Purged, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        type Row = (
+            Option<Ts>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Ts,
+        );
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT retired_at, tenant_id, label, integration, first_seen_at
+               FROM accounts WHERE integrated_account_id = $1 FOR UPDATE",
+        )
+        .bind(account)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (retired_at, tenant, label, integration, first_seen) = match row {
+            None => return Err(StoreError::NoSuchAccount(account)),
+            Some((None, ..)) => return Err(StoreError::NotRetired(account)),
+            Some((Some(at), tenant, label, integration, first_seen)) => {
+                (at, tenant, label, integration, first_seen)
             }
-            counts.push((table, total));
+        };
+        let mut counts = Vec::new();
+        // Children first (no foreign keys hold them to their users), then the rest. One
+        // statement each: inside one transaction, batches would only add round trips.
+        for table in PURGED_TABLES {
+            let n = sqlx::query(&format!(
+                "DELETE FROM {table} WHERE integrated_account_id = $1"
+            ))
+            .bind(account)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            counts.push((*table, n));
         }
-        Ok(counts)
+        let total: u64 = counts.iter().map(|(_, n)| n).sum();
+        let by_table: serde_json::Map<String, serde_json::Value> = counts
+            .iter()
+            .map(|(t, n)| (t.to_string(), (*n).into()))
+            .collect();
+        let purged_at: Ts = sqlx::query_scalar(
+            "INSERT INTO account_purges (integrated_account_id, tenant_id, label, integration,
+                                         first_seen_at, retired_at, purged_by, rows_deleted,
+                                         rows_by_table)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
+             RETURNING purged_at",
+        )
+        .bind(account)
+        .bind(&tenant)
+        .bind(&label)
+        .bind(&integration)
+        .bind(first_seen)
+        .bind(retired_at)
+        .bind(by.as_str())
+        .bind(total as i64)
+        .bind(serde_json::Value::Object(by_table).to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        crate::failpoint::point("purge_tx").await;
+        tx.commit().await?;
+        Ok(Purged {
+            counts,
+            retired_at,
+            purged_at,
+        })
+    }
+
+    /// The retired accounts whose retirement is older than `age` (by the database's clock),
+    /// the longest retired first.
+    pub async fn retired_for(&self, age: std::time::Duration) -> Result<Vec<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT integrated_account_id FROM accounts
+              WHERE retired_at < now() - make_interval(secs => $1)
+              ORDER BY retired_at",
+        )
+        .bind(age.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+/// Every table holding an account's rows, in the order a purge empties them.
+const PURGED_TABLES: &[&str] = &[
+    "user_emails",
+    "user_phones",
+    "user_managers",
+    "users",
+    "user_changes",
+    "hydration_queue",
+    "rejected_records",
+    "sync_runs",
+    "daily_user_counts",
+    "unknown_enum_values",
+    "rate_account_windows",
+    "sync_state",
+    "accounts",
+];
+
+/// Who purged an account (`account_purges.purged_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgedBy {
+    /// `lms-sync accounts purge`.
+    Command,
+    /// The service, once the account had been retired for `discovery.purge_retired_after`.
+    Service,
+}
+
+impl PurgedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgedBy::Command => "command",
+            PurgedBy::Service => "service",
+        }
+    }
+}
+
+/// What a purge deleted.
+#[derive(Debug, Clone)]
+pub struct Purged {
+    /// Rows deleted per table, in the order they were.
+    pub counts: Vec<(&'static str, u64)>,
+    pub retired_at: Ts,
+    pub purged_at: Ts,
+}
+
+impl Purged {
+    pub fn total(&self) -> u64 {
+        self.counts.iter().map(|(_, n)| n).sum()
     }
 }
 

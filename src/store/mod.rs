@@ -31,7 +31,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
 pub use accounts::{
-    retire_guard, AccountRow, Discovered, DiscoveryApplied, DiscoveryState, RetirePolicy,
+    retire_guard, AccountRow, Discovered, DiscoveryApplied, DiscoveryState, Purged, PurgedBy,
+    RetirePolicy,
 };
 pub use budget::{
     agreed_limit, decide as decide_share, BudgetView, Negotiated, Reach, ShareHolder, ShareView,
@@ -72,6 +73,12 @@ pub enum StoreError {
     /// `accounts purge` of an account that is not retired.
     #[error("account {0} is not retired; only a retired account's data can be purged (it is retired when Truto no longer lists it)")]
     NotRetired(uuid::Uuid),
+    /// `accounts purge` of an account the registry does not hold.
+    #[error("account {0} is not in the registry (neither configured nor discovered, or already purged: see account_purges)")]
+    NoSuchAccount(uuid::Uuid),
+    /// A purge of an account whose lease a process holds (a run of it under way).
+    #[error("account {0} is being synced (a process holds its lease); its data was not purged, try again once the run has ended")]
+    PurgeBusy(uuid::Uuid),
     /// A state column holds text this version does not know (written by hand, or by a newer
     /// version).
     #[error("the database holds an unknown {0} {1:?}")]

@@ -104,6 +104,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "exclude_accounts",
             "include_sandbox",
             "max_retire_fraction",
+            "purge_retired_after",
         ],
     ),
     (
@@ -134,6 +135,7 @@ fn value(rng: &mut fastrand::Rng) -> String {
     let strings = [
         "\"\"",
         "\"6h\"",
+        "\"30d\"",
         "\"0s\"",
         "\"25:99\"",
         "\"02:30\"",

@@ -1,7 +1,8 @@
 //! The fleet: accounts found by discovery (every page, gated by Truto's status and the
 //! filters), added and retired without a restart, the retire guard, operators' pause / resume /
-//! sync-now through the database obeyed by running replicas, `accounts` commands, and a large
-//! fleet scheduled without a burst.
+//! sync-now through the database obeyed by running replicas, `accounts` commands, retired
+//! accounts purged after `discovery.purge_retired_after`, and a large fleet scheduled without a
+//! burst.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -660,6 +661,20 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
     assert_eq!(discover_now(&env, &s).await.applied.unwrap().retired, 1);
     let o = cli(&env, &["accounts", "purge", &b.to_string()]).await;
     assert_eq!(o.status.code(), Some(2));
+    // A run of it under way (a process holds its lease): refused, nothing deleted.
+    let lease = env
+        .store
+        .try_lease(b)
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    let o = cli(&env, &["accounts", "purge", &b.to_string(), "--yes"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("is being synced"), "{}", err(&o));
+    let users =
+        |id: Uuid| format!("SELECT count(*) FROM users WHERE integrated_account_id = '{id}'");
+    assert_eq!(env.scalar_i64(&users(b)).await, 20);
+    lease.release().await;
     let o = cli(&env, &["accounts", "purge", &b.to_string(), "--yes"]).await;
     assert!(o.status.success(), "{}", err(&o));
     let out = String::from_utf8_lossy(&o.stdout);
@@ -667,12 +682,34 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
         out.contains("users") && out.contains("20 rows deleted"),
         "{out}"
     );
-    // Every table that holds an account's rows, not only the ones known when purge was written.
+    assert!(out.contains("recorded in account_purges"), "{out}");
+    // The record outlives the data: what the account was, when it was retired, by whom.
+    let (tenant, by, rows, users_gone, retired_before): (String, String, i64, i64, bool) =
+        sqlx::query_as(
+            "SELECT tenant_id, purged_by, rows_deleted, (rows_by_table->>'users')::bigint,
+                    retired_at < purged_at
+               FROM account_purges WHERE integrated_account_id = $1",
+        )
+        .bind(b)
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        (tenant.as_str(), by.as_str(), users_gone, retired_before),
+        ("tenant-1", "command", 20, true)
+    );
+    assert!(out.contains(&format!("purged: {rows} rows")), "{out}");
+    // Gone from the registry: purging again says so.
+    let o = cli(&env, &["accounts", "purge", &b.to_string(), "--yes"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("not in the registry"), "{}", err(&o));
+    // Every table that holds an account's rows, not only the ones known when purge was written
+    // (the purges' record aside).
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT c.table_name::text FROM information_schema.columns c
            JOIN information_schema.tables t USING (table_schema, table_name)
           WHERE c.column_name = 'integrated_account_id' AND c.table_schema = current_schema()
-            AND t.table_type = 'BASE TABLE'",
+            AND t.table_type = 'BASE TABLE' AND c.table_name <> 'account_purges'",
     )
     .fetch_all(env.store.pool())
     .await
@@ -686,6 +723,183 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
             .await;
         assert_eq!(n, 0, "{table}");
     }
+    // The customer connects again: registered anew and synced from scratch.
+    env.sim.unblock(b);
+    env.sim.set_integrated(b, Integrated::active("tenant-1"));
+    assert_eq!(discover_now(&env, &s).await.applied.unwrap().added, 1);
+    let o = cli(&env, &["sync"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert_mirror(&env.store, &env.sim, b).await;
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+/// With `discovery.purge_retired_after`, the service purges an account retired for longer than
+/// that, right after a complete listing still without it: not after a failed listing, not an
+/// account retired more recently; the purge is recorded and counted, and the rest of the fleet
+/// is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_purges_accounts_retired_longer_than_purge_retired_after() {
+    use crate::helpers::daemon::{config, spawn_env};
+    let (a, b, c) = (account_id(1), account_id(2), account_id(3));
+    let env = fleet_env(&[(a, 30), (b, 20), (c, 10)]).await;
+    let s = discovering(&env);
+    assert_eq!(discover_now(&env, &s).await.applied.unwrap().added, 3);
+    let o = cli(&env, &["sync"]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // b and c disconnect; b's retirement is two hours old, c's new.
+    for gone in [b, c] {
+        env.sim.remove_integrated(gone);
+        assert_eq!(discover_now(&env, &s).await.applied.unwrap().retired, 1);
+    }
+    let backdated = sqlx::query(
+        "UPDATE accounts SET retired_at = now() - interval '2 hours' WHERE integrated_account_id = $1",
+    )
+    .bind(b)
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(backdated.rows_affected(), 1);
+    let users =
+        |id: Uuid| format!("SELECT count(*) FROM users WHERE integrated_account_id = '{id}'");
+
+    let text = std::fs::read_to_string(&*config(&env.sim, &[], "1h", 2)).unwrap();
+    let cfg = TempFile::new(
+        "lms-sync-purging",
+        ".toml",
+        format!(
+            "{text}[discovery]\nenabled = true\ninterval = \"10s\"\npurge_retired_after = \"1h\"\n"
+        ),
+    );
+    // The service's first listing fails (its 3 attempts answered 500): nothing is purged.
+    for _ in 0..3 {
+        env.sim.push_listing_fault(Fault::status(500));
+    }
+    let mut d = spawn_env(
+        &cfg,
+        &env.db_url,
+        &[],
+        &[
+            ("TRUTO_API_TOKEN", DEMO_TOKEN),
+            ("LMS_SYNC__TRUTO__MAX_ATTEMPTS", "3"),
+        ],
+    );
+    let listening = d
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
+    let ops = listening["fields"]["addr"].as_str().unwrap().to_string();
+    d.wait_for("discovery failed; the registry is left as it was")
+        .await;
+    // The next listing, complete and still without b: b is purged after it (not after the
+    // failed one: no purge line comes before this), c (retired 0 h) is not.
+    d.wait_for("discovery finished").await;
+    let ev = d
+        .wait_for("retired account purged: every row of it deleted (recorded in account_purges)")
+        .await;
+    assert_eq!(ev["fields"]["account"], b.to_string(), "{ev}");
+    assert_eq!(ev["fields"]["purge_retired_after"], "1h", "{ev}");
+    let rows = ev["fields"]["rows"].as_u64().unwrap();
+    assert!(rows > 20, "{ev}");
+    let metrics = get_text(&format!("http://{ops}/metrics")).await;
+    assert!(
+        metrics.contains("lms_sync_accounts_purged_total{result=\"purged\"} 1.0\n"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("lms_sync_accounts_purged_total{result=\"failed\"}")
+            && metrics.contains("lms_sync_discovery_runs_total{result=\"failed\"} 1.0\n"),
+        "{metrics}"
+    );
+    assert_eq!(d.terminate().await, 0);
+
+    let (by, recorded): (String, i64) = sqlx::query_as(
+        "SELECT purged_by, rows_deleted FROM account_purges WHERE integrated_account_id = $1",
+    )
+    .bind(b)
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!((by.as_str(), recorded), ("service", rows as i64));
+    assert_eq!(env.scalar_i64(&users(b)).await, 0);
+    let registered = |id: Uuid| {
+        format!("SELECT count(*) FROM accounts WHERE integrated_account_id = '{id}' AND retired_at IS NOT NULL")
+    };
+    assert_eq!(env.scalar_i64(&registered(b)).await, 0);
+    assert_eq!(env.scalar_i64(&registered(c)).await, 1);
+    assert_eq!(
+        env.scalar_i64(&users(c)).await,
+        10,
+        "c was retired too recently"
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM account_purges").await,
+        1
+    );
+    assert_mirror(&env.store, &env.sim, a).await;
+}
+
+/// A purge is one transaction holding the account's registry row: killed midway it deletes
+/// nothing, and a listing that shows the account again meanwhile waits for it (then brings the
+/// account back with every row it had).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_killed_midway_deletes_nothing_and_a_listing_meanwhile_waits_for_it() {
+    use tokio::io::AsyncBufReadExt;
+    let (a, b) = (account_id(1), account_id(2));
+    let env = fleet_env(&[(a, 30), (b, 20)]).await;
+    let s = discovering(&env);
+    assert_eq!(discover_now(&env, &s).await.applied.unwrap().added, 2);
+    let o = cli(&env, &["sync"]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    env.sim.remove_integrated(b);
+    assert_eq!(discover_now(&env, &s).await.applied.unwrap().retired, 1);
+
+    let (_cfg, mut command) = cli_command(
+        &env,
+        &[("LMS_SYNC_FAILPOINT", "purge_tx")],
+        &["accounts", "purge", &b.to_string(), "--yes"],
+    );
+    let mut purge = command
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(purge.stderr.take().unwrap()).lines();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the purge reaches its failpoint within 60 s")
+            .unwrap()
+            .expect("the purge reaches its failpoint before it exits");
+        if line.contains("failpoint reached") {
+            break;
+        }
+    }
+    // Every row deleted, not committed. Truto lists b again: the listing waits on the purge.
+    env.sim.unblock(b);
+    env.sim.set_integrated(b, Integrated::active("tenant-1"));
+    let listing = discover_now(&env, &s);
+    tokio::pin!(listing);
+    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid)
+                    WHERE NOT l.granted AND s.datname = current_database()";
+    for tries in 0.. {
+        assert!(tries < 1500, "the listing never waited for the purge");
+        tokio::select! {
+            out = &mut listing => panic!("the listing did not wait for the purge: {:?}", out.applied),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        if env.scalar_i64(waiting).await > 0 {
+            break;
+        }
+    }
+    purge.kill().await.unwrap();
+    let applied = listing.await.applied.expect("the listing applied");
+    assert_eq!((applied.unretired, applied.added), (1, 0));
+    let users = format!("SELECT count(*) FROM users WHERE integrated_account_id = '{b}'");
+    assert_eq!(env.scalar_i64(&users).await, 20);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM account_purges").await,
+        0
+    );
+    assert_mirror(&env.store, &env.sim, b).await;
     assert_mirror(&env.store, &env.sim, a).await;
 }
 
