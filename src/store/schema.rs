@@ -139,6 +139,12 @@ impl Store {
             }
         };
         let ran = self.run_watched(&migrator, &mut conn).await;
+        if ran.is_err() {
+            // Released here, before returning, rather than by the backend's exit after the
+            // close, which the server completes a moment later: whoever acts on the error
+            // (the next attempt, a test, another replica) finds the lock free.
+            let _ = sqlx::Executor::execute(&mut conn, "SELECT pg_advisory_unlock_all()").await;
+        }
         let _ = sqlx::Connection::close(conn).await;
         ran
     }
