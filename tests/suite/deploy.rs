@@ -113,6 +113,7 @@ fn the_alert_rules_name_only_exported_metrics_and_the_prometheus_rule_is_the_sam
         "LmsSyncDeleteGuardTripped",
         "LmsSyncRetireGuardTripped",
         "LmsSyncDiscoveryFailing",
+        "LmsSyncAccountPurgeFailing",
         "LmsSyncDown",
         "LmsSyncDatabaseLockWait",
         "LmsSyncApiTokenRejected",
