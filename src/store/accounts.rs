@@ -310,8 +310,12 @@ impl Store {
             Option<String>,
             Ts,
         );
+        // Retired means discovered and no longer listed: an account configured in
+        // `[[accounts]]` is synced whatever its `retired_at` (one retired, then configured,
+        // keeps it), so it is never purged.
         let row: Option<Row> = sqlx::query_as(
-            "SELECT retired_at, tenant_id, label, integration, first_seen_at
+            "SELECT CASE WHEN source = 'discovered' THEN retired_at END, tenant_id, label,
+                    integration, first_seen_at
                FROM accounts WHERE integrated_account_id = $1 FOR UPDATE",
         )
         .bind(account)
@@ -369,12 +373,12 @@ impl Store {
         })
     }
 
-    /// The retired accounts whose retirement is older than `age` (by the database's clock),
-    /// the longest retired first.
+    /// The retired accounts (discovered, no longer listed) whose retirement is older than `age`
+    /// (by the database's clock), the longest retired first.
     pub async fn retired_for(&self, age: std::time::Duration) -> Result<Vec<Uuid>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT integrated_account_id FROM accounts
-              WHERE retired_at < now() - make_interval(secs => $1)
+              WHERE source = 'discovered' AND retired_at < now() - make_interval(secs => $1)
               ORDER BY retired_at",
         )
         .bind(age.as_secs_f64())

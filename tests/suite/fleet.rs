@@ -735,34 +735,37 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
 
 /// With `discovery.purge_retired_after`, the service purges an account retired for longer than
 /// that, right after a complete listing still without it: not after a failed listing, not an
-/// account retired more recently; the purge is recorded and counted, and the rest of the fleet
-/// is untouched.
+/// account retired more recently, nor one retired and then configured in `[[accounts]]` (which
+/// is synced); the purge is recorded and counted, and the rest of the fleet is untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_purges_accounts_retired_longer_than_purge_retired_after() {
     use crate::helpers::daemon::{config, spawn_env};
-    let (a, b, c) = (account_id(1), account_id(2), account_id(3));
-    let env = fleet_env(&[(a, 30), (b, 20), (c, 10)]).await;
+    let (a, b, c, d) = (account_id(1), account_id(2), account_id(3), account_id(4));
+    let env = fleet_env(&[(a, 30), (b, 20), (c, 10), (d, 15)]).await;
     let s = discovering(&env);
-    assert_eq!(discover_now(&env, &s).await.applied.unwrap().added, 3);
+    assert_eq!(discover_now(&env, &s).await.applied.unwrap().added, 4);
     let o = cli(&env, &["sync"]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    // b and c disconnect; b's retirement is two hours old, c's new.
-    for gone in [b, c] {
+    // b, c and d disconnect; b's and d's retirements are two hours old, c's new; d is then
+    // configured in [[accounts]] (its users endpoint answering again).
+    for gone in [b, c, d] {
         env.sim.remove_integrated(gone);
         assert_eq!(discover_now(&env, &s).await.applied.unwrap().retired, 1);
     }
+    env.sim.unblock(d);
     let backdated = sqlx::query(
-        "UPDATE accounts SET retired_at = now() - interval '2 hours' WHERE integrated_account_id = $1",
+        "UPDATE accounts SET retired_at = now() - interval '2 hours'
+          WHERE integrated_account_id = ANY($1)",
     )
-    .bind(b)
+    .bind([b, d])
     .execute(env.store.pool())
     .await
     .unwrap();
-    assert_eq!(backdated.rows_affected(), 1);
+    assert_eq!(backdated.rows_affected(), 2);
     let users =
         |id: Uuid| format!("SELECT count(*) FROM users WHERE integrated_account_id = '{id}'");
 
-    let text = std::fs::read_to_string(&*config(&env.sim, &[], "1h", 2)).unwrap();
+    let text = std::fs::read_to_string(&*config(&env.sim, &[d], "1h", 2)).unwrap();
     let cfg = TempFile::new(
         "lms-sync-purging",
         ".toml",
@@ -774,7 +777,7 @@ async fn the_service_purges_accounts_retired_longer_than_purge_retired_after() {
     for _ in 0..3 {
         env.sim.push_listing_fault(Fault::status(500));
     }
-    let mut d = spawn_env(
+    let mut service = spawn_env(
         &cfg,
         &env.db_url,
         &[],
@@ -783,16 +786,17 @@ async fn the_service_purges_accounts_retired_longer_than_purge_retired_after() {
             ("LMS_SYNC__TRUTO__MAX_ATTEMPTS", "3"),
         ],
     );
-    let listening = d
+    let listening = service
         .wait_for("operations server listening (/healthz, /readyz, /metrics)")
         .await;
     let ops = listening["fields"]["addr"].as_str().unwrap().to_string();
-    d.wait_for("discovery failed; the registry is left as it was")
+    service
+        .wait_for("discovery failed; the registry is left as it was")
         .await;
     // The next listing, complete and still without b: b is purged after it (not after the
     // failed one: no purge line comes before this), c (retired 0 h) is not.
-    d.wait_for("discovery finished").await;
-    let ev = d
+    service.wait_for("discovery finished").await;
+    let ev = service
         .wait_for("retired account purged: every row of it deleted (recorded in account_purges)")
         .await;
     assert_eq!(ev["fields"]["account"], b.to_string(), "{ev}");
@@ -809,7 +813,7 @@ async fn the_service_purges_accounts_retired_longer_than_purge_retired_after() {
             && metrics.contains("lms_sync_discovery_runs_total{result=\"failed\"} 1.0\n"),
         "{metrics}"
     );
-    assert_eq!(d.terminate().await, 0);
+    assert_eq!(service.terminate().await, 0);
 
     let (by, recorded): (String, i64) = sqlx::query_as(
         "SELECT purged_by, rows_deleted FROM account_purges WHERE integrated_account_id = $1",
@@ -830,6 +834,8 @@ async fn the_service_purges_accounts_retired_longer_than_purge_retired_after() {
         10,
         "c was retired too recently"
     );
+    assert_eq!(env.scalar_i64(&users(d)).await, 15, "d is configured");
+    assert_mirror(&env.store, &env.sim, d).await;
     assert_eq!(
         env.scalar_i64("SELECT count(*) FROM account_purges").await,
         1
