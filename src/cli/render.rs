@@ -255,6 +255,18 @@ pub fn account(
     fact("tenant", v.tenant_id.as_deref().unwrap_or("-"));
     fact("source", &v.source);
     fact("state", &v.state);
+    if let Some(at) = v.retired_at {
+        fact("retired", &t(Some(at)));
+    }
+    if let Some(due) = v.purge_due {
+        fact(
+            "purge due",
+            &format!(
+                "{}: every row deleted at the first complete listing from then on                  (discovery.purge_retired_after)",
+                t(Some(due))
+            ),
+        );
+    }
     let mut health = v.health.clone();
     if v.health != "ok" {
         let _ = write!(health, " since {}", t(v.health_since));

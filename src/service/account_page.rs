@@ -145,6 +145,20 @@ pub fn render(
     );
     s.push_str("<table class=\"facts\"><tbody>");
     fact(&mut s, "State", &escape(&v.state));
+    if let Some(at) = v.retired_at {
+        fact(&mut s, "Retired", &when(Some(at), now));
+    }
+    if let Some(due) = v.purge_due {
+        fact(
+            &mut s,
+            "Purge due",
+            &format!(
+                "{} <span class=\"muted\">every row deleted at the first complete listing \
+                 from then on (discovery.purge_retired_after)</span>",
+                when(Some(due), now)
+            ),
+        );
+    }
     let mut health = escape(&v.health);
     if v.health != "ok" {
         let _ = write!(
@@ -279,6 +293,8 @@ mod tests {
             held_until: Some("2026-12-05T15:30:00Z".parse().unwrap()),
             live_users: 1200,
             last_error: Some("HTTP 401: <credentials> no longer work".into()),
+            retired_at: None,
+            purge_due: None,
         }
     }
 
@@ -375,6 +391,27 @@ mod tests {
         assert!(
             !html.contains("Deleted users"),
             "no sync_state row, no counts"
+        );
+        assert!(!html.contains("Retired") && !html.contains("Purge due"));
+    }
+
+    #[test]
+    fn a_retired_accounts_page_says_when_it_was_retired_and_when_its_purge_is_due() {
+        let now = Utc::now();
+        let mut v = view();
+        v.state = "retired".into();
+        v.retired_at = Some(now - chrono::Duration::days(3));
+        v.purge_due = Some(now + chrono::Duration::days(27));
+        let html = render(&v, None, &[], 90, now);
+        assert!(
+            html.contains("<th>Retired</th><td><time datetime=")
+                && html.contains(">3 d ago</time>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<th>Purge due</th><td><time datetime=")
+                && html.contains(">in 27 d</time> <span class=\"muted\">every row deleted"),
+            "{html}"
         );
     }
 }

@@ -674,6 +674,8 @@ mod tests {
             held_until: None,
             live_users: 10,
             last_error: None,
+            retired_at: None,
+            purge_due: None,
         }
     }
 

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::config::Settings;
+use crate::domain::AccountSource;
 use crate::fleet::{plan, Planned};
 use crate::store::{BudgetView, DiscoveryState, StatusRow, Store, StoreError};
 
@@ -16,6 +17,8 @@ pub struct FleetState {
     pub rows: Vec<StatusRow>,
     pub next: HashMap<Uuid, DateTime<Utc>>,
     pub discovery: Option<DiscoveryState>,
+    /// `discovery.purge_retired_after` (None: retired accounts are not purged by the service).
+    pub purge_retired_after: Option<std::time::Duration>,
 }
 
 /// One account as `accounts list --json` and `GET /status` show it.
@@ -34,6 +37,11 @@ pub struct AccountView {
     pub held_until: Option<DateTime<Utc>>,
     pub live_users: i64,
     pub last_error: Option<String>,
+    /// When Truto stopped listing it (retired accounts only).
+    pub retired_at: Option<DateTime<Utc>>,
+    /// When the service may purge it (a retired account, with `discovery.purge_retired_after`):
+    /// at the first complete listing from then on.
+    pub purge_due: Option<DateTime<Utc>>,
 }
 
 /// Reads the fleet's state (read-only); given `only`, of that one account (still planned
@@ -61,6 +69,11 @@ pub async fn read_state(
         rows,
         next,
         discovery,
+        purge_retired_after: settings
+            .discovery
+            .enabled
+            .then(|| settings.discovery.purge_retired_after())
+            .flatten(),
     })
 }
 
@@ -77,6 +90,18 @@ pub fn account_views(state: &FleetState) -> Vec<AccountView> {
         .iter()
         .map(|p| {
             let row = rows.get(&p.id()).copied();
+            // As the purge reads it: discovered and no longer listed (paused or not).
+            let retired_at = match p.source {
+                AccountSource::Discovered => p.row.as_ref().and_then(|r| r.retired_at),
+                AccountSource::Config => None,
+            };
+            let purge_due = retired_at
+                .zip(state.purge_retired_after)
+                .and_then(|(at, after)| {
+                    chrono::Duration::from_std(after)
+                        .ok()
+                        .and_then(|after| at.checked_add_signed(after))
+                });
             AccountView {
                 integrated_account_id: p.id(),
                 label: p.account.label.clone(),
@@ -90,6 +115,8 @@ pub fn account_views(state: &FleetState) -> Vec<AccountView> {
                 held_until: row.and_then(|r| r.held_until),
                 live_users: row.map_or(0, |r| r.live_users),
                 last_error: row.and_then(|r| r.last_error.clone()),
+                retired_at,
+                purge_due,
             }
         })
         .collect()

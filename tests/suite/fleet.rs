@@ -836,6 +836,41 @@ async fn the_service_purges_accounts_retired_longer_than_purge_retired_after() {
     );
     assert_eq!(env.scalar_i64(&users(d)).await, 15, "d is configured");
     assert_mirror(&env.store, &env.sim, d).await;
+    // `accounts show` says when c's purge is due: its retirement plus the setting.
+    let o = cli_with(
+        &env,
+        &[("LMS_SYNC__DISCOVERY__PURGE_RETIRED_AFTER", "1h")],
+        &["accounts", "show", &c.to_string(), "--json"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (retired, due): (String, String) = sqlx::query_as(
+        "SELECT to_char(retired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS'),
+                to_char((retired_at + interval '1 hour') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')
+           FROM accounts WHERE integrated_account_id = $1",
+    )
+    .bind(c)
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    let at = |field: &str| shown["account"][field].as_str().unwrap_or_default()[..19].to_string();
+    assert_eq!(
+        (at("retired_at"), at("purge_due")),
+        (retired, due),
+        "{shown}"
+    );
+    let o = cli_with(
+        &env,
+        &[("LMS_SYNC__DISCOVERY__PURGE_RETIRED_AFTER", "1h")],
+        &["accounts", "show", &d.to_string(), "--json"],
+    )
+    .await;
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        shown["account"]["purge_due"].is_null(),
+        "configured: {shown}"
+    );
     assert_eq!(
         env.scalar_i64("SELECT count(*) FROM account_purges").await,
         1
