@@ -122,10 +122,15 @@ async fn take_turn(
     interval
 }
 
-/// Purges the accounts retired for longer than `after`, one transaction each (see
-/// [`Store::purge`]), under the discovery lease: one replica purges, right after a listing that
-/// still did not show them. One that fails (its run holds its lease, say) is tried again after
-/// the next listing.
+/// The most accounts one listing's turn purges: the discovery lease is held meanwhile, so a
+/// backlog (the rule just turned on over a year of departures) is worked off over several
+/// listings instead of keeping every replica from listing for as long as it takes.
+const PURGES_PER_LISTING: usize = 10;
+
+/// Purges the accounts retired for longer than `after` (the longest retired first, at most
+/// [`PURGES_PER_LISTING`]), one transaction each (see [`Store::purge`]), under the discovery
+/// lease: one replica purges, right after a listing that still did not show them. One that
+/// fails (its run holds its lease, say) is tried again after the next listing.
 async fn purge_retired(
     store: &Store,
     after: Duration,
@@ -141,7 +146,15 @@ async fn purge_retired(
         }
     };
     let after_text = humantime::format_duration(after).to_string();
-    for account in due {
+    if due.len() > PURGES_PER_LISTING {
+        tracing::info!(
+            due = due.len(),
+            now = PURGES_PER_LISTING,
+            "more retired accounts are due to be purged than one listing purges; the rest follow \
+             after the next listings"
+        );
+    }
+    for account in due.into_iter().take(PURGES_PER_LISTING) {
         if cancel.is_cancelled() {
             return;
         }

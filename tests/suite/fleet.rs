@@ -878,6 +878,84 @@ async fn the_service_purges_accounts_retired_longer_than_purge_retired_after() {
     assert_mirror(&env.store, &env.sim, a).await;
 }
 
+/// A backlog of retired accounts due to be purged (the rule just turned on) is worked off ten
+/// per listing, the longest retired first, so that the discovery lease is not held for as
+/// long as the whole backlog takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_retired_accounts_is_purged_ten_per_listing() {
+    use crate::helpers::daemon::{config, spawn_env};
+    let ids: Vec<Uuid> = (1..=12).map(account_id).collect();
+    let env = fleet_env(&ids.iter().map(|&id| (id, 3)).collect::<Vec<_>>()).await;
+    let mut s = discovering(&env);
+    s.discovery.max_retire_fraction = 1.0;
+    assert_eq!(discover_now(&env, &s).await.applied.unwrap().added, 12);
+    let o = cli(&env, &["sync"]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for &gone in &ids[1..] {
+        env.sim.remove_integrated(gone);
+    }
+    assert_eq!(discover_now(&env, &s).await.applied.unwrap().retired, 11);
+    // Retired 2 h ago and earlier: the last account the longest.
+    for (i, id) in ids[1..].iter().enumerate() {
+        sqlx::query(
+            "UPDATE accounts SET retired_at = now() - interval '2 hours' - make_interval(mins => $2)
+              WHERE integrated_account_id = $1",
+        )
+        .bind(id)
+        .bind(i as i32)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    }
+    let text = std::fs::read_to_string(&*config(&env.sim, &[], "1h", 2)).unwrap();
+    let cfg = TempFile::new(
+        "lms-sync-purging",
+        ".toml",
+        format!(
+            "{text}[discovery]\nenabled = true\ninterval = \"10s\"\nmax_retire_fraction = 1.0\n\
+             purge_retired_after = \"1h\"\n"
+        ),
+    );
+    let mut service = spawn_env(&cfg, &env.db_url, &[], &[("TRUTO_API_TOKEN", DEMO_TOKEN)]);
+    let ev = service
+        .wait_for(
+            "more retired accounts are due to be purged than one listing purges; the rest \
+             follow after the next listings",
+        )
+        .await;
+    assert_eq!(
+        (ev["fields"]["due"].as_u64(), ev["fields"]["now"].as_u64()),
+        (Some(11), Some(10))
+    );
+    let mut purged = Vec::new();
+    loop {
+        let ev = service
+            .next_event("the first ten purges and the next listing")
+            .await;
+        match ev["fields"]["message"].as_str().unwrap_or_default() {
+            "retired account purged: every row of it deleted (recorded in account_purges)" => {
+                purged.push(ev["fields"]["account"].as_str().unwrap().to_string())
+            }
+            "discovery finished" => break,
+            _ => {}
+        }
+    }
+    // The longest retired first: all but the one retired most recently (ids[1]).
+    let expected: Vec<String> = ids[2..].iter().rev().map(Uuid::to_string).collect();
+    assert_eq!(purged, expected);
+    let ev = service
+        .wait_for("retired account purged: every row of it deleted (recorded in account_purges)")
+        .await;
+    assert_eq!(ev["fields"]["account"], ids[1].to_string(), "{ev}");
+    assert_eq!(service.terminate().await, 0);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM account_purges").await,
+        11
+    );
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM accounts").await, 1);
+    assert_mirror(&env.store, &env.sim, ids[0]).await;
+}
+
 /// A purge is one transaction holding the account's registry row: killed midway it deletes
 /// nothing, and a listing that shows the account again meanwhile waits for it (then brings the
 /// account back with every row it had).
