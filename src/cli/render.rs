@@ -262,7 +262,7 @@ pub fn account(
         fact(
             "purge due",
             &format!(
-                "{}: every row deleted at the first complete listing from then on                  (discovery.purge_retired_after)",
+                "{}: every row deleted at the first complete listing from then on (discovery.purge_retired_after)",
                 t(Some(due))
             ),
         );

@@ -218,7 +218,7 @@ impl Settings {
             if after < Duration::from_secs(3600) {
                 return Err(key_error(
                     KEY,
-                    "must be at least 1h: a retirement must stay undone long enough to notice a                      wrong one",
+                    "must be at least 1h: a retirement must stay undone long enough to notice a wrong one",
                 ));
             }
             if after > Duration::from_secs(3650 * 86_400) {
@@ -227,7 +227,7 @@ impl Settings {
             if !d.enabled {
                 return Err(key_error(
                     KEY,
-                    "needs discovery.enabled = true: the service purges after a listing still                      without the account",
+                    "needs discovery.enabled = true: the service purges after a listing still without the account",
                 ));
             }
         }
