@@ -857,9 +857,22 @@ async fn the_service_purges_accounts_retired_longer_than_purge_retired_after() {
     let at = |field: &str| shown["account"][field].as_str().unwrap_or_default()[..19].to_string();
     assert_eq!(
         (at("retired_at"), at("purge_due")),
-        (retired, due),
+        (retired, due.clone()),
         "{shown}"
     );
+    let o = cli_with(
+        &env,
+        &[("LMS_SYNC__DISCOVERY__PURGE_RETIRED_AFTER", "1h")],
+        &["accounts", "show", &c.to_string()],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = format!(
+        "purge due      {}Z: every row deleted at the first complete listing from then on \
+         (discovery.purge_retired_after)\n",
+        due.replace('T', " ")
+    );
+    assert!(text.contains(&line), "{line}{text}");
     let o = cli_with(
         &env,
         &[("LMS_SYNC__DISCOVERY__PURGE_RETIRED_AFTER", "1h")],
