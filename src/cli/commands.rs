@@ -265,7 +265,8 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
         // The next listing as the status page has it, by this configuration's interval (the
         // service's may differ).
         let d = crate::service::page::DiscoveryView::from(state.discovery)
-            .due_every(settings.discovery.interval());
+            .due_every(settings.discovery.interval())
+            .with_purges(state.purges);
         let stamp = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%SZ").to_string();
         let next = d
             .next_due
@@ -277,12 +278,17 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
             d.listed_at.map(stamp).as_deref().unwrap_or("-"),
             d.listed.unwrap_or(0),
             d.guard
+                .as_deref()
                 .map(|g| format!("; retire guard: {g}"))
                 .unwrap_or_default(),
             d.error
+                .as_deref()
                 .map(|e| format!("; failed: {e}"))
                 .unwrap_or_default()
         );
+        if let Some(words) = d.purge_words(stamp) {
+            println!("purges: {words}");
+        }
     }
     let budget = crate::service::status::read_budget(&settings, &store)
         .await

@@ -90,6 +90,7 @@ pub(super) async fn page(
             let discovery = settings.discovery.enabled.then(|| {
                 DiscoveryView::from(state.discovery.clone())
                     .due_every(settings.discovery.interval())
+                    .with_purges(state.purges.clone())
             });
             let html = render(
                 &views,
@@ -340,10 +341,42 @@ pub struct DiscoveryView {
     pub error: Option<String>,
     /// When the next listing is due (`discovery.interval` after the last, whoever made it).
     pub next_due: Option<DateTime<Utc>>,
+    /// With `discovery.purge_retired_after`: what was purged lately and what is due.
+    pub purges: Option<crate::store::PurgeSummary>,
 }
 
 impl DiscoveryView {
     /// The view, with the next listing due `interval` after the last.
+    /// The view, with what `purges` says (see [`crate::store::PurgeSummary`]).
+    pub fn with_purges(mut self, purges: Option<crate::store::PurgeSummary>) -> Self {
+        self.purges = purges;
+        self
+    }
+
+    /// What the purges did and will do, in words (`status` and the page; `when` writes a time).
+    pub fn purge_words(&self, when: impl Fn(DateTime<Utc>) -> String) -> Option<String> {
+        let p = self.purges.as_ref()?;
+        let latest = p
+            .last
+            .map(|t| format!(" (the latest {})", when(t)))
+            .unwrap_or_default();
+        let due = match p.due {
+            0 => "none is due".to_string(),
+            1 => "1 is due at the next complete listing".to_string(),
+            n => format!("{n} are due, up to 10 at each complete listing"),
+        };
+        let secs = p.after.as_secs();
+        let after = match secs {
+            s if s % 86_400 == 0 => format!("{} d", s / 86_400),
+            s if s % 3600 == 0 => format!("{} h", s / 3600),
+            _ => humantime::format_duration(p.after).to_string(),
+        };
+        Some(format!(
+            "retired accounts are purged {after} after their retirement: {} in the last 24 h{latest}; {due}",
+            p.last_day
+        ))
+    }
+
     pub fn due_every(mut self, interval: std::time::Duration) -> Self {
         self.next_due = self
             .listed_at
@@ -364,6 +397,7 @@ impl From<Option<crate::store::DiscoveryState>> for DiscoveryView {
             guard,
             error,
             next_due: None,
+            purges: None,
         }
     }
 }
@@ -403,6 +437,10 @@ fn discovery_section(s: &mut String, d: &DiscoveryView, now: DateTime<Utc>) {
             "<p class=\"note why\">Accounts Truto no longer lists were not retired: {}</p>",
             escape(g)
         );
+    }
+    // The words are this program's, with numbers and times only: nothing to escape.
+    if let Some(words) = d.purge_words(|t| when(Some(t), now)) {
+        let _ = write!(s, "<p class=\"note\">R{}.</p>", &words[1..]);
     }
 }
 
@@ -988,6 +1026,31 @@ mod tests {
             "{late}"
         );
         assert!(!html.contains("pill bad"), "{html}");
+        assert!(!html.contains("purged"), "no purge rule: no line");
+        let purging = |last_day, last, due| {
+            with(&d.clone().with_purges(Some(crate::store::PurgeSummary {
+                after: std::time::Duration::from_secs(30 * 86_400),
+                last_day,
+                last,
+                due,
+            })))
+        };
+        let html = purging(2, Some(now - chrono::Duration::hours(3)), 0);
+        assert!(
+            html.contains(
+                "<p class=\"note\">Retired accounts are purged 30 d after their retirement: \
+                 2 in the last 24 h (the latest <time"
+            ) && html.contains(">3 h ago</time>); none is due.</p>"),
+            "{html}"
+        );
+        let html = purging(0, None, 12);
+        assert!(
+            html.contains(
+                "purged 30 d after their retirement: 0 in the last 24 h; 12 are due, up to 10 \
+                 at each complete listing.</p>"
+            ),
+            "{html}"
+        );
 
         d.listed_at = Some(now - chrono::Duration::minutes(1));
         d.error = Some("HTTP 401: <token> rejected".into());

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::config::Settings;
 use crate::domain::AccountSource;
 use crate::fleet::{plan, Planned};
-use crate::store::{BudgetView, DiscoveryState, StatusRow, Store, StoreError};
+use crate::store::{BudgetView, DiscoveryState, PurgeSummary, StatusRow, Store, StoreError};
 
 /// What `status` and `accounts list` read.
 pub struct FleetState {
@@ -19,6 +19,8 @@ pub struct FleetState {
     pub discovery: Option<DiscoveryState>,
     /// `discovery.purge_retired_after` (None: retired accounts are not purged by the service).
     pub purge_retired_after: Option<std::time::Duration>,
+    /// What was purged lately and what is due, with `discovery.purge_retired_after`.
+    pub purges: Option<PurgeSummary>,
 }
 
 /// One account as `accounts list --json` and `GET /status` show it.
@@ -64,16 +66,22 @@ pub async fn read_state(
     let histories = store.run_histories(only).await?;
     let next = super::next_runs(settings, &fleet, &histories, Utc::now());
     let discovery = store.discovery_state().await?;
+    let purge_retired_after = settings
+        .discovery
+        .enabled
+        .then(|| settings.discovery.purge_retired_after())
+        .flatten();
+    let purges = match purge_retired_after {
+        Some(after) => Some(store.purge_summary(after).await?),
+        None => None,
+    };
     Ok(FleetState {
         fleet,
         rows,
         next,
         discovery,
-        purge_retired_after: settings
-            .discovery
-            .enabled
-            .then(|| settings.discovery.purge_retired_after())
-            .flatten(),
+        purge_retired_after,
+        purges,
     })
 }
 

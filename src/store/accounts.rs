@@ -373,6 +373,30 @@ impl Store {
         })
     }
 
+    /// Purges in the last 24 hours, the latest purge's time, and how many retired accounts
+    /// are due (retired longer than `after`), as of the database's clock.
+    pub async fn purge_summary(
+        &self,
+        after: std::time::Duration,
+    ) -> Result<PurgeSummary, StoreError> {
+        let (last_day, last, due): (i64, Option<Ts>, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM account_purges WHERE purged_at > now() - interval '1 day'),
+                    (SELECT max(purged_at) FROM account_purges),
+                    (SELECT count(*) FROM accounts
+                      WHERE source = 'discovered'
+                        AND retired_at < now() - make_interval(secs => $1))",
+        )
+        .bind(after.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(PurgeSummary {
+            after,
+            last_day,
+            last,
+            due,
+        })
+    }
+
     /// The retired accounts (discovered, no longer listed) whose retirement is older than `age`
     /// (by the database's clock), the longest retired first.
     pub async fn retired_for(&self, age: std::time::Duration) -> Result<Vec<Uuid>, StoreError> {
@@ -403,6 +427,19 @@ const PURGED_TABLES: &[&str] = &[
     "sync_state",
     "accounts",
 ];
+
+/// What `status` and the status page say of the purges (`discovery.purge_retired_after`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeSummary {
+    /// `discovery.purge_retired_after`.
+    pub after: std::time::Duration,
+    /// Accounts purged in the last 24 hours (by the command or the service).
+    pub last_day: i64,
+    /// The latest purge.
+    pub last: Option<Ts>,
+    /// Retired accounts due to be purged (at the next complete listing).
+    pub due: i64,
+}
 
 /// Who purged an account (`account_purges.purged_by`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

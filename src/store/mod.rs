@@ -31,8 +31,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
 pub use accounts::{
-    retire_guard, AccountRow, Discovered, DiscoveryApplied, DiscoveryState, Purged, PurgedBy,
-    RetirePolicy,
+    retire_guard, AccountRow, Discovered, DiscoveryApplied, DiscoveryState, PurgeSummary, Purged,
+    PurgedBy, RetirePolicy,
 };
 pub use budget::{
     agreed_limit, decide as decide_share, BudgetView, Negotiated, Reach, ShareHolder, ShareView,

@@ -873,6 +873,21 @@ async fn the_service_purges_accounts_retired_longer_than_purge_retired_after() {
         due.replace('T', " ")
     );
     assert!(text.contains(&line), "{line}{text}");
+    // `status` says what the rule did and what is due.
+    let o = cli_with(
+        &env,
+        &[("LMS_SYNC__DISCOVERY__PURGE_RETIRED_AFTER", "1h")],
+        &["status"],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(
+            "\npurges: retired accounts are purged 1 h after their retirement: 1 in the last 24 h \
+             (the latest "
+        ) && text.contains("); none is due\n"),
+        "{text}"
+    );
     let o = cli_with(
         &env,
         &[("LMS_SYNC__DISCOVERY__PURGE_RETIRED_AFTER", "1h")],
