@@ -190,6 +190,8 @@ pub struct AccountRow {
     pub is_sandbox: bool,
     pub paused: bool,
     pub retired_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `accounts protect`: its data is never purged (NULL: not protected).
+    pub protected_at: Option<chrono::DateTime<chrono::Utc>>,
     /// `accounts sync-now`: a run is wanted at once (when later than the last run's start).
     pub sync_requested_at: Option<chrono::DateTime<chrono::Utc>>,
     pub first_seen_at: chrono::DateTime<chrono::Utc>,

@@ -150,6 +150,7 @@ mod tests {
             is_sandbox: false,
             paused: false,
             retired_at: None,
+            protected_at: None,
             sync_requested_at: None,
             first_seen_at: t,
             last_seen_at: t,

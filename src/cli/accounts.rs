@@ -41,6 +41,11 @@ pub enum AccountsCommand {
     SyncNow { account: Uuid },
     /// Make the account's next run start from the first page.
     ResetCursor { account: Uuid },
+    /// Keep the account's data whatever happens (a legal hold): no purge, by
+    /// `discovery.purge_retired_after` or by `accounts purge`, until `unprotect`.
+    Protect { account: Uuid },
+    /// Undo `protect`.
+    Unprotect { account: Uuid },
     /// Delete a retired account's data (users, history, runs, state). Refused unless retired.
     Purge {
         account: Uuid,
@@ -84,6 +89,21 @@ pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), Cli
                 "set to start its next run from the first page",
                 |s, id| Box::pin(s.request_cursor_reset(id)),
             )
+            .await
+        }
+        AccountsCommand::Protect { account } => {
+            act(
+                &settings,
+                account,
+                "protected: its data is never purged until `accounts unprotect`",
+                |s, id| Box::pin(s.set_protected(id, true)),
+            )
+            .await
+        }
+        AccountsCommand::Unprotect { account } => {
+            act(&settings, account, "no longer protected", |s, id| {
+                Box::pin(s.set_protected(id, false))
+            })
             .await
         }
         AccountsCommand::Purge { account, yes } => purge(settings, account, yes).await,

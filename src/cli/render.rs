@@ -258,6 +258,15 @@ pub fn account(
     if let Some(at) = v.retired_at {
         fact("retired", &t(Some(at)));
     }
+    if let Some(since) = v.protected_at {
+        fact(
+            "protected",
+            &format!(
+                "since {}: its data is never purged (accounts unprotect lifts that)",
+                t(Some(since))
+            ),
+        );
+    }
     if let Some(due) = v.purge_due {
         fact(
             "purge due",

@@ -148,6 +148,17 @@ pub fn render(
     if let Some(at) = v.retired_at {
         fact(&mut s, "Retired", &when(Some(at), now));
     }
+    if let Some(since) = v.protected_at {
+        fact(
+            &mut s,
+            "Protected",
+            &format!(
+                "since {} <span class=\"muted\">its data is never purged \
+                 (accounts unprotect lifts that)</span>",
+                when(Some(since), now)
+            ),
+        );
+    }
     if let Some(due) = v.purge_due {
         fact(
             &mut s,
@@ -294,6 +305,7 @@ mod tests {
             live_users: 1200,
             last_error: Some("HTTP 401: <credentials> no longer work".into()),
             retired_at: None,
+            protected_at: None,
             purge_due: None,
         }
     }
@@ -411,6 +423,16 @@ mod tests {
         assert!(
             html.contains("<th>Purge due</th><td><time datetime=")
                 && html.contains(">in 27 d</time> <span class=\"muted\">every row deleted"),
+            "{html}"
+        );
+        assert!(!html.contains("Protected"), "{html}");
+        v.protected_at = Some(now - chrono::Duration::days(1));
+        v.purge_due = None;
+        let html = render(&v, None, &[], 90, now);
+        assert!(
+            html.contains("<th>Protected</th><td>since <time")
+                && html.contains("its data is never purged (accounts unprotect lifts that)")
+                && !html.contains("Purge due"),
             "{html}"
         );
     }

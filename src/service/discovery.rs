@@ -170,8 +170,12 @@ async fn purge_retired(
                 );
             }
             // Brought back (a webhook) or purged by an operator since it was read: nothing to do.
-            Err(StoreError::NotRetired(_) | StoreError::NoSuchAccount(_)) => {
-                tracing::debug!(%account, "the account is no longer retired, or already purged; not purged");
+            Err(
+                StoreError::NotRetired(_)
+                | StoreError::NoSuchAccount(_)
+                | StoreError::Protected { .. },
+            ) => {
+                tracing::debug!(%account, "the account is no longer retired, already purged, or protected; not purged");
             }
             Err(e) => {
                 metrics.inc("lms_sync_accounts_purged_total", &[("result", "failed")]);

@@ -713,6 +713,7 @@ mod tests {
             live_users: 10,
             last_error: None,
             retired_at: None,
+            protected_at: None,
             purge_due: None,
         }
     }

@@ -41,6 +41,8 @@ pub struct AccountView {
     pub last_error: Option<String>,
     /// When Truto stopped listing it (retired accounts only).
     pub retired_at: Option<DateTime<Utc>>,
+    /// Since when its data is kept from any purge (`accounts protect`).
+    pub protected_at: Option<DateTime<Utc>>,
     /// When the service may purge it (a retired account, with `discovery.purge_retired_after`):
     /// at the first complete listing from then on.
     pub purge_due: Option<DateTime<Utc>>,
@@ -103,7 +105,9 @@ pub fn account_views(state: &FleetState) -> Vec<AccountView> {
                 AccountSource::Discovered => p.row.as_ref().and_then(|r| r.retired_at),
                 AccountSource::Config => None,
             };
+            let protected_at = p.row.as_ref().and_then(|r| r.protected_at);
             let purge_due = retired_at
+                .filter(|_| protected_at.is_none())
                 .zip(state.purge_retired_after)
                 .and_then(|(at, after)| {
                     chrono::Duration::from_std(after)
@@ -124,6 +128,7 @@ pub fn account_views(state: &FleetState) -> Vec<AccountView> {
                 live_users: row.map_or(0, |r| r.live_users),
                 last_error: row.and_then(|r| r.last_error.clone()),
                 retired_at,
+                protected_at,
                 purge_due,
             }
         })

@@ -71,7 +71,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT integrated_account_id, tenant_id, label, source, truto_status, integration,
                     coalesce(is_sandbox, false), paused, retired_at, sync_requested_at,
-                    first_seen_at, last_seen_at
+                    first_seen_at, last_seen_at, protected_at
                FROM accounts ORDER BY integrated_account_id",
         )
         .fetch_all(&self.pool)
@@ -93,6 +93,7 @@ impl Store {
                     sync_requested_at: r.get(9),
                     first_seen_at: r.get(10),
                     last_seen_at: r.get(11),
+                    protected_at: r.get(12),
                 })
             })
             .collect()
@@ -255,6 +256,17 @@ impl Store {
         self.update_account(account, "paused = $2", paused).await
     }
 
+    /// Protects the account's data from any purge (`on`), or lifts that; false when the
+    /// registry does not hold the account. Protecting again keeps the first time.
+    pub async fn set_protected(&self, account: Uuid, on: bool) -> Result<bool, StoreError> {
+        self.update_account(
+            account,
+            "protected_at = CASE WHEN $2 THEN coalesce(protected_at, now()) END",
+            on,
+        )
+        .await
+    }
+
     /// Asks for a run of the account at once, whatever its schedule.
     pub async fn request_sync(&self, account: Uuid) -> Result<bool, StoreError> {
         self.update_account(
@@ -309,13 +321,14 @@ impl Store {
             Option<String>,
             Option<String>,
             Ts,
+            Option<Ts>,
         );
         // Retired means discovered and no longer listed: an account configured in
         // `[[accounts]]` is synced whatever its `retired_at` (one retired, then configured,
         // keeps it), so it is never purged.
         let row: Option<Row> = sqlx::query_as(
             "SELECT CASE WHEN source = 'discovered' THEN retired_at END, tenant_id, label,
-                    integration, first_seen_at
+                    integration, first_seen_at, protected_at
                FROM accounts WHERE integrated_account_id = $1 FOR UPDATE",
         )
         .bind(account)
@@ -324,7 +337,8 @@ impl Store {
         let (retired_at, tenant, label, integration, first_seen) = match row {
             None => return Err(StoreError::NoSuchAccount(account)),
             Some((None, ..)) => return Err(StoreError::NotRetired(account)),
-            Some((Some(at), tenant, label, integration, first_seen)) => {
+            Some((.., Some(since))) => return Err(StoreError::Protected { account, since }),
+            Some((Some(at), tenant, label, integration, first_seen, None)) => {
                 (at, tenant, label, integration, first_seen)
             }
         };
@@ -383,7 +397,7 @@ impl Store {
             "SELECT (SELECT count(*) FROM account_purges WHERE purged_at > now() - interval '1 day'),
                     (SELECT max(purged_at) FROM account_purges),
                     (SELECT count(*) FROM accounts
-                      WHERE source = 'discovered'
+                      WHERE source = 'discovered' AND protected_at IS NULL
                         AND retired_at < now() - make_interval(secs => $1))",
         )
         .bind(after.as_secs_f64())
@@ -402,7 +416,8 @@ impl Store {
     pub async fn retired_for(&self, age: std::time::Duration) -> Result<Vec<Uuid>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT integrated_account_id FROM accounts
-              WHERE source = 'discovered' AND retired_at < now() - make_interval(secs => $1)
+              WHERE source = 'discovered' AND protected_at IS NULL
+                AND retired_at < now() - make_interval(secs => $1)
               ORDER BY retired_at",
         )
         .bind(age.as_secs_f64())

@@ -76,6 +76,12 @@ pub enum StoreError {
     /// `accounts purge` of an account the registry does not hold.
     #[error("account {0} is not in the registry (neither configured nor discovered, or already purged: see account_purges)")]
     NoSuchAccount(uuid::Uuid),
+    /// A purge of a protected account (`accounts protect`).
+    #[error("account {account} is protected (since {}): its data is never purged; `lms-sync accounts unprotect` lifts that", .since.format("%Y-%m-%d %H:%M UTC"))]
+    Protected {
+        account: uuid::Uuid,
+        since: chrono::DateTime<chrono::Utc>,
+    },
     /// A purge of an account whose lease a process holds (a run of it under way).
     #[error("account {0} is being synced (a process holds its lease); its data was not purged, try again once the run has ended")]
     PurgeBusy(uuid::Uuid),

@@ -675,6 +675,24 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
         |id: Uuid| format!("SELECT count(*) FROM users WHERE integrated_account_id = '{id}'");
     assert_eq!(env.scalar_i64(&users(b)).await, 20);
     lease.release().await;
+    // Protected (a legal hold): refused, nothing deleted, until unprotected.
+    let o = cli(&env, &["accounts", "protect", &b.to_string()]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let o = cli(&env, &["accounts", "purge", &b.to_string(), "--yes"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("is protected (since "), "{}", err(&o));
+    assert_eq!(env.scalar_i64(&users(b)).await, 20);
+    let o = cli(&env, &["accounts", "show", &b.to_string()]).await;
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(shown.contains("\nprotected      since "), "{shown}");
+    let o = cli(&env, &["accounts", "unprotect", &b.to_string()]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let o = cli(
+        &env,
+        &["accounts", "protect", &Uuid::from_u128(7).to_string()],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
     let o = cli(&env, &["accounts", "purge", &b.to_string(), "--yes"]).await;
     assert!(o.status.success(), "{}", err(&o));
     let out = String::from_utf8_lossy(&o.stdout);
@@ -736,19 +754,21 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
 /// With `discovery.purge_retired_after`, the service purges an account retired for longer than
 /// that, right after a complete listing still without it: not after a failed listing, not an
 /// account retired more recently, nor one retired and then configured in `[[accounts]]` (which
-/// is synced); the purge is recorded and counted, and the rest of the fleet is untouched.
+/// is synced), nor a protected one; the purge is recorded and counted, and the rest of the
+/// fleet is untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_purges_accounts_retired_longer_than_purge_retired_after() {
     use crate::helpers::daemon::{config, spawn_env};
     let (a, b, c, d) = (account_id(1), account_id(2), account_id(3), account_id(4));
-    let env = fleet_env(&[(a, 30), (b, 20), (c, 10), (d, 15)]).await;
+    let e = account_id(5);
+    let env = fleet_env(&[(a, 30), (b, 20), (c, 10), (d, 15), (e, 5)]).await;
     let s = discovering(&env);
-    assert_eq!(discover_now(&env, &s).await.applied.unwrap().added, 4);
+    assert_eq!(discover_now(&env, &s).await.applied.unwrap().added, 5);
     let o = cli(&env, &["sync"]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    // b, c and d disconnect; b's and d's retirements are two hours old, c's new; d is then
+    // b, c, d and e disconnect; b's, d's and e's retirements are two hours old, c's new; d is then
     // configured in [[accounts]] (its users endpoint answering again).
-    for gone in [b, c, d] {
+    for gone in [b, c, d, e] {
         env.sim.remove_integrated(gone);
         assert_eq!(discover_now(&env, &s).await.applied.unwrap().retired, 1);
     }
@@ -757,11 +777,14 @@ async fn the_service_purges_accounts_retired_longer_than_purge_retired_after() {
         "UPDATE accounts SET retired_at = now() - interval '2 hours'
           WHERE integrated_account_id = ANY($1)",
     )
-    .bind([b, d])
+    .bind([b, d, e])
     .execute(env.store.pool())
     .await
     .unwrap();
-    assert_eq!(backdated.rows_affected(), 2);
+    assert_eq!(backdated.rows_affected(), 3);
+    // e is protected (a legal hold).
+    let o = cli(&env, &["accounts", "protect", &e.to_string()]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let users =
         |id: Uuid| format!("SELECT count(*) FROM users WHERE integrated_account_id = '{id}'");
 
@@ -835,6 +858,7 @@ async fn the_service_purges_accounts_retired_longer_than_purge_retired_after() {
         "c was retired too recently"
     );
     assert_eq!(env.scalar_i64(&users(d)).await, 15, "d is configured");
+    assert_eq!(env.scalar_i64(&users(e)).await, 5, "e is protected");
     assert_mirror(&env.store, &env.sim, d).await;
     // `accounts show` says when c's purge is due: its retirement plus the setting.
     let o = cli_with(
