@@ -64,7 +64,8 @@ pub enum Command {
     /// Check what `run` needs, changing nothing: the database, the schema, the role's rights,
     /// Truto's answer to the token, the configured accounts, discovery. Exit 0 when all pass.
     Check,
-    /// The fleet's accounts: list them, pause, resume, sync now, reset a cursor, purge.
+    /// The fleet's accounts: list, show, discover, pause, resume, sync now, reset a cursor,
+    /// protect from purges, purge.
     Accounts {
         #[command(subcommand)]
         command: accounts::AccountsCommand,
