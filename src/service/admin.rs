@@ -1,6 +1,6 @@
 //! The admin routes of the operations server: `GET /status` (every account, as JSON),
 //! `GET /status/budget` (the shared request budget, as JSON) and
-//! `POST /accounts/{id}/sync|pause|resume`, only with `Authorization: Bearer <admin token>`
+//! `POST /accounts/{id}/sync|pause|resume|protect|unprotect`, only with `Authorization: Bearer <admin token>`
 //! (`LMS_SYNC_ADMIN_TOKEN` or `server.admin_token_file`). Without a configured token they
 //! answer 403, with a wrong or missing one 401. They act through the registry, like the CLI.
 
@@ -87,7 +87,7 @@ pub(super) async fn budget(State(ops): State<Ops>, headers: HeaderMap) -> Respon
     }
 }
 
-/// `POST /accounts/{id}/{action}` with `sync`, `pause` or `resume`.
+/// `POST /accounts/{id}/{action}` with `sync`, `pause`, `resume`, `protect` or `unprotect`.
 pub(super) async fn account_action(
     State(ops): State<Ops>,
     Path((id, action)): Path<(Uuid, String)>,
@@ -100,7 +100,14 @@ pub(super) async fn account_action(
         "sync" => ops.store.request_sync(id).await,
         "pause" => ops.store.set_paused(id, true).await,
         "resume" => ops.store.set_paused(id, false).await,
-        _ => return text(StatusCode::NOT_FOUND, "actions: sync, pause, resume\n"),
+        "protect" => ops.store.set_protected(id, true).await,
+        "unprotect" => ops.store.set_protected(id, false).await,
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "actions: sync, pause, resume, protect, unprotect\n",
+            )
+        }
     };
     match done {
         Ok(true) => {

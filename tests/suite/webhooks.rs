@@ -292,6 +292,35 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
                 post_as(format!("{base}/accounts/{a}/resume"), Some(ADMIN)).await,
                 200
             );
+            let protected = || async {
+                sqlx::query_scalar::<_, bool>(
+                    "SELECT protected_at IS NOT NULL FROM accounts WHERE integrated_account_id = $1",
+                )
+                .bind(a)
+                .fetch_one(env.store.pool())
+                .await
+                .unwrap()
+            };
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/protect"), None).await,
+                401
+            );
+            assert!(!protected().await);
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/protect"), Some(ADMIN)).await,
+                200
+            );
+            assert!(protected().await);
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/unprotect"), Some(ADMIN)).await,
+                200
+            );
+            assert!(!protected().await);
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/purge"), Some(ADMIN)).await,
+                404,
+                "no purge over HTTP"
+            );
             assert_eq!(
                 post_as(format!("{base}/accounts/{a}/sync"), Some(ADMIN)).await,
                 200
