@@ -125,7 +125,7 @@ async fn take_turn(
 /// The most accounts one listing's turn purges: the discovery lease is held meanwhile, so a
 /// backlog (the rule just turned on over a year of departures) is worked off over several
 /// listings instead of keeping every replica from listing for as long as it takes.
-const PURGES_PER_LISTING: usize = 10;
+pub(super) const PURGES_PER_LISTING: usize = 10;
 
 /// Purges the accounts retired for longer than `after` (the longest retired first, at most
 /// [`PURGES_PER_LISTING`]), one transaction each (see [`Store::purge`]), under the discovery

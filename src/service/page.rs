@@ -346,7 +346,6 @@ pub struct DiscoveryView {
 }
 
 impl DiscoveryView {
-    /// The view, with the next listing due `interval` after the last.
     /// The view, with what `purges` says (see [`crate::store::PurgeSummary`]).
     pub fn with_purges(mut self, purges: Option<crate::store::PurgeSummary>) -> Self {
         self.purges = purges;
@@ -363,7 +362,10 @@ impl DiscoveryView {
         let due = match p.due {
             0 => "none is due".to_string(),
             1 => "1 is due at the next complete listing".to_string(),
-            n => format!("{n} are due, up to 10 at each complete listing"),
+            n => format!(
+                "{n} are due, up to {} at each complete listing",
+                super::discovery::PURGES_PER_LISTING
+            ),
         };
         let secs = p.after.as_secs();
         let after = match secs {
@@ -377,6 +379,7 @@ impl DiscoveryView {
         ))
     }
 
+    /// The view, with the next listing due `interval` after the last.
     pub fn due_every(mut self, interval: std::time::Duration) -> Self {
         self.next_due = self
             .listed_at

@@ -17,9 +17,8 @@ pub struct FleetState {
     pub rows: Vec<StatusRow>,
     pub next: HashMap<Uuid, DateTime<Utc>>,
     pub discovery: Option<DiscoveryState>,
-    /// `discovery.purge_retired_after` (None: retired accounts are not purged by the service).
-    pub purge_retired_after: Option<std::time::Duration>,
-    /// What was purged lately and what is due, with `discovery.purge_retired_after`.
+    /// What was purged lately and what is due, with `discovery.purge_retired_after` (None: the
+    /// service purges no retired account).
     pub purges: Option<PurgeSummary>,
 }
 
@@ -68,12 +67,12 @@ pub async fn read_state(
     let histories = store.run_histories(only).await?;
     let next = super::next_runs(settings, &fleet, &histories, Utc::now());
     let discovery = store.discovery_state().await?;
-    let purge_retired_after = settings
+    let purges = match settings
         .discovery
         .enabled
         .then(|| settings.discovery.purge_retired_after())
-        .flatten();
-    let purges = match purge_retired_after {
+        .flatten()
+    {
         Some(after) => Some(store.purge_summary(after).await?),
         None => None,
     };
@@ -82,7 +81,6 @@ pub async fn read_state(
         rows,
         next,
         discovery,
-        purge_retired_after,
         purges,
     })
 }
@@ -108,7 +106,7 @@ pub fn account_views(state: &FleetState) -> Vec<AccountView> {
             let protected_at = p.row.as_ref().and_then(|r| r.protected_at);
             let purge_due = retired_at
                 .filter(|_| protected_at.is_none())
-                .zip(state.purge_retired_after)
+                .zip(state.purges.as_ref().map(|p| p.after))
                 .and_then(|(at, after)| {
                     chrono::Duration::from_std(after)
                         .ok()

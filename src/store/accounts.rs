@@ -65,6 +65,17 @@ pub fn retire_guard(missing: u64, known: u64, listed: u64, policy: RetirePolicy)
     None
 }
 
+/// SQL: an `accounts` row due to be purged, `$1` seconds after its retirement (by the database's
+/// clock): discovered and no longer listed (an account configured in `[[accounts]]` is synced
+/// whatever its `retired_at`), and not protected. [`Store::retired_for`] lists them,
+/// [`Store::purge_summary`] counts them.
+macro_rules! due_for_purge {
+    () => {
+        "source = 'discovered' AND protected_at IS NULL
+         AND retired_at < now() - make_interval(secs => $1)"
+    };
+}
+
 impl Store {
     /// Every account of the registry.
     pub async fn registry(&self) -> Result<Vec<AccountRow>, StoreError> {
@@ -393,13 +404,13 @@ impl Store {
         &self,
         after: std::time::Duration,
     ) -> Result<PurgeSummary, StoreError> {
-        let (last_day, last, due): (i64, Option<Ts>, i64) = sqlx::query_as(
+        let (last_day, last, due): (i64, Option<Ts>, i64) = sqlx::query_as(concat!(
             "SELECT (SELECT count(*) FROM account_purges WHERE purged_at > now() - interval '1 day'),
                     (SELECT max(purged_at) FROM account_purges),
-                    (SELECT count(*) FROM accounts
-                      WHERE source = 'discovered' AND protected_at IS NULL
-                        AND retired_at < now() - make_interval(secs => $1))",
-        )
+                    (SELECT count(*) FROM accounts WHERE ",
+            due_for_purge!(),
+            ")"
+        ))
         .bind(after.as_secs_f64())
         .fetch_one(&self.pool)
         .await?;
@@ -414,12 +425,11 @@ impl Store {
     /// The retired accounts (discovered, no longer listed) whose retirement is older than `age`
     /// (by the database's clock), the longest retired first.
     pub async fn retired_for(&self, age: std::time::Duration) -> Result<Vec<Uuid>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT integrated_account_id FROM accounts
-              WHERE source = 'discovered' AND protected_at IS NULL
-                AND retired_at < now() - make_interval(secs => $1)
-              ORDER BY retired_at",
-        )
+        Ok(sqlx::query_scalar(concat!(
+            "SELECT integrated_account_id FROM accounts WHERE ",
+            due_for_purge!(),
+            " ORDER BY retired_at"
+        ))
         .bind(age.as_secs_f64())
         .fetch_all(&self.pool)
         .await?)
