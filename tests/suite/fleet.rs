@@ -475,6 +475,38 @@ fn cli_command(
     (cfg, command)
 }
 
+/// Starts `command` (stdout and stderr piped, killed when dropped) and returns it once a line
+/// of its stderr satisfies `seen`, with the rest of its stderr, unread but kept open (the
+/// process may go on writing to it). Panics when no such line comes within 60 s, or the
+/// command ends first (`what` names the line).
+async fn start_until(
+    mut command: tokio::process::Command,
+    what: &str,
+    seen: impl Fn(&str) -> bool,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{what} within 60 s"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what} before the command ends"));
+        if seen(&line) {
+            return (child, lines);
+        }
+    }
+}
+
 /// `accounts discover` lists now and says what changed; a failed listing exits 1 and changes
 /// nothing; with discovery off it is refused (exit 2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,26 +586,17 @@ async fn accounts_discover_lists_now_and_says_what_it_changed() {
     assert_eq!(env.sim.stats().account_listings, before);
 
     // While a replica lists (holds the discovery lease), it waits for it, sending nothing.
-    use tokio::io::AsyncBufReadExt;
-    let lease = env.store.try_lease(Uuid::nil()).await.unwrap().unwrap();
-    let (_config, mut command) = cli_command(&env, &[], &["accounts", "discover"]);
-    let mut child = command
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+    let lease = env
+        .store
+        .try_lease(lms_sync::sync::discovery::DISCOVERY_LEASE)
+        .await
+        .unwrap()
         .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the waiting line within 60 s")
-            .unwrap()
-            .expect("the waiting line before the command ends");
-        if line == "a replica is listing the integrated accounts; waiting for it to finish" {
-            break;
-        }
-    }
+    let (_config, command) = cli_command(&env, &[], &["accounts", "discover"]);
+    let (child, _stderr) = start_until(command, "the waiting line", |line| {
+        line == "a replica is listing the integrated accounts; waiting for it to finish"
+    })
+    .await;
     assert_eq!(env.sim.stats().account_listings, before);
     lease.release().await;
     let o = child.wait_with_output().await.unwrap();
@@ -751,6 +774,23 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
     assert_mirror(&env.store, &env.sim, a).await;
 }
 
+/// A config file for `lms-sync run` against `env` (with `configured` in `[[accounts]]`) listing
+/// every 10 s and purging accounts retired over an hour, with `more` keys of `[discovery]`.
+fn purging_config(env: &Env, configured: &[Uuid], more: &str) -> TempFile {
+    let text = std::fs::read_to_string(&*crate::helpers::daemon::config(
+        &env.sim, configured, "1h", 2,
+    ))
+    .unwrap();
+    TempFile::new(
+        "lms-sync-purging",
+        ".toml",
+        format!(
+            "{text}[discovery]\nenabled = true\ninterval = \"10s\"\npurge_retired_after = \"1h\"\n\
+             {more}"
+        ),
+    )
+}
+
 /// With `discovery.purge_retired_after`, the service purges an account retired for longer than
 /// that, right after a complete listing still without it: not after a failed listing, not an
 /// account retired more recently, nor one retired and then configured in `[[accounts]]` (which
@@ -758,7 +798,7 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
 /// fleet is untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_purges_accounts_retired_longer_than_purge_retired_after() {
-    use crate::helpers::daemon::{config, spawn_env};
+    use crate::helpers::daemon::spawn_env;
     let (a, b, c, d) = (account_id(1), account_id(2), account_id(3), account_id(4));
     let e = account_id(5);
     let env = fleet_env(&[(a, 30), (b, 20), (c, 10), (d, 15), (e, 5)]).await;
@@ -788,14 +828,7 @@ async fn the_service_purges_accounts_retired_longer_than_purge_retired_after() {
     let users =
         |id: Uuid| format!("SELECT count(*) FROM users WHERE integrated_account_id = '{id}'");
 
-    let text = std::fs::read_to_string(&*config(&env.sim, &[d], "1h", 2)).unwrap();
-    let cfg = TempFile::new(
-        "lms-sync-purging",
-        ".toml",
-        format!(
-            "{text}[discovery]\nenabled = true\ninterval = \"10s\"\npurge_retired_after = \"1h\"\n"
-        ),
-    );
+    let cfg = purging_config(&env, &[d], "");
     // The service's first listing fails (its 3 attempts answered 500): nothing is purged.
     for _ in 0..3 {
         env.sim.push_listing_fault(Fault::status(500));
@@ -935,7 +968,7 @@ async fn the_service_purges_accounts_retired_longer_than_purge_retired_after() {
 /// long as the whole backlog takes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_of_retired_accounts_is_purged_ten_per_listing() {
-    use crate::helpers::daemon::{config, spawn_env};
+    use crate::helpers::daemon::spawn_env;
     let ids: Vec<Uuid> = (1..=12).map(account_id).collect();
     let env = fleet_env(&ids.iter().map(|&id| (id, 3)).collect::<Vec<_>>()).await;
     let mut s = discovering(&env);
@@ -959,15 +992,7 @@ async fn a_backlog_of_retired_accounts_is_purged_ten_per_listing() {
         .await
         .unwrap();
     }
-    let text = std::fs::read_to_string(&*config(&env.sim, &[], "1h", 2)).unwrap();
-    let cfg = TempFile::new(
-        "lms-sync-purging",
-        ".toml",
-        format!(
-            "{text}[discovery]\nenabled = true\ninterval = \"10s\"\nmax_retire_fraction = 1.0\n\
-             purge_retired_after = \"1h\"\n"
-        ),
-    );
+    let cfg = purging_config(&env, &[], "max_retire_fraction = 1.0\n");
     let mut service = spawn_env(&cfg, &env.db_url, &[], &[("TRUTO_API_TOKEN", DEMO_TOKEN)]);
     let ev = service
         .wait_for(
@@ -1013,7 +1038,6 @@ async fn a_backlog_of_retired_accounts_is_purged_ten_per_listing() {
 /// account back with every row it had).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_killed_midway_deletes_nothing_and_a_listing_meanwhile_waits_for_it() {
-    use tokio::io::AsyncBufReadExt;
     let (a, b) = (account_id(1), account_id(2));
     let env = fleet_env(&[(a, 30), (b, 20)]).await;
     let s = discovering(&env);
@@ -1023,27 +1047,15 @@ async fn a_purge_killed_midway_deletes_nothing_and_a_listing_meanwhile_waits_for
     env.sim.remove_integrated(b);
     assert_eq!(discover_now(&env, &s).await.applied.unwrap().retired, 1);
 
-    let (_cfg, mut command) = cli_command(
+    let (_cfg, command) = cli_command(
         &env,
         &[("LMS_SYNC_FAILPOINT", "purge_tx")],
         &["accounts", "purge", &b.to_string(), "--yes"],
     );
-    let mut purge = command
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(purge.stderr.take().unwrap()).lines();
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the purge reaches its failpoint within 60 s")
-            .unwrap()
-            .expect("the purge reaches its failpoint before it exits");
-        if line.contains("failpoint reached") {
-            break;
-        }
-    }
+    let (mut purge, _stderr) = start_until(command, "the purge's failpoint", |line| {
+        line.contains("failpoint reached")
+    })
+    .await;
     // Every row deleted, not committed. Truto lists b again: the listing waits on the purge.
     env.sim.unblock(b);
     env.sim.set_integrated(b, Integrated::active("tenant-1"));
