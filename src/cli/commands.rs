@@ -262,10 +262,10 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
         .collect();
     print!("{}", super::render::status(&state.rows, &state.next, &info));
     if state.discovery.is_some() {
-        // The next listing as the status page has it, by this configuration's interval (the
-        // service's may differ).
+        // The next listing as the status page has it, by this configuration's interval and
+        // retries (the service's may differ).
         let d = crate::service::page::DiscoveryView::from(state.discovery)
-            .due_every(settings.discovery.interval())
+            .due_by(&settings.discovery)
             .with_purges(state.purges);
         let stamp = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%SZ").to_string();
         let next = d
@@ -283,7 +283,10 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
                 .unwrap_or_default(),
             d.error
                 .as_deref()
-                .map(|e| format!("; failed: {e}"))
+                .map(|e| match d.failures {
+                    0 | 1 => format!("; failed: {e}"),
+                    n => format!("; failed ({n} in a row): {e}"),
+                })
                 .unwrap_or_default()
         );
         if let Some(words) = d.purge_words(stamp) {

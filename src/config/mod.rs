@@ -155,6 +155,9 @@ pub struct DiscoverySettings {
     pub integrations: Vec<String>,
     /// How often to list the integrated accounts (humantime).
     pub interval: String,
+    /// How long after a failed listing the next is tried (humantime); doubles with each failure
+    /// in a row, up to `interval`.
+    pub retry_initial: String,
     /// When not empty, only accounts of these tenants.
     pub tenant_ids: Vec<String>,
     /// Never sync these accounts.
@@ -173,6 +176,7 @@ impl Default for DiscoverySettings {
             enabled: false,
             integrations: vec!["talentlms".into()],
             interval: "5m".into(),
+            retry_initial: "1m".into(),
             tenant_ids: Vec::new(),
             exclude_accounts: Vec::new(),
             include_sandbox: false,
@@ -187,6 +191,22 @@ impl DiscoverySettings {
     pub fn interval(&self) -> Duration {
         parse_duration("discovery.interval", &self.interval)
             .expect("validated when the settings load")
+    }
+
+    /// How long after the last listing the next is due: `interval` after one that did not
+    /// fail; after `failures` failed listings in a row, `retry_initial` doubled for each but
+    /// the first, never longer than `interval` (a listing that failed for a cause since fixed,
+    /// such as a token, need not wait a whole interval; one that keeps failing is not tried
+    /// more often than needed).
+    pub fn next_listing_after(&self, failures: u32) -> Duration {
+        let interval = self.interval();
+        if failures == 0 {
+            return interval;
+        }
+        let initial = parse_duration("discovery.retry_initial", &self.retry_initial)
+            .expect("validated when the settings load");
+        let doubled = initial.saturating_mul(1 << (failures - 1).min(30));
+        doubled.min(interval)
     }
 
     /// How long an account stays retired before the service purges it; `None`: never
@@ -850,6 +870,16 @@ mod tests {
                 "at most 365d",
             ),
             (
+                "[discovery]\nretry_initial = \"500ms\"\n",
+                "discovery.retry_initial",
+                "at least 1s",
+            ),
+            (
+                "[discovery]\nretry_initial = \"366d\"\n",
+                "discovery.retry_initial",
+                "at most 365d",
+            ),
+            (
                 "[discovery]\nenabled = true\npurge_retired_after = \"30m\"\n",
                 "discovery.purge_retired_after",
                 "at least 1h",
@@ -1066,5 +1096,30 @@ mod tests {
     fn env_var_names_follow_the_key() {
         assert_eq!(env_name("truto.base_url"), "LMS_SYNC__TRUTO__BASE_URL");
         assert_eq!(env_name("accounts[0].label"), "LMS_SYNC__ACCOUNTS__LABEL");
+    }
+
+    #[test]
+    fn a_failed_listing_is_retried_sooner_than_an_interval_and_later_with_each_failure() {
+        let d = |interval: &str, retry: &str| DiscoverySettings {
+            interval: interval.into(),
+            retry_initial: retry.into(),
+            ..Default::default()
+        };
+        let secs = |s: u64| Duration::from_secs(s);
+        let hourly = d("1h", "1m");
+        assert_eq!(hourly.next_listing_after(0), secs(3600), "none failed");
+        assert_eq!(hourly.next_listing_after(1), secs(60));
+        assert_eq!(hourly.next_listing_after(2), secs(120));
+        assert_eq!(hourly.next_listing_after(6), secs(1920));
+        assert_eq!(
+            hourly.next_listing_after(7),
+            secs(3600),
+            "never past the interval"
+        );
+        assert_eq!(hourly.next_listing_after(u32::MAX), secs(3600));
+        assert_eq!(d("5m", "10m").next_listing_after(1), secs(300));
+        let defaults = DiscoverySettings::default();
+        assert_eq!(defaults.next_listing_after(1), secs(60));
+        assert_eq!(defaults.next_listing_after(4), secs(300));
     }
 }

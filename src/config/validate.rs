@@ -195,6 +195,11 @@ impl Settings {
         }
         let d = &self.discovery;
         parse_bounded("discovery.interval", &d.interval, Duration::from_secs(10))?;
+        parse_bounded(
+            "discovery.retry_initial",
+            &d.retry_initial,
+            Duration::from_secs(1),
+        )?;
         if d.enabled && d.integrations.is_empty() {
             return Err(key_error(
                 "discovery.integrations",

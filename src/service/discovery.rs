@@ -6,9 +6,14 @@
 //! - *Due* is counted from the end of the last listing, whoever made it (another replica, a
 //!   one-off `sync`, this process before a restart), in the database's time: N replicas list
 //!   once per interval, not N times, and a rollout does not list again.
+//! - A listing that failed is tried again `discovery.retry_initial` after it, doubling with
+//!   each failure in a row up to the interval ([`DiscoverySettings::next_listing_after`]): a
+//!   cause fixed meanwhile (a token, a proxy) does not cost a whole interval without new
+//!   accounts.
 //! - A process that Truto does not answer, or that has its token refused, does not take its
 //!   turn: its listing would fail after its retries (holding the lease meanwhile) while another
-//!   replica's might not. It lists again once its runs start again, when the next one is due.
+//!   replica's might not. When its runs start again it lists at once if the last listing
+//!   failed, else when the next one is due.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,11 +35,16 @@ pub(super) async fn run(
     wake: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
+    let mut standing = source.watch_standing();
     let mut halted_before = false;
     while !cancel.is_cancelled() {
         // (A reloaded configuration applies from the next listing on.)
         let settings = live.borrow().discovery.clone();
+        standing.borrow_and_update();
         let halt = source.halt();
+        // When the runs start again, a listing that failed meanwhile is tried at once: what
+        // failed it (the token, Truto not answering) is what just ended.
+        let mut retry_now = false;
         if halt.is_some() != halted_before {
             halted_before = halt.is_some();
             match &halt {
@@ -43,7 +53,13 @@ pub(super) async fn run(
                     "not listing the integrated accounts while this process's runs are held; any \
                      replica Truto answers lists them"
                 ),
-                None => tracing::info!("listing the integrated accounts again when due"),
+                None => {
+                    retry_now = true;
+                    tracing::info!(
+                        "listing the integrated accounts again: at once if the last listing \
+                         failed, else when the next is due"
+                    )
+                }
             }
         }
         let wait = if !settings.enabled {
@@ -52,23 +68,32 @@ pub(super) async fn run(
         } else if halt.is_some() {
             settings.interval()
         } else {
-            take_turn(&store, &source, &settings, &metrics, &wake, &cancel).await
+            take_turn(
+                &store, &source, &settings, &metrics, &wake, retry_now, &cancel,
+            )
+            .await
         };
+        // While held (since before the turn, or by what its listing met), look again as soon
+        // as this process's standing with Truto changes.
+        let held = source.halt().is_some();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            Ok(()) = standing.changed(), if held => {}
             _ = cancel.cancelled() => {}
         }
     }
 }
 
 /// Lists the integrated accounts if this process holds the discovery lease and a listing is
-/// due; how long to wait before asking again.
+/// due (`retry_now`: a failed last listing is due at once); how long to wait before asking
+/// again.
 async fn take_turn(
     store: &Store,
     source: &TrutoClient,
     settings: &DiscoverySettings,
     metrics: &Metrics,
     wake: &tokio::sync::Notify,
+    retry_now: bool,
     cancel: &CancellationToken,
 ) -> Duration {
     let interval = settings.interval();
@@ -76,22 +101,21 @@ async fn take_turn(
         Ok(Some(lease)) => lease,
         Ok(None) => {
             tracing::debug!("another replica is listing the integrated accounts");
-            return interval;
+            return settings.next_listing_after(1);
         }
         Err(e) => {
             let e = store.explain(e).await;
             tracing::warn!(error = %e, "cannot take the discovery lease; trying again later");
-            return interval;
+            return settings.next_listing_after(1);
         }
     };
     // Read under the lease: a listing that ends meanwhile is one this process then sees.
-    match store.discovery_due_in(interval).await {
+    match store.discovery_due_in(settings, retry_now).await {
         Ok(left) if !left.is_zero() => {
             lease.release().await;
             tracing::debug!(
                 due_in_secs = left.as_secs(),
-                "the integrated accounts were listed less than discovery.interval ago; the next \
-                 listing is not due yet"
+                "the integrated accounts were listed lately; the next listing is not due yet"
             );
             return left;
         }
@@ -100,7 +124,7 @@ async fn take_turn(
             lease.release().await;
             let e = store.explain(e).await;
             tracing::warn!(error = %e, "cannot read when the accounts were last listed; trying again later");
-            return interval;
+            return settings.next_listing_after(1);
         }
     }
     let out = discover(store, source, settings, cancel).await;
@@ -118,8 +142,17 @@ async fn take_turn(
     metrics.inc("lms_sync_discovery_runs_total", &[("result", result)]);
     if out.applied.is_some() {
         wake.notify_one();
+        return interval;
     }
-    interval
+    // Failed: the next is tried sooner than an interval, later with each failure in a row.
+    let failures = out.failures.unwrap_or(1);
+    let retry = settings.next_listing_after(failures);
+    tracing::info!(
+        failures,
+        retry_in_secs = retry.as_secs(),
+        "the integrated accounts will be listed again after the failed listing"
+    );
+    retry
 }
 
 /// The most accounts one listing's turn purges: the discovery lease is held meanwhile, so a

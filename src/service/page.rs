@@ -89,7 +89,7 @@ pub(super) async fn page(
             let views = super::status::account_views(&state);
             let discovery = settings.discovery.enabled.then(|| {
                 DiscoveryView::from(state.discovery.clone())
-                    .due_every(settings.discovery.interval())
+                    .due_by(&settings.discovery)
                     .with_purges(state.purges.clone())
             });
             let html = render(
@@ -339,7 +339,10 @@ pub struct DiscoveryView {
     /// Why accounts Truto no longer lists were not retired.
     pub guard: Option<String>,
     pub error: Option<String>,
-    /// When the next listing is due (`discovery.interval` after the last, whoever made it).
+    /// Failed listings in a row (0 when the last did not fail).
+    pub failures: u32,
+    /// When the next listing is due (`discovery.interval` after the last, whoever made it;
+    /// sooner after a failed one).
     pub next_due: Option<DateTime<Utc>>,
     /// With `discovery.purge_retired_after`: what was purged lately and what is due.
     pub purges: Option<crate::store::PurgeSummary>,
@@ -379,18 +382,22 @@ impl DiscoveryView {
         ))
     }
 
-    /// The view, with the next listing due `interval` after the last.
-    pub fn due_every(mut self, interval: std::time::Duration) -> Self {
+    /// The view, with the next listing due as `settings` have it (an interval after the
+    /// last, or less after failed ones: [`DiscoverySettings::next_listing_after`]).
+    ///
+    /// [`DiscoverySettings::next_listing_after`]: crate::config::DiscoverySettings::next_listing_after
+    pub fn due_by(mut self, settings: &crate::config::DiscoverySettings) -> Self {
+        let after = settings.next_listing_after(self.failures);
         self.next_due = self
             .listed_at
-            .and_then(|at| chrono::Duration::from_std(interval).ok().map(|i| at + i));
+            .and_then(|at| chrono::Duration::from_std(after).ok().map(|i| at + i));
         self
     }
 }
 
 impl From<Option<crate::store::DiscoveryState>> for DiscoveryView {
     fn from(state: Option<crate::store::DiscoveryState>) -> Self {
-        let Some((listed_at, succeeded_at, listed, guard, error)) = state else {
+        let Some((listed_at, succeeded_at, listed, guard, error, failures)) = state else {
             return Self::default();
         };
         Self {
@@ -399,6 +406,7 @@ impl From<Option<crate::store::DiscoveryState>> for DiscoveryView {
             listed,
             guard,
             error,
+            failures: failures.max(0) as u32,
             next_due: None,
             purges: None,
         }
@@ -415,10 +423,11 @@ fn discovery_section(s: &mut String, d: &DiscoveryView, now: DateTime<Utc>) {
             let _ = write!(
                 s,
                 "<p class=\"note\">Accounts are discovered from Truto's listing. \
-                 <span class=\"why\">The last listing, {}, failed: {}</span> \
+                 <span class=\"why\">The last listing, {}, failed: {}</span>{} \
                  The last that succeeded: {}.{}</p>",
                 when(Some(at), now),
                 escape(&crate::text::shorten(e, 300)),
+                in_a_row(d.failures),
                 when(d.succeeded_at, now),
                 next_listing(d, now),
             );
@@ -444,6 +453,14 @@ fn discovery_section(s: &mut String, d: &DiscoveryView, now: DateTime<Utc>) {
     // The words are this program's, with numbers and times only: nothing to escape.
     if let Some(words) = d.purge_words(|t| when(Some(t), now)) {
         let _ = write!(s, "<p class=\"note\">R{}.</p>", &words[1..]);
+    }
+}
+
+/// " N listings in a row have failed." (empty for one).
+fn in_a_row(failures: u32) -> String {
+    match failures {
+        0 | 1 => String::new(),
+        n => format!(" {n} listings in a row have failed."),
     }
 }
 
@@ -1018,13 +1035,17 @@ mod tests {
             html.contains("3 min ago</time>, listed 1000.</p>"),
             "{html}"
         );
-        let due = with(&d.clone().due_every(std::time::Duration::from_secs(300)));
+        let every = |interval: &str| crate::config::DiscoverySettings {
+            interval: interval.into(),
+            ..Default::default()
+        };
+        let due = with(&d.clone().due_by(&every("5m")));
         assert!(
             due.contains("listed 1000. The next is due <time")
                 && due.contains(">in 2 min</time>.</p>"),
             "{due}"
         );
-        let late = with(&d.clone().due_every(std::time::Duration::from_secs(60)));
+        let late = with(&d.clone().due_by(&every("1m")));
         assert!(
             late.contains("listed 1000. The next is due now.</p>"),
             "{late}"
@@ -1068,6 +1089,22 @@ mod tests {
         );
         assert!(html.contains("The last that succeeded: <time"), "{html}");
         assert!(html.contains("were not retired: 3 of 4 accounts are gone"));
+        assert!(!html.contains("in a row"), "{html}");
+
+        // Three failures in a row: the next is tried 1 min doubled twice after the last (not an
+        // hour after it), and the page says how many failed.
+        d.failures = 3;
+        let retrying = crate::config::DiscoverySettings {
+            interval: "1h".into(),
+            retry_initial: "1m".into(),
+            ..Default::default()
+        };
+        let html = with(&d.clone().due_by(&retrying));
+        assert!(
+            html.contains("rejected</span> 3 listings in a row have failed. The last that"),
+            "{html}"
+        );
+        assert!(html.contains(">in 3 min</time>.</p>"), "{html}");
     }
 
     #[test]

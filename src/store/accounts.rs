@@ -6,7 +6,7 @@ use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::{Store, StoreError, Ts};
-use crate::config::AccountSettings;
+use crate::config::{AccountSettings, DiscoverySettings};
 use crate::domain::{AccountSource, Health};
 
 pub use crate::domain::AccountRow;
@@ -152,7 +152,7 @@ impl Store {
                 SET listed_at = now(),
                     succeeded_at = CASE WHEN $6 THEN now() ELSE discovery_state.succeeded_at END,
                     accounts_listed = $1, added = $2, retired = $3, unretired = $4,
-                    retire_guard = $5, error = NULL",
+                    retire_guard = $5, error = NULL, failures = 0",
         )
         .bind(out.listed as i32)
         .bind(out.added as i32)
@@ -220,43 +220,59 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Records that a listing failed (the registry is left as it was).
-    pub async fn discovery_failed(&self, error: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO discovery_state (singleton, listed_at, error) VALUES (true, now(), $1)
-             ON CONFLICT (singleton) DO UPDATE SET listed_at = now(), error = $1",
+    /// Records that a listing failed (the registry is left as it was), and counts it among
+    /// the failures in a row; returns that count.
+    pub async fn discovery_failed(&self, error: &str) -> Result<u32, StoreError> {
+        let failures: i32 = sqlx::query_scalar(
+            "INSERT INTO discovery_state (singleton, listed_at, error, failures)
+             VALUES (true, now(), $1, 1)
+             ON CONFLICT (singleton) DO UPDATE
+                SET listed_at = now(), error = $1,
+                    failures = CASE WHEN discovery_state.error IS NULL THEN 1
+                                    ELSE discovery_state.failures + 1 END
+             RETURNING failures",
         )
         .bind(error)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(())
+        Ok(failures.max(1) as u32)
     }
 
-    /// How long until the next listing is due: `interval` after the last one ended, whoever
-    /// made it (this process, another replica, a one-off `sync`) and whatever its result,
-    /// counted in the database's time so that hosts' clocks do not matter. Zero when it is due
-    /// or none was made.
+    /// How long until the next listing is due: [`DiscoverySettings::next_listing_after`] the
+    /// last one ended (an interval, or less after failures), whoever made it (this process,
+    /// another replica, a one-off `sync`), counted in the database's time so that hosts' clocks
+    /// do not matter. `retry_now`: a last listing that failed is due at once (what made it fail
+    /// may be gone: Truto answers this process again). Zero when it is due or none was made.
     pub async fn discovery_due_in(
         &self,
-        interval: std::time::Duration,
+        settings: &DiscoverySettings,
+        retry_now: bool,
     ) -> Result<std::time::Duration, StoreError> {
-        let left: Option<Option<f64>> = sqlx::query_scalar(
-            "SELECT EXTRACT(EPOCH FROM listed_at + make_interval(secs => $1) - now())::float8
+        let row: Option<(Option<f64>, i32)> = sqlx::query_as(
+            "SELECT EXTRACT(EPOCH FROM now() - listed_at)::float8,
+                    CASE WHEN error IS NULL THEN 0 ELSE greatest(failures, 1) END
              FROM discovery_state",
         )
-        .bind(interval.as_secs_f64())
         .fetch_optional(&self.pool)
         .await?;
-        let left = left.flatten().unwrap_or(0.0);
+        let Some((Some(elapsed), failures)) = row else {
+            return Ok(std::time::Duration::ZERO);
+        };
+        if retry_now && failures > 0 {
+            return Ok(std::time::Duration::ZERO);
+        }
+        let after = settings.next_listing_after(failures as u32).as_secs_f64();
         Ok(std::time::Duration::from_secs_f64(
-            left.clamp(0.0, interval.as_secs_f64()),
+            (after - elapsed).clamp(0.0, after),
         ))
     }
 
-    /// The last listing: (listed_at, succeeded_at, accounts listed, retire guard, error).
+    /// The last listing (see [`DiscoveryState`]).
     pub async fn discovery_state(&self) -> Result<Option<DiscoveryState>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT listed_at, succeeded_at, accounts_listed, retire_guard, error FROM discovery_state",
+            "SELECT listed_at, succeeded_at, accounts_listed, retire_guard, error,
+                    CASE WHEN error IS NULL THEN 0 ELSE greatest(failures, 1) END
+               FROM discovery_state",
         )
         .fetch_optional(&self.pool)
         .await?)
@@ -499,13 +515,15 @@ impl Purged {
     }
 }
 
-/// The last listing, as `status` shows it.
+/// The last listing, as `status` shows it: listed_at, succeeded_at, accounts listed, retire
+/// guard, error, failed listings in a row (0 when the last did not fail).
 pub type DiscoveryState = (
     Option<Ts>,
     Option<Ts>,
     Option<i32>,
     Option<String>,
     Option<String>,
+    i32,
 );
 
 /// Registers or updates the listed accounts; counts the new and the brought back.

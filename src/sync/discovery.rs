@@ -23,6 +23,9 @@ pub struct DiscoveryOutcome {
     pub incomplete: Option<String>,
     /// HTTP requests the listing took.
     pub requests: u32,
+    /// After a failed listing: how many have failed in a row, as recorded (`None` when the
+    /// listing did not fail or its failure could not be recorded).
+    pub failures: Option<u32>,
 }
 
 /// The discovery lease: the advisory lock of the nil account (no integrated account has it).
@@ -51,8 +54,9 @@ pub async fn discover(
                 out.requests += f.requests;
                 let error = format!("listing the {integration} accounts failed: {}", f.error);
                 tracing::error!(%error, "discovery failed; the registry is left as it was");
-                if let Err(e) = store.discovery_failed(&error).await {
-                    tracing::warn!(error = %e, "could not record the failed discovery");
+                match store.discovery_failed(&error).await {
+                    Ok(n) => out.failures = Some(n),
+                    Err(e) => tracing::warn!(error = %e, "could not record the failed discovery"),
                 }
                 out.error = Some(error);
                 return out;

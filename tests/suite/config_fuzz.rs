@@ -100,6 +100,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "enabled",
             "integrations",
             "interval",
+            "retry_initial",
             "tenant_ids",
             "exclude_accounts",
             "include_sandbox",

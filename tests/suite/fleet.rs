@@ -777,17 +777,24 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
 /// A config file for `lms-sync run` against `env` (with `configured` in `[[accounts]]`) listing
 /// every 10 s and purging accounts retired over an hour, with `more` keys of `[discovery]`.
 fn purging_config(env: &Env, configured: &[Uuid], more: &str) -> TempFile {
+    discovery_config(
+        env,
+        configured,
+        &format!("interval = \"10s\"\npurge_retired_after = \"1h\"\n{more}"),
+    )
+}
+
+/// The service's config file with discovery on and these `[discovery]` keys (`[[accounts]]`:
+/// `configured`).
+fn discovery_config(env: &Env, configured: &[Uuid], keys: &str) -> TempFile {
     let text = std::fs::read_to_string(&*crate::helpers::daemon::config(
         &env.sim, configured, "1h", 2,
     ))
     .unwrap();
     TempFile::new(
-        "lms-sync-purging",
+        "lms-sync-discovery",
         ".toml",
-        format!(
-            "{text}[discovery]\nenabled = true\ninterval = \"10s\"\npurge_retired_after = \"1h\"\n\
-             {more}"
-        ),
+        format!("{text}[discovery]\nenabled = true\n{keys}"),
     )
 }
 
@@ -1160,4 +1167,143 @@ async fn accounts_show_tells_one_accounts_facts_and_its_latest_runs() {
     assert!(err(&o).contains("is not in the fleet"), "{}", err(&o));
     let o = cli(&env, &["accounts", "show", &a.to_string(), "--runs", "0"]).await;
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+}
+
+/// The time of a log event.
+fn logged_at(ev: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
+    let at = ev["timestamp"].as_str().unwrap_or_else(|| panic!("{ev}"));
+    chrono::DateTime::parse_from_rfc3339(at).unwrap().into()
+}
+
+/// A listing that failed is tried again `discovery.retry_initial` after it, doubling with each
+/// failure in a row, instead of a whole `discovery.interval` (an hour here) later: a customer
+/// connected while Truto's listing failed is synced within seconds of it answering again, and
+/// the state says how many failed in a row until one does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_listing_is_tried_again_after_retry_initial_doubling_not_an_interval_later() {
+    use crate::helpers::daemon::spawn_env;
+    let a = account_id(1);
+    let env = fleet_env(&[(a, 12)]).await;
+    let cfg = discovery_config(&env, &[], "interval = \"1h\"\nretry_initial = \"1s\"\n");
+    // Refused outright (no retry within a listing): the first two listings fail.
+    for _ in 0..2 {
+        env.sim.push_listing_fault(Fault::status(400));
+    }
+    let mut service = spawn_env(&cfg, &env.db_url, &[], &[("TRUTO_API_TOKEN", DEMO_TOKEN)]);
+    let mut failed_at = Vec::new();
+    for (failures, retry_in_secs) in [(1, 1), (2, 2)] {
+        let ev = service
+            .wait_for("discovery failed; the registry is left as it was")
+            .await;
+        failed_at.push(logged_at(&ev));
+        let ev = service
+            .wait_for("the integrated accounts will be listed again after the failed listing")
+            .await;
+        assert_eq!(
+            (
+                ev["fields"]["failures"].as_u64(),
+                ev["fields"]["retry_in_secs"].as_u64()
+            ),
+            (Some(failures), Some(retry_in_secs)),
+            "{ev}"
+        );
+        if failures == 2 {
+            let (n, error): (i32, Option<String>) =
+                sqlx::query_as("SELECT failures, error FROM discovery_state")
+                    .fetch_one(env.store.pool())
+                    .await
+                    .unwrap();
+            assert_eq!(n, 2);
+            assert!(error.unwrap().contains("HTTP 400"));
+            let o = cli(&env, &["status"]).await;
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                out.contains("; failed (2 in a row): listing the talentlms accounts failed: "),
+                "{out}"
+            );
+        }
+    }
+    let ev = service.wait_for("discovery finished").await;
+    assert_eq!(ev["fields"]["added"], 1, "{ev}");
+    let listed_at = logged_at(&ev);
+    // Each retry waited its delay, and no longer than a few seconds past it.
+    let first = (failed_at[1] - failed_at[0]).num_milliseconds();
+    let second = (listed_at - failed_at[1]).num_milliseconds();
+    assert!((1000..10_000).contains(&first), "{first} ms");
+    assert!((2000..11_000).contains(&second), "{second} ms");
+    let ev = service.wait_for("sync run finished").await;
+    assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    assert_mirror(&env.store, &env.sim, a).await;
+    let (n, error): (i32, Option<String>) =
+        sqlx::query_as("SELECT failures, error FROM discovery_state")
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!((n, error), (0, None));
+    // The next listing is an interval after the one that succeeded again.
+    let o = cli_with(
+        &env,
+        &[
+            ("LMS_SYNC__DISCOVERY__INTERVAL", "1h"),
+            ("LMS_SYNC__DISCOVERY__RETRY_INITIAL", "1s"),
+        ],
+        &["status"],
+    )
+    .await;
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("discovery: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let due = line.rsplit("; next due ").next().unwrap();
+    let due = chrono::NaiveDateTime::parse_from_str(due, "%Y-%m-%d %H:%M:%SZ")
+        .unwrap()
+        .and_utc();
+    let after = (due - listed_at).num_seconds();
+    assert!((3598..=3601).contains(&after), "{line}");
+    service.terminate().await;
+}
+
+/// A replica whose runs are held because Truto refuses its token does not list; when the token
+/// is accepted again, it lists at once if the last listing failed (the refusal failed it), not
+/// after `discovery.retry_initial` or `discovery.interval` (an hour each here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_token_was_refused_lists_at_once_when_it_is_accepted_again() {
+    use crate::helpers::daemon::spawn_env;
+    let a = account_id(1);
+    let env = fleet_env(&[(a, 7)]).await;
+    let cfg = discovery_config(&env, &[], "interval = \"1h\"\nretry_initial = \"1h\"\n");
+    env.sim.set_token("another-token");
+    let mut service = spawn_env(&cfg, &env.db_url, &[], &[("TRUTO_API_TOKEN", DEMO_TOKEN)]);
+    let ev = service
+        .wait_for("discovery failed; the registry is left as it was")
+        .await;
+    assert!(
+        ev["fields"]["error"].as_str().unwrap().contains("HTTP 401"),
+        "{ev}"
+    );
+    service
+        .wait_for(
+            "not listing the integrated accounts while this process's runs are held; any \
+             replica Truto answers lists them",
+        )
+        .await;
+    // The token is accepted again (rotated at Truto's end): the process's probe finds out, and
+    // the listing follows at once.
+    env.sim.set_token(DEMO_TOKEN);
+    let ev = service
+        .wait_for(
+            "listing the integrated accounts again: at once if the last listing failed, else \
+             when the next is due",
+        )
+        .await;
+    let resumed = logged_at(&ev);
+    let ev = service.wait_for("discovery finished").await;
+    assert_eq!(ev["fields"]["added"], 1, "{ev}");
+    let waited = (logged_at(&ev) - resumed).num_seconds();
+    assert!(waited < 10, "{waited} s");
+    let ev = service.wait_for("sync run finished").await;
+    assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    assert_mirror(&env.store, &env.sim, a).await;
+    service.terminate().await;
 }
