@@ -6,7 +6,7 @@
 //! how runs ended. Runs live on a task tracker; shutdown, or an account paused or retired
 //! while its run goes on, cancels them between pages (the latter saying why).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -160,6 +160,10 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
     while !s.root.is_cancelled() {
         ready.tick();
         s.follow_settings();
+        // The runs in flight before the read: one of them may end before `start_due` looks,
+        // with its start not yet in what the read returned (a run of one page takes less than
+        // a read of 10,000 accounts): it is not started again on that stale history.
+        let in_flight: HashSet<Uuid> = s.running.lock().expect("running").keys().copied().collect();
         let read = async {
             Ok::<_, StoreError>((
                 s.store.registry().await?,
@@ -183,13 +187,19 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
             .collect();
         s.show_health(&histories);
         s.stop_gated();
-        let wake = s.start_due(&histories);
+        let wake = s.start_due(&histories, &in_flight);
         let woken = s.wake.clone();
         tokio::select! {
             _ = tokio::time::sleep((wake - Utc::now()).to_std().unwrap_or(Duration::ZERO)) => {}
             Some((id, status)) = done_rx.recv() => s.ended(id, status),
             _ = woken.notified() => {}
             _ = s.root.cancelled() => {}
+        }
+        // Every run that ended meanwhile, in this one round: a round per run read the whole
+        // registry and history once per run, and at 10,000 accounts fell minutes behind the
+        // runs of a sweep.
+        while let Ok((id, status)) = done_rx.try_recv() {
+            s.ended(id, status);
         }
     }
     ready.stopped();
@@ -252,9 +262,17 @@ impl Scheduler {
     /// Starts every account that is due (up to `sync.max_concurrent_accounts` running), and
     /// returns when to look again. None while Truto refuses the API token or does not answer:
     /// each would fail alike (the Truto watch wakes the loop when that ends).
-    fn start_due(&mut self, histories: &HashMap<Uuid, RunHistory>) -> DateTime<Utc> {
+    ///
+    /// `in_flight`: the runs under way before `histories` was read; none of them is started
+    /// again in this round, even if it has ended since (the next round's read has its start).
+    fn start_due(
+        &mut self,
+        histories: &HashMap<Uuid, RunHistory>,
+        in_flight: &HashSet<Uuid>,
+    ) -> DateTime<Utc> {
         let now = Utc::now();
-        let mut wake = now + chrono::Duration::from_std(RESCAN).expect("small");
+        let rescan = now + chrono::Duration::from_std(RESCAN).expect("small");
+        let mut wake = rescan;
         if self.source.halt().is_some() {
             return wake;
         }
@@ -264,7 +282,7 @@ impl Scheduler {
         let mut due_now: Vec<&Planned> = Vec::new();
         for p in self.fleet.values().filter(|p| p.gate.syncs()) {
             let id = p.id();
-            if self.running.lock().expect("running").contains_key(&id) {
+            if in_flight.contains(&id) || self.running.lock().expect("running").contains_key(&id) {
                 continue;
             }
             let history = histories.get(&id).cloned().unwrap_or_default();
@@ -281,6 +299,11 @@ impl Scheduler {
                 break;
             }
             self.spawn_run(&p.account);
+        }
+        if self.running.lock().expect("running").len() >= max {
+            // Nothing more starts before a run ends, which wakes the loop: the accounts coming
+            // due meanwhile (a sweep's jittered starts, milliseconds apart) need no round each.
+            return rescan;
         }
         wake
     }

@@ -436,6 +436,13 @@ async fn five_hundred_discovered_accounts_are_scheduled_without_a_burst() {
         env.scalar_i64("SELECT count(*) FROM live_users").await,
         1500
     );
+    // Each account ran once: a run that ended between a round's read of the run history and
+    // its look at the runs in flight was not taken for one never started.
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM sync_runs").await,
+        500,
+        "runs started twice"
+    );
 }
 
 /// Runs the binary with `args` against `env`'s database, discovery on.
