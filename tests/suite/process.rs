@@ -819,8 +819,7 @@ async fn discovery_lists_once_an_interval_and_not_from_a_replica_truto_does_not_
     let mut b = spawn_giving_up_after_3_attempts(&reaching, &env.db_url);
     let not_due = b
         .wait_for(
-            "the integrated accounts were listed less than discovery.interval ago; the next \
-             listing is not due yet",
+            "the integrated accounts were listed lately; the next listing is not due yet",
         )
         .await;
     assert!(
