@@ -43,6 +43,8 @@ struct Scheduler {
     metrics: Arc<Metrics>,
     progress: Arc<dyn Progress>,
     root: CancellationToken,
+    /// What `schedule.run_on_start` counts from: this process's start, or the epoch when it
+    /// joined replicas already running (nothing is due for having run before it).
     started: DateTime<Utc>,
     tracker: TaskTracker,
     /// The accounts being synced by this process, and how to stop each run (and say why).
@@ -115,6 +117,20 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
     if let Err(e) = store.register_configured(&settings.accounts).await {
         tracing::warn!(error = %e, "could not register the configured accounts; each is registered at its first run");
     }
+    // `schedule.run_on_start` syncs every account at once when the fleet starts, not each time
+    // one replica does: a replica joining others that run (a rollout, a restart, a scale-up)
+    // leaves the accounts they synced to their schedule, as if the fleet had always run. Only
+    // the accounts never synced are due at once then.
+    let started =
+        if settings.schedule.run_on_start && others_running(&settings, &store, &source).await {
+            tracing::info!(
+                "other replicas are running: the accounts they synced keep their schedule \
+             (schedule.run_on_start applies when no replica runs)"
+            );
+            DateTime::<Utc>::UNIX_EPOCH
+        } else {
+            Utc::now()
+        };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let opts = Arc::new(options(&settings, &metrics));
     let mut s = Scheduler {
@@ -126,7 +142,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         metrics,
         progress,
         root,
-        started: Utc::now(),
+        started,
         tracker: TaskTracker::new(),
         running: Arc::default(),
         fleet: HashMap::new(),
@@ -206,6 +222,27 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
     s.tracker.close();
     s.tracker.wait().await;
     Ok(())
+}
+
+/// Whether another process shares the request budget now (its budget connection alive): other
+/// replicas (or a one-off `sync`) are running. False without a shared budget, or when it
+/// cannot be read: the process then starts as the first of its fleet.
+async fn others_running(settings: &Settings, store: &Store, source: &TrutoClient) -> bool {
+    let Some(budget) = source.budget() else {
+        return false;
+    };
+    match super::status::read_budget(settings, store).await {
+        Ok(Some(section)) => section
+            .view
+            .holders
+            .iter()
+            .any(|h| h.alive && h.holder != budget.instance()),
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read which processes share the request budget; syncing every account as at the fleet's start");
+            false
+        }
+    }
 }
 
 /// The knobs of each pass, from the settings.

@@ -2,7 +2,7 @@
 //! restarted, and two replicas sharing one database. Progress is read from the JSON log lines
 //! the processes write, so the tests wait on events, not on time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -167,6 +167,62 @@ async fn two_daemons_share_the_work_and_never_sync_one_account_at_the_same_time(
     assert_eq!(workers, 2, "both daemons did work");
     for a in &accounts {
         assert_mirror(&store, &sim, *a).await;
+    }
+}
+
+/// `schedule.run_on_start` syncs every account when the fleet starts, not each time a replica
+/// does: a replica started beside a running one (a rollout, a restart, a scale-up) leaves the
+/// accounts that one synced to their schedule and syncs at once only one never synced; a
+/// replica started alone syncs every account again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_joining_a_running_fleet_does_not_sync_every_account_again() {
+    let synced: Vec<Uuid> = (1..=3).map(account_id).collect();
+    let newcomer = account_id(4);
+    let sim = Simulator::start(0).await.unwrap();
+    for (i, a) in synced.iter().chain([&newcomer]).enumerate() {
+        sim.add_account(*a, 40, i as u64);
+    }
+    let db = fresh_database_url().await;
+    let store = store_for(&db).await;
+    store.migrate().await.unwrap();
+    let runs = || query_one::<i64>(&db, "SELECT count(*) FROM sync_runs");
+    let first = config(&sim, &synced, "1h", 4);
+    let mut a = spawn(&first, &db);
+    for _ in 0..3 {
+        let ev = a.wait_for("sync run finished").await;
+        assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    }
+    // B joins (with no jitter, every account it took as due would start in its first round).
+    let everyone: Vec<Uuid> = synced.iter().copied().chain([newcomer]).collect();
+    let all = config(&sim, &everyone, "1h", 4);
+    let mut b = spawn(&all, &db);
+    b.wait_for(
+        "other replicas are running: the accounts they synced keep their schedule \
+         (schedule.run_on_start applies when no replica runs)",
+    )
+    .await;
+    let ev = b.wait_for("sync run finished").await;
+    assert_eq!(ev["span"]["account"], newcomer.to_string(), "{ev}");
+    assert_eq!(b.terminate().await, 0);
+    assert_eq!(a.terminate().await, 0);
+    assert_eq!(runs().await, 4, "B synced only the account never synced");
+
+    // Alone, a replica syncs every account at start.
+    let mut c = spawn(&all, &db);
+    let mut seen = HashSet::new();
+    while seen.len() < 4 {
+        let ev = c.next_event("every account synced at start").await;
+        let message = ev["fields"]["message"].as_str().unwrap_or_default();
+        assert!(!message.starts_with("other replicas are running"), "{ev}");
+        if message == "sync run finished" {
+            assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+            seen.insert(ev["span"]["account"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(c.terminate().await, 0);
+    assert_eq!(runs().await, 8);
+    for id in &everyone {
+        assert_mirror(&store, &sim, *id).await;
     }
 }
 
@@ -818,9 +874,7 @@ async fn discovery_lists_once_an_interval_and_not_from_a_replica_truto_does_not_
 
     let mut b = spawn_giving_up_after_3_attempts(&reaching, &env.db_url);
     let not_due = b
-        .wait_for(
-            "the integrated accounts were listed lately; the next listing is not due yet",
-        )
+        .wait_for("the integrated accounts were listed lately; the next listing is not due yet")
         .await;
     assert!(
         not_due["fields"]["due_in_secs"].as_u64().unwrap() < 20,
