@@ -121,16 +121,17 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
     // one replica does: a replica joining others that run (a rollout, a restart, a scale-up)
     // leaves the accounts they synced to their schedule, as if the fleet had always run. Only
     // the accounts never synced are due at once then.
-    let started =
-        if settings.schedule.run_on_start && others_running(&settings, &store, &source).await {
-            tracing::info!(
-                "other replicas are running: the accounts they synced keep their schedule \
+    let started = if settings.schedule.run_on_start
+        && others_running(&settings, &store, &source, &root).await
+    {
+        tracing::info!(
+            "other replicas are running: the accounts they synced keep their schedule \
              (schedule.run_on_start applies when no replica runs)"
-            );
-            DateTime::<Utc>::UNIX_EPOCH
-        } else {
-            Utc::now()
-        };
+        );
+        DateTime::<Utc>::UNIX_EPOCH
+    } else {
+        Utc::now()
+    };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let opts = Arc::new(options(&settings, &metrics));
     let mut s = Scheduler {
@@ -224,25 +225,63 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Whether another process shares the request budget now (its budget connection alive): other
-/// replicas (or a one-off `sync`) are running. False without a shared budget, or when it
-/// cannot be read: the process then starts as the first of its fleet.
-async fn others_running(settings: &Settings, store: &Store, source: &TrutoClient) -> bool {
+/// Whether another process shares the request budget now: other replicas (or a one-off
+/// `sync`) are running. One that has just ended can still look alive for a moment (its
+/// backend exiting, its row left when it could not leave), so a holder counts only when its
+/// share is renewed while this process looks (a running one renews every budget period);
+/// this waits up to two leases, and only when another holder is there at all. False without
+/// a shared budget, or when it cannot be read: the process then starts as the first of its
+/// fleet.
+async fn others_running(
+    settings: &Settings,
+    store: &Store,
+    source: &TrutoClient,
+    cancel: &CancellationToken,
+) -> bool {
     let Some(budget) = source.budget() else {
         return false;
     };
-    match super::status::read_budget(settings, store).await {
-        Ok(Some(section)) => section
-            .view
-            .holders
+    let others = || async {
+        match super::status::read_budget(settings, store).await {
+            Ok(Some(section)) => Some(
+                section
+                    .view
+                    .holders
+                    .into_iter()
+                    .filter(|h| h.alive && h.holder != budget.instance())
+                    .map(|h| (h.holder, h.renewed_at))
+                    .collect::<HashMap<_, _>>(),
+            ),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read which processes share the request budget; syncing every account as at the fleet's start");
+                None
+            }
+        }
+    };
+    let Some(first) = others().await.filter(|o| !o.is_empty()) else {
+        return false;
+    };
+    let deadline = tokio::time::Instant::now() + budget.lease() * 2;
+    while tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            _ = tokio::time::sleep(budget.period() / 4) => {}
+            _ = cancel.cancelled() => return false,
+        }
+        let Some(now) = others().await else {
+            return false;
+        };
+        if now
             .iter()
-            .any(|h| h.alive && h.holder != budget.instance()),
-        Ok(None) => false,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read which processes share the request budget; syncing every account as at the fleet's start");
-            false
+            .any(|(holder, at)| first.get(holder).is_some_and(|before| at > before))
+        {
+            return true;
+        }
+        if now.is_empty() {
+            return false;
         }
     }
+    false
 }
 
 /// The knobs of each pass, from the settings.

@@ -173,7 +173,8 @@ async fn two_daemons_share_the_work_and_never_sync_one_account_at_the_same_time(
 /// `schedule.run_on_start` syncs every account when the fleet starts, not each time a replica
 /// does: a replica started beside a running one (a rollout, a restart, a scale-up) leaves the
 /// accounts that one synced to their schedule and syncs at once only one never synced; a
-/// replica started alone syncs every account again.
+/// replica started alone syncs every account again (a share that looks alive but is not
+/// renewed is not a running replica).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_joining_a_running_fleet_does_not_sync_every_account_again() {
     let synced: Vec<Uuid> = (1..=3).map(account_id).collect();
@@ -207,7 +208,18 @@ async fn a_replica_joining_a_running_fleet_does_not_sync_every_account_again() {
     assert_eq!(a.terminate().await, 0);
     assert_eq!(runs().await, 4, "B synced only the account never synced");
 
-    // Alone, a replica syncs every account at start.
+    // Alone, a replica syncs every account at start, even beside a share that looks alive
+    // but is never renewed (a process that has just ended, its backend not yet gone).
+    let mut ghost = <sqlx::PgConnection as sqlx::Connection>::connect(&db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO lms.rate_shares (budget, holder, share, wanted, backend_pid, good_until)
+         VALUES ('token', 'ended', 0, 0, pg_backend_pid(), now() + interval '1 hour')",
+    )
+    .execute(&mut ghost)
+    .await
+    .unwrap();
     let mut c = spawn(&all, &db);
     let mut seen = HashSet::new();
     while seen.len() < 4 {
