@@ -44,7 +44,8 @@ struct Scheduler {
     progress: Arc<dyn Progress>,
     root: CancellationToken,
     /// What `schedule.run_on_start` counts from: this process's start, or the epoch when it
-    /// joined replicas already running (nothing is due for having run before it).
+    /// joined replicas already running (nothing is due for having run before it), and while
+    /// that is not known yet.
     started: DateTime<Utc>,
     tracker: TaskTracker,
     /// The accounts being synced by this process, and how to stop each run (and say why).
@@ -121,16 +122,26 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
     // one replica does: a replica joining others that run (a rollout, a restart, a scale-up)
     // leaves the accounts they synced to their schedule, as if the fleet had always run. Only
     // the accounts never synced are due at once then.
-    let started = if settings.schedule.run_on_start
-        && others_running(&settings, &store, &source, &root).await
-    {
-        tracing::info!(
-            "other replicas are running: the accounts they synced keep their schedule \
-             (schedule.run_on_start applies when no replica runs)"
+    let process_started = Utc::now();
+    // Whether other processes run is known only after a budget period or so (see
+    // `others_running`); meanwhile the accounts never synced start (due at once either way),
+    // and the synced ones wait for the answer.
+    let (joining_tx, mut joining) = tokio::sync::watch::channel(None::<bool>);
+    let mut deciding = settings.schedule.run_on_start;
+    let started = if deciding {
+        let (settings, store, source, root) = (
+            settings.clone(),
+            store.clone(),
+            source.clone(),
+            root.clone(),
         );
+        tokio::spawn(async move {
+            let others = others_running(&settings, &store, &source, &root).await;
+            let _ = joining_tx.send(Some(others));
+        });
         DateTime::<Utc>::UNIX_EPOCH
     } else {
-        Utc::now()
+        process_started
     };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let opts = Arc::new(options(&settings, &metrics));
@@ -177,6 +188,19 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
     while !s.root.is_cancelled() {
         ready.tick();
         s.follow_settings();
+        if deciding {
+            if let Some(others) = *joining.borrow_and_update() {
+                deciding = false;
+                if others {
+                    tracing::info!(
+                        "other replicas are running: the accounts they synced keep their \
+                         schedule (schedule.run_on_start applies when no replica runs)"
+                    );
+                } else {
+                    s.started = process_started;
+                }
+            }
+        }
         // The runs in flight before the read: one of them may end before `start_due` looks,
         // with its start not yet in what the read returned (a run of one page takes less than
         // a read of 10,000 accounts): it is not started again on that stale history.
@@ -210,6 +234,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
             _ = tokio::time::sleep((wake - Utc::now()).to_std().unwrap_or(Duration::ZERO)) => {}
             Some((id, status)) = done_rx.recv() => s.ended(id, status),
             _ = woken.notified() => {}
+            Ok(()) = joining.changed(), if deciding => {}
             _ = s.root.cancelled() => {}
         }
         // Every run that ended meanwhile, in this one round: a round per run read the whole

@@ -197,13 +197,22 @@ async fn a_replica_joining_a_running_fleet_does_not_sync_every_account_again() {
     let everyone: Vec<Uuid> = synced.iter().copied().chain([newcomer]).collect();
     let all = config(&sim, &everyone, "1h", 4);
     let mut b = spawn(&all, &db);
-    b.wait_for(
-        "other replicas are running: the accounts they synced keep their schedule \
-         (schedule.run_on_start applies when no replica runs)",
-    )
-    .await;
-    let ev = b.wait_for("sync run finished").await;
-    assert_eq!(ev["span"]["account"], newcomer.to_string(), "{ev}");
+    // The account never synced starts at once, while B finds out whether others run: in
+    // either order.
+    let (mut joined, mut finished) = (false, false);
+    while !joined || !finished {
+        let ev = b.next_event("B joining and syncing the new account").await;
+        match ev["fields"]["message"].as_str().unwrap_or_default() {
+            "other replicas are running: the accounts they synced keep their schedule \
+             (schedule.run_on_start applies when no replica runs)" => joined = true,
+            "sync run finished" => {
+                assert!(!finished, "B synced a second account: {ev}");
+                assert_eq!(ev["span"]["account"], newcomer.to_string(), "{ev}");
+                finished = true;
+            }
+            _ => {}
+        }
+    }
     assert_eq!(b.terminate().await, 0);
     assert_eq!(a.terminate().await, 0);
     assert_eq!(runs().await, 4, "B synced only the account never synced");
