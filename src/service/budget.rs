@@ -20,14 +20,11 @@ use crate::store::{Negotiated, Reach, Store};
 /// The budget the token's window is negotiated as.
 pub(crate) const TOKEN: &str = "token";
 
-/// This process's name at the budget: unique even for two processes of one host and pid
-/// namespace (containers).
-fn holder_name() -> String {
-    format!(
-        "{}:{}",
-        crate::sync::worker_name(),
-        uuid::Uuid::new_v4().simple()
-    )
+/// The name at the budget of the process pacing itself by `budget`: unique even for two
+/// processes of one host and pid namespace (containers), and known to the rest of the process
+/// (the scheduler tells its own share from the others' by it).
+pub(crate) fn holder_name(budget: &RateBudget) -> String {
+    format!("{}:{}", crate::sync::worker_name(), budget.instance())
 }
 
 /// The least time between two negotiations of one process.
@@ -78,7 +75,7 @@ pub async fn share_token_budget(
             }
         }
     };
-    let holder = holder_name();
+    let holder = holder_name(&budget);
     let limit = budget.token_limit();
     let period = budget.period();
     // Each round renews the share for a period and a half: the next round comes a period later

@@ -254,7 +254,8 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
 /// `sync`) are running. One that has just ended can still look alive for a moment (its
 /// backend exiting, its row left when it could not leave), so a holder counts only when its
 /// share is renewed while this process looks (a running one renews every budget period);
-/// this waits up to two leases, and only when another holder is there at all. False without
+/// this waits up to two leases, and only when another holder is there at all (after up to a
+/// lease for this process's own share to be recorded). False without
 /// a shared budget, or when it cannot be read: the process then starts as the first of its
 /// fleet.
 async fn others_running(
@@ -266,14 +267,17 @@ async fn others_running(
     let Some(budget) = source.budget() else {
         return false;
     };
-    let others = || async {
+    // This process's own share is renewed while it looks too: it is not another replica.
+    let me = super::budget::holder_name(&budget);
+    // The live holders, this process's own share among them when it is recorded.
+    let holders = || async {
         match super::status::read_budget(settings, store).await {
             Ok(Some(section)) => Some(
                 section
                     .view
                     .holders
                     .into_iter()
-                    .filter(|h| h.alive && h.holder != budget.instance())
+                    .filter(|h| h.alive)
                     .map(|h| (h.holder, h.renewed_at))
                     .collect::<HashMap<_, _>>(),
             ),
@@ -284,9 +288,30 @@ async fn others_running(
             }
         }
     };
-    let Some(first) = others().await.filter(|o| !o.is_empty()) else {
-        return false;
+    let others = || async {
+        holders().await.map(|mut all| {
+            all.remove(&me);
+            all
+        })
     };
+    // The look starts once this process's own share is recorded (its first round comes at
+    // once), so that what it reads does not hang on which of the two tasks came first.
+    let joined_by = tokio::time::Instant::now() + budget.lease();
+    let first = loop {
+        let Some(mut all) = holders().await else {
+            return false;
+        };
+        if all.remove(&me).is_some() || tokio::time::Instant::now() >= joined_by {
+            break all;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(budget.period() / 4) => {}
+            _ = cancel.cancelled() => return false,
+        }
+    };
+    if first.is_empty() {
+        return false;
+    }
     let deadline = tokio::time::Instant::now() + budget.lease() * 2;
     while tokio::time::Instant::now() < deadline {
         tokio::select! {
