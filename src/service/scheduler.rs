@@ -255,9 +255,8 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
 /// backend exiting, its row left when it could not leave), so a holder counts only when its
 /// share is renewed while this process looks (a running one renews every budget period);
 /// this waits up to two leases, and only when another holder is there at all (after up to a
-/// lease for this process's own share to be recorded). False without
-/// a shared budget, or when it cannot be read: the process then starts as the first of its
-/// fleet.
+/// lease for this process's own share to be recorded). False without a shared budget, or when
+/// it cannot be read: the process then starts as the first of its fleet.
 async fn others_running(
     settings: &Settings,
     store: &Store,
@@ -288,11 +287,12 @@ async fn others_running(
             }
         }
     };
-    let others = || async {
-        holders().await.map(|mut all| {
-            all.remove(&me);
-            all
-        })
+    // A quarter period between two reads; false when the process stops meanwhile.
+    let pause = || async {
+        tokio::select! {
+            _ = tokio::time::sleep(budget.period() / 4) => true,
+            _ = cancel.cancelled() => false,
+        }
     };
     // The look starts once this process's own share is recorded (its first round comes at
     // once), so that what it reads does not hang on which of the two tasks came first.
@@ -304,9 +304,8 @@ async fn others_running(
         if all.remove(&me).is_some() || tokio::time::Instant::now() >= joined_by {
             break all;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(budget.period() / 4) => {}
-            _ = cancel.cancelled() => return false,
+        if !pause().await {
+            return false;
         }
     };
     if first.is_empty() {
@@ -314,13 +313,13 @@ async fn others_running(
     }
     let deadline = tokio::time::Instant::now() + budget.lease() * 2;
     while tokio::time::Instant::now() < deadline {
-        tokio::select! {
-            _ = tokio::time::sleep(budget.period() / 4) => {}
-            _ = cancel.cancelled() => return false,
+        if !pause().await {
+            return false;
         }
-        let Some(now) = others().await else {
+        let Some(mut now) = holders().await else {
             return false;
         };
+        now.remove(&me);
         if now
             .iter()
             .any(|(holder, at)| first.get(holder).is_some_and(|before| at > before))
