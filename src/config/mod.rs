@@ -13,9 +13,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use uuid::Uuid;
 
+mod db_tls;
 mod load;
 mod validate;
 
+pub use db_tls::DbTls;
 pub use validate::validate_schema_name;
 
 /// Env var prefix; sections are separated by `__` (`LMS_SYNC__TRUTO__BASE_URL`).

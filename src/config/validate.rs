@@ -84,6 +84,9 @@ impl Settings {
                     "must start with postgres:// or postgresql://",
                 ));
             }
+            if let Some(tls) = DbTls::from_url(u) {
+                tls.check().map_err(|m| key_error("database.url", m))?;
+            }
         }
         let s = &self.sync;
         check_range(

@@ -27,7 +27,7 @@ mod users;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, PgPool};
 
 pub use accounts::{
@@ -47,7 +47,7 @@ pub use schema::{LockWait, SchemaState, MIGRATOR};
 pub use status::{AccountMetrics, StatusRow};
 pub use sweep::Vanished;
 
-use crate::config::{validate_schema_name, DatabaseSettings};
+use crate::config::{validate_schema_name, DatabaseSettings, DbTls};
 use crate::domain::{Health, Outcome};
 
 type Ts = chrono::DateTime<chrono::Utc>;
@@ -140,10 +140,14 @@ const TOO_MANY: &str = "its connection slots (max_connections, or a role's or da
 /// What to do about the database errors an operator can fix, by SQLSTATE (none for others).
 /// Each of them fails the run without losing anything committed: the next run resumes.
 fn advice(e: &sqlx::Error) -> std::borrow::Cow<'static, str> {
-    let sqlx::Error::Database(db) = e else {
-        return "".into();
+    let db = match e {
+        sqlx::Error::Database(db) => db,
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => return tls_advice(e).into(),
+        _ => return "".into(),
     };
     match db.code().as_deref() {
+        // pg_hba.conf has only `hostssl` lines for this client.
+        Some("28000") if db.message().ends_with("no encryption") => " (the server accepts only encrypted connections from this host: set sslmode=verify-full in database.url, with sslrootcert naming the file of the CA that signed the server's certificate)".into(),
         Some("53300") => format!(" (PostgreSQL has no connection slot left: {TOO_MANY})").into(),
         Some("53100") => format!(" (PostgreSQL is out of disk space: free some or grow its volume{KEPT})").into(),
         Some("53200") => " (PostgreSQL is out of memory)".into(),
@@ -154,6 +158,33 @@ fn advice(e: &sqlx::Error) -> std::borrow::Cow<'static, str> {
         Some("42501") => format!(" (this role lacks a privilege lms-sync needs: grant what docs/schema.md, Roles: least privilege, lists, again after an upgrade that added tables; migrations need the schema's owner: run lms-sync migrate as it{KEPT})").into(),
         Some("55P03") => format!(" (another session held a lock this statement needed for longer than the lock_timeout set for this role or database{KEPT})").into(),
         _ => "".into(),
+    }
+}
+
+/// What to do about a connection's TLS failing: the server's certificate refused (by
+/// rustls, inside sqlx's I/O error), or no TLS where database.url asks for it.
+fn tls_advice(e: &sqlx::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    if let sqlx::Error::Tls(t) = e {
+        return if t.to_string().contains("server does not support TLS") {
+            " (the server has TLS turned off (ssl = off in postgresql.conf) while database.url asks for it with sslmode=require, verify-ca or verify-full: turn it on in the server)"
+        } else {
+            ""
+        };
+    }
+    let sqlx::Error::Io(io) = e else { return "" };
+    let Some(rustls::Error::InvalidCertificate(cert)) = io
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return "";
+    };
+    match cert {
+        C::UnknownIssuer | C::BadSignature | C::UnhandledCriticalExtension => " (the server's certificate is not signed by a certificate authority lms-sync trusts: set sslrootcert in database.url to the file of the CA that signed it (for a managed PostgreSQL, the provider's CA bundle); without sslrootcert only the public web CAs built into lms-sync are trusted)",
+        C::NotValidForName | C::NotValidForNameContext { .. } => " (the server's certificate does not name the host that database.url connects to: connect by a name the certificate was issued for, or use sslmode=verify-ca, which checks who signed it but not the name)",
+        C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => " (the server's certificate is outside its validity period: renew it, or check this host's clock)",
+        C::Revoked => " (the server's certificate has been revoked)",
+        _ => " (the server's certificate was refused)",
     }
 }
 
@@ -291,11 +322,20 @@ pub fn connect_options(
     keepalive_secs: u64,
 ) -> Result<PgConnectOptions, StoreError> {
     validate_schema_name(schema).map_err(StoreError::Url)?;
-    let opts: PgConnectOptions = url
+    let mut opts: PgConnectOptions = url
         .expose_secret()
         .parse()
         // sqlx's parse error can quote the URL; keep the password out of it.
         .map_err(|_| StoreError::Url("cannot parse database.url".into()))?;
+    // libpq verifies the server's certificate against a CA file given with sslmode=require
+    // (as verify-ca); sqlx would encrypt without checking it. An operator who names the CA
+    // means it to be checked.
+    let root_cert = DbTls::from_url(url.expose_secret()).and_then(|t| t.root_cert);
+    if matches!(opts.get_ssl_mode(), PgSslMode::Require)
+        && (root_cert.is_some() || std::env::var_os("PGSSLROOTCERT").is_some())
+    {
+        opts = opts.ssl_mode(PgSslMode::VerifyCa);
+    }
     let mut options = vec![
         ("search_path", schema.to_string()),
         (

@@ -16,6 +16,7 @@ mod history;
 mod hostile;
 mod hydration;
 mod kill_matrix;
+mod network;
 mod pg_restart;
 mod process;
 mod prometheus;

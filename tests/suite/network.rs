@@ -1,0 +1,243 @@
+//! What an operator's network puts between lms-sync and PostgreSQL: a server that accepts only
+//! TLS and a certificate from a private CA, as a managed PostgreSQL has. A sync over verified
+//! TLS works, and each mistake an operator makes in `database.url` (no TLS, the wrong CA, a
+//! name the certificate does not carry, a missing file, TLS off in the server) fails saying
+//! what to do, without the password.
+
+use std::process::Output;
+use std::time::Duration;
+
+use crate::helpers::daemon::store_for;
+use crate::helpers::*;
+use lms_sync::devkit::pg::TempPostgres;
+use lms_sync::devkit::simulator::Simulator;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+const PASSWORD: &str = "tls-pw-hunter2";
+
+/// A CA's certificate (PEM) and the issuer that signs with it.
+fn new_ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), Issuer::new(params, key))
+}
+
+/// Writes `text` to `file` in the server's data directory as the server's own file, mode 0600
+/// (what it asks of a key file), owned by whoever owns the directory (the `postgres` OS user
+/// when the tests run as root).
+fn write_as_server(data_dir: &str, file: &str, text: &str) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let owner = std::fs::metadata(data_dir).unwrap();
+    let path = std::path::Path::new(data_dir).join(file);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
+}
+
+async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_lms-sync"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NO_COLOR", "1")
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().await.expect("run lms-sync")
+}
+
+/// Reloads the server's configuration and waits until a new session sees `ssl` as `want`.
+async fn reload_until_ssl(url: &str, want: &str) {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
+    sqlx::raw_sql("SELECT pg_reload_conf()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for tries in 0.. {
+        let mut fresh = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .unwrap();
+        let ssl: String = sqlx::query_scalar("SHOW ssl")
+            .fetch_one(&mut fresh)
+            .await
+            .unwrap();
+        if ssl == want {
+            return;
+        }
+        assert!(tries < 500, "the server's ssl stayed {ssl}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_only_database_with_a_private_ca_syncs_verified_and_each_mistake_says_what_to_do() {
+    let port = free_port();
+    let pg = tokio::task::spawn_blocking(move || TempPostgres::start_tcp(port))
+        .await
+        .unwrap()
+        .unwrap();
+    // The test's own sessions go over the Unix socket (trusted); TCP accepts only TLS.
+    let local = pg.url("postgres");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&local)
+        .await
+        .unwrap();
+    let data_dir: String = sqlx::query_scalar("SELECT current_setting('data_directory')")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+
+    // A private CA signs the server's certificate, for the name `localhost` only.
+    let (ca_pem, ca) = new_ca("lms-sync test CA");
+    let (other_pem, _) = new_ca("some other CA");
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    write_as_server(&data_dir, "server.crt", &server_cert.pem());
+    write_as_server(&data_dir, "server.key", &server_key.serialize_pem());
+    write_as_server(
+        &data_dir,
+        "pg_hba.conf",
+        "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256",
+    );
+    // One statement each: ALTER SYSTEM runs outside a transaction block.
+    for sql in [
+        format!("ALTER ROLE postgres PASSWORD '{PASSWORD}'"),
+        "ALTER SYSTEM SET ssl = on".to_string(),
+        "ALTER SYSTEM SET ssl_cert_file = 'server.crt'".to_string(),
+        "ALTER SYSTEM SET ssl_key_file = 'server.key'".to_string(),
+    ] {
+        sqlx::raw_sql(&sql).execute(&mut conn).await.unwrap();
+    }
+    reload_until_ssl(&local, "on").await;
+
+    let dir = TempDir::new("lms-sync-tls");
+    let ca_file = dir.join("ca.pem");
+    let other_file = dir.join("other-ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    std::fs::write(&other_file, &other_pem).unwrap();
+    let (ca_file, other_file) = (
+        ca_file.display().to_string(),
+        other_file.display().to_string(),
+    );
+
+    let a = account_id(1);
+    let sim = Simulator::start(0).await.unwrap();
+    sim.set_token("tok-tls");
+    sim.add_account(a, 150, 1);
+    let cfg = TempFile::new(
+        "lms-sync-tls",
+        ".toml",
+        format!(
+            "[truto]\nbase_url = \"{}\"\n[database]\nconnect_timeout_secs = 3\n\
+             [sync]\nprogress = \"off\"\n[[accounts]]\nintegrated_account_id = \"{a}\"\n",
+            sim.base_url()
+        ),
+    );
+    let sync = |query: String, host: &'static str| {
+        let url = format!("postgres://postgres:{PASSWORD}@{host}:{port}/postgres?{query}");
+        let cfg = cfg.to_str().unwrap().to_string();
+        async move {
+            let out = run(
+                &["--config", &cfg, "sync"],
+                &[("TRUTO_API_TOKEN", "tok-tls"), ("DATABASE_URL", &url)],
+            )
+            .await;
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(
+                !stdout.contains(PASSWORD) && !stderr.contains(PASSWORD),
+                "the password showed: {stdout}{stderr}"
+            );
+            (out.status.code(), stderr)
+        }
+    };
+
+    // Verified TLS: the CA's file, and the name its certificate carries.
+    let (code, stderr) = sync(
+        format!("sslmode=verify-full&sslrootcert={ca_file}"),
+        "localhost",
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let store = store_for(&local).await;
+    assert_mirror(&store, &sim, a).await;
+
+    // Each mistake: (what database.url says, the host it names, what the error must say).
+    let not_trusted = "is not signed by a certificate authority lms-sync trusts: set sslrootcert";
+    let cases = [
+        (
+            format!("sslmode=verify-full&sslrootcert={other_file}"),
+            "localhost",
+            not_trusted,
+        ),
+        // libpq's meaning: require with a CA file checks the certificate against it.
+        (
+            format!("sslmode=require&sslrootcert={other_file}"),
+            "localhost",
+            not_trusted,
+        ),
+        // No CA file: only the public web CAs are trusted, and a private CA is none of them.
+        ("sslmode=verify-ca".to_string(), "localhost", not_trusted),
+        (
+            format!("sslmode=verify-full&sslrootcert={ca_file}"),
+            "127.0.0.1",
+            "does not name the host that database.url connects to",
+        ),
+        (
+            "sslmode=disable".to_string(),
+            "localhost",
+            "accepts only encrypted connections from this host: set sslmode=verify-full",
+        ),
+    ];
+    for (query, host, says) in cases {
+        let (code, stderr) = sync(query.clone(), host).await;
+        assert_eq!(code, Some(1), "{query} to {host}: {stderr}");
+        assert!(stderr.contains(says), "{query} to {host}: {stderr}");
+    }
+    // A CA file that is not there is a configuration error, named before anything starts.
+    let (code, stderr) = sync(
+        format!("sslmode=verify-full&sslrootcert={ca_file}.missing"),
+        "localhost",
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "database.url: sslrootcert names {ca_file}.missing, which cannot be read"
+        )),
+        "{stderr}"
+    );
+    // Encryption without checking who answers still works where an operator asks for only that.
+    let (code, stderr) = sync("sslmode=require".to_string(), "127.0.0.1").await;
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // TLS turned off in the server while database.url asks for it.
+    write_as_server(
+        &data_dir,
+        "pg_hba.conf",
+        "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256",
+    );
+    sqlx::raw_sql("ALTER SYSTEM SET ssl = off")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    reload_until_ssl(&local, "off").await;
+    let (code, stderr) = sync(
+        format!("sslmode=verify-full&sslrootcert={ca_file}"),
+        "localhost",
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("the server has TLS turned off"), "{stderr}");
+    // Nothing mirrored was lost on the way.
+    assert_mirror(&store, &sim, a).await;
+}
