@@ -16,6 +16,32 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The reason rustls refused a peer's certificate, wherever it is in `e`'s chain: the errors an
+/// I/O error wraps included (`source()` skips them; hyper-rustls wraps rustls' error in two).
+/// For the advice that goes with it.
+pub fn refused_certificate<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::CertificateError> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        let mut node = c;
+        loop {
+            if let Some(rustls::Error::InvalidCertificate(cert)) = node.downcast_ref() {
+                return Some(cert);
+            }
+            match node
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+            {
+                Some(inner) => node = inner,
+                None => break,
+            }
+        }
+        cur = c.source();
+    }
+    None
+}
+
 /// At most `max` characters, control characters replaced, so a hostile body cannot mangle logs.
 pub fn shorten(s: &str, max: usize) -> String {
     let mut out: String = s
@@ -27,4 +53,20 @@ pub fn shorten(s: &str, max: usize) -> String {
         out.push('…');
     }
     out
+}
+
+#[cfg(test)]
+mod refused_tests {
+    #[test]
+    fn finds_a_refused_certificate_inside_io_errors_and_nothing_elsewhere() {
+        let rustls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let nested =
+            std::io::Error::other(std::io::Error::new(std::io::ErrorKind::InvalidData, rustls));
+        assert_eq!(
+            super::refused_certificate(&nested),
+            Some(&rustls::CertificateError::UnknownIssuer)
+        );
+        let plain = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(super::refused_certificate(&plain), None);
+    }
 }

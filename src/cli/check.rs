@@ -193,7 +193,14 @@ async fn truto(
         }
         return;
     }
-    checks.push(Check::passed("truto token", "Truto accepts the API token"));
+    let via = source
+        .proxy()
+        .map(|p| format!(" (through the proxy {p})"))
+        .unwrap_or_default();
+    checks.push(Check::passed(
+        "truto token",
+        format!("Truto accepts the API token{via}"),
+    ));
     if !settings.accounts.is_empty() {
         checks.push(accounts(&settings.accounts, source, cancel).await);
     }

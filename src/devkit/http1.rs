@@ -32,6 +32,11 @@ pub struct Request {
     pub target_len: usize,
     pub query: Vec<(String, String)>,
     pub authorization: Option<String>,
+    /// The target was in absolute form (`GET http://host/path`), as a client sends it to a
+    /// forward proxy: the simulator then stands in for the proxy and for Truto behind it.
+    pub absolute_form: bool,
+    /// The `Proxy-Authorization` header, sent with such a request to a proxy with credentials.
+    pub proxy_authorization: Option<String>,
 }
 
 pub fn parse_request(buf: &[u8]) -> Option<(Request, usize)> {
@@ -41,13 +46,22 @@ pub fn parse_request(buf: &[u8]) -> Option<(Request, usize)> {
         return None;
     };
     let target = req.path?.to_string();
-    let url = reqwest::Url::parse(&format!("http://sim{target}")).ok()?;
-    let authorization = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("authorization"))
-        .and_then(|h| std::str::from_utf8(h.value).ok())
-        .map(str::to_string);
+    // A server must accept the absolute form too (RFC 9112, 3.2.2).
+    let absolute_form = target.starts_with("http://") || target.starts_with("https://");
+    let url = if absolute_form {
+        reqwest::Url::parse(&target).ok()?
+    } else {
+        reqwest::Url::parse(&format!("http://sim{target}")).ok()?
+    };
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::to_string)
+    };
+    let authorization = header("authorization");
+    let proxy_authorization = header("proxy-authorization");
     Some((
         Request {
             method: req.method?.to_string(),
@@ -58,6 +72,8 @@ pub fn parse_request(buf: &[u8]) -> Option<(Request, usize)> {
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect(),
             authorization,
+            absolute_form,
+            proxy_authorization,
         },
         used,
     ))

@@ -95,6 +95,10 @@ pub struct SimStats {
     pub user_gets: u64,
     /// Requests for `/integrated-account` (listings and single accounts).
     pub account_listings: u64,
+    /// Requests sent as to a forward proxy (absolute-form target), and those of them that
+    /// carried the proxy's credentials (`Proxy-Authorization`).
+    pub proxied: u64,
+    pub proxy_authorized: u64,
 }
 
 /// An integrated account as Truto's `GET /integrated-account` lists it.
@@ -999,6 +1003,8 @@ fn stats_reply(s: &State, req: &Request) -> Reply {
         "max_account_window": st.max_account_window,
         "max_token_window": st.max_token_window,
         "account_listings": st.account_listings,
+        "proxied": st.proxied,
+        "proxy_authorized": st.proxy_authorized,
     }))
 }
 
@@ -1010,6 +1016,12 @@ fn route(s: &mut State, req: &Request) -> Reply {
         return stats_reply(s, req);
     }
     s.stats.requests += 1;
+    if req.absolute_form {
+        s.stats.proxied += 1;
+        if req.proxy_authorization.is_some() {
+            s.stats.proxy_authorized += 1;
+        }
+    }
     let mut reply = route_inner(s, req);
     if let (
         true,

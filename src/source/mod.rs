@@ -10,6 +10,7 @@ mod accounts;
 pub mod budget;
 mod envelope;
 mod error;
+mod proxy;
 mod retry;
 mod standing;
 
@@ -68,6 +69,8 @@ pub struct TrutoClient {
     /// Whether Truto refuses the token or does not answer now (see `standing`); shared by the
     /// clones.
     standing: Arc<tokio::sync::watch::Sender<Standing>>,
+    /// The proxy the environment sends requests to Truto through (see `proxy`), for errors.
+    proxy: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for TrutoClient {
@@ -86,6 +89,7 @@ impl TrutoClient {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
+        let proxy = proxy::proxy_for(&base).map(Arc::from);
         let users_url = base.join(USERS_PATH)?;
         let accounts_url = base.join(ACCOUNTS_PATH)?;
         let auth = Arc::new(std::sync::RwLock::new(bearer(token)?));
@@ -112,7 +116,38 @@ impl TrutoClient {
             budget: None,
             metrics: None,
             standing: Arc::new(tokio::sync::watch::Sender::new(Standing::default())),
+            proxy,
         })
+    }
+
+    /// The proxy requests to Truto go through (`scheme://host:port`, no credentials), when the
+    /// environment sets one for Truto's URL.
+    pub fn proxy(&self) -> Option<&str> {
+        self.proxy.as_deref()
+    }
+
+    /// A request that failed before an answer, with what the operator's network has to do
+    /// with it: a connection that failed through a proxy is the proxy's or beyond it (named, so
+    /// that it does not read as Truto refusing connections), and a certificate refused is
+    /// most often a TLS-inspecting proxy's.
+    fn request_error(&self, e: reqwest::Error) -> SourceError {
+        let refused = crate::text::refused_certificate(&e).is_some();
+        match classify(e) {
+            SourceError::Connect(chain) => {
+                let via = self
+                    .proxy
+                    .as_ref()
+                    .map(|p| format!("through the proxy {p} (from {}): ", proxy::PROXY_SOURCE))
+                    .unwrap_or_default();
+                let advice = if refused {
+                    " (the certificate that answered is not signed by a CA in this host's store: behind a TLS-inspecting proxy, add the proxy's CA to the store (the image's /etc/ssl/certs) or point SSL_CERT_FILE at a bundle that holds it)"
+                } else {
+                    ""
+                };
+                SourceError::Connect(format!("{via}{chain}{advice}"))
+            }
+            e => e,
+        }
     }
 
     /// The client every command uses: the settings' timeouts and retries, paced by the
@@ -122,6 +157,12 @@ impl TrutoClient {
         token: &SecretString,
     ) -> anyhow::Result<Self> {
         let client = Self::new(&settings.truto, token)?;
+        if let Some(p) = client.proxy() {
+            tracing::info!(
+                "requests to Truto go through the proxy {p} (from {}; NO_PROXY lists the hosts reached directly)",
+                proxy::PROXY_SOURCE
+            );
+        }
         Ok(match RateBudget::from_settings(&settings.rate_budget) {
             Some(b) => client.with_budget(Arc::new(b)),
             None => client,
@@ -262,7 +303,7 @@ impl TrutoClient {
             .header(AUTHORIZATION, self.auth_header())
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| self.request_error(e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         if !status.is_success() {

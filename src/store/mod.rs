@@ -173,10 +173,7 @@ fn tls_advice(e: &sqlx::Error) -> &'static str {
         };
     }
     let sqlx::Error::Io(io) = e else { return "" };
-    let Some(rustls::Error::InvalidCertificate(cert)) = io
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    else {
+    let Some(cert) = crate::text::refused_certificate(io) else {
         return "";
     };
     match cert {

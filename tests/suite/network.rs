@@ -1,8 +1,10 @@
-//! What an operator's network puts between lms-sync and PostgreSQL: a server that accepts only
-//! TLS and a certificate from a private CA, as a managed PostgreSQL has. A sync over verified
-//! TLS works, and each mistake an operator makes in `database.url` (no TLS, the wrong CA, a
-//! name the certificate does not carry, a missing file, TLS off in the server) fails saying
-//! what to do, without the password.
+//! What an operator's network puts between lms-sync and the systems it talks to. PostgreSQL: a
+//! server that accepts only TLS and a certificate from a private CA, as a managed PostgreSQL
+//! has; a sync over verified TLS works, and each mistake an operator makes in `database.url`
+//! (no TLS, the wrong CA, a name the certificate does not carry, a missing file, TLS off in the
+//! server) fails saying what to do, without the password. Truto: an egress proxy named by the
+//! environment, which requests go through with its credentials, and which is named when it
+//! fails, so that it does not read as Truto failing.
 
 use std::process::Output;
 use std::time::Duration;
@@ -10,7 +12,7 @@ use std::time::Duration;
 use crate::helpers::daemon::store_for;
 use crate::helpers::*;
 use lms_sync::devkit::pg::TempPostgres;
-use lms_sync::devkit::simulator::Simulator;
+use lms_sync::devkit::simulator::{Integrated, Simulator};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 const PASSWORD: &str = "tls-pw-hunter2";
@@ -240,4 +242,198 @@ async fn a_tls_only_database_with_a_private_ca_syncs_verified_and_each_mistake_s
     assert!(stderr.contains("the server has TLS turned off"), "{stderr}");
     // Nothing mirrored was lost on the way.
     assert_mirror(&store, &sim, a).await;
+}
+
+const PROXY_PASSWORD: &str = "proxy-pw-hunter2";
+
+/// Truto behind the egress proxy the environment names (`HTTP_PROXY` here, for the
+/// simulator's plain HTTP; `HTTPS_PROXY` for Truto's own URL): every request goes through it
+/// with its credentials; a proxy that refuses connections is named as the proxy, not as Truto;
+/// `NO_PROXY` is honoured; the proxy's password shows nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truto_behind_the_environments_proxy_is_reached_through_it_and_a_dead_proxy_is_named() {
+    let a = account_id(2);
+    // The simulator stands in for the proxy and for Truto behind it: it answers requests sent
+    // to a proxy (absolute-form targets) and counts them.
+    let sim = Simulator::start(0).await.unwrap();
+    sim.set_token("tok-proxy");
+    sim.add_account(a, 150, 2);
+    sim.set_integrated(a, Integrated::active("tenant-proxy"));
+    let proxy_port = reqwest::Url::parse(&sim.base_url())
+        .unwrap()
+        .port()
+        .unwrap();
+    let dead_port = free_port();
+    let db = fresh_database_url().await;
+    // A host no resolver knows: only the proxy can reach it.
+    let cfg = TempFile::new(
+        "lms-sync-proxy",
+        ".toml",
+        format!(
+            "[truto]\nbase_url = \"http://truto.invalid/\"\nbackoff_initial_ms = 5\n\
+             [sync]\nprogress = \"off\"\n[[accounts]]\nintegrated_account_id = \"{a}\"\n"
+        ),
+    );
+    let cfg = cfg.to_str().unwrap().to_string();
+    let lms_sync = |command: &'static str, proxy_port: u16, no_proxy: &'static str| {
+        let proxy = format!("http://proxyuser:{PROXY_PASSWORD}@127.0.0.1:{proxy_port}");
+        let (cfg, db) = (cfg.clone(), db.clone());
+        async move {
+            let mut env = vec![
+                ("TRUTO_API_TOKEN", "tok-proxy"),
+                ("DATABASE_URL", db.as_str()),
+                ("HTTP_PROXY", proxy.as_str()),
+            ];
+            if !no_proxy.is_empty() {
+                env.push(("NO_PROXY", no_proxy));
+            }
+            let out = run(&["--config", &cfg, command], &env).await;
+            let output = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!output.contains(PROXY_PASSWORD), "{output}");
+            (out.status.code(), output)
+        }
+    };
+
+    let (code, output) = lms_sync("sync", proxy_port, "").await;
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output.contains(&format!(
+            "requests to Truto go through the proxy http://127.0.0.1:{proxy_port}"
+        )),
+        "{output}"
+    );
+    let stats = sim.stats();
+    assert!(stats.requests >= 2, "{stats:?}");
+    assert_eq!(
+        stats.proxied, stats.requests,
+        "every request went through the proxy"
+    );
+    assert_eq!(
+        stats.proxy_authorized, stats.proxied,
+        "with its credentials"
+    );
+    assert_mirror(&store_for(&db).await, &sim, a).await;
+
+    let (code, output) = lms_sync("check", proxy_port, "").await;
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output.contains(&format!(
+            "Truto accepts the API token (through the proxy http://127.0.0.1:{proxy_port})"
+        )),
+        "{output}"
+    );
+
+    // The proxy refuses connections: the proxy is named, not Truto.
+    let (code, output) = lms_sync("check", dead_port, "").await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains(&format!(
+            "cannot connect to Truto: through the proxy http://127.0.0.1:{dead_port} (from the environment's"
+        )),
+        "{output}"
+    );
+    // NO_PROXY sends Truto's requests straight to it: no proxy is named (and this host has
+    // no name a resolver knows).
+    let before = sim.stats().requests;
+    let (code, output) = lms_sync("check", proxy_port, "truto.invalid").await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains("cannot connect to Truto") && !output.contains("proxy"),
+        "{output}"
+    );
+    assert_eq!(
+        sim.stats().requests,
+        before,
+        "nothing went through the proxy"
+    );
+}
+
+/// Serves TLS on a loopback port with `cert` and `key` (PEM) and passes each connection's bytes
+/// to the simulator: Truto's HTTPS, as a TLS-inspecting proxy with a private CA presents it.
+async fn tls_front(cert_pem: &str, key_pem: &str, sim: &Simulator) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    lms_sync::install_crypto_provider();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = sim.base_url().trim_start_matches("http://").to_string();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake: nothing to pass.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut sim = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut sim).await;
+            });
+        }
+    });
+    port
+}
+
+/// Truto over HTTPS with a certificate from a CA the operating system's store does not hold
+/// (a TLS-inspecting egress proxy's): refused, saying what to do, until `SSL_CERT_FILE` names a
+/// bundle with that CA; then the sync goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truto_behind_a_tls_inspecting_proxy_needs_its_ca_and_says_so() {
+    let a = account_id(3);
+    let sim = Simulator::start(0).await.unwrap();
+    sim.set_token("tok-https");
+    sim.add_account(a, 150, 3);
+    let (ca_pem, ca) = new_ca("inspecting proxy CA");
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let port = tls_front(&cert.pem(), &key.serialize_pem(), &sim).await;
+    let dir = TempDir::new("lms-sync-https");
+    let bundle = dir.join("bundle.pem");
+    std::fs::write(&bundle, &ca_pem).unwrap();
+    let db = fresh_database_url().await;
+    let cfg = TempFile::new(
+        "lms-sync-https",
+        ".toml",
+        format!(
+            "[truto]\nbase_url = \"https://localhost:{port}/\"\nbackoff_initial_ms = 5\n\
+             max_attempts = 2\n[sync]\nprogress = \"off\"\n\
+             [[accounts]]\nintegrated_account_id = \"{a}\"\n"
+        ),
+    );
+    let args = ["--config", cfg.to_str().unwrap(), "sync"];
+    let env = [
+        ("TRUTO_API_TOKEN", "tok-https"),
+        ("DATABASE_URL", db.as_str()),
+    ];
+
+    let out = run(&args, &env).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("invalid peer certificate: UnknownIssuer (the certificate that answered is not signed by a CA in this host's store")
+            && stderr.contains("point SSL_CERT_FILE at a bundle that holds it"),
+        "{stderr}"
+    );
+    assert_eq!(sim.stats().requests, 0, "nothing got past the handshake");
+
+    let bundle = bundle.display().to_string();
+    let with_ca = [env[0], env[1], ("SSL_CERT_FILE", bundle.as_str())];
+    let out = run(&args, &with_ca).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_mirror(&store_for(&db).await, &sim, a).await;
 }
