@@ -105,6 +105,12 @@ impl Settings {
                 }
             }
         }
+        if settings.database.url.is_none() {
+            if let Some(path) = settings.database.url_file.clone() {
+                settings.database.url = Some(secret_file("database.url_file", &path)?);
+                settings.database.url_from_file = true;
+            }
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -112,9 +118,22 @@ impl Settings {
     pub fn database_url(&self) -> Result<&SecretString, ConfigError> {
         self.database.url.as_ref().ok_or_else(|| {
             ConfigError(
-                "database.url: not set (env LMS_SYNC__DATABASE__URL or DATABASE_URL)".into(),
+                "database.url: not set (env LMS_SYNC__DATABASE__URL or DATABASE_URL, or a file \
+                 named by database.url_file)"
+                    .into(),
             )
         })
+    }
+
+    /// The database URL as `database.url_file` holds it now, checked as at load; `None` when
+    /// the URL in force did not come from that file (`database.url` or `DATABASE_URL` win).
+    pub fn database_url_from_file(&self) -> Result<Option<SecretString>, ConfigError> {
+        let (true, Some(path)) = (self.database.url_from_file, &self.database.url_file) else {
+            return Ok(None);
+        };
+        let url = secret_file("database.url_file", path)?;
+        super::validate::check_database_url(url.expose_secret())?;
+        Ok(Some(url))
     }
 
     /// The token from `TRUTO_API_TOKEN`, else from `truto.api_token_file`; `None` when neither.
@@ -162,13 +181,18 @@ pub(super) fn secret(
     let Some(path) = file else {
         return Ok(None);
     };
+    secret_file(key, path).map(Some)
+}
+
+/// The secret the file that `key` names holds, trimmed; an empty file is an error.
+fn secret_file(key: &str, path: &Path) -> Result<SecretString, ConfigError> {
     let text = read_bounded(path, SECRET_FILE_LIMIT)
         .map_err(|e| key_error(key, format!("cannot read {}: {e}", path.display())))?;
     let t = text.trim();
     if t.is_empty() {
         return Err(key_error(key, format!("{} is empty", path.display())));
     }
-    Ok(Some(SecretString::from(t.to_string())))
+    Ok(SecretString::from(t.to_string()))
 }
 
 /// The most a config file may hold (thousands of accounts take a few hundred KiB).

@@ -478,6 +478,14 @@ impl Default for TrutoSettings {
 pub struct DatabaseSettings {
     /// Holds the password, so it is a secret: never printed.
     pub url: Option<SecretString>,
+    /// A file holding the URL (a mounted Secret, a credentials agent's output), read when `url`
+    /// is not set, and again while the service runs: rotated credentials reach new connections
+    /// without a restart.
+    pub url_file: Option<PathBuf>,
+    /// Whether `url` was read from `url_file` at load (so that reading the file again means
+    /// something); not a key.
+    #[serde(skip)]
+    pub url_from_file: bool,
     pub schema: String,
     pub max_connections: u32,
     pub connect_timeout_secs: u64,
@@ -502,6 +510,8 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
             url: None,
+            url_file: None,
+            url_from_file: false,
             schema: "lms".into(),
             max_connections: 10,
             connect_timeout_secs: 10,

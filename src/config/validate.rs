@@ -76,17 +76,7 @@ impl Settings {
             A_DAY,
         )?;
         if let Some(url) = &d.url {
-            let u = url.expose_secret();
-            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
-                // Do not echo the URL: it may hold a password.
-                return Err(key_error(
-                    "database.url",
-                    "must start with postgres:// or postgresql://",
-                ));
-            }
-            if let Some(tls) = DbTls::from_url(u) {
-                tls.check().map_err(|m| key_error("database.url", m))?;
-            }
+            check_database_url(url.expose_secret())?;
         }
         let s = &self.sync;
         check_range(
@@ -400,6 +390,21 @@ fn parse_bounded(key: &str, text: &str, min: Duration) -> Result<Duration, Confi
         return Err(key_error(key, "must be at most 365d"));
     }
     Ok(d)
+}
+
+/// A database URL's scheme and TLS parameters (at load, and each time `database.url_file` is
+/// read again). Never echoes the URL: it may hold a password.
+pub(super) fn check_database_url(u: &str) -> Result<(), ConfigError> {
+    if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+        return Err(key_error(
+            "database.url",
+            "must start with postgres:// or postgresql://",
+        ));
+    }
+    if let Some(tls) = DbTls::from_url(u) {
+        tls.check().map_err(|m| key_error("database.url", m))?;
+    }
+    Ok(())
 }
 
 fn check_fraction(key: &str, v: f64) -> Result<(), ConfigError> {

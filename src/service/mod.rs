@@ -92,8 +92,8 @@ pub struct Hooks {
     /// Settings that change while the service runs (`SIGHUP`): its current value must be the
     /// settings the service starts with. Schedules, accounts, `[account_defaults]`,
     /// `[discovery]` and the sync knobs follow it at the next round, and the secrets (the API
-    /// token, the admin token, the webhook secret) are read again at once; the rest
-    /// (database, server, budget) needs a restart.
+    /// token, the admin token, the webhook secret, the database URL of `database.url_file`)
+    /// are read again at once; the rest (database, server, budget) needs a restart.
     pub settings: Option<Live>,
 }
 
@@ -136,6 +136,7 @@ pub async fn run_with(
     tokio::spawn(reload_secrets(
         live.clone(),
         source.clone(),
+        store.clone(),
         admin_token.clone(),
         webhook_secret.clone(),
         root.clone(),
@@ -255,6 +256,7 @@ impl Rotating {
 async fn reload_secrets(
     mut live: Live,
     source: Arc<TrutoClient>,
+    store: Store,
     admin: Rotating,
     webhook: Rotating,
     stop: CancellationToken,
@@ -307,6 +309,33 @@ async fn reload_secrets(
             Err(e) => {
                 if tell("API token", Some(e.to_string())) {
                     tracing::error!(by, error = %e, "cannot read the Truto API token; the previous one stays in force");
+                }
+            }
+        }
+        // The database URL, when it comes from database.url_file: new connections use the
+        // rotated credentials; those open go on with theirs (PostgreSQL keeps a session whose
+        // password changed, and a session ended is opened again with the new URL).
+        let read = settings.database_url_from_file().and_then(|url| match url {
+            Some(url) => store
+                .set_url(&url)
+                .map_err(|e| crate::config::ConfigError(e.to_string())),
+            None => Ok(false),
+        });
+        match read {
+            Ok(changed) => {
+                let mended = tell("database URL", None);
+                if changed {
+                    tracing::info!(
+                        by,
+                        "database URL reloaded (database.url_file); new connections use it"
+                    );
+                } else if mended {
+                    tracing::info!(by, "the database URL reads again; it is the one in force");
+                }
+            }
+            Err(e) => {
+                if tell("database URL", Some(e.to_string())) {
+                    tracing::error!(by, error = %e, "cannot use the database URL in database.url_file; the previous one stays in force");
                 }
             }
         }

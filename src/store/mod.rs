@@ -227,8 +227,12 @@ impl StoreError {
 
 #[derive(Clone)]
 pub struct Store {
+    /// Its connect options are every connection's, the store's own outside the pool too
+    /// ([`Store::options`]); [`Store::set_url`] replaces them.
     pool: PgPool,
-    opts: PgConnectOptions,
+    /// The URL the connect options were made from, to tell a rotated one from the same.
+    url: std::sync::Arc<std::sync::Mutex<SecretString>>,
+    keepalive_secs: u64,
     schema: String,
     /// `database.migration_lock_timeout_secs`.
     migration_lock_timeout_secs: u64,
@@ -355,10 +359,11 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(db.max_connections)
             .acquire_timeout(Duration::from_secs(db.connect_timeout_secs))
-            .connect_lazy_with(opts.clone());
+            .connect_lazy_with(opts);
         Ok(Store {
             pool,
-            opts,
+            url: std::sync::Arc::new(std::sync::Mutex::new(url.clone())),
+            keepalive_secs: db.keepalive_timeout_secs,
             schema: db.schema.clone(),
             migration_lock_timeout_secs: db.migration_lock_timeout_secs,
             inserted: Default::default(),
@@ -374,6 +379,26 @@ impl Store {
         Ok(store)
     }
 
+    /// The options a new connection opens with (the pool's: the latest URL's).
+    pub(crate) fn options(&self) -> PgConnectOptions {
+        (*self.pool.connect_options()).clone()
+    }
+
+    /// Opens every new connection (pooled, or a lease's, the budget's, a migration's) with
+    /// `url` from now on: rotated credentials, a moved host. Connections already open go on
+    /// with what they opened with until they end. True when it differs from the URL in force;
+    /// a URL that cannot be used leaves that one in force.
+    pub fn set_url(&self, url: &SecretString) -> Result<bool, StoreError> {
+        let mut current = self.url.lock().unwrap_or_else(|e| e.into_inner());
+        if current.expose_secret() == url.expose_secret() {
+            return Ok(false);
+        }
+        let opts = connect_options(url, &self.schema, self.keepalive_secs)?;
+        self.pool.set_connect_options(opts);
+        *current = url.clone();
+        Ok(true)
+    }
+
     /// Says why a pool timed out, which sqlx does not: it retries a server's refusal of new
     /// connections ("too many clients", SQLSTATE 53300) until the acquire timeout and then
     /// reports only the timeout, which reads the same as every pooled connection being busy.
@@ -386,7 +411,7 @@ impl Store {
         }
         let waited = self.pool.options().get_acquire_timeout();
         let probe = waited.min(PROBE_TIMEOUT);
-        let why = match tokio::time::timeout(probe, self.opts.connect()).await {
+        let why = match tokio::time::timeout(probe, self.options().connect()).await {
             Ok(Ok(conn)) => {
                 let _ = sqlx::Connection::close(conn).await;
                 NoConnection::PoolBusy(self.pool.options().get_max_connections())
@@ -424,7 +449,7 @@ impl Store {
             // A server that refuses connections is retried for as long as the store's own
             // pool would (`database.connect_timeout_secs`), not sqlx's default 30 s.
             .acquire_timeout(self.pool.options().get_acquire_timeout())
-            .connect_lazy_with(self.opts.clone().application_name(application_name));
+            .connect_lazy_with(self.options().application_name(application_name));
         let mut conn = PgListener::connect_with(&pool).await?;
         conn.eager_reconnect(false);
         conn.ignore_pool_close_event(true);

@@ -128,7 +128,7 @@ impl Store {
         // connection would hold up every later attempt, this process's and every other's,
         // for as long as that connection lived.
         let waited = self.pool.options().get_acquire_timeout();
-        let opts = self.opts.clone().application_name(MIGRATE_APPLICATION_NAME);
+        let opts = self.options().application_name(MIGRATE_APPLICATION_NAME);
         let mut conn = match tokio::time::timeout(waited, opts.connect()).await {
             Ok(conn) => conn?,
             Err(_) => {

@@ -29,18 +29,6 @@ fn new_ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
     (cert.pem(), Issuer::new(params, key))
 }
 
-/// Writes `text` to `file` in the server's data directory as the server's own file, mode 0600
-/// (what it asks of a key file), owned by whoever owns the directory (the `postgres` OS user
-/// when the tests run as root).
-fn write_as_server(data_dir: &str, file: &str, text: &str) {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let owner = std::fs::metadata(data_dir).unwrap();
-    let path = std::path::Path::new(data_dir).join(file);
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
-}
-
 async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_lms-sync"));
     cmd.env_clear()

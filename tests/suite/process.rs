@@ -424,6 +424,125 @@ async fn sighup_rotates_the_api_token_and_the_admin_token_without_a_restart() {
     assert_mirror(&env.store, &env.sim, a).await;
 }
 
+/// The database URL from `database.url_file`, as a mounted Secret or a credentials agent
+/// (Vault's database engine, a cloud's rotation) provides it: rotated credentials reach new
+/// connections without a restart or SIGHUP, also after the old ones' sessions are ended (what
+/// revoking them does), and a URL that cannot be used leaves the one in force, said once,
+/// never shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_database_password_in_url_file_reaches_new_connections_without_a_restart() {
+    use lms_sync::devkit::pg::TempPostgres;
+    let port = free_port();
+    let pg = tokio::task::spawn_blocking(move || TempPostgres::start_tcp(port))
+        .await
+        .unwrap()
+        .unwrap();
+    // The test's sessions over the Unix socket (trusted); TCP asks for the password.
+    let local = pg.url("postgres");
+    let store = store_for(&local).await;
+    let data_dir: String = sqlx::query_scalar("SELECT current_setting('data_directory')")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    write_as_server(
+        &data_dir,
+        "pg_hba.conf",
+        "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256",
+    );
+    sqlx::raw_sql(
+        "CREATE ROLE lms_rot LOGIN SUPERUSER PASSWORD 'pw-one-SECRET'; SELECT pg_reload_conf()",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let url = |pw: &str| format!("postgres://lms_rot:{pw}@127.0.0.1:{port}/postgres");
+    // The reload has taken effect once a wrong password is refused.
+    for tries in 0.. {
+        let wrong = <sqlx::PgConnection as sqlx::Connection>::connect(&url("wrong")).await;
+        if wrong.is_err() {
+            break;
+        }
+        assert!(tries < 500, "the server still trusts TCP");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let a = account_id(1);
+    let sim = Simulator::start(0).await.unwrap();
+    sim.add_account(a, 120, 1);
+    let cfg = config(&sim, &[a], "1h", 2);
+    let secret = MountedSecret::new();
+    secret.update(&[("database-url", &format!("{}\n", url("pw-one-SECRET")))]);
+    let file = secret.path("database-url");
+    let mut d = spawn_env(
+        &cfg,
+        "",
+        &[],
+        &[
+            ("TRUTO_API_TOKEN", lms_sync::devkit::simulator::DEMO_TOKEN),
+            ("LMS_SYNC__DATABASE__URL_FILE", file.to_str().unwrap()),
+            ("LMS_SYNC__SERVER__SECRET_FILES_CHECK_SECS", "1"),
+        ],
+    );
+    let ev = d.wait_for("sync run finished").await;
+    assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+
+    // The password rotates: the role's changes, then the Secret; the service takes the file
+    // within a check.
+    sqlx::raw_sql("ALTER ROLE lms_rot PASSWORD 'pw-two-SECRET'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    secret.update(&[("database-url", &format!("{}\n", url("pw-two-SECRET")))]);
+    let ev = d
+        .wait_for("database URL reloaded (database.url_file); new connections use it")
+        .await;
+    assert_eq!(ev["fields"]["by"], "file_check", "{ev}");
+    // Every session opened with the old password ends, as revoking those credentials does:
+    // whatever the service opens from now on opens with the new one.
+    sqlx::raw_sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'lms_rot'",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sim.delete_user(a, "3");
+    let o = lms_sync(
+        &cfg,
+        &url("pw-two-SECRET"),
+        &["accounts", "sync-now", &a.to_string()],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ev = d.wait_for("sync run finished").await;
+    assert_eq!(
+        ev["fields"]["outcome"], "succeeded",
+        "the run after the rotation connected with the new password: {ev}"
+    );
+    assert_mirror(&store, &sim, a).await;
+
+    // A file that now holds no usable URL: the one in force stays, said once, not shown.
+    secret.update(&[(
+        "database-url",
+        "mysql://lms_rot:pw-bad-SECRET@127.0.0.1/x\n",
+    )]);
+    let ev = d
+        .wait_for(
+            "cannot use the database URL in database.url_file; the previous one stays in force",
+        )
+        .await;
+    assert!(
+        ev["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("must start with postgres://"),
+        "{ev}"
+    );
+    assert!(!ev.to_string().contains("SECRET"), "{ev}");
+    assert_eq!(d.terminate().await, 0);
+}
+
 /// Truto refusing the API token itself (revoked, or rotated in Truto but not here) fails the
 /// run refused, stops the other under way (unless its own request was refused first: they race)
 /// and starts no other, rather than failing every account in turn; the

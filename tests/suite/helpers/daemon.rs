@@ -62,8 +62,13 @@ pub fn spawn_with(cfg: &std::path::Path, db: &str, args: &[&str]) -> Daemon {
 }
 
 /// [`spawn_with`] with `env` instead of the simulator's token in `TRUTO_API_TOKEN` (to give
-/// the token in a file, say).
+/// the token in a file, say). An empty `db` sets no database URL (`env` gives it another way).
 pub fn spawn_env(cfg: &std::path::Path, db: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+    let db_env: &[(&str, &str)] = if db.is_empty() {
+        &[]
+    } else {
+        &[("LMS_SYNC__DATABASE__URL", db)]
+    };
     let mut child = Command::new(BIN)
         .args(["--config", cfg.to_str().unwrap()])
         .args(args)
@@ -71,7 +76,7 @@ pub fn spawn_env(cfg: &std::path::Path, db: &str, args: &[&str], env: &[(&str, &
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(env.iter().copied())
-        .env("LMS_SYNC__DATABASE__URL", db)
+        .envs(db_env.iter().copied())
         .env("RUST_LOG", "lms_sync=debug,info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

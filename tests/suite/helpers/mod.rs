@@ -40,6 +40,18 @@ impl TempFile {
     }
 }
 
+/// Writes `text` to `file` in the server's data directory as the server's own file, mode 0600
+/// (what it asks of a key file), owned by whoever owns the directory (the `postgres` OS user
+/// when the tests run as root).
+pub fn write_as_server(data_dir: &str, file: &str, text: &str) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let owner = std::fs::metadata(data_dir).unwrap();
+    let path = std::path::Path::new(data_dir).join(file);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
+}
+
 /// A free loopback port: bound, then released for an outside program (Prometheus,
 /// Alertmanager) to take.
 pub fn free_port() -> u16 {
