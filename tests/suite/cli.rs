@@ -7,24 +7,10 @@ use crate::helpers::*;
 use lms_sync::devkit::simulator::{Fault, Simulator};
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lms-sync");
 const ACCT: &str = "0b5d7c4e-2f0a-4c8e-9a57-3f1e6d2c9b10";
 
 fn write_config(text: &str) -> TempFile {
     TempFile::new("lms-sync-cli", ".toml", text)
-}
-
-/// Runs the binary with a clean environment plus `env`.
-async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("NO_COLOR", "1")
-        .args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().await.expect("run lms-sync")
 }
 
 fn text(o: &Output) -> (String, String) {

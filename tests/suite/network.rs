@@ -6,12 +6,10 @@
 //! environment, which requests go through with its credentials, and which is named when it
 //! fails, so that it does not read as Truto failing.
 
-use std::process::Output;
 use std::time::Duration;
 
 use crate::helpers::daemon::store_for;
 use crate::helpers::*;
-use lms_sync::devkit::pg::TempPostgres;
 use lms_sync::devkit::simulator::{Integrated, Simulator};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
@@ -27,18 +25,6 @@ fn new_ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
     let key = KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
     (cert.pem(), Issuer::new(params, key))
-}
-
-async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_lms-sync"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("NO_COLOR", "1")
-        .args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().await.expect("run lms-sync")
 }
 
 /// Reloads the server's configuration and waits until a new session sees `ssl` as `want`.
@@ -68,11 +54,7 @@ async fn reload_until_ssl(url: &str, want: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_only_database_with_a_private_ca_syncs_verified_and_each_mistake_says_what_to_do() {
-    let port = free_port();
-    let pg = tokio::task::spawn_blocking(move || TempPostgres::start_tcp(port))
-        .await
-        .unwrap()
-        .unwrap();
+    let (pg, port) = tcp_cluster().await;
     // The test's own sessions go over the Unix socket (trusted); TCP accepts only TLS.
     let local = pg.url("postgres");
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&local)

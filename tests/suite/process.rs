@@ -431,12 +431,7 @@ async fn sighup_rotates_the_api_token_and_the_admin_token_without_a_restart() {
 /// never shown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_database_password_in_url_file_reaches_new_connections_without_a_restart() {
-    use lms_sync::devkit::pg::TempPostgres;
-    let port = free_port();
-    let pg = tokio::task::spawn_blocking(move || TempPostgres::start_tcp(port))
-        .await
-        .unwrap()
-        .unwrap();
+    let (pg, port) = tcp_cluster().await;
     // The test's sessions over the Unix socket (trusted); TCP asks for the password.
     let local = pg.url("postgres");
     let store = store_for(&local).await;
@@ -1433,20 +1428,11 @@ impl Drop for Cut {
 /// 2 h 11 min), so the lease is free and another replica syncs the account.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_by_the_network_lets_go_of_its_account_within_the_keepalive_timeout() {
-    use lms_sync::devkit::pg::TempPostgres;
     use lms_sync::devkit::simulator::DEMO_TOKEN;
     let a = account_id(1);
     let sim = Simulator::start(0).await.unwrap();
     sim.add_account(a, 300, 1);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let pg = tokio::task::spawn_blocking(move || TempPostgres::start_tcp(port))
-        .await
-        .unwrap()
-        .unwrap();
+    let (pg, port) = tcp_cluster().await;
     // The replicas over TCP; the test's own sessions over the Unix socket (no client port).
     let db = pg.tcp_url("postgres").unwrap();
     let store = store_for(&pg.url("postgres")).await;

@@ -52,6 +52,30 @@ pub fn write_as_server(data_dir: &str, file: &str, text: &str) {
     std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
 }
 
+/// Runs the binary with a clean environment plus `env`.
+pub async fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_lms-sync"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NO_COLOR", "1")
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().await.expect("run lms-sync")
+}
+
+/// A throwaway cluster of the test's own that listens on a free loopback port too (for what
+/// only TCP has: passwords, TLS, keepalives), and that port.
+pub async fn tcp_cluster() -> (TempPostgres, u16) {
+    let port = free_port();
+    let pg = tokio::task::spawn_blocking(move || TempPostgres::start_tcp(port))
+        .await
+        .unwrap()
+        .unwrap();
+    (pg, port)
+}
+
 /// A free loopback port: bound, then released for an outside program (Prometheus,
 /// Alertmanager) to take.
 pub fn free_port() -> u16 {
