@@ -117,6 +117,97 @@ async fn every_view_shows_every_column_it_should() {
     assert_eq!((source.as_str(), label), ("config", None));
 }
 
+/// What the catalog says of a table, view, column or function (`\d+` in psql, a BI tool's
+/// column descriptions): NULL when nothing.
+const CATALOG: &str = "
+    SELECT c.relname::text, NULL::text, obj_description(c.oid, 'pg_class')
+      FROM pg_class c
+     WHERE c.relnamespace = 'lms'::regnamespace AND c.relkind IN ('r', 'v', 'm', 'p')
+    UNION ALL
+    SELECT c.relname::text, a.attname::text, col_description(c.oid, a.attnum)
+      FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+     WHERE c.relnamespace = 'lms'::regnamespace AND c.relkind IN ('r', 'v', 'm', 'p')
+       AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    SELECT p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', NULL,
+           obj_description(p.oid, 'pg_proc')
+      FROM pg_proc p
+     WHERE p.pronamespace = 'lms'::regnamespace
+     ORDER BY 1, 2 NULLS FIRST";
+
+/// An analyst meets a column in psql or a BI tool, not in docs/schema.md: the catalog says what
+/// each means, and agrees with the document. A table, view, column or function added without a
+/// comment fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_describes_every_table_view_column_and_function_as_the_document_does() {
+    let env = Env::new(&[(account_id(1), 1)]).await;
+    let mut conn = analyst_session(&env).await;
+    let said: Vec<(String, Option<String>, Option<String>)> =
+        sqlx::query_as(CATALOG).fetch_all(&mut conn).await.unwrap();
+    assert!(said.len() > 300, "{}", said.len());
+    let missing: Vec<String> = said
+        .iter()
+        .filter(|(_, _, text)| text.as_deref().is_none_or(|t| t.trim().is_empty()))
+        .map(|(rel, col, _)| match col {
+            Some(col) => format!("{rel}.{col}"),
+            None => rel.clone(),
+        })
+        .collect();
+    assert!(missing.is_empty(), "without a comment: {missing:?}");
+    // A view's column that is a users column says what users says of it.
+    let (users_id, live_id): (String, String) = sqlx::query_as(
+        "SELECT col_description('lms.users'::regclass, 2), col_description('lms.live_users'::regclass, 2)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(live_id, users_id);
+
+    // Every table has its heading in docs/schema.md ("### `users` — one row per user ever
+    // seen"), and its comment begins with what the heading says.
+    let doc = include_str!("../../docs/schema.md");
+    let headings: BTreeMap<String, String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("### "))
+        .filter_map(|h| h.split_once(" — "))
+        .flat_map(|(names, what)| {
+            let what = what.replace('`', "");
+            names
+                .split(", ")
+                .map(move |n| (n.trim_matches('`').to_string(), what.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.relname::text, obj_description(c.oid, 'pg_class') FROM pg_class c
+          WHERE c.relnamespace = 'lms'::regnamespace AND c.relkind = 'r'
+            AND c.relname NOT LIKE '\\_sqlx%' ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(tables.len() >= 19, "{tables:?}");
+    for (table, comment) in &tables {
+        let what = headings
+            .get(table)
+            .unwrap_or_else(|| panic!("docs/schema.md has no heading for the table {table}"));
+        let mut want = what.clone();
+        want[..1].make_ascii_uppercase();
+        assert!(
+            comment.starts_with(&want),
+            "the comment on {table} does not begin as docs/schema.md's heading {what:?}: {comment:?}"
+        );
+    }
+    // Every view and function is in the document too.
+    for (name, _, _) in said.iter().filter(|(_, col, _)| col.is_none()) {
+        let name = name.split('(').next().unwrap();
+        assert!(
+            name.starts_with("_sqlx") || doc.contains(&format!("`{name}")),
+            "{name} is not in docs/schema.md"
+        );
+    }
+}
+
 /// `account_freshness`: one row per account of the registry, with how current its mirror is,
 /// readable by an analyst's session without the service's bookkeeping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
