@@ -148,7 +148,6 @@ fn the_deployment_outlives_the_shutdown_grace_and_runs_locked_down() {
         "readOnlyRootFilesystem: true",
         "path: /healthz",
         "path: /readyz",
-        "secretKeyRef",
         "key: database-url",
     ] {
         assert!(DEPLOYMENT.contains(needed), "the Deployment lacks {needed}");
@@ -156,37 +155,53 @@ fn the_deployment_outlives_the_shutdown_grace_and_runs_locked_down() {
     assert!(CONFIGMAP.contains("migrate = false"));
 }
 
-/// The API token reaches the pods as a file of the Secret's volume, which the kubelet updates
-/// when the Secret is (the service reads it again within `server.secret_files_check_secs`), not
-/// as an environment variable or a subPath mount, neither of which a running pod ever sees
-/// change; and the file is readable by the user the service runs as.
+/// The API token and the database URL reach the pods as files of the Secret's volume, which
+/// the kubelet updates when the Secret is (the service reads them again within
+/// `server.secret_files_check_secs`), not as environment variables or subPath mounts, neither of
+/// which a running pod ever sees change; only the keys the service uses are mounted (not the
+/// schema owner's URL); and the files are readable by the user the service runs as.
 #[test]
-fn the_deployment_mounts_the_token_so_that_a_rotated_secret_reaches_running_pods() {
-    let path = DEPLOYMENT
-        .split("name: LMS_SYNC__TRUTO__API_TOKEN_FILE")
-        .nth(1)
-        .and_then(|rest| rest.trim_start().strip_prefix("value: "))
-        .and_then(|rest| rest.lines().next())
-        .expect("LMS_SYNC__TRUTO__API_TOKEN_FILE has a value");
-    let mount = labels_under(DEPLOYMENT, "volumeMounts:", "- name: truto-token");
+fn the_deployment_mounts_its_secrets_so_that_a_rotated_secret_reaches_running_pods() {
+    let value_of = |var: &str| {
+        DEPLOYMENT
+            .split(&format!("name: {var}\n"))
+            .nth(1)
+            .and_then(|rest| rest.trim_start().strip_prefix("value: "))
+            .and_then(|rest| rest.lines().next())
+            .unwrap_or_else(|| panic!("{var} has a value"))
+    };
+    let mount = labels_under(DEPLOYMENT, "volumeMounts:", "- name: secrets");
     assert!(mount.contains(&"readOnly: true".to_string()), "{mount:?}");
     let dir = mount
         .iter()
         .find_map(|l| l.strip_prefix("mountPath: "))
-        .expect("the token volume is mounted");
-    let item = labels_under(
-        DEPLOYMENT,
-        "- name: truto-token\n          secret:",
-        "items:",
+        .expect("the secrets' volume is mounted");
+    let items = labels_under(DEPLOYMENT, "- name: secrets\n          secret:", "items:");
+    assert_eq!(
+        items,
+        [
+            "- key: truto-api-token",
+            "path: truto-api-token",
+            "- key: database-url",
+            "path: database-url"
+        ],
+        "only the keys the service uses"
     );
     assert_eq!(
-        item,
-        ["- key: truto-api-token", "path: truto-api-token"],
-        "only the token's key"
+        value_of("LMS_SYNC__TRUTO__API_TOKEN_FILE"),
+        format!("{dir}/truto-api-token")
     );
-    assert_eq!(path, format!("{dir}/truto-api-token"));
+    assert_eq!(
+        value_of("LMS_SYNC__DATABASE__URL_FILE"),
+        format!("{dir}/database-url")
+    );
     assert!(!DEPLOYMENT.contains("subPath:"));
+    assert!(
+        !DEPLOYMENT.contains("secretKeyRef"),
+        "a secret in the environment"
+    );
     assert!(!DEPLOYMENT.contains("name: TRUTO_API_TOKEN\n"));
+    assert!(!DEPLOYMENT.contains("name: LMS_SYNC__DATABASE__URL\n"));
     assert_eq!(
         number(DEPLOYMENT, "fsGroup"),
         number(DEPLOYMENT, "runAsGroup")
@@ -241,12 +256,42 @@ fn the_configmaps_config_loads_as_the_service_would_read_it() {
         .collect::<Vec<_>>()
         .join("\n");
     let file = crate::helpers::TempFile::new("lms-sync-configmap", ".toml", toml);
-    let env = [(
-        "LMS_SYNC__DATABASE__URL".to_string(),
-        "postgres://lms_sync_service@db/lms".to_string(),
-    )];
+    // With the Deployment's environment, its secrets' files standing in for the mounted ones.
+    let url = "postgres://lms_sync_service:pw@db/lms";
+    let url_file = crate::helpers::TempFile::new("lms-sync-db-url", "", format!("{url}\n"));
+    let token_file = crate::helpers::TempFile::new("lms-sync-token", "", "tok\n");
+    let env: Vec<(String, String)> = DEPLOYMENT
+        .split("- name: ")
+        .skip(1)
+        .filter_map(|rest| {
+            let (name, rest) = rest.split_once('\n')?;
+            let value = rest.trim_start().strip_prefix("value: ")?.lines().next()?;
+            let value = match name {
+                "LMS_SYNC__DATABASE__URL_FILE" => url_file.to_str().unwrap().to_string(),
+                "LMS_SYNC__TRUTO__API_TOKEN_FILE" => token_file.to_str().unwrap().to_string(),
+                _ => value.trim_matches('"').to_string(),
+            };
+            Some((name.to_string(), value))
+        })
+        .collect();
+    assert!(
+        env.iter().any(|(n, _)| n == "LMS_SYNC__DATABASE__URL_FILE"),
+        "{env:?}"
+    );
     let settings =
         lms_sync::config::Settings::load_from(Some(&file), &env).unwrap_or_else(|e| panic!("{e}"));
+    use secrecy::ExposeSecret;
+    let loaded = settings
+        .database
+        .url
+        .as_ref()
+        .expect("the URL from its file");
+    assert_eq!(loaded.expose_secret(), url);
+    assert!(settings.database.url_from_file);
+    assert_eq!(
+        settings.api_token().unwrap().unwrap().expose_secret(),
+        "tok"
+    );
     assert!(!settings.database.migrate);
     assert!(settings.discovery.enabled);
     assert_eq!(
