@@ -16,7 +16,14 @@ pub const SSL_MODES: [&str; 6] = [
     "verify-full",
 ];
 
-/// What `database.url` says about TLS (each `None` when the URL does not say it).
+/// The parameters' names in a URL, in the order of [`DbTls`]'s fields.
+pub const URL_NAMES: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
+/// The environment variables sqlx (like libpq) reads for what the URL does not say, in the
+/// order of [`DbTls`]'s fields.
+pub const ENV_NAMES: [&str; 4] = ["PGSSLMODE", "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY"];
+
+/// What `database.url` (or the environment) says about TLS (each `None` when it does not say it).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct DbTls {
     pub mode: Option<String>,
@@ -44,36 +51,94 @@ impl DbTls {
         Some(tls)
     }
 
-    /// Checks the parameters and reads the files they name: an unknown mode, a certificate or
-    /// key file that cannot be read or holds no PEM of its kind, a client certificate without
-    /// its key. The message names the parameter and the file, never the URL.
+    /// Reads `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT` and `PGSSLKEY` through `var` (the
+    /// process's environment, which sqlx reads), each `None` when unset.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> DbTls {
+        let [mode, root_cert, client_cert, client_key] = ENV_NAMES.map(var);
+        DbTls {
+            mode,
+            root_cert,
+            client_cert,
+            client_key,
+        }
+    }
+
+    /// What of `self` (the environment's) is used beside `url`'s: the URL's own parameters win.
+    pub fn beneath(self, url: &DbTls) -> DbTls {
+        let unless = |v: Option<String>, set: &Option<String>| v.filter(|_| set.is_none());
+        DbTls {
+            mode: unless(self.mode, &url.mode),
+            root_cert: unless(self.root_cert, &url.root_cert),
+            client_cert: unless(self.client_cert, &url.client_cert),
+            client_key: unless(self.client_key, &url.client_key),
+        }
+    }
+
+    /// Whether nothing is said.
+    pub fn is_empty(&self) -> bool {
+        *self == DbTls::default()
+    }
+
+    /// Checks the URL's parameters (see [`DbTls::check_as`]) and that a client certificate
+    /// comes with its key.
     pub fn check(&self) -> Result<(), String> {
+        self.check_as(URL_NAMES)?;
+        self.check_pair(false)
+    }
+
+    /// Checks the parameters and reads the files they name: an unknown mode, a certificate or
+    /// key file that cannot be read or holds no PEM of its kind. The message names the
+    /// parameter as `names` (the URL's or the environment's) does, and the file, never the URL.
+    pub fn check_as(&self, names: [&str; 4]) -> Result<(), String> {
         if let Some(mode) = &self.mode {
             if !SSL_MODES.contains(&mode.to_ascii_lowercase().as_str()) {
                 return Err(format!(
-                    "sslmode={mode} is not one of {}",
+                    "{}={mode} is not one of {}",
+                    names[0],
                     SSL_MODES.join(", ")
                 ));
             }
         }
-        if self.client_cert.is_some() != self.client_key.is_some() {
-            return Err(
-                "sslcert and sslkey go together (a client certificate and its private key); one \
-                 is given without the other"
-                    .into(),
-            );
-        }
         let files = [
-            ("sslrootcert", &self.root_cert, "CERTIFICATE"),
-            ("sslcert", &self.client_cert, "CERTIFICATE"),
-            ("sslkey", &self.client_key, "PRIVATE KEY"),
+            (names[1], &self.root_cert, "CERTIFICATE"),
+            (names[2], &self.client_cert, "CERTIFICATE"),
+            (names[3], &self.client_key, "PRIVATE KEY"),
         ];
         for (param, value, kind) in files {
             if let Some(value) = value {
-                check_pem(param, value, kind)?;
+                check_pem(param, value, kind, param == names[1])?;
             }
         }
         Ok(())
+    }
+
+    /// A client certificate and its key go together (wherever each was given: `with_env`).
+    pub fn check_pair(&self, with_env: bool) -> Result<(), String> {
+        if self.client_cert.is_some() == self.client_key.is_some() {
+            return Ok(());
+        }
+        let (cert, key) = if with_env {
+            ("sslcert (or PGSSLCERT)", "sslkey (or PGSSLKEY)")
+        } else {
+            ("sslcert", "sslkey")
+        };
+        Err(format!(
+            "{cert} and {key} go together (a client certificate and its private key); one is \
+             given without the other"
+        ))
+    }
+
+    /// `self`'s parameters, and `other`'s where `self` says nothing.
+    pub fn or(&self, other: &DbTls) -> DbTls {
+        DbTls {
+            mode: self.mode.clone().or_else(|| other.mode.clone()),
+            root_cert: self.root_cert.clone().or_else(|| other.root_cert.clone()),
+            client_cert: self
+                .client_cert
+                .clone()
+                .or_else(|| other.client_cert.clone()),
+            client_key: self.client_key.clone().or_else(|| other.client_key.clone()),
+        }
     }
 }
 
@@ -86,7 +151,7 @@ fn is_inline_pem(value: &str) -> bool {
 
 /// Reads the file a TLS parameter names and looks for a PEM block of `kind` (`CERTIFICATE`, or
 /// `PRIVATE KEY`, which `RSA PRIVATE KEY` and `EC PRIVATE KEY` end with too).
-fn check_pem(param: &str, value: &str, kind: &str) -> Result<(), String> {
+fn check_pem(param: &str, value: &str, kind: &str, root: bool) -> Result<(), String> {
     let text = if is_inline_pem(value) {
         value.as_bytes().to_vec()
     } else {
@@ -105,7 +170,7 @@ fn check_pem(param: &str, value: &str, kind: &str) -> Result<(), String> {
         match read {
             Ok(text) => text,
             Err(e) => {
-                let hint = if param == "sslrootcert" && value == "system" {
+                let hint = if root && value == "system" {
                     " (sslrootcert=system is libpq's; lms-sync trusts the public web CAs built \
                      into it when sslrootcert is not given, or name the file of the CA that \
                      signed the server's certificate)"
@@ -254,5 +319,35 @@ mod tests {
             .check()
             .unwrap_err()
             .starts_with("sslcert and sslkey go together"));
+    }
+
+    #[test]
+    fn the_environment_fills_in_only_what_the_url_does_not_say() {
+        let env = DbTls::from_env(|name| match name {
+            "PGSSLMODE" => Some("verify_full".into()),
+            "PGSSLKEY" => Some("/k".into()),
+            _ => None,
+        });
+        let url = DbTls::from_url("postgres://db/x?sslcert=/c").unwrap();
+        let under = env.clone().beneath(&url);
+        assert_eq!(under, env);
+        let e = under.check_as(ENV_NAMES).unwrap_err();
+        assert!(e.starts_with("PGSSLMODE=verify_full is not one of "), "{e}");
+        // A certificate in the URL and its key in the environment are a pair.
+        assert_eq!(url.or(&under).check_pair(true), Ok(()));
+        let alone = DbTls::from_url("postgres://db/x?sslkey=/k").unwrap();
+        assert!(alone
+            .check_pair(false)
+            .unwrap_err()
+            .starts_with("sslcert and sslkey go together"));
+        assert!(DbTls::default()
+            .or(&DbTls::from_env(|n| (n == "PGSSLCERT").then(|| "/c".into())))
+            .check_pair(true)
+            .unwrap_err()
+            .starts_with("sslcert (or PGSSLCERT) and sslkey (or PGSSLKEY)"));
+        // The URL's mode wins: the environment's is not used, so not checked.
+        let url = DbTls::from_url("postgres://db/x?sslmode=require").unwrap();
+        assert_eq!(env.beneath(&url).mode, None);
+        assert!(DbTls::default().is_empty() && !url.is_empty());
     }
 }

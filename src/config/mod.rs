@@ -17,7 +17,7 @@ mod db_tls;
 mod load;
 mod validate;
 
-pub use db_tls::DbTls;
+pub use db_tls::{DbTls, ENV_NAMES, URL_NAMES};
 pub use validate::validate_schema_name;
 
 /// Env var prefix; sections are separated by `__` (`LMS_SYNC__TRUTO__BASE_URL`).

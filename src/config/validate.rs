@@ -401,9 +401,29 @@ pub(super) fn check_database_url(u: &str) -> Result<(), ConfigError> {
             "must start with postgres:// or postgresql://",
         ));
     }
-    if let Some(tls) = DbTls::from_url(u) {
-        tls.check().map_err(|m| key_error("database.url", m))?;
-    }
+    let Some(tls) = DbTls::from_url(u) else {
+        return Ok(());
+    };
+    tls.check_as(URL_NAMES)
+        .map_err(|m| key_error("database.url", m))?;
+    // What the URL does not say, sqlx takes from PGSSLMODE, PGSSLROOTCERT, PGSSLCERT and
+    // PGSSLKEY: checked the same way, and more so the mode, which sqlx would take for
+    // `prefer` (no certificate checked, plain text when the server allows) when it is not one
+    // it knows, without a word.
+    let env = DbTls::from_env(|name| std::env::var(name).ok()).beneath(&tls);
+    env.check_as(ENV_NAMES).map_err(|m| {
+        let fallback = if m.starts_with("PGSSLMODE=") {
+            "; unchecked, it would be taken as prefer, which checks no certificate"
+        } else {
+            ""
+        };
+        ConfigError(format!(
+            "{m} (from the environment, used where database.url does not say{fallback})"
+        ))
+    })?;
+    tls.or(&env)
+        .check_pair(!env.is_empty())
+        .map_err(|m| key_error("database.url", m))?;
     Ok(())
 }
 

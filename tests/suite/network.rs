@@ -114,15 +114,14 @@ async fn a_tls_only_database_with_a_private_ca_syncs_verified_and_each_mistake_s
             sim.base_url()
         ),
     );
-    let sync = |query: String, host: &'static str| {
+    // `pg_env`: libpq's PGSSL* variables, which sqlx reads for what the URL does not say.
+    let sync_with = |query: String, host: &'static str, pg_env: Vec<(&'static str, String)>| {
         let url = format!("postgres://postgres:{PASSWORD}@{host}:{port}/postgres?{query}");
         let cfg = cfg.to_str().unwrap().to_string();
         async move {
-            let out = run(
-                &["--config", &cfg, "sync"],
-                &[("TRUTO_API_TOKEN", "tok-tls"), ("DATABASE_URL", &url)],
-            )
-            .await;
+            let mut env = vec![("TRUTO_API_TOKEN", "tok-tls"), ("DATABASE_URL", &url)];
+            env.extend(pg_env.iter().map(|(k, v)| (*k, v.as_str())));
+            let out = run(&["--config", &cfg, "sync"], &env).await;
             let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
             let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
             assert!(
@@ -132,6 +131,7 @@ async fn a_tls_only_database_with_a_private_ca_syncs_verified_and_each_mistake_s
             (out.status.code(), stderr)
         }
     };
+    let sync = |query: String, host: &'static str| sync_with(query, host, Vec::new());
 
     // Verified TLS: the CA's file, and the name its certificate carries.
     let (code, stderr) = sync(
@@ -188,6 +188,49 @@ async fn a_tls_only_database_with_a_private_ca_syncs_verified_and_each_mistake_s
         )),
         "{stderr}"
     );
+    // The same through the environment, for a URL that says nothing of TLS: honoured as sqlx
+    // reads it, and checked at start as the URL's parameters are.
+    let env = |mode: &str, root: &str| {
+        vec![
+            ("PGSSLMODE", mode.to_string()),
+            ("PGSSLROOTCERT", root.to_string()),
+        ]
+    };
+    let (code, stderr) = sync_with(String::new(), "localhost", env("verify-full", &ca_file)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) =
+        sync_with(String::new(), "localhost", env("verify-full", &other_file)).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(not_trusted), "{stderr}");
+    // sqlx would take a mode it does not know for `prefer`, checking nothing, without a word.
+    let (code, stderr) = sync_with(String::new(), "localhost", env("verify_full", &ca_file)).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("PGSSLMODE=verify_full is not one of disable, allow, prefer, require, verify-ca, verify-full (from the environment")
+            && stderr.contains("taken as prefer"),
+        "{stderr}"
+    );
+    let (code, stderr) = sync_with(
+        String::new(),
+        "localhost",
+        env("verify-full", &format!("{ca_file}.missing")),
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "PGSSLROOTCERT names {ca_file}.missing, which cannot be read"
+        )),
+        "{stderr}"
+    );
+    // The URL's own parameters win over the environment's, which is then not in the way.
+    let (code, stderr) = sync_with(
+        format!("sslmode=verify-full&sslrootcert={ca_file}"),
+        "localhost",
+        env("bogus", "/nonexistent/ca.pem"),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
     // Encryption without checking who answers still works where an operator asks for only that.
     let (code, stderr) = sync("sslmode=require".to_string(), "127.0.0.1").await;
     assert_eq!(code, Some(0), "{stderr}");
