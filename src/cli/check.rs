@@ -80,10 +80,16 @@ async fn database(settings: &Settings, checks: &mut Vec<Check>) -> Option<Store>
         }
     };
     match store.server_version_num().await {
-        Ok(v) if v >= OLDEST_POSTGRES => checks.push(Check::passed(
-            "database",
-            format!("connected; {}", postgres(v)),
-        )),
+        Ok(v) if v >= OLDEST_POSTGRES => {
+            let how = match store.connection().await {
+                Ok(c) => format!("; {c}"),
+                Err(_) => String::new(),
+            };
+            checks.push(Check::passed(
+                "database",
+                format!("connected; {}{how}", postgres(v)),
+            ))
+        }
         Ok(v) => checks.push(Check::failed(
             "database",
             format!(

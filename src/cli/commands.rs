@@ -61,6 +61,7 @@ pub async fn sync(settings: Settings, account: Option<Uuid>) -> Result<(), CliEr
     }
     let source = TrutoClient::from_settings(&settings, &token)?;
     let store = open_store(&settings, Access::Write).await?;
+    store.log_connection("database ready").await;
     let cancel = crate::service::shutdown_on_signals();
     // Beside the passes, until they end: the token's window is shared with the service's
     // replicas (and any other `sync`), and a write held up by someone else's lock is logged.

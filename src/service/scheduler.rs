@@ -550,7 +550,9 @@ async fn wait_for_database(
     loop {
         match store.prepare(migrate).await {
             Ok(()) => {
-                tracing::info!("database reachable; migrations applied");
+                store
+                    .log_connection("database reachable; migrations applied")
+                    .await;
                 return Ok(true);
             }
             Err(e @ StoreError::Incompatible(_)) => return Err(e),

@@ -22,6 +22,7 @@ mod runs;
 mod schema;
 mod status;
 mod sweep;
+mod transport;
 mod users;
 
 use std::time::Duration;
@@ -46,6 +47,7 @@ pub use runs::{RunEnd, RunStart, RunView};
 pub use schema::{LockWait, SchemaState, MIGRATOR};
 pub use status::{AccountMetrics, StatusRow};
 pub use sweep::Vanished;
+pub use transport::{DatabaseConnection, Transport};
 
 use crate::config::{validate_schema_name, DatabaseSettings, DbTls};
 use crate::domain::{Health, Outcome};

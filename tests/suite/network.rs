@@ -140,6 +140,11 @@ async fn a_tls_only_database_with_a_private_ca_syncs_verified_and_each_mistake_s
     )
     .await;
     assert_eq!(code, Some(0), "{stderr}");
+    // The log says how the sessions reached the server.
+    assert!(
+        stderr.contains("encrypted (TLSv1.3); the server's certificate and host name verified (sslmode=verify-full)"),
+        "{stderr}"
+    );
     let store = store_for(&local).await;
     assert_mirror(&store, &sim, a).await;
 
@@ -231,9 +236,15 @@ async fn a_tls_only_database_with_a_private_ca_syncs_verified_and_each_mistake_s
     )
     .await;
     assert_eq!(code, Some(0), "{stderr}");
-    // Encryption without checking who answers still works where an operator asks for only that.
+    // Encryption without checking who answers still works where an operator asks for only that,
+    // and the log says what it leaves open (from this host: nothing between them).
     let (code, stderr) = sync("sslmode=require".to_string(), "127.0.0.1").await;
     assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr
+            .contains("encrypted (TLSv1.3), the server's certificate unchecked (sslmode=require)"),
+        "{stderr}"
+    );
 
     // TLS turned off in the server while database.url asks for it.
     write_as_server(
@@ -253,6 +264,15 @@ async fn a_tls_only_database_with_a_private_ca_syncs_verified_and_each_mistake_s
     .await;
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("the server has TLS turned off"), "{stderr}");
+    // sqlx's default, prefer, then goes without TLS, and says so.
+    let (code, stderr) = sync(String::new(), "localhost").await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "not encrypted: the server offers no TLS, and sslmode=prefer then goes without"
+        ),
+        "{stderr}"
+    );
     // Nothing mirrored was lost on the way.
     assert_mirror(&store, &sim, a).await;
 }

@@ -794,7 +794,16 @@ async fn check_passes_a_ready_deployment_and_names_each_broken_prerequisite() {
 
     let out = check(&env, &service_url, &[a, b], DEMO_TOKEN).await;
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
-    assert!(check_line(&out, "database").contains("ok       connected; PostgreSQL 1"));
+    let database = check_line(&out, "database");
+    assert!(
+        database.contains("ok       connected; PostgreSQL 1"),
+        "{database}"
+    );
+    // How the role's sessions reach the server, read as that role.
+    assert!(
+        database.ends_with("; over a Unix-domain socket (TLS does not apply)"),
+        "{database}"
+    );
     assert!(check_line(&out, "schema").contains("ok       every migration"));
     assert!(check_line(&out, "privileges").contains("ok       the role has every right"));
     assert!(check_line(&out, "truto token").contains("ok       Truto accepts the API token"));
