@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::commands::{open_store, Access};
 use super::exit::CliError;
 use crate::config::Settings;
-use crate::store::{PurgedBy, Store, StoreError};
+use crate::store::{Acting, PurgedBy, Store, StoreError};
 
 #[derive(Debug, Subcommand)]
 pub enum AccountsCommand {
@@ -34,18 +34,38 @@ pub enum AccountsCommand {
     /// Needs `discovery.enabled`. The service's next listing is then an interval later.
     Discover,
     /// Stop starting runs of the account (a run in progress finishes its page and stops).
-    Pause { account: Uuid },
+    Pause {
+        account: Uuid,
+        #[command(flatten)]
+        why: Why,
+    },
     /// Undo `pause`.
-    Resume { account: Uuid },
+    Resume {
+        account: Uuid,
+        #[command(flatten)]
+        why: Why,
+    },
     /// Start a run of the account at once, whatever its schedule.
     SyncNow { account: Uuid },
     /// Make the account's next run start from the first page.
-    ResetCursor { account: Uuid },
+    ResetCursor {
+        account: Uuid,
+        #[command(flatten)]
+        why: Why,
+    },
     /// Keep the account's data whatever happens (a legal hold): no purge, by
     /// `discovery.purge_retired_after` or by `accounts purge`, until `unprotect`.
-    Protect { account: Uuid },
+    Protect {
+        account: Uuid,
+        #[command(flatten)]
+        why: Why,
+    },
     /// Undo `protect`.
-    Unprotect { account: Uuid },
+    Unprotect {
+        account: Uuid,
+        #[command(flatten)]
+        why: Why,
+    },
     /// Delete a retired account's data (users, history, runs, state). Refused unless retired.
     Purge {
         account: Uuid,
@@ -53,6 +73,40 @@ pub enum AccountsCommand {
         #[arg(long)]
         yes: bool,
     },
+}
+
+/// Why an operator acts, recorded with the action in `account_actions` (and shown by
+/// `accounts show` and the account's page).
+#[derive(Debug, clap::Args)]
+pub struct Why {
+    /// Why (one line, at most 500 characters), e.g. a ticket or a legal matter.
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+/// Who `accounts VERB` acts for, as `account_actions.actor` records it: the command and the
+/// operating system's user and host it ran as (PostgreSQL records the database role beside).
+fn acting(verb: &str, why: &Why) -> Result<Acting, CliError> {
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .or_else(|| {
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("Uid:"))
+                        .and_then(|l| l.split_whitespace().next().map(|uid| format!("uid {uid}")))
+                })
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let worker = crate::sync::worker_name();
+    let host = worker.rsplit_once(':').map_or(worker.as_str(), |(h, _)| h);
+    Acting::new(
+        format!("lms-sync accounts {verb} by {user}@{host}"),
+        why.reason.as_deref(),
+    )
+    .map_err(|e| CliError::Usage(format!("--reason: {e}")))
 }
 
 pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), CliError> {
@@ -64,46 +118,58 @@ pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), Cli
             json,
         } => show(settings, account, runs, json).await,
         AccountsCommand::Discover => discover(settings).await,
-        AccountsCommand::Pause { account } => {
-            act(&settings, account, "paused", |s, id| {
-                Box::pin(s.set_paused(id, true))
+        AccountsCommand::Pause { account, why } => {
+            let by = acting("pause", &why)?;
+            act(&settings, account, "paused", by, |s, id, by| {
+                Box::pin(s.set_paused(id, true, by))
             })
             .await
         }
-        AccountsCommand::Resume { account } => {
-            act(&settings, account, "resumed", |s, id| {
-                Box::pin(s.set_paused(id, false))
+        AccountsCommand::Resume { account, why } => {
+            let by = acting("resume", &why)?;
+            act(&settings, account, "resumed", by, |s, id, by| {
+                Box::pin(s.set_paused(id, false, by))
             })
             .await
         }
         AccountsCommand::SyncNow { account } => {
-            act(&settings, account, SYNC_NOW, |s, id| {
-                Box::pin(s.request_sync(id))
+            let by = acting("sync-now", &Why { reason: None })?;
+            act(&settings, account, SYNC_NOW, by, |s, id, by| {
+                Box::pin(s.request_sync(id, by))
             })
             .await
         }
-        AccountsCommand::ResetCursor { account } => {
+        AccountsCommand::ResetCursor { account, why } => {
+            let by = acting("reset-cursor", &why)?;
             act(
                 &settings,
                 account,
                 "set to start its next run from the first page",
-                |s, id| Box::pin(s.request_cursor_reset(id)),
+                by,
+                |s, id, by| Box::pin(s.request_cursor_reset(id, by)),
             )
             .await
         }
-        AccountsCommand::Protect { account } => {
+        AccountsCommand::Protect { account, why } => {
+            let by = acting("protect", &why)?;
             act(
                 &settings,
                 account,
                 "protected: its data is never purged until `accounts unprotect`",
-                |s, id| Box::pin(s.set_protected(id, true)),
+                by,
+                |s, id, by| Box::pin(s.set_protected(id, true, by)),
             )
             .await
         }
-        AccountsCommand::Unprotect { account } => {
-            act(&settings, account, "no longer protected", |s, id| {
-                Box::pin(s.set_protected(id, false))
-            })
+        AccountsCommand::Unprotect { account, why } => {
+            let by = acting("unprotect", &why)?;
+            act(
+                &settings,
+                account,
+                "no longer protected",
+                by,
+                |s, id, by| Box::pin(s.set_protected(id, false, by)),
+            )
             .await
         }
         AccountsCommand::Purge { account, yes } => purge(settings, account, yes).await,
@@ -202,10 +268,15 @@ async fn show(settings: Settings, account: Uuid, runs: i64, json: bool) -> Resul
         )));
     };
     let runs = store.recent_runs(account, runs).await.map_err(db)?;
+    let actions = store
+        .account_actions(account, crate::service::account_page::ACTIONS_SHOWN)
+        .await
+        .map_err(db)?;
     if json {
         let text = serde_json::to_string_pretty(&serde_json::json!({
             "account": view,
             "runs": runs,
+            "actions": actions,
         }))
         .map_err(|e| anyhow::anyhow!("cannot write JSON: {e}"))?;
         println!("{text}");
@@ -213,19 +284,24 @@ async fn show(settings: Settings, account: Uuid, runs: i64, json: bool) -> Resul
         let row = state.rows.first();
         print!(
             "{}",
-            super::render::account(view, row, &runs, chrono::Utc::now())
+            super::render::account(view, row, &runs, &actions, chrono::Utc::now())
         );
     }
     Ok(())
 }
 
-type Action = for<'a> fn(&'a Store, Uuid) -> crate::domain::BoxFuture<'a, Result<bool, StoreError>>;
+type Action = for<'a> fn(
+    &'a Store,
+    Uuid,
+    &'a Acting,
+) -> crate::domain::BoxFuture<'a, Result<bool, StoreError>>;
 
-/// Applies one registry action to `account` and says so.
+/// Applies one registry action to `account` for `by` and says so.
 async fn act(
     settings: &Settings,
     account: Uuid,
     done: &str,
+    by: Acting,
     action: Action,
 ) -> Result<(), CliError> {
     settings.database_url()?;
@@ -239,7 +315,7 @@ async fn act(
         .register_configured(&settings.accounts)
         .await
         .map_err(db)?;
-    if !action(&store, account).await.map_err(db)? {
+    if !action(&store, account, &by).await.map_err(db)? {
         return Err(CliError::Usage(format!(
             "account {account} is not in the registry: neither configured in [[accounts]] nor discovered"
         )));

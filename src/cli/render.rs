@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::domain::Outcome;
 use crate::service::status::{AccountView, BudgetSection};
-use crate::store::{RunView, StatusRow};
+use crate::store::{AccountAction, RunView, StatusRow};
 use crate::sync::SyncOutcome;
 use crate::text::shorten;
 
@@ -239,9 +239,10 @@ pub fn account(
     v: &AccountView,
     row: Option<&StatusRow>,
     runs: &[RunView],
+    actions: &[AccountAction],
     now: DateTime<Utc>,
 ) -> String {
-    use crate::service::account_page::{listing, requests, took};
+    use crate::service::account_page::{listing, requests, took, who};
     let t = |v: Option<DateTime<Utc>>| {
         v.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
             .unwrap_or_else(|| "-".into())
@@ -310,6 +311,22 @@ pub fn account(
             .map(|e| shorten(e, 2000))
             .unwrap_or_else(|| "-".into()),
     );
+    if !actions.is_empty() {
+        s.push_str("\noperators' actions, newest first:\n");
+        for a in actions {
+            let _ = writeln!(
+                s,
+                "{:<21} {:<12} by {}{}",
+                t(Some(a.acted_at)),
+                a.action,
+                who(a),
+                a.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     if runs.is_empty() {
         s.push_str("\nno run yet\n");
         return s;

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::ops::{text, Ops};
 use super::page::{escape, head, html_response, next_run, unreadable, when};
 use super::status::AccountView;
-use crate::store::{RunView, StatusRow};
+use crate::store::{AccountAction, RunView, StatusRow};
 
 /// What this page adds to the status pages' style: the facts table, stacked on a phone.
 const STYLE: &str = "
@@ -42,9 +42,10 @@ pub(super) async fn account(State(ops): State<Ops>, Path(id): Path<String>) -> R
     let read = async {
         let state = super::status::read_state(&settings, &ops.store, Some(id)).await?;
         let runs = ops.store.recent_runs(id, RUNS_SHOWN).await?;
-        Ok::<_, crate::store::StoreError>((state, runs))
+        let actions = ops.store.account_actions(id, ACTIONS_SHOWN).await?;
+        Ok::<_, crate::store::StoreError>((state, runs, actions))
     };
-    let (state, runs) = match read.await {
+    let (state, runs, actions) = match read.await {
         Ok(read) => read,
         Err(e) => return unreadable(&e),
     };
@@ -60,9 +61,23 @@ pub(super) async fn account(State(ops): State<Ops>, Path(id): Path<String>) -> R
         view,
         row,
         &runs,
+        &actions,
         settings.history.sync_runs_retention_days,
         Utc::now(),
     ))
+}
+
+/// Operators' actions listed (`account_actions` keeps every one, for SQL).
+pub const ACTIONS_SHOWN: i64 = 10;
+
+/// Who acted, as `account_actions` says: lms-sync's own account of it, else the database
+/// session's role and application (plain SQL, or a binary older than migration 0028).
+pub fn who(a: &AccountAction) -> String {
+    match (&a.actor, &a.application) {
+        (Some(actor), _) => format!("{actor} (role {})", a.db_user),
+        (None, Some(app)) => format!("role {} through {app}", a.db_user),
+        (None, None) => format!("role {}", a.db_user),
+    }
 }
 
 /// How long a run took (or has been running, as of `now`).
@@ -124,6 +139,7 @@ pub fn render(
     v: &AccountView,
     row: Option<&StatusRow>,
     runs: &[RunView],
+    actions: &[AccountAction],
     retention_days: u32,
     now: DateTime<Utc>,
 ) -> String {
@@ -217,6 +233,28 @@ pub fn render(
         &escape(v.last_error.as_deref().unwrap_or("—")),
     );
     s.push_str("</tbody></table>");
+
+    if !actions.is_empty() {
+        let _ = write!(
+            s,
+            "<h2>Operators' actions</h2><p class=\"note\">The latest {ACTIONS_SHOWN} of \
+             <code>account_actions</code> (pause, resume, protect, unprotect, reset_cursor), \
+             newest first.</p><table><thead><tr><th>When</th><th>Action</th><th>By</th>\
+             <th>Reason</th></tr></thead><tbody>"
+        );
+        for a in actions {
+            let _ = write!(
+                s,
+                "<tr><td data-k=\"When\">{}</td><td data-k=\"Action\">{}</td>\
+                 <td data-k=\"By\">{}</td><td data-k=\"Reason\">{}</td></tr>",
+                when(Some(a.acted_at), now),
+                escape(&a.action),
+                escape(&who(a)),
+                escape(a.reason.as_deref().unwrap_or("—")),
+            );
+        }
+        s.push_str("</tbody></table>");
+    }
 
     let _ = write!(
         s,
@@ -366,7 +404,7 @@ mod tests {
         failed.rate_limited = 1;
         let ok = run(11, "succeeded", now - chrono::Duration::hours(3), Some(754));
         let running = run(13, "running", now - chrono::Duration::seconds(30), None);
-        let html = render(&view(), Some(&row), &[running, failed, ok], 90, now);
+        let html = render(&view(), Some(&row), &[running, failed, ok], &[], 90, now);
 
         assert!(html.contains("<h1>Acme &lt;Academy&gt;</h1>"), "{html}");
         assert!(html.contains("tenant t&amp;7 · discovered"));
@@ -398,8 +436,42 @@ mod tests {
         assert!(!html.contains("<b>no</b>") && !html.contains("<Academy>"));
         assert!(html.contains("<a href=\"../\">"));
 
-        let html = render(&view(), None, &[], 90, now);
+        let html = render(&view(), None, &[], &[], 90, now);
         assert!(html.contains("No run yet."));
+        assert!(!html.contains("Operators' actions"), "none: no section");
+
+        // Operators' actions: who (lms-sync's word, else the session's role), and why.
+        let by_cli = AccountAction {
+            acted_at: now,
+            action: "protect".into(),
+            actor: Some("lms-sync accounts protect by counsel@bastion".into()),
+            db_user: "lms_sync_service".into(),
+            application: Some("lms-sync".into()),
+            reason: Some("matter <M-17>".into()),
+        };
+        let by_sql = AccountAction {
+            action: "pause".into(),
+            actor: None,
+            db_user: "dba".into(),
+            application: Some("psql".into()),
+            reason: None,
+            ..by_cli.clone()
+        };
+        let html = render(&view(), None, &[], &[by_sql, by_cli], 90, now);
+        assert!(html.contains("<h2>Operators' actions</h2>"), "{html}");
+        assert!(
+            html.contains(
+                "<td data-k=\"By\">lms-sync accounts protect by counsel@bastion (role \
+                 lms_sync_service)</td><td data-k=\"Reason\">matter &lt;M-17&gt;</td>"
+            ),
+            "{html}"
+        );
+        assert!(
+            html.contains(
+                "<td data-k=\"By\">role dba through psql</td><td data-k=\"Reason\">—</td>"
+            ),
+            "{html}"
+        );
         assert!(
             !html.contains("Deleted users"),
             "no sync_state row, no counts"
@@ -414,7 +486,7 @@ mod tests {
         v.state = "retired".into();
         v.retired_at = Some(now - chrono::Duration::days(3));
         v.purge_due = Some(now + chrono::Duration::days(27));
-        let html = render(&v, None, &[], 90, now);
+        let html = render(&v, None, &[], &[], 90, now);
         assert!(
             html.contains("<th>Retired</th><td><time datetime=")
                 && html.contains(">3 d ago</time>"),
@@ -428,7 +500,7 @@ mod tests {
         assert!(!html.contains("Protected"), "{html}");
         v.protected_at = Some(now - chrono::Duration::days(1));
         v.purge_due = None;
-        let html = render(&v, None, &[], 90, now);
+        let html = render(&v, None, &[], &[], 90, now);
         assert!(
             html.contains("<th>Protected</th><td>since <time")
                 && html.contains("its data is never purged (accounts unprotect lifts that)")

@@ -4,15 +4,16 @@
 //! (`LMS_SYNC_ADMIN_TOKEN` or `server.admin_token_file`). Without a configured token they
 //! answer 403, with a wrong or missing one 401. They act through the registry, like the CLI.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use super::ops::{text, Ops};
+use super::ops::{text, Ops, Peer};
+use crate::store::Acting;
 
 /// `None` when the request may go on; otherwise the answer that refuses it.
 fn refuse(ops: &Ops, headers: &HeaderMap) -> Option<Response> {
@@ -87,21 +88,44 @@ pub(super) async fn budget(State(ops): State<Ops>, headers: HeaderMap) -> Respon
     }
 }
 
-/// `POST /accounts/{id}/{action}` with `sync`, `pause`, `resume`, `protect` or `unprotect`.
+/// `?reason=` of an account action.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct ActionQuery {
+    reason: Option<String>,
+}
+
+/// `POST /accounts/{id}/{action}` with `sync`, `pause`, `resume`, `protect` or `unprotect`,
+/// and optionally `?reason=…`: recorded in `account_actions` with the caller's address.
 pub(super) async fn account_action(
     State(ops): State<Ops>,
     Path((id, action)): Path<(Uuid, String)>,
+    Query(query): Query<ActionQuery>,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
 ) -> Response {
     if let Some(no) = refuse(&ops, &headers) {
         return no;
     }
+    let from = peer.map_or_else(
+        || "an unknown address".to_string(),
+        |p| p.0 .0.ip().to_string(),
+    );
+    let by = match Acting::new(
+        format!(
+            "the admin API from {from} (replica {})",
+            crate::sync::worker_name()
+        ),
+        query.reason.as_deref(),
+    ) {
+        Ok(by) => by,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("reason: {e}\n")),
+    };
     let done = match action.as_str() {
-        "sync" => ops.store.request_sync(id).await,
-        "pause" => ops.store.set_paused(id, true).await,
-        "resume" => ops.store.set_paused(id, false).await,
-        "protect" => ops.store.set_protected(id, true).await,
-        "unprotect" => ops.store.set_protected(id, false).await,
+        "sync" => ops.store.request_sync(id, &by).await,
+        "pause" => ops.store.set_paused(id, true, &by).await,
+        "resume" => ops.store.set_paused(id, false, &by).await,
+        "protect" => ops.store.set_protected(id, true, &by).await,
+        "unprotect" => ops.store.set_protected(id, false, &by).await,
         _ => {
             return text(
                 StatusCode::NOT_FOUND,

@@ -200,6 +200,10 @@ async fn not_found() -> Response {
     text(StatusCode::NOT_FOUND, "not found\n")
 }
 
+/// The address a request's connection came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
 /// Serves the operations endpoints on `listener` until `cancel` fires.
 pub async fn serve(listener: TcpListener, ops: Ops, cancel: CancellationToken) {
     let app = router(ops);
@@ -212,8 +216,12 @@ pub async fn serve(listener: TcpListener, ops: Ops, cancel: CancellationToken) {
             a = listener.accept() => a,
             _ = cancel.cancelled() => return,
         };
-        let Ok((stream, _)) = accepted else { continue };
-        let (app, cancel) = (app.clone(), cancel.clone());
+        let Ok((stream, peer)) = accepted else {
+            continue;
+        };
+        // Each request knows the address it came from (the admin routes record it).
+        let app = app.clone().layer(axum::Extension(Peer(peer)));
+        let cancel = cancel.clone();
         tokio::spawn(async move {
             serve_connection(stream, app, cancel).await;
             drop(slot);

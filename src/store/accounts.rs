@@ -279,51 +279,98 @@ impl Store {
     }
 
     /// Pauses or resumes an account. `false` when the registry does not have it.
-    pub async fn set_paused(&self, account: Uuid, paused: bool) -> Result<bool, StoreError> {
-        self.update_account(account, "paused = $2", paused).await
+    pub async fn set_paused(
+        &self,
+        account: Uuid,
+        paused: bool,
+        by: &Acting,
+    ) -> Result<bool, StoreError> {
+        self.update_account(account, "paused = $2", paused, by)
+            .await
     }
 
     /// Protects the account's data from any purge (`on`), or lifts that; false when the
     /// registry does not hold the account. Protecting again keeps the first time.
-    pub async fn set_protected(&self, account: Uuid, on: bool) -> Result<bool, StoreError> {
+    pub async fn set_protected(
+        &self,
+        account: Uuid,
+        on: bool,
+        by: &Acting,
+    ) -> Result<bool, StoreError> {
         self.update_account(
             account,
             "protected_at = CASE WHEN $2 THEN coalesce(protected_at, now()) END",
             on,
+            by,
         )
         .await
     }
 
     /// Asks for a run of the account at once, whatever its schedule.
-    pub async fn request_sync(&self, account: Uuid) -> Result<bool, StoreError> {
+    pub async fn request_sync(&self, account: Uuid, by: &Acting) -> Result<bool, StoreError> {
         self.update_account(
             account,
             "sync_requested_at = CASE WHEN $2 THEN now() ELSE sync_requested_at END",
             true,
+            by,
         )
         .await
     }
 
     /// Asks that the account's next run start from the first page.
-    pub async fn request_cursor_reset(&self, account: Uuid) -> Result<bool, StoreError> {
-        self.update_account(account, "reset_cursor_requested = $2", true)
+    pub async fn request_cursor_reset(
+        &self,
+        account: Uuid,
+        by: &Acting,
+    ) -> Result<bool, StoreError> {
+        self.update_account(account, "reset_cursor_requested = $2", true, by)
             .await
     }
 
+    /// One operator's change of the registry, in a transaction that tells the trigger of
+    /// `accounts` (migration 0028) who it is made for and why, for `account_actions`.
     async fn update_account(
         &self,
         account: Uuid,
         set: &'static str,
         value: bool,
+        by: &Acting,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "SELECT set_config('lms_sync.actor', $1, true),
+                    set_config('lms_sync.reason', coalesce($2, ''), true)",
+        )
+        .bind(&by.actor)
+        .bind(&by.reason)
+        .execute(&mut *tx)
+        .await?;
         let sql = format!("UPDATE accounts SET {set} WHERE integrated_account_id = $1");
         let n = sqlx::query(&sql)
             .bind(account)
             .bind(value)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+        tx.commit().await?;
         Ok(n == 1)
+    }
+
+    /// The account's latest `limit` actions (`account_actions`), newest first.
+    pub async fn account_actions(
+        &self,
+        account: Uuid,
+        limit: i64,
+    ) -> Result<Vec<AccountAction>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT acted_at, action, actor, db_user, application, reason
+               FROM account_actions WHERE integrated_account_id = $1
+              ORDER BY action_id DESC LIMIT $2",
+        )
+        .bind(account)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Deletes every row of a retired account, table by table, and records it in
@@ -468,6 +515,55 @@ const PURGED_TABLES: &[&str] = &[
     "sync_state",
     "accounts",
 ];
+
+/// Who an operator's change of the registry is made for, and why: what `account_actions`
+/// records beside the session's role (the trigger of migration 0028 reads both).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acting {
+    /// E.g. `lms-sync accounts pause by ops@bastion`, `the admin API from 10.0.0.7`.
+    pub actor: String,
+    /// As the operator gave it (`--reason`, `?reason=`).
+    pub reason: Option<String>,
+}
+
+/// The longest reason kept with an action, in characters.
+pub const REASON_MAX_CHARS: usize = 500;
+
+impl Acting {
+    /// `actor` acting for `reason`, which must be one line of at most [`REASON_MAX_CHARS`]
+    /// characters (it is shown on the status page and in `accounts show`); blank is none.
+    pub fn new(actor: String, reason: Option<&str>) -> Result<Acting, String> {
+        let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+        if let Some(r) = reason {
+            if r.chars().count() > REASON_MAX_CHARS {
+                return Err(format!(
+                    "the reason is {} characters long; at most {REASON_MAX_CHARS}",
+                    r.chars().count()
+                ));
+            }
+            if r.chars().any(char::is_control) {
+                return Err(
+                    "the reason must be one line of text, without control characters".into(),
+                );
+            }
+        }
+        Ok(Acting {
+            actor,
+            reason: reason.map(str::to_string),
+        })
+    }
+}
+
+/// One row of `account_actions`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct AccountAction {
+    pub acted_at: Ts,
+    pub action: String,
+    pub actor: Option<String>,
+    pub db_user: String,
+    pub application: Option<String>,
+    pub reason: Option<String>,
+}
 
 /// What `status` and the status page say of the purges (`discovery.purge_retired_after`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -32,8 +32,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, PgPool};
 
 pub use accounts::{
-    retire_guard, AccountRow, Discovered, DiscoveryApplied, DiscoveryState, PurgeSummary, Purged,
-    PurgedBy, RetirePolicy,
+    retire_guard, AccountAction, AccountRow, Acting, Discovered, DiscoveryApplied, DiscoveryState,
+    PurgeSummary, Purged, PurgedBy, RetirePolicy, REASON_MAX_CHARS,
 };
 pub use budget::{
     agreed_limit, decide as decide_share, BudgetView, Negotiated, Reach, ShareHolder, ShareView,

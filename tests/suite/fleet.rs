@@ -15,6 +15,7 @@ use lms_sync::config::Settings;
 use lms_sync::devkit::simulator::{Fault, Integrated, DEMO_TOKEN};
 use lms_sync::fleet::{plan, Gate};
 use lms_sync::service::Hooks;
+use lms_sync::store::Acting;
 use lms_sync::sync::discovery::discover;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -338,20 +339,24 @@ async fn pause_resume_and_sync_now_are_obeyed_by_two_running_replicas() {
     assert_eq!(runs().await, 1);
 
     // sync-now: one of the replicas runs it at once, although the schedule says in an hour.
-    assert!(env.store.request_sync(a).await.unwrap());
+    assert!(env.store.request_sync(a, &Acting::default()).await.unwrap());
     assert_eq!(finished(&mut rx).await, "succeeded");
     assert_eq!(runs().await, 2);
 
     // A pause stops a run in progress after its page, and no replica starts another.
     // (15 pages at 300 ms: longer than the replicas' 2-second look at the registry.)
     env.sim.set_latency(Duration::from_millis(300));
-    assert!(env.store.request_sync(a).await.unwrap());
+    assert!(env.store.request_sync(a, &Acting::default()).await.unwrap());
     loop {
         if let Event::Page(_) = next(&mut rx).await {
             break;
         }
     }
-    assert!(env.store.set_paused(a, true).await.unwrap());
+    assert!(env
+        .store
+        .set_paused(a, true, &Acting::default())
+        .await
+        .unwrap());
     assert_eq!(finished(&mut rx).await, "interrupted");
     let (kind, error): (String, String) =
         sqlx::query_as("SELECT error_kind, error FROM sync_runs WHERE outcome = 'interrupted'")
@@ -363,17 +368,25 @@ async fn pause_resume_and_sync_now_are_obeyed_by_two_running_replicas() {
         error,
         "stopped: the account is now paused; its next run resumes from the last committed page"
     );
-    assert!(env.store.request_sync(a).await.unwrap());
+    assert!(env.store.request_sync(a, &Acting::default()).await.unwrap());
     // Both replicas look at the registry every 2 s: give them three rounds.
     let quiet = tokio::time::timeout(Duration::from_secs(6), finished(&mut rx)).await;
     assert!(quiet.is_err(), "a paused account was started: {quiet:?}");
     assert_eq!(runs().await, 3);
     // The interrupted listing left a cursor; reset-cursor makes the next run start afresh.
     assert!(stored_cursor(&env.store, a).await.is_some());
-    assert!(env.store.request_cursor_reset(a).await.unwrap());
+    assert!(env
+        .store
+        .request_cursor_reset(a, &Acting::default())
+        .await
+        .unwrap());
     // Resumed, the pending sync-now runs, from the first page.
     env.sim.set_latency(Duration::ZERO);
-    assert!(env.store.set_paused(a, false).await.unwrap());
+    assert!(env
+        .store
+        .set_paused(a, false, &Acting::default())
+        .await
+        .unwrap());
     assert_eq!(finished(&mut rx).await, "succeeded");
     let (resumed, pages): (bool, i64) =
         sqlx::query_as("SELECT resumed, pages FROM sync_runs ORDER BY run_id DESC LIMIT 1")
@@ -707,8 +720,68 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
     assert_eq!(env.scalar_i64(&users(b)).await, 20);
     lease.release().await;
     // Protected (a legal hold): refused, nothing deleted, until unprotected.
+    let o = cli_with(
+        &env,
+        &[("USER", "counsel")],
+        &[
+            "accounts",
+            "protect",
+            &b.to_string(),
+            "--reason",
+            "legal hold: matter M-17",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err(&o));
+    // Protecting again changes nothing, and records nothing; a reason of two lines is refused.
     let o = cli(&env, &["accounts", "protect", &b.to_string()]).await;
     assert!(o.status.success(), "{}", err(&o));
+    let o = cli(
+        &env,
+        &[
+            "accounts",
+            "pause",
+            &b.to_string(),
+            "--reason",
+            "two\nlines",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(
+        err(&o).contains("--reason: the reason must be one line"),
+        "{}",
+        err(&o)
+    );
+    // Plain SQL, by a role that may update the registry and nothing more, is recorded too.
+    let dba = format!("r_{}", Uuid::new_v4().simple());
+    for sql in [
+        format!("CREATE ROLE {dba} LOGIN"),
+        format!("GRANT USAGE ON SCHEMA lms TO {dba}"),
+        format!("GRANT SELECT, UPDATE ON lms.accounts TO {dba}"),
+    ] {
+        sqlx::raw_sql(&sql).execute(env.store.pool()).await.unwrap();
+    }
+    let mut url = reqwest::Url::parse(&env.db_url).unwrap();
+    url.set_username(&dba).unwrap();
+    url.query_pairs_mut()
+        .append_pair("application_name", "psql");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url.as_str())
+        .await
+        .unwrap();
+    // Not even by a temporary table of its own named like the record's.
+    sqlx::raw_sql(
+        "CREATE TEMP TABLE account_actions (integrated_account_id uuid, action text, \
+         actor text, db_user text, application text, reason text)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE lms.accounts SET paused = true WHERE integrated_account_id = $1")
+        .bind(b)
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let o = cli(&env, &["accounts", "purge", &b.to_string(), "--yes"]).await;
     assert_eq!(o.status.code(), Some(1));
     assert!(err(&o).contains("is protected (since "), "{}", err(&o));
@@ -716,6 +789,27 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
     let o = cli(&env, &["accounts", "show", &b.to_string()]).await;
     let shown = String::from_utf8_lossy(&o.stdout);
     assert!(shown.contains("\nprotected      since "), "{shown}");
+    assert!(
+        shown.contains("\noperators' actions, newest first:\n"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(" pause        by role {dba} through psql\n")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(" protect      by lms-sync accounts protect by counsel@")
+            && shown.contains(": legal hold: matter M-17\n"),
+        "{shown}"
+    );
+    let o = cli(&env, &["accounts", "show", &b.to_string(), "--json"]).await;
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["actions"][0]["action"], "pause", "{shown}");
+    assert_eq!(shown["actions"][0]["db_user"], dba.as_str(), "{shown}");
+    assert_eq!(
+        shown["actions"][1]["reason"], "legal hold: matter M-17",
+        "{shown}"
+    );
     let o = cli(&env, &["accounts", "unprotect", &b.to_string()]).await;
     assert!(o.status.success(), "{}", err(&o));
     let o = cli(
@@ -748,17 +842,57 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
         ("tenant-1", "command", 20, true)
     );
     assert!(out.contains(&format!("purged: {rows} rows")), "{out}");
+    // So does the trail of who held it and who lifted the hold.
+    type Action = (
+        String,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<String>,
+    );
+    let trail: Vec<Action> = sqlx::query_as(
+        "SELECT action, actor, db_user, application, reason FROM account_actions
+              WHERE integrated_account_id = $1 ORDER BY action_id",
+    )
+    .bind(b)
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    let done: Vec<&str> = trail.iter().map(|(x, ..)| x.as_str()).collect();
+    assert_eq!(done, ["protect", "pause", "unprotect"], "{trail:?}");
+    let (_, actor, _, app, reason) = &trail[0];
+    assert!(
+        actor
+            .as_deref()
+            .is_some_and(|a| a.starts_with("lms-sync accounts protect by counsel@")),
+        "{trail:?}"
+    );
+    assert_eq!(reason.as_deref(), Some("legal hold: matter M-17"));
+    assert!(
+        app.as_deref().is_some_and(|a| a.starts_with("lms-sync")),
+        "{trail:?}"
+    );
+    assert_eq!(
+        (&trail[1].1, trail[1].2.as_str(), trail[1].3.as_deref()),
+        (&None, dba.as_str(), Some("psql"))
+    );
+    assert!(trail[2]
+        .1
+        .as_deref()
+        .unwrap()
+        .starts_with("lms-sync accounts unprotect by uid "));
     // Gone from the registry: purging again says so.
     let o = cli(&env, &["accounts", "purge", &b.to_string(), "--yes"]).await;
     assert_eq!(o.status.code(), Some(1));
     assert!(err(&o).contains("not in the registry"), "{}", err(&o));
     // Every table that holds an account's rows, not only the ones known when purge was written
-    // (the purges' record aside).
+    // (the purges' record and the operators' actions aside: neither holds a user's data).
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT c.table_name::text FROM information_schema.columns c
            JOIN information_schema.tables t USING (table_schema, table_name)
           WHERE c.column_name = 'integrated_account_id' AND c.table_schema = current_schema()
-            AND t.table_type = 'BASE TABLE' AND c.table_name <> 'account_purges'",
+            AND t.table_type = 'BASE TABLE'
+            AND c.table_name NOT IN ('account_purges', 'account_actions')",
     )
     .fetch_all(env.store.pool())
     .await

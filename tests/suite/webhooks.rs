@@ -307,13 +307,47 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
             );
             assert!(!protected().await);
             assert_eq!(
-                post_as(format!("{base}/accounts/{a}/protect"), Some(ADMIN)).await,
+                post_as(
+                    format!("{base}/accounts/{a}/protect?reason=legal+hold%3A+matter+M-17"),
+                    Some(ADMIN)
+                )
+                .await,
                 200
             );
             assert!(protected().await);
             assert_eq!(
                 post_as(format!("{base}/accounts/{a}/unprotect"), Some(ADMIN)).await,
                 200
+            );
+            assert!(!protected().await);
+            // Each action is recorded with who asked (the caller's address) and why.
+            let actions: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT action, actor, reason FROM account_actions
+                  WHERE integrated_account_id = $1 ORDER BY action_id",
+            )
+            .bind(a)
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+            let done: Vec<&str> = actions.iter().map(|(x, ..)| x.as_str()).collect();
+            assert_eq!(done, ["pause", "resume", "protect", "unprotect"]);
+            for (_, actor, _) in &actions {
+                let actor = actor.as_deref().unwrap_or_default();
+                assert!(
+                    actor.starts_with("the admin API from 127.0.0.1 (replica "),
+                    "{actor}"
+                );
+            }
+            assert_eq!(actions[2].2.as_deref(), Some("legal hold: matter M-17"));
+            assert_eq!(actions[3].2, None);
+            // A reason of two lines is refused, and nothing is done.
+            assert_eq!(
+                post_as(
+                    format!("{base}/accounts/{a}/protect?reason=two%0Alines"),
+                    Some(ADMIN)
+                )
+                .await,
+                400
             );
             assert!(!protected().await);
             assert_eq!(
