@@ -106,10 +106,23 @@ pub(super) async fn account_action(
     if let Some(no) = refuse(&ops, &headers) {
         return no;
     }
-    let from = peer.map_or_else(
+    let mut from = peer.map_or_else(
         || "an unknown address".to_string(),
         |p| p.0 .0.ip().to_string(),
     );
+    // Behind an ingress or a reverse proxy the peer is the proxy: keep what it says of the
+    // caller too (as it says it: only a holder of the admin token gets this far).
+    if let Some(fwd) = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        from = format!(
+            "{from}, forwarded for {}",
+            crate::text::shorten(&fwd.replace(|c: char| c.is_control(), ""), 100)
+        );
+    }
     let by = match Acting::new(
         format!(
             "the admin API from {from} (replica {})",

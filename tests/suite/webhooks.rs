@@ -315,10 +315,14 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
                 200
             );
             assert!(protected().await);
-            assert_eq!(
-                post_as(format!("{base}/accounts/{a}/unprotect"), Some(ADMIN)).await,
-                200
-            );
+            let unprotect = reqwest::Client::new()
+                .post(format!("{base}/accounts/{a}/unprotect"))
+                .bearer_auth(ADMIN)
+                .header("X-Forwarded-For", "203.0.113.9")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(unprotect.status().as_u16(), 200);
             assert!(!protected().await);
             // Each action is recorded with who asked (the caller's address) and why.
             let actions: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
@@ -333,13 +337,23 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
             assert_eq!(done, ["pause", "resume", "protect", "unprotect"]);
             for (_, actor, _) in &actions {
                 let actor = actor.as_deref().unwrap_or_default();
-                assert!(
-                    actor.starts_with("the admin API from 127.0.0.1 (replica "),
-                    "{actor}"
-                );
+                assert!(actor.starts_with("the admin API from 127.0.0.1"), "{actor}");
             }
             assert_eq!(actions[2].2.as_deref(), Some("legal hold: matter M-17"));
+            assert!(actions[0]
+                .1
+                .as_deref()
+                .unwrap()
+                .starts_with("the admin API from 127.0.0.1 (replica "));
             assert_eq!(actions[3].2, None);
+            // Behind a proxy, what it says of the caller too.
+            let actor = actions[3].1.as_deref().unwrap();
+            assert!(
+                actor.starts_with(
+                    "the admin API from 127.0.0.1, forwarded for 203.0.113.9 (replica "
+                ),
+                "{actor}"
+            );
             // A reason of two lines is refused, and nothing is done.
             assert_eq!(
                 post_as(
