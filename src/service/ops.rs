@@ -193,6 +193,13 @@ async fn refresh_account_metrics(ops: &Ops) {
                 t.timestamp_millis() as f64 / 1000.0,
             );
         }
+        if let Some(t) = r.paused_since {
+            m.set(
+                "lms_sync_account_paused_since_timestamp_seconds",
+                &account,
+                t.timestamp_millis() as f64 / 1000.0,
+            );
+        }
     }
 }
 

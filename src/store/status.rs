@@ -283,6 +283,11 @@ pub struct AccountMetrics {
     /// The server holds the account's requests back until then (`sync_state.held_until`, while
     /// it is to come).
     pub held_until: Option<Ts>,
+    /// While the account is paused: since when, as `account_actions` recorded its pause (of
+    /// this registration: a purged account registered again starts afresh); for a pause that
+    /// went unrecorded (made before migration 0028), the latest of what it cannot predate (the
+    /// migration, the registration, the last recorded resume): at least that long.
+    pub paused_since: Option<Ts>,
 }
 
 impl Store {
@@ -298,7 +303,19 @@ impl Store {
                                                WHERE m.integrated_account_id = a.integrated_account_id)), 0)::bigint,
                     (SELECT count(*) FROM hydration_queue q
                       WHERE q.integrated_account_id = a.integrated_account_id),
-                    CASE WHEN s.held_until > now() THEN s.held_until END
+                    CASE WHEN s.held_until > now() THEN s.held_until END,
+                    CASE WHEN a.paused THEN (
+                        SELECT CASE WHEN l.action = 'pause' THEN l.acted_at
+                                    ELSE greatest(l.acted_at, a.first_seen_at,
+                                                  (SELECT installed_on FROM _sqlx_migrations
+                                                    WHERE version = 28)) END
+                          FROM (SELECT 1) one
+                          LEFT JOIN LATERAL (
+                              SELECT x.action, x.acted_at FROM account_actions x
+                               WHERE x.integrated_account_id = a.integrated_account_id
+                                 AND x.action IN ('pause', 'resume')
+                                 AND x.acted_at >= a.first_seen_at
+                               ORDER BY x.action_id DESC LIMIT 1) l ON true) END
                FROM accounts a
                LEFT JOIN sync_state s ON s.integrated_account_id = a.integrated_account_id
               WHERE a.retired_at IS NULL
@@ -318,6 +335,7 @@ impl Store {
                     live_users: r.get(6),
                     hydration_queue: r.get(7),
                     held_until: r.get(8),
+                    paused_since: r.get(9),
                 })
             })
             .collect()

@@ -107,6 +107,7 @@ fn the_alert_rules_name_only_exported_metrics_and_the_prometheus_rule_is_the_sam
     );
     for alert in [
         "LmsSyncMirrorStale",
+        "LmsSyncAccountPausedLong",
         "LmsSyncAccountNeedsAttention",
         "LmsSyncRunsFailing",
         "LmsSyncRateLimited",

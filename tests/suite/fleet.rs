@@ -914,6 +914,63 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
     assert!(o.status.success(), "{}", err(&o));
     assert_mirror(&env.store, &env.sim, b).await;
     assert_mirror(&env.store, &env.sim, a).await;
+
+    // A pause is exported with its time from the record; one older than the record (made
+    // before migration 0028, here with the trigger off) with the migration's: at least that.
+    let paused_since = |id: Uuid| {
+        let store = env.store.clone();
+        async move {
+            store
+                .account_metrics()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|m| m.integrated_account_id == id)
+                .unwrap()
+                .paused_since
+        }
+    };
+    assert_eq!(paused_since(a).await, None);
+    let o = cli(&env, &["accounts", "pause", &a.to_string()]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let recorded: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "SELECT max(acted_at) FROM account_actions WHERE integrated_account_id = $1",
+    )
+    .bind(a)
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(paused_since(a).await, Some(recorded));
+    let o = cli(&env, &["accounts", "resume", &a.to_string()]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let resumed: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "SELECT max(acted_at) FROM account_actions WHERE integrated_account_id = $1",
+    )
+    .bind(a)
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    sqlx::raw_sql(&format!(
+        "ALTER TABLE accounts DISABLE TRIGGER accounts_record_actions;
+         UPDATE accounts SET paused = true WHERE integrated_account_id IN ('{a}', '{b}');
+         ALTER TABLE accounts ENABLE TRIGGER accounts_record_actions;"
+    ))
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    // Unrecorded: not before the last recorded resume; and for the account registered again
+    // after its purge, whose old pause was of its former registration, not before that.
+    assert_eq!(paused_since(a).await, Some(resumed));
+    let (registered, migrated): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as(
+            "SELECT first_seen_at, (SELECT installed_on FROM _sqlx_migrations WHERE version = 28)
+               FROM accounts WHERE integrated_account_id = $1",
+        )
+        .bind(b)
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(paused_since(b).await, Some(registered.max(migrated)));
 }
 
 /// A config file for `lms-sync run` against `env` (with `configured` in `[[accounts]]`) listing

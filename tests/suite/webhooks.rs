@@ -288,6 +288,31 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
                     .await
                     .unwrap();
             assert!(paused);
+            // Exported with the time of its pause, from the record (the accounts' state is read
+            // at most every 5 s: looked at until it shows).
+            let at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+                "SELECT acted_at FROM account_actions WHERE integrated_account_id = $1",
+            )
+            .bind(a)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+            let series = format!(
+                "lms_sync_account_paused_since_timestamp_seconds{{account=\"{a}\"}} {}",
+                at.timestamp_millis() as f64 / 1000.0
+            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let (_, metrics) = get(format!("{base}/metrics"), None).await;
+                if metrics.contains(&series) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no {series} in:\n{metrics}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             assert_eq!(
                 post_as(format!("{base}/accounts/{a}/resume"), Some(ADMIN)).await,
                 200
