@@ -930,26 +930,25 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
                 .paused_since
         }
     };
+    // `accounts VERB a`, and when account_actions recorded it.
+    let act_on_a = |verb: &'static str| {
+        let env = &env;
+        async move {
+            let o = cli(env, &["accounts", verb, &a.to_string()]).await;
+            assert!(o.status.success(), "{}", err(&o));
+            sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+                "SELECT max(acted_at) FROM account_actions WHERE integrated_account_id = $1",
+            )
+            .bind(a)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap()
+        }
+    };
     assert_eq!(paused_since(a).await, None);
-    let o = cli(&env, &["accounts", "pause", &a.to_string()]).await;
-    assert!(o.status.success(), "{}", err(&o));
-    let recorded: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
-        "SELECT max(acted_at) FROM account_actions WHERE integrated_account_id = $1",
-    )
-    .bind(a)
-    .fetch_one(env.store.pool())
-    .await
-    .unwrap();
+    let recorded = act_on_a("pause").await;
     assert_eq!(paused_since(a).await, Some(recorded));
-    let o = cli(&env, &["accounts", "resume", &a.to_string()]).await;
-    assert!(o.status.success(), "{}", err(&o));
-    let resumed: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
-        "SELECT max(acted_at) FROM account_actions WHERE integrated_account_id = $1",
-    )
-    .bind(a)
-    .fetch_one(env.store.pool())
-    .await
-    .unwrap();
+    let resumed = act_on_a("resume").await;
     sqlx::raw_sql(&format!(
         "ALTER TABLE accounts DISABLE TRIGGER accounts_record_actions;
          UPDATE accounts SET paused = true WHERE integrated_account_id IN ('{a}', '{b}');
