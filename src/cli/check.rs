@@ -103,16 +103,37 @@ async fn database(settings: &Settings, checks: &mut Vec<Check>) -> Option<Store>
         )),
     }
     let ready = match store.schema_state().await.and_then(|s| s.ready()) {
-        Ok(()) => {
-            checks.push(Check::passed(
-                "schema",
-                format!(
-                    "every migration of this binary is applied (the latest: {})",
-                    crate::store::SchemaState::known()
-                ),
-            ));
-            true
-        }
+        Ok(()) => match store.disabled_triggers().await {
+            Ok(off) if !off.is_empty() => {
+                let (table, trigger) = &off[0];
+                checks.push(Check::failed(
+                    "schema",
+                    format!(
+                        "the trigger {trigger} of {table} is disabled{}: changes it records \
+                         (account_actions: who paused, protected or reset an account) go \
+                         unrecorded; as the schema's owner: ALTER TABLE {}.{table} ENABLE \
+                         TRIGGER {trigger}",
+                        if off.len() > 1 {
+                            format!(" (and {} more)", off.len() - 1)
+                        } else {
+                            String::new()
+                        },
+                        store.schema()
+                    ),
+                ));
+                true
+            }
+            _ => {
+                checks.push(Check::passed(
+                    "schema",
+                    format!(
+                        "every migration of this binary is applied (the latest: {})",
+                        crate::store::SchemaState::known()
+                    ),
+                ));
+                true
+            }
+        },
         Err(e) => {
             checks.push(Check::failed("schema", store.explain(e).await.to_string()));
             false

@@ -273,6 +273,21 @@ impl Store {
         )
     }
 
+    /// The schema's triggers that are disabled (`ALTER TABLE … DISABLE TRIGGER`), as
+    /// `(table, trigger)`: with `accounts_record_actions` off, changes of the registry go
+    /// unrecorded in `account_actions`. Reads the catalog only.
+    pub async fn disabled_triggers(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT c.relname::text, t.tgname::text FROM pg_trigger t
+               JOIN pg_class c ON c.oid = t.tgrelid
+              WHERE c.relnamespace = current_schema()::regnamespace
+                AND NOT t.tgisinternal AND t.tgenabled = 'D'
+              ORDER BY 1, 2",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// What the connected role lacks of the rights docs/schema.md ("Roles") grants the
     /// service: USAGE on the schema; SELECT, INSERT, UPDATE and DELETE on each of its tables;
     /// USAGE on its sequences; EXECUTE on its functions. Each as "INSERT on table users"; empty

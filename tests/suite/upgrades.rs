@@ -823,6 +823,26 @@ async fn check_passes_a_ready_deployment_and_names_each_broken_prerequisite() {
         "the token, then each account"
     );
 
+    // The registry's audit trail switched off by someone: said, with how to switch it on.
+    sqlx::raw_sql("ALTER TABLE lms.accounts DISABLE TRIGGER accounts_record_actions")
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    let out = check(&env, &service_url, &[a, b], DEMO_TOKEN).await;
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let schema = check_line(&out, "schema");
+    assert!(
+        schema.contains("FAILED   the trigger accounts_record_actions of accounts is disabled")
+            && schema.ends_with(
+                "as the schema's owner: ALTER TABLE lms.accounts ENABLE TRIGGER accounts_record_actions"
+            ),
+        "{schema}"
+    );
+    sqlx::raw_sql("ALTER TABLE lms.accounts ENABLE TRIGGER accounts_record_actions")
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+
     sqlx::raw_sql(&format!(
         "REVOKE INSERT, DELETE ON lms.users FROM {service}"
     ))
