@@ -60,6 +60,9 @@ pub(super) async fn run(
             _ = cancel.cancelled() => return,
         }
         let mut n = 0;
+        // The token the last probe was sent with (`Standing::replaced`): one replaced while
+        // that probe was under way is tried as soon as it fails, not a whole wait later.
+        let mut probed = None;
         'halt: loop {
             let due = tokio::time::Instant::now() + check_wait(n);
             // Until the probe is due: the gauges follow every change (the token refused once
@@ -74,6 +77,9 @@ pub(super) async fn run(
                     }
                     s.replaced
                 };
+                if probed.is_some_and(|p| p != replaced) {
+                    break;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep_until(due) => break,
                     r = states.changed() => {
@@ -85,6 +91,7 @@ pub(super) async fn run(
                     _ = cancel.cancelled() => return,
                 }
             }
+            probed = Some(states.borrow().replaced);
             match source.probe(None, &cancel).await {
                 Ok(()) => break,
                 Err(_) if cancel.is_cancelled() => return,
