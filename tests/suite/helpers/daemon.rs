@@ -50,7 +50,12 @@ pub fn lms_sync(cfg: &std::path::Path, db: &str, args: &[&str]) -> Command {
 pub struct Daemon {
     pub child: Child,
     pub events: mpsc::UnboundedReceiver<Value>,
+    /// The latest events read (time and message), shown when an awaited one does not come.
+    seen: std::collections::VecDeque<String>,
 }
+
+/// How many of the latest events a timeout shows.
+const SEEN: usize = 30;
 
 pub fn spawn(cfg: &std::path::Path, db: &str) -> Daemon {
     spawn_with(cfg, db, &[])
@@ -93,7 +98,11 @@ pub fn spawn_env(cfg: &std::path::Path, db: &str, args: &[&str], env: &[(&str, &
             }
         }
     });
-    Daemon { child, events }
+    Daemon {
+        child,
+        events,
+        seen: Default::default(),
+    }
 }
 
 impl Daemon {
@@ -102,9 +111,12 @@ impl Daemon {
     pub async fn wait_for(&mut self, msg: &str) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
         loop {
-            let ev = tokio::time::timeout_at(deadline, self.next_event(msg))
-                .await
-                .unwrap_or_else(|_| panic!("no `{msg}` within 3 minutes"));
+            let Ok(ev) = tokio::time::timeout_at(deadline, self.next_event(msg)).await else {
+                panic!(
+                    "no `{msg}` within 3 minutes; the latest:\n{}",
+                    self.latest()
+                );
+            };
             if ev["fields"]["message"] == msg {
                 return ev;
             }
@@ -114,10 +126,34 @@ impl Daemon {
     /// The next log event, whatever it says (`waiting_for` names what the caller waits for, in
     /// the panic when none comes within 60 s).
     pub async fn next_event(&mut self, waiting_for: &str) -> Value {
-        tokio::time::timeout(Duration::from_secs(60), self.events.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no `{waiting_for}` within 60s"))
-            .unwrap_or_else(|| panic!("the daemon exited before `{waiting_for}`"))
+        let next = tokio::time::timeout(Duration::from_secs(60), self.events.recv()).await;
+        let Ok(next) = next else {
+            panic!(
+                "no `{waiting_for}` within 60s (and no other event); the latest:\n{}",
+                self.latest()
+            );
+        };
+        let Some(ev) = next else {
+            panic!(
+                "the daemon exited before `{waiting_for}`; the latest:\n{}",
+                self.latest()
+            );
+        };
+        if self.seen.len() == SEEN {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(format!(
+            "{} {} {}",
+            ev["timestamp"].as_str().unwrap_or("-"),
+            ev["fields"]["message"].as_str().unwrap_or("-"),
+            crate::helpers::shorten_json(&ev["fields"])
+        ));
+        ev
+    }
+
+    /// The latest events read, one a line.
+    fn latest(&self) -> String {
+        self.seen.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
     /// The share of the token's budget the next negotiation that changed it gave (-1 if the

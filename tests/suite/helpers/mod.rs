@@ -673,3 +673,12 @@ pub fn ensure_tool(bin: &str, package: &str) {
         "{bin} is needed and could not be installed: install Debian's package `{package}` (as root: apt-get install {package}), or run .ci/run, which does"
     );
 }
+
+/// `v` as JSON, cut to 300 characters (for a line of a test's failure message).
+pub fn shorten_json(v: &serde_json::Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(300) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
+}
