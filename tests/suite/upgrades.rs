@@ -823,6 +823,38 @@ async fn check_passes_a_ready_deployment_and_names_each_broken_prerequisite() {
         "the token, then each account"
     );
 
+    // The documented role may read the operators' trail and not change it, and what it does
+    // to the registry is recorded all the same.
+    let mut as_service = <sqlx::PgConnection as sqlx::Connection>::connect(&service_url)
+        .await
+        .unwrap();
+    let refused = sqlx::raw_sql("DELETE FROM lms.account_actions")
+        .execute(&mut as_service)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("permission denied"),
+        "{refused}"
+    );
+    let paused = lms_sync(
+        &env,
+        &service_url,
+        &["--no-migrate", "accounts", "pause", &a.to_string()],
+    )
+    .await;
+    assert!(paused.status.success(), "{}", said(&paused));
+    let (by, n): (String, i64) = sqlx::query_as(
+        "SELECT max(db_user), count(*) FROM lms.account_actions WHERE action = 'pause'",
+    )
+    .fetch_one(&mut as_service)
+    .await
+    .unwrap();
+    assert_eq!((by.as_str(), n), (service.as_str(), 1));
+    sqlx::query("UPDATE lms.accounts SET paused = false")
+        .execute(&mut as_service)
+        .await
+        .unwrap();
+
     // The registry's audit trail switched off by someone: said, with how to switch it on.
     sqlx::raw_sql("ALTER TABLE lms.accounts DISABLE TRIGGER accounts_record_actions")
         .execute(env.store.pool())
