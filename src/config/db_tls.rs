@@ -79,13 +79,6 @@ impl DbTls {
         *self == DbTls::default()
     }
 
-    /// Checks the URL's parameters (see [`DbTls::check_as`]) and that a client certificate
-    /// comes with its key.
-    pub fn check(&self) -> Result<(), String> {
-        self.check_as(URL_NAMES)?;
-        self.check_pair(false)
-    }
-
     /// Checks the parameters and reads the files they name: an unknown mode, a certificate or
     /// key file that cannot be read or holds no PEM of its kind. The message names the
     /// parameter as `names` (the URL's or the environment's) does, and the file, never the URL.
@@ -211,6 +204,12 @@ fn check_pem(param: &str, value: &str, kind: &str, root: bool) -> Result<(), Str
 mod tests {
     use super::*;
 
+    /// What `check_database_url` checks of a URL whose environment says nothing of TLS.
+    fn check(tls: &DbTls) -> Result<(), String> {
+        tls.check_as(URL_NAMES)?;
+        tls.check_pair(false)
+    }
+
     fn temp(name: &str, body: &[u8]) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("lms-sync-db-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -247,14 +246,14 @@ mod tests {
     #[test]
     fn an_unknown_mode_names_the_known_ones_and_any_case_is_accepted() {
         let tls = DbTls::from_url("postgres://u:pw@db/x?sslmode=verify_full").unwrap();
-        let e = tls.check().unwrap_err();
+        let e = check(&tls).unwrap_err();
         assert_eq!(
             e,
             "sslmode=verify_full is not one of disable, allow, prefer, require, verify-ca, verify-full"
         );
         assert!(!e.contains("pw"));
         let tls = DbTls::from_url("postgres://db/x?sslmode=Verify-Full").unwrap();
-        assert_eq!(tls.check(), Ok(()));
+        assert_eq!(check(&tls), Ok(()));
     }
 
     #[test]
@@ -263,7 +262,7 @@ mod tests {
             root_cert: Some("/nonexistent/ca.pem".into()),
             ..DbTls::default()
         };
-        let e = missing.check().unwrap_err();
+        let e = check(&missing).unwrap_err();
         assert!(
             e.starts_with("sslrootcert names /nonexistent/ca.pem, which cannot be read: "),
             "{e}"
@@ -272,26 +271,24 @@ mod tests {
             root_cert: Some("system".into()),
             ..DbTls::default()
         };
-        assert!(system.check().unwrap_err().contains("libpq's"));
+        assert!(check(&system).unwrap_err().contains("libpq's"));
 
         let der = temp("ca.der", &[0x30, 0x82, 0x01, 0x0a]);
-        let e = DbTls {
+        let e = check(&DbTls {
             root_cert: Some(der.display().to_string()),
             ..DbTls::default()
-        }
-        .check()
+        })
         .unwrap_err();
         assert!(e.contains("holds no PEM certificate"), "{e}");
         assert!(e.contains("openssl x509 -inform der"), "{e}");
 
         // A certificate where the key belongs.
         let cert = temp("client.pem", CERT.as_bytes());
-        let e = DbTls {
+        let e = check(&DbTls {
             client_cert: Some(cert.display().to_string()),
             client_key: Some(cert.display().to_string()),
             ..DbTls::default()
-        }
-        .check()
+        })
         .unwrap_err();
         assert!(e.starts_with("sslkey: the file "), "{e}");
         assert!(e.contains("holds no PEM private key"), "{e}");
@@ -310,13 +307,12 @@ mod tests {
             client_cert: Some(CERT.into()),
             client_key: Some(key.display().to_string()),
         };
-        assert_eq!(ok.check(), Ok(()));
+        assert_eq!(check(&ok), Ok(()));
         let half = DbTls {
             client_cert: Some(ca.display().to_string()),
             ..DbTls::default()
         };
-        assert!(half
-            .check()
+        assert!(check(&half)
             .unwrap_err()
             .starts_with("sslcert and sslkey go together"));
     }
