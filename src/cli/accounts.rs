@@ -100,10 +100,11 @@ fn acting(verb: &str, why: &Why) -> Result<Acting, CliError> {
                 })
         })
         .unwrap_or_else(|| "unknown".into());
-    let worker = crate::sync::worker_name();
-    let host = worker.rsplit_once(':').map_or(worker.as_str(), |(h, _)| h);
     Acting::new(
-        format!("lms-sync accounts {verb} by {user}@{host}"),
+        format!(
+            "lms-sync accounts {verb} by {user}@{}",
+            crate::sync::host_name()
+        ),
         why.reason.as_deref(),
     )
     .map_err(|e| CliError::Usage(format!("--reason: {e}")))

@@ -76,7 +76,12 @@ impl SyncOptions {
 }
 
 pub fn worker_name() -> String {
-    let host = std::env::var("HOSTNAME")
+    format!("{}:{}", host_name(), std::process::id())
+}
+
+/// This host's name (`HOSTNAME`, else `/etc/hostname`; in Kubernetes, the pod's).
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| {
@@ -84,8 +89,7 @@ pub fn worker_name() -> String {
                 .ok()
                 .map(|h| h.trim().to_string())
         })
-        .unwrap_or_else(|| "localhost".into());
-    format!("{host}:{}", std::process::id())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Live progress of one pass, for terminals and logs.
