@@ -396,12 +396,7 @@ async fn sighup_rotates_the_api_token_and_the_admin_token_without_a_restart() {
     let ev = d.wait_for("secret reloaded").await;
     assert_eq!(ev["fields"]["what"], "admin token", "{ev}");
     assert_eq!(ev["fields"]["by"], "SIGHUP", "{ev}");
-    let o = lms_sync(&cfg, &env.db_url, &["accounts", "sync-now", &a.to_string()])
-        .output()
-        .await
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ev = d.wait_for("sync run finished").await;
+    let ev = d.sync_now(&cfg, &env.db_url, a).await;
     assert_eq!(
         ev["fields"]["outcome"], "succeeded",
         "the run after the reload used the new token: {ev}"
@@ -501,16 +496,7 @@ async fn a_rotated_database_password_in_url_file_reaches_new_connections_without
     .await
     .unwrap();
     sim.delete_user(a, "3");
-    let o = lms_sync(
-        &cfg,
-        &url("pw-two-SECRET"),
-        &["accounts", "sync-now", &a.to_string()],
-    )
-    .output()
-    .await
-    .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ev = d.wait_for("sync run finished").await;
+    let ev = d.sync_now(&cfg, &url("pw-two-SECRET"), a).await;
     assert_eq!(
         ev["fields"]["outcome"], "succeeded",
         "the run after the rotation connected with the new password: {ev}"
@@ -633,16 +619,7 @@ async fn a_refused_api_token_holds_every_run_until_a_valid_one_is_loaded() {
     let error = ev["fields"]["error"].as_str().unwrap();
     assert!(error.contains("truto.api_token_file"), "{ev}");
     assert!(!ev.to_string().contains("SECRET"), "{ev}");
-    let o = lms_sync(
-        &cfg,
-        &env.db_url,
-        &["accounts", "sync-now", &ids[0].to_string()],
-    )
-    .output()
-    .await
-    .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ev = d.wait_for("sync run finished").await;
+    let ev = d.sync_now(&cfg, &env.db_url, ids[0]).await;
     assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
     secret.update(&[("truto-api-token", "tok-VALIDSECRET\n")]);
     d.wait_for("the Truto API token reads again; it is the one in force")

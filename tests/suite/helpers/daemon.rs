@@ -164,6 +164,17 @@ impl Daemon {
             .unwrap_or(-1)
     }
 
+    /// `lms-sync accounts sync-now ACCOUNT` through the database at `db` (it must succeed),
+    /// then the daemon's next finished run, as its log event.
+    pub async fn sync_now(&mut self, cfg: &std::path::Path, db: &str, account: Uuid) -> Value {
+        let o = lms_sync(cfg, db, &["accounts", "sync-now", &account.to_string()])
+            .output()
+            .await
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        self.wait_for("sync run finished").await
+    }
+
     /// Sends SIGHUP (reload the configuration and the secrets' files).
     pub async fn hangup(&self) {
         let pid = self.child.id().expect("running").to_string();
