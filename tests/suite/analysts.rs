@@ -72,6 +72,11 @@ async fn every_view_shows_every_column_it_should() {
             "new_value"
         ]
     );
+    // The feed is user_changes with its position first.
+    let mut changes = columns(&env, "user_changes").await;
+    changes.retain(|c| c != "xact_id");
+    changes.insert(0, "xact_id".to_string());
+    assert_eq!(columns(&env, "user_change_feed").await, changes);
     // Every view is one of these (a new one must be added here, with its own check).
     let views: Vec<String> = sqlx::query_scalar(
         "SELECT table_name::text FROM information_schema.views WHERE table_schema = 'lms' ORDER BY 1",
@@ -84,6 +89,7 @@ async fn every_view_shows_every_column_it_should() {
         [
             "account_freshness",
             "live_users",
+            "user_change_feed",
             "user_field_changes",
             "user_primary_email",
             "user_snapshots",
@@ -210,6 +216,174 @@ async fn the_catalog_describes_every_table_view_column_and_function_as_the_docum
 
 /// `account_freshness`: one row per account of the registry, with how current its mirror is,
 /// readable by an analyst's session without the service's bookkeeping.
+/// A position in the change feed: (xact_id, change_id).
+type Position = (i64, i64);
+
+/// One poll of a loader that follows the feed as docs/schema.md says: its own query, from
+/// `after`, every batch until the feed has nothing more.
+async fn poll_feed(conn: &mut PgConnection, after: Position) -> Vec<Position> {
+    let doc = include_str!("../../docs/schema.md");
+    let query = sql_examples(doc)
+        .into_iter()
+        .find(|q| q.contains("FROM lms.user_change_feed") && q.contains("> (0, 0)"))
+        .expect("docs/schema.md has the loader's poll");
+    let (mut taken, mut at) = (Vec::new(), after);
+    loop {
+        let sql = query.replace("> (0, 0)", &format!("> ({}, {})", at.0, at.1));
+        let rows: Vec<Position> = sqlx::query(&sql)
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get("xact_id"), r.get("change_id")))
+            .collect();
+        let Some(last) = rows.last() else {
+            return taken;
+        };
+        at = *last;
+        taken.extend(rows);
+    }
+}
+
+/// Polls the feed from `after` until it has given `n` changes. Every database of the cluster
+/// shares it (the tests' too): a transaction another test holds open delays the feed.
+async fn poll_feed_until(conn: &mut PgConnection, after: Position, n: usize) -> Vec<Position> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut taken: Vec<Position> = Vec::new();
+    while taken.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feed gave {} of {n} changes in 60 s",
+            taken.len()
+        );
+        let from = taken.last().copied().unwrap_or(after);
+        let more = poll_feed(conn, from).await;
+        if more.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        taken.extend(more);
+    }
+    taken
+}
+
+/// What a loader must get from the feed: every change of the history, once, in the order of
+/// the positions it remembered.
+fn assert_taken_once_in_order(taken: &[Position], all: &[Position]) {
+    assert!(
+        taken.windows(2).all(|w| w[0] < w[1]),
+        "positions go back: {taken:?}"
+    );
+    let mut got: Vec<i64> = taken.iter().map(|p| p.1).collect();
+    got.sort_unstable();
+    let mut want: Vec<i64> = all.iter().map(|p| p.1).collect();
+    want.sort_unstable();
+    assert_eq!(got, want, "the loader's changes against user_changes");
+}
+
+/// A loader that remembers how far it read must not lose a change committed after a later
+/// one. `change_id` is taken when a change is written, so with accounts synced at once a
+/// transaction holding change N can commit after the one holding N+1; a loader that
+/// remembered N+1 skips N for good. The feed, followed by (xact_id, change_id) as documented,
+/// shows neither until both have ended, and then both, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_following_the_change_feed_misses_no_change_committed_late() {
+    let (a, b, c) = (account_id(1), account_id(2), account_id(3));
+    let env = Env::new(&[(a, 30), (b, 30), (c, 250)]).await;
+    assert!(env.sync(a).await.succeeded());
+    let mut loader = analyst_session(&env).await;
+    let mut taken = poll_feed_until(&mut loader, (0, 0), 30).await;
+    assert_eq!(taken.len(), 30, "the first sync's inserts");
+    assert!(taken.iter().all(|p| p.0 > 0), "{taken:?}");
+    // A loader keyed on change_id alone, for comparison.
+    let naive = |after: i64| {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT change_id FROM lms.user_changes WHERE change_id > $1 ORDER BY change_id",
+        )
+        .bind(after)
+    };
+    let mut naive_taken: Vec<i64> = naive(0).fetch_all(&mut loader).await.unwrap();
+
+    // A page of a's next run has written its change and not committed yet (as the sync
+    // writes it: the columns named, the position filled in by the default) ...
+    let mut late = PgConnection::connect(&env.db_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut late).await.unwrap();
+    let late_id: i64 = sqlx::query_scalar(
+        "INSERT INTO lms.user_changes (integrated_account_id, user_id, run_id, kind, changed_fields)
+         SELECT $1, '7', max(run_id), 'update', '{\"job_title\": {\"old\": \"a\", \"new\": \"b\"}}'
+           FROM lms.sync_runs WHERE integrated_account_id = $1
+         RETURNING change_id",
+    )
+    .bind(a)
+    .fetch_one(&mut late)
+    .await
+    .unwrap();
+    // ... while b's first sync commits its 30, after it.
+    assert!(env.sync(b).await.succeeded());
+    let b_first: i64 = env
+        .scalar_i64(&format!(
+            "SELECT min(change_id) FROM lms.user_changes WHERE integrated_account_id = '{b}'"
+        ))
+        .await;
+    assert!(b_first > late_id, "{b_first} {late_id}");
+    // The change_id loader takes b's and moves past the uncommitted change; the feed shows
+    // nothing yet: b's transactions are younger than the open one.
+    naive_taken.extend(
+        naive(*naive_taken.last().unwrap())
+            .fetch_all(&mut loader)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(naive_taken.len(), 60);
+    assert_eq!(poll_feed(&mut loader, *taken.last().unwrap()).await, []);
+
+    sqlx::query("COMMIT").execute(&mut late).await.unwrap();
+    let more = poll_feed_until(&mut loader, *taken.last().unwrap(), 31).await;
+    assert_eq!(more.len(), 31);
+    assert_eq!(more[0].1, late_id, "the late change comes first: {more:?}");
+    taken.extend(more);
+    // The change_id loader never sees it.
+    naive_taken.extend(
+        naive(*naive_taken.last().unwrap())
+            .fetch_all(&mut loader)
+            .await
+            .unwrap(),
+    );
+    assert!(!naive_taken.contains(&late_id));
+
+    // Real syncs of two accounts at once (c's 250 users over pages of 100, a's changes and
+    // deletions), the loader polling all along and once more after both have ended.
+    env.sim.update_user(a, "3", json!({"job_title": "Auditor"}));
+    env.sim.delete_user(a, "4");
+    let syncs = async {
+        let (x, y) = tokio::join!(env.sync(a), env.sync(c));
+        assert!(x.succeeded() && y.succeeded());
+    };
+    let polls = async {
+        let mut taken = taken;
+        // While the syncs write (the join polls both in turn) ...
+        while taken.len() < 61 + 250 + 2 {
+            let more = poll_feed(&mut loader, *taken.last().unwrap()).await;
+            if more.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            taken.extend(more);
+        }
+        taken
+    };
+    let ((), taken) = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        tokio::join!(syncs, polls)
+    })
+    .await
+    .expect("the feed gave every change of the two syncs within 120 s");
+    let all: Vec<Position> =
+        sqlx::query_as("SELECT xact_id, change_id FROM lms.user_changes ORDER BY 1, 2")
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(all.len(), 30 + 1 + 30 + 250 + 2);
+    assert_taken_once_in_order(&taken, &all);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn account_freshness_says_how_current_each_accounts_mirror_is() {
     use lms_sync::devkit::simulator::Fault;
