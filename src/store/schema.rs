@@ -303,9 +303,12 @@ impl Store {
                SELECT p.privilege || ' on table ' || c.relname
                  FROM pg_class c
                  JOIN pg_namespace n ON n.oid = c.relnamespace
-                -- The operators' trail is written by its trigger as the owner: the service
-                -- only reads it, and may be kept from changing it (docs/schema.md, Roles).
-                CROSS JOIN unnest(CASE WHEN c.relname = 'account_actions' THEN ARRAY['SELECT']
+                -- The operators' trail is written by its trigger as the owner, the migrations'
+                -- record by the owner's migrations: the service only reads them, and may be
+                -- kept from changing them (docs/schema.md, Roles).
+                CROSS JOIN unnest(CASE WHEN c.relname IN ('account_actions', '_sqlx_migrations',
+                                                          'migration_compat')
+                                       THEN ARRAY['SELECT']
                                        ELSE ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE'] END)
                            AS p (privilege)
                 WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')

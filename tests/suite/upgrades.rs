@@ -823,19 +823,27 @@ async fn check_passes_a_ready_deployment_and_names_each_broken_prerequisite() {
         "the token, then each account"
     );
 
-    // The documented role may read the operators' trail and not change it, and what it does
-    // to the registry is recorded all the same.
+    // The documented role may read the operators' trail and the migrations' record and not
+    // change them (and `check` above asked no more), and what it does to the registry is
+    // recorded all the same.
     let mut as_service = <sqlx::PgConnection as sqlx::Connection>::connect(&service_url)
         .await
         .unwrap();
-    let refused = sqlx::raw_sql("DELETE FROM lms.account_actions")
-        .execute(&mut as_service)
-        .await
-        .unwrap_err();
-    assert!(
-        refused.to_string().contains("permission denied"),
-        "{refused}"
-    );
+    for table in ["account_actions", "_sqlx_migrations", "migration_compat"] {
+        let read: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM lms.{table}"))
+            .fetch_one(&mut as_service)
+            .await
+            .unwrap();
+        assert!(read > 0 || table == "account_actions", "{table}");
+        let refused = sqlx::raw_sql(&format!("DELETE FROM lms.{table}"))
+            .execute(&mut as_service)
+            .await
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("permission denied"),
+            "{table}: {refused}"
+        );
+    }
     let paused = lms_sync(
         &env,
         &service_url,
