@@ -17,7 +17,10 @@ const SUPERVISOR: &str = r#"
 set -u
 bindir="$1"
 dir=$(mktemp -d "${TMPDIR:-/tmp}/lms-sync-pg.XXXXXX") || exit 1
-cleanup() { "$bindir/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1; rm -rf "$dir"; }
+cleanup() {
+  "$bindir/pg_ctl" -D "$dir/standby" -m immediate stop >/dev/null 2>&1
+  "$bindir/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1; rm -rf "$dir"
+}
 trap cleanup EXIT
 "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync >"$dir/initdb.log" 2>&1 \
   || "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
@@ -35,6 +38,16 @@ while read -r cmd; do
     stop) "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1; echo DONE ;;
     kill) "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1; echo DONE ;;
     start) start; echo DONE ;;
+    # A hot standby streaming from the server, on a socket directory of its own (an analysts'
+    # read replica): pg_basebackup with its recovery settings, then started.
+    standby)
+      p=""; [ -z "${3:-}" ] || p="-p $3"
+      mkdir -p "$dir/replica" \
+        && "$bindir/pg_basebackup" -h "$dir" $p -U postgres -D "$dir/standby" -R -X stream --checkpoint=fast --no-sync >"$dir/basebackup.log" 2>&1 \
+        && "$bindir/pg_ctl" -D "$dir/standby" -l "$dir/standby.log" -w -t 60 \
+             -o "-c listen_addresses='' -k $dir/replica $p -c max_connections=200" start >/dev/null 2>&1 \
+        && echo "STANDBY $dir/replica" \
+        || echo "ERROR standby: $(tail -n 3 "$dir/basebackup.log" "$dir/standby.log" 2>/dev/null | tr '\n' ' ')" ;;
     *) echo "ERROR unknown command" ;;
   esac
 done
@@ -64,10 +77,19 @@ impl std::fmt::Debug for TempPostgres {
 }
 
 /// The directory holding `initdb`, `pg_ctl` and `postgres`: `PATH` first, then Debian's layout.
+/// An `initdb` on `PATH` that is a link (to Debian's directory, say) counts for where it
+/// leads, where the other tools (`pg_basebackup`) are too.
 pub fn find_bindir() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
+            .map(|d| {
+                std::fs::canonicalize(d.join("initdb"))
+                    .ok()
+                    .and_then(|p| p.parent().map(Path::to_path_buf))
+                    .filter(|real| real.join("pg_ctl").is_file())
+                    .unwrap_or(d)
+            })
     });
     on_path.or_else(|| {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -198,6 +220,26 @@ impl TempPostgres {
         } else {
             anyhow::bail!("postgres supervisor: {}", line.trim())
         }
+    }
+
+    /// Starts a hot standby of this cluster (a read replica streaming its WAL, as analysts'
+    /// tools often read from) and returns its URL for database `db`. Blocking; once per
+    /// cluster.
+    pub fn start_standby(&self, db: &str) -> anyhow::Result<String> {
+        let mut guard = self.inner.lock().expect("pg supervisor");
+        let sup = &mut *guard;
+        let stdin = sup.stdin.as_mut().expect("supervisor running");
+        writeln!(stdin, "standby")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        sup.stdout.read_line(&mut line)?;
+        let Some(socket_dir) = line.trim().strip_prefix("STANDBY ") else {
+            anyhow::bail!("postgres supervisor: {}", line.trim())
+        };
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+        Ok(format!(
+            "postgres://postgres@localhost{port}/{db}?host={socket_dir}"
+        ))
     }
 
     /// Stops the server (fast shutdown: connections are terminated). Blocking.

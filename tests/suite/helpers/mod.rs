@@ -237,11 +237,15 @@ pub struct Env {
 impl Env {
     /// A simulator with `accounts` (id, users, seed) and a fresh, migrated database.
     pub async fn new(accounts: &[(Uuid, usize)]) -> Env {
+        Env::on(fresh_database_url().await, accounts).await
+    }
+
+    /// [`Env::new`] on a database of the test's own (an empty one, of a cluster it started).
+    pub async fn on(db_url: String, accounts: &[(Uuid, usize)]) -> Env {
         let sim = Simulator::start(0).await.expect("start simulator");
         for (i, (id, n)) in accounts.iter().enumerate() {
             sim.add_account(*id, *n, 100 + i as u64);
         }
-        let db_url = fresh_database_url().await;
         let ids: Vec<Uuid> = accounts.iter().map(|(id, _)| *id).collect();
         let settings = settings_for(&sim, &db_url, &ids);
         let store = Store::connect(settings.database.url.as_ref().unwrap(), &settings.database)
