@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::helpers::*;
+use lms_sync::devkit::pg::TempPostgres;
 use serde_json::json;
 use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
@@ -280,18 +281,13 @@ fn assert_taken_once_in_order(taken: &[Position], all: &[Position]) {
     assert_eq!(got, want, "the loader's changes against user_changes");
 }
 
-/// A loader that remembers how far it read must not lose a change committed after a later
-/// one. `change_id` is taken when a change is written, so with accounts synced at once a
-/// transaction holding change N can commit after the one holding N+1; a loader that
-/// remembered N+1 skips N for good. The feed, followed by (xact_id, change_id) as documented,
-/// shows neither until both have ended, and then both, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_loader_following_the_change_feed_misses_no_change_committed_late() {
-    let (a, b, c) = (account_id(1), account_id(2), account_id(3));
-    let env = Env::new(&[(a, 30), (b, 30), (c, 250)]).await;
+/// The late commit, through a loader reading from `loader` (the primary, or a standby of it):
+/// a's 30 changes taken, then a change of a's taken in a transaction left open while b's
+/// first sync commits its 30 after it. The loader gets nothing until the open one commits,
+/// then it and b's, in order; a loader keyed on change_id never gets it. What it took.
+async fn late_commit(env: &Env, (a, b): (Uuid, Uuid), loader: &mut PgConnection) -> Vec<Position> {
     assert!(env.sync(a).await.succeeded());
-    let mut loader = analyst_session(&env).await;
-    let mut taken = poll_feed_until(&mut loader, (0, 0), 30).await;
+    let mut taken = poll_feed_until(&mut *loader, (0, 0), 30).await;
     assert_eq!(taken.len(), 30, "the first sync's inserts");
     assert!(taken.iter().all(|p| p.0 > 0), "{taken:?}");
     // A loader keyed on change_id alone, for comparison.
@@ -301,7 +297,7 @@ async fn a_loader_following_the_change_feed_misses_no_change_committed_late() {
         )
         .bind(after)
     };
-    let mut naive_taken: Vec<i64> = naive(0).fetch_all(&mut loader).await.unwrap();
+    let mut naive_taken: Vec<i64> = naive(0).fetch_all(&mut *loader).await.unwrap();
 
     // A page of a's next run has written its change and not committed yet (as the sync
     // writes it: the columns named, the position filled in by the default) ...
@@ -325,30 +321,63 @@ async fn a_loader_following_the_change_feed_misses_no_change_committed_late() {
         ))
         .await;
     assert!(b_first > late_id, "{b_first} {late_id}");
+    // (A standby shows them once it has replayed them.)
+    let replayed = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM lms.user_changes WHERE integrated_account_id = $1",
+        )
+        .bind(b)
+        .fetch_one(&mut *loader)
+        .await
+        .unwrap();
+        if n == 30 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < replayed,
+            "b's changes not read back in 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // The change_id loader takes b's and moves past the uncommitted change; the feed shows
     // nothing yet: b's transactions are younger than the open one.
     naive_taken.extend(
         naive(*naive_taken.last().unwrap())
-            .fetch_all(&mut loader)
+            .fetch_all(&mut *loader)
             .await
             .unwrap(),
     );
     assert_eq!(naive_taken.len(), 60);
-    assert_eq!(poll_feed(&mut loader, *taken.last().unwrap()).await, []);
+    assert_eq!(poll_feed(&mut *loader, *taken.last().unwrap()).await, []);
 
     sqlx::query("COMMIT").execute(&mut late).await.unwrap();
-    let more = poll_feed_until(&mut loader, *taken.last().unwrap(), 31).await;
+    let more = poll_feed_until(&mut *loader, *taken.last().unwrap(), 31).await;
     assert_eq!(more.len(), 31);
     assert_eq!(more[0].1, late_id, "the late change comes first: {more:?}");
     taken.extend(more);
     // The change_id loader never sees it.
     naive_taken.extend(
         naive(*naive_taken.last().unwrap())
-            .fetch_all(&mut loader)
+            .fetch_all(&mut *loader)
             .await
             .unwrap(),
     );
     assert!(!naive_taken.contains(&late_id));
+    taken
+}
+
+/// A loader that remembers how far it read must not lose a change committed after a later
+/// one. `change_id` is taken when a change is written, so with accounts synced at once a
+/// transaction holding change N can commit after the one holding N+1; a loader that
+/// remembered N+1 skips N for good. The feed, followed by (xact_id, change_id) as documented,
+/// shows neither until both have ended, and then both, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_following_the_change_feed_misses_no_change_committed_late() {
+    let (a, b, c) = (account_id(1), account_id(2), account_id(3));
+    let env = Env::new(&[(a, 30), (b, 30), (c, 250)]).await;
+    let mut loader = analyst_session(&env).await;
+    let taken = late_commit(&env, (a, b), &mut loader).await;
 
     // Real syncs of two accounts at once (c's 250 users over pages of 100, a's changes and
     // deletions), the loader polling all along and once more after both have ended.
@@ -381,6 +410,46 @@ async fn a_loader_following_the_change_feed_misses_no_change_committed_late() {
             .await
             .unwrap();
     assert_eq!(all.len(), 30 + 1 + 30 + 250 + 2);
+    assert_taken_once_in_order(&taken, &all);
+}
+
+/// Analysts' loaders often read from a read replica. On a hot standby the feed holds the same
+/// promise: the standby knows which of the primary's transactions are still open from the WAL
+/// it replays, so the late change is not skipped there either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_feed_misses_no_change_committed_late_on_a_hot_standby() {
+    let (a, b) = (account_id(1), account_id(2));
+    let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut admin = PgConnection::connect(&pg.url("postgres")).await.unwrap();
+    sqlx::query("CREATE DATABASE mirror")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let env = Env::on(pg.url("mirror"), &[(a, 30), (b, 30)]).await;
+    let pg = std::sync::Arc::new(pg);
+    let standby_url = {
+        let pg = pg.clone();
+        tokio::task::spawn_blocking(move || pg.start_standby("mirror"))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let mut replica = PgConnection::connect(&standby_url).await.unwrap();
+    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&mut replica)
+        .await
+        .unwrap();
+    assert!(in_recovery, "the loader reads from the standby");
+    let taken = late_commit(&env, (a, b), &mut replica).await;
+    let all: Vec<Position> =
+        sqlx::query_as("SELECT xact_id, change_id FROM lms.user_changes ORDER BY 1, 2")
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(all.len(), 61);
     assert_taken_once_in_order(&taken, &all);
 }
 
