@@ -48,6 +48,18 @@ while read -r cmd; do
              -o "-c listen_addresses='' -k $dir/replica $p -c max_connections=200" start >/dev/null 2>&1 \
         && echo "STANDBY $dir/replica" \
         || echo "ERROR standby: $(tail -n 3 "$dir/basebackup.log" "$dir/standby.log" 2>/dev/null | tr '\n' ' ')" ;;
+    # The standby takes the server's place, as a managed database's failover does: the server
+    # crashes, and the standby, started again on the server's socket and port, is promoted. It
+    # refuses connections until then (hot_standby off), as the endpoint of a managed database
+    # answers nothing until the failover is done.
+    failover)
+      "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1
+      "$bindir/pg_ctl" -D "$dir/standby" -m fast -w stop >/dev/null 2>&1
+      rm -rf "$dir/data" && mv "$dir/standby" "$dir/data" \
+        && "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -t 60 -o "$opts -c hot_standby=off" start >/dev/null 2>&1 \
+        && { n=0; until "$bindir/pg_ctl" -D "$dir/data" -w -t 60 promote >/dev/null 2>&1; do
+               n=$((n + 1)); [ $n -lt 100 ] || break; sleep 0.1; done; [ $n -lt 100 ]; } \
+        && echo DONE || echo "ERROR failover: $(tail -n 3 "$dir/server.log" | tr '\n' ' ')" ;;
     *) echo "ERROR unknown command" ;;
   esac
 done
@@ -240,6 +252,13 @@ impl TempPostgres {
         Ok(format!(
             "postgres://postgres@localhost{port}/{db}?host={socket_dir}"
         ))
+    }
+
+    /// Fails over to the standby ([`TempPostgres::start_standby`]): the server crashes, and the
+    /// standby takes its socket and port and is promoted, with whatever WAL it had received.
+    /// Blocking.
+    pub fn fail_over(&self) -> anyhow::Result<()> {
+        self.command("failover")
     }
 
     /// Stops the server (fast shutdown: connections are terminated). Blocking.

@@ -63,7 +63,7 @@ pub enum StoreError {
     #[error("invalid database url: {0}")]
     Url(String),
     /// The run's position in the database is not where this process left it.
-    #[error("the database no longer holds this run's last committed page (it lost committed transactions, e.g. in a crash with synchronous_commit=off, or another process took the account over); the run stopped, and the next run resumes from the database's cursor")]
+    #[error("the database no longer holds this run's last committed page (it lost committed transactions: a failover to a standby that had not received them, a crash with synchronous_commit=off, a restore; or another process took the account over); the run stopped, and the next run resumes from the database's cursor")]
     Diverged,
     /// The database has migrations this binary does not know and that are not marked
     /// compatible with it: a newer version migrated it.

@@ -285,3 +285,101 @@ async fn replicas_syncing_the_same_accounts_keep_each_accounts_window_across_a_p
         assert_mirror(&env.store, &env.sim, id).await;
     }
 }
+
+/// A managed database fails over to a standby that had not received the last commits, as an
+/// asynchronous replica may not have: pages the pass committed are gone from the database it
+/// reconnects to. The pass must not go on as if they were there (its run would end "succeeded"
+/// with those pages' users missing), and the next run must leave an exact mirror, with no user
+/// taken for deleted and each insert recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_that_lost_committed_pages_stops_the_run_and_the_next_one_is_exact() {
+    let a = account_id(1);
+    let (env, pg) = private_env(&[(a, 3000)]).await;
+    env.sim.set_latency(Duration::from_millis(40));
+    let standby_url = {
+        let pg = pg.clone();
+        tokio::task::spawn_blocking(move || pg.start_standby("mirror"))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let pg2 = pg.clone();
+    let failover = async move {
+        // After 5 pages the standby stops receiving (replication cut off) ...
+        let mut pages = 0;
+        while pages < 5 {
+            pages = rx.recv().await.expect("the pass reached page 5");
+        }
+        let mut standby = <sqlx::PgConnection as sqlx::Connection>::connect(&standby_url)
+            .await
+            .unwrap();
+        for sql in [
+            "ALTER SYSTEM SET primary_conninfo = ''",
+            "SELECT pg_reload_conf()",
+        ] {
+            sqlx::raw_sql(sql).execute(&mut standby).await.unwrap();
+        }
+        loop {
+            let receiving: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_wal_receiver")
+                .fetch_one(&mut standby)
+                .await
+                .unwrap();
+            if receiving == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let kept: i64 =
+            sqlx::query_scalar("SELECT coalesce(sum(pages), 0)::bigint FROM lms.sync_runs")
+                .fetch_one(&mut standby)
+                .await
+                .unwrap();
+        drop(standby);
+        // ... and once two more have committed on the server, it fails over to the standby.
+        let cut = pages;
+        while pages < cut + 2 {
+            pages = rx.recv().await.expect("two more pages");
+        }
+        tokio::task::spawn_blocking(move || pg2.fail_over())
+            .await
+            .unwrap()
+            .unwrap();
+        (kept, pages)
+    };
+
+    let (cancel, pages, account) = (CancellationToken::new(), Pages(tx), env.account(a));
+    let (o, (kept, committed)) = tokio::join!(env.sync_with(&account, &cancel, &pages), failover);
+    assert!(
+        kept < committed as i64,
+        "pages were lost: {kept} kept of {committed}"
+    );
+
+    // The pass took its lease back on the promoted standby, and its next page found the
+    // database's cursor behind its own.
+    assert_eq!(
+        o.status,
+        PassStatus::Finished(Outcome::Failed),
+        "{:?}",
+        o.error
+    );
+    let error = o.error.unwrap_or_default();
+    assert!(
+        error.contains("no longer holds this run's last committed page")
+            && error.contains("a failover to a standby that had not received them"),
+        "{error}"
+    );
+
+    let again = env.sync(a).await;
+    assert!(again.succeeded(), "{:?}", again.error);
+    assert_mirror(&env.store, &env.sim, a).await;
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM users WHERE deleted_at IS NOT NULL")
+            .await,
+        0
+    );
+    let kinds = kinds(&env).await;
+    assert_eq!(kinds.get("insert"), Some(&3000), "{kinds:?}");
+    assert_eq!(kinds.get("delete"), None, "{kinds:?}");
+}
