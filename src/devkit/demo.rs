@@ -40,6 +40,10 @@ pub const EXAMPLE_QUERIES: &[(&str, &str)] = &[
         "SELECT integrated_account_id, health, last_outcome, date_trunc('second', since_success)::text AS since_success, live_users FROM lms.account_freshness ORDER BY integrated_account_id",
     ),
     (
+        "the history as a loader takes it: the changes after position (0, 0), by kind",
+        "SELECT kind, count(*) AS changes, max(xact_id) AS last_xact_id FROM lms.user_change_feed WHERE (xact_id, change_id) > (0, 0) GROUP BY kind ORDER BY kind",
+    ),
+    (
         "last runs",
         "SELECT integrated_account_id, outcome, pages, users_seen, inserted, updated, unchanged, deleted FROM lms.sync_runs ORDER BY run_id",
     ),
