@@ -15,10 +15,12 @@ INSERT INTO migration_compat (version, oldest_compatible) VALUES (29, 28);
 -- bigint rather than xid8, which loaders and warehouses do not know; an xid8 is below 2^63.
 ALTER TABLE user_changes ADD COLUMN xact_id bigint NOT NULL DEFAULT 0;
 ALTER TABLE user_changes ALTER COLUMN xact_id SET DEFAULT (pg_current_xact_id()::text::bigint);
--- The feed's reads (a loader's position onwards). B-tree, not BRIN (which has no use once
--- retention frees old pages for new rows); one transaction's rows share a key, which B-tree
--- deduplication stores once.
-CREATE INDEX user_changes_by_xact ON user_changes (xact_id);
+-- The feed's reads: a loader's position onwards, in the feed's order, so that a poll reads
+-- only the rows it returns. On `xact_id` alone, each poll would sort the whole of its first
+-- transaction's rows, and the rows already there when this migration runs all share 0 (a
+-- poll in the middle of 10 million of them took 3 s, against 2 ms with both columns).
+-- B-tree, not BRIN, which has no use once retention frees old pages for new rows.
+CREATE INDEX user_changes_by_xact ON user_changes (xact_id, change_id);
 
 -- The changes no open transaction can add to below: those of transactions older than the
 -- oldest transaction still running (pg_snapshot_xmin of this statement's snapshot). A change
