@@ -201,6 +201,12 @@ async fn refresh_account_metrics(ops: &Ops) {
             );
         }
     }
+    match ops.store.change_feed_held_back().await {
+        Ok(secs) => m.set("lms_sync_change_feed_held_back_seconds", &[], secs),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read how long the change feed is held back");
+        }
+    }
 }
 
 async fn not_found() -> Response {

@@ -291,6 +291,21 @@ pub struct AccountMetrics {
 }
 
 impl Store {
+    /// How long the oldest change committed to `user_changes` has waited out of
+    /// `user_change_feed`, in seconds: 0 when none waits. A change waits while a transaction
+    /// older than its own, which has written something, is still open anywhere in the cluster
+    /// (see the view). It needs no right to see other sessions: the rows tell it. One index
+    /// range, from the oldest open transaction on.
+    pub async fn change_feed_held_back(&self) -> Result<f64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT coalesce(extract(epoch FROM now() - min(changed_at))::float8, 0)
+               FROM user_changes
+              WHERE xact_id >= pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Every registered account that is not retired, with its figures: a handful of index
     /// lookups per account, cheap at a thousand accounts.
     pub async fn account_metrics(&self) -> Result<Vec<AccountMetrics>, StoreError> {

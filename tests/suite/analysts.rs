@@ -474,6 +474,68 @@ async fn the_change_feed_misses_no_change_committed_late_on_a_hot_standby() {
     assert_taken_once_in_order(&taken, &all);
 }
 
+/// A loader gets nothing newer while a writing transaction older than the latest changes stays
+/// open: the service says for how long (`lms_sync_change_feed_held_back_seconds`, for the
+/// alert), and 0 again once it ends. On a cluster of the test's own: every database of a
+/// cluster shares the feed's bound, the other tests' too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_says_how_long_the_change_feed_is_held_back() {
+    use crate::helpers::daemon::{config, spawn};
+    let a = account_id(1);
+    let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut admin = PgConnection::connect(&pg.url("postgres")).await.unwrap();
+    sqlx::query("CREATE DATABASE mirror")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let env = Env::on(pg.url("mirror"), &[(a, 50)]).await;
+    let cfg = config(&env.sim, &[a], "1h", 1);
+    let mut d = spawn(&cfg, &env.db_url);
+    let listening = d
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
+    let ops = listening["fields"]["addr"].as_str().unwrap().to_string();
+    let ev = d.wait_for("sync run finished").await;
+    assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    // The accounts' state is read at most every 5 s: looked at until it shows.
+    let held_back = |want: fn(f64) -> bool| {
+        let url = format!("http://{ops}/metrics");
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let metrics = get_text(&url).await;
+                if let Some(v) = gauge(&metrics, "lms_sync_change_feed_held_back_seconds") {
+                    if want(v) {
+                        return v;
+                    }
+                }
+                assert!(std::time::Instant::now() < deadline, "{metrics}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(held_back(|v| v == 0.0).await, 0.0);
+
+    // A session writes and stays open (here it only takes a transaction id, as a write does);
+    // then a run commits a change.
+    let mut open = PgConnection::connect(&env.db_url).await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT pg_current_xact_id()")
+        .execute(&mut open)
+        .await
+        .unwrap();
+    env.sim.update_user(a, "3", json!({"job_title": "Auditor"}));
+    let ev = d.sync_now(&cfg, &env.db_url, a).await;
+    assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    let waited = held_back(|v| v > 0.0).await;
+    assert!(waited < 60.0, "{waited}");
+    sqlx::query("COMMIT").execute(&mut open).await.unwrap();
+    assert_eq!(held_back(|v| v == 0.0).await, 0.0);
+    assert_eq!(d.terminate().await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn account_freshness_says_how_current_each_accounts_mirror_is() {
     use lms_sync::devkit::simulator::Fault;
