@@ -104,10 +104,13 @@ async fn database(settings: &Settings, checks: &mut Vec<Check>) -> Option<Store>
     }
     let ready = match store.schema_state().await.and_then(|s| s.ready()) {
         Ok(()) => {
-            // Ready either way: a disabled trigger costs the operators' trail, not the sync.
+            // Ready either way: a disabled trigger costs the operators' trail, positions from
+            // another cluster the change feed's loaders, not the sync.
             let off = store.disabled_triggers().await.unwrap_or_default();
-            checks.push(match off.first() {
-                Some((table, trigger)) => Check::failed(
+            let feed = store.feed_positions_ahead().await.ok().flatten();
+            checks.push(match (off.first(), feed) {
+                (None, Some(feed)) => Check::failed("schema", feed),
+                (Some((table, trigger)), _) => Check::failed(
                     "schema",
                     format!(
                         "the trigger {trigger} of {table} is disabled{}: changes it records \
@@ -122,7 +125,7 @@ async fn database(settings: &Settings, checks: &mut Vec<Check>) -> Option<Store>
                         store.schema()
                     ),
                 ),
-                None => Check::passed(
+                (None, None) => Check::passed(
                     "schema",
                     format!(
                         "every migration of this binary is applied (the latest: {})",

@@ -553,6 +553,10 @@ async fn wait_for_database(
                 store
                     .log_connection("database reachable; migrations applied")
                     .await;
+                // Not the sync's concern, but its loaders' (and nobody else would say it).
+                if let Ok(Some(advice)) = store.feed_positions_ahead().await {
+                    tracing::warn!(advice = %advice, "the change feed's positions come from another cluster");
+                }
                 return Ok(true);
             }
             Err(e @ StoreError::Incompatible(_)) => return Err(e),

@@ -306,6 +306,33 @@ impl Store {
         .await?)
     }
 
+    /// What to do when `user_changes` holds feed positions beyond this cluster's transaction
+    /// ids: the database was restored into another cluster (pg_dump and pg_restore, logical
+    /// replication), whose ids start over. The view would hide those changes and new ones would
+    /// come behind them, below every loader's position. None when all is well (an index's end
+    /// against the snapshot's bound: cheap).
+    pub async fn feed_positions_ahead(&self) -> Result<Option<String>, StoreError> {
+        let (max, next): (Option<i64>, i64) = sqlx::query_as(
+            "SELECT (SELECT max(xact_id) FROM user_changes),
+                    pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(max.filter(|max| *max >= next).map(|max| {
+            format!(
+                "user_changes holds change-feed positions (xact_id up to {max}) beyond this \
+                 cluster's transaction ids (the next is {next}): the database was restored into \
+                 another cluster, whose transaction ids start over, so user_change_feed hides \
+                 those changes and puts new ones behind them; as the schema's owner: UPDATE \
+                 {schema}.user_changes SET xact_id = 0 WHERE xact_id >= \
+                 pg_snapshot_xmax(pg_current_snapshot())::text::bigint; then start each \
+                 loader of user_change_feed again from (0, 0), keeping the changes it has by \
+                 change_id (docs/schema.md, Loading the changes elsewhere)",
+                schema = self.schema
+            )
+        }))
+    }
+
     /// Every registered account that is not retired, with its figures: a handful of index
     /// lookups per account, cheap at a thousand accounts.
     pub async fn account_metrics(&self) -> Result<Vec<AccountMetrics>, StoreError> {

@@ -970,3 +970,138 @@ async fn check_on_an_empty_database_says_to_migrate_and_creates_nothing() {
     let created: bool = query_one(&empty, "SELECT to_regnamespace('lms') IS NOT NULL").await;
     assert!(!created, "check created the schema");
 }
+
+/// A cluster of the test's own with an empty database `mirror`, and its URL.
+async fn own_cluster() -> (lms_sync::devkit::pg::TempPostgres, String) {
+    let pg = tokio::task::spawn_blocking(lms_sync::devkit::pg::TempPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url("postgres"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE mirror")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = pg.url("mirror");
+    (pg, url)
+}
+
+/// The feed's loader poll from `after`, as (xact_id, change_id).
+async fn feed_after(db: &str, after: (i64, i64)) -> Vec<(i64, i64)> {
+    query_all(
+        db,
+        &format!(
+            "SELECT xact_id, change_id FROM lms.user_change_feed
+              WHERE (xact_id, change_id) > ({}, {}) ORDER BY 1, 2",
+            after.0, after.1
+        ),
+    )
+    .await
+}
+
+async fn query_all(db: &str, sql: &str) -> Vec<(i64, i64)> {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(db)
+        .await
+        .unwrap();
+    sqlx::query_as(sql).fetch_all(&mut conn).await.unwrap()
+}
+
+/// A mirror moved to another cluster by pg_dump and pg_restore (a new managed database, a
+/// major version by dump): the cluster's transaction ids start over, below the change feed's
+/// positions. The feed would hide every change restored and put new ones behind them; `check`
+/// says so with the statement that mends it, and after it the feed is whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_restored_into_another_cluster_is_told_how_to_mend_its_change_feed() {
+    let a = account_id(1);
+    let (_old, old_url) = own_cluster().await;
+    let env = Env::on(old_url.clone(), &[(a, 40)]).await;
+    // A cluster that has lived: its transaction ids are well past a new one's.
+    let burn = "BEGIN; SELECT pg_current_xact_id(); COMMIT; ".repeat(2000);
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&old_url)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&burn).execute(&mut conn).await.unwrap();
+    assert!(env.sync(a).await.succeeded());
+    assert_eq!(feed_after(&old_url, (0, 0)).await.len(), 40);
+
+    let (_new, new_url) = own_cluster().await;
+    let bin = lms_sync::devkit::pg::find_bindir().unwrap();
+    let dir = TempDir::new("lms-sync-dump");
+    let dump = dir.join("mirror.dump");
+    for (tool, args) in [
+        (
+            "pg_dump",
+            vec!["-Fc", "-f", dump.to_str().unwrap(), &old_url],
+        ),
+        (
+            "pg_restore",
+            vec!["--no-owner", "-d", &new_url, dump.to_str().unwrap()],
+        ),
+    ] {
+        let out = std::process::Command::new(bin.join(tool))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{tool}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Restored: every change is there, and none is in the feed.
+    let all = query_all(&new_url, "SELECT xact_id, change_id FROM lms.user_changes").await;
+    assert_eq!(all.len(), 40);
+    assert_eq!(feed_after(&new_url, (0, 0)).await, []);
+
+    let out = check(&env, &new_url, &[a], DEMO_TOKEN).await;
+    let schema = check_line(&out, "schema");
+    assert!(
+        schema.contains("FAILED") && schema.contains("restored into another cluster"),
+        "{schema}"
+    );
+    let fix = schema
+        .split("as the schema's owner: ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        fix,
+        "UPDATE lms.user_changes SET xact_id = 0 \
+         WHERE xact_id >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+    );
+    // The service says it too, once, as it starts.
+    let cfg = crate::helpers::daemon::config(&env.sim, &[a], "1h", 1);
+    let mut d = crate::helpers::daemon::spawn(&cfg, &new_url);
+    let ev = d
+        .wait_for("the change feed's positions come from another cluster")
+        .await;
+    assert!(
+        ev["fields"]["advice"].as_str().unwrap().contains(&fix),
+        "{ev}"
+    );
+    assert_eq!(d.terminate().await, 0);
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&new_url)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&fix).execute(&mut conn).await.unwrap();
+    let out = check(&env, &new_url, &[a], DEMO_TOKEN).await;
+    assert!(
+        check_line(&out, "schema").contains("ok       every migration"),
+        "{}",
+        check_line(&out, "schema")
+    );
+
+    // The feed holds them again, and a change synced into the new cluster comes after them.
+    let restored = feed_after(&new_url, (0, 0)).await;
+    assert_eq!(restored.len(), 40);
+    let moved = Env::on(new_url.clone(), &[(a, 40)]).await;
+    moved
+        .sim
+        .update_user(a, "3", serde_json::json!({"job_title": "Auditor"}));
+    assert!(moved.sync(a).await.succeeded());
+    let next = feed_after(&new_url, *restored.last().unwrap()).await;
+    assert_eq!(next.len(), 1, "{next:?}");
+}
