@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use crate::helpers::*;
-use lms_sync::devkit::pg::TempPostgres;
 use serde_json::json;
 use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
@@ -440,16 +439,8 @@ async fn a_loader_following_the_change_feed_misses_no_change_committed_late() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_change_feed_misses_no_change_committed_late_on_a_hot_standby() {
     let (a, b) = (account_id(1), account_id(2));
-    let pg = tokio::task::spawn_blocking(TempPostgres::start)
-        .await
-        .unwrap()
-        .unwrap();
-    let mut admin = PgConnection::connect(&pg.url("postgres")).await.unwrap();
-    sqlx::query("CREATE DATABASE mirror")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let env = Env::on(pg.url("mirror"), &[(a, 30), (b, 30)]).await;
+    let (pg, url) = own_cluster().await;
+    let env = Env::on(url, &[(a, 30), (b, 30)]).await;
     let pg = std::sync::Arc::new(pg);
     let standby_url = {
         let pg = pg.clone();
@@ -482,16 +473,8 @@ async fn the_change_feed_misses_no_change_committed_late_on_a_hot_standby() {
 async fn the_service_says_how_long_the_change_feed_is_held_back() {
     use crate::helpers::daemon::{config, spawn};
     let a = account_id(1);
-    let pg = tokio::task::spawn_blocking(TempPostgres::start)
-        .await
-        .unwrap()
-        .unwrap();
-    let mut admin = PgConnection::connect(&pg.url("postgres")).await.unwrap();
-    sqlx::query("CREATE DATABASE mirror")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let env = Env::on(pg.url("mirror"), &[(a, 50)]).await;
+    let (_pg, url) = own_cluster().await;
+    let env = Env::on(url, &[(a, 50)]).await;
     let cfg = config(&env.sim, &[a], "1h", 1);
     let mut d = spawn(&cfg, &env.db_url);
     let listening = d

@@ -38,27 +38,14 @@ fn riding_out_a_restart(env: &Env, accounts: &[Uuid], limit: RateLimit) -> TempF
 
 /// A private cluster with a migrated database `mirror`, and a simulator with `accounts`.
 async fn private_env(accounts: &[(Uuid, usize)]) -> (Env, Arc<TempPostgres>) {
-    let pg = Arc::new(
-        tokio::task::spawn_blocking(TempPostgres::start)
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    let (pg, db_url) = own_cluster().await;
+    let pg = Arc::new(pg);
     let sim = lms_sync::devkit::simulator::Simulator::start(0)
         .await
         .unwrap();
     for (i, (id, users)) in accounts.iter().enumerate() {
         sim.add_account(*id, *users, 1 + i as u64);
     }
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url("postgres"))
-        .await
-        .unwrap();
-    sqlx::query("CREATE DATABASE mirror")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    drop(admin);
-    let db_url = pg.url("mirror");
     let ids: Vec<Uuid> = accounts.iter().map(|(id, _)| *id).collect();
     let mut settings = settings_for(&sim, &db_url, &ids);
     settings.sync.db_max_attempts = 12;

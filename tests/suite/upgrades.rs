@@ -971,23 +971,6 @@ async fn check_on_an_empty_database_says_to_migrate_and_creates_nothing() {
     assert!(!created, "check created the schema");
 }
 
-/// A cluster of the test's own with an empty database `mirror`, and its URL.
-async fn own_cluster() -> (lms_sync::devkit::pg::TempPostgres, String) {
-    let pg = tokio::task::spawn_blocking(lms_sync::devkit::pg::TempPostgres::start)
-        .await
-        .unwrap()
-        .unwrap();
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url("postgres"))
-        .await
-        .unwrap();
-    sqlx::query("CREATE DATABASE mirror")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let url = pg.url("mirror");
-    (pg, url)
-}
-
 /// The feed's loader poll from `after`, as (xact_id, change_id).
 async fn feed_after(db: &str, after: (i64, i64)) -> Vec<(i64, i64)> {
     query_all(

@@ -76,6 +76,23 @@ pub async fn tcp_cluster() -> (TempPostgres, u16) {
     (pg, port)
 }
 
+/// A cluster of the test's own with an empty database `mirror`, and its URL.
+pub async fn own_cluster() -> (lms_sync::devkit::pg::TempPostgres, String) {
+    let pg = tokio::task::spawn_blocking(lms_sync::devkit::pg::TempPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url("postgres"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE mirror")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = pg.url("mirror");
+    (pg, url)
+}
+
 /// A free loopback port: bound, then released for an outside program (Prometheus,
 /// Alertmanager) to take.
 pub fn free_port() -> u16 {
