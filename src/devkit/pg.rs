@@ -219,7 +219,8 @@ impl TempPostgres {
         SecretString::from(self.url(db))
     }
 
-    fn command(&self, cmd: &str) -> anyhow::Result<()> {
+    /// Sends the supervisor `cmd` and returns its answer (one line).
+    fn ask(&self, cmd: &str) -> anyhow::Result<String> {
         let mut guard = self.inner.lock().expect("pg supervisor");
         let sup = &mut *guard;
         let stdin = sup.stdin.as_mut().expect("supervisor running");
@@ -227,10 +228,13 @@ impl TempPostgres {
         stdin.flush()?;
         let mut line = String::new();
         sup.stdout.read_line(&mut line)?;
-        if line.trim() == "DONE" {
-            Ok(())
-        } else {
-            anyhow::bail!("postgres supervisor: {}", line.trim())
+        Ok(line.trim().to_string())
+    }
+
+    fn command(&self, cmd: &str) -> anyhow::Result<()> {
+        match self.ask(cmd)? {
+            done if done == "DONE" => Ok(()),
+            other => anyhow::bail!("postgres supervisor: {other}"),
         }
     }
 
@@ -238,15 +242,9 @@ impl TempPostgres {
     /// tools often read from) and returns its URL for database `db`. Blocking; once per
     /// cluster.
     pub fn start_standby(&self, db: &str) -> anyhow::Result<String> {
-        let mut guard = self.inner.lock().expect("pg supervisor");
-        let sup = &mut *guard;
-        let stdin = sup.stdin.as_mut().expect("supervisor running");
-        writeln!(stdin, "standby")?;
-        stdin.flush()?;
-        let mut line = String::new();
-        sup.stdout.read_line(&mut line)?;
-        let Some(socket_dir) = line.trim().strip_prefix("STANDBY ") else {
-            anyhow::bail!("postgres supervisor: {}", line.trim())
+        let line = self.ask("standby")?;
+        let Some(socket_dir) = line.strip_prefix("STANDBY ") else {
+            anyhow::bail!("postgres supervisor: {line}")
         };
         let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
         Ok(format!(

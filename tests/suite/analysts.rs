@@ -442,13 +442,7 @@ async fn the_change_feed_misses_no_change_committed_late_on_a_hot_standby() {
     let (pg, url) = own_cluster().await;
     let env = Env::on(url, &[(a, 30), (b, 30)]).await;
     let pg = std::sync::Arc::new(pg);
-    let standby_url = {
-        let pg = pg.clone();
-        tokio::task::spawn_blocking(move || pg.start_standby("mirror"))
-            .await
-            .unwrap()
-            .unwrap()
-    };
+    let standby_url = standby_of(&pg, "mirror").await;
     let mut replica = PgConnection::connect(&standby_url).await.unwrap();
     let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
         .fetch_one(&mut replica)

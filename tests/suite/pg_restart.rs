@@ -283,13 +283,7 @@ async fn a_failover_that_lost_committed_pages_stops_the_run_and_the_next_one_is_
     let a = account_id(1);
     let (env, pg) = private_env(&[(a, 3000)]).await;
     env.sim.set_latency(Duration::from_millis(40));
-    let standby_url = {
-        let pg = pg.clone();
-        tokio::task::spawn_blocking(move || pg.start_standby("mirror"))
-            .await
-            .unwrap()
-            .unwrap()
-    };
+    let standby_url = standby_of(&pg, "mirror").await;
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let pg2 = pg.clone();

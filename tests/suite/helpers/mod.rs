@@ -93,6 +93,15 @@ pub async fn own_cluster() -> (lms_sync::devkit::pg::TempPostgres, String) {
     (pg, url)
 }
 
+/// A hot standby of `pg` (see [`TempPostgres::start_standby`]), and its URL for database `db`.
+pub async fn standby_of(pg: &std::sync::Arc<TempPostgres>, db: &str) -> String {
+    let (pg, db) = (pg.clone(), db.to_string());
+    tokio::task::spawn_blocking(move || pg.start_standby(&db))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// A free loopback port: bound, then released for an outside program (Prometheus,
 /// Alertmanager) to take.
 pub fn free_port() -> u16 {
