@@ -123,6 +123,46 @@ async fn every_view_shows_every_column_it_should() {
     assert_eq!((source.as_str(), label), ("config", None));
 }
 
+/// Analysts' queries, dashboards and loaders name columns and their types: the schema changes
+/// only by adding. `tests/suite/schema_contract.txt` lists every column of every table and view
+/// with its type, and every function's signature; a migration that drops, renames or retypes
+/// one fails here, and one that adds must list what it adds (so the file stays the whole
+/// schema).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_changes_only_by_adding() {
+    let env = Env::new(&[]).await;
+    let now: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+           FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+          WHERE c.relnamespace = 'lms'::regnamespace AND c.relkind IN ('r', 'v', 'm', 'p')
+            AND a.attnum > 0 AND NOT a.attisdropped AND c.relname NOT LIKE '\\_sqlx%'
+         UNION ALL
+         SELECT 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid)
+                || ') ' || pg_get_function_result(p.oid)
+           FROM pg_proc p WHERE p.pronamespace = 'lms'::regnamespace",
+    )
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    let now: std::collections::BTreeSet<String> = now.into_iter().collect();
+    let listed: std::collections::BTreeSet<String> = include_str!("schema_contract.txt")
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    let gone: Vec<&String> = listed.difference(&now).collect();
+    let new: Vec<&String> = now.difference(&listed).collect();
+    assert!(
+        gone.is_empty(),
+        "taken away from the schema (dropped, renamed or retyped): {gone:#?}"
+    );
+    assert!(
+        new.is_empty(),
+        "added to the schema: list in tests/suite/schema_contract.txt: {new:#?}"
+    );
+    assert!(listed.len() > 300, "{}", listed.len());
+}
+
 /// What the catalog says of a table, view, column or function (`\d+` in psql, a BI tool's
 /// column descriptions): NULL when nothing.
 const CATALOG: &str = "
