@@ -312,15 +312,27 @@ async fn a_failover_that_lost_committed_pages_stops_the_run_and_the_next_one_is_
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // What it received, replayed: the pages it keeps.
+        loop {
+            let replayed: bool =
+                sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn()")
+                    .fetch_one(&mut standby)
+                    .await
+                    .unwrap();
+            if replayed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let kept: i64 =
             sqlx::query_scalar("SELECT coalesce(sum(pages), 0)::bigint FROM lms.sync_runs")
                 .fetch_one(&mut standby)
                 .await
                 .unwrap();
         drop(standby);
-        // ... and once two more have committed on the server, it fails over to the standby.
-        let cut = pages;
-        while pages < cut + 2 {
+        // ... and once the server has committed two pages more than that, it fails over to
+        // the standby.
+        while (pages as i64) < kept + 2 {
             pages = rx.recv().await.expect("two more pages");
         }
         tokio::task::spawn_blocking(move || pg2.fail_over())
@@ -331,7 +343,12 @@ async fn a_failover_that_lost_committed_pages_stops_the_run_and_the_next_one_is_
     };
 
     let (cancel, pages, account) = (CancellationToken::new(), Pages(tx), env.account(a));
-    let (o, (kept, committed)) = tokio::join!(env.sync_with(&account, &cancel, &pages), failover);
+    // (Bounded: a pass that ended before the failover would leave it waiting for pages.)
+    let (o, (kept, committed)) = tokio::time::timeout(Duration::from_secs(120), async {
+        tokio::join!(env.sync_with(&account, &cancel, &pages), failover)
+    })
+    .await
+    .expect("the failover came within the run");
     assert!(
         kept < committed as i64,
         "pages were lost: {kept} kept of {committed}"
