@@ -39,6 +39,18 @@ SELECT c.xact_id,
   FROM user_changes c
  WHERE c.xact_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
 
+-- What retention (history.retention_days) deleted, by account: a loader whose position is below
+-- it may have missed some of those changes, which the feed can no longer show.
+CREATE TABLE history_pruned (
+    integrated_account_id uuid        PRIMARY KEY,
+    pruned_through        bigint      NOT NULL,
+    pruned_at             timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE history_pruned IS $$What retention deleted from the change history, by account: a loader whose position (xact_id) is below pruned_through may have missed changes the feed no longer shows.$$;
+COMMENT ON COLUMN history_pruned.integrated_account_id IS $$The account.$$;
+COMMENT ON COLUMN history_pruned.pruned_through IS $$The highest xact_id of the changes retention has deleted for the account.$$;
+COMMENT ON COLUMN history_pruned.pruned_at IS $$When retention last deleted some.$$;
 COMMENT ON COLUMN user_changes.xact_id IS $$The PostgreSQL transaction that wrote the change (pg_current_xact_id()); 0 for changes written before migration 29. The feed's position: see the view user_change_feed.$$;
 COMMENT ON VIEW user_change_feed IS $$The changes of user_changes a loader may take incrementally: only those no open transaction can still add to below. Follow it by (xact_id, change_id) > the last one taken; it never shows a change below a position it has shown.$$;
 COMMENT ON COLUMN user_change_feed.xact_id IS $$The position: the transaction that wrote the change. Changes of one transaction share it and appear together.$$;

@@ -506,6 +506,7 @@ const PURGED_TABLES: &[&str] = &[
     "user_managers",
     "users",
     "user_changes",
+    "history_pruned",
     "hydration_queue",
     "rejected_records",
     "sync_runs",

@@ -228,9 +228,24 @@ async fn history_can_be_turned_off_and_old_history_is_pruned() {
     .execute(env.store.pool())
     .await
     .unwrap();
+    let aged: i64 = sqlx::query_scalar(
+        "SELECT max(xact_id) FROM user_changes
+          WHERE integrated_account_id = $1 AND user_id::int > 20",
+    )
+    .bind(a)
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
     env.settings.history.retention_days = 30;
     env.sim.update_user(a, "3", json!({"job_title": "Dean"}));
     sync_ok(&env, a).await;
+    // What retention deleted is noted, for loaders of the feed: up to the aged rows' position.
+    let pruned: Vec<(Uuid, i64)> =
+        sqlx::query_as("SELECT integrated_account_id, pruned_through FROM history_pruned")
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(pruned, vec![(a, aged)]);
     let left: Vec<(Uuid, i64)> = sqlx::query_as(
         "SELECT integrated_account_id, count(*) FROM user_changes GROUP BY 1 ORDER BY 2",
     )
