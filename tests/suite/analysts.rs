@@ -257,7 +257,7 @@ async fn the_catalog_describes_every_table_view_column_and_function_as_the_docum
 /// `account_freshness`: one row per account of the registry, with how current its mirror is,
 /// readable by an analyst's session without the service's bookkeeping.
 /// A position in the change feed: (xact_id, change_id).
-type Position = (i64, i64);
+pub(crate) type Position = (i64, i64);
 
 /// The loader's poll as docs/schema.md gives it, from position (0, 0).
 fn feed_poll() -> String {
@@ -269,7 +269,7 @@ fn feed_poll() -> String {
 
 /// One poll of a loader that follows the feed as docs/schema.md says: its own query, from
 /// `after`, every batch until the feed has nothing more.
-async fn poll_feed(conn: &mut PgConnection, after: Position) -> Vec<Position> {
+pub(crate) async fn poll_feed(conn: &mut PgConnection, after: Position) -> Vec<Position> {
     let query = feed_poll();
     let (mut taken, mut at) = (Vec::new(), after);
     loop {
