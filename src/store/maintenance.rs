@@ -43,34 +43,24 @@ impl Store {
     /// the highest feed position it deleted, for loaders to know what they may have missed.
     /// Returns the rows deleted.
     pub async fn prune_history(&self, account: Uuid, days: u32) -> Result<u64, StoreError> {
-        let mut total = 0;
-        loop {
-            let n: i64 = sqlx::query_scalar(
-                "WITH gone AS (
-                     DELETE FROM user_changes WHERE change_id IN (
-                         SELECT change_id FROM user_changes
-                          WHERE integrated_account_id = $1
-                            AND changed_at < now() - make_interval(days => $2)
-                          LIMIT $3)
-                     RETURNING xact_id),
-                 noted AS (
-                     INSERT INTO history_pruned AS h (integrated_account_id, pruned_through)
-                     SELECT $1, max(xact_id) FROM gone HAVING count(*) > 0
-                     ON CONFLICT (integrated_account_id) DO UPDATE
-                        SET pruned_through = greatest(h.pruned_through, excluded.pruned_through),
-                            pruned_at = now())
-                 SELECT count(*) FROM gone",
-            )
-            .bind(account)
-            .bind(days as i32)
-            .bind(PRUNE_BATCH)
-            .fetch_one(&self.pool)
-            .await?;
-            total += n as u64;
-            if n < PRUNE_BATCH {
-                return Ok(total);
-            }
-        }
+        // The DELETE at the top, so that the rows it affected are the rows deleted.
+        self.prune(
+            "WITH doomed AS (
+                 SELECT change_id, xact_id FROM user_changes
+                  WHERE integrated_account_id = $1
+                    AND changed_at < now() - make_interval(days => $2)
+                  LIMIT $3),
+             noted AS (
+                 INSERT INTO history_pruned AS h (integrated_account_id, pruned_through)
+                 SELECT $1, max(xact_id) FROM doomed HAVING count(*) > 0
+                 ON CONFLICT (integrated_account_id) DO UPDATE
+                    SET pruned_through = greatest(h.pruned_through, excluded.pruned_through),
+                        pruned_at = now())
+             DELETE FROM user_changes WHERE change_id IN (SELECT change_id FROM doomed)",
+            account,
+            days,
+        )
+        .await
     }
 
     /// Deletes the account's finished runs that started more than `days` days ago, except its
