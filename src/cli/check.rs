@@ -107,25 +107,24 @@ async fn database(settings: &Settings, checks: &mut Vec<Check>) -> Option<Store>
             // Ready either way: a disabled trigger costs the operators' trail, positions from
             // another cluster the change feed's loaders, not the sync.
             let off = store.disabled_triggers().await.unwrap_or_default();
-            let feed = store.feed_positions_ahead().await.ok().flatten();
-            checks.push(match (off.first(), feed) {
-                (None, Some(feed)) => Check::failed("schema", feed),
-                (Some((table, trigger)), _) => Check::failed(
-                    "schema",
-                    format!(
-                        "the trigger {trigger} of {table} is disabled{}: changes it records \
-                         (account_actions: who paused, protected or reset an account) go \
-                         unrecorded; as the schema's owner: ALTER TABLE {}.{table} ENABLE \
-                         TRIGGER {trigger}",
-                        if off.len() > 1 {
-                            format!(" (and {} more)", off.len() - 1)
-                        } else {
-                            String::new()
-                        },
-                        store.schema()
-                    ),
-                ),
-                (None, None) => Check::passed(
+            let problem = match off.first() {
+                Some((table, trigger)) => Some(format!(
+                    "the trigger {trigger} of {table} is disabled{}: changes it records \
+                     (account_actions: who paused, protected or reset an account) go \
+                     unrecorded; as the schema's owner: ALTER TABLE {}.{table} ENABLE \
+                     TRIGGER {trigger}",
+                    if off.len() > 1 {
+                        format!(" (and {} more)", off.len() - 1)
+                    } else {
+                        String::new()
+                    },
+                    store.schema()
+                )),
+                None => store.feed_positions_ahead().await.ok().flatten(),
+            };
+            checks.push(match problem {
+                Some(problem) => Check::failed("schema", problem),
+                None => Check::passed(
                     "schema",
                     format!(
                         "every migration of this binary is applied (the latest: {})",

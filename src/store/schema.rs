@@ -290,7 +290,7 @@ impl Store {
 
     /// What the connected role lacks of the rights docs/schema.md ("Roles") grants the
     /// service: USAGE on the schema; SELECT, INSERT, UPDATE and DELETE on each of its tables
-    /// (only SELECT on `account_actions`);
+    /// (only SELECT on `account_actions`, `_sqlx_migrations` and `migration_compat`);
     /// USAGE on its sequences; EXECUTE on its functions. Each as "INSERT on table users"; empty
     /// when nothing is missing. Reads the catalog only.
     pub async fn missing_privileges(&self) -> Result<Vec<String>, StoreError> {
