@@ -57,7 +57,7 @@ type Ts = chrono::DateTime<chrono::Utc>;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {}{}", crate::text::error_chain(.0), advice(.0))]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     #[error("migration failed: {}", crate::text::error_chain(.0))]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("invalid database url: {0}")]
@@ -100,6 +100,65 @@ pub enum StoreError {
     /// A migration waited `database.migration_lock_timeout_secs` for a lock and gave up.
     #[error("{0}")]
     MigrationLocked(LockWait),
+    /// The database accepts no writes (see [`Store::refuses_writes`]).
+    #[error("the database accepts no writes: {0}")]
+    ReadOnly(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_read_only(&e) {
+            read_only::seen();
+        }
+        StoreError::Db(e)
+    }
+}
+
+/// Whether the server refused a write because the session is read-only (SQLSTATE 25006): a
+/// standby, `default_transaction_read_only`, or the old primary of a failover.
+fn is_read_only(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("25006"))
+}
+
+/// Connections made to a server while it accepted no writes stay read-only when it accepts
+/// them again, or when the address they were made to leads to another server: a failover's
+/// old primary, demoted, keeps the sessions made to it while DNS (or a proxy) still named it,
+/// and a session opened under `default_transaction_read_only` keeps it after the setting is
+/// lifted. A pool would hand them out for as long as they live (without end, in a busy pool).
+/// So once a statement is refused for that, every pooled connection opened before it is closed
+/// as it is next taken from the pool, and a new one made in its place.
+///
+/// Process-wide, not the store's: errors become [`StoreError`]s through `?` everywhere, with
+/// no store at hand, and a process has one database (several stores in one process, as in
+/// tests, at worst reconnect once more than they need).
+mod read_only {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    /// When a statement was last refused, in milliseconds since [`epoch`] plus one (0: never).
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+
+    fn epoch() -> Instant {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
+
+    fn now_ms() -> u64 {
+        epoch().elapsed().as_millis() as u64 + 1
+    }
+
+    /// Notes that a statement was refused now.
+    pub(super) fn seen() {
+        SEEN.fetch_max(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether a pooled connection `age` old was opened after the last refusal (one opened
+    /// in the same millisecond counts as before it).
+    pub(super) fn opened_since(age: Duration) -> bool {
+        let seen = SEEN.load(Ordering::Relaxed);
+        seen == 0 || now_ms().saturating_sub(age.as_millis() as u64) > seen
+    }
 }
 
 /// Why a pool had no connection to give.
@@ -153,7 +212,7 @@ fn advice(e: &sqlx::Error) -> std::borrow::Cow<'static, str> {
         Some("53300") => format!(" (PostgreSQL has no connection slot left: {TOO_MANY})").into(),
         Some("53100") => format!(" (PostgreSQL is out of disk space: free some or grow its volume{KEPT})").into(),
         Some("53200") => " (PostgreSQL is out of memory)".into(),
-        Some("25006") => " (the database accepts no writes: a standby, or default_transaction_read_only is on; point database.url at the primary)".into(),
+        Some("25006") => format!(" (the database accepts no writes: a standby, a failover's old primary, or default_transaction_read_only is on; tried again on new connections, and should it go on, point database.url at the primary or turn the setting off{KEPT})").into(),
         // lms-sync sets neither timeout: these are the role's or the database's (or an
         // operator's cancel), and a retry behind the same lock would end the same way.
         Some("57014") => format!(" (PostgreSQL cancelled the statement: the statement_timeout set for this role or database ran out, time spent waiting for another session's lock included, or an operator cancelled it{KEPT})").into(),
@@ -221,6 +280,10 @@ impl StoreError {
                     || c == "57P02" // crash_shutdown
                     || c == "57P03" // cannot_connect_now
                     || c == "53300" // too_many_connections
+                    // read_only_sql_transaction: mid-failover, the old primary or a standby
+                    // answers at the primary's address for a while; retried on new
+                    // connections (see `read_only`).
+                    || c == "25006"
             }),
             _ => false,
         }
@@ -361,6 +424,9 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(db.max_connections)
             .acquire_timeout(Duration::from_secs(db.connect_timeout_secs))
+            .before_acquire(|_, meta| {
+                Box::pin(async move { Ok(read_only::opened_since(meta.age)) })
+            })
             .connect_lazy_with(opts);
         Ok(Store {
             pool,

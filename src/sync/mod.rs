@@ -31,7 +31,7 @@ use crate::config::AccountSettings;
 use crate::domain::{BoxFuture, ErrorKind, Health, Outcome, RunCounts};
 use crate::source::budget::RateBudget;
 use crate::source::{Halt, Standing, TrutoClient};
-use crate::store::{Handover, Lease, Store, FENCE_MARGIN};
+use crate::store::{Handover, Lease, Store, StoreError, FENCE_MARGIN};
 
 /// Knobs of one pass that do not come from the account itself.
 #[derive(Debug, Clone)]
@@ -423,9 +423,12 @@ async fn take_back(p: Pass<'_>, budget: Option<&RateBudget>, every: Duration) ->
             // stops on, `StoreError::Diverged`).
             return Ok(Some(lease));
         };
-        // Not retried: a mark that committed without its answer would read as ours.
+        // Not retried when the answer was lost: a mark that committed without its answer
+        // would read as ours. One the server refused (a read-only session mid-failover, a
+        // deadlock) did not commit: that is tried again, on a new lease, if retryable.
         Ok(match lease.take_window(b.instance()).await {
             Ok(Handover::Mine) => Some(lease),
+            Err(e @ StoreError::Db(sqlx::Error::Database(_))) => return Err(e),
             _ => None,
         })
     })

@@ -381,3 +381,82 @@ async fn a_failover_that_lost_committed_pages_stops_the_run_and_the_next_one_is_
     assert_eq!(kinds.get("insert"), Some(&3000), "{kinds:?}");
     assert_eq!(kinds.get("delete"), None, "{kinds:?}");
 }
+
+/// A failover's read-only spell in the middle of a run, as the service meets it: every session
+/// ends (the old primary restarting as a standby), and the address still leads to a server
+/// that accepts no writes for a while (DNS, or a proxy, not yet moved), here new sessions of
+/// the database made read-only. The pass's next write is refused (SQLSTATE 25006) and retried;
+/// once writes are accepted again, the sessions opened meanwhile, read-only for their life,
+/// are replaced instead of being handed out again, and the run succeeds with an exact mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_left_read_only_by_a_failover_are_replaced_and_the_run_goes_on() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 3000)]).await;
+    env.sim.set_latency(Duration::from_millis(30));
+    let cfg = crate::helpers::daemon::config(&env.sim, &[a], "1h", 1);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[sync]\n", "[sync]\ndb_max_attempts = 30\n");
+    std::fs::write(&cfg, text).unwrap();
+    let mut d = spawn(&cfg, &env.db_url);
+    let listening = d
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
+    let status = format!("http://{}/", listening["fields"]["addr"].as_str().unwrap());
+    for _ in 0..3 {
+        d.wait_for("page committed").await;
+    }
+
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&env.db_url)
+        .await
+        .unwrap();
+    let set = |on: bool| {
+        format!(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {}', current_database()); END $$",
+            if on {
+                "SET default_transaction_read_only = on"
+            } else {
+                "RESET default_transaction_read_only"
+            }
+        )
+    };
+    sqlx::raw_sql(&set(true)).execute(&mut admin).await.unwrap();
+    sqlx::raw_sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    // An operator looks at the status page meanwhile: it reads, which read-only sessions do,
+    // so they stay in the pool.
+    lms_sync::install_crypto_provider();
+    let page = reqwest::get(&status).await.unwrap();
+    assert_eq!(page.status(), 200);
+    // The pass takes its lease back on a new session, and is refused.
+    loop {
+        let ev = d.wait_for("database operation failed; retrying").await;
+        if ev["fields"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("read-only transaction")
+        {
+            break;
+        }
+    }
+    sqlx::raw_sql(&set(false))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let ev = d.wait_for("sync run finished").await;
+    assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    assert_eq!(d.terminate().await, 0);
+    assert_mirror(&env.store, &env.sim, a).await;
+    let kinds = kinds(&env).await;
+    assert_eq!(kinds.get("insert"), Some(&3000), "{kinds:?}");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM users WHERE deleted_at IS NOT NULL")
+            .await,
+        0
+    );
+}
