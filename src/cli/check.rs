@@ -67,7 +67,8 @@ fn configuration(settings: &Settings) -> String {
     }
 }
 
-/// The database's checks; the store when its schema is ready and the role may use it.
+/// The database's checks; the store when its schema is ready, the role may use it and it
+/// accepts writes.
 async fn database(settings: &Settings, checks: &mut Vec<Check>) -> Option<Store> {
     let url = settings.database_url().ok()?;
     let store = match Store::connect(url, &settings.database).await {
@@ -79,16 +80,29 @@ async fn database(settings: &Settings, checks: &mut Vec<Check>) -> Option<Store>
             return None;
         }
     };
+    // A database that takes no writes is not one the token's window can be shared through
+    // (the rounds write), whatever the checks after this one find.
+    let mut writable = true;
     match store.server_version_num().await {
         Ok(v) if v >= OLDEST_POSTGRES => {
             let how = match store.connection().await {
                 Ok(c) => format!("; {c}"),
                 Err(_) => String::new(),
             };
-            checks.push(Check::passed(
-                "database",
-                format!("connected; {}{how}", postgres(v)),
-            ))
+            checks.push(match store.refuses_writes().await {
+                Ok(None) => Check::passed("database", format!("connected; {}{how}", postgres(v))),
+                Ok(Some(why)) => {
+                    writable = false;
+                    Check::failed(
+                        "database",
+                        format!(
+                            "connected; {}{how}; but it accepts no writes: {why}",
+                            postgres(v)
+                        ),
+                    )
+                }
+                Err(e) => Check::failed("database", store.explain(e).await.to_string()),
+            })
         }
         Ok(v) => checks.push(Check::failed(
             "database",
@@ -149,7 +163,7 @@ async fn database(settings: &Settings, checks: &mut Vec<Check>) -> Option<Store>
                 "privileges",
                 "the role has every right the service needs on the schema",
             ));
-            Some(store)
+            writable.then_some(store)
         }
         Ok(missing) => {
             checks.push(Check::failed(

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::exit::CliError;
 use crate::config::{ConfigError, Settings};
 use crate::source::TrutoClient;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::sync::{sync_accounts, Progress, SyncOptions, SyncOutcome};
 
 /// What a command does to the database.
@@ -35,9 +35,13 @@ pub async fn open_store(settings: &Settings, access: Access) -> Result<Store, Cl
             error,
         })?;
     let migrate = access == Access::Write && settings.database.migrate;
-    if let Err(error) = store.prepare(migrate).await {
+    let prepared = match access {
+        Access::Write => store.prepare_to_write(migrate).await,
+        Access::Read => store.prepare(false).await,
+    };
+    if let Err(error) = prepared {
         return Err(CliError::Store {
-            context: if migrate {
+            context: if migrate && !matches!(error, StoreError::ReadOnly(_)) {
                 "cannot apply migrations"
             } else {
                 "the database is not ready"

@@ -548,7 +548,7 @@ async fn wait_for_database(
     };
     let mut attempt = 0;
     loop {
-        match store.prepare(migrate).await {
+        match store.prepare_to_write(migrate).await {
             Ok(()) => {
                 store
                     .log_connection("database reachable; migrations applied")

@@ -273,6 +273,38 @@ impl Store {
         )
     }
 
+    /// Why this role's sessions cannot write here, if they cannot: the server is a standby
+    /// (a read replica, or a failover not finished), or `default_transaction_read_only` is on
+    /// for the role, the database or the server. `None` when they can.
+    pub async fn refuses_writes(&self) -> Result<Option<String>, StoreError> {
+        let (standby, read_only): (bool, bool) = sqlx::query_as(
+            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if standby || read_only {
+            // This session stays so: the next look, or write, is on a new one.
+            super::read_only::seen();
+        }
+        Ok(if standby {
+            Some(
+                "the server is a standby (in recovery: a read replica, or a failover not \
+                 finished); point database.url at the primary"
+                    .into(),
+            )
+        } else if read_only {
+            Some(
+                "this role's sessions are read-only (default_transaction_read_only is on, set \
+                 for the role, the database or the server; some managed PostgreSQL services \
+                 set it while storage is nearly full); lms-sync writes the mirror: turn it off \
+                 (ALTER ROLE, ALTER DATABASE or the server's parameters) or free storage"
+                    .into(),
+            )
+        } else {
+            None
+        })
+    }
+
     /// The schema's triggers that are disabled (`ALTER TABLE … DISABLE TRIGGER`), as
     /// `(table, trigger)`: with `accounts_record_actions` off, changes of the registry go
     /// unrecorded in `account_actions`. Reads the catalog only.
@@ -349,6 +381,16 @@ impl Store {
         } else {
             self.schema_state().await?.ready()
         }
+    }
+
+    /// [`Store::prepare`] for a process that writes the mirror: first, a database that accepts
+    /// no writes (a standby, read-only sessions) is [`StoreError::ReadOnly`], said before
+    /// anything fails on it.
+    pub async fn prepare_to_write(&self, migrate: bool) -> Result<(), StoreError> {
+        if let Some(why) = self.refuses_writes().await? {
+            return Err(StoreError::ReadOnly(why));
+        }
+        self.prepare(migrate).await
     }
 
     /// True when every migration this binary knows is applied and nothing newer forbids it.

@@ -237,6 +237,7 @@ async fn a_database_that_accepts_no_writes_fails_the_sync_saying_so_and_keeps_th
     .await
     .unwrap();
     sim.delete_user(a, "3");
+    let requests = sim.stats().requests;
 
     for args in [
         &args[..],
@@ -245,12 +246,16 @@ async fn a_database_that_accepts_no_writes_fails_the_sync_saying_so_and_keeps_th
         let out = run(args, &env).await;
         let (_, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        // Said before anything is fetched or written.
         assert!(
-            stderr.contains("the database accepts no writes")
-                && stderr.contains("point database.url at the primary"),
+            stderr.contains(
+                "the database is not ready: the database accepts no writes: this role's \
+                 sessions are read-only (default_transaction_read_only is on"
+            ),
             "{args:?}: {stderr}"
         );
     }
+    assert_eq!(sim.stats().requests, requests, "nothing fetched");
     let live: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM lms.users WHERE integrated_account_id = $1 AND deleted_at IS NULL",
     )

@@ -1077,3 +1077,70 @@ async fn a_mirror_restored_into_another_cluster_is_told_how_to_mend_its_change_f
     let next = feed_after(&new_url, *restored.last().unwrap()).await;
     assert_eq!(next.len(), 1, "{next:?}");
 }
+
+/// A database that accepts no writes, told before any run: `check` fails its `database` line
+/// for a hot standby (database.url naming a read replica's endpoint) and for read-only
+/// sessions (`default_transaction_read_only`, which some managed services set while storage is
+/// nearly full), saying which; `run` against such a database waits, saying why, and not
+/// ready, instead of failing every run, and syncs once it accepts writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_the_service_tell_a_database_that_accepts_no_writes() {
+    let a = account_id(1);
+    let (pg, url) = own_cluster().await;
+    let pg = std::sync::Arc::new(pg);
+    let env = Env::on(url.clone(), &[(a, 150)]).await;
+    env.sim.set_integrated(a, Integrated::active("acme"));
+    let standby = standby_of(&pg, "mirror").await;
+
+    let out = check(&env, &standby, &[a], DEMO_TOKEN).await;
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let database = check_line(&out, "database");
+    assert!(
+        database.contains("FAILED   connected; PostgreSQL 1")
+            && database.ends_with(
+                "but it accepts no writes: the server is a standby (in recovery: a read \
+                 replica, or a failover not finished); point database.url at the primary"
+            ),
+        "{database}"
+    );
+    let out = check(&env, &url, &[a], DEMO_TOKEN).await;
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::raw_sql("ALTER DATABASE mirror SET default_transaction_read_only = on")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let out = check(&env, &url, &[a], DEMO_TOKEN).await;
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let database = check_line(&out, "database");
+    assert!(
+        database.contains("FAILED")
+            && database.contains(
+                "but it accepts no writes: this role's sessions are read-only \
+                 (default_transaction_read_only is on"
+            ),
+        "{database}"
+    );
+
+    let cfg = crate::helpers::daemon::config(&env.sim, &[a], "1h", 1);
+    let mut d = crate::helpers::daemon::spawn(&cfg, &url);
+    let ev = d.wait_for("database not ready; waiting").await;
+    assert!(
+        ev["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("the database accepts no writes: this role's sessions are read-only"),
+        "{ev}"
+    );
+    sqlx::raw_sql("ALTER DATABASE mirror RESET default_transaction_read_only")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let ev = d.wait_for("sync run finished").await;
+    assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    assert_eq!(d.terminate().await, 0);
+    assert_mirror(&env.store, &env.sim, a).await;
+}
