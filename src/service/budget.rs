@@ -87,11 +87,19 @@ pub async fn share_token_budget(
     let mut me = None;
     // The round failed or the connection ended: nothing is sent under the share until a round
     // gives one again, and the next round joins anew.
-    let lose = |reason: &dyn std::fmt::Display, want: usize| {
+    // Said as a warning once in a row of failures, then at debug until a round succeeds: a
+    // database down or taking no writes (mid-failover) fails every round.
+    let lose = |reason: &dyn std::fmt::Display, want: usize, loud: bool| {
         budget.set_token_share(0);
-        tracing::warn!(error = %reason, "lost the shared request budget; no requests until it is back");
+        if loud {
+            tracing::warn!(error = %reason, "lost the shared request budget; no requests until it is back");
+        } else {
+            tracing::debug!(error = %reason, "lost the shared request budget; no requests until it is back");
+        }
         report(0, want, None);
     };
+    // Rounds (joining included) failed in a row; the next comes later the more there were.
+    let mut failed = 0u32;
     // Until the first negotiation, nothing: another process may hold the whole budget.
     budget.set_token_share(0);
     // Nothing is wanted before a request asks (then `more_wanted` wakes the loop).
@@ -120,8 +128,13 @@ pub async fn share_token_budget(
             match store.budget_holder(&holder, lease).await {
                 Ok(h) => me = Some(h),
                 Err(e) => {
+                    failed += 1;
                     let e = store.explain(e).await;
-                    tracing::warn!(error = %e, "cannot join the shared request budget; no requests until it can")
+                    if failed == 1 {
+                        tracing::warn!(error = %e, "cannot join the shared request budget; no requests until it can")
+                    } else {
+                        tracing::debug!(error = %e, "cannot join the shared request budget; no requests until it can")
+                    }
                 }
             }
         }
@@ -153,6 +166,10 @@ pub async fn share_token_budget(
             );
             match negotiated {
                 Ok(n) => {
+                    if failed > 0 {
+                        tracing::info!(failed_rounds = failed, "the shared request budget is back");
+                        failed = 0;
+                    }
                     if halted != recorded {
                         tracing::debug!(
                             halted = halted.as_deref().unwrap_or("no"),
@@ -200,14 +217,18 @@ pub async fn share_token_budget(
                     }
                 }
                 Err(e) => {
-                    lose(&e, want);
+                    failed += 1;
+                    lose(&e, want, failed == 1);
                     me = None;
                 }
             }
         }
         let short = async {
             budget.more_wanted().await;
-            tokio::time::sleep_until(negotiated_at + spacing(want)).await;
+            tokio::time::sleep_until(
+                negotiated_at + after_failures(failed, period).max(spacing(want)),
+            )
+            .await;
         };
         // The others may take this process's share a window after they find its connection
         // gone, which may be at once: when it ends, stop sending now, not at the next round.
@@ -228,7 +249,7 @@ pub async fn share_token_budget(
             _ = short => {}
             _ = halt_changed => {}
             reason = lost => {
-                lose(&reason, want);
+                lose(&reason, want, true);
                 me = None;
                 // Then join again (the round says what is left of the share), but not in a
                 // tight loop should connections keep ending at once.
@@ -277,9 +298,28 @@ fn log_agreement(configured: crate::source::budget::Limit, n: &Negotiated) {
     }
 }
 
+/// How long after a round the next may start when `failed` rounds in a row failed (pure):
+/// [`MIN_SPACING`], doubling with each failure, at most `period` (when the next round is due
+/// anyway). Nothing after none.
+fn after_failures(failed: u32, period: Duration) -> Duration {
+    match failed {
+        0 => Duration::ZERO,
+        n => MIN_SPACING.saturating_mul(1 << (n - 1).min(16)).min(period),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_after_failures_come_further_apart_up_to_a_period() {
+        let period = Duration::from_millis(2_500);
+        assert_eq!(after_failures(0, period), Duration::ZERO);
+        assert_eq!(after_failures(1, period), MIN_SPACING);
+        assert_eq!(after_failures(2, period), MIN_SPACING * 2);
+        assert_eq!(after_failures(40, period), period);
+    }
 
     #[test]
     fn only_a_round_that_asked_for_nothing_is_followed_at_once() {
