@@ -1127,6 +1127,9 @@ async fn check_and_the_service_tell_a_database_that_accepts_no_writes() {
 
     let cfg = crate::helpers::daemon::config(&env.sim, &[a], "1h", 1);
     let mut d = crate::helpers::daemon::spawn(&cfg, &url);
+    let listening = d
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
     let ev = d.wait_for("database not ready; waiting").await;
     assert!(
         ev["fields"]["error"]
@@ -1135,6 +1138,19 @@ async fn check_and_the_service_tell_a_database_that_accepts_no_writes() {
             .starts_with("the database accepts no writes: this role's sessions are read-only"),
         "{ev}"
     );
+    lms_sync::install_crypto_provider();
+    let ready = reqwest::get(format!(
+        "http://{}/readyz",
+        listening["fields"]["addr"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready
+        .text()
+        .await
+        .unwrap()
+        .contains("waiting for the database"));
     sqlx::raw_sql("ALTER DATABASE mirror RESET default_transaction_read_only")
         .execute(&mut admin)
         .await
