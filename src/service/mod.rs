@@ -51,6 +51,8 @@ const READY_STALE: Duration = Duration::from_secs(30);
 pub struct Readiness {
     /// Unix milliseconds of the last round; 0 before the first and after the loop stopped.
     last_tick_ms: std::sync::atomic::AtomicI64,
+    /// Set while the scheduler starts no run because the database accepts no writes.
+    read_only: std::sync::atomic::AtomicBool,
 }
 
 impl Readiness {
@@ -66,11 +68,18 @@ impl Readiness {
             .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
+    fn read_only(&self, on: bool) {
+        self.read_only
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Why the scheduler is not working, if it is not.
     pub fn not_working(&self) -> Option<&'static str> {
         let last = self.last_tick_ms.load(std::sync::atomic::Ordering::Relaxed);
         let stale = READY_STALE.as_millis() as i64;
-        if last == 0 {
+        if self.read_only.load(std::sync::atomic::Ordering::Relaxed) {
+            Some("the database accepts no writes; no run starts until it does")
+        } else if last == 0 {
             Some("the scheduler is not running (waiting for the database, or stopping)")
         } else if chrono::Utc::now().timestamp_millis() - last > stale {
             Some("the scheduler has not completed a round for over 30 s")

@@ -61,6 +61,10 @@ struct Scheduler {
     /// service's CPU).
     shown: HashMap<Uuid, Health>,
     done_tx: mpsc::UnboundedSender<(Uuid, PassStatus)>,
+    /// Why no run starts: the database accepts no writes (see `check_writes`).
+    read_only: Option<String>,
+    /// The write refusal (`Store::write_refused_at`) the database was last asked about.
+    writes_checked: Option<u64>,
 }
 
 /// How the loop stops a run: the reason is set before the token is cancelled, and the run
@@ -144,6 +148,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         process_started
     };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    metrics.set("lms_sync_database_read_only", &[], 0.0);
     let opts = Arc::new(options(&settings, &metrics));
     let mut s = Scheduler {
         opts,
@@ -162,6 +167,8 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         not_before: HashMap::new(),
         shown: HashMap::new(),
         done_tx,
+        read_only: None,
+        writes_checked: None,
     };
     s.tracker.spawn(super::lock_watch::run(
         s.store.clone(),
@@ -228,6 +235,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
             .collect();
         s.show_health(&histories);
         s.stop_gated();
+        s.check_writes(&ready).await;
         let wake = s.start_due(&histories, &in_flight);
         let woken = s.wake.clone();
         tokio::select! {
@@ -384,9 +392,43 @@ impl Scheduler {
         }
     }
 
+    /// Whether the database accepts writes, asked (one query) only after a write was refused
+    /// since it was last asked, and at every round while it does not: meanwhile every run
+    /// would fail alike at its first write, one account after another, each after its
+    /// retries (a storage-full read-only mode lasts until someone acts). The runs under way
+    /// retry their writes on their own; none starts until it takes writes again.
+    async fn check_writes(&mut self, ready: &Readiness) {
+        let refused = self.store.write_refused_at();
+        if self.read_only.is_none() && refused <= self.writes_checked {
+            return;
+        }
+        match self.store.refuses_writes().await {
+            Ok(Some(why)) => {
+                if self.read_only.is_none() {
+                    tracing::error!(why = %why, "the database accepts no writes; no run starts until it does");
+                    self.metrics.set("lms_sync_database_read_only", &[], 1.0);
+                    ready.read_only(true);
+                }
+                self.read_only = Some(why);
+            }
+            Ok(None) => {
+                if self.read_only.take().is_some() {
+                    tracing::info!("the database accepts writes again; runs start");
+                    self.metrics.set("lms_sync_database_read_only", &[], 0.0);
+                    ready.read_only(false);
+                }
+            }
+            // The round's reads say what fails; asked again next round.
+            Err(_) => return,
+        }
+        // Its own look counts (a session found read-only is noted as a refusal).
+        self.writes_checked = self.store.write_refused_at();
+    }
+
     /// Starts every account that is due (up to `sync.max_concurrent_accounts` running), and
-    /// returns when to look again. None while Truto refuses the API token or does not answer:
-    /// each would fail alike (the Truto watch wakes the loop when that ends).
+    /// returns when to look again. None while Truto refuses the API token or does not answer,
+    /// or while the database accepts no writes: each would fail alike (the Truto watch wakes
+    /// the loop when that ends; the database is asked again every round).
     ///
     /// `in_flight`: the runs under way before `histories` was read; none of them is started
     /// again in this round, even if it has ended since (the next round's read has its start).
@@ -398,7 +440,7 @@ impl Scheduler {
         let now = Utc::now();
         let rescan = now + chrono::Duration::from_std(RESCAN).expect("small");
         let mut wake = rescan;
-        if self.source.halt().is_some() {
+        if self.source.halt().is_some() || self.read_only.is_some() {
             return wake;
         }
         let max = self.settings.sync.max_concurrent_accounts;

@@ -153,6 +153,11 @@ mod read_only {
         SEEN.fetch_max(now_ms(), Ordering::Relaxed);
     }
 
+    /// When a statement was last refused, as a number that grows with time (`None`: never).
+    pub(super) fn last() -> Option<u64> {
+        Some(SEEN.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
+    }
+
     /// Whether a pooled connection `age` old was opened after the last refusal (one opened
     /// in the same millisecond counts as before it).
     pub(super) fn opened_since(age: Duration) -> bool {
@@ -526,6 +531,14 @@ impl Store {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// When this process last had a statement refused because its session was read-only
+    /// (SQLSTATE 25006, or [`Store::refuses_writes`] finding it so), as a number that only
+    /// grows; `None` if it never has. Costs no query: for a loop that asks the database
+    /// whether it takes writes only after something found it did not.
+    pub fn write_refused_at(&self) -> Option<u64> {
+        read_only::last()
     }
 
     pub fn schema(&self) -> &str {

@@ -73,7 +73,10 @@ async fn open_run(p: &Pass<'_>, out: &mut SyncOutcome) -> Option<RunStart> {
     let start = match begun {
         Ok(s) => s,
         Err(e) => {
-            out.error = Some(p.store.explain(e).await.to_string());
+            let e = p.store.explain(e).await.to_string();
+            // No run is recorded, and no summary logged: this line is what says it.
+            tracing::error!(error = %e, "sync run not started: the database did not record its start");
+            out.error = Some(e);
             out.error_kind = Some(ErrorKind::Database);
             return None;
         }

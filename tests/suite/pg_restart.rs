@@ -460,3 +460,127 @@ async fn sessions_left_read_only_by_a_failover_are_replaced_and_the_run_goes_on(
         0
     );
 }
+
+/// The database stops taking writes under the service and stays so (a managed service's
+/// storage-full read-only mode; a standby answering at the address for longer than a failover
+/// takes): the runs that meet it fail after their retries, and then none starts (each would
+/// fail alike, one account after another) while the service says why: its log,
+/// `lms_sync_database_read_only` 1 and `/readyz` 503. Once it takes writes again, runs start
+/// and succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_taking_no_writes_holds_every_run_until_it_does() {
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 100), (b, 100)]).await;
+    let cfg = crate::helpers::daemon::config(&env.sim, &[a, b], "1s", 2);
+    // A run fails at its first refused write: one that started would end within the quiet
+    // spell below.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[sync]\n", "[sync]\ndb_max_attempts = 1\n");
+    std::fs::write(&cfg, text).unwrap();
+    let mut d = spawn(&cfg, &env.db_url);
+    let listening = d
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
+    let addr = listening["fields"]["addr"].as_str().unwrap().to_string();
+    lms_sync::install_crypto_provider();
+    let get = |path: &'static str| {
+        let url = format!("http://{addr}{path}");
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let gauge = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix("{} ")?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    for _ in 0..2 {
+        let ev = d.wait_for("sync run finished").await;
+        assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    }
+    assert_eq!(
+        gauge(&get("/metrics").await.1, "lms_sync_database_read_only"),
+        0.0
+    );
+
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&env.db_url)
+        .await
+        .unwrap();
+    let set = |on: bool| {
+        format!(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {}', current_database()); END $$",
+            if on {
+                "SET default_transaction_read_only = on"
+            } else {
+                "RESET default_transaction_read_only"
+            }
+        )
+    };
+    sqlx::raw_sql(&set(true)).execute(&mut admin).await.unwrap();
+    sqlx::raw_sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let held = d
+        .wait_for("the database accepts no writes; no run starts until it does")
+        .await;
+    assert!(
+        held["fields"]["why"]
+            .as_str()
+            .unwrap()
+            .starts_with("this role's sessions are read-only"),
+        "{held}"
+    );
+    let (status, body) = get("/readyz").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            503,
+            "not ready: the database accepts no writes; no run starts until it does\n"
+        )
+    );
+    // Once the runs that met it have ended, ...
+    loop {
+        let metrics = get("/metrics").await.1;
+        assert_eq!(gauge(&metrics, "lms_sync_database_read_only"), 1.0);
+        if gauge(&metrics, "lms_sync_running_accounts") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failed_before = env.sim.stats().requests;
+    // ... none starts, though both come due every second.
+    let quiet = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let ev = d.next_event("a run").await;
+            let said = ev["fields"]["message"].as_str().unwrap_or_default();
+            if said == "sync run finished" || said.starts_with("sync run not started") {
+                return ev;
+            }
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "a run started: {quiet:?}");
+    assert_eq!(env.sim.stats().requests, failed_before);
+
+    sqlx::raw_sql(&set(false))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    d.wait_for("the database accepts writes again; runs start")
+        .await;
+    let ev = d.wait_for("sync run finished").await;
+    assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    assert_eq!(get("/readyz").await.0, 200);
+    assert_eq!(
+        gauge(&get("/metrics").await.1, "lms_sync_database_read_only"),
+        0.0
+    );
+    assert_eq!(d.terminate().await, 0);
+}
