@@ -51,8 +51,9 @@ const READY_STALE: Duration = Duration::from_secs(30);
 pub struct Readiness {
     /// Unix milliseconds of the last round; 0 before the first and after the loop stopped.
     last_tick_ms: std::sync::atomic::AtomicI64,
-    /// Set while the scheduler starts no run because the database accepts no writes.
-    read_only: std::sync::atomic::AtomicBool,
+    /// While the scheduler starts no run because the database accepts no writes: why, and
+    /// since when.
+    read_only: std::sync::Mutex<Option<(String, DateTime<Utc>)>>,
 }
 
 impl Readiness {
@@ -68,16 +69,25 @@ impl Readiness {
             .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn read_only(&self, on: bool) {
+    fn read_only(&self, why: Option<String>) {
+        *self.read_only.lock().unwrap_or_else(|e| e.into_inner()) =
+            why.map(|why| (why, Utc::now()));
+    }
+
+    /// Why, and since when, the scheduler starts no run because the database accepts no
+    /// writes, while it does.
+    pub fn refusing_writes(&self) -> Option<(String, DateTime<Utc>)> {
         self.read_only
-            .store(on, std::sync::atomic::Ordering::Relaxed);
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Why the scheduler is not working, if it is not.
     pub fn not_working(&self) -> Option<&'static str> {
         let last = self.last_tick_ms.load(std::sync::atomic::Ordering::Relaxed);
         let stale = READY_STALE.as_millis() as i64;
-        if self.read_only.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.refusing_writes().is_some() {
             Some("the database accepts no writes; no run starts until it does")
         } else if last == 0 {
             Some("the scheduler is not running (waiting for the database, or stopping)")

@@ -81,6 +81,14 @@ pub(super) async fn page(
                 token_rejected_since: ops.source.token_rejected_since(),
                 unreachable: ops.source.unreachable(),
                 lock_waits: waits,
+                read_only: ops.ready.refusing_writes(),
+                // An extra too; said once it is as long as its alert's threshold.
+                feed_held_back: ops
+                    .store
+                    .change_feed_held_back()
+                    .await
+                    .ok()
+                    .filter(|&secs| secs >= FEED_HELD_BACK_SHOWN),
             },
         ))
     };
@@ -482,6 +490,50 @@ pub struct Halts {
     pub unreachable: Option<Unreachable>,
     /// Sessions of lms-sync waiting for a lock longer than `database.lock_wait_warn_secs`.
     pub lock_waits: Vec<SessionLockWait>,
+    /// While this process starts no run because the database accepts no writes: why, and
+    /// since when.
+    pub read_only: Option<(String, DateTime<Utc>)>,
+    /// How long the change feed has been held back, in seconds, once that is
+    /// [`FEED_HELD_BACK_SHOWN`] or more.
+    pub feed_held_back: Option<f64>,
+}
+
+/// How long the change feed is held back before the page says so: `LmsSyncChangeFeedHeldBack`'s
+/// threshold (a sync's own transactions hold it back for seconds all the time).
+const FEED_HELD_BACK_SHOWN: f64 = 3600.0;
+
+/// While the database accepts no writes: since when, why, and that no run starts.
+fn read_only_section(
+    s: &mut String,
+    read_only: Option<&(String, DateTime<Utc>)>,
+    now: DateTime<Utc>,
+) {
+    let Some((why, since)) = read_only else {
+        return;
+    };
+    let _ = write!(
+        s,
+        "<p class=\"note why\">The database has accepted no writes since {} ({}): no run \
+         starts, as every one would fail at its first write. It is asked again every few \
+         seconds, and runs start as soon as it takes writes.</p>",
+        when(Some(*since), now),
+        escape(why)
+    );
+}
+
+/// While a transaction left open holds the change feed back (see docs/schema.md).
+fn feed_section(s: &mut String, held_back: Option<f64>) {
+    let Some(secs) = held_back else {
+        return;
+    };
+    let _ = write!(
+        s,
+        "<p class=\"note why\">The change feed (user_change_feed) has been held back for {} h: \
+         a transaction that has written something has been open that long somewhere in the \
+         cluster, and loaders get no change committed after it began until it ends. The query \
+         in docs/schema.md (Loading the changes elsewhere) names the session.</p>",
+        (secs / 360.0).floor() / 10.0
+    );
 }
 
 /// While Truto refuses the API token: since when, that no run starts, and what to do.
@@ -618,9 +670,17 @@ pub fn render(
     if !halts.lock_waits.is_empty() {
         s.push_str("<span class=\"pill bad\">waiting for a database lock</span>");
     }
+    if halts.read_only.is_some() {
+        s.push_str("<span class=\"pill bad\">database takes no writes</span>");
+    }
+    if halts.feed_held_back.is_some() {
+        s.push_str("<span class=\"pill bad\">change feed held back</span>");
+    }
     s.push_str("</div>");
     token_section(&mut s, halts.token_rejected_since, now);
     unreachable_section(&mut s, halts.unreachable.as_ref(), now);
+    read_only_section(&mut s, halts.read_only.as_ref(), now);
+    feed_section(&mut s, halts.feed_held_back);
     if let Some(d) = discovery {
         discovery_section(&mut s, d, now);
     }
@@ -1175,6 +1235,38 @@ mod tests {
         assert!(html.find("Truto not answering") < html.find("Alpha"));
         let calm = alpha(&Halts::default(), now);
         assert!(!calm.contains("not answer"), "{calm}");
+    }
+
+    #[test]
+    fn a_database_taking_no_writes_and_a_feed_held_back_are_said_above_the_accounts() {
+        let now = Utc::now();
+        let halts = Halts {
+            read_only: Some((
+                "the server is a standby <in recovery>".into(),
+                now - chrono::Duration::minutes(3),
+            )),
+            feed_held_back: Some(5_400.0),
+            ..Halts::default()
+        };
+        let html = alpha(&halts, now);
+        assert!(html.contains("<span class=\"pill bad\">database takes no writes</span>"));
+        assert!(
+            html.contains(
+                ">3 min ago</time> (the server is a standby &lt;in recovery&gt;): no run starts"
+            ),
+            "{html}"
+        );
+        assert!(html.contains("<span class=\"pill bad\">change feed held back</span>"));
+        assert!(
+            html.contains("The change feed (user_change_feed) has been held back for 1.5 h"),
+            "{html}"
+        );
+        assert!(html.find("takes no writes") < html.find("Alpha"));
+        let calm = alpha(&Halts::default(), now);
+        assert!(
+            !calm.contains("no writes") && !calm.contains("held back"),
+            "{calm}"
+        );
     }
 
     /// The page of one account, "Alpha", with `halts`.

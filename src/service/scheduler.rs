@@ -407,7 +407,7 @@ impl Scheduler {
                 if self.read_only.is_none() {
                     tracing::error!(why = %why, "the database accepts no writes; no run starts until it does");
                     self.metrics.set("lms_sync_database_read_only", &[], 1.0);
-                    ready.read_only(true);
+                    ready.read_only(Some(why.clone()));
                 }
                 self.read_only = Some(why);
             }
@@ -415,7 +415,7 @@ impl Scheduler {
                 if self.read_only.take().is_some() {
                     tracing::info!("the database accepts writes again; runs start");
                     self.metrics.set("lms_sync_database_read_only", &[], 0.0);
-                    ready.read_only(false);
+                    ready.read_only(None);
                 }
             }
             // The round's reads say what fails; asked again next round.

@@ -545,6 +545,14 @@ async fn a_database_taking_no_writes_holds_every_run_until_it_does() {
             "not ready: the database accepts no writes; no run starts until it does\n"
         )
     );
+    // The status page reads, which read-only sessions do, and says it above the accounts.
+    let (status, page) = get("/").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<span class=\"pill bad\">database takes no writes</span>")
+            && page.contains("(this role&#39;s sessions are read-only"),
+        "{page}"
+    );
     // Once the runs that met it have ended, ...
     loop {
         let metrics = get("/metrics").await.1;
