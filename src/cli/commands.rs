@@ -319,5 +319,11 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
         }
         Err(e) => println!("waiting for a database lock: cannot tell ({e})"),
     }
+    // Read-only here is the service's hold there (when it is the service's database).
+    if let Ok(Some(why)) = store.refuses_writes().await {
+        println!(
+            "database: accepts no writes ({why}); a service writing to it starts no run until it does"
+        );
+    }
     Ok(())
 }

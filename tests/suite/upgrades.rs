@@ -1103,6 +1103,19 @@ async fn check_and_the_service_tell_a_database_that_accepts_no_writes() {
             ),
         "{database}"
     );
+    // `status` reads a standby (it is read-only), and says it takes no writes.
+    let cfg = crate::helpers::daemon::config(&env.sim, &[a], "1h", 1);
+    let out = lms_sync_as(&cfg, &standby, &["status"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(
+            "database: accepts no writes (the server is a standby (in recovery: a read replica, \
+             or a failover not finished); point database.url at the primary); a service \
+             writing to it starts no run until it does"
+        ),
+        "{}",
+        said(&out)
+    );
     let out = check(&env, &url, &[a], DEMO_TOKEN).await;
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
 
