@@ -85,10 +85,13 @@ async fn database(settings: &Settings, checks: &mut Vec<Check>) -> Option<Store>
     let mut writable = true;
     match store.server_version_num().await {
         Ok(v) if v >= OLDEST_POSTGRES => {
-            let how = match store.connection().await {
+            let mut how = match store.connection().await {
                 Ok(c) => format!("; {c}"),
                 Err(_) => String::new(),
             };
+            if let Some(host) = store.host_in_use() {
+                how.push_str(&format!("; {host}"));
+            }
             checks.push(match store.refuses_writes().await {
                 Ok(None) => Check::passed("database", format!("connected; {}{how}", postgres(v))),
                 Ok(Some(why)) => {

@@ -13,10 +13,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use uuid::Uuid;
 
+mod db_hosts;
 mod db_tls;
 mod load;
 mod validate;
 
+pub use db_hosts::split_hosts;
 pub use db_tls::{DbTls, ENV_NAMES, URL_NAMES};
 pub use validate::validate_schema_name;
 

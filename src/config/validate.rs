@@ -401,7 +401,9 @@ pub(super) fn check_database_url(u: &str) -> Result<(), ConfigError> {
             "must start with postgres:// or postgresql://",
         ));
     }
-    let Some(tls) = DbTls::from_url(u) else {
+    // Each host's URL has the same parameters: the first stands for all.
+    let hosts = super::split_hosts(u).map_err(|m| key_error("database.url", m))?;
+    let Some(tls) = DbTls::from_url(&hosts[0]) else {
         return Ok(());
     };
     tls.check_as(URL_NAMES)

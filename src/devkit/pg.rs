@@ -60,6 +60,12 @@ while read -r cmd; do
         && { n=0; until "$bindir/pg_ctl" -D "$dir/data" -w -t 60 promote >/dev/null 2>&1; do
                n=$((n + 1)); [ $n -lt 100 ] || break; sleep 0.1; done; [ $n -lt 100 ]; } \
         && echo DONE || echo "ERROR failover: $(tail -n 3 "$dir/server.log" | tr '\n' ' ')" ;;
+    # A switchover where nothing moves in front of the servers (database.url names both): the
+    # server stops, and the standby is promoted where it is, on its own socket.
+    switchover)
+      "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1
+      "$bindir/pg_ctl" -D "$dir/standby" -w -t 60 promote >/dev/null 2>&1 \
+        && echo DONE || echo "ERROR switchover: $(tail -n 3 "$dir/standby.log" | tr '\n' ' ')" ;;
     *) echo "ERROR unknown command" ;;
   esac
 done
@@ -257,6 +263,12 @@ impl TempPostgres {
     /// Blocking.
     pub fn fail_over(&self) -> anyhow::Result<()> {
         self.command("failover")
+    }
+
+    /// Switches over to the standby ([`TempPostgres::start_standby`]) where it is: the server
+    /// stops, and the standby, on its own socket, is promoted. Blocking.
+    pub fn switch_over(&self) -> anyhow::Result<()> {
+        self.command("switchover")
     }
 
     /// Stops the server (fast shutdown: connections are terminated). Blocking.

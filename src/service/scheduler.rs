@@ -212,6 +212,11 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         // with its start not yet in what the read returned (a run of one page takes less than
         // a read of 10,000 accounts): it is not started again on that stale history.
         let in_flight: HashSet<Uuid> = s.running.lock().expect("running").keys().copied().collect();
+        // With several hosts in database.url, a lost connection or a refused write may mean
+        // another is the primary now: looked at before this round's reads.
+        if s.store.hosts_in_doubt() {
+            s.store.choose_host().await;
+        }
         let read = async {
             Ok::<_, StoreError>((
                 s.store.registry().await?,

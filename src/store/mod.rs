@@ -109,8 +109,22 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if is_read_only(&e) {
             read_only::seen();
+        } else if is_lost(&e) {
+            read_only::lost();
         }
         StoreError::Db(e)
+    }
+}
+
+/// Whether the server could not be reached or ended the session (a host down, a restart, a
+/// failover): with several hosts in database.url, another may be the primary now.
+fn is_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0")),
+        _ => false,
     }
 }
 
@@ -138,6 +152,8 @@ mod read_only {
 
     /// When a statement was last refused, in milliseconds since [`epoch`] plus one (0: never).
     static SEEN: AtomicU64 = AtomicU64::new(0);
+    /// When a connection was last lost or refused, the same way.
+    static LOST: AtomicU64 = AtomicU64::new(0);
 
     fn epoch() -> Instant {
         static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -156,6 +172,21 @@ mod read_only {
     /// When a statement was last refused, as a number that grows with time (`None`: never).
     pub(super) fn last() -> Option<u64> {
         Some(SEEN.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
+    }
+
+    /// Notes that a connection was lost or refused now.
+    pub(super) fn lost() {
+        LOST.fetch_max(now_ms(), Ordering::Relaxed);
+    }
+
+    /// When anything was last refused or lost (see [`last`]).
+    pub(super) fn last_trouble() -> Option<u64> {
+        last().max(Some(LOST.load(Ordering::Relaxed)).filter(|&ms| ms > 0))
+    }
+
+    /// Now, as [`last`] counts.
+    pub(super) fn now() -> u64 {
+        now_ms()
     }
 
     /// Whether a pooled connection `age` old was opened after the last refusal (one opened
@@ -308,6 +339,51 @@ pub struct Store {
     migration_lock_timeout_secs: u64,
     /// Users inserted through this store (all accounts), for [`Store::note_inserted`].
     inserted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// database.url's hosts, one for a URL naming one; the pool connects to the one
+    /// [`Store::choose_host`] chose.
+    hosts: std::sync::Arc<std::sync::Mutex<Hosts>>,
+}
+
+/// The hosts of database.url (see [`crate::config::split_hosts`]) and which the pool uses.
+#[derive(Clone)]
+struct Hosts {
+    each: Vec<Host>,
+    /// The index of the one in use.
+    current: usize,
+    /// When they were last looked at (as `read_only::now` counts), 0 for never: trouble
+    /// after that is a reason to look again.
+    looked_at: u64,
+}
+
+#[derive(Clone)]
+struct Host {
+    /// As said in logs and by `check`: the host and port, or the socket's directory.
+    name: String,
+    options: PgConnectOptions,
+}
+
+impl Hosts {
+    /// The connect options for each host of `url`.
+    fn of(url: &SecretString, schema: &str, keepalive_secs: u64) -> Result<Hosts, StoreError> {
+        let urls = crate::config::split_hosts(url.expose_secret())
+            .map_err(|m| StoreError::Url(format!("database.url: {m}")))?;
+        let each = urls
+            .into_iter()
+            .map(|one| {
+                let options = connect_options(&SecretString::from(one), schema, keepalive_secs)?;
+                let name = match options.get_socket() {
+                    Some(dir) => dir.display().to_string(),
+                    None => format!("{}:{}", options.get_host(), options.get_port()),
+                };
+                Ok(Host { name, options })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Hosts {
+            each,
+            current: 0,
+            looked_at: 0,
+        })
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -425,7 +501,8 @@ pub fn connect_options(
 impl Store {
     /// Connects (lazily: the first query opens the first connection).
     pub fn connect_lazy(url: &SecretString, db: &DatabaseSettings) -> Result<Store, StoreError> {
-        let opts = connect_options(url, &db.schema, db.keepalive_timeout_secs)?;
+        let hosts = Hosts::of(url, &db.schema, db.keepalive_timeout_secs)?;
+        let opts = hosts.each[0].options.clone();
         let pool = PgPoolOptions::new()
             .max_connections(db.max_connections)
             .acquire_timeout(Duration::from_secs(db.connect_timeout_secs))
@@ -440,12 +517,15 @@ impl Store {
             schema: db.schema.clone(),
             migration_lock_timeout_secs: db.migration_lock_timeout_secs,
             inserted: Default::default(),
+            hosts: std::sync::Arc::new(std::sync::Mutex::new(hosts)),
         })
     }
 
-    /// Connects and checks that the database answers.
+    /// Connects and checks that the database answers (with several hosts in database.url,
+    /// the first that accepts writes, else the first that answers).
     pub async fn connect(url: &SecretString, db: &DatabaseSettings) -> Result<Store, StoreError> {
         let store = Self::connect_lazy(url, db)?;
+        store.choose_host().await;
         if let Err(e) = sqlx::query("SELECT 1").execute(&store.pool).await {
             return Err(store.explain(e.into()).await);
         }
@@ -466,10 +546,111 @@ impl Store {
         if current.expose_secret() == url.expose_secret() {
             return Ok(false);
         }
-        let opts = connect_options(url, &self.schema, self.keepalive_secs)?;
-        self.pool.set_connect_options(opts);
+        let mut hosts = Hosts::of(url, &self.schema, self.keepalive_secs)?;
+        let mut in_use = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        // The same hosts with new credentials keep the one in use; several are looked at
+        // again when next asked either way (`Store::hosts_in_doubt`).
+        if in_use.each.len() == hosts.each.len() {
+            hosts.current = in_use.current;
+        }
+        self.pool
+            .set_connect_options(hosts.each[hosts.current].options.clone());
+        *in_use = hosts;
+        drop(in_use);
         *current = url.clone();
         Ok(true)
+    }
+
+    /// With several hosts in database.url, whether they should be looked at again
+    /// ([`Store::choose_host`]): never yet, or a connection was lost or a write refused since
+    /// the last look. Costs no query. False for a URL naming one host.
+    pub fn hosts_in_doubt(&self) -> bool {
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        hosts.each.len() > 1
+            && (hosts.looked_at == 0 || read_only::last_trouble() > Some(hosts.looked_at))
+    }
+
+    /// With several hosts in database.url (a cluster with a standby and no proxy in front, whose
+    /// primary is whichever host accepts writes, as libpq's `target_session_attrs=read-write`
+    /// finds it): connects to each in order, and makes new connections go to the first that
+    /// accepts writes, else to the first that answers; the pool's connections to another are
+    /// closed as they are next taken. Says so when that changes. Nothing for a URL naming one.
+    pub async fn choose_host(&self) {
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if hosts.each.len() < 2 {
+            return;
+        }
+        let looked_at = read_only::now();
+        let mut answering = None;
+        let mut writable = None;
+        let mut said = Vec::new();
+        for (i, h) in hosts.each.iter().enumerate() {
+            let probe = async {
+                let mut conn = h.options.connect().await?;
+                let refuses: bool = sqlx::query_scalar(
+                    "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'",
+                )
+                .fetch_one(&mut conn)
+                .await?;
+                let _ = sqlx::Connection::close(conn).await;
+                Ok::<_, sqlx::Error>(refuses)
+            };
+            match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                Ok(Ok(false)) => {
+                    writable = Some(i);
+                    break;
+                }
+                Ok(Ok(true)) => {
+                    answering.get_or_insert(i);
+                    said.push(format!("{}: accepts no writes", h.name));
+                }
+                Ok(Err(e)) => said.push(format!("{}: {}", h.name, crate::text::error_chain(&e))),
+                Err(_) => said.push(format!(
+                    "{}: no answer within {} s",
+                    h.name,
+                    PROBE_TIMEOUT.as_secs()
+                )),
+            }
+        }
+        let mut now = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let first = now.looked_at == 0;
+        now.looked_at = looked_at;
+        let Some(pick) = writable.or(answering) else {
+            tracing::warn!(hosts = %said.join("; "), "no host of database.url answers");
+            return;
+        };
+        if writable.is_none() {
+            tracing::warn!(hosts = %said.join("; "), "no host of database.url accepts writes; using the first that answers");
+        }
+        if pick != now.current || first {
+            if pick != now.current {
+                // Connections to the other host are closed as they are next taken.
+                read_only::seen();
+            }
+            now.current = pick;
+            self.pool
+                .set_connect_options(now.each[pick].options.clone());
+            if writable.is_some() {
+                tracing::info!(
+                    host = %now.each[pick].name,
+                    hosts = now.each.len(),
+                    "database.url: connecting to the first of its hosts that accepts writes"
+                );
+            }
+        }
+    }
+
+    /// With several hosts in database.url, which one is in use and how it was chosen (for
+    /// `check`); `None` for a URL naming one.
+    pub fn host_in_use(&self) -> Option<String> {
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        (hosts.each.len() > 1).then(|| {
+            format!(
+                "host {} of database.url's {}",
+                hosts.each[hosts.current].name,
+                hosts.each.len()
+            )
+        })
     }
 
     /// Says why a pool timed out, which sqlx does not: it retries a server's refusal of new

@@ -387,6 +387,9 @@ impl Store {
     /// no writes (a standby, read-only sessions) is [`StoreError::ReadOnly`], said before
     /// anything fails on it.
     pub async fn prepare_to_write(&self, migrate: bool) -> Result<(), StoreError> {
+        if self.hosts_in_doubt() {
+            self.choose_host().await;
+        }
         if let Some(why) = self.refuses_writes().await? {
             return Err(StoreError::ReadOnly(why));
         }

@@ -212,6 +212,35 @@ async fn an_unreachable_database_exits_1_with_a_clear_message_and_no_password() 
     assert!(!stderr.contains("hunter2secret") && !stdout.contains("hunter2secret"));
 }
 
+/// Several hosts in database.url that lms-sync cannot use as given: said at start (exit 2),
+/// naming the fault, never the password.
+#[tokio::test]
+async fn a_database_url_whose_hosts_cannot_be_used_exits_2_saying_why() {
+    let path = write_config(&format!(
+        "[[accounts]]\nintegrated_account_id = \"{ACCT}\"\n"
+    ));
+    for (url, said) in [
+        (
+            "postgres://u:hunter2secret@db-1,db-2/x?target_session_attrs=standby",
+            "target_session_attrs=standby is not one lms-sync can use: it writes the mirror",
+        ),
+        (
+            "postgres://u:hunter2secret@db-1/x?host=/run/a,/run/b,/run/c&port=1,2",
+            "it gives 2 ports for 3 hosts in port=",
+        ),
+    ] {
+        let out = run(
+            &["--config", path.to_str().unwrap(), "check"],
+            &[("TRUTO_API_TOKEN", "t"), ("DATABASE_URL", url)],
+        )
+        .await;
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(said), "{stderr}");
+        assert!(!stderr.contains("hunter2secret") && !stdout.contains("hunter2secret"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_accepts_no_writes_fails_the_sync_saying_so_and_keeps_the_mirror() {
     let a = account_id(1);

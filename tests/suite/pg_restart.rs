@@ -592,3 +592,69 @@ async fn a_database_taking_no_writes_holds_every_run_until_it_does() {
     );
     assert_eq!(d.terminate().await, 0);
 }
+
+/// A cluster with a standby and nothing in front (no proxy, no virtual IP: Patroni, repmgr),
+/// named host by host in database.url with `target_session_attrs=read-write`, the standby
+/// first: lms-sync connects to the primary, and `check` says which host it uses. After a
+/// switchover (the primary stopped, the standby promoted where it is) the service finds the
+/// new primary by itself, and a run leaves an exact mirror there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_follows_the_primary_among_the_hosts_database_url_names() {
+    let a = account_id(1);
+    let (env, pg) = private_env(&[(a, 300)]).await;
+    env.sim
+        .set_integrated(a, lms_sync::devkit::simulator::Integrated::active("acme"));
+    let standby = standby_of(&pg, "mirror").await;
+    let (primary_dir, standby_dir) = (
+        pg.socket_dir().display().to_string(),
+        pg.socket_dir().join("replica").display().to_string(),
+    );
+    let both = format!(
+        "postgres://postgres@localhost/mirror?host={standby_dir},{primary_dir}\
+         &target_session_attrs=read-write"
+    );
+    let cfg = crate::helpers::daemon::config(&env.sim, &[a], "1s", 1);
+
+    let out = crate::helpers::daemon::lms_sync(&cfg, &both, &["--no-migrate", "check"])
+        .output()
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    let database = report.lines().find(|l| l.starts_with("database")).unwrap();
+    assert!(
+        database.ends_with(&format!("; host {primary_dir} of database.url's 2")),
+        "{database}"
+    );
+
+    let mut d = spawn(&cfg, &both);
+    let chose = d
+        .wait_for("database.url: connecting to the first of its hosts that accepts writes")
+        .await;
+    assert_eq!(chose["fields"]["host"], primary_dir.as_str(), "{chose}");
+    let ev = d.wait_for("sync run finished").await;
+    assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+
+    let pg2 = pg.clone();
+    tokio::task::spawn_blocking(move || pg2.switch_over())
+        .await
+        .unwrap()
+        .unwrap();
+    env.sim
+        .update_user(a, "7", serde_json::json!({"job_title": "Switched over"}));
+    let chose = d
+        .wait_for("database.url: connecting to the first of its hosts that accepts writes")
+        .await;
+    assert_eq!(chose["fields"]["host"], standby_dir.as_str(), "{chose}");
+    loop {
+        let ev = d.wait_for("sync run finished").await;
+        if ev["fields"]["outcome"] == "succeeded" && ev["fields"]["updated"] == 1 {
+            break;
+        }
+    }
+    assert_eq!(d.terminate().await, 0);
+    let promoted = Store::connect(&standby.into(), &env.settings.database)
+        .await
+        .unwrap();
+    assert_mirror(&promoted, &env.sim, a).await;
+}
