@@ -45,9 +45,11 @@ pub(super) async fn run(p: &Pass<'_>, run_id: i64) -> Result<RunCounts, (RunCoun
     let never = CancellationToken::new();
     while fetched < allowance && !p.cancel.is_cancelled() {
         let take = (allowance - fetched).min(100) as u32;
-        let due = with_db_retries(p.opts, p.cancel, || p.store.hydration_due(id, take))
-            .await
-            .map_err(|e| (counts, e.to_string()))?;
+        let due = with_db_retries(p.store, p.opts, p.cancel, || {
+            p.store.hydration_due(id, take)
+        })
+        .await
+        .map_err(|e| (counts, e.to_string()))?;
         if due.is_empty() {
             break;
         }
@@ -65,7 +67,7 @@ pub(super) async fn run(p: &Pass<'_>, run_id: i64) -> Result<RunCounts, (RunCoun
             tracing::warn!(user_id = %uid, %error, "could not fetch the user's full object; retried later");
         }
         // Like a page, a hydration batch is never abandoned half-written for shutdown.
-        with_db_retries(p.opts, &never, || {
+        with_db_retries(p.store, p.opts, &never, || {
             p.store.apply_hydration(
                 id,
                 run_id,

@@ -154,9 +154,11 @@ async fn first_page(
         Err(e) => return Err(source_stop(e)),
     };
     tracing::warn!(error = %refused.error, "the saved cursor was refused; restarting the listing from the first page");
-    with_db_retries(p.opts, p.cancel, || p.store.restart_listing(p.id(), run_id))
-        .await
-        .map_err(Stop::Store)?;
+    with_db_retries(p.store, p.opts, p.cancel, || {
+        p.store.restart_listing(p.id(), run_id)
+    })
+    .await
+    .map_err(Stop::Store)?;
     listing.resumed = false;
     out.resumed = false;
     cursor = None;
@@ -175,9 +177,11 @@ async fn size_seen_filter(p: &Pass<'_>, run_id: i64, listing: &mut Listing) -> R
     // An account with no users yet (a first sync) needs no lookups for ids this listing has not
     // shown before: we hold its lease, so only this run adds users.
     listing.started_empty = !listing.resumed
-        && with_db_retries(p.opts, p.cancel, || p.store.account_is_empty(p.id()))
-            .await
-            .map_err(Stop::Store)?;
+        && with_db_retries(p.store, p.opts, p.cancel, || {
+            p.store.account_is_empty(p.id())
+        })
+        .await
+        .map_err(Stop::Store)?;
     if listing.started_empty {
         // A first sync asks the filter only which ids it has already listed, to look just those
         // up (it sweeps nothing): 1 MiB keeps needless lookups under 0.001 % at 100,000 users
@@ -186,7 +190,7 @@ async fn size_seen_filter(p: &Pass<'_>, run_id: i64, listing: &mut Listing) -> R
     } else if !listing.resumed {
         // A fresh listing of an account with users sweeps: size its filter to the account (with
         // room for growth). A resumed listing neither sweeps nor asks.
-        let live = with_db_retries(p.opts, p.cancel, || p.store.live_users(p.id()))
+        let live = with_db_retries(p.store, p.opts, p.cancel, || p.store.live_users(p.id()))
             .await
             .map_err(Stop::Store)?
             .max(0) as u64;

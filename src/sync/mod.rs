@@ -413,7 +413,7 @@ async fn halts(standing: &mut tokio::sync::watch::Receiver<Standing>) -> Halt {
 /// `None` when another process holds it, or held it in between (its requests are not in this
 /// process's window, and it may have written to the account): the pass must stop.
 async fn take_back(p: Pass<'_>, budget: Option<&RateBudget>, every: Duration) -> Option<Lease> {
-    let got = retry::with_db_retries_every(p.opts, p.cancel, every, || async {
+    let got = retry::with_db_retries_every(p.store, p.opts, p.cancel, every, || async {
         let Some(mut lease) = p.store.try_lease(p.id()).await? else {
             return Ok(None);
         };

@@ -65,7 +65,7 @@ pub(super) async fn run(
 /// Opens the run; `None` (with the error in `out`) when the database refused.
 async fn open_run(p: &Pass<'_>, out: &mut SyncOutcome) -> Option<RunStart> {
     let account = p.account;
-    let begun = with_db_retries(p.opts, p.cancel, || {
+    let begun = with_db_retries(p.store, p.opts, p.cancel, || {
         p.store
             .begin_run(p.id(), account.label.as_deref(), &p.opts.worker)
     })
@@ -185,7 +185,10 @@ async fn stopped(p: &Pass<'_>, stop: Stop, end: &mut RunEnd) {
 async fn close_run(p: &Pass<'_>, run_id: i64, end: &RunEnd, out: &mut SyncOutcome) {
     // Closing the run must not be skipped because shutdown was requested.
     let never = CancellationToken::new();
-    let closed = with_db_retries(p.opts, &never, || p.store.finish_run(p.id(), run_id, end)).await;
+    let closed = with_db_retries(p.store, p.opts, &never, || {
+        p.store.finish_run(p.id(), run_id, end)
+    })
+    .await;
     match closed {
         Ok(before) => {
             out.status = PassStatus::Finished(end.outcome);

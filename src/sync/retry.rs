@@ -6,11 +6,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::SyncOptions;
 use crate::backoff::Backoff;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 /// Runs a store operation, retrying retryable errors (lost connection, restart, deadlock) with
-/// backoff. Non-retryable errors return at once.
+/// backoff. Non-retryable errors return at once. With several hosts in database.url, `store`
+/// looks for the one that accepts writes before a retry that follows trouble (a failover).
 pub(super) async fn with_db_retries<T, F, Fut>(
+    store: &Store,
     opts: &SyncOptions,
     cancel: &CancellationToken,
     op: F,
@@ -19,13 +21,14 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
-    with_db_retries_every(opts, cancel, Duration::from_secs(10), op).await
+    with_db_retries_every(store, opts, cancel, Duration::from_secs(10), op).await
 }
 
 /// [`with_db_retries`] with no wait longer than `max` between attempts: for an operation
 /// whose lateness costs more than its attempts (taking back a lost lease, which another
 /// process may take meanwhile).
 pub(super) async fn with_db_retries_every<T, F, Fut>(
+    store: &Store,
     opts: &SyncOptions,
     cancel: &CancellationToken,
     max: Duration,
@@ -57,6 +60,9 @@ where
                     _ = cancel.cancelled() => return Err(e),
                 }
                 waited += wait;
+                if store.hosts_in_doubt() {
+                    store.choose_host().await;
+                }
             }
             Err(e) => return Err(e),
         }

@@ -64,15 +64,17 @@ pub(super) async fn after_listing(
     let seen = |id: &str| listing.seen.contains(id);
     let id = p.id();
     let swept = async {
-        let vanished =
-            with_db_retries(p.opts, p.cancel, || p.store.vanished_users(id, &seen)).await?;
+        let vanished = with_db_retries(p.store, p.opts, p.cancel, || {
+            p.store.vanished_users(id, &seen)
+        })
+        .await?;
         if vanished.gone.is_empty() {
             return Ok(Ok(0));
         }
         if let Some(reason) = delete_guard(vanished.gone.len() as u64, vanished.live, fraction) {
             return Ok(Err(reason));
         }
-        with_db_retries(p.opts, p.cancel, || {
+        with_db_retries(p.store, p.opts, p.cancel, || {
             p.store
                 .mark_deleted(id, run_id, &vanished.gone, p.opts.history)
         })

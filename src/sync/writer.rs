@@ -265,7 +265,7 @@ impl<'p, 'a> Writer<'p, 'a> {
             // the end so that rows and cursor commit together or not at all.
             let never = CancellationToken::new();
             let started = std::time::Instant::now();
-            let result = with_db_retries(&opts, &never, || {
+            let result = with_db_retries(&store, &opts, &never, || {
                 store.apply_page(id, run_id, &write, gate.clone())
             })
             .await;

@@ -658,3 +658,53 @@ async fn the_service_follows_the_primary_among_the_hosts_database_url_names() {
         .unwrap();
     assert_mirror(&promoted, &env.sim, a).await;
 }
+
+/// The same switchover in the middle of a pass (a one-off `sync`, or a run the service's next
+/// round would not reach in time): the pass's retries find the new primary among the hosts,
+/// take its lease back there, and the run succeeds with an exact mirror on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_under_way_follows_a_switchover_among_the_hosts_database_url_names() {
+    let a = account_id(1);
+    let (mut env, pg) = private_env(&[(a, 2000)]).await;
+    env.sim.set_latency(Duration::from_millis(10));
+    let standby = standby_of(&pg, "mirror").await;
+    let both = format!(
+        "postgres://postgres@localhost/mirror?host={0}/replica,{0}&target_session_attrs=primary",
+        pg.socket_dir().display()
+    );
+    env.store = Store::connect(&both.into(), &env.settings.database)
+        .await
+        .unwrap();
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let pg2 = pg.clone();
+    let switchover = tokio::spawn(async move {
+        while let Some(pages) = rx.recv().await {
+            if pages >= 3 {
+                let pg = pg2.clone();
+                tokio::task::spawn_blocking(move || pg.switch_over())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                return true;
+            }
+        }
+        false
+    });
+    let o = env
+        .sync_with(&env.account(a), &CancellationToken::new(), &Pages(tx))
+        .await;
+    assert!(switchover.await.unwrap(), "switched over mid-run");
+
+    assert_eq!(
+        o.status,
+        PassStatus::Finished(Outcome::Succeeded),
+        "{:?}",
+        o.error
+    );
+    assert_eq!(o.counts.pages, 20);
+    let promoted = Store::connect(&standby.into(), &env.settings.database)
+        .await
+        .unwrap();
+    assert_mirror(&promoted, &env.sim, a).await;
+}
