@@ -382,6 +382,33 @@ async fn a_failover_that_lost_committed_pages_stops_the_run_and_the_next_one_is_
     assert_eq!(kinds.get("delete"), None, "{kinds:?}");
 }
 
+/// Makes the database take no writes, as a service meets it mid-failover or in a managed
+/// service's storage-full mode: its new sessions read-only and every other session of it ended
+/// (the old primary restarting as a standby); or takes writes again for new sessions (those
+/// opened meanwhile stay read-only, as on a demoted primary). Through `admin`, opened before.
+async fn takes_writes(admin: &mut sqlx::PgConnection, writes: bool) {
+    let setting = if writes {
+        "RESET default_transaction_read_only"
+    } else {
+        "SET default_transaction_read_only = on"
+    };
+    sqlx::raw_sql(&format!(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {setting}', current_database()); END $$"
+    ))
+    .execute(&mut *admin)
+    .await
+    .unwrap();
+    if !writes {
+        sqlx::raw_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+    }
+}
+
 /// A failover's read-only spell in the middle of a run, as the service meets it: every session
 /// ends (the old primary restarting as a standby), and the address still leads to a server
 /// that accepts no writes for a while (DNS, or a proxy, not yet moved), here new sessions of
@@ -410,24 +437,7 @@ async fn sessions_left_read_only_by_a_failover_are_replaced_and_the_run_goes_on(
     let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&env.db_url)
         .await
         .unwrap();
-    let set = |on: bool| {
-        format!(
-            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {}', current_database()); END $$",
-            if on {
-                "SET default_transaction_read_only = on"
-            } else {
-                "RESET default_transaction_read_only"
-            }
-        )
-    };
-    sqlx::raw_sql(&set(true)).execute(&mut admin).await.unwrap();
-    sqlx::raw_sql(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    )
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    takes_writes(&mut admin, false).await;
     // An operator looks at the status page meanwhile: it reads, which read-only sessions do,
     // so they stay in the pool.
     lms_sync::install_crypto_provider();
@@ -444,10 +454,7 @@ async fn sessions_left_read_only_by_a_failover_are_replaced_and_the_run_goes_on(
             break;
         }
     }
-    sqlx::raw_sql(&set(false))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    takes_writes(&mut admin, true).await;
     let ev = d.wait_for("sync run finished").await;
     assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
     assert_eq!(d.terminate().await, 0);
@@ -508,24 +515,7 @@ async fn a_database_taking_no_writes_holds_every_run_until_it_does() {
     let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&env.db_url)
         .await
         .unwrap();
-    let set = |on: bool| {
-        format!(
-            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {}', current_database()); END $$",
-            if on {
-                "SET default_transaction_read_only = on"
-            } else {
-                "RESET default_transaction_read_only"
-            }
-        )
-    };
-    sqlx::raw_sql(&set(true)).execute(&mut admin).await.unwrap();
-    sqlx::raw_sql(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    )
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    takes_writes(&mut admin, false).await;
 
     let held = d
         .wait_for("the database accepts no writes; no run starts until it does")
@@ -577,10 +567,7 @@ async fn a_database_taking_no_writes_holds_every_run_until_it_does() {
     assert!(quiet.is_err(), "a run started: {quiet:?}");
     assert_eq!(env.sim.stats().requests, failed_before);
 
-    sqlx::raw_sql(&set(false))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    takes_writes(&mut admin, true).await;
     d.wait_for("the database accepts writes again; runs start")
         .await;
     let ev = d.wait_for("sync run finished").await;
