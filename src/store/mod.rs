@@ -353,6 +353,8 @@ struct Hosts {
     /// When they were last looked at (as `read_only::now` counts), 0 for never: trouble
     /// after that is a reason to look again.
     looked_at: u64,
+    /// What the last look found of the hosts before the one in use ("name: why not").
+    passed_over: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -382,6 +384,7 @@ impl Hosts {
             each,
             current: 0,
             looked_at: 0,
+            passed_over: Vec::new(),
         })
     }
 }
@@ -615,6 +618,7 @@ impl Store {
         let mut now = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         let first = now.looked_at == 0;
         now.looked_at = looked_at;
+        now.passed_over = said.clone();
         let Some(pick) = writable.or(answering) else {
             tracing::warn!(hosts = %said.join("; "), "no host of database.url answers");
             return;
@@ -645,11 +649,15 @@ impl Store {
     pub fn host_in_use(&self) -> Option<String> {
         let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         (hosts.each.len() > 1).then(|| {
-            format!(
+            let mut s = format!(
                 "host {} of database.url's {}",
                 hosts.each[hosts.current].name,
                 hosts.each.len()
-            )
+            );
+            if !hosts.passed_over.is_empty() {
+                s.push_str(&format!(" ({})", hosts.passed_over.join("; ")));
+            }
+            s
         })
     }
 

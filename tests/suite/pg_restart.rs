@@ -610,7 +610,9 @@ async fn the_service_follows_the_primary_among_the_hosts_database_url_names() {
     assert_eq!(out.status.code(), Some(0), "{report}");
     let database = report.lines().find(|l| l.starts_with("database")).unwrap();
     assert!(
-        database.ends_with(&format!("; host {primary_dir} of database.url's 2")),
+        database.ends_with(&format!(
+            "; host {primary_dir} of database.url's 2 ({standby_dir}: accepts no writes)"
+        )),
         "{database}"
     );
 
