@@ -419,7 +419,7 @@ async fn takes_writes(admin: &mut sqlx::PgConnection, writes: bool) {
 async fn sessions_left_read_only_by_a_failover_are_replaced_and_the_run_goes_on() {
     let a = account_id(1);
     let env = Env::new(&[(a, 3000)]).await;
-    env.sim.set_latency(Duration::from_millis(30));
+    env.sim.set_latency(Duration::from_millis(60));
     let cfg = crate::helpers::daemon::config(&env.sim, &[a], "1h", 1);
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
@@ -655,7 +655,7 @@ async fn the_service_follows_the_primary_among_the_hosts_database_url_names() {
 async fn a_pass_under_way_follows_a_switchover_among_the_hosts_database_url_names() {
     let a = account_id(1);
     let (mut env, pg) = private_env(&[(a, 2000)]).await;
-    env.sim.set_latency(Duration::from_millis(10));
+    env.sim.set_latency(Duration::from_millis(40));
     let standby = standby_of(&pg, "mirror").await;
     let both = format!(
         "postgres://postgres@localhost/mirror?host={0}/replica,{0}&target_session_attrs=primary",
