@@ -28,10 +28,15 @@ impl Progress for Pages {
 
 /// A replica's config for `accounts` under `limit` whose database retries outlast a restart.
 fn riding_out_a_restart(env: &Env, accounts: &[Uuid], limit: RateLimit) -> TempFile {
-    let cfg = budget_config_with(env, accounts, limit);
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[sync]\n", "[sync]\ndb_max_attempts = 30\n");
+    with_db_attempts(budget_config_with(env, accounts, limit), 30)
+}
+
+/// `cfg` with `sync.db_max_attempts = attempts`.
+fn with_db_attempts(cfg: TempFile, attempts: u32) -> TempFile {
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[sync]\n",
+        &format!("[sync]\ndb_max_attempts = {attempts}\n"),
+    );
     std::fs::write(&cfg, text).unwrap();
     cfg
 }
@@ -62,6 +67,35 @@ async fn private_env(accounts: &[(Uuid, usize)]) -> (Env, Arc<TempPostgres>) {
     (env, pg)
 }
 
+/// Syncs account `a` of `env` and, once 3 or more pages are committed, does `fault` to the
+/// cluster (blocking) while the pass goes on. Returns the pass's outcome.
+async fn sync_with_a_fault_after_page_3(
+    env: &Env,
+    a: Uuid,
+    pg: &Arc<TempPostgres>,
+    fault: impl FnOnce(&TempPostgres) -> anyhow::Result<()> + Send + 'static,
+) -> lms_sync::sync::SyncOutcome {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let pg = pg.clone();
+    let faulty = tokio::spawn(async move {
+        while let Some(pages) = rx.recv().await {
+            if pages >= 3 {
+                tokio::task::spawn_blocking(move || fault(&pg))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                return true;
+            }
+        }
+        false
+    });
+    let o = env
+        .sync_with(&env.account(a), &CancellationToken::new(), &Pages(tx))
+        .await;
+    assert!(faulty.await.unwrap(), "the fault came mid-run");
+    o
+}
+
 /// Syncs a 2,000-user account and, once 3 or more pages are committed, restarts PostgreSQL (a clean
 /// stop, or a crash) while the pass goes on. Returns the outcome and the env.
 async fn sync_across_a_restart(
@@ -70,30 +104,11 @@ async fn sync_across_a_restart(
     let a = account_id(1);
     let (env, pg) = private_env(&[(a, 2000)]).await;
     env.sim.set_latency(Duration::from_millis(10));
-
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let pg2 = pg.clone();
-    let restarter = tokio::spawn(async move {
-        while let Some(pages) = rx.recv().await {
-            if pages >= 3 {
-                let pg = pg2.clone();
-                tokio::task::spawn_blocking(move || {
-                    if crash { pg.crash() } else { pg.stop() }.unwrap();
-                    pg.start_again().unwrap();
-                })
-                .await
-                .unwrap();
-                return true;
-            }
-        }
-        false
-    });
-
-    let o = env
-        .sync_with(&env.account(a), &CancellationToken::new(), &Pages(tx))
-        .await;
-
-    assert!(restarter.await.unwrap(), "the server was restarted mid-run");
+    let o = sync_with_a_fault_after_page_3(&env, a, &pg, move |pg| {
+        if crash { pg.crash() } else { pg.stop() }?;
+        pg.start_again()
+    })
+    .await;
     (o, env, pg)
 }
 
@@ -420,11 +435,7 @@ async fn sessions_left_read_only_by_a_failover_are_replaced_and_the_run_goes_on(
     let a = account_id(1);
     let env = Env::new(&[(a, 3000)]).await;
     env.sim.set_latency(Duration::from_millis(60));
-    let cfg = crate::helpers::daemon::config(&env.sim, &[a], "1h", 1);
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[sync]\n", "[sync]\ndb_max_attempts = 30\n");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = with_db_attempts(crate::helpers::daemon::config(&env.sim, &[a], "1h", 1), 30);
     let mut d = spawn(&cfg, &env.db_url);
     let listening = d
         .wait_for("operations server listening (/healthz, /readyz, /metrics)")
@@ -478,13 +489,12 @@ async fn sessions_left_read_only_by_a_failover_are_replaced_and_the_run_goes_on(
 async fn a_database_taking_no_writes_holds_every_run_until_it_does() {
     let (a, b) = (account_id(1), account_id(2));
     let env = Env::new(&[(a, 100), (b, 100)]).await;
-    let cfg = crate::helpers::daemon::config(&env.sim, &[a, b], "1s", 2);
     // A run fails at its first refused write: one that started would end within the quiet
     // spell below.
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[sync]\n", "[sync]\ndb_max_attempts = 1\n");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = with_db_attempts(
+        crate::helpers::daemon::config(&env.sim, &[a, b], "1s", 2),
+        1,
+    );
     let mut d = spawn(&cfg, &env.db_url);
     let listening = d
         .wait_for("operations server listening (/healthz, /readyz, /metrics)")
@@ -665,25 +675,7 @@ async fn a_pass_under_way_follows_a_switchover_among_the_hosts_database_url_name
         .await
         .unwrap();
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let pg2 = pg.clone();
-    let switchover = tokio::spawn(async move {
-        while let Some(pages) = rx.recv().await {
-            if pages >= 3 {
-                let pg = pg2.clone();
-                tokio::task::spawn_blocking(move || pg.switch_over())
-                    .await
-                    .unwrap()
-                    .unwrap();
-                return true;
-            }
-        }
-        false
-    });
-    let o = env
-        .sync_with(&env.account(a), &CancellationToken::new(), &Pages(tx))
-        .await;
-    assert!(switchover.await.unwrap(), "switched over mid-run");
+    let o = sync_with_a_fault_after_page_3(&env, a, &pg, TempPostgres::switch_over).await;
 
     assert_eq!(
         o.status,
