@@ -214,9 +214,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         let in_flight: HashSet<Uuid> = s.running.lock().expect("running").keys().copied().collect();
         // With several hosts in database.url, a lost connection or a refused write may mean
         // another is the primary now: looked at before this round's reads.
-        if s.store.hosts_in_doubt() {
-            s.store.choose_host().await;
-        }
+        s.store.choose_host().await;
         let read = async {
             Ok::<_, StoreError>((
                 s.store.registry().await?,

@@ -160,7 +160,8 @@ mod read_only {
         *EPOCH.get_or_init(Instant::now)
     }
 
-    fn now_ms() -> u64 {
+    /// Now, as [`last`] counts.
+    pub(super) fn now_ms() -> u64 {
         epoch().elapsed().as_millis() as u64 + 1
     }
 
@@ -182,11 +183,6 @@ mod read_only {
     /// When anything was last refused or lost (see [`last`]).
     pub(super) fn last_trouble() -> Option<u64> {
         last().max(Some(LOST.load(Ordering::Relaxed)).filter(|&ms| ms > 0))
-    }
-
-    /// Now, as [`last`] counts.
-    pub(super) fn now() -> u64 {
-        now_ms()
     }
 
     /// Whether a pooled connection `age` old was opened after the last refusal (one opened
@@ -567,7 +563,7 @@ impl Store {
     /// With several hosts in database.url, whether they should be looked at again
     /// ([`Store::choose_host`]): never yet, or a connection was lost or a write refused since
     /// the last look. Costs no query. False for a URL naming one host.
-    pub fn hosts_in_doubt(&self) -> bool {
+    fn hosts_in_doubt(&self) -> bool {
         let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         hosts.each.len() > 1
             && (hosts.looked_at == 0 || read_only::last_trouble() > Some(hosts.looked_at))
@@ -577,24 +573,21 @@ impl Store {
     /// primary is whichever host accepts writes, as libpq's `target_session_attrs=read-write`
     /// finds it): connects to each in order, and makes new connections go to the first that
     /// accepts writes, else to the first that answers; the pool's connections to another are
-    /// closed as they are next taken. Says so when that changes. Nothing for a URL naming one.
+    /// closed as they are next taken. Says so when that changes. Only when they are in doubt
+    /// (never looked at, or trouble since: no query otherwise); nothing for a URL naming one.
     pub async fn choose_host(&self) {
-        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if hosts.each.len() < 2 {
+        if !self.hosts_in_doubt() {
             return;
         }
-        let looked_at = read_only::now();
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let looked_at = read_only::now_ms();
         let mut answering = None;
         let mut writable = None;
         let mut said = Vec::new();
         for (i, h) in hosts.each.iter().enumerate() {
             let probe = async {
                 let mut conn = h.options.connect().await?;
-                let refuses: bool = sqlx::query_scalar(
-                    "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'",
-                )
-                .fetch_one(&mut conn)
-                .await?;
+                let refuses = schema::no_writes(&mut conn).await?.is_some();
                 let _ = sqlx::Connection::close(conn).await;
                 Ok::<_, sqlx::Error>(refuses)
             };

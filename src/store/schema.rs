@@ -277,32 +277,12 @@ impl Store {
     /// (a read replica, or a failover not finished), or `default_transaction_read_only` is on
     /// for the role, the database or the server. `None` when they can.
     pub async fn refuses_writes(&self) -> Result<Option<String>, StoreError> {
-        let (standby, read_only): (bool, bool) = sqlx::query_as(
-            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        if standby || read_only {
+        let refused = no_writes(&self.pool).await?;
+        if refused.is_some() {
             // This session stays so: the next look, or write, is on a new one.
             super::read_only::seen();
         }
-        Ok(if standby {
-            Some(
-                "the server is a standby (in recovery: a read replica, or a failover not \
-                 finished); point database.url at the primary"
-                    .into(),
-            )
-        } else if read_only {
-            Some(
-                "this role's sessions are read-only (default_transaction_read_only is on, set \
-                 for the role, the database or the server; some managed PostgreSQL services \
-                 set it while storage is nearly full); lms-sync writes the mirror: turn it off \
-                 (ALTER ROLE, ALTER DATABASE or the server's parameters) or free storage"
-                    .into(),
-            )
-        } else {
-            None
-        })
+        Ok(refused.map(|r| r.why().to_string()))
     }
 
     /// The schema's triggers that are disabled (`ALTER TABLE … DISABLE TRIGGER`), as
@@ -387,9 +367,7 @@ impl Store {
     /// no writes (a standby, read-only sessions) is [`StoreError::ReadOnly`], said before
     /// anything fails on it.
     pub async fn prepare_to_write(&self, migrate: bool) -> Result<(), StoreError> {
-        if self.hosts_in_doubt() {
-            self.choose_host().await;
-        }
+        self.choose_host().await;
         if let Some(why) = self.refuses_writes().await? {
             return Err(StoreError::ReadOnly(why));
         }
@@ -400,6 +378,52 @@ impl Store {
     pub async fn migrations_applied(&self) -> Result<bool, StoreError> {
         Ok(self.schema_state().await?.ready().is_ok())
     }
+}
+
+/// Why a session cannot write.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum NoWrites {
+    /// The server is in recovery.
+    Standby,
+    /// `transaction_read_only` is on for the session.
+    ReadOnlySessions,
+}
+
+impl NoWrites {
+    /// What it is, and what to do.
+    fn why(self) -> &'static str {
+        match self {
+            NoWrites::Standby => {
+                "the server is a standby (in recovery: a read replica, or a failover not \
+                 finished); point database.url at the primary"
+            }
+            NoWrites::ReadOnlySessions => {
+                "this role's sessions are read-only (default_transaction_read_only is on, set \
+                 for the role, the database or the server; some managed PostgreSQL services \
+                 set it while storage is nearly full); lms-sync writes the mirror: turn it off \
+                 (ALTER ROLE, ALTER DATABASE or the server's parameters) or free storage"
+            }
+        }
+    }
+}
+
+/// Whether the session `e` runs on can write, and why not: one query, for the store's look
+/// ([`Store::refuses_writes`]) and for a host's ([`Store::choose_host`]).
+pub(super) async fn no_writes<'e>(
+    e: impl sqlx::PgExecutor<'e>,
+) -> Result<Option<NoWrites>, sqlx::Error> {
+    let (standby, read_only): (bool, bool) = sqlx::query_as(
+        "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
+    )
+    .fetch_one(e)
+    .await?;
+    Ok(if standby {
+        Some(NoWrites::Standby)
+    } else if read_only {
+        Some(NoWrites::ReadOnlySessions)
+    } else {
+        None
+    })
 }
 
 /// What a backend waits for, who holds it (described), and their transactions (pid and start).

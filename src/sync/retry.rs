@@ -60,9 +60,7 @@ where
                     _ = cancel.cancelled() => return Err(e),
                 }
                 waited += wait;
-                if store.hosts_in_doubt() {
-                    store.choose_host().await;
-                }
+                store.choose_host().await;
             }
             Err(e) => return Err(e),
         }
