@@ -219,6 +219,7 @@ async fn a_429_with_a_hint_pauses_the_account_and_the_run_still_succeeds() {
 }
 
 async fn get(url: &str) -> (u16, String) {
+    lms_sync::install_crypto_provider();
     let r = reqwest::get(url).await.expect("ops server answers");
     (r.status().as_u16(), r.text().await.unwrap())
 }
