@@ -61,8 +61,9 @@ struct Scheduler {
     /// service's CPU).
     shown: HashMap<Uuid, Health>,
     done_tx: mpsc::UnboundedSender<(Uuid, PassStatus)>,
-    /// Why no run starts: the database accepts no writes (see `check_writes`).
-    read_only: Option<String>,
+    /// Ticked at every round, for `/readyz`; it also holds why no run starts while the
+    /// database accepts no writes (see `check_writes`), for `/readyz` and the status page.
+    ready: Arc<Readiness>,
     /// The write refusal (`Store::write_refused_at`) the database was last asked about.
     writes_checked: Option<u64>,
 }
@@ -167,7 +168,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         not_before: HashMap::new(),
         shown: HashMap::new(),
         done_tx,
-        read_only: None,
+        ready: ready.clone(),
         writes_checked: None,
     };
     s.tracker.spawn(super::lock_watch::run(
@@ -238,7 +239,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
             .collect();
         s.show_health(&histories);
         s.stop_gated();
-        s.check_writes(&ready).await;
+        s.check_writes().await;
         let wake = s.start_due(&histories, &in_flight);
         let woken = s.wake.clone();
         tokio::select! {
@@ -400,25 +401,24 @@ impl Scheduler {
     /// would fail alike at its first write, one account after another, each after its
     /// retries (a storage-full read-only mode lasts until someone acts). The runs under way
     /// retry their writes on their own; none starts until it takes writes again.
-    async fn check_writes(&mut self, ready: &Readiness) {
-        let refused = self.store.write_refused_at();
-        if self.read_only.is_none() && refused <= self.writes_checked {
+    async fn check_writes(&mut self) {
+        let held = self.ready.refusing_writes().is_some();
+        if !held && self.store.write_refused_at() <= self.writes_checked {
             return;
         }
         match self.store.refuses_writes().await {
             Ok(Some(why)) => {
-                if self.read_only.is_none() {
+                if !held {
                     tracing::error!(why = %why, "the database accepts no writes; no run starts until it does");
                     self.metrics.set("lms_sync_database_read_only", &[], 1.0);
-                    ready.read_only(Some(why.clone()));
+                    self.ready.read_only(Some(why));
                 }
-                self.read_only = Some(why);
             }
             Ok(None) => {
-                if self.read_only.take().is_some() {
+                if held {
                     tracing::info!("the database accepts writes again; runs start");
                     self.metrics.set("lms_sync_database_read_only", &[], 0.0);
-                    ready.read_only(None);
+                    self.ready.read_only(None);
                 }
             }
             // The round's reads say what fails; asked again next round.
@@ -443,7 +443,7 @@ impl Scheduler {
         let now = Utc::now();
         let rescan = now + chrono::Duration::from_std(RESCAN).expect("small");
         let mut wake = rescan;
-        if self.source.halt().is_some() || self.read_only.is_some() {
+        if self.source.halt().is_some() || self.ready.refusing_writes().is_some() {
             return wake;
         }
         let max = self.settings.sync.max_concurrent_accounts;
