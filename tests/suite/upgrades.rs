@@ -1138,7 +1138,6 @@ async fn check_and_the_service_tell_a_database_that_accepts_no_writes() {
         "{database}"
     );
 
-    let cfg = crate::helpers::daemon::config(&env.sim, &[a], "1h", 1);
     let mut d = crate::helpers::daemon::spawn(&cfg, &url);
     let listening = d
         .wait_for("operations server listening (/healthz, /readyz, /metrics)")
