@@ -14,13 +14,17 @@
 //!   turn: its listing would fail after its retries (holding the lease meanwhile) while another
 //!   replica's might not. When its runs start again it lists at once if the last listing
 //!   failed, else when the next one is due.
+//! - Nor does a process whose scheduler found that the database accepts no writes (a read-only
+//!   mode, a standby at the primary's address): the listing could not be recorded, so every
+//!   retry would spend a listing's requests for nothing. It lists again as above once the
+//!   database takes writes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Live;
+use super::{Live, Readiness};
 use crate::config::DiscoverySettings;
 use crate::metrics::Metrics;
 use crate::source::TrutoClient;
@@ -31,20 +35,41 @@ pub(super) async fn run(
     store: Store,
     source: Arc<TrutoClient>,
     live: Live,
+    ready: Arc<Readiness>,
     metrics: Arc<Metrics>,
     wake: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
     let mut standing = source.watch_standing();
+    let mut writes = ready.watch_writes();
     let mut halted_before = false;
+    let mut refused_before = false;
     while !cancel.is_cancelled() {
         // (A reloaded configuration applies from the next listing on.)
         let settings = live.borrow().discovery.clone();
         standing.borrow_and_update();
         let halt = source.halt();
+        let refused = writes.borrow_and_update().clone();
         // When the runs start again, a listing that failed meanwhile is tried at once: what
-        // failed it (the token, Truto not answering) is what just ended.
+        // failed it (the token, Truto not answering, the database) is what just ended.
         let mut retry_now = false;
+        if refused.is_some() != refused_before {
+            refused_before = refused.is_some();
+            match &refused {
+                Some((why, _)) => tracing::warn!(
+                    why = %why,
+                    "not listing the integrated accounts while the database accepts no writes: \
+                     no listing could be recorded"
+                ),
+                None => {
+                    retry_now = true;
+                    tracing::info!(
+                        "the database accepts writes: listing the integrated accounts at once if \
+                         the last listing failed, else when the next is due"
+                    )
+                }
+            }
+        }
         if halt.is_some() != halted_before {
             halted_before = halt.is_some();
             match &halt {
@@ -65,7 +90,7 @@ pub(super) async fn run(
         let wait = if !settings.enabled {
             tracing::info!("discovery was turned off by a reloaded configuration");
             settings.interval()
-        } else if halt.is_some() {
+        } else if halt.is_some() || refused.is_some() {
             settings.interval()
         } else {
             take_turn(
@@ -74,11 +99,12 @@ pub(super) async fn run(
             .await
         };
         // While held (since before the turn, or by what its listing met), look again as soon
-        // as this process's standing with Truto changes.
+        // as this process's standing with Truto changes; and whenever the database's changes.
         let held = source.halt().is_some();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             Ok(()) = standing.changed(), if held => {}
+            Ok(()) = writes.changed() => {}
             _ = cancel.cancelled() => {}
         }
     }

@@ -47,13 +47,22 @@ const READY_STALE: Duration = Duration::from_secs(30);
 
 /// Whether the scheduler is working: it ticks at every round; `/readyz` answers ready only
 /// while the last tick is recent.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Readiness {
     /// Unix milliseconds of the last round; 0 before the first and after the loop stopped.
     last_tick_ms: std::sync::atomic::AtomicI64,
     /// While the scheduler starts no run because the database accepts no writes: why, and
-    /// since when.
-    read_only: std::sync::Mutex<Option<(String, DateTime<Utc>)>>,
+    /// since when (watched by discovery, which lists no accounts meanwhile).
+    read_only: tokio::sync::watch::Sender<Option<(String, DateTime<Utc>)>>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            last_tick_ms: Default::default(),
+            read_only: tokio::sync::watch::Sender::new(None),
+        }
+    }
 }
 
 impl Readiness {
@@ -70,17 +79,19 @@ impl Readiness {
     }
 
     fn read_only(&self, why: Option<String>) {
-        *self.read_only.lock().unwrap_or_else(|e| e.into_inner()) =
-            why.map(|why| (why, Utc::now()));
+        self.read_only
+            .send_replace(why.map(|why| (why, Utc::now())));
     }
 
     /// Why, and since when, the scheduler starts no run because the database accepts no
     /// writes, while it does.
     pub fn refusing_writes(&self) -> Option<(String, DateTime<Utc>)> {
-        self.read_only
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.read_only.borrow().clone()
+    }
+
+    /// Follows [`Readiness::refusing_writes`].
+    fn watch_writes(&self) -> tokio::sync::watch::Receiver<Option<(String, DateTime<Utc>)>> {
+        self.read_only.subscribe()
     }
 
     /// Why the scheduler is not working, if it is not.

@@ -188,6 +188,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
             s.store.clone(),
             s.source.clone(),
             live.clone(),
+            s.ready.clone(),
             s.metrics.clone(),
             s.wake.clone(),
             s.root.clone(),

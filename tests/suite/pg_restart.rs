@@ -3,7 +3,7 @@
 //! private throwaway cluster instead of the shared one.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::budget::budget_config_with;
 use crate::helpers::daemon::*;
@@ -483,22 +483,47 @@ async fn sessions_left_read_only_by_a_failover_are_replaced_and_the_run_goes_on(
 /// storage-full read-only mode; a standby answering at the address for longer than a failover
 /// takes): the runs that meet it fail after their retries, and then none starts (each would
 /// fail alike, one account after another) while the service says why: its log,
-/// `lms_sync_database_read_only` 1 and `/readyz` 503. Once it takes writes again, runs start
-/// and succeed.
+/// `lms_sync_database_read_only` 1 and `/readyz` 503. Discovery lists no accounts meanwhile
+/// (the listing could not be recorded, and each retry would spend its requests). Once it takes
+/// writes again, runs start and succeed, and the accounts are listed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_taking_no_writes_holds_every_run_until_it_does() {
+async fn a_database_taking_no_writes_holds_every_run_and_listing_until_it_does() {
     let (a, b) = (account_id(1), account_id(2));
     let env = Env::new(&[(a, 100), (b, 100)]).await;
+    for id in [a, b] {
+        env.sim
+            .set_integrated(id, lms_sync::devkit::simulator::Integrated::active("acme"));
+    }
     // A run fails at its first refused write: one that started would end within the quiet
-    // spell below.
+    // spell below. A failed listing would be tried again every second. Without the request
+    // budget: its share, which the database can no longer record, would hold the listing's
+    // requests back too.
     let cfg = with_db_attempts(
         crate::helpers::daemon::config(&env.sim, &[a, b], "1s", 2),
         1,
     );
+    let discovery = "[discovery]\nenabled = true\ninterval = \"10s\"\nretry_initial = \"1s\"\n\
+                     [rate_budget]\nenabled = false\n";
+    let text = std::fs::read_to_string(&cfg).unwrap() + discovery;
+    std::fs::write(&cfg, text).unwrap();
     let mut d = spawn(&cfg, &env.db_url);
     let listening = d
         .wait_for("operations server listening (/healthz, /readyz, /metrics)")
         .await;
+    let first = d
+        .wait_for_each(&[
+            "discovery finished",
+            "sync run finished",
+            "sync run finished",
+        ])
+        .await;
+    // The next listing is due 10 s after this one ended.
+    let listed = Instant::now();
+    for ev in &first[1..] {
+        assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    }
+    let listings = env.sim.stats().account_listings;
+    assert_eq!(listings, 1);
     let addr = listening["fields"]["addr"].as_str().unwrap().to_string();
     lms_sync::install_crypto_provider();
     let get = |path: &'static str| {
@@ -508,10 +533,6 @@ async fn a_database_taking_no_writes_holds_every_run_until_it_does() {
             (r.status().as_u16(), r.text().await.unwrap())
         }
     };
-    for _ in 0..2 {
-        let ev = d.wait_for("sync run finished").await;
-        assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
-    }
     assert_eq!(
         gauge(&get("/metrics").await.1, "lms_sync_database_read_only"),
         Some(0.0)
@@ -532,6 +553,11 @@ async fn a_database_taking_no_writes_holds_every_run_until_it_does() {
             .starts_with("this role's sessions are read-only"),
         "{held}"
     );
+    d.wait_for(
+        "not listing the integrated accounts while the database accepts no writes: no listing \
+         could be recorded",
+    )
+    .await;
     let (status, body) = get("/readyz").await;
     assert_eq!(
         (status, body.as_str()),
@@ -558,8 +584,10 @@ async fn a_database_taking_no_writes_holds_every_run_until_it_does() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let failed_before = env.sim.stats().requests;
-    // ... none starts, though both come due every second.
-    let quiet = tokio::time::timeout(Duration::from_secs(5), async {
+    // ... none starts, though both come due every second; nor is a listing made, though one
+    // comes due 10 s after the first (the spell lasts past that).
+    let spell = Duration::from_secs(5).max((listed + Duration::from_secs(13)) - Instant::now());
+    let quiet = tokio::time::timeout(spell, async {
         loop {
             let ev = d.next_event("a run").await;
             let said = ev["fields"]["message"].as_str().unwrap_or_default();
@@ -571,12 +599,17 @@ async fn a_database_taking_no_writes_holds_every_run_until_it_does() {
     .await;
     assert!(quiet.is_err(), "a run started: {quiet:?}");
     assert_eq!(env.sim.stats().requests, failed_before);
+    assert_eq!(env.sim.stats().account_listings, listings);
 
     takes_writes(&mut admin, true).await;
     d.wait_for("the database accepts writes again; runs start")
         .await;
-    let ev = d.wait_for("sync run finished").await;
+    // A run succeeds, and the listing that came due meanwhile is made now.
+    let ev = &d
+        .wait_for_each(&["sync run finished", "discovery finished"])
+        .await[0];
     assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    assert_eq!(env.sim.stats().account_listings, listings + 1);
     assert_eq!(get("/readyz").await.0, 200);
     assert_eq!(
         gauge(&get("/metrics").await.1, "lms_sync_database_read_only"),

@@ -109,15 +109,38 @@ impl Daemon {
     /// The next log event whose message is `msg`, within 3 minutes (a process logging other
     /// things all along must not keep a test waiting for a line that never comes).
     pub async fn wait_for(&mut self, msg: &str) -> Value {
+        self.wait_for_any(&[msg]).await
+    }
+
+    /// Waits for an event saying each of `msgs`, in any order (a message listed twice, for two
+    /// events): the events, in the order of `msgs`.
+    pub async fn wait_for_each(&mut self, msgs: &[&str]) -> Vec<Value> {
+        let mut found: Vec<Option<Value>> = vec![None; msgs.len()];
+        while found.iter().any(Option::is_none) {
+            let left: Vec<&str> = (0..msgs.len())
+                .filter(|&i| found[i].is_none())
+                .map(|i| msgs[i])
+                .collect();
+            let ev = self.wait_for_any(&left).await;
+            let said = ev["fields"]["message"].as_str().unwrap_or_default();
+            let slot = (0..msgs.len()).find(|&i| found[i].is_none() && msgs[i] == said);
+            found[slot.expect("one of those left")] = Some(ev);
+        }
+        found.into_iter().flatten().collect()
+    }
+
+    /// The first event saying one of `msgs`.
+    async fn wait_for_any(&mut self, msgs: &[&str]) -> Value {
+        let waiting = msgs.join("` or `");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
         loop {
-            let Ok(ev) = tokio::time::timeout_at(deadline, self.next_event(msg)).await else {
+            let Ok(ev) = tokio::time::timeout_at(deadline, self.next_event(&waiting)).await else {
                 panic!(
-                    "no `{msg}` within 3 minutes; the latest:\n{}",
+                    "no `{waiting}` within 3 minutes; the latest:\n{}",
                     self.latest()
                 );
             };
-            if ev["fields"]["message"] == msg {
+            if msgs.iter().any(|m| ev["fields"]["message"] == *m) {
                 return ev;
             }
         }
