@@ -187,6 +187,12 @@ pub async fn run_with(
     };
     let server = if let Some(listener) = listener {
         tracing::info!(addr = %listener.local_addr()?, "operations server listening (/healthz, /readyz, /metrics)");
+        // From 0, so that the first delivery under another secret is an increase (an alert's).
+        metrics.add(
+            "lms_sync_webhook_deliveries_total",
+            &[("result", "wrong_signature")],
+            0.0,
+        );
         let ops = ops::Ops {
             store: store.clone(),
             metrics: metrics.clone(),

@@ -7,6 +7,14 @@
 //! changes; bodies over 1 MiB never get here (413). Then: an event older (or newer) than
 //! `webhooks.tolerance_secs`, or one whose id was processed before (ids kept in the database,
 //! so every replica agrees), or of a type we do not act on: 200 and no effect.
+//!
+//! A signed, fresh delivery the database cannot record or apply (down, taking no writes) is
+//! answered 200 too, and left to the next discovery listing: Truto retries a failed delivery
+//! only for seconds and deactivates an endpoint that keeps failing, and a webhook created
+//! again comes with a new secret to deploy. Every delivery is counted by what became of it
+//! (`lms_sync_webhook_deliveries_total`), so that deliveries signed under another secret (a
+//! webhook created again in Truto, a secret not rotated here) can be alerted on before Truto
+//! gives up on the endpoint.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -39,10 +47,22 @@ struct Delivery<'a> {
     created_at: Option<String>,
 }
 
-/// Whether `body` carries a valid signature in `headers` for `secret`.
-pub fn signed(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> bool {
+/// What a delivery's signature says.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Signature {
+    /// The body's HMAC-SHA256 under the secret.
+    Valid,
+    /// No signature in Truto's form (no header, another format, not hex): not Truto's.
+    Missing,
+    /// A signature in Truto's form that does not match: signed under another secret (a
+    /// webhook created again in Truto, its secret not given to lms-sync), or forged.
+    Wrong,
+}
+
+/// What the signature in `headers` says of `body` under `secret`.
+pub fn signature(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> Signature {
     let Some(value) = headers.get(SIGNATURE).and_then(|v| v.to_str().ok()) else {
-        return false;
+        return Signature::Missing;
     };
     let mut format_ok = false;
     let mut given: Option<Vec<u8>> = None;
@@ -54,14 +74,17 @@ pub fn signed(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> bool {
         }
     }
     let (true, Some(given)) = (format_ok, given) else {
-        return false;
+        return Signature::Missing;
     };
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
-        return false;
+        return Signature::Wrong;
     };
     mac.update(body);
     // verify_slice compares in constant time.
-    mac.verify_slice(&given).is_ok()
+    match mac.verify_slice(&given) {
+        Ok(()) => Signature::Valid,
+        Err(_) => Signature::Wrong,
+    }
 }
 
 /// The instant of `created_at`, in either of Truto's forms.
@@ -77,18 +100,49 @@ fn created(at: &str) -> Option<chrono::DateTime<Utc>> {
 }
 
 pub(super) async fn receive(State(ops): State<Ops>, headers: HeaderMap, body: Bytes) -> Response {
+    let (result, response) = answer(&ops, &headers, &body).await;
+    ops.metrics
+        .inc("lms_sync_webhook_deliveries_total", &[("result", result)]);
+    response
+}
+
+/// The answer to a delivery, and what became of it (the metric's `result`).
+async fn answer(ops: &Ops, headers: &HeaderMap, body: &[u8]) -> (&'static str, Response) {
     let Some(secret) = ops.webhook_secret.get() else {
-        return text(
-            StatusCode::NOT_FOUND,
-            "the webhook receiver is off: set TRUTO_WEBHOOK_SECRET or webhooks.secret_file\n",
+        return (
+            "off",
+            text(
+                StatusCode::NOT_FOUND,
+                "the webhook receiver is off: set TRUTO_WEBHOOK_SECRET or webhooks.secret_file\n",
+            ),
         );
     };
-    if !signed(secret.expose_secret().as_bytes(), &headers, &body) {
-        tracing::warn!("webhook refused: missing or wrong X-Truto-Signature");
-        return text(StatusCode::UNAUTHORIZED, "invalid signature\n");
+    match signature(secret.expose_secret().as_bytes(), headers, body) {
+        Signature::Valid => {}
+        Signature::Missing => {
+            tracing::warn!("webhook refused: no X-Truto-Signature in Truto's form");
+            return (
+                "unsigned",
+                text(StatusCode::UNAUTHORIZED, "invalid signature\n"),
+            );
+        }
+        Signature::Wrong => {
+            tracing::warn!(
+                "webhook refused: X-Truto-Signature does not match the webhook secret (a webhook \
+                 created again in Truto comes with a new secret: give it to lms-sync, or Truto \
+                 deactivates the endpoint after repeated failures)"
+            );
+            return (
+                "wrong_signature",
+                text(StatusCode::UNAUTHORIZED, "invalid signature\n"),
+            );
+        }
     }
-    let Ok(delivery) = serde_json::from_slice::<Delivery>(&body) else {
-        return text(StatusCode::BAD_REQUEST, "not a Truto webhook delivery\n");
+    let Ok(delivery) = serde_json::from_slice::<Delivery>(body) else {
+        return (
+            "invalid",
+            text(StatusCode::BAD_REQUEST, "not a Truto webhook delivery\n"),
+        );
     };
     let tolerance = ops.settings.borrow().webhooks.tolerance_secs as i64;
     let age = delivery
@@ -98,38 +152,59 @@ pub(super) async fn receive(State(ops): State<Ops>, headers: HeaderMap, body: By
         .map(|t| (Utc::now() - t).num_seconds().abs());
     if age.is_none_or(|a| a > tolerance) {
         tracing::info!(event = %shorten(&delivery.event, 60), "webhook ignored: outside the time tolerance (or no created_at)");
-        return text(StatusCode::OK, "ignored: stale\n");
+        return ("stale", text(StatusCode::OK, "ignored: stale\n"));
     }
-    match ops
+    let applied = match ops
         .store
         .first_delivery(&delivery.id, &delivery.event)
         .await
     {
-        Ok(true) => {}
-        Ok(false) => return text(StatusCode::OK, "ignored: already processed\n"),
-        // Truto retries a delivery that failed: let it.
-        Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
-    }
-    match act(&ops, &delivery).await {
-        Ok(what) => {
+        Ok(true) => act(ops, &delivery).await,
+        Ok(false) => {
+            return (
+                "duplicate",
+                text(StatusCode::OK, "ignored: already processed\n"),
+            )
+        }
+        // Not a 5xx: Truto's retries last seconds, and an endpoint that keeps failing (a
+        // database down or taking no writes for a while) is deactivated.
+        Err(e) => Err(ops.store.explain(e).await.to_string()),
+    };
+    match applied {
+        Ok(Acted::Applied(what)) => {
             tracing::info!(event = %shorten(&delivery.event, 60), what, "webhook processed");
-            text(StatusCode::OK, format!("{what}\n"))
+            ("applied", text(StatusCode::OK, format!("{what}\n")))
+        }
+        Ok(Acted::Ignored(what)) => {
+            tracing::info!(event = %shorten(&delivery.event, 60), what, "webhook processed");
+            ("ignored", text(StatusCode::OK, format!("{what}\n")))
         }
         Err(e) => {
             tracing::warn!(event = %shorten(&delivery.event, 60), error = %e, "webhook could not be applied; the next discovery catches up");
-            text(StatusCode::OK, "accepted; the next discovery applies it\n")
+            (
+                "deferred",
+                text(StatusCode::OK, "accepted; the next discovery applies it\n"),
+            )
         }
     }
 }
 
+/// What an account event did.
+enum Acted {
+    /// It changed the registry: what it did.
+    Applied(&'static str),
+    /// Nothing to do: why.
+    Ignored(&'static str),
+}
+
 /// Applies an account event to the registry; says what it did.
-async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<&'static str, String> {
+async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<Acted, String> {
     let Some(kind) = d.event.strip_prefix("integrated_account:") else {
-        return Ok("ignored: not an account event");
+        return Ok(Acted::Ignored("ignored: not an account event"));
     };
     let discovery = ops.settings.borrow().discovery.clone();
     if !discovery.enabled {
-        return Ok("ignored: discovery is off");
+        return Ok(Acted::Ignored("ignored: discovery is off"));
     }
     let payload = d.payload.map(|p| p.get()).unwrap_or("null");
     let mut account = read_account(payload).map_err(|e| format!("payload: {e}"))?;
@@ -143,7 +218,7 @@ async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<&'static str, String> {
     }
     let integration = account.integration.clone().unwrap_or_default();
     if !discovery.integrations.contains(&integration) {
-        return Ok("ignored: another integration");
+        return Ok(Acted::Ignored("ignored: another integration"));
     }
     let row = Discovered {
         id: account.id,
@@ -189,10 +264,10 @@ async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<&'static str, String> {
                 .map_err(|e| e.to_string())?;
             "gated"
         }
-        _ => return Ok("ignored: an account event we do not act on"),
+        _ => return Ok(Acted::Ignored("ignored: an account event we do not act on")),
     };
     ops.wake.notify_one();
-    Ok(done)
+    Ok(Acted::Applied(done))
 }
 
 #[cfg(test)]
@@ -212,13 +287,19 @@ mod tests {
     fn only_the_exact_body_under_the_secret_is_signed() {
         let body = br#"{"id":"1","event":"test","payload":{"foo":"bar"}}"#;
         let h = sign(b"s3cret", body);
-        assert!(signed(b"s3cret", &h, body));
-        assert!(!signed(b"other", &h, body));
-        assert!(!signed(b"s3cret", &h, b"{}"));
-        assert!(!signed(b"s3cret", &HeaderMap::new(), body));
+        assert_eq!(signature(b"s3cret", &h, body), Signature::Valid);
+        assert_eq!(signature(b"other", &h, body), Signature::Wrong);
+        assert_eq!(signature(b"s3cret", &h, b"{}"), Signature::Wrong);
+        assert_eq!(
+            signature(b"s3cret", &HeaderMap::new(), body),
+            Signature::Missing
+        );
         let mut md5 = HeaderMap::new();
         md5.insert(SIGNATURE, "format=md5,v=00".parse().unwrap());
-        assert!(!signed(b"s3cret", &md5, body));
+        assert_eq!(signature(b"s3cret", &md5, body), Signature::Missing);
+        let mut not_hex = HeaderMap::new();
+        not_hex.insert(SIGNATURE, "format=sha256,v=zz".parse().unwrap());
+        assert_eq!(signature(b"s3cret", &not_hex, body), Signature::Missing);
     }
 
     #[test]

@@ -122,6 +122,8 @@ fn the_alert_rules_name_only_exported_metrics_and_the_prometheus_rule_is_the_sam
         "LmsSyncTrutoUnreachable",
         "LmsSyncTrutoCutOff",
         "LmsSyncAccountStateUnreported",
+        "LmsSyncDatabaseReadOnly",
+        "LmsSyncWebhookSecretMismatch",
     ] {
         assert!(ALERTS.contains(&format!("alert: {alert}")), "{alert}");
     }

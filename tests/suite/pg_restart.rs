@@ -397,33 +397,6 @@ async fn a_failover_that_lost_committed_pages_stops_the_run_and_the_next_one_is_
     assert_eq!(kinds.get("delete"), None, "{kinds:?}");
 }
 
-/// Makes the database take no writes, as a service meets it mid-failover or in a managed
-/// service's storage-full mode: its new sessions read-only and every other session of it ended
-/// (the old primary restarting as a standby); or takes writes again for new sessions (those
-/// opened meanwhile stay read-only, as on a demoted primary). Through `admin`, opened before.
-async fn takes_writes(admin: &mut sqlx::PgConnection, writes: bool) {
-    let setting = if writes {
-        "RESET default_transaction_read_only"
-    } else {
-        "SET default_transaction_read_only = on"
-    };
-    sqlx::raw_sql(&format!(
-        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {setting}', current_database()); END $$"
-    ))
-    .execute(&mut *admin)
-    .await
-    .unwrap();
-    if !writes {
-        sqlx::raw_sql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-              WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .execute(&mut *admin)
-        .await
-        .unwrap();
-    }
-}
-
 /// A failover's read-only spell in the middle of a run, as the service meets it: every session
 /// ends (the old primary restarting as a standby), and the address still leads to a server
 /// that accepts no writes for a while (DNS, or a proxy, not yet moved), here new sessions of

@@ -79,6 +79,12 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
         .await
     };
 
+    // Counted from 0 (an alert's `increase` sees the first).
+    let metrics = get_text(&format!("{base}/metrics")).await;
+    assert!(
+        metrics.contains("lms_sync_webhook_deliveries_total{result=\"wrong_signature\"} 0.0\n"),
+        "{metrics}"
+    );
     // Missing, wrong, or another body's signature: 401 and nothing changes.
     let body = delivery(
         "evt-1",
@@ -100,6 +106,15 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
         401
     );
     assert_eq!(registered().await, 0);
+    // Counted apart: a wrong signature in Truto's form is most likely Truto under a secret
+    // lms-sync was not given (an alert says so before Truto deactivates the endpoint).
+    let metrics = get_text(&format!("{base}/metrics")).await;
+    assert!(
+        metrics.contains("lms_sync_webhook_deliveries_total{result=\"unsigned\"} 1.0\n")
+            && metrics
+                .contains("lms_sync_webhook_deliveries_total{result=\"wrong_signature\"} 2.0\n"),
+        "{metrics}"
+    );
     // Over 1 MiB: 413.
     let big = vec![b' '; 1024 * 1024 + 10];
     assert_eq!(
@@ -180,6 +195,22 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
     );
     let (status, text) = post(&url, deleted.clone(), Some(signature(SECRET, &deleted))).await;
     assert_eq!((status, text.trim()), (200, "retired"));
+    let metrics = get_text(&format!("{base}/metrics")).await;
+    for (result, n) in [
+        ("applied", 3),
+        ("duplicate", 1),
+        ("stale", 1),
+        ("ignored", 1),
+        ("unsigned", 1),
+        ("wrong_signature", 2),
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "lms_sync_webhook_deliveries_total{{result=\"{result}\"}} {n}.0\n"
+            )),
+            "{result}: {metrics}"
+        );
+    }
     stop.cancel();
     daemon.await.unwrap().unwrap();
     assert_eq!(
@@ -189,6 +220,74 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
         .await,
         0
     );
+}
+
+/// A signed, fresh delivery that the database cannot record (it takes no writes, or is down)
+/// is answered 200, not 5xx: Truto retries for seconds only and deactivates an endpoint that
+/// keeps failing, and a webhook created again comes with a new secret. Nothing is recorded, so
+/// the same delivery later is applied; the next discovery listing would apply it anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_the_database_cannot_record_is_accepted_and_left_to_discovery() {
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 50)]).await;
+    env.sim.set_integrated(a, Integrated::active("tenant-a"));
+    let mut s = daemon_settings(&env, "1h");
+    s.accounts.clear();
+    s.discovery.enabled = true;
+    s.discovery.interval = "1h".into();
+    let secret = secret_file(SECRET);
+    s.webhooks.secret_file = Some(secret.to_path_buf());
+    let (daemon, stop, mut rx, base) = serve_daemon(s).await;
+    let url = format!("{base}/webhooks/truto");
+    loop {
+        if let Event::Finished(id, _) = next(&mut rx).await {
+            assert_eq!(id, a);
+            break;
+        }
+    }
+    env.sim.add_account(b, 40, 9);
+    env.sim.set_integrated(b, Integrated::active("tenant-b"));
+    let body = delivery(
+        "evt-1",
+        "integrated_account:active",
+        account_payload(b, "tenant-b", "active"),
+        0,
+    );
+
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&env.db_url)
+        .await
+        .unwrap();
+    takes_writes(&mut admin, false).await;
+    let (status, text) = post(&url, body.clone(), Some(signature(SECRET, &body))).await;
+    assert_eq!(
+        (status, text.trim()),
+        (200, "accepted; the next discovery applies it")
+    );
+    let metrics = get_text(&format!("{base}/metrics")).await;
+    assert!(
+        metrics.contains("lms_sync_webhook_deliveries_total{result=\"deferred\"} 1.0\n"),
+        "{metrics}"
+    );
+
+    takes_writes(&mut admin, true).await;
+    // Sessions opened while it took no writes are replaced as they are next taken.
+    let (status, text) = post(&url, body.clone(), Some(signature(SECRET, &body))).await;
+    assert_eq!((status, text.trim()), (200, "registered; syncing now"));
+    let synced = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Event::Finished(id, o) = next(&mut rx).await {
+                if id == b {
+                    return o;
+                }
+            }
+        }
+    })
+    .await
+    .expect("synced after the delivery was applied");
+    assert_eq!(synced, "succeeded");
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    assert_mirror(&env.store, &env.sim, b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

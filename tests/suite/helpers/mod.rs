@@ -628,6 +628,33 @@ pub async fn wait_for_no_session(env: &Env, which: Sessions<'_>) {
     panic!("sessions with {column} {value} are still there after 5 s");
 }
 
+/// Makes the database take no writes, as a service meets it mid-failover or in a managed
+/// service's storage-full mode: its new sessions read-only and every other session of it ended
+/// (the old primary restarting as a standby); or takes writes again for new sessions (those
+/// opened meanwhile stay read-only, as on a demoted primary). Through `admin`, opened before.
+pub async fn takes_writes(admin: &mut sqlx::PgConnection, writes: bool) {
+    let setting = if writes {
+        "RESET default_transaction_read_only"
+    } else {
+        "SET default_transaction_read_only = on"
+    };
+    sqlx::raw_sql(&format!(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {setting}', current_database()); END $$"
+    ))
+    .execute(&mut *admin)
+    .await
+    .unwrap();
+    if !writes {
+        sqlx::raw_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+    }
+}
+
 /// A session of someone else's (named `application` in `pg_stat_activity`, `search_path` lms)
 /// that has run `BEGIN; {sql}` and holds what it took until the test sends `COMMIT` or drops
 /// it: a DBA's `LOCK TABLE`, an analyst's open transaction.
