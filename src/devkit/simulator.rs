@@ -247,7 +247,8 @@ impl Simulator {
         });
     }
 
-    /// Serves `fault` to the next account listing request (Partial marks the page partial).
+    /// Serves `fault` to the next request of the admin API (a page of the account listing, or
+    /// one account's GET): Partial marks the page partial, Delay answers it that much later.
     pub fn push_listing_fault(&self, fault: Fault) {
         self.with(|s| s.listing_faults.push_back(fault));
     }
@@ -898,9 +899,11 @@ fn integrated_reply(s: &mut State, req: &Request) -> Reply {
         return refused;
     }
     let mut partial = false;
+    let mut delay = Duration::ZERO;
     match s.listing_faults.pop_front() {
         None => {}
         Some(Fault::Partial) => partial = true,
+        Some(Fault::Delay(d)) => delay = d,
         Some(Fault::Status {
             status,
             retry_after,
@@ -929,7 +932,7 @@ fn integrated_reply(s: &mut State, req: &Request) -> Reply {
             .ok()
             .and_then(|id| s.integrated.get(&id).map(|a| render(&id, a)))
         {
-            Some(body) => json_reply(body),
+            Some(body) => delayed(json_reply(body), delay),
             None => error_reply(404, "no such integrated account", false, None),
         };
     }
@@ -957,7 +960,25 @@ fn integrated_reply(s: &mut State, req: &Request) -> Reply {
     if partial {
         body["is_partial_response"] = json!(true);
     }
-    json_reply(body)
+    delayed(json_reply(body), delay)
+}
+
+/// `reply`, answered `delay` later.
+fn delayed(reply: Reply, delay: Duration) -> Reply {
+    match reply {
+        Reply::Full {
+            status,
+            headers,
+            body,
+            ..
+        } => Reply::Full {
+            status,
+            headers,
+            body,
+            delay,
+        },
+        other => other,
+    }
 }
 
 fn json_reply(body: Value) -> Reply {

@@ -16,6 +16,8 @@
 //! webhook created again in Truto, a secret not rotated here) can be alerted on before Truto
 //! gives up on the endpoint.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -99,11 +101,34 @@ fn created(at: &str) -> Option<chrono::DateTime<Utc>> {
         })
 }
 
+/// How long a delivery's answer waits for the delivery to be applied.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
 pub(super) async fn receive(State(ops): State<Ops>, headers: HeaderMap, body: Bytes) -> Response {
-    let (result, response) = answer(&ops, &headers, &body).await;
-    ops.metrics
-        .inc("lms_sync_webhook_deliveries_total", &[("result", result)]);
-    response
+    // Handled in a task of its own, counted when it ends: a delivery may wait on the database
+    // (a lock, a busy pool) or, for an `updated` event, on its GET (paced behind a busy request
+    // budget, or a slow Truto), while Truto takes a slow answer for a failure (retried, and an
+    // endpoint failing for long is deactivated). After ANSWER_WITHIN it is answered, and goes on.
+    let metrics = ops.metrics.clone();
+    let mut task = tokio::spawn(async move {
+        let (result, response) = answer(&ops, &headers, &body).await;
+        metrics.inc("lms_sync_webhook_deliveries_total", &[("result", result)]);
+        response
+    });
+    match tokio::time::timeout(ANSWER_WITHIN, &mut task).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "webhook handling failed");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "handling failed\n")
+        }
+        Err(_) => {
+            tracing::info!(
+                within_secs = ANSWER_WITHIN.as_secs(),
+                "webhook answered before it was applied; it goes on"
+            );
+            text(StatusCode::OK, "accepted; still being applied\n")
+        }
+    }
 }
 
 /// The answer to a delivery, and what became of it (the metric's `result`).

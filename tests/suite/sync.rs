@@ -859,9 +859,11 @@ async fn an_interrupted_run_resumes_from_its_cursor_and_infers_no_deletions_unti
 
 /// Account `a` of 600 users whose first run was stopped after two pages, its cursor saved.
 async fn interrupted_after_two_pages(a: uuid::Uuid) -> Env {
-    let mut env = Env::new(&[(a, 600)]).await;
+    let mut env = Env::new(&[(a, 2000)]).await;
     // Pages slower than writes, and batches that take what has arrived: the writer commits
-    // them one by one, so the cancellation lands mid-listing.
+    // them one by one, so the cancellation lands mid-listing. And more pages than the
+    // cancellation can find fetched ahead and written after it (two batches of up to 8),
+    // however slow a loaded machine makes the writer: 20.
     env.settings.sync.batch_fill_ms = 0;
     env.sim.set_latency(Duration::from_millis(30));
     let token = CancellationToken::new();

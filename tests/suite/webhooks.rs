@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::helpers::service::*;
 use crate::helpers::*;
 use hmac::{Hmac, Mac};
-use lms_sync::devkit::simulator::Integrated;
+use lms_sync::devkit::simulator::{Fault, Integrated};
 use serde_json::json;
 use sha2::Sha256;
 use uuid::Uuid;
@@ -285,6 +285,74 @@ async fn a_delivery_the_database_cannot_record_is_accepted_and_left_to_discovery
     .await
     .expect("synced after the delivery was applied");
     assert_eq!(synced, "succeeded");
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    assert_mirror(&env.store, &env.sim, b).await;
+}
+
+/// A delivery slow to apply (an `updated` event's GET behind a slow Truto, or a busy request
+/// budget) is answered within seconds, and applied when its GET returns: Truto takes a slow
+/// answer for a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_slow_to_apply_is_answered_within_seconds_and_applied_after() {
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 50)]).await;
+    env.sim.set_integrated(a, Integrated::active("tenant-a"));
+    let mut s = daemon_settings(&env, "1h");
+    s.accounts.clear();
+    s.discovery.enabled = true;
+    s.discovery.interval = "1h".into();
+    let secret = secret_file(SECRET);
+    s.webhooks.secret_file = Some(secret.to_path_buf());
+    let (daemon, stop, mut rx, base) = serve_daemon(s).await;
+    let url = format!("{base}/webhooks/truto");
+    loop {
+        if let Event::Finished(id, _) = next(&mut rx).await {
+            assert_eq!(id, a);
+            break;
+        }
+    }
+    env.sim.add_account(b, 40, 9);
+    env.sim.set_integrated(b, Integrated::active("tenant-b"));
+    let updated = delivery(
+        "evt-u",
+        "integrated_account:updated",
+        account_payload(b, "tenant-b", "active"),
+        0,
+    );
+    // Truto answers the event's GET of the account too late, twice: each attempt times out
+    // (after truto.request_timeout_secs, 5 s here), and the third is answered, 10 s on.
+    for _ in 0..2 {
+        env.sim
+            .push_listing_fault(Fault::Delay(Duration::from_secs(7)));
+    }
+    let (status, text) = post(&url, updated.clone(), Some(signature(SECRET, &updated))).await;
+    assert_eq!(
+        (status, text.trim()),
+        (200, "accepted; still being applied")
+    );
+    let metrics = get_text(&format!("{base}/metrics")).await;
+    assert!(
+        !metrics.contains("lms_sync_webhook_deliveries_total{result=\"applied\"}"),
+        "counted when it ends: {metrics}"
+    );
+    let synced = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Event::Finished(id, o) = next(&mut rx).await {
+                if id == b {
+                    return o;
+                }
+            }
+        }
+    })
+    .await
+    .expect("registered and synced once the GET returned");
+    assert_eq!(synced, "succeeded");
+    let metrics = get_text(&format!("{base}/metrics")).await;
+    assert!(
+        metrics.contains("lms_sync_webhook_deliveries_total{result=\"applied\"} 1.0\n"),
+        "{metrics}"
+    );
     stop.cancel();
     daemon.await.unwrap().unwrap();
     assert_mirror(&env.store, &env.sim, b).await;

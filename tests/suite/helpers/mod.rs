@@ -645,13 +645,27 @@ pub async fn takes_writes(admin: &mut sqlx::PgConnection, writes: bool) {
     .await
     .unwrap();
     if !writes {
-        sqlx::raw_sql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-              WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .execute(&mut *admin)
-        .await
-        .unwrap();
+        // Every session that may have read the setting before it changed: one still starting
+        // then shows up in pg_stat_activity only once it has, so look until none is left.
+        let altered: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(&mut *admin)
+            .await
+            .unwrap();
+        loop {
+            let ended: Vec<bool> = sqlx::query_scalar(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()
+                    AND backend_start <= $1",
+            )
+            .bind(altered)
+            .fetch_all(&mut *admin)
+            .await
+            .unwrap();
+            if ended.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }
 
