@@ -175,7 +175,7 @@ impl Daemon {
     }
 
     /// The latest events read, one a line.
-    fn latest(&self) -> String {
+    pub fn latest(&self) -> String {
         self.seen.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
