@@ -1,7 +1,8 @@
 //! `check`: a deployment's preflight. What `run` needs is checked once, changing nothing: the
 //! database (reachable, a supported PostgreSQL), the schema (migrated for this binary), the
 //! role's rights, Truto's answer to the API token, each configured account as Truto knows it,
-//! and the discovery listing. One line per check, with what to do; exit 0 only when all pass.
+//! the discovery listing, and whether Truto's webhooks would be received and acted on. One line
+//! per check, with what to do; exit 0 only when all pass.
 //! Its few requests are paced under the token's budget shared with the running replicas.
 
 use futures_util::stream::{self, StreamExt};
@@ -38,6 +39,7 @@ pub async fn check(settings: Settings) -> Result<(), CliError> {
         .as_ref()
         .and_then(|store| super::commands::share_budget(store, &source, &sharing));
     truto(&settings, &source, &cancel, &mut checks).await;
+    checks.extend(webhooks(&settings));
     sharing.cancel();
     if let Some(task) = shared {
         let _ = task.await;
@@ -48,6 +50,51 @@ pub async fn check(settings: Settings) -> Result<(), CliError> {
     } else {
         Err(CliError::Failed)
     }
+}
+
+/// Truto's webhooks as `run` would receive them: said when a webhook secret is set (or cannot
+/// be read), and with discovery on, which they speed up. Reads the secret; sends nothing.
+fn webhooks(settings: &Settings) -> Option<Check> {
+    let secret = match settings.webhook_secret() {
+        Ok(secret) => secret,
+        Err(e) => {
+            return Some(Check::failed(
+                "webhooks",
+                format!("{e}; run does not start without it"),
+            ))
+        }
+    };
+    let listen = &settings.server.listen;
+    Some(match (secret, settings.discovery.enabled) {
+        (None, false) => return None,
+        (None, true) => Check::passed(
+            "webhooks",
+            "off (no TRUTO_WEBHOOK_SECRET or webhooks.secret_file): an account connected in \
+             Truto is found by the next listing, within discovery.interval",
+        ),
+        (Some(_), _) if listen.is_empty() => Check::failed(
+            "webhooks",
+            "a webhook secret is set, but server.listen is empty: nothing receives POST \
+             /webhooks/truto; set server.listen",
+        ),
+        (Some(_), false) => Check::failed(
+            "webhooks",
+            "a webhook secret is set, but discovery is off: account events would be answered \
+             and ignored; turn [discovery] on, or remove the secret",
+        ),
+        (Some(_), true) => Check::passed(
+            "webhooks",
+            format!(
+                "POST /webhooks/truto on {listen} verifies deliveries with the secret from {}; \
+                 register it with Truto for the integrated_account:* events",
+                if std::env::var_os(crate::config::WEBHOOK_SECRET_ENV).is_some() {
+                    "TRUTO_WEBHOOK_SECRET"
+                } else {
+                    "webhooks.secret_file"
+                }
+            ),
+        ),
+    })
 }
 
 /// "1 account", "2 accounts".

@@ -295,6 +295,108 @@ async fn a_database_that_accepts_no_writes_fails_the_sync_saying_so_and_keeps_th
     assert_eq!(live, 150, "the mirror is as the last sync left it");
 }
 
+/// `check` says whether Truto's webhooks would be received and acted on: a secret set with
+/// discovery off (events ignored), or without the operations server, fails its line, as does a
+/// secret file that cannot be read (run would not start); with both, the line says where they
+/// are received; with discovery on and no secret, that new accounts wait for the next listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_whether_webhooks_would_be_received_and_acted_on() {
+    let a = account_id(1);
+    let sim = sim_with(&[(a, 10)], "tok-wh").await;
+    sim.set_integrated(a, lms_sync::devkit::simulator::Integrated::active("acme"));
+    let db = fresh_database_url().await;
+    let cfg = config_for(&sim, &[(a, "Acme")]);
+    let quiet = std::fs::read_to_string(&cfg).unwrap() + "[server]\nlisten = \"\"\n";
+    let no_listen = write_config(&quiet);
+    let secret = TempFile::new("lms-sync-wh", "", "whsec-check-SECRET\n");
+    let secret = secret.to_str().unwrap();
+    let env = |extra: &[(&'static str, &str)]| {
+        let mut env = vec![
+            ("TRUTO_API_TOKEN", "tok-wh".to_string()),
+            ("LMS_SYNC__DATABASE__URL", db.clone()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        env
+    };
+    let migrated = run(
+        &["--config", cfg.to_str().unwrap(), "migrate"],
+        &[
+            ("TRUTO_API_TOKEN", "tok-wh"),
+            ("LMS_SYNC__DATABASE__URL", db.as_str()),
+        ],
+    )
+    .await;
+    assert!(migrated.status.success(), "{}", text(&migrated).1);
+    let on = ("LMS_SYNC__DISCOVERY__ENABLED", "true");
+    for (config, extra, code, said) in [
+        (
+            &cfg,
+            vec![on, ("LMS_SYNC__WEBHOOKS__SECRET_FILE", secret)],
+            0,
+            "ok       POST /webhooks/truto on 127.0.0.1:9000 verifies deliveries with the secret \
+             from webhooks.secret_file",
+        ),
+        (
+            &cfg,
+            vec![on],
+            0,
+            "ok       off (no TRUTO_WEBHOOK_SECRET or webhooks.secret_file): an account connected \
+             in Truto is found by the next listing",
+        ),
+        (
+            &cfg,
+            vec![("TRUTO_WEBHOOK_SECRET", "whsec-check-SECRET")],
+            1,
+            "FAILED   a webhook secret is set, but discovery is off: account events would be \
+             answered and ignored",
+        ),
+        (
+            &no_listen,
+            vec![on, ("TRUTO_WEBHOOK_SECRET", "whsec-check-SECRET")],
+            1,
+            "FAILED   a webhook secret is set, but server.listen is empty",
+        ),
+        (
+            &cfg,
+            vec![
+                on,
+                (
+                    "LMS_SYNC__WEBHOOKS__SECRET_FILE",
+                    "/nonexistent/webhook-secret",
+                ),
+            ],
+            1,
+            "FAILED   invalid configuration: webhooks.secret_file: cannot read /nonexistent/webhook-secret",
+        ),
+    ] {
+        let out = run(
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--no-migrate",
+                "check",
+            ],
+            &env(&extra)
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .await;
+        let (stdout, stderr) = text(&out);
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("webhooks"))
+            .unwrap_or_else(|| panic!("{extra:?}: no webhooks line:\n{stdout}{stderr}"));
+        assert!(line.contains(said), "{extra:?}: {line}\n{stdout}");
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{extra:?}:\n{stdout}{stderr}"
+        );
+        assert!(!stdout.contains("whsec-check-SECRET") && !stderr.contains("whsec-check-SECRET"));
+    }
+}
+
 async fn sim_with(accounts: &[(Uuid, usize)], token: &str) -> Simulator {
     let sim = Simulator::start(0).await.unwrap();
     sim.set_token(token);
