@@ -87,8 +87,11 @@ fn webhooks(settings: &Settings) -> Option<Check> {
             format!(
                 "POST /webhooks/truto on {listen} verifies deliveries with the secret from {}; \
                  register it with Truto for the integrated_account:* events",
-                if std::env::var_os(crate::config::WEBHOOK_SECRET_ENV).is_some() {
-                    "TRUTO_WEBHOOK_SECRET"
+                // As `webhook_secret` reads it: the variable when set and not blank.
+                if std::env::var(crate::config::WEBHOOK_SECRET_ENV)
+                    .is_ok_and(|v| !v.trim().is_empty())
+                {
+                    crate::config::WEBHOOK_SECRET_ENV
                 } else {
                     "webhooks.secret_file"
                 }
