@@ -31,8 +31,8 @@ use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 use super::ops::{text, Ops};
-use crate::source::read_account;
-use crate::store::Discovered;
+use crate::source::{read_account, SourceError};
+use crate::store::{Discovered, StoreError};
 use crate::text::shorten;
 
 /// The signature header: `format=sha256,v=<hex>`.
@@ -179,11 +179,7 @@ async fn answer(ops: &Ops, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
         tracing::info!(event = %shorten(&delivery.event, 60), "webhook ignored: outside the time tolerance (or no created_at)");
         return ("stale", text(StatusCode::OK, "ignored: stale\n"));
     }
-    let applied = match ops
-        .store
-        .first_delivery(&delivery.id, &delivery.event)
-        .await
-    {
+    let applied = match writing(|| ops.store.first_delivery(&delivery.id, &delivery.event)).await {
         Ok(true) => act(ops, &delivery).await,
         Ok(false) => {
             return (
@@ -214,6 +210,19 @@ async fn answer(ops: &Ops, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
     }
 }
 
+/// `write`, once more if its session turned out read-only: sessions opened while the database
+/// took no writes stay so after it takes them again, and the refusal has the pool replace
+/// them (runs retry the same way). A delivery is not retried by Truto for long.
+async fn writing<T, F>(write: impl Fn() -> F) -> Result<T, StoreError>
+where
+    F: std::future::Future<Output = Result<T, StoreError>>,
+{
+    match write().await {
+        Err(e) if e.is_read_only() => write().await,
+        done => done,
+    }
+}
+
 /// What an account event did.
 enum Acted {
     /// It changed the registry: what it did.
@@ -233,13 +242,29 @@ async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<Acted, String> {
     }
     let payload = d.payload.map(|p| p.get()).unwrap_or("null");
     let mut account = read_account(payload).map_err(|e| format!("payload: {e}"))?;
-    if kind == "updated" {
-        // The payload may be stale by the time it arrives: read the account as it is now.
-        account = ops
+    // The payload may be stale by the time it arrives: an update, or an event that would bring
+    // back an account retired since (a delivery Truto retried after the account's deletion, or
+    // delivered out of order), is read as Truto has the account now; one it no longer has
+    // stays as it is.
+    let reread = kind == "updated"
+        || (matches!(kind, "created" | "active" | "reactivated")
+            && ops
+                .store
+                .is_retired(account.id)
+                .await
+                .map_err(|e| e.to_string())?);
+    if reread {
+        account = match ops
             .source
             .get_integrated_account(account.id, &CancellationToken::new())
             .await
-            .map_err(|f| f.error.to_string())?;
+        {
+            Ok(now) => now,
+            Err(f) if matches!(f.error, SourceError::Status { status: 404, .. }) => {
+                return Ok(Acted::Ignored("ignored: Truto no longer has this account"))
+            }
+            Err(f) => return Err(f.error.to_string()),
+        };
     }
     let integration = account.integration.clone().unwrap_or_default();
     if !discovery.integrations.contains(&integration) {
@@ -256,12 +281,11 @@ async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<Acted, String> {
     let done = match kind {
         "created" | "active" | "reactivated" | "updated" => {
             let mut row = row;
-            if kind != "created" && kind != "updated" {
+            if kind != "created" && !reread {
                 row.status = Some("active".into());
             }
             let wanted = row.status.as_deref() == Some("active");
-            store
-                .account_event(&row, wanted)
+            writing(|| store.account_event(&row, wanted))
                 .await
                 .map_err(|e| e.to_string())?;
             if wanted {
@@ -271,7 +295,9 @@ async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<Acted, String> {
             }
         }
         "deleted" => {
-            store.retire(row.id).await.map_err(|e| e.to_string())?;
+            writing(|| store.retire(row.id))
+                .await
+                .map_err(|e| e.to_string())?;
             "retired"
         }
         "authentication_error" | "post_install_error" | "validation_error" => {
@@ -283,8 +309,7 @@ async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<Acted, String> {
                 }
                 .into(),
             );
-            store
-                .account_event(&row, false)
+            writing(|| store.account_event(&row, false))
                 .await
                 .map_err(|e| e.to_string())?;
             "gated"

@@ -289,6 +289,12 @@ fn health(text: &str) -> Result<Health, StoreError> {
 }
 
 impl StoreError {
+    /// Whether the server refused a write because the session is read-only: tried again, it
+    /// goes to a new session (see `read_only`), which a database taking writes again accepts.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, StoreError::Db(e) if is_read_only(e))
+    }
+
     /// Serialization failures, deadlocks, and lost or refused connections are worth another try
     /// of the whole transaction; constraint violations and bad SQL are not.
     pub fn is_retryable(&self) -> bool {

@@ -195,12 +195,34 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
     );
     let (status, text) = post(&url, deleted.clone(), Some(signature(SECRET, &deleted))).await;
     assert_eq!((status, text.trim()), (200, "retired"));
+    // An earlier event delivered after it (Truto retried it, or the order was lost), while
+    // Truto no longer has the account: checked against Truto, it brings nothing back.
+    env.sim.remove_integrated(b);
+    let late = delivery(
+        "evt-late",
+        "integrated_account:active",
+        account_payload(b, "tenant-b", "active"),
+        20,
+    );
+    let (status, text) = post(&url, late.clone(), Some(signature(SECRET, &late))).await;
+    assert_eq!(
+        (status, text.trim()),
+        (200, "ignored: Truto no longer has this account")
+    );
+    let retired: bool = sqlx::query_scalar(
+        "SELECT retired_at IS NOT NULL FROM accounts WHERE integrated_account_id = $1",
+    )
+    .bind(b)
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert!(retired);
     let metrics = get_text(&format!("{base}/metrics")).await;
     for (result, n) in [
         ("applied", 3),
         ("duplicate", 1),
         ("stale", 1),
-        ("ignored", 1),
+        ("ignored", 2),
         ("unsigned", 1),
         ("wrong_signature", 2),
     ] {
@@ -269,8 +291,11 @@ async fn a_delivery_the_database_cannot_record_is_accepted_and_left_to_discovery
         "{metrics}"
     );
 
+    // An operator looks at the status page meanwhile: its reads leave sessions opened while
+    // the database took no writes in the pool, read-only for their life.
+    assert!(get_text(&format!("{base}/")).await.contains("<html"));
     takes_writes(&mut admin, true).await;
-    // Sessions opened while it took no writes are replaced as they are next taken.
+    // The delivery's write meets one, is refused, and is tried again on a new session.
     let (status, text) = post(&url, body.clone(), Some(signature(SECRET, &body))).await;
     assert_eq!((status, text.trim()), (200, "registered; syncing now"));
     let synced = tokio::time::timeout(Duration::from_secs(30), async {
