@@ -89,6 +89,10 @@ pub(super) async fn page(
                     .await
                     .ok()
                     .filter(|&secs| secs >= FEED_HELD_BACK_SHOWN),
+                webhooks: match ops.webhook_secret.get() {
+                    Some(_) => ops.store.webhook_deliveries().await.ok(),
+                    None => None,
+                },
             },
         ))
     };
@@ -464,6 +468,47 @@ fn discovery_section(s: &mut String, d: &DiscoveryView, now: DateTime<Utc>) {
     }
 }
 
+/// With the webhook receiver on: what it verified in the last 24 h, and the last delivery.
+fn webhooks_section(
+    s: &mut String,
+    w: Option<&crate::store::WebhookDeliveries>,
+    now: DateTime<Utc>,
+) {
+    let Some(w) = w else {
+        return;
+    };
+    let last = w
+        .last
+        .as_ref()
+        .map(|(at, event)| {
+            format!(
+                ", the last {} ({})",
+                when(Some(*at), now),
+                escape(&crate::text::shorten(event, 60))
+            )
+        })
+        .unwrap_or_default();
+    match w.last_day {
+        0 => {
+            let _ = write!(
+                s,
+                "<p class=\"note\">Truto's webhooks (POST /webhooks/truto): none verified in the \
+                 last 24 h{last}. Truto sends one when an account is connected, changed or \
+                 disconnected; refused ones are counted in \
+                 lms_sync_webhook_deliveries_total.</p>"
+            );
+        }
+        n => {
+            let _ = write!(
+                s,
+                "<p class=\"note\">Truto's webhooks (POST /webhooks/truto): {n} deliver{} \
+                 verified in the last 24 h{last}.</p>",
+                if n == 1 { "y" } else { "ies" }
+            );
+        }
+    }
+}
+
 /// " N listings in a row have failed." (empty for one).
 fn in_a_row(failures: u32) -> String {
     match failures {
@@ -481,7 +526,8 @@ fn next_listing(d: &DiscoveryView, now: DateTime<Utc>) -> String {
     }
 }
 
-/// What holds every sync up, whatever the account: shown above the accounts.
+/// What holds every sync up, whatever the account, and what the fleet's inputs say: shown
+/// above the accounts.
 #[derive(Debug, Default, Clone)]
 pub struct Halts {
     /// Since when Truto has refused the API token (this process's last requests).
@@ -496,6 +542,8 @@ pub struct Halts {
     /// How long the change feed has been held back, in seconds, once that is
     /// [`FEED_HELD_BACK_SHOWN`] or more.
     pub feed_held_back: Option<f64>,
+    /// With the webhook receiver on: the deliveries it verified lately.
+    pub webhooks: Option<crate::store::WebhookDeliveries>,
 }
 
 /// How long the change feed is held back before the page says so: `LmsSyncChangeFeedHeldBack`'s
@@ -684,6 +732,7 @@ pub fn render(
     if let Some(d) = discovery {
         discovery_section(&mut s, d, now);
     }
+    webhooks_section(&mut s, halts.webhooks.as_ref(), now);
     lock_wait_section(&mut s, &halts.lock_waits);
     let _ = write!(
         s,
@@ -1195,6 +1244,40 @@ mod tests {
     }
 
     #[test]
+    fn the_webhooks_line_says_what_was_verified_lately_and_only_with_the_receiver_on() {
+        let now = Utc::now();
+        let halts = |last_day, last| Halts {
+            webhooks: Some(crate::store::WebhookDeliveries { last_day, last }),
+            ..Halts::default()
+        };
+        let html = alpha(
+            &halts(
+                3,
+                Some((
+                    now - chrono::Duration::minutes(2),
+                    "integrated_account:<active>".to_string(),
+                )),
+            ),
+            now,
+        );
+        assert!(
+            html.contains("Truto's webhooks (POST /webhooks/truto): 3 deliveries verified in the last 24 h, the last <time"),
+            "{html}"
+        );
+        assert!(
+            html.contains(">2 min ago</time> (integrated_account:&lt;active&gt;).</p>"),
+            "{html}"
+        );
+        let quiet = alpha(&halts(0, None), now);
+        assert!(
+            quiet.contains("none verified in the last 24 h. Truto sends one when"),
+            "{quiet}"
+        );
+        let off = alpha(&Halts::default(), now);
+        assert!(!off.contains("webhooks"), "{off}");
+    }
+
+    #[test]
     fn a_refused_api_token_is_said_above_the_accounts_with_what_to_do() {
         let now = Utc::now();
         let halts = Halts {
@@ -1269,7 +1352,6 @@ mod tests {
         );
     }
 
-    /// The page of one account, "Alpha", with `halts`.
     /// The page of `views` alone: no budget, no discovery, nothing halted, no query.
     fn fleet(views: &[AccountView], now: DateTime<Utc>) -> String {
         render(
@@ -1282,6 +1364,7 @@ mod tests {
         )
     }
 
+    /// The page of one account, "Alpha", with `halts`.
     fn alpha(halts: &Halts, now: DateTime<Utc>) -> String {
         render(
             &[view(1, "Alpha")],

@@ -186,6 +186,25 @@ impl Store {
         Ok(new)
     }
 
+    /// The webhook deliveries verified in the last 24 h (the ids kept to tell replays), and the
+    /// last one ever kept: when and which event.
+    pub async fn webhook_deliveries(&self) -> Result<WebhookDeliveries, StoreError> {
+        let (last_day, at, event): (i64, Option<Ts>, Option<String>) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM webhook_events
+                      WHERE received_at > now() - interval '1 day'),
+                    w.received_at, w.event
+               FROM (SELECT 1) one
+               LEFT JOIN LATERAL (SELECT received_at, event FROM webhook_events
+                                   ORDER BY received_at DESC LIMIT 1) w ON true",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(WebhookDeliveries {
+            last_day,
+            last: at.zip(event),
+        })
+    }
+
     /// One account as an event says it is now (registered when new, gated like a listing);
     /// `wanted` asks for a run at once. Returns whether it was new.
     pub async fn account_event(
@@ -575,6 +594,15 @@ pub struct AccountAction {
     pub db_user: String,
     pub application: Option<String>,
     pub reason: Option<String>,
+}
+
+/// What the status page says of the webhook deliveries (with the receiver on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDeliveries {
+    /// Deliveries verified in the last 24 hours (duplicates and stale ones aside).
+    pub last_day: i64,
+    /// The last one kept: when it came, and its event (kept a day, or until the next comes).
+    pub last: Option<(Ts, String)>,
 }
 
 /// What `status` and the status page say of the purges (`discovery.purge_retired_after`).

@@ -217,6 +217,16 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
     .await
     .unwrap();
     assert!(retired);
+    // The status page says what was verified lately (every replica alike: from the database):
+    // the test event and the four account events; not the stale one, nor the duplicate.
+    let page = get_text(&format!("{base}/")).await;
+    assert!(
+        page.contains(
+            "Truto's webhooks (POST /webhooks/truto): 5 deliveries verified in the last 24 h, \
+             the last <time"
+        ) && page.contains("(integrated_account:active).</p>"),
+        "{page}"
+    );
     let metrics = get_text(&format!("{base}/metrics")).await;
     for (result, n) in [
         ("applied", 3),
