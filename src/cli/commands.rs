@@ -298,6 +298,22 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
             println!("purges: {words}");
         }
     }
+    // With this configuration's webhook secret: what the receiver verified lately (as the
+    // status page says it).
+    if matches!(settings.webhook_secret(), Ok(Some(_))) {
+        if let Ok(w) = store.webhook_deliveries().await {
+            println!(
+                "webhooks: {} verified in the last 24 h{}",
+                w.last_day,
+                w.last
+                    .map(|(at, event)| format!(
+                        "; the last {} ({event})",
+                        at.format("%Y-%m-%d %H:%M:%SZ")
+                    ))
+                    .unwrap_or_default()
+            );
+        }
+    }
     let budget = crate::service::status::read_budget(&settings, &store)
         .await
         .map_err(|error| CliError::Store {

@@ -395,6 +395,39 @@ async fn check_says_whether_webhooks_would_be_received_and_acted_on() {
         );
         assert!(!stdout.contains("whsec-check-SECRET") && !stderr.contains("whsec-check-SECRET"));
     }
+
+    // `status` says what the receiver verified lately, as the status page does.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO lms.webhook_events (event_id, event, received_at) VALUES
+           ('e-old', 'test', now() - interval '2 days'),
+           ('e-1', 'integrated_account:created', now() - interval '2 hours'),
+           ('e-2', 'integrated_account:active', now() - interval '1 hour')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let out = run(
+        &["--config", cfg.to_str().unwrap(), "--no-migrate", "status"],
+        &env(&[on, ("LMS_SYNC__WEBHOOKS__SECRET_FILE", secret)])
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("webhooks: "))
+        .unwrap_or_else(|| panic!("no webhooks line:\n{stdout}"));
+    assert!(
+        line.starts_with("webhooks: 2 verified in the last 24 h; the last 20")
+            && line.ends_with("Z (integrated_account:active)"),
+        "{line}"
+    );
 }
 
 async fn sim_with(accounts: &[(Uuid, usize)], token: &str) -> Simulator {
