@@ -1254,20 +1254,7 @@ fn fault_reply(s: &mut State, f: Fault, account: Uuid, req: &Request) -> Reply {
             Reply::Full { body, .. } => Reply::Stall(body, hold),
             other => other,
         },
-        Fault::Delay(d) => match normal_reply(s, account, req, rest, false, false) {
-            Reply::Full {
-                status,
-                headers,
-                body,
-                ..
-            } => Reply::Full {
-                status,
-                headers,
-                body,
-                delay: d,
-            },
-            other => other,
-        },
+        Fault::Delay(d) => delayed(normal_reply(s, account, req, rest, false, false), d),
         Fault::RepeatCursor => normal_reply(s, account, req, rest, true, false),
         Fault::Partial => normal_reply(s, account, req, rest, false, true),
         Fault::Html200 => Reply::Full {

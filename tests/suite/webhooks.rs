@@ -53,9 +53,39 @@ async fn post(url: &str, body: Vec<u8>, signature: Option<String>) -> (u16, Stri
     (r.status().as_u16(), r.text().await.unwrap_or_default())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
-    let (a, b) = (account_id(1), account_id(2));
+/// The outcome of `account`'s next run to finish, within `secs`.
+async fn finished(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+    account: Uuid,
+    secs: u64,
+) -> String {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            if let Event::Finished(id, o) = next(rx).await {
+                if id == account {
+                    return o;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no run of {account} finished within {secs} s"))
+}
+
+/// A service with discovery on (every hour) and the webhook receiver on, whose one account
+/// `a` Truto lists and the service has synced.
+struct Receiving {
+    env: Env,
+    daemon: tokio::task::JoinHandle<anyhow::Result<()>>,
+    stop: tokio_util::sync::CancellationToken,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    /// The operations server's address, and its webhook route's.
+    base: String,
+    url: String,
+    _secret: TempFile,
+}
+
+async fn receiving(a: Uuid) -> Receiving {
     let env = Env::new(&[(a, 50)]).await;
     env.sim.set_integrated(a, Integrated::active("tenant-a"));
     let mut s = daemon_settings(&env, "1h");
@@ -72,6 +102,29 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
             break;
         }
     }
+    Receiving {
+        env,
+        daemon,
+        stop,
+        rx,
+        base,
+        url,
+        _secret: secret,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
+    let (a, b) = (account_id(1), account_id(2));
+    let Receiving {
+        env,
+        daemon,
+        stop,
+        mut rx,
+        base,
+        url,
+        _secret,
+    } = receiving(a).await;
     let registered = || async {
         env.scalar_i64(&format!(
             "SELECT count(*) FROM accounts WHERE integrated_account_id = '{b}'"
@@ -150,18 +203,11 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
     env.sim.set_integrated(b, Integrated::active("tenant-b"));
     let (status, text) = post(&url, body.clone(), Some(signature(SECRET, &body))).await;
     assert_eq!((status, text.trim()), (200, "registered; syncing now"));
-    let synced = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Event::Finished(id, o) = next(&mut rx).await {
-                if id == b {
-                    return o;
-                }
-            }
-        }
-    })
-    .await
-    .expect("synced within seconds of the webhook");
-    assert_eq!(synced, "succeeded");
+    assert_eq!(
+        finished(&mut rx, b, 10).await,
+        "succeeded",
+        "synced within seconds of the webhook"
+    );
     assert_mirror(&env.store, &env.sim, b).await;
     // The same delivery again: 200, no effect (replicas agree through the database).
     let (status, text) = post(&url, body.clone(), Some(signature(SECRET, &body))).await;
@@ -261,22 +307,15 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_the_database_cannot_record_is_accepted_and_left_to_discovery() {
     let (a, b) = (account_id(1), account_id(2));
-    let env = Env::new(&[(a, 50)]).await;
-    env.sim.set_integrated(a, Integrated::active("tenant-a"));
-    let mut s = daemon_settings(&env, "1h");
-    s.accounts.clear();
-    s.discovery.enabled = true;
-    s.discovery.interval = "1h".into();
-    let secret = secret_file(SECRET);
-    s.webhooks.secret_file = Some(secret.to_path_buf());
-    let (daemon, stop, mut rx, base) = serve_daemon(s).await;
-    let url = format!("{base}/webhooks/truto");
-    loop {
-        if let Event::Finished(id, _) = next(&mut rx).await {
-            assert_eq!(id, a);
-            break;
-        }
-    }
+    let Receiving {
+        env,
+        daemon,
+        stop,
+        mut rx,
+        base,
+        url,
+        _secret,
+    } = receiving(a).await;
     env.sim.add_account(b, 40, 9);
     env.sim.set_integrated(b, Integrated::active("tenant-b"));
     let body = delivery(
@@ -308,18 +347,11 @@ async fn a_delivery_the_database_cannot_record_is_accepted_and_left_to_discovery
     // The delivery's write meets one, is refused, and is tried again on a new session.
     let (status, text) = post(&url, body.clone(), Some(signature(SECRET, &body))).await;
     assert_eq!((status, text.trim()), (200, "registered; syncing now"));
-    let synced = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let Event::Finished(id, o) = next(&mut rx).await {
-                if id == b {
-                    return o;
-                }
-            }
-        }
-    })
-    .await
-    .expect("synced after the delivery was applied");
-    assert_eq!(synced, "succeeded");
+    assert_eq!(
+        finished(&mut rx, b, 30).await,
+        "succeeded",
+        "synced after the delivery was applied"
+    );
     stop.cancel();
     daemon.await.unwrap().unwrap();
     assert_mirror(&env.store, &env.sim, b).await;
@@ -331,22 +363,15 @@ async fn a_delivery_the_database_cannot_record_is_accepted_and_left_to_discovery
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_slow_to_apply_is_answered_within_seconds_and_applied_after() {
     let (a, b) = (account_id(1), account_id(2));
-    let env = Env::new(&[(a, 50)]).await;
-    env.sim.set_integrated(a, Integrated::active("tenant-a"));
-    let mut s = daemon_settings(&env, "1h");
-    s.accounts.clear();
-    s.discovery.enabled = true;
-    s.discovery.interval = "1h".into();
-    let secret = secret_file(SECRET);
-    s.webhooks.secret_file = Some(secret.to_path_buf());
-    let (daemon, stop, mut rx, base) = serve_daemon(s).await;
-    let url = format!("{base}/webhooks/truto");
-    loop {
-        if let Event::Finished(id, _) = next(&mut rx).await {
-            assert_eq!(id, a);
-            break;
-        }
-    }
+    let Receiving {
+        env,
+        daemon,
+        stop,
+        mut rx,
+        base,
+        url,
+        _secret,
+    } = receiving(a).await;
     env.sim.add_account(b, 40, 9);
     env.sim.set_integrated(b, Integrated::active("tenant-b"));
     let updated = delivery(
@@ -371,18 +396,11 @@ async fn a_delivery_slow_to_apply_is_answered_within_seconds_and_applied_after()
         !metrics.contains("lms_sync_webhook_deliveries_total{result=\"applied\"}"),
         "counted when it ends: {metrics}"
     );
-    let synced = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let Event::Finished(id, o) = next(&mut rx).await {
-                if id == b {
-                    return o;
-                }
-            }
-        }
-    })
-    .await
-    .expect("registered and synced once the GET returned");
-    assert_eq!(synced, "succeeded");
+    assert_eq!(
+        finished(&mut rx, b, 30).await,
+        "succeeded",
+        "registered and synced once the GET returned"
+    );
     let metrics = get_text(&format!("{base}/metrics")).await;
     assert!(
         metrics.contains("lms_sync_webhook_deliveries_total{result=\"applied\"} 1.0\n"),
