@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::ops::{text, Ops, Peer};
-use crate::store::Acting;
+use crate::store::{retry_read_only, Acting};
 
 /// `None` when the request may go on; otherwise the answer that refuses it.
 fn refuse(ops: &Ops, headers: &HeaderMap) -> Option<Response> {
@@ -133,12 +133,13 @@ pub(super) async fn account_action(
         Ok(by) => by,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("reason: {e}\n")),
     };
+    let store = &ops.store;
     let done = match action.as_str() {
-        "sync" => ops.store.request_sync(id, &by).await,
-        "pause" => ops.store.set_paused(id, true, &by).await,
-        "resume" => ops.store.set_paused(id, false, &by).await,
-        "protect" => ops.store.set_protected(id, true, &by).await,
-        "unprotect" => ops.store.set_protected(id, false, &by).await,
+        "sync" => retry_read_only(|| store.request_sync(id, &by)).await,
+        "pause" => retry_read_only(|| store.set_paused(id, true, &by)).await,
+        "resume" => retry_read_only(|| store.set_paused(id, false, &by)).await,
+        "protect" => retry_read_only(|| store.set_protected(id, true, &by)).await,
+        "unprotect" => retry_read_only(|| store.set_protected(id, false, &by)).await,
         _ => {
             return text(
                 StatusCode::NOT_FOUND,

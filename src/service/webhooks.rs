@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ops::{text, Ops};
 use crate::source::{read_account, SourceError};
-use crate::store::{Discovered, StoreError};
+use crate::store::{retry_read_only, Discovered};
 use crate::text::shorten;
 
 /// The signature header: `format=sha256,v=<hex>`.
@@ -179,18 +179,19 @@ async fn answer(ops: &Ops, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
         tracing::info!(event = %shorten(&delivery.event, 60), "webhook ignored: outside the time tolerance (or no created_at)");
         return ("stale", text(StatusCode::OK, "ignored: stale\n"));
     }
-    let applied = match writing(|| ops.store.first_delivery(&delivery.id, &delivery.event)).await {
-        Ok(true) => act(ops, &delivery).await,
-        Ok(false) => {
-            return (
-                "duplicate",
-                text(StatusCode::OK, "ignored: already processed\n"),
-            )
-        }
-        // Not a 5xx: Truto's retries last seconds, and an endpoint that keeps failing (a
-        // database down or taking no writes for a while) is deactivated.
-        Err(e) => Err(ops.store.explain(e).await.to_string()),
-    };
+    let applied =
+        match retry_read_only(|| ops.store.first_delivery(&delivery.id, &delivery.event)).await {
+            Ok(true) => act(ops, &delivery).await,
+            Ok(false) => {
+                return (
+                    "duplicate",
+                    text(StatusCode::OK, "ignored: already processed\n"),
+                )
+            }
+            // Not a 5xx: Truto's retries last seconds, and an endpoint that keeps failing (a
+            // database down or taking no writes for a while) is deactivated.
+            Err(e) => Err(ops.store.explain(e).await.to_string()),
+        };
     match applied {
         Ok(Acted::Applied(what)) => {
             tracing::info!(event = %shorten(&delivery.event, 60), what, "webhook processed");
@@ -207,19 +208,6 @@ async fn answer(ops: &Ops, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
                 text(StatusCode::OK, "accepted; the next discovery applies it\n"),
             )
         }
-    }
-}
-
-/// `write`, once more if its session turned out read-only: sessions opened while the database
-/// took no writes stay so after it takes them again, and the refusal has the pool replace
-/// them (runs retry the same way). A delivery is not retried by Truto for long.
-async fn writing<T, F>(write: impl Fn() -> F) -> Result<T, StoreError>
-where
-    F: std::future::Future<Output = Result<T, StoreError>>,
-{
-    match write().await {
-        Err(e) if e.is_read_only() => write().await,
-        done => done,
     }
 }
 
@@ -285,7 +273,7 @@ async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<Acted, String> {
                 row.status = Some("active".into());
             }
             let wanted = row.status.as_deref() == Some("active");
-            writing(|| store.account_event(&row, wanted))
+            retry_read_only(|| store.account_event(&row, wanted))
                 .await
                 .map_err(|e| e.to_string())?;
             if wanted {
@@ -295,7 +283,7 @@ async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<Acted, String> {
             }
         }
         "deleted" => {
-            writing(|| store.retire(row.id))
+            retry_read_only(|| store.retire(row.id))
                 .await
                 .map_err(|e| e.to_string())?;
             "retired"
@@ -309,7 +297,7 @@ async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<Acted, String> {
                 }
                 .into(),
             );
-            writing(|| store.account_event(&row, false))
+            retry_read_only(|| store.account_event(&row, false))
                 .await
                 .map_err(|e| e.to_string())?;
             "gated"

@@ -128,6 +128,20 @@ fn is_lost(e: &sqlx::Error) -> bool {
     }
 }
 
+/// `write`, once more if its session turned out read-only: sessions opened while the database
+/// took no writes stay so after it takes them again, and the refusal has the pool replace them
+/// (see `read_only`). For writes nothing else tries again (a webhook delivery, an operator's
+/// action); runs retry every retryable error.
+pub async fn retry_read_only<T, F>(write: impl Fn() -> F) -> Result<T, StoreError>
+where
+    F: std::future::Future<Output = Result<T, StoreError>>,
+{
+    match write().await {
+        Err(e) if e.is_read_only() => write().await,
+        done => done,
+    }
+}
+
 /// Whether the server refused a write because the session is read-only (SQLSTATE 25006): a
 /// standby, `default_transaction_read_only`, or the old primary of a failover.
 fn is_read_only(e: &sqlx::Error) -> bool {

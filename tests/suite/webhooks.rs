@@ -493,6 +493,15 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
             );
             assert_eq!(held, b["holders"][0]["share"].as_i64().unwrap(), "{b}");
             assert_eq!(held + hot + free, 500, "{b}");
+            // After a spell of the database taking no writes, looked at on the status page,
+            // the pool holds sessions left read-only: an operator's action that meets one is
+            // tried again on a new session, not refused.
+            let mut owner = <sqlx::PgConnection as sqlx::Connection>::connect(&env.db_url)
+                .await
+                .unwrap();
+            takes_writes(&mut owner, false).await;
+            assert!(get(format!("{base}/"), None).await.1.contains("<html"));
+            takes_writes(&mut owner, true).await;
             assert_eq!(
                 post_as(format!("{base}/accounts/{a}/pause"), None).await,
                 401
