@@ -1,8 +1,8 @@
 //! `check`: a deployment's preflight. What `run` needs is checked once, changing nothing: the
 //! database (reachable, a supported PostgreSQL), the schema (migrated for this binary), the
 //! role's rights, Truto's answer to the API token, each configured account as Truto knows it,
-//! the discovery listing, and whether Truto's webhooks would be received and acted on. One line
-//! per check, with what to do; exit 0 only when all pass.
+//! the discovery listing, whether Truto's webhooks would be received and acted on, and the
+//! admin routes' token. One line per check, with what to do; exit 0 only when all pass.
 //! Its few requests are paced under the token's budget shared with the running replicas.
 
 use futures_util::stream::{self, StreamExt};
@@ -40,6 +40,7 @@ pub async fn check(settings: Settings) -> Result<(), CliError> {
         .and_then(|store| super::commands::share_budget(store, &source, &sharing));
     truto(&settings, &source, &cancel, &mut checks).await;
     checks.extend(webhooks(&settings));
+    checks.extend(admin_routes(&settings));
     sharing.cancel();
     if let Some(task) = shared {
         let _ = task.await;
@@ -49,6 +50,42 @@ pub async fn check(settings: Settings) -> Result<(), CliError> {
         Ok(())
     } else {
         Err(CliError::Failed)
+    }
+}
+
+/// The admin routes as `run` would serve them: said when an admin token is set (or cannot be
+/// read). Reads the token; sends nothing.
+fn admin_routes(settings: &Settings) -> Option<Check> {
+    let listen = &settings.server.listen;
+    Some(match settings.admin_token() {
+        Err(e) => Check::failed(
+            "admin routes",
+            format!("{e}; run does not start without it"),
+        ),
+        Ok(None) => return None,
+        Ok(Some(_)) if listen.is_empty() => Check::failed(
+            "admin routes",
+            "an admin token is set, but server.listen is empty: nothing serves GET /status or \
+             POST /accounts/{id}/...; set server.listen",
+        ),
+        Ok(Some(_)) => Check::passed(
+            "admin routes",
+            format!(
+                "GET /status, /status/budget and POST /accounts/{{id}}/... on {listen} take the \
+                 token from {}",
+                secret_source(crate::config::ADMIN_TOKEN_ENV, "server.admin_token_file")
+            ),
+        ),
+    })
+}
+
+/// Where a secret comes from, as the settings read it: the variable `env` when set and not
+/// blank, else the file `key` names.
+fn secret_source(env: &'static str, key: &'static str) -> &'static str {
+    if std::env::var(env).is_ok_and(|v| !v.trim().is_empty()) {
+        env
+    } else {
+        key
     }
 }
 
@@ -87,14 +124,7 @@ fn webhooks(settings: &Settings) -> Option<Check> {
             format!(
                 "POST /webhooks/truto on {listen} verifies deliveries with the secret from {}; \
                  register it with Truto for the integrated_account:* events",
-                // As `webhook_secret` reads it: the variable when set and not blank.
-                if std::env::var(crate::config::WEBHOOK_SECRET_ENV)
-                    .is_ok_and(|v| !v.trim().is_empty())
-                {
-                    crate::config::WEBHOOK_SECRET_ENV
-                } else {
-                    "webhooks.secret_file"
-                }
+                secret_source(crate::config::WEBHOOK_SECRET_ENV, "webhooks.secret_file")
             ),
         ),
     })

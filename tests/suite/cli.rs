@@ -396,6 +396,46 @@ async fn check_says_whether_webhooks_would_be_received_and_acted_on() {
         assert!(!stdout.contains("whsec-check-SECRET") && !stderr.contains("whsec-check-SECRET"));
     }
 
+    // The admin routes' token likewise: a file that cannot be read stopped `run` at start.
+    for (config, extra, code, said) in [
+        (
+            &cfg,
+            vec![("LMS_SYNC__SERVER__ADMIN_TOKEN_FILE", secret)],
+            0,
+            "ok       GET /status, /status/budget and POST /accounts/{id}/... on 127.0.0.1:9000 \
+             take the token from server.admin_token_file",
+        ),
+        (
+            &no_listen,
+            vec![("LMS_SYNC_ADMIN_TOKEN", "whsec-check-SECRET")],
+            1,
+            "FAILED   an admin token is set, but server.listen is empty",
+        ),
+        (
+            &cfg,
+            vec![("LMS_SYNC__SERVER__ADMIN_TOKEN_FILE", "/nonexistent/admin-token")],
+            1,
+            "FAILED   invalid configuration: server.admin_token_file: cannot read /nonexistent/admin-token",
+        ),
+    ] {
+        let out = run(
+            &["--config", config.to_str().unwrap(), "--no-migrate", "check"],
+            &env(&extra)
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .await;
+        let (stdout, stderr) = text(&out);
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("admin routes"))
+            .unwrap_or_else(|| panic!("{extra:?}: no admin routes line:\n{stdout}{stderr}"));
+        assert!(line.contains(said), "{extra:?}: {line}\n{stdout}");
+        assert_eq!(out.status.code(), Some(code), "{extra:?}:\n{stdout}{stderr}");
+        assert!(!stdout.contains("whsec-check-SECRET") && !stderr.contains("whsec-check-SECRET"));
+    }
+
     // `status` says what the receiver verified lately, as the status page does.
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db)
         .await
