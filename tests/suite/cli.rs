@@ -328,8 +328,10 @@ async fn check_says_whether_webhooks_would_be_received_and_acted_on() {
     .await;
     assert!(migrated.status.success(), "{}", text(&migrated).1);
     let on = ("LMS_SYNC__DISCOVERY__ENABLED", "true");
-    for (config, extra, code, said) in [
+    // (check's line, configuration, environment, exit code, what the line says)
+    for (name, config, extra, code, said) in [
         (
+            "webhooks",
             &cfg,
             vec![on, ("LMS_SYNC__WEBHOOKS__SECRET_FILE", secret)],
             0,
@@ -337,6 +339,7 @@ async fn check_says_whether_webhooks_would_be_received_and_acted_on() {
              from webhooks.secret_file",
         ),
         (
+            "webhooks",
             &cfg,
             vec![on],
             0,
@@ -344,6 +347,7 @@ async fn check_says_whether_webhooks_would_be_received_and_acted_on() {
              in Truto is found by the next listing",
         ),
         (
+            "webhooks",
             &cfg,
             vec![("TRUTO_WEBHOOK_SECRET", "whsec-check-SECRET")],
             1,
@@ -351,54 +355,22 @@ async fn check_says_whether_webhooks_would_be_received_and_acted_on() {
              answered and ignored",
         ),
         (
+            "webhooks",
             &no_listen,
             vec![on, ("TRUTO_WEBHOOK_SECRET", "whsec-check-SECRET")],
             1,
             "FAILED   a webhook secret is set, but server.listen is empty",
         ),
         (
+            "webhooks",
             &cfg,
-            vec![
-                on,
-                (
-                    "LMS_SYNC__WEBHOOKS__SECRET_FILE",
-                    "/nonexistent/webhook-secret",
-                ),
-            ],
+            vec![on, ("LMS_SYNC__WEBHOOKS__SECRET_FILE", "/nonexistent/webhook-secret")],
             1,
             "FAILED   invalid configuration: webhooks.secret_file: cannot read /nonexistent/webhook-secret",
         ),
-    ] {
-        let out = run(
-            &[
-                "--config",
-                config.to_str().unwrap(),
-                "--no-migrate",
-                "check",
-            ],
-            &env(&extra)
-                .iter()
-                .map(|(k, v)| (*k, v.as_str()))
-                .collect::<Vec<_>>(),
-        )
-        .await;
-        let (stdout, stderr) = text(&out);
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with("webhooks"))
-            .unwrap_or_else(|| panic!("{extra:?}: no webhooks line:\n{stdout}{stderr}"));
-        assert!(line.contains(said), "{extra:?}: {line}\n{stdout}");
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "{extra:?}:\n{stdout}{stderr}"
-        );
-        assert!(!stdout.contains("whsec-check-SECRET") && !stderr.contains("whsec-check-SECRET"));
-    }
-
-    // The admin routes' token likewise: a file that cannot be read stopped `run` at start.
-    for (config, extra, code, said) in [
+        // The admin routes' token likewise: a file that cannot be read stopped `run` at start.
         (
+            "admin routes",
             &cfg,
             vec![("LMS_SYNC__SERVER__ADMIN_TOKEN_FILE", secret)],
             0,
@@ -406,12 +378,14 @@ async fn check_says_whether_webhooks_would_be_received_and_acted_on() {
              take the token from server.admin_token_file",
         ),
         (
+            "admin routes",
             &no_listen,
             vec![("LMS_SYNC_ADMIN_TOKEN", "whsec-check-SECRET")],
             1,
             "FAILED   an admin token is set, but server.listen is empty",
         ),
         (
+            "admin routes",
             &cfg,
             vec![("LMS_SYNC__SERVER__ADMIN_TOKEN_FILE", "/nonexistent/admin-token")],
             1,
@@ -429,8 +403,8 @@ async fn check_says_whether_webhooks_would_be_received_and_acted_on() {
         let (stdout, stderr) = text(&out);
         let line = stdout
             .lines()
-            .find(|l| l.starts_with("admin routes"))
-            .unwrap_or_else(|| panic!("{extra:?}: no admin routes line:\n{stdout}{stderr}"));
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{extra:?}: no {name} line:\n{stdout}{stderr}"));
         assert!(line.contains(said), "{extra:?}: {line}\n{stdout}");
         assert_eq!(out.status.code(), Some(code), "{extra:?}:\n{stdout}{stderr}");
         assert!(!stdout.contains("whsec-check-SECRET") && !stderr.contains("whsec-check-SECRET"));
