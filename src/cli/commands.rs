@@ -266,13 +266,13 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
         })
         .collect();
     print!("{}", super::render::status(&state.rows, &state.next, &info));
+    let stamp = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%SZ").to_string();
     if state.discovery.is_some() {
         // The next listing as the status page has it, by this configuration's interval and
         // retries (the service's may differ).
         let d = crate::service::page::DiscoveryView::from(state.discovery)
             .due_by(&settings.discovery)
             .with_purges(state.purges);
-        let stamp = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%SZ").to_string();
         let next = d
             .next_due
             .filter(|_| settings.discovery.enabled)
@@ -306,10 +306,7 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
                 "webhooks: {} verified in the last 24 h{}",
                 w.last_day,
                 w.last
-                    .map(|(at, event)| format!(
-                        "; the last {} ({event})",
-                        at.format("%Y-%m-%d %H:%M:%SZ")
-                    ))
+                    .map(|(at, event)| format!("; the last {} ({event})", stamp(at)))
                     .unwrap_or_default()
             );
         }

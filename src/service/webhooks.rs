@@ -193,13 +193,13 @@ async fn answer(ops: &Ops, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
             Err(e) => Err(ops.store.explain(e).await.to_string()),
         };
     match applied {
-        Ok(Acted::Applied(what)) => {
+        Ok(acted) => {
+            let (result, what) = match acted {
+                Acted::Applied(what) => ("applied", what),
+                Acted::Ignored(what) => ("ignored", what),
+            };
             tracing::info!(event = %shorten(&delivery.event, 60), what, "webhook processed");
-            ("applied", text(StatusCode::OK, format!("{what}\n")))
-        }
-        Ok(Acted::Ignored(what)) => {
-            tracing::info!(event = %shorten(&delivery.event, 60), what, "webhook processed");
-            ("ignored", text(StatusCode::OK, format!("{what}\n")))
+            (result, text(StatusCode::OK, format!("{what}\n")))
         }
         Err(e) => {
             tracing::warn!(event = %shorten(&delivery.event, 60), error = %e, "webhook could not be applied; the next discovery catches up");
