@@ -6,16 +6,23 @@ use uuid::Uuid;
 
 use super::commands::{open_store, Access};
 use super::exit::CliError;
+use super::select::{Chosen, Filter, Select};
 use crate::config::Settings;
-use crate::store::{Acting, PurgedBy, Store, StoreError};
+use crate::service::status::AccountView;
+use crate::store::{Acting, PurgedBy, Steer};
 
 #[derive(Debug, Subcommand)]
 pub enum AccountsCommand {
     /// Every account: label, tenant, source, state, health, last success, next run, live users.
     List {
+        #[command(flatten)]
+        filter: Filter,
         /// One JSON array instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "ids")]
         json: bool,
+        /// Only the accounts' ids, one per line (for `accounts pause -` and the like).
+        #[arg(long)]
+        ids: bool,
     },
     /// One account: what `list` says of it, why it is unhealthy or held back, its counts, its
     /// last error whole, and its latest runs (newest first) with what each did and why it failed.
@@ -33,36 +40,47 @@ pub enum AccountsCommand {
     /// them within seconds), those no longer listed are retired (under the retire guard).
     /// Needs `discovery.enabled`. The service's next listing is then an interval later.
     Discover,
-    /// Stop starting runs of the account (a run in progress finishes its page and stops).
+    /// Stop starting runs of the accounts (a run in progress finishes its page and stops).
+    /// Every steering command takes account ids, `-` for ids on stdin, or chooses the accounts
+    /// with --tenant, --state, --health, --failing or --all (--dry-run says which, changing
+    /// nothing); all of them change or none.
     Pause {
-        account: Uuid,
+        #[command(flatten)]
+        which: Select,
         #[command(flatten)]
         why: Why,
     },
     /// Undo `pause`.
     Resume {
-        account: Uuid,
+        #[command(flatten)]
+        which: Select,
         #[command(flatten)]
         why: Why,
     },
-    /// Start a run of the account at once, whatever its schedule.
-    SyncNow { account: Uuid },
-    /// Make the account's next run start from the first page.
+    /// Start a run of the accounts at once, whatever their schedule.
+    SyncNow {
+        #[command(flatten)]
+        which: Select,
+    },
+    /// Make the accounts' next run start from the first page.
     ResetCursor {
-        account: Uuid,
+        #[command(flatten)]
+        which: Select,
         #[command(flatten)]
         why: Why,
     },
-    /// Keep the account's data whatever happens (a legal hold): no purge, by
+    /// Keep the accounts' data whatever happens (a legal hold): no purge, by
     /// `discovery.purge_retired_after` or by `accounts purge`, until `unprotect`.
     Protect {
-        account: Uuid,
+        #[command(flatten)]
+        which: Select,
         #[command(flatten)]
         why: Why,
     },
     /// Undo `protect`.
     Unprotect {
-        account: Uuid,
+        #[command(flatten)]
+        which: Select,
         #[command(flatten)]
         why: Why,
     },
@@ -111,67 +129,34 @@ fn acting(verb: &str, why: &Why) -> Result<Acting, CliError> {
 }
 
 pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), CliError> {
+    let settings = &settings;
+    let steer = |which, what, verb, why: Option<Why>| async move {
+        let by = acting(verb, &why.unwrap_or(Why { reason: None }))?;
+        steer(settings, which, what, by).await
+    };
     match command {
-        AccountsCommand::List { json } => list(settings, json).await,
+        AccountsCommand::List { filter, json, ids } => list(settings, filter, json, ids).await,
         AccountsCommand::Show {
             account,
             runs,
             json,
         } => show(settings, account, runs, json).await,
         AccountsCommand::Discover => discover(settings).await,
-        AccountsCommand::Pause { account, why } => {
-            let by = acting("pause", &why)?;
-            act(&settings, account, "paused", by, |s, id, by| {
-                Box::pin(s.set_paused(id, true, by))
-            })
-            .await
+        AccountsCommand::Pause { which, why } => {
+            steer(which, Steer::Pause, "pause", Some(why)).await
         }
-        AccountsCommand::Resume { account, why } => {
-            let by = acting("resume", &why)?;
-            act(&settings, account, "resumed", by, |s, id, by| {
-                Box::pin(s.set_paused(id, false, by))
-            })
-            .await
+        AccountsCommand::Resume { which, why } => {
+            steer(which, Steer::Resume, "resume", Some(why)).await
         }
-        AccountsCommand::SyncNow { account } => {
-            let by = acting("sync-now", &Why { reason: None })?;
-            act(&settings, account, SYNC_NOW, by, |s, id, by| {
-                Box::pin(s.request_sync(id, by))
-            })
-            .await
+        AccountsCommand::SyncNow { which } => steer(which, Steer::SyncNow, "sync-now", None).await,
+        AccountsCommand::ResetCursor { which, why } => {
+            steer(which, Steer::ResetCursor, "reset-cursor", Some(why)).await
         }
-        AccountsCommand::ResetCursor { account, why } => {
-            let by = acting("reset-cursor", &why)?;
-            act(
-                &settings,
-                account,
-                "set to start its next run from the first page",
-                by,
-                |s, id, by| Box::pin(s.request_cursor_reset(id, by)),
-            )
-            .await
+        AccountsCommand::Protect { which, why } => {
+            steer(which, Steer::Protect, "protect", Some(why)).await
         }
-        AccountsCommand::Protect { account, why } => {
-            let by = acting("protect", &why)?;
-            act(
-                &settings,
-                account,
-                "protected: its data is never purged until `accounts unprotect`",
-                by,
-                |s, id, by| Box::pin(s.set_protected(id, true, by)),
-            )
-            .await
-        }
-        AccountsCommand::Unprotect { account, why } => {
-            let by = acting("unprotect", &why)?;
-            act(
-                &settings,
-                account,
-                "no longer protected",
-                by,
-                |s, id, by| Box::pin(s.set_protected(id, false, by)),
-            )
-            .await
+        AccountsCommand::Unprotect { which, why } => {
+            steer(which, Steer::Unprotect, "unprotect", Some(why)).await
         }
         AccountsCommand::Purge { account, yes } => purge(settings, account, yes).await,
     }
@@ -180,7 +165,7 @@ pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), Cli
 /// `accounts discover`: one listing for the fleet now, under the discovery lease (waiting while
 /// a replica lists), its budget shared with the service's replicas. Exit 1 when the listing
 /// fails (the registry is left as it was).
-async fn discover(settings: Settings) -> Result<(), CliError> {
+async fn discover(settings: &Settings) -> Result<(), CliError> {
     use crate::sync::discovery::DISCOVERY_LEASE;
     if !settings.discovery.enabled {
         return Err(CliError::Usage(
@@ -189,10 +174,10 @@ async fn discover(settings: Settings) -> Result<(), CliError> {
                 .into(),
         ));
     }
-    let token = super::commands::require_token(&settings)?;
+    let token = super::commands::require_token(settings)?;
     settings.database_url()?;
-    let source = crate::source::TrutoClient::from_settings(&settings, &token)?;
-    let store = open_store(&settings, Access::Write).await?;
+    let source = crate::source::TrutoClient::from_settings(settings, &token)?;
+    let store = open_store(settings, Access::Write).await?;
     let cancel = crate::service::shutdown_on_signals();
     let db = |error| CliError::Store {
         context: "cannot take the discovery lease",
@@ -239,27 +224,32 @@ async fn discover(settings: Settings) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn list(settings: Settings, json: bool) -> Result<(), CliError> {
-    let store = open_store(&settings, Access::Read).await?;
-    let state = super::commands::fleet_state(&settings, &store).await?;
+async fn list(settings: &Settings, filter: Filter, json: bool, ids: bool) -> Result<(), CliError> {
+    let store = open_store(settings, Access::Read).await?;
+    let state = super::commands::fleet_state(settings, &store).await?;
     let views = crate::service::status::account_views(&state);
+    let kept: Vec<&AccountView> = filter.apply(&views).map_err(CliError::Usage)?;
     if json {
-        let text = serde_json::to_string_pretty(&views)
+        let text = serde_json::to_string_pretty(&kept)
             .map_err(|e| anyhow::anyhow!("cannot write JSON: {e}"))?;
         println!("{text}");
+    } else if ids {
+        for v in kept {
+            println!("{}", v.integrated_account_id);
+        }
     } else {
-        print!("{}", super::render::accounts(&views));
+        print!("{}", super::render::accounts(&kept));
     }
     Ok(())
 }
 
-async fn show(settings: Settings, account: Uuid, runs: i64, json: bool) -> Result<(), CliError> {
-    let store = open_store(&settings, Access::Read).await?;
+async fn show(settings: &Settings, account: Uuid, runs: i64, json: bool) -> Result<(), CliError> {
+    let store = open_store(settings, Access::Read).await?;
     let db = |error| CliError::Store {
         context: "cannot read the account",
         error,
     };
-    let state = crate::service::status::read_state(&settings, &store, Some(account))
+    let state = crate::service::status::read_state(settings, &store, Some(account))
         .await
         .map_err(db)?;
     let views = crate::service::status::account_views(&state);
@@ -291,20 +281,17 @@ async fn show(settings: Settings, account: Uuid, runs: i64, json: bool) -> Resul
     Ok(())
 }
 
-type Action = for<'a> fn(
-    &'a Store,
-    Uuid,
-    &'a Acting,
-) -> crate::domain::BoxFuture<'a, Result<bool, StoreError>>;
-
-/// Applies one registry action to `account` for `by` and says so.
-async fn act(
+/// Applies one registry change to the accounts `which` names, for `by`, all of them or none,
+/// and says what it did to each.
+async fn steer(
     settings: &Settings,
-    account: Uuid,
-    done: &str,
+    which: Select,
+    what: Steer,
     by: Acting,
-    action: Action,
 ) -> Result<(), CliError> {
+    let chosen = which
+        .chosen(|| std::io::read_to_string(std::io::stdin()))
+        .map_err(CliError::Usage)?;
     settings.database_url()?;
     let store = open_store(settings, Access::Write).await?;
     let db = |error| CliError::Store {
@@ -316,36 +303,140 @@ async fn act(
         .register_configured(&settings.accounts)
         .await
         .map_err(db)?;
-    if !action(&store, account, &by).await.map_err(db)? {
-        return Err(CliError::Usage(format!(
-            "account {account} is not in the registry: neither configured in [[accounts]] nor discovered"
-        )));
+    let state = super::commands::fleet_state(settings, &store).await?;
+    let views = crate::service::status::account_views(&state);
+    let chosen: Vec<Uuid> = match chosen {
+        Chosen::Ids(ids) => {
+            if ids.is_empty() {
+                eprintln!("no account id on stdin: nothing changed");
+                return Ok(());
+            }
+            ids
+        }
+        Chosen::All => views.iter().map(|v| v.integrated_account_id).collect(),
+        Chosen::Filter => which
+            .filter
+            .apply(&views)
+            .map_err(CliError::Usage)?
+            .iter()
+            .map(|v| v.integrated_account_id)
+            .collect(),
+    };
+    if chosen.is_empty() {
+        eprintln!("no account of the fleet matches: nothing changed");
+        return Ok(());
     }
-    println!("account {account} {done}");
-    if done == SYNC_NOW {
+    let done = done(what);
+    if which.dry_run {
+        let registry: std::collections::HashSet<Uuid> = store
+            .registry()
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| r.integrated_account_id)
+            .collect();
+        not_in_registry(
+            chosen
+                .iter()
+                .filter(|a| !registry.contains(a))
+                .copied()
+                .collect(),
+        )?;
+        let kept: Vec<&AccountView> = chosen
+            .iter()
+            .filter_map(|a| views.iter().find(|v| v.integrated_account_id == *a))
+            .collect();
+        print!("{}", super::render::accounts(&kept));
+        println!(
+            "{} would be {done}; nothing changed (--dry-run)",
+            counted(chosen.len())
+        );
+        return Ok(());
+    }
+    not_in_registry(store.steer(&chosen, what, &by).await.map_err(db)?)?;
+    for id in &chosen {
+        println!("account {id} {done}");
+    }
+    if chosen.len() > 1 {
+        println!("{} {done}", counted(chosen.len()));
+    }
+    if what == Steer::SyncNow {
         // A run before the server's hold ends fails at once, without a request: say so now.
-        let rows = store.status(&[], Some(account)).await.map_err(db)?;
-        if let Some(until) = rows.first().and_then(|r| r.held_until) {
-            println!(
+        let only = (chosen.len() == 1).then(|| chosen[0]);
+        let rows = store.status(&[], only).await.map_err(db)?;
+        let held: Vec<_> = rows
+            .iter()
+            .filter(|r| chosen.contains(&r.integrated_account_id))
+            .filter_map(|r| r.held_until)
+            .collect();
+        match held.as_slice() {
+            [] => {}
+            [until] if chosen.len() == 1 => println!(
                 "note: {}; until then the run fails at once, without a request",
-                crate::schedule::held_back(until)
-            );
+                crate::schedule::held_back(*until)
+            ),
+            _ => println!(
+                "note: the server holds back the requests of {} of them (a quota spent, say; \
+                 `accounts list` says until when); until then their runs fail at once, without \
+                 a request",
+                held.len()
+            ),
         }
     }
     Ok(())
 }
 
-/// What `accounts sync-now` says it did.
-const SYNC_NOW: &str = "asked to sync now";
+/// What a steering command says it did to an account.
+fn done(what: Steer) -> &'static str {
+    match what {
+        Steer::Pause => "paused",
+        Steer::Resume => "resumed",
+        Steer::SyncNow => "asked to sync now",
+        Steer::ResetCursor => "set to start its next run from the first page",
+        Steer::Protect => "protected: its data is never purged until `accounts unprotect`",
+        Steer::Unprotect => "no longer protected",
+    }
+}
 
-async fn purge(settings: Settings, account: Uuid, yes: bool) -> Result<(), CliError> {
+/// "1 account", "12 accounts".
+fn counted(n: usize) -> String {
+    if n == 1 {
+        "1 account".into()
+    } else {
+        format!("{n} accounts")
+    }
+}
+
+/// A usage error for the accounts named that the registry does not have (nothing changed).
+fn not_in_registry(missing: Vec<Uuid>) -> Result<(), CliError> {
+    match missing.as_slice() {
+        [] => Ok(()),
+        [one] => Err(CliError::Usage(format!(
+            "account {one} is not in the registry: neither configured in [[accounts]] nor \
+             discovered; nothing changed"
+        ))),
+        many => Err(CliError::Usage(format!(
+            "{} of the accounts named are not in the registry (neither configured in \
+             [[accounts]] nor discovered): {}{}; nothing changed",
+            many.len(),
+            many.iter()
+                .take(5)
+                .map(Uuid::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            if many.len() > 5 { ", …" } else { "" }
+        ))),
+    }
+}
+
+async fn purge(settings: &Settings, account: Uuid, yes: bool) -> Result<(), CliError> {
     if !yes {
         return Err(CliError::Usage(format!(
             "accounts purge deletes every row of account {account} for good; add --yes to do it"
         )));
     }
     settings.database_url()?;
-    let store = open_store(&settings, Access::Write).await?;
+    let store = open_store(settings, Access::Write).await?;
     let purged = store
         .purge(account, PurgedBy::Command)
         .await

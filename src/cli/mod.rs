@@ -9,6 +9,7 @@ pub mod commands;
 mod exit;
 pub mod progress;
 pub mod render;
+mod select;
 pub mod telemetry;
 
 use std::path::PathBuf;

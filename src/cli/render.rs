@@ -193,7 +193,7 @@ pub fn budget(b: &BudgetSection) -> String {
 }
 
 /// `accounts list` as a readable table.
-pub fn accounts(views: &[AccountView]) -> String {
+pub fn accounts(views: &[&AccountView]) -> String {
     let t = |v: Option<DateTime<Utc>>| {
         v.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
             .unwrap_or_else(|| "-".into())

@@ -338,6 +338,7 @@ mod tests {
             health: "needs_reauth".into(),
             health_since: Some(Utc::now() - chrono::Duration::hours(2)),
             last_success: None,
+            last_outcome: None,
             next_run: None,
             held_until: Some("2026-12-05T15:30:00Z".parse().unwrap()),
             live_users: 1200,

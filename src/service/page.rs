@@ -837,6 +837,7 @@ mod tests {
             health: "ok".into(),
             health_since: None,
             last_success: Some(Utc::now()),
+            last_outcome: None,
             next_run: Some(Utc::now()),
             held_until: None,
             live_users: 10,

@@ -33,6 +33,9 @@ pub struct AccountView {
     pub health: String,
     pub health_since: Option<DateTime<Utc>>,
     pub last_success: Option<DateTime<Utc>>,
+    /// How its last run ended (`succeeded`, `needs_attention`, `failed`, `interrupted`,
+    /// `running`); none before its first.
+    pub last_outcome: Option<String>,
     pub next_run: Option<DateTime<Utc>>,
     /// The server holds the account's requests back until then (a quota spent): no run before.
     pub held_until: Option<DateTime<Utc>>,
@@ -121,6 +124,9 @@ pub fn account_views(state: &FleetState) -> Vec<AccountView> {
                 health: row.map_or("ok", |r| r.health.as_str()).to_string(),
                 health_since: row.and_then(|r| r.health_since),
                 last_success: row.and_then(|r| r.last_succeeded_at),
+                last_outcome: row
+                    .and_then(|r| r.last_outcome)
+                    .map(|o| o.as_str().to_string()),
                 next_run: state.next.get(&p.id()).copied(),
                 held_until: row.and_then(|r| r.held_until),
                 live_users: row.map_or(0, |r| r.live_users),

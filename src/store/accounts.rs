@@ -315,8 +315,8 @@ impl Store {
         paused: bool,
         by: &Acting,
     ) -> Result<bool, StoreError> {
-        self.update_account(account, "paused = $2", paused, by)
-            .await
+        let what = if paused { Steer::Pause } else { Steer::Resume };
+        Ok(self.steer(&[account], what, by).await?.is_empty())
     }
 
     /// Protects the account's data from any purge (`on`), or lifts that; false when the
@@ -327,24 +327,13 @@ impl Store {
         on: bool,
         by: &Acting,
     ) -> Result<bool, StoreError> {
-        self.update_account(
-            account,
-            "protected_at = CASE WHEN $2 THEN coalesce(protected_at, now()) END",
-            on,
-            by,
-        )
-        .await
+        let what = if on { Steer::Protect } else { Steer::Unprotect };
+        Ok(self.steer(&[account], what, by).await?.is_empty())
     }
 
     /// Asks for a run of the account at once, whatever its schedule.
     pub async fn request_sync(&self, account: Uuid, by: &Acting) -> Result<bool, StoreError> {
-        self.update_account(
-            account,
-            "sync_requested_at = CASE WHEN $2 THEN now() ELSE sync_requested_at END",
-            true,
-            by,
-        )
-        .await
+        Ok(self.steer(&[account], Steer::SyncNow, by).await?.is_empty())
     }
 
     /// Asks that the account's next run start from the first page.
@@ -353,19 +342,22 @@ impl Store {
         account: Uuid,
         by: &Acting,
     ) -> Result<bool, StoreError> {
-        self.update_account(account, "reset_cursor_requested = $2", true, by)
-            .await
+        Ok(self
+            .steer(&[account], Steer::ResetCursor, by)
+            .await?
+            .is_empty())
     }
 
-    /// One operator's change of the registry, in a transaction that tells the trigger of
-    /// `accounts` (migration 0028) who it is made for and why, for `account_actions`.
-    async fn update_account(
+    /// One operator's change of the registry for `accounts`, all of them or none, in one
+    /// transaction that tells the trigger of `accounts` (migration 0028) who it is made for and
+    /// why, for `account_actions` (a row for each account it changes). Returns the accounts the
+    /// registry does not have: when there are any, nothing changed.
+    pub async fn steer(
         &self,
-        account: Uuid,
-        set: &'static str,
-        value: bool,
+        accounts: &[Uuid],
+        what: Steer,
         by: &Acting,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Vec<Uuid>, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "SELECT set_config('lms_sync.actor', $1, true),
@@ -375,15 +367,32 @@ impl Store {
         .bind(&by.reason)
         .execute(&mut *tx)
         .await?;
-        let sql = format!("UPDATE accounts SET {set} WHERE integrated_account_id = $1");
-        let n = sqlx::query(&sql)
-            .bind(account)
-            .bind(value)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(n == 1)
+        // In the registry's order, so that two operators' overlapping changes take the rows'
+        // locks in the same order and never deadlock.
+        let sql = format!(
+            "UPDATE accounts SET {} FROM (SELECT integrated_account_id FROM accounts
+                    WHERE integrated_account_id = ANY($1)
+                    ORDER BY integrated_account_id FOR UPDATE) AS chosen
+              WHERE accounts.integrated_account_id = chosen.integrated_account_id
+              RETURNING accounts.integrated_account_id",
+            what.set()
+        );
+        let changed: Vec<Uuid> = sqlx::query_scalar(&sql)
+            .bind(accounts)
+            .fetch_all(&mut *tx)
+            .await?;
+        let changed: std::collections::HashSet<Uuid> = changed.into_iter().collect();
+        let missing: Vec<Uuid> = accounts
+            .iter()
+            .filter(|a| !changed.contains(a))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(missing)
     }
 
     /// The account's latest `limit` actions (`account_actions`), newest first.
@@ -546,6 +555,35 @@ const PURGED_TABLES: &[&str] = &[
     "sync_state",
     "accounts",
 ];
+
+/// An operator's change of an account in the registry ([`Store::steer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steer {
+    /// Start no run of it (a run under way finishes its page and stops).
+    Pause,
+    Resume,
+    /// Run it at once, whatever its schedule.
+    SyncNow,
+    /// Start its next run from the first page.
+    ResetCursor,
+    /// Keep its data from any purge (a legal hold); protecting again keeps the first time.
+    Protect,
+    Unprotect,
+}
+
+impl Steer {
+    /// The `SET` clause of `accounts` that makes it.
+    fn set(self) -> &'static str {
+        match self {
+            Steer::Pause => "paused = true",
+            Steer::Resume => "paused = false",
+            Steer::SyncNow => "sync_requested_at = now()",
+            Steer::ResetCursor => "reset_cursor_requested = true",
+            Steer::Protect => "protected_at = coalesce(protected_at, now())",
+            Steer::Unprotect => "protected_at = NULL",
+        }
+    }
+}
 
 /// Who an operator's change of the registry is made for, and why: what `account_actions`
 /// records beside the session's role (the trigger of migration 0028 reads both).

@@ -33,7 +33,7 @@ use sqlx::{ConnectOptions, PgPool};
 
 pub use accounts::{
     retire_guard, AccountAction, AccountRow, Acting, Discovered, DiscoveryApplied, DiscoveryState,
-    PurgeSummary, Purged, PurgedBy, RetirePolicy, WebhookDeliveries, REASON_MAX_CHARS,
+    PurgeSummary, Purged, PurgedBy, RetirePolicy, Steer, WebhookDeliveries, REASON_MAX_CHARS,
 };
 pub use budget::{
     agreed_limit, decide as decide_share, BudgetView, Negotiated, Reach, ShareHolder, ShareView,

@@ -972,6 +972,233 @@ async fn the_accounts_commands_list_steer_and_purge_through_the_database() {
     assert_eq!(paused_since(b).await, Some(registered.max(migrated)));
 }
 
+/// Runs the CLI as [`cli`] does, with `input` on its stdin.
+async fn cli_stdin(env: &Env, args: &[&str], input: &str) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let (_config, mut command) = cli_command(env, &[], args);
+    command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    child.wait_with_output().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_steering_commands_act_on_many_accounts_at_once_all_or_none() {
+    let ids: Vec<Uuid> = (1..=5).map(account_id).collect();
+    let env = Env::new(&ids.iter().map(|a| (*a, 10)).collect::<Vec<_>>()).await;
+    for (a, tenant) in ids.iter().zip(["acme", "acme", "acme", "globex", "globex"]) {
+        env.sim.set_integrated(*a, Integrated::active(tenant));
+    }
+    let (acme, globex) = (&ids[..3], &ids[3..]);
+    // The last account's runs fail: Truto answers 503 for it (health `blocked`).
+    env.sim.block(ids[4], Fault::status(503));
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let out = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let o = cli(&env, &["sync"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    let lines = |ids: &[Uuid]| ids.iter().map(|a| format!("{a}\n")).collect::<String>();
+    let flag = |sql: &str| {
+        let sql = format!(
+            "SELECT integrated_account_id FROM accounts WHERE {sql} ORDER BY integrated_account_id"
+        );
+        let pool = env.store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>(&sql)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+    };
+
+    // `list` chooses as the steering commands do, and prints ids for them.
+    let o = cli(&env, &["accounts", "list", "--tenant", "acme", "--ids"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), lines(acme));
+    let o = cli(&env, &["accounts", "list", "--failing", "--json"]).await;
+    let failing: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(failing.as_array().unwrap().len(), 1, "{failing}");
+    assert_eq!(failing[0]["integrated_account_id"], ids[4].to_string());
+    assert_eq!(failing[0]["last_outcome"], "failed");
+    let o = cli(
+        &env,
+        &["accounts", "list", "--health", "unhealthy", "--ids"],
+    )
+    .await;
+    assert_eq!(out(&o), lines(&ids[4..]));
+
+    // --dry-run says which, and changes nothing.
+    let o = cli(
+        &env,
+        &["accounts", "pause", "--tenant", "acme", "--dry-run"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        acme.iter().all(|a| out(&o).contains(&a.to_string()))
+            && !globex.iter().any(|a| out(&o).contains(&a.to_string())),
+        "{}",
+        out(&o)
+    );
+    assert!(
+        out(&o).ends_with("3 accounts would be paused; nothing changed (--dry-run)\n"),
+        "{}",
+        out(&o)
+    );
+    assert!(flag("paused").await.is_empty());
+
+    // A tenant's accounts paused at once, each recorded with the reason.
+    let o = cli_with(
+        &env,
+        &[("USER", "ops")],
+        &[
+            "accounts",
+            "pause",
+            "--tenant",
+            "acme",
+            "--reason",
+            "LMS migration, CHG-88",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err(&o));
+    let said: String = acme
+        .iter()
+        .map(|a| format!("account {a} paused\n"))
+        .collect();
+    assert_eq!(out(&o), format!("{said}3 accounts paused\n"));
+    assert_eq!(flag("paused").await, acme);
+    let recorded: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT integrated_account_id, actor, reason FROM account_actions
+          WHERE action = 'pause' ORDER BY integrated_account_id",
+    )
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    for ((id, actor, reason), a) in recorded.iter().zip(acme) {
+        assert_eq!((id, reason.as_str()), (a, "LMS migration, CHG-88"));
+        assert!(
+            actor.starts_with("lms-sync accounts pause by ops@"),
+            "{actor}"
+        );
+    }
+
+    // Resumed from a list piped in, comments and blank lines aside.
+    let o = cli(&env, &["accounts", "list", "--state", "paused", "--ids"]).await;
+    let piped = format!("# paused for CHG-88\n\n{}", out(&o));
+    let o = cli_stdin(&env, &["accounts", "resume", "-"], &piped).await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).ends_with("3 accounts resumed\n"), "{}", out(&o));
+    assert!(flag("paused").await.is_empty());
+    let o = cli_stdin(&env, &["accounts", "resume", "-"], "").await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        err(&o).contains("no account id on stdin: nothing changed"),
+        "{}",
+        err(&o)
+    );
+
+    // All or none: one account the registry lacks, and none is protected.
+    let stranger = Uuid::from_u128(7);
+    let o = cli(
+        &env,
+        &[
+            "accounts",
+            "protect",
+            &ids[0].to_string(),
+            &stranger.to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(
+        err(&o).contains(&format!("account {stranger} is not in the registry"))
+            && err(&o).contains("nothing changed"),
+        "{}",
+        err(&o)
+    );
+    assert!(flag("protected_at IS NOT NULL").await.is_empty());
+    let o = cli_stdin(
+        &env,
+        &["accounts", "protect", "-"],
+        &format!("{}\nglobex\n", ids[0]),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(
+        err(&o).contains("stdin line 2: \"globex\" is not an account id"),
+        "{}",
+        err(&o)
+    );
+    // A tenant no account has is a typo, not an empty choice; nothing named is a usage error,
+    // and so are ids with options.
+    for (args, says) in [
+        (
+            &["accounts", "pause", "--tenant", "acne"][..],
+            "no account of the fleet has tenant \"acne\"",
+        ),
+        (&["accounts", "pause"][..], "name the accounts"),
+        (
+            &["accounts", "pause", "--all", "--failing"][..],
+            "--all selects every account",
+        ),
+        (
+            &["accounts", "pause", "--state", "asleep"][..],
+            "invalid value 'asleep' for '--state <STATE>'",
+        ),
+    ] {
+        let o = cli(&env, args).await;
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", err(&o));
+        assert!(err(&o).contains(says), "{args:?}: {}", err(&o));
+    }
+    assert!(flag("paused").await.is_empty());
+
+    // Options narrow each other: the failing account of globex, not the other. (Discovery
+    // asked for a run of each new account: only what is asked from now on counts.)
+    let before: String = sqlx::query_scalar("SELECT now()::text")
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    let o = cli(
+        &env,
+        &["accounts", "sync-now", "--tenant", "globex", "--failing"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), format!("account {} asked to sync now\n", ids[4]));
+    assert_eq!(
+        flag(&format!("sync_requested_at > '{before}'")).await,
+        &ids[4..]
+    );
+    // A choice that matches nothing changes nothing, and is not an error.
+    let o = cli(&env, &["accounts", "reset-cursor", "--state", "retired"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("no account of the fleet matches: nothing changed"));
+    // --all: every account of the fleet, in one transaction.
+    let o = cli(&env, &["accounts", "protect", "--all", "--reason", "audit"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        out(&o).ends_with(
+            "5 accounts protected: its data is never purged until `accounts unprotect`\n"
+        ),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(flag("protected_at IS NOT NULL").await, ids);
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM account_actions WHERE action = 'protect' AND reason = 'audit'"
+        )
+        .await,
+        5
+    );
+}
+
 /// A config file for `lms-sync run` against `env` (with `configured` in `[[accounts]]`) listing
 /// every 10 s and purging accounts retired over an hour, with `more` keys of `[discovery]`.
 fn purging_config(env: &Env, configured: &[Uuid], more: &str) -> TempFile {
