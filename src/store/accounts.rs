@@ -352,7 +352,26 @@ impl Store {
     /// transaction that tells the trigger of `accounts` (migration 0028) who it is made for and
     /// why, for `account_actions` (a row for each account it changes). Returns the accounts the
     /// registry does not have: when there are any, nothing changed.
+    ///
+    /// Tried again (three times in all) after a deadlock or a lost connection: a listing
+    /// applied meanwhile locks the same rows in Truto's order, and the change is the same
+    /// however often it is made (the trigger records only what changes).
     pub async fn steer(
+        &self,
+        accounts: &[Uuid],
+        what: Steer,
+        by: &Acting,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.steer_once(accounts, what, by).await {
+                Err(e) if e.is_retryable() && attempt < 3 => attempt += 1,
+                done => return done,
+            }
+        }
+    }
+
+    async fn steer_once(
         &self,
         accounts: &[Uuid],
         what: Steer,

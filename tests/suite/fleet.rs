@@ -15,7 +15,7 @@ use lms_sync::config::Settings;
 use lms_sync::devkit::simulator::{Fault, Integrated, DEMO_TOKEN};
 use lms_sync::fleet::{plan, Gate};
 use lms_sync::service::Hooks;
-use lms_sync::store::Acting;
+use lms_sync::store::{Acting, Steer};
 use lms_sync::sync::discovery::discover;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -1516,6 +1516,64 @@ async fn a_purge_killed_midway_deletes_nothing_and_a_listing_meanwhile_waits_for
     );
     assert_mirror(&env.store, &env.sim, b).await;
     assert_mirror(&env.store, &env.sim, a).await;
+}
+
+/// A steering change caught in a deadlock (another transaction locking the same accounts in
+/// another order, as a listing applied in Truto's order does) is made again, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steering_change_caught_in_a_deadlock_is_made_again() {
+    let ids: Vec<Uuid> = (1..=3).map(account_id).collect();
+    let env = fleet_env(&ids.iter().map(|a| (*a, 5)).collect::<Vec<_>>()).await;
+    discover_now(&env, &discovering(&env))
+        .await
+        .applied
+        .unwrap();
+    let label = "UPDATE accounts SET label = 'locked' WHERE integrated_account_id = $1";
+    let mut other = env.store.pool().begin().await.unwrap();
+    sqlx::query(label)
+        .bind(ids[2])
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    // The change locks the first two accounts, then waits for the third...
+    let by = Acting::new("test".into(), Some("deadlock")).unwrap();
+    let store = env.store.clone();
+    let all = ids.clone();
+    let steer = tokio::spawn(async move { store.steer(&all, Steer::Pause, &by).await });
+    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid)
+                    WHERE NOT l.granted AND s.datname = current_database()";
+    for tries in 0.. {
+        assert!(
+            tries < 1500,
+            "the change never waited for the third account"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if env.scalar_i64(waiting).await > 0 {
+            break;
+        }
+    }
+    // ...while the other transaction, holding it, waits for the first: PostgreSQL ends the
+    // change's transaction (it waited first, so it is the one to find the deadlock).
+    sqlx::query(label)
+        .bind(ids[0])
+        .execute(&mut *other)
+        .await
+        .expect("the change's transaction gave way");
+    other.commit().await.unwrap();
+    let missing = steer.await.unwrap().expect("the change is made again");
+    assert!(missing.is_empty());
+    let paused: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT integrated_account_id FROM accounts WHERE paused ORDER BY integrated_account_id",
+    )
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(paused, ids);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM account_actions WHERE action = 'pause'")
+            .await,
+        3
+    );
 }
 
 /// `accounts show`: one account's facts and its latest runs, newest first, with why a run
