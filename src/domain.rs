@@ -194,6 +194,8 @@ pub struct AccountRow {
     pub protected_at: Option<chrono::DateTime<chrono::Utc>>,
     /// `accounts sync-now`: a run is wanted at once (when later than the last run's start).
     pub sync_requested_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `accounts allow-deletes`: its next complete listing may delete past the delete guard.
+    pub allow_deletes: bool,
     pub first_seen_at: chrono::DateTime<chrono::Utc>,
     pub last_seen_at: chrono::DateTime<chrono::Utc>,
 }

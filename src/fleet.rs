@@ -152,6 +152,7 @@ mod tests {
             retired_at: None,
             protected_at: None,
             sync_requested_at: None,
+            allow_deletes: false,
             first_seen_at: t,
             last_seen_at: t,
         }

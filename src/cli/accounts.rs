@@ -69,6 +69,15 @@ pub enum AccountsCommand {
         #[command(flatten)]
         why: Why,
     },
+    /// Let the accounts' next complete listing delete whatever it no longer lists, past the
+    /// delete guard (once: the guard is back for the listing after), and run them at once: for
+    /// a customer that really removed most of its users.
+    AllowDeletes {
+        #[command(flatten)]
+        which: Select,
+        #[command(flatten)]
+        why: Why,
+    },
     /// Keep the accounts' data whatever happens (a legal hold): no purge, by
     /// `discovery.purge_retired_after` or by `accounts purge`, until `unprotect`.
     Protect {
@@ -151,6 +160,9 @@ pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), Cli
         AccountsCommand::SyncNow { which } => steer(which, Steer::SyncNow, "sync-now", None).await,
         AccountsCommand::ResetCursor { which, why } => {
             steer(which, Steer::ResetCursor, "reset-cursor", Some(why)).await
+        }
+        AccountsCommand::AllowDeletes { which, why } => {
+            steer(which, Steer::AllowDeletes, "allow-deletes", Some(why)).await
         }
         AccountsCommand::Protect { which, why } => {
             steer(which, Steer::Protect, "protect", Some(why)).await
@@ -360,7 +372,7 @@ async fn steer(
     if chosen.len() > 1 {
         println!("{} {done}", counted(chosen.len()));
     }
-    if what == Steer::SyncNow {
+    if matches!(what, Steer::SyncNow | Steer::AllowDeletes) {
         // A run before the server's hold ends fails at once, without a request: say so now.
         let only = (chosen.len() == 1).then(|| chosen[0]);
         let rows = store.status(&[], only).await.map_err(db)?;
@@ -393,6 +405,10 @@ fn done(what: Steer) -> &'static str {
         Steer::Resume => "resumed",
         Steer::SyncNow => "asked to sync now",
         Steer::ResetCursor => "set to start its next run from the first page",
+        Steer::AllowDeletes => {
+            "allowed to delete, at its next complete listing, whatever that no longer lists \
+             (past the delete guard, once); asked to sync now"
+        }
         Steer::Protect => "protected: its data is never purged until `accounts unprotect`",
         Steer::Unprotect => "no longer protected",
     }

@@ -268,6 +268,13 @@ pub fn account(
             ),
         );
     }
+    if v.deletes_allowed {
+        fact(
+            "deletes",
+            "allowed: its next complete listing deletes whatever it no longer lists, past the \
+             delete guard (accounts allow-deletes; once)",
+        );
+    }
     if let Some(due) = v.purge_due {
         fact(
             "purge due",

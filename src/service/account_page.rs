@@ -175,6 +175,14 @@ pub fn render(
             ),
         );
     }
+    if v.deletes_allowed {
+        fact(
+            &mut s,
+            "Deletes",
+            "allowed <span class=\"muted\">its next complete listing deletes whatever it no \
+             longer lists, past the delete guard (accounts allow-deletes; once)</span>",
+        );
+    }
     if let Some(due) = v.purge_due {
         fact(
             &mut s,
@@ -238,7 +246,8 @@ pub fn render(
         let _ = write!(
             s,
             "<h2>Operators' actions</h2><p class=\"note\">The latest {ACTIONS_SHOWN} of \
-             <code>account_actions</code> (pause, resume, protect, unprotect, reset_cursor), \
+             <code>account_actions</code> (pause, resume, protect, unprotect, reset_cursor, \
+             allow_deletes), \
              newest first.</p><table><thead><tr><th>When</th><th>Action</th><th>By</th>\
              <th>Reason</th></tr></thead><tbody>"
         );
@@ -345,6 +354,7 @@ mod tests {
             last_error: Some("HTTP 401: <credentials> no longer work".into()),
             retired_at: None,
             protected_at: None,
+            deletes_allowed: false,
             purge_due: None,
         }
     }

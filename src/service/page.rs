@@ -844,6 +844,7 @@ mod tests {
             last_error: None,
             retired_at: None,
             protected_at: None,
+            deletes_allowed: false,
             purge_due: None,
         }
     }

@@ -45,6 +45,9 @@ pub struct AccountView {
     pub retired_at: Option<DateTime<Utc>>,
     /// Since when its data is kept from any purge (`accounts protect`).
     pub protected_at: Option<DateTime<Utc>>,
+    /// `accounts allow-deletes`: its next complete listing deletes whatever it no longer lists,
+    /// past the delete guard.
+    pub deletes_allowed: bool,
     /// When the service may purge it (a retired account, with `discovery.purge_retired_after`):
     /// at the first complete listing from then on.
     pub purge_due: Option<DateTime<Utc>>,
@@ -133,6 +136,7 @@ pub fn account_views(state: &FleetState) -> Vec<AccountView> {
                 last_error: row.and_then(|r| r.last_error.clone()),
                 retired_at,
                 protected_at,
+                deletes_allowed: p.row.as_ref().is_some_and(|r| r.allow_deletes),
                 purge_due,
             }
         })

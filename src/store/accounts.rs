@@ -82,7 +82,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT integrated_account_id, tenant_id, label, source, truto_status, integration,
                     coalesce(is_sandbox, false), paused, retired_at, sync_requested_at,
-                    first_seen_at, last_seen_at, protected_at
+                    first_seen_at, last_seen_at, protected_at, allow_deletes_requested
                FROM accounts ORDER BY integrated_account_id",
         )
         .fetch_all(&self.pool)
@@ -105,6 +105,7 @@ impl Store {
                     first_seen_at: r.get(10),
                     last_seen_at: r.get(11),
                     protected_at: r.get(12),
+                    allow_deletes: r.get(13),
                 })
             })
             .collect()
@@ -585,6 +586,9 @@ pub enum Steer {
     SyncNow,
     /// Start its next run from the first page.
     ResetCursor,
+    /// Let its next complete, fresh listing delete whatever it no longer lists, past the delete
+    /// guard (once), and run it at once.
+    AllowDeletes,
     /// Keep its data from any purge (a legal hold); protecting again keeps the first time.
     Protect,
     Unprotect,
@@ -598,6 +602,7 @@ impl Steer {
             Steer::Resume => "paused = false",
             Steer::SyncNow => "sync_requested_at = now()",
             Steer::ResetCursor => "reset_cursor_requested = true",
+            Steer::AllowDeletes => "allow_deletes_requested = true, sync_requested_at = now()",
             Steer::Protect => "protected_at = coalesce(protected_at, now())",
             Steer::Unprotect => "protected_at = NULL",
         }

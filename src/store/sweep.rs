@@ -14,6 +14,18 @@ pub struct Vanished {
 }
 
 impl Store {
+    /// Whether an operator let the account's next complete listing delete past the delete
+    /// guard (`accounts allow-deletes`; cleared by [`Store::mark_deleted`]).
+    pub async fn deletes_allowed(&self, account: Uuid) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT allow_deletes_requested FROM accounts WHERE integrated_account_id = $1",
+        )
+        .bind(account)
+        .fetch_optional(&self.pool)
+        .await?
+        .unwrap_or(false))
+    }
+
     /// Streams the account's live ids (memory stays flat) and keeps those `seen` says the
     /// listing did not contain.
     pub async fn vanished_users(
@@ -38,15 +50,28 @@ impl Store {
     }
 
     /// Marks `gone` users deleted (and records each deletion when `history`), in one
-    /// transaction; only rows that become deleted are written. Returns how many did.
+    /// transaction; only rows that become deleted are written. Returns how many did. With
+    /// `allowed`, clears the account's allowance past the delete guard in the same transaction.
     pub async fn mark_deleted(
         &self,
         account: Uuid,
         run_id: i64,
         gone: &[String],
         history: bool,
+        allowed: bool,
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
+        if allowed {
+            // The operator's allowance is spent by this sweep, in its transaction: the guard
+            // is back for the next listing, and a sweep that fails leaves it for the next.
+            sqlx::query(
+                "UPDATE accounts SET allow_deletes_requested = false
+                  WHERE integrated_account_id = $1 AND allow_deletes_requested",
+            )
+            .bind(account)
+            .execute(&mut *tx)
+            .await?;
+        }
         let mut deleted = 0;
         for chunk in gone.chunks(10_000) {
             let n: i64 = sqlx::query_scalar(

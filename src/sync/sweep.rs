@@ -29,7 +29,8 @@ pub fn delete_guard(gone: u64, live: u64, max_fraction: f64) -> Option<String> {
     if gone as f64 > max_fraction * live as f64 {
         Some(format!(
             "the listing would delete {gone} of {live} live users, more than the allowed share ({:.0}%); nothing was deleted. \
-             If this is right, raise max_delete_fraction for this account and sync again",
+             If this is right, `lms-sync accounts allow-deletes <account>` lets its next listing delete them \
+             (once; or raise max_delete_fraction for this account)",
             max_fraction * 100.0
         ))
     } else {
@@ -53,30 +54,53 @@ pub(super) async fn after_listing(
         end.deletions_skipped_reason = Some(reason.to_string());
         return false;
     }
-    if listing.started_empty {
-        // Every live user came from this listing: nothing to sweep.
-        return false;
-    }
+    let id = p.id();
+    // An operator's allowance (`accounts allow-deletes`) lifts the guard for this listing, and
+    // is spent by it.
+    let allowed =
+        match with_db_retries(p.store, p.opts, p.cancel, || p.store.deletes_allowed(id)).await {
+            Ok(allowed) => allowed,
+            Err(e) => {
+                end.outcome = Outcome::Failed;
+                end.error_kind = Some(ErrorKind::Database);
+                end.error = Some(format!(
+                    "deletion sweep failed: {}",
+                    p.store.explain(e).await
+                ));
+                return false;
+            }
+        };
     let fraction = p
         .account
         .max_delete_fraction
         .unwrap_or(p.opts.max_delete_fraction);
     let seen = |id: &str| listing.seen.contains(id);
-    let id = p.id();
     let swept = async {
-        let vanished = with_db_retries(p.store, p.opts, p.cancel, || {
-            p.store.vanished_users(id, &seen)
-        })
-        .await?;
-        if vanished.gone.is_empty() {
+        // Every live user came from this listing when it started empty: nothing to sweep.
+        let vanished = if listing.started_empty {
+            Default::default()
+        } else {
+            with_db_retries(p.store, p.opts, p.cancel, || {
+                p.store.vanished_users(id, &seen)
+            })
+            .await?
+        };
+        if vanished.gone.is_empty() && !allowed {
             return Ok(Ok(0));
         }
         if let Some(reason) = delete_guard(vanished.gone.len() as u64, vanished.live, fraction) {
-            return Ok(Err(reason));
+            if !allowed {
+                return Ok(Err(reason));
+            }
+            tracing::warn!(
+                gone = vanished.gone.len(),
+                live = vanished.live,
+                "the delete guard is lifted for this listing by `accounts allow-deletes`: deleting what it no longer lists"
+            );
         }
         with_db_retries(p.store, p.opts, p.cancel, || {
             p.store
-                .mark_deleted(id, run_id, &vanished.gone, p.opts.history)
+                .mark_deleted(id, run_id, &vanished.gone, p.opts.history, allowed)
         })
         .await
         .map(Ok)

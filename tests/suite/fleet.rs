@@ -1179,6 +1179,38 @@ async fn the_steering_commands_act_on_many_accounts_at_once_all_or_none() {
     let o = cli(&env, &["accounts", "reset-cursor", "--state", "retired"]).await;
     assert!(o.status.success(), "{}", err(&o));
     assert!(err(&o).contains("no account of the fleet matches: nothing changed"));
+    // A listing allowed past the delete guard: pending until the account's next complete one.
+    let o = cli(
+        &env,
+        &[
+            "accounts",
+            "allow-deletes",
+            &ids[1].to_string(),
+            "--reason",
+            "offboarding",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        out(&o).starts_with(&format!(
+            "account {} allowed to delete, at its next complete listing",
+            ids[1]
+        )),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(flag("allow_deletes_requested").await, &ids[1..2]);
+    let o = cli(&env, &["accounts", "show", &ids[1].to_string()]).await;
+    assert!(
+        out(&o).contains("\ndeletes        allowed: "),
+        "{}",
+        out(&o)
+    );
+    let o = cli(&env, &["accounts", "show", &ids[1].to_string(), "--json"]).await;
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["account"]["deletes_allowed"], true, "{shown}");
+    assert_eq!(shown["actions"][0]["action"], "allow_deletes", "{shown}");
     // --all: every account of the fleet, in one transaction.
     let o = cli(&env, &["accounts", "protect", "--all", "--reason", "audit"]).await;
     assert!(o.status.success(), "{}", err(&o));

@@ -8,6 +8,7 @@ use crate::helpers::*;
 use lms_sync::config::AccountSettings;
 use lms_sync::devkit::simulator::Fault;
 use lms_sync::domain::{ErrorKind, Outcome, RunCounts};
+use lms_sync::store::{Acting, Steer};
 use lms_sync::sync::{PassStatus, Progress};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -505,6 +506,66 @@ async fn the_delete_guard_refuses_a_listing_that_would_delete_most_users() {
     assert!(o.succeeded(), "{:?}", o.error);
     assert_eq!(o.counts.deleted, 60);
     assert_mirror(&env.store, &env.sim, a).await;
+}
+
+/// `accounts allow-deletes`: the account's next complete, fresh listing deletes past the guard
+/// and spends the allowance; a listing that may infer no deletions (failed, or resumed from a
+/// cursor) leaves it for the next; the guard is back after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_lets_one_complete_listing_delete_past_the_guard() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 1000)]).await;
+    assert!(env.sync(a).await.succeeded());
+    for i in 1..=600 {
+        env.sim.delete_user(a, &i.to_string());
+    }
+    let o = env.sync(a).await;
+    assert_eq!(finished(&o), Outcome::NeedsAttention);
+    let reason = o.deletions_skipped_reason.unwrap();
+    assert!(
+        reason.contains("600 of 1000") && reason.contains("accounts allow-deletes"),
+        "{reason}"
+    );
+
+    let by = Acting::new(
+        "lms-sync accounts allow-deletes by ops@test".into(),
+        Some("offboarding, HR-12"),
+    )
+    .unwrap();
+    let missing = env.store.steer(&[a], Steer::AllowDeletes, &by).await;
+    assert!(missing.unwrap().is_empty());
+    let live = "SELECT count(*) FROM users WHERE deleted_at IS NULL";
+    // A listing that fails on its third page, then the one resumed from its cursor.
+    env.sim.push_fault_after(Some(a), 2, Fault::status(400));
+    assert_eq!(finished(&env.sync(a).await), Outcome::Failed);
+    let o = env.sync(a).await;
+    assert!(o.succeeded(), "{:?}", o.error);
+    assert!(o.deletions_skipped_reason.unwrap().contains("resumed"));
+    assert!(env.store.deletes_allowed(a).await.unwrap());
+    assert_eq!(env.scalar_i64(live).await, 1000);
+
+    let o = env.sync(a).await;
+    assert_eq!(finished(&o), Outcome::Succeeded, "{:?}", o.error);
+    assert_eq!(o.counts.deleted, 600);
+    assert!(!env.store.deletes_allowed(a).await.unwrap());
+    assert_mirror(&env.store, &env.sim, a).await;
+
+    for i in 601..=900 {
+        env.sim.delete_user(a, &i.to_string());
+    }
+    let o = env.sync(a).await;
+    assert_eq!(finished(&o), Outcome::NeedsAttention);
+    assert!(o.deletions_skipped_reason.unwrap().contains("300 of 400"));
+    assert_eq!(env.scalar_i64(live).await, 400);
+    let allowed: Vec<(String, String)> =
+        sqlx::query_as("SELECT actor, reason FROM account_actions WHERE action = 'allow_deletes'")
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        allowed,
+        [(by.actor.clone(), "offboarding, HR-12".to_string())]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
