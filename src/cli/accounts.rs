@@ -39,7 +39,17 @@ pub enum AccountsCommand {
     /// service does every `discovery.interval`: new accounts join (the running service starts
     /// them within seconds), those no longer listed are retired (under the retire guard).
     /// Needs `discovery.enabled`. The service's next listing is then an interval later.
-    Discover,
+    Discover {
+        /// List, and say what the listing would change (the accounts it no longer shows
+        /// named), changing nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Retire every account the listing no longer shows, whatever their share of the known
+        /// ones (`discovery.max_retire_fraction` lifted for this listing; a failed, partial or
+        /// empty listing still retires none).
+        #[arg(long)]
+        retire_missing: bool,
+    },
     /// Stop starting runs of the accounts (a run in progress finishes its page and stops).
     /// Every steering command takes account ids, `-` for ids on stdin, or chooses the accounts
     /// with --tenant, --state, --health, --failing or --all (--dry-run says which, changing
@@ -150,7 +160,10 @@ pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), Cli
             runs,
             json,
         } => show(settings, account, runs, json).await,
-        AccountsCommand::Discover => discover(settings).await,
+        AccountsCommand::Discover {
+            dry_run,
+            retire_missing,
+        } => discover(settings, dry_run, retire_missing).await,
         AccountsCommand::Pause { which, why } => {
             steer(which, Steer::Pause, "pause", Some(why)).await
         }
@@ -177,7 +190,11 @@ pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), Cli
 /// `accounts discover`: one listing for the fleet now, under the discovery lease (waiting while
 /// a replica lists), its budget shared with the service's replicas. Exit 1 when the listing
 /// fails (the registry is left as it was).
-async fn discover(settings: &Settings) -> Result<(), CliError> {
+async fn discover(
+    settings: &Settings,
+    dry_run: bool,
+    retire_missing: bool,
+) -> Result<(), CliError> {
     use crate::sync::discovery::DISCOVERY_LEASE;
     if !settings.discovery.enabled {
         return Err(CliError::Usage(
@@ -213,7 +230,12 @@ async fn discover(settings: &Settings) -> Result<(), CliError> {
     };
     let sharing = tokio_util::sync::CancellationToken::new();
     let shared = super::commands::share_budget(&store, &source, &sharing);
-    let out = crate::sync::discovery::discover(&store, &source, &settings.discovery, &cancel).await;
+    let mut policy = settings.discovery.clone();
+    if retire_missing {
+        policy.max_retire_fraction = 1.0;
+    }
+    let out =
+        crate::sync::discovery::discover_with(&store, &source, &policy, &cancel, dry_run).await;
     lease.release().await;
     sharing.cancel();
     if let Some(task) = shared {
@@ -223,15 +245,44 @@ async fn discover(settings: &Settings) -> Result<(), CliError> {
         let error = out.error.unwrap_or_else(|| "interrupted".into());
         return Err(anyhow::anyhow!("discovery: {error}; the registry is left as it was").into());
     };
+    let (would, none) = if dry_run {
+        ("would be ", "would retire none")
+    } else {
+        ("", "retired none")
+    };
     println!(
-        "integrated accounts listed: {}; added: {}, retired: {}, un-retired: {}; requests: {}",
+        "integrated accounts listed: {}; {would}added: {}, {would}retired: {}, {would}un-retired: {}; requests: {}",
         applied.listed, applied.added, applied.retired, applied.unretired, out.requests
     );
     if let Some(why) = &out.incomplete {
         println!("the listing was not complete: {why}");
     }
     if let Some(guard) = &applied.retire_guard {
-        println!("retired none: {guard}");
+        println!("{none}: {guard}");
+    }
+    if !applied.missing.is_empty() {
+        println!(
+            "no longer listed ({}):",
+            match (&applied.retire_guard, dry_run) {
+                (Some(_), _) => "kept, as the guard says",
+                (None, true) => "would be retired",
+                (None, false) => "retired",
+            }
+        );
+        let registry = store.registry().await.map_err(db)?;
+        for id in &applied.missing {
+            let row = registry.iter().find(|r| r.integrated_account_id == *id);
+            println!(
+                "  {id}  tenant {}{}",
+                row.and_then(|r| r.tenant_id.as_deref()).unwrap_or("-"),
+                row.and_then(|r| r.label.as_deref())
+                    .map(|l| format!(", {l}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if dry_run {
+        println!("nothing changed (--dry-run)");
     }
     Ok(())
 }

@@ -30,6 +30,9 @@ pub struct DiscoveryApplied {
     pub retired: u64,
     /// Why accounts no longer listed were not retired, when some were not.
     pub retire_guard: Option<String>,
+    /// The discovered accounts the listing no longer shows (not yet retired): retired by it,
+    /// or kept by the guard.
+    pub missing: Vec<Uuid>,
 }
 
 /// What discovery's guard decides about retiring.
@@ -58,7 +61,8 @@ pub fn retire_guard(missing: u64, known: u64, listed: u64, policy: RetirePolicy)
     if missing as f64 > policy.max_fraction * known as f64 {
         return Some(format!(
             "the listing would retire {missing} of {known} accounts, more than the allowed share ({:.0}%); none was retired. \
-             If this is right, raise discovery.max_retire_fraction",
+             If this is right, `lms-sync accounts discover --retire-missing` retires them (once; with --dry-run first, it \
+             names them)",
             policy.max_fraction * 100.0
         ));
     }
@@ -136,10 +140,13 @@ impl Store {
     /// of known ones (and brings back retired ones it lists again), retires discovered accounts
     /// it no longer lists unless the guard refuses, and gates health on Truto's status. One
     /// transaction; the outcome is also kept in `discovery_state`.
+    /// With `dry_run`, the transaction is rolled back: what it would do, exactly, changing
+    /// nothing.
     pub async fn apply_discovery(
         &self,
         listed: &[Discovered],
         policy: RetirePolicy,
+        dry_run: bool,
     ) -> Result<DiscoveryApplied, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut out = upsert_listed(&mut tx, listed).await?;
@@ -163,7 +170,11 @@ impl Store {
         .bind(policy.complete)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        if dry_run {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
         Ok(out)
     }
 
@@ -784,15 +795,19 @@ async fn retire_missing(
     out: &mut DiscoveryApplied,
 ) -> Result<(), StoreError> {
     let ids: Vec<Uuid> = listed.iter().map(|a| a.id).collect();
-    let (known, missing): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE NOT integrated_account_id = ANY($1))
+    let (known, missing): (i64, Vec<Uuid>) = sqlx::query_as(
+        "SELECT count(*),
+                coalesce(array_agg(integrated_account_id ORDER BY integrated_account_id)
+                             FILTER (WHERE NOT integrated_account_id = ANY($1)), '{}')
            FROM accounts WHERE source = 'discovered' AND retired_at IS NULL",
     )
     .bind(&ids)
     .fetch_one(&mut **tx)
     .await?;
-    out.retire_guard = retire_guard(missing as u64, known as u64, out.listed, policy);
-    if missing == 0 || out.retire_guard.is_some() {
+    out.retire_guard = retire_guard(missing.len() as u64, known as u64, out.listed, policy);
+    let nothing = missing.is_empty() || out.retire_guard.is_some();
+    out.missing = missing;
+    if nothing {
         return Ok(());
     }
     out.retired = sqlx::query(

@@ -39,6 +39,18 @@ pub async fn discover(
     settings: &DiscoverySettings,
     cancel: &CancellationToken,
 ) -> DiscoveryOutcome {
+    discover_with(store, source, settings, cancel, false).await
+}
+
+/// [`discover`]; with `dry_run`, says what the listing would change and changes nothing (not
+/// even `discovery_state`).
+pub async fn discover_with(
+    store: &Store,
+    source: &TrutoClient,
+    settings: &DiscoverySettings,
+    cancel: &CancellationToken,
+    dry_run: bool,
+) -> DiscoveryOutcome {
     let mut out = DiscoveryOutcome::default();
     let mut listed: Vec<IntegratedAccount> = Vec::new();
     for integration in &settings.integrations {
@@ -54,9 +66,13 @@ pub async fn discover(
                 out.requests += f.requests;
                 let error = format!("listing the {integration} accounts failed: {}", f.error);
                 tracing::error!(%error, "discovery failed; the registry is left as it was");
-                match store.discovery_failed(&error).await {
-                    Ok(n) => out.failures = Some(n),
-                    Err(e) => tracing::warn!(error = %e, "could not record the failed discovery"),
+                if !dry_run {
+                    match store.discovery_failed(&error).await {
+                        Ok(n) => out.failures = Some(n),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not record the failed discovery")
+                        }
+                    }
                 }
                 out.error = Some(error);
                 return out;
@@ -68,7 +84,8 @@ pub async fn discover(
         complete: out.incomplete.is_none(),
         max_fraction: settings.max_retire_fraction,
     };
-    match store.apply_discovery(&rows, policy).await {
+    match store.apply_discovery(&rows, policy, dry_run).await {
+        Ok(applied) if dry_run => out.applied = Some(applied),
         Ok(applied) => {
             if let Some(guard) = &applied.retire_guard {
                 tracing::warn!(guard = %guard, "discovery retired no account");

@@ -566,7 +566,10 @@ async fn accounts_discover_lists_now_and_says_what_it_changed() {
     assert!(o.status.success(), "{out}{err}");
     assert_eq!(
         out,
-        "integrated accounts listed: 2; added: 1, retired: 1, un-retired: 0; requests: 1\n"
+        format!(
+            "integrated accounts listed: 2; added: 1, retired: 1, un-retired: 0; requests: 1\n\
+             no longer listed (retired):\n  {b}  tenant tenant-1\n"
+        )
     );
     let second = env.scalar_i64(at).await;
     assert!(
@@ -1548,6 +1551,87 @@ async fn a_purge_killed_midway_deletes_nothing_and_a_listing_meanwhile_waits_for
     );
     assert_mirror(&env.store, &env.sim, b).await;
     assert_mirror(&env.store, &env.sim, a).await;
+}
+
+/// When most accounts really left, `accounts discover --retire-missing` retires them past the
+/// guard, once; `--dry-run` names them first and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_retires_accounts_past_the_guard_after_naming_them() {
+    let ids: Vec<Uuid> = (1..=4).map(account_id).collect();
+    let env = fleet_env(&ids.iter().map(|a| (*a, 5)).collect::<Vec<_>>()).await;
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let out = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let o = cli(&env, &["accounts", "discover"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    for a in &ids[1..] {
+        env.sim.remove_integrated(*a);
+    }
+    let retired = "SELECT count(*) FROM accounts WHERE retired_at IS NOT NULL";
+    let o = cli(&env, &["accounts", "discover"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        out(&o).contains("retired none: the listing would retire 3 of 4 accounts")
+            && out(&o).contains("`lms-sync accounts discover --retire-missing` retires them")
+            && out(&o).contains("no longer listed (kept, as the guard says):"),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(env.scalar_i64(retired).await, 0);
+
+    let listed_at = "SELECT extract(epoch FROM listed_at)::float8 FROM discovery_state";
+    let before: f64 = sqlx::query_scalar(listed_at)
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    let o = cli(
+        &env,
+        &["accounts", "discover", "--retire-missing", "--dry-run"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err(&o));
+    let named: String = ids[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("  {a}  tenant tenant-{}\n", i + 1))
+        .collect();
+    assert!(
+        out(&o).contains("would be retired: 3,")
+            && out(&o).contains(&format!("no longer listed (would be retired):\n{named}"))
+            && out(&o).ends_with("nothing changed (--dry-run)\n"),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(env.scalar_i64(retired).await, 0);
+    let after: f64 = sqlx::query_scalar(listed_at)
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(after, before, "a dry run records no listing");
+
+    let o = cli(&env, &["accounts", "discover", "--retire-missing"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        out(&o).contains("retired: 3,") && out(&o).contains("no longer listed (retired):\n"),
+        "{}",
+        out(&o)
+    );
+    let gone: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT integrated_account_id FROM accounts WHERE retired_at IS NOT NULL
+          ORDER BY integrated_account_id",
+    )
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(gone, &ids[1..]);
+    // An empty listing retires none, even so.
+    env.sim.remove_integrated(ids[0]);
+    let o = cli(&env, &["accounts", "discover", "--retire-missing"]).await;
+    assert!(
+        out(&o).contains("retired none: the listing showed no accounts while 1 are known"),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(env.scalar_i64(retired).await, 3);
 }
 
 /// A steering change caught in a deadlock (another transaction locking the same accounts in
