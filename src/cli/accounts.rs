@@ -269,9 +269,17 @@ async fn discover(
                 (None, false) => "retired",
             }
         );
-        let registry = store.registry().await.map_err(db)?;
+        // By id: thousands of accounts that left, looked up one by one, are millions of
+        // comparisons.
+        let registry: std::collections::HashMap<Uuid, _> = store
+            .registry()
+            .await
+            .map_err(db)?
+            .into_iter()
+            .map(|r| (r.integrated_account_id, r))
+            .collect();
         for id in &applied.missing {
-            let row = registry.iter().find(|r| r.integrated_account_id == *id);
+            let row = registry.get(id);
             println!(
                 "  {id}  tenant {}{}",
                 row.and_then(|r| r.tenant_id.as_deref()).unwrap_or("-"),
@@ -405,9 +413,11 @@ async fn steer(
                 .copied()
                 .collect(),
         )?;
+        let by_id: std::collections::HashMap<Uuid, &AccountView> =
+            views.iter().map(|v| (v.integrated_account_id, v)).collect();
         let kept: Vec<&AccountView> = chosen
             .iter()
-            .filter_map(|a| views.iter().find(|v| v.integrated_account_id == *a))
+            .filter_map(|a| by_id.get(a).copied())
             .collect();
         print!("{}", super::render::accounts(&kept));
         println!(
@@ -427,9 +437,10 @@ async fn steer(
         // A run before the server's hold ends fails at once, without a request: say so now.
         let only = (chosen.len() == 1).then(|| chosen[0]);
         let rows = store.status(&[], only).await.map_err(db)?;
+        let wanted: std::collections::HashSet<&Uuid> = chosen.iter().collect();
         let held: Vec<_> = rows
             .iter()
-            .filter(|r| chosen.contains(&r.integrated_account_id))
+            .filter(|r| wanted.contains(&r.integrated_account_id))
             .filter_map(|r| r.held_until)
             .collect();
         match held.as_slice() {

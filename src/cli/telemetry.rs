@@ -53,6 +53,10 @@ impl<'a> MakeWriter<'a> for StderrAroundBars {
     }
 }
 
+/// The exit code of a command whose output's reader went away: what a shell reports for a
+/// process killed by SIGPIPE (128 + 13).
+pub const EXIT_BROKEN_PIPE: i32 = 141;
+
 /// Panics become one `error` event in the log (in its format, with the location), not loose
 /// text on stderr. The message is what the panicking code wrote; nothing in lms-sync formats a
 /// secret (tokens and database URLs are `SecretString`s whose Debug is redacted).
@@ -66,6 +70,14 @@ fn log_panics() {
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "(no message)".into());
+            // A reader that stopped reading (`accounts list --ids | head`) closed the pipe, and
+            // std's print macros panic on that: no bug. End as a command killed by SIGPIPE
+            // would (the shell's 141), without a word, as `ls | head` does. (SIGPIPE itself
+            // stays ignored: a socket closed under the service must be an error, not its end.)
+            if message.starts_with("failed printing to stdout") && message.contains("(os error 32)")
+            {
+                std::process::exit(EXIT_BROKEN_PIPE);
+            }
             let location = info
                 .location()
                 .map(|l| format!("{}:{}", l.file(), l.line()))

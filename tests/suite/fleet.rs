@@ -1634,6 +1634,30 @@ async fn an_operator_retires_accounts_past_the_guard_after_naming_them() {
     assert_eq!(env.scalar_i64(retired).await, 3);
 }
 
+/// A reader that stopped reading (`accounts list --ids | head -1`) ends the command as it
+/// would end `ls`: exit 141, as if killed by SIGPIPE, without an "internal error" on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_ends_a_command_quietly() {
+    let env = fleet_env(&[(account_id(1), 5)]).await;
+    let o = cli(&env, &["accounts", "discover"]).await;
+    assert!(o.status.success());
+    for args in [&["accounts", "list", "--ids"][..], &["status"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let (_config, mut command) = cli_command(&env, &[], args);
+        // (Not `output()`, which pipes stdout anew.)
+        let child = command
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let o = child.wait_with_output().await.unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(141), "{args:?}: {err}");
+        assert!(!err.contains("internal error"), "{args:?}: {err}");
+    }
+}
+
 /// A steering change caught in a deadlock (another transaction locking the same accounts in
 /// another order, as a listing applied in Truto's order does) is made again, whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
