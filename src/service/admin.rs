@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::ops::{text, Ops, Peer};
-use crate::store::{retry_read_only, Acting};
+use crate::store::{retry_read_only, Acting, Steer};
 
 /// `None` when the request may go on; otherwise the answer that refuses it.
 fn refuse(ops: &Ops, headers: &HeaderMap) -> Option<Response> {
@@ -94,8 +94,9 @@ pub(super) struct ActionQuery {
     reason: Option<String>,
 }
 
-/// `POST /accounts/{id}/{action}` with `sync`, `pause`, `resume`, `protect` or `unprotect`,
-/// and optionally `?reason=…`: recorded in `account_actions` with the caller's address.
+/// `POST /accounts/{id}/{action}` with `sync`, `pause`, `resume`, `protect`, `unprotect`,
+/// `reset-cursor` or `allow-deletes` (as the `accounts` commands of the same names), and
+/// optionally `?reason=…`: recorded in `account_actions` with the caller's address.
 pub(super) async fn account_action(
     State(ops): State<Ops>,
     Path((id, action)): Path<(Uuid, String)>,
@@ -133,20 +134,24 @@ pub(super) async fn account_action(
         Ok(by) => by,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("reason: {e}\n")),
     };
-    let store = &ops.store;
-    let done = match action.as_str() {
-        "sync" => retry_read_only(|| store.request_sync(id, &by)).await,
-        "pause" => retry_read_only(|| store.set_paused(id, true, &by)).await,
-        "resume" => retry_read_only(|| store.set_paused(id, false, &by)).await,
-        "protect" => retry_read_only(|| store.set_protected(id, true, &by)).await,
-        "unprotect" => retry_read_only(|| store.set_protected(id, false, &by)).await,
-        _ => {
-            return text(
+    let what =
+        match action.as_str() {
+            "sync" => Steer::SyncNow,
+            "pause" => Steer::Pause,
+            "resume" => Steer::Resume,
+            "protect" => Steer::Protect,
+            "unprotect" => Steer::Unprotect,
+            "reset-cursor" => Steer::ResetCursor,
+            "allow-deletes" => Steer::AllowDeletes,
+            _ => return text(
                 StatusCode::NOT_FOUND,
-                "actions: sync, pause, resume, protect, unprotect\n",
-            )
-        }
-    };
+                "actions: sync, pause, resume, protect, unprotect, reset-cursor, allow-deletes\n",
+            ),
+        };
+    let ids = [id];
+    let done = retry_read_only(|| ops.store.steer(&ids, what, &by))
+        .await
+        .map(|missing| missing.is_empty());
     match done {
         Ok(true) => {
             ops.wake.notify_one();

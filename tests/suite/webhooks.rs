@@ -637,6 +637,35 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
             .await
             .expect("the requested run comes within seconds");
             assert_eq!(again, "succeeded");
+            // The cursor reset and the allowance past the delete guard, as the commands give
+            // them (the allowance asks for a run too).
+            for action in ["reset-cursor", "allow-deletes"] {
+                assert_eq!(
+                    post_as(
+                        format!("{base}/accounts/{a}/{action}?reason=CHG-88"),
+                        Some(ADMIN)
+                    )
+                    .await,
+                    200,
+                    "{action}"
+                );
+            }
+            let recorded: Vec<(String, Option<String>)> = sqlx::query_as(
+                "SELECT action, reason FROM account_actions
+                  WHERE integrated_account_id = $1 ORDER BY action_id DESC LIMIT 2",
+            )
+            .bind(a)
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+            let reason = Some("CHG-88".to_string());
+            assert_eq!(
+                recorded,
+                [
+                    ("allow_deletes".to_string(), reason.clone()),
+                    ("reset_cursor".to_string(), reason)
+                ]
+            );
             let unknown = Uuid::from_u128(77);
             assert_eq!(
                 post_as(format!("{base}/accounts/{unknown}/sync"), Some(ADMIN)).await,
