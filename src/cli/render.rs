@@ -230,6 +230,9 @@ pub fn accounts(views: &[&AccountView]) -> String {
         if let Some(e) = &v.last_error {
             let _ = writeln!(s, "    last error: {}", shorten(e, 300));
         }
+        if let Some(why) = &v.attention_reason {
+            let _ = writeln!(s, "    last run needs attention: {}", shorten(why, 300));
+        }
     }
     s
 }

@@ -73,12 +73,20 @@ pub struct Filter {
     /// Accounts whose last run failed.
     #[arg(long)]
     pub failing: bool,
+    /// Accounts whose last run needs attention (the delete guard kept users, Truto marked the
+    /// listing partial).
+    #[arg(long)]
+    pub needs_attention: bool,
 }
 
 impl Filter {
     /// Whether any option is given.
     pub fn is_set(&self) -> bool {
-        !self.tenant.is_empty() || !self.state.is_empty() || !self.health.is_empty() || self.failing
+        !self.tenant.is_empty()
+            || !self.state.is_empty()
+            || !self.health.is_empty()
+            || self.failing
+            || self.needs_attention
     }
 
     /// Whether `v` passes every option given.
@@ -90,6 +98,7 @@ impl Filter {
             && (self.state.is_empty() || self.state.iter().any(|s| s.holds(&v.state)))
             && (self.health.is_empty() || self.health.iter().any(|h| h.holds(&v.health)))
             && (!self.failing || v.last_outcome.as_deref() == Some("failed"))
+            && (!self.needs_attention || v.last_outcome.as_deref() == Some("needs_attention"))
     }
 
     /// The fleet's views this filter keeps, in the fleet's order; a tenant no account of the
@@ -161,17 +170,15 @@ impl Select {
             (true, false, false) => {
                 return Err(
                     "name the accounts: their ids, `-` to read them from stdin, or \
-                            choose them with --tenant, --state, --health or --failing (--all \
-                            for every account)"
+                            choose them with --tenant, --state, --health, --failing or \
+                            --needs-attention (--all for every account)"
                         .into(),
                 )
             }
-            (false, true, _) | (false, _, true) => {
-                return Err(
-                    "give account ids or --tenant/--state/--health/--failing/--all, not both"
-                        .into(),
-                )
-            }
+            (false, true, _) | (false, _, true) => return Err(
+                "give account ids or options that choose accounts (--tenant, --all, …), not both"
+                    .into(),
+            ),
             (true, true, true) => {
                 return Err("--all selects every account: drop it, or the other options".into())
             }
@@ -228,6 +235,7 @@ mod tests {
             health_since: None,
             last_success: None,
             last_outcome: Some(outcome.into()),
+            attention_reason: None,
             next_run: None,
             held_until: None,
             live_users: 0,
@@ -258,6 +266,7 @@ mod tests {
                 "blocked",
                 "failed",
             ),
+            view(6, "initech", "active", "ok", "needs_attention"),
         ]
     }
 
@@ -308,6 +317,13 @@ mod tests {
                 ..Filter::default()
             }),
             [4]
+        );
+        assert_eq!(
+            f(Filter {
+                needs_attention: true,
+                ..Filter::default()
+            }),
+            [6]
         );
         assert_eq!(
             f(Filter {

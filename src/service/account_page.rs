@@ -348,6 +348,7 @@ mod tests {
             health_since: Some(Utc::now() - chrono::Duration::hours(2)),
             last_success: None,
             last_outcome: None,
+            attention_reason: None,
             next_run: None,
             held_until: Some("2026-12-05T15:30:00Z".parse().unwrap()),
             live_users: 1200,
@@ -407,6 +408,7 @@ mod tests {
             health_reason: Some("the customer must <re-authorize>".into()),
             hydration_pending: 5,
             held_until: None,
+            attention_reason: None,
         };
         let mut failed = run(12, "failed", now - chrono::Duration::minutes(5), Some(2));
         failed.error_kind = Some("needs_reauth".into());

@@ -165,17 +165,26 @@ fn attention(v: &AccountView, now: DateTime<Utc>) -> (u8, Option<String>) {
         };
         return (1, Some(why));
     }
+    if v.last_outcome.as_deref() == Some("needs_attention") && v.state == "active" {
+        // Its runs succeed, so nothing else says it: the delete guard keeping users that
+        // left, at every run, or Truto marking its listings partial.
+        let why = v
+            .attention_reason
+            .as_deref()
+            .unwrap_or("see the account's page");
+        return (2, Some(format!("the last run needs attention: {why}")));
+    }
     match v.last_success {
         Some(t) if now - t > chrono::Duration::hours(STALE_HOURS) => {
-            return (2, Some(format!("not refreshed for over {STALE_HOURS} h")))
+            return (3, Some(format!("not refreshed for over {STALE_HOURS} h")))
         }
-        None if v.state == "active" => return (3, Some("never synced yet".into())),
+        None if v.state == "active" => return (4, Some("never synced yet".into())),
         _ => {}
     }
     if v.state != "active" {
-        return (4, None);
+        return (5, None);
     }
-    (5, None)
+    (6, None)
 }
 
 /// `v`'s label, tenant or id contains `q` (lower-case), in any case.
@@ -634,9 +643,10 @@ fn lock_wait_section(s: &mut String, waits: &[SessionLockWait]) {
 }
 
 /// What each rank of [`attention`] counts as, in the summary.
-const RANKS: [&str; 5] = [
+const RANKS: [&str; 6] = [
     "cannot be synced",
     "failed their last run",
+    "need attention after their last run",
     "not refreshed for over 26 h",
     "never synced yet",
     "not synced here (paused, retired, excluded or gated)",
@@ -697,7 +707,7 @@ pub fn render(
     );
     for (rank, (n, what)) in by_rank.iter().zip(RANKS).enumerate() {
         if *n > 0 {
-            let bad = if rank < 4 { " bad" } else { "" };
+            let bad = if rank < RANKS.len() - 1 { " bad" } else { "" };
             let _ = write!(s, "<span class=\"pill{bad}\">{n} {what}</span>");
         }
     }
@@ -838,6 +848,7 @@ mod tests {
             health_since: None,
             last_success: Some(Utc::now()),
             last_outcome: None,
+            attention_reason: None,
             next_run: Some(Utc::now()),
             held_until: None,
             live_users: 10,
@@ -1017,28 +1028,35 @@ mod tests {
         let mut views: Vec<_> = (1..=250)
             .map(|n| view(n, &format!("School {n:03}")))
             .collect();
-        // Three needing attention, of different kinds, at the end of the alphabet.
-        views[247].health = "needs_reauth".into();
-        views[248].last_error = Some("HTTP 500".into());
+        // Four needing attention, of different kinds, at the end of the alphabet.
+        views[246].health = "needs_reauth".into();
+        views[247].last_error = Some("HTTP 500".into());
+        views[248].last_outcome = Some("needs_attention".into());
+        views[248].attention_reason =
+            Some("the listing would delete 60 of 100 <live> users".into());
         views[249].last_success = None;
         views[0].state = "paused".into();
         let html = fleet(&views, now);
         assert_eq!(account_rows(&html), SHOWN, "{html}");
-        let first = [&views[247], &views[248], &views[249]].map(|v| {
+        let first = [&views[246], &views[247], &views[248], &views[249]].map(|v| {
             html.find(v.label.as_deref().unwrap())
                 .unwrap_or_else(|| panic!("{:?} is not shown", v.label))
         });
-        assert!(first[0] < first[1] && first[1] < first[2]);
-        assert!(first[2] < html.find("School 002").unwrap());
+        assert!(first.windows(2).all(|w| w[0] < w[1]), "{first:?}");
+        assert!(first[3] < html.find("School 002").unwrap());
+        assert!(html.contains(
+            "the last run needs attention: the listing would delete 60 of 100 &lt;live&gt; users"
+        ));
         assert!(!html.contains("School 210"), "past the first {SHOWN}");
         assert!(html.contains(
             "250 accounts; showing the first 200, those needing attention first. \
              <a href=\"?all=true\">Show all 250</a>"
         ));
         for pill in [
-            ">3 need attention<",
+            ">4 need attention<",
             ">1 cannot be synced<",
             ">1 failed their last run<",
+            ">1 need attention after their last run<",
             ">1 never synced yet<",
             ">1 not synced here (paused, retired, excluded or gated)<",
         ] {

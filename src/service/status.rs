@@ -36,6 +36,9 @@ pub struct AccountView {
     /// How its last run ended (`succeeded`, `needs_attention`, `failed`, `interrupted`,
     /// `running`); none before its first.
     pub last_outcome: Option<String>,
+    /// Why its last run needs attention (the delete guard kept users, a partial listing), when
+    /// it does.
+    pub attention_reason: Option<String>,
     pub next_run: Option<DateTime<Utc>>,
     /// The server holds the account's requests back until then (a quota spent): no run before.
     pub held_until: Option<DateTime<Utc>>,
@@ -130,6 +133,7 @@ pub fn account_views(state: &FleetState) -> Vec<AccountView> {
                 last_outcome: row
                     .and_then(|r| r.last_outcome)
                     .map(|o| o.as_str().to_string()),
+                attention_reason: row.and_then(|r| r.attention_reason.clone()),
                 next_run: state.next.get(&p.id()).copied(),
                 held_until: row.and_then(|r| r.held_until),
                 live_users: row.map_or(0, |r| r.live_users),

@@ -33,6 +33,9 @@ pub struct StatusRow {
     /// The server holds the account's requests back until then (`sync_state.held_until`, while
     /// it is to come): no run starts before.
     pub held_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why its last run needs attention (`needs_attention`: the delete guard kept users, Truto
+    /// marked the listing partial), when it does.
+    pub attention_reason: Option<String>,
 }
 
 impl Store {
@@ -165,7 +168,12 @@ impl Store {
                     s.last_finished_at, s.last_succeeded_at, s.consecutive_failures, s.last_error,
                     (s.cursor IS NOT NULL) AS resumable, s.live_user_count, s.deleted_user_count,
                     s.health, s.health_since, s.health_reason,
-                    CASE WHEN s.held_until > now() THEN s.held_until END
+                    CASE WHEN s.held_until > now() THEN s.held_until END,
+                    CASE WHEN s.last_outcome = 'needs_attention' THEN
+                        (SELECT r.deletions_skipped_reason FROM sync_runs r
+                          WHERE r.integrated_account_id = s.integrated_account_id
+                            AND r.outcome = 'needs_attention'
+                          ORDER BY r.run_id DESC LIMIT 1) END
                FROM sync_state s
               WHERE $1::uuid IS NULL OR s.integrated_account_id = $1
               ORDER BY coalesce(s.label, s.integrated_account_id::text)",
@@ -232,6 +240,7 @@ impl Store {
                     health_reason: r.get(14),
                     hydration_pending: pending.get(&id).copied().unwrap_or(0),
                     held_until: r.get(15),
+                    attention_reason: r.get(16),
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -260,6 +269,7 @@ impl Store {
                     health_reason: None,
                     hydration_pending: 0,
                     held_until: None,
+                    attention_reason: None,
                 });
             }
         }

@@ -526,6 +526,12 @@ async fn an_operator_lets_one_complete_listing_delete_past_the_guard() {
         reason.contains("600 of 1000") && reason.contains("accounts allow-deletes"),
         "{reason}"
     );
+    // `accounts list`, `/status` and the status page say why, though the run did not fail.
+    let attention = || async {
+        let rows = env.store.status(&[], Some(a)).await.unwrap();
+        rows[0].attention_reason.clone()
+    };
+    assert_eq!(attention().await, Some(reason));
 
     let by = Acting::new(
         "lms-sync accounts allow-deletes by ops@test".into(),
@@ -548,6 +554,7 @@ async fn an_operator_lets_one_complete_listing_delete_past_the_guard() {
     assert_eq!(finished(&o), Outcome::Succeeded, "{:?}", o.error);
     assert_eq!(o.counts.deleted, 600);
     assert!(!env.store.deletes_allowed(a).await.unwrap());
+    assert_eq!(attention().await, None);
     assert_mirror(&env.store, &env.sim, a).await;
 
     for i in 601..=900 {
