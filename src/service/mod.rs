@@ -173,6 +173,8 @@ pub async fn run_with(
     ));
 
     let ready = Arc::new(Readiness::default());
+    // Webhook deliveries still being applied (answered already): waited for at shutdown.
+    let deliveries = tokio_util::task::TaskTracker::new();
     let listener = match hooks.listener {
         Some(l) => Some(l),
         None if settings.server.listen.is_empty() => None,
@@ -203,6 +205,7 @@ pub async fn run_with(
             admin_token: admin_token.clone(),
             webhook_secret: webhook_secret.clone(),
             refreshed: Arc::default(),
+            deliveries: deliveries.clone(),
         };
         if settings.server.account_metrics == AccountMetrics::OneReplica {
             metrics.report_account_state(false);
@@ -215,6 +218,7 @@ pub async fn run_with(
 
     tokio::pin!(shutdown);
     let stopped = root.clone();
+    let lifetime = CancellationToken::new();
     let scheduler = scheduler::run(scheduler::Parts {
         settings: live,
         store: store.clone(),
@@ -222,6 +226,7 @@ pub async fn run_with(
         metrics,
         progress,
         root: root.clone(),
+        lifetime: lifetime.clone(),
         ready,
         wake,
     });
@@ -234,14 +239,34 @@ pub async fn run_with(
         }
         r = &mut scheduler => Some(r),
     };
+    let grace = Duration::from_secs(settings.sync.shutdown_grace_secs);
+    let until = tokio::time::Instant::now() + grace;
     if ended.is_none() {
-        let grace = Duration::from_secs(settings.sync.shutdown_grace_secs);
-        match tokio::time::timeout(grace, &mut scheduler).await {
+        match tokio::time::timeout_at(until, &mut scheduler).await {
             Ok(r) => ended = Some(r),
             Err(_) => tracing::error!(grace_secs = grace.as_secs(), "runs did not stop within the grace period; exiting anyway (uncommitted pages are rolled back and redone next time)"),
         }
     }
+    // A delivery answered 200 is not sent again: one dropped here would wait for the next
+    // discovery listing (minutes) to be applied.
+    deliveries.close();
+    if !deliveries.is_empty() {
+        tracing::info!(
+            deliveries = deliveries.len(),
+            "waiting for webhook deliveries being applied"
+        );
+        if tokio::time::timeout_at(until, deliveries.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                deliveries = deliveries.len(),
+                "webhook deliveries not applied within the grace period; the next discovery listing applies them"
+            );
+        }
+    }
     root.cancel();
+    lifetime.cancel();
     if let Some(s) = server {
         s.abort();
     }

@@ -60,6 +60,8 @@ pub struct Ops {
     pub webhook_secret: super::Rotating,
     /// When the per-account metrics were last read from the database.
     pub refreshed: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
+    /// The webhook deliveries being applied, which a shutdown waits for.
+    pub deliveries: tokio_util::task::TaskTracker,
 }
 
 /// How long per-account metrics read from the database are reused between scrapes.

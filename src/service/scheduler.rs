@@ -86,6 +86,10 @@ pub(super) struct Parts {
     pub progress: Arc<dyn Progress>,
     /// Cancelled on shutdown; each run gets a child of it.
     pub root: CancellationToken,
+    /// Cancelled once the process is done with Truto (after `root`, when the webhook
+    /// deliveries still being applied have ended): the share of the token's request budget
+    /// lives until then, since their requests need it.
+    pub lifetime: CancellationToken,
     /// Ticked at every round, for `/readyz`.
     pub ready: Arc<Readiness>,
     /// Notified when the registry changed (discovery): the next round starts at once.
@@ -102,6 +106,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         metrics,
         progress,
         root,
+        lifetime,
         ready,
         wake,
     } = parts;
@@ -117,7 +122,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
             budget,
             source.watch_standing(),
             Some(metrics.clone()),
-            root.clone(),
+            lifetime,
         ));
     }
     if let Err(e) = store.register_configured(&settings.accounts).await {

@@ -110,7 +110,8 @@ pub(super) async fn receive(State(ops): State<Ops>, headers: HeaderMap, body: By
     // budget, or a slow Truto), while Truto takes a slow answer for a failure (retried, and an
     // endpoint failing for long is deactivated). After ANSWER_WITHIN it is answered, and goes on.
     let metrics = ops.metrics.clone();
-    let mut task = tokio::spawn(async move {
+    // Tracked, so that a shutdown waits for it (see `service::run_with`).
+    let mut task = ops.deliveries.clone().spawn(async move {
         let (result, response) = answer(&ops, &headers, &body).await;
         metrics.inc("lms_sync_webhook_deliveries_total", &[("result", result)]);
         response

@@ -357,6 +357,46 @@ async fn a_delivery_the_database_cannot_record_is_accepted_and_left_to_discovery
     assert_mirror(&env.store, &env.sim, b).await;
 }
 
+/// A shutdown (a rollout, a node drained) while a delivery answered 200 is still being applied
+/// waits for it: Truto does not send it again, and the next listing may be minutes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_waits_for_the_deliveries_still_being_applied() {
+    let (a, b) = (account_id(1), account_id(2));
+    let Receiving {
+        env,
+        daemon,
+        stop,
+        rx: _rx,
+        base: _,
+        url,
+        _secret,
+    } = receiving(a).await;
+    env.sim.add_account(b, 40, 9);
+    env.sim.set_integrated(b, Integrated::active("tenant-b"));
+    let updated = delivery(
+        "evt-s",
+        "integrated_account:updated",
+        account_payload(b, "tenant-b", "active"),
+        0,
+    );
+    // The event's GET times out once (after 5 s), and its retry is answered.
+    env.sim
+        .push_listing_fault(Fault::Delay(Duration::from_secs(7)));
+    let (status, text) = post(&url, updated.clone(), Some(signature(SECRET, &updated))).await;
+    assert_eq!(
+        (status, text.trim()),
+        (200, "accepted; still being applied")
+    );
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    let registered: i64 = env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM accounts WHERE integrated_account_id = '{b}' AND sync_requested_at IS NOT NULL"
+        ))
+        .await;
+    assert_eq!(registered, 1, "applied before the service stopped");
+}
+
 /// A delivery slow to apply (an `updated` event's GET behind a slow Truto, or a busy request
 /// budget) is answered within seconds, and applied when its GET returns: Truto takes a slow
 /// answer for a failure.
