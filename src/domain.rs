@@ -189,6 +189,8 @@ pub struct AccountRow {
     pub integration: Option<String>,
     pub is_sandbox: bool,
     pub paused: bool,
+    /// `accounts pause --until`: when the service resumes it (NULL: a pause until a resume).
+    pub paused_until: Option<chrono::DateTime<chrono::Utc>>,
     pub retired_at: Option<chrono::DateTime<chrono::Utc>>,
     /// `accounts protect`: its data is never purged (NULL: not protected).
     pub protected_at: Option<chrono::DateTime<chrono::Utc>>,

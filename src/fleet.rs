@@ -153,6 +153,7 @@ mod tests {
             protected_at: None,
             sync_requested_at: None,
             allow_deletes: false,
+            paused_until: None,
             first_seen_at: t,
             last_seen_at: t,
         }

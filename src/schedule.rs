@@ -201,6 +201,39 @@ pub fn health_backoff(schedule: &Schedule, failures: u32) -> Duration {
     )
 }
 
+/// The end of a pause (`accounts pause --until`, the admin route's `?until=`): an RFC 3339 time, or a time from `now` (`8h`); in the
+/// future, at most a year ahead.
+pub fn pause_end(when: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    let at = match chrono::DateTime::parse_from_rfc3339(when.trim()) {
+        Ok(t) => t.with_timezone(&chrono::Utc),
+        Err(_) => {
+            let d = humantime::parse_duration(when.trim()).map_err(|_| {
+                format!(
+                    "{:?} is neither a time (2026-12-08T06:00:00Z) nor a time from now (8h, 90m, 2d)",
+                    crate::text::shorten(when, 60)
+                )
+            })?;
+            chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| now.checked_add_signed(d))
+                .ok_or_else(|| format!("{when:?} is too far ahead"))?
+        }
+    };
+    if at <= now {
+        return Err(format!(
+            "{} is not in the future",
+            at.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+    }
+    if at > now + chrono::Duration::days(365) {
+        return Err(format!(
+            "{} is more than a year ahead: pause without --until instead",
+            at.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+    }
+    Ok(at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,5 +524,27 @@ mod tests {
             next_run(&s, A, &h, start),
             first + chrono::Duration::hours(6)
         );
+    }
+
+    #[test]
+    fn a_pause_ends_at_a_time_or_after_a_while_in_the_coming_year() {
+        let now: DateTime<Utc> = "2026-12-07T05:00:00Z".parse().unwrap();
+        assert_eq!(
+            pause_end("8h", now).unwrap(),
+            "2026-12-07T13:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            pause_end("2026-12-08T07:00:00+01:00", now).unwrap(),
+            "2026-12-08T06:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert!(pause_end("2026-12-07T04:00:00Z", now)
+            .unwrap_err()
+            .contains("is not in the future"));
+        assert!(pause_end("400d", now)
+            .unwrap_err()
+            .contains("more than a year ahead"));
+        assert!(pause_end("tomorrow", now)
+            .unwrap_err()
+            .contains("is neither a time"));
     }
 }

@@ -57,6 +57,10 @@ pub enum AccountsCommand {
     Pause {
         #[command(flatten)]
         which: Select,
+        /// Resume them by themselves then: a time (`2026-12-08T06:00:00Z`, RFC 3339) or a
+        /// time from now (`8h`, `90m`, `2d`); at most a year ahead. Without it, until `resume`.
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
         #[command(flatten)]
         why: Why,
     },
@@ -164,8 +168,13 @@ pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), Cli
             dry_run,
             retire_missing,
         } => discover(settings, dry_run, retire_missing).await,
-        AccountsCommand::Pause { which, why } => {
-            steer(which, Steer::Pause, "pause", Some(why)).await
+        AccountsCommand::Pause { which, until, why } => {
+            let until = until
+                .as_deref()
+                .map(|w| crate::schedule::pause_end(w, chrono::Utc::now()))
+                .transpose()
+                .map_err(|e| CliError::Usage(format!("--until: {e}")))?;
+            steer(which, Steer::Pause { until }, "pause", Some(why)).await
         }
         AccountsCommand::Resume { which, why } => {
             steer(which, Steer::Resume, "resume", Some(why)).await
@@ -398,6 +407,7 @@ async fn steer(
         return Ok(());
     }
     let done = done(what);
+    let done = done.as_str();
     if which.dry_run {
         let registry: std::collections::HashSet<Uuid> = store
             .registry()
@@ -461,9 +471,15 @@ async fn steer(
 }
 
 /// What a steering command says it did to an account.
-fn done(what: Steer) -> &'static str {
-    match what {
-        Steer::Pause => "paused",
+fn done(what: Steer) -> String {
+    let said = match what {
+        Steer::Pause { until: Some(t) } => {
+            return format!(
+                "paused until {} (the service resumes it then)",
+                t.format("%Y-%m-%d %H:%M:%S UTC")
+            )
+        }
+        Steer::Pause { until: None } => "paused",
         Steer::Resume => "resumed",
         Steer::SyncNow => "asked to sync now",
         Steer::ResetCursor => "set to start its next run from the first page",
@@ -473,7 +489,8 @@ fn done(what: Steer) -> &'static str {
         }
         Steer::Protect => "protected: its data is never purged until `accounts unprotect`",
         Steer::Unprotect => "no longer protected",
-    }
+    };
+    said.to_string()
 }
 
 /// "1 account", "12 accounts".

@@ -259,6 +259,12 @@ pub fn account(
     fact("tenant", v.tenant_id.as_deref().unwrap_or("-"));
     fact("source", &v.source);
     fact("state", &v.state);
+    if let Some(until) = v.paused_until {
+        fact(
+            "paused until",
+            &format!("{}: the service resumes it then", t(Some(until))),
+        );
+    }
     if let Some(at) = v.retired_at {
         fact("retired", &t(Some(at)));
     }

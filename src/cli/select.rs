@@ -243,6 +243,7 @@ mod tests {
             retired_at: None,
             protected_at: None,
             deletes_allowed: false,
+            paused_until: None,
             purge_due: None,
         }
     }

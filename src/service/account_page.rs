@@ -161,6 +161,17 @@ pub fn render(
     );
     s.push_str("<table class=\"facts\"><tbody>");
     fact(&mut s, "State", &escape(&v.state));
+    if let Some(until) = v.paused_until {
+        fact(
+            &mut s,
+            "Paused until",
+            &format!(
+                "{} <span class=\"muted\">the service resumes it then \
+                 (accounts pause --until)</span>",
+                when(Some(until), now)
+            ),
+        );
+    }
     if let Some(at) = v.retired_at {
         fact(&mut s, "Retired", &when(Some(at), now));
     }
@@ -356,6 +367,7 @@ mod tests {
             retired_at: None,
             protected_at: None,
             deletes_allowed: false,
+            paused_until: None,
             purge_due: None,
         }
     }

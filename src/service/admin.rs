@@ -92,11 +92,18 @@ pub(super) async fn budget(State(ops): State<Ops>, headers: HeaderMap) -> Respon
 #[derive(Debug, serde::Deserialize)]
 pub(super) struct ActionQuery {
     reason: Option<String>,
+    /// `pause` only: when the service resumes the account (as `accounts pause --until`).
+    until: Option<String>,
 }
+
+/// What `POST /accounts/{id}/{action}` answers for an action it does not know.
+const ACTIONS: &str =
+    "actions: sync, pause, resume, protect, unprotect, reset-cursor, allow-deletes\n";
 
 /// `POST /accounts/{id}/{action}` with `sync`, `pause`, `resume`, `protect`, `unprotect`,
 /// `reset-cursor` or `allow-deletes` (as the `accounts` commands of the same names), and
-/// optionally `?reason=…`: recorded in `account_actions` with the caller's address.
+/// optionally `?reason=…` (and for `pause`, `?until=…`): recorded in `account_actions` with the
+/// caller's address.
 pub(super) async fn account_action(
     State(ops): State<Ops>,
     Path((id, action)): Path<(Uuid, String)>,
@@ -134,20 +141,24 @@ pub(super) async fn account_action(
         Ok(by) => by,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("reason: {e}\n")),
     };
-    let what =
-        match action.as_str() {
-            "sync" => Steer::SyncNow,
-            "pause" => Steer::Pause,
-            "resume" => Steer::Resume,
-            "protect" => Steer::Protect,
-            "unprotect" => Steer::Unprotect,
-            "reset-cursor" => Steer::ResetCursor,
-            "allow-deletes" => Steer::AllowDeletes,
-            _ => return text(
-                StatusCode::NOT_FOUND,
-                "actions: sync, pause, resume, protect, unprotect, reset-cursor, allow-deletes\n",
-            ),
-        };
+    let what = match action.as_str() {
+        "sync" => Steer::SyncNow,
+        "pause" => Steer::Pause { until: None },
+        "resume" => Steer::Resume,
+        "protect" => Steer::Protect,
+        "unprotect" => Steer::Unprotect,
+        "reset-cursor" => Steer::ResetCursor,
+        "allow-deletes" => Steer::AllowDeletes,
+        _ => return text(StatusCode::NOT_FOUND, ACTIONS),
+    };
+    let what = match (what, query.until.as_deref()) {
+        (what, None) => what,
+        (Steer::Pause { .. }, Some(w)) => match crate::schedule::pause_end(w, chrono::Utc::now()) {
+            Ok(t) => Steer::Pause { until: Some(t) },
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("until: {e}\n")),
+        },
+        (_, Some(_)) => return text(StatusCode::BAD_REQUEST, "until: only a pause has an end\n"),
+    };
     let ids = [id];
     let done = retry_read_only(|| ops.store.steer(&ids, what, &by))
         .await

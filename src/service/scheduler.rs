@@ -228,7 +228,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
                 s.store.run_histories(None).await?,
             ))
         };
-        let (registry, histories) = match read.await {
+        let (mut registry, histories) = match read.await {
             Ok(h) => h,
             Err(e) => {
                 let e = s.store.explain(e).await;
@@ -239,6 +239,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
                 }
             }
         };
+        s.end_lapsed_pauses(&mut registry).await;
         s.fleet = plan(&s.settings, &registry)
             .into_iter()
             .map(|p| (p.id(), p))
@@ -441,6 +442,45 @@ impl Scheduler {
     ///
     /// `in_flight`: the runs under way before `histories` was read; none of them is started
     /// again in this round, even if it has ended since (the next round's read has its start).
+    /// Resumes the accounts of `registry` whose pause has reached the end an operator gave it
+    /// (`accounts pause --until`), in the database and in `registry`. Any replica may: the first
+    /// to look does, once. Not while the database takes no writes (the next round does).
+    async fn end_lapsed_pauses(&self, registry: &mut [crate::domain::AccountRow]) {
+        let now = Utc::now();
+        let lapsed =
+            |r: &crate::domain::AccountRow| r.paused && r.paused_until.is_some_and(|t| t <= now);
+        if !registry.iter().any(lapsed) || self.ready.refusing_writes().is_some() {
+            return;
+        }
+        let by = crate::store::Acting {
+            actor: format!(
+                "lms-sync at the end of its pause (accounts pause --until; replica {})",
+                crate::sync::worker_name()
+            ),
+            reason: None,
+        };
+        match self.store.end_lapsed_pauses(&by).await {
+            Ok(resumed) => {
+                for row in registry
+                    .iter_mut()
+                    .filter(|r| resumed.contains(&r.integrated_account_id))
+                {
+                    tracing::info!(
+                        account = %row.integrated_account_id,
+                        until = ?row.paused_until,
+                        "the account's pause has ended (accounts pause --until): resumed"
+                    );
+                    row.paused = false;
+                    row.paused_until = None;
+                }
+            }
+            Err(e) => {
+                let e = self.store.explain(e).await;
+                tracing::warn!(error = %e, "cannot resume the accounts whose pause has ended; the next round tries again");
+            }
+        }
+    }
+
     fn start_due(
         &mut self,
         histories: &HashMap<Uuid, RunHistory>,

@@ -48,6 +48,8 @@ pub struct AccountView {
     pub retired_at: Option<DateTime<Utc>>,
     /// Since when its data is kept from any purge (`accounts protect`).
     pub protected_at: Option<DateTime<Utc>>,
+    /// `accounts pause --until`: when the service resumes it (a paused account only).
+    pub paused_until: Option<DateTime<Utc>>,
     /// `accounts allow-deletes`: its next complete listing deletes whatever it no longer lists,
     /// past the delete guard.
     pub deletes_allowed: bool,
@@ -141,6 +143,11 @@ pub fn account_views(state: &FleetState) -> Vec<AccountView> {
                 retired_at,
                 protected_at,
                 deletes_allowed: p.row.as_ref().is_some_and(|r| r.allow_deletes),
+                paused_until: p
+                    .row
+                    .as_ref()
+                    .filter(|r| r.paused)
+                    .and_then(|r| r.paused_until),
                 purge_due,
             }
         })

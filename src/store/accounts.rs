@@ -86,7 +86,8 @@ impl Store {
         let rows = sqlx::query(
             "SELECT integrated_account_id, tenant_id, label, source, truto_status, integration,
                     coalesce(is_sandbox, false), paused, retired_at, sync_requested_at,
-                    first_seen_at, last_seen_at, protected_at, allow_deletes_requested
+                    first_seen_at, last_seen_at, protected_at, allow_deletes_requested,
+                    paused_until
                FROM accounts ORDER BY integrated_account_id",
         )
         .fetch_all(&self.pool)
@@ -110,6 +111,7 @@ impl Store {
                     last_seen_at: r.get(11),
                     protected_at: r.get(12),
                     allow_deletes: r.get(13),
+                    paused_until: r.get(14),
                 })
             })
             .collect()
@@ -327,7 +329,11 @@ impl Store {
         paused: bool,
         by: &Acting,
     ) -> Result<bool, StoreError> {
-        let what = if paused { Steer::Pause } else { Steer::Resume };
+        let what = if paused {
+            Steer::Pause { until: None }
+        } else {
+            Steer::Resume
+        };
         Ok(self.steer(&[account], what, by).await?.is_empty())
     }
 
@@ -408,10 +414,11 @@ impl Store {
               RETURNING accounts.integrated_account_id",
             what.set()
         );
-        let changed: Vec<Uuid> = sqlx::query_scalar(&sql)
-            .bind(accounts)
-            .fetch_all(&mut *tx)
-            .await?;
+        let mut update = sqlx::query_scalar(&sql).bind(accounts);
+        if let Steer::Pause { until } = what {
+            update = update.bind(until);
+        }
+        let changed: Vec<Uuid> = update.fetch_all(&mut *tx).await?;
         let changed: std::collections::HashSet<Uuid> = changed.into_iter().collect();
         let missing: Vec<Uuid> = accounts
             .iter()
@@ -424,6 +431,30 @@ impl Store {
             tx.rollback().await?;
         }
         Ok(missing)
+    }
+
+    /// Resumes the accounts whose pause was set to end (`accounts pause --until`) by now, as
+    /// the database's clock says, recorded in `account_actions` as resumed `by`; returns them.
+    /// Replicas doing it at once resume each account once.
+    pub async fn end_lapsed_pauses(&self, by: &Acting) -> Result<Vec<Uuid>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "SELECT set_config('lms_sync.actor', $1, true),
+                    set_config('lms_sync.reason', coalesce($2, ''), true)",
+        )
+        .bind(&by.actor)
+        .bind(&by.reason)
+        .execute(&mut *tx)
+        .await?;
+        let resumed: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE accounts SET paused = false, paused_until = NULL
+              WHERE paused AND paused_until <= now()
+          RETURNING integrated_account_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(resumed)
     }
 
     /// The account's latest `limit` actions (`account_actions`), newest first.
@@ -590,8 +621,11 @@ const PURGED_TABLES: &[&str] = &[
 /// An operator's change of an account in the registry ([`Store::steer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Steer {
-    /// Start no run of it (a run under way finishes its page and stops).
-    Pause,
+    /// Start no run of it (a run under way finishes its page and stops), until a resume or,
+    /// given `until`, until then (the service resumes it: [`Store::end_lapsed_pauses`]).
+    Pause {
+        until: Option<Ts>,
+    },
     Resume,
     /// Run it at once, whatever its schedule.
     SyncNow,
@@ -609,8 +643,8 @@ impl Steer {
     /// The `SET` clause of `accounts` that makes it.
     fn set(self) -> &'static str {
         match self {
-            Steer::Pause => "paused = true",
-            Steer::Resume => "paused = false",
+            Steer::Pause { .. } => "paused = true, paused_until = $2",
+            Steer::Resume => "paused = false, paused_until = NULL",
             Steer::SyncNow => "sync_requested_at = now()",
             Steer::ResetCursor => "reset_cursor_requested = true",
             Steer::AllowDeletes => "allow_deletes_requested = true, sync_requested_at = now()",

@@ -318,6 +318,92 @@ async fn finished(rx: &mut mpsc::UnboundedReceiver<Event>) -> String {
     }
 }
 
+/// `accounts pause --until`: the pause ends by itself. One of the running replicas resumes the
+/// account then, once, recorded as lms-sync's doing, and the run asked for meanwhile starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_given_an_end_is_resumed_by_one_replica_then() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 30)]).await;
+    let s = daemon_settings(&env, "1h");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        replicas.push(start_daemon(
+            s.clone(),
+            Hooks {
+                progress: Some(Arc::new(Events(tx.clone()))),
+                ..Hooks::default()
+            },
+        ));
+    }
+    assert_eq!(finished(&mut rx).await, "succeeded");
+    let o = cli(
+        &env,
+        &[
+            "accounts",
+            "pause",
+            &a.to_string(),
+            "--until",
+            "4s",
+            "--reason",
+            "maintenance window",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.starts_with(&format!("account {a} paused until "))
+            && said.contains("(the service resumes it then)"),
+        "{said}"
+    );
+    let o = cli(&env, &["accounts", "show", &a.to_string(), "--json"]).await;
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(shown["account"]["paused_until"].is_string(), "{shown}");
+    assert!(env.store.request_sync(a, &Acting::default()).await.unwrap());
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(20), finished(&mut rx))
+            .await
+            .expect("the run once the pause ended"),
+        "succeeded"
+    );
+    let started_after_the_end: bool = sqlx::query_scalar(
+        "SELECT max(r.started_at) >= max(x.acted_at)
+           FROM sync_runs r, account_actions x WHERE x.action = 'resume'",
+    )
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert!(started_after_the_end);
+    let trail: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT action, actor, reason FROM account_actions ORDER BY action_id")
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(trail.len(), 2, "{trail:?}");
+    assert_eq!(
+        (trail[0].0.as_str(), trail[0].2.as_deref()),
+        ("pause", Some("maintenance window"))
+    );
+    assert_eq!(trail[1].0, "resume");
+    assert!(
+        trail[1]
+            .1
+            .starts_with("lms-sync at the end of its pause (accounts pause --until; replica "),
+        "{trail:?}"
+    );
+    let left: (bool, Option<i64>) =
+        sqlx::query_as("SELECT paused, extract(epoch FROM paused_until)::bigint FROM accounts")
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(left, (false, None));
+    for (daemon, stop) in replicas {
+        stop.cancel();
+        daemon.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_resume_and_sync_now_are_obeyed_by_two_running_replicas() {
     let a = account_id(1);
@@ -1679,7 +1765,8 @@ async fn a_steering_change_caught_in_a_deadlock_is_made_again() {
     let by = Acting::new("test".into(), Some("deadlock")).unwrap();
     let store = env.store.clone();
     let all = ids.clone();
-    let steer = tokio::spawn(async move { store.steer(&all, Steer::Pause, &by).await });
+    let steer =
+        tokio::spawn(async move { store.steer(&all, Steer::Pause { until: None }, &by).await });
     let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid)
                     WHERE NOT l.granted AND s.datname = current_database()";
     for tries in 0.. {

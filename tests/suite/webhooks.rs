@@ -677,6 +677,35 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
             .await
             .expect("the requested run comes within seconds");
             assert_eq!(again, "succeeded");
+            // A pause given an end, as `accounts pause --until`; an end is for a pause only,
+            // and in the future.
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/pause?until=1h"), Some(ADMIN)).await,
+                200
+            );
+            let until: Option<f64> = sqlx::query_scalar(
+                "SELECT extract(epoch FROM paused_until - now())::float8 FROM accounts
+                  WHERE integrated_account_id = $1 AND paused",
+            )
+            .bind(a)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+            assert!(
+                until.is_some_and(|s| (3500.0..=3600.0).contains(&s)),
+                "{until:?}"
+            );
+            for refused in ["resume?until=1h", "pause?until=2020-01-01T00:00:00Z"] {
+                assert_eq!(
+                    post_as(format!("{base}/accounts/{a}/{refused}"), Some(ADMIN)).await,
+                    400,
+                    "{refused}"
+                );
+            }
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/resume"), Some(ADMIN)).await,
+                200
+            );
             // The cursor reset and the allowance past the delete guard, as the commands give
             // them (the allowance asks for a run too).
             for action in ["reset-cursor", "allow-deletes"] {
