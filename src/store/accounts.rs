@@ -396,14 +396,7 @@ impl Store {
         by: &Acting,
     ) -> Result<Vec<Uuid>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "SELECT set_config('lms_sync.actor', $1, true),
-                    set_config('lms_sync.reason', coalesce($2, ''), true)",
-        )
-        .bind(&by.actor)
-        .bind(&by.reason)
-        .execute(&mut *tx)
-        .await?;
+        acting_in(&mut tx, by).await?;
         // In the registry's order, so that two operators' overlapping changes take the rows'
         // locks in the same order and never deadlock.
         let sql = format!(
@@ -438,14 +431,7 @@ impl Store {
     /// Replicas doing it at once resume each account once.
     pub async fn end_lapsed_pauses(&self, by: &Acting) -> Result<Vec<Uuid>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "SELECT set_config('lms_sync.actor', $1, true),
-                    set_config('lms_sync.reason', coalesce($2, ''), true)",
-        )
-        .bind(&by.actor)
-        .bind(&by.reason)
-        .execute(&mut *tx)
-        .await?;
+        acting_in(&mut tx, by).await?;
         let resumed: Vec<Uuid> = sqlx::query_scalar(
             "UPDATE accounts SET paused = false, paused_until = NULL
               WHERE paused AND paused_until <= now()
@@ -768,6 +754,20 @@ pub type DiscoveryState = (
     Option<String>,
     i32,
 );
+
+/// Tells the trigger of `accounts` (migration 0028) who the transaction's changes are made for,
+/// and why, for `account_actions`.
+async fn acting_in(tx: &mut Transaction<'_, Postgres>, by: &Acting) -> Result<(), StoreError> {
+    sqlx::query(
+        "SELECT set_config('lms_sync.actor', $1, true),
+                set_config('lms_sync.reason', coalesce($2, ''), true)",
+    )
+    .bind(&by.actor)
+    .bind(&by.reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
 
 /// Registers or updates the listed accounts; counts the new and the brought back.
 async fn upsert_listed(

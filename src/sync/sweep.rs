@@ -55,27 +55,16 @@ pub(super) async fn after_listing(
         return false;
     }
     let id = p.id();
-    // An operator's allowance (`accounts allow-deletes`) lifts the guard for this listing, and
-    // is spent by it.
-    let allowed =
-        match with_db_retries(p.store, p.opts, p.cancel, || p.store.deletes_allowed(id)).await {
-            Ok(allowed) => allowed,
-            Err(e) => {
-                end.outcome = Outcome::Failed;
-                end.error_kind = Some(ErrorKind::Database);
-                end.error = Some(format!(
-                    "deletion sweep failed: {}",
-                    p.store.explain(e).await
-                ));
-                return false;
-            }
-        };
     let fraction = p
         .account
         .max_delete_fraction
         .unwrap_or(p.opts.max_delete_fraction);
     let seen = |id: &str| listing.seen.contains(id);
     let swept = async {
+        // An operator's allowance (`accounts allow-deletes`) lifts the guard for this listing,
+        // and is spent by it.
+        let allowed =
+            with_db_retries(p.store, p.opts, p.cancel, || p.store.deletes_allowed(id)).await?;
         // Every live user came from this listing when it started empty: nothing to sweep.
         let vanished = if listing.started_empty {
             Default::default()

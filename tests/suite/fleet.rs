@@ -318,6 +318,29 @@ async fn finished(rx: &mut mpsc::UnboundedReceiver<Event>) -> String {
     }
 }
 
+/// A running replica: its task, and the token that stops it.
+type Replica = (
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    CancellationToken,
+);
+
+/// Two replicas of the service with `s`, and their runs' events.
+fn two_replicas(s: &Settings) -> (Vec<Replica>, mpsc::UnboundedReceiver<Event>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let replicas = (0..2)
+        .map(|_| {
+            start_daemon(
+                s.clone(),
+                Hooks {
+                    progress: Some(Arc::new(Events(tx.clone()))),
+                    ..Hooks::default()
+                },
+            )
+        })
+        .collect();
+    (replicas, rx)
+}
+
 /// `accounts pause --until`: the pause ends by itself. One of the running replicas resumes the
 /// account then, once, recorded as lms-sync's doing, and the run asked for meanwhile starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,17 +348,7 @@ async fn a_pause_given_an_end_is_resumed_by_one_replica_then() {
     let a = account_id(1);
     let env = Env::new(&[(a, 30)]).await;
     let s = daemon_settings(&env, "1h");
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        replicas.push(start_daemon(
-            s.clone(),
-            Hooks {
-                progress: Some(Arc::new(Events(tx.clone()))),
-                ..Hooks::default()
-            },
-        ));
-    }
+    let (replicas, mut rx) = two_replicas(&s);
     assert_eq!(finished(&mut rx).await, "succeeded");
     let o = cli(
         &env,
@@ -409,17 +422,7 @@ async fn pause_resume_and_sync_now_are_obeyed_by_two_running_replicas() {
     let a = account_id(1);
     let env = Env::new(&[(a, 1500)]).await;
     let s = daemon_settings(&env, "1h");
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        replicas.push(start_daemon(
-            s.clone(),
-            Hooks {
-                progress: Some(Arc::new(Events(tx.clone()))),
-                ..Hooks::default()
-            },
-        ));
-    }
+    let (replicas, mut rx) = two_replicas(&s);
     assert_eq!(finished(&mut rx).await, "succeeded");
     let runs = || async { env.scalar_i64("SELECT count(*) FROM sync_runs").await };
     assert_eq!(runs().await, 1);
