@@ -227,24 +227,12 @@ mod tests {
     fn view(n: u128, tenant: &str, state: &str, health: &str, outcome: &str) -> AccountView {
         AccountView {
             integrated_account_id: Uuid::from_u128(n),
-            label: None,
             tenant_id: Some(tenant.into()),
             source: "discovered".into(),
             state: state.into(),
             health: health.into(),
-            health_since: None,
-            last_success: None,
             last_outcome: Some(outcome.into()),
-            attention_reason: None,
-            next_run: None,
-            held_until: None,
-            live_users: 0,
-            last_error: None,
-            retired_at: None,
-            protected_at: None,
-            deletes_allowed: false,
-            paused_until: None,
-            purge_due: None,
+            ..AccountView::default()
         }
     }
 

@@ -23,7 +23,7 @@ pub struct FleetState {
 }
 
 /// One account as `accounts list --json` and `GET /status` show it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct AccountView {
     pub integrated_account_id: Uuid,
     pub label: Option<String>,
