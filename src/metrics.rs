@@ -48,6 +48,7 @@ pub const DEFINITIONS: &[(&str, Kind, &str)] = &[
     ("lms_sync_account_info", Kind::Gauge, "1 per account, with its label and tenant, to join names onto ids; from the database."),
     ("lms_sync_account_held_until_timestamp_seconds", Kind::Gauge, "Unix time until which the server holds the account's requests back (a 429's Retry-After or a spent ratelimit-* window longer than truto.max_retry_wait_secs: a quota spent), by account; only while it does; from the database."),
     ("lms_sync_account_paused_since_timestamp_seconds", Kind::Gauge, "Unix time since which the account is paused (its pause in account_actions; a pause made before migration 0028, unrecorded: the latest of that migration, the account's registration and its last recorded resume), by account; only while it is; from the database."),
+    ("lms_sync_account_paused_until_timestamp_seconds", Kind::Gauge, "Unix time at which the service resumes the account by itself (accounts pause --until), by account; only while it is paused with an end; from the database."),
     ("lms_sync_change_feed_held_back_seconds", Kind::Gauge, "How long the oldest change committed to user_changes has waited out of the view user_change_feed, in seconds (a transaction older than it, which has written something, is still open somewhere in the cluster: loaders get no newer change until it ends; or positions brought from another cluster by a restore, which lms-sync check names); 0 when none waits; from the database."),
     ("lms_sync_account_state_reporter", Kind::Gauge, "1 while this process exports the accounts' state from the database (lms_sync_account_info and the others; always with server.account_metrics = \"every_replica\", while it holds the reporter lease with \"one_replica\"); 0 otherwise."),
     ("lms_sync_hydrations_total", Kind::Counter, "Full objects fetched for hydration, by account and result (merged, failed, gone)."),
@@ -110,6 +111,7 @@ pub const ACCOUNT_STATE_GAUGES: &[&str] = &[
     "lms_sync_account_health",
     "lms_sync_account_held_until_timestamp_seconds",
     "lms_sync_account_paused_since_timestamp_seconds",
+    "lms_sync_account_paused_until_timestamp_seconds",
     "lms_sync_change_feed_held_back_seconds",
 ];
 

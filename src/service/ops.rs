@@ -202,6 +202,13 @@ async fn refresh_account_metrics(ops: &Ops) {
                 t.timestamp_millis() as f64 / 1000.0,
             );
         }
+        if let Some(t) = r.paused_until {
+            m.set(
+                "lms_sync_account_paused_until_timestamp_seconds",
+                &account,
+                t.timestamp_millis() as f64 / 1000.0,
+            );
+        }
     }
     match ops.store.change_feed_held_back().await {
         Ok(secs) => m.set("lms_sync_change_feed_held_back_seconds", &[], secs),

@@ -298,6 +298,9 @@ pub struct AccountMetrics {
     /// went unrecorded (made before migration 0028), the latest of what it cannot predate (the
     /// migration, the registration, the last recorded resume): at least that long.
     pub paused_since: Option<Ts>,
+    /// While the account is paused with an end (`accounts pause --until`): when the service
+    /// resumes it.
+    pub paused_until: Option<Ts>,
 }
 
 impl Store {
@@ -367,7 +370,8 @@ impl Store {
                                WHERE x.integrated_account_id = a.integrated_account_id
                                  AND x.action IN ('pause', 'resume')
                                  AND x.acted_at >= a.first_seen_at
-                               ORDER BY x.action_id DESC LIMIT 1) l ON true) END
+                               ORDER BY x.action_id DESC LIMIT 1) l ON true) END,
+                    CASE WHEN a.paused THEN a.paused_until END
                FROM accounts a
                LEFT JOIN sync_state s ON s.integrated_account_id = a.integrated_account_id
               WHERE a.retired_at IS NULL
@@ -388,6 +392,7 @@ impl Store {
                     hydration_queue: r.get(7),
                     held_until: r.get(8),
                     paused_since: r.get(9),
+                    paused_until: r.get(10),
                 })
             })
             .collect()

@@ -695,6 +695,30 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
                 until.is_some_and(|s| (3500.0..=3600.0).contains(&s)),
                 "{until:?}"
             );
+            // Exported, so that the paused-too-long alert leaves it alone until then.
+            let end: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+                "SELECT paused_until FROM accounts WHERE integrated_account_id = $1",
+            )
+            .bind(a)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+            let series = format!(
+                "lms_sync_account_paused_until_timestamp_seconds{{account=\"{a}\"}} {}",
+                end.timestamp_millis() as f64 / 1000.0
+            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let (_, metrics) = get(format!("{base}/metrics"), None).await;
+                if metrics.contains(&series) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no {series} in:\n{metrics}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             for refused in ["resume?until=1h", "pause?until=2020-01-01T00:00:00Z"] {
                 assert_eq!(
                     post_as(format!("{base}/accounts/{a}/{refused}"), Some(ADMIN)).await,
