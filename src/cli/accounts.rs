@@ -383,8 +383,14 @@ async fn steer(
         .register_configured(&settings.accounts)
         .await
         .map_err(db)?;
-    let state = super::commands::fleet_state(settings, &store).await?;
-    let views = crate::service::status::account_views(&state);
+    // The fleet's views (its whole state, read once) only when they choose or are shown: a
+    // change of accounts named by id needs the registry alone.
+    let views = if which.dry_run || !matches!(chosen, Chosen::Ids(_)) {
+        let state = super::commands::fleet_state(settings, &store).await?;
+        crate::service::status::account_views(&state)
+    } else {
+        Vec::new()
+    };
     let chosen: Vec<Uuid> = match chosen {
         Chosen::Ids(ids) => {
             if ids.is_empty() {
