@@ -258,9 +258,21 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
         .fleet
         .iter()
         .map(|p| {
+            let mut state = p.gate.state();
+            if let Some(until) = p
+                .row
+                .as_ref()
+                .filter(|r| r.paused)
+                .and_then(|r| r.paused_until)
+            {
+                state = format!(
+                    "{state} until {} (then resumed by the service)",
+                    until.format("%Y-%m-%d %H:%M:%SZ")
+                );
+            }
             let info = super::render::FleetInfo {
                 tenant_id: p.row.as_ref().and_then(|r| r.tenant_id.clone()),
-                state: p.gate.state(),
+                state,
             };
             (p.id(), info)
         })

@@ -114,6 +114,9 @@ pub fn status(
         if let Some(i) = info.filter(|i| i.state != "active") {
             let _ = writeln!(s, "    not synced: {}", i.state);
         }
+        if let Some(why) = &r.attention_reason {
+            let _ = writeln!(s, "    last run needs attention: {}", shorten(why, 300));
+        }
         if r.resumable {
             s.push_str("    the next run resumes an unfinished listing\n");
         }

@@ -357,7 +357,7 @@ async fn a_pause_given_an_end_is_resumed_by_one_replica_then() {
             "pause",
             &a.to_string(),
             "--until",
-            "4s",
+            "6s",
             "--reason",
             "maintenance window",
         ],
@@ -373,6 +373,13 @@ async fn a_pause_given_an_end_is_resumed_by_one_replica_then() {
     let o = cli(&env, &["accounts", "show", &a.to_string(), "--json"]).await;
     let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(shown["account"]["paused_until"].is_string(), "{shown}");
+    let o = cli(&env, &["status"]).await;
+    let status = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        status.contains("    not synced: paused until ")
+            && status.contains(" (then resumed by the service)\n"),
+        "{status}"
+    );
     assert!(env.store.request_sync(a, &Acting::default()).await.unwrap());
     assert_eq!(
         tokio::time::timeout(Duration::from_secs(20), finished(&mut rx))
