@@ -350,6 +350,13 @@ async fn a_pause_given_an_end_is_resumed_by_one_replica_then() {
     let s = daemon_settings(&env, "1h");
     let (replicas, mut rx) = two_replicas(&s);
     assert_eq!(finished(&mut rx).await, "succeeded");
+    // Paused until a resume, then given an end.
+    let o = cli(
+        &env,
+        &["accounts", "pause", &a.to_string(), "--reason", "hold"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = cli(
         &env,
         &[
@@ -400,14 +407,18 @@ async fn a_pause_given_an_end_is_resumed_by_one_replica_then() {
             .fetch_all(env.store.pool())
             .await
             .unwrap();
-    assert_eq!(trail.len(), 2, "{trail:?}");
+    assert_eq!(trail.len(), 3, "{trail:?}");
     assert_eq!(
         (trail[0].0.as_str(), trail[0].2.as_deref()),
-        ("pause", Some("maintenance window"))
+        ("pause", Some("hold"))
     );
-    assert_eq!(trail[1].0, "resume");
+    assert_eq!(
+        (trail[1].0.as_str(), trail[1].2.as_deref()),
+        ("pause_end", Some("maintenance window"))
+    );
+    assert_eq!(trail[2].0, "resume");
     assert!(
-        trail[1]
+        trail[2]
             .1
             .starts_with("lms-sync at the end of its pause (accounts pause --until; replica "),
         "{trail:?}"
