@@ -37,12 +37,31 @@ pub struct PageQuery {
     /// Every account (or every match), not only the first [`SHOWN`].
     #[serde(default)]
     pub all: bool,
+    /// Only the accounts needing attention for this reason (a key of [`RANKS`], as the
+    /// summary's pills link to it).
+    #[serde(default)]
+    pub why: Option<String>,
 }
 
 impl PageQuery {
     /// The search as asked (trimmed), if any.
     fn text(&self) -> Option<&str> {
         self.q.as_deref().map(str::trim).filter(|q| !q.is_empty())
+    }
+
+    /// The rank of [`attention`] asked for with `why`; an error names the keys.
+    pub fn rank(&self) -> Result<Option<u8>, String> {
+        let Some(why) = self.why.as_deref().map(str::trim).filter(|w| !w.is_empty()) else {
+            return Ok(None);
+        };
+        match RANKS.iter().position(|(key, _)| *key == why) {
+            Some(i) => Ok(Some(i as u8)),
+            None => Err(format!(
+                "why={}: not one of {}",
+                crate::text::shorten(why, 40),
+                RANKS.map(|(key, _)| key).join(", ")
+            )),
+        }
     }
 }
 
@@ -56,12 +75,16 @@ pub(super) async fn page(
             return text(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "{}; the page takes q=<text to search for> and all=true|false\n",
-                    e.body_text()
+                    "{}; the page takes q=<text to search for>, all=true|false and why=<{}>\n",
+                    e.body_text(),
+                    RANKS.map(|(key, _)| key).join("|")
                 ),
             )
         }
     };
+    if let Err(e) = query.rank() {
+        return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
+    }
     let settings = ops.settings.borrow().clone();
     let read = async {
         let state = super::status::read_state(&settings, &ops.store, None).await?;
@@ -258,6 +281,7 @@ main{padding:12px}
 .summary{display:flex;gap:8px;flex-wrap:wrap;margin:4px 8px 12px}
 .pill{padding:4px 10px;border-radius:12px;background:#e3e6ec;font-size:14px}
 .pill.bad{background:#fde2e1;color:#8a1c14}
+a.pill{color:inherit;text-decoration:none}a.pill.bad{color:#8a1c14}a.pill:hover{text-decoration:underline}
 table{width:100%;border-collapse:collapse;background:#fff;border-radius:8px;overflow:hidden}
 th,td{padding:10px 12px;text-align:left;border-bottom:1px solid #eceef2;font-size:14px;vertical-align:top}
 th{background:#fafbfc;font-weight:600;color:#4a5265}
@@ -642,14 +666,18 @@ fn lock_wait_section(s: &mut String, waits: &[SessionLockWait]) {
     s.push_str("</ul>");
 }
 
-/// What each rank of [`attention`] counts as, in the summary.
-const RANKS: [&str; 6] = [
-    "cannot be synced",
-    "failed their last run",
-    "need attention after their last run",
-    "not refreshed for over 26 h",
-    "never synced yet",
-    "not synced here (paused, retired, excluded or gated)",
+/// What each rank of [`attention`] counts as, in the summary: its key (`?why=`), and its
+/// words.
+const RANKS: [(&str, &str); 6] = [
+    ("unsyncable", "cannot be synced"),
+    ("failed", "failed their last run"),
+    ("attention", "need attention after their last run"),
+    ("stale", "not refreshed for over 26 h"),
+    ("never", "never synced yet"),
+    (
+        "not_synced",
+        "not synced here (paused, retired, excluded or gated)",
+    ),
 ];
 
 /// The page's own address with `pairs` as its query (relative, so it works behind a proxy's
@@ -688,6 +716,11 @@ pub fn render(
         let q = q.to_lowercase();
         rows.retain(|(v, _)| matches(v, &q));
     }
+    // (`page` refuses an unknown key before it gets here.)
+    let why = query.rank().ok().flatten();
+    if let Some(rank) = why {
+        rows.retain(|(_, (r, _))| *r == rank);
+    }
     let matching = rows.len();
     if !query.all {
         rows.truncate(SHOWN);
@@ -705,10 +738,15 @@ pub fn render(
         if needing > 0 { " bad" } else { "" },
         needing
     );
-    for (rank, (n, what)) in by_rank.iter().zip(RANKS).enumerate() {
+    for (rank, (n, (key, what))) in by_rank.iter().zip(RANKS).enumerate() {
         if *n > 0 {
+            // Each a link to those accounts alone.
             let bad = if rank < RANKS.len() - 1 { " bad" } else { "" };
-            let _ = write!(s, "<span class=\"pill{bad}\">{n} {what}</span>");
+            let _ = write!(
+                s,
+                "<a class=\"pill{bad}\" href=\"{}\">{n} {what}</a>",
+                link(&[("why", key)])
+            );
         }
     }
     if let Some(d) = discovery {
@@ -748,8 +786,14 @@ pub fn render(
         s,
         "<form class=\"search\" method=\"get\" role=\"search\">\
          <input type=\"search\" name=\"q\" value=\"{}\" placeholder=\"Label, tenant or id\" \
-         aria-label=\"Search the accounts\"><button type=\"submit\">Search</button>{}</form>",
+         aria-label=\"Search the accounts\">{}<button type=\"submit\">Search</button>{}</form>",
         escape(search.unwrap_or_default()),
+        // A search among the accounts of one reason stays among them.
+        why.map(|rank| format!(
+            "<input type=\"hidden\" name=\"why\" value=\"{}\">",
+            RANKS[usize::from(rank)].0
+        ))
+        .unwrap_or_default(),
         if search.is_some() {
             format!(" <a href=\"{}\">clear</a>", link(&[]))
         } else {
@@ -757,7 +801,7 @@ pub fn render(
         }
     );
     let shown = rows.len();
-    let whole = if let Some(q) = search {
+    let mut whole = if let Some(q) = search {
         format!(
             "{matching} of {} account{} match “{}”",
             views.len(),
@@ -767,10 +811,21 @@ pub fn render(
     } else {
         format!("{matching} account{}", if matching == 1 { "" } else { "s" })
     };
+    let why = why.map(|rank| RANKS[usize::from(rank)]);
+    if let Some((_, what)) = why {
+        let _ = write!(
+            whole,
+            " {what} (<a href=\"{}\">every account</a>)",
+            link(&search.map(|q| ("q", q)).into_iter().collect::<Vec<_>>())
+        );
+    }
     if shown < matching {
         let mut all = vec![("all", "true")];
         if let Some(q) = search {
             all.insert(0, ("q", q));
+        }
+        if let Some((key, _)) = why {
+            all.insert(0, ("why", key));
         }
         let _ = write!(
             s,
@@ -778,7 +833,7 @@ pub fn render(
              first. <a href=\"{}\">Show all {matching}</a> or search.</p>",
             link(&all)
         );
-    } else if search.is_some() {
+    } else if search.is_some() || why.is_some() {
         let _ = write!(s, "<p class=\"note\">{whole}.</p>");
     }
     s.push_str(
@@ -1020,7 +1075,69 @@ mod tests {
         PageQuery {
             q: q.map(str::to_string),
             all,
+            why: None,
         }
+    }
+
+    #[test]
+    fn each_pill_leads_to_its_accounts_alone_and_a_search_stays_among_them() {
+        let now = Utc::now();
+        let mut views: Vec<_> = (1..=300)
+            .map(|n| view(n, &format!("School {n:03}")))
+            .collect();
+        // 230 failed (more than a page), 1 that cannot be synced, the rest fine.
+        for v in &mut views[..230] {
+            v.last_error = Some("HTTP 500".into());
+        }
+        views[250].health = "blocked".into();
+        let by = |why: &str, q: Option<&str>, all: bool| {
+            let query = PageQuery {
+                why: Some(why.into()),
+                ..ask(q, all)
+            };
+            render(&views, None, None, &Halts::default(), now, &query)
+        };
+
+        let html = fleet(&views, now);
+        assert!(
+            html.contains(
+                "<a class=\"pill bad\" href=\"?why=failed\">230 failed their last run</a>"
+            ) && html
+                .contains("<a class=\"pill bad\" href=\"?why=unsyncable\">1 cannot be synced</a>"),
+            "{html}"
+        );
+        let html = by("unsyncable", None, false);
+        assert_eq!(account_rows(&html), 1);
+        assert!(html.contains("School 251"));
+        assert!(
+            html.contains("1 account cannot be synced (<a href=\"?\">every account</a>)."),
+            "{html}"
+        );
+        // More than a page: the link to all of them keeps the reason.
+        let html = by("failed", None, false);
+        assert_eq!(account_rows(&html), SHOWN);
+        assert!(
+            html.contains("<a href=\"?why=failed&amp;all=true\">Show all 230</a>"),
+            "{html}"
+        );
+        assert_eq!(account_rows(&by("failed", None, true)), 230);
+        // A search among them: the form carries the reason.
+        assert!(html.contains("<input type=\"hidden\" name=\"why\" value=\"failed\">"));
+        let html = by("failed", Some("School 00"), false);
+        assert_eq!(account_rows(&html), 9, "School 001–009");
+        assert!(html.contains(
+            "9 of 300 accounts match “School 00” failed their last run (<a href=\"?q=School+00\">every account</a>)."
+        ), "{html}");
+        assert_eq!(account_rows(&by("stale", None, false)), 0);
+        assert!(PageQuery {
+            why: Some("asleep".into()),
+            ..ask(None, false)
+        }
+        .rank()
+        .unwrap_err()
+        .starts_with(
+            "why=asleep: not one of unsyncable, failed, attention, stale, never, not_synced"
+        ));
     }
 
     #[test]

@@ -87,6 +87,11 @@ async fn the_status_page_shows_every_account_in_a_real_browser_and_searches_them
     let found = String::from_utf8_lossy(&found.stdout).into_owned();
     let bad = reqwest::get(format!("{url}?all=banana")).await.unwrap();
     let bad = (bad.status().as_u16(), bad.text().await.unwrap());
+    // A pill's link: the accounts of that reason alone; an unknown reason is refused.
+    let only = reqwest::get(format!("{url}?why=unsyncable")).await.unwrap();
+    let only = (only.status().as_u16(), only.text().await.unwrap());
+    let asleep = reqwest::get(format!("{url}?why=asleep")).await.unwrap();
+    let asleep = (asleep.status().as_u16(), asleep.text().await.unwrap());
     // The failing account's own page, through its link on the status page.
     let link = format!("href=\"accounts/{}\"", ids[2]);
     let account = chromium(
@@ -138,6 +143,20 @@ async fn the_status_page_shows_every_account_in_a_real_browser_and_searches_them
     );
     assert_eq!(refused[1].0, 404, "{}", refused[1].1);
     assert!(refused[1].1.contains("no account"), "{}", refused[1].1);
+    assert_eq!(only.0, 200, "{}", only.1);
+    assert!(
+        only.1.contains("Gamma &lt;Institute&gt;") && !only.1.contains("Acme Academy"),
+        "{}",
+        only.1
+    );
+    assert_eq!(asleep.0, 400, "{}", asleep.1);
+    assert!(
+        asleep
+            .1
+            .contains("why=asleep: not one of unsyncable, failed"),
+        "{}",
+        asleep.1
+    );
     assert_eq!(bad.0, 400, "{}", bad.1);
     assert!(
         bad.1.contains("all") && bad.1.contains("all=true|false"),
