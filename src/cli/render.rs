@@ -230,6 +230,13 @@ pub fn accounts(views: &[&AccountView]) -> String {
         if let Some(until) = v.held_until {
             let _ = writeln!(s, "    {}", crate::schedule::held_back(until));
         }
+        if let Some(until) = v.paused_until {
+            let _ = writeln!(
+                s,
+                "    paused until {} (then resumed by the service)",
+                t(Some(until))
+            );
+        }
         if let Some(e) = &v.last_error {
             let _ = writeln!(s, "    last error: {}", shorten(e, 300));
         }

@@ -350,7 +350,8 @@ async fn a_pause_given_an_end_is_resumed_by_one_replica_then() {
     let s = daemon_settings(&env, "1h");
     let (replicas, mut rx) = two_replicas(&s);
     assert_eq!(finished(&mut rx).await, "succeeded");
-    // Paused until a resume, then given an end.
+    // Paused until a resume, then given an end (far enough for the commands below to look
+    // while it lasts, on a busy machine).
     let o = cli(
         &env,
         &["accounts", "pause", &a.to_string(), "--reason", "hold"],
@@ -364,7 +365,7 @@ async fn a_pause_given_an_end_is_resumed_by_one_replica_then() {
             "pause",
             &a.to_string(),
             "--until",
-            "6s",
+            "15s",
             "--reason",
             "maintenance window",
         ],
@@ -380,6 +381,12 @@ async fn a_pause_given_an_end_is_resumed_by_one_replica_then() {
     let o = cli(&env, &["accounts", "show", &a.to_string(), "--json"]).await;
     let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(shown["account"]["paused_until"].is_string(), "{shown}");
+    let o = cli(&env, &["accounts", "list"]).await;
+    let list = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        list.contains("\n    paused until ") && list.contains(" (then resumed by the service)\n"),
+        "{list}"
+    );
     let o = cli(&env, &["status"]).await;
     let status = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -389,7 +396,7 @@ async fn a_pause_given_an_end_is_resumed_by_one_replica_then() {
     );
     assert!(env.store.request_sync(a, &Acting::default()).await.unwrap());
     assert_eq!(
-        tokio::time::timeout(Duration::from_secs(20), finished(&mut rx))
+        tokio::time::timeout(Duration::from_secs(40), finished(&mut rx))
             .await
             .expect("the run once the pause ended"),
         "succeeded"
