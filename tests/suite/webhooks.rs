@@ -85,6 +85,23 @@ struct Receiving {
     _secret: TempFile,
 }
 
+/// Waits until the service's `/metrics` shows `series` (with its value): the accounts' state
+/// is read from the database at most every 5 s. Fails after 30 s, with what it showed.
+async fn metrics_show(base: &str, series: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = get_text(&format!("{base}/metrics")).await;
+        if metrics.contains(series) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {series} in:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn receiving(a: Uuid) -> Receiving {
     let env = Env::new(&[(a, 50)]).await;
     env.sim.set_integrated(a, Integrated::active("tenant-a"));
@@ -570,18 +587,7 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
                 "lms_sync_account_paused_since_timestamp_seconds{{account=\"{a}\"}} {}",
                 at.timestamp_millis() as f64 / 1000.0
             );
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                let (_, metrics) = get(format!("{base}/metrics"), None).await;
-                if metrics.contains(&series) {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "no {series} in:\n{metrics}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            metrics_show(&base, &series).await;
             assert_eq!(
                 post_as(format!("{base}/accounts/{a}/resume"), Some(ADMIN)).await,
                 200
@@ -707,18 +713,7 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
                 "lms_sync_account_paused_until_timestamp_seconds{{account=\"{a}\"}} {}",
                 end.timestamp_millis() as f64 / 1000.0
             );
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                let (_, metrics) = get(format!("{base}/metrics"), None).await;
-                if metrics.contains(&series) {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "no {series} in:\n{metrics}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            metrics_show(&base, &series).await;
             for refused in ["resume?until=1h", "pause?until=2020-01-01T00:00:00Z"] {
                 assert_eq!(
                     post_as(format!("{base}/accounts/{a}/{refused}"), Some(ADMIN)).await,
