@@ -322,50 +322,6 @@ impl Store {
         .await?)
     }
 
-    /// Pauses or resumes an account. `false` when the registry does not have it.
-    pub async fn set_paused(
-        &self,
-        account: Uuid,
-        paused: bool,
-        by: &Acting,
-    ) -> Result<bool, StoreError> {
-        let what = if paused {
-            Steer::Pause { until: None }
-        } else {
-            Steer::Resume
-        };
-        Ok(self.steer(&[account], what, by).await?.is_empty())
-    }
-
-    /// Protects the account's data from any purge (`on`), or lifts that; false when the
-    /// registry does not hold the account. Protecting again keeps the first time.
-    pub async fn set_protected(
-        &self,
-        account: Uuid,
-        on: bool,
-        by: &Acting,
-    ) -> Result<bool, StoreError> {
-        let what = if on { Steer::Protect } else { Steer::Unprotect };
-        Ok(self.steer(&[account], what, by).await?.is_empty())
-    }
-
-    /// Asks for a run of the account at once, whatever its schedule.
-    pub async fn request_sync(&self, account: Uuid, by: &Acting) -> Result<bool, StoreError> {
-        Ok(self.steer(&[account], Steer::SyncNow, by).await?.is_empty())
-    }
-
-    /// Asks that the account's next run start from the first page.
-    pub async fn request_cursor_reset(
-        &self,
-        account: Uuid,
-        by: &Acting,
-    ) -> Result<bool, StoreError> {
-        Ok(self
-            .steer(&[account], Steer::ResetCursor, by)
-            .await?
-            .is_empty())
-    }
-
     /// One operator's change of the registry for `accounts`, all of them or none, in one
     /// transaction that tells the trigger of `accounts` (migration 0028) who it is made for and
     /// why, for `account_actions` (a row for each account it changes). Returns the accounts the

@@ -318,6 +318,13 @@ async fn finished(rx: &mut mpsc::UnboundedReceiver<Event>) -> String {
     }
 }
 
+/// Makes `what` of account `a`, for no one named (no actor, no reason); whether the registry
+/// has the account.
+async fn steered(env: &Env, a: Uuid, what: Steer) -> bool {
+    let missing = env.store.steer(&[a], what, &Acting::default()).await;
+    missing.unwrap().is_empty()
+}
+
 /// A running replica: its task, and the token that stops it.
 type Replica = (
     tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -394,7 +401,7 @@ async fn a_pause_given_an_end_is_resumed_by_one_replica_then() {
             && status.contains(" (then resumed by the service)\n"),
         "{status}"
     );
-    assert!(env.store.request_sync(a, &Acting::default()).await.unwrap());
+    assert!(steered(&env, a, Steer::SyncNow).await);
     assert_eq!(
         tokio::time::timeout(Duration::from_secs(40), finished(&mut rx))
             .await
@@ -453,24 +460,20 @@ async fn pause_resume_and_sync_now_are_obeyed_by_two_running_replicas() {
     assert_eq!(runs().await, 1);
 
     // sync-now: one of the replicas runs it at once, although the schedule says in an hour.
-    assert!(env.store.request_sync(a, &Acting::default()).await.unwrap());
+    assert!(steered(&env, a, Steer::SyncNow).await);
     assert_eq!(finished(&mut rx).await, "succeeded");
     assert_eq!(runs().await, 2);
 
     // A pause stops a run in progress after its page, and no replica starts another.
     // (15 pages at 300 ms: longer than the replicas' 2-second look at the registry.)
     env.sim.set_latency(Duration::from_millis(300));
-    assert!(env.store.request_sync(a, &Acting::default()).await.unwrap());
+    assert!(steered(&env, a, Steer::SyncNow).await);
     loop {
         if let Event::Page(_) = next(&mut rx).await {
             break;
         }
     }
-    assert!(env
-        .store
-        .set_paused(a, true, &Acting::default())
-        .await
-        .unwrap());
+    assert!(steered(&env, a, Steer::Pause { until: None }).await);
     assert_eq!(finished(&mut rx).await, "interrupted");
     let (kind, error): (String, String) =
         sqlx::query_as("SELECT error_kind, error FROM sync_runs WHERE outcome = 'interrupted'")
@@ -482,25 +485,17 @@ async fn pause_resume_and_sync_now_are_obeyed_by_two_running_replicas() {
         error,
         "stopped: the account is now paused; its next run resumes from the last committed page"
     );
-    assert!(env.store.request_sync(a, &Acting::default()).await.unwrap());
+    assert!(steered(&env, a, Steer::SyncNow).await);
     // Both replicas look at the registry every 2 s: give them three rounds.
     let quiet = tokio::time::timeout(Duration::from_secs(6), finished(&mut rx)).await;
     assert!(quiet.is_err(), "a paused account was started: {quiet:?}");
     assert_eq!(runs().await, 3);
     // The interrupted listing left a cursor; reset-cursor makes the next run start afresh.
     assert!(stored_cursor(&env.store, a).await.is_some());
-    assert!(env
-        .store
-        .request_cursor_reset(a, &Acting::default())
-        .await
-        .unwrap());
+    assert!(steered(&env, a, Steer::ResetCursor).await);
     // Resumed, the pending sync-now runs, from the first page.
     env.sim.set_latency(Duration::ZERO);
-    assert!(env
-        .store
-        .set_paused(a, false, &Acting::default())
-        .await
-        .unwrap());
+    assert!(steered(&env, a, Steer::Resume).await);
     assert_eq!(finished(&mut rx).await, "succeeded");
     let (resumed, pages): (bool, i64) =
         sqlx::query_as("SELECT resumed, pages FROM sync_runs ORDER BY run_id DESC LIMIT 1")

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::helpers::daemon::*;
 use crate::helpers::*;
 use lms_sync::devkit::simulator::Fault;
-use lms_sync::store::Acting;
+use lms_sync::store::{Acting, Steer};
 use serde_json::Value;
 
 async fn api(base: &str, path: &str) -> Value {
@@ -61,11 +61,11 @@ async fn a_real_prometheus_sees_every_account_and_fires_only_the_failing_account
         assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
     }
     env.sim.block(bad, Fault::status(500));
-    assert!(env
+    let missing = env
         .store
-        .request_sync(bad, &Acting::default())
-        .await
-        .unwrap());
+        .steer(&[bad], Steer::SyncNow, &Acting::default())
+        .await;
+    assert!(missing.unwrap().is_empty());
 
     let dir = TempDir::new("lms-sync-prom");
     let rules =

@@ -85,6 +85,12 @@ struct Receiving {
     _secret: TempFile,
 }
 
+/// A customer connects account `b` in Truto: 40 users, active, of `tenant-b`.
+fn connects(env: &Env, b: Uuid) {
+    env.sim.add_account(b, 40, 9);
+    env.sim.set_integrated(b, Integrated::active("tenant-b"));
+}
+
 /// Waits until the service's `/metrics` shows `series` (with its value): the accounts' state
 /// is read from the database at most every 5 s. Fails after 30 s, with what it showed.
 async fn metrics_show(base: &str, series: &str) {
@@ -216,8 +222,7 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
     );
 
     // A new active account: registered and synced within seconds.
-    env.sim.add_account(b, 40, 9);
-    env.sim.set_integrated(b, Integrated::active("tenant-b"));
+    connects(&env, b);
     let (status, text) = post(&url, body.clone(), Some(signature(SECRET, &body))).await;
     assert_eq!((status, text.trim()), (200, "registered; syncing now"));
     assert_eq!(
@@ -333,8 +338,7 @@ async fn a_delivery_the_database_cannot_record_is_accepted_and_left_to_discovery
         url,
         _secret,
     } = receiving(a).await;
-    env.sim.add_account(b, 40, 9);
-    env.sim.set_integrated(b, Integrated::active("tenant-b"));
+    connects(&env, b);
     let body = delivery(
         "evt-1",
         "integrated_account:active",
@@ -388,8 +392,7 @@ async fn a_shutdown_waits_for_the_deliveries_still_being_applied() {
         url,
         _secret,
     } = receiving(a).await;
-    env.sim.add_account(b, 40, 9);
-    env.sim.set_integrated(b, Integrated::active("tenant-b"));
+    connects(&env, b);
     let updated = delivery(
         "evt-s",
         "integrated_account:updated",
@@ -429,8 +432,7 @@ async fn a_delivery_slow_to_apply_is_answered_within_seconds_and_applied_after()
         url,
         _secret,
     } = receiving(a).await;
-    env.sim.add_account(b, 40, 9);
-    env.sim.set_integrated(b, Integrated::active("tenant-b"));
+    connects(&env, b);
     let updated = delivery(
         "evt-u",
         "integrated_account:updated",
