@@ -202,6 +202,13 @@ pub struct AccountRow {
     pub last_seen_at: chrono::DateTime<chrono::Utc>,
 }
 
+impl AccountRow {
+    /// When its pause ends by itself (`accounts pause --until`): only while it is paused.
+    pub fn pause_end(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.paused_until.filter(|_| self.paused)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -262,8 +262,7 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
             if let Some(until) = p
                 .row
                 .as_ref()
-                .filter(|r| r.paused)
-                .and_then(|r| r.paused_until)
+                .and_then(crate::domain::AccountRow::pause_end)
             {
                 state = format!(
                     "{state} until {} (then resumed by the service)",

@@ -435,20 +435,12 @@ impl Scheduler {
         self.writes_checked = self.store.write_refused_at();
     }
 
-    /// Starts every account that is due (up to `sync.max_concurrent_accounts` running), and
-    /// returns when to look again. None while Truto refuses the API token or does not answer,
-    /// or while the database accepts no writes: each would fail alike (the Truto watch wakes
-    /// the loop when that ends; the database is asked again every round).
-    ///
-    /// `in_flight`: the runs under way before `histories` was read; none of them is started
-    /// again in this round, even if it has ended since (the next round's read has its start).
     /// Resumes the accounts of `registry` whose pause has reached the end an operator gave it
     /// (`accounts pause --until`), in the database and in `registry`. Any replica may: the first
     /// to look does, once. Not while the database takes no writes (the next round does).
     async fn end_lapsed_pauses(&self, registry: &mut [crate::domain::AccountRow]) {
         let now = Utc::now();
-        let lapsed =
-            |r: &crate::domain::AccountRow| r.paused && r.paused_until.is_some_and(|t| t <= now);
+        let lapsed = |r: &crate::domain::AccountRow| r.pause_end().is_some_and(|t| t <= now);
         if !registry.iter().any(lapsed) || self.ready.refusing_writes().is_some() {
             return;
         }
@@ -481,6 +473,13 @@ impl Scheduler {
         }
     }
 
+    /// Starts every account that is due (up to `sync.max_concurrent_accounts` running), and
+    /// returns when to look again. None while Truto refuses the API token or does not answer,
+    /// or while the database accepts no writes: each would fail alike (the Truto watch wakes
+    /// the loop when that ends; the database is asked again every round).
+    ///
+    /// `in_flight`: the runs under way before `histories` was read; none of them is started
+    /// again in this round, even if it has ended since (the next round's read has its start).
     fn start_due(
         &mut self,
         histories: &HashMap<Uuid, RunHistory>,

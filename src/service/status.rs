@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::config::Settings;
-use crate::domain::AccountSource;
+use crate::domain::{AccountRow, AccountSource};
 use crate::fleet::{plan, Planned};
 use crate::store::{BudgetView, DiscoveryState, PurgeSummary, StatusRow, Store, StoreError};
 
@@ -143,11 +143,7 @@ pub fn account_views(state: &FleetState) -> Vec<AccountView> {
                 retired_at,
                 protected_at,
                 deletes_allowed: p.row.as_ref().is_some_and(|r| r.allow_deletes),
-                paused_until: p
-                    .row
-                    .as_ref()
-                    .filter(|r| r.paused)
-                    .and_then(|r| r.paused_until),
+                paused_until: p.row.as_ref().and_then(AccountRow::pause_end),
                 purge_due,
             }
         })
