@@ -10,6 +10,7 @@ mod exit;
 pub mod progress;
 pub mod render;
 mod select;
+mod show_config;
 pub mod telemetry;
 
 use std::path::PathBuf;
@@ -65,6 +66,15 @@ pub enum Command {
     /// Check what `run` needs, changing nothing: the database, the schema, the role's rights,
     /// Truto's answer to the token, the configured accounts, discovery. Exit 0 when all pass.
     Check,
+    /// Show the settings this command line would run with: every key's value and where it came
+    /// from (default, the config file, an env var), whether each secret is set and from where
+    /// (never its value), and variables that are not read. Touches nothing else; exit 2 when
+    /// the configuration is invalid, as every command would.
+    Config {
+        /// JSON instead of the annotated TOML.
+        #[arg(long)]
+        json: bool,
+    },
     /// The fleet's accounts: list, show, discover, pause, resume, sync now, reset a cursor,
     /// protect from purges, purge.
     Accounts {
@@ -78,6 +88,9 @@ pub enum Command {
 
 /// Runs the CLI to completion and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
+    if let Command::Config { json } = cli.command {
+        return ExitCode::from(exit::finish(show_config(&cli, json)));
+    }
     let mut settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => return ExitCode::from(exit::finish(Err(e.into()))),
@@ -109,6 +122,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Status => commands::status(settings).await,
             Command::Check => check::check(settings).await,
             Command::Accounts { command } => accounts::run(settings, command).await,
+            Command::Config { .. } => unreachable!("answered before the runtime starts"),
             #[cfg(feature = "devkit")]
             Command::Dev(command) => crate::devkit::run(command, settings).await,
         }
@@ -119,4 +133,25 @@ pub fn main(cli: Cli) -> ExitCode {
     #[cfg(feature = "devkit")]
     crate::devkit::bench::write_rusage_if_asked();
     ExitCode::from(code)
+}
+
+/// `lms-sync config`: no runtime, no logging, no database; only the layers.
+fn show_config(cli: &Cli, json: bool) -> Result<(), CliError> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let (_, mut explained) = Settings::explain(cli.config.as_deref(), &env)?;
+    if cli.no_migrate {
+        if let Some(s) = explained.setting_mut("database.migrate") {
+            if s.value == serde_json::Value::Bool(true) {
+                s.file_value = (s.from == crate::config::Origin::File).then(|| s.value.clone());
+                s.value = serde_json::Value::Bool(false);
+                s.from = crate::config::Origin::Flag("--no-migrate");
+            }
+        }
+    }
+    if json {
+        println!("{:#}", show_config::json(&explained));
+    } else {
+        print!("{}", show_config::toml(&explained));
+    }
+    Ok(())
 }

@@ -17,7 +17,17 @@ impl Settings {
         path: Option<&Path>,
         env: &[(String, String)],
     ) -> Result<Settings, ConfigError> {
+        Self::load_with_file(path, env).map(|(settings, _)| settings)
+    }
+
+    /// `load_from`, also handing back the config file read (its path and text) when there was
+    /// one, for [`Settings::explain`] to tell the file's keys from the defaults.
+    pub(super) fn load_with_file(
+        path: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<(Settings, Option<(PathBuf, String)>), ConfigError> {
         let mut builder = config::Config::builder();
+        let mut read = None;
         let file = match path {
             Some(p) => Some(p.to_path_buf()),
             None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
@@ -34,6 +44,7 @@ impl Settings {
                 )));
             }
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+            read = Some((file.clone(), text));
         }
         let prefix = format!("{ENV_PREFIX}__");
         let vars: config::Map<String, String> = env
@@ -112,7 +123,7 @@ impl Settings {
             }
         }
         settings.validate()?;
-        Ok(settings)
+        Ok((settings, read))
     }
 
     pub fn database_url(&self) -> Result<&SecretString, ConfigError> {
@@ -185,7 +196,7 @@ pub(super) fn secret(
 }
 
 /// The secret the file that `key` names holds, trimmed; an empty file is an error.
-fn secret_file(key: &str, path: &Path) -> Result<SecretString, ConfigError> {
+pub(super) fn secret_file(key: &str, path: &Path) -> Result<SecretString, ConfigError> {
     let text = read_bounded(path, SECRET_FILE_LIMIT)
         .map_err(|e| key_error(key, format!("cannot read {}: {e}", path.display())))?;
     let t = text.trim();

@@ -3,23 +3,26 @@
 //!
 //! - this file: the sections, their keys and defaults, and the helpers both halves share;
 //! - `load`: the layers, in order, and the secrets;
-//! - `validate`: every check serde cannot make, and the effective schedules.
+//! - `validate`: every check serde cannot make, and the effective schedules;
+//! - `explain`: each key's value and the layer it came from (`lms-sync config`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 mod db_hosts;
 mod db_tls;
+mod explain;
 mod load;
 mod validate;
 
 pub use db_hosts::split_hosts;
 pub use db_tls::{DbTls, ENV_NAMES, URL_NAMES};
+pub use explain::{Explained, Origin, Secret, SecretOrigin, Setting};
 pub use validate::validate_schema_name;
 
 /// Env var prefix; sections are separated by `__` (`LMS_SYNC__TRUTO__BASE_URL`).
@@ -104,7 +107,7 @@ fn key_error(key: &str, msg: impl std::fmt::Display) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub truto: TrutoSettings,
@@ -123,7 +126,7 @@ pub struct Settings {
 }
 
 /// The change history in `user_changes`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistorySettings {
     /// Record every insert, update, delete and undelete of a user.
@@ -150,7 +153,7 @@ impl Default for HistorySettings {
 }
 
 /// `[discovery]`: the accounts to mirror, found in Truto's list of integrated accounts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiscoverySettings {
     /// Off: only `[[accounts]]`, exactly as without discovery.
@@ -228,7 +231,7 @@ impl DiscoverySettings {
 }
 
 /// `[account_defaults]`: an account's keys (its id aside), for discovered accounts.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccountDefaults {
     pub label: Option<String>,
@@ -259,7 +262,7 @@ impl AccountDefaults {
 }
 
 /// When `lms-sync run` syncs each account.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScheduleSettings {
     /// An interval (humantime: "6h", "90m", "1d"). The default cadence when `at` is unset.
@@ -301,7 +304,7 @@ impl Default for ScheduleSettings {
 pub const DEFAULT_EVERY: &str = "6h";
 
 /// An account's own schedule; unset keys fall back to `[schedule]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccountSchedule {
     pub every: Option<String>,
@@ -311,7 +314,7 @@ pub struct AccountSchedule {
 }
 
 /// Requests per window, per integrated account and per API token (Truto: 50 and 500 per 10 s).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateBudgetSettings {
     pub enabled: bool,
@@ -333,7 +336,7 @@ impl Default for RateBudgetSettings {
 
 /// The operations HTTP server of `lms-sync run`: /healthz, /readyz, /metrics, and the admin
 /// routes and webhook receiver when their secrets are configured.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
     /// `host:port`; empty turns the server off.
@@ -368,14 +371,24 @@ impl Default for ServerSettings {
 
 /// `server.account_metrics`: which replicas export each account's state (last success, health,
 /// failures in a row, live users, hydration queue, info), read from the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum AccountMetrics {
     /// Every replica: any one scraped is enough for the alerts.
     EveryReplica,
     /// One at a time, the holder of the reporter lease: a fleet's state series once, not once
     /// per replica.
     OneReplica,
+}
+
+/// The value as written in the config (what `lms-sync config` prints).
+impl From<AccountMetrics> for &'static str {
+    fn from(m: AccountMetrics) -> Self {
+        match m {
+            AccountMetrics::EveryReplica => "every_replica",
+            AccountMetrics::OneReplica => "one_replica",
+        }
+    }
 }
 
 impl TryFrom<String> for AccountMetrics {
@@ -393,7 +406,7 @@ impl TryFrom<String> for AccountMetrics {
 
 /// `[webhooks]`: the receiver of Truto's webhooks (`POST /webhooks/truto`), on when a secret
 /// is configured.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookSettings {
     /// File holding the webhook's secret; `TRUTO_WEBHOOK_SECRET` wins.
@@ -434,7 +447,7 @@ fn parse_tz(key: &str, v: &str) -> Result<chrono_tz::Tz, ConfigError> {
     })
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrutoSettings {
     pub base_url: String,
@@ -475,10 +488,11 @@ impl Default for TrutoSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
     /// Holds the password, so it is a secret: never printed.
+    #[serde(skip_serializing)]
     pub url: Option<SecretString>,
     /// A file holding the URL (a mounted Secret, a credentials agent's output), read when `url`
     /// is not set, and again while the service runs: rotated credentials reach new connections
@@ -525,7 +539,7 @@ impl Default for DatabaseSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyncSettings {
     /// Accounts synced at the same time.
@@ -564,8 +578,8 @@ impl Default for SyncSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum ProgressMode {
     Auto,
     Bars,
@@ -573,7 +587,7 @@ pub enum ProgressMode {
     Off,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
     pub format: LogFormat,
@@ -590,11 +604,31 @@ impl Default for LogSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+impl From<LogFormat> for &'static str {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Pretty => "pretty",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl From<ProgressMode> for &'static str {
+    fn from(m: ProgressMode) -> Self {
+        match m {
+            ProgressMode::Auto => "auto",
+            ProgressMode::Bars => "bars",
+            ProgressMode::Log => "log",
+            ProgressMode::Off => "off",
+        }
+    }
 }
 
 impl TryFrom<String> for LogFormat {
@@ -621,7 +655,7 @@ impl TryFrom<String> for ProgressMode {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountSettings {
     pub integrated_account_id: Uuid,

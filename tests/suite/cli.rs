@@ -191,6 +191,141 @@ async fn missing_file_token_database_or_account_exit_2() {
 }
 
 #[tokio::test]
+async fn config_shows_each_setting_and_where_it_came_from_and_never_a_secret() {
+    let path = write_config(&format!(
+        "[truto]\npage_size = 200\nbase_url = \"http://127.0.0.1:1\"\n\
+         [database]\nurl = \"postgres://lms:db-pw-s3cret@127.0.0.1:1/lms?sslmode=disable&password=q-s3cret\"\n\
+         [[accounts]]\nintegrated_account_id = \"{ACCT}\"\nlabel = \"Acme\"\n\
+         schedule = {{ every = \"1h\" }}\n"
+    ));
+    let token = TempFile::new("lms-sync-cli", ".token", "tok-s3cret\n");
+    let cfg = path.to_str().unwrap();
+    let env = [
+        ("LMS_SYNC__TRUTO__PAGE_SIZE", "300"),
+        ("LMS_SYNC__TRUTO__API_TOKEN_FILE", token.to_str().unwrap()),
+        ("DATABASE_URL", "postgres://x:env-pw-s3cret@127.0.0.1:1/d"),
+        ("LMS_SYNC_TRUTO__MAX_ATTEMPTS", "3"),
+    ];
+    let out = run(&["--config", cfg, "--no-migrate", "config", "--json"], &env).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for secret in ["s3cret", "tok-"] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{stdout}{stderr}"
+        );
+    }
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let settings = &v["settings"];
+    assert_eq!(
+        settings["truto.page_size"],
+        serde_json::json!({"value": 300, "from": "env LMS_SYNC__TRUTO__PAGE_SIZE", "file_value": 200})
+    );
+    assert_eq!(settings["truto.base_url"]["from"], "file");
+    assert_eq!(
+        settings["truto.max_attempts"],
+        serde_json::json!({"value": 8, "from": "default"})
+    );
+    assert_eq!(
+        settings["database.migrate"],
+        serde_json::json!({"value": false, "from": "--no-migrate"})
+    );
+    assert_eq!(settings["schedule.at"]["value"], serde_json::Value::Null);
+    assert_eq!(v["config_file"], cfg);
+    assert_eq!(
+        v["secrets"]["database.url"],
+        serde_json::json!({"set": true, "from": "file",
+            "shown": "postgres://lms:***@127.0.0.1:1/lms?sslmode=disable&password=***"})
+    );
+    assert_eq!(
+        v["secrets"]["truto.api_token"]["from"],
+        format!("truto.api_token_file {}", token.to_str().unwrap())
+    );
+    assert_eq!(
+        v["secrets"]["server.admin_token"],
+        serde_json::json!({"set": false, "from": "unset"})
+    );
+    let notes = v["notes"].to_string();
+    assert!(
+        notes.contains("DATABASE_URL is not read: database.url is set (file), and wins"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("LMS_SYNC_TRUTO__MAX_ATTEMPTS is not read: a setting's variable starts with LMS_SYNC__ (two underscores), as LMS_SYNC__TRUTO__MAX_ATTEMPTS"),
+        "{notes}"
+    );
+    assert_eq!(
+        v["accounts"],
+        serde_json::json!([{"integrated_account_id": ACCT, "label": "Acme",
+            "schedule": {"every": "1h"}, "exclude_fields": [], "hydrate": false,
+            "ignore_remote_data": false, "remote_query": {}}])
+    );
+
+    // The TOML form is a config file: saved and read back with no environment, the same
+    // settings, each now from the file (or its default).
+    let out = run(&["--config", cfg, "config"], &env).await;
+    let (toml_text, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!toml_text.contains("s3cret"), "{toml_text}");
+    assert!(
+        toml_text
+            .contains("page_size = 300  # env LMS_SYNC__TRUTO__PAGE_SIZE (over the file's 200)\n"),
+        "{toml_text}"
+    );
+    let saved = write_config(&toml_text);
+    let out = run(
+        &["--config", saved.to_str().unwrap(), "config", "--json"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let values = |v: &serde_json::Value| -> Vec<(String, serde_json::Value)> {
+        v["settings"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, s)| (k.clone(), s["value"].clone()))
+            .collect()
+    };
+    let mut expected = values(&v);
+    // `--no-migrate` is a flag, not a setting the file keeps.
+    for (k, value) in &mut expected {
+        if k == "database.migrate" {
+            *value = serde_json::Value::Bool(true);
+        }
+    }
+    assert_eq!(values(&again), expected);
+    assert_eq!(again["accounts"], v["accounts"]);
+    assert_eq!(again["settings"]["truto.page_size"]["from"], "file");
+
+    // What every command would refuse, `config` refuses too, naming the key.
+    let out = run(
+        &["--config", cfg, "config"],
+        &[("LMS_SYNC__TRUTO__API_TOKEN_FILE", "/nonexistent/token")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("truto.api_token_file"),
+        "{}",
+        text(&out).1
+    );
+    let out = run(
+        &["--config", cfg, "config"],
+        &[("LMS_SYNC__TRUTO__PAGE_SIZE", "0")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("LMS_SYNC__TRUTO__PAGE_SIZE"),
+        "{}",
+        text(&out).1
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test]
 async fn an_unreachable_database_exits_1_with_a_clear_message_and_no_password() {
     let path = write_config(&format!(
         "[database]\nconnect_timeout_secs = 2\n[[accounts]]\nintegrated_account_id = \"{ACCT}\"\n"

@@ -1,0 +1,492 @@
+//! Each setting's value and the layer it came from, for `lms-sync config`: an operator with a
+//! config file, a ConfigMap's env, a Secret's files and the built-in defaults can see what a
+//! process would run with, and why, before it runs (a variable misspelled, a file key that an
+//! env var overrides, a `DATABASE_URL` that another setting shadows).
+//!
+//! Secrets are never in it: only whether each is set, where from, and for the database URL
+//! its host and database with the password and every unknown parameter's value masked.
+
+use serde::ser::Serializer;
+
+use super::*;
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Built in.
+    Default,
+    /// The config file.
+    File,
+    /// This environment variable.
+    Env(String),
+    /// A command-line flag (`--no-migrate`).
+    Flag(&'static str),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::File => f.write_str("file"),
+            Origin::Env(var) => write!(f, "env {var}"),
+            Origin::Flag(flag) => f.write_str(flag),
+        }
+    }
+}
+
+impl Serialize for Origin {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Where a secret came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretOrigin {
+    Unset,
+    /// This environment variable.
+    Env(&'static str),
+    /// The config file's key (only the database URL may be written there).
+    ConfigFile,
+    /// The file that this key names, read now.
+    File {
+        key: &'static str,
+        path: PathBuf,
+    },
+}
+
+impl std::fmt::Display for SecretOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretOrigin::Unset => f.write_str("unset"),
+            SecretOrigin::Env(var) => write!(f, "env {var}"),
+            SecretOrigin::ConfigFile => f.write_str("file"),
+            SecretOrigin::File { key, path } => write!(f, "{key} {}", path.display()),
+        }
+    }
+}
+
+impl Serialize for SecretOrigin {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One key of a section.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setting {
+    /// `section.key`, as the config reference names it.
+    pub key: String,
+    /// `null` when unset.
+    pub value: serde_json::Value,
+    pub from: Origin,
+    /// The config file's value, when an env var (or a flag) replaced it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_value: Option<serde_json::Value>,
+}
+
+/// One secret: never its value.
+#[derive(Debug, Clone, Serialize)]
+pub struct Secret {
+    /// `section.name`: `database.url`, `truto.api_token`, `server.admin_token`,
+    /// `webhooks.secret`.
+    pub name: &'static str,
+    pub set: bool,
+    pub from: SecretOrigin,
+    /// The database URL with its password and unknown parameters' values masked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shown: Option<String>,
+}
+
+/// What `lms-sync config` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explained {
+    /// The config file read, if any.
+    pub config_file: Option<PathBuf>,
+    /// Every key of every section (accounts aside), sections in the reference's order, keys
+    /// sorted within each.
+    pub settings: Vec<Setting>,
+    /// `[[accounts]]` as configured (keys left unset omitted).
+    pub accounts: Vec<serde_json::Value>,
+    pub secrets: Vec<Secret>,
+    /// What the operator may not expect: a variable that is not read, one that another
+    /// setting shadows.
+    pub notes: Vec<String>,
+}
+
+/// The sections, in the order of the config reference.
+const SECTIONS: &[&str] = &[
+    "truto",
+    "database",
+    "sync",
+    "schedule",
+    "rate_budget",
+    "server",
+    "webhooks",
+    "history",
+    "log",
+    "discovery",
+    "account_defaults",
+];
+
+/// The secrets, each with its env var (which wins) and the key naming its file.
+const SECRETS: &[(&str, &str, &str)] = &[
+    ("truto.api_token", TOKEN_ENV, "truto.api_token_file"),
+    (
+        "server.admin_token",
+        ADMIN_TOKEN_ENV,
+        "server.admin_token_file",
+    ),
+    (
+        "webhooks.secret",
+        WEBHOOK_SECRET_ENV,
+        "webhooks.secret_file",
+    ),
+];
+
+impl Settings {
+    /// The settings as [`Settings::load_from`] loads them, with where each value came from.
+    /// Reads the secrets' files, as `run` does at start: one that cannot be read is the same
+    /// error here.
+    pub fn explain(
+        path: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<(Settings, Explained), ConfigError> {
+        let (settings, read) = Self::load_with_file(path, env)?;
+        let file_table = match &read {
+            Some((_, text)) => text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError(format!("config file is not valid TOML: {e}")))?,
+            None => toml::Table::new(),
+        };
+        let value = serde_json::to_value(&settings)
+            .map_err(|e| ConfigError(format!("cannot show the settings: {e}")))?;
+        let mut out = Explained {
+            config_file: read.map(|(path, _)| path),
+            settings: Vec::new(),
+            accounts: Vec::new(),
+            secrets: Vec::new(),
+            notes: Vec::new(),
+        };
+        let vars: Vec<(String, &str)> = env
+            .iter()
+            .filter_map(|(k, _)| {
+                let rest = k.strip_prefix(ENV_PREFIX)?.strip_prefix("__")?;
+                Some((rest.to_ascii_lowercase().replace("__", "."), k.as_str()))
+            })
+            .collect();
+        for section in SECTIONS {
+            let Some(serde_json::Value::Object(keys)) = value.get(*section) else {
+                continue;
+            };
+            for (name, v) in keys {
+                let key = format!("{section}.{name}");
+                let in_file = file_table
+                    .get(*section)
+                    .and_then(toml::Value::as_table)
+                    .and_then(|t| t.get(name))
+                    .map(|v| serde_json::to_value(v).unwrap_or(serde_json::Value::Null));
+                let by_env = vars
+                    .iter()
+                    .filter(|(path, _)| *path == key || path.starts_with(&format!("{key}.")))
+                    .map(|(_, var)| *var)
+                    .min();
+                let (from, file_value) = match (by_env, in_file) {
+                    (Some(var), file_value) => (Origin::Env(var.to_string()), file_value),
+                    (None, Some(_)) => (Origin::File, None),
+                    (None, None) => (Origin::Default, None),
+                };
+                out.settings.push(Setting {
+                    key,
+                    value: v.clone(),
+                    from,
+                    file_value,
+                });
+            }
+        }
+        if let Some(serde_json::Value::Array(accounts)) = value.get("accounts") {
+            out.accounts = accounts.iter().map(without_nulls).collect();
+        }
+        out.secrets
+            .push(database_url(&settings, &file_table, env, &mut out.notes));
+        for (name, var, key) in SECRETS {
+            let file = match *key {
+                "truto.api_token_file" => settings.truto.api_token_file.as_deref(),
+                "server.admin_token_file" => settings.server.admin_token_file.as_deref(),
+                _ => settings.webhooks.secret_file.as_deref(),
+            };
+            let from_env = env.iter().any(|(k, v)| k == var && !v.trim().is_empty());
+            let from = match (from_env, file) {
+                (true, Some(path)) => {
+                    out.notes.push(format!(
+                        "{key} ({}) is not read: {var} is set, and wins",
+                        path.display()
+                    ));
+                    SecretOrigin::Env(var)
+                }
+                (true, None) => SecretOrigin::Env(var),
+                (false, Some(path)) => {
+                    // Read as `run` reads it: a file it could not read fails here too.
+                    load::secret_file(key, path)?;
+                    SecretOrigin::File {
+                        key,
+                        path: path.to_path_buf(),
+                    }
+                }
+                (false, None) => SecretOrigin::Unset,
+            };
+            out.secrets.push(Secret {
+                name,
+                set: from != SecretOrigin::Unset,
+                from,
+                shown: None,
+            });
+        }
+        for (var, _) in env {
+            if let Some(rest) = var.strip_prefix("LMS_SYNC_") {
+                if !rest.starts_with('_') && rest.contains("__") {
+                    out.notes.push(format!(
+                        "{var} is not read: a setting's variable starts with {ENV_PREFIX}__ \
+                         (two underscores), as {ENV_PREFIX}__{rest}"
+                    ));
+                }
+            }
+        }
+        out.notes.sort();
+        Ok((settings, out))
+    }
+}
+
+impl Explained {
+    /// The setting `key` (`section.name`).
+    pub fn setting_mut(&mut self, key: &str) -> Option<&mut Setting> {
+        self.settings.iter_mut().find(|s| s.key == key)
+    }
+}
+
+/// Where the database URL came from, in [`Settings::load_from`]'s order: `database.url` (env,
+/// then file), `DATABASE_URL`, `database.url_file`.
+fn database_url(
+    settings: &Settings,
+    file: &toml::Table,
+    env: &[(String, String)],
+    notes: &mut Vec<String>,
+) -> Secret {
+    let var = env_name("database.url");
+    let in_file = file
+        .get("database")
+        .and_then(toml::Value::as_table)
+        .is_some_and(|t| t.contains_key("url"));
+    let from = if env.iter().any(|(k, _)| *k == var) {
+        SecretOrigin::Env("LMS_SYNC__DATABASE__URL")
+    } else if in_file {
+        SecretOrigin::ConfigFile
+    } else if env
+        .iter()
+        .any(|(k, v)| k == "DATABASE_URL" && !v.is_empty())
+    {
+        SecretOrigin::Env("DATABASE_URL")
+    } else if let (true, Some(path)) =
+        (settings.database.url_from_file, &settings.database.url_file)
+    {
+        SecretOrigin::File {
+            key: "database.url_file",
+            path: path.clone(),
+        }
+    } else {
+        SecretOrigin::Unset
+    };
+    let database_url_set = env
+        .iter()
+        .any(|(k, v)| k == "DATABASE_URL" && !v.is_empty());
+    let winner = match &from {
+        SecretOrigin::Env("DATABASE_URL") => Some("DATABASE_URL is set".to_string()),
+        SecretOrigin::Env(_) | SecretOrigin::ConfigFile => {
+            Some(format!("database.url is set ({from})"))
+        }
+        _ => None,
+    };
+    if let Some(winner) = winner {
+        if database_url_set && from != SecretOrigin::Env("DATABASE_URL") {
+            notes.push(format!("DATABASE_URL is not read: {winner}, and wins"));
+        }
+        if let Some(path) = &settings.database.url_file {
+            notes.push(format!(
+                "database.url_file ({}) is not read: {winner}, and wins",
+                path.display()
+            ));
+        }
+    }
+    Secret {
+        name: "database.url",
+        set: settings.database.url.is_some(),
+        shown: settings
+            .database
+            .url
+            .as_ref()
+            .map(|u| masked_url(u.expose_secret())),
+        from,
+    }
+}
+
+/// The URL's parameters whose values say nothing secret (libpq's names).
+const PLAIN_PARAMS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "target_session_attrs",
+    "application_name",
+    "connect_timeout",
+    "options",
+];
+
+/// `postgres://user:***@host/db?sslmode=verify-full&password=***`: the password masked, and
+/// every parameter not known to be harmless (`password`, `sslpassword`, anything new).
+fn masked_url(url: &str) -> String {
+    let redacted = redact_credentials(url);
+    let Some((base, query)) = redacted.split_once('?') else {
+        return redacted;
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if !PLAIN_PARAMS.contains(&k) => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
+}
+
+/// The value with every `null` member of an object left out (TOML has no null).
+fn without_nulls(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(without_nulls).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn setting<'a>(e: &'a Explained, key: &str) -> &'a Setting {
+        e.settings
+            .iter()
+            .find(|s| s.key == key)
+            .unwrap_or_else(|| panic!("no {key}"))
+    }
+
+    #[test]
+    fn each_key_names_the_layer_it_came_from_and_env_over_file_keeps_the_files_value() {
+        let dir = std::env::temp_dir().join(format!("lms-explain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "[truto]\npage_size = 200\nbase_url = \"http://truto.test\"\n\
+             [schedule]\nat = \"02:30\"\n\
+             [[accounts]]\nintegrated_account_id = \"6f0d7d3e-8d1a-4c56-9d0e-1b2f3a4c5d6e\"\n\
+             schedule = { every = \"1h\" }\n",
+        )
+        .unwrap();
+        let (settings, e) = Settings::explain(
+            Some(&file),
+            &env(&[
+                ("LMS_SYNC__TRUTO__PAGE_SIZE", "300"),
+                (
+                    "DATABASE_URL",
+                    "postgres://u:pw@db/x?sslmode=require&password=pw2",
+                ),
+                ("LMS_SYNC_SYNC__MAX_CONCURRENT_ACCOUNTS", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.truto.page_size, 300);
+        let page = setting(&e, "truto.page_size");
+        assert_eq!(page.value, 300);
+        assert_eq!(page.from.to_string(), "env LMS_SYNC__TRUTO__PAGE_SIZE");
+        assert_eq!(page.file_value, Some(serde_json::json!(200)));
+        assert_eq!(setting(&e, "truto.base_url").from, Origin::File);
+        assert_eq!(setting(&e, "truto.max_attempts").from, Origin::Default);
+        assert_eq!(setting(&e, "schedule.every").value, serde_json::Value::Null);
+        assert_eq!(setting(&e, "schedule.at").value, "02:30");
+        assert_eq!(setting(&e, "sync.progress").value, "auto");
+        assert_eq!(setting(&e, "server.account_metrics").value, "every_replica");
+        // No secret's value, nor the URL's password, anywhere in it.
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(!json.contains("pw"), "{json}");
+        let url = &e.secrets[0];
+        assert_eq!(url.from.to_string(), "env DATABASE_URL");
+        assert_eq!(
+            url.shown.as_deref(),
+            Some("postgres://u:***@db/x?sslmode=require&password=***")
+        );
+        assert_eq!(
+            e.accounts[0]["schedule"],
+            serde_json::json!({"every": "1h"})
+        );
+        assert!(
+            e.notes.iter().any(|n| n.starts_with(
+                "LMS_SYNC_SYNC__MAX_CONCURRENT_ACCOUNTS is not read: a setting's variable starts with LMS_SYNC__ (two underscores), as LMS_SYNC__SYNC__MAX_CONCURRENT_ACCOUNTS"
+            )),
+            "{:?}",
+            e.notes
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_database_url_that_shadows_another_says_so() {
+        // An empty file, not `None`: the repository's config/default.toml would be read.
+        let file = std::env::temp_dir().join(format!("lms-explain-{}.toml", std::process::id()));
+        std::fs::write(&file, "").unwrap();
+        let (_, e) = Settings::explain(
+            Some(&file),
+            &env(&[
+                ("LMS_SYNC__DATABASE__URL", "postgres://a@h/one"),
+                ("DATABASE_URL", "postgres://b@h/two"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(e.secrets[0].from.to_string(), "env LMS_SYNC__DATABASE__URL");
+        assert_eq!(e.secrets[0].shown.as_deref(), Some("postgres://a@h/one"));
+        assert_eq!(
+            e.notes,
+            vec!["DATABASE_URL is not read: database.url is set (env LMS_SYNC__DATABASE__URL), and wins"]
+        );
+        std::fs::remove_file(&file).unwrap();
+    }
+
+    #[test]
+    fn masked_urls_keep_only_harmless_parameters() {
+        assert_eq!(
+            masked_url("postgres://u:p@h:5432,h2/d?target_session_attrs=read-write&sslpassword=k"),
+            "postgres://u:***@h:5432,h2/d?target_session_attrs=read-write&sslpassword=***"
+        );
+        assert_eq!(
+            masked_url("postgres:///d?host=/run/pg"),
+            "postgres:///d?host=/run/pg"
+        );
+    }
+}
