@@ -67,6 +67,9 @@ pub const DEFINITIONS: &[(&str, Kind, &str)] = &[
     ("lms_sync_http_request_duration_seconds", Kind::Histogram, "Duration of HTTP requests to Truto, by endpoint (page, user, account listing, account, token check) and status class (2xx, 4xx, 5xx, error)."),
     ("lms_sync_page_write_duration_seconds", Kind::Histogram, "Duration of a batch's transaction (pages, rows, cursor)."),
     ("lms_sync_build_info", Kind::Gauge, "1, with the version of the binary."),
+    ("lms_sync_config_last_reload_successful", Kind::Gauge, "0 when the last reload of the configuration (SIGHUP) was refused (the file or the environment does not load: the previous configuration stays in force, the log says why); 1 when it succeeded, or none was tried since the start."),
+    ("lms_sync_config_last_reload_success_timestamp_seconds", Kind::Gauge, "Unix time at which this process last put a configuration in force: its start, or the last reload (SIGHUP) that succeeded."),
+    ("lms_sync_config_restart_pending", Kind::Gauge, "1 when the configuration in force, reloaded, changes keys read only at start (Truto's client, the database's pool, the request budget, the operations server, the log: the log names them, lms-sync config shows them): they keep the values the process started with until it restarts; 0 otherwise."),
 ];
 
 /// Histogram buckets, in seconds: 5 ms to about 20 min.

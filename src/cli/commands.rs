@@ -192,7 +192,6 @@ pub async fn run(
     no_migrate: bool,
 ) -> Result<(), CliError> {
     let token = sync_prerequisites(&settings)?;
-    let (live_tx, live) = tokio::sync::watch::channel(Arc::new(settings.clone()));
     let load = move || {
         let mut s = Settings::load(config.as_deref())?;
         if no_migrate {
@@ -203,9 +202,8 @@ pub async fn run(
         require_token(&s)?;
         Ok(s)
     };
-    tokio::spawn(crate::service::reload_on_hangup(live_tx, load));
     let hooks = crate::service::Hooks {
-        settings: Some(live),
+        reload: Some(Box::new(load)),
         ..Default::default()
     };
     crate::service::run_with(settings, token, crate::service::wait_for_signal(), hooks).await?;

@@ -257,6 +257,70 @@ impl Settings {
     }
 }
 
+/// The keys `run` reads once, at start: a reload (SIGHUP) that changes one leaves the value the
+/// process started with in force until a restart. Every other key follows a reload (the next
+/// round, the next listing, the next request), and so does every secret's file.
+pub const FIXED_AT_START: &[&str] = &[
+    "truto.base_url",
+    "truto.page_size",
+    "truto.request_timeout_secs",
+    "truto.connect_timeout_secs",
+    "truto.max_attempts",
+    "truto.max_retry_wait_secs",
+    "truto.backoff_initial_ms",
+    "truto.backoff_max_secs",
+    "truto.max_body_mb",
+    "database.schema",
+    "database.max_connections",
+    "database.connect_timeout_secs",
+    "database.migrate",
+    "database.migration_lock_timeout_secs",
+    "database.keepalive_timeout_secs",
+    "rate_budget.enabled",
+    "rate_budget.per_account",
+    "rate_budget.per_token",
+    "rate_budget.window_secs",
+    "server.listen",
+    "server.per_account_counters",
+    "server.account_metrics",
+    "log.format",
+    "log.level",
+];
+
+impl Settings {
+    /// The keys of [`FIXED_AT_START`] whose value `reloaded` changes, and `database.url` when
+    /// it changes other than through `database.url_file` (which is read again by itself).
+    pub fn changed_fixed_at_start(&self, reloaded: &Settings) -> Vec<&'static str> {
+        let (Ok(before), Ok(after)) = (serde_json::to_value(self), serde_json::to_value(reloaded))
+        else {
+            return Vec::new();
+        };
+        let at = |v: &serde_json::Value, key: &str| {
+            let (section, name) = key.split_once('.').unwrap_or((key, ""));
+            v.get(section).and_then(|s| s.get(name)).cloned()
+        };
+        let mut changed: Vec<&'static str> = FIXED_AT_START
+            .iter()
+            .copied()
+            .filter(|key| at(&before, key) != at(&after, key))
+            .collect();
+        let url = |s: &Settings| {
+            (!s.database.url_from_file)
+                .then(|| {
+                    s.database
+                        .url
+                        .as_ref()
+                        .map(|u| u.expose_secret().to_string())
+                })
+                .flatten()
+        };
+        if url(self) != url(reloaded) {
+            changed.push("database.url");
+        }
+        changed
+    }
+}
+
 impl Explained {
     /// The setting `key` (`section.name`).
     pub fn setting_mut(&mut self, key: &str) -> Option<&mut Setting> {
@@ -476,6 +540,37 @@ mod tests {
             vec!["DATABASE_URL is not read: database.url is set (env LMS_SYNC__DATABASE__URL), and wins"]
         );
         std::fs::remove_file(&file).unwrap();
+    }
+
+    #[test]
+    fn a_reload_names_the_keys_read_only_at_start_that_it_changes() {
+        let started = Settings::default();
+        assert!(started.changed_fixed_at_start(&started.clone()).is_empty());
+        let mut reloaded = started.clone();
+        reloaded.truto.page_size = 500;
+        reloaded.schedule.every = Some("1h".into());
+        reloaded.database.max_connections = 20;
+        reloaded.database.url = Some(SecretString::from("postgres://u@h/d"));
+        assert_eq!(
+            started.changed_fixed_at_start(&reloaded),
+            vec![
+                "truto.page_size",
+                "database.max_connections",
+                "database.url"
+            ]
+        );
+        // Every key listed is a key: a renamed one would never be found changed.
+        let (_, e) = Settings::explain(Some(&empty_file()), &[]).unwrap();
+        for key in FIXED_AT_START {
+            assert!(e.settings.iter().any(|s| s.key == *key), "{key}");
+        }
+    }
+
+    fn empty_file() -> PathBuf {
+        let file =
+            std::env::temp_dir().join(format!("lms-explain-empty-{}.toml", std::process::id()));
+        std::fs::write(&file, "").unwrap();
+        file
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod status;
 mod truto_watch;
 mod webhooks;
 
-pub use signals::{reload_on_hangup, shutdown_on_signals, wait_for_signal};
+pub use signals::{reload_on_hangup, shutdown_on_signals, wait_for_signal, Reload};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -119,12 +119,12 @@ pub struct Hooks {
     pub listener: Option<TcpListener>,
     /// The registry to count in (so a test can read it).
     pub metrics: Option<Arc<Metrics>>,
-    /// Settings that change while the service runs (`SIGHUP`): its current value must be the
-    /// settings the service starts with. Schedules, accounts, `[account_defaults]`,
-    /// `[discovery]` and the sync knobs follow it at the next round, and the secrets (the API
-    /// token, the admin token, the webhook secret, the database URL of `database.url_file`)
-    /// are read again at once; the rest (database, server, budget) needs a restart.
-    pub settings: Option<Live>,
+    /// How to load the configuration again on `SIGHUP` (none: SIGHUP does nothing). Schedules,
+    /// accounts, `[account_defaults]`, `[discovery]` and the sync knobs follow a reload at the
+    /// next round, and the secrets (the API token, the admin token, the webhook secret, the
+    /// database URL of `database.url_file`) are read again at once; the keys of
+    /// [`crate::config::FIXED_AT_START`] need a restart.
+    pub reload: Option<Reload>,
 }
 
 /// The settings in force, replaced as a whole when the configuration is reloaded.
@@ -156,10 +156,20 @@ pub async fn run_with(
 
     let source =
         Arc::new(TrutoClient::from_settings(&settings, &token)?.with_metrics(metrics.clone()));
-    let live = match hooks.settings {
-        Some(live) => live,
-        None => tokio::sync::watch::channel(Arc::new(settings.clone())).1,
-    };
+    let started = Arc::new(settings.clone());
+    let (live_tx, live) = tokio::sync::watch::channel(started.clone());
+    metrics.set("lms_sync_config_last_reload_successful", &[], 1.0);
+    metrics.set(
+        "lms_sync_config_last_reload_success_timestamp_seconds",
+        &[],
+        chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
+    );
+    metrics.set("lms_sync_config_restart_pending", &[], 0.0);
+    if let Some(reload) = hooks.reload {
+        tokio::spawn(reload_on_hangup(live_tx, reload, metrics.clone(), started));
+    }
+    // Read at shutdown from the configuration then in force.
+    let grace_from = live.clone();
     let wake = Arc::new(tokio::sync::Notify::new());
     let admin_token = Rotating::new(settings.admin_token()?);
     let webhook_secret = Rotating::new(settings.webhook_secret()?);
@@ -239,7 +249,7 @@ pub async fn run_with(
         }
         r = &mut scheduler => Some(r),
     };
-    let grace = Duration::from_secs(settings.sync.shutdown_grace_secs);
+    let grace = Duration::from_secs(grace_from.borrow().sync.shutdown_grace_secs);
     let until = tokio::time::Instant::now() + grace;
     if ended.is_none() {
         match tokio::time::timeout_at(until, &mut scheduler).await {

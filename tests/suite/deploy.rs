@@ -126,6 +126,8 @@ fn the_alert_rules_name_only_exported_metrics_and_the_prometheus_rule_is_the_sam
         "LmsSyncAccountStateUnreported",
         "LmsSyncDatabaseReadOnly",
         "LmsSyncWebhookSecretMismatch",
+        "LmsSyncConfigReloadFailed",
+        "LmsSyncConfigRestartPending",
     ] {
         assert!(ALERTS.contains(&format!("alert: {alert}")), "{alert}");
     }

@@ -305,17 +305,62 @@ async fn sighup_applies_a_good_configuration_and_refuses_a_bad_one_without_a_res
     let env = Env::new(&[(a, 120), (b, 80)]).await;
     let cfg = config(&env.sim, &[a], "1h", 4);
     let mut d = spawn(&cfg, &env.db_url);
+    let listening = d
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
+    let metrics = format!(
+        "http://{}/metrics",
+        listening["fields"]["addr"].as_str().unwrap()
+    );
     let ev = d.wait_for("sync run finished").await;
     assert_eq!(ev["span"]["account"], a.to_string());
+    let m = get_text(&metrics).await;
+    assert_eq!(
+        gauge(&m, "lms_sync_config_last_reload_successful"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        gauge(&m, "lms_sync_config_restart_pending"),
+        Some(0.0),
+        "{m}"
+    );
+    let started = gauge(&m, "lms_sync_config_last_reload_success_timestamp_seconds").unwrap();
+    assert!(started > 1.7e9, "{m}");
 
     // A good file: the new account is synced, the process never restarted.
     std::fs::copy(config(&env.sim, &[a, b], "1h", 4), &cfg).unwrap();
     d.hangup().await;
     d.wait_for("configuration reloaded (SIGHUP); running syncs go on, the next rounds follow it")
         .await;
+    let m = get_text(&metrics).await;
+    assert!(gauge(&m, "lms_sync_config_last_reload_success_timestamp_seconds").unwrap() >= started);
+    assert_eq!(
+        gauge(&m, "lms_sync_config_restart_pending"),
+        Some(0.0),
+        "{m}"
+    );
     let ev = d.wait_for("sync run finished").await;
     assert_eq!(ev["span"]["account"], b.to_string());
     assert_eq!(ev["fields"]["outcome"], "succeeded");
+
+    // A good file that changes a key read only at start: taken, and the key named as
+    // waiting for a restart.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{text}[database]\nmax_connections = 7\n")).unwrap();
+    d.hangup().await;
+    d.wait_for("configuration reloaded (SIGHUP); running syncs go on, the next rounds follow it")
+        .await;
+    let ev = d
+        .wait_for("the reloaded configuration changes keys read only at start; they keep the values this process started with until it restarts")
+        .await;
+    assert_eq!(ev["fields"]["keys"], "database.max_connections", "{ev}");
+    let m = get_text(&metrics).await;
+    assert_eq!(
+        gauge(&m, "lms_sync_config_restart_pending"),
+        Some(1.0),
+        "{m}"
+    );
 
     // A bad file: one error line, and the configuration in force stays.
     std::fs::write(&cfg, "[truto]\npage_size = 0\n").unwrap();
@@ -331,6 +376,34 @@ async fn sighup_applies_a_good_configuration_and_refuses_a_bad_one_without_a_res
             .unwrap()
             .contains("truto.page_size"),
         "{ev}"
+    );
+    let m = get_text(&metrics).await;
+    assert_eq!(
+        gauge(&m, "lms_sync_config_last_reload_successful"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        gauge(&m, "lms_sync_config_restart_pending"),
+        Some(1.0),
+        "{m}"
+    );
+
+    // The file as it was at start: nothing waits for a restart any more.
+    std::fs::copy(config(&env.sim, &[a, b], "1h", 4), &cfg).unwrap();
+    d.hangup().await;
+    d.wait_for("configuration reloaded (SIGHUP); running syncs go on, the next rounds follow it")
+        .await;
+    let m = get_text(&metrics).await;
+    assert_eq!(
+        gauge(&m, "lms_sync_config_last_reload_successful"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        gauge(&m, "lms_sync_config_restart_pending"),
+        Some(0.0),
+        "{m}"
     );
     assert_eq!(d.terminate().await, 0);
     assert_mirror(&env.store, &env.sim, a).await;
