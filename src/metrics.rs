@@ -69,6 +69,7 @@ pub const DEFINITIONS: &[(&str, Kind, &str)] = &[
     ("lms_sync_build_info", Kind::Gauge, "1, with the version of the binary."),
     ("lms_sync_config_last_reload_successful", Kind::Gauge, "0 when the last reload of the configuration (SIGHUP) was refused (the file or the environment does not load: the previous configuration stays in force, the log says why); 1 when it succeeded, or none was tried since the start."),
     ("lms_sync_config_last_reload_success_timestamp_seconds", Kind::Gauge, "Unix time at which this process last put a configuration in force: its start, or the last reload (SIGHUP) that succeeded."),
+    ("lms_sync_config_mismatch", Kind::Gauge, "1 when another replica (a `run` process sharing the database and the request budget) runs with a different configuration than this one (their digests, shown by lms-sync status, the status page and lms-sync config, differ), as of this process's last negotiation of the budget; 0 otherwise. Needs rate_budget.enabled."),
     ("lms_sync_config_restart_pending", Kind::Gauge, "1 when the configuration in force, reloaded, changes keys read only at start (Truto's client, the database's pool, the request budget, the operations server, the log: the log names them, lms-sync config shows them): they keep the values the process started with until it restarts; 0 otherwise."),
 ];
 

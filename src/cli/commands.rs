@@ -140,6 +140,7 @@ pub(super) fn share_budget(
             budget,
             source.watch_standing(),
             None,
+            None,
             until.clone(),
         ))
     })

@@ -138,8 +138,10 @@ pub fn main(cli: Cli) -> ExitCode {
 /// `lms-sync config`: no runtime, no logging, no database; only the layers.
 fn show_config(cli: &Cli, json: bool) -> Result<(), CliError> {
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let (_, mut explained) = Settings::explain(cli.config.as_deref(), &env)?;
+    let (mut settings, mut explained) = Settings::explain(cli.config.as_deref(), &env)?;
     if cli.no_migrate {
+        settings.database.migrate = false;
+        explained.digest = settings.digest();
         if let Some(s) = explained.setting_mut("database.migrate") {
             if s.value == serde_json::Value::Bool(true) {
                 s.file_value = (s.from == crate::config::Origin::File).then(|| s.value.clone());

@@ -158,11 +158,19 @@ pub fn budget(b: &BudgetSection) -> String {
     for h in &b.view.holders {
         let _ = writeln!(
             s,
-            "    {}: share {} (wants {}), renewed {}{}{}{}",
+            "    {}: share {} (wants {}), renewed {}{}{}{}{}",
             shorten(&h.holder, 80),
             h.share,
             h.wanted,
             h.renewed_at.format("%Y-%m-%d %H:%M:%SZ"),
+            match (&h.version, &h.config_digest) {
+                (Some(v), Some(d)) => format!(
+                    "; lms-sync {}, configuration {}",
+                    shorten(v, 40),
+                    shorten(d, 40)
+                ),
+                _ => String::new(),
+            },
             match (h.per_token, h.window_secs) {
                 (Some(n), Some(w)) if (n as usize, w as u64) != (b.per_token, b.window_secs) =>
                     format!(
@@ -495,6 +503,24 @@ mod tests {
         assert!(budget(&halted).ends_with(
             "web-2:7:cd: share 150 (wants 500), renewed 2026-12-02 18:40:01Z; starts no run: Truto has not answered since 2026-12-02 18:39:00 UTC (request timed out); another process got an answer from Truto since (at 2026-12-02 18:40:01Z): this one's way to Truto (DNS, egress, proxy) is what fails\n"
         ), "{}", budget(&halted));
+        let mut replicas = b.clone();
+        replicas.view.holders[1].alive = true;
+        replicas.view.holders[0].version = Some("1.4.0".into());
+        replicas.view.holders[0].config_digest = Some("aaaaaaaaaaaa".into());
+        replicas.view.holders[1].version = Some("1.4.0".into());
+        replicas.view.holders[1].config_digest = Some("bbbbbbbbbbbb".into());
+        assert!(budget(&replicas).contains(
+            "50 free; the replicas run 2 different configurations (aaaaaaaaaaaa by 1, bbbbbbbbbbbb by 1; lms-sync config prints a process's digest)\n"
+        ), "{}", budget(&replicas));
+        assert!(budget(&replicas).contains(
+            "web-1:42:ab: share 200 (wants 200), renewed 2026-12-02 18:40:01Z; lms-sync 1.4.0, configuration aaaaaaaaaaaa\n"
+        ), "{}", budget(&replicas));
+        replicas.view.holders[1].config_digest = Some("aaaaaaaaaaaa".into());
+        assert!(
+            budget(&replicas).contains("50 free\n"),
+            "{}",
+            budget(&replicas)
+        );
         let empty = BudgetSection {
             view: BudgetView::default(),
             ..b

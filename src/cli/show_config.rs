@@ -25,6 +25,12 @@ pub fn toml(e: &Explained) -> String {
         "# Each key's comment says where its value came from. Secrets are never printed: only \
          whether each is set, and from where.\n",
     );
+    let _ = writeln!(
+        out,
+        "# Configuration digest: {} (a replica of `run` with this configuration shows it in \
+         lms-sync status and on the status page).",
+        e.digest
+    );
     for note in &e.notes {
         let _ = writeln!(out, "# Note: {note}");
     }
@@ -152,6 +158,7 @@ pub fn json(e: &Explained) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "config_file": e.config_file,
+        "digest": e.digest,
         "settings": settings,
         "accounts": e.accounts,
         "secrets": secrets,

@@ -103,6 +103,8 @@ pub struct Secret {
 pub struct Explained {
     /// The config file read, if any.
     pub config_file: Option<PathBuf>,
+    /// [`Settings::digest`]: what `lms-sync status` and the status page show for each replica.
+    pub digest: String,
     /// Every key of every section (accounts aside), sections in the reference's order, keys
     /// sorted within each.
     pub settings: Vec<Setting>,
@@ -163,6 +165,7 @@ impl Settings {
             .map_err(|e| ConfigError(format!("cannot show the settings: {e}")))?;
         let mut out = Explained {
             config_file: read.map(|(path, _)| path),
+            digest: settings.digest(),
             settings: Vec::new(),
             accounts: Vec::new(),
             secrets: Vec::new(),
@@ -318,6 +321,23 @@ impl Settings {
             changed.push("database.url");
         }
         changed
+    }
+}
+
+impl Settings {
+    /// A short digest of the settings: two processes with the same one run with the same
+    /// configuration (every key, accounts included; the secrets, which are not settings, and
+    /// `[log]`, which a replica may turn up on its own, aside). Recorded with each replica's
+    /// share of the request budget, and printed by `lms-sync config`.
+    pub fn digest(&self) -> String {
+        use sha2::Digest as _;
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(sections) = value.as_object_mut() {
+            sections.remove("log");
+        }
+        // serde_json's maps are sorted: the same settings give the same text.
+        let text = serde_json::to_vec(&value).unwrap_or_default();
+        hex::encode(&sha2::Sha256::digest(&text)[..6])
     }
 }
 

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::source::budget::{Demand, RateBudget};
 use crate::source::Standing;
-use crate::store::{Negotiated, Reach, Store};
+use crate::store::{Negotiated, Reach, Runs, Store};
 
 /// The budget the token's window is negotiated as.
 pub(crate) const TOKEN: &str = "token";
@@ -59,11 +59,16 @@ pub fn spacing(asked: usize) -> Duration {
 /// Negotiates until `cancel`, then gives the share back. A process that cannot reach the
 /// database sends no token request (its share is 0) until it can again: the others may already
 /// have taken what it held.
+///
+/// `settings`, given by the service (`run`), are the settings in force: their digest and the
+/// binary's version are recorded with the share for the other processes to compare with theirs
+/// (one-off commands record neither: their configuration is the operator's shell's).
 pub async fn share_token_budget(
     store: Store,
     budget: Arc<RateBudget>,
     mut standing: watch::Receiver<Standing>,
     metrics: Option<Arc<Metrics>>,
+    mut settings: Option<super::Live>,
     cancel: CancellationToken,
 ) {
     let report = |share: usize, wanted: usize, holders: Option<i32>| {
@@ -111,7 +116,20 @@ pub async fn share_token_budget(
     let mut recorded: Option<String> = None;
     // Whether the last round found this process cut off from Truto while others reach it.
     let mut cut_off = false;
+    // What this process runs, as recorded with its share: computed again when the settings
+    // are reloaded.
+    let mut runs: Option<Runs> = None;
+    // Whether the last round found another process running another configuration.
+    let mut config_differs = false;
     while !cancel.is_cancelled() {
+        if let Some(live) = settings.as_mut() {
+            if runs.is_none() || live.has_changed().unwrap_or(false) {
+                runs = Some(Runs {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    config_digest: live.borrow_and_update().digest(),
+                });
+            }
+        }
         let (halted, reach) = {
             let now = standing.borrow_and_update();
             let reach = Reach {
@@ -140,6 +158,9 @@ pub async fn share_token_budget(
         }
         if let Some(h) = me.as_mut() {
             h.standing(halted.clone(), reach);
+            if let Some(r) = &runs {
+                h.runs(r.clone());
+            }
             // The lease counts from before the round: the database's, from the start of its
             // transaction, ends no earlier.
             let started = Instant::now();
@@ -192,7 +213,26 @@ pub async fn share_token_budget(
                             );
                         }
                     }
+                    if n.config_differs != config_differs {
+                        config_differs = n.config_differs;
+                        if config_differs {
+                            tracing::warn!(
+                                config_digest = runs.as_ref().map(|r| r.config_digest.as_str()),
+                                "another process sharing the database runs with a different \
+                                 configuration (a rollout halfway, a replica left on an old \
+                                 ConfigMap, a reload sent to some replicas only): lms-sync status \
+                                 and the status page name each process's"
+                            );
+                        } else {
+                            tracing::info!("the processes sharing the database run with one configuration again");
+                        }
+                    }
                     if let Some(m) = &metrics {
+                        m.set(
+                            "lms_sync_config_mismatch",
+                            &[],
+                            f64::from(u8::from(n.config_differs)),
+                        );
                         m.set(
                             "lms_sync_truto_cut_off",
                             &[],

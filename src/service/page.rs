@@ -308,7 +308,8 @@ fn budget_section(s: &mut String, b: &BudgetSection, now: DateTime<Utc>) {
     let _ = write!(
         s,
         "<h2>Request budget</h2><p class=\"note\">The API token's {}.</p>",
-        b.summary()
+        // The digests in it are the rows' (anyone with a write on the table could put markup).
+        escape(&b.summary())
     );
     if b.view.holders.is_empty() {
         s.push_str("<p class=\"note\">No process holds a share yet.</p>");
@@ -316,14 +317,14 @@ fn budget_section(s: &mut String, b: &BudgetSection, now: DateTime<Utc>) {
     }
     s.push_str(
         "<table><thead><tr><th>Process</th><th class=\"num\">Share</th>\
-         <th class=\"num\">Wants</th><th>Configured with</th><th>Renewed</th></tr></thead><tbody>",
+         <th class=\"num\">Wants</th><th>Configured with</th><th>Runs</th><th>Renewed</th></tr></thead><tbody>",
     );
     for h in &b.view.holders {
         let _ = write!(
             s,
             "<tr><td data-k=\"Process\">{}{}{}</td><td data-k=\"Share\" class=\"num\">{}</td>\
              <td data-k=\"Wants\" class=\"num\">{}</td><td data-k=\"Configured with\">{}</td>\
-             <td data-k=\"Renewed\">{}</td></tr>",
+             <td data-k=\"Runs\">{}</td><td data-k=\"Renewed\">{}</td></tr>",
             escape(&h.holder),
             if h.alive {
                 ""
@@ -341,6 +342,7 @@ fn budget_section(s: &mut String, b: &BudgetSection, now: DateTime<Utc>) {
             h.share,
             h.wanted,
             configured(h, b),
+            runs(h, b),
             when(Some(h.renewed_at), now),
         );
     }
@@ -371,6 +373,25 @@ fn configured(h: &ShareView, b: &BudgetSection) -> String {
             b.per_token, b.window_secs
         ),
         // A binary older than migration 0019 does not say.
+        _ => "—".to_string(),
+    }
+}
+
+/// The version and configuration a holder runs, flagged when its configuration is not this
+/// process's.
+fn runs(h: &ShareView, b: &BudgetSection) -> String {
+    match (&h.version, &h.config_digest) {
+        (Some(v), Some(d)) if *d == b.config_digest => {
+            format!("{}, configuration {}", escape(v), escape(d))
+        }
+        (Some(v), Some(d)) => format!(
+            "{}, configuration {} <span class=\"why\">not this process's ({}): a rollout \
+             halfway, a replica on an old ConfigMap, or a reload sent to some replicas only</span>",
+            escape(v),
+            escape(d),
+            escape(&b.config_digest)
+        ),
+        // A one-off command, or a binary older than migration 0032, does not say.
         _ => "—".to_string(),
     }
 }
@@ -981,7 +1002,7 @@ mod tests {
         );
         assert!(html.contains("Request budget"), "{html}");
         assert!(
-            html.contains("The API token's 500 requests per 10 s, shared by every process on this database: 350 held by 2 processes, 100 hot (given back, still in Truto's window), 50 free."),
+            html.contains("The API token's 500 requests per 10 s, shared by every process on this database: 350 held by 2 processes, 100 hot (given back, still in Truto&#39;s window), 50 free."),
             "{html}"
         );
         assert!(html.contains("web-1:42:&lt;ab&gt;"), "{html}");
@@ -1001,6 +1022,33 @@ mod tests {
         );
         assert!(
             html.contains("web-1:42:&lt;ab&gt; <span class=\"why\">starts no run: Truto refused the API token (check &lt;it&gt;)</span></td>"),
+            "{html}"
+        );
+        // Each replica's version and configuration; one not this process's is marked.
+        let mut replicas = b.clone();
+        replicas.view.holders[1].alive = true;
+        replicas.view.holders[0].version = Some("1.4.0".into());
+        replicas.view.holders[0].config_digest = Some(b.config_digest.clone());
+        replicas.view.holders[1].version = Some("1.3.9".into());
+        replicas.view.holders[1].config_digest = Some("<b>ffffffffff".into());
+        let html = render(
+            &[view(1, "Alpha")],
+            Some(&replicas),
+            None,
+            &Halts::default(),
+            now,
+            &PageQuery::default(),
+        );
+        assert!(
+            html.contains("<td data-k=\"Runs\">1.4.0, configuration 0123456789ab</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td data-k=\"Runs\">1.3.9, configuration &lt;b&gt;ffffffffff <span class=\"why\">not this process's (0123456789ab)"),
+            "{html}"
+        );
+        assert!(
+            html.contains("; the replicas run 2 different configurations (0123456789ab by 1, &lt;b&gt;ffffffffff by 1; lms-sync config prints a process&#39;s digest)."),
             "{html}"
         );
         let mut cut_off = b.clone();
@@ -1048,7 +1096,7 @@ mod tests {
         b.view.holders[0].per_token = Some(300);
         let html = html_of(&b, now);
         assert!(
-            html.contains("The API token's 300 requests per 10 s (the strictest budget the processes are configured with: they disagree, and this one's is 500 per 10 s), shared by every process on this database: 350 held by 2 processes, 100 hot (given back, still in Truto's window), 0 free."),
+            html.contains("The API token's 300 requests per 10 s (the strictest budget the processes are configured with: they disagree, and this one&#39;s is 500 per 10 s), shared by every process on this database: 350 held by 2 processes, 100 hot (given back, still in Truto&#39;s window), 0 free."),
             "{html}"
         );
         assert!(

@@ -122,6 +122,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
             budget,
             source.watch_standing(),
             Some(metrics.clone()),
+            Some(live.clone()),
             lifetime,
         ));
     }

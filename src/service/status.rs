@@ -156,6 +156,9 @@ pub struct BudgetSection {
     pub per_token: usize,
     pub window_secs: u64,
     pub view: BudgetView,
+    /// The digest of the configuration of the process that reads it
+    /// ([`Settings::digest`]): on the status page, the replica's own.
+    pub config_digest: String,
 }
 
 impl BudgetSection {
@@ -191,6 +194,27 @@ impl BudgetSection {
         self.configured().iter().any(|c| *c != mine)
     }
 
+    /// The configurations the live replicas run (their digests), the most common first, with
+    /// how many run each; processes that record none (one-off commands, binaries older than
+    /// migration 0032) are left out.
+    pub fn configurations(&self) -> Vec<(&str, usize)> {
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for digest in self
+            .view
+            .holders
+            .iter()
+            .filter(|h| h.alive)
+            .filter_map(|h| h.config_digest.as_deref())
+        {
+            match counts.iter_mut().find(|(d, _)| *d == digest) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((digest, 1)),
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        counts
+    }
+
     /// Requests of the window neither held nor hot.
     pub fn free(&self) -> i64 {
         (self.shared() - self.held() - self.view.hot).max(0)
@@ -211,9 +235,24 @@ impl BudgetSection {
         } else {
             format!("{} requests per {} s", self.per_token, self.window_secs)
         };
+        let configurations = self.configurations();
+        let differ = if configurations.len() > 1 {
+            format!(
+                "; the replicas run {} different configurations ({}; lms-sync config prints a \
+                 process's digest)",
+                configurations.len(),
+                configurations
+                    .iter()
+                    .map(|(d, n)| format!("{d} by {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            String::new()
+        };
         format!(
             "{size}, shared by every process on this database: {} held by {} \
-             process{}, {} hot (given back, still in Truto's window), {} free",
+             process{}, {} hot (given back, still in Truto's window), {} free{differ}",
             self.held(),
             n,
             if n == 1 { "" } else { "es" },
@@ -238,8 +277,11 @@ impl BudgetSection {
             window_secs: Some(10),
             halted: None,
             others_answered: None,
+            version: None,
+            config_digest: None,
         };
         BudgetSection {
+            config_digest: "0123456789ab".into(),
             per_token: 500,
             window_secs: 10,
             view: BudgetView {
@@ -266,6 +308,7 @@ pub async fn read_budget(
     let window = std::time::Duration::from_secs(b.window_secs);
     let view = store.budget_view(super::budget::TOKEN, window).await?;
     Ok(Some(BudgetSection {
+        config_digest: settings.digest(),
         per_token: b.per_token,
         window_secs: b.window_secs,
         view,

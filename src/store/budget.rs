@@ -63,6 +63,17 @@ pub struct ShareHolder {
     /// What the process's requests tell of Truto, written with each negotiation (see
     /// [`ShareHolder::standing`]).
     reach: Reach,
+    /// The process's version and configuration digest, written with each negotiation (see
+    /// [`ShareHolder::runs`]).
+    runs: Option<Runs>,
+}
+
+/// What a process runs: its binary's version and its configuration's digest
+/// ([`crate::config::Settings::digest`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runs {
+    pub version: String,
+    pub config_digest: String,
 }
 
 /// How long ago this process last got an answer from Truto, and since how long it has not
@@ -88,6 +99,9 @@ pub struct Negotiated {
     pub limit: i32,
     /// Another live holder is configured with a different budget (requests or window).
     pub disagree: bool,
+    /// Another live holder runs with a different configuration (its digest differs; holders
+    /// of binaries older than migration 0032 record none, and count as agreeing).
+    pub config_differs: bool,
     /// This process has not reached Truto for a while, and another holder got an answer from
     /// it since: what fails is this process's way to Truto, not Truto.
     pub cut_off: bool,
@@ -113,6 +127,10 @@ pub struct ShareView {
     /// since it stopped reaching it (it is cut off on its own way to Truto), as of their last
     /// negotiations; `None` otherwise.
     pub others_answered: Option<chrono::DateTime<chrono::Utc>>,
+    /// Its lms-sync version and configuration digest, as of its last negotiation; `None`
+    /// for a binary older than migration 0032.
+    pub version: Option<String>,
+    pub config_digest: Option<String>,
 }
 
 /// A budget's holders and what is hot (given back, still in the server's window).
@@ -132,7 +150,8 @@ impl Store {
         window: Duration,
     ) -> Result<BudgetView, StoreError> {
         let holders = sqlx::query_as(concat!(
-            "SELECT s.holder, s.share, s.wanted, s.renewed_at, s.per_token, s.window_secs, s.halted, ",
+            "SELECT s.holder, s.share, s.wanted, s.renewed_at, s.per_token, s.window_secs, s.halted,
+                    s.version, s.config_digest, ",
             others_answered!(),
             " AS others_answered, ",
             holder_alive!(),
@@ -181,6 +200,7 @@ impl Store {
             lease,
             halted: None,
             reach: Reach::default(),
+            runs: None,
         })
     }
 }
@@ -194,6 +214,12 @@ impl ShareHolder {
     pub fn standing(&mut self, halted: Option<String>, reach: Reach) {
         self.halted = halted;
         self.reach = reach;
+    }
+
+    /// Says, from the next negotiation on, which version and configuration the process runs,
+    /// for the others to compare with theirs (a configuration reloaded changes it).
+    pub fn runs(&mut self, runs: Runs) {
+        self.runs = Some(runs);
     }
 
     /// Resolves when this holder's connection has ended, with the reason. Between rounds the
@@ -276,6 +302,17 @@ impl ShareHolder {
         .fetch_all(&mut *tx)
         .await?;
         let agreed = agreed_limit(limit, window_secs, &configured);
+        let digest = self.runs.as_ref().map(|r| r.config_digest.as_str());
+        let config_differs: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM rate_shares
+                             WHERE budget = $1 AND holder <> $2
+                               AND config_digest IS NOT NULL AND config_digest <> $3)",
+        )
+        .bind(budget)
+        .bind(&self.holder)
+        .bind(digest)
+        .fetch_one(&mut *tx)
+        .await?;
         let disagree = configured
             .iter()
             .any(|&(n, w)| (n, w) != (limit, window_secs));
@@ -319,16 +356,18 @@ impl ShareHolder {
         // shows it by.
         let cut_off: bool = sqlx::query_scalar(concat!(
             "INSERT INTO rate_shares AS s (budget, holder, share, wanted, backend_pid, good_until, fences_on_loss,
-                                      per_token, window_secs, halted, answered_at, unreachable_since)
+                                      per_token, window_secs, halted, answered_at, unreachable_since,
+                                      version, config_digest)
              VALUES ($1, $2, $3, $4, pg_backend_pid(), now() + make_interval(secs => $5), true, $6, $7, $8,
-                     now() - make_interval(secs => $9), now() - make_interval(secs => $10))
+                     now() - make_interval(secs => $9), now() - make_interval(secs => $10), $11, $12)
              ON CONFLICT (budget, holder) DO UPDATE
                 SET share = excluded.share, wanted = excluded.wanted,
                     backend_pid = excluded.backend_pid, renewed_at = now(),
                     good_until = excluded.good_until, fences_on_loss = true,
                     per_token = excluded.per_token, window_secs = excluded.window_secs,
                     halted = excluded.halted, answered_at = excluded.answered_at,
-                    unreachable_since = excluded.unreachable_since
+                    unreachable_since = excluded.unreachable_since,
+                    version = excluded.version, config_digest = excluded.config_digest
              RETURNING ",
             others_answered!(),
             " IS NOT NULL"
@@ -343,6 +382,8 @@ impl ShareHolder {
         .bind(&self.halted)
         .bind(self.reach.answered_ago.map(|d| d.as_secs_f64()))
         .bind(self.reach.unreachable_for.map(|d| d.as_secs_f64()))
+        .bind(self.runs.as_ref().map(|r| r.version.as_str()))
+        .bind(digest)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -351,6 +392,7 @@ impl ShareHolder {
             holders: holders as i32,
             limit: agreed,
             disagree,
+            config_differs,
             cut_off,
         })
     }

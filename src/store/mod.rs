@@ -36,8 +36,8 @@ pub use accounts::{
     PurgeSummary, Purged, PurgedBy, RetirePolicy, Steer, WebhookDeliveries, REASON_MAX_CHARS,
 };
 pub use budget::{
-    agreed_limit, decide as decide_share, BudgetView, Negotiated, Reach, ShareHolder, ShareView,
-    FENCE_MARGIN,
+    agreed_limit, decide as decide_share, BudgetView, Negotiated, Reach, Runs, ShareHolder,
+    ShareView, FENCE_MARGIN,
 };
 pub use copy::CopyRows;
 pub use lease::{Handover, Lease};

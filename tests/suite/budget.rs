@@ -442,6 +442,101 @@ async fn replicas_configured_with_different_budgets_share_the_strictest_and_neve
     }
 }
 
+/// Replicas left on different configurations (a ConfigMap edited and one pod restarted, a
+/// SIGHUP sent to one replica only) are named as such: each replica's digest is recorded with
+/// its share, the same `lms-sync config` prints, and `lms_sync_config_mismatch`, the status
+/// page and `lms-sync status` say they differ, until a reload makes them one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_different_configurations_are_named_until_a_reload_makes_them_one() {
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 20), (b, 20)]).await;
+    let cfg_1 = config(&env.sim, &[a, b], "1h", 4);
+    // A key a reload applies: SIGHUP with the first's file makes the second run it.
+    let cfg_2 = config(&env.sim, &[a, b], "1h", 4);
+    let text = std::fs::read_to_string(&cfg_2).unwrap();
+    std::fs::write(&cfg_2, format!("{text}[history]\nretention_days = 30\n")).unwrap();
+    let digest = |cfg: &std::path::Path| {
+        let out = std::process::Command::new(BIN)
+            .env_clear()
+            .args(["--config", cfg.to_str().unwrap(), "config", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["digest"].as_str().unwrap().to_string()
+    };
+    let (d1, d2) = (digest(&cfg_1), digest(&cfg_2));
+    assert_ne!(d1, d2);
+
+    let mut r1 = spawn(&cfg_1, &env.db_url);
+    let ops = r1
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await["fields"]["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r2 = spawn(&cfg_2, &env.db_url);
+    r1.wait_for("another process sharing the database runs with a different configuration (a rollout halfway, a replica left on an old ConfigMap, a reload sent to some replicas only): lms-sync status and the status page name each process's")
+        .await;
+    let recorded: Vec<(Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT version, config_digest FROM rate_shares ORDER BY config_digest")
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+    let version = Some(env!("CARGO_PKG_VERSION").to_string());
+    let mut expected = vec![
+        (version.clone(), Some(d1.clone())),
+        (version.clone(), Some(d2.clone())),
+    ];
+    expected.sort_by(|x, y| x.1.cmp(&y.1));
+    assert_eq!(recorded, expected);
+    let metrics = get_text(&format!("http://{ops}/metrics")).await;
+    assert_eq!(
+        gauge(&metrics, "lms_sync_config_mismatch"),
+        Some(1.0),
+        "{metrics}"
+    );
+    let page = get_text(&format!("http://{ops}/")).await;
+    assert!(
+        page.contains(&format!(
+            "configuration {d2} <span class=\"why\">not this process's ({d1})"
+        )),
+        "{page}"
+    );
+    let out = lms_sync(&cfg_1, &env.db_url, &["status"])
+        .output()
+        .await
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains("; the replicas run 2 different configurations ("),
+        "{status}"
+    );
+    assert!(status.contains(&format!("configuration {d1}")), "{status}");
+
+    // The second replica reloads the first's file: one configuration again.
+    std::fs::copy(&cfg_1, &cfg_2).unwrap();
+    r2.hangup().await;
+    r1.wait_for("the processes sharing the database run with one configuration again")
+        .await;
+    let metrics = get_text(&format!("http://{ops}/metrics")).await;
+    assert_eq!(
+        gauge(&metrics, "lms_sync_config_mismatch"),
+        Some(0.0),
+        "{metrics}"
+    );
+    let same: i64 = env
+        .scalar_i64("SELECT count(DISTINCT config_digest) FROM rate_shares")
+        .await;
+    assert_eq!(same, 1);
+    assert_eq!(r2.terminate().await, 0);
+    assert_eq!(r1.terminate().await, 0);
+}
+
 /// A config for the binary with a budget of `per_token` requests per second (and 1,000 per
 /// account).
 fn budget_config(env: &Env, accounts: &[Uuid], per_token: usize) -> TempFile {
@@ -643,7 +738,12 @@ async fn a_replica_killed_holding_its_share_starves_the_other_for_a_window_and_t
         .lines()
         .find(|l| l.starts_with("request budget: "))
         .unwrap_or_else(|| panic!("no budget line: {status}"));
+    // (Up to what follows the figures: the replicas' configurations differ here, each with
+    // its own account, and their digests hold digits.)
     let figures: Vec<i64> = summary
+        .split(';')
+        .next()
+        .unwrap()
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|n| n.parse().ok())
         .collect();

@@ -128,6 +128,7 @@ fn the_alert_rules_name_only_exported_metrics_and_the_prometheus_rule_is_the_sam
         "LmsSyncWebhookSecretMismatch",
         "LmsSyncConfigReloadFailed",
         "LmsSyncConfigRestartPending",
+        "LmsSyncConfigMismatch",
     ] {
         assert!(ALERTS.contains(&format!("alert: {alert}")), "{alert}");
     }
