@@ -193,6 +193,7 @@ pub async fn run(
     no_migrate: bool,
 ) -> Result<(), CliError> {
     let token = sync_prerequisites(&settings)?;
+    let config_file = config.clone();
     let load = move || {
         let mut s = Settings::load(config.as_deref())?;
         if no_migrate {
@@ -203,8 +204,15 @@ pub async fn run(
         require_token(&s)?;
         Ok(s)
     };
+    // The file `load` reads, checked for changes (`server.config_file_check_secs`).
+    let file = config_file.or_else(|| {
+        Some(std::path::PathBuf::from(crate::config::DEFAULT_CONFIG_PATH)).filter(|p| p.exists())
+    });
     let hooks = crate::service::Hooks {
-        reload: Some(Box::new(load)),
+        reload: Some(crate::service::Reload {
+            load: Box::new(load),
+            file,
+        }),
         ..Default::default()
     };
     crate::service::run_with(settings, token, crate::service::wait_for_signal(), hooks).await?;

@@ -355,6 +355,10 @@ pub struct ServerSettings {
     /// `server.admin_token_file`, `webhooks.secret_file`) and takes one that changed, as a
     /// mounted Kubernetes Secret does when it is updated; 0 reads them on SIGHUP only.
     pub secret_files_check_secs: u64,
+    /// How often `run` reads its config file and, when its content changed (and stayed so for
+    /// one more check: a file caught mid-write is not taken), reloads it as SIGHUP does; 0
+    /// reloads on SIGHUP only.
+    pub config_file_check_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -365,6 +369,7 @@ impl Default for ServerSettings {
             per_account_counters: true,
             account_metrics: AccountMetrics::EveryReplica,
             secret_files_check_secs: 10,
+            config_file_check_secs: 10,
         }
     }
 }
@@ -950,6 +955,11 @@ mod tests {
             (
                 "[server]\nsecret_files_check_secs = 86401\n",
                 "server.secret_files_check_secs",
+                "at most 86400",
+            ),
+            (
+                "[server]\nconfig_file_check_secs = 86401\n",
+                "server.config_file_check_secs",
                 "at most 86400",
             ),
             (

@@ -154,6 +154,12 @@ impl Settings {
             0,
             A_DAY,
         )?;
+        check_range(
+            "server.config_file_check_secs",
+            self.server.config_file_check_secs,
+            0,
+            A_DAY,
+        )?;
         self.base_schedule()?;
         self.check_discovery()?;
         self.check_account(

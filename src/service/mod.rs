@@ -12,6 +12,7 @@ mod discovery;
 pub mod lock_watch;
 mod ops;
 pub mod page;
+mod reload;
 mod reporter;
 mod scheduler;
 mod signals;
@@ -19,7 +20,8 @@ pub mod status;
 mod truto_watch;
 mod webhooks;
 
-pub use signals::{reload_on_hangup, shutdown_on_signals, wait_for_signal, Reload};
+pub use reload::{reload_configuration, Reload};
+pub use signals::{shutdown_on_signals, wait_for_signal};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -119,7 +121,8 @@ pub struct Hooks {
     pub listener: Option<TcpListener>,
     /// The registry to count in (so a test can read it).
     pub metrics: Option<Arc<Metrics>>,
-    /// How to load the configuration again on `SIGHUP` (none: SIGHUP does nothing). Schedules,
+    /// How to load the configuration again, on `SIGHUP` and when its file changes (none:
+    /// neither). Schedules,
     /// accounts, `[account_defaults]`, `[discovery]` and the sync knobs follow a reload at the
     /// next round, and the secrets (the API token, the admin token, the webhook secret, the
     /// database URL of `database.url_file`) are read again at once; the keys of
@@ -166,7 +169,12 @@ pub async fn run_with(
     );
     metrics.set("lms_sync_config_restart_pending", &[], 0.0);
     if let Some(reload) = hooks.reload {
-        tokio::spawn(reload_on_hangup(live_tx, reload, metrics.clone(), started));
+        tokio::spawn(reload_configuration(
+            live_tx,
+            reload,
+            metrics.clone(),
+            started,
+        ));
     }
     // Read at shutdown from the configuration then in force.
     let grace_from = live.clone();

@@ -410,6 +410,71 @@ async fn sighup_applies_a_good_configuration_and_refuses_a_bad_one_without_a_res
     assert_mirror(&env.store, &env.sim, b).await;
 }
 
+/// A config file whose content changes (a ConfigMap updated, a file edited) is reloaded by
+/// itself, once the new content has stayed for a check, without a signal or a restart; one
+/// that does not load is refused and the configuration in force stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_that_changes_is_reloaded_without_a_signal() {
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 40), (b, 30)]).await;
+    let checked = |accounts: &[Uuid]| {
+        std::fs::read_to_string(config(&env.sim, accounts, "1h", 4))
+            .unwrap()
+            .replace("[server]\n", "[server]\nconfig_file_check_secs = 1\n")
+    };
+    let cfg = TempFile::new("lms-sync-proc", ".toml", checked(&[a]));
+    let mut d = spawn(&cfg, &env.db_url);
+    let listening = d
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
+    let metrics = format!(
+        "http://{}/metrics",
+        listening["fields"]["addr"].as_str().unwrap()
+    );
+    let ev = d.wait_for("sync run finished").await;
+    assert_eq!(ev["span"]["account"], a.to_string());
+
+    // Written in place, as an editor may: taken at a check after the one that saw it.
+    std::fs::write(&cfg, checked(&[a, b])).unwrap();
+    let ev = d
+        .wait_for("configuration reloaded (its file changed); running syncs go on, the next rounds follow it")
+        .await;
+    assert_eq!(ev["fields"]["by"], "file_check", "{ev}");
+    let ev = d.wait_for("sync run finished").await;
+    assert_eq!(ev["span"]["account"], b.to_string());
+    assert_eq!(ev["fields"]["outcome"], "succeeded");
+
+    std::fs::write(&cfg, "[truto]\npage_size = 0\n").unwrap();
+    let ev = d
+        .wait_for("configuration reload refused (its file changed); the previous configuration stays in force")
+        .await;
+    assert!(
+        ev["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("truto.page_size"),
+        "{ev}"
+    );
+    let m = get_text(&metrics).await;
+    assert_eq!(
+        gauge(&m, "lms_sync_config_last_reload_successful"),
+        Some(0.0),
+        "{m}"
+    );
+    // The configuration in force stays: both accounts are still synced on request.
+    let ev = d
+        .sync_now(&cfg_for_commands(&env, &[a, b]), &env.db_url, b)
+        .await;
+    assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    assert_eq!(d.terminate().await, 0);
+    assert_mirror(&env.store, &env.sim, b).await;
+}
+
+/// A config file for one-off commands beside a daemon whose own file is being rewritten.
+fn cfg_for_commands(env: &Env, accounts: &[Uuid]) -> TempFile {
+    config(&env.sim, accounts, "1h", 4)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rotates_the_api_token_and_the_admin_token_without_a_restart() {
     lms_sync::install_crypto_provider();
