@@ -325,20 +325,126 @@ impl Settings {
 }
 
 impl Settings {
-    /// A short digest of the settings: two processes with the same one run with the same
-    /// configuration (every key, accounts included; the secrets, which are not settings, and
-    /// `[log]`, which a replica may turn up on its own, aside). Recorded with each replica's
-    /// share of the request budget, and printed by `lms-sync config`.
-    pub fn digest(&self) -> String {
-        use sha2::Digest as _;
+    /// The settings as two replicas' configurations are compared: every section's keys and
+    /// the accounts, as JSON; the secrets (which are not settings) and `[log]` (which a replica
+    /// may turn up on its own) aside.
+    pub fn comparable(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         if let Some(sections) = value.as_object_mut() {
             sections.remove("log");
         }
-        // serde_json's maps are sorted: the same settings give the same text.
-        let text = serde_json::to_vec(&value).unwrap_or_default();
-        hex::encode(&sha2::Sha256::digest(&text)[..6])
+        value
     }
+
+    /// A short digest of [`Settings::comparable`]: two processes with the same one run with the
+    /// same configuration. Recorded with each replica's share of the request budget, and
+    /// printed by `lms-sync config`.
+    pub fn digest(&self) -> String {
+        digest_of(&self.comparable())
+    }
+}
+
+/// The digest of a [`Settings::comparable`] value.
+pub fn digest_of(comparable: &serde_json::Value) -> String {
+    use sha2::Digest as _;
+    // serde_json's maps are sorted: the same settings give the same text.
+    let text = serde_json::to_vec(comparable).unwrap_or_default();
+    hex::encode(&sha2::Sha256::digest(&text)[..6])
+}
+
+/// How configuration `theirs` differs from `ours` (both [`Settings::comparable`] values), in
+/// words, at most `most` items (then how many more): each key whose value differs
+/// (`history.retention_days 30, not 0`), and the accounts configured in one and not the
+/// other, or configured differently.
+pub fn differences(
+    theirs: &serde_json::Value,
+    ours: &serde_json::Value,
+    most: usize,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let empty = serde_json::Map::new();
+    let sections = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().filter(|k| *k != "accounts").cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut names = sections(theirs);
+    names.extend(sections(ours));
+    names.sort();
+    names.dedup();
+    let shown = |v: Option<&serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => "unset".to_string(),
+        Some(v) => v.to_string(),
+    };
+    for section in names {
+        let t = theirs
+            .get(&section)
+            .and_then(|v| v.as_object())
+            .unwrap_or(&empty);
+        let o = ours
+            .get(&section)
+            .and_then(|v| v.as_object())
+            .unwrap_or(&empty);
+        let mut keys: Vec<&String> = t.keys().chain(o.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for key in keys {
+            if t.get(key) != o.get(key) {
+                out.push(format!(
+                    "{section}.{key} {}, not {}",
+                    shown(t.get(key)),
+                    shown(o.get(key))
+                ));
+            }
+        }
+    }
+    let accounts = |v: &serde_json::Value| -> BTreeMap<String, serde_json::Value> {
+        v.get("accounts")
+            .and_then(|a| a.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|acct| {
+                        let id = acct.get("integrated_account_id")?.as_str()?.to_string();
+                        Some((id, acct.clone()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (t, o) = (accounts(theirs), accounts(ours));
+    let only = |a: &BTreeMap<String, serde_json::Value>,
+                b: &BTreeMap<String, serde_json::Value>| {
+        a.keys()
+            .filter(|id| !b.contains_key(*id))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let (more, fewer) = (only(&t, &o), only(&o, &t));
+    let changed: Vec<&String> = t
+        .iter()
+        .filter(|(id, a)| o.get(*id).is_some_and(|b| b != *a))
+        .map(|(id, _)| id)
+        .collect();
+    let listed = |ids: &[String]| match ids {
+        [one] => one.clone(),
+        many => format!("{} of them", many.len()),
+    };
+    if !more.is_empty() {
+        out.push(format!("accounts: also {}", listed(&more)));
+    }
+    if !fewer.is_empty() {
+        out.push(format!("accounts: not {}", listed(&fewer)));
+    }
+    if !changed.is_empty() {
+        let ids: Vec<String> = changed.into_iter().cloned().collect();
+        out.push(format!("accounts: {} configured otherwise", listed(&ids)));
+    }
+    if out.len() > most {
+        let more = out.len() - most;
+        out.truncate(most);
+        out.push(format!("{more} more"));
+    }
+    out
 }
 
 impl Explained {
@@ -584,6 +690,43 @@ mod tests {
         for key in FIXED_AT_START {
             assert!(e.settings.iter().any(|s| s.key == *key), "{key}");
         }
+    }
+
+    #[test]
+    fn differences_name_each_key_and_the_accounts_configured_otherwise() {
+        let base = Settings::default();
+        let mut other = base.clone();
+        other.history.retention_days = 30;
+        other.schedule.at = Some("02:00".into());
+        other.log.level = "debug".into();
+        let a = Uuid::from_u128(1);
+        other.accounts.push(AccountSettings::new(a));
+        assert_ne!(base.digest(), other.digest());
+        assert_eq!(
+            differences(&other.comparable(), &base.comparable(), 10),
+            vec![
+                "history.retention_days 30, not 0".to_string(),
+                "schedule.at \"02:00\", not unset".to_string(),
+                format!("accounts: also {a}"),
+            ]
+        );
+        let mut relabelled = other.clone();
+        relabelled.accounts[0].label = Some("Acme".into());
+        assert_eq!(
+            differences(&relabelled.comparable(), &other.comparable(), 10),
+            vec![format!("accounts: {a} configured otherwise")]
+        );
+        assert_eq!(
+            differences(&base.comparable(), &other.comparable(), 1),
+            vec![
+                "history.retention_days 0, not 30".to_string(),
+                "2 more".to_string()
+            ]
+        );
+        // [log] is a replica's own business.
+        let mut louder = base.clone();
+        louder.log.level = "debug".into();
+        assert_eq!(louder.digest(), base.digest());
     }
 
     fn empty_file() -> PathBuf {

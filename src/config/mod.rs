@@ -22,7 +22,9 @@ mod validate;
 
 pub use db_hosts::split_hosts;
 pub use db_tls::{DbTls, ENV_NAMES, URL_NAMES};
-pub use explain::{Explained, Origin, Secret, SecretOrigin, Setting, FIXED_AT_START};
+pub use explain::{
+    differences, digest_of, Explained, Origin, Secret, SecretOrigin, Setting, FIXED_AT_START,
+};
 pub use validate::validate_schema_name;
 
 /// Env var prefix; sections are separated by `__` (`LMS_SYNC__TRUTO__BASE_URL`).

@@ -124,9 +124,11 @@ pub async fn share_token_budget(
     while !cancel.is_cancelled() {
         if let Some(live) = settings.as_mut() {
             if runs.is_none() || live.has_changed().unwrap_or(false) {
+                let settings = live.borrow_and_update().comparable();
                 runs = Some(Runs {
                     version: env!("CARGO_PKG_VERSION").to_string(),
-                    config_digest: live.borrow_and_update().digest(),
+                    config_digest: crate::config::digest_of(&settings),
+                    settings: Arc::new(settings),
                 });
             }
         }

@@ -66,6 +66,8 @@ pub struct ShareHolder {
     /// The process's version and configuration digest, written with each negotiation (see
     /// [`ShareHolder::runs`]).
     runs: Option<Runs>,
+    /// The digest whose configuration this holder last recorded in `replica_configurations`.
+    recorded: Option<String>,
 }
 
 /// What a process runs: its binary's version and its configuration's digest
@@ -74,6 +76,9 @@ pub struct ShareHolder {
 pub struct Runs {
     pub version: String,
     pub config_digest: String,
+    /// The configuration itself ([`crate::config::Settings::comparable`]), recorded once per
+    /// digest in `replica_configurations` for others to say how theirs differs.
+    pub settings: std::sync::Arc<serde_json::Value>,
 }
 
 /// How long ago this process last got an answer from Truto, and since how long it has not
@@ -174,6 +179,22 @@ impl Store {
         Ok(BudgetView { holders, hot })
     }
 
+    /// The configurations recorded for `digests` (those found), for saying how replicas'
+    /// configurations differ.
+    pub async fn replica_configurations(
+        &self,
+        digests: &[String],
+    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        let rows: Vec<(String, sqlx::types::Json<serde_json::Value>)> = sqlx::query_as(
+            "SELECT config_digest, settings FROM replica_configurations
+              WHERE config_digest = ANY($1) ORDER BY config_digest",
+        )
+        .bind(digests)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(d, s)| (d, s.0)).collect())
+    }
+
     /// Joins the budget as `holder` (unique per process), on a connection of its own. Each
     /// share it is given is good for `lease` from the start of the negotiation that gave it:
     /// the process must stop sending under it then unless a later one renewed it.
@@ -201,6 +222,7 @@ impl Store {
             halted: None,
             reach: Reach::default(),
             runs: None,
+            recorded: None,
         })
     }
 }
@@ -386,7 +408,34 @@ impl ShareHolder {
         .bind(digest)
         .fetch_one(&mut *tx)
         .await?;
+        // The configuration behind a digest not recorded yet by this holder (at its first round,
+        // and after a reload), for the others to say how theirs differs; those no replica has
+        // run for a week go.
+        let record = self
+            .runs
+            .as_ref()
+            .filter(|r| self.recorded.as_deref() != Some(r.config_digest.as_str()));
+        if let Some(r) = record {
+            sqlx::query(
+                "INSERT INTO replica_configurations (config_digest, settings) VALUES ($1, $2)
+                 ON CONFLICT (config_digest) DO UPDATE SET recorded_at = now()",
+            )
+            .bind(&r.config_digest)
+            .bind(sqlx::types::Json(&*r.settings))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM replica_configurations c
+                  WHERE c.recorded_at < now() - interval '7 days'
+                    AND NOT EXISTS (SELECT 1 FROM rate_shares s WHERE s.config_digest = c.config_digest)",
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
+        if let Some(r) = record {
+            self.recorded = Some(r.config_digest.clone());
+        }
         Ok(Negotiated {
             share,
             holders: holders as i32,
