@@ -165,9 +165,16 @@ pub fn budget(b: &BudgetSection) -> String {
             h.renewed_at.format("%Y-%m-%d %H:%M:%SZ"),
             match (&h.version, &h.config_digest) {
                 (Some(v), Some(d)) => format!(
-                    "; lms-sync {}, configuration {}",
+                    "; lms-sync {}, configuration {}{}",
                     shorten(v, 40),
-                    shorten(d, 40)
+                    shorten(d, 40),
+                    b.differences(d)
+                        .map(|(with, words)| format!(
+                            " (unlike {}: {})",
+                            shorten(with, 40),
+                            shorten(&words.join("; "), 600)
+                        ))
+                        .unwrap_or_default()
                 ),
                 _ => String::new(),
             },
@@ -515,6 +522,17 @@ mod tests {
         assert!(budget(&replicas).contains(
             "web-1:42:ab: share 200 (wants 200), renewed 2026-12-02 18:40:01Z; lms-sync 1.4.0, configuration aaaaaaaaaaaa\n"
         ), "{}", budget(&replicas));
+        replicas.compared = Some(crate::service::status::Compared {
+            with: "aaaaaaaaaaaa".into(),
+            differences: vec![(
+                "bbbbbbbbbbbb".into(),
+                vec!["history.retention_days 30, not 0".into(), "2 more".into()],
+            )],
+        });
+        assert!(budget(&replicas).contains(
+            "web-2:7:cd: share 150 (wants 500), renewed 2026-12-02 18:40:01Z; lms-sync 1.4.0, configuration bbbbbbbbbbbb (unlike aaaaaaaaaaaa: history.retention_days 30, not 0; 2 more)\n"
+        ), "{}", budget(&replicas));
+        replicas.compared = None;
         replicas.view.holders[1].config_digest = Some("aaaaaaaaaaaa".into());
         assert!(
             budget(&replicas).contains("50 free\n"),

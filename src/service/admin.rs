@@ -75,6 +75,14 @@ pub(super) async fn budget(State(ops): State<Ops>, headers: HeaderMap) -> Respon
             "hot": b.view.hot,
             "free": b.free(),
             "holders": b.view.holders,
+            // The configurations the live replicas run, the most common first, and how each
+            // differs from the one compared with (null when all run one).
+            "configurations": b.configurations().iter().map(|(d, n)| serde_json::json!({
+                "digest": d,
+                "replicas": n,
+                "differences": b.differences(d).map(|(_, words)| words),
+            })).collect::<Vec<_>>(),
+            "compared_with": b.compared.as_ref().map(|c| &c.with),
         }))
         .into_response(),
         Ok(None) => text(

@@ -385,14 +385,30 @@ fn runs(h: &ShareView, b: &BudgetSection) -> String {
             format!("{}, configuration {}", escape(v), escape(d))
         }
         (Some(v), Some(d)) => format!(
-            "{}, configuration {} <span class=\"why\">not this process's ({}): a rollout \
+            "{}, configuration {} <span class=\"why\">not this process's ({}){}: a rollout \
              halfway, a replica on an old ConfigMap, or a reload sent to some replicas only</span>",
             escape(v),
             escape(d),
-            escape(&b.config_digest)
+            escape(&b.config_digest),
+            unlike(d, b),
         ),
         // A one-off command, or a binary older than migration 0032, does not say.
         _ => "—".to_string(),
+    }
+}
+
+/// What a holder's configuration has that the one compared with has not, or `""`.
+fn unlike(digest: &str, b: &BudgetSection) -> String {
+    match b.differences(digest) {
+        Some((with, words)) if with == b.config_digest => {
+            format!(", with {}", escape(&words.join("; ")))
+        }
+        Some((with, words)) => format!(
+            ", and unlike {} has {}",
+            escape(with),
+            escape(&words.join("; "))
+        ),
+        None => String::new(),
     }
 }
 
@@ -1049,6 +1065,43 @@ mod tests {
         );
         assert!(
             html.contains("; the replicas run 2 different configurations (0123456789ab by 1, &lt;b&gt;ffffffffff by 1; lms-sync config prints a process&#39;s digest)."),
+            "{html}"
+        );
+        // What it differs in, when its configuration is recorded: against this process's, or
+        // (this process's not among the live replicas') against the one compared with.
+        replicas.compared = Some(crate::service::status::Compared {
+            with: b.config_digest.clone(),
+            differences: vec![(
+                "<b>ffffffffff".into(),
+                vec![
+                    "history.retention_days 30, not 0".into(),
+                    "accounts: also <x>".into(),
+                ],
+            )],
+        });
+        let html = render(
+            &[view(1, "Alpha")],
+            Some(&replicas),
+            None,
+            &Halts::default(),
+            now,
+            &PageQuery::default(),
+        );
+        assert!(
+            html.contains("<span class=\"why\">not this process's (0123456789ab), with history.retention_days 30, not 0; accounts: also &lt;x&gt;: a rollout halfway"),
+            "{html}"
+        );
+        replicas.compared.as_mut().unwrap().with = "cccccccccccc".into();
+        let html = render(
+            &[view(1, "Alpha")],
+            Some(&replicas),
+            None,
+            &Halts::default(),
+            now,
+            &PageQuery::default(),
+        );
+        assert!(
+            html.contains("not this process's (0123456789ab), and unlike cccccccccccc has history.retention_days 30, not 0; accounts: also &lt;x&gt;: a rollout"),
             "{html}"
         );
         let mut cut_off = b.clone();

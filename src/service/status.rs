@@ -159,7 +159,22 @@ pub struct BudgetSection {
     /// The digest of the configuration of the process that reads it
     /// ([`Settings::digest`]): on the status page, the replica's own.
     pub config_digest: String,
+    /// When the live replicas run more than one configuration: the one the others are
+    /// compared with (this process's when a live replica runs it, else the most common), and
+    /// how each other one differs from it, as [`crate::config::differences`] words it (empty
+    /// when its configuration is not recorded: a binary older than migration 0033).
+    pub compared: Option<Compared>,
 }
+
+/// How the configurations the live replicas run differ from one of them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Compared {
+    pub with: String,
+    pub differences: Vec<(String, Vec<String>)>,
+}
+
+/// Differences named per configuration: more would not fit on a line of the status page.
+const DIFFERENCES_SHOWN: usize = 6;
 
 impl BudgetSection {
     /// Requests of the window held by the processes' shares.
@@ -213,6 +228,16 @@ impl BudgetSection {
         }
         counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         counts
+    }
+
+    /// How configuration `digest` differs from the one the others are compared with (`None`
+    /// when it is that one, when its differences are not known, or when all run one).
+    pub fn differences(&self, digest: &str) -> Option<(&str, &[String])> {
+        let c = self.compared.as_ref()?;
+        c.differences
+            .iter()
+            .find(|(d, l)| d == digest && !l.is_empty())
+            .map(|(_, l)| (c.with.as_str(), l.as_slice()))
     }
 
     /// Requests of the window neither held nor hot.
@@ -282,6 +307,7 @@ impl BudgetSection {
         };
         BudgetSection {
             config_digest: "0123456789ab".into(),
+            compared: None,
             per_token: 500,
             window_secs: 10,
             view: BudgetView {
@@ -307,10 +333,56 @@ pub async fn read_budget(
     }
     let window = std::time::Duration::from_secs(b.window_secs);
     let view = store.budget_view(super::budget::TOKEN, window).await?;
-    Ok(Some(BudgetSection {
+    let mut section = BudgetSection {
         config_digest: settings.digest(),
         per_token: b.per_token,
         window_secs: b.window_secs,
         view,
-    }))
+        compared: None,
+    };
+    section.compared = compare(settings, &section, store).await;
+    Ok(Some(section))
+}
+
+/// How the live replicas' configurations differ, when they do: read from
+/// `replica_configurations` (one query, only then). Best effort: the budget is shown without
+/// them when they cannot be read.
+async fn compare(settings: &Settings, section: &BudgetSection, store: &Store) -> Option<Compared> {
+    let configurations = section.configurations();
+    if configurations.len() < 2 {
+        return None;
+    }
+    let own = &section.config_digest;
+    let with = match configurations.iter().find(|(d, _)| *d == own.as_str()) {
+        Some((d, _)) => d.to_string(),
+        None => configurations[0].0.to_string(),
+    };
+    let digests: Vec<String> = configurations.iter().map(|(d, _)| d.to_string()).collect();
+    let recorded = match store.replica_configurations(&digests).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the replicas' configurations");
+            return None;
+        }
+    };
+    let reference = if with == *own {
+        settings.comparable()
+    } else {
+        recorded.iter().find(|(d, _)| *d == with)?.1.clone()
+    };
+    let differences = digests
+        .into_iter()
+        .filter(|d| *d != with)
+        .map(|d| {
+            let words = recorded
+                .iter()
+                .find(|(r, _)| *r == d)
+                .map(|(_, theirs)| {
+                    crate::config::differences(theirs, &reference, DIFFERENCES_SHOWN)
+                })
+                .unwrap_or_default();
+            (d, words)
+        })
+        .collect();
+    Some(Compared { with, differences })
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::daemon::*;
 use crate::helpers::*;
-use lms_sync::devkit::simulator::{RateLimit, SimStats};
+use lms_sync::devkit::simulator::{RateLimit, SimStats, DEMO_TOKEN};
 use lms_sync::source::budget::{Limit, RateBudget};
 use lms_sync::store::{Handover, ShareHolder, FENCE_MARGIN, LEASE_APPLICATION_NAME};
 use lms_sync::sync::SyncOutcome;
@@ -472,7 +472,15 @@ async fn replicas_on_different_configurations_are_named_until_a_reload_makes_the
     let (d1, d2) = (digest(&cfg_1), digest(&cfg_2));
     assert_ne!(d1, d2);
 
-    let mut r1 = spawn(&cfg_1, &env.db_url);
+    let mut r1 = spawn_env(
+        &cfg_1,
+        &env.db_url,
+        &[],
+        &[
+            ("TRUTO_API_TOKEN", DEMO_TOKEN),
+            ("LMS_SYNC_ADMIN_TOKEN", "admin-of-r1"),
+        ],
+    );
     let ops = r1
         .wait_for("operations server listening (/healthz, /readyz, /metrics)")
         .await["fields"]["addr"]
@@ -503,7 +511,8 @@ async fn replicas_on_different_configurations_are_named_until_a_reload_makes_the
     let page = get_text(&format!("http://{ops}/")).await;
     assert!(
         page.contains(&format!(
-            "configuration {d2} <span class=\"why\">not this process's ({d1})"
+            "configuration {d2} <span class=\"why\">not this process's ({d1}), with \
+             history.retention_days 30, not 0: a rollout halfway"
         )),
         "{page}"
     );
@@ -516,7 +525,62 @@ async fn replicas_on_different_configurations_are_named_until_a_reload_makes_the
         status.contains("; the replicas run 2 different configurations ("),
         "{status}"
     );
-    assert!(status.contains(&format!("configuration {d1}")), "{status}");
+    assert!(
+        status.contains(&format!("configuration {d1}\n")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!(
+            "configuration {d2} (unlike {d1}: history.retention_days 30, not 0)\n"
+        )),
+        "{status}"
+    );
+    let body = reqwest::Client::new()
+        .get(format!("http://{ops}/status/budget"))
+        .bearer_auth("admin-of-r1")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let b: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}"));
+    assert_eq!(b["compared_with"], d1.as_str(), "{b}");
+    let theirs = b["configurations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["digest"] == d2.as_str())
+        .unwrap_or_else(|| panic!("{b}"));
+    assert_eq!(theirs["replicas"], 1, "{b}");
+    assert_eq!(
+        theirs["differences"],
+        serde_json::json!(["history.retention_days 30, not 0"]),
+        "{b}"
+    );
+    // Each configuration is recorded once, secrets aside.
+    let recorded: Vec<(String, serde_json::Value)> =
+        sqlx::query_as::<_, (String, sqlx::types::Json<serde_json::Value>)>(
+            "SELECT config_digest, settings FROM replica_configurations ORDER BY config_digest",
+        )
+        .fetch_all(env.store.pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(d, s)| (d, s.0))
+        .collect();
+    let mut digests: Vec<&str> = recorded.iter().map(|(d, _)| d.as_str()).collect();
+    digests.sort();
+    let mut both = vec![d1.as_str(), d2.as_str()];
+    both.sort();
+    assert_eq!(digests, both);
+    for (_, settings) in &recorded {
+        let text = settings.to_string();
+        assert!(settings["history"]["retention_days"].is_number(), "{text}");
+        assert!(settings.get("log").is_none(), "{text}");
+        assert!(!text.contains(&env.db_url), "a secret recorded");
+        assert!(!text.contains(DEMO_TOKEN), "a secret recorded");
+    }
 
     // The second replica reloads the first's file: one configuration again.
     std::fs::copy(&cfg_1, &cfg_2).unwrap();

@@ -541,6 +541,11 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
                 (&500.into(), &false.into()),
                 "{b}"
             );
+            // One configuration, nothing compared.
+            assert_eq!(b["configurations"].as_array().unwrap().len(), 1, "{b}");
+            assert_eq!(b["configurations"][0]["replicas"], 1, "{b}");
+            assert!(b["configurations"][0]["differences"].is_null(), "{b}");
+            assert!(b["compared_with"].is_null(), "{b}");
             assert!(
                 b["holders"][0]["holder"].as_str().unwrap().contains(':'),
                 "{b}"
