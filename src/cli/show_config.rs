@@ -41,6 +41,18 @@ pub fn toml(e: &Explained) -> String {
             secrets_of(&mut out, e, section);
             section = head;
             let _ = writeln!(out, "\n[{head}]");
+            let fixed: Vec<&str> = crate::config::FIXED_AT_START
+                .iter()
+                .filter_map(|k| k.strip_prefix(head)?.strip_prefix('.'))
+                .collect();
+            if !fixed.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "# Read only at start (a running service takes a change at its restart, not \
+                     on SIGHUP or a changed file): {}",
+                    fixed.join(", ")
+                );
+            }
         }
         key_line(&mut out, name, s);
         if s.key == "schedule.every" && s.value.is_null() && unset(e, "schedule.at") {
@@ -138,7 +150,11 @@ pub fn json(e: &Explained) -> serde_json::Value {
         .settings
         .iter()
         .map(|s| {
-            let mut v = serde_json::json!({"value": s.value, "from": s.from.to_string()});
+            let mut v = serde_json::json!({
+                "value": s.value,
+                "from": s.from.to_string(),
+                "fixed_at_start": crate::config::FIXED_AT_START.contains(&s.key.as_str()),
+            });
             if let Some(file) = &s.file_value {
                 v["file_value"] = file.clone();
             }
@@ -188,6 +204,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# every: unset  # default\n"), "{text}");
+        // The keys a reload does not change, said once per section.
+        assert!(
+            text.contains("\n[server]\n# Read only at start (a running service takes a change at its restart, not on SIGHUP or a changed file): listen, per_account_counters, account_metrics\n"),
+            "{text}"
+        );
+        assert!(!text.contains("[schedule]\n# Read only"), "{text}");
         assert!(
             text.contains("# api_token: set  # secret, from env TRUTO_API_TOKEN\n"),
             "{text}"

@@ -219,16 +219,18 @@ async fn config_shows_each_setting_and_where_it_came_from_and_never_a_secret() {
     let settings = &v["settings"];
     assert_eq!(
         settings["truto.page_size"],
-        serde_json::json!({"value": 300, "from": "env LMS_SYNC__TRUTO__PAGE_SIZE", "file_value": 200})
+        serde_json::json!({"value": 300, "from": "env LMS_SYNC__TRUTO__PAGE_SIZE", "file_value": 200, "fixed_at_start": true})
     );
     assert_eq!(settings["truto.base_url"]["from"], "file");
     assert_eq!(
         settings["truto.max_attempts"],
-        serde_json::json!({"value": 8, "from": "default"})
+        serde_json::json!({"value": 8, "from": "default", "fixed_at_start": true})
     );
+    // A key a reload applies.
+    assert_eq!(settings["schedule.every"]["fixed_at_start"], false);
     assert_eq!(
         settings["database.migrate"],
-        serde_json::json!({"value": false, "from": "--no-migrate"})
+        serde_json::json!({"value": false, "from": "--no-migrate", "fixed_at_start": true})
     );
     assert_eq!(settings["schedule.at"]["value"], serde_json::Value::Null);
     assert_eq!(v["config_file"], cfg);
