@@ -29,10 +29,7 @@ pub async fn reload_configuration(
     started: Arc<Settings>,
 ) {
     let mut hangups = hangups();
-    // The file's content as last loaded (or refused), and a new content seen once: taken at
-    // the next check if it has not changed again meanwhile (a file caught mid-write is not).
-    let mut last = content(&reload.file).await;
-    let mut seen: Option<u64> = None;
+    let mut watch = FileWatch::new(content(&reload.file).await);
     loop {
         let every = settings.borrow().server.config_file_check_secs;
         let check = async {
@@ -46,21 +43,14 @@ pub async fn reload_configuration(
             _ = check => {
                 // A file that cannot be read now (being replaced, say) is looked at again at
                 // the next check; SIGHUP says why it does not load.
-                let Some(now) = content(&reload.file).await else { continue };
-                if Some(now) == last {
-                    seen = None;
-                    continue;
-                }
-                if seen != Some(now) {
-                    seen = Some(now);
+                if !watch.changed(content(&reload.file).await) {
                     continue;
                 }
                 "file_check"
             }
         };
         // Tried once, whatever comes of it: a file refused is not tried again every check.
-        last = content(&reload.file).await;
-        seen = None;
+        watch.loaded(content(&reload.file).await);
         match (reload.load)() {
             Ok(s) => {
                 let fixed = started.changed_fixed_at_start(&s);
@@ -101,6 +91,47 @@ pub async fn reload_configuration(
     }
 }
 
+/// When a config file's content counts as changed: a content other than the one last loaded
+/// (or refused), seen at two checks in a row, so that a file caught mid-write is not loaded
+/// half written. Pure: the checks hand it what they read.
+#[derive(Debug)]
+struct FileWatch {
+    /// The content's hash as last loaded or refused.
+    last: Option<u64>,
+    /// A new content seen at the previous check.
+    seen: Option<u64>,
+}
+
+impl FileWatch {
+    fn new(at_start: Option<u64>) -> Self {
+        FileWatch {
+            last: at_start,
+            seen: None,
+        }
+    }
+
+    /// What a check read (`None`: the file could not be read now, as while it is replaced:
+    /// looked at again at the next); true when it is to be loaded.
+    fn changed(&mut self, now: Option<u64>) -> bool {
+        let Some(now) = now else { return false };
+        if Some(now) == self.last {
+            self.seen = None;
+            return false;
+        }
+        if self.seen != Some(now) {
+            self.seen = Some(now);
+            return false;
+        }
+        true
+    }
+
+    /// The content a reload (by either cause) is about to load.
+    fn loaded(&mut self, content: Option<u64>) {
+        self.last = content;
+        self.seen = None;
+    }
+}
+
 /// A hash of the file's content; `None` when there is no file or it cannot be read now.
 async fn content(file: &Option<PathBuf>) -> Option<u64> {
     let bytes = tokio::fs::read(file.as_ref()?).await.ok()?;
@@ -130,4 +161,38 @@ async fn hangup(hangups: &mut Hangups) {
     }
     let _ = hangups;
     std::future::pending::<()>().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FileWatch;
+
+    #[test]
+    fn a_new_content_is_loaded_once_it_stayed_for_a_check_and_not_again() {
+        let mut w = FileWatch::new(Some(1));
+        assert!(!w.changed(Some(1)), "unchanged");
+        // Caught mid-write: a content seen once, then another.
+        assert!(!w.changed(Some(2)));
+        assert!(!w.changed(Some(3)));
+        // Unreadable for a check (being replaced): neither loaded nor forgotten.
+        assert!(!w.changed(None));
+        assert!(
+            w.changed(Some(3)),
+            "the same new content at two checks in a row"
+        );
+        w.loaded(Some(3));
+        assert!(!w.changed(Some(3)), "loaded (or refused): not tried again");
+        assert!(!w.changed(Some(3)));
+        // Back to the old content for one check only: nothing.
+        assert!(!w.changed(Some(1)));
+        assert!(!w.changed(Some(3)));
+        // A SIGHUP loads what the file holds then: the checks take that as loaded.
+        assert!(!w.changed(Some(4)));
+        w.loaded(Some(4));
+        assert!(!w.changed(Some(4)));
+        // No file at start: the first content is a change.
+        let mut w = FileWatch::new(None);
+        assert!(!w.changed(Some(7)));
+        assert!(w.changed(Some(7)));
+    }
 }
