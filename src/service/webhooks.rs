@@ -180,19 +180,32 @@ async fn answer(ops: &Ops, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
         tracing::info!(event = %shorten(&delivery.event, 60), "webhook ignored: outside the time tolerance (or no created_at)");
         return ("stale", text(StatusCode::OK, "ignored: stale\n"));
     }
-    let applied =
-        match retry_read_only(|| ops.store.first_delivery(&delivery.id, &delivery.event)).await {
-            Ok(true) => act(ops, &delivery).await,
-            Ok(false) => {
-                return (
-                    "duplicate",
-                    text(StatusCode::OK, "ignored: already processed\n"),
-                )
+    let applied = match retry_read_only(|| ops.store.first_delivery(&delivery.id, &delivery.event))
+        .await
+    {
+        Ok(true) => {
+            let acted = act(ops, &delivery).await;
+            if acted.is_err() {
+                // Not applied: the id is forgotten, so that the same event delivered again
+                // (Truto delivers at least once; an operator may redeliver it) is applied
+                // rather than taken for a replay. Best effort: the next listing applies
+                // the change either way.
+                if let Err(e) = retry_read_only(|| ops.store.forget_delivery(&delivery.id)).await {
+                    tracing::debug!(error = %e, "cannot forget a webhook event that was not applied");
+                }
             }
-            // Not a 5xx: Truto's retries last seconds, and an endpoint that keeps failing (a
-            // database down or taking no writes for a while) is deactivated.
-            Err(e) => Err(ops.store.explain(e).await.to_string()),
-        };
+            acted
+        }
+        Ok(false) => {
+            return (
+                "duplicate",
+                text(StatusCode::OK, "ignored: already processed\n"),
+            )
+        }
+        // Not a 5xx: Truto's retries last seconds, and an endpoint that keeps failing (a
+        // database down or taking no writes for a while) is deactivated.
+        Err(e) => Err(ops.store.explain(e).await.to_string()),
+    };
     match applied {
         Ok(acted) => {
             let (result, what) = match acted {

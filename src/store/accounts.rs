@@ -200,6 +200,16 @@ impl Store {
         Ok(new)
     }
 
+    /// Forgets a webhook event id noted by [`Store::first_delivery`] whose event could not be
+    /// applied, so that a later delivery of it is not taken for a replay.
+    pub async fn forget_delivery(&self, event_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM webhook_events WHERE event_id = $1")
+            .bind(event_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The webhook deliveries verified in the last 24 h (the ids kept to tell replays), and the
     /// last one ever kept: when and which event.
     pub async fn webhook_deliveries(&self) -> Result<WebhookDeliveries, StoreError> {

@@ -378,6 +378,63 @@ async fn a_delivery_the_database_cannot_record_is_accepted_and_left_to_discovery
     assert_mirror(&env.store, &env.sim, b).await;
 }
 
+/// A delivery recorded but not applied (here the `updated` event's GET of the account fails)
+/// is not taken for a replay when the same event comes again (Truto delivers at least once; an
+/// operator may redeliver it): it is applied then, instead of waiting for the next listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_could_not_be_applied_is_applied_when_it_comes_again() {
+    let (a, b) = (account_id(1), account_id(2));
+    let Receiving {
+        env,
+        daemon,
+        stop,
+        mut rx,
+        base,
+        url,
+        _secret,
+    } = receiving(a).await;
+    connects(&env, b);
+    let updated = delivery(
+        "evt-u",
+        "integrated_account:updated",
+        account_payload(b, "tenant-b", "active"),
+        0,
+    );
+    // Truto answers the account's GET 503 (not retried; not Truto down).
+    env.sim.push_listing_fault(Fault::Status {
+        status: 503,
+        retry_after: None,
+        remote: false,
+    });
+    let (status, text) = post(&url, updated.clone(), Some(signature(SECRET, &updated))).await;
+    assert_eq!(
+        (status, text.trim()),
+        (200, "accepted; the next discovery applies it")
+    );
+    let kept: i64 = env
+        .scalar_i64("SELECT count(*) FROM webhook_events WHERE event_id = 'evt-u'")
+        .await;
+    assert_eq!(kept, 0, "an event not applied is not kept as processed");
+    let (status, text) = post(&url, updated.clone(), Some(signature(SECRET, &updated))).await;
+    assert_eq!((status, text.trim()), (200, "registered; syncing now"));
+    assert_eq!(finished(&mut rx, b, 30).await, "succeeded");
+    // Applied now: a third delivery is the replay.
+    let (status, text) = post(&url, updated.clone(), Some(signature(SECRET, &updated))).await;
+    assert_eq!((status, text.trim()), (200, "ignored: already processed"));
+    let metrics = get_text(&format!("{base}/metrics")).await;
+    for result in ["deferred", "applied", "duplicate"] {
+        assert!(
+            metrics.contains(&format!(
+                "lms_sync_webhook_deliveries_total{{result=\"{result}\"}} 1.0\n"
+            )),
+            "{result}: {metrics}"
+        );
+    }
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    assert_mirror(&env.store, &env.sim, b).await;
+}
+
 /// A shutdown (a rollout, a node drained) while a delivery answered 200 is still being applied
 /// waits for it: Truto does not send it again, and the next listing may be minutes away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
