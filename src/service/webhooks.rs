@@ -233,6 +233,17 @@ enum Acted {
     Ignored(&'static str),
 }
 
+/// The account events that say what state an account is in (read from Truto when they come).
+const STATE_EVENTS: [&str; 7] = [
+    "created",
+    "active",
+    "reactivated",
+    "updated",
+    "authentication_error",
+    "post_install_error",
+    "validation_error",
+];
+
 /// Applies an account event to the registry; says what it did.
 async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<Acted, String> {
     let Some(kind) = d.event.strip_prefix("integrated_account:") else {
@@ -244,30 +255,36 @@ async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<Acted, String> {
     }
     let payload = d.payload.map(|p| p.get()).unwrap_or("null");
     let mut account = read_account(payload).map_err(|e| format!("payload: {e}"))?;
-    // The payload may be stale by the time it arrives: an update, or an event that would bring
-    // back an account retired since (a delivery Truto retried after the account's deletion, or
-    // delivered out of order), is read as Truto has the account now; one it no longer has
-    // stays as it is.
-    let reread = kind == "updated"
-        || (matches!(kind, "created" | "active" | "reactivated")
-            && ops
-                .store
-                .is_retired(account.id)
-                .await
-                .map_err(|e| e.to_string())?);
-    if reread {
-        account = match ops
-            .source
-            .get_integrated_account(account.id, &CancellationToken::new())
+    let store = &ops.store;
+    if kind == "deleted" {
+        let known = retry_read_only(|| store.retire(account.id))
             .await
-        {
-            Ok(now) => now,
-            Err(f) if matches!(f.error, SourceError::Status { status: 404, .. }) => {
-                return Ok(Acted::Ignored("ignored: Truto no longer has this account"))
-            }
-            Err(f) => return Err(f.error.to_string()),
-        };
+            .map_err(|e| e.to_string())?;
+        if !known {
+            return Ok(Acted::Ignored("ignored: an account lms-sync does not know"));
+        }
+        ops.wake.notify_one();
+        return Ok(Acted::Applied("retired"));
     }
+    if !STATE_EVENTS.contains(&kind) {
+        return Ok(Acted::Ignored("ignored: an account event we do not act on"));
+    }
+    // Every other event is read as Truto has the account now, not as its payload says: a
+    // payload may be stale by the time it arrives, and deliveries come in any order (an
+    // `authentication_error` retried after the `reactivated` that ended it would gate an
+    // account that works; a `created` or `active` delivered after the account's deletion
+    // would bring it back). One it no longer has stays as it is.
+    account = match ops
+        .source
+        .get_integrated_account(account.id, &CancellationToken::new())
+        .await
+    {
+        Ok(now) => now,
+        Err(f) if matches!(f.error, SourceError::Status { status: 404, .. }) => {
+            return Ok(Acted::Ignored("ignored: Truto no longer has this account"))
+        }
+        Err(f) => return Err(f.error.to_string()),
+    };
     let integration = account.integration.clone().unwrap_or_default();
     if !discovery.integrations.contains(&integration) {
         return Ok(Acted::Ignored("ignored: another integration"));
@@ -279,44 +296,14 @@ async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<Acted, String> {
         integration: account.integration.clone(),
         is_sandbox: account.is_sandbox,
     };
-    let store = &ops.store;
-    let done = match kind {
-        "created" | "active" | "reactivated" | "updated" => {
-            let mut row = row;
-            if kind != "created" && !reread {
-                row.status = Some("active".into());
-            }
-            let wanted = row.status.as_deref() == Some("active");
-            retry_read_only(|| store.account_event(&row, wanted))
-                .await
-                .map_err(|e| e.to_string())?;
-            if wanted {
-                "registered; syncing now"
-            } else {
-                "registered"
-            }
-        }
-        "deleted" => {
-            retry_read_only(|| store.retire(row.id))
-                .await
-                .map_err(|e| e.to_string())?;
-            "retired"
-        }
-        "authentication_error" | "post_install_error" | "validation_error" => {
-            let mut row = row;
-            row.status = Some(
-                match kind {
-                    "authentication_error" => "needs_reauth",
-                    other => other,
-                }
-                .into(),
-            );
-            retry_read_only(|| store.account_event(&row, false))
-                .await
-                .map_err(|e| e.to_string())?;
-            "gated"
-        }
-        _ => return Ok(Acted::Ignored("ignored: an account event we do not act on")),
+    let wanted = row.status.as_deref() == Some("active");
+    retry_read_only(|| store.account_event(&row, wanted))
+        .await
+        .map_err(|e| e.to_string())?;
+    let done = match row.status.as_deref() {
+        Some("active") => "registered; syncing now",
+        Some("needs_reauth" | "post_install_error" | "validation_error") => "gated",
+        _ => "registered",
     };
     ops.wake.notify_one();
     Ok(Acted::Applied(done))

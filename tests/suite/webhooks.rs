@@ -235,7 +235,14 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
     let (status, text) = post(&url, body.clone(), Some(signature(SECRET, &body))).await;
     assert_eq!((status, text.trim()), (200, "ignored: already processed"));
 
-    // Needs re-authorization, then deleted.
+    // Needs re-authorization (as Truto has it when the event comes), then deleted.
+    env.sim.set_integrated(
+        b,
+        Integrated {
+            status: "needs_reauth".into(),
+            ..Integrated::active("tenant-b")
+        },
+    );
     let reauth = delivery(
         "evt-2",
         "integrated_account:authentication_error",
@@ -376,6 +383,78 @@ async fn a_delivery_the_database_cannot_record_is_accepted_and_left_to_discovery
     stop.cancel();
     daemon.await.unwrap().unwrap();
     assert_mirror(&env.store, &env.sim, b).await;
+}
+
+/// Deliveries come in any order: an `authentication_error` delivered after the
+/// `reactivated` that ended it (Truto retried it, or the order was lost) must not gate an
+/// account that works, nor a late `reactivated` ungate one that needs re-authorization: each
+/// event is read as Truto has the account when it comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_events_out_of_order_leave_the_account_as_truto_has_it() {
+    let (a, b) = (account_id(1), account_id(2));
+    let Receiving {
+        env,
+        daemon,
+        stop,
+        mut rx,
+        base: _,
+        url,
+        _secret,
+    } = receiving(a).await;
+    connects(&env, b);
+    let health = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT health FROM sync_state WHERE integrated_account_id = $1",
+        )
+        .bind(b)
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap()
+    };
+    let send = |id: &str, event: &str, status: &str, age: i64| {
+        let body = delivery(id, event, account_payload(b, "tenant-b", status), age);
+        let url = url.clone();
+        async move { post(&url, body.clone(), Some(signature(SECRET, &body))).await }
+    };
+    // The reactivation arrives first; the error it ended, 20 s older, after it.
+    let (status, text) = send("evt-r", "integrated_account:reactivated", "active", 0).await;
+    assert_eq!((status, text.trim()), (200, "registered; syncing now"));
+    assert_eq!(finished(&mut rx, b, 30).await, "succeeded");
+    let (status, _) = send(
+        "evt-e",
+        "integrated_account:authentication_error",
+        "needs_reauth",
+        20,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        health().await,
+        "ok",
+        "a late error event gated an account that works"
+    );
+    // The other way round: Truto has the account needing re-authorization, and the late event
+    // is the reactivation of an earlier streak.
+    env.sim.set_integrated(
+        b,
+        Integrated {
+            status: "needs_reauth".into(),
+            ..Integrated::active("tenant-b")
+        },
+    );
+    let (status, text) = send(
+        "evt-e2",
+        "integrated_account:authentication_error",
+        "needs_reauth",
+        0,
+    )
+    .await;
+    assert_eq!((status, text.trim()), (200, "gated"));
+    let (status, text) = send("evt-r0", "integrated_account:reactivated", "active", 30).await;
+    assert_eq!((status, text.trim()), (200, "gated"));
+    assert_eq!(health().await, "needs_reauth");
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
 }
 
 /// A delivery recorded but not applied (here the `updated` event's GET of the account fails)
