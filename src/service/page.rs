@@ -1004,18 +1004,23 @@ mod tests {
         assert_eq!(next_run(None, now), "—");
     }
 
-    #[test]
-    fn the_budget_section_shows_every_holder_what_is_hot_and_what_is_free() {
-        let now = Utc::now();
-        let b = BudgetSection::example("web-1:42:<ab>", now - chrono::Duration::seconds(2));
-        let html = render(
+    /// The page of one account with budget `b`.
+    fn with_budget(b: &BudgetSection, now: DateTime<Utc>) -> String {
+        render(
             &[view(1, "Alpha")],
-            Some(&b),
+            Some(b),
             None,
             &Halts::default(),
             now,
             &PageQuery::default(),
-        );
+        )
+    }
+
+    #[test]
+    fn the_budget_section_shows_every_holder_what_is_hot_and_what_is_free() {
+        let now = Utc::now();
+        let b = BudgetSection::example("web-1:42:<ab>", now - chrono::Duration::seconds(2));
+        let html = with_budget(&b, now);
         assert!(html.contains("Request budget"), "{html}");
         assert!(
             html.contains("The API token's 500 requests per 10 s, shared by every process on this database: 350 held by 2 processes, 100 hot (given back, still in Truto&#39;s window), 50 free."),
@@ -1028,14 +1033,7 @@ mod tests {
         assert!(!html.contains("starts no run"), "{html}");
         let mut halted = b.clone();
         halted.view.holders[0].halted = Some("Truto refused the API token (check <it>)".into());
-        let html = render(
-            &[view(1, "Alpha")],
-            Some(&halted),
-            None,
-            &Halts::default(),
-            now,
-            &PageQuery::default(),
-        );
+        let html = with_budget(&halted, now);
         assert!(
             html.contains("web-1:42:&lt;ab&gt; <span class=\"why\">starts no run: Truto refused the API token (check &lt;it&gt;)</span></td>"),
             "{html}"
@@ -1047,14 +1045,7 @@ mod tests {
         replicas.view.holders[0].config_digest = Some(b.config_digest.clone());
         replicas.view.holders[1].version = Some("1.3.9".into());
         replicas.view.holders[1].config_digest = Some("<b>ffffffffff".into());
-        let html = render(
-            &[view(1, "Alpha")],
-            Some(&replicas),
-            None,
-            &Halts::default(),
-            now,
-            &PageQuery::default(),
-        );
+        let html = with_budget(&replicas, now);
         assert!(
             html.contains("<td data-k=\"Runs\">1.4.0, configuration 0123456789ab</td>"),
             "{html}"
@@ -1079,27 +1070,13 @@ mod tests {
                 ],
             )],
         });
-        let html = render(
-            &[view(1, "Alpha")],
-            Some(&replicas),
-            None,
-            &Halts::default(),
-            now,
-            &PageQuery::default(),
-        );
+        let html = with_budget(&replicas, now);
         assert!(
             html.contains("<span class=\"why\">not this process's (0123456789ab), with history.retention_days 30, not 0; accounts: also &lt;x&gt;: a rollout halfway"),
             "{html}"
         );
         replicas.compared.as_mut().unwrap().with = "cccccccccccc".into();
-        let html = render(
-            &[view(1, "Alpha")],
-            Some(&replicas),
-            None,
-            &Halts::default(),
-            now,
-            &PageQuery::default(),
-        );
+        let html = with_budget(&replicas, now);
         assert!(
             html.contains("not this process's (0123456789ab), and unlike cccccccccccc has history.retention_days 30, not 0; accounts: also &lt;x&gt;: a rollout"),
             "{html}"
@@ -1107,14 +1084,7 @@ mod tests {
         let mut cut_off = b.clone();
         cut_off.view.holders[0].halted = Some("Truto has not answered since …".into());
         cut_off.view.holders[0].others_answered = Some(now - chrono::Duration::seconds(3));
-        let html = render(
-            &[view(1, "Alpha")],
-            Some(&cut_off),
-            None,
-            &Halts::default(),
-            now,
-            &PageQuery::default(),
-        );
+        let html = with_budget(&cut_off, now);
         assert!(
             html.contains("starts no run: Truto has not answered since …; another process got an answer from Truto since (<time datetime="),
             "{html}"
