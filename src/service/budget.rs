@@ -218,8 +218,13 @@ pub async fn share_token_budget(
                     if n.config_differs != config_differs {
                         config_differs = n.config_differs;
                         if config_differs {
+                            let differs = match &runs {
+                                Some(r) => others_configurations(&store, limit.window, r).await,
+                                None => String::new(),
+                            };
                             tracing::warn!(
                                 config_digest = runs.as_ref().map(|r| r.config_digest.as_str()),
+                                differs,
                                 "another process sharing the database runs with a different \
                                  configuration (a rollout halfway, a replica left on an old \
                                  ConfigMap, a reload sent to some replicas only): lms-sync status \
@@ -348,6 +353,37 @@ fn after_failures(failed: u32, period: Duration) -> Duration {
         0 => Duration::ZERO,
         n => MIN_SPACING.saturating_mul(1 << (n - 1).min(16)).min(period),
     }
+}
+
+/// How the configurations the other live processes run differ from this one's, for the log:
+/// `digest: difference; …` per configuration (`|` between them); empty when they cannot be
+/// read (the warning says the rest).
+async fn others_configurations(store: &Store, window: Duration, runs: &Runs) -> String {
+    let Ok(view) = store.budget_view(TOKEN, window).await else {
+        return String::new();
+    };
+    let mut digests: Vec<String> = view
+        .holders
+        .iter()
+        .filter(|h| h.alive)
+        .filter_map(|h| h.config_digest.clone())
+        .filter(|d| *d != runs.config_digest)
+        .collect();
+    digests.sort();
+    digests.dedup();
+    let Ok(recorded) = store.replica_configurations(&digests).await else {
+        return String::new();
+    };
+    recorded
+        .iter()
+        .map(|(d, theirs)| {
+            format!(
+                "{d}: {}",
+                crate::config::differences(theirs, &runs.settings, 6).join("; ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 #[cfg(test)]

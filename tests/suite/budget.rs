@@ -488,8 +488,13 @@ async fn replicas_on_different_configurations_are_named_until_a_reload_makes_the
         .unwrap()
         .to_string();
     let r2 = spawn(&cfg_2, &env.db_url);
-    r1.wait_for("another process sharing the database runs with a different configuration (a rollout halfway, a replica left on an old ConfigMap, a reload sent to some replicas only): lms-sync status and the status page name each process's")
+    let said = r1.wait_for("another process sharing the database runs with a different configuration (a rollout halfway, a replica left on an old ConfigMap, a reload sent to some replicas only): lms-sync status and the status page name each process's")
         .await;
+    assert_eq!(
+        said["fields"]["differs"],
+        format!("{d2}: history.retention_days 30, not 0"),
+        "{said}"
+    );
     let recorded: Vec<(Option<String>, Option<String>)> =
         sqlx::query_as("SELECT version, config_digest FROM rate_shares ORDER BY config_digest")
             .fetch_all(env.store.pool())
