@@ -1,24 +1,31 @@
 //! lms-sync mirrors the users of learning-management systems, read through Truto's unified
-//! API, into PostgreSQL.
+//! API, into PostgreSQL. `docs/architecture.md` is the map: where each concept lives and the
+//! rules between the parts.
 //!
 //! Data flow:
 //!
 //! ```text
-//! config (file → env) ──► app (CLI commands) ──► sync::sync_account, one pass per account
-//!                                                   │
+//! config (file → env) ──► cli (commands) ──► sync::sync_account, one pass per account
+//!                         service (run)  ──┘    │
 //!                         source (HTTP to Truto) ◄──┤ fetch page n+1 while page n is written
 //!                         model  (wire → rows)   ◄──┤ decode, normalize, hash
 //!                         store  (SQL)           ◄──┘ one transaction per page: rows + cursor
 //! ```
 //!
 //! - [`config`]: typed settings, layered file → env, validated once at start.
-//! - [`source`]: the only module that speaks HTTP to Truto; retries with [`backoff`].
+//! - [`source`]: the only module that speaks HTTP to Truto; retries with [`backoff`], paced
+//!   by the request budget.
 //! - [`model`]: pure decoding and normalization of the unified user; content hashes.
-//! - [`store`]: the only module that holds SQL; migrations, leases, page writes, the sweep.
-//! - [`sync`]: one complete pass over one account; the step every caller shares.
-//! - [`simulator`]: a simulated Truto for tests, the demo and benchmarks.
-//! - [`pg`]: a throwaway PostgreSQL cluster from the local binaries.
-//! - [`app`], [`demo`], [`progress`], [`telemetry`]: the binary's commands and output.
+//! - [`store`]: the only module that holds SQL; migrations, leases, page writes, the sweep,
+//!   the shared request budget's table.
+//! - [`sync`]: one complete pass over one account; the step every caller shares; discovery.
+//! - [`service`]: `run`: the scheduler, the budget's negotiation, the operations HTTP server
+//!   (status pages, metrics, admin routes, webhooks), reloads.
+//! - [`cli`]: the commands, their output and exit codes.
+//! - [`domain`], [`fleet`], [`schedule`], [`metrics`], [`text`]: pure pieces the others share.
+//! - `devkit` (feature `devkit`, on by default for the README's commands; CI checks that the
+//!   rest builds without it): the simulator, throwaway PostgreSQL clusters, the demo and the
+//!   benchmark. No production module depends on it.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
