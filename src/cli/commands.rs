@@ -1,6 +1,6 @@
 //! The product's commands: `sync`, `run`, `migrate`, `status`, `healthcheck`. Each loads what
 //! it needs from the settings, builds the parts and calls the library; errors go back to
-//! [`super::exit::finish`].
+//! `exit::finish`.
 
 use std::sync::Arc;
 use std::time::Duration;

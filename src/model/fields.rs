@@ -29,7 +29,7 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "updated_at",
 ];
 
-/// The bit of a known field in [`UserRecord::present`].
+/// The bit of a known field in [`super::UserRecord::present`].
 pub fn field_bit(key: &str) -> Option<u32> {
     KNOWN_FIELDS.iter().position(|f| *f == key).map(|i| 1 << i)
 }

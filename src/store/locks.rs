@@ -28,7 +28,7 @@ pub struct SessionLockWait {
     pub waited_secs: f64,
     /// What for: "a lock on table …", "rows of table … another transaction is changing", ….
     pub waiting_for: String,
-    /// The sessions holding it (or ahead of it in the queue), described by [`HOLDER`].
+    /// The sessions holding it (or ahead of it in the queue), described by `HOLDER`.
     pub holders: Vec<String>,
 }
 

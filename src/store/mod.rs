@@ -480,8 +480,8 @@ fn keepalives(secs: u64) -> [(&'static str, String); 4] {
 }
 
 /// Connect options for `url` with `search_path` set to `schema`, statements that end with the
-/// process that sent them ([`CLIENT_CHECK_INTERVAL`]), and sessions the server ends within
-/// about `keepalive_secs` once their process can no longer be reached ([`keepalives`]).
+/// process that sent them (`CLIENT_CHECK_INTERVAL`), and sessions the server ends within
+/// about `keepalive_secs` once their process can no longer be reached (`keepalives`).
 pub fn connect_options(
     url: &SecretString,
     schema: &str,

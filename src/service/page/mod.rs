@@ -6,7 +6,7 @@
 //! token or a lock holds the syncs up); then the token's request budget, who holds how much
 //! of it across processes; cards that stack on a phone.
 //! Rendering is pure; the handler reads the fleet's state. The sections around the accounts
-//! (budget, discovery, webhooks, what holds every run) are in [`sections`].
+//! (budget, discovery, webhooks, what holds every run) are in `sections`.
 
 use std::fmt::Write as _;
 
@@ -43,7 +43,7 @@ pub struct PageQuery {
     /// Every account (or every match), not only the first [`SHOWN`].
     #[serde(default)]
     pub all: bool,
-    /// Only the accounts needing attention for this reason (a key of [`RANKS`], as the
+    /// Only the accounts needing attention for this reason (a key of `RANKS`, as the
     /// summary's pills link to it).
     #[serde(default)]
     pub why: Option<String>,
@@ -55,7 +55,7 @@ impl PageQuery {
         self.q.as_deref().map(str::trim).filter(|q| !q.is_empty())
     }
 
-    /// The rank of [`attention`] asked for with `why`; an error names the keys.
+    /// The rank of `attention` asked for with `why`; an error names the keys.
     pub fn rank(&self) -> Result<Option<u8>, String> {
         let Some(why) = self.why.as_deref().map(str::trim).filter(|w| !w.is_empty()) else {
             return Ok(None);

@@ -320,7 +320,7 @@ pub struct Halts {
     /// since when.
     pub read_only: Option<(String, DateTime<Utc>)>,
     /// How long the change feed has been held back, in seconds, once that is
-    /// [`FEED_HELD_BACK_SHOWN`] or more.
+    /// `FEED_HELD_BACK_SHOWN` or more.
     pub feed_held_back: Option<f64>,
     /// With the webhook receiver on: the deliveries it verified lately.
     pub webhooks: Option<crate::store::WebhookDeliveries>,
