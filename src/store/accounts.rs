@@ -251,17 +251,6 @@ impl Store {
         Ok(applied.added == 1)
     }
 
-    /// Whether the account is registered and retired.
-    pub async fn is_retired(&self, account: Uuid) -> Result<bool, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT retired_at IS NOT NULL FROM accounts WHERE integrated_account_id = $1",
-        )
-        .bind(account)
-        .fetch_optional(&self.pool)
-        .await?
-        .unwrap_or(false))
-    }
-
     /// Retires one account (Truto says it was deleted). `false` when it is not registered.
     pub async fn retire(&self, account: Uuid) -> Result<bool, StoreError> {
         let n = sqlx::query(
