@@ -356,32 +356,22 @@ fn after_failures(failed: u32, period: Duration) -> Duration {
 }
 
 /// How the configurations the other live processes run differ from this one's, for the log:
-/// `digest: difference; …` per configuration (`|` between them); empty when they cannot be
-/// read (the warning says the rest).
+/// `digest: difference; …` per configuration (`|` between them), as the status page says it
+/// ([`super::status::compare`]); empty when they cannot be read (the warning says the rest).
 async fn others_configurations(store: &Store, window: Duration, runs: &Runs) -> String {
     let Ok(view) = store.budget_view(TOKEN, window).await else {
         return String::new();
     };
-    let mut digests: Vec<String> = view
-        .holders
-        .iter()
-        .filter(|h| h.alive)
-        .filter_map(|h| h.config_digest.clone())
-        .filter(|d| *d != runs.config_digest)
-        .collect();
-    digests.sort();
-    digests.dedup();
-    let Ok(recorded) = store.replica_configurations(&digests).await else {
+    let own = || (*runs.settings).clone();
+    let Some(compared) = super::status::compare(store, &view, &runs.config_digest, own).await
+    else {
         return String::new();
     };
-    recorded
+    compared
+        .differences
         .iter()
-        .map(|(d, theirs)| {
-            format!(
-                "{d}: {}",
-                crate::config::differences(theirs, &runs.settings, 6).join("; ")
-            )
-        })
+        .filter(|(_, words)| !words.is_empty())
+        .map(|(d, words)| format!("{d}: {}", words.join("; ")))
         .collect::<Vec<_>>()
         .join(" | ")
 }

@@ -213,21 +213,7 @@ impl BudgetSection {
     /// how many run each; processes that record none (one-off commands, binaries older than
     /// migration 0032) are left out.
     pub fn configurations(&self) -> Vec<(&str, usize)> {
-        let mut counts: Vec<(&str, usize)> = Vec::new();
-        for digest in self
-            .view
-            .holders
-            .iter()
-            .filter(|h| h.alive)
-            .filter_map(|h| h.config_digest.as_deref())
-        {
-            match counts.iter_mut().find(|(d, _)| *d == digest) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((digest, 1)),
-            }
-        }
-        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        counts
+        configurations(&self.view)
     }
 
     /// How configuration `digest` differs from the one the others are compared with (`None`
@@ -340,20 +326,47 @@ pub async fn read_budget(
         view,
         compared: None,
     };
-    section.compared = compare(settings, &section, store).await;
+    section.compared = compare(store, &section.view, &section.config_digest, || {
+        settings.comparable()
+    })
+    .await;
     Ok(Some(section))
 }
 
-/// How the live replicas' configurations differ, when they do: read from
-/// `replica_configurations` (one query, only then). Best effort: the budget is shown without
-/// them when they cannot be read.
-async fn compare(settings: &Settings, section: &BudgetSection, store: &Store) -> Option<Compared> {
-    let configurations = section.configurations();
+/// The configurations the live holders of `view` run (their digests), the most common first,
+/// with how many run each; holders that record none are left out.
+fn configurations(view: &BudgetView) -> Vec<(&str, usize)> {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for digest in view
+        .holders
+        .iter()
+        .filter(|h| h.alive)
+        .filter_map(|h| h.config_digest.as_deref())
+    {
+        match counts.iter_mut().find(|(d, _)| *d == digest) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((digest, 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    counts
+}
+
+/// How the configurations the live holders of `view` run differ, when they do: compared with
+/// `own_digest`'s (`own`, the reader's own [`Settings::comparable`]) when a live holder runs
+/// it, else with the most common, read from `replica_configurations` (one query, only then).
+/// Best effort: `None` when they cannot be read.
+pub async fn compare(
+    store: &Store,
+    view: &BudgetView,
+    own_digest: &str,
+    own: impl FnOnce() -> serde_json::Value,
+) -> Option<Compared> {
+    let configurations = configurations(view);
     if configurations.len() < 2 {
         return None;
     }
-    let own = &section.config_digest;
-    let with = match configurations.iter().find(|(d, _)| *d == own.as_str()) {
+    let with = match configurations.iter().find(|(d, _)| *d == own_digest) {
         Some((d, _)) => d.to_string(),
         None => configurations[0].0.to_string(),
     };
@@ -365,8 +378,8 @@ async fn compare(settings: &Settings, section: &BudgetSection, store: &Store) ->
             return None;
         }
     };
-    let reference = if with == *own {
-        settings.comparable()
+    let reference = if with == own_digest {
+        own()
     } else {
         recorded.iter().find(|(d, _)| *d == with)?.1.clone()
     };
