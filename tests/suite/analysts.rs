@@ -926,6 +926,7 @@ async fn every_sql_example_in_the_docs_runs_in_an_analysts_session() {
     for (doc, text) in [
         ("README.md", include_str!("../../README.md")),
         ("docs/schema.md", include_str!("../../docs/schema.md")),
+        ("docs/runbook.md", include_str!("../../docs/runbook.md")),
     ] {
         for sql in sql_examples(text) {
             let sql = sql.replace('…', &a.to_string());

@@ -2,8 +2,8 @@
 //! alert rules name only exported metrics, the PrometheusRule is the same rules, and the
 //! Kubernetes Deployment leaves the service time to stop gracefully, its disruption budget
 //! and spread select its pods, its ConfigMap loads, and Truto's webhooks reach their one
-//! route on any replica. (`promtool` and `kubernetes-validate` check the files themselves
-//! in `.ci/run`.)
+//! route on any replica; every alert has its section in the runbook. (`promtool` and
+//! `kubernetes-validate` check the files themselves in `.ci/run`.)
 
 use lms_sync::metrics::DEFINITIONS;
 
@@ -14,6 +14,7 @@ const DEPLOYMENT: &str = include_str!("../../deploy/k8s/deployment.yaml");
 const CONFIGMAP: &str = include_str!("../../deploy/k8s/configmap.yaml");
 const DISRUPTION: &str = include_str!("../../deploy/k8s/poddisruptionbudget.yaml");
 const WEBHOOKS: &str = include_str!("../../deploy/k8s/webhooks.yaml");
+const RUNBOOK: &str = include_str!("../../docs/runbook.md");
 
 /// The `lms_sync_*` metric names a text mentions, histogram suffixes folded.
 fn metrics_named(text: &str) -> Vec<String> {
@@ -132,6 +133,59 @@ fn the_alert_rules_name_only_exported_metrics_and_the_prometheus_rule_is_the_sam
     ] {
         assert!(ALERTS.contains(&format!("alert: {alert}")), "{alert}");
     }
+}
+
+/// On call, an alert's name is what one has: docs/runbook.md must have a section under it for
+/// every alert, and none for an alert that is gone; its links to its own sections must lead
+/// somewhere.
+#[test]
+fn every_alert_has_its_section_in_the_runbook_and_every_section_an_alert() {
+    let alerts: std::collections::BTreeSet<&str> = ALERTS
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    let sections: std::collections::BTreeSet<&str> = RUNBOOK
+        .lines()
+        .filter_map(|l| l.strip_prefix("### "))
+        .collect();
+    assert!(alerts.len() >= 20, "{alerts:?}");
+    let missing: Vec<_> = alerts.difference(&sections).collect();
+    assert!(
+        missing.is_empty(),
+        "no section in docs/runbook.md for {missing:?}"
+    );
+    let gone: Vec<_> = sections.difference(&alerts).collect();
+    assert!(
+        gone.is_empty(),
+        "docs/runbook.md has sections for no alert: {gone:?}"
+    );
+    // Headings as GitHub anchors them: lower case, spaces as dashes, punctuation dropped.
+    let anchors: Vec<String> = RUNBOOK
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| {
+            l.trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    let mut links = 0;
+    for part in RUNBOOK.split("](#").skip(1) {
+        let anchor = &part[..part.find(')').unwrap()];
+        assert!(
+            anchors.iter().any(|a| a == anchor),
+            "docs/runbook.md links to #{anchor}, which it does not have"
+        );
+        links += 1;
+    }
+    assert!(links >= 5, "{links}");
 }
 
 /// The number after `key:` (or `key =`) in a manifest.
