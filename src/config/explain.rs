@@ -324,14 +324,32 @@ impl Settings {
     }
 }
 
+/// The keys that are each process's own, left out when replicas' configurations are compared:
+/// where it listens (replicas on one host each need a port of their own) and where it reads
+/// its secrets (systemd hands each unit its credentials in a directory of its own). Neither
+/// changes what a replica does to the accounts; a secret's value that differs shows as Truto
+/// or the database refusing one replica.
+pub const PER_PROCESS: [(&str, &str); 5] = [
+    ("server", "listen"),
+    ("server", "admin_token_file"),
+    ("truto", "api_token_file"),
+    ("database", "url_file"),
+    ("webhooks", "secret_file"),
+];
+
 impl Settings {
     /// The settings as two replicas' configurations are compared: every section's keys and
-    /// the accounts, as JSON; the secrets (which are not settings) and `[log]` (which a replica
-    /// may turn up on its own) aside.
+    /// the accounts, as JSON; the secrets (which are not settings), `[log]` (which a replica
+    /// may turn up on its own) and the keys of [`PER_PROCESS`] aside.
     pub fn comparable(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         if let Some(sections) = value.as_object_mut() {
             sections.remove("log");
+            for (section, key) in PER_PROCESS {
+                if let Some(keys) = sections.get_mut(section).and_then(|s| s.as_object_mut()) {
+                    keys.remove(key);
+                }
+            }
         }
         value
     }
@@ -727,6 +745,30 @@ mod tests {
         let mut louder = base.clone();
         louder.log.level = "debug".into();
         assert_eq!(louder.digest(), base.digest());
+    }
+
+    #[test]
+    fn where_a_replica_listens_and_finds_its_secrets_is_its_own() {
+        let base = Settings::default();
+        let mut own = base.clone();
+        own.server.listen = "127.0.0.1:9001".into();
+        own.server.admin_token_file = Some("/run/credentials/lms-sync@2.service/admin".into());
+        own.truto.api_token_file = Some("/run/credentials/lms-sync@2.service/truto".into());
+        own.database.url_file = Some("/run/credentials/lms-sync@2.service/db".into());
+        own.webhooks.secret_file = Some("/run/credentials/lms-sync@2.service/webhooks".into());
+        assert_eq!(own.digest(), base.digest());
+        assert!(differences(&own.comparable(), &base.comparable(), 10).is_empty());
+        // Every key named is one: a renamed key would leave its twin compared.
+        let all = serde_json::to_value(&base).unwrap();
+        for (section, key) in PER_PROCESS {
+            assert!(
+                all[section].as_object().unwrap().contains_key(key),
+                "{section}.{key}"
+            );
+        }
+        // What a replica does to the accounts is still compared.
+        own.server.per_account_counters = !base.server.per_account_counters;
+        assert_ne!(own.digest(), base.digest());
     }
 
     fn empty_file() -> PathBuf {
