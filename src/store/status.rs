@@ -398,32 +398,42 @@ impl Store {
             .collect()
     }
 
-    /// Adds a run's undocumented enum values to `unknown_enum_values`.
+    /// Adds a run's undocumented enum values to `unknown_enum_values`; returns those no account
+    /// of the fleet had shown before, as `(field, value)`.
     pub async fn note_unknown_enums(
         &self,
         account: Uuid,
         values: &[(&str, &str, i64)],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<(String, String)>, StoreError> {
         if values.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let fields: Vec<&str> = values.iter().map(|v| v.0).collect();
         let texts: Vec<&str> = values.iter().map(|v| v.1).collect();
         let users: Vec<i64> = values.iter().map(|v| v.2).collect();
-        sqlx::query(
-            "INSERT INTO unknown_enum_values AS u (integrated_account_id, field, value, users)
-             SELECT $1, t.field, t.value, t.users
-               FROM unnest($2::text[], $3::text[], $4::bigint[]) AS t(field, value, users)
-             ON CONFLICT (integrated_account_id, field, value) DO UPDATE
-                SET users = u.users + excluded.users, last_seen_at = now()",
+        // Both parts read the table as it was before the statement: `new` sees no row this
+        // insert adds.
+        let new: Vec<(String, String)> = sqlx::query_as(
+            "WITH t AS (
+                 SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[]) AS t(field, value, users)
+             ), noted AS (
+                 INSERT INTO unknown_enum_values AS u (integrated_account_id, field, value, users)
+                 SELECT $1, t.field, t.value, t.users FROM t
+                 ON CONFLICT (integrated_account_id, field, value) DO UPDATE
+                    SET users = u.users + excluded.users, last_seen_at = now()
+             )
+             SELECT t.field, t.value FROM t
+              WHERE NOT EXISTS (SELECT 1 FROM unknown_enum_values o
+                                 WHERE o.field = t.field AND o.value = t.value)
+              ORDER BY 1, 2",
         )
         .bind(account)
         .bind(&fields)
         .bind(&texts)
         .bind(&users)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(())
+        Ok(new)
     }
 }
 

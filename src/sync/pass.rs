@@ -226,8 +226,30 @@ async fn upkeep(p: &Pass<'_>, out: &SyncOutcome) {
         .iter()
         .map(|((f, v), n)| (f.as_str(), v.as_str(), *n as i64))
         .collect();
-    if let Err(e) = p.store.note_unknown_enums(id, &unknown).await {
-        tracing::warn!(error = %e, "could not record the undocumented enum values");
+    if !unknown.is_empty() {
+        // Once per run, not per record: the vendor grew its enums; the values are kept as text.
+        // A warning only for a value new to the fleet: a vendor's value is shown by each of its
+        // accounts, and again whenever one of its users changes, which is news once.
+        let values = |keep: &dyn Fn(&str, &str) -> bool| -> String {
+            unknown
+                .iter()
+                .filter(|(f, v, _)| keep(f, v))
+                .map(|(f, v, n)| format!("{f}={v} ({n} users)"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match p.store.note_unknown_enums(id, &unknown).await {
+            Ok(new) if !new.is_empty() => {
+                tracing::warn!(values = %values(&|f, v| new.iter().any(|(nf, nv)| nf == f && nv == v)),
+                    "undocumented enum values new to the fleet, stored as given (every account's in unknown_enum_values)");
+            }
+            Ok(_) => {
+                tracing::debug!(values = %values(&|_, _| true), "undocumented enum values seen before, stored as given");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, values = %values(&|_, _| true), "undocumented enum values seen (stored as given); could not record them in unknown_enum_values");
+            }
+        }
     }
     match p.store.refresh_daily_counts(id).await {
         Ok(_) => {
@@ -306,15 +328,6 @@ fn record_run(m: &crate::metrics::Metrics, out: &SyncOutcome) {
 }
 
 fn log_summary(out: &SyncOutcome) {
-    if !out.unknown_enum_values.is_empty() {
-        // Once per run, not per record: the vendor grew its enums; the values are kept as text.
-        let values: Vec<String> = out
-            .unknown_enum_values
-            .iter()
-            .map(|((f, v), n)| format!("{f}={v} ({n} users)"))
-            .collect();
-        tracing::warn!(values = %values.join(", "), "undocumented enum values seen (stored as given)");
-    }
     let c = &out.counts;
     let msg = "sync run finished";
     macro_rules! summary {

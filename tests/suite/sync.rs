@@ -1279,3 +1279,68 @@ async fn small_batches_wait_for_more_pages_so_a_slow_listing_commits_fewer_trans
     assert_mirror(&env.store, &env.sim, a).await;
     assert_mirror(&env.store, &env.sim, b).await;
 }
+
+/// An undocumented enum value is news once: a warning when no account of the fleet has shown
+/// it before, not again for each account of the same vendor, nor for each run whose changed
+/// users carry it; every account's values are in `unknown_enum_values`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undocumented_enum_value_is_a_warning_once_for_the_fleet() {
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 200), (b, 200)]).await;
+    let cfg = crate::helpers::daemon::config(&env.sim, &[a, b], "1h", 2);
+    // The values of each warning about undocumented enum values in a one-off sync's log.
+    let warned = |account: uuid::Uuid| {
+        let cfg = cfg.to_path_buf();
+        let db = env.db_url.clone();
+        async move {
+            let out = crate::helpers::daemon::lms_sync(
+                &cfg,
+                &db,
+                &["sync", "--account", &account.to_string()],
+            )
+            .output()
+            .await
+            .unwrap();
+            let log = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(out.status.success(), "{log}");
+            log.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|e| {
+                    e["level"] == "WARN"
+                        && e["fields"]["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("undocumented enum values"))
+                })
+                .map(|e| e["fields"]["values"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let first = warned(a).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0].contains("role=superadmin (") && first[0].contains("status=archived ("),
+        "{first:?}"
+    );
+    // The same vendor's values in another account: recorded, not news.
+    assert_eq!(warned(b).await, Vec::<String>::new());
+    // A value no account has shown: news, alone.
+    env.sim.update_user(b, "7", json!({"status": "frozen"}));
+    assert_eq!(warned(b).await, vec!["status=frozen (1 users)".to_string()]);
+    let recorded: Vec<(String, String)> = sqlx::query_as(
+        "SELECT field, value FROM unknown_enum_values WHERE integrated_account_id = $1 ORDER BY 1, 2",
+    )
+    .bind(b)
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    for value in [
+        ("role", "superadmin"),
+        ("status", "archived"),
+        ("status", "frozen"),
+    ] {
+        assert!(
+            recorded.contains(&(value.0.to_string(), value.1.to_string())),
+            "{recorded:?}"
+        );
+    }
+}
