@@ -66,6 +66,13 @@ fn the_dashboard_is_valid_and_names_only_exported_metrics() {
             "the dashboard queries {name}, which is not exported"
         );
     }
+    // What fires can be looked at: every metric an alert rule reads is on a panel.
+    for name in metrics_named(ALERTS) {
+        assert!(
+            named.contains(&name),
+            "an alert reads {name}, and no panel of the dashboard shows it"
+        );
+    }
     // What an SRE asks first is on it.
     for needed in [
         "lms_sync_fleet_accounts",
