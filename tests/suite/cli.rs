@@ -775,3 +775,62 @@ async fn bench_refuses_bad_scenarios_or_repeats_before_starting_anything() {
         assert!(err.contains(names), "{args:?}: {err}");
     }
 }
+
+/// Every key a command line can be given is documented where an operator looks for it: a row
+/// of the README's configuration table and a line of config/default.toml, in its section (for
+/// `account_defaults`, the keys of an `[[accounts]]` table: the same, documented once).
+#[tokio::test]
+async fn every_key_is_in_the_readme_and_in_default_toml() {
+    let readme = include_str!("../../README.md");
+    let defaults = include_str!("../../config/default.toml");
+    let path = write_config("");
+    let out = run(
+        &["--config", path.to_str().unwrap(), "config", "--json"],
+        &[],
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let keys: Vec<&String> = v["settings"].as_object().unwrap().keys().collect();
+    assert!(keys.len() >= 60, "{keys:?}");
+    // The lines of default.toml under each table header, comments included.
+    let mut sections: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+    let mut current = "";
+    for line in defaults.lines() {
+        let bare = line.trim_start_matches('#').trim();
+        if let Some(header) = bare.strip_prefix('[').and_then(|h| h.split(']').next()) {
+            if !line.starts_with('#') || bare.starts_with("[[accounts]]") {
+                current = header.trim_start_matches('[');
+            }
+        }
+        sections.entry(current).or_default().push(bare);
+    }
+    let mut undocumented = Vec::new();
+    for key in keys {
+        let (section, name) = key.split_once('.').unwrap();
+        let (in_readme, toml_section) = if section == "account_defaults" {
+            (
+                readme.contains(&format!("| `accounts[].{name}")),
+                "accounts",
+            )
+        } else {
+            (readme.contains(&format!("| `{key}` |")), section)
+        };
+        if !in_readme {
+            undocumented.push(format!("{key}: no row in the README's configuration table"));
+        }
+        let in_toml = sections.get(toml_section).is_some_and(|lines| {
+            lines.iter().any(|l| {
+                l.starts_with(&format!("{name} ="))
+                    || l.starts_with(&format!("[{toml_section}.{name}]"))
+            })
+        });
+        if !in_toml {
+            undocumented.push(format!(
+                "{key}: no line in config/default.toml's [{toml_section}]"
+            ));
+        }
+    }
+    assert!(undocumented.is_empty(), "{undocumented:#?}");
+}
