@@ -142,6 +142,22 @@ fn the_alert_rules_name_only_exported_metrics_and_the_prometheus_rule_is_the_sam
     }
 }
 
+/// Every metric the service exports has its row in the README's table of metrics (type,
+/// labels, meaning): a series on a dashboard nobody can look up is noise.
+#[test]
+fn every_exported_metric_is_in_the_readmes_table() {
+    let readme = include_str!("../../README.md");
+    let missing: Vec<&str> = DEFINITIONS
+        .iter()
+        .map(|d| d.0)
+        .filter(|name| !readme.contains(&format!("| `{name}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in the README's metrics table: {missing:?}"
+    );
+}
+
 /// On call, an alert's name is what one has: docs/runbook.md must have a section under it for
 /// every alert, and none for an alert that is gone; its links to its own sections must lead
 /// somewhere.
