@@ -257,10 +257,42 @@ pub async fn fleet_state(
         })
 }
 
-/// `status`: each account's sync state.
-pub async fn status(settings: Settings) -> Result<(), CliError> {
+/// `status`: the fleet's sync state, as the status page orders it: a count of each kind of
+/// trouble, the accounts needing attention first (the first [`SHOWN`] unless `all`), then
+/// discovery, webhooks, the request budget and whatever holds every run.
+///
+/// [`SHOWN`]: crate::service::page::SHOWN
+pub async fn status(settings: Settings, all: bool) -> Result<(), CliError> {
+    use crate::service::status::{account_views, count_by_rank, ranked};
     let store = open_store(&settings, Access::Read).await?;
     let state = fleet_state(&settings, &store).await?;
+    let views = account_views(&state);
+    let order = ranked(&views, chrono::Utc::now());
+    // The fleet's accounts in the page's order; then any other account the database has a
+    // state for (one no longer configured), as before.
+    let place: std::collections::HashMap<Uuid, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, (v, _))| (v.integrated_account_id, i))
+        .collect();
+    let mut rows = state.rows.clone();
+    rows.sort_by_key(|r| {
+        place
+            .get(&r.integrated_account_id)
+            .copied()
+            .unwrap_or(usize::MAX)
+    });
+    if !all {
+        rows.truncate(crate::service::page::SHOWN);
+    }
+    print!(
+        "{}",
+        super::render::status_summary(
+            views.len(),
+            views.iter().map(|v| v.live_users).sum(),
+            &count_by_rank(&order)
+        )
+    );
     let info = state
         .fleet
         .iter()
@@ -283,7 +315,14 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
             (p.id(), info)
         })
         .collect();
-    print!("{}", super::render::status(&state.rows, &state.next, &info));
+    print!("{}", super::render::status(&rows, &state.next, &info));
+    if rows.len() < state.rows.len() {
+        println!(
+            "... and {} more accounts (those needing attention come first): `lms-sync status --all` \
+             lists every one, `lms-sync accounts list` chooses among them",
+            state.rows.len() - rows.len()
+        );
+    }
     let stamp = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%SZ").to_string();
     if state.discovery.is_some() {
         // The next listing as the status page has it, by this configuration's interval and

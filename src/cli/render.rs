@@ -65,6 +65,33 @@ pub struct FleetInfo {
     pub state: String,
 }
 
+/// The first line of `lms-sync status`: the fleet's size and a count of each kind of trouble,
+/// as the status page's summary has them (`by_rank`: [`crate::service::status::RANKS`]).
+pub fn status_summary(accounts: usize, live_users: i64, by_rank: &[usize]) -> String {
+    use crate::service::status::RANKS;
+    let troubles: Vec<String> = by_rank
+        .iter()
+        .zip(RANKS)
+        .filter(|(n, _)| **n > 0)
+        .map(|(n, (_, what))| format!("{n} {what}"))
+        .collect();
+    let needing: usize = by_rank.iter().take(RANKS.len() - 1).sum();
+    format!(
+        "{accounts} account{} with {live_users} live users: {}\n{}",
+        if accounts == 1 { "" } else { "s" },
+        match needing {
+            0 => "none needs attention".to_string(),
+            1 => "1 needs attention".to_string(),
+            n => format!("{n} need attention"),
+        },
+        if troubles.is_empty() {
+            String::new()
+        } else {
+            format!("  {}\n", troubles.join("; "))
+        }
+    )
+}
+
 /// `status` as a readable table.
 pub fn status(
     rows: &[StatusRow],

@@ -58,6 +58,92 @@ pub struct AccountView {
     pub purge_due: Option<DateTime<Utc>>,
 }
 
+/// A mirror older than this needs attention (the stale-mirror alert's threshold).
+const STALE_HOURS: i64 = 26;
+
+/// What each rank of [`AccountView::attention`] counts as, in the status page's summary and
+/// `lms-sync status`'s: its key (the page's `?why=`), and its words. The last one needs no
+/// attention: its accounts are not synced on purpose.
+pub const RANKS: [(&str, &str); 6] = [
+    ("unsyncable", "cannot be synced"),
+    ("failed", "failed their last run"),
+    ("attention", "need attention after their last run"),
+    ("stale", "not refreshed for over 26 h"),
+    ("never", "never synced yet"),
+    (
+        "not_synced",
+        "not synced here (paused, retired, excluded or gated)",
+    ),
+];
+
+impl AccountView {
+    /// Why the account needs attention (the most pressing reason), if it does, and its rank:
+    /// an index of [`RANKS`], or past them for an account that is fine. Lower sorts first.
+    pub fn attention(&self, now: DateTime<Utc>) -> (u8, Option<String>) {
+        if self.health != "ok" {
+            return (0, Some(format!("cannot be synced: {}", self.health)));
+        }
+        if self.last_error.is_some() && self.state == "active" {
+            let why = match self.held_until {
+                // (The run failed because of it; the schedule waits for it.)
+                Some(t) if t > now => format!(
+                    "the server holds its requests back until {} (a quota spent, say); it runs then",
+                    t.format("%Y-%m-%d %H:%M UTC")
+                ),
+                _ => "the last run failed".into(),
+            };
+            return (1, Some(why));
+        }
+        if self.last_outcome.as_deref() == Some("needs_attention") && self.state == "active" {
+            // Its runs succeed, so nothing else says it: the delete guard keeping users that
+            // left, at every run, or Truto marking its listings partial.
+            let why = self
+                .attention_reason
+                .as_deref()
+                .unwrap_or("see the account's page");
+            return (2, Some(format!("the last run needs attention: {why}")));
+        }
+        match self.last_success {
+            Some(t) if now - t > chrono::Duration::hours(STALE_HOURS) => {
+                return (3, Some(format!("not refreshed for over {STALE_HOURS} h")))
+            }
+            None if self.state == "active" => return (4, Some("never synced yet".into())),
+            _ => {}
+        }
+        if self.state != "active" {
+            return (5, None);
+        }
+        (6, None)
+    }
+}
+
+/// `views` in the order the status page and `lms-sync status` list them, each with its
+/// [`AccountView::attention`]: those needing attention first, the most pressing first, then
+/// by label and id.
+pub fn ranked(
+    views: &[AccountView],
+    now: DateTime<Utc>,
+) -> Vec<(&AccountView, (u8, Option<String>))> {
+    let mut rows: Vec<_> = views.iter().map(|v| (v, v.attention(now))).collect();
+    rows.sort_by(|(a, ka), (b, kb)| {
+        ka.0.cmp(&kb.0)
+            .then_with(|| a.label.cmp(&b.label))
+            .then_with(|| a.integrated_account_id.cmp(&b.integrated_account_id))
+    });
+    rows
+}
+
+/// How many of `ranked` accounts each rank of [`RANKS`] holds.
+pub fn count_by_rank(ranked: &[(&AccountView, (u8, Option<String>))]) -> [usize; RANKS.len()] {
+    let mut by_rank = [0usize; RANKS.len()];
+    for (_, (rank, _)) in ranked {
+        if let Some(n) = by_rank.get_mut(usize::from(*rank)) {
+            *n += 1;
+        }
+    }
+    by_rank
+}
+
 /// Reads the fleet's state (read-only); given `only`, of that one account (still planned
 /// against the whole registry, which decides its state; empty when it is not in the fleet).
 pub async fn read_state(

@@ -674,7 +674,13 @@ async fn sync_status_and_migrate_work_end_to_end_and_never_show_the_token() {
     );
     assert!(sstdout.contains("last error"), "{sstdout}");
     assert!(sstdout.contains("unhealthy since"), "{sstdout}");
-    let header = sstdout.lines().next().unwrap();
+    // The fleet's summary first (Beta needs re-authorization), then the table.
+    assert_eq!(
+        sstdout.lines().next(),
+        Some("2 accounts with 270 live users: 1 needs attention"),
+        "{sstdout}"
+    );
+    let header = sstdout.lines().find(|l| l.starts_with("account ")).unwrap();
     assert!(
         header.contains("health") && header.contains("next run"),
         "{header}"

@@ -2040,3 +2040,69 @@ async fn a_replica_whose_token_was_refused_lists_at_once_when_it_is_accepted_aga
     assert_mirror(&env.store, &env.sim, a).await;
     service.terminate().await;
 }
+
+/// `lms-sync status` on a fleet of hundreds reads as the status page does: the fleet's size
+/// and a count of each kind of trouble first, then the accounts needing attention, the most
+/// pressing first, the first 200 of them unless `--all`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_a_large_fleet_leads_with_what_needs_attention() {
+    use crate::helpers::daemon::{config, lms_sync};
+    let good = account_id(1);
+    let env = Env::new(&[(good, 20)]).await;
+    // 210 configured accounts not synced yet, and one the token does not know (404).
+    let unknown = account_id(999);
+    let mut ids: Vec<Uuid> = (1000..1210).map(account_id).collect();
+    ids.extend([good, unknown]);
+    let cfg = config(&env.sim, &ids, "1h", 4);
+    let sync = |id: Uuid| lms_sync(&cfg, &env.db_url, &["sync", "--account", &id.to_string()]);
+    assert_eq!(sync(good).output().await.unwrap().status.code(), Some(0));
+    assert_eq!(sync(unknown).output().await.unwrap().status.code(), Some(1));
+
+    let status = |args: &'static [&'static str]| {
+        let mut c = lms_sync(&cfg, &env.db_url, args);
+        async move {
+            let out = c.output().await.unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let text = status(&["status"]).await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0], "212 accounts with 20 live users: 211 need attention",
+        "{text}"
+    );
+    assert_eq!(
+        lines[1], "  1 cannot be synced; 210 never synced yet",
+        "{text}"
+    );
+    assert!(lines[2].starts_with("account "), "{text}");
+    // The account that cannot be synced first, then the others.
+    assert!(lines[3].starts_with(&unknown.to_string()), "{text}");
+    assert!(lines[3].contains("not_found"), "{text}");
+    let listed = |text: &str| {
+        text.lines()
+            .filter(|l| ids.iter().any(|id| l.starts_with(&id.to_string())))
+            .count()
+    };
+    assert_eq!(listed(&text), 200, "{text}");
+    assert!(
+        !text.contains(&good.to_string()),
+        "a healthy account among the first 200"
+    );
+    assert!(
+        text.contains("... and 12 more accounts (those needing attention come first): `lms-sync status --all` lists every one"),
+        "{text}"
+    );
+    let all = status(&["status", "--all"]).await;
+    assert_eq!(listed(&all), 212, "{all}");
+    assert!(
+        all.contains(&good.to_string()) && !all.contains("more accounts"),
+        "{all}"
+    );
+}

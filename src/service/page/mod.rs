@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 
 use super::ops::{text, Ops};
-use super::status::{AccountView, BudgetSection};
+use super::status::{count_by_rank, ranked, AccountView, BudgetSection, RANKS};
 
 mod sections;
 use sections::{
@@ -25,9 +25,6 @@ use sections::{
     token_section, unreachable_section, webhooks_section, FEED_HELD_BACK_SHOWN,
 };
 pub use sections::{DiscoveryView, Halts};
-
-/// A mirror older than this needs attention (the stale-mirror alert's threshold).
-const STALE_HOURS: i64 = 26;
 
 /// Accounts listed unless `?all=true`: at 10,000 accounts the whole list is 5 MB of HTML a
 /// refresh, more than a person reads or a phone renders; the ones needing attention come
@@ -178,44 +175,6 @@ pub(super) fn head(s: &mut String, title: &str, style: &str) {
     );
 }
 
-/// Why an account needs attention (the most pressing reason), if it does. Lower sorts first.
-fn attention(v: &AccountView, now: DateTime<Utc>) -> (u8, Option<String>) {
-    if v.health != "ok" {
-        return (0, Some(format!("cannot be synced: {}", v.health)));
-    }
-    if v.last_error.is_some() && v.state == "active" {
-        let why = match v.held_until {
-            // (The run failed because of it; the schedule waits for it.)
-            Some(t) if t > now => format!(
-                "the server holds its requests back until {} (a quota spent, say); it runs then",
-                t.format("%Y-%m-%d %H:%M UTC")
-            ),
-            _ => "the last run failed".into(),
-        };
-        return (1, Some(why));
-    }
-    if v.last_outcome.as_deref() == Some("needs_attention") && v.state == "active" {
-        // Its runs succeed, so nothing else says it: the delete guard keeping users that
-        // left, at every run, or Truto marking its listings partial.
-        let why = v
-            .attention_reason
-            .as_deref()
-            .unwrap_or("see the account's page");
-        return (2, Some(format!("the last run needs attention: {why}")));
-    }
-    match v.last_success {
-        Some(t) if now - t > chrono::Duration::hours(STALE_HOURS) => {
-            return (3, Some(format!("not refreshed for over {STALE_HOURS} h")))
-        }
-        None if v.state == "active" => return (4, Some("never synced yet".into())),
-        _ => {}
-    }
-    if v.state != "active" {
-        return (5, None);
-    }
-    (6, None)
-}
-
 /// `v`'s label, tenant or id contains `q` (lower-case), in any case.
 fn matches(v: &AccountView, q: &str) -> bool {
     let has = |s: &str| s.to_lowercase().contains(q);
@@ -308,20 +267,6 @@ h2{font-size:16px;margin:20px 8px 4px}.note{margin:4px 8px 10px;font-size:14px;c
  .num{text-align:left}
 }";
 
-/// What each rank of [`attention`] counts as, in the summary: its key (`?why=`), and its
-/// words.
-const RANKS: [(&str, &str); 6] = [
-    ("unsyncable", "cannot be synced"),
-    ("failed", "failed their last run"),
-    ("attention", "need attention after their last run"),
-    ("stale", "not refreshed for over 26 h"),
-    ("never", "never synced yet"),
-    (
-        "not_synced",
-        "not synced here (paused, retired, excluded or gated)",
-    ),
-];
-
 /// The page's own address with `pairs` as its query (relative, so it works behind a proxy's
 /// path prefix).
 fn link(pairs: &[(&str, &str)]) -> String {
@@ -338,20 +283,9 @@ pub fn render(
     now: DateTime<Utc>,
     query: &PageQuery,
 ) -> String {
-    let mut rows: Vec<(&AccountView, (u8, Option<String>))> =
-        views.iter().map(|v| (v, attention(v, now))).collect();
-    rows.sort_by(|(a, ka), (b, kb)| {
-        ka.0.cmp(&kb.0)
-            .then_with(|| a.label.cmp(&b.label))
-            .then_with(|| a.integrated_account_id.cmp(&b.integrated_account_id))
-    });
+    let mut rows = ranked(views, now);
     let needing = rows.iter().filter(|(_, (_, why))| why.is_some()).count();
-    let mut by_rank = [0usize; RANKS.len()];
-    for (_, (rank, _)) in &rows {
-        if let Some(n) = by_rank.get_mut(usize::from(*rank)) {
-            *n += 1;
-        }
-    }
+    let by_rank = count_by_rank(&rows);
     let live: i64 = views.iter().map(|v| v.live_users).sum();
     let search = query.text();
     if let Some(q) = search {
