@@ -340,7 +340,7 @@ pub const PER_PROCESS: [(&str, &str); 5] = [
 impl Settings {
     /// The settings as two replicas' configurations are compared: every section's keys and
     /// the accounts, as JSON; the secrets (which are not settings), `[log]` (which a replica
-    /// may turn up on its own) and the keys of [`PER_PROCESS`] aside.
+    /// may turn up on its own) and the keys of `PER_PROCESS` aside.
     pub fn comparable(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         if let Some(sections) = value.as_object_mut() {
