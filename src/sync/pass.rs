@@ -314,7 +314,8 @@ fn record_run(m: &crate::metrics::Metrics, out: &SyncOutcome) {
         secs,
     );
     m.observe("lms_sync_run_duration_seconds", &[], secs);
-    // Counted per field: the values themselves are in the log and in unknown_enum_values.
+    // Counted per field: the values themselves are in unknown_enum_values (and in the log when
+    // new to the fleet).
     for ((field, _), n) in &out.unknown_enum_values {
         m.add(
             "lms_sync_unknown_enum_values_total",
