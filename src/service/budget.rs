@@ -119,8 +119,9 @@ pub async fn share_token_budget(
     // What this process runs, as recorded with its share: computed again when the settings
     // are reloaded.
     let mut runs: Option<Runs> = None;
-    // Whether the last round found another process running another configuration.
-    let mut config_differs = false;
+    // The other configurations the last round found processes running (their digests): a
+    // warning for each that joins, not only for the first.
+    let mut other_configs: Vec<String> = Vec::new();
     while !cancel.is_cancelled() {
         if let Some(live) = settings.as_mut() {
             if runs.is_none() || live.has_changed().unwrap_or(false) {
@@ -215,30 +216,32 @@ pub async fn share_token_budget(
                             );
                         }
                     }
-                    if n.config_differs != config_differs {
-                        config_differs = n.config_differs;
-                        if config_differs {
-                            let differs = match &runs {
-                                Some(r) => others_configurations(&store, limit.window, r).await,
-                                None => String::new(),
-                            };
-                            tracing::warn!(
-                                config_digest = runs.as_ref().map(|r| r.config_digest.as_str()),
-                                differs,
-                                "another process sharing the database runs with a different \
-                                 configuration (a rollout halfway, a replica left on an old \
-                                 ConfigMap, a reload sent to some replicas only): lms-sync status \
-                                 and the status page name each process's"
-                            );
-                        } else {
-                            tracing::info!("the processes sharing the database run with one configuration again");
-                        }
+                    // A warning for each configuration that joins (a third while two already
+                    // differ too), naming what differs.
+                    if n.other_configs.iter().any(|d| !other_configs.contains(d)) {
+                        let differs = match &runs {
+                            Some(r) => others_configurations(&store, limit.window, r).await,
+                            None => String::new(),
+                        };
+                        tracing::warn!(
+                            config_digest = runs.as_ref().map(|r| r.config_digest.as_str()),
+                            differs,
+                            "another process sharing the database runs with a different \
+                             configuration (a rollout halfway, a replica left on an old \
+                             ConfigMap, a reload sent to some replicas only): lms-sync status \
+                             and the status page name each process's"
+                        );
+                    } else if n.other_configs.is_empty() && !other_configs.is_empty() {
+                        tracing::info!(
+                            "the processes sharing the database run with one configuration again"
+                        );
                     }
+                    other_configs.clone_from(&n.other_configs);
                     if let Some(m) = &metrics {
                         m.set(
                             "lms_sync_config_mismatch",
                             &[],
-                            f64::from(u8::from(n.config_differs)),
+                            f64::from(u8::from(!n.other_configs.is_empty())),
                         );
                         m.set(
                             "lms_sync_truto_cut_off",

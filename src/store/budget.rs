@@ -92,7 +92,7 @@ pub struct Reach {
 }
 
 /// What one negotiation decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Negotiated {
     /// Requests per window this process may send from now on.
     pub share: i32,
@@ -104,9 +104,10 @@ pub struct Negotiated {
     pub limit: i32,
     /// Another live holder is configured with a different budget (requests or window).
     pub disagree: bool,
-    /// Another live holder runs with a different configuration (its digest differs; holders
-    /// of binaries older than migration 0032 record none, and count as agreeing).
-    pub config_differs: bool,
+    /// The digests of the configurations other live holders run with, where they differ from
+    /// this one's (holders of binaries older than migration 0032 record none, and count as
+    /// agreeing), sorted; empty while every replica runs this one.
+    pub other_configs: Vec<String>,
     /// This process has not reached Truto for a while, and another holder got an answer from
     /// it since: what fails is this process's way to Truto, not Truto.
     pub cut_off: bool,
@@ -325,15 +326,16 @@ impl ShareHolder {
         .await?;
         let agreed = agreed_limit(limit, window_secs, &configured);
         let digest = self.runs.as_ref().map(|r| r.config_digest.as_str());
-        let config_differs: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM rate_shares
-                             WHERE budget = $1 AND holder <> $2
-                               AND config_digest IS NOT NULL AND config_digest <> $3)",
+        let other_configs: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT config_digest FROM rate_shares
+              WHERE budget = $1 AND holder <> $2
+                AND config_digest IS NOT NULL AND config_digest <> $3
+              ORDER BY 1",
         )
         .bind(budget)
         .bind(&self.holder)
         .bind(digest)
-        .fetch_one(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
         let disagree = configured
             .iter()
@@ -441,7 +443,7 @@ impl ShareHolder {
             holders: holders as i32,
             limit: agreed,
             disagree,
-            config_differs,
+            other_configs,
             cut_off,
         })
     }

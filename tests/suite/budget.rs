@@ -442,10 +442,14 @@ async fn replicas_configured_with_different_budgets_share_the_strictest_and_neve
     }
 }
 
+/// What a replica logs when it sees another process run another configuration.
+const DIFFERENT_CONFIGURATION: &str = "another process sharing the database runs with a different configuration (a rollout halfway, a replica left on an old ConfigMap, a reload sent to some replicas only): lms-sync status and the status page name each process's";
+
 /// Replicas left on different configurations (a ConfigMap edited and one pod restarted, a
 /// SIGHUP sent to one replica only) are named as such: each replica's digest is recorded with
 /// its share, the same `lms-sync config` prints, and `lms_sync_config_mismatch`, the status
-/// page and `lms-sync status` say they differ, until a reload makes them one again.
+/// page and `lms-sync status` say they differ (a third configuration joining is logged too),
+/// until a reload makes them one again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_different_configurations_are_named_until_a_reload_makes_them_one() {
     let (a, b) = (account_id(1), account_id(2));
@@ -488,8 +492,7 @@ async fn replicas_on_different_configurations_are_named_until_a_reload_makes_the
         .unwrap()
         .to_string();
     let r2 = spawn(&cfg_2, &env.db_url);
-    let said = r1.wait_for("another process sharing the database runs with a different configuration (a rollout halfway, a replica left on an old ConfigMap, a reload sent to some replicas only): lms-sync status and the status page name each process's")
-        .await;
+    let said = r1.wait_for(DIFFERENT_CONFIGURATION).await;
     assert_eq!(
         said["fields"]["differs"],
         format!("{d2}: history.retention_days 30, not 0"),
@@ -586,6 +589,26 @@ async fn replicas_on_different_configurations_are_named_until_a_reload_makes_the
         assert!(!text.contains(&env.db_url), "a secret recorded");
         assert!(!text.contains(DEMO_TOKEN), "a secret recorded");
     }
+
+    // A third configuration joining while two already differ is named as well.
+    let cfg_3 = config(&env.sim, &[a, account_id(2)], "1h", 4);
+    let text = std::fs::read_to_string(&cfg_3).unwrap();
+    std::fs::write(
+        &cfg_3,
+        format!("{text}[history]\nsync_runs_retention_days = 30\n"),
+    )
+    .unwrap();
+    let d3 = digest(&cfg_3);
+    let r3 = spawn(&cfg_3, &env.db_url);
+    let said = r1.wait_for(DIFFERENT_CONFIGURATION).await;
+    let differs = said["fields"]["differs"].as_str().unwrap_or_default();
+    assert!(
+        differs.contains(&format!(
+            "{d3}: history.sync_runs_retention_days 30, not 90"
+        )) && differs.contains(&format!("{d2}: history.retention_days 30, not 0")),
+        "{said}"
+    );
+    assert_eq!(r3.terminate().await, 0);
 
     // The second replica reloads the first's file: one configuration again.
     std::fs::copy(&cfg_1, &cfg_2).unwrap();
