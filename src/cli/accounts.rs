@@ -75,6 +75,8 @@ pub enum AccountsCommand {
     SyncNow {
         #[command(flatten)]
         which: Select,
+        #[command(flatten)]
+        why: Why,
     },
     /// Make the accounts' next run start from the first page.
     ResetCursor {
@@ -153,8 +155,8 @@ fn acting(verb: &str, why: &Why) -> Result<Acting, CliError> {
 
 pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), CliError> {
     let settings = &settings;
-    let steer = |which, what, verb, why: Option<Why>| async move {
-        let by = acting(verb, &why.unwrap_or(Why { reason: None }))?;
+    let steer = |which, what, verb, why: Why| async move {
+        let by = acting(verb, &why)?;
         steer(settings, which, what, by).await
     };
     match command {
@@ -174,23 +176,23 @@ pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), Cli
                 .map(|w| crate::schedule::pause_end(w, chrono::Utc::now()))
                 .transpose()
                 .map_err(|e| CliError::Usage(format!("--until: {e}")))?;
-            steer(which, Steer::Pause { until }, "pause", Some(why)).await
+            steer(which, Steer::Pause { until }, "pause", why).await
         }
-        AccountsCommand::Resume { which, why } => {
-            steer(which, Steer::Resume, "resume", Some(why)).await
+        AccountsCommand::Resume { which, why } => steer(which, Steer::Resume, "resume", why).await,
+        AccountsCommand::SyncNow { which, why } => {
+            steer(which, Steer::SyncNow, "sync-now", why).await
         }
-        AccountsCommand::SyncNow { which } => steer(which, Steer::SyncNow, "sync-now", None).await,
         AccountsCommand::ResetCursor { which, why } => {
-            steer(which, Steer::ResetCursor, "reset-cursor", Some(why)).await
+            steer(which, Steer::ResetCursor, "reset-cursor", why).await
         }
         AccountsCommand::AllowDeletes { which, why } => {
-            steer(which, Steer::AllowDeletes, "allow-deletes", Some(why)).await
+            steer(which, Steer::AllowDeletes, "allow-deletes", why).await
         }
         AccountsCommand::Protect { which, why } => {
-            steer(which, Steer::Protect, "protect", Some(why)).await
+            steer(which, Steer::Protect, "protect", why).await
         }
         AccountsCommand::Unprotect { which, why } => {
-            steer(which, Steer::Unprotect, "unprotect", Some(why)).await
+            steer(which, Steer::Unprotect, "unprotect", why).await
         }
         AccountsCommand::Purge { account, yes } => purge(settings, account, yes).await,
     }

@@ -258,7 +258,7 @@ pub fn render(
             s,
             "<h2>Operators' actions</h2><p class=\"note\">The latest {ACTIONS_SHOWN} of \
              <code>account_actions</code> (pause, resume, pause_end, protect, unprotect, reset_cursor, \
-             allow_deletes), \
+             allow_deletes, sync_now), \
              newest first.</p><table><thead><tr><th>When</th><th>Action</th><th>By</th>\
              <th>Reason</th></tr></thead><tbody>"
         );

@@ -1278,7 +1278,15 @@ async fn the_steering_commands_act_on_many_accounts_at_once_all_or_none() {
         .unwrap();
     let o = cli(
         &env,
-        &["accounts", "sync-now", "--tenant", "globex", "--failing"],
+        &[
+            "accounts",
+            "sync-now",
+            "--tenant",
+            "globex",
+            "--failing",
+            "--reason",
+            "ticket 42",
+        ],
     )
     .await;
     assert!(o.status.success(), "{}", err(&o));
@@ -1340,6 +1348,27 @@ async fn the_steering_commands_act_on_many_accounts_at_once_all_or_none() {
         )
         .await,
         5
+    );
+    // Who asked for runs: the operator's sync-now, with its reason; not the runs discovery
+    // asked for each new account, nor the one allow-deletes asked for (its own action).
+    let asked: Vec<(Uuid, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT integrated_account_id, actor, reason FROM account_actions
+          WHERE action = 'sync_now' ORDER BY action_id",
+    )
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(
+        (asked[0].0, asked[0].2.as_deref()),
+        (ids[4], Some("ticket 42"))
+    );
+    assert!(
+        asked[0]
+            .1
+            .as_deref()
+            .is_some_and(|a| a.starts_with("lms-sync accounts sync-now by ")),
+        "{asked:?}"
     );
 }
 
