@@ -257,12 +257,11 @@ pub async fn fleet_state(
         })
 }
 
-/// `status`: the fleet's sync state, as the status page orders it: a count of each kind of
-/// trouble, the accounts needing attention first (the first [`SHOWN`] unless `all`), then
-/// discovery, webhooks, the request budget and whatever holds every run.
-///
-/// [`SHOWN`]: crate::service::page::SHOWN
-pub async fn status(settings: Settings, all: bool) -> Result<(), CliError> {
+/// `status`: the fleet's sync state: every account, in the status page's order (those needing
+/// attention first, the most pressing first), then a count of each kind of trouble (the page's
+/// summary), discovery, webhooks, the request budget and whatever holds every run. At fleet
+/// size, `status | head` shows the accounts that matter and `status | tail` the rest.
+pub async fn status(settings: Settings) -> Result<(), CliError> {
     use crate::service::status::{account_views, count_by_rank, ranked};
     let store = open_store(&settings, Access::Read).await?;
     let state = fleet_state(&settings, &store).await?;
@@ -282,17 +281,6 @@ pub async fn status(settings: Settings, all: bool) -> Result<(), CliError> {
             .copied()
             .unwrap_or(usize::MAX)
     });
-    if !all {
-        rows.truncate(crate::service::page::SHOWN);
-    }
-    print!(
-        "{}",
-        super::render::status_summary(
-            views.len(),
-            views.iter().map(|v| v.live_users).sum(),
-            &count_by_rank(&order)
-        )
-    );
     let info = state
         .fleet
         .iter()
@@ -316,13 +304,14 @@ pub async fn status(settings: Settings, all: bool) -> Result<(), CliError> {
         })
         .collect();
     print!("{}", super::render::status(&rows, &state.next, &info));
-    if rows.len() < state.rows.len() {
-        println!(
-            "... and {} more accounts (those needing attention come first): `lms-sync status --all` \
-             lists every one, `lms-sync accounts list` chooses among them",
-            state.rows.len() - rows.len()
-        );
-    }
+    print!(
+        "{}",
+        super::render::status_summary(
+            views.len(),
+            views.iter().map(|v| v.live_users).sum(),
+            &count_by_rank(&order)
+        )
+    );
     let stamp = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%SZ").to_string();
     if state.discovery.is_some() {
         // The next listing as the status page has it, by this configuration's interval and

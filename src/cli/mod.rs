@@ -61,13 +61,9 @@ pub enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9000/healthz")]
         url: String,
     },
-    /// Show the fleet's sync state: a count of each kind of trouble, then the accounts (those
-    /// needing attention first; the first 200 unless --all), then what holds every run.
-    Status {
-        /// Every account, not only the first 200.
-        #[arg(long)]
-        all: bool,
-    },
+    /// Show the fleet's sync state: every account, those needing attention first, then a count
+    /// of each kind of trouble and what holds every run.
+    Status,
     /// Check what `run` needs, changing nothing: the database, the schema, the role's rights,
     /// Truto's answer to the token, the configured accounts, discovery. Exit 0 when all pass.
     Check,
@@ -124,7 +120,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Run => commands::run(settings, config, no_migrate).await,
             Command::Migrate => commands::migrate(settings).await,
             Command::Healthcheck { url } => commands::healthcheck(&url).await,
-            Command::Status { all } => commands::status(settings, all).await,
+            Command::Status => commands::status(settings).await,
             Command::Check => check::check(settings).await,
             Command::Accounts { command } => accounts::run(settings, command).await,
             Command::Config { .. } => unreachable!("answered before the runtime starts"),

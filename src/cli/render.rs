@@ -65,31 +65,35 @@ pub struct FleetInfo {
     pub state: String,
 }
 
-/// The first line of `lms-sync status`: the fleet's size and a count of each kind of trouble,
-/// as the status page's summary has them (`by_rank`: [`crate::service::status::RANKS`]).
+/// The line of `lms-sync status` under its table: the fleet's size and how many of its
+/// accounts need attention, by kind, in the status page's words (`by_rank`: a count per
+/// [`crate::service::status::RANKS`]), and how many are not synced on purpose.
 pub fn status_summary(accounts: usize, live_users: i64, by_rank: &[usize]) -> String {
     use crate::service::status::RANKS;
-    let troubles: Vec<String> = by_rank
+    let (attention, off) = by_rank.split_at(RANKS.len() - 1);
+    let kinds: Vec<String> = attention
         .iter()
         .zip(RANKS)
         .filter(|(n, _)| **n > 0)
         .map(|(n, (_, what))| format!("{n} {what}"))
         .collect();
-    let needing: usize = by_rank.iter().take(RANKS.len() - 1).sum();
-    format!(
-        "{accounts} account{} with {live_users} live users: {}\n{}",
-        if accounts == 1 { "" } else { "s" },
-        match needing {
-            0 => "none needs attention".to_string(),
-            1 => "1 needs attention".to_string(),
-            n => format!("{n} need attention"),
-        },
-        if troubles.is_empty() {
-            String::new()
-        } else {
-            format!("  {}\n", troubles.join("; "))
-        }
-    )
+    let mut line = format!(
+        "fleet: {accounts} account{}, {live_users} live users; ",
+        if accounts == 1 { "" } else { "s" }
+    );
+    match attention.iter().sum::<usize>() {
+        0 => line.push_str("none needs attention"),
+        1 => line.push_str("1 needs attention"),
+        n => line.push_str(&format!("{n} need attention")),
+    }
+    if !kinds.is_empty() {
+        line.push_str(&format!(" ({})", kinds.join(", ")));
+    }
+    if let Some(&n) = off.first().filter(|n| **n > 0) {
+        line.push_str(&format!("; {n} {}", RANKS[RANKS.len() - 1].1));
+    }
+    line.push('\n');
+    line
 }
 
 /// `status` as a readable table.
