@@ -260,7 +260,7 @@ pub async fn fleet_state(
 /// `status`: the fleet's sync state: every account, in the status page's order (those needing
 /// attention first, the most pressing first), then a count of each kind of trouble (the page's
 /// summary), discovery, webhooks, the request budget and whatever holds every run. At fleet
-/// size, `status | head` shows the accounts that matter and `status | tail` the rest.
+/// size, `status | head` shows the accounts that matter and `status | tail` sums the fleet up.
 pub async fn status(settings: Settings) -> Result<(), CliError> {
     use crate::service::status::{account_views, count_by_rank, ranked};
     let store = open_store(&settings, Access::Read).await?;

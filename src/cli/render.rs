@@ -68,7 +68,11 @@ pub struct FleetInfo {
 /// The line of `lms-sync status` under its table: the fleet's size and how many of its
 /// accounts need attention, by kind, in the status page's words (`by_rank`: a count per
 /// [`crate::service::status::RANKS`]), and how many are not synced on purpose.
-pub fn status_summary(accounts: usize, live_users: i64, by_rank: &[usize]) -> String {
+pub fn status_summary(
+    accounts: usize,
+    live_users: i64,
+    by_rank: &[usize; crate::service::status::RANKS.len()],
+) -> String {
     use crate::service::status::RANKS;
     let (attention, off) = by_rank.split_at(RANKS.len() - 1);
     let kinds: Vec<String> = attention

@@ -2072,8 +2072,8 @@ async fn a_replica_whose_token_was_refused_lists_at_once_when_it_is_accepted_aga
 
 /// `lms-sync status` on a fleet of hundreds reads as the status page does: every account, those
 /// needing attention first (the most pressing first), then the fleet's size and a count of
-/// each kind of trouble, so that `status | head` shows what matters and `status | tail` sums it
-/// up.
+/// each kind of trouble, so that `status | head` shows what matters and `status | tail` sums the
+/// fleet up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_of_a_large_fleet_leads_with_what_needs_attention() {
     use crate::helpers::daemon::{config, lms_sync};
