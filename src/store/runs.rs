@@ -58,20 +58,24 @@ impl Store {
         worker: &str,
     ) -> Result<RunStart, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The account registry: a configured account is registered when it is first synced.
+        // Its row is locked before the account's `sync_state` row, in the order a discovery
+        // listing and a webhook's account event lock them (`accounts`, then `sync_state` to gate
+        // the health): the other order deadlocked a run starting while an event for its
+        // account was applied, and the event was left to the next listing.
         sqlx::query(
-            "INSERT INTO sync_state (integrated_account_id, label) VALUES ($1, $2)
-             ON CONFLICT (integrated_account_id) DO UPDATE SET label = excluded.label
-             WHERE sync_state.label IS DISTINCT FROM excluded.label",
+            "INSERT INTO accounts (integrated_account_id, label) VALUES ($1, $2)
+             ON CONFLICT (integrated_account_id) DO UPDATE
+                SET label = coalesce(excluded.label, accounts.label), last_seen_at = now()",
         )
         .bind(account)
         .bind(label)
         .execute(&mut *tx)
         .await?;
-        // The account registry: a configured account is registered when it is first synced.
         sqlx::query(
-            "INSERT INTO accounts (integrated_account_id, label) VALUES ($1, $2)
-             ON CONFLICT (integrated_account_id) DO UPDATE
-                SET label = coalesce(excluded.label, accounts.label), last_seen_at = now()",
+            "INSERT INTO sync_state (integrated_account_id, label) VALUES ($1, $2)
+             ON CONFLICT (integrated_account_id) DO UPDATE SET label = excluded.label
+             WHERE sync_state.label IS DISTINCT FROM excluded.label",
         )
         .bind(account)
         .bind(label)

@@ -1003,6 +1003,65 @@ async fn run_requests(env: &Env, run_id: i64) -> (i64, i64) {
         .unwrap()
 }
 
+/// A run that starts while an account event for its account is applied (a webhook's, or a
+/// listing's: `accounts`, then `sync_state` to gate its health) waits for it instead of
+/// deadlocking with it: both lock the account's `accounts` row before its `sync_state` row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_starting_while_its_account_event_is_applied_waits_for_it() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 20)]).await;
+    assert!(env.sync(a).await.succeeded());
+    // Holds the account's registry row, so that the event and then the run queue behind it.
+    let mut holder = env.store.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM accounts WHERE integrated_account_id = $1 FOR UPDATE")
+        .bind(a)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid)
+                    WHERE NOT l.granted AND s.datname = current_database()";
+    let until_waiting = |n: i64| {
+        let env = &env;
+        async move {
+            for tries in 0.. {
+                assert!(tries < 1500, "never {n} waiting");
+                if env.scalar_i64(waiting).await >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let store = env.store.clone();
+    let event = tokio::spawn(async move {
+        let row = lms_sync::store::Discovered {
+            id: a,
+            tenant_id: Some("tenant-a".into()),
+            status: Some("needs_reauth".into()),
+            integration: Some("talentlms".into()),
+            is_sandbox: false,
+        };
+        store.account_event(&row, false).await
+    });
+    until_waiting(1).await;
+    let store = env.store.clone();
+    let run = tokio::spawn(async move { store.begin_run(a, None, "here:1").await });
+    until_waiting(2).await;
+    holder.commit().await.unwrap();
+    // (A deadlock is found within deadlock_timeout, 1 s, and fails one of them.)
+    let event = event.await.unwrap();
+    let run = run.await.unwrap();
+    assert!(event.is_ok(), "the event: {:?}", event.err());
+    assert!(run.is_ok(), "the run: {:?}", run.err());
+    let health: String =
+        sqlx::query_scalar("SELECT health FROM sync_state WHERE integrated_account_id = $1")
+            .bind(a)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(health, "needs_reauth");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_left_running_by_a_dead_process_is_marked_interrupted() {
     let a = account_id(1);
