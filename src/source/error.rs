@@ -73,7 +73,7 @@ fn status_message(status: u16, message: &str, remote: bool) -> String {
         (401, true) => "the LMS credentials of this integrated account no longer work; the customer must re-authorize the integration in Truto",
         (401, false) => "Truto rejected the API token; check TRUTO_API_TOKEN (or truto.api_token_file)",
         (403, _) => "the token lacks a required scope or permission for this account; grant it in Truto",
-        (404, _) => "no such integrated account for this token; check accounts.integrated_account_id",
+        (404, _) => "no such integrated account for this token: deleted in Truto (discovery retires it at its next complete listing), or the API token is one of another Truto environment; check accounts.integrated_account_id and the token",
         (503, _) => "the integrated account is blocked in Truto; unblock it in Truto before the next sync",
         (429, _) => "rate limited by Truto",
         (400, _) | (409, _) | (422, _) => "Truto refused the request; check the account's remote_query and exclude_fields",
