@@ -49,6 +49,12 @@ pub enum AccountsCommand {
         /// empty listing still retires none).
         #[arg(long)]
         retire_missing: bool,
+        /// Apply a listing of another Truto environment's accounts than the mirror follows (an
+        /// API token of another environment, on purpose): the mirror follows that environment
+        /// from now on. Its accounts join; the other's are retired under the guard as any
+        /// missing account (--retire-missing retires them all at once).
+        #[arg(long)]
+        adopt_environment: bool,
     },
     /// Stop starting runs of the accounts (a run in progress finishes its page and stops).
     /// Every steering command takes account ids, `-` for ids on stdin, or chooses the accounts
@@ -169,7 +175,14 @@ pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), Cli
         AccountsCommand::Discover {
             dry_run,
             retire_missing,
-        } => discover(settings, dry_run, retire_missing).await,
+            adopt_environment,
+        } => {
+            let options = crate::sync::discovery::ListingOptions {
+                dry_run,
+                adopt_environment,
+            };
+            discover(settings, options, retire_missing).await
+        }
         AccountsCommand::Pause { which, until, why } => {
             let until = until
                 .as_deref()
@@ -203,9 +216,10 @@ pub async fn run(settings: Settings, command: AccountsCommand) -> Result<(), Cli
 /// fails (the registry is left as it was).
 async fn discover(
     settings: &Settings,
-    dry_run: bool,
+    options: crate::sync::discovery::ListingOptions,
     retire_missing: bool,
 ) -> Result<(), CliError> {
+    let dry_run = options.dry_run;
     use crate::sync::discovery::DISCOVERY_LEASE;
     if !settings.discovery.enabled {
         return Err(CliError::Usage(
@@ -246,7 +260,7 @@ async fn discover(
         policy.max_retire_fraction = 1.0;
     }
     let out =
-        crate::sync::discovery::discover_with(&store, &source, &policy, &cancel, dry_run).await;
+        crate::sync::discovery::discover_with(&store, &source, &policy, &cancel, options).await;
     lease.release().await;
     sharing.cancel();
     if let Some(task) = shared {
@@ -265,6 +279,13 @@ async fn discover(
         "integrated accounts listed: {}; {would}added: {}, {would}retired: {}, {would}un-retired: {}; requests: {}",
         applied.listed, applied.added, applied.retired, applied.unretired, out.requests
     );
+    if let Some(before) = &applied.adopted_from {
+        println!(
+            "the mirror {} Truto environment {} from now on (it followed {before})",
+            if dry_run { "would follow" } else { "follows" },
+            applied.environment.as_deref().unwrap_or("-")
+        );
+    }
     if let Some(why) = &out.incomplete {
         println!("the listing was not complete: {why}");
     }

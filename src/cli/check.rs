@@ -38,7 +38,18 @@ pub async fn check(settings: Settings) -> Result<(), CliError> {
     let shared = store
         .as_ref()
         .and_then(|store| super::commands::share_budget(store, &source, &sharing));
-    truto(&settings, &source, &cancel, &mut checks).await;
+    // The environment the mirror follows, to compare the listing with (none when the schema
+    // cannot be read: the database's check says why).
+    let follows = match &store {
+        Some(store) => store
+            .discovery_state()
+            .await
+            .ok()
+            .flatten()
+            .and_then(|d| d.6),
+        None => None,
+    };
+    truto(&settings, &source, follows.as_deref(), &cancel, &mut checks).await;
     checks.extend(webhooks(&settings));
     checks.extend(admin_routes(&settings));
     sharing.cancel();
@@ -296,6 +307,7 @@ fn listed(items: &[String]) -> String {
 async fn truto(
     settings: &Settings,
     source: &TrutoClient,
+    follows: Option<&str>,
     cancel: &CancellationToken,
     checks: &mut Vec<Check>,
 ) {
@@ -332,31 +344,51 @@ async fn truto(
         for integration in &settings.discovery.integrations {
             checks.push(
                 match source.list_integrated_accounts(integration, cancel).await {
-                    Ok(listed) => match listed.incomplete {
-                        Some(why) => Check::failed(
-                            "discovery",
-                            format!("the listing of {integration} is incomplete: {why}"),
-                        ),
-                        None => {
-                            let active = listed
-                                .accounts
-                                .iter()
-                                .filter(|a| a.status.as_deref() == Some("active"))
-                                .count();
-                            Check::passed(
-                                "discovery",
-                                format!(
-                                    "Truto lists {} of {integration} ({active} active)",
-                                    accounts_n(listed.accounts.len())
-                                ),
-                            )
-                        }
-                    },
+                    Ok(listed) => listing(integration, &listed, follows),
                     Err(f) => Check::failed("discovery", format!("{integration}: {}", f.error)),
                 },
             );
         }
     }
+}
+
+/// What `run` would make of one integration's listing: complete, and of the Truto environment
+/// the mirror follows (the first listing's, when none is recorded yet).
+fn listing(integration: &str, listed: &crate::source::Listed, follows: Option<&str>) -> Check {
+    if let Some(why) = &listed.incomplete {
+        return Check::failed(
+            "discovery",
+            format!("the listing of {integration} is incomplete: {why}"),
+        );
+    }
+    let environment = match crate::sync::discovery::listed_environment(&listed.accounts) {
+        Ok(environment) => environment,
+        Err(why) => return Check::failed("discovery", format!("{integration}: {why}")),
+    };
+    if let (Some(follows), Some(listed)) = (follows, environment) {
+        if follows != listed {
+            let refused = crate::store::StoreError::OtherEnvironment {
+                follows: follows.into(),
+                listed: listed.into(),
+            };
+            return Check::failed("discovery", format!("{integration}: {refused}"));
+        }
+    }
+    let active = listed
+        .accounts
+        .iter()
+        .filter(|a| a.status.as_deref() == Some("active"))
+        .count();
+    Check::passed(
+        "discovery",
+        format!(
+            "Truto lists {} of {integration} ({active} active){}",
+            accounts_n(listed.accounts.len()),
+            environment
+                .map(|e| format!(" in environment {e}"))
+                .unwrap_or_default()
+        ),
+    )
 }
 
 /// Each configured account as Truto knows it: known to the token and active.

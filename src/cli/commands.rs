@@ -340,6 +340,9 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
                 })
                 .unwrap_or_default()
         );
+        if let Some(e) = &d.environment {
+            println!("truto environment: {e} (the mirror follows its integrated accounts)");
+        }
         if let Some(words) = d.purge_words(stamp) {
             println!("purges: {words}");
         }

@@ -109,16 +109,22 @@ pub struct Integrated {
     pub status: String,
     pub is_sandbox: bool,
     pub integration: String,
+    /// The Truto environment it belongs to (one token's accounts all belong to one).
+    pub environment_id: String,
 }
 
+/// The environment of the simulator's accounts unless a test says otherwise.
+pub const ENVIRONMENT: &str = "env-1";
+
 impl Integrated {
-    /// An active TalentLMS account of `tenant_id`.
+    /// An active TalentLMS account of `tenant_id`, in [`ENVIRONMENT`].
     pub fn active(tenant_id: &str) -> Integrated {
         Integrated {
             tenant_id: tenant_id.into(),
             status: "active".into(),
             is_sandbox: false,
             integration: "talentlms".into(),
+            environment_id: ENVIRONMENT.into(),
         }
     }
 }
@@ -922,7 +928,7 @@ fn integrated_reply(s: &mut State, req: &Request) -> Reply {
     let render = |id: &Uuid, a: &Integrated| {
         json!({
             "id": id.to_string(), "tenant_id": a.tenant_id, "status": a.status,
-            "is_sandbox": a.is_sandbox, "environment_id": "env-1",
+            "is_sandbox": a.is_sandbox, "environment_id": a.environment_id,
             "integration": {"id": "int-1", "name": a.integration, "category": "lms"},
             "context": {}, "created_at": "2024-09-01 10:00:00", "updated_at": "2024-09-02 11:00:00"
         })

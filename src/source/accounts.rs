@@ -28,6 +28,8 @@ pub struct IntegratedAccount {
     pub is_sandbox: bool,
     /// `integration.name`.
     pub integration: Option<String>,
+    /// The Truto environment the account belongs to (the token's).
+    pub environment_id: Option<String>,
 }
 
 /// A whole listing of one integration's accounts.
@@ -65,6 +67,8 @@ struct Wire {
     is_sandbox: Option<bool>,
     #[serde(default)]
     integration: Option<WireIntegration>,
+    #[serde(default)]
+    environment_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +87,7 @@ impl Wire {
             status: self.status,
             is_sandbox: self.is_sandbox.unwrap_or(false),
             integration: self.integration.and_then(|i| i.name),
+            environment_id: self.environment_id.filter(|e| !e.is_empty()),
         })
     }
 }

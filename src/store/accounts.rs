@@ -33,6 +33,24 @@ pub struct DiscoveryApplied {
     /// The discovered accounts the listing no longer shows (not yet retired): retired by it,
     /// or kept by the guard.
     pub missing: Vec<Uuid>,
+    /// The Truto environment the registry follows after the listing (`None` while no listing
+    /// has shown one).
+    pub environment: Option<String>,
+    /// The environment the registry followed before, when the listing moved it to another
+    /// ([`ListedEnvironment::adopt`]).
+    pub adopted_from: Option<String>,
+}
+
+/// The Truto environment a listing's accounts belong to, as discovery applies it: the registry
+/// follows one (`discovery_state.environment_id`, recorded by the first listing that shows
+/// one), and a listing of another is refused ([`StoreError::OtherEnvironment`]) unless adopted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListedEnvironment<'a> {
+    /// `None` when no listed account says (an empty listing): nothing to compare.
+    pub id: Option<&'a str>,
+    /// Follow it from now on, whatever the registry followed (`accounts discover
+    /// --adopt-environment`).
+    pub adopt: bool,
 }
 
 /// What discovery's guard decides about retiring.
@@ -148,21 +166,45 @@ impl Store {
         &self,
         listed: &[Discovered],
         policy: RetirePolicy,
+        environment: ListedEnvironment<'_>,
         dry_run: bool,
     ) -> Result<DiscoveryApplied, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Locked for the transaction: a listing made meanwhile with another token waits, and
+        // then compares with what this one recorded.
+        let follows: Option<String> =
+            sqlx::query_scalar("SELECT environment_id FROM discovery_state FOR UPDATE")
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten();
+        let adopted_from = match (&follows, environment.id) {
+            (Some(follows), Some(listed)) if follows != listed => {
+                if !environment.adopt {
+                    tx.rollback().await?;
+                    return Err(StoreError::OtherEnvironment {
+                        follows: follows.clone(),
+                        listed: listed.to_string(),
+                    });
+                }
+                Some(follows.clone())
+            }
+            _ => None,
+        };
         let mut out = upsert_listed(&mut tx, listed).await?;
+        out.environment = environment.id.map(str::to_string).or(follows);
+        out.adopted_from = adopted_from;
         retire_missing(&mut tx, listed, policy, &mut out).await?;
         gate_health(&mut tx, listed).await?;
         sqlx::query(
             "INSERT INTO discovery_state (singleton, listed_at, succeeded_at, accounts_listed, added,
-                                          retired, unretired, retire_guard, error)
-             VALUES (true, now(), CASE WHEN $6 THEN now() END, $1, $2, $3, $4, $5, NULL)
+                                          retired, unretired, retire_guard, error, environment_id)
+             VALUES (true, now(), CASE WHEN $6 THEN now() END, $1, $2, $3, $4, $5, NULL, $7)
              ON CONFLICT (singleton) DO UPDATE
                 SET listed_at = now(),
                     succeeded_at = CASE WHEN $6 THEN now() ELSE discovery_state.succeeded_at END,
                     accounts_listed = $1, added = $2, retired = $3, unretired = $4,
-                    retire_guard = $5, error = NULL, failures = 0",
+                    retire_guard = $5, error = NULL, failures = 0,
+                    environment_id = coalesce($7, discovery_state.environment_id)",
         )
         .bind(out.listed as i32)
         .bind(out.added as i32)
@@ -170,6 +212,7 @@ impl Store {
         .bind(out.unretired as i32)
         .bind(&out.retire_guard)
         .bind(policy.complete)
+        .bind(environment.id)
         .execute(&mut *tx)
         .await?;
         if dry_run {
@@ -314,7 +357,8 @@ impl Store {
     pub async fn discovery_state(&self) -> Result<Option<DiscoveryState>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT listed_at, succeeded_at, accounts_listed, retire_guard, error,
-                    CASE WHEN error IS NULL THEN 0 ELSE greatest(failures, 1) END
+                    CASE WHEN error IS NULL THEN 0 ELSE greatest(failures, 1) END,
+                    environment_id
                FROM discovery_state",
         )
         .fetch_optional(&self.pool)
@@ -700,7 +744,8 @@ impl Purged {
 }
 
 /// The last listing, as `status` shows it: listed_at, succeeded_at, accounts listed, retire
-/// guard, error, failed listings in a row (0 when the last did not fail).
+/// guard, error, failed listings in a row (0 when the last did not fail), the Truto
+/// environment the registry follows.
 pub type DiscoveryState = (
     Option<Ts>,
     Option<Ts>,
@@ -708,6 +753,7 @@ pub type DiscoveryState = (
     Option<String>,
     Option<String>,
     i32,
+    Option<String>,
 );
 
 /// Tells the trigger of `accounts` (migration 0028) who the transaction's changes are made for,

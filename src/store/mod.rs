@@ -33,7 +33,8 @@ use sqlx::{ConnectOptions, PgPool};
 
 pub use accounts::{
     retire_guard, AccountAction, AccountRow, Acting, Discovered, DiscoveryApplied, DiscoveryState,
-    PurgeSummary, Purged, PurgedBy, RetirePolicy, Steer, WebhookDeliveries, REASON_MAX_CHARS,
+    ListedEnvironment, PurgeSummary, Purged, PurgedBy, RetirePolicy, Steer, WebhookDeliveries,
+    REASON_MAX_CHARS,
 };
 pub use budget::{
     agreed_limit, decide as decide_share, BudgetView, Negotiated, Reach, Runs, ShareHolder,
@@ -103,6 +104,10 @@ pub enum StoreError {
     /// The database accepts no writes (see [`Store::refuses_writes`]).
     #[error("the database accepts no writes: {0}")]
     ReadOnly(String),
+    /// A discovery listing of another Truto environment's accounts than the one the registry
+    /// follows (`discovery_state.environment_id`): nothing of it was applied.
+    #[error("Truto lists the integrated accounts of environment {listed}, but this mirror follows environment {follows}: is the API token one of another environment (a staging token, a rotation gone wrong)? Nothing was changed, and the known accounts' runs fail (HTTP 404) until the right token is back; to follow {listed} from now on instead: lms-sync accounts discover --adopt-environment (with --retire-missing to retire the accounts of {follows} at once)")]
+    OtherEnvironment { follows: String, listed: String },
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -10,7 +10,9 @@ use uuid::Uuid;
 use crate::config::{DiscoverySettings, Settings};
 use crate::fleet::{plan, Planned};
 use crate::source::{IntegratedAccount, TrutoClient};
-use crate::store::{Discovered, DiscoveryApplied, RetirePolicy, Store, StoreError};
+use crate::store::{
+    Discovered, DiscoveryApplied, ListedEnvironment, RetirePolicy, Store, StoreError,
+};
 
 /// What one discovery pass did.
 #[derive(Debug, Default)]
@@ -32,6 +34,15 @@ pub struct DiscoveryOutcome {
 /// Whoever lists for the fleet (a replica's loop, `accounts discover`) holds it meanwhile.
 pub const DISCOVERY_LEASE: Uuid = Uuid::nil();
 
+/// How a listing is applied beyond what the configuration says (`accounts discover`'s flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListingOptions {
+    /// Say what the listing would change, changing nothing (not even `discovery_state`).
+    pub dry_run: bool,
+    /// Follow the listing's Truto environment from now on, whatever the registry followed.
+    pub adopt_environment: bool,
+}
+
 /// Lists and applies; never panics, every failure ends in the outcome (and in the log).
 pub async fn discover(
     store: &Store,
@@ -39,17 +50,16 @@ pub async fn discover(
     settings: &DiscoverySettings,
     cancel: &CancellationToken,
 ) -> DiscoveryOutcome {
-    discover_with(store, source, settings, cancel, false).await
+    discover_with(store, source, settings, cancel, ListingOptions::default()).await
 }
 
-/// [`discover`]; with `dry_run`, says what the listing would change and changes nothing (not
-/// even `discovery_state`).
+/// [`discover`], applied as `options` say.
 pub async fn discover_with(
     store: &Store,
     source: &TrutoClient,
     settings: &DiscoverySettings,
     cancel: &CancellationToken,
-    dry_run: bool,
+    options: ListingOptions,
 ) -> DiscoveryOutcome {
     let mut out = DiscoveryOutcome::default();
     let mut listed: Vec<IntegratedAccount> = Vec::new();
@@ -65,30 +75,37 @@ pub async fn discover_with(
             Err(f) => {
                 out.requests += f.requests;
                 let error = format!("listing the {integration} accounts failed: {}", f.error);
-                tracing::error!(%error, "discovery failed; the registry is left as it was");
-                if !dry_run {
-                    match store.discovery_failed(&error).await {
-                        Ok(n) => out.failures = Some(n),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not record the failed discovery")
-                        }
-                    }
-                }
-                out.error = Some(error);
-                return out;
+                return failed(store, out, error, options.dry_run).await;
             }
         }
     }
+    let environment = match listed_environment(&listed) {
+        Ok(id) => ListedEnvironment {
+            id,
+            adopt: options.adopt_environment,
+        },
+        Err(error) => return failed(store, out, error, options.dry_run).await,
+    };
     let rows: Vec<Discovered> = listed.iter().map(discovered).collect();
     let policy = RetirePolicy {
         complete: out.incomplete.is_none(),
         max_fraction: settings.max_retire_fraction,
     };
-    match store.apply_discovery(&rows, policy, dry_run).await {
-        Ok(applied) if dry_run => out.applied = Some(applied),
+    match store
+        .apply_discovery(&rows, policy, environment, options.dry_run)
+        .await
+    {
+        Ok(applied) if options.dry_run => out.applied = Some(applied),
         Ok(applied) => {
             if let Some(guard) = &applied.retire_guard {
                 tracing::warn!(guard = %guard, "discovery retired no account");
+            }
+            if let Some(before) = &applied.adopted_from {
+                tracing::warn!(
+                    environment = environment.id,
+                    before = %before,
+                    "the registry follows another Truto environment from now on"
+                );
             }
             tracing::info!(
                 listed = applied.listed,
@@ -100,6 +117,9 @@ pub async fn discover_with(
             );
             out.applied = Some(applied);
         }
+        Err(e @ StoreError::OtherEnvironment { .. }) => {
+            return failed(store, out, e.to_string(), options.dry_run).await
+        }
         Err(e) => {
             let e = store.explain(e).await;
             tracing::error!(error = %e, "could not apply the discovery to the registry");
@@ -107,6 +127,43 @@ pub async fn discover_with(
         }
     }
     out
+}
+
+/// A listing that failed, or that must not be applied: logged, and (unless a dry run)
+/// recorded among the failed listings in a row; the registry is left as it was.
+async fn failed(
+    store: &Store,
+    mut out: DiscoveryOutcome,
+    error: String,
+    dry_run: bool,
+) -> DiscoveryOutcome {
+    tracing::error!(%error, "discovery failed; the registry is left as it was");
+    if !dry_run {
+        match store.discovery_failed(&error).await {
+            Ok(n) => out.failures = Some(n),
+            Err(e) => tracing::warn!(error = %e, "could not record the failed discovery"),
+        }
+    }
+    out.error = Some(error);
+    out
+}
+
+/// The one Truto environment the listed accounts belong to (`None` when none says which), or
+/// why the listing cannot be applied: an API token lists one environment's accounts, so a
+/// listing that shows several is not one to trust (pure).
+pub fn listed_environment(listed: &[IntegratedAccount]) -> Result<Option<&str>, String> {
+    let seen: std::collections::BTreeSet<&str> = listed
+        .iter()
+        .filter_map(|a| a.environment_id.as_deref())
+        .collect();
+    match seen.len() {
+        0 | 1 => Ok(seen.into_iter().next()),
+        n => Err(format!(
+            "the listing shows the accounts of {n} Truto environments ({}), where an API token \
+             lists one environment's; nothing was applied",
+            seen.into_iter().collect::<Vec<_>>().join(", ")
+        )),
+    }
 }
 
 /// The fleet as the one-shot commands work on it: the configured accounts registered, Truto's
@@ -135,5 +192,40 @@ fn discovered(a: &IntegratedAccount) -> Discovered {
         status: a.status.clone(),
         integration: a.integration.clone(),
         is_sandbox: a.is_sandbox,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_environment(n: u128, environment: Option<&str>) -> IntegratedAccount {
+        IntegratedAccount {
+            id: Uuid::from_u128(n),
+            tenant_id: None,
+            status: Some("active".into()),
+            is_sandbox: false,
+            integration: Some("talentlms".into()),
+            environment_id: environment.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_listing_belongs_to_the_one_environment_its_accounts_name() {
+        assert_eq!(listed_environment(&[]), Ok(None));
+        let one = [in_environment(1, Some("e1")), in_environment(2, None)];
+        assert_eq!(listed_environment(&one), Ok(Some("e1")));
+        let unsaid = [in_environment(1, None)];
+        assert_eq!(listed_environment(&unsaid), Ok(None));
+        let two = [
+            in_environment(1, Some("e2")),
+            in_environment(2, Some("e1")),
+            in_environment(3, Some("e2")),
+        ];
+        let refused = listed_environment(&two).unwrap_err();
+        assert!(
+            refused.starts_with("the listing shows the accounts of 2 Truto environments (e1, e2)"),
+            "{refused}"
+        );
     }
 }

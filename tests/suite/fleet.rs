@@ -260,7 +260,10 @@ async fn accounts_added_and_removed_upstream_are_synced_and_retired_without_a_re
     // The status page says what the listing found, and when it fails.
     let page = || async { get_text(&format!("{base}/")).await };
     let html = page().await;
-    assert!(html.contains("listed 2. The next is due <time"), "{html}");
+    assert!(
+        html.contains("listed 2 of Truto environment <code>env-1</code>. The next is due <time"),
+        "{html}"
+    );
     assert!(!html.contains("discovery failing"), "{html}");
     for _ in 0..6 {
         env.sim.push_listing_fault(Fault::status(500));
@@ -1770,6 +1773,156 @@ async fn an_operator_retires_accounts_past_the_guard_after_naming_them() {
         out(&o)
     );
     assert_eq!(env.scalar_i64(retired).await, 3);
+}
+
+/// A token of another Truto environment (a staging token put in production's place) lists
+/// that environment's accounts: the listing changes nothing and fails, saying so (`check`
+/// too), until an operator moves the mirror on with `--adopt-environment`. A listing that
+/// mixes environments is refused as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_of_another_environment_changes_nothing_until_adopted() {
+    let ours: Vec<Uuid> = (1..=3).map(account_id).collect();
+    let env = fleet_env(&ours.iter().map(|a| (*a, 5)).collect::<Vec<_>>()).await;
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let out = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let o = cli(&env, &["accounts", "discover"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let follows = "SELECT coalesce(environment_id, '-') FROM discovery_state";
+    let pool = env.store.pool();
+    let text = |sql: &'static str| async move {
+        sqlx::query_scalar::<_, String>(sql)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(text(follows).await, "env-1");
+    let o = cli(&env, &["status"]).await;
+    assert!(
+        out(&o)
+            .contains("\ntruto environment: env-1 (the mirror follows its integrated accounts)\n"),
+        "{}",
+        out(&o)
+    );
+
+    // The token is now one of env-2: Truto lists its accounts, and none of ours.
+    let theirs: Vec<Uuid> = (11..=12).map(account_id).collect();
+    for a in &ours {
+        env.sim.remove_integrated(*a);
+    }
+    for (i, a) in theirs.iter().enumerate() {
+        env.sim.set_integrated(
+            *a,
+            Integrated {
+                environment_id: "env-2".into(),
+                ..Integrated::active(&format!("staging-{i}"))
+            },
+        );
+    }
+    let refused = "Truto lists the integrated accounts of environment env-2, but this mirror \
+                   follows environment env-1: is the API token one of another environment";
+    let o = cli(&env, &["check"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(
+        out(&o).contains(&format!("talentlms: {refused}")),
+        "{}",
+        out(&o)
+    );
+    let o = cli(&env, &["accounts", "discover", "--retire-missing"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(
+        err(&o).contains(refused) && err(&o).contains("the registry is left as it was"),
+        "{}",
+        err(&o)
+    );
+    let registry = "SELECT count(*) FROM accounts WHERE retired_at IS NULL";
+    assert_eq!(env.scalar_i64(registry).await, 3);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM accounts WHERE retired_at IS NOT NULL")
+            .await,
+        0
+    );
+    assert_eq!(text(follows).await, "env-1");
+    assert!(text("SELECT error FROM discovery_state")
+        .await
+        .contains(refused));
+    assert_eq!(
+        env.scalar_i64("SELECT failures::int8 FROM discovery_state")
+            .await,
+        1
+    );
+
+    // On purpose: a dry run says so and changes nothing; then the mirror follows env-2.
+    let o = cli(
+        &env,
+        &[
+            "accounts",
+            "discover",
+            "--adopt-environment",
+            "--retire-missing",
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        out(&o).contains(
+            "the mirror would follow Truto environment env-2 from now on (it followed env-1)"
+        ) && out(&o).contains("would be added: 2, would be retired: 3,"),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(text(follows).await, "env-1");
+    assert_eq!(env.scalar_i64(registry).await, 3);
+    let o = cli(
+        &env,
+        &[
+            "accounts",
+            "discover",
+            "--adopt-environment",
+            "--retire-missing",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        out(&o)
+            .contains("the mirror follows Truto environment env-2 from now on (it followed env-1)"),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(text(follows).await, "env-2");
+    let live: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT integrated_account_id FROM accounts WHERE retired_at IS NULL
+          ORDER BY integrated_account_id",
+    )
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(live, theirs);
+    let o = cli(&env, &["check"]).await;
+    assert!(
+        out(&o).contains("Truto lists 2 accounts of talentlms (2 active) in environment env-2"),
+        "{}",
+        out(&o)
+    );
+
+    // One listing, two environments: not a listing to trust.
+    env.sim.set_integrated(
+        account_id(13),
+        Integrated {
+            environment_id: "env-3".into(),
+            ..Integrated::active("other")
+        },
+    );
+    let o = cli(&env, &["accounts", "discover", "--adopt-environment"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(
+        err(&o).contains("the listing shows the accounts of 2 Truto environments (env-2, env-3)"),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(env.scalar_i64(registry).await, 2);
+    assert_eq!(text(follows).await, "env-2");
 }
 
 /// A reader that stopped reading (`accounts list --ids | head -1`) ends the command as it

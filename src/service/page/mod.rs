@@ -908,6 +908,14 @@ mod tests {
             late.contains("listed 1000. The next is due now.</p>"),
             "{late}"
         );
+        let followed = with(&DiscoveryView {
+            environment: Some("env<1>".into()),
+            ..d.clone()
+        });
+        assert!(
+            followed.contains("listed 1000 of Truto environment <code>env&lt;1&gt;</code>.</p>"),
+            "{followed}"
+        );
         assert!(!html.contains("pill bad"), "{html}");
         assert!(!html.contains("purged"), "no purge rule: no line");
         let purging = |last_day, last, due| {

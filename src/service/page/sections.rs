@@ -138,6 +138,8 @@ pub struct DiscoveryView {
     pub next_due: Option<DateTime<Utc>>,
     /// With `discovery.purge_retired_after`: what was purged lately and what is due.
     pub purges: Option<crate::store::PurgeSummary>,
+    /// The Truto environment the registry follows (`discovery_state.environment_id`).
+    pub environment: Option<String>,
 }
 
 impl DiscoveryView {
@@ -189,7 +191,8 @@ impl DiscoveryView {
 
 impl From<Option<crate::store::DiscoveryState>> for DiscoveryView {
     fn from(state: Option<crate::store::DiscoveryState>) -> Self {
-        let Some((listed_at, succeeded_at, listed, guard, error, failures)) = state else {
+        let Some((listed_at, succeeded_at, listed, guard, error, failures, environment)) = state
+        else {
             return Self::default();
         };
         Self {
@@ -201,6 +204,7 @@ impl From<Option<crate::store::DiscoveryState>> for DiscoveryView {
             failures: failures.max(0) as u32,
             next_due: None,
             purges: None,
+            environment,
         }
     }
 }
@@ -228,9 +232,16 @@ pub(super) fn discovery_section(s: &mut String, d: &DiscoveryView, now: DateTime
             let _ = write!(
                 s,
                 "<p class=\"note\">Accounts are discovered from Truto's listing: the last, {}, \
-                 listed {}.{}</p>",
+                 listed {}{}.{}</p>",
                 when(Some(at), now),
                 d.listed.unwrap_or(0),
+                d.environment
+                    .as_deref()
+                    .map(|e| format!(
+                        " of Truto environment <code>{}</code>",
+                        escape(&crate::text::shorten(e, 80))
+                    ))
+                    .unwrap_or_default(),
                 next_listing(d, now),
             );
         }
