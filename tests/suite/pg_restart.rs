@@ -301,12 +301,16 @@ async fn a_failover_that_lost_committed_pages_stops_the_run_and_the_next_one_is_
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let pg2 = pg.clone();
+    let sim = &env.sim;
     let failover = async move {
         // After 5 pages the standby stops receiving (replication cut off) ...
         let mut pages = 0;
         while pages < 5 {
             pages = rx.recv().await.expect("the pass reached page 5");
         }
+        // (Truto slowed down meanwhile: on a busy machine the pass could otherwise commit its
+        // last page before the failover, and the test wait for pages that never come.)
+        sim.set_latency(Duration::from_secs(2));
         let mut standby = <sqlx::PgConnection as sqlx::Connection>::connect(&standby_url)
             .await
             .unwrap();
@@ -344,6 +348,7 @@ async fn a_failover_that_lost_committed_pages_stops_the_run_and_the_next_one_is_
                 .await
                 .unwrap();
         drop(standby);
+        sim.set_latency(Duration::from_millis(40));
         // ... and once the server has committed two pages more than that, it fails over to
         // the standby.
         while (pages as i64) < kept + 2 {
