@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ops::{text, Ops};
 use crate::source::{read_account, SourceError};
-use crate::store::{retry_read_only, Discovered};
+use crate::store::{retry_read_only, Discovered, StoreError};
 use crate::text::shorten;
 
 /// The signature header: `format=sha256,v=<hex>`.
@@ -295,11 +295,19 @@ async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<Acted, String> {
         status: account.status.clone(),
         integration: account.integration.clone(),
         is_sandbox: account.is_sandbox,
+        environment_id: account.environment_id.clone(),
     };
     let wanted = row.status.as_deref() == Some("active");
-    retry_read_only(|| store.account_event(&row, wanted))
-        .await
-        .map_err(|e| e.to_string())?;
+    match retry_read_only(|| store.account_event(&row, wanted)).await {
+        Ok(_) => {}
+        Err(e @ StoreError::OtherEnvironment { .. }) => {
+            tracing::warn!(account = %row.id, error = %e, "webhook ignored: an account of another Truto environment");
+            return Ok(Acted::Ignored(
+                "ignored: an account of another Truto environment than the mirror follows",
+            ));
+        }
+        Err(e) => return Err(e.to_string()),
+    }
     let done = match row.status.as_deref() {
         Some("active") => "registered; syncing now",
         Some("needs_reauth" | "post_install_error" | "validation_error") => "gated",

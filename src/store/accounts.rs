@@ -19,6 +19,8 @@ pub struct Discovered {
     pub status: Option<String>,
     pub integration: Option<String>,
     pub is_sandbox: bool,
+    /// The Truto environment it belongs to, when said.
+    pub environment_id: Option<String>,
 }
 
 /// What one listing changed in the registry.
@@ -273,13 +275,29 @@ impl Store {
     }
 
     /// One account as an event says it is now (registered when new, gated like a listing);
-    /// `wanted` asks for a run at once. Returns whether it was new.
+    /// `wanted` asks for a run at once. Returns whether it was new. An account of another
+    /// Truto environment than the registry follows is refused, as its listing would be
+    /// ([`StoreError::OtherEnvironment`]).
     pub async fn account_event(
         &self,
         account: &Discovered,
         wanted: bool,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(listed) = account.environment_id.as_deref() {
+            let follows: Option<String> =
+                sqlx::query_scalar("SELECT environment_id FROM discovery_state FOR SHARE")
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .flatten();
+            if let Some(follows) = follows.filter(|f| f != listed) {
+                tx.rollback().await?;
+                return Err(StoreError::OtherEnvironment {
+                    follows,
+                    listed: listed.to_string(),
+                });
+            }
+        }
         let applied = upsert_listed(&mut tx, std::slice::from_ref(account)).await?;
         gate_health(&mut tx, std::slice::from_ref(account)).await?;
         if wanted {

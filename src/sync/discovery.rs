@@ -192,6 +192,7 @@ fn discovered(a: &IntegratedAccount) -> Discovered {
         status: a.status.clone(),
         integration: a.integration.clone(),
         is_sandbox: a.is_sandbox,
+        environment_id: a.environment_id.clone(),
     }
 }
 

@@ -1040,6 +1040,7 @@ async fn a_run_starting_while_its_account_event_is_applied_waits_for_it() {
             status: Some("needs_reauth".into()),
             integration: Some("talentlms".into()),
             is_sandbox: false,
+            environment_id: None,
         };
         store.account_event(&row, false).await
     });

@@ -221,6 +221,38 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
         (200, "ignored: not an account event")
     );
 
+    // An account of another Truto environment (a webhook of that environment's, signed with
+    // the same secret): not registered, as its listing would not be.
+    let c = account_id(3);
+    env.sim.set_integrated(
+        c,
+        Integrated {
+            environment_id: "env-2".into(),
+            ..Integrated::active("tenant-c")
+        },
+    );
+    let other = delivery(
+        "evt-c",
+        "integrated_account:active",
+        account_payload(c, "tenant-c", "active"),
+        0,
+    );
+    let (status, text) = post(&url, other.clone(), Some(signature(SECRET, &other))).await;
+    assert_eq!(
+        (status, text.trim()),
+        (
+            200,
+            "ignored: an account of another Truto environment than the mirror follows"
+        )
+    );
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM accounts WHERE integrated_account_id = '{c}'"
+        ))
+        .await,
+        0
+    );
+
     // A new active account: registered and synced within seconds.
     connects(&env, b);
     let (status, text) = post(&url, body.clone(), Some(signature(SECRET, &body))).await;
@@ -293,11 +325,12 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
     .unwrap();
     assert!(retired);
     // The status page says what was verified lately (every replica alike: from the database):
-    // the test event and the four account events; not the stale one, nor the duplicate.
+    // the test event, the other environment's and the four account events; not the stale
+    // one, nor the duplicate.
     let page = get_text(&format!("{base}/")).await;
     assert!(
         page.contains(
-            "Truto's webhooks (POST /webhooks/truto): 5 deliveries verified in the last 24 h, \
+            "Truto's webhooks (POST /webhooks/truto): 6 deliveries verified in the last 24 h, \
              the last <time"
         ) && page.contains("(integrated_account:active).</p>"),
         "{page}"
@@ -307,7 +340,7 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
         ("applied", 3),
         ("duplicate", 1),
         ("stale", 1),
-        ("ignored", 2),
+        ("ignored", 3),
         ("unsigned", 1),
         ("wrong_signature", 2),
     ] {
