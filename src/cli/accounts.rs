@@ -219,8 +219,8 @@ async fn discover(
     options: crate::sync::discovery::ListingOptions,
     retire_missing: bool,
 ) -> Result<(), CliError> {
-    let dry_run = options.dry_run;
     use crate::sync::discovery::DISCOVERY_LEASE;
+    let dry_run = options.dry_run;
     if !settings.discovery.enabled {
         return Err(CliError::Usage(
             "accounts discover: discovery is off (set discovery.enabled = true, or \
