@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::ops::{text, Ops, Peer};
-use crate::store::{retry_read_only, Acting, Steer};
+use crate::store::{Acting, Steer};
 
 /// `None` when the request may go on; otherwise the answer that refuses it.
 fn refuse(ops: &Ops, headers: &HeaderMap) -> Option<Response> {
@@ -168,7 +168,10 @@ pub(super) async fn account_action(
         (_, Some(_)) => return text(StatusCode::BAD_REQUEST, "until: only a pause has an end\n"),
     };
     let ids = [id];
-    let done = retry_read_only(|| ops.store.steer(&ids, what, &by))
+    // (`steer` makes its transaction again after a refusal on a session left read-only.)
+    let done = ops
+        .store
+        .steer(&ids, what, &by)
         .await
         .map(|missing| missing.is_empty());
     match done {

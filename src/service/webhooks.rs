@@ -298,7 +298,7 @@ async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<Acted, String> {
         environment_id: account.environment_id.clone(),
     };
     let wanted = row.status.as_deref() == Some("active");
-    match retry_read_only(|| store.account_event(&row, wanted)).await {
+    match store.account_event(&row, wanted).await {
         Ok(_) => {}
         Err(e @ StoreError::OtherEnvironment { .. }) => {
             tracing::warn!(account = %row.id, error = %e, "webhook ignored: an account of another Truto environment");

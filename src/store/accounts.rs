@@ -278,7 +278,19 @@ impl Store {
     /// `wanted` asks for a run at once. Returns whether it was new. An account of another
     /// Truto environment than the registry follows is refused, as its listing would be
     /// ([`StoreError::OtherEnvironment`]).
+    ///
+    /// Made again (three times in all) after a deadlock, a lost connection or a session left
+    /// read-only: an event not applied waits for the next listing (a webhook is answered
+    /// before Truto would deliver it again), and it is the same however often it is applied.
     pub async fn account_event(
+        &self,
+        account: &Discovered,
+        wanted: bool,
+    ) -> Result<bool, StoreError> {
+        super::thrice(|| self.account_event_once(account, wanted)).await
+    }
+
+    async fn account_event_once(
         &self,
         account: &Discovered,
         wanted: bool,
@@ -397,13 +409,7 @@ impl Store {
         what: Steer,
         by: &Acting,
     ) -> Result<Vec<Uuid>, StoreError> {
-        let mut attempt = 1;
-        loop {
-            match self.steer_once(accounts, what, by).await {
-                Err(e) if e.is_retryable() && attempt < 3 => attempt += 1,
-                done => return done,
-            }
-        }
+        super::thrice(|| self.steer_once(accounts, what, by)).await
     }
 
     async fn steer_once(

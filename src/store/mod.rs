@@ -135,8 +135,9 @@ fn is_lost(e: &sqlx::Error) -> bool {
 
 /// `write`, once more if its session turned out read-only: sessions opened while the database
 /// took no writes stay so after it takes them again, and the refusal has the pool replace them
-/// (see `read_only`). For writes nothing else tries again (a webhook delivery, an operator's
-/// action); runs retry every retryable error.
+/// (see `read_only`). For writes nothing else tries again (a webhook delivery's record, a
+/// retirement); runs retry every retryable error, and `steer` and `account_event` make their
+/// transactions again after one (`thrice`).
 pub async fn retry_read_only<T, F>(write: impl Fn() -> F) -> Result<T, StoreError>
 where
     F: std::future::Future<Output = Result<T, StoreError>>,
@@ -144,6 +145,22 @@ where
     match write().await {
         Err(e) if e.is_read_only() => write().await,
         done => done,
+    }
+}
+
+/// `transaction`, made again after a retryable error (a deadlock, a lost connection, a session
+/// left read-only: [`StoreError::is_retryable`]), three times in all. For a change that is the
+/// same however often it is made, and that nothing else would make again soon.
+async fn thrice<T, F>(transaction: impl Fn() -> F) -> Result<T, StoreError>
+where
+    F: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match transaction().await {
+            Err(e) if e.is_retryable() && attempt < 3 => attempt += 1,
+            done => return done,
+        }
     }
 }
 

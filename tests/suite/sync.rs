@@ -1018,22 +1018,61 @@ async fn a_run_starting_while_its_account_event_is_applied_waits_for_it() {
         .execute(&mut *holder)
         .await
         .unwrap();
-    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid)
-                    WHERE NOT l.granted AND s.datname = current_database()";
-    let until_waiting = |n: i64| {
-        let env = &env;
-        async move {
-            for tries in 0.. {
-                assert!(tries < 1500, "never {n} waiting");
-                if env.scalar_i64(waiting).await >= n {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let event = needs_reauth_event(&env, a);
+    until_waiting(&env, 1).await;
     let store = env.store.clone();
-    let event = tokio::spawn(async move {
+    let run = tokio::spawn(async move { store.begin_run(a, None, "here:1").await });
+    until_waiting(&env, 2).await;
+    holder.commit().await.unwrap();
+    // (A deadlock is found within deadlock_timeout, 1 s, and fails one of them.)
+    let event = event.await.unwrap();
+    let run = run.await.unwrap();
+    assert!(event.is_ok(), "the event: {:?}", event.err());
+    assert!(run.is_ok(), "the run: {:?}", run.err());
+    assert_eq!(health(&env, a).await, "needs_reauth");
+}
+
+/// An account event that loses a deadlock all the same (here to a transaction that locks the
+/// account's rows in the other order) is made again, and applied: not left to the next listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_event_that_loses_a_deadlock_is_made_again() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 20)]).await;
+    assert!(env.sync(a).await.succeeded());
+    let mut other = env.store.pool().begin().await.unwrap();
+    // PostgreSQL looks for a deadlock in a session that has waited deadlock_timeout, and fails
+    // that one: this session looks much later than the event's (1 s), so the event loses.
+    sqlx::query("SET LOCAL deadlock_timeout = '30s'")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let lock = |table: &str| {
+        format!("SELECT 1 FROM {table} WHERE integrated_account_id = '{a}' FOR UPDATE")
+    };
+    sqlx::query(&lock("sync_state"))
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let event = needs_reauth_event(&env, a);
+    // The event holds the registry row and waits for sync_state; this waits for the row.
+    until_waiting(&env, 1).await;
+    sqlx::query(&lock("accounts"))
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    other.commit().await.unwrap();
+    let event = event.await.unwrap();
+    assert!(event.is_ok(), "the event: {:?}", event.err());
+    assert_eq!(health(&env, a).await, "needs_reauth");
+}
+
+/// `account_event` of `a` needing re-authorization, under way in a task of its own.
+fn needs_reauth_event(
+    env: &Env,
+    a: uuid::Uuid,
+) -> tokio::task::JoinHandle<Result<bool, lms_sync::store::StoreError>> {
+    let store = env.store.clone();
+    tokio::spawn(async move {
         let row = lms_sync::store::Discovered {
             id: a,
             tenant_id: Some("tenant-a".into()),
@@ -1043,24 +1082,28 @@ async fn a_run_starting_while_its_account_event_is_applied_waits_for_it() {
             environment_id: None,
         };
         store.account_event(&row, false).await
-    });
-    until_waiting(1).await;
-    let store = env.store.clone();
-    let run = tokio::spawn(async move { store.begin_run(a, None, "here:1").await });
-    until_waiting(2).await;
-    holder.commit().await.unwrap();
-    // (A deadlock is found within deadlock_timeout, 1 s, and fails one of them.)
-    let event = event.await.unwrap();
-    let run = run.await.unwrap();
-    assert!(event.is_ok(), "the event: {:?}", event.err());
-    assert!(run.is_ok(), "the run: {:?}", run.err());
-    let health: String =
-        sqlx::query_scalar("SELECT health FROM sync_state WHERE integrated_account_id = $1")
-            .bind(a)
-            .fetch_one(env.store.pool())
-            .await
-            .unwrap();
-    assert_eq!(health, "needs_reauth");
+    })
+}
+
+/// Waits until `n` sessions of the database wait for a lock.
+async fn until_waiting(env: &Env, n: i64) {
+    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid)
+                    WHERE NOT l.granted AND s.datname = current_database()";
+    for tries in 0.. {
+        assert!(tries < 1500, "never {n} waiting");
+        if env.scalar_i64(waiting).await >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn health(env: &Env, a: uuid::Uuid) -> String {
+    sqlx::query_scalar("SELECT health FROM sync_state WHERE integrated_account_id = $1")
+        .bind(a)
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
