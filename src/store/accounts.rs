@@ -171,6 +171,20 @@ impl Store {
         environment: ListedEnvironment<'_>,
         dry_run: bool,
     ) -> Result<DiscoveryApplied, StoreError> {
+        // Made again after a deadlock (a steering command locking the same rows in another
+        // order), a lost connection or a session left read-only by a spell of the database
+        // taking no writes: else the listing's requests were spent for nothing, and the next is
+        // made after `discovery.retry_initial`. The listing applies the same however often.
+        super::thrice(|| self.apply_discovery_once(listed, policy, environment, dry_run)).await
+    }
+
+    async fn apply_discovery_once(
+        &self,
+        listed: &[Discovered],
+        policy: RetirePolicy,
+        environment: ListedEnvironment<'_>,
+        dry_run: bool,
+    ) -> Result<DiscoveryApplied, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Locked for the transaction: a listing made meanwhile with another token waits, and
         // then compares with what this one recorded.

@@ -136,8 +136,8 @@ fn is_lost(e: &sqlx::Error) -> bool {
 /// `write`, once more if its session turned out read-only: sessions opened while the database
 /// took no writes stay so after it takes them again, and the refusal has the pool replace them
 /// (see `read_only`). For writes nothing else tries again (a webhook delivery's record, a
-/// retirement); runs retry every retryable error, and `steer` and `account_event` make their
-/// transactions again after one (`thrice`).
+/// retirement); runs retry every retryable error, and `steer`, `account_event` and
+/// `apply_discovery` make their transactions again after one (`thrice`).
 pub async fn retry_read_only<T, F>(write: impl Fn() -> F) -> Result<T, StoreError>
 where
     F: std::future::Future<Output = Result<T, StoreError>>,

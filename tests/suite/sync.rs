@@ -1032,16 +1032,58 @@ async fn a_run_starting_while_its_account_event_is_applied_waits_for_it() {
     assert_eq!(health(&env, a).await, "needs_reauth");
 }
 
-/// An account event that loses a deadlock all the same (here to a transaction that locks the
-/// account's rows in the other order) is made again, and applied: not left to the next listing.
+/// An account event, and a listing, that lose a deadlock all the same (here to a transaction
+/// that locks the account's rows in the other order) are made again, and applied: not left to
+/// the next listing, nor the listing's requests spent for nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_account_event_that_loses_a_deadlock_is_made_again() {
+async fn an_account_event_or_a_listing_that_loses_a_deadlock_is_made_again() {
     let a = account_id(1);
     let env = Env::new(&[(a, 20)]).await;
     assert!(env.sync(a).await.succeeded());
+    let event = the_victim_of_a_deadlock(&env, a, || needs_reauth_event(&env, a)).await;
+    assert!(event.is_ok(), "the event: {:?}", event.err());
+    assert_eq!(health(&env, a).await, "needs_reauth");
+
+    // Truto lists it active again: the listing gates it back to ok.
+    let store = env.store.clone();
+    let listing = the_victim_of_a_deadlock(&env, a, move || {
+        tokio::spawn(async move {
+            let row = lms_sync::store::Discovered {
+                id: a,
+                tenant_id: Some("tenant-a".into()),
+                status: Some("active".into()),
+                integration: Some("talentlms".into()),
+                is_sandbox: false,
+                environment_id: Some("env-1".into()),
+            };
+            let policy = lms_sync::store::RetirePolicy {
+                complete: true,
+                max_fraction: 0.5,
+            };
+            let environment = lms_sync::store::ListedEnvironment {
+                id: Some("env-1"),
+                adopt: false,
+            };
+            store
+                .apply_discovery(&[row], policy, environment, false)
+                .await
+        })
+    })
+    .await;
+    assert!(listing.is_ok(), "the listing: {:?}", listing.err());
+    assert_eq!(health(&env, a).await, "ok");
+}
+
+/// What `start` starts, made the victim of a deadlock: another transaction locks `a`'s
+/// `sync_state` row, then (once `start`'s transaction waits for it) its registry row.
+/// PostgreSQL looks for a deadlock in a session that has waited `deadlock_timeout`, and fails
+/// that one: the other session looks after 30 s, `start`'s after 1 s, so `start`'s loses.
+async fn the_victim_of_a_deadlock<T: Send + 'static>(
+    env: &Env,
+    a: uuid::Uuid,
+    start: impl FnOnce() -> tokio::task::JoinHandle<Result<T, lms_sync::store::StoreError>>,
+) -> Result<T, lms_sync::store::StoreError> {
     let mut other = env.store.pool().begin().await.unwrap();
-    // PostgreSQL looks for a deadlock in a session that has waited deadlock_timeout, and fails
-    // that one: this session looks much later than the event's (1 s), so the event loses.
     sqlx::query("SET LOCAL deadlock_timeout = '30s'")
         .execute(&mut *other)
         .await
@@ -1053,17 +1095,15 @@ async fn an_account_event_that_loses_a_deadlock_is_made_again() {
         .execute(&mut *other)
         .await
         .unwrap();
-    let event = needs_reauth_event(&env, a);
-    // The event holds the registry row and waits for sync_state; this waits for the row.
-    until_waiting(&env, 1).await;
+    let victim = start();
+    // It holds the registry row and waits for sync_state; this then waits for the row.
+    until_waiting(env, 1).await;
     sqlx::query(&lock("accounts"))
         .execute(&mut *other)
         .await
         .unwrap();
     other.commit().await.unwrap();
-    let event = event.await.unwrap();
-    assert!(event.is_ok(), "the event: {:?}", event.err());
-    assert_eq!(health(&env, a).await, "needs_reauth");
+    victim.await.unwrap()
 }
 
 /// `account_event` of `a` needing re-authorization, under way in a task of its own.
