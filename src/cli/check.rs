@@ -365,14 +365,8 @@ fn listing(integration: &str, listed: &crate::source::Listed, follows: Option<&s
         Ok(environment) => environment,
         Err(why) => return Check::failed("discovery", format!("{integration}: {why}")),
     };
-    if let (Some(follows), Some(listed)) = (follows, environment) {
-        if follows != listed {
-            let refused = crate::store::StoreError::OtherEnvironment {
-                follows: follows.into(),
-                listed: listed.into(),
-            };
-            return Check::failed("discovery", format!("{integration}: {refused}"));
-        }
+    if let Some(refused) = crate::store::other_environment(follows, environment) {
+        return Check::failed("discovery", format!("{integration}: {refused}"));
     }
     let active = listed
         .accounts

@@ -55,6 +55,33 @@ pub struct ListedEnvironment<'a> {
     pub adopt: bool,
 }
 
+/// Why a listing, or an account event, of the Truto environment `listed` must not be applied
+/// where the registry follows `follows` (pure): `None` when either is not known, or they are
+/// the same.
+pub fn other_environment(follows: Option<&str>, listed: Option<&str>) -> Option<StoreError> {
+    match (follows, listed) {
+        (Some(follows), Some(listed)) if follows != listed => Some(StoreError::OtherEnvironment {
+            follows: follows.to_string(),
+            listed: listed.to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// The Truto environment the registry follows, read in `tx` under `lock` (`FOR UPDATE` to
+/// record another, `FOR SHARE` to compare with it).
+async fn followed_environment(
+    tx: &mut Transaction<'_, Postgres>,
+    lock: &'static str,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar(&format!(
+        "SELECT environment_id FROM discovery_state {lock}"
+    ))
+    .fetch_optional(&mut **tx)
+    .await?
+    .flatten())
+}
+
 /// What discovery's guard decides about retiring.
 #[derive(Debug, Clone, Copy)]
 pub struct RetirePolicy {
@@ -188,23 +215,14 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // Locked for the transaction: a listing made meanwhile with another token waits, and
         // then compares with what this one recorded.
-        let follows: Option<String> =
-            sqlx::query_scalar("SELECT environment_id FROM discovery_state FOR UPDATE")
-                .fetch_optional(&mut *tx)
-                .await?
-                .flatten();
-        let adopted_from = match (&follows, environment.id) {
-            (Some(follows), Some(listed)) if follows != listed => {
-                if !environment.adopt {
-                    tx.rollback().await?;
-                    return Err(StoreError::OtherEnvironment {
-                        follows: follows.clone(),
-                        listed: listed.to_string(),
-                    });
-                }
-                Some(follows.clone())
+        let follows = followed_environment(&mut tx, "FOR UPDATE").await?;
+        let adopted_from = match other_environment(follows.as_deref(), environment.id) {
+            Some(refused) if !environment.adopt => {
+                tx.rollback().await?;
+                return Err(refused);
             }
-            _ => None,
+            Some(_) => follows.clone(),
+            None => None,
         };
         let mut out = upsert_listed(&mut tx, listed).await?;
         out.environment = environment.id.map(str::to_string).or(follows);
@@ -310,18 +328,12 @@ impl Store {
         wanted: bool,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        if let Some(listed) = account.environment_id.as_deref() {
-            let follows: Option<String> =
-                sqlx::query_scalar("SELECT environment_id FROM discovery_state FOR SHARE")
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .flatten();
-            if let Some(follows) = follows.filter(|f| f != listed) {
+        if account.environment_id.is_some() {
+            let follows = followed_environment(&mut tx, "FOR SHARE").await?;
+            let listed = account.environment_id.as_deref();
+            if let Some(refused) = other_environment(follows.as_deref(), listed) {
                 tx.rollback().await?;
-                return Err(StoreError::OtherEnvironment {
-                    follows,
-                    listed: listed.to_string(),
-                });
+                return Err(refused);
             }
         }
         let applied = upsert_listed(&mut tx, std::slice::from_ref(account)).await?;

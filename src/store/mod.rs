@@ -32,9 +32,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, PgPool};
 
 pub use accounts::{
-    retire_guard, AccountAction, AccountRow, Acting, Discovered, DiscoveryApplied, DiscoveryState,
-    ListedEnvironment, PurgeSummary, Purged, PurgedBy, RetirePolicy, Steer, WebhookDeliveries,
-    REASON_MAX_CHARS,
+    other_environment, retire_guard, AccountAction, AccountRow, Acting, Discovered,
+    DiscoveryApplied, DiscoveryState, ListedEnvironment, PurgeSummary, Purged, PurgedBy,
+    RetirePolicy, Steer, WebhookDeliveries, REASON_MAX_CHARS,
 };
 pub use budget::{
     agreed_limit, decide as decide_share, BudgetView, Negotiated, Reach, Runs, ShareHolder,
