@@ -1852,17 +1852,13 @@ async fn a_listing_of_another_environment_changes_nothing_until_adopted() {
     );
 
     // On purpose: a dry run says so and changes nothing; then the mirror follows env-2.
-    let o = cli(
-        &env,
-        &[
-            "accounts",
-            "discover",
-            "--adopt-environment",
-            "--retire-missing",
-            "--dry-run",
-        ],
-    )
-    .await;
+    let adopt = [
+        "accounts",
+        "discover",
+        "--adopt-environment",
+        "--retire-missing",
+    ];
+    let o = cli(&env, &[&adopt[..], &["--dry-run"]].concat()).await;
     assert!(o.status.success(), "{}", err(&o));
     assert!(
         out(&o).contains(
@@ -1873,16 +1869,7 @@ async fn a_listing_of_another_environment_changes_nothing_until_adopted() {
     );
     assert_eq!(text(follows).await, "env-1");
     assert_eq!(env.scalar_i64(registry).await, 3);
-    let o = cli(
-        &env,
-        &[
-            "accounts",
-            "discover",
-            "--adopt-environment",
-            "--retire-missing",
-        ],
-    )
-    .await;
+    let o = cli(&env, &adopt).await;
     assert!(o.status.success(), "{}", err(&o));
     assert!(
         out(&o)

@@ -1048,14 +1048,7 @@ async fn an_account_event_or_a_listing_that_loses_a_deadlock_is_made_again() {
     let store = env.store.clone();
     let listing = the_victim_of_a_deadlock(&env, a, move || {
         tokio::spawn(async move {
-            let row = lms_sync::store::Discovered {
-                id: a,
-                tenant_id: Some("tenant-a".into()),
-                status: Some("active".into()),
-                integration: Some("talentlms".into()),
-                is_sandbox: false,
-                environment_id: Some("env-1".into()),
-            };
+            let row = listed_as(a, "active", Some("env-1"));
             let policy = lms_sync::store::RetirePolicy {
                 complete: true,
                 max_fraction: 0.5,
@@ -1113,16 +1106,25 @@ fn needs_reauth_event(
 ) -> tokio::task::JoinHandle<Result<bool, lms_sync::store::StoreError>> {
     let store = env.store.clone();
     tokio::spawn(async move {
-        let row = lms_sync::store::Discovered {
-            id: a,
-            tenant_id: Some("tenant-a".into()),
-            status: Some("needs_reauth".into()),
-            integration: Some("talentlms".into()),
-            is_sandbox: false,
-            environment_id: None,
-        };
+        let row = listed_as(a, "needs_reauth", None);
         store.account_event(&row, false).await
     })
+}
+
+/// `a` as Truto would list it, with `status`, in `environment`.
+fn listed_as(
+    a: uuid::Uuid,
+    status: &str,
+    environment: Option<&str>,
+) -> lms_sync::store::Discovered {
+    lms_sync::store::Discovered {
+        id: a,
+        tenant_id: Some("tenant-a".into()),
+        status: Some(status.into()),
+        integration: Some("talentlms".into()),
+        is_sandbox: false,
+        environment_id: environment.map(str::to_string),
+    }
 }
 
 /// Waits until `n` sessions of the database wait for a lock.
