@@ -160,13 +160,14 @@ impl Store {
     }
 
     /// Closes a run in `sync_runs` and `sync_state`. Returns the account's health before the
-    /// run (`None` if the run was taken over and `sync_state` was left alone).
+    /// run and as recorded now (`None` if the run was taken over and `sync_state` was left
+    /// alone).
     pub async fn finish_run(
         &self,
         account: Uuid,
         run_id: i64,
         end: &RunEnd,
-    ) -> Result<Option<Health>, StoreError> {
+    ) -> Result<Option<(Health, Health)>, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE sync_runs
@@ -191,6 +192,26 @@ impl Store {
         .bind(end.hydration.rate_limited as i64)
         .execute(&mut *tx)
         .await?;
+        // Truto's `needs_reauth`, applied by a listing or a webhook event while this run was
+        // under way, is newer news than the run's answers: the run's `ok` leaves it standing
+        // (the next listing or event ungates the account if Truto has it active again). The
+        // row is locked first so that an event committed meanwhile is the one compared.
+        let gated_since_start: bool = sqlx::query_scalar(
+            "SELECT s.health = $3 AND s.health_since >= r.started_at
+               FROM sync_state s JOIN sync_runs r ON r.run_id = $2
+              WHERE s.integrated_account_id = $1
+                FOR UPDATE OF s",
+        )
+        .bind(account)
+        .bind(run_id)
+        .bind(Health::NeedsReauth.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(false);
+        let found = match end.health {
+            Some(Health::Ok) if gated_since_start => None,
+            h => h,
+        };
         let before = sqlx::query(
             "UPDATE sync_state
                 SET status = $3, last_outcome = $3, last_finished_at = now(), deleted = $4,
@@ -219,7 +240,7 @@ impl Store {
                FROM (SELECT health, health_since, health_reason, health_failures
                        FROM sync_state WHERE integrated_account_id = $1) AS s
               WHERE sync_state.integrated_account_id = $1 AND current_run_id = $2
-          RETURNING s.health",
+          RETURNING s.health, sync_state.health",
         )
         .bind(account)
         .bind(run_id)
@@ -227,7 +248,7 @@ impl Store {
         .bind(end.deleted as i64)
         .bind(end.error.as_ref().or(end.deletions_skipped_reason.as_ref()))
         .bind(end.complete_listing || end.reset_cursor)
-        .bind(end.health.map(Health::as_str))
+        .bind(found.map(Health::as_str))
         .bind(&end.error)
         .bind(end.held_for.map(|d| d.as_secs_f64()))
         .bind(end.hold_known)
@@ -235,7 +256,9 @@ impl Store {
         .await?;
         crate::failpoint::point("finish_run").await;
         tx.commit().await?;
-        before.map(|r| health(r.get(0))).transpose()
+        before
+            .map(|r| Ok((health(r.get(0))?, health(r.get(1))?)))
+            .transpose()
     }
 }
 

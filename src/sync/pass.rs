@@ -190,10 +190,15 @@ async fn close_run(p: &Pass<'_>, run_id: i64, end: &RunEnd, out: &mut SyncOutcom
     })
     .await;
     match closed {
-        Ok(before) => {
+        Ok(recorded) => {
             out.status = PassStatus::Finished(end.outcome);
-            out.health = end.health;
-            match (before, end.health) {
+            // What the run found, unless the account's state says otherwise now (a
+            // `needs_reauth` Truto reported while the run was under way stands).
+            out.health = match recorded {
+                Some((_, now)) => end.health.map(|_| now),
+                None => end.health,
+            };
+            match (recorded.map(|(was, _)| was), out.health) {
                 (Some(was), Some(Health::Ok)) if !was.is_ok() => {
                     tracing::info!(%was, "the account answers again; back on its regular schedule")
                 }

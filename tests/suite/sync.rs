@@ -1032,6 +1032,35 @@ async fn a_run_starting_while_its_account_event_is_applied_waits_for_it() {
     assert_eq!(health(&env, a).await, "needs_reauth");
 }
 
+/// Truto's `needs_reauth`, applied by an event while a run is under way (the run's first
+/// answers came before it), stands when the run ends well: it is newer news than the run's.
+/// (A gate the run started after is cleared by it, as before.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_needs_reauth_applied_during_a_run_outlives_the_run() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 20)]).await;
+    // Holds the run's first write back (its requests answered), so the event comes mid-run.
+    let mut holder = env.store.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE users IN SHARE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let (run, ()) = tokio::join!(env.sync(a), async {
+        until_waiting(&env, 1).await;
+        let event = needs_reauth_event(&env, a).await.unwrap();
+        assert!(event.is_ok(), "the event: {:?}", event.err());
+        holder.commit().await.unwrap();
+    });
+    assert!(run.succeeded());
+    assert_eq!(run.health, Some(lms_sync::domain::Health::NeedsReauth));
+    assert_eq!(health(&env, a).await, "needs_reauth");
+
+    // A run made after the gate (an operator's sync-now) that Truto answers clears it.
+    let run = env.sync(a).await;
+    assert!(run.succeeded());
+    assert_eq!(health(&env, a).await, "ok");
+}
+
 /// An account event, and a listing, that lose a deadlock all the same (here to a transaction
 /// that locks the account's rows in the other order) are made again, and applied: not left to
 /// the next listing, nor the listing's requests spent for nothing.
