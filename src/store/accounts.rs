@@ -907,7 +907,10 @@ async fn retire_missing(
 }
 
 /// Truto's status says what a request would find: `needs_reauth` marks the account's health
-/// without spending a request; `active` again clears it and asks for a run at once.
+/// without spending a request; `active` again clears it and asks for a run at once. `active`
+/// clears `not_found` too: the listing or the event's GET was answered with the token the runs
+/// use, so it knows the account now (say a token of another environment was replaced), and
+/// the account need not wait hours for its next probe.
 async fn gate_health(
     tx: &mut Transaction<'_, Postgres>,
     listed: &[Discovered],
@@ -936,14 +939,14 @@ async fn gate_health(
     sqlx::query(
         "WITH back AS (
              UPDATE sync_state SET health = $2, health_since = now(), health_reason = NULL, health_failures = 0
-              WHERE integrated_account_id = ANY($1) AND health = $3
+              WHERE integrated_account_id = ANY($1) AND health = ANY($3)
           RETURNING integrated_account_id)
          UPDATE accounts SET sync_requested_at = now()
           WHERE integrated_account_id IN (SELECT integrated_account_id FROM back)",
     )
     .bind(&back)
     .bind(Health::Ok.as_str())
-    .bind(Health::NeedsReauth.as_str())
+    .bind([Health::NeedsReauth.as_str(), Health::NotFound.as_str()])
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -1061,6 +1061,58 @@ async fn a_needs_reauth_applied_during_a_run_outlives_the_run() {
     assert_eq!(health(&env, a).await, "ok");
 }
 
+/// A run answered 404 marks the account `not_found`, probed hours apart. A listing that has
+/// it active, made with the same token, says the token knows it again (a token of another
+/// environment was replaced, say): it is `ok` and synced at once, not hours later. A health a
+/// listing cannot vouch for (`forbidden`: the token's scopes) waits for its probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_listed_active_is_no_longer_taken_for_one_the_token_does_not_know() {
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 20), (b, 20)]).await;
+    let list = || async {
+        let policy = lms_sync::store::RetirePolicy {
+            complete: true,
+            max_fraction: 0.5,
+        };
+        let environment = lms_sync::store::ListedEnvironment {
+            id: Some("env-1"),
+            adopt: false,
+        };
+        let listed = [
+            listed_as(a, "active", Some("env-1")),
+            listed_as(b, "active", Some("env-1")),
+        ];
+        env.store
+            .apply_discovery(&listed, policy, environment, false)
+            .await
+            .unwrap();
+    };
+    let requested = |id: uuid::Uuid| {
+        format!(
+            "SELECT count(*) FROM accounts
+              WHERE integrated_account_id = '{id}' AND sync_requested_at IS NOT NULL"
+        )
+    };
+    // Listed active already (the first listing asks for their first runs).
+    list().await;
+    sqlx::query("UPDATE accounts SET sync_requested_at = NULL")
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    env.sim.block(a, Fault::status(404));
+    env.sim.block(b, Fault::status(403));
+    assert!(!env.sync(a).await.succeeded());
+    assert!(!env.sync(b).await.succeeded());
+    assert_eq!(health(&env, a).await, "not_found");
+    assert_eq!(health(&env, b).await, "forbidden");
+
+    list().await;
+    assert_eq!(health(&env, a).await, "ok");
+    assert_eq!(env.scalar_i64(&requested(a)).await, 1, "synced at once");
+    assert_eq!(health(&env, b).await, "forbidden");
+    assert_eq!(env.scalar_i64(&requested(b)).await, 0);
+}
+
 /// An account event, and a listing, that lose a deadlock all the same (here to a transaction
 /// that locks the account's rows in the other order) are made again, and applied: not left to
 /// the next listing, nor the listing's requests spent for nothing.
