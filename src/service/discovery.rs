@@ -14,6 +14,9 @@
 //!   turn: its listing would fail after its retries (holding the lease meanwhile) while another
 //!   replica's might not. When its runs start again it lists at once if the last listing
 //!   failed, else when the next one is due.
+//! - A process whose API token is replaced (its file changed, SIGHUP) lists at once if the last
+//!   listing failed: the old token may be what failed it (one of another Truto environment,
+//!   say), and the accounts its runs could not reach come back with the listing that has them.
 //! - Nor does a process whose scheduler found that the database accepts no writes (a read-only
 //!   mode, a standby at the primary's address): the listing could not be recorded, so every
 //!   retry would spend a listing's requests for nothing. It lists again as above once the
@@ -44,15 +47,24 @@ pub(super) async fn run(
     let mut writes = ready.watch_writes();
     let mut halted_before = false;
     let mut refused_before = false;
+    let mut replaced_before = standing.borrow().replaced;
     while !cancel.is_cancelled() {
         // (A reloaded configuration applies from the next listing on.)
         let settings = live.borrow().discovery.clone();
-        standing.borrow_and_update();
+        let replaced = standing.borrow_and_update().replaced;
         let halt = source.halt();
         let refused = writes.borrow_and_update().clone();
         // When the runs start again, a listing that failed meanwhile is tried at once: what
         // failed it (the token, Truto not answering, the database) is what just ended.
         let mut retry_now = false;
+        if replaced != replaced_before {
+            replaced_before = replaced;
+            retry_now = true;
+            tracing::info!(
+                "the API token was replaced: listing the integrated accounts at once if the last \
+                 listing failed, else when the next is due"
+            );
+        }
         if refused.is_some() != refused_before {
             refused_before = refused.is_some();
             match &refused {
@@ -98,12 +110,11 @@ pub(super) async fn run(
             )
             .await
         };
-        // While held (since before the turn, or by what its listing met), look again as soon
-        // as this process's standing with Truto changes; and whenever the database's changes.
-        let held = source.halt().is_some();
+        // Look again as soon as this process's standing with Truto changes (a hold begins or
+        // ends, the token is replaced); and whenever the database's changes.
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            Ok(()) = standing.changed(), if held => {}
+            Ok(()) = standing.changed() => {}
             Ok(()) = writes.changed() => {}
             _ = cancel.cancelled() => {}
         }

@@ -2210,6 +2210,86 @@ async fn a_replica_whose_token_was_refused_lists_at_once_when_it_is_accepted_aga
     service.terminate().await;
 }
 
+/// A token of another Truto environment for a while (a staging token put in production's
+/// place): its listing is refused, and the account's run answered 404 marks it `not_found`,
+/// probed hours apart. Once the right token is back (its file rewritten), the replica lists at
+/// once (the last listing failed), the listing has the account active, which clears
+/// `not_found`, and the account is synced at once: not after `discovery.retry_initial` nor
+/// `schedule.health_retry_initial` (an hour each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accounts_a_token_of_another_environment_missed_are_synced_once_it_is_replaced() {
+    use crate::helpers::daemon::{lms_sync, spawn_env};
+    let a = account_id(1);
+    let env = fleet_env(&[(a, 7)]).await;
+    let cfg = discovery_config(&env, &[], "interval = \"1h\"\nretry_initial = \"1h\"\n");
+    let token = TempFile::new("lms-sync-token", "", format!("{DEMO_TOKEN}\n"));
+    let mut service = spawn_env(
+        &cfg,
+        &env.db_url,
+        &[],
+        &[
+            ("LMS_SYNC__TRUTO__API_TOKEN_FILE", token.to_str().unwrap()),
+            ("LMS_SYNC__SERVER__SECRET_FILES_CHECK_SECS", "0"),
+        ],
+    );
+    let ev = service.wait_for("discovery finished").await;
+    assert_eq!(ev["fields"]["added"], 1, "{ev}");
+    let ev = service.wait_for("sync run finished").await;
+    assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+
+    // The token is now one of env-2: Truto lists that environment's account, and answers 404
+    // for ours.
+    let staging = account_id(11);
+    env.sim.set_token("tok-staging");
+    env.sim.remove_integrated(a);
+    env.sim.set_integrated(
+        staging,
+        Integrated {
+            environment_id: "env-2".into(),
+            ..Integrated::active("staging")
+        },
+    );
+    std::fs::write(&token, "tok-staging\n").unwrap();
+    service.hangup().await;
+    let replaced = "the API token was replaced: listing the integrated accounts at once if the \
+                    last listing failed, else when the next is due";
+    // (The last listing succeeded: none now.)
+    service
+        .wait_for_each(&[
+            "Truto API token reloaded; the next requests use it",
+            replaced,
+        ])
+        .await;
+    let o = lms_sync(&cfg, &env.db_url, &["accounts", "discover"])
+        .env("TRUTO_API_TOKEN", "tok-staging")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let ev = service.sync_now(&cfg, &env.db_url, a).await;
+    assert_eq!(ev["fields"]["outcome"], "failed", "{ev}");
+    let health = "SELECT count(*) FROM sync_state WHERE health = 'not_found'";
+    assert_eq!(env.scalar_i64(health).await, 1);
+
+    // The right token is back.
+    env.sim.set_token(DEMO_TOKEN);
+    env.sim.remove_integrated(staging);
+    env.sim.set_integrated(a, Integrated::active("tenant-0"));
+    env.sim.unblock(a);
+    std::fs::write(&token, format!("{DEMO_TOKEN}\n")).unwrap();
+    service.hangup().await;
+    let ev = service.wait_for(replaced).await;
+    let at = logged_at(&ev);
+    let ev = service.wait_for("discovery finished").await;
+    let waited = (logged_at(&ev) - at).num_seconds();
+    assert!(waited < 10, "{waited} s");
+    let ev = service.wait_for("sync run finished").await;
+    assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    assert_eq!(env.scalar_i64(health).await, 0);
+    assert_mirror(&env.store, &env.sim, a).await;
+    service.terminate().await;
+}
+
 /// `lms-sync status` on a fleet of hundreds reads as the status page does: every account, those
 /// needing attention first (the most pressing first), then the fleet's size and a count of
 /// each kind of trouble, so that `status | head` shows what matters and `status | tail` sums the
