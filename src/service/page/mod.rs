@@ -956,6 +956,22 @@ mod tests {
         assert!(html.contains("The last that succeeded: <time"), "{html}");
         assert!(html.contains("were not retired: 3 of 4 accounts are gone"));
         assert!(!html.contains("in a row"), "{html}");
+        // lms-sync's own advice is shown whole (what to run is at its end).
+        let other = crate::store::StoreError::OtherEnvironment {
+            follows: "env-production-eu-1".into(),
+            listed: "env-staging-eu-1".into(),
+        };
+        let html = with(&DiscoveryView {
+            error: Some(other.to_string()),
+            ..d.clone()
+        });
+        assert!(
+            html.contains(
+                "lms-sync accounts discover --adopt-environment (with --retire-missing to \
+                 retire the accounts of env-production-eu-1 at once)</span>"
+            ),
+            "{html}"
+        );
 
         // Three failures in a row: the next is tried 1 min doubled twice after the last (not an
         // hour after it), and the page says how many failed.

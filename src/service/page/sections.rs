@@ -222,7 +222,9 @@ pub(super) fn discovery_section(s: &mut String, d: &DiscoveryView, now: DateTime
                  <span class=\"why\">The last listing, {}, failed: {}</span>{} \
                  The last that succeeded: {}.{}</p>",
                 when(Some(at), now),
-                escape(&crate::text::shorten(e, 300)),
+                // Long enough for lms-sync's own errors, whose advice comes last (a token of
+                // another environment: ~450 characters); a server's body is cut before.
+                escape(&crate::text::shorten(e, 1000)),
                 in_a_row(d.failures),
                 when(d.succeeded_at, now),
                 next_listing(d, now),
