@@ -1,5 +1,6 @@
 //! The deployment files: the Grafana dashboard is valid and names only exported metrics, the
-//! alert rules name only exported metrics, the PrometheusRule is the same rules, and the
+//! alert rules name only exported metrics, the PrometheusRule is the same rules, the
+//! dashboard's ConfigMap (for Grafana's sidecar) is the same dashboard, and the
 //! Kubernetes Deployment leaves the service time to stop gracefully, its disruption budget
 //! and spread select its pods, its ConfigMap loads, and Truto's webhooks reach their one
 //! route on any replica; every alert has its section in the runbook. (`promtool` and
@@ -10,6 +11,7 @@ use lms_sync::metrics::DEFINITIONS;
 const DASHBOARD: &str = include_str!("../../deploy/grafana/lms-sync.json");
 const ALERTS: &str = include_str!("../../deploy/prometheus/alerts.yml");
 const RULE: &str = include_str!("../../deploy/k8s/prometheusrule.yaml");
+const DASHBOARD_MAP: &str = include_str!("../../deploy/k8s/grafana-dashboard.yaml");
 const DEPLOYMENT: &str = include_str!("../../deploy/k8s/deployment.yaml");
 const CONFIGMAP: &str = include_str!("../../deploy/k8s/configmap.yaml");
 const DISRUPTION: &str = include_str!("../../deploy/k8s/poddisruptionbudget.yaml");
@@ -86,6 +88,60 @@ fn the_dashboard_is_valid_and_names_only_exported_metrics() {
     ] {
         assert!(named.iter().any(|n| n == needed), "no panel shows {needed}");
     }
+}
+
+/// Grafana's dashboard sidecar provisions the file as it is: no import fills `__inputs`, so
+/// every query names the data source through the dashboard's own `datasource` variable; and the
+/// ConfigMap it loads is the dashboard, byte for byte, under the label it looks for.
+#[test]
+fn the_dashboard_needs_no_import_and_its_configmap_is_the_same() {
+    let d: serde_json::Value = serde_json::from_str(DASHBOARD).expect("valid JSON");
+    assert!(
+        d.get("__inputs").is_none(),
+        "a provisioned dashboard gets no inputs"
+    );
+    let variables = d["templating"]["list"].as_array().expect("templating");
+    assert!(
+        variables.iter().any(|v| v["name"] == "datasource"
+            && v["type"] == "datasource"
+            && v["query"] == "prometheus"),
+        "no data source variable: {variables:?}"
+    );
+    let wanted = serde_json::json!({"type": "prometheus", "uid": "${datasource}"});
+    let mut sources = 0;
+    for p in d["panels"].as_array().expect("panels") {
+        let targets = p["targets"].as_array().expect("targets");
+        for source in
+            std::iter::once(&p["datasource"]).chain(targets.iter().map(|t| &t["datasource"]))
+        {
+            assert_eq!(source, &wanted, "in {}", p["title"]);
+            sources += 1;
+        }
+    }
+    assert!(sources > 20);
+
+    assert!(
+        DASHBOARD_MAP.contains(
+            "\n  labels:\n    app.kubernetes.io/name: lms-sync\n    grafana_dashboard: \"1\"\n"
+        ),
+        "the sidecar's label"
+    );
+    let key = "\n  lms-sync.json: |\n";
+    let data = &DASHBOARD_MAP[DASHBOARD_MAP.find(key).expect("the dashboard's key") + key.len()..];
+    let indented: String = DASHBOARD
+        .lines()
+        .map(|l| {
+            if l.is_empty() {
+                "\n".to_string()
+            } else {
+                format!("    {l}\n")
+            }
+        })
+        .collect();
+    assert_eq!(
+        data, indented,
+        "deploy/k8s/grafana-dashboard.yaml drifted from deploy/grafana/lms-sync.json"
+    );
 }
 
 #[test]
