@@ -201,6 +201,26 @@ pub async fn share_token_budget(
                         );
                         recorded = halted;
                     }
+                    // The gauges first: what the logs below say is on /metrics by then (one of
+                    // them waits for the database while the gauges would lag behind it).
+                    if let Some(m) = &metrics {
+                        m.set(
+                            "lms_sync_config_mismatch",
+                            &[],
+                            f64::from(u8::from(!n.other_configs.is_empty())),
+                        );
+                        m.set(
+                            "lms_sync_truto_cut_off",
+                            &[],
+                            f64::from(u8::from(n.cut_off)),
+                        );
+                        m.set("lms_sync_rate_budget_limit", &[], f64::from(n.limit));
+                        m.set(
+                            "lms_sync_rate_budget_mismatch",
+                            &[],
+                            f64::from(u8::from(n.disagree)),
+                        );
+                    }
                     if (n.limit, n.disagree) != agreement {
                         agreement = (n.limit, n.disagree);
                         log_agreement(limit, &n);
@@ -237,24 +257,6 @@ pub async fn share_token_budget(
                         );
                     }
                     other_configs.clone_from(&n.other_configs);
-                    if let Some(m) = &metrics {
-                        m.set(
-                            "lms_sync_config_mismatch",
-                            &[],
-                            f64::from(u8::from(!n.other_configs.is_empty())),
-                        );
-                        m.set(
-                            "lms_sync_truto_cut_off",
-                            &[],
-                            f64::from(u8::from(n.cut_off)),
-                        );
-                        m.set("lms_sync_rate_budget_limit", &[], f64::from(n.limit));
-                        m.set(
-                            "lms_sync_rate_budget_mismatch",
-                            &[],
-                            f64::from(u8::from(n.disagree)),
-                        );
-                    }
                     let before = budget.token_share();
                     budget.set_token_share_until(n.share.max(0) as usize, started + lease);
                     report(budget.token_share(), want, Some(n.holders));
