@@ -1069,24 +1069,7 @@ async fn a_needs_reauth_applied_during_a_run_outlives_the_run() {
 async fn an_account_listed_active_is_no_longer_taken_for_one_the_token_does_not_know() {
     let (a, b) = (account_id(1), account_id(2));
     let env = Env::new(&[(a, 20), (b, 20)]).await;
-    let list = || async {
-        let policy = lms_sync::store::RetirePolicy {
-            complete: true,
-            max_fraction: 0.5,
-        };
-        let environment = lms_sync::store::ListedEnvironment {
-            id: Some("env-1"),
-            adopt: false,
-        };
-        let listed = [
-            listed_as(a, "active", Some("env-1")),
-            listed_as(b, "active", Some("env-1")),
-        ];
-        env.store
-            .apply_discovery(&listed, policy, environment, false)
-            .await
-            .unwrap();
-    };
+    let list = || async { listed_active(&env.store, &[a, b]).await.unwrap() };
     let requested = |id: uuid::Uuid| {
         format!(
             "SELECT count(*) FROM accounts
@@ -1128,20 +1111,7 @@ async fn an_account_event_or_a_listing_that_loses_a_deadlock_is_made_again() {
     // Truto lists it active again: the listing gates it back to ok.
     let store = env.store.clone();
     let listing = the_victim_of_a_deadlock(&env, a, move || {
-        tokio::spawn(async move {
-            let row = listed_as(a, "active", Some("env-1"));
-            let policy = lms_sync::store::RetirePolicy {
-                complete: true,
-                max_fraction: 0.5,
-            };
-            let environment = lms_sync::store::ListedEnvironment {
-                id: Some("env-1"),
-                adopt: false,
-            };
-            store
-                .apply_discovery(&[row], policy, environment, false)
-                .await
-        })
+        tokio::spawn(async move { listed_active(&store, &[a]).await })
     })
     .await;
     assert!(listing.is_ok(), "the listing: {:?}", listing.err());
@@ -1190,6 +1160,28 @@ fn needs_reauth_event(
         let row = listed_as(a, "needs_reauth", None);
         store.account_event(&row, false).await
     })
+}
+
+/// A complete listing of `ids`, each active in env-1, applied as discovery applies one.
+async fn listed_active(
+    store: &lms_sync::store::Store,
+    ids: &[uuid::Uuid],
+) -> Result<lms_sync::store::DiscoveryApplied, lms_sync::store::StoreError> {
+    let rows: Vec<_> = ids
+        .iter()
+        .map(|&id| listed_as(id, "active", Some("env-1")))
+        .collect();
+    let policy = lms_sync::store::RetirePolicy {
+        complete: true,
+        max_fraction: 0.5,
+    };
+    let environment = lms_sync::store::ListedEnvironment {
+        id: Some("env-1"),
+        adopt: false,
+    };
+    store
+        .apply_discovery(&rows, policy, environment, false)
+        .await
 }
 
 /// `a` as Truto would list it, with `status`, in `environment`.
