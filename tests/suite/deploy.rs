@@ -1,6 +1,7 @@
 //! The deployment files: the Grafana dashboard is valid and names only exported metrics, the
 //! alert rules name only exported metrics, the PrometheusRule is the same rules, the
-//! dashboard's ConfigMap (for Grafana's sidecar) is the same dashboard, and the
+//! dashboard's ConfigMap (for Grafana's sidecar) is the same dashboard, docker compose's
+//! monitoring profile fits together, and the
 //! Kubernetes Deployment leaves the service time to stop gracefully, its disruption budget
 //! and spread select its pods, its ConfigMap loads, and Truto's webhooks reach their one
 //! route on any replica; every alert has its section in the runbook. (`promtool` and
@@ -12,6 +13,9 @@ const DASHBOARD: &str = include_str!("../../deploy/grafana/lms-sync.json");
 const ALERTS: &str = include_str!("../../deploy/prometheus/alerts.yml");
 const RULE: &str = include_str!("../../deploy/k8s/prometheusrule.yaml");
 const DASHBOARD_MAP: &str = include_str!("../../deploy/k8s/grafana-dashboard.yaml");
+const COMPOSE: &str = include_str!("../../docker-compose.yml");
+const COMPOSE_PROMETHEUS: &str = include_str!("../../deploy/compose/prometheus.yml");
+const COMPOSE_DASHBOARDS: &str = include_str!("../../deploy/compose/grafana/dashboards.yml");
 const DEPLOYMENT: &str = include_str!("../../deploy/k8s/deployment.yaml");
 const CONFIGMAP: &str = include_str!("../../deploy/k8s/configmap.yaml");
 const DISRUPTION: &str = include_str!("../../deploy/k8s/poddisruptionbudget.yaml");
@@ -142,6 +146,44 @@ fn the_dashboard_needs_no_import_and_its_configmap_is_the_same() {
         data, indented,
         "deploy/k8s/grafana-dashboard.yaml drifted from deploy/grafana/lms-sync.json"
     );
+}
+
+/// docker compose's `monitoring` profile fits together: its Prometheus scrapes the service's
+/// port under the job name the alert rules expect, with the rules mounted where its config
+/// reads them; Grafana finds the dashboard where it is mounted; and nothing is published
+/// beyond this host. (`promtool check config` and `docker-compose config` check the files
+/// themselves in `.ci/run`.)
+#[test]
+fn the_compose_monitoring_profile_scrapes_the_service_and_loads_the_rules_and_the_dashboard() {
+    assert!(ALERTS.contains("up{job=\"lms-sync\"}"));
+    assert!(COMPOSE_PROMETHEUS.contains("\n  - job_name: lms-sync\n"));
+    assert!(COMPOSE_PROMETHEUS.contains("\n      - names: [\"lms-sync\"]\n"));
+    assert!(COMPOSE.contains("\n  lms-sync:\n"), "the service's name");
+    assert!(COMPOSE.contains("LMS_SYNC__SERVER__LISTEN: 0.0.0.0:9000\n"));
+    assert!(COMPOSE_PROMETHEUS.contains("\n        port: 9000\n"));
+    assert!(COMPOSE_PROMETHEUS.contains("\n  - alerts.yml "));
+    for mount in [
+        "- ./deploy/compose/prometheus.yml:/etc/prometheus/prometheus.yml:ro\n",
+        "- ./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro\n",
+        "- ./deploy/prometheus/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro\n",
+        "- ./deploy/grafana/lms-sync.json:/var/lib/grafana/dashboards/lms-sync.json:ro\n",
+        "- ./deploy/compose/grafana/dashboards.yml:/etc/grafana/provisioning/dashboards/",
+        "- ./deploy/compose/grafana/datasources.yml:/etc/grafana/provisioning/datasources/",
+    ] {
+        assert!(COMPOSE.contains(mount), "{mount}");
+    }
+    assert!(COMPOSE_DASHBOARDS.contains("\n      path: /var/lib/grafana/dashboards\n"));
+    let published: Vec<&str> = COMPOSE
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- \"") && l.contains(':'))
+        .collect();
+    assert_eq!(published.len(), 3, "{published:?}");
+    for p in published {
+        assert!(
+            p.contains("\"127.0.0.1:"),
+            "published beyond this host: {p}"
+        );
+    }
 }
 
 #[test]
