@@ -330,13 +330,19 @@ async fn a_failover_that_lost_committed_pages_stops_the_run_and_the_next_one_is_
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // What it received, replayed: the pages it keeps.
+        // What it received, replayed: the pages it keeps. (The last record received may be
+        // cut in two, and replay never reaches its end: then the startup process waits for WAL
+        // from any source, everything on disk replayed.)
         loop {
-            let replayed: bool =
-                sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn()")
-                    .fetch_one(&mut standby)
-                    .await
-                    .unwrap();
+            let replayed: bool = sqlx::query_scalar(
+                "SELECT pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn()
+                     OR EXISTS (SELECT 1 FROM pg_stat_activity
+                                 WHERE backend_type = 'startup'
+                                   AND wait_event = 'RecoveryRetrieveRetryInterval')",
+            )
+            .fetch_one(&mut standby)
+            .await
+            .unwrap();
             if replayed {
                 break;
             }
