@@ -66,6 +66,9 @@ struct Scheduler {
     ready: Arc<Readiness>,
     /// The write refusal (`Store::write_refused_at`) the database was last asked about.
     writes_checked: Option<u64>,
+    /// The listing refused for another environment (its `listed_at`) this process last
+    /// checked its own token after.
+    environment_checked: Option<DateTime<Utc>>,
 }
 
 /// How the loop stops a run: the reason is set before the token is cancelled, and the run
@@ -176,6 +179,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         done_tx,
         ready: ready.clone(),
         writes_checked: None,
+        environment_checked: None,
     };
     s.tracker.spawn(super::lock_watch::run(
         s.store.clone(),
@@ -248,6 +252,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         s.show_health(&histories);
         s.stop_gated();
         s.check_writes().await;
+        s.check_environment().await;
         let wake = s.start_due(&histories, &in_flight);
         let woken = s.wake.clone();
         tokio::select! {
@@ -434,6 +439,48 @@ impl Scheduler {
         }
         // Its own look counts (a session found read-only is noted as a refusal).
         self.writes_checked = self.store.write_refused_at();
+    }
+
+    /// Whether this process's API token lists the environment the registry follows, checked
+    /// (one listing request) when a listing made by any process since the last that succeeded
+    /// showed another one (`discovery_state.other_environment_id`), once per such listing,
+    /// and when the registry moved on to another environment while this process held its
+    /// runs for the one it followed before (`accounts discover --adopt-environment`). Without
+    /// it only the process that listed would hold; every other one would run each account
+    /// into a 404 and mark it `not_found`. The hold itself is lifted by the Truto watch's
+    /// checks (see [`crate::source::TrutoClient::probe`]). One query a round, with discovery.
+    async fn check_environment(&mut self) {
+        if !self.settings.discovery.enabled {
+            return;
+        }
+        // The round's reads say what fails; asked again next round.
+        let Ok(Some(known)) = self.store.environments().await else {
+            return;
+        };
+        let due = match self.source.other_environment() {
+            Some(held) => known.follows.as_deref() != Some(held.follows.as_str()),
+            None => {
+                known.other.is_some()
+                    && self.source.halt().is_none()
+                    && self.environment_checked != known.listed_at
+            }
+        };
+        if !due {
+            return;
+        }
+        self.environment_checked = known.listed_at;
+        tracing::info!(
+            follows = known.follows.as_deref(),
+            "checking which Truto environment's integrated accounts this process's API token \
+             lists: a listing showed another environment's, or the mirror moved on to another"
+        );
+        if let Err(f) = self
+            .source
+            .check_environment(known.follows.as_deref(), Some(2), &self.root)
+            .await
+        {
+            tracing::warn!(error = %f.error, "cannot check which Truto environment the API token lists; its runs go on");
+        }
     }
 
     /// Resumes the accounts of `registry` whose pause has reached the end an operator gave it

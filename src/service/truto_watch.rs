@@ -1,10 +1,13 @@
 //! While Truto refuses the API token (a 401 for the token itself: revoked, rotated in Truto but
-//! not here, mistyped) or does not answer at all (an outage, a network cut, DNS), every run
-//! would fail alike, one account after another, each with a failed run and requests spent. The
-//! scheduler starts none meanwhile (see [`crate::source::TrutoClient::halt`]); this task says
-//! so in `lms_sync_api_token_rejected` and `lms_sync_truto_unreachable`, probes Truto with one
-//! request after 10 s, then twice as long each time up to 5 minutes (at once when the token is
-//! replaced by SIGHUP), and wakes the scheduler when Truto answers and takes the token again.
+//! not here, mistyped), does not answer at all (an outage, a network cut, DNS), or lists
+//! another environment's integrated accounts with the token (a staging token in production's
+//! place), every run would fail alike, one account after another, each with a failed run and
+//! requests spent. The scheduler starts none meanwhile (see
+//! [`crate::source::TrutoClient::halt`]); this task says so in `lms_sync_api_token_rejected`,
+//! `lms_sync_truto_unreachable` and `lms_sync_api_token_other_environment`, probes Truto with
+//! one request after 10 s, then twice as long each time up to 5 minutes (at once when the token
+//! is replaced), and wakes the scheduler when Truto answers, takes the token and lists the
+//! followed environment's accounts with it again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +45,11 @@ fn show(metrics: &Metrics, s: &Standing) {
         "lms_sync_truto_unreachable",
         &[],
         flag(s.unreachable.is_some()),
+    );
+    metrics.set(
+        "lms_sync_api_token_other_environment",
+        &[],
+        flag(s.other_environment.is_some()),
     );
 }
 
@@ -93,6 +101,16 @@ pub(super) async fn run(
             }
             probed = Some(states.borrow().replaced);
             match source.probe(None, &cancel).await {
+                // Answered, but the token still lists another environment's accounts.
+                Ok(()) if halted(&states.borrow()) => {
+                    n += 1;
+                    tracing::warn!(
+                        reason = %source.halt().map(|h| h.to_string()).unwrap_or_default(),
+                        next_check_in_secs = check_wait(n).as_secs(),
+                        "the API token still lists another Truto environment's integrated \
+                         accounts; no run starts"
+                    );
+                }
                 Ok(()) => break,
                 Err(_) if cancel.is_cancelled() => return,
                 Err(f) => {

@@ -152,6 +152,38 @@ impl TrutoClient {
         Ok(done.value)
     }
 
+    /// Which Truto environment the API token lists the integrated accounts of, from one
+    /// account of the listing (`limit=1`, under the token's budget), recorded for the halt
+    /// against `follows`, the registry's (see [`TrutoClient::environment_listed`]). A listing
+    /// that shows no account, or none that says its environment, ends a hold: it shows no
+    /// other environment. At most `at_most` attempts when given.
+    pub async fn check_environment(
+        &self,
+        follows: Option<&str>,
+        at_most: Option<u32>,
+        cancel: &CancellationToken,
+    ) -> Result<(), Failed> {
+        let generation = self.token_generation();
+        let mut url = self.accounts_url.clone();
+        url.query_pairs_mut().append_pair("limit", "1");
+        let done = self
+            .with_retries_at_most(
+                LISTING_BUDGET_KEY,
+                "environment check",
+                at_most.unwrap_or(self.backoff.max_attempts),
+                cancel,
+                || async {
+                    let (body, headers) = self.get(&url).await?;
+                    Ok((parse_page(&body, &headers)?, None))
+                },
+            )
+            .await?;
+        let (accounts, ..) = done.value;
+        let listed = accounts.first().and_then(|a| a.environment_id.as_deref());
+        self.environment_listed(generation, listed, follows);
+        Ok(())
+    }
+
     /// Every page of the integrated accounts of `integration` (`integration.name=...`).
     pub async fn list_integrated_accounts(
         &self,

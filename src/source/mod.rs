@@ -33,7 +33,7 @@ use envelope::{invalid_body, parse_envelope};
 pub use envelope::{parse_page, FetchedPage};
 use error::{classify, status_error};
 pub use error::{Failed, SourceError};
-pub use standing::{Halt, Standing, Unreachable};
+pub use standing::{Halt, OtherEnvironment, Standing, Unreachable};
 
 /// The users endpoint, relative to the base URL.
 pub const USERS_PATH: &str = "unified/lms/users";

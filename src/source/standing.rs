@@ -1,5 +1,6 @@
 //! What this process's requests last told of Truto itself, beyond any one account: whether it
-//! refuses the API token, and whether it answers at all. Either way every run would fail alike,
+//! refuses the API token, whether it answers at all, and whether the token lists the integrated
+//! accounts of the Truto environment the mirror follows. Any way every run would fail alike,
 //! one account after another, each with a failed run and requests spent. So the client
 //! remembers it, the service starts no run meanwhile and probes Truto with one request now and
 //! then (`service::truto_watch`), and a one-off `sync` starts no further account.
@@ -12,6 +13,11 @@
 //!   got an answer since: while other accounts' requests are answered, and while only one
 //!   account fails, its failures are its own. The next answer, to
 //!   any request, ends it.
+//! - The token is one of *another environment* when a listing of integrated accounts made with
+//!   it shows another environment's than the registry follows (`discovery_state.environment_id`):
+//!   a staging token in production's place, the wrong secret in a rotation. Each known account's
+//!   run would answer 404 and mark it `not_found`. A listing with it that shows the followed
+//!   environment (or none) ends it; so does a token of this environment put in its place.
 
 use std::time::Instant;
 
@@ -31,6 +37,9 @@ pub struct Standing {
     pub rejected_since: Option<DateTime<Utc>>,
     /// Since when Truto has not answered, and the last request's failure, until it answers.
     pub unreachable: Option<Unreachable>,
+    /// Since when the API token lists another Truto environment's integrated accounts than the
+    /// one the mirror follows, until a listing with it shows the followed one's.
+    pub other_environment: Option<OtherEnvironment>,
     /// How often the token was replaced (SIGHUP): a watcher tries the new one at once.
     pub replaced: u64,
     /// When a request last got an answer from Truto (any status that is not a failure of its
@@ -49,13 +58,26 @@ impl Standing {
         self.answered.map(|at| at.elapsed())
     }
 
-    /// Why no run should start now, if Truto refuses the token or does not answer.
+    /// Why no run should start now, if Truto refuses the token, does not answer, or lists
+    /// another environment's accounts with it.
     pub fn halt(&self) -> Option<Halt> {
         if let Some(since) = self.rejected_since {
             return Some(Halt::TokenRejected(since));
         }
-        self.unreachable.clone().map(Halt::Unreachable)
+        if let Some(u) = &self.unreachable {
+            return Some(Halt::Unreachable(u.clone()));
+        }
+        self.other_environment.clone().map(Halt::OtherEnvironment)
     }
+}
+
+/// The API token listing another Truto environment's integrated accounts: since when, which
+/// environment it lists, and which one the mirror follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtherEnvironment {
+    pub since: DateTime<Utc>,
+    pub listed: String,
+    pub follows: String,
 }
 
 /// Truto not answering: since when, and why the request that gave up did.
@@ -78,13 +100,15 @@ pub enum Halt {
     TokenRejected(DateTime<Utc>),
     /// Truto does not answer.
     Unreachable(Unreachable),
+    /// The API token lists another environment's accounts.
+    OtherEnvironment(OtherEnvironment),
 }
 
 impl Halt {
     /// The kind of error a run not started for it is recorded with.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Halt::TokenRejected(_) => ErrorKind::BadToken,
+            Halt::TokenRejected(_) | Halt::OtherEnvironment(_) => ErrorKind::BadToken,
             Halt::Unreachable(u) => u.kind,
         }
     }
@@ -101,6 +125,13 @@ impl std::fmt::Display for Halt {
                 "Truto has not answered since {} ({})",
                 u.since.format("%Y-%m-%d %H:%M:%S UTC"),
                 u.error
+            ),
+            Halt::OtherEnvironment(o) => write!(
+                f,
+                "the API token lists the integrated accounts of Truto environment {}, not those \
+                 of {} that this mirror follows (a token of another environment: check \
+                 TRUTO_API_TOKEN or truto.api_token_file)",
+                o.listed, o.follows
             ),
         }
     }
@@ -200,9 +231,62 @@ impl TrutoClient {
         self.standing.subscribe()
     }
 
+    /// Since when (and which) the API token lists another environment's accounts, if it does.
+    pub fn other_environment(&self) -> Option<OtherEnvironment> {
+        self.standing.borrow().other_environment.clone()
+    }
+
+    /// Records what a listing of integrated accounts made with token `generation` showed:
+    /// `listed`, the environment of its accounts (`None`: none said, or none listed), and
+    /// `follows`, the registry's. Runs are held while the two differ, and start again once a
+    /// listing with the token in use shows the followed one (or none). A change is logged once.
+    pub fn environment_listed(&self, generation: u64, listed: Option<&str>, follows: Option<&str>) {
+        let now = Utc::now();
+        let mut change = None;
+        self.standing.send_if_modified(|s| {
+            if s.replaced != generation {
+                return false;
+            }
+            let other = match (listed, follows) {
+                (Some(l), Some(f)) if l != f => Some((l, f)),
+                _ => None,
+            };
+            let next = other.map(|(listed, follows)| match &s.other_environment {
+                Some(o) if o.listed == listed && o.follows == follows => o.clone(),
+                _ => OtherEnvironment {
+                    since: now,
+                    listed: listed.to_string(),
+                    follows: follows.to_string(),
+                },
+            });
+            if next == s.other_environment {
+                return false;
+            }
+            change = Some(next.is_some());
+            s.other_environment = next;
+            true
+        });
+        match change {
+            Some(true) => tracing::error!(
+                listed,
+                follows,
+                "the API token lists the integrated accounts of another Truto environment than \
+                 the one this mirror follows: no new run starts until a listing with it shows \
+                 the followed environment's (put that environment's token in TRUTO_API_TOKEN or \
+                 truto.api_token_file); it is checked again in 10 s, then less and less often"
+            ),
+            Some(false) => tracing::info!(
+                follows,
+                "the API token lists the integrated accounts of the environment this mirror \
+                 follows; runs start again"
+            ),
+            None => {}
+        }
+    }
+
     /// How often the token was replaced so far: a request records what its answer says of the
     /// token only if it was sent with the one still in use.
-    pub(super) fn token_generation(&self) -> u64 {
+    pub fn token_generation(&self) -> u64 {
         self.standing.borrow().replaced
     }
 
@@ -303,13 +387,22 @@ impl TrutoClient {
     /// integrated account of the listing (under the token's budget; a token without the scope
     /// to list accounts still works for the users). Retries what is retryable, like every
     /// request, making at most `at_most` attempts when given (`check` answers within seconds,
-    /// not after the minute a request's whole retries take).
+    /// not after the minute a request's whole retries take). While the token lists another
+    /// environment's accounts (and Truto answers), the same listing request, read for its
+    /// environment ([`TrutoClient::check_environment`]): `Ok` then says Truto answered, not
+    /// that the hold ended.
     pub async fn probe(
         &self,
         at_most: Option<u32>,
         cancel: &CancellationToken,
     ) -> Result<(), Failed> {
-        let (key, mut url, what) = match self.unreachable().and_then(|u| u.account) {
+        let unreachable = self.unreachable();
+        if let (None, Some(held)) = (&unreachable, self.other_environment()) {
+            return self
+                .check_environment(Some(&held.follows), at_most, cancel)
+                .await;
+        }
+        let (key, mut url, what) = match unreachable.and_then(|u| u.account) {
             Some(account) => {
                 let mut url = self.users_url.clone();
                 url.query_pairs_mut()
@@ -453,6 +546,46 @@ mod tests {
 
         // Any answer ends it: a 404 for an account, say.
         c.judge(0, &status(404, false));
+        assert_eq!(c.halt(), None);
+    }
+
+    #[test]
+    fn a_token_listing_another_environment_holds_runs_until_a_listing_with_it_shows_the_followed_one(
+    ) {
+        let c = client();
+        // The followed one, none said, or none followed yet: nothing to hold for.
+        c.environment_listed(0, Some("e1"), Some("e1"));
+        c.environment_listed(0, None, Some("e1"));
+        c.environment_listed(0, Some("e2"), None);
+        assert_eq!(c.halt(), None);
+
+        c.environment_listed(0, Some("e2"), Some("e1"));
+        let Some(Halt::OtherEnvironment(o)) = c.halt() else {
+            panic!("held: {:?}", c.halt())
+        };
+        assert_eq!((o.listed.as_str(), o.follows.as_str()), ("e2", "e1"));
+        let halt = c.halt().expect("held");
+        assert_eq!(halt.kind(), ErrorKind::BadToken);
+        assert!(
+            halt.to_string().starts_with(
+                "the API token lists the integrated accounts of Truto environment e2, not those \
+                 of e1 that this mirror follows"
+            ),
+            "{halt}"
+        );
+        // Listed again: since when is kept.
+        c.environment_listed(0, Some("e2"), Some("e1"));
+        assert_eq!(c.other_environment().expect("held").since, o.since);
+        // A listing made with the token before it was replaced says nothing of the new one.
+        c.token_replaced();
+        c.environment_listed(0, Some("e1"), Some("e1"));
+        assert!(c.other_environment().is_some());
+        // A refused token is said first.
+        c.judge(1, &status(401, false));
+        assert!(matches!(c.halt(), Some(Halt::TokenRejected(_))));
+        c.judge(1, &Ok::<(), SourceError>(()));
+        assert!(matches!(c.halt(), Some(Halt::OtherEnvironment(_))));
+        c.environment_listed(1, None, Some("e1"));
         assert_eq!(c.halt(), None);
     }
 }

@@ -82,6 +82,17 @@ async fn followed_environment(
     .flatten())
 }
 
+/// What [`Store::environments`] reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Environments {
+    /// `discovery_state.environment_id`.
+    pub follows: Option<String>,
+    /// `discovery_state.other_environment_id`.
+    pub other: Option<String>,
+    /// When the last listing ended.
+    pub listed_at: Option<Ts>,
+}
+
 /// What discovery's guard decides about retiring.
 #[derive(Debug, Clone, Copy)]
 pub struct RetirePolicy {
@@ -238,7 +249,8 @@ impl Store {
                     succeeded_at = CASE WHEN $6 THEN now() ELSE discovery_state.succeeded_at END,
                     accounts_listed = $1, added = $2, retired = $3, unretired = $4,
                     retire_guard = $5, error = NULL, failures = 0,
-                    environment_id = coalesce($7, discovery_state.environment_id)",
+                    environment_id = coalesce($7, discovery_state.environment_id),
+                    other_environment_id = NULL",
         )
         .bind(out.listed as i32)
         .bind(out.added as i32)
@@ -363,21 +375,45 @@ impl Store {
     }
 
     /// Records that a listing failed (the registry is left as it was), and counts it among
-    /// the failures in a row; returns that count.
-    pub async fn discovery_failed(&self, error: &str) -> Result<u32, StoreError> {
+    /// the failures in a row; returns that count. `other`: the environment it showed when that
+    /// was not the followed one (kept through later failures, until a listing succeeds).
+    pub async fn discovery_failed(
+        &self,
+        error: &str,
+        other: Option<&str>,
+    ) -> Result<u32, StoreError> {
         let failures: i32 = sqlx::query_scalar(
-            "INSERT INTO discovery_state (singleton, listed_at, error, failures)
-             VALUES (true, now(), $1, 1)
+            "INSERT INTO discovery_state (singleton, listed_at, error, failures,
+                                          other_environment_id)
+             VALUES (true, now(), $1, 1, $2)
              ON CONFLICT (singleton) DO UPDATE
                 SET listed_at = now(), error = $1,
                     failures = CASE WHEN discovery_state.error IS NULL THEN 1
-                                    ELSE discovery_state.failures + 1 END
+                                    ELSE discovery_state.failures + 1 END,
+                    other_environment_id = coalesce($2, discovery_state.other_environment_id)
              RETURNING failures",
         )
         .bind(error)
+        .bind(other)
         .fetch_one(&self.pool)
         .await?;
         Ok(failures.max(1) as u32)
+    }
+
+    /// The Truto environment the registry follows, and the other one a listing showed since
+    /// the last that succeeded, with when the last listing ended: what each process checks
+    /// its own API token against. `None` before any listing.
+    pub async fn environments(&self) -> Result<Option<Environments>, StoreError> {
+        let row: Option<(Option<String>, Option<String>, Option<Ts>)> = sqlx::query_as(
+            "SELECT environment_id, other_environment_id, listed_at FROM discovery_state",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(follows, other, listed_at)| Environments {
+            follows,
+            other,
+            listed_at,
+        }))
     }
 
     /// How long until the next listing is due: [`DiscoverySettings::next_listing_after`] the

@@ -33,8 +33,8 @@ use sqlx::{ConnectOptions, PgPool};
 
 pub use accounts::{
     other_environment, retire_guard, AccountAction, AccountRow, Acting, Discovered,
-    DiscoveryApplied, DiscoveryState, ListedEnvironment, PurgeSummary, Purged, PurgedBy,
-    RetirePolicy, Steer, WebhookDeliveries, REASON_MAX_CHARS,
+    DiscoveryApplied, DiscoveryState, Environments, ListedEnvironment, PurgeSummary, Purged,
+    PurgedBy, RetirePolicy, Steer, WebhookDeliveries, REASON_MAX_CHARS,
 };
 pub use budget::{
     agreed_limit, decide as decide_share, BudgetView, Negotiated, Reach, Runs, ShareHolder,
@@ -106,7 +106,7 @@ pub enum StoreError {
     ReadOnly(String),
     /// A discovery listing of another Truto environment's accounts than the one the registry
     /// follows (`discovery_state.environment_id`): nothing of it was applied.
-    #[error("Truto lists the integrated accounts of environment {listed}, but this mirror follows environment {follows}: is the API token one of another environment (a staging token, a rotation gone wrong)? Nothing was changed, and the known accounts' runs fail (HTTP 404) until the right token is back; to follow {listed} from now on instead: lms-sync accounts discover --adopt-environment (with --retire-missing to retire the accounts of {follows} at once)")]
+    #[error("Truto lists the integrated accounts of environment {listed}, but this mirror follows environment {follows}: is the API token one of another environment (a staging token, a rotation gone wrong)? Nothing was changed, and no run starts with that token (each would answer 404) until the right one is back; to follow {listed} from now on instead: lms-sync accounts discover --adopt-environment (with --retire-missing to retire the accounts of {follows} at once)")]
     OtherEnvironment { follows: String, listed: String },
 }
 

@@ -62,6 +62,8 @@ pub async fn discover_with(
     options: ListingOptions,
 ) -> DiscoveryOutcome {
     let mut out = DiscoveryOutcome::default();
+    // The token the listing is made with: one replaced meanwhile is not judged by it.
+    let generation = source.token_generation();
     let mut listed: Vec<IntegratedAccount> = Vec::new();
     for integration in &settings.integrations {
         match source.list_integrated_accounts(integration, cancel).await {
@@ -75,7 +77,7 @@ pub async fn discover_with(
             Err(f) => {
                 out.requests += f.requests;
                 let error = format!("listing the {integration} accounts failed: {}", f.error);
-                return failed(store, out, error, options.dry_run).await;
+                return failed(store, out, error, None, options.dry_run).await;
             }
         }
     }
@@ -84,7 +86,7 @@ pub async fn discover_with(
             id,
             adopt: options.adopt_environment,
         },
-        Err(error) => return failed(store, out, error, options.dry_run).await,
+        Err(error) => return failed(store, out, error, None, options.dry_run).await,
     };
     let rows: Vec<Discovered> = listed.iter().map(discovered).collect();
     let policy = RetirePolicy {
@@ -97,6 +99,7 @@ pub async fn discover_with(
     {
         Ok(applied) if options.dry_run => out.applied = Some(applied),
         Ok(applied) => {
+            source.environment_listed(generation, environment.id, applied.environment.as_deref());
             if let Some(guard) = &applied.retire_guard {
                 tracing::warn!(guard = %guard, "discovery retired no account");
             }
@@ -117,8 +120,24 @@ pub async fn discover_with(
             );
             out.applied = Some(applied);
         }
-        Err(e @ StoreError::OtherEnvironment { .. }) => {
-            return failed(store, out, e.to_string(), options.dry_run).await
+        Err(StoreError::OtherEnvironment { follows, listed }) => {
+            // No run of this process starts with the token meanwhile (each would answer 404);
+            // the other processes sharing the database check theirs (`discovery_state`).
+            if !options.dry_run {
+                source.environment_listed(generation, Some(&listed), Some(&follows));
+            }
+            let error = StoreError::OtherEnvironment {
+                follows,
+                listed: listed.clone(),
+            };
+            return failed(
+                store,
+                out,
+                error.to_string(),
+                Some(&listed),
+                options.dry_run,
+            )
+            .await;
         }
         Err(e) => {
             let e = store.explain(e).await;
@@ -130,16 +149,18 @@ pub async fn discover_with(
 }
 
 /// A listing that failed, or that must not be applied: logged, and (unless a dry run)
-/// recorded among the failed listings in a row; the registry is left as it was.
+/// recorded among the failed listings in a row; the registry is left as it was. `other`: the
+/// environment the listing showed when it was not the followed one.
 async fn failed(
     store: &Store,
     mut out: DiscoveryOutcome,
     error: String,
+    other: Option<&str>,
     dry_run: bool,
 ) -> DiscoveryOutcome {
     tracing::error!(%error, "discovery failed; the registry is left as it was");
     if !dry_run {
-        match store.discovery_failed(&error).await {
+        match store.discovery_failed(&error, other).await {
             Ok(n) => out.failures = Some(n),
             Err(e) => tracing::warn!(error = %e, "could not record the failed discovery"),
         }

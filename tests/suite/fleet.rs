@@ -2210,18 +2210,23 @@ async fn a_replica_whose_token_was_refused_lists_at_once_when_it_is_accepted_aga
     service.terminate().await;
 }
 
-/// A token of another Truto environment for a while (a staging token put in production's
-/// place): its listing is refused, and the account's run answered 404 marks it `not_found`,
-/// probed hours apart. Once the right token is back (its file rewritten), the replica lists at
-/// once (the last listing failed), the listing has the account active, which clears
-/// `not_found`, and the account is synced at once: not after `discovery.retry_initial` nor
-/// `schedule.health_retry_initial` (an hour each).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_accounts_a_token_of_another_environment_missed_are_synced_once_it_is_replaced() {
+/// A service of one account (`a`, synced) whose API token file, and Truto's, now hold a
+/// token of env-2 (which lists `staging`), held after a one-off `sync` with that token was
+/// refused its listing: what the two tests below start from.
+struct HeldByStagingToken {
+    service: crate::helpers::daemon::Daemon,
+    cfg: TempFile,
+    token: TempFile,
+    ops: String,
+    staging: Uuid,
+}
+
+const TOKEN_REPLACED: &str = "the API token was replaced: listing the integrated accounts at \
+                              once if the last listing failed, else when the next is due";
+
+async fn held_by_a_staging_token(env: &Env, a: Uuid) -> HeldByStagingToken {
     use crate::helpers::daemon::{lms_sync, spawn_env};
-    let a = account_id(1);
-    let env = fleet_env(&[(a, 7)]).await;
-    let cfg = discovery_config(&env, &[], "interval = \"1h\"\nretry_initial = \"1h\"\n");
+    let cfg = discovery_config(env, &[], "interval = \"1h\"\nretry_initial = \"1h\"\n");
     let token = TempFile::new("lms-sync-token", "", format!("{DEMO_TOKEN}\n"));
     let mut service = spawn_env(
         &cfg,
@@ -2232,13 +2237,17 @@ async fn the_accounts_a_token_of_another_environment_missed_are_synced_once_it_i
             ("LMS_SYNC__SERVER__SECRET_FILES_CHECK_SECS", "0"),
         ],
     );
+    let listening = service
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
+    let ops = listening["fields"]["addr"].as_str().unwrap().to_string();
     let ev = service.wait_for("discovery finished").await;
     assert_eq!(ev["fields"]["added"], 1, "{ev}");
     let ev = service.wait_for("sync run finished").await;
     assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
 
-    // The token is now one of env-2: Truto lists that environment's account, and answers 404
-    // for ours.
+    // The token is now one of env-2: Truto lists that environment's account, and would answer
+    // 404 for ours.
     let staging = account_id(11);
     env.sim.set_token("tok-staging");
     env.sim.remove_integrated(a);
@@ -2251,25 +2260,96 @@ async fn the_accounts_a_token_of_another_environment_missed_are_synced_once_it_i
     );
     std::fs::write(&token, "tok-staging\n").unwrap();
     service.hangup().await;
-    let replaced = "the API token was replaced: listing the integrated accounts at once if the \
-                    last listing failed, else when the next is due";
     // (The last listing succeeded: none now.)
     service
         .wait_for_each(&[
             "Truto API token reloaded; the next requests use it",
-            replaced,
+            TOKEN_REPLACED,
         ])
         .await;
-    let o = lms_sync(&cfg, &env.db_url, &["accounts", "discover"])
+    let o = lms_sync(&cfg, &env.db_url, &["sync"])
         .env("TRUTO_API_TOKEN", "tok-staging")
         .output()
         .await
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    let ev = service.sync_now(&cfg, &env.db_url, a).await;
-    assert_eq!(ev["fields"]["outcome"], "failed", "{ev}");
-    let health = "SELECT count(*) FROM sync_state WHERE health = 'not_found'";
-    assert_eq!(env.scalar_i64(health).await, 1);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        said.contains(
+            "discovery: Truto lists the integrated accounts of environment env-2, but this \
+             mirror follows environment env-1"
+        ),
+        "{said}"
+    );
+    let held = "the API token lists the integrated accounts of another Truto environment than \
+                the one this mirror follows: no new run starts until a listing with it shows the \
+                followed environment's (put that environment's token in TRUTO_API_TOKEN or \
+                truto.api_token_file); it is checked again in 10 s, then less and less often";
+    let ev = service.wait_for(held).await;
+    assert_eq!(
+        (&ev["fields"]["listed"], &ev["fields"]["follows"]),
+        (&"env-2".into(), &"env-1".into()),
+        "{ev}"
+    );
+    HeldByStagingToken {
+        service,
+        cfg,
+        token,
+        ops,
+        staging,
+    }
+}
+
+/// A token of another Truto environment for a while (a staging token put in production's
+/// place, in the service's file and in a one-off `sync`'s environment): the one-off's listing
+/// is refused and it syncs nothing; the service, which did not list (each of its runs would
+/// answer 404 and mark the account `not_found`), reads the refusal from the database, checks its own token with
+/// one request, and holds its runs too, sync-now included, saying so in its log, its gauge and
+/// its status page. Once the right token is back (its file rewritten), the hold ends at once,
+/// the replica lists at once (the last listing failed) and syncs the account: not after
+/// `discovery.retry_initial` (an hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_of_another_environment_holds_the_runs_until_the_right_one_is_back() {
+    use crate::helpers::daemon::lms_sync;
+    let a = account_id(1);
+    let env = fleet_env(&[(a, 7)]).await;
+    let HeldByStagingToken {
+        mut service,
+        cfg,
+        token,
+        ops,
+        staging,
+    } = held_by_a_staging_token(&env, a).await;
+    let o = lms_sync(&cfg, &env.db_url, &["accounts", "sync-now", &a.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The first check, 10 s later: the sync-now request stood through five rounds meanwhile.
+    let ev = service
+        .wait_for(
+            "the API token still lists another Truto environment's integrated accounts; no run \
+             starts",
+        )
+        .await;
+    assert_eq!(ev["fields"]["next_check_in_secs"], 20, "{ev}");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM sync_runs").await, 1);
+    let health = "SELECT count(*) FROM sync_state WHERE health <> 'ok'";
+    assert_eq!(env.scalar_i64(health).await, 0);
+    let metrics = get_text(&format!("http://{ops}/metrics")).await;
+    assert_eq!(
+        gauge(&metrics, "lms_sync_api_token_other_environment"),
+        Some(1.0)
+    );
+    let page = get_text(&format!("http://{ops}/")).await;
+    assert!(
+        page.contains("<span class=\"pill bad\">API token of another environment</span>"),
+        "{page}"
+    );
 
     // The right token is back.
     env.sim.set_token(DEMO_TOKEN);
@@ -2278,15 +2358,76 @@ async fn the_accounts_a_token_of_another_environment_missed_are_synced_once_it_i
     env.sim.unblock(a);
     std::fs::write(&token, format!("{DEMO_TOKEN}\n")).unwrap();
     service.hangup().await;
-    let ev = service.wait_for(replaced).await;
+    let ev = service.wait_for(TOKEN_REPLACED).await;
     let at = logged_at(&ev);
+    service
+        .wait_for(
+            "the API token lists the integrated accounts of the environment this mirror \
+             follows; runs start again",
+        )
+        .await;
     let ev = service.wait_for("discovery finished").await;
     let waited = (logged_at(&ev) - at).num_seconds();
     assert!(waited < 10, "{waited} s");
     let ev = service.wait_for("sync run finished").await;
     assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
     assert_eq!(env.scalar_i64(health).await, 0);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM discovery_state WHERE other_environment_id IS NULL")
+            .await,
+        1
+    );
+    let metrics = get_text(&format!("http://{ops}/metrics")).await;
+    assert_eq!(
+        gauge(&metrics, "lms_sync_api_token_other_environment"),
+        Some(0.0)
+    );
     assert_mirror(&env.store, &env.sim, a).await;
+    service.terminate().await;
+}
+
+/// Held by a token of another environment that is meant (the mirror is to follow env-2 from
+/// now on): once an operator adopts env-2 (`accounts discover --adopt-environment`, from
+/// another host), the service checks its token against the environment now followed, its
+/// hold ends, and it syncs the account of env-2: no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_held_for_another_environment_runs_once_that_environment_is_adopted() {
+    use crate::helpers::daemon::lms_sync;
+    let a = account_id(1);
+    let env = fleet_env(&[(a, 7)]).await;
+    let HeldByStagingToken {
+        mut service,
+        cfg,
+        staging,
+        ..
+    } = held_by_a_staging_token(&env, a).await;
+    env.sim.add_account(staging, 4, 11);
+    let o = lms_sync(
+        &cfg,
+        &env.db_url,
+        &[
+            "accounts",
+            "discover",
+            "--adopt-environment",
+            "--retire-missing",
+        ],
+    )
+    .env("TRUTO_API_TOKEN", "tok-staging")
+    .output()
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ev = service
+        .wait_for(
+            "the API token lists the integrated accounts of the environment this mirror \
+             follows; runs start again",
+        )
+        .await;
+    assert_eq!(ev["fields"]["follows"], "env-2", "{ev}");
+    let ev = service.wait_for("sync run finished").await;
+    assert_eq!(ev["fields"]["outcome"], "succeeded", "{ev}");
+    assert_eq!(ev["span"]["account"], staging.to_string(), "{ev}");
+    assert_mirror(&env.store, &env.sim, staging).await;
     service.terminate().await;
 }
 

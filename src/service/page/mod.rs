@@ -21,8 +21,8 @@ use super::status::{count_by_rank, ranked, AccountView, BudgetSection, RANKS};
 
 mod sections;
 use sections::{
-    budget_section, discovery_section, feed_section, lock_wait_section, read_only_section,
-    token_section, unreachable_section, webhooks_section, FEED_HELD_BACK_SHOWN,
+    budget_section, discovery_section, environment_section, feed_section, lock_wait_section,
+    read_only_section, token_section, unreachable_section, webhooks_section, FEED_HELD_BACK_SHOWN,
 };
 pub use sections::{DiscoveryView, Halts};
 
@@ -106,6 +106,7 @@ pub(super) async fn page(
             Halts {
                 token_rejected_since: ops.source.token_rejected_since(),
                 unreachable: ops.source.unreachable(),
+                other_environment: ops.source.other_environment(),
                 lock_waits: waits,
                 read_only: ops.ready.refusing_writes(),
                 // An extra too; said once it is as long as its alert's threshold.
@@ -339,6 +340,9 @@ pub fn render(
     if halts.unreachable.is_some() {
         s.push_str("<span class=\"pill bad\">Truto not answering</span>");
     }
+    if halts.other_environment.is_some() {
+        s.push_str("<span class=\"pill bad\">API token of another environment</span>");
+    }
     if !halts.lock_waits.is_empty() {
         s.push_str("<span class=\"pill bad\">waiting for a database lock</span>");
     }
@@ -351,6 +355,7 @@ pub fn render(
     s.push_str("</div>");
     token_section(&mut s, halts.token_rejected_since, now);
     unreachable_section(&mut s, halts.unreachable.as_ref(), now);
+    environment_section(&mut s, halts.other_environment.as_ref(), now);
     read_only_section(&mut s, halts.read_only.as_ref(), now);
     feed_section(&mut s, halts.feed_held_back);
     if let Some(d) = discovery {
@@ -1064,6 +1069,39 @@ mod tests {
         assert!(html.find("API token refused") < html.find("Alpha"));
         let calm = alpha(&Halts::default(), now);
         assert!(!calm.contains("API token"), "{calm}");
+    }
+
+    #[test]
+    fn a_token_of_another_environment_is_said_above_the_accounts_with_what_to_do() {
+        let now = Utc::now();
+        let halts = Halts {
+            other_environment: Some(crate::source::OtherEnvironment {
+                since: now - chrono::Duration::minutes(3),
+                listed: "env-<2>".into(),
+                follows: "env-1".into(),
+            }),
+            ..Halts::default()
+        };
+        let html = alpha(&halts, now);
+        assert!(html.contains("<span class=\"pill bad\">API token of another environment</span>"));
+        assert!(
+            html.contains(
+                "Truto environment <code>env-&lt;2&gt;</code>, not those of <code>env-1</code> \
+                 that this mirror follows (since <time"
+            ),
+            "{html}"
+        );
+        assert!(
+            html.contains(">3 min ago</time>): it is one of another"),
+            "{html}"
+        );
+        assert!(
+            html.contains("follow <code>env-&lt;2&gt;</code> instead"),
+            "{html}"
+        );
+        assert!(html.find("another environment") < html.find("Alpha"));
+        let calm = alpha(&Halts::default(), now);
+        assert!(!calm.contains("another environment"), "{calm}");
     }
 
     #[test]

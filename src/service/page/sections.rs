@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::{escape, when};
 use crate::service::status::BudgetSection;
-use crate::source::Unreachable;
+use crate::source::{OtherEnvironment, Unreachable};
 use crate::store::{SessionLockWait, ShareView};
 
 /// The request budget's section: who holds how much of the token's window, across every
@@ -327,6 +327,8 @@ pub struct Halts {
     pub token_rejected_since: Option<DateTime<Utc>>,
     /// Since when (and why) Truto has not answered this process.
     pub unreachable: Option<Unreachable>,
+    /// Since when this process's API token has listed another environment's accounts.
+    pub other_environment: Option<OtherEnvironment>,
     /// Sessions of lms-sync waiting for a lock longer than `database.lock_wait_warn_secs`.
     pub lock_waits: Vec<SessionLockWait>,
     /// While this process starts no run because the database accepts no writes: why, and
@@ -406,6 +408,32 @@ pub(super) fn unreachable_section(s: &mut String, down: Option<&Unreachable>, no
          proxy) and Truto's status.</p>",
         when(Some(down.since), now),
         escape(&down.error)
+    );
+}
+
+/// While the API token lists another Truto environment's accounts: which, since when, that no
+/// run starts, and what to do.
+pub(super) fn environment_section(
+    s: &mut String,
+    other: Option<&OtherEnvironment>,
+    now: DateTime<Utc>,
+) {
+    let Some(o) = other else {
+        return;
+    };
+    let _ = write!(
+        s,
+        "<p class=\"note why\">The API token lists the integrated accounts of Truto environment \
+         <code>{}</code>, not those of <code>{}</code> that this mirror follows (since {}): it is \
+         one of another environment (a staging token, a rotation gone wrong), and no run \
+         starts, as each would answer 404. Put the followed environment's token in \
+         TRUTO_API_TOKEN or truto.api_token_file; it is checked again every few minutes (at \
+         once when it is replaced), and runs start as soon as it lists that environment. To \
+         follow <code>{0}</code> instead: <code>lms-sync accounts discover \
+         --adopt-environment</code>.</p>",
+        escape(&o.listed),
+        escape(&o.follows),
+        when(Some(o.since), now),
     );
 }
 
