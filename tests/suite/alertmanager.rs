@@ -112,7 +112,11 @@ async fn a_fleet_wide_alert_holds_back_the_per_account_alerts_it_explains_and_no
     ];
     assert_eq!(states(&base).await, expect(&all_active));
 
-    for cause in ["LmsSyncTrutoUnreachable", "LmsSyncApiTokenRejected"] {
+    for cause in [
+        "LmsSyncTrutoUnreachable",
+        "LmsSyncApiTokenRejected",
+        "LmsSyncApiTokenOtherEnvironment",
+    ] {
         let source = [json!({"alertname": cause, "severity": "critical"})];
         post(&base, &source, false).await;
         let mut held = expect(&[

@@ -227,6 +227,8 @@ fn the_alert_rules_name_only_exported_metrics_and_the_prometheus_rule_is_the_sam
         "LmsSyncDatabaseLockWait",
         "LmsSyncApiTokenRejected",
         "LmsSyncReplicaTokenRejected",
+        "LmsSyncApiTokenOtherEnvironment",
+        "LmsSyncReplicaTokenOtherEnvironment",
         "LmsSyncTrutoUnreachable",
         "LmsSyncTrutoCutOff",
         "LmsSyncAccountStateUnreported",
