@@ -269,6 +269,15 @@ async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<Acted, String> {
     if !STATE_EVENTS.contains(&kind) {
         return Ok(Acted::Ignored("ignored: an account event we do not act on"));
     }
+    // While this process starts no run (Truto refusing its token or not answering, or the
+    // token one of another environment, for which Truto answers 404 for every account of the
+    // mirror's, as if deleted), the account's GET would fail or mislead: left to the next
+    // listing, which a replica Truto answers makes.
+    if let Some(halt) = ops.source.halt() {
+        return Err(format!(
+            "not applied while this process starts no run: {halt}"
+        ));
+    }
     // Every other event is read as Truto has the account now, not as its payload says: a
     // payload may be stale by the time it arrives, and deliveries come in any order (an
     // `authentication_error` retried after the `reactivated` that ended it would gate an

@@ -555,6 +555,61 @@ async fn a_delivery_that_could_not_be_applied_is_applied_when_it_comes_again() {
     assert_mirror(&env.store, &env.sim, b).await;
 }
 
+/// A replica holding its runs because its API token lists another Truto environment's
+/// accounts (read from a refused listing another process made) does not apply an account
+/// event either: with that token Truto would answer the account's GET 404, as if it were
+/// deleted. The event is answered 200, not kept as processed, and left to the next listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_held_for_a_token_of_another_environment_leaves_account_events_to_discovery() {
+    let (a, b) = (account_id(1), account_id(2));
+    let Receiving {
+        env,
+        daemon,
+        stop,
+        rx: _rx,
+        base,
+        url,
+        _secret,
+    } = receiving(a).await;
+    // Truto now lists env-2's accounts (for the simulator, any token's), and a listing by
+    // another process is refused for it.
+    env.sim.remove_integrated(a);
+    env.sim.set_integrated(
+        account_id(11),
+        Integrated {
+            environment_id: "env-2".into(),
+            ..Integrated::active("staging")
+        },
+    );
+    let refused = env
+        .store
+        .discovery_failed("a listing of env-2", Some("env-2"))
+        .await
+        .unwrap();
+    assert_eq!(refused, 1);
+    metrics_show(&base, "lms_sync_api_token_other_environment{} 1.0\n").await;
+    connects(&env, b);
+    let updated = delivery(
+        "evt-e",
+        "integrated_account:updated",
+        account_payload(b, "tenant-b", "active"),
+        0,
+    );
+    let (status, text) = post(&url, updated.clone(), Some(signature(SECRET, &updated))).await;
+    assert_eq!(
+        (status, text.trim()),
+        (200, "accepted; the next discovery applies it")
+    );
+    for sql in [
+        "SELECT count(*) FROM webhook_events WHERE event_id = 'evt-e'".to_string(),
+        format!("SELECT count(*) FROM accounts WHERE integrated_account_id = '{b}'"),
+    ] {
+        assert_eq!(env.scalar_i64(&sql).await, 0, "{sql}");
+    }
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+}
+
 /// A shutdown (a rollout, a node drained) while a delivery answered 200 is still being applied
 /// waits for it: Truto does not send it again, and the next listing may be minutes away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
