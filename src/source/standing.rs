@@ -16,8 +16,8 @@
 //! - The token is one of *another environment* when a listing of integrated accounts made with
 //!   it shows another environment's than the registry follows (`discovery_state.environment_id`):
 //!   a staging token in production's place, the wrong secret in a rotation. Each known account's
-//!   run would answer 404 and mark it `not_found`. A listing with it that shows the followed
-//!   environment (or none) ends it; so does a token of this environment put in its place.
+//!   run would answer 404 and mark it `not_found`. A listing with the token in use (the same,
+//!   or one put in its place) that shows the followed environment, or none, ends it.
 
 use std::time::Instant;
 
