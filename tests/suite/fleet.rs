@@ -2214,6 +2214,8 @@ async fn a_replica_whose_token_was_refused_lists_at_once_when_it_is_accepted_aga
 /// token of env-2 (which lists `staging`), held after a one-off `sync` with that token was
 /// refused its listing: what the two tests below start from.
 struct HeldByStagingToken {
+    env: Env,
+    a: Uuid,
     service: crate::helpers::daemon::Daemon,
     cfg: TempFile,
     token: TempFile,
@@ -2224,9 +2226,11 @@ struct HeldByStagingToken {
 const TOKEN_REPLACED: &str = "the API token was replaced: listing the integrated accounts at \
                               once if the last listing failed, else when the next is due";
 
-async fn held_by_a_staging_token(env: &Env, a: Uuid) -> HeldByStagingToken {
+async fn held_by_a_staging_token() -> HeldByStagingToken {
     use crate::helpers::daemon::{lms_sync, spawn_env};
-    let cfg = discovery_config(env, &[], "interval = \"1h\"\nretry_initial = \"1h\"\n");
+    let a = account_id(1);
+    let env = fleet_env(&[(a, 7)]).await;
+    let cfg = discovery_config(&env, &[], "interval = \"1h\"\nretry_initial = \"1h\"\n");
     let token = TempFile::new("lms-sync-token", "", format!("{DEMO_TOKEN}\n"));
     let mut service = spawn_env(
         &cfg,
@@ -2296,6 +2300,8 @@ async fn held_by_a_staging_token(env: &Env, a: Uuid) -> HeldByStagingToken {
         "{ev}"
     );
     HeldByStagingToken {
+        env,
+        a,
         service,
         cfg,
         token,
@@ -2315,15 +2321,15 @@ async fn held_by_a_staging_token(env: &Env, a: Uuid) -> HeldByStagingToken {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_of_another_environment_holds_the_runs_until_the_right_one_is_back() {
     use crate::helpers::daemon::lms_sync;
-    let a = account_id(1);
-    let env = fleet_env(&[(a, 7)]).await;
     let HeldByStagingToken {
+        env,
+        a,
         mut service,
         cfg,
         token,
         ops,
         staging,
-    } = held_by_a_staging_token(&env, a).await;
+    } = held_by_a_staging_token().await;
     let o = lms_sync(&cfg, &env.db_url, &["accounts", "sync-now", &a.to_string()])
         .output()
         .await
@@ -2393,14 +2399,13 @@ async fn a_token_of_another_environment_holds_the_runs_until_the_right_one_is_ba
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_held_for_another_environment_runs_once_that_environment_is_adopted() {
     use crate::helpers::daemon::lms_sync;
-    let a = account_id(1);
-    let env = fleet_env(&[(a, 7)]).await;
     let HeldByStagingToken {
+        env,
         mut service,
         cfg,
         staging,
         ..
-    } = held_by_a_staging_token(&env, a).await;
+    } = held_by_a_staging_token().await;
     env.sim.add_account(staging, 4, 11);
     let o = lms_sync(
         &cfg,
