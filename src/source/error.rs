@@ -73,6 +73,8 @@ fn status_message(status: u16, message: &str, remote: bool) -> String {
         (401, true) => "the LMS credentials of this integrated account no longer work; the customer must re-authorize the integration in Truto",
         (401, false) => "Truto rejected the API token; check TRUTO_API_TOKEN (or truto.api_token_file)",
         (403, _) => "the token lacks a required scope or permission for this account; grant it in Truto",
+        // The vendor's own 404 (its site or API moved or gone), not Truto's for the account.
+        (404, true) => "the customer's LMS itself answered 404 through Truto (truto_is_remote_error): its site or API may have moved or been removed; check the integration's connection in Truto",
         (404, _) => "no such integrated account for this token: deleted in Truto (discovery retires it at its next complete listing), or the API token is one of another Truto environment; check accounts.integrated_account_id and the token",
         (503, _) => "the integrated account is blocked in Truto; unblock it in Truto before the next sync",
         (429, _) => "rate limited by Truto",
@@ -223,5 +225,25 @@ pub(super) fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8])
         message: shorten(&message, 300),
         remote: parsed.truto_is_remote_error.unwrap_or(false),
         retry_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_404_says_whose_it_is() {
+        let truto = status_message(404, "", false);
+        assert!(
+            truto.starts_with("HTTP 404: no such integrated account for this token"),
+            "{truto}"
+        );
+        let vendor = status_message(404, "site gone", true);
+        assert!(
+            vendor.starts_with("HTTP 404: the customer's LMS itself answered 404 through Truto")
+                && vendor.ends_with(": site gone"),
+            "{vendor}"
+        );
     }
 }

@@ -661,9 +661,20 @@ async fn permanent_errors_fail_clearly_and_touch_no_data() {
             "no such integrated account",
             "not_found",
         ),
+        // The vendor's own 404, through Truto: not the account's absence from Truto.
+        (
+            Fault::Status {
+                status: 404,
+                retry_after: None,
+                remote: true,
+            },
+            "its site or API may have moved or been removed",
+            "not_found",
+        ),
         (Fault::status(503), "blocked", "blocked"),
         (Fault::status(422), "refused the request", "http_error"),
     ];
+    let cases_len = cases.len() as i32;
     for (fault, advice, kind) in cases {
         env.sim.block(a, fault.clone());
         let requests_before = env.sim.stats().requests;
@@ -692,7 +703,7 @@ async fn permanent_errors_fail_clearly_and_touch_no_data() {
     .fetch_one(env.store.pool())
     .await
     .unwrap();
-    assert_eq!(failures, 6);
+    assert_eq!(failures, cases_len);
     // Other accounts are unaffected.
     let ob = env.sync(b).await;
     assert!(ob.succeeded());
