@@ -62,12 +62,20 @@ text_enum! {
         NeedsReauth = "needs_reauth",
         /// Truto answered 503: the account is blocked.
         Blocked = "blocked",
-        /// Truto answered 404: no such integrated account for this token.
+        /// Truto answered 404: no such integrated account for this token (its reason then
+        /// says [`TRUTO_404`]), or the customer's LMS did (`truto_is_remote_error`).
         NotFound = "not_found",
         /// Truto answered 403: the token lacks a scope.
         Forbidden = "forbidden",
     }
 }
+
+/// What the error of Truto's own 404 says (the account unknown to the token), and so the
+/// `health_reason` of an account `not_found` for it: a listing that has the account active
+/// vouches for the token knowing it again, where a vendor's 404 (its site gone) stays.
+pub const TRUTO_404: &str = "no such integrated account for this token: deleted in Truto \
+     (discovery retires it at its next complete listing), or the API token is one of another \
+     Truto environment; check accounts.integrated_account_id and the token";
 
 impl Health {
     pub fn is_ok(self) -> bool {

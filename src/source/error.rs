@@ -75,7 +75,7 @@ fn status_message(status: u16, message: &str, remote: bool) -> String {
         (403, _) => "the token lacks a required scope or permission for this account; grant it in Truto",
         // The vendor's own 404 (its site or API moved or gone), not Truto's for the account.
         (404, true) => "the customer's LMS itself answered 404 through Truto (truto_is_remote_error): its site or API may have moved or been removed; check the integration's connection in Truto",
-        (404, _) => "no such integrated account for this token: deleted in Truto (discovery retires it at its next complete listing), or the API token is one of another Truto environment; check accounts.integrated_account_id and the token",
+        (404, _) => crate::domain::TRUTO_404,
         (503, _) => "the integrated account is blocked in Truto; unblock it in Truto before the next sync",
         (429, _) => "rate limited by Truto",
         (400, _) | (409, _) | (422, _) => "Truto refused the request; check the account's remote_query and exclude_fields",

@@ -972,10 +972,12 @@ async fn gate_health(
     .execute(&mut **tx)
     .await?;
     let back = by_status("active");
+    // Not a vendor's own 404 (its site gone), which Truto listing the account cannot vouch for.
     sqlx::query(
         "WITH back AS (
              UPDATE sync_state SET health = $2, health_since = now(), health_reason = NULL, health_failures = 0
               WHERE integrated_account_id = ANY($1) AND health = ANY($3)
+                AND (health <> $5 OR coalesce(strpos(health_reason, $4) > 0, true))
           RETURNING integrated_account_id)
          UPDATE accounts SET sync_requested_at = now()
           WHERE integrated_account_id IN (SELECT integrated_account_id FROM back)",
@@ -983,6 +985,8 @@ async fn gate_health(
     .bind(&back)
     .bind(Health::Ok.as_str())
     .bind([Health::NeedsReauth.as_str(), Health::NotFound.as_str()])
+    .bind(crate::domain::TRUTO_404)
+    .bind(Health::NotFound.as_str())
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -1075,12 +1075,13 @@ async fn a_needs_reauth_applied_during_a_run_outlives_the_run() {
 /// A run answered 404 marks the account `not_found`, probed hours apart. A listing that has
 /// it active, made with the same token, says the token knows it again (a token of another
 /// environment was replaced, say): it is `ok` and synced at once, not hours later. A health a
-/// listing cannot vouch for (`forbidden`: the token's scopes) waits for its probe.
+/// listing cannot vouch for (`forbidden`: the token's scopes; `not_found` for the vendor's own
+/// 404, its site gone) waits for its probe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_listed_active_is_no_longer_taken_for_one_the_token_does_not_know() {
-    let (a, b) = (account_id(1), account_id(2));
-    let env = Env::new(&[(a, 20), (b, 20)]).await;
-    let list = || async { listed_active(&env.store, &[a, b]).await.unwrap() };
+    let (a, b, c) = (account_id(1), account_id(2), account_id(3));
+    let env = Env::new(&[(a, 20), (b, 20), (c, 20)]).await;
+    let list = || async { listed_active(&env.store, &[a, b, c]).await.unwrap() };
     let requested = |id: uuid::Uuid| {
         format!(
             "SELECT count(*) FROM accounts
@@ -1095,16 +1096,28 @@ async fn an_account_listed_active_is_no_longer_taken_for_one_the_token_does_not_
         .unwrap();
     env.sim.block(a, Fault::status(404));
     env.sim.block(b, Fault::status(403));
-    assert!(!env.sync(a).await.succeeded());
-    assert!(!env.sync(b).await.succeeded());
+    env.sim.block(
+        c,
+        Fault::Status {
+            status: 404,
+            retry_after: None,
+            remote: true,
+        },
+    );
+    for id in [a, b, c] {
+        assert!(!env.sync(id).await.succeeded());
+    }
     assert_eq!(health(&env, a).await, "not_found");
     assert_eq!(health(&env, b).await, "forbidden");
+    assert_eq!(health(&env, c).await, "not_found");
 
     list().await;
     assert_eq!(health(&env, a).await, "ok");
     assert_eq!(env.scalar_i64(&requested(a)).await, 1, "synced at once");
-    assert_eq!(health(&env, b).await, "forbidden");
-    assert_eq!(env.scalar_i64(&requested(b)).await, 0);
+    for (id, was) in [(b, "forbidden"), (c, "not_found")] {
+        assert_eq!(health(&env, id).await, was);
+        assert_eq!(env.scalar_i64(&requested(id)).await, 0);
+    }
 }
 
 /// An account event, and a listing, that lose a deadlock all the same (here to a transaction
