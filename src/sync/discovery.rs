@@ -120,24 +120,18 @@ pub async fn discover_with(
             );
             out.applied = Some(applied);
         }
-        Err(StoreError::OtherEnvironment { follows, listed }) => {
+        Err(
+            ref e @ StoreError::OtherEnvironment {
+                ref follows,
+                ref listed,
+            },
+        ) => {
             // No run of this process starts with the token meanwhile (each would answer 404);
             // the other processes sharing the database check theirs (`discovery_state`).
             if !options.dry_run {
-                source.environment_listed(generation, Some(&listed), Some(&follows));
+                source.environment_listed(generation, Some(listed), Some(follows));
             }
-            let error = StoreError::OtherEnvironment {
-                follows,
-                listed: listed.clone(),
-            };
-            return failed(
-                store,
-                out,
-                error.to_string(),
-                Some(&listed),
-                options.dry_run,
-            )
-            .await;
+            return failed(store, out, e.to_string(), Some(listed), options.dry_run).await;
         }
         Err(e) => {
             let e = store.explain(e).await;
