@@ -2217,7 +2217,8 @@ struct HeldByStagingToken {
     env: Env,
     a: Uuid,
     service: crate::helpers::daemon::Daemon,
-    cfg: TempFile,
+    /// The service's configuration file, kept while it runs (bind it: `..` drops it).
+    _cfg: TempFile,
     token: TempFile,
     ops: String,
     staging: Uuid,
@@ -2227,7 +2228,7 @@ const TOKEN_REPLACED: &str = "the API token was replaced: listing the integrated
                               once if the last listing failed, else when the next is due";
 
 async fn held_by_a_staging_token() -> HeldByStagingToken {
-    use crate::helpers::daemon::{lms_sync, spawn_env};
+    use crate::helpers::daemon::spawn_env;
     let a = account_id(1);
     let env = fleet_env(&[(a, 7)]).await;
     let cfg = discovery_config(&env, &[], "interval = \"1h\"\nretry_initial = \"1h\"\n");
@@ -2271,11 +2272,7 @@ async fn held_by_a_staging_token() -> HeldByStagingToken {
             TOKEN_REPLACED,
         ])
         .await;
-    let o = lms_sync(&cfg, &env.db_url, &["sync"])
-        .env("TRUTO_API_TOKEN", "tok-staging")
-        .output()
-        .await
-        .unwrap();
+    let o = cli_with(&env, &[("TRUTO_API_TOKEN", "tok-staging")], &["sync"]).await;
     assert_eq!(o.status.code(), Some(1));
     let said = format!(
         "{}{}",
@@ -2303,7 +2300,7 @@ async fn held_by_a_staging_token() -> HeldByStagingToken {
         env,
         a,
         service,
-        cfg,
+        _cfg: cfg,
         token,
         ops,
         staging,
@@ -2320,20 +2317,16 @@ async fn held_by_a_staging_token() -> HeldByStagingToken {
 /// `discovery.retry_initial` (an hour).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_of_another_environment_holds_the_runs_until_the_right_one_is_back() {
-    use crate::helpers::daemon::lms_sync;
     let HeldByStagingToken {
         env,
         a,
         mut service,
-        cfg,
+        _cfg: _kept,
         token,
         ops,
         staging,
     } = held_by_a_staging_token().await;
-    let o = lms_sync(&cfg, &env.db_url, &["accounts", "sync-now", &a.to_string()])
-        .output()
-        .await
-        .unwrap();
+    let o = cli(&env, &["accounts", "sync-now", &a.to_string()]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // The first check, 10 s later: the sync-now request stood through five rounds meanwhile.
     let ev = service
@@ -2398,29 +2391,21 @@ async fn a_token_of_another_environment_holds_the_runs_until_the_right_one_is_ba
 /// hold ends, and it syncs the account of env-2: no restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_held_for_another_environment_runs_once_that_environment_is_adopted() {
-    use crate::helpers::daemon::lms_sync;
     let HeldByStagingToken {
         env,
         mut service,
-        cfg,
+        _cfg: _kept,
         staging,
         ..
     } = held_by_a_staging_token().await;
     env.sim.add_account(staging, 4, 11);
-    let o = lms_sync(
-        &cfg,
-        &env.db_url,
-        &[
-            "accounts",
-            "discover",
-            "--adopt-environment",
-            "--retire-missing",
-        ],
-    )
-    .env("TRUTO_API_TOKEN", "tok-staging")
-    .output()
-    .await
-    .unwrap();
+    let adopt = [
+        "accounts",
+        "discover",
+        "--adopt-environment",
+        "--retire-missing",
+    ];
+    let o = cli_with(&env, &[("TRUTO_API_TOKEN", "tok-staging")], &adopt).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ev = service
         .wait_for(
