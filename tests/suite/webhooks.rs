@@ -53,6 +53,11 @@ async fn post(url: &str, body: Vec<u8>, signature: Option<String>) -> (u16, Stri
     (r.status().as_u16(), r.text().await.unwrap_or_default())
 }
 
+/// POSTs `body` signed as Truto signs it, under the secret lms-sync was given.
+async fn post_signed(url: &str, body: &[u8]) -> (u16, String) {
+    post(url, body.to_vec(), Some(signature(SECRET, body))).await
+}
+
 /// The outcome of `account`'s next run to finish, within `secs`.
 async fn finished(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
@@ -193,12 +198,7 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
     );
     // Over 1 MiB: 413.
     let big = vec![b' '; 1024 * 1024 + 10];
-    assert_eq!(
-        post(&url, big.clone(), Some(signature(SECRET, &big)))
-            .await
-            .0,
-        413
-    );
+    assert_eq!(post_signed(&url, &big).await.0, 413);
     // Stale: 200, no effect.
     let stale = delivery(
         "evt-0",
@@ -206,16 +206,11 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
         account_payload(b, "tenant-b", "active"),
         600,
     );
-    assert_eq!(
-        post(&url, stale.clone(), Some(signature(SECRET, &stale)))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(post_signed(&url, &stale).await.0, 200);
     assert_eq!(registered().await, 0);
     // Unknown event type: 200, ignored.
     let test = delivery("evt-t", "test", json!({"foo": "bar"}), 0);
-    let (status, text) = post(&url, test.clone(), Some(signature(SECRET, &test))).await;
+    let (status, text) = post_signed(&url, &test).await;
     assert_eq!(
         (status, text.trim()),
         (200, "ignored: not an account event")
@@ -237,7 +232,7 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
         account_payload(c, "tenant-c", "active"),
         0,
     );
-    let (status, text) = post(&url, other.clone(), Some(signature(SECRET, &other))).await;
+    let (status, text) = post_signed(&url, &other).await;
     assert_eq!(
         (status, text.trim()),
         (
@@ -255,7 +250,7 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
 
     // A new active account: registered and synced within seconds.
     connects(&env, b);
-    let (status, text) = post(&url, body.clone(), Some(signature(SECRET, &body))).await;
+    let (status, text) = post_signed(&url, &body).await;
     assert_eq!((status, text.trim()), (200, "registered; syncing now"));
     assert_eq!(
         finished(&mut rx, b, 10).await,
@@ -264,7 +259,7 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
     );
     assert_mirror(&env.store, &env.sim, b).await;
     // The same delivery again: 200, no effect (replicas agree through the database).
-    let (status, text) = post(&url, body.clone(), Some(signature(SECRET, &body))).await;
+    let (status, text) = post_signed(&url, &body).await;
     assert_eq!((status, text.trim()), (200, "ignored: already processed"));
 
     // Needs re-authorization (as Truto has it when the event comes), then deleted.
@@ -281,12 +276,7 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
         account_payload(b, "tenant-b", "needs_reauth"),
         0,
     );
-    assert_eq!(
-        post(&url, reauth.clone(), Some(signature(SECRET, &reauth)))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(post_signed(&url, &reauth).await.0, 200);
     let health: String =
         sqlx::query_scalar("SELECT health FROM sync_state WHERE integrated_account_id = $1")
             .bind(b)
@@ -300,7 +290,7 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
         account_payload(b, "tenant-b", "active"),
         0,
     );
-    let (status, text) = post(&url, deleted.clone(), Some(signature(SECRET, &deleted))).await;
+    let (status, text) = post_signed(&url, &deleted).await;
     assert_eq!((status, text.trim()), (200, "retired"));
     // An earlier event delivered after it (Truto retried it, or the order was lost), while
     // Truto no longer has the account: checked against Truto, it brings nothing back.
@@ -311,7 +301,7 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
         account_payload(b, "tenant-b", "active"),
         20,
     );
-    let (status, text) = post(&url, late.clone(), Some(signature(SECRET, &late))).await;
+    let (status, text) = post_signed(&url, &late).await;
     assert_eq!(
         (status, text.trim()),
         (200, "ignored: Truto no longer has this account")
@@ -390,7 +380,7 @@ async fn a_delivery_the_database_cannot_record_is_accepted_and_left_to_discovery
         .await
         .unwrap();
     takes_writes(&mut admin, false).await;
-    let (status, text) = post(&url, body.clone(), Some(signature(SECRET, &body))).await;
+    let (status, text) = post_signed(&url, &body).await;
     assert_eq!(
         (status, text.trim()),
         (200, "accepted; the next discovery applies it")
@@ -406,7 +396,7 @@ async fn a_delivery_the_database_cannot_record_is_accepted_and_left_to_discovery
     assert!(get_text(&format!("{base}/")).await.contains("<html"));
     takes_writes(&mut admin, true).await;
     // The delivery's write meets one, is refused, and is tried again on a new session.
-    let (status, text) = post(&url, body.clone(), Some(signature(SECRET, &body))).await;
+    let (status, text) = post_signed(&url, &body).await;
     assert_eq!((status, text.trim()), (200, "registered; syncing now"));
     assert_eq!(
         finished(&mut rx, b, 30).await,
@@ -447,7 +437,7 @@ async fn account_events_out_of_order_leave_the_account_as_truto_has_it() {
     let send = |id: &str, event: &str, status: &str, age: i64| {
         let body = delivery(id, event, account_payload(b, "tenant-b", status), age);
         let url = url.clone();
-        async move { post(&url, body.clone(), Some(signature(SECRET, &body))).await }
+        async move { post_signed(&url, &body).await }
     };
     // The reactivation arrives first; the error it ended, 20 s older, after it.
     let (status, text) = send("evt-r", "integrated_account:reactivated", "active", 0).await;
@@ -526,7 +516,7 @@ async fn a_delivery_that_could_not_be_applied_is_applied_when_it_comes_again() {
         retry_after: None,
         remote: false,
     });
-    let (status, text) = post(&url, updated.clone(), Some(signature(SECRET, &updated))).await;
+    let (status, text) = post_signed(&url, &updated).await;
     assert_eq!(
         (status, text.trim()),
         (200, "accepted; the next discovery applies it")
@@ -535,11 +525,11 @@ async fn a_delivery_that_could_not_be_applied_is_applied_when_it_comes_again() {
         .scalar_i64("SELECT count(*) FROM webhook_events WHERE event_id = 'evt-u'")
         .await;
     assert_eq!(kept, 0, "an event not applied is not kept as processed");
-    let (status, text) = post(&url, updated.clone(), Some(signature(SECRET, &updated))).await;
+    let (status, text) = post_signed(&url, &updated).await;
     assert_eq!((status, text.trim()), (200, "registered; syncing now"));
     assert_eq!(finished(&mut rx, b, 30).await, "succeeded");
     // Applied now: a third delivery is the replay.
-    let (status, text) = post(&url, updated.clone(), Some(signature(SECRET, &updated))).await;
+    let (status, text) = post_signed(&url, &updated).await;
     assert_eq!((status, text.trim()), (200, "ignored: already processed"));
     let metrics = get_text(&format!("{base}/metrics")).await;
     for result in ["deferred", "applied", "duplicate"] {
@@ -595,7 +585,7 @@ async fn a_replica_held_for_a_token_of_another_environment_leaves_account_events
         account_payload(b, "tenant-b", "active"),
         0,
     );
-    let (status, text) = post(&url, updated.clone(), Some(signature(SECRET, &updated))).await;
+    let (status, text) = post_signed(&url, &updated).await;
     assert_eq!(
         (status, text.trim()),
         (200, "accepted; the next discovery applies it")
@@ -634,7 +624,7 @@ async fn a_shutdown_waits_for_the_deliveries_still_being_applied() {
     // The event's GET times out once (after 5 s), and its retry is answered.
     env.sim
         .push_listing_fault(Fault::Delay(Duration::from_secs(7)));
-    let (status, text) = post(&url, updated.clone(), Some(signature(SECRET, &updated))).await;
+    let (status, text) = post_signed(&url, &updated).await;
     assert_eq!(
         (status, text.trim()),
         (200, "accepted; still being applied")
@@ -677,7 +667,7 @@ async fn a_delivery_slow_to_apply_is_answered_within_seconds_and_applied_after()
         env.sim
             .push_listing_fault(Fault::Delay(Duration::from_secs(7)));
     }
-    let (status, text) = post(&url, updated.clone(), Some(signature(SECRET, &updated))).await;
+    let (status, text) = post_signed(&url, &updated).await;
     assert_eq!(
         (status, text.trim()),
         (200, "accepted; still being applied")
