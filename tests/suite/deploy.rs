@@ -4,7 +4,8 @@
 //! monitoring profile fits together, and the
 //! Kubernetes Deployment leaves the service time to stop gracefully, its disruption budget
 //! and spread select its pods, its ConfigMap loads, and Truto's webhooks reach their one
-//! route on any replica; every alert has its section in the runbook. (`promtool` and
+//! route on any replica; `kubectl apply -k` applies the core objects with one image, and names
+//! every other file as an option; every alert has its section in the runbook. (`promtool` and
 //! `kubernetes-validate` check the files themselves in `.ci/run`.)
 
 use lms_sync::metrics::DEFINITIONS;
@@ -21,6 +22,8 @@ const CONFIGMAP: &str = include_str!("../../deploy/k8s/configmap.yaml");
 const DISRUPTION: &str = include_str!("../../deploy/k8s/poddisruptionbudget.yaml");
 const WEBHOOKS: &str = include_str!("../../deploy/k8s/webhooks.yaml");
 const RUNBOOK: &str = include_str!("../../docs/runbook.md");
+const KUSTOMIZATION: &str = include_str!("../../deploy/k8s/kustomization.yaml");
+const JOB: &str = include_str!("../../deploy/k8s/job-migrate.yaml");
 
 /// The `lms_sync_*` metric names a text mentions, histogram suffixes folded.
 fn metrics_named(text: &str) -> Vec<String> {
@@ -532,4 +535,60 @@ fn the_configmaps_config_loads_as_the_service_would_read_it() {
         lms_sync::config::AccountMetrics::OneReplica
     );
     assert_eq!(settings.server.listen, "0.0.0.0:9000");
+}
+
+/// `kubectl apply -k deploy/k8s` applies what every installation needs, and names the rest of
+/// the directory's manifests (those needing the Prometheus Operator, Grafana's sidecar or
+/// webhooks) as commented lines to turn on: a manifest added later is listed, one way or the
+/// other. The Secret's example is never applied. Its `images` entry is the image both the
+/// Deployment and the migrate Job name, so that one line sets it for both.
+#[test]
+fn the_kustomization_applies_the_core_objects_and_names_every_other_manifest() {
+    let listed = |prefix: &str| -> Vec<String> {
+        KUSTOMIZATION
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .map(|f| f.trim().to_string())
+            .filter(|f| f.ends_with(".yaml"))
+            .collect()
+    };
+    let (on, optional) = (listed("  - "), listed("  # - "));
+    let core = [
+        "configmap.yaml",
+        "job-migrate.yaml",
+        "deployment.yaml",
+        "poddisruptionbudget.yaml",
+        "service.yaml",
+    ];
+    assert_eq!(on, core, "{KUSTOMIZATION}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".yaml"))
+        .filter(|f| f != "kustomization.yaml" && f != "secret.example.yaml")
+        .collect();
+    files.sort();
+    let mut named: Vec<String> = on.iter().chain(&optional).cloned().collect();
+    named.sort();
+    assert_eq!(
+        named, files,
+        "every manifest is listed, applied or optional"
+    );
+
+    let image = |manifest: &str| -> String {
+        let line = manifest
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("image: "))
+            .expect("an image");
+        line.trim().to_string()
+    };
+    assert_eq!(image(DEPLOYMENT), image(JOB));
+    let (name, tag) = image(DEPLOYMENT)
+        .rsplit_once(':')
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .unwrap();
+    let images = &KUSTOMIZATION[KUSTOMIZATION.find("\nimages:\n").expect("images")..];
+    assert!(images.contains(&format!("  - name: {name}\n")), "{images}");
+    assert!(images.contains(&format!("    newTag: {tag}\n")), "{images}");
 }
