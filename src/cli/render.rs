@@ -183,6 +183,30 @@ pub fn status(
     s
 }
 
+/// An account's next run as `accounts show` says it: one already due says what starts it, and
+/// when no process holds a share of the request budget, that none is running to.
+fn next_run(
+    account: Uuid,
+    at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    running: Running,
+) -> String {
+    let Some(at) = at else {
+        return "-".into();
+    };
+    let shown = at.format("%Y-%m-%d %H:%M:%SZ");
+    if at > now {
+        return shown.to_string();
+    }
+    match running {
+        Some(false) => format!(
+            "{shown} (due, but no lms-sync process holds a share of the request budget: is the \
+             service running? `lms-sync sync --account {account}` runs it once)"
+        ),
+        _ => format!("{shown} (due: a replica starts it once it has a slot free)"),
+    }
+}
+
 /// The token's request budget under `status`: what the processes on this database hold of its
 /// window, what is hot and free, then one line per process.
 pub fn budget(b: &BudgetSection) -> String {
@@ -297,13 +321,19 @@ pub fn accounts(views: &[&AccountView]) -> String {
     s
 }
 
-/// `accounts show`: one account's facts, then its `runs` (newest first), as of `now`.
+/// Whether any lms-sync process is running against the database, as far as the request
+/// budget tells: `None` when it cannot (requests are not paced, so no process holds a share).
+pub type Running = Option<bool>;
+
+/// `accounts show`: one account's facts, then its `runs` (newest first), as of `now`;
+/// `running` says whether a due next run has a process to start it.
 pub fn account(
     v: &AccountView,
     row: Option<&StatusRow>,
     runs: &[RunView],
     actions: &[AccountAction],
     now: DateTime<Utc>,
+    running: Running,
 ) -> String {
     use crate::service::account_page::{listing, requests, took, who};
     let t = |v: Option<DateTime<Utc>>| {
@@ -362,7 +392,10 @@ pub fn account(
     }
     fact("health", &health);
     fact("last success", &t(v.last_success));
-    fact("next run", &t(v.next_run));
+    fact(
+        "next run",
+        &next_run(v.integrated_account_id, v.next_run, now, running),
+    );
     if let Some(until) = v.held_until {
         fact("held back", &crate::schedule::held_back(until));
     }
@@ -584,6 +617,33 @@ mod tests {
             ),
             "{}",
             budget(&empty)
+        );
+    }
+
+    #[test]
+    fn a_due_next_run_says_what_starts_it() {
+        let now: DateTime<Utc> = "2026-12-07T12:00:00Z".parse().unwrap();
+        let later = "2026-12-07T18:00:00Z".parse().unwrap();
+        let due = "2026-12-07T11:59:00Z".parse().unwrap();
+        let a = Uuid::from_u128(1);
+        assert_eq!(next_run(a, None, now, Some(false)), "-");
+        assert_eq!(
+            next_run(a, Some(later), now, Some(false)),
+            "2026-12-07 18:00:00Z"
+        );
+        assert_eq!(
+            next_run(a, Some(due), now, Some(true)),
+            "2026-12-07 11:59:00Z (due: a replica starts it once it has a slot free)"
+        );
+        assert_eq!(
+            next_run(a, Some(due), now, None),
+            next_run(a, Some(due), now, Some(true))
+        );
+        assert_eq!(
+            next_run(a, Some(due), now, Some(false)),
+            "2026-12-07 11:59:00Z (due, but no lms-sync process holds a share of the request \
+             budget: is the service running? `lms-sync sync --account \
+             00000000-0000-0000-0000-000000000001` runs it once)"
         );
     }
 

@@ -1442,8 +1442,8 @@ async fn a_steering_change_caught_in_a_deadlock_is_made_again() {
 }
 
 /// `accounts show`: one account's facts and its latest runs, newest first, with why a run
-/// failed; `--runs` bounds them, `--json` gives the same as one object; an account outside the
-/// fleet is a usage error.
+/// failed; `--runs` bounds them, `--json` gives the same as one object; a next run already due
+/// while no process runs says so; an account outside the fleet is a usage error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_show_tells_one_accounts_facts_and_its_latest_runs() {
     let a = account_id(1);
@@ -1508,6 +1508,23 @@ async fn accounts_show_tells_one_accounts_facts_and_its_latest_runs() {
     assert_eq!(outcomes, ["succeeded", "failed"]);
     assert_eq!(v["runs"][1]["error_kind"], "http_error");
     assert_eq!(v["runs"][0]["users_seen"], 30);
+
+    // A run asked for while no process runs (the one-off syncs are gone): due, and said so.
+    let o = cli(&env, &["accounts", "sync-now", &a.to_string()]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let o = cli(&env, &["accounts", "show", &a.to_string()]).await;
+    let out = String::from_utf8_lossy(&o.stdout);
+    let next = out
+        .lines()
+        .find(|l| l.starts_with("next run "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        next.ends_with(&format!(
+            " (due, but no lms-sync process holds a share of the request budget: is the service \
+             running? `lms-sync sync --account {a}` runs it once)"
+        )),
+        "{out}"
+    );
 
     let other = Uuid::from_u128(7).to_string();
     let o = cli(&env, &["accounts", "show", &other]).await;
