@@ -306,9 +306,14 @@ async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<Acted, String> {
         is_sandbox: account.is_sandbox,
         environment_id: account.environment_id.clone(),
     };
-    let wanted = row.status.as_deref() == Some("active");
-    match store.account_event(&row, wanted).await {
-        Ok(_) => {}
+    // An account new or newly active runs at once whatever the event (`account_event`). Of
+    // the others, `updated` asks for no run by itself: Truto sends it whenever anything of
+    // the account changes (its context, an OAuth token refreshed), and a full sync each time
+    // would spend the budget of a fleet's accounts many times over; the regular schedule
+    // picks up what changed.
+    let wanted = row.status.as_deref() == Some("active") && kind != "updated";
+    let requested = match store.account_event(&row, wanted).await {
+        Ok(requested) => requested,
         Err(e @ StoreError::OtherEnvironment { .. }) => {
             tracing::warn!(account = %row.id, error = %e, "webhook ignored: an account of another Truto environment");
             return Ok(Acted::Ignored(
@@ -316,9 +321,10 @@ async fn act(ops: &Ops, d: &Delivery<'_>) -> Result<Acted, String> {
             ));
         }
         Err(e) => return Err(e.to_string()),
-    }
+    };
     let done = match row.status.as_deref() {
-        Some("active") => "registered; syncing now",
+        Some("active") if requested => "registered; syncing now",
+        Some("active") => "applied: already active, no run asked for; its schedule goes on",
         Some("needs_reauth" | "post_install_error" | "validation_error") => "gated",
         _ => "registered",
     };

@@ -319,7 +319,9 @@ impl Store {
     }
 
     /// One account as an event says it is now (registered when new, gated like a listing);
-    /// `wanted` asks for a run at once. Returns whether it was new. An account of another
+    /// `wanted` asks for a run at once, as does an account new or newly active (connected,
+    /// reauthorized, back from retirement or from `not_found`), as a listing would. Returns
+    /// whether this event asked for a run. An account of another
     /// Truto environment than the registry follows is refused, as its listing would be
     /// ([`StoreError::OtherEnvironment`]).
     ///
@@ -348,7 +350,7 @@ impl Store {
                 return Err(refused);
             }
         }
-        let applied = upsert_listed(&mut tx, std::slice::from_ref(account)).await?;
+        upsert_listed(&mut tx, std::slice::from_ref(account)).await?;
         gate_health(&mut tx, std::slice::from_ref(account)).await?;
         if wanted {
             sqlx::query(
@@ -358,8 +360,15 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        // (`now()` is the transaction's start: a request made by an earlier one differs.)
+        let requested: Option<bool> = sqlx::query_scalar(
+            "SELECT sync_requested_at = now() FROM accounts WHERE integrated_account_id = $1",
+        )
+        .bind(account.id)
+        .fetch_one(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(applied.added == 1)
+        Ok(requested.unwrap_or(false))
     }
 
     /// Retires one account (Truto says it was deleted). `false` when it is not registered.

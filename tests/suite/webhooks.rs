@@ -261,6 +261,45 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
     // The same delivery again: 200, no effect (replicas agree through the database).
     let (status, text) = post_signed(&url, &body).await;
     assert_eq!((status, text.trim()), (200, "ignored: already processed"));
+    // Truto updates the account, still active (its context changed, an OAuth token was
+    // refreshed): applied, and no run asked for, since it is active and synced; its schedule
+    // goes on. An `active` event asks for one all the same.
+    let asked = format!(
+        "SELECT coalesce(sync_requested_at::text, '-') FROM accounts \
+          WHERE integrated_account_id = '{b}'"
+    );
+    let asked = || async {
+        sqlx::query_scalar::<_, String>(&asked)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap()
+    };
+    let before = asked().await;
+    let updated = delivery(
+        "evt-u1",
+        "integrated_account:updated",
+        account_payload(b, "tenant-b", "active"),
+        0,
+    );
+    let (status, text) = post_signed(&url, &updated).await;
+    assert_eq!(
+        (status, text.trim()),
+        (
+            200,
+            "applied: already active, no run asked for; its schedule goes on"
+        )
+    );
+    assert_eq!(asked().await, before);
+    let active = delivery(
+        "evt-a1",
+        "integrated_account:active",
+        account_payload(b, "tenant-b", "active"),
+        0,
+    );
+    let (status, text) = post_signed(&url, &active).await;
+    assert_eq!((status, text.trim()), (200, "registered; syncing now"));
+    assert_ne!(asked().await, before);
+    assert_eq!(finished(&mut rx, b, 10).await, "succeeded");
 
     // Needs re-authorization (as Truto has it when the event comes), then deleted.
     env.sim.set_integrated(
@@ -315,19 +354,19 @@ async fn webhooks_are_verified_deduplicated_and_acted_on_within_seconds() {
     .unwrap();
     assert!(retired);
     // The status page says what was verified lately (every replica alike: from the database):
-    // the test event, the other environment's and the four account events; not the stale
+    // the test event, the other environment's and the six account events; not the stale
     // one, nor the duplicate.
     let page = get_text(&format!("{base}/")).await;
     assert!(
         page.contains(
-            "Truto's webhooks (POST /webhooks/truto): 6 deliveries verified in the last 24 h, \
+            "Truto's webhooks (POST /webhooks/truto): 8 deliveries verified in the last 24 h, \
              the last <time"
         ) && page.contains("(integrated_account:active).</p>"),
         "{page}"
     );
     let metrics = get_text(&format!("{base}/metrics")).await;
     for (result, n) in [
-        ("applied", 3),
+        ("applied", 5),
         ("duplicate", 1),
         ("stale", 1),
         ("ignored", 3),
