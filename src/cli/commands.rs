@@ -312,6 +312,20 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
             &count_by_rank(&order)
         )
     );
+    let budget = crate::service::status::read_budget(&settings, &store)
+        .await
+        .map_err(|error| CliError::Store {
+            context: "cannot read the request budget",
+            error,
+        })?;
+    let running = budget
+        .as_ref()
+        .map(|b| b.view.holders.iter().any(|h| h.alive));
+    let now = chrono::Utc::now();
+    let due = state.next.values().filter(|at| **at <= now).count();
+    if let Some(line) = super::render::nothing_running(running, due) {
+        println!("{line}");
+    }
     let stamp = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%SZ").to_string();
     if state.discovery.is_some() {
         // The next listing as the status page has it, by this configuration's interval and
@@ -360,12 +374,6 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
             );
         }
     }
-    let budget = crate::service::status::read_budget(&settings, &store)
-        .await
-        .map_err(|error| CliError::Store {
-            context: "cannot read the request budget",
-            error,
-        })?;
     if let Some(b) = budget {
         print!("{}", super::render::budget(&b));
     }

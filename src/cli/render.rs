@@ -183,6 +183,19 @@ pub fn status(
     s
 }
 
+/// The line of `lms-sync status` that says no process is running against the database (none
+/// holds a share of the request budget), with how many accounts' runs are `due`; `None` while
+/// one is, or when the budget cannot tell.
+pub fn nothing_running(running: Running, due: usize) -> Option<String> {
+    (running == Some(false)).then(|| {
+        format!(
+            "service: no lms-sync process holds a share of the request budget: none runs against \
+             this database, and no run starts until one does ({due} account{} due now)",
+            if due == 1 { "" } else { "s" }
+        )
+    })
+}
+
 /// An account's next run as `accounts show` says it: one already due says what starts it, and
 /// when no process holds a share of the request budget, that none is running to.
 fn next_run(
@@ -618,6 +631,20 @@ mod tests {
             "{}",
             budget(&empty)
         );
+    }
+
+    #[test]
+    fn status_says_when_no_process_runs() {
+        assert_eq!(nothing_running(Some(true), 3), None);
+        assert_eq!(nothing_running(None, 3), None);
+        assert_eq!(
+            nothing_running(Some(false), 1).unwrap(),
+            "service: no lms-sync process holds a share of the request budget: none runs \
+             against this database, and no run starts until one does (1 account due now)"
+        );
+        assert!(nothing_running(Some(false), 0)
+            .unwrap()
+            .ends_with("(0 accounts due now)"));
     }
 
     #[test]

@@ -533,6 +533,7 @@ async fn replicas_on_different_configurations_are_named_until_a_reload_makes_the
         status.contains("; the replicas run 2 different configurations ("),
         "{status}"
     );
+    assert!(!status.contains("service: no lms-sync process"), "{status}");
     assert!(
         status.contains(&format!("configuration {d1}\n")),
         "{status}"

@@ -1715,4 +1715,16 @@ async fn status_of_a_large_fleet_leads_with_what_needs_attention() {
         ),
         "{text}"
     );
+    // No service runs (only the one-off syncs did, and they are gone): said under the summary.
+    let service = lines
+        .iter()
+        .find(|l| l.starts_with("service: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        service.starts_with(
+            "service: no lms-sync process holds a share of the request budget: none runs \
+             against this database, and no run starts until one does ("
+        ) && service.ends_with(" due now)"),
+        "{text}"
+    );
 }
