@@ -429,6 +429,7 @@ impl Scheduler {
             }
             Ok(None) => {
                 if held {
+                    self.store.writes_taken_again();
                     tracing::info!("the database accepts writes again; runs start");
                     self.metrics.set("lms_sync_database_read_only", &[], 0.0);
                     self.ready.read_only(None);

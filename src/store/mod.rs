@@ -190,6 +190,9 @@ mod read_only {
     static SEEN: AtomicU64 = AtomicU64::new(0);
     /// When a connection was last lost or refused, the same way.
     static LOST: AtomicU64 = AtomicU64::new(0);
+    /// When the database was last found to take writes again after refusing them, the same
+    /// way.
+    static CLEARED: AtomicU64 = AtomicU64::new(0);
 
     fn epoch() -> Instant {
         static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -221,11 +224,21 @@ mod read_only {
         last().max(Some(LOST.load(Ordering::Relaxed)).filter(|&ms| ms > 0))
     }
 
-    /// Whether a pooled connection `age` old was opened after the last refusal (one opened
-    /// in the same millisecond counts as before it).
+    /// Notes that the database takes writes again now, after refusing them.
+    pub(super) fn cleared() {
+        CLEARED.fetch_max(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether a pooled connection `age` old was opened after the last refusal, and after the
+    /// database was last found to take writes again: a session opened while it took none may
+    /// stay read-only for its whole life, since a database's or a role's
+    /// `default_transaction_read_only` applies at a session's start (one opened in the same
+    /// millisecond counts as before it).
     pub(super) fn opened_since(age: Duration) -> bool {
-        let seen = SEEN.load(Ordering::Relaxed);
-        seen == 0 || now_ms().saturating_sub(age.as_millis() as u64) > seen
+        let since = SEEN
+            .load(Ordering::Relaxed)
+            .max(CLEARED.load(Ordering::Relaxed));
+        since == 0 || now_ms().saturating_sub(age.as_millis() as u64) > since
     }
 }
 
@@ -763,6 +776,15 @@ impl Store {
     /// whether it takes writes only after something found it did not.
     pub fn write_refused_at(&self) -> Option<u64> {
         read_only::last()
+    }
+
+    /// Notes that the database takes writes again after refusing them: every pooled session
+    /// opened before now is replaced as it is next taken. One opened meanwhile (to read the
+    /// status page, to look whether writes are taken) may be read-only for good, as a
+    /// database's or a role's `default_transaction_read_only` applies at a session's start,
+    /// and the first write to meet it would fail.
+    pub fn writes_taken_again(&self) {
+        read_only::cleared();
     }
 
     pub fn schema(&self) -> &str {

@@ -612,6 +612,40 @@ async fn a_database_taking_no_writes_holds_every_run_and_listing_until_it_does()
     assert_eq!(d.terminate().await, 0);
 }
 
+/// A session opened while the database took no writes keeps its read-only default after the
+/// database takes them again (a database's or a role's `default_transaction_read_only` applies
+/// at a session's start). Once the service has found writes taken again, the pool replaces
+/// every session opened before: the first write does not meet one (it did, and the first run
+/// after such a spell could fail to record its end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_opened_while_the_database_took_no_writes_are_replaced_once_it_takes_them() {
+    let env = Env::new(&[]).await;
+    // A pool of one session, so that each statement meets the one the last left.
+    let mut settings = lms_sync::config::Settings::default();
+    settings.database.max_connections = 1;
+    let url = secrecy::SecretString::from(env.db_url.clone());
+    let store = lms_sync::store::Store::connect(&url, &settings.database)
+        .await
+        .unwrap();
+    let read_only = || async {
+        sqlx::query_scalar::<_, String>("SHOW transaction_read_only")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&env.db_url)
+        .await
+        .unwrap();
+    takes_writes(&mut admin, false).await;
+    assert!(store.refuses_writes().await.unwrap().is_some());
+    // A read after that look (the status page, /metrics) opens a session: read-only for good.
+    assert_eq!(read_only().await, "on");
+    takes_writes(&mut admin, true).await;
+    store.writes_taken_again();
+    assert_eq!(read_only().await, "off");
+    store.discovery_failed("a write", None).await.unwrap();
+}
+
 /// A cluster with a standby and nothing in front (no proxy, no virtual IP: Patroni, repmgr),
 /// named host by host in database.url with `target_session_attrs=read-write`, the standby
 /// first: lms-sync connects to the primary, and `check` says which host it uses. After a
