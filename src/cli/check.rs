@@ -52,6 +52,7 @@ pub async fn check(settings: Settings) -> Result<(), CliError> {
     truto(&settings, &source, follows.as_deref(), &cancel, &mut checks).await;
     checks.extend(webhooks(&settings));
     checks.extend(admin_routes(&settings));
+    checks.extend(status_page(&settings));
     sharing.cancel();
     if let Some(task) = shared {
         let _ = task.await;
@@ -62,6 +63,21 @@ pub async fn check(settings: Settings) -> Result<(), CliError> {
     } else {
         Err(CliError::Failed)
     }
+}
+
+/// The status page when it needs the admin token (`server.status_page_requires_token`): `run`
+/// does not start without one.
+fn status_page(settings: &Settings) -> Option<Check> {
+    if !settings.server.status_page_requires_token {
+        return None;
+    }
+    Some(match super::commands::require_page_token(settings) {
+        Err(e) => Check::failed("status page", format!("{e}; run does not start so")),
+        Ok(()) => Check::passed(
+            "status page",
+            "/ and /accounts/{id} need the admin token (Bearer, or as a browser's password)",
+        ),
+    })
 }
 
 /// The admin routes as `run` would serve them: said when an admin token is set (or cannot be

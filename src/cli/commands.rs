@@ -177,6 +177,18 @@ pub(super) fn require_token(settings: &Settings) -> Result<SecretString, ConfigE
     })
 }
 
+/// A status page that needs the admin token needs one to be set: otherwise nobody could open it.
+pub(super) fn require_page_token(settings: &Settings) -> Result<(), ConfigError> {
+    if settings.server.status_page_requires_token && settings.admin_token()?.is_none() {
+        return Err(ConfigError(format!(
+            "server.status_page_requires_token is on, but no admin token is set (set {} or \
+             server.admin_token_file): nobody could open the status page",
+            crate::config::ADMIN_TOKEN_ENV
+        )));
+    }
+    Ok(())
+}
+
 /// What `sync`, `run` and `check` need before they start: accounts, a token and a database URL.
 pub(super) fn sync_prerequisites(settings: &Settings) -> Result<SecretString, CliError> {
     settings.require_accounts()?;
@@ -193,6 +205,7 @@ pub async fn run(
     no_migrate: bool,
 ) -> Result<(), CliError> {
     let token = sync_prerequisites(&settings)?;
+    require_page_token(&settings)?;
     let config_file = config.clone();
     let load = move || {
         let mut s = Settings::load(config.as_deref())?;
@@ -202,6 +215,7 @@ pub async fn run(
         s.require_accounts()?;
         // A configuration without a token would leave the old one in force unsaid: refuse it.
         require_token(&s)?;
+        require_page_token(&s)?;
         Ok(s)
     };
     // The file `load` reads, checked for changes (`server.config_file_check_secs`).

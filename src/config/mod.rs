@@ -361,6 +361,12 @@ pub struct ServerSettings {
     /// one more check: a file caught mid-write is not taken), reloads it as SIGHUP does; 0
     /// reloads on SIGHUP only.
     pub config_file_check_secs: u64,
+    /// Whether the status page (`/` and `/accounts/{id}`) needs the admin token too, as the
+    /// admin routes do (as `Authorization: Bearer <token>`, or HTTP Basic with the token as the
+    /// password, which a browser asks for): for a port that others in the network reach, such
+    /// as Prometheus scraping `/metrics` beside it. `/healthz`, `/readyz`, `/metrics` and the
+    /// webhooks' route stay as they are.
+    pub status_page_requires_token: bool,
 }
 
 impl Default for ServerSettings {
@@ -372,6 +378,7 @@ impl Default for ServerSettings {
             account_metrics: AccountMetrics::EveryReplica,
             secret_files_check_secs: 10,
             config_file_check_secs: 10,
+            status_page_requires_token: false,
         }
     }
 }

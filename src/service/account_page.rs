@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -28,7 +28,14 @@ border:none;padding:8px 12px 0;font-size:12px;color:#6b7385}}";
 /// `sync_runs` keeps the rest for SQL.
 pub const RUNS_SHOWN: i64 = 50;
 
-pub(super) async fn account(State(ops): State<Ops>, Path(id): Path<String>) -> Response {
+pub(super) async fn account(
+    State(ops): State<Ops>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(no) = super::admin::refuse_page(&ops, &headers) {
+        return no;
+    }
     let Ok(id) = Uuid::parse_str(&id) else {
         return text(
             StatusCode::BAD_REQUEST,

@@ -3,6 +3,8 @@
 //! `POST /accounts/{id}/sync|pause|resume|protect|unprotect`, only with `Authorization: Bearer <admin token>`
 //! (`LMS_SYNC_ADMIN_TOKEN` or `server.admin_token_file`). Without a configured token they
 //! answer 403, with a wrong or missing one 401. They act through the registry, like the CLI.
+//! With `server.status_page_requires_token` the status page asks for the same token
+//! ([`refuse_page`]), which a browser may send as a Basic password.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -28,16 +30,71 @@ fn refuse(ops: &Ops, headers: &HeaderMap) -> Option<Response> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    // Constant time: a wrong token must not tell how much of it was right.
-    let ok: bool = given
-        .as_bytes()
-        .ct_eq(token.expose_secret().as_bytes())
-        .into();
-    (!ok).then(|| {
+    (!matches(given, &token)).then(|| {
         (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
             "a valid admin token is needed (Authorization: Bearer <token>)\n",
+        )
+            .into_response()
+    })
+}
+
+/// Whether `given` is `token`, in constant time: a wrong token must not tell how much of it
+/// was right.
+fn matches(given: &str, token: &secrecy::SecretString) -> bool {
+    given
+        .as_bytes()
+        .ct_eq(token.expose_secret().as_bytes())
+        .into()
+}
+
+/// The token an `Authorization` header gives: `Bearer <token>`, or HTTP Basic with the token
+/// as the password (any user name), which is what a browser sends once it asked for it.
+fn given_token(value: &str) -> Option<String> {
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return Some(token.to_string());
+    }
+    use base64::Engine as _;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let pair = String::from_utf8(decoded).ok()?;
+    pair.split_once(':')
+        .map(|(_, password)| password.to_string())
+}
+
+/// `None` when the status page (`/`, `/accounts/{id}`) may be shown: it needs no token
+/// (`server.status_page_requires_token` off), or the request gives the admin token. Otherwise
+/// the answer that refuses it: 401 asking for it (a browser then asks for a password), or 403
+/// when no admin token is set.
+pub(super) fn refuse_page(ops: &Ops, headers: &HeaderMap) -> Option<Response> {
+    if !ops.settings.borrow().server.status_page_requires_token {
+        return None;
+    }
+    let Some(token) = ops.admin_token.get() else {
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            "the status page needs the admin token (server.status_page_requires_token), and \
+             none is set: set LMS_SYNC_ADMIN_TOKEN or server.admin_token_file\n",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(given_token)
+        .unwrap_or_default();
+    (!matches(&given, &token)).then(|| {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                "Basic realm=\"lms-sync status\", charset=\"UTF-8\"",
+            )],
+            "the status page needs the admin token (server.status_page_requires_token): as \
+             Authorization: Bearer <token>, or as the password a browser asks for (any user \
+             name)\n",
         )
             .into_response()
     })
@@ -184,5 +241,29 @@ pub(super) async fn account_action(
             format!("account {id} is not in the registry\n"),
         ),
         Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_comes_as_a_bearer_or_as_a_basic_password() {
+        assert_eq!(given_token("Bearer abc").as_deref(), Some("abc"));
+        // base64("ops:s3cret:with:colons")
+        assert_eq!(
+            given_token("Basic b3BzOnMzY3JldDp3aXRoOmNvbG9ucw==").as_deref(),
+            Some("s3cret:with:colons")
+        );
+        // base64(":tok"): no user name.
+        assert_eq!(given_token("Basic OnRvaw==").as_deref(), Some("tok"));
+        assert_eq!(given_token("Basic not base64!"), None);
+        // base64("no colon")
+        assert_eq!(given_token("Basic bm8gY29sb24="), None);
+        assert_eq!(given_token("Digest x"), None);
+        let token = secrecy::SecretString::from("tok");
+        assert!(matches("tok", &token));
+        assert!(!matches("to", &token) && !matches("tok ", &token) && !matches("", &token));
     }
 }

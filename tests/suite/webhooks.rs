@@ -731,6 +731,112 @@ async fn a_delivery_slow_to_apply_is_answered_within_seconds_and_applied_after()
     assert_mirror(&env.store, &env.sim, b).await;
 }
 
+/// With `server.status_page_requires_token`, the status page and the accounts' pages need the
+/// admin token (a Bearer, or a browser's Basic password under any user name), while the
+/// probes, `/metrics` and the webhooks' route stay open; without an admin token they answer
+/// 403, and `run` and `check` refuse such a configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_needs_the_admin_token_when_told_to() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 5)]).await;
+    let get = |url: String, auth: Option<(&'static str, Option<&'static str>)>| async move {
+        let mut req = reqwest::Client::new().get(&url);
+        req = match auth {
+            Some(("bearer", Some(t))) => req.bearer_auth(t),
+            Some((user, password)) => req.basic_auth(user, password),
+            None => req,
+        };
+        let r = req.send().await.unwrap();
+        let challenge = r
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_string());
+        (r.status().as_u16(), challenge, r.text().await.unwrap())
+    };
+    let mut s = daemon_settings(&env, "1h");
+    let admin = secret_file(ADMIN);
+    s.server.admin_token_file = Some(admin.to_path_buf());
+    s.server.status_page_requires_token = true;
+    let (daemon, stop, mut rx, base) = serve_daemon(s.clone()).await;
+    loop {
+        if let Event::Finished(..) = next(&mut rx).await {
+            break;
+        }
+    }
+    for page in [format!("{base}/"), format!("{base}/accounts/{a}")] {
+        let (status, challenge, body) = get(page.clone(), None).await;
+        assert_eq!(status, 401, "{page}: {body}");
+        assert_eq!(
+            challenge.as_deref(),
+            Some("Basic realm=\"lms-sync status\", charset=\"UTF-8\""),
+            "{page}"
+        );
+        assert!(body.contains("server.status_page_requires_token"), "{body}");
+        for wrong in [
+            Some(("bearer", Some("nope"))),
+            Some(("ops", Some("nope"))),
+            Some(("ops", None)),
+        ] {
+            assert_eq!(get(page.clone(), wrong).await.0, 401, "{page} {wrong:?}");
+        }
+        for right in [
+            Some(("bearer", Some(ADMIN))),
+            Some(("ops", Some(ADMIN))),
+            Some(("", Some(ADMIN))),
+        ] {
+            let (status, _, body) = get(page.clone(), right).await;
+            assert_eq!(status, 200, "{page} {right:?}: {body}");
+            assert!(body.contains("<html"), "{body}");
+        }
+    }
+    for open in ["healthz", "readyz", "metrics"] {
+        assert_eq!(get(format!("{base}/{open}"), None).await.0, 200, "{open}");
+    }
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+
+    // No admin token: the page is closed (403), not open.
+    s.server.admin_token_file = None;
+    let (daemon, stop, mut rx, base) = serve_daemon(s).await;
+    loop {
+        if let Event::Finished(..) = next(&mut rx).await {
+            break;
+        }
+    }
+    let (status, _, body) = get(format!("{base}/"), Some(("ops", Some(ADMIN)))).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("none is set"), "{body}");
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+
+    // Nor do `run` and `check` start so.
+    let cfg = crate::helpers::daemon::config(&env.sim, &[a], "1h", 1);
+    for cmd in ["run", "check"] {
+        let o = crate::helpers::daemon::lms_sync(&cfg, &env.db_url, &[cmd])
+            .env("LMS_SYNC__SERVER__STATUS_PAGE_REQUIRES_TOKEN", "true")
+            .output()
+            .await
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            said.contains(
+                "server.status_page_requires_token is on, but no admin token is set (set \
+                 LMS_SYNC_ADMIN_TOKEN or server.admin_token_file): nobody could open the status page"
+            ),
+            "{cmd}: {said}"
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(if cmd == "run" { 2 } else { 1 }),
+            "{cmd}: {said}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
     let a = account_id(1);

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 
@@ -70,8 +70,12 @@ impl PageQuery {
 
 pub(super) async fn page(
     State(ops): State<Ops>,
+    headers: HeaderMap,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
+    if let Some(no) = super::admin::refuse_page(&ops, &headers) {
+        return no;
+    }
     let query = match query {
         Ok(Query(q)) => q,
         Err(e) => {
