@@ -376,10 +376,9 @@ async fn show(settings: &Settings, account: Uuid, runs: i64, json: bool) -> Resu
         println!("{text}");
     } else {
         let row = state.rows.first();
-        let running = crate::service::status::read_budget(settings, &store)
+        let running = crate::service::status::processes_running(settings, &store)
             .await
-            .map_err(db)?
-            .map(|b| b.view.holders.iter().any(|h| h.alive));
+            .map_err(db)?;
         print!(
             "{}",
             super::render::account(view, row, &runs, &actions, chrono::Utc::now(), running)

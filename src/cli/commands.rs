@@ -332,9 +332,7 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
             context: "cannot read the request budget",
             error,
         })?;
-    let running = budget
-        .as_ref()
-        .map(|b| b.view.holders.iter().any(|h| h.alive));
+    let running = budget.as_ref().map(|b| b.view.running());
     let now = chrono::Utc::now();
     let due = state.next.values().filter(|at| **at <= now).count();
     if let Some(line) = super::render::nothing_running(running, due) {

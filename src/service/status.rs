@@ -419,6 +419,22 @@ pub async fn read_budget(
     Ok(Some(section))
 }
 
+/// Whether an lms-sync process runs against the database, as the token's budget tells (a live
+/// holder of a share); `None` when requests are not paced and it cannot tell. Reads the
+/// holders only.
+pub async fn processes_running(
+    settings: &Settings,
+    store: &Store,
+) -> Result<Option<bool>, StoreError> {
+    let b = &settings.rate_budget;
+    if !b.enabled {
+        return Ok(None);
+    }
+    let window = std::time::Duration::from_secs(b.window_secs);
+    let view = store.budget_view(super::budget::TOKEN, window).await?;
+    Ok(Some(view.running()))
+}
+
 /// The configurations the live holders of `view` run (their digests), the most common first,
 /// with how many run each; holders that record none are left out.
 fn configurations(view: &BudgetView) -> Vec<(&str, usize)> {

@@ -146,6 +146,13 @@ pub struct BudgetView {
     pub hot: i64,
 }
 
+impl BudgetView {
+    /// Whether a live process holds a share: one runs against the database.
+    pub fn running(&self) -> bool {
+        self.holders.iter().any(|h| h.alive)
+    }
+}
+
 impl Store {
     /// Who holds `budget` now, for people to read (nothing is changed). `window` is the
     /// budget's: releases older than that are no longer hot even before a negotiation prunes
