@@ -352,23 +352,27 @@ impl Store {
         }
         upsert_listed(&mut tx, std::slice::from_ref(account)).await?;
         gate_health(&mut tx, std::slice::from_ref(account)).await?;
-        if wanted {
+        let requested = if wanted {
             sqlx::query(
                 "UPDATE accounts SET sync_requested_at = now() WHERE integrated_account_id = $1",
             )
             .bind(account.id)
             .execute(&mut *tx)
             .await?;
-        }
-        // (`now()` is the transaction's start: a request made by an earlier one differs.)
-        let requested: Option<bool> = sqlx::query_scalar(
-            "SELECT sync_requested_at = now() FROM accounts WHERE integrated_account_id = $1",
-        )
-        .bind(account.id)
-        .fetch_one(&mut *tx)
-        .await?;
+            true
+        } else {
+            // Asked for by the listing's rules above, in this transaction: `now()` is its
+            // start, so a request made by an earlier one differs.
+            sqlx::query_scalar::<_, Option<bool>>(
+                "SELECT sync_requested_at = now() FROM accounts WHERE integrated_account_id = $1",
+            )
+            .bind(account.id)
+            .fetch_one(&mut *tx)
+            .await?
+            .unwrap_or(false)
+        };
         tx.commit().await?;
-        Ok(requested.unwrap_or(false))
+        Ok(requested)
     }
 
     /// Retires one account (Truto says it was deleted). `false` when it is not registered.
