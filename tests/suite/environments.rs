@@ -209,11 +209,7 @@ async fn held_by_a_staging_token() -> HeldByStagingToken {
         .await;
     let o = cli_with(&env, &[("TRUTO_API_TOKEN", "tok-staging")], &["sync"]).await;
     assert_eq!(o.status.code(), Some(1));
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let said = said(&o);
     assert!(
         said.contains(
             "discovery: Truto lists the integrated accounts of environment env-2, but this \

@@ -52,11 +52,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// All a command said: its log (stderr), then its report (stdout).
-fn said(o: &Output) -> String {
-    format!("{}{}", stderr(o), String::from_utf8_lossy(&o.stdout))
-}
-
 /// A fenced block of docs/schema.md whose info string is `sql <name>`, with `role` for the
 /// role it creates and grants to.
 fn grants(name: &str, role: &str) -> Vec<String> {

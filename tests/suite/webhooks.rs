@@ -817,11 +817,7 @@ async fn the_status_page_needs_the_admin_token_when_told_to() {
             .output()
             .await
             .unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let said = said(&o);
         assert!(
             said.contains(
                 "server.status_page_requires_token is on, but no admin token is set (set \

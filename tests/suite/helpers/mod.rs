@@ -690,6 +690,16 @@ pub async fn session_holding(url: &str, application: &str, sql: &str) -> sqlx::P
     conn
 }
 
+/// All a command said: its log (stderr), then its report (stdout), for a message that may be
+/// on either.
+pub fn said(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    )
+}
+
 /// The body of a GET that must answer (a page or `/metrics` of the ops server).
 pub async fn get_text(url: &str) -> String {
     lms_sync::install_crypto_provider();
