@@ -399,12 +399,10 @@ pub async fn read_budget(
     settings: &Settings,
     store: &Store,
 ) -> Result<Option<BudgetSection>, StoreError> {
-    let b = &settings.rate_budget;
-    if !b.enabled {
+    let Some(view) = budget_view(settings, store).await? else {
         return Ok(None);
-    }
-    let window = std::time::Duration::from_secs(b.window_secs);
-    let view = store.budget_view(super::budget::TOKEN, window).await?;
+    };
+    let b = &settings.rate_budget;
     let mut section = BudgetSection {
         config_digest: settings.digest(),
         per_token: b.per_token,
@@ -426,13 +424,17 @@ pub async fn processes_running(
     settings: &Settings,
     store: &Store,
 ) -> Result<Option<bool>, StoreError> {
+    Ok(budget_view(settings, store).await?.map(|v| v.running()))
+}
+
+/// The token's budget's holders and what is hot; `None` when requests are not paced.
+async fn budget_view(settings: &Settings, store: &Store) -> Result<Option<BudgetView>, StoreError> {
     let b = &settings.rate_budget;
     if !b.enabled {
         return Ok(None);
     }
     let window = std::time::Duration::from_secs(b.window_secs);
-    let view = store.budget_view(super::budget::TOKEN, window).await?;
-    Ok(Some(view.running()))
+    Ok(Some(store.budget_view(super::budget::TOKEN, window).await?))
 }
 
 /// The configurations the live holders of `view` run (their digests), the most common first,
