@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod admin;
 mod alertmanager;
 mod analysts;
 mod budget;

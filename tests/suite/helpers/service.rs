@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::Env;
+use super::{get_text, Env, TempFile};
 
 /// Forwards pass events to the test.
 #[derive(Clone)]
@@ -106,4 +106,26 @@ pub fn daemon_settings(env: &Env, every: &str) -> Settings {
     s.server.listen = String::new();
     s.sync.shutdown_grace_secs = 20;
     s
+}
+
+/// A file holding a secret (a token, a webhook secret), removed when dropped.
+pub fn secret_file(text: &str) -> TempFile {
+    TempFile::new("lms-sync-secret", "", text)
+}
+
+/// Waits until the service's `/metrics` shows `series` (with its value): the accounts' state
+/// is read from the database at most every 5 s. Fails after 30 s, with what it showed.
+pub async fn metrics_show(base: &str, series: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = get_text(&format!("{base}/metrics")).await;
+        if metrics.contains(series) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {series} in:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -1,0 +1,430 @@
+//! The operations server's admin routes against a running service: 403 without a configured
+//! token, 401 with a wrong one, the accounts' actions recorded as the commands record them, and
+//! the status page behind the admin token when told so.
+
+use std::time::Duration;
+
+use crate::helpers::service::*;
+use crate::helpers::*;
+use uuid::Uuid;
+
+const ADMIN: &str = "admin-token-for-tests";
+
+/// With `server.status_page_requires_token`, the status page and the accounts' pages need the
+/// admin token (a Bearer, or a browser's Basic password under any user name), while the
+/// probes, `/metrics` and the webhooks' route stay open; without an admin token they answer
+/// 403, and `run` and `check` refuse such a configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_needs_the_admin_token_when_told_to() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 5)]).await;
+    let get = |url: String, auth: Option<(&'static str, Option<&'static str>)>| async move {
+        let mut req = reqwest::Client::new().get(&url);
+        req = match auth {
+            Some(("bearer", Some(t))) => req.bearer_auth(t),
+            Some((user, password)) => req.basic_auth(user, password),
+            None => req,
+        };
+        let r = req.send().await.unwrap();
+        let challenge = r
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_string());
+        (r.status().as_u16(), challenge, r.text().await.unwrap())
+    };
+    let mut s = daemon_settings(&env, "1h");
+    let admin = secret_file(ADMIN);
+    s.server.admin_token_file = Some(admin.to_path_buf());
+    s.server.status_page_requires_token = true;
+    let (daemon, stop, mut rx, base) = serve_daemon(s.clone()).await;
+    loop {
+        if let Event::Finished(..) = next(&mut rx).await {
+            break;
+        }
+    }
+    for page in [format!("{base}/"), format!("{base}/accounts/{a}")] {
+        let (status, challenge, body) = get(page.clone(), None).await;
+        assert_eq!(status, 401, "{page}: {body}");
+        assert_eq!(
+            challenge.as_deref(),
+            Some("Basic realm=\"lms-sync status\", charset=\"UTF-8\""),
+            "{page}"
+        );
+        assert!(body.contains("server.status_page_requires_token"), "{body}");
+        for wrong in [
+            Some(("bearer", Some("nope"))),
+            Some(("ops", Some("nope"))),
+            Some(("ops", None)),
+        ] {
+            assert_eq!(get(page.clone(), wrong).await.0, 401, "{page} {wrong:?}");
+        }
+        for right in [
+            Some(("bearer", Some(ADMIN))),
+            Some(("ops", Some(ADMIN))),
+            Some(("", Some(ADMIN))),
+        ] {
+            let (status, _, body) = get(page.clone(), right).await;
+            assert_eq!(status, 200, "{page} {right:?}: {body}");
+            assert!(body.contains("<html"), "{body}");
+        }
+    }
+    for open in ["healthz", "readyz", "metrics"] {
+        assert_eq!(get(format!("{base}/{open}"), None).await.0, 200, "{open}");
+    }
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+
+    // No admin token: the page is closed (403), not open.
+    s.server.admin_token_file = None;
+    let (daemon, stop, mut rx, base) = serve_daemon(s).await;
+    loop {
+        if let Event::Finished(..) = next(&mut rx).await {
+            break;
+        }
+    }
+    let (status, _, body) = get(format!("{base}/"), Some(("ops", Some(ADMIN)))).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("none is set"), "{body}");
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+
+    // Nor do `run` and `check` start so.
+    let cfg = crate::helpers::daemon::config(&env.sim, &[a], "1h", 1);
+    for cmd in ["run", "check"] {
+        let o = crate::helpers::daemon::lms_sync(&cfg, &env.db_url, &[cmd])
+            .env("LMS_SYNC__SERVER__STATUS_PAGE_REQUIRES_TOKEN", "true")
+            .output()
+            .await
+            .unwrap();
+        let said = said(&o);
+        assert!(
+            said.contains(
+                "server.status_page_requires_token is on, but no admin token is set (set \
+                 LMS_SYNC_ADMIN_TOKEN or server.admin_token_file): nobody could open the status page"
+            ),
+            "{cmd}: {said}"
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(if cmd == "run" { 2 } else { 1 }),
+            "{cmd}: {said}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
+    let a = account_id(1);
+    let env = Env::new(&[(a, 30)]).await;
+    let get = |url: String, token: Option<&'static str>| async move {
+        let mut req = reqwest::Client::new().get(&url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let post_as = |url: String, token: Option<&'static str>| async move {
+        let mut req = reqwest::Client::new().post(&url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap().status().as_u16()
+    };
+
+    // Without a configured token: 403; /healthz and /metrics stay open.
+    for with_token in [false, true] {
+        let mut s = daemon_settings(&env, "1h");
+        let admin = secret_file(ADMIN);
+        if with_token {
+            s.server.admin_token_file = Some(admin.to_path_buf());
+        }
+        let (daemon, stop, mut rx, base) = serve_daemon(s).await;
+        loop {
+            if let Event::Finished(..) = next(&mut rx).await {
+                break;
+            }
+        }
+        assert_eq!(get(format!("{base}/healthz"), None).await.0, 200);
+        assert_eq!(get(format!("{base}/metrics"), None).await.0, 200);
+        if !with_token {
+            assert_eq!(get(format!("{base}/status"), Some(ADMIN)).await.0, 403);
+            assert_eq!(
+                get(format!("{base}/status/budget"), Some(ADMIN)).await.0,
+                403
+            );
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/sync"), Some(ADMIN)).await,
+                403
+            );
+        } else {
+            assert_eq!(get(format!("{base}/status"), None).await.0, 401);
+            assert_eq!(get(format!("{base}/status"), Some("nope")).await.0, 401);
+            let (status, body) = get(format!("{base}/status"), Some(ADMIN)).await;
+            assert_eq!(status, 200);
+            let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(list[0]["integrated_account_id"], a.to_string());
+            assert_eq!(list[0]["live_users"], 30);
+            // The shared request budget: this service is its only holder, alive, and the
+            // window adds up (held + hot + free = the token's limit).
+            assert_eq!(get(format!("{base}/status/budget"), None).await.0, 401);
+            let (status, body) = get(format!("{base}/status/budget"), Some(ADMIN)).await;
+            assert_eq!(status, 200, "{body}");
+            let b: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(b["per_token"], 500, "{b}");
+            assert_eq!(b["window_secs"], 10, "{b}");
+            assert_eq!(b["holders"].as_array().unwrap().len(), 1, "{b}");
+            assert_eq!(b["holders"][0]["alive"], true, "{b}");
+            // It says what budget it is configured with; nobody disagrees.
+            assert_eq!(b["holders"][0]["per_token"], 500, "{b}");
+            assert_eq!(b["holders"][0]["window_secs"], 10, "{b}");
+            assert_eq!(
+                (&b["shared"], &b["mismatch"]),
+                (&500.into(), &false.into()),
+                "{b}"
+            );
+            // One configuration, nothing compared.
+            assert_eq!(b["configurations"].as_array().unwrap().len(), 1, "{b}");
+            assert_eq!(b["configurations"][0]["replicas"], 1, "{b}");
+            assert!(b["configurations"][0]["differences"].is_null(), "{b}");
+            assert!(b["compared_with"].is_null(), "{b}");
+            assert!(
+                b["holders"][0]["holder"].as_str().unwrap().contains(':'),
+                "{b}"
+            );
+            let (held, hot, free) = (
+                b["held"].as_i64().unwrap(),
+                b["hot"].as_i64().unwrap(),
+                b["free"].as_i64().unwrap(),
+            );
+            assert_eq!(held, b["holders"][0]["share"].as_i64().unwrap(), "{b}");
+            assert_eq!(held + hot + free, 500, "{b}");
+            // After a spell of the database taking no writes, looked at on the status page,
+            // the pool holds sessions left read-only: an operator's action that meets one is
+            // tried again on a new session, not refused.
+            let mut owner = <sqlx::PgConnection as sqlx::Connection>::connect(&env.db_url)
+                .await
+                .unwrap();
+            takes_writes(&mut owner, false).await;
+            assert!(get(format!("{base}/"), None).await.1.contains("<html"));
+            takes_writes(&mut owner, true).await;
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/pause"), None).await,
+                401
+            );
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/pause"), Some(ADMIN)).await,
+                200
+            );
+            let paused: bool =
+                sqlx::query_scalar("SELECT paused FROM accounts WHERE integrated_account_id = $1")
+                    .bind(a)
+                    .fetch_one(env.store.pool())
+                    .await
+                    .unwrap();
+            assert!(paused);
+            // Exported with the time of its pause, from the record (the accounts' state is read
+            // at most every 5 s: looked at until it shows).
+            let at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+                "SELECT acted_at FROM account_actions WHERE integrated_account_id = $1",
+            )
+            .bind(a)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+            let series = format!(
+                "lms_sync_account_paused_since_timestamp_seconds{{account=\"{a}\"}} {}",
+                at.timestamp_millis() as f64 / 1000.0
+            );
+            metrics_show(&base, &series).await;
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/resume"), Some(ADMIN)).await,
+                200
+            );
+            let protected = || async {
+                sqlx::query_scalar::<_, bool>(
+                    "SELECT protected_at IS NOT NULL FROM accounts WHERE integrated_account_id = $1",
+                )
+                .bind(a)
+                .fetch_one(env.store.pool())
+                .await
+                .unwrap()
+            };
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/protect"), None).await,
+                401
+            );
+            assert!(!protected().await);
+            assert_eq!(
+                post_as(
+                    format!("{base}/accounts/{a}/protect?reason=legal+hold%3A+matter+M-17"),
+                    Some(ADMIN)
+                )
+                .await,
+                200
+            );
+            assert!(protected().await);
+            let unprotect = reqwest::Client::new()
+                .post(format!("{base}/accounts/{a}/unprotect"))
+                .bearer_auth(ADMIN)
+                .header("X-Forwarded-For", "203.0.113.9")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(unprotect.status().as_u16(), 200);
+            assert!(!protected().await);
+            // Each action is recorded with who asked (the caller's address) and why.
+            let actions: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT action, actor, reason FROM account_actions
+                  WHERE integrated_account_id = $1 ORDER BY action_id",
+            )
+            .bind(a)
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+            let done: Vec<&str> = actions.iter().map(|(x, ..)| x.as_str()).collect();
+            assert_eq!(done, ["pause", "resume", "protect", "unprotect"]);
+            for (_, actor, _) in &actions {
+                let actor = actor.as_deref().unwrap_or_default();
+                assert!(actor.starts_with("the admin API from 127.0.0.1"), "{actor}");
+            }
+            assert_eq!(actions[2].2.as_deref(), Some("legal hold: matter M-17"));
+            assert!(actions[0]
+                .1
+                .as_deref()
+                .unwrap()
+                .starts_with("the admin API from 127.0.0.1 (replica "));
+            assert_eq!(actions[3].2, None);
+            // Behind a proxy, what it says of the caller too.
+            let actor = actions[3].1.as_deref().unwrap();
+            assert!(
+                actor.starts_with(
+                    "the admin API from 127.0.0.1, forwarded for 203.0.113.9 (replica "
+                ),
+                "{actor}"
+            );
+            // A reason of two lines is refused, and nothing is done.
+            assert_eq!(
+                post_as(
+                    format!("{base}/accounts/{a}/protect?reason=two%0Alines"),
+                    Some(ADMIN)
+                )
+                .await,
+                400
+            );
+            assert!(!protected().await);
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/purge"), Some(ADMIN)).await,
+                404,
+                "no purge over HTTP"
+            );
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/sync"), Some(ADMIN)).await,
+                200
+            );
+            let again = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    if let Event::Finished(_, o) = next(&mut rx).await {
+                        return o;
+                    }
+                }
+            })
+            .await
+            .expect("the requested run comes within seconds");
+            assert_eq!(again, "succeeded");
+            // A pause given an end, as `accounts pause --until`; an end is for a pause only,
+            // and in the future.
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/pause?until=1h"), Some(ADMIN)).await,
+                200
+            );
+            let until: Option<f64> = sqlx::query_scalar(
+                "SELECT extract(epoch FROM paused_until - now())::float8 FROM accounts
+                  WHERE integrated_account_id = $1 AND paused",
+            )
+            .bind(a)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+            assert!(
+                until.is_some_and(|s| (3500.0..=3600.0).contains(&s)),
+                "{until:?}"
+            );
+            // Exported, so that the paused-too-long alert leaves it alone until then.
+            let end: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+                "SELECT paused_until FROM accounts WHERE integrated_account_id = $1",
+            )
+            .bind(a)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+            let series = format!(
+                "lms_sync_account_paused_until_timestamp_seconds{{account=\"{a}\"}} {}",
+                end.timestamp_millis() as f64 / 1000.0
+            );
+            metrics_show(&base, &series).await;
+            for refused in ["resume?until=1h", "pause?until=2020-01-01T00:00:00Z"] {
+                assert_eq!(
+                    post_as(format!("{base}/accounts/{a}/{refused}"), Some(ADMIN)).await,
+                    400,
+                    "{refused}"
+                );
+            }
+            assert_eq!(
+                post_as(format!("{base}/accounts/{a}/resume"), Some(ADMIN)).await,
+                200
+            );
+            // The cursor reset and the allowance past the delete guard, as the commands give
+            // them (the allowance asks for a run too).
+            for action in ["reset-cursor", "allow-deletes"] {
+                assert_eq!(
+                    post_as(
+                        format!("{base}/accounts/{a}/{action}?reason=CHG-88"),
+                        Some(ADMIN)
+                    )
+                    .await,
+                    200,
+                    "{action}"
+                );
+            }
+            let recorded: Vec<(String, Option<String>)> = sqlx::query_as(
+                "SELECT action, reason FROM account_actions
+                  WHERE integrated_account_id = $1 ORDER BY action_id DESC LIMIT 2",
+            )
+            .bind(a)
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+            let reason = Some("CHG-88".to_string());
+            assert_eq!(
+                recorded,
+                [
+                    ("allow_deletes".to_string(), reason.clone()),
+                    ("reset_cursor".to_string(), reason)
+                ]
+            );
+            let unknown = Uuid::from_u128(77);
+            assert_eq!(
+                post_as(format!("{base}/accounts/{unknown}/sync"), Some(ADMIN)).await,
+                404
+            );
+        }
+        stop.cancel();
+        daemon.await.unwrap().unwrap();
+    }
+
+    // Requests not paced: no budget to show, said plainly (the page leaves the section out).
+    let mut s = daemon_settings(&env, "1h");
+    let admin = secret_file(ADMIN);
+    s.server.admin_token_file = Some(admin.to_path_buf());
+    s.rate_budget.enabled = false;
+    let (daemon, stop, _, base) = serve_daemon(s).await;
+    let (status, body) = get(format!("{base}/status/budget"), Some(ADMIN)).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("rate_budget.enabled = false"), "{body}");
+    let (status, page) = get(format!("{base}/"), None).await;
+    assert_eq!(status, 200);
+    assert!(!page.contains("Request budget"), "{page}");
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+}
