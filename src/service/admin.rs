@@ -28,7 +28,7 @@ fn refuse(ops: &Ops, headers: &HeaderMap) -> Option<Response> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| credentials(v, "Bearer"))
         .unwrap_or("");
     (!matches(given, &token)).then(|| {
         (
@@ -49,14 +49,23 @@ fn matches(given: &str, token: &secrecy::SecretString) -> bool {
         .into()
 }
 
+/// What an `Authorization` header gives under `scheme`: the rest of the header, when it names
+/// that scheme. The scheme is matched in any case, as HTTP wants (RFC 9110, 11.1): clients and
+/// proxies that send `bearer` are not refused for it.
+fn credentials<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (name, rest) = value.split_once(' ')?;
+    name.eq_ignore_ascii_case(scheme)
+        .then(|| rest.trim_start_matches(' '))
+}
+
 /// The token an `Authorization` header gives: `Bearer <token>`, or HTTP Basic with the token
 /// as the password (any user name), which is what a browser sends once it asked for it.
 fn given_token(value: &str) -> Option<String> {
-    if let Some(token) = value.strip_prefix("Bearer ") {
+    if let Some(token) = credentials(value, "Bearer") {
         return Some(token.to_string());
     }
     use base64::Engine as _;
-    let encoded = value.strip_prefix("Basic ")?;
+    let encoded = credentials(value, "Basic")?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;
@@ -258,6 +267,14 @@ mod tests {
         );
         // base64(":tok"): no user name.
         assert_eq!(given_token("Basic OnRvaw==").as_deref(), Some("tok"));
+        // The scheme in any case, and more than one space after it.
+        assert_eq!(given_token("bearer abc").as_deref(), Some("abc"));
+        assert_eq!(given_token("BEARER  abc").as_deref(), Some("abc"));
+        assert_eq!(given_token("basic OnRvaw==").as_deref(), Some("tok"));
+        // Another scheme, or none, gives nothing.
+        assert_eq!(given_token("Token abc"), None);
+        assert_eq!(given_token("Bearerabc"), None);
+        assert_eq!(given_token("abc"), None);
         assert_eq!(given_token("Basic not base64!"), None);
         // base64("no colon")
         assert_eq!(given_token("Basic bm8gY29sb24="), None);

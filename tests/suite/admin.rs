@@ -162,6 +162,14 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
             assert_eq!(get(format!("{base}/status"), Some("nope")).await.0, 401);
             let (status, body) = get(format!("{base}/status"), Some(ADMIN)).await;
             assert_eq!(status, 200);
+            // The scheme in any case, as HTTP wants it (a proxy or a client may send `bearer`).
+            let lower = reqwest::Client::new()
+                .get(format!("{base}/status"))
+                .header("Authorization", format!("bearer {ADMIN}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(lower.status().as_u16(), 200);
             let list: serde_json::Value = serde_json::from_str(&body).unwrap();
             assert_eq!(list[0]["integrated_account_id"], a.to_string());
             assert_eq!(list[0]["live_users"], 30);
