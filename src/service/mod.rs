@@ -8,6 +8,7 @@
 pub mod account_page;
 mod admin;
 pub mod budget;
+pub mod choose;
 mod discovery;
 pub mod lock_watch;
 mod ops;
