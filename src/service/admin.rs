@@ -1,6 +1,8 @@
 //! The admin routes of the operations server: `GET /status` (every account, as JSON),
 //! `GET /status/budget` (the shared request budget, as JSON) and
-//! `POST /accounts/{id}/sync|pause|resume|protect|unprotect`, only with `Authorization: Bearer <admin token>`
+//! `POST /accounts/{id}/sync|pause|resume|protect|unprotect|reset-cursor|allow-deletes` (one
+//! account) and `POST /accounts/{action}` (many, named in a JSON body by id or chosen as
+//! `accounts list` shows them: [`Batch`]), only with `Authorization: Bearer <admin token>`
 //! (`LMS_SYNC_ADMIN_TOKEN` or `server.admin_token_file`). Without a configured token they
 //! answer 403, with a wrong or missing one 401. They act through the registry, like the CLI.
 //! With `server.status_page_requires_token` the status page asks for the same token
@@ -14,6 +16,7 @@ use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use super::choose::Filter;
 use super::ops::{text, Ops, Peer};
 use crate::store::{Acting, Steer};
 
@@ -188,50 +191,13 @@ pub(super) async fn account_action(
     if let Some(no) = refuse(&ops, &headers) {
         return no;
     }
-    let mut from = peer.map_or_else(
-        || "an unknown address".to_string(),
-        |p| p.0 .0.ip().to_string(),
-    );
-    // Behind an ingress or a reverse proxy the peer is the proxy: keep what it says of the
-    // caller too (as it says it: only a holder of the admin token gets this far).
-    if let Some(fwd) = headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-    {
-        from = format!(
-            "{from}, forwarded for {}",
-            crate::text::shorten(&fwd.replace(|c: char| c.is_control(), ""), 100)
-        );
-    }
-    let by = match Acting::new(
-        format!(
-            "the admin API from {from} (replica {})",
-            crate::sync::worker_name()
-        ),
-        query.reason.as_deref(),
-    ) {
+    let by = match acting(peer, &headers, query.reason.as_deref()) {
         Ok(by) => by,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("reason: {e}\n")),
+        Err((status, why)) => return text(status, why),
     };
-    let what = match action.as_str() {
-        "sync" => Steer::SyncNow,
-        "pause" => Steer::Pause { until: None },
-        "resume" => Steer::Resume,
-        "protect" => Steer::Protect,
-        "unprotect" => Steer::Unprotect,
-        "reset-cursor" => Steer::ResetCursor,
-        "allow-deletes" => Steer::AllowDeletes,
-        _ => return text(StatusCode::NOT_FOUND, ACTIONS),
-    };
-    let what = match (what, query.until.as_deref()) {
-        (what, None) => what,
-        (Steer::Pause { .. }, Some(w)) => match crate::schedule::pause_end(w, chrono::Utc::now()) {
-            Ok(t) => Steer::Pause { until: Some(t) },
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("until: {e}\n")),
-        },
-        (_, Some(_)) => return text(StatusCode::BAD_REQUEST, "until: only a pause has an end\n"),
+    let what = match steer_of(&action, query.until.as_deref()) {
+        Ok(what) => what,
+        Err((status, why)) => return text(status, why),
     };
     let ids = [id];
     // (`steer` makes its transaction again after a refusal on a session left read-only.)
@@ -250,6 +216,285 @@ pub(super) async fn account_action(
             format!("account {id} is not in the registry\n"),
         ),
         Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
+
+/// Why a request is refused: its status and what the answer says.
+type Refused = (StatusCode, String);
+
+/// Who acts, for `account_actions`: the admin API from the caller's address (and, behind a
+/// proxy, what it says of the caller), on this replica, for `reason`; a 400 for a reason
+/// `Acting` refuses.
+fn acting(
+    peer: Option<Extension<Peer>>,
+    headers: &HeaderMap,
+    reason: Option<&str>,
+) -> Result<Acting, Refused> {
+    let mut from = peer.map_or_else(
+        || "an unknown address".to_string(),
+        |p| p.0 .0.ip().to_string(),
+    );
+    // Behind an ingress or a reverse proxy the peer is the proxy: keep what it says of the
+    // caller too (as it says it: only a holder of the admin token gets this far).
+    if let Some(fwd) = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        from = format!(
+            "{from}, forwarded for {}",
+            crate::text::shorten(&fwd.replace(|c: char| c.is_control(), ""), 100)
+        );
+    }
+    Acting::new(
+        format!(
+            "the admin API from {from} (replica {})",
+            crate::sync::worker_name()
+        ),
+        reason,
+    )
+    .map_err(|e| (StatusCode::BAD_REQUEST, format!("reason: {e}\n")))
+}
+
+/// The registry change an action's name asks for, with a pause's end; a 404 listing the
+/// actions for a name that is none, a 400 for an end that is wrong or not a pause's.
+fn steer_of(action: &str, until: Option<&str>) -> Result<Steer, Refused> {
+    let what = match action {
+        "sync" => Steer::SyncNow,
+        "pause" => Steer::Pause { until: None },
+        "resume" => Steer::Resume,
+        "protect" => Steer::Protect,
+        "unprotect" => Steer::Unprotect,
+        "reset-cursor" => Steer::ResetCursor,
+        "allow-deletes" => Steer::AllowDeletes,
+        _ => return Err((StatusCode::NOT_FOUND, ACTIONS.into())),
+    };
+    match (what, until) {
+        (what, None) => Ok(what),
+        (Steer::Pause { .. }, Some(w)) => match crate::schedule::pause_end(w, chrono::Utc::now()) {
+            Ok(t) => Ok(Steer::Pause { until: Some(t) }),
+            Err(e) => Err((StatusCode::BAD_REQUEST, format!("until: {e}\n"))),
+        },
+        (_, Some(_)) => Err((
+            StatusCode::BAD_REQUEST,
+            "until: only a pause has an end
+"
+            .into(),
+        )),
+    }
+}
+
+/// The JSON body of `POST /accounts/{action}`: which accounts, as `accounts pause` and its
+/// siblings take them, and why. Exactly one way of naming them: `ids`, or any of `tenant`,
+/// `state`, `health`, `failing`, `needs_attention` (as `accounts list`'s options: several values
+/// of one, any of them; several, all of them), or `all`. A key it does not know is refused, so
+/// that a misspelt `tenants` cannot widen an action to every account.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Batch {
+    ids: Option<Vec<String>>,
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    tenant: Vec<String>,
+    #[serde(default)]
+    state: Vec<String>,
+    #[serde(default)]
+    health: Vec<String>,
+    #[serde(default)]
+    failing: bool,
+    #[serde(default)]
+    needs_attention: bool,
+    reason: Option<String>,
+    /// `pause` only, as `accounts pause --until`.
+    until: Option<String>,
+    /// Answer with the accounts it would act on, and change nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// How a [`Batch`] names its accounts.
+#[derive(Debug, PartialEq, Eq)]
+enum Named {
+    /// By id, in the order given, without repeats; every one must be in the registry.
+    Ids(Vec<Uuid>),
+    /// As `accounts list` shows them.
+    Chosen(Filter),
+    /// Every account of the fleet.
+    All,
+}
+
+impl Batch {
+    /// Reads a body; what is wrong with it, said for the caller.
+    fn parse(body: &[u8]) -> Result<Batch, String> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(format!("the body is empty: {NAME_THEM}"));
+        }
+        serde_json::from_slice(body).map_err(|e| format!("the body is not what it takes: {e}"))
+    }
+
+    fn named(&self) -> Result<Named, String> {
+        let filter = Filter {
+            tenant: self.tenant.clone(),
+            state: values(&self.state, "state")?,
+            health: values(&self.health, "health")?,
+            failing: self.failing,
+            needs_attention: self.needs_attention,
+        };
+        match (&self.ids, filter.is_set(), self.all) {
+            (None, false, false) => Err(NAME_THEM.into()),
+            (Some(_), true, _) | (Some(_), _, true) => {
+                Err("give ids or what chooses accounts (tenant, all, …), not both".into())
+            }
+            (None, true, true) => {
+                Err("all chooses every account: drop it, or the other choices".into())
+            }
+            (None, true, false) => Ok(Named::Chosen(filter)),
+            (None, false, true) => Ok(Named::All),
+            (Some(ids), false, false) => {
+                let mut seen = std::collections::HashSet::new();
+                let mut out = Vec::new();
+                for (n, word) in ids.iter().enumerate() {
+                    let id = Uuid::parse_str(word).map_err(|_| {
+                        format!(
+                            "ids[{n}]: {:?} is not an account id (a uuid)",
+                            crate::text::shorten(word, 60)
+                        )
+                    })?;
+                    if seen.insert(id) {
+                        out.push(id);
+                    }
+                }
+                Ok(Named::Ids(out))
+            }
+        }
+    }
+}
+
+/// What a body that names no accounts is told.
+const NAME_THEM: &str = "name the accounts: a JSON object with \"ids\": [...], or choose them \
+    with \"tenant\", \"state\", \"health\", \"failing\" or \"needs_attention\" (as `accounts \
+    list` does), or \"all\": true";
+
+/// `key`'s values as clap would take them on the command line (`--state paused`).
+fn values<T: clap::ValueEnum>(words: &[String], key: &str) -> Result<Vec<T>, String> {
+    words
+        .iter()
+        .map(|w| {
+            T::from_str(w, false).map_err(|_| {
+                let known: Vec<String> = T::value_variants()
+                    .iter()
+                    .filter_map(|v| v.to_possible_value())
+                    .map(|v| v.get_name().to_string())
+                    .collect();
+                format!(
+                    "{key}: {:?} is none of {}",
+                    crate::text::shorten(w, 60),
+                    known.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// `POST /accounts/{action}` (`sync`, `pause`, … as `POST /accounts/{id}/{action}`) for many
+/// accounts at once, named in a JSON [`Batch`]: all of them change in one transaction, or none
+/// (an id the registry lacks: 404 naming it). Answers the accounts acted on (or, with
+/// `dry_run`, those it would act on) as JSON; a choice that matches none changes nothing.
+pub(super) async fn accounts_action(
+    State(ops): State<Ops>,
+    Path(action): Path<String>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(no) = refuse(&ops, &headers) {
+        return no;
+    }
+    if Uuid::parse_str(&action).is_ok() {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("POST /accounts/{action}/ACTION acts on that account; {ACTIONS}"),
+        );
+    }
+    let bad = |e: String| text(StatusCode::BAD_REQUEST, format!("{e}\n"));
+    let batch = match Batch::parse(&body) {
+        Ok(b) => b,
+        Err(e) => return bad(e),
+    };
+    let what = match steer_of(&action, batch.until.as_deref()) {
+        Ok(what) => what,
+        Err((status, why)) => return text(status, why),
+    };
+    let named = match batch.named() {
+        Ok(n) => n,
+        Err(e) => return bad(e),
+    };
+    let by = match acting(peer, &headers, batch.reason.as_deref()) {
+        Ok(by) => by,
+        Err((status, why)) => return text(status, why),
+    };
+    let unavailable =
+        |e: &dyn std::fmt::Display| text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+    let chosen: Vec<Uuid> = match named {
+        Named::Ids(ids) => ids,
+        named => {
+            let settings = ops.settings.borrow().clone();
+            let views = match super::status::read_state(&settings, &ops.store, None).await {
+                Ok(state) => super::status::account_views(&state),
+                Err(e) => return unavailable(&format!("cannot read the fleet: {e}")),
+            };
+            match named {
+                Named::Chosen(filter) => match filter.apply(&views) {
+                    Ok(kept) => kept.iter().map(|v| v.integrated_account_id).collect(),
+                    Err(e) => return bad(e),
+                },
+                _ => views.iter().map(|v| v.integrated_account_id).collect(),
+            }
+        }
+    };
+    let missing = if chosen.is_empty() {
+        Ok(Vec::new())
+    } else if batch.dry_run {
+        ops.store.registry().await.map(|rows| {
+            let known: std::collections::HashSet<Uuid> =
+                rows.iter().map(|r| r.integrated_account_id).collect();
+            chosen
+                .iter()
+                .filter(|a| !known.contains(a))
+                .copied()
+                .collect()
+        })
+    } else {
+        // (`steer` makes its transaction again after a refusal on a session left read-only.)
+        ops.store.steer(&chosen, what, &by).await
+    };
+    match missing {
+        Ok(missing) if missing.is_empty() => {
+            if !batch.dry_run && !chosen.is_empty() {
+                ops.wake.notify_one();
+            }
+            Json(serde_json::json!({
+                "action": action,
+                "dry_run": batch.dry_run,
+                "count": chosen.len(),
+                "accounts": chosen,
+            }))
+            .into_response()
+        }
+        Ok(missing) => text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "not in the registry: {}; nothing changed\n",
+                missing
+                    .iter()
+                    .map(Uuid::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Err(e) => unavailable(&e),
     }
 }
 
@@ -282,5 +527,47 @@ mod tests {
         let token = secrecy::SecretString::from("tok");
         assert!(matches("tok", &token));
         assert!(!matches("to", &token) && !matches("tok ", &token) && !matches("", &token));
+    }
+
+    #[test]
+    fn a_batch_names_its_accounts_one_way_and_says_what_is_wrong() {
+        use super::super::choose::{Health, State};
+        let named = |body: &str| Batch::parse(body.as_bytes()).and_then(|b| b.named());
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(
+            named(&format!(r#"{{"ids": ["{a}", "{b}", "{a}"]}}"#)),
+            Ok(Named::Ids(vec![a, b]))
+        );
+        assert_eq!(named(r#"{"ids": []}"#), Ok(Named::Ids(vec![])));
+        assert_eq!(named(r#"{"all": true, "dry_run": true}"#), Ok(Named::All));
+        assert_eq!(
+            named(r#"{"health": ["unhealthy"], "state": ["active", "gated"], "failing": true}"#),
+            Ok(Named::Chosen(Filter {
+                health: vec![Health::Unhealthy],
+                state: vec![State::Active, State::Gated],
+                failing: true,
+                ..Filter::default()
+            }))
+        );
+        let wrong = |body: &str| named(body).unwrap_err();
+        assert!(wrong("").starts_with("the body is empty: name the accounts"));
+        assert!(wrong(" \n").starts_with("the body is empty"));
+        assert!(wrong("{}").starts_with("name the accounts"));
+        assert!(wrong(r#"{"all": false}"#).starts_with("name the accounts"));
+        assert!(wrong(r#"{"tenants": ["acme"]}"#).contains("unknown field `tenants`"));
+        assert!(wrong(r#"["acme"]"#).starts_with("the body is not what it takes"));
+        assert!(wrong(r#"{"ids": "acme"}"#).starts_with("the body is not what it takes"));
+        assert_eq!(
+            wrong(r#"{"ids": ["x"]}"#),
+            "ids[0]: \"x\" is not an account id (a uuid)"
+        );
+        assert!(wrong(&format!(r#"{{"ids": ["{a}"], "tenant": ["t"]}}"#)).contains("not both"));
+        assert!(wrong(r#"{"ids": [], "all": true}"#).contains("not both"));
+        assert!(wrong(r#"{"all": true, "failing": true}"#).starts_with("all chooses every"));
+        assert_eq!(
+            wrong(r#"{"health": ["sick"]}"#),
+            "health: \"sick\" is none of ok, needs_reauth, blocked, not_found, forbidden, \
+             unhealthy"
+        );
     }
 }

@@ -57,7 +57,7 @@ impl Health {
 
 /// What `accounts list` shows of an account, to choose accounts by. Several values of one
 /// option: any of them; several options: all of them.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct Filter {
     /// Accounts of this tenant (Truto's `tenant_id`; repeat for several).
     #[arg(long, value_name = "TENANT")]

@@ -76,7 +76,12 @@ fn router(ops: Ops) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/status", get(super::admin::status))
         .route("/status/budget", get(super::admin::budget))
-        .route("/accounts/{id}", get(super::account_page::account))
+        // One segment: an account's page (GET), or an action on many accounts (POST, the
+        // segment naming the action).
+        .route(
+            "/accounts/{id}",
+            get(super::account_page::account).post(super::admin::accounts_action),
+        )
         .route(
             "/accounts/{id}/{action}",
             axum::routing::post(super::admin::account_action),

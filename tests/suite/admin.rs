@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::helpers::service::*;
 use crate::helpers::*;
+use serde_json::json;
 use uuid::Uuid;
 
 const ADMIN: &str = "admin-token-for-tests";
@@ -435,4 +436,263 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
     assert!(!page.contains("Request budget"), "{page}");
     stop.cancel();
     daemon.await.unwrap().unwrap();
+}
+
+/// `POST /accounts/{action}` acts on many accounts at once, named by id or chosen as
+/// `accounts list` chooses them, all of them or none, each recorded as the one-account route
+/// records it; a body that names them wrongly changes nothing and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_accounts_are_acted_on_in_one_request_named_or_chosen() {
+    let (a, b, c) = (account_id(1), account_id(2), account_id(3));
+    let env = Env::new(&[(a, 5), (b, 5), (c, 5)]).await;
+    let mut s = daemon_settings(&env, "1h");
+    let admin = secret_file(ADMIN);
+    s.server.admin_token_file = Some(admin.to_path_buf());
+    let (daemon, stop, mut rx, base) = serve_daemon(s).await;
+    assert_eq!(runs(3, &mut rx).await, ["succeeded"; 3]);
+    // Two customers: what discovery would have recorded of them.
+    sqlx::query(
+        "UPDATE accounts SET tenant_id = CASE WHEN integrated_account_id = $1 THEN 'globex'
+                                              ELSE 'acme' END",
+    )
+    .bind(c)
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    let post = |action: &'static str, body: String, token: Option<&'static str>| {
+        let url = format!("{base}/accounts/{action}");
+        async move {
+            let mut req = reqwest::Client::new().post(url).body(body);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let acted = |body: &str| -> Vec<Uuid> {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["count"], v["accounts"].as_array().unwrap().len(), "{v}");
+        let mut ids: Vec<Uuid> = v["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().parse().unwrap())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let paused = || async {
+        let mut ids: Vec<Uuid> =
+            sqlx::query_scalar("SELECT integrated_account_id FROM accounts WHERE paused")
+                .fetch_all(env.store.pool())
+                .await
+                .unwrap();
+        ids.sort();
+        ids
+    };
+    let actions = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM account_actions")
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap()
+    };
+
+    // The admin token, as for one account.
+    let tenant = json!({"tenant": ["acme"]}).to_string();
+    assert_eq!(post("pause", tenant.clone(), None).await.0, 401);
+    // A dry run names them and changes nothing.
+    let (status, body) = post(
+        "pause",
+        json!({"tenant": ["acme"], "dry_run": true}).to_string(),
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(acted(&body), [a, b]);
+    assert!(body.contains("\"dry_run\":true"), "{body}");
+    assert!(paused().await.is_empty());
+    assert_eq!(actions().await, 0);
+    // A tenant's accounts, paused until a time, for a reason, each recorded.
+    let (status, body) = post(
+        "pause",
+        json!({"tenant": ["acme"], "until": "2h", "reason": "CHG-1: the customer's migration"})
+            .to_string(),
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(acted(&body), [a, b]);
+    assert_eq!(paused().await, [a, b]);
+    let recorded: Vec<(Uuid, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT integrated_account_id, action, actor, reason FROM account_actions
+          ORDER BY integrated_account_id",
+    )
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    for (i, (id, action, actor, reason)) in recorded.iter().enumerate() {
+        assert_eq!((id, action.as_str()), (&[a, b][i], "pause"));
+        assert!(
+            actor
+                .as_deref()
+                .unwrap()
+                .starts_with("the admin API from 127.0.0.1 (replica "),
+            "{actor:?}"
+        );
+        assert_eq!(reason.as_deref(), Some("CHG-1: the customer's migration"));
+    }
+    let ends: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM accounts
+          WHERE paused_until BETWEEN now() + interval '119 minutes' AND now() + interval '2 hours'",
+    )
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(ends, 2);
+    // Chosen by state, as `accounts list --state paused` shows them.
+    let (status, body) = post(
+        "resume",
+        json!({"state": ["paused"]}).to_string(),
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(acted(&body), [a, b]);
+    assert!(paused().await.is_empty());
+
+    // Bodies that name the accounts wrongly change nothing, and say why.
+    let before = actions().await;
+    let unknown = Uuid::from_u128(77);
+    for (action, body, status, says) in [
+        (
+            "protect",
+            json!({"ids": [a.to_string(), unknown.to_string()]}).to_string(),
+            404,
+            format!("not in the registry: {unknown}; nothing changed"),
+        ),
+        (
+            "pause",
+            json!({"tenants": ["acme"]}).to_string(),
+            400,
+            "unknown field `tenants`".to_string(),
+        ),
+        (
+            "pause",
+            "{}".to_string(),
+            400,
+            "name the accounts".to_string(),
+        ),
+        ("pause", String::new(), 400, "the body is empty".to_string()),
+        (
+            "pause",
+            "every acme account".to_string(),
+            400,
+            "the body is not what it takes".to_string(),
+        ),
+        (
+            "pause",
+            json!({"tenant": ["acne"]}).to_string(),
+            400,
+            "no account of the fleet has tenant \"acne\"".to_string(),
+        ),
+        (
+            "pause",
+            json!({"state": ["activ"]}).to_string(),
+            400,
+            "state: \"activ\" is none of active, paused, retired, excluded, gated".to_string(),
+        ),
+        (
+            "pause",
+            json!({"ids": [a.to_string()], "all": true}).to_string(),
+            400,
+            "not both".to_string(),
+        ),
+        (
+            "pause",
+            json!({"ids": ["acme"]}).to_string(),
+            400,
+            "ids[0]: \"acme\" is not an account id (a uuid)".to_string(),
+        ),
+        (
+            "resume",
+            json!({"all": true, "until": "1h"}).to_string(),
+            400,
+            "only a pause has an end".to_string(),
+        ),
+        (
+            "purge",
+            json!({"all": true}).to_string(),
+            404,
+            "actions: sync, pause".to_string(),
+        ),
+        (
+            "pause",
+            json!({"all": true, "reason": "two\nlines"}).to_string(),
+            400,
+            "reason: ".to_string(),
+        ),
+    ] {
+        let (got, answer) = post(action, body.clone(), Some(ADMIN)).await;
+        assert_eq!(got, status, "{action} {body}: {answer}");
+        assert!(answer.contains(&says), "{action} {body}: {answer}");
+    }
+    assert_eq!(actions().await, before, "nothing was recorded");
+    assert!(paused().await.is_empty());
+    // A uuid where the action goes says where a single account's action goes.
+    let (status, body) = post_raw(&format!("{base}/accounts/{a}"), "{}").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains(&format!("POST /accounts/{a}/ACTION acts on that account")),
+        "{body}"
+    );
+    // Ids given twice act once; none at all, or a choice no account matches, change nothing.
+    let (status, body) = post(
+        "protect",
+        json!({"ids": [a.to_string(), c.to_string(), a.to_string()]}).to_string(),
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(acted(&body), [a, c]);
+    for nothing in [json!({"ids": []}), json!({"health": ["needs_reauth"]})] {
+        let (status, body) = post("pause", nothing.to_string(), Some(ADMIN)).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(acted(&body).is_empty(), "{body}");
+    }
+    assert_eq!(actions().await, before + 2);
+    // Every account, run at once by the service.
+    let (status, body) = post("sync", json!({"all": true}).to_string(), Some(ADMIN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(acted(&body), [a, b, c]);
+    let again = tokio::time::timeout(Duration::from_secs(20), runs(3, &mut rx))
+        .await
+        .expect("the asked runs come within seconds");
+    assert_eq!(again, ["succeeded"; 3]);
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+}
+
+/// The outcomes of the next `n` runs to finish.
+async fn runs(n: usize, rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Vec<String> {
+    let mut outcomes = Vec::new();
+    while outcomes.len() < n {
+        if let Event::Finished(_, o) = next(rx).await {
+            outcomes.push(o.to_string());
+        }
+    }
+    outcomes
+}
+
+/// POSTs `body` with the admin token.
+async fn post_raw(url: &str, body: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(ADMIN)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
 }
