@@ -8,7 +8,7 @@
 //! With `server.status_page_requires_token` the status page asks for the same token
 //! ([`refuse_page`]), which a browser may send as a Basic password.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -112,19 +112,80 @@ pub(super) fn refuse_page(ops: &Ops, headers: &HeaderMap) -> Option<Response> {
     })
 }
 
-/// `GET /status`: every account of the fleet, as `accounts list --json` shows them.
-pub(super) async fn status(State(ops): State<Ops>, headers: HeaderMap) -> Response {
+/// `GET /status`: every account of the fleet, as `accounts list --json` shows them; with
+/// `?tenant=…&state=…&health=…&failing=true&needs_attention=true` only those `accounts list`
+/// would keep with the same options ([`filter_of_query`]).
+pub(super) async fn status(
+    State(ops): State<Ops>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     if let Some(no) = refuse(&ops, &headers) {
         return no;
     }
+    let filter = match filter_of_query(query.as_deref().unwrap_or_default()) {
+        Ok(f) => f,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
     let settings = ops.settings.borrow().clone();
     match super::status::read_state(&settings, &ops.store, None).await {
-        Ok(state) => Json(super::status::account_views(&state)).into_response(),
+        Ok(state) => {
+            let views = super::status::account_views(&state);
+            match filter.apply(&views) {
+                Ok(kept) => Json(kept).into_response(),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            }
+        }
         Err(e) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("cannot read the state: {e}\n"),
         ),
     }
+}
+
+/// The [`Filter`] a query string gives, as `accounts list`'s options: `tenant`, `state` and
+/// `health` repeated or comma-separated (any of them), `failing` and `needs_attention` as
+/// `true` or `false` (bare: true); several keys, all of them. A key it does not know is refused
+/// rather than ignored: a misspelt one would otherwise list the whole fleet as the answer.
+fn filter_of_query(query: &str) -> Result<Filter, String> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query).map_err(|e| format!("the query string: {e}"))?;
+    let (mut states, mut healths) = (Vec::new(), Vec::new());
+    let mut filter = Filter::default();
+    let words = |v: &str| -> Vec<String> {
+        v.split(',')
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    for (key, value) in pairs {
+        let flag = |v: &str| match v {
+            "" | "true" => Ok(true),
+            "false" => Ok(false),
+            other => Err(format!(
+                "{key}: {:?} is neither true nor false",
+                crate::text::shorten(other, 60)
+            )),
+        };
+        match key.as_str() {
+            "tenant" => filter.tenant.extend(words(&value)),
+            "state" => states.extend(words(&value)),
+            "health" => healths.extend(words(&value)),
+            "failing" => filter.failing = flag(&value)?,
+            "needs_attention" => filter.needs_attention = flag(&value)?,
+            other => {
+                return Err(format!(
+                    "{:?} is not a parameter of /status: tenant, state, health, failing, \
+                     needs_attention",
+                    crate::text::shorten(other, 60)
+                ))
+            }
+        }
+    }
+    filter.state = values(&states, "state")?;
+    filter.health = values(&healths, "health")?;
+    Ok(filter)
 }
 
 /// `GET /status/budget`: the token's request budget as every process on the database shares
@@ -569,5 +630,46 @@ mod tests {
             "health: \"sick\" is none of ok, needs_reauth, blocked, not_found, forbidden, \
              unhealthy"
         );
+    }
+
+    #[test]
+    fn the_status_list_takes_accounts_lists_options_in_its_query() {
+        use super::super::choose::{Health, State};
+        assert_eq!(filter_of_query(""), Ok(Filter::default()));
+        assert_eq!(
+            filter_of_query("tenant=acme&tenant=globex,initech&state=paused&health=unhealthy"),
+            Ok(Filter {
+                tenant: vec!["acme".into(), "globex".into(), "initech".into()],
+                state: vec![State::Paused],
+                health: vec![Health::Unhealthy],
+                ..Filter::default()
+            })
+        );
+        assert_eq!(
+            filter_of_query("failing&needs_attention=true"),
+            Ok(Filter {
+                failing: true,
+                needs_attention: true,
+                ..Filter::default()
+            })
+        );
+        assert_eq!(filter_of_query("failing=false"), Ok(Filter::default()));
+        assert_eq!(
+            filter_of_query("tenant=a%2Bb%40c"),
+            Ok(Filter {
+                tenant: vec!["a+b@c".into()],
+                ..Filter::default()
+            })
+        );
+        assert!(filter_of_query("tenants=acme")
+            .unwrap_err()
+            .starts_with("\"tenants\" is not a parameter of /status"));
+        assert_eq!(
+            filter_of_query("failing=yes").unwrap_err(),
+            "failing: \"yes\" is neither true nor false"
+        );
+        assert!(filter_of_query("state=activ")
+            .unwrap_err()
+            .starts_with("state: \"activ\" is none of"));
     }
 }

@@ -439,7 +439,7 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
 }
 
 /// `POST /accounts/{action}` acts on many accounts at once, named by id or chosen as
-/// `accounts list` chooses them, all of them or none, each recorded as the one-account route
+/// `accounts list` chooses them (and `GET /status` lists them so), all of them or none, each recorded as the one-account route
 /// records it; a body that names them wrongly changes nothing and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_accounts_are_acted_on_in_one_request_named_or_chosen() {
@@ -497,6 +497,52 @@ async fn many_accounts_are_acted_on_in_one_request_named_or_chosen() {
             .await
             .unwrap()
     };
+
+    // `GET /status` lists them as `accounts list` would with the same options.
+    let list = |query: &'static str| {
+        let url = format!("{base}/status?{query}");
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for (query, listed) in [
+        ("", vec![a, b, c]),
+        ("tenant=acme", vec![a, b]),
+        ("tenant=globex&tenant=acme&state=active", vec![a, b, c]),
+        ("tenant=globex,acme&health=unhealthy", vec![]),
+        ("failing", vec![]),
+    ] {
+        let (status, body) = list(query).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        let mut ids: Vec<Uuid> = serde_json::from_str::<Vec<serde_json::Value>>(&body)
+            .unwrap()
+            .iter()
+            .map(|v| {
+                v["integrated_account_id"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        ids.sort();
+        assert_eq!(ids, listed, "{query}");
+    }
+    for (query, says) in [
+        ("tenant=acne", "no account of the fleet has tenant \"acne\""),
+        ("tenants=acme", "\"tenants\" is not a parameter of /status"),
+        ("health=sick", "health: \"sick\" is none of"),
+    ] {
+        let (status, body) = list(query).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.contains(says), "{query}: {body}");
+    }
 
     // The admin token, as for one account.
     let tenant = json!({"tenant": ["acme"]}).to_string();
