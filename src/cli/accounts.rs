@@ -31,7 +31,7 @@ pub enum AccountsCommand {
         /// How many of its latest runs (1–1000).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=1000))]
         runs: i64,
-        /// One JSON object (`account`, `runs`) instead of text.
+        /// One JSON object (`account`, `runs`, `actions`) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -367,11 +367,9 @@ async fn show(settings: &Settings, account: Uuid, runs: i64, json: bool) -> Resu
         .await
         .map_err(db)?;
     if json {
-        let text = serde_json::to_string_pretty(&serde_json::json!({
-            "account": view,
-            "runs": runs,
-            "actions": actions,
-        }))
+        let text = serde_json::to_string_pretty(&crate::service::status::account_json(
+            view, &runs, &actions,
+        ))
         .map_err(|e| anyhow::anyhow!("cannot write JSON: {e}"))?;
         println!("{text}");
     } else {

@@ -1,4 +1,5 @@
 //! The admin routes of the operations server: `GET /status` (every account, as JSON),
+//! `GET /status/accounts/{id}` (one, with its latest runs and actions, as JSON),
 //! `GET /status/budget` (the shared request budget, as JSON) and
 //! `POST /accounts/{id}/sync|pause|resume|protect|unprotect|reset-cursor|allow-deletes` (one
 //! account) and `POST /accounts/{action}` (many, named in a JSON body by id or chosen as
@@ -222,6 +223,70 @@ pub(super) async fn budget(State(ops): State<Ops>, headers: HeaderMap) -> Respon
         Err(e) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("cannot read the budget: {e}\n"),
+        ),
+    }
+}
+
+/// `?runs=` of `GET /status/accounts/{id}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AccountQuery {
+    runs: Option<i64>,
+}
+
+/// `GET /status/accounts/{id}`: one account, as `accounts show --json` gives it (what `GET
+/// /status` says of it, its latest `?runs=N` runs, 10 unless asked, 1 to 1000, and its latest
+/// operators' actions); 404 for an account outside the fleet.
+pub(super) async fn account_status(
+    State(ops): State<Ops>,
+    Path(id): Path<String>,
+    query: Result<Query<AccountQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(no) = refuse(&ops, &headers) {
+        return no;
+    }
+    let Ok(id) = Uuid::parse_str(&id) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{:?} is not an account id (a uuid)\n",
+                crate::text::shorten(&id, 60)
+            ),
+        );
+    };
+    let runs = match query {
+        Ok(Query(AccountQuery { runs: None })) => 10,
+        Ok(Query(AccountQuery { runs: Some(n) })) if (1..=1000).contains(&n) => n,
+        Ok(_) => return text(StatusCode::BAD_REQUEST, "runs: from 1 to 1000\n"),
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{}\n", e.body_text())),
+    };
+    let settings = ops.settings.borrow().clone();
+    let read = async {
+        let state = super::status::read_state(&settings, &ops.store, Some(id)).await?;
+        let views = super::status::account_views(&state);
+        let Some(view) = views.into_iter().next() else {
+            return Ok(None);
+        };
+        let runs = ops.store.recent_runs(id, runs).await?;
+        let actions = ops
+            .store
+            .account_actions(id, super::account_page::ACTIONS_SHOWN)
+            .await?;
+        Ok::<_, crate::store::StoreError>(Some(super::status::account_json(&view, &runs, &actions)))
+    };
+    match read.await {
+        Ok(Some(json)) => Json(json).into_response(),
+        Ok(None) => text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "account {id} is not in the fleet: neither configured in [[accounts]] nor \
+                 discovered\n"
+            ),
+        ),
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the account: {e}\n"),
         ),
     }
 }

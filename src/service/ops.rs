@@ -76,6 +76,7 @@ fn router(ops: Ops) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/status", get(super::admin::status))
         .route("/status/budget", get(super::admin::budget))
+        .route("/status/accounts/{id}", get(super::admin::account_status))
         // One segment: an account's page (GET), or an action on many accounts (POST, the
         // segment naming the action).
         .route(

@@ -182,6 +182,21 @@ pub async fn read_state(
     })
 }
 
+/// One account as `accounts show --json` and `GET /status/accounts/{id}` give it: what
+/// `accounts list` says of it (`account`), its latest runs, newest first (`runs`), and its
+/// latest operators' actions (`actions`).
+pub fn account_json(
+    view: &AccountView,
+    runs: &[crate::store::RunView],
+    actions: &[crate::store::AccountAction],
+) -> serde_json::Value {
+    serde_json::json!({
+        "account": view,
+        "runs": runs,
+        "actions": actions,
+    })
+}
+
 /// Each account of the fleet, for lists and JSON.
 pub fn account_views(state: &FleetState) -> Vec<AccountView> {
     // By id: a fleet of thousands looked up row by row is millions of comparisons a look.

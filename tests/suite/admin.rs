@@ -439,7 +439,8 @@ async fn admin_routes_need_a_configured_token_and_act_through_the_registry() {
 }
 
 /// `POST /accounts/{action}` acts on many accounts at once, named by id or chosen as
-/// `accounts list` chooses them (and `GET /status` lists them so), all of them or none, each recorded as the one-account route
+/// `accounts list` chooses them (and `GET /status` lists them so, `GET /status/accounts/{id}`
+/// shows one), all of them or none, each recorded as the one-account route
 /// records it; a body that names them wrongly changes nothing and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_accounts_are_acted_on_in_one_request_named_or_chosen() {
@@ -716,6 +717,67 @@ async fn many_accounts_are_acted_on_in_one_request_named_or_chosen() {
         .await
         .expect("the asked runs come within seconds");
     assert_eq!(again, ["succeeded"; 3]);
+    // One account as `accounts show --json` gives it: its runs, newest first, and the actions
+    // taken on it.
+    let show = |path: String, token: Option<&'static str>| {
+        let url = format!("{base}/status/accounts/{path}");
+        async move {
+            let mut req = reqwest::Client::new().get(url);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(show(a.to_string(), None).await.0, 401);
+    let (status, body) = show(a.to_string(), Some(ADMIN)).await;
+    assert_eq!(status, 200, "{body}");
+    let shown: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        shown["account"]["integrated_account_id"],
+        a.to_string(),
+        "{shown}"
+    );
+    assert_eq!(shown["account"]["tenant_id"], "acme", "{shown}");
+    assert_eq!(shown["runs"].as_array().unwrap().len(), 2, "{shown}");
+    let done: Vec<&str> = shown["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(done, ["sync_now", "protect", "resume", "pause"], "{shown}");
+    let (status, body) = show(format!("{a}?runs=1"), Some(ADMIN)).await;
+    assert_eq!(status, 200, "{body}");
+    let one: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(one["runs"].as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(
+        one["runs"][0]["run_id"], shown["runs"][0]["run_id"],
+        "{one}"
+    );
+    for (path, status, says) in [
+        (
+            format!("{a}?runs=0"),
+            400,
+            "runs: from 1 to 1000".to_string(),
+        ),
+        (format!("{a}?run=1"), 400, "unknown field `run`".to_string()),
+        (
+            unknown.to_string(),
+            404,
+            format!("account {unknown} is not in the fleet"),
+        ),
+        (
+            "acme".to_string(),
+            404,
+            "\"acme\" is not an account id".to_string(),
+        ),
+    ] {
+        let (got, body) = show(path.clone(), Some(ADMIN)).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body.contains(&says), "{path}: {body}");
+    }
     stop.cancel();
     daemon.await.unwrap().unwrap();
 }
