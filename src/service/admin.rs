@@ -335,6 +335,7 @@ pub(super) async fn account_action(
     match done {
         Ok(true) => {
             ops.wake.notify_one();
+            log_acted(&action, &ids, &by);
             text(StatusCode::OK, format!("account {id}: {action}\n"))
         }
         Ok(false) => text(
@@ -409,6 +410,30 @@ fn steer_of(action: &str, until: Option<&str>) -> Result<Steer, Refused> {
             .into(),
         )),
     }
+}
+
+/// Logs what an operator did through the admin API, for whoever audits the service by its
+/// logs (`account_actions` holds the same, per account): the action, how many accounts and
+/// which (the first 20), who asked and why.
+fn log_acted(action: &str, ids: &[Uuid], by: &Acting) {
+    const NAMED: usize = 20;
+    let mut named = ids
+        .iter()
+        .take(NAMED)
+        .map(Uuid::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    if ids.len() > NAMED {
+        named.push_str(&format!(" and {} more", ids.len() - NAMED));
+    }
+    tracing::info!(
+        action,
+        accounts = ids.len(),
+        ids = %named,
+        actor = %by.actor,
+        reason = by.reason.as_deref().unwrap_or_default(),
+        "an operator acted on accounts through the admin API"
+    );
 }
 
 /// The JSON body of `POST /accounts/{action}`: which accounts, as `accounts pause` and its
@@ -600,6 +625,7 @@ pub(super) async fn accounts_action(
         Ok(missing) if missing.is_empty() => {
             if !batch.dry_run && !chosen.is_empty() {
                 ops.wake.notify_one();
+                log_acted(&action, &chosen, &by);
             }
             Json(serde_json::json!({
                 "action": action,

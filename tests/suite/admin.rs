@@ -804,3 +804,77 @@ async fn post_raw(url: &str, body: &str) -> (u16, String) {
         .unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }
+
+/// What an operator does through the admin routes is in the service's log too (for whoever
+/// audits it by its logs): the action, the accounts, who asked and why; never the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_routes_actions_are_logged_with_who_asked_and_why() {
+    use crate::helpers::daemon::{config, spawn_env};
+    use lms_sync::devkit::simulator::DEMO_TOKEN;
+    lms_sync::install_crypto_provider();
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 5), (b, 5)]).await;
+    let cfg = config(&env.sim, &[a, b], "1h", 2);
+    let mut d = spawn_env(
+        &cfg,
+        &env.db_url,
+        &[],
+        &[
+            ("TRUTO_API_TOKEN", DEMO_TOKEN),
+            ("LMS_SYNC_ADMIN_TOKEN", ADMIN),
+        ],
+    );
+    let listening = d
+        .wait_for("operations server listening (/healthz, /readyz, /metrics)")
+        .await;
+    let base = format!("http://{}", listening["fields"]["addr"].as_str().unwrap());
+    d.wait_for_each(&["sync run finished", "sync run finished"])
+        .await;
+    let logged = "an operator acted on accounts through the admin API";
+
+    let (status, body) = post_raw(
+        &format!("{base}/accounts/pause"),
+        &json!({"all": true, "reason": "CHG-7: the vendor's maintenance"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let ev = d.wait_for(logged).await;
+    let f = &ev["fields"];
+    assert_eq!(f["action"], "pause", "{ev}");
+    assert_eq!(f["accounts"], 2, "{ev}");
+    let mut ids: Vec<&str> = f["ids"].as_str().unwrap().split(',').collect();
+    ids.sort();
+    assert_eq!(ids, [a.to_string(), b.to_string()], "{ev}");
+    assert!(
+        f["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("the admin API from 127.0.0.1 (replica "),
+        "{ev}"
+    );
+    assert_eq!(f["reason"], "CHG-7: the vendor's maintenance", "{ev}");
+
+    // One account, through its own route; a dry run is no action, and is not logged as one.
+    let (status, body) = post_raw(
+        &format!("{base}/accounts/pause"),
+        &json!({"all": true, "dry_run": true}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post_raw(&format!("{base}/accounts/{a}/resume"), "").await;
+    assert_eq!(status, 200, "{body}");
+    let ev = d.wait_for(logged).await;
+    let f = &ev["fields"];
+    assert_eq!(
+        (&f["action"], &f["accounts"], &f["ids"], &f["reason"]),
+        (
+            &json!("resume"),
+            &json!(1),
+            &json!(a.to_string()),
+            &json!("")
+        ),
+        "{ev}"
+    );
+    assert!(!ev.to_string().contains(ADMIN), "{ev}");
+    assert_eq!(d.terminate().await, 0);
+}
