@@ -59,14 +59,15 @@ impl Health {
 /// option: any of them; several options: all of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct Filter {
-    /// Accounts of this tenant (Truto's `tenant_id`; repeat for several).
-    #[arg(long, value_name = "TENANT")]
+    /// Accounts of this tenant (Truto's `tenant_id`; repeat, or separate by commas, for several).
+    #[arg(long, value_name = "TENANT", value_delimiter = ',')]
     pub tenant: Vec<String>,
-    /// Accounts in this state (repeat for several).
-    #[arg(long, value_enum, value_name = "STATE")]
+    /// Accounts in this state (repeat, or separate by commas, for several).
+    #[arg(long, value_enum, value_name = "STATE", value_delimiter = ',')]
     pub state: Vec<State>,
-    /// Accounts of this health; `unhealthy` is any but `ok` (repeat for several).
-    #[arg(long, value_enum, value_name = "HEALTH")]
+    /// Accounts of this health; `unhealthy` is any but `ok` (repeat, or separate by commas, for
+    /// several).
+    #[arg(long, value_enum, value_name = "HEALTH", value_delimiter = ',')]
     pub health: Vec<Health>,
     /// Accounts whose last run failed.
     #[arg(long)]

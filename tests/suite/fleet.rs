@@ -1036,6 +1036,26 @@ async fn the_steering_commands_act_on_many_accounts_at_once_all_or_none() {
     let o = cli(&env, &["accounts", "list", "--tenant", "acme", "--ids"]).await;
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(out(&o), lines(acme));
+    // Several values, repeated or separated by commas (as the admin route's query takes them).
+    for both in [
+        &["--tenant", "globex,acme"][..],
+        &["--tenant", "globex", "--tenant", "acme"][..],
+    ] {
+        let o = cli(&env, &[&["accounts", "list", "--ids"][..], both].concat()).await;
+        assert!(o.status.success(), "{both:?}: {}", err(&o));
+        let listed = out(&o);
+        assert_eq!(
+            listed.lines().count(),
+            acme.len() + globex.len(),
+            "{listed}"
+        );
+        assert!(
+            acme.iter()
+                .chain(globex)
+                .all(|a| listed.contains(&a.to_string())),
+            "{listed}"
+        );
+    }
     let o = cli(&env, &["accounts", "list", "--failing", "--json"]).await;
     let failing: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(failing.as_array().unwrap().len(), 1, "{failing}");
