@@ -386,6 +386,18 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
             );
         }
     }
+    // What operators did lately (as the status page says it); an extra.
+    if let Ok(actions) = store
+        .recent_actions(
+            crate::service::page::ACTIONS_HOURS,
+            crate::service::page::ACTIONS_SHOWN,
+        )
+        .await
+    {
+        for a in &actions {
+            println!("{}", super::render::operator_action(a, now));
+        }
+    }
     if let Some(b) = budget {
         print!("{}", super::render::budget(&b));
     }

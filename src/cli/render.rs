@@ -196,6 +196,32 @@ pub fn nothing_running(running: Running, due: usize) -> Option<String> {
     })
 }
 
+/// One of the operators' actions of the last day, as `status` lists them under the fleet:
+/// `operator: 2026-12-08 06:00Z (5 min ago) pause of 50 accounts by … — "why"`.
+pub fn operator_action(a: &crate::store::ActionGroup, now: DateTime<Utc>) -> String {
+    let minutes = (now - a.acted_at).num_minutes().max(0);
+    let ago = if minutes < 90 {
+        format!("{minutes} min ago")
+    } else {
+        format!("{} h ago", minutes / 60)
+    };
+    let which = if a.accounts == 1 {
+        format!("account {}", a.one_account)
+    } else {
+        format!("{} accounts", a.accounts)
+    };
+    format!(
+        "operator: {} ({ago}) {} of {which} by {}{}",
+        a.acted_at.format("%Y-%m-%d %H:%MZ"),
+        a.action,
+        a.actor,
+        a.reason
+            .as_deref()
+            .map(|r| format!(" — \"{r}\""))
+            .unwrap_or_default()
+    )
+}
+
 /// An account's next run as `accounts show` says it: one already due says what starts it, and
 /// when no process holds a share of the request budget, that none is running to.
 fn next_run(
@@ -693,5 +719,33 @@ mod tests {
         );
         let fine = checks(&[Check::passed("database", "connected")]);
         assert!(fine.ends_with("every check passed\n"), "{fine}");
+    }
+
+    #[test]
+    fn an_operators_action_says_when_what_on_how_many_by_whom_and_why() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-08T06:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut a = crate::store::ActionGroup {
+            acted_at: now - chrono::Duration::minutes(5),
+            action: "pause".into(),
+            actor: "the admin API from 10.0.0.7 (replica a:1)".into(),
+            reason: Some("CHG-1".into()),
+            accounts: 50,
+            one_account: uuid::Uuid::from_u128(1),
+        };
+        assert_eq!(
+            operator_action(&a, now),
+            "operator: 2026-12-08 05:55Z (5 min ago) pause of 50 accounts by the admin API from \
+             10.0.0.7 (replica a:1) — \"CHG-1\""
+        );
+        a.accounts = 1;
+        a.reason = None;
+        a.acted_at = now - chrono::Duration::hours(3);
+        assert_eq!(
+            operator_action(&a, now),
+            "operator: 2026-12-08 03:00Z (3 h ago) pause of account \
+             00000000-0000-0000-0000-000000000001 by the admin API from 10.0.0.7 (replica a:1)"
+        );
     }
 }

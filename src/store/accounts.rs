@@ -558,6 +558,33 @@ impl Store {
         .await?)
     }
 
+    /// The operators' actions of the last `hours` hours across the fleet, newest first, at
+    /// most `limit`: one transaction's action on many accounts is one [`ActionGroup`] (a
+    /// tenant's accounts paused at once are one line, not fifty). Reads only the latest
+    /// [`RECENT_ACTIONS_READ`] rows, by the primary key, so that its cost does not grow with
+    /// the table.
+    pub async fn recent_actions(
+        &self,
+        hours: i32,
+        limit: i64,
+    ) -> Result<Vec<ActionGroup>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT acted_at, action, coalesce(actor, db_user) AS actor, reason,
+                    count(*) AS accounts, min(integrated_account_id::text)::uuid AS one_account
+               FROM (SELECT acted_at, action, actor, db_user, reason, integrated_account_id
+                       FROM account_actions ORDER BY action_id DESC LIMIT $3) AS latest
+              WHERE acted_at > now() - make_interval(hours => $1)
+              GROUP BY acted_at, action, coalesce(actor, db_user), reason
+              ORDER BY acted_at DESC, action
+              LIMIT $2",
+        )
+        .bind(hours)
+        .bind(limit)
+        .bind(RECENT_ACTIONS_READ)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Deletes every row of a retired account, table by table, and records it in
     /// `account_purges` (with `by`), all in one transaction that holds the account's registry
     /// row: a listing or a webhook that brings the account back waits for it and then registers
@@ -785,6 +812,23 @@ pub struct AccountAction {
     pub db_user: String,
     pub application: Option<String>,
     pub reason: Option<String>,
+}
+
+/// How many of the latest `account_actions` rows [`Store::recent_actions`] reads at most.
+pub const RECENT_ACTIONS_READ: i64 = 20_000;
+
+/// One operator's action in one transaction, on one account or many (`Store::recent_actions`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ActionGroup {
+    pub acted_at: Ts,
+    pub action: String,
+    /// `actor`, or for plain SQL the session's role.
+    pub actor: String,
+    pub reason: Option<String>,
+    /// How many accounts it acted on.
+    pub accounts: i64,
+    /// One of them (the only one when `accounts` is 1).
+    pub one_account: Uuid,
 }
 
 /// What the status page says of the webhook deliveries (with the receiver on).

@@ -32,7 +32,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, PgPool};
 
 pub use accounts::{
-    other_environment, retire_guard, AccountAction, AccountRow, Acting, Discovered,
+    other_environment, retire_guard, AccountAction, AccountRow, Acting, ActionGroup, Discovered,
     DiscoveryApplied, DiscoveryState, Environments, ListedEnvironment, PurgeSummary, Purged,
     PurgedBy, RetirePolicy, Steer, WebhookDeliveries, REASON_MAX_CHARS,
 };

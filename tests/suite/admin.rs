@@ -598,6 +598,28 @@ async fn many_accounts_are_acted_on_in_one_request_named_or_chosen() {
     .await
     .unwrap();
     assert_eq!(ends, 2);
+    // Whoever looks at the fleet sees who paused them and why, as one action on two accounts:
+    // on the status page and in `lms-sync status`.
+    let page = get_text(&format!("{base}/")).await;
+    assert!(
+        page.contains(
+            "</time>: <b>pause</b> of 2 accounts by the admin API from 127.0.0.1 (replica "
+        ) && page.contains(") — “CHG-1: the customer&#39;s migration”</li>"),
+        "{page}"
+    );
+    let cfg = crate::helpers::daemon::config(&env.sim, &[a, b, c], "1h", 1);
+    let o = crate::helpers::daemon::lms_sync(&cfg, &env.db_url, &["status"])
+        .output()
+        .await
+        .unwrap();
+    let said = said(&o);
+    assert!(o.status.success(), "{said}");
+    assert!(
+        said.lines().any(|l| l.starts_with("operator: ")
+            && l.contains(" min ago) pause of 2 accounts by the admin API from 127.0.0.1")
+            && l.ends_with(" — \"CHG-1: the customer's migration\"")),
+        "{said}"
+    );
     // Chosen by state, as `accounts list --state paused` shows them.
     let (status, body) = post(
         "resume",

@@ -21,10 +21,11 @@ use super::status::{count_by_rank, ranked, AccountView, BudgetSection, RANKS};
 
 mod sections;
 use sections::{
-    budget_section, discovery_section, environment_section, feed_section, lock_wait_section,
-    read_only_section, token_section, unreachable_section, webhooks_section, FEED_HELD_BACK_SHOWN,
+    actions_section, budget_section, discovery_section, environment_section, feed_section,
+    lock_wait_section, read_only_section, token_section, unreachable_section, webhooks_section,
+    FEED_HELD_BACK_SHOWN,
 };
-pub use sections::{DiscoveryView, Halts};
+pub use sections::{DiscoveryView, Halts, ACTIONS_HOURS, ACTIONS_SHOWN};
 
 /// Accounts listed unless `?all=true`: at 10,000 accounts the whole list is 5 MB of HTML a
 /// refresh, more than a person reads or a phone renders; the ones needing attention come
@@ -124,6 +125,12 @@ pub(super) async fn page(
                     Some(_) => ops.store.webhook_deliveries().await.ok(),
                     None => None,
                 },
+                // An extra as well.
+                recent_actions: ops
+                    .store
+                    .recent_actions(sections::ACTIONS_HOURS, sections::ACTIONS_SHOWN)
+                    .await
+                    .unwrap_or_default(),
             },
         ))
     };
@@ -366,6 +373,7 @@ pub fn render(
         discovery_section(&mut s, d, now);
     }
     webhooks_section(&mut s, halts.webhooks.as_ref(), now);
+    actions_section(&mut s, &halts.recent_actions, now);
     lock_wait_section(&mut s, &halts.lock_waits);
     let _ = write!(
         s,
@@ -1023,6 +1031,54 @@ mod tests {
         );
         let calm = alpha(&Halts::default(), now);
         assert!(!calm.contains("database lock"), "{calm}");
+    }
+
+    #[test]
+    fn the_operators_actions_are_shown_one_line_a_transaction_escaped() {
+        let now = Utc::now();
+        let one = Uuid::from_u128(7);
+        let halts = Halts {
+            recent_actions: vec![
+                crate::store::ActionGroup {
+                    acted_at: now - chrono::Duration::minutes(5),
+                    action: "pause".into(),
+                    actor: "the admin API from 10.0.0.7 (replica a:1)".into(),
+                    reason: Some("CHG-1 <migration>".into()),
+                    accounts: 50,
+                    one_account: Uuid::from_u128(1),
+                },
+                crate::store::ActionGroup {
+                    acted_at: now - chrono::Duration::hours(3),
+                    action: "protect".into(),
+                    actor: "lms_sync_owner".into(),
+                    reason: None,
+                    accounts: 1,
+                    one_account: one,
+                },
+            ],
+            ..Halts::default()
+        };
+        let html = alpha(&halts, now);
+        assert!(
+            html.contains("Operators' actions in the last 24 h, newest first"),
+            "{html}"
+        );
+        assert!(
+            html.contains(
+                ">5 min ago</time>: <b>pause</b> of 50 accounts by the admin API from 10.0.0.7 \
+                 (replica a:1) — “CHG-1 &lt;migration&gt;”</li>"
+            ),
+            "{html}"
+        );
+        assert!(
+            html.contains(&format!(
+                ">3 h ago</time>: <b>protect</b> of <a href=\"accounts/{one}\">{one}</a> by \
+                 lms_sync_owner</li>"
+            )),
+            "{html}"
+        );
+        let quiet = alpha(&Halts::default(), now);
+        assert!(!quiet.contains("Operators' actions"), "{quiet}");
     }
 
     #[test]

@@ -302,6 +302,43 @@ pub(super) fn webhooks_section(
     }
 }
 
+/// The operators' actions of the last 24 hours: who paused, resumed, protected, reset or ran
+/// which accounts, and why (one transaction on many accounts is one line), so that whoever
+/// looks at a fleet with accounts paused sees who did it without a query.
+pub(super) fn actions_section(
+    s: &mut String,
+    actions: &[crate::store::ActionGroup],
+    now: DateTime<Utc>,
+) {
+    if actions.is_empty() {
+        return;
+    }
+    let _ = write!(
+        s,
+        "<p class=\"note\">Operators' actions in the last {ACTIONS_HOURS} h, newest first \
+         (every one: <code>account_actions</code>):</p><ul class=\"note actions\">"
+    );
+    for a in actions {
+        let which = if a.accounts == 1 {
+            format!("<a href=\"accounts/{id}\">{id}</a>", id = a.one_account)
+        } else {
+            format!("{} accounts", a.accounts)
+        };
+        let _ = write!(
+            s,
+            "<li>{}: <b>{}</b> of {which} by {}{}</li>",
+            when(Some(a.acted_at), now),
+            escape(&a.action),
+            escape(&crate::text::shorten(&a.actor, 200)),
+            a.reason
+                .as_deref()
+                .map(|r| format!(" — “{}”", escape(r)))
+                .unwrap_or_default()
+        );
+    }
+    s.push_str("</ul>");
+}
+
 /// " N listings in a row have failed." (empty for one).
 fn in_a_row(failures: u32) -> String {
     match failures {
@@ -339,7 +376,15 @@ pub struct Halts {
     pub feed_held_back: Option<f64>,
     /// With the webhook receiver on: the deliveries it verified lately.
     pub webhooks: Option<crate::store::WebhookDeliveries>,
+    /// The operators' actions of the last [`ACTIONS_HOURS`] hours, newest first (at most
+    /// [`ACTIONS_SHOWN`]).
+    pub recent_actions: Vec<crate::store::ActionGroup>,
 }
+
+/// How far back the page shows the operators' actions, in hours.
+pub const ACTIONS_HOURS: i32 = 24;
+/// How many of them it shows at most (one transaction's on many accounts counts once).
+pub const ACTIONS_SHOWN: i64 = 10;
 
 /// How long the change feed is held back before the page says so: `LmsSyncChangeFeedHeldBack`'s
 /// threshold (a sync's own transactions hold it back for seconds all the time).
