@@ -210,14 +210,16 @@ pub fn operator_action(a: &crate::store::ActionGroup, now: DateTime<Utc>) -> Str
     } else {
         format!("{} accounts", a.accounts)
     };
+    // (What plain SQL recorded may hold anything: no control character reaches the terminal.)
+    let plain = |s: &str| s.replace(|c: char| c.is_control(), " ");
     format!(
         "operator: {} ({ago}) {} of {which} by {}{}",
         a.acted_at.format("%Y-%m-%d %H:%MZ"),
-        a.action,
-        a.actor,
+        plain(&a.action),
+        plain(&a.actor),
         a.reason
             .as_deref()
-            .map(|r| format!(" — \"{r}\""))
+            .map(|r| format!(" — \"{}\"", plain(r)))
             .unwrap_or_default()
     )
 }
@@ -739,6 +741,8 @@ mod tests {
             "operator: 2026-12-08 05:55Z (5 min ago) pause of 50 accounts by the admin API from \
              10.0.0.7 (replica a:1) — \"CHG-1\""
         );
+        a.reason = Some("two\nlines \u{1b}[31mred".into());
+        assert!(operator_action(&a, now).ends_with(" — \"two lines  [31mred\""));
         a.accounts = 1;
         a.reason = None;
         a.acted_at = now - chrono::Duration::hours(3);
