@@ -196,6 +196,10 @@ pub fn nothing_running(running: Running, due: usize) -> Option<String> {
     })
 }
 
+/// The longest reason an operator can give (`Acting`): shown whole, with no control character
+/// (plain SQL may have recorded anything).
+const REASON_SHOWN: usize = crate::store::REASON_MAX_CHARS;
+
 /// One of the operators' actions of the last day, as `status` lists them under the fleet:
 /// `operator: 2026-12-08 06:00Z (5 min ago) pause of 50 accounts by … — "why"`.
 pub fn operator_action(a: &crate::store::ActionGroup, now: DateTime<Utc>) -> String {
@@ -211,15 +215,14 @@ pub fn operator_action(a: &crate::store::ActionGroup, now: DateTime<Utc>) -> Str
         format!("{} accounts", a.accounts)
     };
     // (What plain SQL recorded may hold anything: no control character reaches the terminal.)
-    let plain = |s: &str| s.replace(|c: char| c.is_control(), " ");
     format!(
         "operator: {} ({ago}) {} of {which} by {}{}",
         a.acted_at.format("%Y-%m-%d %H:%MZ"),
-        plain(&a.action),
-        plain(&a.actor),
+        shorten(&a.action, 40),
+        shorten(&a.actor, 200),
         a.reason
             .as_deref()
-            .map(|r| format!(" — \"{}\"", plain(r)))
+            .map(|r| format!(" — \"{}\"", shorten(r, REASON_SHOWN)))
             .unwrap_or_default()
     )
 }
@@ -468,11 +471,11 @@ pub fn account(
                 s,
                 "{:<21} {:<12} by {}{}",
                 t(Some(a.acted_at)),
-                a.action,
-                who(a),
+                shorten(&a.action, 40),
+                shorten(&who(a), 200),
                 a.reason
                     .as_deref()
-                    .map(|r| format!(": {r}"))
+                    .map(|r| format!(": {}", shorten(r, REASON_SHOWN)))
                     .unwrap_or_default()
             );
         }
