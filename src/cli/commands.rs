@@ -295,11 +295,21 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
             .copied()
             .unwrap_or(usize::MAX)
     });
+    let state_pauses = &state.pauses;
     let info = state
         .fleet
         .iter()
         .map(|p| {
             let mut state = p.gate.state();
+            if let Some(x) = state_pauses
+                .get(&p.id())
+                .filter(|_| p.gate == crate::fleet::Gate::Paused)
+            {
+                state = format!(
+                    "{state} {}",
+                    super::render::paused_by(x.acted_at, &x.actor, x.reason.as_deref())
+                );
+            }
             if let Some(until) = p
                 .row
                 .as_ref()

@@ -196,6 +196,19 @@ pub fn nothing_running(running: Running, due: usize) -> Option<String> {
     })
 }
 
+/// Who paused an account, when and why, as `status`, `accounts list` and `accounts show` say
+/// it: `by the admin API from 10.0.0.7 (replica a:1) at 2026-12-08 05:55:00Z: "CHG-1"`.
+pub fn paused_by(at: DateTime<Utc>, actor: &str, reason: Option<&str>) -> String {
+    format!(
+        "by {} at {}{}",
+        shorten(actor, 200),
+        at.format("%Y-%m-%d %H:%M:%SZ"),
+        reason
+            .map(|r| format!(": \"{}\"", shorten(r, REASON_SHOWN)))
+            .unwrap_or_default()
+    )
+}
+
 /// The longest reason an operator can give (`Acting`): shown whole, with no control character
 /// (plain SQL may have recorded anything).
 const REASON_SHOWN: usize = crate::store::REASON_MAX_CHARS;
@@ -348,6 +361,13 @@ pub fn accounts(views: &[&AccountView]) -> String {
         if let Some(until) = v.held_until {
             let _ = writeln!(s, "    {}", crate::schedule::held_back(until));
         }
+        if let (Some(at), Some(by)) = (v.paused_at, &v.paused_by) {
+            let _ = writeln!(
+                s,
+                "    paused {}",
+                paused_by(at, by, v.pause_reason.as_deref())
+            );
+        }
         if let Some(until) = v.paused_until {
             let _ = writeln!(
                 s,
@@ -393,6 +413,9 @@ pub fn account(
     fact("tenant", v.tenant_id.as_deref().unwrap_or("-"));
     fact("source", &v.source);
     fact("state", &v.state);
+    if let (Some(at), Some(by)) = (v.paused_at, &v.paused_by) {
+        fact("paused", &paused_by(at, by, v.pause_reason.as_deref()));
+    }
     if let Some(until) = v.paused_until {
         fact(
             "paused until",
@@ -753,6 +776,38 @@ mod tests {
             operator_action(&a, now),
             "operator: 2026-12-08 03:00Z (3 h ago) pause of account \
              00000000-0000-0000-0000-000000000001 by the admin API from 10.0.0.7 (replica a:1)"
+        );
+    }
+
+    #[test]
+    fn a_pause_says_by_whom_when_and_why() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-08T05:55:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            paused_by(
+                at,
+                "the admin API from 10.0.0.7 (replica a:1)",
+                Some("CHG-1")
+            ),
+            "by the admin API from 10.0.0.7 (replica a:1) at 2026-12-08 05:55:00Z: \"CHG-1\""
+        );
+        assert_eq!(
+            paused_by(at, "lms_owner", None),
+            "by lms_owner at 2026-12-08 05:55:00Z"
+        );
+        let view = AccountView {
+            integrated_account_id: uuid::Uuid::from_u128(1),
+            state: "paused".into(),
+            paused_at: Some(at),
+            paused_by: Some("ops\u{1b}[2J".into()),
+            pause_reason: Some("two\nlines".into()),
+            ..AccountView::default()
+        };
+        let listed = accounts(&[&view]);
+        assert!(
+            listed.contains("\n    paused by ops [2J at 2026-12-08 05:55:00Z: \"two lines\"\n"),
+            "{listed}"
         );
     }
 }

@@ -376,6 +376,7 @@ mod tests {
             deletes_allowed: false,
             paused_until: None,
             purge_due: None,
+            ..AccountView::default()
         }
     }
 

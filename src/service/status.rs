@@ -20,6 +20,8 @@ pub struct FleetState {
     /// What was purged lately and what is due, with `discovery.purge_retired_after` (None: the
     /// service purges no retired account).
     pub purges: Option<PurgeSummary>,
+    /// Who paused each paused account, when and why (by account).
+    pub pauses: HashMap<Uuid, crate::store::Paused>,
 }
 
 /// One account as `accounts list --json` and `GET /status` show it.
@@ -50,6 +52,11 @@ pub struct AccountView {
     pub protected_at: Option<DateTime<Utc>>,
     /// `accounts pause --until`: when the service resumes it (a paused account only).
     pub paused_until: Option<DateTime<Utc>>,
+    /// A paused account: when it was paused, by whom and why (its latest `pause` in
+    /// `account_actions`; none for a pause older than that table).
+    pub paused_at: Option<DateTime<Utc>>,
+    pub paused_by: Option<String>,
+    pub pause_reason: Option<String>,
     /// `accounts allow-deletes`: its next complete listing deletes whatever it no longer lists,
     /// past the delete guard.
     pub deletes_allowed: bool,
@@ -173,12 +180,24 @@ pub async fn read_state(
         Some(after) => Some(store.purge_summary(after).await?),
         None => None,
     };
+    // An extra: a role that may not read `account_actions` still sees the fleet.
+    let pauses = store
+        .pauses(only)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "cannot read who paused the paused accounts");
+            Vec::new()
+        })
+        .into_iter()
+        .map(|p| (p.integrated_account_id, p))
+        .collect();
     Ok(FleetState {
         fleet,
         rows,
         next,
         discovery,
         purges,
+        pauses,
     })
 }
 
@@ -216,6 +235,10 @@ pub fn account_views(state: &FleetState) -> Vec<AccountView> {
                 AccountSource::Config => None,
             };
             let protected_at = p.row.as_ref().and_then(|r| r.protected_at);
+            let pause = state
+                .pauses
+                .get(&p.id())
+                .filter(|_| p.gate == crate::fleet::Gate::Paused);
             let purge_due = retired_at
                 .filter(|_| protected_at.is_none())
                 .zip(state.purges.as_ref().map(|p| p.after))
@@ -245,6 +268,10 @@ pub fn account_views(state: &FleetState) -> Vec<AccountView> {
                 protected_at,
                 deletes_allowed: p.row.as_ref().is_some_and(|r| r.allow_deletes),
                 paused_until: p.row.as_ref().and_then(AccountRow::pause_end),
+                // (Only while it is paused: the gate says so, not a stale record.)
+                paused_at: pause.map(|x| x.acted_at),
+                paused_by: pause.map(|x| x.actor.clone()),
+                pause_reason: pause.and_then(|x| x.reason.clone()),
                 purge_due,
             }
         })

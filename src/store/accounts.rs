@@ -558,6 +558,23 @@ impl Store {
         .await?)
     }
 
+    /// Who paused each paused account (of `only`, or every one), when and why: its latest
+    /// `pause` in `account_actions`. An account paused before that table existed has none.
+    pub async fn pauses(&self, only: Option<Uuid>) -> Result<Vec<Paused>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT DISTINCT ON (a.integrated_account_id) a.integrated_account_id, x.acted_at,
+                    coalesce(x.actor, x.db_user) AS actor, x.reason
+               FROM accounts a
+               JOIN account_actions x ON x.integrated_account_id = a.integrated_account_id
+                                     AND x.action = 'pause'
+              WHERE a.paused AND ($1::uuid IS NULL OR a.integrated_account_id = $1)
+              ORDER BY a.integrated_account_id, x.action_id DESC",
+        )
+        .bind(only)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// The operators' actions of the last `hours` hours across the fleet, newest first, at
     /// most `limit`: one transaction's action on many accounts is one [`ActionGroup`] (a
     /// tenant's accounts paused at once are one line, not fifty). Reads only the latest
@@ -811,6 +828,16 @@ pub struct AccountAction {
     pub actor: Option<String>,
     pub db_user: String,
     pub application: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Who paused a paused account, when and why (`Store::pauses`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Paused {
+    pub integrated_account_id: Uuid,
+    pub acted_at: Ts,
+    /// `actor`, or for plain SQL the session's role.
+    pub actor: String,
     pub reason: Option<String>,
 }
 

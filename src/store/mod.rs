@@ -33,8 +33,8 @@ use sqlx::{ConnectOptions, PgPool};
 
 pub use accounts::{
     other_environment, retire_guard, AccountAction, AccountRow, Acting, ActionGroup, Discovered,
-    DiscoveryApplied, DiscoveryState, Environments, ListedEnvironment, PurgeSummary, Purged,
-    PurgedBy, RetirePolicy, Steer, WebhookDeliveries, REASON_MAX_CHARS,
+    DiscoveryApplied, DiscoveryState, Environments, ListedEnvironment, Paused, PurgeSummary,
+    Purged, PurgedBy, RetirePolicy, Steer, WebhookDeliveries, REASON_MAX_CHARS,
 };
 pub use budget::{
     agreed_limit, decide as decide_share, BudgetView, Negotiated, Reach, Runs, ShareHolder,

@@ -620,6 +620,43 @@ async fn many_accounts_are_acted_on_in_one_request_named_or_chosen() {
             && l.ends_with(" — \"CHG-1: the customer's migration\"")),
         "{said}"
     );
+    // Each paused account says who paused it, when and why: as JSON, in `accounts list`, and
+    // on the status page's row.
+    let (status, body) = list("state=paused").await;
+    assert_eq!(status, 200, "{body}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed.len(), 2, "{body}");
+    for v in &listed {
+        assert!(
+            v["paused_by"]
+                .as_str()
+                .unwrap()
+                .starts_with("the admin API from 127.0.0.1 (replica "),
+            "{v}"
+        );
+        assert_eq!(v["pause_reason"], "CHG-1: the customer's migration", "{v}");
+        assert!(v["paused_at"].is_string(), "{v}");
+    }
+    let o = crate::helpers::daemon::lms_sync(&cfg, &env.db_url, &["accounts", "list"])
+        .output()
+        .await
+        .unwrap();
+    let listing = crate::helpers::said(&o);
+    assert_eq!(
+        listing
+            .lines()
+            .filter(
+                |l| l.starts_with("    paused by the admin API from 127.0.0.1 (replica ")
+                    && l.ends_with(": \"CHG-1: the customer's migration\"")
+            )
+            .count(),
+        2,
+        "{listing}"
+    );
+    assert!(
+        page.contains("<td data-k=\"State\">paused<div class=\"muted\"><time"),
+        "{page}"
+    );
     // Chosen by state, as `accounts list --state paused` shows them.
     let (status, body) = post(
         "resume",
@@ -630,6 +667,14 @@ async fn many_accounts_are_acted_on_in_one_request_named_or_chosen() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(acted(&body), [a, b]);
     assert!(paused().await.is_empty());
+    let (_, body) = list("tenant=acme").await;
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|v| v["paused_by"].is_null() && v["pause_reason"].is_null()),
+        "{body}"
+    );
 
     // Bodies that name the accounts wrongly change nothing, and say why.
     let before = actions().await;

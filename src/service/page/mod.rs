@@ -443,7 +443,7 @@ pub fn render(
             "<tr class=\"{}\"><td data-k=\"Account\"><div class=\"label\">\
              <a href=\"accounts/{}\">{}</a></div>\
              <div class=\"muted\">tenant {} · {}</div>{}</td>\
-             <td data-k=\"State\">{}</td><td data-k=\"Health\">{}{}</td>\
+             <td data-k=\"State\">{}{}</td><td data-k=\"Health\">{}{}</td>\
              <td data-k=\"Last success\">{}</td><td data-k=\"Next run\">{}</td>\
              <td data-k=\"Live users\" class=\"num\">{}</td><td data-k=\"Last error\" class=\"err\">{}</td></tr>",
             if why.is_some() { "attention" } else { "" },
@@ -454,6 +454,19 @@ pub fn render(
             why.map(|w| format!("<div class=\"why\">{}</div>", escape(&w)))
                 .unwrap_or_default(),
             escape(&v.state),
+            // Who paused it, when and why (one look, rather than a page per account).
+            match (v.paused_at, &v.paused_by) {
+                (Some(at), Some(by)) => format!(
+                    "<div class=\"muted\">{} by {}{}</div>",
+                    when(Some(at), now),
+                    escape(&crate::text::shorten(by, 200)),
+                    v.pause_reason
+                        .as_deref()
+                        .map(|r| format!(": “{}”", escape(r)))
+                        .unwrap_or_default()
+                ),
+                _ => String::new(),
+            },
             escape(&v.health),
             if v.health != "ok" {
                 format!(" <span class=\"muted\">since {}</span>", when(v.health_since, now))
@@ -507,6 +520,7 @@ mod tests {
             deletes_allowed: false,
             paused_until: None,
             purge_due: None,
+            ..AccountView::default()
         }
     }
 
@@ -1031,6 +1045,30 @@ mod tests {
         );
         let calm = alpha(&Halts::default(), now);
         assert!(!calm.contains("database lock"), "{calm}");
+    }
+
+    #[test]
+    fn a_paused_account_says_who_paused_it_when_and_why_escaped() {
+        let now = Utc::now();
+        let mut v = view(1, "Acme");
+        v.state = "paused".into();
+        v.paused_at = Some(now - chrono::Duration::hours(2));
+        v.paused_by = Some("the admin API from 10.0.0.7 (replica a:1)".into());
+        v.pause_reason = Some("CHG-1 <migration>".into());
+        let html = fleet(&[v], now);
+        assert!(
+            html.contains("<td data-k=\"State\">paused<div class=\"muted\"><time datetime=")
+                && html.contains(
+                    ">2 h ago</time> by the admin API from 10.0.0.7 (replica a:1): “CHG-1 \
+                 &lt;migration&gt;”</div></td>"
+                ),
+            "{html}"
+        );
+        let quiet = fleet(&[view(2, "Globex")], now);
+        assert!(
+            quiet.contains("<td data-k=\"State\">active</td>"),
+            "{quiet}"
+        );
     }
 
     #[test]
