@@ -75,9 +75,8 @@ pub fn plan(settings: &Settings, registry: &[AccountRow]) -> Vec<Planned> {
             if settings.account(r.integrated_account_id).is_some() {
                 continue;
             }
-            let mut account = settings
-                .account_defaults
-                .for_account(r.integrated_account_id);
+            let mut account =
+                settings.discovered_account(r.integrated_account_id, r.tenant_id.as_deref());
             if r.label.is_some() {
                 account.label = r.label.clone();
             }
@@ -185,6 +184,53 @@ mod tests {
         let mut off = settings();
         off.discovery.enabled = false;
         assert_eq!(plan(&off, &[row(1), row(3)]).len(), 1);
+    }
+
+    #[test]
+    fn a_tenants_discovered_accounts_take_its_entry_instead_of_the_defaults() {
+        let mut s = settings();
+        s.tenants = vec![crate::config::TenantSettings {
+            tenant_id: "t3".into(),
+            ignore_remote_data: true,
+            exclude_fields: vec!["custom_fields".into()],
+            schedule: Some(crate::config::AccountSchedule {
+                every: Some("1h".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        // Account 2 is configured, and of tenant t3 too: its own entry wins.
+        let mut r2 = row(2);
+        r2.tenant_id = Some("t3".into());
+        let mut r4 = row(4);
+        r4.tenant_id = None;
+        let fleet = plan(&s, &[row(1), r2, row(3), r4]);
+        let by = |n: u128| {
+            &fleet
+                .iter()
+                .find(|p| p.id().as_u128() == n)
+                .expect("planned")
+                .account
+        };
+        // The tenant's entry, whole: not the defaults' hydrate.
+        let t3 = by(3);
+        assert!(t3.ignore_remote_data && !t3.hydrate, "{t3:?}");
+        assert_eq!(t3.exclude_fields, ["custom_fields"]);
+        assert_eq!(
+            t3.schedule.as_ref().and_then(|s| s.every.as_deref()),
+            Some("1h")
+        );
+        // Another tenant's, and one without a tenant: the defaults.
+        for n in [1, 4] {
+            let a = by(n);
+            assert!(
+                a.hydrate && !a.ignore_remote_data && a.schedule.is_none(),
+                "{a:?}"
+            );
+        }
+        let configured = by(2);
+        assert!(!configured.ignore_remote_data && !configured.hydrate);
+        assert_eq!(configured.label.as_deref(), Some("Configured"));
     }
 
     #[test]

@@ -64,23 +64,36 @@ pub fn toml(e: &Explained) -> String {
         }
     }
     secrets_of(&mut out, e, section);
-    for account in &e.accounts {
-        out.push_str("\n[[accounts]]\n");
-        if let serde_json::Value::Object(keys) = account {
-            // Only what was written: an account's unset keys are serde's defaults (an
-            // `[[accounts]]` entry takes nothing from `[account_defaults]`), and a fleet's
-            // file may hold thousands of entries.
-            let written = keys.iter().filter(|(_, v)| {
+    for (table, id, entries) in [
+        ("tenants", "tenant_id", &e.tenants),
+        ("accounts", "integrated_account_id", &e.accounts),
+    ] {
+        for entry in entries {
+            let _ = writeln!(out, "\n[[{table}]]");
+            written(&mut out, entry, id);
+        }
+    }
+    out
+}
+
+/// An entry's keys as written: only those set (an entry's unset keys are serde's defaults;
+/// an `[[accounts]]` entry takes nothing from `[account_defaults]`), and a fleet's file may
+/// hold thousands of entries. The entry's `id` key comes first, the one a reader looks for.
+fn written(out: &mut String, entry: &serde_json::Value, id: &str) {
+    if let serde_json::Value::Object(keys) = entry {
+        let set = keys
+            .iter()
+            .filter(|(k, _)| *k == id)
+            .chain(keys.iter().filter(|(k, _)| *k != id))
+            .filter(|(_, v)| {
                 !matches!(v, serde_json::Value::Bool(false))
                     && v.as_array().is_none_or(|a| !a.is_empty())
                     && v.as_object().is_none_or(|o| !o.is_empty())
             });
-            for (k, v) in written {
-                let _ = writeln!(out, "{} = {}", k, toml_value(v));
-            }
+        for (k, v) in set {
+            let _ = writeln!(out, "{} = {}", k, toml_value(v));
         }
     }
-    out
 }
 
 fn unset(e: &Explained, key: &str) -> bool {
@@ -177,6 +190,7 @@ pub fn json(e: &Explained) -> serde_json::Value {
         "digest": e.digest,
         "settings": settings,
         "accounts": e.accounts,
+        "tenants": e.tenants,
         "secrets": secrets,
         "notes": e.notes,
     })

@@ -110,6 +110,8 @@ pub struct Explained {
     pub settings: Vec<Setting>,
     /// `[[accounts]]` as configured (keys left unset omitted).
     pub accounts: Vec<serde_json::Value>,
+    /// `[[tenants]]` as configured (keys left unset omitted).
+    pub tenants: Vec<serde_json::Value>,
     pub secrets: Vec<Secret>,
     /// What the operator may not expect: a variable that is not read, one that another
     /// setting shadows.
@@ -168,6 +170,7 @@ impl Settings {
             digest: settings.digest(),
             settings: Vec::new(),
             accounts: Vec::new(),
+            tenants: Vec::new(),
             secrets: Vec::new(),
             notes: Vec::new(),
         };
@@ -209,6 +212,16 @@ impl Settings {
         }
         if let Some(serde_json::Value::Array(accounts)) = value.get("accounts") {
             out.accounts = accounts.iter().map(without_nulls).collect();
+        }
+        if let Some(serde_json::Value::Array(tenants)) = value.get("tenants") {
+            out.tenants = tenants.iter().map(without_nulls).collect();
+        }
+        if !settings.tenants.is_empty() && !settings.discovery.enabled {
+            out.notes.push(
+                "[[tenants]] is not read: discovery.enabled is false (a tenant's entry is for \
+                 the accounts discovery finds)"
+                    .into(),
+            );
         }
         out.secrets
             .push(database_url(&settings, &file_table, env, &mut out.notes));
@@ -383,7 +396,12 @@ pub fn differences(
     let empty = serde_json::Map::new();
     let sections = |v: &serde_json::Value| -> Vec<String> {
         v.as_object()
-            .map(|o| o.keys().filter(|k| *k != "accounts").cloned().collect())
+            .map(|o| {
+                o.keys()
+                    .filter(|k| !ENTRIES.iter().any(|(list, _)| *k == list))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let mut names = sections(theirs);
@@ -416,20 +434,47 @@ pub fn differences(
             }
         }
     }
-    let accounts = |v: &serde_json::Value| -> BTreeMap<String, serde_json::Value> {
-        v.get("accounts")
+    for (list, id_key) in ENTRIES {
+        entries_differ(&mut out, theirs, ours, list, id_key);
+    }
+    if out.len() > most {
+        let more = out.len() - most;
+        out.truncate(most);
+        out.push(format!("{more} more"));
+    }
+    out
+}
+
+/// The lists of entries, each keyed by one of its keys: compared entry by entry.
+const ENTRIES: [(&str, &str); 2] = [
+    ("accounts", "integrated_account_id"),
+    ("tenants", "tenant_id"),
+];
+
+/// The entries of `list` (`accounts`, `tenants`) configured in one and not the other, or
+/// configured differently, by their `id_key`: `accounts: also <id>`, `tenants: 3 of them
+/// configured otherwise`.
+fn entries_differ(
+    out: &mut Vec<String>,
+    theirs: &serde_json::Value,
+    ours: &serde_json::Value,
+    list: &str,
+    id_key: &str,
+) {
+    let entries = |v: &serde_json::Value| -> BTreeMap<String, serde_json::Value> {
+        v.get(list)
             .and_then(|a| a.as_array())
             .map(|a| {
                 a.iter()
-                    .filter_map(|acct| {
-                        let id = acct.get("integrated_account_id")?.as_str()?.to_string();
-                        Some((id, acct.clone()))
+                    .filter_map(|entry| {
+                        let id = entry.get(id_key)?.as_str()?.to_string();
+                        Some((id, entry.clone()))
                     })
                     .collect()
             })
             .unwrap_or_default()
     };
-    let (t, o) = (accounts(theirs), accounts(ours));
+    let (t, o) = (entries(theirs), entries(ours));
     let only = |a: &BTreeMap<String, serde_json::Value>,
                 b: &BTreeMap<String, serde_json::Value>| {
         a.keys()
@@ -438,31 +483,24 @@ pub fn differences(
             .collect::<Vec<_>>()
     };
     let (more, fewer) = (only(&t, &o), only(&o, &t));
-    let changed: Vec<&String> = t
+    let changed: Vec<String> = t
         .iter()
         .filter(|(id, a)| o.get(*id).is_some_and(|b| b != *a))
-        .map(|(id, _)| id)
+        .map(|(id, _)| id.clone())
         .collect();
     let listed = |ids: &[String]| match ids {
         [one] => one.clone(),
         many => format!("{} of them", many.len()),
     };
     if !more.is_empty() {
-        out.push(format!("accounts: also {}", listed(&more)));
+        out.push(format!("{list}: also {}", listed(&more)));
     }
     if !fewer.is_empty() {
-        out.push(format!("accounts: not {}", listed(&fewer)));
+        out.push(format!("{list}: not {}", listed(&fewer)));
     }
     if !changed.is_empty() {
-        let ids: Vec<String> = changed.into_iter().cloned().collect();
-        out.push(format!("accounts: {} configured otherwise", listed(&ids)));
+        out.push(format!("{list}: {} configured otherwise", listed(&changed)));
     }
-    if out.len() > most {
-        let more = out.len() - most;
-        out.truncate(most);
-        out.push(format!("{more} more"));
-    }
-    out
 }
 
 impl Explained {
@@ -711,7 +749,7 @@ mod tests {
     }
 
     #[test]
-    fn differences_name_each_key_and_the_accounts_configured_otherwise() {
+    fn differences_name_each_key_and_the_accounts_and_tenants_configured_otherwise() {
         let base = Settings::default();
         let mut other = base.clone();
         other.history.retention_days = 30;
@@ -740,6 +778,23 @@ mod tests {
                 "history.retention_days 0, not 30".to_string(),
                 "2 more".to_string()
             ]
+        );
+        // A tenant's entry, by its tenant id.
+        let mut tenant = base.clone();
+        tenant.tenants.push(crate::config::TenantSettings {
+            tenant_id: "acme".into(),
+            ..Default::default()
+        });
+        assert_ne!(tenant.digest(), base.digest());
+        assert_eq!(
+            differences(&tenant.comparable(), &base.comparable(), 10),
+            vec!["tenants: also acme".to_string()]
+        );
+        let mut hourly = tenant.clone();
+        hourly.tenants[0].hydrate = true;
+        assert_eq!(
+            differences(&hourly.comparable(), &tenant.comparable(), 10),
+            vec!["tenants: acme configured otherwise".to_string()]
         );
         // [log] is a replica's own business.
         let mut louder = base.clone();

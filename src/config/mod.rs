@@ -101,8 +101,8 @@ fn env_name(key: &str) -> String {
 }
 
 fn key_error(key: &str, msg: impl std::fmt::Display) -> ConfigError {
-    if key.starts_with("accounts") {
-        // Accounts are tables in the file; env vars cannot set them.
+    if key.starts_with("accounts") || key.starts_with("tenants") {
+        // Accounts and tenants are tables in the file; env vars cannot set them.
         ConfigError(format!("{key}: {msg}"))
     } else {
         ConfigError(format!("{key}: {msg} (env {})", env_name(key)))
@@ -124,6 +124,8 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// Applies to every discovered account that has no `[[accounts]]` entry of its own.
     pub account_defaults: AccountDefaults,
+    /// `[[tenants]]`: for the discovered accounts of one tenant, instead of `account_defaults`.
+    pub tenants: Vec<TenantSettings>,
     pub accounts: Vec<AccountSettings>,
 }
 
@@ -251,6 +253,42 @@ impl AccountDefaults {
     pub fn for_account(&self, id: Uuid) -> AccountSettings {
         AccountSettings {
             integrated_account_id: id,
+            label: self.label.clone(),
+            remote_query: self.remote_query.clone(),
+            ignore_remote_data: self.ignore_remote_data,
+            exclude_fields: self.exclude_fields.clone(),
+            max_delete_fraction: self.max_delete_fraction,
+            schedule: self.schedule.clone(),
+            hydrate: self.hydrate,
+            hydrate_max_per_run: self.hydrate_max_per_run,
+        }
+    }
+}
+
+/// `[[tenants]]`: the keys of one tenant's discovered accounts (those without an `[[accounts]]`
+/// entry), instead of `[account_defaults]`: an account of a tenant listed here takes its keys
+/// from this entry, whole, as an `[[accounts]]` entry takes nothing from `[account_defaults]`,
+/// so that what a tenant's accounts run with is read in one place. A customer's accounts that
+/// discovery finds later take it too, with no configuration change.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantSettings {
+    /// Truto's `tenant_id`.
+    pub tenant_id: String,
+    pub label: Option<String>,
+    pub remote_query: BTreeMap<String, String>,
+    pub ignore_remote_data: bool,
+    pub exclude_fields: Vec<String>,
+    pub max_delete_fraction: Option<f64>,
+    pub schedule: Option<AccountSchedule>,
+    pub hydrate: bool,
+    pub hydrate_max_per_run: Option<u32>,
+}
+
+impl TenantSettings {
+    /// The tenant's keys, as `[account_defaults]` holds them for every other account.
+    pub fn keys(&self) -> AccountDefaults {
+        AccountDefaults {
             label: self.label.clone(),
             remote_query: self.remote_query.clone(),
             ignore_remote_data: self.ignore_remote_data,
@@ -735,6 +773,15 @@ impl TrutoSettings {
 impl Settings {
     pub fn account(&self, id: Uuid) -> Option<&AccountSettings> {
         self.accounts.iter().find(|a| a.integrated_account_id == id)
+    }
+
+    /// The settings of a discovered account without an `[[accounts]]` entry: its tenant's
+    /// `[[tenants]]` entry when there is one, else `[account_defaults]`.
+    pub fn discovered_account(&self, id: Uuid, tenant: Option<&str>) -> AccountSettings {
+        match tenant.and_then(|t| self.tenants.iter().find(|e| e.tenant_id == t)) {
+            Some(entry) => entry.keys().for_account(id),
+            None => self.account_defaults.for_account(id),
+        }
     }
 }
 

@@ -166,6 +166,7 @@ impl Settings {
             &self.account_defaults.for_account(Uuid::nil()),
             "account_defaults",
         )?;
+        self.check_tenants()?;
         let mut seen = HashSet::new();
         for (i, a) in self.accounts.iter().enumerate() {
             let prefix = format!("accounts[{i}]");
@@ -181,6 +182,46 @@ impl Settings {
                 )));
             }
             self.check_account(a, &prefix)?;
+        }
+        Ok(())
+    }
+
+    /// Each `[[tenants]]` entry: a tenant id as Truto writes them, named once, one that
+    /// `discovery.tenant_ids` (when set) lets in, with keys an account could have.
+    fn check_tenants(&self) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for (i, entry) in self.tenants.iter().enumerate() {
+            let prefix = format!("tenants[{i}]");
+            let id = &entry.tenant_id;
+            if id.is_empty() {
+                return Err(ConfigError(format!(
+                    "{prefix}.tenant_id: required (Truto's tenant_id of the customer)"
+                )));
+            }
+            if id.len() > 256
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._:@+-".contains(c))
+            {
+                return Err(ConfigError(format!(
+                    "{prefix}.tenant_id: {:?} is not a tenant id (letters, digits and ._:@+-, at \
+                     most 256)",
+                    crate::text::shorten(id, 60)
+                )));
+            }
+            if !seen.insert(id) {
+                return Err(ConfigError(format!(
+                    "{prefix}.tenant_id: tenant {id} has another [[tenants]] entry"
+                )));
+            }
+            let d = &self.discovery;
+            if !d.tenant_ids.is_empty() && !d.tenant_ids.contains(id) {
+                return Err(ConfigError(format!(
+                    "{prefix}.tenant_id: tenant {id} is not in discovery.tenant_ids, so none of \
+                     its accounts is synced: add it there, or remove this entry"
+                )));
+            }
+            self.check_account(&entry.keys().for_account(Uuid::nil()), &prefix)?;
         }
         Ok(())
     }

@@ -110,6 +110,51 @@ async fn invalid_configurations_exit_2_with_one_line_naming_the_key() {
             "accounts[0].remote_query",
         ),
         ("".into(), vec![], "accounts"),
+        // A tenant's entry: a tenant id, once, that discovery lets in, with an account's keys.
+        (
+            "[discovery]\nenabled = true\n[[tenants]]\nhydrate = true\n".into(),
+            vec![],
+            "tenants[0].tenant_id: required",
+        ),
+        (
+            "[discovery]\nenabled = true\n[[tenants]]\ntenant_id = \"acme corp\"\n".into(),
+            vec![],
+            "tenants[0].tenant_id: \"acme corp\" is not a tenant id",
+        ),
+        (
+            "[discovery]\nenabled = true\n[[tenants]]\ntenant_id = \"acme\"\n\
+             [[tenants]]\ntenant_id = \"acme\"\n"
+                .into(),
+            vec![],
+            "tenants[1].tenant_id: tenant acme has another [[tenants]] entry",
+        ),
+        (
+            "[discovery]\nenabled = true\ntenant_ids = [\"globex\"]\n\
+             [[tenants]]\ntenant_id = \"acme\"\n"
+                .into(),
+            vec![],
+            "tenants[0].tenant_id: tenant acme is not in discovery.tenant_ids",
+        ),
+        (
+            "[discovery]\nenabled = true\n[[tenants]]\ntenant_id = \"acme\"\n\
+             exclude_fields = [\"id\"]\n"
+                .into(),
+            vec![],
+            "tenants[0].exclude_fields",
+        ),
+        (
+            "[discovery]\nenabled = true\n[[tenants]]\ntenant_id = \"acme\"\n\
+             schedule = { every = \"soon\" }\n"
+                .into(),
+            vec![],
+            "tenants[0].schedule.every",
+        ),
+        (
+            "[discovery]\nenabled = true\n[[tenants]]\ntenant_id = \"acme\"\nhydrat = true\n"
+                .into(),
+            vec![],
+            "hydrat",
+        ),
         (
             acct.clone(),
             vec![("LMS_SYNC__TRUTO__PAGE_SIZE", "abc")],

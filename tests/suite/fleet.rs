@@ -1748,3 +1748,90 @@ async fn status_of_a_large_fleet_leads_with_what_needs_attention() {
         "{text}"
     );
 }
+
+/// A tenant's `[[tenants]]` entry is what its discovered accounts run with, instead of
+/// `[account_defaults]`; another tenant's accounts keep the defaults; `lms-sync config` shows
+/// the entry as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_entry_applies_to_its_discovered_accounts_and_no_other() {
+    let (a, b) = (account_id(1), account_id(2));
+    // Tenants `tenant-0` (a) and `tenant-1` (b).
+    let env = fleet_env(&[(a, 20), (b, 20)]).await;
+    let cfg = TempFile::new(
+        "lms-sync-tenants",
+        ".toml",
+        format!(
+            "[truto]\nbase_url = \"{}\"\n[discovery]\nenabled = true\n[log]\nformat = \"json\"\n\
+             [account_defaults]\nexclude_fields = [\"custom_fields\"]\n\
+             [[tenants]]\ntenant_id = \"tenant-0\"\nignore_remote_data = true\n",
+            env.sim.base_url()
+        ),
+    );
+    let o = crate::helpers::daemon::lms_sync(&cfg, &env.db_url, &["sync"])
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", said(&o));
+    let kept = |account: Uuid| {
+        let pool = env.store.pool().clone();
+        async move {
+            sqlx::query_as::<_, (i64, i64, i64)>(
+                "SELECT count(*), count(remote_data), count(*) FILTER (WHERE custom_fields <> '{}')
+                   FROM users WHERE integrated_account_id = $1",
+            )
+            .bind(account)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    // tenant-0's: no remote_data (its entry), custom fields kept (the defaults are not its).
+    let (users, remote, custom) = kept(a).await;
+    assert_eq!((users, remote), (20, 0));
+    assert!(custom > 0, "{custom}");
+    // tenant-1's: the defaults (custom fields excluded, remote_data kept).
+    assert_eq!(kept(b).await, (20, 20, 0));
+
+    let o = crate::helpers::daemon::lms_sync(&cfg, &env.db_url, &["config"])
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        shown.contains("\n[[tenants]]\ntenant_id = \"tenant-0\"\nignore_remote_data = true\n"),
+        "{shown}"
+    );
+    let o = crate::helpers::daemon::lms_sync(&cfg, &env.db_url, &["config", "--json"])
+        .output()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tenants"][0]["tenant_id"], "tenant-0", "{v}");
+    assert_eq!(v["tenants"][0]["ignore_remote_data"], true, "{v}");
+
+    // The README's example loads as it says.
+    let readme = include_str!("../../README.md");
+    let example = readme
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README's [[tenants]] example");
+    let cfg = TempFile::new(
+        "lms-sync-tenants-example",
+        ".toml",
+        format!("[discovery]\nenabled = true\n{example}"),
+    );
+    let o = crate::helpers::daemon::lms_sync(&cfg, &env.db_url, &["config", "--json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", said(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tenants"][0]["tenant_id"], "acme", "{v}");
+    assert_eq!(v["tenants"][0]["schedule"]["every"], "1h", "{v}");
+    assert_eq!(
+        v["settings"]["account_defaults.exclude_fields"]["value"],
+        serde_json::json!(["custom_fields"]),
+        "{v}"
+    );
+}
