@@ -301,15 +301,10 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
         .iter()
         .map(|p| {
             let mut state = p.gate.state();
-            if let Some(x) = state_pauses
+            let paused = state_pauses
                 .get(&p.id())
                 .filter(|_| p.gate == crate::fleet::Gate::Paused)
-            {
-                state = format!(
-                    "{state} {}",
-                    super::render::paused_by(x.acted_at, &x.actor, x.reason.as_deref())
-                );
-            }
+                .map(|x| super::render::paused_by(x.acted_at, &x.actor, x.reason.as_deref()));
             if let Some(until) = p
                 .row
                 .as_ref()
@@ -323,6 +318,7 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
             let info = super::render::FleetInfo {
                 tenant_id: p.row.as_ref().and_then(|r| r.tenant_id.clone()),
                 state,
+                paused,
             };
             (p.id(), info)
         })

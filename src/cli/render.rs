@@ -63,6 +63,8 @@ pub struct FleetInfo {
     pub tenant_id: Option<String>,
     /// `active`, `paused`, `retired`, `excluded: why`, `gated: why`.
     pub state: String,
+    /// A paused account: by whom, when and why ([`paused_by`]).
+    pub paused: Option<String>,
 }
 
 /// The line of `lms-sync status` under its table: the fleet's size and how many of its
@@ -148,6 +150,9 @@ pub fn status(
         );
         if let Some(i) = info.filter(|i| i.state != "active") {
             let _ = writeln!(s, "    not synced: {}", i.state);
+        }
+        if let Some(by) = info.and_then(|i| i.paused.as_deref()) {
+            let _ = writeln!(s, "    paused {by}");
         }
         if let Some(why) = &r.attention_reason {
             let _ = writeln!(s, "    last run needs attention: {}", shorten(why, 300));

@@ -559,14 +559,15 @@ impl Store {
     }
 
     /// Who paused each paused account (of `only`, or every one), when and why: its latest
-    /// `pause` in `account_actions`. An account paused before that table existed has none.
+    /// `pause`, or `pause_end` (the pause given another end: who set its terms last), in
+    /// `account_actions`. An account paused before that table existed has none.
     pub async fn pauses(&self, only: Option<Uuid>) -> Result<Vec<Paused>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT DISTINCT ON (a.integrated_account_id) a.integrated_account_id, x.acted_at,
                     coalesce(x.actor, x.db_user) AS actor, x.reason
                FROM accounts a
                JOIN account_actions x ON x.integrated_account_id = a.integrated_account_id
-                                     AND x.action = 'pause'
+                                     AND x.action IN ('pause', 'pause_end')
               WHERE a.paused AND ($1::uuid IS NULL OR a.integrated_account_id = $1)
               ORDER BY a.integrated_account_id, x.action_id DESC",
         )

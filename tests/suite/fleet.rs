@@ -375,6 +375,12 @@ async fn a_pause_given_an_end_is_resumed_by_one_replica_then() {
             && status.contains(" (then resumed by the service)\n"),
         "{status}"
     );
+    // Who set the pause's terms last, and why, on a line of its own.
+    assert!(
+        status.contains("\n    paused by lms-sync accounts pause by ")
+            && status.contains(": \"maintenance window\"\n"),
+        "{status}"
+    );
     assert!(steered(&env, a, Steer::SyncNow).await);
     assert_eq!(
         tokio::time::timeout(Duration::from_secs(40), finished(&mut rx))
