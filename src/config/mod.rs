@@ -270,6 +270,10 @@ impl AccountDefaults {
 /// from this entry, whole, as an `[[accounts]]` entry takes nothing from `[account_defaults]`,
 /// so that what a tenant's accounts run with is read in one place. A customer's accounts that
 /// discovery finds later take it too, with no configuration change.
+///
+/// Its keys are [`AccountDefaults`]'s written out again rather than `#[serde(flatten)]`ed:
+/// serde cannot refuse the unknown keys of a flattened struct, and a misspelt key (`hydrat`)
+/// must stop the load, not be ignored.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantSettings {
