@@ -579,7 +579,7 @@ impl Store {
     /// The operators' actions of the last `hours` hours across the fleet, newest first, at
     /// most `limit`: one transaction's action on many accounts is one [`ActionGroup`] (a
     /// tenant's accounts paused at once are one line, not fifty). Reads only the latest
-    /// [`RECENT_ACTIONS_READ`] rows, by the primary key, so that its cost does not grow with
+    /// `RECENT_ACTIONS_READ` rows, by the primary key, so that its cost does not grow with
     /// the table.
     pub async fn recent_actions(
         &self,
