@@ -232,13 +232,41 @@ mod read_only {
     /// Whether a pooled connection `age` old was opened after the last refusal, and after the
     /// database was last found to take writes again: a session opened while it took none may
     /// stay read-only for its whole life, since a database's or a role's
-    /// `default_transaction_read_only` applies at a session's start (one opened in the same
-    /// millisecond counts as before it).
+    /// `default_transaction_read_only` applies at a session's start.
     pub(super) fn opened_since(age: Duration) -> bool {
         let since = SEEN
             .load(Ordering::Relaxed)
             .max(CLEARED.load(Ordering::Relaxed));
-        since == 0 || now_ms().saturating_sub(age.as_millis() as u64) > since
+        opened_after(now_ms(), age.as_millis() as u64, since)
+    }
+
+    /// How much later than it was a connection's opening may be reckoned: the pool measures a
+    /// connection's age a moment before [`opened_since`] reads the clock (longer on a busy
+    /// machine), and both round down to the millisecond.
+    const SLACK_MS: u64 = 50;
+
+    /// Whether a connection `age_ms` old at `now_ms` was opened after `since` (0: never), on
+    /// the safe side: one opened up to [`SLACK_MS`] after it counts as opened before, and is
+    /// replaced (a reconnection), so that one opened before it is never kept.
+    pub(super) fn opened_after(now_ms: u64, age_ms: u64, since: u64) -> bool {
+        since == 0 || now_ms.saturating_sub(age_ms) > since + SLACK_MS
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_connection_is_kept_only_when_surely_opened_after_the_mark() {
+            assert!(opened_after(10, 10, 0), "no mark: kept");
+            // Opened at 1,000, the mark at 1,001: replaced, even reckoned a little late.
+            assert!(!opened_after(1_500, 500, 1_001));
+            assert!(!opened_after(1_530, 500, 1_001));
+            // Opened well after the mark: kept.
+            assert!(opened_after(2_000, 500, 1_001));
+            // Within the slack after it: replaced, to be safe.
+            assert!(!opened_after(1_040, 0, 1_001));
+        }
     }
 }
 
@@ -561,7 +589,9 @@ impl Store {
             .max_connections(db.max_connections)
             .acquire_timeout(Duration::from_secs(db.connect_timeout_secs))
             .before_acquire(|_, meta| {
-                Box::pin(async move { Ok(read_only::opened_since(meta.age)) })
+                // Read the clock now, as the pool measured the age, not when the future runs.
+                let keep = read_only::opened_since(meta.age);
+                Box::pin(async move { Ok(keep) })
             })
             .connect_lazy_with(opts);
         Ok(Store {
