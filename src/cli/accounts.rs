@@ -352,34 +352,32 @@ async fn show(settings: &Settings, account: Uuid, runs: i64, json: bool) -> Resu
         context: "cannot read the account",
         error,
     };
-    let state = crate::service::status::read_state(settings, &store, Some(account))
+    let Some(one) = crate::service::status::read_account(settings, &store, account, runs)
         .await
-        .map_err(db)?;
-    let views = crate::service::status::account_views(&state);
-    let Some(view) = views.first() else {
+        .map_err(db)?
+    else {
         return Err(CliError::Usage(format!(
             "account {account} is not in the fleet: neither configured in [[accounts]] nor discovered"
         )));
     };
-    let runs = store.recent_runs(account, runs).await.map_err(db)?;
-    let actions = store
-        .account_actions(account, crate::service::account_page::ACTIONS_SHOWN)
-        .await
-        .map_err(db)?;
     if json {
-        let text = serde_json::to_string_pretty(&crate::service::status::account_json(
-            view, &runs, &actions,
-        ))
-        .map_err(|e| anyhow::anyhow!("cannot write JSON: {e}"))?;
+        let text = serde_json::to_string_pretty(&one.json())
+            .map_err(|e| anyhow::anyhow!("cannot write JSON: {e}"))?;
         println!("{text}");
     } else {
-        let row = state.rows.first();
         let running = crate::service::status::processes_running(settings, &store)
             .await
             .map_err(db)?;
         print!(
             "{}",
-            super::render::account(view, row, &runs, &actions, chrono::Utc::now(), running)
+            super::render::account(
+                &one.view,
+                one.row.as_ref(),
+                &one.runs,
+                &one.actions,
+                chrono::Utc::now(),
+                running
+            )
         );
     }
     Ok(())

@@ -46,29 +46,21 @@ pub(super) async fn account(
         );
     };
     let settings = ops.settings.borrow().clone();
-    let read = async {
-        let state = super::status::read_state(&settings, &ops.store, Some(id)).await?;
-        let runs = ops.store.recent_runs(id, RUNS_SHOWN).await?;
-        let actions = ops.store.account_actions(id, ACTIONS_SHOWN).await?;
-        Ok::<_, crate::store::StoreError>((state, runs, actions))
-    };
-    let (state, runs, actions) = match read.await {
-        Ok(read) => read,
+    let one = match super::status::read_account(&settings, &ops.store, id, RUNS_SHOWN).await {
+        Ok(Some(one)) => one,
+        Ok(None) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("no account {id} in this fleet (configured or discovered)\n"),
+            )
+        }
         Err(e) => return unreadable(&e),
     };
-    let views = super::status::account_views(&state);
-    let Some(view) = views.iter().find(|v| v.integrated_account_id == id) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no account {id} in this fleet (configured or discovered)\n"),
-        );
-    };
-    let row = state.rows.iter().find(|r| r.integrated_account_id == id);
     html_response(render(
-        view,
-        row,
-        &runs,
-        &actions,
+        &one.view,
+        one.row.as_ref(),
+        &one.runs,
+        &one.actions,
         settings.history.sync_runs_retention_days,
         Utc::now(),
     ))

@@ -262,21 +262,8 @@ pub(super) async fn account_status(
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{}\n", e.body_text())),
     };
     let settings = ops.settings.borrow().clone();
-    let read = async {
-        let state = super::status::read_state(&settings, &ops.store, Some(id)).await?;
-        let views = super::status::account_views(&state);
-        let Some(view) = views.into_iter().next() else {
-            return Ok(None);
-        };
-        let runs = ops.store.recent_runs(id, runs).await?;
-        let actions = ops
-            .store
-            .account_actions(id, super::account_page::ACTIONS_SHOWN)
-            .await?;
-        Ok::<_, crate::store::StoreError>(Some(super::status::account_json(&view, &runs, &actions)))
-    };
-    match read.await {
-        Ok(Some(json)) => Json(json).into_response(),
+    match super::status::read_account(&settings, &ops.store, id, runs).await {
+        Ok(Some(one)) => Json(one.json()).into_response(),
         Ok(None) => text(
             StatusCode::NOT_FOUND,
             format!(

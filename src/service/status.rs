@@ -201,19 +201,52 @@ pub async fn read_state(
     })
 }
 
-/// One account as `accounts show --json` and `GET /status/accounts/{id}` give it: what
-/// `accounts list` says of it (`account`), its latest runs, newest first (`runs`), and its
-/// latest operators' actions (`actions`).
-pub fn account_json(
-    view: &AccountView,
-    runs: &[crate::store::RunView],
-    actions: &[crate::store::AccountAction],
-) -> serde_json::Value {
-    serde_json::json!({
-        "account": view,
-        "runs": runs,
-        "actions": actions,
-    })
+/// One account with what its own pages show: `accounts show`, the status page's
+/// `/accounts/{id}` and the admin route `GET /status/accounts/{id}` ([`read_account`]).
+pub struct OneAccount {
+    /// What `accounts list` says of it.
+    pub view: AccountView,
+    /// Its sync state, once it has one.
+    pub row: Option<StatusRow>,
+    /// Its latest runs, newest first.
+    pub runs: Vec<crate::store::RunView>,
+    /// Its latest operators' actions, newest first (`ACTIONS_SHOWN`).
+    pub actions: Vec<crate::store::AccountAction>,
+}
+
+impl OneAccount {
+    /// As `accounts show --json` and `GET /status/accounts/{id}` give it: `account`, `runs`
+    /// and `actions`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "account": self.view,
+            "runs": self.runs,
+            "actions": self.actions,
+        })
+    }
+}
+
+/// The account `id` with its latest `runs` runs and latest actions; `None` for an account
+/// outside the fleet (neither configured nor discovered).
+pub async fn read_account(
+    settings: &Settings,
+    store: &Store,
+    id: Uuid,
+    runs: i64,
+) -> Result<Option<OneAccount>, StoreError> {
+    let state = read_state(settings, store, Some(id)).await?;
+    let Some(view) = account_views(&state).into_iter().next() else {
+        return Ok(None);
+    };
+    let row = state.rows.into_iter().next();
+    Ok(Some(OneAccount {
+        view,
+        row,
+        runs: store.recent_runs(id, runs).await?,
+        actions: store
+            .account_actions(id, super::account_page::ACTIONS_SHOWN)
+            .await?,
+    }))
 }
 
 /// Each account of the fleet, for lists and JSON.
