@@ -4,8 +4,6 @@
 //! admin routes). Pure: the fleet's views in, the chosen ids out; the commands read the fleet and
 //! act.
 
-use std::collections::HashSet;
-
 use uuid::Uuid;
 
 pub use crate::service::choose::Filter;
@@ -85,19 +83,11 @@ impl Select {
                 words.push((format!("argument {}", n + 1), a.clone()));
             }
         }
-        let mut seen = HashSet::new();
-        let mut ids = Vec::new();
-        for (where_, word) in words {
-            let id = Uuid::parse_str(&word).map_err(|_| {
-                format!(
-                    "{where_}: {:?} is not an account id (a uuid)",
-                    crate::text::shorten(&word, 60)
-                )
-            })?;
-            if seen.insert(id) {
-                ids.push(id);
-            }
-        }
+        let ids = crate::service::choose::account_ids(
+            words
+                .iter()
+                .map(|(given_at, word)| (given_at.clone(), word.as_str())),
+        )?;
         Ok(Chosen::Ids(ids))
     }
 }

@@ -490,22 +490,12 @@ impl Batch {
             }
             (None, true, false) => Ok(Named::Chosen(filter)),
             (None, false, true) => Ok(Named::All),
-            (Some(ids), false, false) => {
-                let mut seen = std::collections::HashSet::new();
-                let mut out = Vec::new();
-                for (n, word) in ids.iter().enumerate() {
-                    let id = Uuid::parse_str(word).map_err(|_| {
-                        format!(
-                            "ids[{n}]: {:?} is not an account id (a uuid)",
-                            crate::text::shorten(word, 60)
-                        )
-                    })?;
-                    if seen.insert(id) {
-                        out.push(id);
-                    }
-                }
-                Ok(Named::Ids(out))
-            }
+            (Some(ids), false, false) => super::choose::account_ids(
+                ids.iter()
+                    .enumerate()
+                    .map(|(n, word)| (format!("ids[{n}]"), word.as_str())),
+            )
+            .map(Named::Ids),
         }
     }
 }

@@ -127,6 +127,28 @@ impl Filter {
     }
 }
 
+/// Account ids as an operator gives them, each with where it was given (`argument 2`, `stdin
+/// line 3`, `ids[0]`): in the order given, without repeats; a word that is not a uuid is an
+/// error naming where it was.
+pub fn account_ids<'a>(
+    words: impl IntoIterator<Item = (String, &'a str)>,
+) -> Result<Vec<uuid::Uuid>, String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut ids = Vec::new();
+    for (given_at, word) in words {
+        let id = uuid::Uuid::parse_str(word).map_err(|_| {
+            format!(
+                "{given_at}: {:?} is not an account id (a uuid)",
+                crate::text::shorten(word, 60)
+            )
+        })?;
+        if seen.insert(id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
