@@ -295,32 +295,22 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
             .copied()
             .unwrap_or(usize::MAX)
     });
-    let state_pauses = &state.pauses;
-    let info = state
-        .fleet
+    let info = views
         .iter()
-        .map(|p| {
-            let mut state = p.gate.state();
-            let paused = state_pauses
-                .get(&p.id())
-                .filter(|_| p.gate == crate::fleet::Gate::Paused)
-                .map(|x| super::render::paused_by(x.acted_at, &x.actor, x.reason.as_deref()));
-            if let Some(until) = p
-                .row
-                .as_ref()
-                .and_then(crate::domain::AccountRow::pause_end)
-            {
+        .map(|v| {
+            let mut state = v.state.clone();
+            if let Some(until) = v.paused_until {
                 state = format!(
                     "{state} until {} (then resumed by the service)",
                     until.format("%Y-%m-%d %H:%M:%SZ")
                 );
             }
             let info = super::render::FleetInfo {
-                tenant_id: p.row.as_ref().and_then(|r| r.tenant_id.clone()),
+                tenant_id: v.tenant_id.clone(),
                 state,
-                paused,
+                paused: super::render::pause_words(v),
             };
-            (p.id(), info)
+            (v.integrated_account_id, info)
         })
         .collect();
     print!("{}", super::render::status(&rows, &state.next, &info));

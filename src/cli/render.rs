@@ -214,6 +214,12 @@ pub fn paused_by(at: DateTime<Utc>, actor: &str, reason: Option<&str>) -> String
     )
 }
 
+/// Who paused `v`, when and why ([`paused_by`]), when it is paused and that is recorded.
+pub fn pause_words(v: &AccountView) -> Option<String> {
+    let (at, by) = v.paused_at.zip(v.paused_by.as_deref())?;
+    Some(paused_by(at, by, v.pause_reason.as_deref()))
+}
+
 /// The longest reason an operator can give (`Acting`): shown whole, with no control character
 /// (plain SQL may have recorded anything).
 const REASON_SHOWN: usize = crate::store::REASON_MAX_CHARS;
@@ -366,12 +372,8 @@ pub fn accounts(views: &[&AccountView]) -> String {
         if let Some(until) = v.held_until {
             let _ = writeln!(s, "    {}", crate::schedule::held_back(until));
         }
-        if let (Some(at), Some(by)) = (v.paused_at, &v.paused_by) {
-            let _ = writeln!(
-                s,
-                "    paused {}",
-                paused_by(at, by, v.pause_reason.as_deref())
-            );
+        if let Some(words) = pause_words(v) {
+            let _ = writeln!(s, "    paused {words}");
         }
         if let Some(until) = v.paused_until {
             let _ = writeln!(
@@ -418,8 +420,8 @@ pub fn account(
     fact("tenant", v.tenant_id.as_deref().unwrap_or("-"));
     fact("source", &v.source);
     fact("state", &v.state);
-    if let (Some(at), Some(by)) = (v.paused_at, &v.paused_by) {
-        fact("paused", &paused_by(at, by, v.pause_reason.as_deref()));
+    if let Some(words) = pause_words(v) {
+        fact("paused", &words);
     }
     if let Some(until) = v.paused_until {
         fact(
