@@ -4,7 +4,7 @@
 
 use uuid::Uuid;
 
-use crate::config::{AccountSettings, Settings};
+use crate::config::{AccountSettings, Settings, SettingsFrom};
 use crate::domain::{AccountRow, AccountSource};
 
 /// Whether an account may be synced, and why not.
@@ -47,6 +47,8 @@ pub struct Planned {
     /// Its registry row, once it has one.
     pub row: Option<AccountRow>,
     pub source: AccountSource,
+    /// Which part of the configuration its keys come from.
+    pub settings_from: SettingsFrom,
 }
 
 impl Planned {
@@ -68,6 +70,7 @@ pub fn plan(settings: &Settings, registry: &[AccountRow]) -> Vec<Planned> {
             gate: gate(settings, row, true),
             row: row.cloned(),
             source: AccountSource::Config,
+            settings_from: SettingsFrom::Account,
         });
     }
     if settings.discovery.enabled {
@@ -75,7 +78,7 @@ pub fn plan(settings: &Settings, registry: &[AccountRow]) -> Vec<Planned> {
             if settings.account(r.integrated_account_id).is_some() {
                 continue;
             }
-            let mut account =
+            let (mut account, settings_from) =
                 settings.discovered_account(r.integrated_account_id, r.tenant_id.as_deref());
             if r.label.is_some() {
                 account.label = r.label.clone();
@@ -85,6 +88,7 @@ pub fn plan(settings: &Settings, registry: &[AccountRow]) -> Vec<Planned> {
                 gate: gate(settings, Some(r), false),
                 row: Some(r.clone()),
                 source: r.source,
+                settings_from,
             });
         }
     }
@@ -231,6 +235,23 @@ mod tests {
         let configured = by(2);
         assert!(!configured.ignore_remote_data && !configured.hydrate);
         assert_eq!(configured.label.as_deref(), Some("Configured"));
+        // And each says where its keys came from.
+        let from = |n: u128| {
+            fleet
+                .iter()
+                .find(|p| p.id().as_u128() == n)
+                .expect("planned")
+                .settings_from
+        };
+        assert_eq!(
+            [from(1), from(2), from(3), from(4)],
+            [
+                SettingsFrom::AccountDefaults,
+                SettingsFrom::Account,
+                SettingsFrom::Tenant,
+                SettingsFrom::AccountDefaults
+            ]
+        );
     }
 
     #[test]

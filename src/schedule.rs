@@ -37,6 +37,23 @@ pub struct Schedule {
     pub health_retry_max: Duration,
 }
 
+impl Schedule {
+    /// When it runs, in words: `every 6h, jitter 30s`, `daily at 02:30 Europe/Paris`.
+    pub fn words(&self) -> String {
+        let mut s = match &self.cadence {
+            Cadence::Every(d) => format!("every {}", humantime::format_duration(*d)),
+            Cadence::DailyAt { time, tz } => format!("daily at {} {tz}", time.format("%H:%M")),
+        };
+        if !self.jitter.is_zero() {
+            s.push_str(&format!(
+                ", jitter {}",
+                humantime::format_duration(self.jitter)
+            ));
+        }
+        s
+    }
+}
+
 /// What the scheduler knows of an account's runs (from `sync_state`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunHistory {
@@ -237,6 +254,29 @@ pub fn pause_end(when: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schedule_reads_as_an_operator_would_write_it() {
+        let every = Schedule {
+            cadence: Cadence::Every(Duration::from_secs(90 * 60)),
+            run_on_start: true,
+            jitter: Duration::from_secs(30),
+            retry_initial: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            health_retry_initial: Duration::from_secs(3600),
+            health_retry_max: Duration::from_secs(86400),
+        };
+        assert_eq!(every.words(), "every 1h 30m, jitter 30s");
+        let daily = Schedule {
+            cadence: Cadence::DailyAt {
+                time: NaiveTime::from_hms_opt(2, 30, 0).unwrap(),
+                tz: "Europe/Paris".parse().unwrap(),
+            },
+            jitter: Duration::ZERO,
+            ..every
+        };
+        assert_eq!(daily.words(), "daily at 02:30 Europe/Paris");
+    }
 
     fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

@@ -24,14 +24,15 @@ pub enum AccountsCommand {
         #[arg(long)]
         ids: bool,
     },
-    /// One account: what `list` says of it, why it is unhealthy or held back, its counts, its
-    /// last error whole, and its latest runs (newest first) with what each did and why it failed.
+    /// One account: what `list` says of it, why it is unhealthy or held back, its counts, the
+    /// settings it runs with and where they come from, its last error whole, and its latest
+    /// runs (newest first) with what each did and why it failed.
     Show {
         account: Uuid,
         /// How many of its latest runs (1–1000).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=1000))]
         runs: i64,
-        /// One JSON object (`account`, `runs`, `actions`) instead of text.
+        /// One JSON object (`account`, `runs`, `actions`, `settings`) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -375,6 +376,7 @@ async fn show(settings: &Settings, account: Uuid, runs: i64, json: bool) -> Resu
                 one.row.as_ref(),
                 &one.runs,
                 &one.actions,
+                &one.settings,
                 chrono::Utc::now(),
                 running
             )

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::domain::Outcome;
-use crate::service::status::{AccountView, BudgetSection};
+use crate::service::status::{AccountSettingsView, AccountView, BudgetSection};
 use crate::store::{AccountAction, RunView, StatusRow};
 use crate::sync::SyncOutcome;
 use crate::text::shorten;
@@ -403,6 +403,7 @@ pub fn account(
     row: Option<&StatusRow>,
     runs: &[RunView],
     actions: &[AccountAction],
+    settings: &AccountSettingsView,
     now: DateTime<Utc>,
     running: Running,
 ) -> String {
@@ -486,6 +487,9 @@ pub fn account(
                 "the next run starts from the first page"
             },
         );
+    }
+    for (name, value) in settings.facts(v.tenant_id.as_deref()) {
+        fact(name, &shorten(&value, 2000));
     }
     fact(
         "last error",

@@ -780,11 +780,49 @@ impl Settings {
     }
 
     /// The settings of a discovered account without an `[[accounts]]` entry: its tenant's
-    /// `[[tenants]]` entry when there is one, else `[account_defaults]`.
-    pub fn discovered_account(&self, id: Uuid, tenant: Option<&str>) -> AccountSettings {
+    /// `[[tenants]]` entry when there is one, else `[account_defaults]`; and which of the two.
+    pub fn discovered_account(
+        &self,
+        id: Uuid,
+        tenant: Option<&str>,
+    ) -> (AccountSettings, SettingsFrom) {
         match tenant.and_then(|t| self.tenants.iter().find(|e| e.tenant_id == t)) {
-            Some(entry) => entry.keys().for_account(id),
-            None => self.account_defaults.for_account(id),
+            Some(entry) => (entry.keys().for_account(id), SettingsFrom::Tenant),
+            None => (
+                self.account_defaults.for_account(id),
+                SettingsFrom::AccountDefaults,
+            ),
+        }
+    }
+}
+
+/// Which part of the configuration an account's keys come from: the answer to "why does this
+/// account run with these settings?" when `[[tenants]]` and `[account_defaults]` both apply to
+/// discovered accounts.
+/// In JSON, the configuration's table: `accounts`, `tenants`, `account_defaults`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum SettingsFrom {
+    /// Its own `[[accounts]]` entry.
+    #[serde(rename = "accounts")]
+    Account,
+    /// Its tenant's `[[tenants]]` entry.
+    #[serde(rename = "tenants")]
+    Tenant,
+    /// `[account_defaults]`.
+    #[serde(rename = "account_defaults")]
+    AccountDefaults,
+}
+
+impl SettingsFrom {
+    /// In words, for an account of `tenant`.
+    pub fn words(self, tenant: Option<&str>) -> String {
+        match self {
+            SettingsFrom::Account => "its own [[accounts]] entry".into(),
+            SettingsFrom::Tenant => format!(
+                "the [[tenants]] entry of tenant_id = {:?}",
+                tenant.unwrap_or_default()
+            ),
+            SettingsFrom::AccountDefaults => "[account_defaults]".into(),
         }
     }
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::ops::{text, Ops};
 use super::page::{escape, head, html_response, next_run, unreadable, when};
-use super::status::AccountView;
+use super::status::{AccountSettingsView, AccountView};
 use crate::store::{AccountAction, RunView, StatusRow};
 
 /// What this page adds to the status pages' style: the facts table, stacked on a phone.
@@ -61,6 +61,7 @@ pub(super) async fn account(
         one.row.as_ref(),
         &one.runs,
         &one.actions,
+        &one.settings,
         settings.history.sync_runs_retention_days,
         Utc::now(),
     ))
@@ -128,6 +129,14 @@ pub fn listing(r: &RunView) -> &'static str {
     }
 }
 
+/// `delete guard` as the facts' names are written here: `Delete guard`.
+fn capitalized(name: &str) -> String {
+    let mut c = name.chars();
+    c.next()
+        .map(|first| first.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
 fn fact(s: &mut String, name: &str, value: &str) {
     let _ = write!(s, "<tr><th>{name}</th><td>{value}</td></tr>");
 }
@@ -139,6 +148,7 @@ pub fn render(
     row: Option<&StatusRow>,
     runs: &[RunView],
     actions: &[AccountAction],
+    settings: &AccountSettingsView,
     retention_days: u32,
     now: DateTime<Utc>,
 ) -> String {
@@ -244,6 +254,9 @@ pub fn render(
                 "the next run starts from the first page"
             },
         );
+    }
+    for (name, value) in settings.facts(v.tenant_id.as_deref()) {
+        fact(&mut s, &capitalized(name), &escape(&value));
     }
     fact(
         &mut s,
@@ -372,6 +385,20 @@ mod tests {
         }
     }
 
+    /// Its tenant's `[[tenants]]` entry's keys, one of them to be escaped.
+    fn settings() -> AccountSettingsView {
+        AccountSettingsView {
+            from: crate::config::SettingsFrom::Tenant,
+            schedule: "every 1h, jitter 30s".into(),
+            remote_query: [("branch".to_string(), "<north>".to_string())].into(),
+            ignore_remote_data: true,
+            exclude_fields: vec!["custom_fields".into()],
+            max_delete_fraction: 0.3,
+            hydrate: true,
+            hydrate_max_per_run: Some(200),
+        }
+    }
+
     fn run(id: i64, outcome: &str, started: DateTime<Utc>, secs: Option<i64>) -> RunView {
         RunView {
             run_id: id,
@@ -429,7 +456,15 @@ mod tests {
         failed.rate_limited = 1;
         let ok = run(11, "succeeded", now - chrono::Duration::hours(3), Some(754));
         let running = run(13, "running", now - chrono::Duration::seconds(30), None);
-        let html = render(&view(), Some(&row), &[running, failed, ok], &[], 90, now);
+        let html = render(
+            &view(),
+            Some(&row),
+            &[running, failed, ok],
+            &[],
+            &settings(),
+            90,
+            now,
+        );
 
         assert!(html.contains("<h1>Acme &lt;Academy&gt;</h1>"), "{html}");
         assert!(html.contains("tenant t&amp;7 · discovered"));
@@ -441,6 +476,13 @@ mod tests {
             "the next run resumes where the last one stopped",
             "HTTP 401: &lt;credentials&gt; no longer work",
             "<div class=\"why\">the server holds its requests back until 2026-12-05 15:30:00Z",
+            // The keys it runs with, and where they come from.
+            "<th>Settings</th><td>from the [[tenants]] entry of tenant_id = &quot;t&amp;7&quot;</td>",
+            "<th>Schedule</th><td>every 1h, jitter 30s</td>",
+            "<th>Asks for</th><td>no remote_data (ignore_remote_data); without custom_fields \
+             (exclude_fields); remote_query branch=&lt;north&gt;</td>",
+            "<th>Delete guard</th><td>a listing deletes at most 30 % of its live users",
+            "<th>Hydrate</th><td>yes, up to 200 users a run</td>",
         ] {
             assert!(html.contains(fact), "{fact}: {html}");
         }
@@ -461,7 +503,7 @@ mod tests {
         assert!(!html.contains("<b>no</b>") && !html.contains("<Academy>"));
         assert!(html.contains("<a href=\"../\">"));
 
-        let html = render(&view(), None, &[], &[], 90, now);
+        let html = render(&view(), None, &[], &[], &settings(), 90, now);
         assert!(html.contains("No run yet."));
         assert!(!html.contains("Operators' actions"), "none: no section");
 
@@ -482,7 +524,7 @@ mod tests {
             reason: None,
             ..by_cli.clone()
         };
-        let html = render(&view(), None, &[], &[by_sql, by_cli], 90, now);
+        let html = render(&view(), None, &[], &[by_sql, by_cli], &settings(), 90, now);
         assert!(html.contains("<h2>Operators' actions</h2>"), "{html}");
         assert!(
             html.contains(
@@ -511,7 +553,7 @@ mod tests {
         v.state = "retired".into();
         v.retired_at = Some(now - chrono::Duration::days(3));
         v.purge_due = Some(now + chrono::Duration::days(27));
-        let html = render(&v, None, &[], &[], 90, now);
+        let html = render(&v, None, &[], &[], &settings(), 90, now);
         assert!(
             html.contains("<th>Retired</th><td><time datetime=")
                 && html.contains(">3 d ago</time>"),
@@ -525,7 +567,7 @@ mod tests {
         assert!(!html.contains("Protected"), "{html}");
         v.protected_at = Some(now - chrono::Duration::days(1));
         v.purge_due = None;
-        let html = render(&v, None, &[], &[], 90, now);
+        let html = render(&v, None, &[], &[], &settings(), 90, now);
         assert!(
             html.contains("<th>Protected</th><td>since <time")
                 && html.contains("its data is never purged (accounts unprotect lifts that)")

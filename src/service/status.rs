@@ -201,6 +201,94 @@ pub async fn read_state(
     })
 }
 
+/// The keys one account runs with, as the configuration of the process that reads them has
+/// them (an `[[accounts]]` entry's, a `[[tenants]]` entry's or `[account_defaults]`' over the
+/// global ones), and where they come from: what `accounts show`, its page and
+/// `GET /status/accounts/{id}` say when an operator asks why an account syncs as it does.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AccountSettingsView {
+    /// `accounts`, `tenants` or `account_defaults`.
+    pub from: crate::config::SettingsFrom,
+    /// When the service runs it, in words (`every 6h, jitter 30s`).
+    pub schedule: String,
+    pub remote_query: std::collections::BTreeMap<String, String>,
+    pub ignore_remote_data: bool,
+    pub exclude_fields: Vec<String>,
+    /// The delete guard's fraction in force (its own, else `sync.max_delete_fraction`).
+    pub max_delete_fraction: f64,
+    pub hydrate: bool,
+    /// Users hydrated per run at most, when it hydrates (its own, else
+    /// `sync.hydrate_max_per_run`).
+    pub hydrate_max_per_run: Option<u32>,
+}
+
+impl AccountSettingsView {
+    pub fn of(settings: &Settings, p: &Planned) -> Self {
+        let a = &p.account;
+        Self {
+            from: p.settings_from,
+            schedule: settings.schedule_for(a).words(),
+            remote_query: a.remote_query.clone(),
+            ignore_remote_data: a.ignore_remote_data,
+            exclude_fields: a.exclude_fields.clone(),
+            max_delete_fraction: a
+                .max_delete_fraction
+                .unwrap_or(settings.sync.max_delete_fraction),
+            hydrate: a.hydrate,
+            hydrate_max_per_run: a.hydrate.then(|| {
+                a.hydrate_max_per_run
+                    .unwrap_or(settings.sync.hydrate_max_per_run)
+            }),
+        }
+    }
+
+    /// Its facts in words, for an account of `tenant`, as `accounts show` and the account's
+    /// page list them: where they come from, the schedule, what the listing asks for, the
+    /// delete guard, hydration.
+    pub fn facts(&self, tenant: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut asks = Vec::new();
+        if self.ignore_remote_data {
+            asks.push("no remote_data (ignore_remote_data)".to_string());
+        }
+        if !self.exclude_fields.is_empty() {
+            asks.push(format!(
+                "without {} (exclude_fields)",
+                self.exclude_fields.join(", ")
+            ));
+        }
+        if !self.remote_query.is_empty() {
+            let query: Vec<String> = self
+                .remote_query
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            asks.push(format!("remote_query {}", query.join("&")));
+        }
+        if asks.is_empty() {
+            asks.push("every field, with remote_data".into());
+        }
+        vec![
+            ("settings", format!("from {}", self.from.words(tenant))),
+            ("schedule", self.schedule.clone()),
+            ("asks for", asks.join("; ")),
+            (
+                "delete guard",
+                format!(
+                    "a listing deletes at most {} % of its live users (max_delete_fraction)",
+                    (self.max_delete_fraction * 1000.0).round() / 10.0
+                ),
+            ),
+            (
+                "hydrate",
+                match self.hydrate_max_per_run {
+                    Some(n) => format!("yes, up to {n} users a run"),
+                    None => "no".into(),
+                },
+            ),
+        ]
+    }
+}
+
 /// One account with what its own pages show: `accounts show`, the status page's
 /// `/accounts/{id}` and the admin route `GET /status/accounts/{id}` ([`read_account`]).
 pub struct OneAccount {
@@ -212,16 +300,19 @@ pub struct OneAccount {
     pub runs: Vec<crate::store::RunView>,
     /// Its latest operators' actions, newest first (`ACTIONS_SHOWN`).
     pub actions: Vec<crate::store::AccountAction>,
+    /// The keys it runs with and where they come from.
+    pub settings: AccountSettingsView,
 }
 
 impl OneAccount {
-    /// As `accounts show --json` and `GET /status/accounts/{id}` give it: `account`, `runs`
-    /// and `actions`.
+    /// As `accounts show --json` and `GET /status/accounts/{id}` give it: `account`, `runs`,
+    /// `actions` and `settings`.
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "account": self.view,
             "runs": self.runs,
             "actions": self.actions,
+            "settings": self.settings,
         })
     }
 }
@@ -238,6 +329,7 @@ pub async fn read_account(
     let Some(view) = account_views(&state).into_iter().next() else {
         return Ok(None);
     };
+    let settings_view = AccountSettingsView::of(settings, &state.fleet[0]);
     let row = state.rows.into_iter().next();
     Ok(Some(OneAccount {
         view,
@@ -246,6 +338,7 @@ pub async fn read_account(
         actions: store
             .account_actions(id, super::account_page::ACTIONS_SHOWN)
             .await?,
+        settings: settings_view,
     }))
 }
 

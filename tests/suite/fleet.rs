@@ -1798,6 +1798,56 @@ async fn a_tenants_entry_applies_to_its_discovered_accounts_and_no_other() {
     // tenant-1's: the defaults (custom fields excluded, remote_data kept).
     assert_eq!(kept(b).await, (20, 20, 0));
 
+    // `accounts show` says which entry each runs with, and what that entry makes it ask for.
+    let shown = |account: Uuid, json: bool| {
+        let cfg = &cfg;
+        let db = &env.db_url;
+        async move {
+            let id = account.to_string();
+            let mut args = vec!["accounts", "show", id.as_str()];
+            if json {
+                args.push("--json");
+            }
+            let o = crate::helpers::daemon::lms_sync(cfg, db, &args)
+                .output()
+                .await
+                .unwrap();
+            assert!(o.status.success(), "{}", said(&o));
+            String::from_utf8(o.stdout).unwrap()
+        }
+    };
+    let v: serde_json::Value = serde_json::from_str(&shown(a, true).await).unwrap();
+    assert_eq!(v["settings"]["from"], "tenants", "{v}");
+    assert_eq!(v["settings"]["ignore_remote_data"], true, "{v}");
+    assert_eq!(
+        v["settings"]["exclude_fields"],
+        serde_json::json!([]),
+        "{v}"
+    );
+    assert_eq!(v["settings"]["schedule"], "every 6h, jitter 30s", "{v}");
+    let v: serde_json::Value = serde_json::from_str(&shown(b, true).await).unwrap();
+    assert_eq!(v["settings"]["from"], "account_defaults", "{v}");
+    assert_eq!(v["settings"]["ignore_remote_data"], false, "{v}");
+    assert_eq!(
+        v["settings"]["exclude_fields"],
+        serde_json::json!(["custom_fields"]),
+        "{v}"
+    );
+    let text = shown(a, false).await;
+    for line in [
+        "settings       from the [[tenants]] entry of tenant_id = \"tenant-0\"\n",
+        "asks for       no remote_data (ignore_remote_data)\n",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    let text = shown(b, false).await;
+    for line in [
+        "settings       from [account_defaults]\n",
+        "asks for       without custom_fields (exclude_fields)\n",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+
     let o = crate::helpers::daemon::lms_sync(&cfg, &env.db_url, &["config"])
         .output()
         .await
