@@ -198,17 +198,7 @@ impl Settings {
                     "{prefix}.tenant_id: required (Truto's tenant_id of the customer)"
                 )));
             }
-            if id.len() > 256
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._:@+-".contains(c))
-            {
-                return Err(ConfigError(format!(
-                    "{prefix}.tenant_id: {:?} is not a tenant id (letters, digits and ._:@+-, at \
-                     most 256)",
-                    crate::text::shorten(id, 60)
-                )));
-            }
+            check_tenant_id(&format!("{prefix}.tenant_id"), id)?;
             if !seen.insert(id) {
                 return Err(ConfigError(format!(
                     "{prefix}.tenant_id: tenant {id} has another [[tenants]] entry"
@@ -227,6 +217,11 @@ impl Settings {
     }
 
     fn check_discovery(&self) -> Result<(), ConfigError> {
+        // A value no tenant can have (a stray space, a comma inside one string) would leave
+        // that customer's accounts excluded without a word: refuse it.
+        for (i, id) in self.discovery.tenant_ids.iter().enumerate() {
+            check_tenant_id(&format!("discovery.tenant_ids[{i}]"), id)?;
+        }
         if !(1..=86_400).contains(&self.webhooks.tolerance_secs) {
             return Err(key_error(
                 "webhooks.tolerance_secs",
@@ -500,4 +495,20 @@ pub fn validate_schema_name(s: &str) -> Result<(), String> {
             "`{s}` is not a plain identifier (lower-case letters, digits, _; at most 63; not pg_*)"
         ))
     }
+}
+
+/// A tenant id as Truto's are written: letters, digits and `._:@+-`, 1 to 256 of them.
+fn check_tenant_id(key: &str, id: &str) -> Result<(), ConfigError> {
+    if id.is_empty()
+        || id.len() > 256
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:@+-".contains(c))
+    {
+        return Err(ConfigError(format!(
+            "{key}: {:?} is not a tenant id (letters, digits and ._:@+-, 1 to 256 of them)",
+            crate::text::shorten(id, 60)
+        )));
+    }
+    Ok(())
 }

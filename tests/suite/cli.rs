@@ -129,6 +129,11 @@ async fn invalid_configurations_exit_2_with_one_line_naming_the_key() {
             "tenants[1].tenant_id: tenant acme has another [[tenants]] entry",
         ),
         (
+            "[discovery]\nenabled = true\ntenant_ids = [\"acme\", \"globex \"]\n".into(),
+            vec![],
+            "discovery.tenant_ids[1]: \"globex \" is not a tenant id",
+        ),
+        (
             "[discovery]\nenabled = true\ntenant_ids = [\"globex\"]\n\
              [[tenants]]\ntenant_id = \"acme\"\n"
                 .into(),
