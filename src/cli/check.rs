@@ -1,8 +1,9 @@
 //! `check`: a deployment's preflight. What `run` needs is checked once, changing nothing: the
 //! database (reachable, a supported PostgreSQL), the schema (migrated for this binary), the
 //! role's rights, Truto's answer to the API token, each configured account as Truto knows it,
-//! the discovery listing, whether Truto's webhooks would be received and acted on, and the
-//! admin routes' token. One line per check, with what to do; exit 0 only when all pass.
+//! the discovery listing and the configuration's tenants in it, whether Truto's webhooks would
+//! be received and acted on, and the admin routes' token. One line per check, with what to do;
+//! exit 0 only when none failed (a warning is for what may be meant).
 //! Its few requests are paced under the token's budget shared with the running replicas.
 
 use futures_util::stream::{self, StreamExt};
@@ -357,15 +358,102 @@ async fn truto(
         checks.push(accounts(&settings.accounts, source, cancel).await);
     }
     if settings.discovery.enabled {
+        // Every listed account's tenant, to hold the configuration's tenants against; none
+        // when a listing failed (its check says why).
+        let mut tenants: Option<Vec<Option<String>>> = Some(Vec::new());
         for integration in &settings.discovery.integrations {
-            checks.push(
-                match source.list_integrated_accounts(integration, cancel).await {
-                    Ok(listed) => listing(integration, &listed, follows),
-                    Err(f) => Check::failed("discovery", format!("{integration}: {}", f.error)),
-                },
-            );
+            let check = match source.list_integrated_accounts(integration, cancel).await {
+                Ok(listed) => {
+                    if let Some(t) = tenants.as_mut() {
+                        t.extend(listed.accounts.iter().map(|a| a.tenant_id.clone()));
+                    }
+                    listing(integration, &listed, follows)
+                }
+                Err(f) => Check::failed("discovery", format!("{integration}: {}", f.error)),
+            };
+            if !check.ok() {
+                tenants = None;
+            }
+            checks.push(check);
+        }
+        checks.extend(configured_tenants(settings, tenants.as_deref()));
+    }
+}
+
+/// The tenants the configuration names (`[[tenants]]`, `discovery.tenant_ids`) against those
+/// Truto lists: a tenant id no listed account has is most often misspelt, and then its entry
+/// applies to nothing and no word is said. Only a warning: the entry may be ready for a
+/// customer not connected yet. `listed` is each listed account's tenant; none when a listing
+/// failed.
+fn configured_tenants(settings: &Settings, listed: Option<&[Option<String>]>) -> Option<Check> {
+    let mut named: Vec<(&str, String)> = Vec::new();
+    for t in &settings.tenants {
+        named.push((
+            t.tenant_id.as_str(),
+            format!("[[tenants]] tenant_id = {:?}", t.tenant_id),
+        ));
+    }
+    for t in &settings.discovery.tenant_ids {
+        if !named.iter().any(|(id, _)| id == t) {
+            named.push((t.as_str(), format!("discovery.tenant_ids {t:?}")));
         }
     }
+    if named.is_empty() {
+        return None;
+    }
+    let Some(listed) = listed else {
+        return Some(Check::skipped(
+            "tenants",
+            "the discovery listing failed, so the configuration's tenants were not compared \
+             with Truto's",
+        ));
+    };
+    let count = |id: &str| listed.iter().filter(|t| t.as_deref() == Some(id)).count();
+    let unmatched: Vec<&String> = named
+        .iter()
+        .filter(|(id, _)| count(id) == 0)
+        .map(|(_, words)| words)
+        .collect();
+    if unmatched.is_empty() {
+        let each: Vec<String> = named
+            .iter()
+            .map(|(id, _)| format!("{id} {}", accounts_n(count(id))))
+            .collect();
+        return Some(Check::passed(
+            "tenants",
+            format!(
+                "Truto lists accounts of each tenant named: {}",
+                each.join(", ")
+            ),
+        ));
+    }
+    let mut known: Vec<&str> = listed.iter().filter_map(|t| t.as_deref()).collect();
+    known.sort_unstable();
+    known.dedup();
+    let shown: Vec<String> = known.iter().take(20).map(|t| format!("{t:?}")).collect();
+    let more = known.len().saturating_sub(shown.len());
+    Some(Check::warned(
+        "tenants",
+        format!(
+            "no account Truto lists is of {}: a misspelt tenant id, or a customer not connected \
+             yet (the tenants Truto lists: {}{})",
+            unmatched
+                .iter()
+                .map(|w| w.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if shown.is_empty() {
+                "none".to_string()
+            } else {
+                shown.join(", ")
+            },
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ),
+    ))
 }
 
 /// What `run` would make of one integration's listing: complete, and of the Truto environment

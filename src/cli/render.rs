@@ -564,6 +564,9 @@ pub enum CheckState {
     Failed,
     /// Not made: what it needs failed first (which is the check to fix).
     Skipped,
+    /// Passed, with something the operator should look at that may be meant (a `[[tenants]]`
+    /// entry for a customer not connected yet).
+    Warned,
 }
 
 impl Check {
@@ -591,6 +594,14 @@ impl Check {
         }
     }
 
+    pub fn warned(name: &'static str, what: impl Into<String>) -> Check {
+        Check {
+            name,
+            state: CheckState::Warned,
+            detail: what.into(),
+        }
+    }
+
     /// Passed, or skipped for a failure reported by another check.
     pub fn ok(&self) -> bool {
         self.state != CheckState::Failed
@@ -605,6 +616,7 @@ pub fn checks(checks: &[Check]) -> String {
             CheckState::Passed => "ok",
             CheckState::Failed => "FAILED",
             CheckState::Skipped => "skipped",
+            CheckState::Warned => "warning",
         };
         let detail = c.detail.replace('\n', " ");
         let _ = writeln!(s, "{:<14} {state:<8} {detail}", c.name);
@@ -614,6 +626,14 @@ pub fn checks(checks: &[Check]) -> String {
         s.push_str("every check passed\n");
     } else {
         let _ = writeln!(s, "failed: {}", failed.join(", "));
+    }
+    let warned: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.state == CheckState::Warned)
+        .map(|c| c.name)
+        .collect();
+    if !warned.is_empty() {
+        let _ = writeln!(s, "look at: {}", warned.join(", "));
     }
     s
 }
@@ -758,6 +778,18 @@ mod tests {
         );
         let fine = checks(&[Check::passed("database", "connected")]);
         assert!(fine.ends_with("every check passed\n"), "{fine}");
+        // A warning passes, and is named after the verdict.
+        let warned = checks(&[
+            Check::passed("database", "connected"),
+            Check::warned("tenants", "no account is of acem"),
+        ]);
+        assert_eq!(
+            warned,
+            "database       ok       connected\n\
+             tenants        warning  no account is of acem\n\
+             every check passed\n\
+             look at: tenants\n"
+        );
     }
 
     #[test]

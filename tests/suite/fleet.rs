@@ -1865,6 +1865,47 @@ async fn a_tenants_entry_applies_to_its_discovered_accounts_and_no_other() {
     assert_eq!(v["tenants"][0]["tenant_id"], "tenant-0", "{v}");
     assert_eq!(v["tenants"][0]["ignore_remote_data"], true, "{v}");
 
+    // `check` holds the configuration's tenants against Truto's listing: each has accounts...
+    let o = crate::helpers::daemon::lms_sync(&cfg, &env.db_url, &["check"])
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", said(&o));
+    assert!(
+        said(&o).contains(
+            "tenants        ok       Truto lists accounts of each tenant named: tenant-0 1 account\n"
+        ),
+        "{}",
+        said(&o)
+    );
+    // ... and a misspelt one is a warning that names it and the tenants there are.
+    let misspelt = TempFile::new(
+        "lms-sync-tenants-misspelt",
+        ".toml",
+        format!(
+            "[truto]\nbase_url = \"{}\"\n[discovery]\nenabled = true\n\
+             [[tenants]]\ntenant_id = \"tenant-O\"\nignore_remote_data = true\n",
+            env.sim.base_url()
+        ),
+    );
+    let o = crate::helpers::daemon::lms_sync(&misspelt, &env.db_url, &["check"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "a warning is not a failure: {}",
+        said(&o)
+    );
+    for line in [
+        "tenants        warning  no account Truto lists is of [[tenants]] tenant_id = \"tenant-O\": \
+         a misspelt tenant id, or a customer not connected yet (the tenants Truto lists: \
+         \"tenant-0\", \"tenant-1\")\n",
+        "every check passed\nlook at: tenants\n",
+    ] {
+        assert!(said(&o).contains(line), "{line}: {}", said(&o));
+    }
+
     // The README's example loads as it says.
     let readme = include_str!("../../README.md");
     let example = readme
