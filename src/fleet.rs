@@ -95,6 +95,32 @@ pub fn plan(settings: &Settings, registry: &[AccountRow]) -> Vec<Planned> {
     out
 }
 
+/// The tenants the configuration names (`[[tenants]]` entries, then `discovery.tenant_ids`)
+/// that no account of `fleet` is of, each as the configuration writes it: most often a
+/// misspelt id, whose entry then applies to nothing without a word.
+pub fn unmatched_tenants(settings: &Settings, fleet: &[Planned]) -> Vec<String> {
+    let has = |id: &str| {
+        fleet
+            .iter()
+            .any(|p| p.row.as_ref().and_then(|r| r.tenant_id.as_deref()) == Some(id))
+    };
+    let mut out: Vec<String> = settings
+        .tenants
+        .iter()
+        .filter(|t| !has(&t.tenant_id))
+        .map(|t| format!("[[tenants]] tenant_id = {:?}", t.tenant_id))
+        .collect();
+    out.extend(
+        settings
+            .discovery
+            .tenant_ids
+            .iter()
+            .filter(|t| !settings.tenants.iter().any(|e| &e.tenant_id == *t) && !has(t))
+            .map(|t| format!("discovery.tenant_ids {t:?}")),
+    );
+    out
+}
+
 /// Why an account may not be synced, if it may not.
 fn gate(settings: &Settings, row: Option<&AccountRow>, configured: bool) -> Gate {
     let d = &settings.discovery;
@@ -235,6 +261,19 @@ mod tests {
         let configured = by(2);
         assert!(!configured.ignore_remote_data && !configured.hydrate);
         assert_eq!(configured.label.as_deref(), Some("Configured"));
+        // Every tenant named has an account here but one misspelt, and one in tenant_ids.
+        s.tenants.push(crate::config::TenantSettings {
+            tenant_id: "t33".into(),
+            ..Default::default()
+        });
+        s.discovery.tenant_ids = vec!["t3".into(), "t33".into(), "t4".into()];
+        assert_eq!(
+            unmatched_tenants(&s, &fleet),
+            [
+                "[[tenants]] tenant_id = \"t33\"",
+                "discovery.tenant_ids \"t4\""
+            ]
+        );
         // And each says where its keys came from.
         let from = |n: u128| {
             fleet

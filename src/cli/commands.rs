@@ -340,7 +340,8 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
         // retries (the service's may differ).
         let d = crate::service::page::DiscoveryView::from(state.discovery)
             .due_by(&settings.discovery)
-            .with_purges(state.purges);
+            .with_purges(state.purges)
+            .with_tenants(&settings, &state.fleet);
         let next = d
             .next_due
             .filter(|_| settings.discovery.enabled)
@@ -367,6 +368,9 @@ pub async fn status(settings: Settings) -> Result<(), CliError> {
         }
         if let Some(words) = d.purge_words(stamp) {
             println!("purges: {words}");
+        }
+        if let Some(words) = d.tenant_words().filter(|_| settings.discovery.enabled) {
+            println!("tenants: {words}");
         }
     }
     // With this configuration's webhook secret: what the receiver verified lately (as the

@@ -1905,6 +1905,21 @@ async fn a_tenants_entry_applies_to_its_discovered_accounts_and_no_other() {
     ] {
         assert!(said(&o).contains(line), "{line}: {}", said(&o));
     }
+    // `status` says so too, from the registry, with no request to Truto.
+    let o = crate::helpers::daemon::lms_sync(&misspelt, &env.db_url, &["status"])
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", said(&o));
+    let line = "\ntenants: no discovered account is of [[tenants]] tenant_id = \"tenant-O\": a \
+                misspelt tenant id, or a customer not connected yet (lms-sync check names the \
+                tenants Truto lists)\n";
+    assert!(said(&o).contains(line), "{}", said(&o));
+    let o = crate::helpers::daemon::lms_sync(&cfg, &env.db_url, &["status"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!said(&o).contains("\ntenants: "), "{}", said(&o));
 
     // The README's example loads as it says.
     let readme = include_str!("../../README.md");

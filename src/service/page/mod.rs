@@ -141,6 +141,7 @@ pub(super) async fn page(
                 DiscoveryView::from(state.discovery.clone())
                     .due_by(&settings.discovery)
                     .with_purges(state.purges.clone())
+                    .with_tenants(&settings, &state.fleet)
             });
             let html = render(
                 &views,
@@ -949,6 +950,19 @@ mod tests {
         );
         assert!(!html.contains("pill bad"), "{html}");
         assert!(!html.contains("purged"), "no purge rule: no line");
+        assert!(!html.contains("No discovered account"), "{html}");
+        let misspelt = with(&DiscoveryView {
+            unmatched_tenants: vec!["[[tenants]] tenant_id = \"acem\"".into()],
+            ..d.clone()
+        });
+        assert!(
+            misspelt.contains(
+                "<p class=\"note why\">No discovered account is of [[tenants]] tenant_id = \
+                 &quot;acem&quot;: a misspelt tenant id, or a customer not connected yet \
+                 (lms-sync check names the tenants Truto lists).</p>"
+            ),
+            "{misspelt}"
+        );
         let purging = |last_day, last, due| {
             with(&d.clone().with_purges(Some(crate::store::PurgeSummary {
                 after: std::time::Duration::from_secs(30 * 86_400),

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 
 use super::{escape, when};
+use crate::fleet::Planned;
 use crate::service::status::BudgetSection;
 use crate::source::{OtherEnvironment, Unreachable};
 use crate::store::{SessionLockWait, ShareView};
@@ -140,6 +141,8 @@ pub struct DiscoveryView {
     pub purges: Option<crate::store::PurgeSummary>,
     /// The Truto environment the registry follows (`discovery_state.environment_id`).
     pub environment: Option<String>,
+    /// The configuration's tenants no discovered account is of ([`crate::fleet::unmatched_tenants`]).
+    pub unmatched_tenants: Vec<String>,
 }
 
 impl DiscoveryView {
@@ -176,6 +179,27 @@ impl DiscoveryView {
         ))
     }
 
+    /// The view, with the tenants `settings` name that no account of `fleet` is of, once a
+    /// listing succeeded (before, the registry has no discovered account to hold them against).
+    pub fn with_tenants(mut self, settings: &crate::config::Settings, fleet: &[Planned]) -> Self {
+        if self.succeeded_at.is_some() {
+            self.unmatched_tenants = crate::fleet::unmatched_tenants(settings, fleet);
+        }
+        self
+    }
+
+    /// The tenants the configuration names that no discovered account is of, in words
+    /// (`status` and the page), when there are.
+    pub fn tenant_words(&self) -> Option<String> {
+        (!self.unmatched_tenants.is_empty()).then(|| {
+            format!(
+                "no discovered account is of {}: a misspelt tenant id, or a customer not \
+                 connected yet (lms-sync check names the tenants Truto lists)",
+                self.unmatched_tenants.join(", ")
+            )
+        })
+    }
+
     /// The view, with the next listing due as `settings` have it (an interval after the
     /// last, or less after failed ones: [`DiscoverySettings::next_listing_after`]).
     ///
@@ -205,6 +229,7 @@ impl From<Option<crate::store::DiscoveryState>> for DiscoveryView {
             next_due: None,
             purges: None,
             environment,
+            unmatched_tenants: Vec::new(),
         }
     }
 }
@@ -258,6 +283,9 @@ pub(super) fn discovery_section(s: &mut String, d: &DiscoveryView, now: DateTime
     // The words are this program's, with numbers and times only: nothing to escape.
     if let Some(words) = d.purge_words(|t| when(Some(t), now)) {
         let _ = write!(s, "<p class=\"note\">R{}.</p>", &words[1..]);
+    }
+    if let Some(words) = d.tenant_words() {
+        let _ = write!(s, "<p class=\"note why\">N{}.</p>", escape(&words[1..]));
     }
 }
 
