@@ -32,6 +32,10 @@ pub async fn check(settings: Settings) -> Result<(), CliError> {
     let token = super::commands::sync_prerequisites(&settings)?;
     let source = TrutoClient::from_settings(&settings, &token)?;
     let mut checks = vec![Check::passed("configuration", configuration(&settings))];
+    let dropped = settings.exclusions_dropped();
+    if !dropped.is_empty() {
+        checks.push(Check::warned("exclusions", dropped.join("; ")));
+    }
     let store = database(&settings, &mut checks).await;
     let cancel = crate::service::shutdown_on_signals();
     // The token's window is shared with the service's replicas when the schema is usable.

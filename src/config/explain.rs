@@ -223,6 +223,7 @@ impl Settings {
                     .into(),
             );
         }
+        out.notes.extend(settings.exclusions_dropped());
         out.secrets
             .push(database_url(&settings, &file_table, env, &mut out.notes));
         for (name, var, key) in SECRETS {

@@ -796,6 +796,58 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The entries whose accounts mirror what `[account_defaults]` keeps out of the mirror
+    /// (its `exclude_fields`, its `ignore_remote_data`), each in words. Entries are not merged
+    /// with the defaults, so an entry written for another key (a tenant's hourly schedule)
+    /// brings back the fields the defaults exclude, perhaps for privacy, unless it repeats
+    /// them: `config` notes it and `check` warns, since it may also be meant.
+    pub fn exclusions_dropped(&self) -> Vec<String> {
+        if !self.discovery.enabled {
+            return Vec::new();
+        }
+        let d = &self.account_defaults;
+        let dropped = |ignore_remote_data: bool, exclude_fields: &[String]| {
+            let mut out: Vec<String> = d
+                .exclude_fields
+                .iter()
+                .filter(|f| !exclude_fields.contains(f))
+                .map(|f| format!("{f} (exclude_fields)"))
+                .collect();
+            if d.ignore_remote_data && !ignore_remote_data {
+                out.push("remote_data (ignore_remote_data)".into());
+            }
+            out
+        };
+        let tenants = self.tenants.iter().map(|t| {
+            (
+                format!("[[tenants]] tenant_id = {:?}", t.tenant_id),
+                dropped(t.ignore_remote_data, &t.exclude_fields),
+            )
+        });
+        let accounts = self.accounts.iter().map(|a| {
+            (
+                format!(
+                    "[[accounts]] integrated_account_id = \"{}\"",
+                    a.integrated_account_id
+                ),
+                dropped(a.ignore_remote_data, &a.exclude_fields),
+            )
+        });
+        tenants
+            .chain(accounts)
+            .filter(|(_, dropped)| !dropped.is_empty())
+            .map(|(entry, dropped)| {
+                format!(
+                    "{entry} mirrors what [account_defaults] leaves out: {} (an entry takes \
+                     none of [account_defaults]' keys; repeat them in it to keep them out)",
+                    dropped.join(", ")
+                )
+            })
+            .collect()
+    }
+}
+
 /// Which part of the configuration an account's keys come from: the answer to "why does this
 /// account run with these settings?" when `[[tenants]]` and `[account_defaults]` both apply to
 /// discovered accounts.
@@ -850,6 +902,45 @@ mod redact_tests {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn an_entry_that_mirrors_what_the_defaults_exclude_is_named() {
+        let mut s = Settings::default();
+        s.discovery.enabled = true;
+        s.account_defaults.exclude_fields = vec!["custom_fields".into(), "phones".into()];
+        s.account_defaults.ignore_remote_data = true;
+        s.tenants = vec![
+            TenantSettings {
+                tenant_id: "acme".into(),
+                exclude_fields: vec!["phones".into()],
+                ..Default::default()
+            },
+            TenantSettings {
+                tenant_id: "globex".into(),
+                exclude_fields: vec!["phones".into(), "custom_fields".into()],
+                ignore_remote_data: true,
+                ..Default::default()
+            },
+        ];
+        let mut a = AccountSettings::new(Uuid::from_u128(1));
+        a.ignore_remote_data = true;
+        s.accounts = vec![a];
+        assert_eq!(
+            s.exclusions_dropped(),
+            [
+                "[[tenants]] tenant_id = \"acme\" mirrors what [account_defaults] leaves out: \
+                 custom_fields (exclude_fields), remote_data (ignore_remote_data) (an entry \
+                 takes none of [account_defaults]' keys; repeat them in it to keep them out)",
+                "[[accounts]] integrated_account_id = \"00000000-0000-0000-0000-000000000001\" \
+                 mirrors what [account_defaults] leaves out: custom_fields (exclude_fields), \
+                 phones (exclude_fields) (an entry takes none of [account_defaults]' keys; \
+                 repeat them in it to keep them out)",
+            ]
+        );
+        // Without discovery, [account_defaults] applies to nothing.
+        s.discovery.enabled = false;
+        assert!(s.exclusions_dropped().is_empty());
+    }
 
     fn load_toml(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let mut f = tempfile_in_target();

@@ -1857,6 +1857,11 @@ async fn a_tenants_entry_applies_to_its_discovered_accounts_and_no_other() {
         shown.contains("\n[[tenants]]\ntenant_id = \"tenant-0\"\nignore_remote_data = true\n"),
         "{shown}"
     );
+    // The entry brings back what the defaults exclude: said, since it may not be meant.
+    let dropped = "[[tenants]] tenant_id = \"tenant-0\" mirrors what [account_defaults] leaves \
+                   out: custom_fields (exclude_fields) (an entry takes none of \
+                   [account_defaults]' keys; repeat them in it to keep them out)";
+    assert!(shown.contains(&format!("\n# Note: {dropped}\n")), "{shown}");
     let o = crate::helpers::daemon::lms_sync(&cfg, &env.db_url, &["config", "--json"])
         .output()
         .await
@@ -1875,6 +1880,11 @@ async fn a_tenants_entry_applies_to_its_discovered_accounts_and_no_other() {
         said(&o).contains(
             "tenants        ok       Truto lists accounts of each tenant named: tenant-0 1 account\n"
         ),
+        "{}",
+        said(&o)
+    );
+    assert!(
+        said(&o).contains(&format!("\nexclusions     warning  {dropped}\n")),
         "{}",
         said(&o)
     );
