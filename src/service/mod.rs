@@ -169,6 +169,7 @@ pub async fn run_with(
         chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
     );
     metrics.set("lms_sync_config_restart_pending", &[], 0.0);
+    reload::warn_of_dropped_exclusions(&settings);
     if let Some(reload) = hooks.reload {
         tokio::spawn(reload_configuration(
             live_tx,

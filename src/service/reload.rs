@@ -78,6 +78,7 @@ pub async fn reload_configuration(
                         "the reloaded configuration changes keys read only at start; they keep the values this process started with until it restarts"
                     );
                 }
+                warn_of_dropped_exclusions(&settings.borrow());
             }
             Err(e) => {
                 metrics.set("lms_sync_config_last_reload_successful", &[], 0.0);
@@ -161,6 +162,18 @@ async fn hangup(hangups: &mut Hangups) {
     }
     let _ = hangups;
     std::future::pending::<()>().await
+}
+
+/// Each entry that mirrors what `[account_defaults]` excludes
+/// ([`Settings::exclusions_dropped`]), said at start and at each reload: an operator who
+/// changes a ConfigMap without `lms-sync check` still hears of it.
+pub(super) fn warn_of_dropped_exclusions(settings: &Settings) {
+    for entry in settings.exclusions_dropped() {
+        tracing::warn!(
+            entry,
+            "a configuration entry brings back fields [account_defaults] excludes"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -1862,6 +1862,21 @@ async fn a_tenants_entry_applies_to_its_discovered_accounts_and_no_other() {
                    out: custom_fields (exclude_fields) (an entry takes none of \
                    [account_defaults]' keys; repeat them in it to keep them out)";
     assert!(shown.contains(&format!("\n# Note: {dropped}\n")), "{shown}");
+    // And the service says it in its log when it starts (where no one ran config or check).
+    let mut service = crate::helpers::daemon::spawn_env(
+        &cfg,
+        &env.db_url,
+        &[],
+        &[
+            ("TRUTO_API_TOKEN", lms_sync::devkit::simulator::DEMO_TOKEN),
+            ("LMS_SYNC__SERVER__LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    let warned = service
+        .wait_for("a configuration entry brings back fields [account_defaults] excludes")
+        .await;
+    assert_eq!(warned["fields"]["entry"], dropped, "{warned}");
+    assert_eq!(service.terminate().await, 0);
     let o = crate::helpers::daemon::lms_sync(&cfg, &env.db_url, &["config", "--json"])
         .output()
         .await
