@@ -19,6 +19,46 @@ pub enum Cadence {
     DailyAt { time: NaiveTime, tz: Tz },
 }
 
+impl Cadence {
+    /// The time between two of its slots: what an account may wait past its due time before
+    /// it has missed a whole slot.
+    pub fn period(&self) -> Duration {
+        match self {
+            Cadence::Every(d) => *d,
+            Cadence::DailyAt { .. } => Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// The accounts due now that no process is syncing, as one scheduler round sees them: a fleet
+/// whose runs cannot keep up with its schedules (too few run slots, `sync.max_concurrent_accounts`
+/// times the replicas, or too small a request budget for its pages) has them wait longer and
+/// longer.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Backlog {
+    /// Due, and waiting for a free run slot.
+    pub waiting: usize,
+    /// Of those, the ones that have waited longer than their schedule's period
+    /// ([`Cadence::period`]): a whole slot missed.
+    pub behind: usize,
+    /// How long the one that has waited longest has waited.
+    pub longest: Duration,
+}
+
+impl Backlog {
+    /// Counts an account on `schedule` that has waited to start since `since` (not its slot,
+    /// which may be long past for an account just resumed or a process just started: the
+    /// first round that found it due and could not start it) until `now`.
+    pub fn add(&mut self, schedule: &Schedule, since: DateTime<Utc>, now: DateTime<Utc>) {
+        let waited = (now - since).to_std().unwrap_or(Duration::ZERO);
+        self.waiting += 1;
+        if waited > schedule.cadence.period() {
+            self.behind += 1;
+        }
+        self.longest = self.longest.max(waited);
+    }
+}
+
 /// An account's effective schedule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
@@ -254,6 +294,41 @@ pub fn pause_end(when: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_account_that_waits_longer_than_its_period_is_behind() {
+        let now = Utc::now();
+        let hourly = Schedule {
+            cadence: Cadence::Every(Duration::from_secs(3600)),
+            run_on_start: true,
+            jitter: Duration::ZERO,
+            retry_initial: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            health_retry_initial: Duration::from_secs(3600),
+            health_retry_max: Duration::from_secs(86400),
+        };
+        let daily = Schedule {
+            cadence: Cadence::DailyAt {
+                time: NaiveTime::from_hms_opt(2, 0, 0).unwrap(),
+                tz: chrono_tz::UTC,
+            },
+            ..hourly.clone()
+        };
+        let mut b = Backlog::default();
+        b.add(&hourly, now - chrono::Duration::minutes(59), now);
+        assert_eq!((b.waiting, b.behind), (1, 0));
+        b.add(&hourly, now - chrono::Duration::minutes(61), now);
+        // A daily account 2 h late has not missed a slot.
+        b.add(&daily, now - chrono::Duration::hours(2), now);
+        assert_eq!((b.waiting, b.behind), (3, 1));
+        assert_eq!(b.longest, Duration::from_secs(7200));
+        // Due a moment from now (a clock read after the round's): no wait, not negative.
+        b.add(&hourly, now + chrono::Duration::seconds(1), now);
+        assert_eq!(
+            (b.waiting, b.behind, b.longest),
+            (4, 1, Duration::from_secs(7200))
+        );
+    }
 
     #[test]
     fn a_schedule_reads_as_an_operator_would_write_it() {

@@ -57,6 +57,8 @@ pub struct Readiness {
     /// While the scheduler starts no run because the database accepts no writes: why, and
     /// since when (watched by discovery, which lists no accounts meanwhile).
     read_only: tokio::sync::watch::Sender<Option<(String, DateTime<Utc>)>>,
+    /// The accounts waiting for a run slot as the last round counted them.
+    backlog: std::sync::Mutex<crate::schedule::Backlog>,
 }
 
 impl Default for Readiness {
@@ -64,6 +66,7 @@ impl Default for Readiness {
         Readiness {
             last_tick_ms: Default::default(),
             read_only: tokio::sync::watch::Sender::new(None),
+            backlog: Default::default(),
         }
     }
 }
@@ -95,6 +98,15 @@ impl Readiness {
     /// Follows [`Readiness::refusing_writes`].
     fn watch_writes(&self) -> tokio::sync::watch::Receiver<Option<(String, DateTime<Utc>)>> {
         self.read_only.subscribe()
+    }
+
+    fn set_backlog(&self, backlog: crate::schedule::Backlog) {
+        *self.backlog.lock().expect("backlog") = backlog;
+    }
+
+    /// The accounts due that wait for a run slot, as the scheduler's last round counted them.
+    pub fn backlog(&self) -> crate::schedule::Backlog {
+        *self.backlog.lock().expect("backlog")
     }
 
     /// Why the scheduler is not working, if it is not.

@@ -19,9 +19,10 @@ use uuid::Uuid;
 use crate::backoff::Backoff;
 use crate::config::{AccountSettings, Settings};
 use crate::domain::Health;
+use crate::domain::Outcome;
 use crate::fleet::{plan, Gate, Planned};
 use crate::metrics::Metrics;
-use crate::schedule::{next_run, RunHistory};
+use crate::schedule::{next_run, Backlog, RunHistory, Schedule};
 use crate::source::TrutoClient;
 use crate::store::{LockWait, Store, StoreError};
 use crate::sync::{sync_account_stopped_by, PassStatus, Progress, SyncOptions};
@@ -56,6 +57,9 @@ struct Scheduler {
     wake: Arc<tokio::sync::Notify>,
     /// After a `busy` answer (another replica holds the lease) or a store failure, not before this.
     not_before: HashMap<Uuid, DateTime<Utc>>,
+    /// The accounts due that the last round could not start, each since the first round that
+    /// found it so ([`Backlog`]).
+    waiting_since: HashMap<Uuid, DateTime<Utc>>,
     /// The health each account's gauges were last set to by a round: a round sets only what
     /// changed (at 10,000 accounts, setting 50,000 series every round was most of an idle
     /// service's CPU).
@@ -175,6 +179,7 @@ pub(super) async fn run(parts: Parts) -> Result<(), StoreError> {
         fleet: HashMap::new(),
         wake,
         not_before: HashMap::new(),
+        waiting_since: HashMap::new(),
         shown: HashMap::new(),
         done_tx,
         ready: ready.clone(),
@@ -522,10 +527,11 @@ impl Scheduler {
         }
     }
 
-    /// Starts every account that is due (up to `sync.max_concurrent_accounts` running), and
-    /// returns when to look again. None while Truto refuses the API token or does not answer,
-    /// or while the database accepts no writes: each would fail alike (the Truto watch wakes
-    /// the loop when that ends; the database is asked again every round).
+    /// Starts every account that is due (up to `sync.max_concurrent_accounts` running), counts
+    /// those left waiting (`show_backlog`), and returns when to look again. None starts while
+    /// Truto refuses the API token or does not answer, or while the database accepts no
+    /// writes: each would fail alike (the Truto watch wakes the loop when that ends; the
+    /// database is asked again every round).
     ///
     /// `in_flight`: the runs under way before `histories` was read; none of them is started
     /// again in this round, even if it has ended since (the next round's read has its start).
@@ -537,32 +543,44 @@ impl Scheduler {
         let now = Utc::now();
         let rescan = now + chrono::Duration::from_std(RESCAN).expect("small");
         let mut wake = rescan;
-        if self.source.halt().is_some() || self.ready.refusing_writes().is_some() {
-            return wake;
-        }
         let max = self.settings.sync.max_concurrent_accounts;
         // In a stable order (the registry's), so that a large fleet starts in the same order on
         // every replica and round.
-        let mut due_now: Vec<&Planned> = Vec::new();
+        let mut due_now: Vec<(&Planned, Schedule)> = Vec::new();
         for p in self.fleet.values().filter(|p| p.gate.syncs()) {
             let id = p.id();
             if in_flight.contains(&id) || self.running.lock().expect("running").contains_key(&id) {
                 continue;
             }
             let history = histories.get(&id).cloned().unwrap_or_default();
-            let due = self.due(p, &history);
+            let schedule = self.settings.schedule_for(&p.account);
+            let due = self.due(p, &history, &schedule);
             if due > now {
                 wake = wake.min(due);
             } else {
-                due_now.push(p);
+                due_now.push((p, schedule));
             }
         }
-        due_now.sort_by_key(|p| p.id());
-        for p in due_now {
-            if self.running.lock().expect("running").len() >= max {
-                break;
+        due_now.sort_by_key(|(p, _)| p.id());
+        let halted = self.source.halt().is_some() || self.ready.refusing_writes().is_some();
+        let mut waiting: Vec<(Uuid, Schedule)> = Vec::new();
+        for (p, schedule) in due_now {
+            if halted || self.running.lock().expect("running").len() >= max {
+                // It waits for a run slot, unless another process syncs it (its run is in
+                // the history): counted for the fleet's backlog.
+                let elsewhere = histories
+                    .get(&p.id())
+                    .is_some_and(|h| h.last_outcome == Some(Outcome::Running));
+                if !elsewhere {
+                    waiting.push((p.id(), schedule));
+                }
+                continue;
             }
             self.spawn_run(&p.account);
+        }
+        self.show_backlog(waiting, now);
+        if halted {
+            return rescan;
         }
         if self.running.lock().expect("running").len() >= max {
             // Nothing more starts before a run ends, which wakes the loop: the accounts coming
@@ -572,9 +590,35 @@ impl Scheduler {
         wake
     }
 
+    /// Counts the accounts `waiting` for a run slot (each since the first round that found it
+    /// so), exports the backlog and hands it to the status page.
+    fn show_backlog(&mut self, waiting: Vec<(Uuid, Schedule)>, now: DateTime<Utc>) {
+        let mut backlog = Backlog::default();
+        let mut since = HashMap::new();
+        for (id, schedule) in waiting {
+            let at = self.waiting_since.get(&id).copied().unwrap_or(now);
+            backlog.add(&schedule, at, now);
+            since.insert(id, at);
+        }
+        self.waiting_since = since;
+        self.metrics
+            .set("lms_sync_accounts_waiting", &[], backlog.waiting as f64);
+        self.metrics.set(
+            "lms_sync_accounts_behind_schedule",
+            &[],
+            backlog.behind as f64,
+        );
+        self.metrics.set(
+            "lms_sync_schedule_lag_seconds",
+            &[],
+            backlog.longest.as_secs_f64(),
+        );
+        self.ready.set_backlog(backlog);
+    }
+
     /// When the account is due: `accounts sync-now` makes it due at once; otherwise its
     /// schedule, after a `busy` or store failure not before `not_before`.
-    fn due(&self, p: &Planned, history: &RunHistory) -> DateTime<Utc> {
+    fn due(&self, p: &Planned, history: &RunHistory, schedule: &Schedule) -> DateTime<Utc> {
         let id = p.id();
         let requested = p.row.as_ref().and_then(|r| r.sync_requested_at);
         if let Some(at) = requested {
@@ -582,8 +626,7 @@ impl Scheduler {
                 return at;
             }
         }
-        let schedule = self.settings.schedule_for(&p.account);
-        let due = next_run(&schedule, id, history, self.started);
+        let due = next_run(schedule, id, history, self.started);
         match self.not_before.get(&id) {
             Some(nb) => due.max(*nb),
             None => due,

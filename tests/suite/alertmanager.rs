@@ -101,12 +101,14 @@ async fn a_fleet_wide_alert_holds_back_the_per_account_alerts_it_explains_and_no
         json!({"alertname": "LmsSyncAccountNeedsAttention", "account": "b", "health": "needs_reauth", "severity": "warning"}),
         json!({"alertname": "LmsSyncDeleteGuardTripped", "account": "c", "severity": "warning"}),
         json!({"alertname": "LmsSyncDiscoveryFailing", "severity": "warning"}),
+        json!({"alertname": "LmsSyncFallingBehind", "severity": "warning"}),
     ];
     post(&base, &per_account, false).await;
     let all_active = [
         ("LmsSyncAccountNeedsAttention b", "active"),
         ("LmsSyncDeleteGuardTripped c", "active"),
         ("LmsSyncDiscoveryFailing", "active"),
+        ("LmsSyncFallingBehind", "active"),
         ("LmsSyncMirrorStale a", "active"),
         ("LmsSyncRunsFailing a", "active"),
     ];
@@ -123,6 +125,7 @@ async fn a_fleet_wide_alert_holds_back_the_per_account_alerts_it_explains_and_no
             ("LmsSyncAccountNeedsAttention b", "active"),
             ("LmsSyncDeleteGuardTripped c", "active"),
             ("LmsSyncDiscoveryFailing", "suppressed"),
+            ("LmsSyncFallingBehind", "suppressed"),
             ("LmsSyncMirrorStale a", "suppressed"),
             ("LmsSyncRunsFailing a", "suppressed"),
         ]);

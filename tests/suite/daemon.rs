@@ -573,3 +573,49 @@ async fn a_sync_held_up_by_a_lock_shows_who_holds_it_until_it_is_released() {
     stop.cancel();
     daemon.await.unwrap().unwrap();
 }
+
+/// An account due while every run slot is taken waits, and once it has waited longer than its
+/// schedule's period it is behind it: counted in `/metrics` (`LmsSyncFallingBehind`) and said
+/// on the status page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_that_waits_longer_than_its_period_for_a_run_slot_is_behind_schedule() {
+    let (a, b) = (account_id(1), account_id(2));
+    let env = Env::new(&[(a, 50), (b, 50)]).await;
+    // a's first page is held until the client gives up on it (30 s): a's run keeps the only
+    // run slot meanwhile.
+    env.sim
+        .push_fault(Some(a), Fault::Delay(Duration::from_secs(300)));
+    let mut settings = daemon_settings(&env, "1s");
+    settings.sync.max_concurrent_accounts = 1;
+    settings.truto.request_timeout_secs = 30;
+    let (daemon, stop, _, base) = serve_daemon(settings).await;
+    // b (or a, if b ran first and is due again) waits past its 1 s period within two rounds.
+    metrics_show(&base, "lms_sync_accounts_behind_schedule{} 1.0\n").await;
+    let metrics = get_text(&format!("{base}/metrics")).await;
+    assert!(
+        metrics.contains("lms_sync_accounts_waiting{} 1.0\n"),
+        "{metrics}"
+    );
+    let lag: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lms_sync_schedule_lag_seconds{} "))
+        .expect("the lag is exported")
+        .parse()
+        .unwrap();
+    assert!(lag > 1.0, "{lag}");
+    let page = get_text(&format!("{base}/")).await;
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    assert!(
+        page.contains("<span class=\"pill bad\">behind schedule</span>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("Accounts waiting for a run: 1 account due that no replica syncs yet")
+            && page.contains(
+                "1 of them has waited longer than their schedule's period: the fleet's runs \
+                 do not keep up"
+            ),
+        "{page}"
+    );
+}

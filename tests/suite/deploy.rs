@@ -228,6 +228,7 @@ fn the_alert_rules_name_only_exported_metrics_and_the_prometheus_rule_is_the_sam
         "LmsSyncAccountPurgeFailing",
         "LmsSyncDown",
         "LmsSyncDatabaseLockWait",
+        "LmsSyncFallingBehind",
         "LmsSyncApiTokenRejected",
         "LmsSyncReplicaTokenRejected",
         "LmsSyncApiTokenOtherEnvironment",

@@ -21,9 +21,9 @@ use super::status::{count_by_rank, ranked, AccountView, BudgetSection, RANKS};
 
 mod sections;
 use sections::{
-    actions_section, budget_section, discovery_section, environment_section, feed_section,
-    lock_wait_section, read_only_section, token_section, unreachable_section, webhooks_section,
-    FEED_HELD_BACK_SHOWN,
+    actions_section, backlog_section, budget_section, discovery_section, environment_section,
+    feed_section, lock_wait_section, read_only_section, token_section, unreachable_section,
+    webhooks_section, FEED_HELD_BACK_SHOWN,
 };
 pub use sections::{DiscoveryView, Halts, ACTIONS_HOURS, ACTIONS_SHOWN};
 
@@ -114,6 +114,8 @@ pub(super) async fn page(
                 other_environment: ops.source.other_environment(),
                 lock_waits: waits,
                 read_only: ops.ready.refusing_writes(),
+                backlog: ops.ready.backlog(),
+                max_concurrent_accounts: settings.sync.max_concurrent_accounts,
                 // An extra too; said once it is as long as its alert's threshold.
                 feed_held_back: ops
                     .store
@@ -364,12 +366,16 @@ pub fn render(
     if halts.feed_held_back.is_some() {
         s.push_str("<span class=\"pill bad\">change feed held back</span>");
     }
+    if halts.backlog.behind > 0 {
+        s.push_str("<span class=\"pill bad\">behind schedule</span>");
+    }
     s.push_str("</div>");
     token_section(&mut s, halts.token_rejected_since, now);
     unreachable_section(&mut s, halts.unreachable.as_ref(), now);
     environment_section(&mut s, halts.other_environment.as_ref(), now);
     read_only_section(&mut s, halts.read_only.as_ref(), now);
     feed_section(&mut s, halts.feed_held_back);
+    backlog_section(&mut s, &halts.backlog, halts.max_concurrent_accounts);
     if let Some(d) = discovery {
         discovery_section(&mut s, d, now);
     }
@@ -1241,6 +1247,52 @@ mod tests {
         assert!(html.find("Truto not answering") < html.find("Alpha"));
         let calm = alpha(&Halts::default(), now);
         assert!(!calm.contains("not answer"), "{calm}");
+    }
+
+    #[test]
+    fn the_accounts_waiting_for_a_run_are_said_and_those_behind_their_schedule_as_trouble() {
+        let now = Utc::now();
+        let sweep = Halts {
+            backlog: crate::schedule::Backlog {
+                waiting: 990,
+                behind: 0,
+                longest: std::time::Duration::from_secs(12 * 60 + 5),
+            },
+            max_concurrent_accounts: 10,
+            ..Halts::default()
+        };
+        let html = alpha(&sweep, now);
+        assert!(
+            html.contains(
+                "<p class=\"note\">Accounts waiting for a run: 990 accounts due that no replica \
+                 syncs yet, the longest for 12 min (each replica runs 10 at once: \
+                 <code>sync.max_concurrent_accounts</code>).</p>"
+            ),
+            "{html}"
+        );
+        assert!(
+            !html.contains("behind schedule"),
+            "a sweep under way is no trouble"
+        );
+        let behind = Halts {
+            backlog: crate::schedule::Backlog {
+                waiting: 40,
+                behind: 3,
+                longest: std::time::Duration::from_secs(7 * 3600 + 5 * 60),
+            },
+            ..sweep
+        };
+        let html = alpha(&behind, now);
+        assert!(html.contains("<span class=\"pill bad\">behind schedule</span>"));
+        assert!(
+            html.contains(
+                "the longest for 7 h 5 min (each replica runs 10 at once: \
+                 <code>sync.max_concurrent_accounts</code>). <span class=\"why\">3 of them have \
+                 waited longer than their schedule's period: the fleet's runs do not keep up"
+            ),
+            "{html}"
+        );
+        assert!(!alpha(&Halts::default(), now).contains("waiting for a run"));
     }
 
     #[test]

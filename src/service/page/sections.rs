@@ -407,6 +407,52 @@ pub struct Halts {
     /// The operators' actions of the last [`ACTIONS_HOURS`] hours, newest first (at most
     /// [`ACTIONS_SHOWN`]).
     pub recent_actions: Vec<crate::store::ActionGroup>,
+    /// The accounts due that wait for a run, as this process's scheduler last counted them.
+    pub backlog: crate::schedule::Backlog,
+    /// `sync.max_concurrent_accounts`, to say beside them.
+    pub max_concurrent_accounts: usize,
+}
+
+/// How long an account has waited, in words: `40 s`, `12 min`, `3 h 5 min`.
+fn waited(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..=89 => format!("{secs} s"),
+        90..=5399 => format!("{} min", secs / 60),
+        _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+/// The accounts due that wait for a run (for a free slot, or for a hold on every run to end),
+/// when some do: a note while they wait less than their period (a sweep under way), said as
+/// trouble once some have waited longer (`LmsSyncFallingBehind`).
+pub(super) fn backlog_section(s: &mut String, b: &crate::schedule::Backlog, max_running: usize) {
+    if b.waiting == 0 {
+        return;
+    }
+    let accounts = |n: usize| format!("{n} account{}", if n == 1 { "" } else { "s" });
+    let _ = write!(
+        s,
+        "<p class=\"note\">Accounts waiting for a run: {} due that no replica syncs yet, the \
+         longest for {} (each replica runs {max_running} at once: \
+         <code>sync.max_concurrent_accounts</code>).",
+        accounts(b.waiting),
+        waited(b.longest),
+    );
+    if b.behind > 0 {
+        let _ = write!(
+            s,
+            " <span class=\"why\">{} waited longer than their schedule's period: the fleet's \
+             runs do not keep up with its schedules (too few run slots, or too small a request \
+             budget; the runbook's LmsSyncFallingBehind says which).</span>",
+            if b.behind == 1 {
+                "1 of them has".to_string()
+            } else {
+                format!("{} of them have", b.behind)
+            }
+        );
+    }
+    s.push_str("</p>");
 }
 
 /// How far back the page shows the operators' actions, in hours.
