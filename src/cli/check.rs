@@ -231,6 +231,9 @@ async fn database(settings: &Settings, checks: &mut Vec<Check>) -> Option<Store>
             store.explain(e).await.to_string(),
         )),
     }
+    if let Some(c) = connections(settings, &store).await {
+        checks.push(c);
+    }
     let ready = match store.schema_state().await.and_then(|s| s.ready()) {
         Ok(()) => {
             // Ready either way: a disabled trigger costs the operators' trail, positions from
@@ -322,6 +325,66 @@ fn listed(items: &[String]) -> String {
         s.push_str(&format!("; and {} more", items.len() - LISTED));
     }
     s
+}
+
+/// The sessions a `run` process with these settings opens at full load, each kind named:
+/// its pool, a lease per account it syncs at once, and one each for the request budget,
+/// discovery and the accounts' state reporter when those are on.
+fn sessions_needed(settings: &Settings) -> (i64, String) {
+    let pool = i64::from(settings.database.max_connections);
+    let leases = settings.sync.max_concurrent_accounts as i64;
+    let mut parts = vec![
+        format!("database.max_connections {pool}"),
+        format!("a lease for each of sync.max_concurrent_accounts {leases}"),
+    ];
+    let mut total = pool + leases;
+    for (on, what) in [
+        (settings.rate_budget.enabled, "the request budget"),
+        (settings.discovery.enabled, "discovery"),
+        (
+            settings.server.account_metrics == crate::config::AccountMetrics::OneReplica,
+            "the accounts' state reporter",
+        ),
+    ] {
+        if on {
+            total += 1;
+            parts.push(format!("1 for {what}"));
+        }
+    }
+    (total, parts.join(", "))
+}
+
+/// The sessions a `run` process opens at full load against the room PostgreSQL has for more
+/// now: a warning when it would be refused some (SQLSTATE 53300, `too many clients`) once its
+/// accounts run at once, as a rollout's new pod beside the old ones would. Not a failure: the
+/// pool opens sessions only as they are needed. None when the room cannot be read.
+async fn connections(settings: &Settings, store: &Store) -> Option<Check> {
+    let room = store.connection_room().await.ok()?;
+    let (needed, parts) = sessions_needed(settings);
+    let processes = room.room / needed.max(1);
+    let said = format!(
+        "a run process opens up to {needed} sessions at full load ({parts}); PostgreSQL has room \
+         for {} more now ({})",
+        room.room, room.bound
+    );
+    Some(if needed <= room.room {
+        Check::passed(
+            "connections",
+            format!(
+                "{said}: {processes} process{} like it",
+                if processes == 1 { "" } else { "es" }
+            ),
+        )
+    } else {
+        Check::warned(
+            "connections",
+            format!(
+                "{said}: at full load it would be refused sessions (too many clients); lower \
+                 database.max_connections or sync.max_concurrent_accounts, run fewer replicas, \
+                 or raise the limit"
+            ),
+        )
+    })
 }
 
 /// Truto's checks: the token, then (when Truto takes it) the accounts and the listing.

@@ -45,7 +45,7 @@ pub use lease::{Handover, Lease};
 pub use locks::SessionLockWait;
 pub use pages::{Gate, PageResult, PageWrite};
 pub use runs::{RunEnd, RunStart, RunView};
-pub use schema::{LockWait, SchemaState, MIGRATOR};
+pub use schema::{ConnectionRoom, LockWait, SchemaState, MIGRATOR};
 pub use status::{AccountMetrics, StatusRow};
 pub use sweep::Vanished;
 pub use transport::{DatabaseConnection, Transport};

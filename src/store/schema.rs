@@ -273,6 +273,55 @@ impl Store {
         )
     }
 
+    /// How many more sessions this role may open on this database now, by the strictest of
+    /// the server's `max_connections` (less its superuser-reserved slots), the role's and the
+    /// database's `CONNECTION LIMIT`, each less the client sessions already counted against it
+    /// (this one aside): what `check` holds a process's sessions against.
+    pub async fn connection_room(&self) -> Result<ConnectionRoom, StoreError> {
+        let (max, reserved, server_used, role_limit, role_used, db_limit, db_used): (
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+        ) = sqlx::query_as(
+            "WITH c AS (
+                 SELECT usename, datname FROM pg_stat_activity
+                  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())
+             SELECT current_setting('max_connections')::bigint,
+                    current_setting('superuser_reserved_connections')::bigint
+                      + coalesce(nullif(current_setting('reserved_connections', true), '')::bigint, 0),
+                    (SELECT count(*) FROM c),
+                    (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user)::bigint,
+                    (SELECT count(*) FROM c WHERE usename = current_user),
+                    (SELECT datconnlimit FROM pg_database WHERE datname = current_database())::bigint,
+                    (SELECT count(*) FROM c WHERE datname = current_database())",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let mut room = ConnectionRoom {
+            room: max - reserved - server_used,
+            bound: format!(
+                "max_connections {max} (less {reserved} reserved), {server_used} in use"
+            ),
+        };
+        for (limit, used, whose) in [
+            (role_limit, role_used, "the role's CONNECTION LIMIT"),
+            (db_limit, db_used, "the database's CONNECTION LIMIT"),
+        ] {
+            if limit >= 0 && limit - used < room.room {
+                room = ConnectionRoom {
+                    room: limit - used,
+                    bound: format!("{whose} {limit}, {used} in use"),
+                };
+            }
+        }
+        room.room = room.room.max(0);
+        Ok(room)
+    }
+
     /// Why this role's sessions cannot write here, if they cannot: the server is a standby
     /// (a read replica, or a failover not finished), or `default_transaction_read_only` is on
     /// for the role, the database or the server. `None` when they can.
@@ -483,4 +532,13 @@ impl std::fmt::Display for LockWait {
              through, end those sessions or wait for them"
         )
     }
+}
+
+/// How many more sessions this role may open now ([`Store::connection_room`]), and the limit
+/// that says so, in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionRoom {
+    pub room: i64,
+    /// `max_connections 100 (less 3 reserved), 12 in use`, or the role's or database's limit.
+    pub bound: String,
 }

@@ -1926,10 +1926,17 @@ async fn a_tenants_entry_applies_to_its_discovered_accounts_and_no_other() {
         "tenants        warning  no account Truto lists is of [[tenants]] tenant_id = \"tenant-O\": \
          a misspelt tenant id, or a customer not connected yet (the tenants Truto lists: \
          \"tenant-0\", \"tenant-1\")\n",
-        "every check passed\nlook at: tenants\n",
+        "every check passed\nlook at: ",
     ] {
         assert!(said(&o).contains(line), "{line}: {}", said(&o));
     }
+    // (With the connections' warning too, on a test cluster busy with other tests.)
+    assert!(
+        said(&o).lines().any(|l| l.starts_with("look at: ")
+            && l["look at: ".len()..].split(", ").any(|w| w == "tenants")),
+        "{}",
+        said(&o)
+    );
     // `status` says so too, from the registry, with no request to Truto.
     let o = crate::helpers::daemon::lms_sync(&misspelt, &env.db_url, &["status"])
         .output()
@@ -1970,5 +1977,57 @@ async fn a_tenants_entry_applies_to_its_discovered_accounts_and_no_other() {
         v["settings"]["account_defaults.exclude_fields"]["value"],
         serde_json::json!(["custom_fields"]),
         "{v}"
+    );
+}
+
+/// `check` holds the sessions a `run` process opens at full load against the room PostgreSQL
+/// has for more: a limit they would run into (here the database's CONNECTION LIMIT) is a
+/// warning naming it, and what to lower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_holds_a_processs_sessions_against_the_room_postgresql_has() {
+    let env = fleet_env(&[(account_id(1), 10)]).await;
+    let sizes = [
+        ("LMS_SYNC__DATABASE__MAX_CONNECTIONS", "4"),
+        ("LMS_SYNC__SYNC__MAX_CONCURRENT_ACCOUNTS", "3"),
+    ];
+    let line = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find(|l| l.starts_with("connections "))
+            .unwrap_or_else(|| panic!("no connections line: {}", said(o)))
+            .to_string()
+    };
+    let needs = "a run process opens up to 9 sessions at full load (database.max_connections 4, \
+                 a lease for each of sync.max_concurrent_accounts 3, 1 for the request budget, \
+                 1 for discovery); PostgreSQL has room for ";
+    let o = cli_with(&env, &sizes, &["check"]).await;
+    assert!(line(&o).contains(needs), "{}", said(&o));
+    assert!(
+        line(&o).contains(" more now (max_connections "),
+        "{}",
+        said(&o)
+    );
+
+    sqlx::raw_sql(
+        "DO $$ BEGIN
+           EXECUTE format('ALTER DATABASE %I CONNECTION LIMIT 8', current_database());
+         END $$",
+    )
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    let o = cli_with(&env, &sizes, &["check"]).await;
+    assert!(o.status.success(), "a warning: {}", said(&o));
+    let warned = line(&o);
+    assert!(
+        warned.starts_with("connections    warning  ")
+            && warned.contains(needs)
+            && warned.contains(" more now (the database's CONNECTION LIMIT 8, ")
+            && warned.ends_with(
+                " in use): at full load it would be refused sessions (too many clients); lower \
+                 database.max_connections or sync.max_concurrent_accounts, run fewer replicas, \
+                 or raise the limit"
+            ),
+        "{warned}"
     );
 }
