@@ -852,7 +852,7 @@ impl Settings {
 /// account run with these settings?" when `[[tenants]]` and `[account_defaults]` both apply to
 /// discovered accounts.
 /// In JSON, the configuration's table: `accounts`, `tenants`, `account_defaults`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub enum SettingsFrom {
     /// Its own `[[accounts]]` entry.
     #[serde(rename = "accounts")]
@@ -861,6 +861,7 @@ pub enum SettingsFrom {
     #[serde(rename = "tenants")]
     Tenant,
     /// `[account_defaults]`.
+    #[default]
     #[serde(rename = "account_defaults")]
     AccountDefaults,
 }

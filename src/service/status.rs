@@ -63,6 +63,9 @@ pub struct AccountView {
     /// When the service may purge it (a retired account, with `discovery.purge_retired_after`):
     /// at the first complete listing from then on.
     pub purge_due: Option<DateTime<Utc>>,
+    /// Where its keys come from: `accounts`, `tenants` or `account_defaults` (`accounts show`
+    /// says what they are).
+    pub settings_from: crate::config::SettingsFrom,
 }
 
 /// A mirror older than this needs attention (the stale-mirror alert's threshold).
@@ -399,6 +402,7 @@ pub fn account_views(state: &FleetState) -> Vec<AccountView> {
                 paused_by: pause.map(|x| x.actor.clone()),
                 pause_reason: pause.and_then(|x| x.reason.clone()),
                 purge_due,
+                settings_from: p.settings_from,
             }
         })
         .collect()

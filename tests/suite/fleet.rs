@@ -1833,6 +1833,25 @@ async fn a_tenants_entry_applies_to_its_discovered_accounts_and_no_other() {
         serde_json::json!(["custom_fields"]),
         "{v}"
     );
+    let o = crate::helpers::daemon::lms_sync(&cfg, &env.db_url, &["accounts", "list", "--json"])
+        .output()
+        .await
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let from = |account: Uuid| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["integrated_account_id"] == account.to_string())
+            .map(|v| v["settings_from"].clone())
+    };
+    assert_eq!(from(a), Some(serde_json::json!("tenants")), "{listed}");
+    assert_eq!(
+        from(b),
+        Some(serde_json::json!("account_defaults")),
+        "{listed}"
+    );
     let text = shown(a, false).await;
     for line in [
         "settings       from the [[tenants]] entry of tenant_id = \"tenant-0\"\n",
