@@ -15,22 +15,33 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
-/// Completes at the first SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
+/// Completes at the first SIGINT or SIGTERM. The signals are taken from the call on, not from
+/// the first poll: a SIGTERM while the service starts (a rollout scaling it down at once, a
+/// test stopping it after its first log line) ends it as it would a running one, instead of
+/// killing it by the signal's default action before its handler is installed.
+pub fn wait_for_signal() -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                    one.recv().await;
+                }
+                (Err(_), Err(_)) => std::future::pending().await,
+            }
         }
     }
     #[cfg(not(unix))]
-    {
+    async {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
