@@ -322,7 +322,8 @@ mod tests {
         b.add(&daily, now - chrono::Duration::hours(2), now);
         assert_eq!((b.waiting, b.behind), (3, 1));
         assert_eq!(b.longest, Duration::from_secs(7200));
-        // Due a moment from now (a clock read after the round's): no wait, not negative.
+        // Waiting since a moment after `now` (a clock read after the round's): no wait, not
+        // a negative one.
         b.add(&hourly, now + chrono::Duration::seconds(1), now);
         assert_eq!(
             (b.waiting, b.behind, b.longest),

@@ -1,5 +1,5 @@
 //! `check`: a deployment's preflight. What `run` needs is checked once, changing nothing: the
-//! database (reachable, a supported PostgreSQL), the schema (migrated for this binary), the
+//! database (reachable, a supported PostgreSQL, room for a process's sessions), the schema (migrated for this binary), the
 //! role's rights, Truto's answer to the API token, each configured account as Truto knows it,
 //! the discovery listing and the configuration's tenants in it, whether Truto's webhooks would
 //! be received and acted on, and the admin routes' token. One line per check, with what to do;
@@ -332,12 +332,12 @@ fn listed(items: &[String]) -> String {
 /// discovery and the accounts' state reporter when those are on.
 fn sessions_needed(settings: &Settings) -> (i64, String) {
     let pool = i64::from(settings.database.max_connections);
-    let leases = settings.sync.max_concurrent_accounts as i64;
+    let leases = i64::try_from(settings.sync.max_concurrent_accounts).unwrap_or(i64::MAX);
     let mut parts = vec![
         format!("database.max_connections {pool}"),
         format!("a lease for each of sync.max_concurrent_accounts {leases}"),
     ];
-    let mut total = pool + leases;
+    let mut total = pool.saturating_add(leases);
     for (on, what) in [
         (settings.rate_budget.enabled, "the request budget"),
         (settings.discovery.enabled, "discovery"),
@@ -347,7 +347,7 @@ fn sessions_needed(settings: &Settings) -> (i64, String) {
         ),
     ] {
         if on {
-            total += 1;
+            total = total.saturating_add(1);
             parts.push(format!("1 for {what}"));
         }
     }

@@ -18,8 +18,7 @@ use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::config::{AccountSettings, Settings};
-use crate::domain::Health;
-use crate::domain::Outcome;
+use crate::domain::{Health, Outcome};
 use crate::fleet::{plan, Gate, Planned};
 use crate::metrics::Metrics;
 use crate::schedule::{next_run, Backlog, RunHistory, Schedule};
