@@ -95,30 +95,41 @@ pub fn plan(settings: &Settings, registry: &[AccountRow]) -> Vec<Planned> {
     out
 }
 
-/// The tenants the configuration names (`[[tenants]]` entries, then `discovery.tenant_ids`)
-/// that no account of `fleet` is of, each as the configuration writes it: most often a
-/// misspelt id, whose entry then applies to nothing without a word.
-pub fn unmatched_tenants(settings: &Settings, fleet: &[Planned]) -> Vec<String> {
-    let has = |id: &str| {
-        fleet
-            .iter()
-            .any(|p| p.row.as_ref().and_then(|r| r.tenant_id.as_deref()) == Some(id))
-    };
-    let mut out: Vec<String> = settings
+/// The tenants the configuration names, each once: every `[[tenants]]` entry's, then the
+/// `discovery.tenant_ids` values no entry has, each with how the configuration writes it
+/// (`[[tenants]] tenant_id = "acme"`, `discovery.tenant_ids "globex"`).
+pub fn named_tenants(settings: &Settings) -> Vec<(&str, String)> {
+    let mut named: Vec<(&str, String)> = settings
         .tenants
         .iter()
-        .filter(|t| !has(&t.tenant_id))
-        .map(|t| format!("[[tenants]] tenant_id = {:?}", t.tenant_id))
+        .map(|t| {
+            (
+                t.tenant_id.as_str(),
+                format!("[[tenants]] tenant_id = {:?}", t.tenant_id),
+            )
+        })
         .collect();
-    out.extend(
-        settings
-            .discovery
-            .tenant_ids
-            .iter()
-            .filter(|t| !settings.tenants.iter().any(|e| &e.tenant_id == *t) && !has(t))
-            .map(|t| format!("discovery.tenant_ids {t:?}")),
-    );
-    out
+    for t in &settings.discovery.tenant_ids {
+        if !named.iter().any(|(id, _)| id == t) {
+            named.push((t.as_str(), format!("discovery.tenant_ids {t:?}")));
+        }
+    }
+    named
+}
+
+/// The tenants the configuration names ([`named_tenants`]) that no account of `fleet` is of,
+/// each as the configuration writes it: most often a misspelt id, whose entry then applies to
+/// nothing without a word.
+pub fn unmatched_tenants(settings: &Settings, fleet: &[Planned]) -> Vec<String> {
+    let present: std::collections::HashSet<&str> = fleet
+        .iter()
+        .filter_map(|p| p.row.as_ref()?.tenant_id.as_deref())
+        .collect();
+    named_tenants(settings)
+        .into_iter()
+        .filter(|(id, _)| !present.contains(id))
+        .map(|(_, words)| words)
+        .collect()
 }
 
 /// Why an account may not be synced, if it may not.

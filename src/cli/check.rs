@@ -453,18 +453,7 @@ async fn truto(
 /// customer not connected yet. `listed` is each listed account's tenant; none when a listing
 /// failed.
 fn configured_tenants(settings: &Settings, listed: Option<&[Option<String>]>) -> Option<Check> {
-    let mut named: Vec<(&str, String)> = Vec::new();
-    for t in &settings.tenants {
-        named.push((
-            t.tenant_id.as_str(),
-            format!("[[tenants]] tenant_id = {:?}", t.tenant_id),
-        ));
-    }
-    for t in &settings.discovery.tenant_ids {
-        if !named.iter().any(|(id, _)| id == t) {
-            named.push((t.as_str(), format!("discovery.tenant_ids {t:?}")));
-        }
-    }
+    let named = crate::fleet::named_tenants(settings);
     if named.is_empty() {
         return None;
     }
@@ -475,7 +464,11 @@ fn configured_tenants(settings: &Settings, listed: Option<&[Option<String>]>) ->
              with Truto's",
         ));
     };
-    let count = |id: &str| listed.iter().filter(|t| t.as_deref() == Some(id)).count();
+    let mut by_tenant: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for t in listed.iter().flatten() {
+        *by_tenant.entry(t.as_str()).or_default() += 1;
+    }
+    let count = |id: &str| by_tenant.get(id).copied().unwrap_or(0);
     let unmatched: Vec<&String> = named
         .iter()
         .filter(|(id, _)| count(id) == 0)
@@ -494,9 +487,8 @@ fn configured_tenants(settings: &Settings, listed: Option<&[Option<String>]>) ->
             ),
         ));
     }
-    let mut known: Vec<&str> = listed.iter().filter_map(|t| t.as_deref()).collect();
+    let mut known: Vec<&str> = by_tenant.keys().copied().collect();
     known.sort_unstable();
-    known.dedup();
     let shown: Vec<String> = known.iter().take(20).map(|t| format!("{t:?}")).collect();
     let more = known.len().saturating_sub(shown.len());
     Some(Check::warned(
