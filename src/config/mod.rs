@@ -794,9 +794,7 @@ impl Settings {
             ),
         }
     }
-}
 
-impl Settings {
     /// The entries whose accounts mirror what `[account_defaults]` keeps out of the mirror
     /// (its `exclude_fields`, its `ignore_remote_data`), each in words. Entries are not merged
     /// with the defaults, so an entry written for another key (a tenant's hourly schedule)
